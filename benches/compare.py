@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Compare a rustray microbench run with a Ray bench.py run.
+
+Usage:
+    python3 benches/compare.py RUSTRAY.jsonl RAY.jsonl
+
+Both files hold one JSON object per line ({"scenario", "unit", "value", ...});
+other lines (logs, blank lines) are skipped, and where a scenario appears
+more than once the last line wins.  Prints a markdown table:
+
+    scenario | unit | rustray | Ray | ratio | target | met
+
+ratio = rustray value / Ray value.  Targets (from the issue):
+  * sync latencies, wait_1000_ms: <= 1/20 of Ray
+  * task/actor throughputs, put/get_small: >= 20x Ray
+  * put_large_gb_per_s: >= Ray and >= 0.8 x memcpy_gb_per_s (rustray's line)
+  * task_large_arg_gb_per_s: >= Ray
+  * cluster_start_s: < 0.2 s absolute
+  * idle_rss_mb: <= 1/10 of Ray
+Scenarios without a target show "-"; a target that cannot be judged because
+a value is missing shows "n/a".  Python 3 standard library only.
+"""
+
+import json
+import math
+import sys
+
+ORDER = [
+    "cluster_start_s",
+    "idle_rss_mb",
+    "task_sync_latency_us",
+    "task_async_throughput_per_s",
+    "task_chain_per_s",
+    "nested_tasks_per_s",
+    "actor_call_sync_latency_us",
+    "actor_call_async_throughput_per_s",
+    "actor_many_per_s",
+    "put_small_per_s",
+    "get_small_per_s",
+    "memcpy_gb_per_s",
+    "put_large_gb_per_s",
+    "get_large_gb_per_s",
+    "task_large_arg_gb_per_s",
+    "wait_1000_ms",
+    "wait_1000_ready_ms",
+    "metg_us",
+    "internode_transfer_gb_per_s",
+]
+
+LOWER_20 = {"task_sync_latency_us", "actor_call_sync_latency_us", "wait_1000_ms"}
+HIGHER_20 = {
+    "task_async_throughput_per_s",
+    "task_chain_per_s",
+    "nested_tasks_per_s",
+    "actor_call_async_throughput_per_s",
+    "put_small_per_s",
+    "get_small_per_s",
+}
+
+
+def load(path):
+    """scenario -> record (last one wins); non-JSON lines are ignored."""
+    out = {}
+    try:
+        f = open(path, encoding="utf-8", errors="replace")
+    except OSError as e:
+        print(f"warning: cannot read {path}: {e}", file=sys.stderr)
+        return out
+    with f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("scenario"), str):
+                out[rec["scenario"]] = rec
+    return out
+
+
+def num(rec):
+    if rec is None:
+        return None
+    v = rec.get("value")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def fmt(v):
+    if v is None:
+        return "-"
+    a = abs(v)
+    if a == 0:
+        return "0"
+    if a >= 1e6 or a < 1e-3:
+        return f"{v:.3g}"
+    if a >= 100:
+        return f"{v:,.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3g}" if a < 1 else f"{v:.2f}"
+
+
+def fmt_ratio(r):
+    if r is None:
+        return "-"
+    if r == 0:
+        return "0x"
+    if abs(r) >= 100 or abs(r) < 1:
+        return f"{r:.3g}x"
+    return f"{r:.2f}x"
+
+
+def judge(name, rv, yv, rust):
+    """(target text, met) with met in {True, False, None (n/a), "" (no target)}."""
+    if name in LOWER_20:
+        if rv is None or yv is None:
+            return "<= 0.05x Ray", None
+        return "<= 0.05x Ray", rv <= yv / 20.0
+    if name in HIGHER_20:
+        if rv is None or yv is None:
+            return ">= 20x Ray", None
+        return ">= 20x Ray", rv >= 20.0 * yv
+    if name == "put_large_gb_per_s":
+        text = ">= Ray and >= 0.8x memcpy"
+        mc = num(rust.get("memcpy_gb_per_s"))
+        if mc is None:  # fall back to the value carried in put_large's extra
+            ex = (rust.get(name) or {}).get("extra") or {}
+            m = ex.get("memcpy_gb_per_s")
+            mc = float(m) if isinstance(m, (int, float)) else None
+        if rv is None or yv is None or mc is None:
+            return text, None
+        return f"{text} ({fmt(0.8 * mc)})", rv >= yv and rv >= 0.8 * mc
+    if name == "task_large_arg_gb_per_s":
+        if rv is None or yv is None:
+            return ">= Ray", None
+        return ">= Ray", rv >= yv
+    if name == "cluster_start_s":
+        if rv is None:
+            return "< 0.2 s", None
+        return "< 0.2 s", rv < 0.2
+    if name == "idle_rss_mb":
+        if rv is None or yv is None:
+            return "<= 0.1x Ray", None
+        return "<= 0.1x Ray", rv <= yv / 10.0
+    return "-", ""
+
+
+def main(argv):
+    if len(argv) != 3 or argv[1] in ("-h", "--help"):
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    rust, ray = load(argv[1]), load(argv[2])
+    names = [s for s in ORDER if s in rust or s in ray]
+    names += sorted((set(rust) | set(ray)) - set(ORDER))
+    rust_impl = next((r.get("impl") for r in rust.values() if r.get("impl")), "rustray")
+    ray_impl = next((r.get("impl") for r in ray.values() if r.get("impl")), "Ray")
+    print(f"| scenario | unit | {rust_impl} | {ray_impl} | ratio | target | met |")
+    print("|---|---|---:|---:|---:|---|---|")
+    met_n = missed_n = 0
+    for name in names:
+        r, y = rust.get(name), ray.get(name)
+        rv, yv = num(r), num(y)
+        unit = (r or y or {}).get("unit", "")
+        ratio = rv / yv if rv is not None and yv not in (None, 0.0) else None
+        target, met = judge(name, rv, yv, rust)
+        if met is True:
+            mark, met_n = "met", met_n + 1
+        elif met is False:
+            mark, missed_n = "**missed**", missed_n + 1
+        elif met is None:
+            mark = "n/a"
+        else:
+            mark = ""
+        print(f"| {name} | {unit} | {fmt(rv)} | {fmt(yv)} | {fmt_ratio(ratio)} "
+              f"| {target} | {mark} |")
+    print()
+    print(f"targets met: {met_n}, missed: {missed_n}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,279 @@
+//! Actors: stateful workers whose methods run one at a time, in order per
+//! caller.
+//!
+//! `#[rustray::actor]` on an impl block makes the type an [`ActorClass`];
+//! `Type::remote(args)` asks the GCS to create the actor (the GCS leases a
+//! dedicated worker from the raylet, runs the constructor there, and restarts
+//! the actor up to `max_restarts` times if its process dies). Method calls go
+//! straight from the caller to the actor's worker.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::ActorId;
+use crate::scheduler::{ResourceSet, CPU, GPU};
+use crate::task::Arg;
+use crate::transport::{ActorLookup, ActorSpec, Msg, Payload};
+use crate::worker::submitter::PreparedArg;
+use crate::worker::{self, CoreWorker};
+use crate::ObjectRef;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// A type usable as an actor; implemented by `#[rustray::actor]`.
+pub trait ActorClass: 'static {
+    /// The class's registered name (its module path).
+    const NAME: &'static str;
+    /// The generated struct carrying the remote methods.
+    type Methods: ActorMethods;
+    /// The constructor's arguments: `()`, one type, or a tuple.
+    type CtorArgs;
+    /// Converts constructor arguments.
+    fn ctor_args(args: Self::CtorArgs) -> Vec<Arg>;
+}
+
+/// The generated methods of an actor handle.
+pub trait ActorMethods: Send + Sync + 'static {
+    /// Wraps the untyped handle.
+    fn from_core(core: ActorCore) -> Self;
+    /// The untyped handle.
+    fn core(&self) -> &ActorCore;
+}
+
+/// The untyped part of an actor handle.
+#[derive(Clone)]
+pub struct ActorCore {
+    id: ActorId,
+    class: &'static str,
+}
+
+impl ActorCore {
+    /// Calls a method; the result is an `ObjectRef` owned by the caller.
+    pub fn call<R: 'static>(&self, method: &'static str, args: Vec<Arg>) -> ObjectRef<R> {
+        let cw = match worker::current() {
+            Ok(cw) => cw,
+            Err(e) => panic!("cannot call `{}::{method}`: {e}", self.class),
+        };
+        let mut refs = cw.submit(
+            method,
+            Ok(ResourceSet::new()),
+            0,
+            args.into_iter().map(|a| a.0).collect(),
+            1,
+            Some(self.id),
+        );
+        match refs.pop() {
+            Some(r) => r.typed(),
+            None => unreachable!("submit returns one ref per requested return"),
+        }
+    }
+}
+
+/// A handle to an actor: call its methods (they return `ObjectRef`s),
+/// clone it, pass it to tasks.
+pub struct ActorHandle<A: ActorClass> {
+    methods: A::Methods,
+    _a: PhantomData<fn() -> A>,
+}
+
+impl<A: ActorClass> ActorHandle<A> {
+    fn from_core(core: ActorCore) -> ActorHandle<A> {
+        ActorHandle {
+            methods: A::Methods::from_core(core),
+            _a: PhantomData,
+        }
+    }
+
+    fn core(&self) -> &ActorCore {
+        self.methods.core()
+    }
+}
+
+impl<A: ActorClass> std::ops::Deref for ActorHandle<A> {
+    type Target = A::Methods;
+    fn deref(&self) -> &A::Methods {
+        &self.methods
+    }
+}
+
+impl<A: ActorClass> Clone for ActorHandle<A> {
+    fn clone(&self) -> Self {
+        ActorHandle::from_core(self.core().clone())
+    }
+}
+
+impl<A: ActorClass> std::fmt::Debug for ActorHandle<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ActorHandle<{}>({:?})", A::NAME, self.core().id)
+    }
+}
+
+impl<A: ActorClass> Serialize for ActorHandle<A> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.core().id.serialize(s)
+    }
+}
+
+impl<'de, A: ActorClass> Deserialize<'de> for ActorHandle<A> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let id = ActorId::deserialize(d)?;
+        Ok(ActorHandle::from_core(ActorCore { id, class: A::NAME }))
+    }
+}
+
+/// Options for creating an actor (`Type::options().name("x").remote(args)`).
+pub struct ActorOptions<A: ActorClass> {
+    name: Option<String>,
+    max_restarts: u32,
+    shape: std::result::Result<ResourceSet, Error>,
+    _a: PhantomData<fn() -> A>,
+}
+
+impl<A: ActorClass> Default for ActorOptions<A> {
+    fn default() -> Self {
+        ActorOptions::new()
+    }
+}
+
+impl<A: ActorClass> ActorOptions<A> {
+    /// No name, no restarts, no resources held while running (Ray's default
+    /// for actors).
+    pub fn new() -> ActorOptions<A> {
+        ActorOptions {
+            name: None,
+            max_restarts: 0,
+            shape: Ok(ResourceSet::new()),
+            _a: PhantomData,
+        }
+    }
+
+    /// Registers the actor under a name, for [`get_actor`].
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// How often the actor is restarted if its process dies (default 0).
+    pub fn max_restarts(mut self, n: u32) -> Self {
+        self.max_restarts = n;
+        self
+    }
+
+    fn set(mut self, name: &str, amount: f64) -> Self {
+        if let Ok(s) = &mut self.shape {
+            if let Err(e) = s.set(name, amount) {
+                self.shape = Err(e);
+            }
+        }
+        self
+    }
+
+    /// CPUs the actor holds for its lifetime (default 0).
+    pub fn num_cpus(self, n: f64) -> Self {
+        self.set(CPU, n)
+    }
+
+    /// GPUs the actor holds for its lifetime (default 0).
+    pub fn num_gpus(self, n: f64) -> Self {
+        self.set(GPU, n)
+    }
+
+    /// A custom resource the actor holds.
+    pub fn resource(self, name: &str, amount: f64) -> Self {
+        self.set(name, amount)
+    }
+
+    /// Creates the actor; returns once its constructor has run.
+    pub fn remote(self, args: A::CtorArgs) -> Result<ActorHandle<A>> {
+        let cw = worker::current()?;
+        let shape = self.shape?;
+        if self.name.as_deref() == Some("") {
+            return Err(Error::invalid("an actor name must not be empty"));
+        }
+        let args = resolve_args(&cw, A::ctor_args(args))?;
+        let id = ActorId::random();
+        let spec = ActorSpec {
+            id,
+            class: A::NAME.to_string(),
+            args,
+            name: self.name,
+            max_restarts: self.max_restarts,
+            shape,
+        };
+        match cw.gcs_call(|req| Msg::RegisterActor { req, spec }, "creating an actor")? {
+            Msg::ActorRegistered { result, .. } => result?,
+            _ => return Err(Error::unavailable("unexpected reply from the GCS")),
+        }
+        Ok(ActorHandle::from_core(ActorCore { id, class: A::NAME }))
+    }
+}
+
+/// Constructor arguments are resolved before creation (the GCS may need to
+/// re-run the constructor long after the caller's refs are gone).
+fn resolve_args(cw: &Arc<CoreWorker>, args: Vec<Arg>) -> Result<Vec<Payload>> {
+    let mut out = Vec::with_capacity(args.len());
+    for a in args {
+        match a.0 {
+            PreparedArg::Value(blob, _) => out.push(Payload::Inline(blob)),
+            PreparedArg::Failed(e) => return Err(e),
+            PreparedArg::Ref(r) => {
+                let p = cw.wait_value(r.id, None)?;
+                out.push(Payload::Inline(cw.payload_bytes(&p)?.to_vec()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Finds a named actor.
+pub fn get_actor<A: ActorClass>(name: &str) -> Result<ActorHandle<A>> {
+    let cw = worker::current()?;
+    let reply = cw.gcs_call(
+        |req| Msg::LookupActor {
+            req,
+            by: ActorLookup::Name(name.to_string()),
+            wait: false,
+        },
+        "looking up a named actor",
+    )?;
+    let info = match reply {
+        Msg::ActorLookedUp { result, .. } => result?,
+        _ => return Err(Error::unavailable("unexpected reply from the GCS")),
+    };
+    if info.class != A::NAME {
+        return Err(Error::new(
+            ErrorKind::TypeMismatch,
+            format!("actor `{name}` is a `{}`, not a `{}`", info.class, A::NAME),
+        ));
+    }
+    Ok(ActorHandle::from_core(ActorCore {
+        id: info.id,
+        class: A::NAME,
+    }))
+}
+
+/// Kills an actor without restarting it; its pending and later calls fail
+/// with [`ActorDied`](ErrorKind::ActorDied).
+pub fn kill<A: ActorClass>(h: &ActorHandle<A>) -> Result<()> {
+    let cw = worker::current()?;
+    let id = h.core().id;
+    match cw.gcs_call(|req| Msg::KillActor { req, id }, "killing an actor")? {
+        Msg::ActorKilled { .. } => Ok(()),
+        _ => Err(Error::unavailable("unexpected reply from the GCS")),
+    }
+}
+
+/// Error for a method name the actor class does not have.
+pub fn unknown_method(class: &str, method: &str) -> Error {
+    Error::new(
+        ErrorKind::TaskFailed,
+        format!("actor class `{class}` has no remote method `{method}`"),
+    )
+}
+
+/// Error for an actor whose state is not of the expected class.
+pub fn wrong_actor_state(class: &str) -> Error {
+    Error::new(
+        ErrorKind::TaskFailed,
+        format!("this worker's actor is not a `{class}`"),
+    )
+}

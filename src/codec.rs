@@ -1,0 +1,385 @@
+//! Byte formats, in one place so the wire format can change without touching
+//! the rest: control messages (serde through bincode 2) and object blobs.
+//!
+//! # Object blobs
+//! Every object, whether it travels inline in a message or sits in the shared
+//! object store, is one self-describing blob:
+//!
+//! ```text
+//! 0      4     5     6          8            16                 header_len
+//! | magic | kind | pod | name_len | payload_len | type name | pad | payload |
+//! ```
+//!
+//! The header is padded to 64 bytes so that, with 64-byte aligned store
+//! allocations, the payload of a plain numeric vector is aligned for a
+//! zero-copy `&[f64]` view. The type name lets `get` fail with a clear
+//! type-mismatch error rather than decode garbage. Plain numeric vectors
+//! (`Vec<u8>`, `Vec<f64>`, ...) skip serde and are stored as raw
+//! little-endian elements, so a large `put` is one `memcpy`.
+
+use crate::error::{Error, ErrorKind, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::any::{Any, TypeId};
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Serializes a control message or value with serde.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(value, config())
+        .map_err(|e| Error::invalid(format!("cannot serialize value: {e}")))
+}
+
+/// Appends the serialization of `value` to `out`.
+pub(crate) fn encode_append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
+    bincode::serde::encode_into_std_write(value, out, config())
+        .map(|_| ())
+        .map_err(|e| Error::invalid(format!("cannot serialize value: {e}")))
+}
+
+/// Deserializes a control message or value; `what` names it in the error.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+    bincode::serde::decode_from_slice(bytes, config())
+        .map(|(v, _)| v)
+        .map_err(|e| Error::invalid(format!("cannot decode {what}: {e}")))
+}
+
+const MAGIC: u32 = 0x3142_5252; // "RRB1"
+const KIND_SERDE: u8 = 0;
+const KIND_POD: u8 = 1;
+const KIND_ERROR: u8 = 2;
+const FIXED: usize = 16;
+/// Alignment of blob headers and store allocations.
+pub(crate) const ALIGN: usize = 64;
+
+/// Element types stored raw, so they can be read without a copy
+/// ([`get_view`](crate::get_view)).
+pub trait Pod:
+    Copy + Send + Sync + Serialize + DeserializeOwned + 'static + sealed::Sealed
+{
+    #[doc(hidden)]
+    const CODE: u8;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+macro_rules! pod {
+    ($($t:ty => $c:expr),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl Pod for $t { const CODE: u8 = $c; }
+    )*};
+}
+pod!(u8 => 1, i8 => 2, u16 => 3, i16 => 4, u32 => 5, i32 => 6, u64 => 7, i64 => 8, f32 => 9, f64 => 10);
+
+/// If `value` is a `Vec<E>` of a [`Pod`] type, its raw bytes and element code.
+fn pod_bytes<T: 'static>(value: &T) -> Option<(u8, &[u8])> {
+    fn raw<E: Pod>(v: &dyn Any) -> Option<(u8, &[u8])> {
+        let v = v.downcast_ref::<Vec<E>>()?;
+        // SAFETY: E is a plain numeric type with no padding or invalid bit
+        // patterns; the slice covers exactly the vector's initialized elements.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(&v[..]))
+        };
+        Some((E::CODE, bytes))
+    }
+    let any = value as &dyn Any;
+    raw::<u8>(any)
+        .or_else(|| raw::<f64>(any))
+        .or_else(|| raw::<f32>(any))
+        .or_else(|| raw::<i64>(any))
+        .or_else(|| raw::<u64>(any))
+        .or_else(|| raw::<i32>(any))
+        .or_else(|| raw::<u32>(any))
+        .or_else(|| raw::<i16>(any))
+        .or_else(|| raw::<u16>(any))
+        .or_else(|| raw::<i8>(any))
+}
+
+fn header_len(type_name: &str) -> usize {
+    (FIXED + type_name.len()).div_ceil(ALIGN) * ALIGN
+}
+
+fn write_header(dst: &mut [u8], kind: u8, pod: u8, type_name: &str, payload_len: usize) {
+    dst[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    dst[4] = kind;
+    dst[5] = pod;
+    dst[6..8].copy_from_slice(&(type_name.len() as u16).to_le_bytes());
+    dst[8..16].copy_from_slice(&(payload_len as u64).to_le_bytes());
+    dst[FIXED..FIXED + type_name.len()].copy_from_slice(type_name.as_bytes());
+    dst[FIXED + type_name.len()..header_len(type_name)].fill(0);
+}
+
+/// A value ready to be written as a blob, borrowing raw vectors so that
+/// writing into the store is the only copy.
+pub(crate) enum Encoded<'a> {
+    Raw {
+        pod: u8,
+        type_name: &'static str,
+        bytes: &'a [u8],
+    },
+    Blob(Vec<u8>),
+}
+
+impl Encoded<'_> {
+    /// Total blob length.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Encoded::Raw {
+                type_name, bytes, ..
+            } => header_len(type_name) + bytes.len(),
+            Encoded::Blob(b) => b.len(),
+        }
+    }
+
+    /// Writes the blob into `dst`, which is exactly `len()` bytes.
+    pub(crate) fn write_to(&self, dst: &mut [u8]) {
+        match self {
+            Encoded::Raw {
+                pod,
+                type_name,
+                bytes,
+            } => {
+                let h = header_len(type_name);
+                write_header(&mut dst[..h], KIND_POD, *pod, type_name, bytes.len());
+                dst[h..].copy_from_slice(bytes);
+            }
+            Encoded::Blob(b) => dst.copy_from_slice(b),
+        }
+    }
+
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        match self {
+            Encoded::Blob(b) => b,
+            raw => {
+                let mut v = vec![0u8; raw.len()];
+                raw.write_to(&mut v);
+                v
+            }
+        }
+    }
+}
+
+/// Encodes a value as a blob.
+pub(crate) fn encode_value<T: Serialize + 'static>(value: &T) -> Result<Encoded<'_>> {
+    let type_name = std::any::type_name::<T>();
+    if let Some((pod, bytes)) = pod_bytes(value) {
+        return Ok(Encoded::Raw {
+            pod,
+            type_name,
+            bytes,
+        });
+    }
+    let h = header_len(type_name);
+    let mut out = vec![0u8; h];
+    encode_append(value, &mut out)?;
+    let payload_len = out.len() - h;
+    write_header(&mut out[..h], KIND_SERDE, 0, type_name, payload_len);
+    Ok(Encoded::Blob(out))
+}
+
+/// Encodes an error as a blob: whoever gets the object gets the error.
+pub(crate) fn encode_error(err: &Error) -> Vec<u8> {
+    let h = header_len("");
+    let mut out = vec![0u8; h];
+    // An Error always serializes (plain strings and an enum).
+    let _ = encode_append(err, &mut out);
+    let payload_len = out.len() - h;
+    write_header(&mut out[..h], KIND_ERROR, 0, "", payload_len);
+    out
+}
+
+/// A parsed blob header.
+pub(crate) struct Blob<'a> {
+    kind: u8,
+    pod: u8,
+    type_name: &'a str,
+    payload: &'a [u8],
+    payload_offset: usize,
+}
+
+pub(crate) fn parse(bytes: &[u8]) -> Result<Blob<'_>> {
+    let corrupt = || Error::invalid("corrupt object blob");
+    if bytes.len() < FIXED || bytes[0..4] != MAGIC.to_le_bytes() {
+        return Err(corrupt());
+    }
+    let name_len = u16::from_le_bytes([bytes[6], bytes[7]]) as usize;
+    let mut pl = [0u8; 8];
+    pl.copy_from_slice(&bytes[8..16]);
+    let payload_len = u64::from_le_bytes(pl) as usize;
+    let type_name = bytes
+        .get(FIXED..FIXED + name_len)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .ok_or_else(corrupt)?;
+    let h = header_len(type_name);
+    let payload = bytes
+        .get(h..h.saturating_add(payload_len))
+        .ok_or_else(corrupt)?;
+    Ok(Blob {
+        kind: bytes[4],
+        pod: bytes[5],
+        type_name,
+        payload,
+        payload_offset: h,
+    })
+}
+
+impl<'a> Blob<'a> {
+    /// The stored error, if this blob holds one.
+    pub(crate) fn error(&self) -> Option<Error> {
+        if self.kind != KIND_ERROR {
+            return None;
+        }
+        Some(decode::<Error>(self.payload, "stored error").unwrap_or_else(|e| e))
+    }
+
+    fn check_type(&self, wanted: &str) -> Result<()> {
+        if let Some(e) = self.error() {
+            return Err(e);
+        }
+        if self.type_name != wanted {
+            return Err(Error::new(
+                ErrorKind::TypeMismatch,
+                format!(
+                    "the object holds a `{}` but `{}` was asked for",
+                    self.type_name, wanted
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Offset of the raw elements of a pod vector within the blob, after
+    /// checking the blob holds `Vec<E>`.
+    pub(crate) fn pod_payload<E: Pod>(&self) -> Result<(usize, usize)> {
+        self.check_type(std::any::type_name::<Vec<E>>())?;
+        if self.kind != KIND_POD || self.pod != E::CODE {
+            return Err(Error::invalid("object is not a raw numeric vector"));
+        }
+        Ok((
+            self.payload_offset,
+            self.payload.len() / std::mem::size_of::<E>(),
+        ))
+    }
+}
+
+/// Decodes a blob as `T`, or returns the error it holds.
+pub(crate) fn decode_value<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T> {
+    let blob = parse(bytes)?;
+    blob.check_type(std::any::type_name::<T>())?;
+    if blob.kind == KIND_POD {
+        return decode_pod::<T>(&blob);
+    }
+    decode(blob.payload, std::any::type_name::<T>())
+}
+
+fn decode_pod<T: 'static>(blob: &Blob<'_>) -> Result<T> {
+    fn copy<E: Pod>(payload: &[u8]) -> Box<dyn Any> {
+        let n = payload.len() / std::mem::size_of::<E>();
+        let mut v: Vec<E> = Vec::with_capacity(n);
+        // SAFETY: the destination has capacity for n elements (n * size_of E
+        // bytes, within payload); E accepts any bit pattern, so after the copy
+        // the first n elements are initialized. Unaligned source is fine for a
+        // byte copy.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                payload.as_ptr(),
+                v.as_mut_ptr().cast::<u8>(),
+                n * std::mem::size_of::<E>(),
+            );
+            v.set_len(n);
+        }
+        Box::new(v)
+    }
+    let p = blob.payload;
+    let boxed: Box<dyn Any> = match blob.pod {
+        1 => copy::<u8>(p),
+        2 => copy::<i8>(p),
+        3 => copy::<u16>(p),
+        4 => copy::<i16>(p),
+        5 => copy::<u32>(p),
+        6 => copy::<i32>(p),
+        7 => copy::<u64>(p),
+        8 => copy::<i64>(p),
+        9 => copy::<f32>(p),
+        10 => copy::<f64>(p),
+        _ => return Err(Error::invalid("corrupt object blob (element code)")),
+    };
+    boxed
+        .downcast::<T>()
+        .map(|b| *b)
+        .map_err(|_| Error::invalid("object element type does not match its type name"))
+}
+
+/// True when the type is one a `Vec<E>` fast path exists for.
+#[allow(dead_code)]
+pub(crate) fn is_pod_vec<T: 'static>() -> bool {
+    let t = TypeId::of::<T>();
+    [
+        TypeId::of::<Vec<u8>>(),
+        TypeId::of::<Vec<f64>>(),
+        TypeId::of::<Vec<f32>>(),
+        TypeId::of::<Vec<i64>>(),
+        TypeId::of::<Vec<u64>>(),
+        TypeId::of::<Vec<i32>>(),
+        TypeId::of::<Vec<u32>>(),
+        TypeId::of::<Vec<i16>>(),
+        TypeId::of::<Vec<u16>>(),
+        TypeId::of::<Vec<i8>>(),
+    ]
+    .contains(&t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_value_roundtrips_with_type_check() {
+        let blob = encode_value(&(7u32, "x".to_string())).unwrap().into_vec();
+        let v: (u32, String) = decode_value(&blob).unwrap();
+        assert_eq!(v, (7, "x".to_string()));
+        let err = decode_value::<u64>(&blob).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TypeMismatch);
+        assert!(
+            err.message().contains("(u32, alloc::string::String)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn pod_vectors_are_raw_and_aligned() {
+        let v: Vec<f64> = (0..1000).map(|i| i as f64 * 0.5).collect();
+        let enc = encode_value(&v).unwrap();
+        assert!(matches!(enc, Encoded::Raw { .. }));
+        let blob = enc.into_vec();
+        let parsed = parse(&blob).unwrap();
+        let (off, n) = parsed.pod_payload::<f64>().unwrap();
+        assert_eq!(off % ALIGN, 0);
+        assert_eq!(n, 1000);
+        let back: Vec<f64> = decode_value(&blob).unwrap();
+        assert_eq!(back, v);
+        assert_eq!(
+            decode_value::<Vec<f32>>(&blob).unwrap_err().kind(),
+            ErrorKind::TypeMismatch
+        );
+    }
+
+    #[test]
+    fn error_blob_decodes_to_error() {
+        let e = Error::new(ErrorKind::TaskFailed, "boom");
+        let blob = encode_error(&e);
+        assert_eq!(decode_value::<u8>(&blob).unwrap_err(), e);
+    }
+
+    #[test]
+    fn truncated_blob_is_an_error_not_a_panic() {
+        let blob = encode_value(&vec![1u8; 100]).unwrap().into_vec();
+        for cut in [0, 3, 15, 40, 100] {
+            assert!(decode_value::<Vec<u8>>(&blob[..cut]).is_err());
+        }
+    }
+}

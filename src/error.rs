@@ -1,0 +1,135 @@
+//! The one error type of the public API.
+//!
+//! As in rayon and tokio, the representation is private: callers match on
+//! [`ErrorKind`] and read the message, so new detail can be added without a
+//! breaking change. Errors cross process boundaries (a task's panic becomes the
+//! driver's `get` error), so the private representation is serializable.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// What went wrong, for matching. The message says the details.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The task (or actor method) panicked or returned an error; also set on
+    /// tasks whose dependency failed.
+    TaskFailed,
+    /// The worker process running the task died and no retries were left.
+    WorkerDied,
+    /// The actor's process died and it has no restarts left, or it was killed.
+    ActorDied,
+    /// A `get` or `wait` ran past its timeout. The object may still arrive.
+    Timeout,
+    /// The task was cancelled with [`cancel`](crate::cancel).
+    Cancelled,
+    /// `get` asked for a different type than the object holds.
+    TypeMismatch,
+    /// The object is larger than the whole object store.
+    ObjectTooLarge,
+    /// The object store has no room for the object right now.
+    StoreFull,
+    /// No actor has that name.
+    ActorNotFound,
+    /// No node can ever satisfy the requested resources.
+    Infeasible,
+    /// The process that owns the object died, so the object is lost.
+    OwnerDied,
+    /// The cluster is not running (no `init`, or after `shutdown`), or a
+    /// cluster process could not be reached.
+    ClusterUnavailable,
+    /// An argument was invalid (the message names it).
+    InvalidArgument,
+    /// An operating-system error (sockets, shared memory, processes).
+    Io,
+}
+
+/// An error from a rustray call: a kind plus a message naming the problem.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Error {
+    repr: Box<Repr>,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Repr {
+    kind: ErrorKind,
+    message: String,
+}
+
+/// `Result` with rustray's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error {
+            repr: Box::new(Repr {
+                kind,
+                message: message.into(),
+            }),
+        }
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.repr.kind
+    }
+
+    /// The human-readable description (also what `Display` prints).
+    pub fn message(&self) -> &str {
+        &self.repr.message
+    }
+
+    pub(crate) fn io(context: &str, e: std::io::Error) -> Error {
+        Error::new(ErrorKind::Io, format!("{context}: {e}"))
+    }
+
+    pub(crate) fn unavailable(what: impl Into<String>) -> Error {
+        Error::new(ErrorKind::ClusterUnavailable, what)
+    }
+
+    pub(crate) fn invalid(what: impl Into<String>) -> Error {
+        Error::new(ErrorKind::InvalidArgument, what)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let label = match self.repr.kind {
+            ErrorKind::TaskFailed => "task failed",
+            ErrorKind::WorkerDied => "worker died",
+            ErrorKind::ActorDied => "actor died",
+            ErrorKind::Timeout => "timed out",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::TypeMismatch => "type mismatch",
+            ErrorKind::ObjectTooLarge => "object too large",
+            ErrorKind::StoreFull => "object store full",
+            ErrorKind::ActorNotFound => "actor not found",
+            ErrorKind::Infeasible => "infeasible resource request",
+            ErrorKind::OwnerDied => "owner died",
+            ErrorKind::ClusterUnavailable => "cluster unavailable",
+            ErrorKind::InvalidArgument => "invalid argument",
+            ErrorKind::Io => "I/O error",
+        };
+        write!(f, "{label}: {}", self.repr.message)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Error({:?}, {:?})", self.repr.kind, self.repr.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_kind_and_message() {
+        let e = Error::new(ErrorKind::Timeout, "get of 0123 after 10ms");
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        assert_eq!(e.to_string(), "timed out: get of 0123 after 10ms");
+    }
+}

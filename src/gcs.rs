@@ -1,0 +1,593 @@
+//! The Global Control Store: cluster-wide state. In the embedded cluster it is
+//! a thread of the driver's process with its own socket.
+//!
+//! It owns the node table, the actor table (with actor names) and actor
+//! lifecycle: creating an actor (lease a dedicated worker from a raylet, run
+//! the constructor there), noticing its process die (its connection closes),
+//! restarting it up to `max_restarts`, and answering "where is actor X"
+//! lookups, holding the answer back while the actor is being (re)created.
+//!
+//! [`ActorTable`] is the state machine (no IO, unit-tested below); [`Gcs`]
+//! is its IO shell.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::{ActorId, LeaseId, WorkerId};
+use crate::scheduler::ResourceSet;
+use crate::session::{log, Session};
+use crate::transport::{self, ActorInfo, ActorLookup, ActorSpec, ActorState, Conn, Msg};
+use std::collections::HashMap;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+/// How long actor creation may wait for a worker lease.
+const LEASE_WAIT: Duration = Duration::from_secs(120);
+/// The id the GCS introduces itself with to workers.
+const GCS_ID: WorkerId = WorkerId(0);
+
+struct ActorRecord {
+    spec: ActorSpec,
+    state: ActorState,
+    worker: Option<WorkerId>,
+    lease: Option<LeaseId>,
+    incarnation: u32,
+    restarts: u32,
+    killed: bool,
+    death: Option<Error>,
+}
+
+/// A lookup waiting for an actor to settle.
+pub(crate) type Waiter = (Arc<Conn>, u64);
+
+/// What the shell must do after a transition.
+#[derive(Debug, PartialEq)]
+pub(crate) enum ActorAction {
+    /// (Re)create the actor: lease a worker and run the constructor.
+    Create(ActorId),
+    /// Give the worker back to the raylet, killing it.
+    ReleaseWorker(LeaseId),
+}
+
+/// The actor table (no IO).
+#[derive(Default)]
+pub(crate) struct ActorTable {
+    actors: HashMap<ActorId, ActorRecord>,
+    names: HashMap<String, ActorId>,
+    waiters: HashMap<ActorId, Vec<Waiter>>,
+}
+
+impl ActorTable {
+    pub(crate) fn register(&mut self, spec: ActorSpec) -> Result<Vec<ActorAction>> {
+        if let Some(name) = &spec.name {
+            if self.names.contains_key(name) {
+                return Err(Error::invalid(format!(
+                    "an actor named `{name}` already exists"
+                )));
+            }
+            self.names.insert(name.clone(), spec.id);
+        }
+        let id = spec.id;
+        self.actors.insert(
+            id,
+            ActorRecord {
+                spec,
+                state: ActorState::PendingCreation,
+                worker: None,
+                lease: None,
+                incarnation: 0,
+                restarts: 0,
+                killed: false,
+                death: None,
+            },
+        );
+        Ok(vec![ActorAction::Create(id)])
+    }
+
+    pub(crate) fn spec(&self, id: ActorId) -> Option<ActorSpec> {
+        self.actors.get(&id).map(|a| a.spec.clone())
+    }
+
+    fn info(a: &ActorRecord) -> ActorInfo {
+        ActorInfo {
+            id: a.spec.id,
+            class: a.spec.class.clone(),
+            state: a.state,
+            worker: a.worker,
+            incarnation: a.incarnation,
+            death: a.death.clone(),
+        }
+    }
+
+    /// Settled actors answer their waiters.
+    fn settle(&mut self, id: ActorId) -> Vec<(Waiter, ActorInfo)> {
+        let Some(a) = self.actors.get(&id) else {
+            return Vec::new();
+        };
+        if !matches!(a.state, ActorState::Alive | ActorState::Dead) {
+            return Vec::new();
+        }
+        let info = Self::info(a);
+        self.waiters
+            .remove(&id)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|w| (w, info.clone()))
+            .collect()
+    }
+
+    /// The constructor ran on `worker`. A kill that raced the creation wins.
+    pub(crate) fn created(
+        &mut self,
+        id: ActorId,
+        worker: WorkerId,
+        lease: LeaseId,
+    ) -> (Vec<ActorAction>, Vec<(Waiter, ActorInfo)>) {
+        let Some(a) = self.actors.get_mut(&id) else {
+            return (vec![ActorAction::ReleaseWorker(lease)], Vec::new());
+        };
+        if a.killed {
+            return (vec![ActorAction::ReleaseWorker(lease)], self.settle(id));
+        }
+        a.state = ActorState::Alive;
+        a.worker = Some(worker);
+        a.lease = Some(lease);
+        (Vec::new(), self.settle(id))
+    }
+
+    /// Creation failed for good (constructor panicked, no worker, ...).
+    pub(crate) fn creation_failed(&mut self, id: ActorId, err: Error) -> Vec<(Waiter, ActorInfo)> {
+        if let Some(a) = self.actors.get_mut(&id) {
+            a.state = ActorState::Dead;
+            a.worker = None;
+            a.lease = None;
+            a.death = Some(err);
+        }
+        self.settle(id)
+    }
+
+    /// The actor's process died: restart it or declare it dead.
+    pub(crate) fn worker_died(
+        &mut self,
+        id: ActorId,
+    ) -> (Vec<ActorAction>, Vec<(Waiter, ActorInfo)>) {
+        let Some(a) = self.actors.get_mut(&id) else {
+            return (Vec::new(), Vec::new());
+        };
+        a.worker = None;
+        a.lease = None;
+        if a.state == ActorState::Dead {
+            return (Vec::new(), self.settle(id));
+        }
+        if !a.killed && a.restarts < a.spec.max_restarts {
+            a.restarts += 1;
+            a.incarnation += 1;
+            a.state = ActorState::Restarting;
+            return (vec![ActorAction::Create(id)], Vec::new());
+        }
+        a.state = ActorState::Dead;
+        a.death = Some(Error::new(
+            ErrorKind::ActorDied,
+            format!(
+                "actor `{}` died: its process exited and it was restarted {} of max_restarts = {} times",
+                a.spec.class, a.restarts, a.spec.max_restarts
+            ),
+        ));
+        (Vec::new(), self.settle(id))
+    }
+
+    /// `kill(handle)`: dead for good, whatever its restarts.
+    pub(crate) fn kill(&mut self, id: ActorId) -> (Vec<ActorAction>, Vec<(Waiter, ActorInfo)>) {
+        let Some(a) = self.actors.get_mut(&id) else {
+            return (Vec::new(), Vec::new());
+        };
+        a.killed = true;
+        a.state = ActorState::Dead;
+        a.death = Some(Error::new(
+            ErrorKind::ActorDied,
+            format!("actor `{}` was killed with rustray::kill", a.spec.class),
+        ));
+        if let Some(name) = &a.spec.name {
+            self.names.remove(name);
+        }
+        let actions = a
+            .lease
+            .take()
+            .map(ActorAction::ReleaseWorker)
+            .into_iter()
+            .collect();
+        (actions, self.settle(id))
+    }
+
+    /// Answers now, or registers a waiter (returns `None`).
+    pub(crate) fn lookup(
+        &mut self,
+        by: &ActorLookup,
+        wait: Option<Waiter>,
+    ) -> Option<Result<ActorInfo>> {
+        let id = match by {
+            ActorLookup::Id(id) => *id,
+            ActorLookup::Name(n) => match self.names.get(n) {
+                Some(id) => *id,
+                None => {
+                    return Some(Err(Error::new(
+                        ErrorKind::ActorNotFound,
+                        format!("no actor is named `{n}`"),
+                    )))
+                }
+            },
+        };
+        let Some(a) = self.actors.get(&id) else {
+            return Some(Err(Error::new(
+                ErrorKind::ActorNotFound,
+                format!("unknown {id:?}"),
+            )));
+        };
+        match (a.state, wait) {
+            (ActorState::Alive | ActorState::Dead, _) | (_, None) => Some(Ok(Self::info(a))),
+            (_, Some(w)) => {
+                self.waiters.entry(id).or_default().push(w);
+                None
+            }
+        }
+    }
+}
+
+/// The GCS service.
+pub(crate) struct Gcs {
+    session: Session,
+    table: Mutex<ActorTable>,
+    raylet: Arc<Conn>,
+    replies: Mutex<HashMap<u64, mpsc::Sender<Msg>>>,
+    next_req: AtomicU64,
+    stopping: AtomicBool,
+    /// The node table: this node's total resources.
+    pub(crate) nodes: Mutex<Vec<(String, ResourceSet)>>,
+}
+
+impl Gcs {
+    /// Starts the GCS thread listening on the session's GCS socket.
+    pub(crate) fn start(session: Session, node_resources: ResourceSet) -> Result<Arc<Gcs>> {
+        let path = session.gcs_socket();
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| Error::io(&format!("listening on {}", path.display()), e))?;
+        let raylet_stream = Conn::connect(&session.raylet_socket())?;
+        let raylet = Arc::new(Conn::new(&raylet_stream)?);
+        let gcs = Arc::new(Gcs {
+            nodes: Mutex::new(vec![(session.node.clone(), node_resources)]),
+            session,
+            table: Mutex::new(ActorTable::default()),
+            raylet,
+            replies: Mutex::new(HashMap::new()),
+            next_req: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+        });
+        let g = gcs.clone();
+        transport::spawn_reader(
+            "gcs-raylet".into(),
+            raylet_stream,
+            move |m| g.reply(m),
+            || {},
+        )?;
+        let g = gcs.clone();
+        std::thread::Builder::new()
+            .name("gcs".into())
+            .spawn(move || g.accept(listener))
+            .map_err(|e| Error::io("spawning the GCS thread", e))?;
+        Ok(gcs)
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        let _ = UnixStream::connect(self.session.gcs_socket());
+        let _ = std::fs::remove_file(self.session.gcs_socket());
+        self.raylet.close();
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, ActorTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reply(&self, m: Msg) {
+        let req = match &m {
+            Msg::LeaseGranted { req, .. } | Msg::LeaseFailed { req, .. } => *req,
+            _ => return,
+        };
+        if let Some(tx) = self
+            .replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&req)
+        {
+            let _ = tx.send(m);
+        }
+    }
+
+    fn accept(self: Arc<Self>, listener: UnixListener) {
+        for s in listener.incoming() {
+            if self.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            let Ok(stream) = s else { continue };
+            let Ok(conn) = Conn::new(&stream) else {
+                continue;
+            };
+            let conn = Arc::new(conn);
+            let g = self.clone();
+            let _ = transport::spawn_reader(
+                "gcs-client".into(),
+                stream,
+                move |m| g.handle(&conn, m),
+                || {},
+            );
+        }
+    }
+
+    fn answer(waiters: Vec<(Waiter, ActorInfo)>) {
+        for ((conn, req), info) in waiters {
+            let _ = conn.send(&Msg::ActorLookedUp {
+                req,
+                result: Ok(info),
+            });
+        }
+    }
+
+    fn handle(self: &Arc<Self>, conn: &Arc<Conn>, m: Msg) {
+        match m {
+            Msg::RegisterActor { req, spec } => {
+                let id = spec.id;
+                let r = self.table().register(spec);
+                match r {
+                    Ok(actions) => {
+                        // Answer the creator once the constructor has run.
+                        self.table()
+                            .waiters
+                            .entry(id)
+                            .or_default()
+                            .push((conn.clone(), u64::MAX - req));
+                        self.run(actions);
+                    }
+                    Err(e) => {
+                        let _ = conn.send(&Msg::ActorRegistered {
+                            req,
+                            result: Err(e),
+                        });
+                    }
+                }
+            }
+            Msg::LookupActor { req, by, wait } => {
+                let w = wait.then(|| (conn.clone(), req));
+                if let Some(result) = self.table().lookup(&by, w) {
+                    let _ = conn.send(&Msg::ActorLookedUp { req, result });
+                }
+            }
+            Msg::KillActor { req, id } => {
+                let (actions, waiters) = self.table().kill(id);
+                self.finish(actions, waiters);
+                let _ = conn.send(&Msg::ActorKilled { req });
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(self: &Arc<Self>, actions: Vec<ActorAction>, waiters: Vec<(Waiter, ActorInfo)>) {
+        let (creators, lookups): (Vec<_>, Vec<_>) = waiters
+            .into_iter()
+            .partition(|((_, req), _)| *req > u64::MAX / 2);
+        for ((conn, req), info) in creators {
+            let result = match info.state {
+                ActorState::Alive => Ok(()),
+                _ => Err(info
+                    .death
+                    .unwrap_or_else(|| Error::new(ErrorKind::ActorDied, "actor died"))),
+            };
+            let _ = conn.send(&Msg::ActorRegistered {
+                req: u64::MAX - req,
+                result,
+            });
+        }
+        Self::answer(lookups);
+        self.run(actions);
+    }
+
+    fn run(self: &Arc<Self>, actions: Vec<ActorAction>) {
+        for a in actions {
+            match a {
+                ActorAction::Create(id) => {
+                    let g = self.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("gcs-actor".into())
+                        .spawn(move || g.create_and_watch(id));
+                }
+                ActorAction::ReleaseWorker(lease) => {
+                    let _ = self.raylet.send(&Msg::ReturnLease { lease, kill: true });
+                }
+            }
+        }
+    }
+
+    fn lease(&self, shape: ResourceSet) -> Result<(LeaseId, WorkerId)> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        self.replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(req, tx);
+        self.raylet.send(&Msg::RequestLease { req, shape })?;
+        let r = rx.recv_timeout(LEASE_WAIT);
+        self.replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&req);
+        match r {
+            Ok(Msg::LeaseGranted { lease, worker, .. }) => Ok((lease, worker)),
+            Ok(Msg::LeaseFailed { error, .. }) => Err(error),
+            Ok(_) => Err(Error::unavailable("unexpected reply from the raylet")),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("no worker could be leased for the actor within {LEASE_WAIT:?}"),
+            )),
+        }
+    }
+
+    /// Creates the actor, then watches its connection: when it closes the
+    /// process died, and the actor restarts or dies.
+    fn create_and_watch(self: Arc<Self>, id: ActorId) {
+        loop {
+            let Some(spec) = self.table().spec(id) else {
+                return;
+            };
+            let created = self.lease(spec.shape.clone()).and_then(|(lease, worker)| {
+                let stream = Conn::connect(&self.session.worker_socket(worker))?;
+                let conn = Conn::new(&stream)?;
+                conn.send(&Msg::Hello { from: GCS_ID })?;
+                conn.send(&Msg::CreateActor { spec: spec.clone() })?;
+                Ok((lease, worker, stream, conn))
+            });
+            let (lease, worker, stream, _conn) = match created {
+                Ok(c) => c,
+                Err(e) => {
+                    log!("actor {} could not be created: {e}", spec.class);
+                    let w = self.table().creation_failed(id, e);
+                    self.finish(Vec::new(), w);
+                    return;
+                }
+            };
+            let mut first = true;
+            let me = self.clone();
+            let _ = transport::read_loop(stream, |m| {
+                if let (true, Msg::ActorCreated { result }) = (first, m) {
+                    first = false;
+                    match result {
+                        Ok(()) => {
+                            let (a, w) = me.table().created(id, worker, lease);
+                            me.finish(a, w);
+                        }
+                        Err(e) => {
+                            let w = me.table().creation_failed(id, e);
+                            me.finish(vec![ActorAction::ReleaseWorker(lease)], w);
+                        }
+                    }
+                }
+            });
+            if self.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            if first {
+                // Died before the constructor finished.
+                let e = Error::new(
+                    ErrorKind::ActorDied,
+                    format!(
+                        "the process of actor `{}` died while constructing it",
+                        spec.class
+                    ),
+                );
+                let w = self.table().creation_failed(id, e);
+                self.finish(Vec::new(), w);
+                return;
+            }
+            let (actions, waiters) = self.table().worker_died(id);
+            log!(
+                "actor {} lost its worker {worker}: {:?}",
+                spec.class,
+                actions
+            );
+            let restart = actions.contains(&ActorAction::Create(id));
+            Self::answer(waiters);
+            if !restart {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: Option<&str>, max_restarts: u32) -> ActorSpec {
+        ActorSpec {
+            id: ActorId::random(),
+            class: "m::Counter".into(),
+            args: Vec::new(),
+            name: name.map(String::from),
+            max_restarts,
+            shape: ResourceSet::new(),
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_freed_by_kill() {
+        let mut t = ActorTable::default();
+        let a = spec(Some("x"), 0);
+        let id = a.id;
+        t.register(a).unwrap();
+        assert!(t.register(spec(Some("x"), 0)).is_err());
+        t.kill(id);
+        t.register(spec(Some("x"), 0)).unwrap();
+    }
+
+    #[test]
+    fn restarts_are_counted_then_actor_dies() {
+        let mut t = ActorTable::default();
+        let a = spec(None, 1);
+        let id = a.id;
+        t.register(a).unwrap();
+        t.created(id, WorkerId(5), LeaseId(1));
+        let (act, _) = t.worker_died(id);
+        assert_eq!(act, vec![ActorAction::Create(id)]);
+        assert_eq!(t.actors[&id].state, ActorState::Restarting);
+        t.created(id, WorkerId(6), LeaseId(2));
+        assert_eq!(t.actors[&id].incarnation, 1);
+        let (act, _) = t.worker_died(id);
+        assert!(act.is_empty());
+        let info = t.lookup(&ActorLookup::Id(id), None).unwrap().unwrap();
+        assert_eq!(info.state, ActorState::Dead);
+        assert_eq!(info.death.unwrap().kind(), ErrorKind::ActorDied);
+    }
+
+    #[test]
+    fn killed_actor_is_not_restarted() {
+        let mut t = ActorTable::default();
+        let a = spec(None, 5);
+        let id = a.id;
+        t.register(a).unwrap();
+        t.created(id, WorkerId(5), LeaseId(1));
+        let (act, _) = t.kill(id);
+        assert_eq!(act, vec![ActorAction::ReleaseWorker(LeaseId(1))]);
+        let (act, _) = t.worker_died(id);
+        assert!(act.is_empty());
+        assert_eq!(t.actors[&id].state, ActorState::Dead);
+    }
+
+    #[test]
+    fn lookups_wait_while_restarting_and_unknown_names_fail() {
+        let mut t = ActorTable::default();
+        let a = spec(Some("c"), 1);
+        let id = a.id;
+        t.register(a).unwrap();
+        let (x, _y) = UnixStream::pair().unwrap();
+        let w = (Arc::new(Conn::new(&x).unwrap()), 9);
+        assert!(t.lookup(&ActorLookup::Name("c".into()), Some(w)).is_none());
+        let (_, answered) = t.created(id, WorkerId(1), LeaseId(1));
+        assert_eq!(answered.len(), 1);
+        assert_eq!(answered[0].1.state, ActorState::Alive);
+        let e = t
+            .lookup(&ActorLookup::Name("nope".into()), None)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ActorNotFound);
+    }
+
+    #[test]
+    fn kill_during_creation_releases_the_late_worker() {
+        let mut t = ActorTable::default();
+        let a = spec(None, 3);
+        let id = a.id;
+        t.register(a).unwrap();
+        t.kill(id);
+        let (act, _) = t.created(id, WorkerId(2), LeaseId(7));
+        assert_eq!(act, vec![ActorAction::ReleaseWorker(LeaseId(7))]);
+    }
+}

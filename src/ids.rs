@@ -1,0 +1,98 @@
+//! Identifiers of workers, objects, tasks, actors and clusters.
+//!
+//! As in Ray, an object id embeds its owner: the worker that created the
+//! object (by `put` or by submitting the task that returns it). Anyone holding
+//! the id can therefore find the owner to ask for the value or to report a
+//! borrow, without a directory lookup.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A fresh random 64-bit value from the kernel.
+pub(crate) fn random_u64() -> u64 {
+    let mut buf = [0u8; 8];
+    // SAFETY: getrandom writes at most buf.len() bytes into the valid buffer.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != buf.len() as isize {
+        // getrandom cannot fail for 8 bytes on Linux >= 3.17; mix time and pid
+        // rather than panic if it somehow does.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        return t ^ ((std::process::id() as u64) << 32);
+    }
+    u64::from_le_bytes(buf)
+}
+
+/// One process of the cluster that runs rustray's core worker: the driver or a worker.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WorkerId(pub(crate) u64);
+
+impl WorkerId {
+    pub(crate) fn random() -> WorkerId {
+        WorkerId(random_u64() | 1)
+    }
+}
+
+impl fmt::Debug for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// An object: its owner plus a sequence number unique within the owner.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectId {
+    pub(crate) owner: WorkerId,
+    pub(crate) seq: u64,
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.owner, self.seq)
+    }
+}
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A task: its submitter plus a sequence number (shared with object ids).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskId {
+    pub(crate) owner: WorkerId,
+    pub(crate) seq: u64,
+}
+
+impl fmt::Debug for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "task {}/{}", self.owner, self.seq)
+    }
+}
+
+/// An actor, stable across restarts.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ActorId(pub(crate) u64);
+
+impl ActorId {
+    pub(crate) fn random() -> ActorId {
+        ActorId(random_u64())
+    }
+}
+
+impl fmt::Debug for ActorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "actor {:016x}", self.0)
+    }
+}
+
+/// A lease granted by a raylet.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub struct LeaseId(pub(crate) u64);

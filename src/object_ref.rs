@@ -1,0 +1,277 @@
+//! `ObjectRef<T>` and the object API: `put`, `get`, `wait`, `cancel`, and
+//! zero-copy views.
+
+use crate::codec::{self, Pod};
+use crate::error::{Error, Result};
+use crate::ids::ObjectId;
+use crate::transport::Payload;
+use crate::worker::{self, Effects, RawRef};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+/// A future of an immutable object in the cluster: returned by `put` and by
+/// submitting a task, resolved by [`get`]. Cheap to clone; can be passed to
+/// tasks (as an argument, or inside another value) and to other processes.
+/// The object is freed when no `ObjectRef` to it remains anywhere.
+pub struct ObjectRef<T> {
+    raw: RawRef,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> ObjectRef<T> {
+    pub(crate) fn from_raw(raw: RawRef) -> ObjectRef<T> {
+        ObjectRef {
+            raw,
+            _t: PhantomData,
+        }
+    }
+
+    pub(crate) fn raw(&self) -> &RawRef {
+        &self.raw
+    }
+
+    pub(crate) fn into_raw(self) -> RawRef {
+        self.raw
+    }
+
+    /// The object's id, printable.
+    pub fn id(&self) -> String {
+        self.raw.id.to_string()
+    }
+}
+
+impl<T> Clone for ObjectRef<T> {
+    fn clone(&self) -> Self {
+        ObjectRef::from_raw(self.raw.clone())
+    }
+}
+
+impl<T> std::fmt::Debug for ObjectRef<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ObjectRef<{}>({})",
+            std::any::type_name::<T>(),
+            self.raw.id
+        )
+    }
+}
+
+impl<T> Serialize for ObjectRef<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        worker::note_serialized(&self.raw);
+        self.raw.id.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for ObjectRef<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let id = ObjectId::deserialize(d)?;
+        let cw = worker::current().map_err(serde::de::Error::custom)?;
+        cw.adopt_ref(id)
+            .map(ObjectRef::from_raw)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Stores a value in the object store and returns a ref to it.
+///
+/// Small values stay in this process; large ones are written once into the
+/// node's shared arena (plain numeric vectors such as `Vec<u8>` or
+/// `Vec<f64>` with a single `memcpy`).
+pub fn put<T: Serialize + Send + 'static>(value: T) -> Result<ObjectRef<T>> {
+    let cw = worker::current()?;
+    let (enc, refs) = worker::capturing(|| codec::encode_value(&value));
+    let enc = enc?;
+    let big = enc.len() > worker::INLINE_MAX;
+    let raw = cw.put_encoded(&enc, refs)?;
+    drop(enc);
+    // Freeing a large source buffer is not the caller's wait.
+    if big && codec::is_pod_vec::<T>() {
+        let _ = std::thread::Builder::new().spawn(move || drop(value));
+    }
+    Ok(ObjectRef::from_raw(raw))
+}
+
+fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.map(|t| Instant::now() + t)
+}
+
+fn get_inner<T: DeserializeOwned + 'static>(
+    r: &ObjectRef<T>,
+    timeout: Option<Duration>,
+) -> Result<T> {
+    let cw = &r.raw.cw;
+    if cw.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Error::unavailable("rustray was shut down"));
+    }
+    let payload = cw.wait_value(r.raw.id, deadline(timeout))?;
+    codec::decode_value::<T>(cw.payload_bytes(&payload)?)
+}
+
+/// Waits for the object and returns its value.
+///
+/// Fails with the task's error if the task producing it failed, or with a
+/// type-mismatch error if the object holds another type.
+pub fn get<T: DeserializeOwned + 'static>(r: &ObjectRef<T>) -> Result<T> {
+    get_inner(r, None)
+}
+
+/// Like [`get`], but gives up after `timeout` with a
+/// [`Timeout`](ErrorKind::Timeout) error; the object can still be fetched later.
+pub fn get_timeout<T: DeserializeOwned + 'static>(
+    r: &ObjectRef<T>,
+    timeout: Duration,
+) -> Result<T> {
+    get_inner(r, Some(timeout))
+}
+
+/// Gets many objects, in order.
+pub fn get_all<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+    refs.iter().map(get).collect()
+}
+
+/// Waits until `num_returns` of `refs` are ready or `timeout` passes, and
+/// splits them into (ready, not ready), each in the order given.
+pub fn wait<T>(
+    refs: &[ObjectRef<T>],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+    if num_returns > refs.len() {
+        return Err(Error::invalid(format!(
+            "num_returns ({num_returns}) exceeds the number of refs ({})",
+            refs.len()
+        )));
+    }
+    let Some(first) = refs.first() else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let cw = first.raw.cw.clone();
+    let end = deadline(timeout);
+    let mut guard = None;
+    let mut st = cw.lock();
+    loop {
+        let mut fx = Effects::default();
+        let mut ready = vec![false; refs.len()];
+        let mut n = 0;
+        for (i, r) in refs.iter().enumerate() {
+            // An unknown object cannot become ready: count it as ready so
+            // that `get` reports the error instead of `wait` hanging.
+            if !matches!(cw.poll_value(&mut st, r.raw.id, &mut fx), Ok(None)) {
+                ready[i] = true;
+                n += 1;
+            }
+        }
+        let timed_out = end.is_some_and(|d| Instant::now() >= d);
+        if n >= num_returns || timed_out {
+            drop(st);
+            cw.apply(fx);
+            let mut yes = Vec::new();
+            let mut no = Vec::new();
+            for (r, ok) in refs.iter().zip(ready) {
+                if ok && yes.len() < num_returns {
+                    yes.push(r.clone());
+                } else {
+                    no.push(r.clone());
+                }
+            }
+            return Ok((yes, no));
+        }
+        drop(st);
+        cw.apply(fx);
+        if guard.is_none() {
+            guard = Some(cw.block_guard());
+        }
+        st = cw.lock();
+        if cw.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::unavailable("rustray was shut down"));
+        }
+        let wait = end
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_millis(500))
+            .min(Duration::from_millis(500));
+        st = cw
+            .cond
+            .wait_timeout(st, wait)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+}
+
+/// Cancels the task that produces `r`: a queued task is dropped; a running
+/// one is stopped by ending its worker process (Ray's `force=True`). Its
+/// `get` then fails with [`Cancelled`](ErrorKind::Cancelled).
+pub fn cancel<T>(r: &ObjectRef<T>) -> Result<()> {
+    r.raw.cw.cancel(r.raw.id)
+}
+
+/// A read-only view of a `Vec<E>` object without copying it out of the
+/// shared store. Keeps the object alive while it exists.
+pub struct ObjectView<E: Pod> {
+    ptr: *const E,
+    len: usize,
+    _keep: Option<RawRef>,
+    _owned: Option<Vec<E>>,
+}
+
+// SAFETY: the view is read-only over immutable shared memory (or owns its
+// data); E is Send + Sync.
+unsafe impl<E: Pod> Send for ObjectView<E> {}
+// SAFETY: as above.
+unsafe impl<E: Pod> Sync for ObjectView<E> {}
+
+impl<E: Pod> std::ops::Deref for ObjectView<E> {
+    type Target = [E];
+    fn deref(&self) -> &[E] {
+        // SAFETY: ptr/len describe `len` initialized, aligned elements kept
+        // alive by `_keep` (the arena block) or `_owned`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl<E: Pod> std::fmt::Debug for ObjectView<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ObjectView<{}>(len {})",
+            std::any::type_name::<E>(),
+            self.len
+        )
+    }
+}
+
+/// Reads a `Vec<E>` object in place: for objects in the shared store no byte
+/// is copied, whatever the size.
+pub fn get_view<E: Pod>(r: &ObjectRef<Vec<E>>) -> Result<ObjectView<E>> {
+    let cw = &r.raw.cw;
+    let payload = cw.wait_value(r.raw.id, None)?;
+    match &payload {
+        Payload::Store { offset, len } => {
+            let bytes = cw.arena.read(*offset, *len)?;
+            let blob = codec::parse(bytes)?;
+            let (off, n) = blob.pod_payload::<E>()?;
+            let ptr = bytes[off..].as_ptr();
+            if (ptr as usize) % std::mem::align_of::<E>() != 0 {
+                return Err(Error::invalid("object payload is misaligned"));
+            }
+            Ok(ObjectView {
+                ptr: ptr.cast(),
+                len: n,
+                _keep: Some(r.raw.clone()),
+                _owned: None,
+            })
+        }
+        Payload::Inline(bytes) => {
+            let v: Vec<E> = codec::decode_value(bytes)?;
+            Ok(ObjectView {
+                ptr: v.as_ptr(),
+                len: v.len(),
+                _keep: None,
+                _owned: Some(v),
+            })
+        }
+    }
+}

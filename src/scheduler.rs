@@ -1,0 +1,561 @@
+//! Resource accounting and the raylet's worker-lease policy, as a
+//! deterministic state machine with no IO.
+//!
+//! The raylet's IO shell feeds events in (a lease request arrived, a worker
+//! registered, a lease came back, a worker died, a task blocked in `get`) and
+//! executes the [`Action`]s that come out (grant, reject, start or kill a
+//! worker). Keeping the policy pure lets the tests below drive it through
+//! races that are hard to provoke with real processes.
+//!
+//! Policy, following Ray's local lease manager:
+//! - requests are served first come, first served, skipping ones that do not
+//!   fit yet so a large request does not block small ones;
+//! - a request that can never fit the node is rejected at once (infeasible),
+//!   rather than queued forever;
+//! - a task blocked in `get`/`wait` lends its CPUs back, which is what lets
+//!   deep nesting make progress on a small node; on unblocking it takes them
+//!   back even if that oversubscribes the node for a while, as Ray does.
+//!
+//! Amounts are fixed point (1/10000 of a unit) so that shapes can be hashed
+//! and compared exactly, as Ray's `FixedPoint`.
+
+use crate::error::{Error, ErrorKind};
+use crate::ids::{LeaseId, WorkerId};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+
+const SCALE: f64 = 10_000.0;
+/// The CPU resource's name.
+pub(crate) const CPU: &str = "CPU";
+/// The GPU resource's name.
+pub(crate) const GPU: &str = "GPU";
+
+/// A set of named resource amounts (a task's shape or a node's capacity).
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub(crate) struct ResourceSet {
+    // sorted by name, no zero amounts: equal shapes compare equal
+    items: Vec<(String, i64)>,
+}
+
+impl fmt::Debug for ResourceSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{{")?;
+        for (i, (k, v)) in self.items.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{k}: {}", *v as f64 / SCALE)?;
+        }
+        write!(f, "}}")
+    }
+}
+
+impl ResourceSet {
+    pub(crate) fn new() -> ResourceSet {
+        ResourceSet::default()
+    }
+
+    /// Sets `name` to `amount`; rejects negative or non-finite amounts.
+    pub(crate) fn set(&mut self, name: &str, amount: f64) -> Result<(), Error> {
+        if !amount.is_finite() || amount < 0.0 {
+            return Err(Error::invalid(format!(
+                "resource `{name}` must be a finite amount >= 0, got {amount}"
+            )));
+        }
+        let fixed = (amount * SCALE).round() as i64;
+        match self.items.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
+            Ok(i) if fixed == 0 => {
+                self.items.remove(i);
+            }
+            Ok(i) => self.items[i].1 = fixed,
+            Err(_) if fixed == 0 => {}
+            Err(i) => self.items.insert(i, (name.to_string(), fixed)),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn with(mut self, name: &str, amount: f64) -> Result<ResourceSet, Error> {
+        self.set(name, amount)?;
+        Ok(self)
+    }
+
+    pub(crate) fn get(&self, name: &str) -> f64 {
+        self.fixed(name) as f64 / SCALE
+    }
+
+    fn fixed(&self, name: &str) -> i64 {
+        self.items
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .map(|i| self.items[i].1)
+            .unwrap_or(0)
+    }
+
+    /// True when every amount in `self` is available in `avail`.
+    pub(crate) fn fits(&self, avail: &ResourceSet) -> bool {
+        self.items.iter().all(|(k, v)| avail.fixed(k) >= *v)
+    }
+
+    fn add_signed(&mut self, other: &ResourceSet, sign: i64) {
+        for (k, v) in &other.items {
+            let cur = self.fixed(k) + sign * v;
+            match self.items.binary_search_by(|(n, _)| n.as_str().cmp(k)) {
+                Ok(i) => self.items[i].1 = cur,
+                Err(i) => self.items.insert(i, (k.clone(), cur)),
+            }
+        }
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.items
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v as f64 / SCALE))
+    }
+
+    /// Only the CPU part of the shape (what a blocked task lends back).
+    fn cpu_only(&self) -> ResourceSet {
+        let mut r = ResourceSet::new();
+        let cpu = self.fixed(CPU);
+        if cpu != 0 {
+            r.items.push((CPU.to_string(), cpu));
+        }
+        r
+    }
+}
+
+/// Who asked for a lease: one connection to the raylet.
+pub(crate) type ClientId = u64;
+
+/// What the IO shell must do.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Action {
+    Grant {
+        client: ClientId,
+        req: u64,
+        lease: LeaseId,
+        worker: WorkerId,
+    },
+    Reject {
+        client: ClientId,
+        req: u64,
+        error: Error,
+    },
+    /// Start one more worker process.
+    StartWorker,
+    /// Kill this worker (its lease holder is gone, or it is surplus).
+    KillWorker(WorkerId),
+}
+
+#[derive(Debug)]
+struct Pending {
+    client: ClientId,
+    req: u64,
+    shape: ResourceSet,
+}
+
+#[derive(Debug)]
+struct Lease {
+    client: ClientId,
+    worker: WorkerId,
+    shape: ResourceSet,
+    blocked: bool,
+}
+
+/// The raylet's lease manager.
+#[derive(Debug)]
+pub(crate) struct LeaseManager {
+    total: ResourceSet,
+    available: ResourceSet,
+    queue: VecDeque<Pending>,
+    idle: Vec<WorkerId>,
+    starting: usize,
+    max_starting: usize,
+    max_idle: usize,
+    leases: HashMap<LeaseId, Lease>,
+    by_worker: HashMap<WorkerId, LeaseId>,
+    next_lease: u64,
+}
+
+impl LeaseManager {
+    /// A node with `total` resources; at most `max_starting` workers start at
+    /// once and at most `max_idle` idle workers are kept.
+    pub(crate) fn new(total: ResourceSet, max_starting: usize, max_idle: usize) -> LeaseManager {
+        LeaseManager {
+            available: total.clone(),
+            total,
+            queue: VecDeque::new(),
+            idle: Vec::new(),
+            starting: 0,
+            max_starting: max_starting.max(1),
+            max_idle,
+            leases: HashMap::new(),
+            by_worker: HashMap::new(),
+            next_lease: 1,
+        }
+    }
+
+    pub(crate) fn total(&self) -> &ResourceSet {
+        &self.total
+    }
+
+    pub(crate) fn available(&self) -> &ResourceSet {
+        &self.available
+    }
+
+    /// The shell started `n` workers on its own (prestart at boot).
+    pub(crate) fn note_prestarted(&mut self, n: usize) {
+        self.starting += n;
+    }
+
+    /// A lease request arrived.
+    pub(crate) fn request(
+        &mut self,
+        client: ClientId,
+        req: u64,
+        shape: ResourceSet,
+    ) -> Vec<Action> {
+        if !shape.fits(&self.total) {
+            let error = Error::new(
+                ErrorKind::Infeasible,
+                format!(
+                    "the request {:?} exceeds what this node has in total ({:?}); no node in the cluster can run it",
+                    shape, self.total
+                ),
+            );
+            return vec![Action::Reject { client, req, error }];
+        }
+        self.queue.push_back(Pending { client, req, shape });
+        self.schedule()
+    }
+
+    /// A worker process finished starting and is ready for leases.
+    pub(crate) fn worker_registered(&mut self, worker: WorkerId) -> Vec<Action> {
+        self.starting = self.starting.saturating_sub(1);
+        self.idle.push(worker);
+        self.schedule()
+    }
+
+    /// A worker process failed to start (it exited before registering).
+    pub(crate) fn worker_start_failed(&mut self) -> Vec<Action> {
+        self.starting = self.starting.saturating_sub(1);
+        self.schedule()
+    }
+
+    /// The holder gave the lease back; `kill` when the worker must not be
+    /// reused (a killed actor, a cancelled running task).
+    pub(crate) fn return_lease(&mut self, lease: LeaseId, kill: bool) -> Vec<Action> {
+        let mut out = Vec::new();
+        if let Some(l) = self.release(lease) {
+            if kill {
+                out.push(Action::KillWorker(l.worker));
+            } else if self.idle.len() >= self.max_idle && self.queue.is_empty() {
+                out.push(Action::KillWorker(l.worker));
+            } else {
+                self.idle.push(l.worker);
+            }
+        }
+        out.extend(self.schedule());
+        out
+    }
+
+    fn release(&mut self, lease: LeaseId) -> Option<Lease> {
+        let l = self.leases.remove(&lease)?;
+        self.by_worker.remove(&l.worker);
+        let held = if l.blocked {
+            let mut s = l.shape.clone();
+            s.add_signed(&l.shape.cpu_only(), -1);
+            s
+        } else {
+            l.shape.clone()
+        };
+        self.available.add_signed(&held, 1);
+        Some(l)
+    }
+
+    /// A worker process exited (crash, kill, or shutdown).
+    pub(crate) fn worker_died(&mut self, worker: WorkerId) -> Vec<Action> {
+        self.idle.retain(|w| *w != worker);
+        if let Some(lease) = self.by_worker.get(&worker).copied() {
+            self.release(lease);
+        }
+        self.schedule()
+    }
+
+    /// A connection closed: drop its queued requests and kill the workers it
+    /// leased, since they would run work nobody will collect.
+    pub(crate) fn client_gone(&mut self, client: ClientId) -> Vec<Action> {
+        self.queue.retain(|p| p.client != client);
+        let gone: Vec<LeaseId> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.client == client)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out = Vec::new();
+        for id in gone {
+            if let Some(l) = self.release(id) {
+                out.push(Action::KillWorker(l.worker));
+            }
+        }
+        out.extend(self.schedule());
+        out
+    }
+
+    /// The leased worker blocked in `get`/`wait`: lend its CPUs back.
+    pub(crate) fn blocked(&mut self, worker: WorkerId) -> Vec<Action> {
+        let Some(l) = self
+            .by_worker
+            .get(&worker)
+            .and_then(|id| self.leases.get_mut(id))
+        else {
+            return Vec::new();
+        };
+        if l.blocked {
+            return Vec::new();
+        }
+        l.blocked = true;
+        let cpu = l.shape.cpu_only();
+        self.available.add_signed(&cpu, 1);
+        self.schedule()
+    }
+
+    /// The worker resumed: it takes its CPUs back (possibly oversubscribing).
+    pub(crate) fn unblocked(&mut self, worker: WorkerId) {
+        let Some(l) = self
+            .by_worker
+            .get(&worker)
+            .and_then(|id| self.leases.get_mut(id))
+        else {
+            return;
+        };
+        if !l.blocked {
+            return;
+        }
+        l.blocked = false;
+        let cpu = l.shape.cpu_only();
+        self.available.add_signed(&cpu, -1);
+    }
+
+    pub(crate) fn lease_count(&self) -> usize {
+        self.leases.len()
+    }
+
+    pub(crate) fn idle_count(&self) -> usize {
+        self.idle.len()
+    }
+
+    fn schedule(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        let mut waiting_for_worker = 0usize;
+        let mut i = 0;
+        while i < self.queue.len() {
+            if !self.queue[i].shape.fits(&self.available) {
+                i += 1;
+                continue;
+            }
+            let Some(worker) = self.idle.pop() else {
+                waiting_for_worker += 1;
+                i += 1;
+                continue;
+            };
+            let Some(p) = self.queue.remove(i) else { break };
+            let lease = LeaseId(self.next_lease);
+            self.next_lease += 1;
+            self.available.add_signed(&p.shape, -1);
+            self.leases.insert(
+                lease,
+                Lease {
+                    client: p.client,
+                    worker,
+                    shape: p.shape,
+                    blocked: false,
+                },
+            );
+            self.by_worker.insert(worker, lease);
+            out.push(Action::Grant {
+                client: p.client,
+                req: p.req,
+                lease,
+                worker,
+            });
+        }
+        while self.starting < waiting_for_worker.min(self.max_starting) {
+            self.starting += 1;
+            out.push(Action::StartWorker);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpus(n: f64) -> ResourceSet {
+        ResourceSet::new().with(CPU, n).unwrap()
+    }
+
+    fn w(n: u64) -> WorkerId {
+        WorkerId(n)
+    }
+
+    fn grants(actions: &[Action]) -> Vec<(u64, WorkerId)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Grant { req, worker, .. } => Some((*req, *worker)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn lease_of(actions: &[Action]) -> LeaseId {
+        actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Grant { lease, .. } => Some(*lease),
+                _ => None,
+            })
+            .expect("a grant")
+    }
+
+    #[test]
+    fn shapes_compare_exactly() {
+        let a = ResourceSet::new()
+            .with("GPU", 0.5)
+            .unwrap()
+            .with("CPU", 1.0)
+            .unwrap();
+        let b = ResourceSet::new()
+            .with("CPU", 1.0)
+            .unwrap()
+            .with("GPU", 0.5)
+            .unwrap();
+        assert_eq!(a, b);
+        assert!(ResourceSet::new().set("CPU", -1.0).is_err());
+        assert!(ResourceSet::new().set("CPU", f64::NAN).is_err());
+        assert_eq!(cpus(0.0), ResourceSet::new());
+    }
+
+    #[test]
+    fn request_starts_a_worker_then_grants() {
+        let mut m = LeaseManager::new(cpus(2.0), 4, 4);
+        assert_eq!(m.request(1, 10, cpus(1.0)), vec![Action::StartWorker]);
+        let a = m.worker_registered(w(7));
+        assert_eq!(grants(&a), vec![(10, w(7))]);
+        assert_eq!(m.available().get(CPU), 1.0);
+    }
+
+    #[test]
+    fn infeasible_is_rejected_immediately() {
+        let mut m = LeaseManager::new(cpus(2.0), 4, 4);
+        let a = m.request(1, 1, ResourceSet::new().with(GPU, 1.0).unwrap());
+        match &a[..] {
+            [Action::Reject { error, .. }] => assert_eq!(error.kind(), ErrorKind::Infeasible),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn full_node_queues_until_lease_returns_and_reuses_worker() {
+        let mut m = LeaseManager::new(cpus(1.0), 4, 4);
+        m.request(1, 1, cpus(1.0));
+        let l1 = lease_of(&m.worker_registered(w(1)));
+        // second request does not fit: no worker is started for it
+        assert!(m.request(2, 2, cpus(1.0)).is_empty());
+        let a = m.return_lease(l1, false);
+        assert_eq!(grants(&a), vec![(2, w(1))]);
+    }
+
+    #[test]
+    fn blocked_task_lends_its_cpu_for_nesting() {
+        let mut m = LeaseManager::new(cpus(1.0), 4, 4);
+        m.request(1, 1, cpus(1.0));
+        m.worker_registered(w(1));
+        assert!(m.request(1, 2, cpus(1.0)).is_empty());
+        // the parent blocks in get: its CPU goes to the child
+        assert_eq!(m.blocked(w(1)), vec![Action::StartWorker]);
+        let a = m.worker_registered(w(2));
+        let child = lease_of(&a);
+        assert_eq!(grants(&a), vec![(2, w(2))]);
+        m.return_lease(child, false);
+        m.unblocked(w(1));
+        assert_eq!(m.available().get(CPU), 0.0);
+    }
+
+    #[test]
+    fn unblock_may_oversubscribe_then_recovers() {
+        let mut m = LeaseManager::new(cpus(1.0), 4, 4);
+        m.request(1, 1, cpus(1.0));
+        let parent = lease_of(&m.worker_registered(w(1)));
+        m.request(1, 2, cpus(1.0));
+        m.blocked(w(1));
+        let child = lease_of(&m.worker_registered(w(2)));
+        m.unblocked(w(1));
+        assert_eq!(m.available().get(CPU), -1.0);
+        m.return_lease(child, false);
+        m.return_lease(parent, false);
+        assert_eq!(m.available().get(CPU), 1.0);
+    }
+
+    #[test]
+    fn worker_death_releases_its_lease() {
+        let mut m = LeaseManager::new(cpus(1.0), 4, 4);
+        m.request(1, 1, cpus(1.0));
+        m.worker_registered(w(1));
+        m.request(1, 2, cpus(1.0));
+        let a = m.worker_died(w(1));
+        assert_eq!(a, vec![Action::StartWorker]);
+        assert_eq!(m.lease_count(), 0);
+        assert_eq!(grants(&m.worker_registered(w(2))), vec![(2, w(2))]);
+    }
+
+    #[test]
+    fn gone_client_loses_queue_and_leased_workers() {
+        let mut m = LeaseManager::new(cpus(1.0), 4, 4);
+        m.request(5, 1, cpus(1.0));
+        m.worker_registered(w(1));
+        m.request(5, 2, cpus(1.0));
+        let a = m.client_gone(5);
+        assert_eq!(a, vec![Action::KillWorker(w(1))]);
+        assert_eq!(m.available().get(CPU), 1.0);
+        assert_eq!(m.lease_count(), 0);
+    }
+
+    #[test]
+    fn surplus_idle_workers_are_killed() {
+        let mut m = LeaseManager::new(cpus(4.0), 4, 1);
+        m.request(1, 1, cpus(1.0));
+        m.request(1, 2, cpus(1.0));
+        let l1 = lease_of(&m.worker_registered(w(1)));
+        let l2 = lease_of(&m.worker_registered(w(2)));
+        assert!(m.return_lease(l1, false).is_empty());
+        assert_eq!(m.return_lease(l2, false), vec![Action::KillWorker(w(2))]);
+        assert_eq!(m.idle_count(), 1);
+    }
+
+    #[test]
+    fn zero_cpu_actor_leases_need_only_a_worker() {
+        let mut m = LeaseManager::new(cpus(1.0), 2, 4);
+        for r in 0..3 {
+            m.request(1, r, ResourceSet::new());
+        }
+        let mut granted = 0;
+        for i in 0..3 {
+            granted += grants(&m.worker_registered(w(i))).len();
+        }
+        assert_eq!(granted, 3);
+        assert_eq!(m.available().get(CPU), 1.0);
+    }
+
+    #[test]
+    fn big_request_does_not_block_small_ones() {
+        let mut m = LeaseManager::new(cpus(2.0), 4, 4);
+        m.request(1, 1, cpus(1.0));
+        m.worker_registered(w(1));
+        m.request(1, 2, cpus(2.0));
+        let a = m.request(1, 3, cpus(1.0));
+        assert_eq!(a, vec![Action::StartWorker]);
+        assert_eq!(grants(&m.worker_registered(w(2))), vec![(3, w(2))]);
+    }
+}

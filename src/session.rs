@@ -1,0 +1,298 @@
+//! A cluster session on this node: its id, its directory, the role of this
+//! process, the configuration passed from driver to raylet to workers, and the
+//! per-process log files.
+//!
+//! Everything a node creates is named after the cluster id and the node name
+//! (`/tmp/rustray/<cluster>-<node>/...`, `/dev/shm/rustray-<cluster>-<node>`),
+//! so two clusters on one machine, or emulated nodes sharing a filesystem,
+//! never collide. Socket paths stay well under the 108-byte `sun_path` limit.
+
+use crate::error::{Error, Result};
+use crate::ids::WorkerId;
+use crate::scheduler::{ResourceSet, CPU, GPU};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+pub(crate) const ENV_ROLE: &str = "RUSTRAY_ROLE";
+pub(crate) const ENV_SESSION: &str = "RUSTRAY_SESSION";
+pub(crate) const ENV_WORKER_ID: &str = "RUSTRAY_WORKER_ID";
+
+/// Settings for [`init_with`](crate::init_with).
+///
+/// ```
+/// let cfg = rustray::Config::new().num_cpus(4.0).object_store_memory(1 << 30);
+/// # let _ = cfg;
+/// ```
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Config {
+    num_cpus: Option<f64>,
+    num_gpus: Option<f64>,
+    resources: Vec<(String, f64)>,
+    object_store_memory: Option<u64>,
+}
+
+impl Config {
+    /// Defaults: all cores, no GPUs, an object store of 30% of memory
+    /// (bounded by `/dev/shm`).
+    pub fn new() -> Config {
+        Config::default()
+    }
+
+    /// CPUs the node offers to tasks (default: the cores of this machine).
+    pub fn num_cpus(mut self, n: f64) -> Config {
+        self.num_cpus = Some(n);
+        self
+    }
+
+    /// GPUs the node offers (default 0).
+    pub fn num_gpus(mut self, n: f64) -> Config {
+        self.num_gpus = Some(n);
+        self
+    }
+
+    /// A custom resource the node offers, as Ray's `resources={...}`.
+    pub fn resource(mut self, name: &str, amount: f64) -> Config {
+        self.resources.push((name.to_string(), amount));
+        self
+    }
+
+    /// Size of the node's shared-memory object store in bytes.
+    pub fn object_store_memory(mut self, bytes: u64) -> Config {
+        self.object_store_memory = Some(bytes);
+        self
+    }
+
+    pub(crate) fn node_resources(&self) -> Result<ResourceSet> {
+        let cpus = self.num_cpus.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as f64)
+                .unwrap_or(1.0)
+        });
+        let mut r = ResourceSet::new();
+        r.set(CPU, cpus)?;
+        r.set(GPU, self.num_gpus.unwrap_or(0.0))?;
+        for (k, v) in &self.resources {
+            if k.is_empty() {
+                return Err(Error::invalid("a resource name must not be empty"));
+            }
+            r.set(k, *v)?;
+        }
+        Ok(r)
+    }
+
+    pub(crate) fn store_bytes(&self) -> Result<u64> {
+        if let Some(b) = self.object_store_memory {
+            if b < 1 << 20 {
+                return Err(Error::invalid(format!(
+                    "object_store_memory must be at least 1 MiB, got {b} bytes"
+                )));
+            }
+            return Ok(b);
+        }
+        // SAFETY: sysconf has no preconditions.
+        let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) }.max(0) as u64;
+        // SAFETY: as above.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+        let mut bytes = pages * page * 3 / 10;
+        if let Some(shm) = shm_free_bytes() {
+            bytes = bytes.min(shm * 9 / 10);
+        }
+        Ok(bytes.max(64 << 20))
+    }
+}
+
+fn shm_free_bytes() -> Option<u64> {
+    let path = std::ffi::CString::new("/dev/shm").ok()?;
+    // SAFETY: statvfs is plain data, fully written on success.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid NUL-terminated path and out pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// What every process of a node's session knows, passed in the environment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Session {
+    pub(crate) cluster: String,
+    pub(crate) node: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) config: Config,
+}
+
+impl Session {
+    pub(crate) fn new(config: Config) -> Result<Session> {
+        let cluster = format!("{:012x}", crate::ids::random_u64() >> 16);
+        let node = node_name();
+        let base = std::env::var_os("RUSTRAY_TMPDIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/tmp/rustray"));
+        let dir = base.join(format!("{cluster}-{node}"));
+        std::fs::create_dir_all(dir.join("logs"))
+            .map_err(|e| Error::io(&format!("creating session dir {}", dir.display()), e))?;
+        Ok(Session {
+            cluster,
+            node,
+            dir,
+            config,
+        })
+    }
+
+    pub(crate) fn to_env(&self) -> Result<String> {
+        Ok(hex(&crate::codec::encode(self)?))
+    }
+
+    pub(crate) fn from_env() -> Result<Session> {
+        let v = std::env::var(ENV_SESSION)
+            .map_err(|_| Error::invalid(format!("{ENV_SESSION} is not set")))?;
+        let bytes = unhex(&v).ok_or_else(|| Error::invalid(format!("{ENV_SESSION} is corrupt")))?;
+        crate::codec::decode(&bytes, "session")
+    }
+
+    pub(crate) fn raylet_socket(&self) -> PathBuf {
+        self.dir.join("raylet.sock")
+    }
+
+    pub(crate) fn gcs_socket(&self) -> PathBuf {
+        self.dir.join("gcs.sock")
+    }
+
+    pub(crate) fn worker_socket(&self, w: WorkerId) -> PathBuf {
+        self.dir.join(format!("w-{w}.sock"))
+    }
+
+    pub(crate) fn arena_path(&self) -> PathBuf {
+        crate::object_store::arena_path(&self.cluster, &self.node)
+    }
+
+    pub(crate) fn log_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    /// Removes every socket of the session (the logs stay).
+    pub(crate) fn remove_sockets(&self) {
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                if e.path().extension().is_some_and(|x| x == "sock") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+/// This node's name: the short hostname, made safe for file names.
+pub(crate) fn node_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into the buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let raw = if rc == 0 {
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "node".to_string()
+    };
+    let short: String = raw
+        .split('.')
+        .next()
+        .unwrap_or("node")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(24)
+        .collect();
+    if short.is_empty() {
+        "node".to_string()
+    } else {
+        short
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+static LOG: Mutex<Option<std::fs::File>> = Mutex::new(None);
+
+/// Opens this process's log file in the session's log directory.
+pub(crate) fn open_log(session: &Session, name: &str) {
+    let path = session.log_dir().join(format!("{name}.log"));
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        *LOG.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+}
+
+/// Appends one line to this process's log file.
+pub(crate) fn log_line(msg: std::fmt::Arguments<'_>) {
+    let mut g = LOG.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(f) = g.as_mut() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let _ = writeln!(f, "{t:.6} [{}] {msg}", std::process::id());
+    }
+}
+
+macro_rules! log {
+    ($($t:tt)*) => { $crate::session::log_line(format_args!($($t)*)) };
+}
+pub(crate) use log;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_roundtrips_through_env_string() {
+        let s = Session {
+            cluster: "abc".into(),
+            node: "n1".into(),
+            dir: "/tmp/x".into(),
+            config: Config::new().num_cpus(3.0).resource("nodeA", 1.0),
+        };
+        let back: Session =
+            crate::codec::decode(&unhex(&s.to_env().unwrap()).unwrap(), "s").unwrap();
+        assert_eq!(back.node, "n1");
+        assert_eq!(back.config.node_resources().unwrap().get("nodeA"), 1.0);
+        assert!(unhex("zz").is_none());
+    }
+
+    #[test]
+    fn bad_config_is_a_clear_error() {
+        let e = Config::new().num_cpus(-1.0).node_resources().unwrap_err();
+        assert!(e.to_string().contains("CPU"), "{e}");
+        assert!(Config::new().object_store_memory(10).store_bytes().is_err());
+    }
+
+    #[test]
+    fn node_name_is_file_safe() {
+        let n = node_name();
+        assert!(!n.is_empty() && n.len() <= 24);
+        assert!(n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    }
+}

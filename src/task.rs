@@ -1,0 +1,264 @@
+//! Remote functions: task options, arguments, and the registry that maps a
+//! function's name to its code in every process.
+//!
+//! Workers run the same binary as the driver, so `#[rustray::remote]`
+//! registers each function (through `inventory`, at link time) under its
+//! module path, and a task names its function by that string.
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::scheduler::{ResourceSet, CPU, GPU};
+use crate::worker::submitter::PreparedArg;
+use crate::worker::{self, RawRef};
+use crate::ObjectRef;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+/// An argument of a task or actor call: a value, or a ref whose value the
+/// task receives once it exists.
+pub struct Arg(pub(crate) PreparedArg);
+
+impl std::fmt::Debug for Arg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            PreparedArg::Value(b, _) => write!(f, "Arg::Value({} bytes)", b.len()),
+            PreparedArg::Ref(r) => write!(f, "Arg::Ref({r:?})"),
+            PreparedArg::Failed(e) => write!(f, "Arg::Failed({e})"),
+        }
+    }
+}
+
+/// Something that can be passed where a task expects a `T`: a `T` itself, or
+/// an [`ObjectRef<T>`] (the task then runs once the object exists, and gets
+/// its value).
+pub trait IntoArg<T> {
+    /// Converts into an untyped argument.
+    fn into_arg(self) -> Arg;
+}
+
+impl<T: Serialize + 'static> IntoArg<T> for T {
+    fn into_arg(self) -> Arg {
+        Arg(encode_arg(&self))
+    }
+}
+
+impl<T> IntoArg<T> for ObjectRef<T> {
+    fn into_arg(self) -> Arg {
+        Arg(PreparedArg::Ref(self.into_raw()))
+    }
+}
+
+impl<T> IntoArg<T> for &ObjectRef<T> {
+    fn into_arg(self) -> Arg {
+        Arg(PreparedArg::Ref(self.raw().clone()))
+    }
+}
+
+pub(crate) fn encode_arg<T: Serialize + 'static>(v: &T) -> PreparedArg {
+    let (enc, refs) = worker::capturing(|| codec::encode_value(v).map(|e| e.into_vec()));
+    match enc {
+        Ok(blob) => PreparedArg::Value(blob, refs),
+        Err(e) => PreparedArg::Failed(e),
+    }
+}
+
+/// Per-call options of a remote function, in Ray's shape
+/// (`f::options().num_cpus(2.0).max_retries(0).remote(..)`).
+#[derive(Clone, Debug)]
+pub struct TaskOptions {
+    shape: std::result::Result<ResourceSet, Error>,
+    max_retries: u32,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions::new()
+    }
+}
+
+impl TaskOptions {
+    /// One CPU, three retries (Ray's defaults).
+    pub fn new() -> TaskOptions {
+        TaskOptions {
+            shape: ResourceSet::new().with(CPU, 1.0),
+            max_retries: 3,
+        }
+    }
+
+    fn set(mut self, name: &str, amount: f64) -> TaskOptions {
+        if let Ok(s) = &mut self.shape {
+            if let Err(e) = s.set(name, amount) {
+                self.shape = Err(e);
+            }
+        }
+        self
+    }
+
+    /// CPUs the task holds while it runs (default 1).
+    pub fn num_cpus(self, n: f64) -> TaskOptions {
+        self.set(CPU, n)
+    }
+
+    /// GPUs the task holds while it runs (default 0).
+    pub fn num_gpus(self, n: f64) -> TaskOptions {
+        self.set(GPU, n)
+    }
+
+    /// A custom resource the task needs.
+    pub fn resource(self, name: &str, amount: f64) -> TaskOptions {
+        if name.is_empty() {
+            return TaskOptions {
+                shape: Err(Error::invalid("a resource name must not be empty")),
+                ..self
+            };
+        }
+        self.set(name, amount)
+    }
+
+    /// How often the task is re-run if its worker process dies (default 3).
+    pub fn max_retries(mut self, n: u32) -> TaskOptions {
+        self.max_retries = n;
+        self
+    }
+}
+
+/// Reads a task's arguments, in order, on the worker.
+pub struct ArgReader<'a> {
+    args: &'a [&'a [u8]],
+    next: usize,
+    function: &'a str,
+}
+
+impl<'a> ArgReader<'a> {
+    pub(crate) fn new(args: &'a [&'a [u8]], function: &'a str) -> ArgReader<'a> {
+        ArgReader {
+            args,
+            next: 0,
+            function,
+        }
+    }
+
+    /// Decodes the next argument.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next<T: DeserializeOwned + 'static>(&mut self) -> Result<T> {
+        let i = self.next;
+        self.next += 1;
+        let bytes = self.args.get(i).ok_or_else(|| {
+            Error::invalid(format!(
+                "`{}` expects more arguments than the {} it was given",
+                self.function,
+                self.args.len()
+            ))
+        })?;
+        codec::decode_value::<T>(bytes).map_err(|e| {
+            Error::new(
+                e.kind(),
+                format!("argument {} of `{}`: {}", i + 1, self.function, e.message()),
+            )
+        })
+    }
+}
+
+/// The encoded results of a task.
+#[derive(Default)]
+pub struct Returns {
+    pub(crate) blobs: Vec<Vec<u8>>,
+    pub(crate) refs: Vec<RawRef>,
+}
+
+impl Returns {
+    /// No results yet.
+    pub fn new() -> Returns {
+        Returns::default()
+    }
+
+    /// Appends one result.
+    pub fn push<T: Serialize + 'static>(&mut self, value: &T) -> Result<()> {
+        let (enc, refs) = worker::capturing(|| codec::encode_value(value).map(|e| e.into_vec()));
+        self.blobs.push(enc?);
+        self.refs.extend(refs);
+        Ok(())
+    }
+}
+
+/// A remote function's entry point: decode arguments, run, encode results.
+pub type InvokeFn = fn(&mut ArgReader<'_>) -> Result<Returns>;
+
+/// A remote function registered by `#[rustray::remote]`.
+pub struct RemoteFunction {
+    /// Its module path, the same in every process running this binary.
+    pub name: &'static str,
+    /// Its entry point.
+    pub invoke: InvokeFn,
+}
+
+inventory::collect!(RemoteFunction);
+
+/// Constructs an actor's state from its constructor arguments.
+pub type ConstructFn = fn(&mut ArgReader<'_>) -> Result<Box<dyn std::any::Any + Send>>;
+/// Runs one method on an actor's state.
+pub type DispatchFn =
+    fn(&mut (dyn std::any::Any + Send), &str, &mut ArgReader<'_>) -> Result<Returns>;
+
+/// An actor class registered by `#[rustray::actor]`.
+pub struct ActorClassEntry {
+    /// The class name ([`ActorClass::NAME`](crate::ActorClass::NAME)).
+    pub name: &'static str,
+    /// Runs the constructor.
+    pub construct: ConstructFn,
+    /// Runs a method.
+    pub dispatch: DispatchFn,
+}
+
+inventory::collect!(ActorClassEntry);
+
+pub(crate) fn registry_function(name: &str) -> Option<InvokeFn> {
+    static MAP: OnceLock<HashMap<&'static str, InvokeFn>> = OnceLock::new();
+    MAP.get_or_init(|| {
+        inventory::iter::<RemoteFunction>
+            .into_iter()
+            .map(|f| (f.name, f.invoke))
+            .collect()
+    })
+    .get(name)
+    .copied()
+}
+
+pub(crate) fn registry_actor(name: &str) -> Option<&'static ActorClassEntry> {
+    static MAP: OnceLock<HashMap<&'static str, &'static ActorClassEntry>> = OnceLock::new();
+    MAP.get_or_init(|| {
+        inventory::iter::<ActorClassEntry>
+            .into_iter()
+            .map(|a| (a.name, a))
+            .collect()
+    })
+    .get(name)
+    .copied()
+}
+
+/// Submits a task by registered name; used by `#[rustray::remote]`.
+///
+/// # Panics
+/// If rustray is not initialized: submitting before `init()` is a bug in the
+/// program, like calling `.remote()` before `ray.init()`.
+pub fn submit_task(
+    name: &'static str,
+    opts: &TaskOptions,
+    args: Vec<Arg>,
+    num_returns: usize,
+) -> Vec<RawRef> {
+    let cw = match worker::current() {
+        Ok(cw) => cw,
+        Err(e) => panic!("cannot submit `{name}`: {e}"),
+    };
+    cw.submit(
+        name,
+        opts.shape.clone(),
+        opts.max_retries,
+        args.into_iter().map(|a| a.0).collect(),
+        num_returns,
+        None,
+    )
+}

@@ -1,0 +1,435 @@
+//! Task execution in a worker process.
+//!
+//! A worker process is the application's own binary re-executed by the
+//! raylet with `RUSTRAY_ROLE=worker`; its `rustray::init()` lands here and
+//! never returns. Tasks pushed by lease holders (and actor calls) arrive on
+//! connection threads and queue up; the process's main thread runs them one
+//! at a time, in arrival order, which gives actors their single-threaded,
+//! per-caller-ordered semantics.
+//!
+//! While the running task blocks in `get`/`wait`, the worker tells its raylet
+//! (which lends the task's CPUs to others) and hands the tasks queued behind
+//! it back to their owners, so nothing waits on a blocked worker.
+//!
+//! The worker's stdout and stderr go through a pipe: each line is copied to
+//! the worker's log file and to the terminal prefixed with `(pid=N)`, as
+//! Ray's driver prints worker output.
+
+use super::CoreWorker;
+use crate::codec;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::{TaskId, WorkerId};
+use crate::session::{log, Session, ENV_WORKER_ID};
+use crate::task::{registry_actor, registry_function, ArgReader, Returns};
+use crate::transport::{ActorSpec, Conn, Msg, Payload, TaskSpec};
+use std::any::Any;
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+
+enum Item {
+    Task(TaskSpec, Arc<Conn>),
+    Create(ActorSpec, Arc<Conn>),
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Item>,
+    blocked: u32,
+    current: Option<(TaskId, Arc<Conn>, bool)>,
+}
+
+/// The execution queue shared between connection threads and the main thread.
+#[derive(Default)]
+pub(crate) struct ExecShared {
+    q: Mutex<Queue>,
+    cv: Condvar,
+}
+
+impl ExecShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.q.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl CoreWorker {
+    pub(crate) fn exec_push(self: &Arc<Self>, conn: &Arc<Conn>, spec: TaskSpec) {
+        let mut q = self.exec.lock();
+        if q.blocked > 0 && spec.actor.is_none() {
+            drop(q);
+            let _ = conn.send(&Msg::TasksReturned {
+                tasks: vec![spec.id],
+            });
+            return;
+        }
+        q.items.push_back(Item::Task(spec, conn.clone()));
+        drop(q);
+        self.exec.cv.notify_one();
+    }
+
+    pub(crate) fn exec_create_actor(self: &Arc<Self>, conn: &Arc<Conn>, spec: ActorSpec) {
+        self.exec
+            .lock()
+            .items
+            .push_back(Item::Create(spec, conn.clone()));
+        self.exec.cv.notify_one();
+    }
+
+    pub(crate) fn exec_cancel(self: &Arc<Self>, conn: &Arc<Conn>, task: TaskId) {
+        let mut q = self.exec.lock();
+        let before = q.items.len();
+        let mut removed = None;
+        q.items.retain(|it| match it {
+            Item::Task(s, _) if s.id == task => {
+                removed = Some(s.clone());
+                false
+            }
+            _ => true,
+        });
+        let running = q
+            .current
+            .as_ref()
+            .is_some_and(|(t, _, actor)| *t == task && !actor);
+        drop(q);
+        if let Some(spec) = removed.filter(|_| before > 0) {
+            let err = Error::new(
+                ErrorKind::Cancelled,
+                format!("task `{}` was cancelled", spec.function),
+            );
+            let _ = conn.send(&Msg::TaskDone {
+                task,
+                returns: error_returns(&spec, &err),
+            });
+        } else if running {
+            // A running task cannot be interrupted safely from outside, so,
+            // as Ray's force-cancel, the worker process ends; its owner
+            // fails the cancelled task and retries the others it had queued.
+            log!("task {task:?} cancelled while running; worker exits");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn error_returns(spec: &TaskSpec, err: &Error) -> Vec<Payload> {
+    let blob = codec::encode_error(err);
+    spec.returns
+        .iter()
+        .map(|_| Payload::Inline(blob.clone()))
+        .collect()
+}
+
+/// While alive, the worker counts as blocked in `get`/`wait`.
+pub(crate) struct BlockGuard {
+    cw: Option<Arc<CoreWorker>>,
+}
+
+impl BlockGuard {
+    pub(crate) fn new(cw: &Arc<CoreWorker>) -> BlockGuard {
+        if cw.is_driver {
+            return BlockGuard { cw: None };
+        }
+        let mut q = cw.exec.lock();
+        let Some((_, conn, is_actor)) = q.current.clone() else {
+            return BlockGuard { cw: None };
+        };
+        q.blocked += 1;
+        if q.blocked > 1 {
+            return BlockGuard {
+                cw: Some(cw.clone()),
+            };
+        }
+        // Hand back normal tasks queued behind the blocked one.
+        let mut returned: Vec<(Arc<Conn>, Vec<TaskId>)> = Vec::new();
+        let mut keep = VecDeque::new();
+        for it in q.items.drain(..) {
+            match it {
+                Item::Task(s, c) if s.actor.is_none() => {
+                    match returned.iter_mut().find(|(rc, _)| Arc::ptr_eq(rc, &c)) {
+                        Some((_, v)) => v.push(s.id),
+                        None => returned.push((c, vec![s.id])),
+                    }
+                }
+                other => keep.push_back(other),
+            }
+        }
+        q.items = keep;
+        drop(q);
+        if !is_actor && !returned.iter().any(|(c, _)| Arc::ptr_eq(c, &conn)) {
+            // Tell the lease holder we are blocked even with nothing queued,
+            // so it stops pipelining onto us.
+            returned.push((conn, Vec::new()));
+        }
+        for (c, tasks) in returned {
+            let _ = c.send(&Msg::TasksReturned { tasks });
+        }
+        let _ = cw.raylet.send(&Msg::Blocked);
+        BlockGuard {
+            cw: Some(cw.clone()),
+        }
+    }
+}
+
+impl Drop for BlockGuard {
+    fn drop(&mut self) {
+        let Some(cw) = self.cw.take() else { return };
+        let mut q = cw.exec.lock();
+        q.blocked = q.blocked.saturating_sub(1);
+        if q.blocked > 0 {
+            return;
+        }
+        let current = q.current.clone();
+        drop(q);
+        let _ = cw.raylet.send(&Msg::Unblocked);
+        if let Some((_, conn, false)) = current {
+            let _ = conn.send(&Msg::WorkerUnblocked);
+        }
+    }
+}
+
+/// Entry point of a worker process: serve tasks until the raylet goes away.
+pub(crate) fn main(session: Session) -> ! {
+    crate::session::open_log(&session, &format!("worker-{}", std::process::id()));
+    forward_output(&session);
+    let id = std::env::var(ENV_WORKER_ID)
+        .ok()
+        .and_then(|v| u64::from_str_radix(&v, 16).ok())
+        .map(WorkerId)
+        .unwrap_or_else(WorkerId::random);
+    let cw = match CoreWorker::start(session, id, false) {
+        Ok(cw) => cw,
+        Err(e) => {
+            log!("worker failed to start: {e}");
+            eprintln!("rustray worker failed to start: {e}");
+            std::process::exit(1);
+        }
+    };
+    log!("worker {id} started");
+    super::set_current(Some(cw.clone()));
+    let mut actor: Option<(String, Box<dyn Any + Send>)> = None;
+    loop {
+        let item = {
+            let mut q = cw.exec.lock();
+            loop {
+                if let Some(it) = q.items.pop_front() {
+                    if let Item::Task(s, c) = &it {
+                        q.current = Some((s.id, c.clone(), s.actor.is_some()));
+                    }
+                    break it;
+                }
+                q = cw.exec.cv.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        match item {
+            Item::Task(spec, conn) => {
+                let returns = run(&cw, &spec, actor.as_mut());
+                cw.exec.lock().current = None;
+                let _ = conn.send(&Msg::TaskDone {
+                    task: spec.id,
+                    returns,
+                });
+            }
+            Item::Create(spec, conn) => {
+                let result = construct(&cw, &spec).map(|state| {
+                    actor = Some((spec.class.clone(), state));
+                });
+                if let Err(e) = &result {
+                    log!("actor {} failed to construct: {e}", spec.class);
+                }
+                let _ = conn.send(&Msg::ActorCreated { result });
+            }
+        }
+    }
+}
+
+fn panic_message(p: &(dyn Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_string()
+    }
+}
+
+fn arg_bytes<'a>(cw: &'a CoreWorker, args: &'a [Payload]) -> Result<Vec<&'a [u8]>> {
+    args.iter().map(|p| cw.payload_bytes(p)).collect()
+}
+
+fn construct(cw: &Arc<CoreWorker>, spec: &ActorSpec) -> Result<Box<dyn Any + Send>> {
+    let entry = registry_actor(&spec.class).ok_or_else(|| {
+        Error::new(
+            ErrorKind::TaskFailed,
+            format!(
+                "actor class `{}` is not registered in this binary",
+                spec.class
+            ),
+        )
+    })?;
+    let bytes = arg_bytes(cw, &spec.args)?;
+    let mut reader = ArgReader::new(&bytes, &spec.class);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        (entry.construct)(&mut reader)
+    })) {
+        Ok(r) => r,
+        Err(p) => Err(Error::new(
+            ErrorKind::ActorDied,
+            format!(
+                "the constructor of actor `{}` panicked: {}",
+                spec.class,
+                panic_message(&*p)
+            ),
+        )),
+    }
+}
+
+/// Runs one task and turns its outcome into result payloads.
+fn run(
+    cw: &Arc<CoreWorker>,
+    spec: &TaskSpec,
+    actor: Option<&mut (String, Box<dyn Any + Send>)>,
+) -> Vec<Payload> {
+    let outcome = invoke(cw, spec, actor);
+    let returns = match outcome {
+        Ok(r) => r,
+        Err(e) => return error_returns(spec, &e),
+    };
+    if returns.blobs.len() != spec.returns.len() {
+        let e = Error::new(
+            ErrorKind::TaskFailed,
+            format!(
+                "`{}` returned {} values but the caller expects {}",
+                spec.function,
+                returns.blobs.len(),
+                spec.returns.len()
+            ),
+        );
+        return error_returns(spec, &e);
+    }
+    // Refs serialized inside results stay alive as long as this worker does
+    // (the owner of the result does not yet track nested refs).
+    keep_forever(returns.refs);
+    let mut out = Vec::with_capacity(returns.blobs.len());
+    for blob in returns.blobs {
+        match cw.store_value(&codec::Encoded::Blob(blob), spec.id.owner) {
+            Ok(p) => out.push(p),
+            Err(e) => return error_returns(spec, &e),
+        }
+    }
+    out
+}
+
+fn keep_forever(refs: Vec<super::RawRef>) {
+    static KEPT: Mutex<Vec<super::RawRef>> = Mutex::new(Vec::new());
+    if !refs.is_empty() {
+        KEPT.lock().unwrap_or_else(|p| p.into_inner()).extend(refs);
+    }
+}
+
+fn invoke(
+    cw: &Arc<CoreWorker>,
+    spec: &TaskSpec,
+    actor: Option<&mut (String, Box<dyn Any + Send>)>,
+) -> Result<Returns> {
+    let bytes = arg_bytes(cw, &spec.args)?;
+    let mut reader = ArgReader::new(&bytes, &spec.function);
+    let what;
+    let result = match spec.actor {
+        None => {
+            let f = registry_function(&spec.function).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::TaskFailed,
+                    format!(
+                        "remote function `{}` is not registered in this binary",
+                        spec.function
+                    ),
+                )
+            })?;
+            what = format!("task `{}`", spec.function);
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut reader)))
+        }
+        Some(_) => {
+            let Some((class, state)) = actor else {
+                return Err(Error::new(
+                    ErrorKind::ActorDied,
+                    "this worker hosts no actor",
+                ));
+            };
+            let entry = registry_actor(class).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::ActorDied,
+                    format!("actor class `{class}` is not registered"),
+                )
+            })?;
+            what = format!("actor method `{}::{}`", class, spec.function);
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                (entry.dispatch)(state.as_mut(), &spec.function, &mut reader)
+            }))
+        }
+    };
+    match result {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) if e.kind() == ErrorKind::TaskFailed => Err(e),
+        Ok(Err(e)) => Err(Error::new(
+            ErrorKind::TaskFailed,
+            format!("{what} failed: {e}"),
+        )),
+        Err(p) => Err(Error::new(
+            ErrorKind::TaskFailed,
+            format!("{what} panicked: {}", panic_message(&*p)),
+        )),
+    }
+}
+
+/// Redirects stdout/stderr through a pipe whose lines are copied, prefixed
+/// with this worker's pid, to the inherited terminal and to the log file.
+fn forward_output(session: &Session) {
+    let pid = std::process::id();
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe writes two fds into the array; dup/dup2 on valid fds.
+    let term = unsafe {
+        if libc::pipe(fds.as_mut_ptr()) != 0 {
+            return;
+        }
+        let term = libc::dup(1);
+        libc::dup2(fds[1], 1);
+        libc::dup2(fds[1], 2);
+        libc::close(fds[1]);
+        term
+    };
+    if term < 0 {
+        return;
+    }
+    let read_fd = fds[0];
+    let log_path = session.log_dir().join(format!("worker-{pid}.out"));
+    let _ = std::thread::Builder::new()
+        .name("rustray-output".into())
+        .spawn(move || {
+            use std::io::{BufRead, Write};
+            use std::os::fd::FromRawFd;
+            // SAFETY: read_fd and term are fds this thread now owns alone.
+            let (input, mut out) = unsafe {
+                (
+                    std::fs::File::from_raw_fd(read_fd),
+                    std::fs::File::from_raw_fd(term),
+                )
+            };
+            let mut logf = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log_path)
+                .ok();
+            let mut r = std::io::BufReader::new(input);
+            let mut line = Vec::new();
+            while r.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                if line.last() != Some(&b'\n') {
+                    line.push(b'\n');
+                }
+                let mut prefixed = format!("(pid={pid}) ").into_bytes();
+                prefixed.extend_from_slice(&line);
+                let _ = out.write_all(&prefixed);
+                if let Some(f) = logf.as_mut() {
+                    let _ = f.write_all(&line);
+                }
+                line.clear();
+            }
+        });
+}

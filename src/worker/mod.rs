@@ -1,0 +1,928 @@
+//! The core worker: the part of rustray inside every driver and worker
+//! process (Ray's `CoreWorker`).
+//!
+//! It owns, for its process:
+//! - the **object table**: objects this process owns (it `put` them or
+//!   submitted the task that returns them) and objects it borrows (refs that
+//!   reached it from elsewhere). Small values live here inline; large ones are
+//!   locations in the node's shared arena, mapped once per process;
+//! - **reference counting** (Ray's ownership model): an owned object is freed
+//!   when no `ObjectRef` remains in this process and no borrower holds one.
+//!   A process that deserializes a ref it does not own registers itself with
+//!   the owner (acknowledged before use, so the owner cannot free the object
+//!   in between) and deregisters when its last copy drops. Refs nested inside
+//!   a value are kept alive by the value's entry (see `contained`);
+//! - **task submission** ([`submitter`]): leases, lease reuse, pipelining,
+//!   retries and actor call ordering;
+//! - **task execution** in worker processes ([`executor`]);
+//! - its **connections**: to its raylet, to the GCS, and to other core
+//!   workers (each has a listening socket named after its worker id).
+//!
+//! All mutable state sits behind one mutex. Work that must not happen under
+//! it (socket writes that could block, dropping refs whose `Drop` locks
+//! again) is collected in an [`Effects`] and done after unlocking.
+
+pub(crate) mod executor;
+pub(crate) mod submitter;
+
+use crate::codec;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::{ActorId, LeaseId, ObjectId, TaskId, WorkerId};
+use crate::object_store::Arena;
+use crate::session::{log, Session};
+use crate::transport::{self, Conn, Msg, Payload};
+use std::collections::HashMap;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+/// Values up to this size travel inline in messages instead of the store
+/// (Ray's `max_direct_call_object_size`).
+pub(crate) const INLINE_MAX: usize = 100 * 1024;
+/// Bound on a request/reply exchange with a cluster process.
+pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One object in this process's table.
+#[derive(Default)]
+pub(crate) struct Entry {
+    /// The value, once it exists (a stored error blob when its task failed).
+    pub(crate) value: Option<Payload>,
+    /// `ObjectRef`s (and internal holds) in this process.
+    pub(crate) local: u32,
+    pub(crate) owned: bool,
+    /// Owner side: other processes holding refs, with counts.
+    pub(crate) borrowers: HashMap<WorkerId, u32>,
+    /// Owner side: processes waiting for the value.
+    pub(crate) remote_waiters: Vec<WorkerId>,
+    /// Borrower side: the value was requested from the owner.
+    pub(crate) requested: bool,
+    /// Refs serialized inside the value: alive as long as the value is.
+    pub(crate) contained: Vec<RawRef>,
+    /// Owner side: the task producing the value, while pending.
+    pub(crate) task: Option<TaskId>,
+}
+
+/// Side effects computed under the state lock, performed after it.
+#[derive(Default)]
+pub(crate) struct Effects {
+    pub(crate) sends: Vec<(Arc<Conn>, Msg)>,
+    pub(crate) to_owner: Vec<(WorkerId, Msg)>,
+    pub(crate) drops: Vec<RawRef>,
+    pub(crate) free_offsets: Vec<u64>,
+    pub(crate) notify: bool,
+    pub(crate) lease_requests: Vec<(u64, crate::scheduler::ResourceSet)>,
+    pub(crate) return_leases: Vec<(LeaseId, bool)>,
+    pub(crate) kill_workers: Vec<WorkerId>,
+    pub(crate) resolve_actors: Vec<ActorId>,
+}
+
+/// Everything behind the core worker's lock.
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) objects: HashMap<ObjectId, Entry>,
+    pub(crate) sub: submitter::Submitter,
+}
+
+/// The core worker of this process.
+pub(crate) struct CoreWorker {
+    pub(crate) id: WorkerId,
+    pub(crate) is_driver: bool,
+    pub(crate) session: Session,
+    pub(crate) arena: Arena,
+    pub(crate) raylet: Arc<Conn>,
+    pub(crate) state: Mutex<State>,
+    pub(crate) cond: Condvar,
+    next_seq: AtomicU64,
+    next_req: AtomicU64,
+    replies: Mutex<HashMap<u64, mpsc::Sender<Msg>>>,
+    peers: Mutex<HashMap<WorkerId, Arc<Conn>>>,
+    gcs: Mutex<Option<Arc<Conn>>>,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) exec: executor::ExecShared,
+}
+
+static CURRENT: RwLock<Option<Arc<CoreWorker>>> = RwLock::new(None);
+
+/// The running core worker of this process.
+pub(crate) fn current() -> Result<Arc<CoreWorker>> {
+    CURRENT
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .ok_or_else(|| Error::unavailable("rustray is not initialized: call rustray::init() first"))
+}
+
+pub(crate) fn set_current(cw: Option<Arc<CoreWorker>>) {
+    *CURRENT.write().unwrap_or_else(|p| p.into_inner()) = cw;
+}
+
+impl CoreWorker {
+    /// Connects to the node's raylet, maps the arena and starts listening.
+    pub(crate) fn start(
+        session: Session,
+        id: WorkerId,
+        is_driver: bool,
+    ) -> Result<Arc<CoreWorker>> {
+        let arena = Arena::open(&session.arena_path())?;
+        let raylet_stream = Conn::connect(&session.raylet_socket())?;
+        let raylet = Arc::new(Conn::new(&raylet_stream)?);
+        let listener_path = session.worker_socket(id);
+        let _ = std::fs::remove_file(&listener_path);
+        let listener = UnixListener::bind(&listener_path)
+            .map_err(|e| Error::io(&format!("listening on {}", listener_path.display()), e))?;
+        let cw = Arc::new(CoreWorker {
+            id,
+            is_driver,
+            session,
+            arena,
+            raylet,
+            state: Mutex::new(State::default()),
+            cond: Condvar::new(),
+            next_seq: AtomicU64::new(1),
+            next_req: AtomicU64::new(1),
+            replies: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            gcs: Mutex::new(None),
+            shutting_down: AtomicBool::new(false),
+            exec: executor::ExecShared::default(),
+        });
+        // The listener is bound before registering, so a lease granted to
+        // this worker can be connected to at once.
+        cw.raylet.send(&Msg::Register {
+            worker: id,
+            pid: std::process::id(),
+            is_driver,
+        })?;
+        let me = cw.clone();
+        transport::spawn_reader(
+            "rustray-raylet".into(),
+            raylet_stream,
+            move |m| me.handle_raylet(m),
+            {
+                let me = cw.clone();
+                move || me.raylet_lost()
+            },
+        )?;
+        let me = cw.clone();
+        std::thread::Builder::new()
+            .name("rustray-accept".into())
+            .spawn(move || me.accept_loop(listener))
+            .map_err(|e| Error::io("spawning the accept thread", e))?;
+        let me = cw.clone();
+        std::thread::Builder::new()
+            .name("rustray-leases".into())
+            .spawn(move || me.housekeeping())
+            .map_err(|e| Error::io("spawning the housekeeping thread", e))?;
+        Ok(cw)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn next_req(&self) -> u64 {
+        self.next_req.fetch_add(1, Ordering::Relaxed)
+    }
+
+    // ------------------------------------------------------------------
+    // Connections
+    // ------------------------------------------------------------------
+
+    fn accept_loop(self: Arc<Self>, listener: UnixListener) {
+        for stream in listener.incoming() {
+            if self.shutting_down.load(Ordering::Relaxed) {
+                return;
+            }
+            let Ok(stream) = stream else { continue };
+            let me = self.clone();
+            let _ = std::thread::Builder::new()
+                .name("rustray-peer-in".into())
+                .spawn(move || me.serve_incoming(stream));
+        }
+    }
+
+    fn serve_incoming(self: Arc<Self>, stream: UnixStream) {
+        let Ok(conn) = Conn::new(&stream) else { return };
+        let conn = Arc::new(conn);
+        let mut from: Option<WorkerId> = None;
+        let me = self.clone();
+        let _ = transport::read_loop(stream, |msg| match (&from, msg) {
+            (None, Msg::Hello { from: f }) => from = Some(f),
+            (Some(f), msg) => me.handle_peer(*f, &conn, msg),
+            (None, _) => conn.close(),
+        });
+        if let Some(f) = from {
+            self.peer_gone(f, false);
+        }
+    }
+
+    /// The connection to another core worker, opened on first use.
+    pub(crate) fn peer(self: &Arc<Self>, worker: WorkerId) -> Result<Arc<Conn>> {
+        if let Some(c) = self
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&worker)
+        {
+            return Ok(c.clone());
+        }
+        let stream = Conn::connect(&self.session.worker_socket(worker))?;
+        let conn = Arc::new(Conn::new(&stream)?);
+        conn.send(&Msg::Hello { from: self.id })?;
+        {
+            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = peers.get(&worker) {
+                conn.close();
+                return Ok(c.clone());
+            }
+            peers.insert(worker, conn.clone());
+        }
+        let me = self.clone();
+        let c2 = conn.clone();
+        let me2 = self.clone();
+        transport::spawn_reader(
+            "rustray-peer-out".into(),
+            stream,
+            move |m| me.handle_peer(worker, &c2, m),
+            move || me2.peer_gone(worker, true),
+        )?;
+        Ok(conn)
+    }
+
+    /// Sends to another core worker, ignoring a dead peer (its death is
+    /// handled when its connection closes).
+    pub(crate) fn send_to(self: &Arc<Self>, worker: WorkerId, msg: Msg) {
+        if let Ok(c) = self.peer(worker) {
+            let _ = c.send(&msg);
+        }
+    }
+
+    fn gcs_conn(self: &Arc<Self>) -> Result<Arc<Conn>> {
+        let mut g = self.gcs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = g.as_ref() {
+            return Ok(c.clone());
+        }
+        let stream = Conn::connect(&self.session.gcs_socket())?;
+        let conn = Arc::new(Conn::new(&stream)?);
+        let me = self.clone();
+        let me2 = self.clone();
+        transport::spawn_reader(
+            "rustray-gcs".into(),
+            stream,
+            move |m| me.handle_reply(m),
+            move || {
+                *me2.gcs.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            },
+        )?;
+        *g = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends a request built around a fresh request number and waits for the
+    /// reply carrying it.
+    fn call(&self, conn: &Conn, build: impl FnOnce(u64) -> Msg, what: &str) -> Result<Msg> {
+        let req = self.next_req();
+        let (tx, rx) = mpsc::channel();
+        self.replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(req, tx);
+        let sent = conn.send(&build(req));
+        let r = sent.and_then(|_| {
+            rx.recv_timeout(RPC_TIMEOUT).map_err(|e| match e {
+                mpsc::RecvTimeoutError::Timeout => Error::new(
+                    ErrorKind::Timeout,
+                    format!("{what}: no answer within {RPC_TIMEOUT:?}"),
+                ),
+                mpsc::RecvTimeoutError::Disconnected => {
+                    Error::unavailable(format!("{what}: connection lost"))
+                }
+            })
+        });
+        self.replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&req);
+        r
+    }
+
+    pub(crate) fn gcs_call(
+        self: &Arc<Self>,
+        build: impl FnOnce(u64) -> Msg,
+        what: &str,
+    ) -> Result<Msg> {
+        let conn = self.gcs_conn()?;
+        self.call(&conn, build, what)
+    }
+
+    pub(crate) fn raylet_call(&self, build: impl FnOnce(u64) -> Msg, what: &str) -> Result<Msg> {
+        self.call(&self.raylet, build, what)
+    }
+
+    fn handle_reply(&self, msg: Msg) {
+        let req = match &msg {
+            Msg::ObjectCreated { req, .. }
+            | Msg::BorrowAdded { req, .. }
+            | Msg::ActorRegistered { req, .. }
+            | Msg::ActorLookedUp { req, .. }
+            | Msg::ActorKilled { req } => *req,
+            _ => return,
+        };
+        if let Some(tx) = self
+            .replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&req)
+        {
+            let _ = tx.send(msg);
+        }
+    }
+
+    fn handle_raylet(self: &Arc<Self>, msg: Msg) {
+        match msg {
+            Msg::LeaseGranted { req, lease, worker } => self.lease_granted(req, lease, worker),
+            Msg::LeaseFailed { req, error } => self.lease_failed(req, error),
+            other => self.handle_reply(other),
+        }
+    }
+
+    fn raylet_lost(self: &Arc<Self>) {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        if !self.is_driver {
+            // Our node is gone: nothing this worker does can be delivered.
+            log!("raylet connection closed; worker exiting");
+            std::process::exit(0);
+        }
+        log!("raylet connection lost");
+        eprintln!("rustray: the raylet process died; the cluster is unusable (call shutdown and init again)");
+        let err = Error::unavailable("the raylet process died");
+        let fx = {
+            let mut st = self.lock();
+            self.fail_all(&mut st, &err)
+        };
+        self.apply(fx);
+        self.session.remove_sockets();
+        self.arena.unlink();
+    }
+
+    fn handle_peer(self: &Arc<Self>, from: WorkerId, conn: &Arc<Conn>, msg: Msg) {
+        match msg {
+            Msg::PushTask(spec) => self.exec_push(conn, spec),
+            Msg::CreateActor { spec } => self.exec_create_actor(conn, spec),
+            Msg::CancelTask { task } => self.exec_cancel(conn, task),
+            Msg::TaskDone { task, returns } => self.task_done(from, task, returns),
+            Msg::TasksReturned { tasks } => self.tasks_returned(from, tasks),
+            Msg::WorkerUnblocked => self.worker_unblocked(from),
+            Msg::GetObject { id } => self.remote_get(from, conn, id),
+            Msg::ObjectReady { id, payload } => self.object_ready_remote(id, payload),
+            Msg::AddBorrow { req, id } => {
+                let ok = {
+                    let mut st = self.lock();
+                    match st.objects.get_mut(&id) {
+                        Some(e) if e.owned => {
+                            *e.borrowers.entry(from).or_insert(0) += 1;
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                let _ = conn.send(&Msg::BorrowAdded { req, ok });
+            }
+            Msg::RemoveBorrow { id } => {
+                let fx = {
+                    let mut st = self.lock();
+                    let mut fx = Effects::default();
+                    if let Some(e) = st.objects.get_mut(&id) {
+                        if let Some(n) = e.borrowers.get_mut(&from) {
+                            *n -= 1;
+                            if *n == 0 {
+                                e.borrowers.remove(&from);
+                            }
+                        }
+                    }
+                    self.maybe_free(&mut st, id, &mut fx);
+                    fx
+                };
+                self.apply(fx);
+            }
+            other => self.handle_reply(other),
+        }
+    }
+
+    /// Another core worker's connection closed: it died or shut down.
+    fn peer_gone(self: &Arc<Self>, worker: WorkerId, outgoing: bool) {
+        if outgoing {
+            self.peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&worker);
+        }
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        let fx = {
+            let mut st = self.lock();
+            let mut fx = Effects::default();
+            // Its borrows end with it.
+            let ids: Vec<ObjectId> = st
+                .objects
+                .iter()
+                .filter(|(_, e)| {
+                    e.borrowers.contains_key(&worker) || e.remote_waiters.contains(&worker)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                if let Some(e) = st.objects.get_mut(&id) {
+                    e.borrowers.remove(&worker);
+                    e.remote_waiters.retain(|w| *w != worker);
+                }
+                self.maybe_free(&mut st, id, &mut fx);
+            }
+            if outgoing {
+                // Objects it owned that we were waiting for are lost.
+                let err = Error::new(
+                    ErrorKind::OwnerDied,
+                    format!(
+                        "the owner of this object (worker {worker}) died before it was fetched"
+                    ),
+                );
+                let blob = codec::encode_error(&err);
+                let lost: Vec<ObjectId> = st
+                    .objects
+                    .iter()
+                    .filter(|(id, e)| id.owner == worker && !e.owned && e.value.is_none())
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in lost {
+                    self.set_value(&mut st, id, Payload::Inline(blob.clone()), &mut fx);
+                }
+                self.worker_lost(&mut st, worker, &mut fx);
+            }
+            fx
+        };
+        self.apply(fx);
+    }
+
+    /// Performs the effects collected under the lock.
+    pub(crate) fn apply(self: &Arc<Self>, fx: Effects) {
+        if fx.notify {
+            self.cond.notify_all();
+        }
+        for (conn, msg) in fx.sends {
+            let _ = conn.send(&msg);
+        }
+        for (owner, msg) in fx.to_owner {
+            self.send_to(owner, msg);
+        }
+        if !fx.free_offsets.is_empty() {
+            let _ = self.raylet.send(&Msg::FreeObjects {
+                offsets: fx.free_offsets,
+            });
+        }
+        for (req, shape) in fx.lease_requests {
+            let _ = self.raylet.send(&Msg::RequestLease { req, shape });
+        }
+        for (lease, kill) in fx.return_leases {
+            let _ = self.raylet.send(&Msg::ReturnLease { lease, kill });
+        }
+        for worker in fx.kill_workers {
+            let _ = self.raylet.send(&Msg::KillWorker { worker });
+        }
+        for actor in fx.resolve_actors {
+            let me = self.clone();
+            let _ = std::thread::Builder::new()
+                .name("rustray-actor-resolve".into())
+                .spawn(move || me.reconnect_actor(actor));
+        }
+        drop(fx.drops);
+    }
+
+    // ------------------------------------------------------------------
+    // Object table and reference counting
+    // ------------------------------------------------------------------
+
+    /// A new object owned by this process, with one local reference.
+    pub(crate) fn new_owned(self: &Arc<Self>, st: &mut State, task: Option<TaskId>) -> RawRef {
+        let id = ObjectId {
+            owner: self.id,
+            seq: self.next_seq(),
+        };
+        st.objects.insert(
+            id,
+            Entry {
+                local: 1,
+                owned: true,
+                task,
+                ..Entry::default()
+            },
+        );
+        RawRef {
+            id,
+            cw: self.clone(),
+        }
+    }
+
+    fn inc_local(&self, id: ObjectId) {
+        if let Some(e) = self.lock().objects.get_mut(&id) {
+            e.local += 1;
+        }
+    }
+
+    fn dec_local(self: &Arc<Self>, id: ObjectId) {
+        let fx = {
+            let mut st = self.lock();
+            let mut fx = Effects::default();
+            if let Some(e) = st.objects.get_mut(&id) {
+                e.local = e.local.saturating_sub(1);
+            }
+            self.maybe_free(&mut st, id, &mut fx);
+            fx
+        };
+        if !fx.is_empty() {
+            self.apply(fx);
+        }
+    }
+
+    /// Frees an object nobody references any more.
+    pub(crate) fn maybe_free(&self, st: &mut State, id: ObjectId, fx: &mut Effects) {
+        let Some(e) = st.objects.get(&id) else { return };
+        if e.local > 0 || !e.borrowers.is_empty() {
+            return;
+        }
+        if e.owned && e.value.is_none() {
+            // Still being computed: freed when the result arrives.
+            return;
+        }
+        let Some(e) = st.objects.remove(&id) else {
+            return;
+        };
+        if e.owned {
+            if let Some(Payload::Store { offset, .. }) = e.value {
+                fx.free_offsets.push(offset);
+            }
+        } else {
+            fx.to_owner.push((id.owner, Msg::RemoveBorrow { id }));
+        }
+        fx.drops.extend(e.contained);
+    }
+
+    /// Records an object's value and wakes whoever waits for it.
+    pub(crate) fn set_value(
+        self: &Arc<Self>,
+        st: &mut State,
+        id: ObjectId,
+        payload: Payload,
+        fx: &mut Effects,
+    ) {
+        let Some(e) = st.objects.get_mut(&id) else {
+            // Nobody holds a ref any more: free it straight away.
+            if let Payload::Store { offset, .. } = payload {
+                if id.owner == self.id {
+                    fx.free_offsets.push(offset);
+                }
+            }
+            return;
+        };
+        if e.value.is_some() {
+            return;
+        }
+        e.task = None;
+        for w in std::mem::take(&mut e.remote_waiters) {
+            fx.to_owner.push((
+                w,
+                Msg::ObjectReady {
+                    id,
+                    payload: payload.clone(),
+                },
+            ));
+        }
+        e.value = Some(payload);
+        fx.notify = true;
+        self.deps_ready(st, id, fx);
+        self.maybe_free(st, id, fx);
+    }
+
+    fn remote_get(self: &Arc<Self>, from: WorkerId, conn: &Arc<Conn>, id: ObjectId) {
+        let mut st = self.lock();
+        match st.objects.get_mut(&id) {
+            Some(e) => match &e.value {
+                Some(p) => {
+                    let msg = Msg::ObjectReady {
+                        id,
+                        payload: p.clone(),
+                    };
+                    drop(st);
+                    let _ = conn.send(&msg);
+                }
+                None => e.remote_waiters.push(from),
+            },
+            None => {
+                drop(st);
+                let err = Error::new(
+                    ErrorKind::OwnerDied,
+                    format!(
+                        "object {id} was already freed by its owner (no reference was registered)"
+                    ),
+                );
+                let _ = conn.send(&Msg::ObjectReady {
+                    id,
+                    payload: Payload::Inline(codec::encode_error(&err)),
+                });
+            }
+        }
+    }
+
+    fn object_ready_remote(self: &Arc<Self>, id: ObjectId, payload: Payload) {
+        let fx = {
+            let mut st = self.lock();
+            let mut fx = Effects::default();
+            self.set_value(&mut st, id, payload, &mut fx);
+            fx
+        };
+        self.apply(fx);
+    }
+
+    /// A ref to `id` arrived in this process by deserialization.
+    pub(crate) fn adopt_ref(self: &Arc<Self>, id: ObjectId) -> Result<RawRef> {
+        {
+            let mut st = self.lock();
+            if let Some(e) = st.objects.get_mut(&id) {
+                e.local += 1;
+                return Ok(RawRef {
+                    id,
+                    cw: self.clone(),
+                });
+            }
+            if id.owner == self.id {
+                return Err(Error::new(
+                    ErrorKind::OwnerDied,
+                    format!("object {id} was freed before this reference to it arrived"),
+                ));
+            }
+        }
+        let conn = self.peer(id.owner).map_err(|_| {
+            Error::new(
+                ErrorKind::OwnerDied,
+                format!("the owner of object {id} (worker {}) is gone", id.owner),
+            )
+        })?;
+        let reply = self.call(
+            &conn,
+            |req| Msg::AddBorrow { req, id },
+            "registering a borrowed reference",
+        )?;
+        if !matches!(reply, Msg::BorrowAdded { ok: true, .. }) {
+            return Err(Error::new(
+                ErrorKind::OwnerDied,
+                format!("object {id} no longer exists at its owner"),
+            ));
+        }
+        let mut st = self.lock();
+        match st.objects.get_mut(&id) {
+            Some(e) => {
+                // Raced with another adoption: keep one borrow registered.
+                e.local += 1;
+                drop(st);
+                self.send_to(id.owner, Msg::RemoveBorrow { id });
+            }
+            None => {
+                st.objects.insert(
+                    id,
+                    Entry {
+                        local: 1,
+                        ..Entry::default()
+                    },
+                );
+            }
+        }
+        Ok(RawRef {
+            id,
+            cw: self.clone(),
+        })
+    }
+
+    /// The payload if ready; otherwise asks the owner (once) for it.
+    pub(crate) fn poll_value(
+        &self,
+        st: &mut State,
+        id: ObjectId,
+        fx: &mut Effects,
+    ) -> Result<Option<Payload>> {
+        let Some(e) = st.objects.get_mut(&id) else {
+            return Err(Error::new(
+                ErrorKind::OwnerDied,
+                format!("object {id} is not known to this process"),
+            ));
+        };
+        if let Some(v) = &e.value {
+            return Ok(Some(v.clone()));
+        }
+        if !e.owned && !e.requested {
+            e.requested = true;
+            fx.to_owner.push((id.owner, Msg::GetObject { id }));
+        }
+        Ok(None)
+    }
+
+    /// Waits until `id` has a value or the deadline passes.
+    pub(crate) fn wait_value(
+        self: &Arc<Self>,
+        id: ObjectId,
+        deadline: Option<Instant>,
+    ) -> Result<Payload> {
+        let mut fx = Effects::default();
+        let mut st = self.lock();
+        if let Some(v) = self.poll_value(&mut st, id, &mut fx)? {
+            return Ok(v);
+        }
+        drop(st);
+        self.apply(std::mem::take(&mut fx));
+        let _blocked = self.block_guard();
+        let mut st = self.lock();
+        loop {
+            if let Some(v) = self.poll_value(&mut st, id, &mut fx)? {
+                return Ok(v);
+            }
+            if self.shutting_down.load(Ordering::Relaxed) {
+                return Err(Error::unavailable("rustray was shut down"));
+            }
+            let wait = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "object {id} was not ready in time; it can still be fetched later"
+                            ),
+                        ));
+                    }
+                    d - now
+                }
+                None => Duration::from_millis(500),
+            };
+            st = self
+                .cond
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// The bytes of a payload: inline, or mapped from the arena.
+    pub(crate) fn payload_bytes<'a>(&'a self, p: &'a Payload) -> Result<&'a [u8]> {
+        match p {
+            Payload::Inline(b) => Ok(b),
+            Payload::Store { offset, len } => self.arena.read(*offset, *len),
+        }
+    }
+
+    /// Stores an encoded value: inline when small, else in the arena.
+    pub(crate) fn store_value(&self, enc: &codec::Encoded<'_>, owner: WorkerId) -> Result<Payload> {
+        let len = enc.len();
+        if len <= INLINE_MAX {
+            let mut v = vec![0u8; len];
+            enc.write_to(&mut v);
+            return Ok(Payload::Inline(v));
+        }
+        let reply = self.raylet_call(
+            |req| Msg::CreateObject {
+                req,
+                size: len as u64,
+                owner,
+            },
+            "allocating in the object store",
+        )?;
+        let offset = match reply {
+            Msg::ObjectCreated { result, .. } => result?,
+            _ => return Err(Error::unavailable("unexpected reply from the raylet")),
+        };
+        enc.write_to(self.arena.write(offset, len as u64)?);
+        Ok(Payload::Store {
+            offset,
+            len: len as u64,
+        })
+    }
+
+    /// Marks this process blocked while the guard lives (workers only).
+    pub(crate) fn block_guard(self: &Arc<Self>) -> executor::BlockGuard {
+        executor::BlockGuard::new(self)
+    }
+
+    fn housekeeping(self: Arc<Self>) {
+        while !self.shutting_down.load(Ordering::Relaxed) {
+            std::thread::sleep(submitter::LEASE_IDLE / 2);
+            let fx = {
+                let mut st = self.lock();
+                self.return_idle_leases(&mut st)
+            };
+            if !fx.is_empty() {
+                self.apply(fx);
+            }
+        }
+    }
+
+    /// Stops this core worker's threads and connections.
+    pub(crate) fn stop(self: &Arc<Self>) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        self.cond.notify_all();
+        // Wake the accept loop so it sees the flag.
+        let _ = UnixStream::connect(self.session.worker_socket(self.id));
+        let _ = std::fs::remove_file(self.session.worker_socket(self.id));
+        for (_, c) in self.peers.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            c.close();
+        }
+        if let Some(c) = self.gcs.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            c.close();
+        }
+        self.raylet.close();
+        let drops: Vec<Entry> = {
+            let mut st = self.lock();
+            st.sub = submitter::Submitter::default();
+            st.objects.drain().map(|(_, e)| e).collect()
+        };
+        drop(drops);
+    }
+}
+
+impl Effects {
+    fn is_empty(&self) -> bool {
+        self.sends.is_empty()
+            && self.to_owner.is_empty()
+            && self.drops.is_empty()
+            && self.free_offsets.is_empty()
+            && !self.notify
+            && self.lease_requests.is_empty()
+            && self.return_leases.is_empty()
+            && self.kill_workers.is_empty()
+            && self.resolve_actors.is_empty()
+    }
+}
+
+/// An untyped, counted reference to an object: the core of `ObjectRef<T>`.
+pub struct RawRef {
+    pub(crate) id: ObjectId,
+    pub(crate) cw: Arc<CoreWorker>,
+}
+
+impl RawRef {
+    /// Gives the reference its type.
+    pub fn typed<T>(self) -> crate::ObjectRef<T> {
+        crate::ObjectRef::from_raw(self)
+    }
+}
+
+impl Clone for RawRef {
+    fn clone(&self) -> RawRef {
+        self.cw.inc_local(self.id);
+        RawRef {
+            id: self.id,
+            cw: self.cw.clone(),
+        }
+    }
+}
+
+impl Drop for RawRef {
+    fn drop(&mut self) {
+        if !self.cw.shutting_down.load(Ordering::Relaxed) {
+            self.cw.dec_local(self.id);
+        }
+    }
+}
+
+impl std::fmt::Debug for RawRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectRef({})", self.id)
+    }
+}
+
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<Vec<RawRef>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (a serialization) collecting the refs serialized inside it, so
+/// the container can keep them alive.
+pub(crate) fn capturing<R>(f: impl FnOnce() -> R) -> (R, Vec<RawRef>) {
+    let prev = CAPTURE.with(|c| c.borrow_mut().replace(Vec::new()));
+    let r = f();
+    let got = CAPTURE.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
+    (r, got.unwrap_or_default())
+}
+
+/// Called by `ObjectRef`'s `Serialize`.
+pub(crate) fn note_serialized(r: &RawRef) {
+    CAPTURE.with(|c| {
+        if let Some(v) = c.borrow_mut().as_mut() {
+            v.push(r.clone());
+        }
+    });
+}

@@ -1,0 +1,797 @@
+//! Task submission from the owner's side (Ray's `NormalTaskSubmitter` and
+//! actor submit queues).
+//!
+//! A submitted task first waits for its `ObjectRef` arguments (dependency
+//! resolution happens at the owner, so the worker receives values). It then
+//! joins the queue of its *scheduling class* (its resource shape). The owner
+//! asks the raylet for worker leases per class and, once granted, pushes
+//! tasks straight to the leased worker, reusing the lease for every queued
+//! task of the same class ("caching scheduling decisions") and pipelining a
+//! few tasks per worker to hide the round trip. A lease idle for
+//! [`LEASE_IDLE`] goes back to the raylet.
+//!
+//! A worker whose task blocks in `get` hands its not-yet-started tasks back
+//! (they are re-queued here and may get another lease), so pipelining never
+//! makes a task wait behind one that waits for it.
+//!
+//! A worker that dies fails over its tasks: each is retried up to its
+//! `max_retries`, then fails with a worker-died error.
+//!
+//! Actor calls skip leasing: each actor has a queue in submission order and
+//! calls are sent in that order over this process's single connection to the
+//! actor's worker, which is what gives Ray's per-caller ordering.
+
+use super::{CoreWorker, Effects, State};
+use crate::codec;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::{ActorId, LeaseId, ObjectId, TaskId, WorkerId};
+use crate::scheduler::ResourceSet;
+use crate::transport::{ActorLookup, ActorState, Conn, Msg, Payload, TaskSpec};
+use crate::worker::RawRef;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Tasks in flight per leased worker.
+pub(crate) const PIPELINE: usize = 16;
+/// How long an idle lease is kept for reuse before it goes back.
+pub(crate) const LEASE_IDLE: Duration = Duration::from_millis(10);
+/// Outstanding lease requests per scheduling class.
+const MAX_PENDING_LEASES: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    WaitingDeps,
+    Queued,
+    Running(WorkerId),
+}
+
+struct TaskEntry {
+    spec: TaskSpec,
+    /// (argument index, object) still unresolved
+    deps: Vec<(usize, ObjectId)>,
+    /// Refs this task needs alive until it finishes.
+    keep: Vec<RawRef>,
+    shape: ResourceSet,
+    retries_left: u32,
+    max_retries: u32,
+    status: Status,
+    cancelled: bool,
+}
+
+#[derive(Default)]
+struct ClassQueue {
+    queue: VecDeque<TaskId>,
+    leases: Vec<LeaseId>,
+    pending_requests: usize,
+}
+
+struct LeaseState {
+    worker: WorkerId,
+    class: ResourceSet,
+    conn: Arc<Conn>,
+    inflight: Vec<TaskId>,
+    blocked: bool,
+    idle_since: Option<Instant>,
+}
+
+#[derive(Default)]
+struct ActorQueue {
+    conn: Option<(WorkerId, Arc<Conn>)>,
+    pending: VecDeque<TaskId>,
+    inflight: Vec<TaskId>,
+    resolving: bool,
+    dead: Option<Error>,
+}
+
+/// The owner-side submission state (inside the core worker's lock).
+#[derive(Default)]
+pub(crate) struct Submitter {
+    tasks: HashMap<TaskId, TaskEntry>,
+    classes: HashMap<ResourceSet, ClassQueue>,
+    dep_waiters: HashMap<ObjectId, Vec<TaskId>>,
+    leases: HashMap<LeaseId, LeaseState>,
+    by_worker: HashMap<WorkerId, LeaseId>,
+    lease_reqs: HashMap<u64, ResourceSet>,
+    actors: HashMap<ActorId, ActorQueue>,
+}
+
+/// An argument as prepared by the caller.
+pub(crate) enum PreparedArg {
+    Value(Vec<u8>, Vec<RawRef>),
+    Ref(RawRef),
+    Failed(Error),
+}
+
+fn payload_error(cw: &CoreWorker, p: &Payload) -> Option<Error> {
+    let bytes = cw.payload_bytes(p).ok()?;
+    codec::parse(bytes).ok()?.error()
+}
+
+impl CoreWorker {
+    /// Submits a task (or, with `actor`, an actor method call) and returns
+    /// refs to its results. Submission never blocks on the cluster: any
+    /// failure becomes the value of the returned refs.
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        function: &str,
+        shape: Result<ResourceSet>,
+        max_retries: u32,
+        args: Vec<PreparedArg>,
+        num_returns: usize,
+        actor: Option<ActorId>,
+    ) -> Vec<RawRef> {
+        let id = TaskId {
+            owner: self.id,
+            seq: self.next_seq(),
+        };
+        let mut failure = shape.as_ref().err().cloned();
+        let mut payloads = Vec::with_capacity(args.len());
+        let mut keep = Vec::new();
+        let mut dep_refs = Vec::new();
+        for (i, a) in args.into_iter().enumerate() {
+            match a {
+                PreparedArg::Value(blob, contained) => {
+                    keep.extend(contained);
+                    if blob.len() > super::INLINE_MAX {
+                        // Large by-value arguments go through the store once
+                        // rather than being copied into every message.
+                        match self.put_encoded(&codec::Encoded::Blob(blob), Vec::new()) {
+                            Ok(r) => {
+                                dep_refs.push((i, r.id));
+                                payloads.push(Payload::Inline(Vec::new()));
+                                keep.push(r);
+                            }
+                            Err(e) => {
+                                failure = Some(e);
+                                payloads.push(Payload::Inline(Vec::new()));
+                            }
+                        }
+                    } else {
+                        payloads.push(Payload::Inline(blob));
+                    }
+                }
+                PreparedArg::Ref(r) => {
+                    dep_refs.push((i, r.id));
+                    payloads.push(Payload::Inline(Vec::new()));
+                    keep.push(r);
+                }
+                PreparedArg::Failed(e) => {
+                    failure = Some(e);
+                    payloads.push(Payload::Inline(Vec::new()));
+                }
+            }
+        }
+        let mut fx = Effects::default();
+        let mut st = self.lock();
+        let refs: Vec<RawRef> = (0..num_returns)
+            .map(|_| self.new_owned(&mut st, Some(id)))
+            .collect();
+        let spec = TaskSpec {
+            id,
+            function: function.to_string(),
+            args: payloads,
+            returns: refs.iter().map(|r| r.id).collect(),
+            actor,
+        };
+        if let Some(e) = failure {
+            self.fail_returns(&mut st, &spec, &e, &mut fx);
+            drop(st);
+            fx.drops.extend(keep);
+            self.apply(fx);
+            return refs;
+        }
+        st.sub.tasks.insert(
+            id,
+            TaskEntry {
+                spec,
+                deps: Vec::new(),
+                keep,
+                shape: shape.unwrap_or_default(),
+                retries_left: max_retries,
+                max_retries,
+                status: Status::WaitingDeps,
+                cancelled: false,
+            },
+        );
+        if let Some(a) = actor {
+            st.sub.actors.entry(a).or_default().pending.push_back(id);
+        }
+        let mut failed = None;
+        for (i, dep) in dep_refs {
+            match self.poll_value(&mut st, dep, &mut fx) {
+                Ok(Some(p)) => {
+                    if let Some(e) = payload_error(self, &p) {
+                        failed = Some(e);
+                        break;
+                    }
+                    if let Some(t) = st.sub.tasks.get_mut(&id) {
+                        t.spec.args[i] = p;
+                    }
+                }
+                Ok(None) => {
+                    if let Some(t) = st.sub.tasks.get_mut(&id) {
+                        t.deps.push((i, dep));
+                    }
+                    let w = st.sub.dep_waiters.entry(dep).or_default();
+                    if !w.contains(&id) {
+                        w.push(id);
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            self.finish_failed(&mut st, id, &e, &mut fx);
+        } else {
+            self.ready_if_resolved(&mut st, id, &mut fx);
+        }
+        drop(st);
+        self.apply(fx);
+        refs
+    }
+
+    /// Stores an already-encoded value as a new owned object.
+    pub(crate) fn put_encoded(
+        self: &Arc<Self>,
+        enc: &codec::Encoded<'_>,
+        contained: Vec<RawRef>,
+    ) -> Result<RawRef> {
+        let payload = self.store_value(enc, self.id)?;
+        let mut st = self.lock();
+        let r = self.new_owned(&mut st, None);
+        if let Some(e) = st.objects.get_mut(&r.id) {
+            e.value = Some(payload);
+            e.contained = contained;
+        }
+        Ok(r)
+    }
+
+    fn fail_returns(
+        self: &Arc<Self>,
+        st: &mut State,
+        spec: &TaskSpec,
+        err: &Error,
+        fx: &mut Effects,
+    ) {
+        let blob = codec::encode_error(err);
+        for r in &spec.returns {
+            self.set_value(st, *r, Payload::Inline(blob.clone()), fx);
+        }
+    }
+
+    /// Removes a task and stores `err` as each of its results.
+    fn finish_failed(self: &Arc<Self>, st: &mut State, id: TaskId, err: &Error, fx: &mut Effects) {
+        let Some(t) = st.sub.tasks.remove(&id) else {
+            return;
+        };
+        if let Some(a) = t.spec.actor {
+            if let Some(q) = st.sub.actors.get_mut(&a) {
+                q.pending.retain(|x| *x != id);
+                q.inflight.retain(|x| *x != id);
+            }
+        }
+        self.fail_returns(st, &t.spec, err, fx);
+        fx.drops.extend(t.keep);
+    }
+
+    fn ready_if_resolved(self: &Arc<Self>, st: &mut State, id: TaskId, fx: &mut Effects) {
+        let Some(t) = st.sub.tasks.get_mut(&id) else {
+            return;
+        };
+        if !t.deps.is_empty() || t.status != Status::WaitingDeps {
+            return;
+        }
+        if let Some(a) = t.spec.actor {
+            self.flush_actor(st, a, fx);
+            return;
+        }
+        t.status = Status::Queued;
+        let class = t.shape.clone();
+        st.sub
+            .classes
+            .entry(class.clone())
+            .or_default()
+            .queue
+            .push_back(id);
+        self.dispatch(st, &class, fx);
+    }
+
+    /// An object became ready: resolve the tasks waiting for it.
+    pub(crate) fn deps_ready(self: &Arc<Self>, st: &mut State, id: ObjectId, fx: &mut Effects) {
+        let Some(waiters) = st.sub.dep_waiters.remove(&id) else {
+            return;
+        };
+        let Some(payload) = st.objects.get(&id).and_then(|e| e.value.clone()) else {
+            return;
+        };
+        let err = payload_error(self, &payload);
+        for t in waiters {
+            if let Some(e) = &err {
+                self.finish_failed(st, t, e, fx);
+                continue;
+            }
+            if let Some(task) = st.sub.tasks.get_mut(&t) {
+                task.deps.retain(|(i, dep)| {
+                    if *dep == id {
+                        task.spec.args[*i] = payload.clone();
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+            self.ready_if_resolved(st, t, fx);
+        }
+    }
+
+    /// Pushes queued tasks of a class to its leased workers, and asks for
+    /// more leases when the queue outgrows them.
+    fn dispatch(self: &Arc<Self>, st: &mut State, class: &ResourceSet, fx: &mut Effects) {
+        let sub = &mut st.sub;
+        let Some(cq) = sub.classes.get_mut(class) else {
+            return;
+        };
+        while !cq.queue.is_empty() {
+            let best = cq
+                .leases
+                .iter()
+                .filter_map(|l| sub.leases.get(l).map(|s| (*l, s)))
+                .filter(|(_, s)| !s.blocked && s.inflight.len() < PIPELINE)
+                .min_by_key(|(_, s)| s.inflight.len())
+                .map(|(l, _)| l);
+            let Some(lid) = best else { break };
+            let Some(tid) = cq.queue.pop_front() else {
+                break;
+            };
+            let (Some(lease), Some(task)) = (sub.leases.get_mut(&lid), sub.tasks.get_mut(&tid))
+            else {
+                continue;
+            };
+            task.status = Status::Running(lease.worker);
+            lease.inflight.push(tid);
+            lease.idle_since = None;
+            fx.sends
+                .push((lease.conn.clone(), Msg::PushTask(task.spec.clone())));
+        }
+        let usable = cq
+            .leases
+            .iter()
+            .filter(|l| sub.leases.get(l).is_some_and(|s| !s.blocked))
+            .count();
+        let want = if cq.queue.is_empty() {
+            0
+        } else if usable == 0 {
+            cq.queue.len().min(MAX_PENDING_LEASES)
+        } else {
+            cq.queue.len().div_ceil(PIPELINE).min(MAX_PENDING_LEASES)
+        };
+        while cq.pending_requests < want {
+            cq.pending_requests += 1;
+            let req = self.next_req();
+            sub.lease_reqs.insert(req, class.clone());
+            fx.lease_requests.push((req, class.clone()));
+        }
+    }
+
+    pub(crate) fn lease_granted(self: &Arc<Self>, req: u64, lease: LeaseId, worker: WorkerId) {
+        let conn = self.peer(worker);
+        let mut fx = Effects::default();
+        let mut st = self.lock();
+        let Some(class) = st.sub.lease_reqs.remove(&req) else {
+            fx.return_leases.push((lease, false));
+            drop(st);
+            self.apply(fx);
+            return;
+        };
+        let cq = st.sub.classes.entry(class.clone()).or_default();
+        cq.pending_requests = cq.pending_requests.saturating_sub(1);
+        match conn {
+            Ok(conn) if !cq.queue.is_empty() => {
+                cq.leases.push(lease);
+                st.sub.by_worker.insert(worker, lease);
+                st.sub.leases.insert(
+                    lease,
+                    LeaseState {
+                        worker,
+                        class: class.clone(),
+                        conn,
+                        inflight: Vec::new(),
+                        blocked: false,
+                        idle_since: Some(Instant::now()),
+                    },
+                );
+            }
+            Ok(_) => fx.return_leases.push((lease, false)),
+            Err(_) => fx.return_leases.push((lease, true)),
+        }
+        self.dispatch(&mut st, &class, &mut fx);
+        drop(st);
+        self.apply(fx);
+    }
+
+    pub(crate) fn lease_failed(self: &Arc<Self>, req: u64, error: Error) {
+        let mut fx = Effects::default();
+        let mut st = self.lock();
+        if let Some(class) = st.sub.lease_reqs.remove(&req) {
+            let queued: Vec<TaskId> = match st.sub.classes.get_mut(&class) {
+                Some(cq) => {
+                    cq.pending_requests = cq.pending_requests.saturating_sub(1);
+                    if cq.pending_requests == 0 && cq.leases.is_empty() {
+                        cq.queue.drain(..).collect()
+                    } else {
+                        Vec::new()
+                    }
+                }
+                None => Vec::new(),
+            };
+            for t in queued {
+                self.finish_failed(&mut st, t, &error, &mut fx);
+            }
+        }
+        drop(st);
+        self.apply(fx);
+    }
+
+    pub(crate) fn task_done(self: &Arc<Self>, from: WorkerId, task: TaskId, returns: Vec<Payload>) {
+        let mut fx = Effects::default();
+        let mut st = self.lock();
+        let Some(t) = st.sub.tasks.remove(&task) else {
+            // Already failed (cancelled or its worker was given up on): the
+            // store copies of its results are not referenced by anyone.
+            for p in returns {
+                if let Payload::Store { offset, .. } = p {
+                    fx.free_offsets.push(offset);
+                }
+            }
+            drop(st);
+            self.apply(fx);
+            return;
+        };
+        let mut class = None;
+        if let Some(a) = t.spec.actor {
+            if let Some(q) = st.sub.actors.get_mut(&a) {
+                q.inflight.retain(|x| *x != task);
+            }
+        } else if let Some(lid) = st.sub.by_worker.get(&from).copied() {
+            if let Some(l) = st.sub.leases.get_mut(&lid) {
+                l.inflight.retain(|x| *x != task);
+                if l.inflight.is_empty() {
+                    l.idle_since = Some(Instant::now());
+                }
+                class = Some(l.class.clone());
+            }
+        }
+        if returns.len() == t.spec.returns.len() {
+            for (id, p) in t.spec.returns.iter().zip(returns) {
+                self.set_value(&mut st, *id, p, &mut fx);
+            }
+        } else {
+            let e = Error::new(
+                ErrorKind::TaskFailed,
+                format!(
+                    "task `{}` produced {} results but {} were expected",
+                    t.spec.function,
+                    returns.len(),
+                    t.spec.returns.len()
+                ),
+            );
+            self.fail_returns(&mut st, &t.spec, &e, &mut fx);
+        }
+        fx.drops.extend(t.keep);
+        if let Some(c) = class {
+            self.dispatch(&mut st, &c, &mut fx);
+        }
+        drop(st);
+        self.apply(fx);
+    }
+
+    /// A blocked worker handed back tasks it had not started.
+    pub(crate) fn tasks_returned(self: &Arc<Self>, from: WorkerId, tasks: Vec<TaskId>) {
+        let mut fx = Effects::default();
+        let mut st = self.lock();
+        let Some(lid) = st.sub.by_worker.get(&from).copied() else {
+            return;
+        };
+        let Some(l) = st.sub.leases.get_mut(&lid) else {
+            return;
+        };
+        l.blocked = true;
+        l.inflight.retain(|t| !tasks.contains(t));
+        let class = l.class.clone();
+        for t in tasks.iter().rev() {
+            if let Some(e) = st.sub.tasks.get_mut(t) {
+                e.status = Status::Queued;
+                st.sub
+                    .classes
+                    .entry(class.clone())
+                    .or_default()
+                    .queue
+                    .push_front(*t);
+            }
+        }
+        self.dispatch(&mut st, &class, &mut fx);
+        drop(st);
+        self.apply(fx);
+    }
+
+    pub(crate) fn worker_unblocked(self: &Arc<Self>, from: WorkerId) {
+        let mut fx = Effects::default();
+        let mut st = self.lock();
+        let Some(lid) = st.sub.by_worker.get(&from).copied() else {
+            return;
+        };
+        let Some(l) = st.sub.leases.get_mut(&lid) else {
+            return;
+        };
+        l.blocked = false;
+        let class = l.class.clone();
+        self.dispatch(&mut st, &class, &mut fx);
+        drop(st);
+        self.apply(fx);
+    }
+
+    /// A worker we pushed work to is gone: retry or fail its tasks.
+    pub(crate) fn worker_lost(
+        self: &Arc<Self>,
+        st: &mut State,
+        worker: WorkerId,
+        fx: &mut Effects,
+    ) {
+        if let Some(lid) = st.sub.by_worker.remove(&worker) {
+            if let Some(l) = st.sub.leases.remove(&lid) {
+                if let Some(cq) = st.sub.classes.get_mut(&l.class) {
+                    cq.leases.retain(|x| *x != lid);
+                }
+                for t in l.inflight.iter().rev() {
+                    let Some(e) = st.sub.tasks.get_mut(t) else {
+                        continue;
+                    };
+                    if e.cancelled {
+                        let err = Error::new(
+                            ErrorKind::Cancelled,
+                            format!("task `{}` was cancelled", e.spec.function),
+                        );
+                        self.finish_failed(st, *t, &err, fx);
+                    } else if e.retries_left > 0 {
+                        e.retries_left -= 1;
+                        e.status = Status::Queued;
+                        st.sub
+                            .classes
+                            .entry(l.class.clone())
+                            .or_default()
+                            .queue
+                            .push_front(*t);
+                    } else {
+                        let err = Error::new(
+                            ErrorKind::WorkerDied,
+                            format!(
+                                "the worker process running task `{}` died (worker {worker}); it was tried {} time(s) (max_retries = {})",
+                                e.spec.function,
+                                e.max_retries + 1,
+                                e.max_retries
+                            ),
+                        );
+                        self.finish_failed(st, *t, &err, fx);
+                    }
+                }
+                self.dispatch(st, &l.class, fx);
+            }
+        }
+        let actors: Vec<ActorId> = st
+            .sub
+            .actors
+            .iter()
+            .filter(|(_, q)| q.conn.as_ref().is_some_and(|(w, _)| *w == worker))
+            .map(|(a, _)| *a)
+            .collect();
+        for a in actors {
+            let Some(q) = st.sub.actors.get_mut(&a) else {
+                continue;
+            };
+            q.conn = None;
+            let inflight = std::mem::take(&mut q.inflight);
+            let more = !q.pending.is_empty();
+            for t in inflight {
+                let name = st
+                    .sub
+                    .tasks
+                    .get(&t)
+                    .map(|e| e.spec.function.clone())
+                    .unwrap_or_default();
+                let err = Error::new(
+                    ErrorKind::ActorDied,
+                    format!("the actor's process died while running `{name}` (the actor restarts if it has restarts left; this call is not retried)"),
+                );
+                self.finish_failed(st, t, &err, fx);
+            }
+            if more {
+                self.flush_actor(st, a, fx);
+            }
+        }
+    }
+
+    /// Gives back leases idle for longer than [`LEASE_IDLE`].
+    pub(crate) fn return_idle_leases(&self, st: &mut State) -> Effects {
+        let mut fx = Effects::default();
+        let now = Instant::now();
+        let sub = &mut st.sub;
+        let idle: Vec<LeaseId> = sub
+            .leases
+            .iter()
+            .filter(|(_, l)| {
+                l.inflight.is_empty()
+                    && l.idle_since.is_some_and(|t| now - t >= LEASE_IDLE)
+                    && sub.classes.get(&l.class).is_none_or(|c| c.queue.is_empty())
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for lid in idle {
+            if let Some(l) = sub.leases.remove(&lid) {
+                sub.by_worker.remove(&l.worker);
+                if let Some(cq) = sub.classes.get_mut(&l.class) {
+                    cq.leases.retain(|x| *x != lid);
+                }
+                fx.return_leases.push((lid, false));
+            }
+        }
+        fx
+    }
+
+    /// Fails every pending task (the cluster went away).
+    pub(crate) fn fail_all(self: &Arc<Self>, st: &mut State, err: &Error) -> Effects {
+        let mut fx = Effects::default();
+        let ids: Vec<TaskId> = st.sub.tasks.keys().copied().collect();
+        for t in ids {
+            self.finish_failed(st, t, err, &mut fx);
+        }
+        st.sub.leases.clear();
+        st.sub.by_worker.clear();
+        st.sub.classes.clear();
+        fx
+    }
+
+    /// Cancels the task producing `id` (Ray's `ray.cancel(force=True)` for
+    /// a running task: its worker is killed and the task is not retried).
+    pub(crate) fn cancel(self: &Arc<Self>, id: ObjectId) -> Result<()> {
+        let mut fx = Effects::default();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some(task) = st.objects.get(&id).and_then(|e| e.task) else {
+            return Ok(()); // finished already, or not a task result
+        };
+        let Some(t) = st.sub.tasks.get_mut(&task) else {
+            return Ok(());
+        };
+        let err = Error::new(
+            ErrorKind::Cancelled,
+            format!("task `{}` was cancelled", t.spec.function),
+        );
+        match t.status {
+            Status::WaitingDeps | Status::Queued => {
+                let class = t.shape.clone();
+                if let Some(cq) = st.sub.classes.get_mut(&class) {
+                    cq.queue.retain(|x| *x != task);
+                }
+                for w in st.sub.dep_waiters.values_mut() {
+                    w.retain(|x| *x != task);
+                }
+                if let Some(a) = t.spec.actor {
+                    // Sent calls keep their order; an unsent one can go.
+                    if let Some(q) = st.sub.actors.get_mut(&a) {
+                        q.pending.retain(|x| *x != task);
+                    }
+                }
+                self.finish_failed(st, task, &err, &mut fx);
+            }
+            Status::Running(worker) => {
+                if t.spec.actor.is_some() {
+                    return Err(Error::invalid(
+                        "an actor call that already reached the actor cannot be cancelled",
+                    ));
+                }
+                t.cancelled = true;
+                if let Some(l) = st
+                    .sub
+                    .by_worker
+                    .get(&worker)
+                    .and_then(|l| st.sub.leases.get(l))
+                {
+                    fx.sends.push((l.conn.clone(), Msg::CancelTask { task }));
+                }
+            }
+        }
+        drop(guard);
+        self.apply(fx);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------
+    // Actors
+    // ------------------------------------------------------------------
+
+    /// Sends the actor's queued calls, in order, as far as their arguments
+    /// are resolved.
+    fn flush_actor(self: &Arc<Self>, st: &mut State, actor: ActorId, fx: &mut Effects) {
+        let Some(q) = st.sub.actors.get_mut(&actor) else {
+            return;
+        };
+        if let Some(err) = q.dead.clone() {
+            let ids: Vec<TaskId> = q.pending.drain(..).collect();
+            for t in ids {
+                self.finish_failed(st, t, &err, fx);
+            }
+            return;
+        }
+        let Some((_, conn)) = q.conn.clone() else {
+            if !q.resolving && !q.pending.is_empty() {
+                q.resolving = true;
+                fx.resolve_actors.push(actor);
+            }
+            return;
+        };
+        while let Some(t) = q.pending.front().copied() {
+            let Some(e) = st.sub.tasks.get_mut(&t) else {
+                q.pending.pop_front();
+                continue;
+            };
+            if !e.deps.is_empty() {
+                break;
+            }
+            q.pending.pop_front();
+            e.status = Status::Running(WorkerId(0));
+            q.inflight.push(t);
+            fx.sends.push((conn.clone(), Msg::PushTask(e.spec.clone())));
+        }
+    }
+
+    /// Finds the actor's current worker through the GCS (waiting while it
+    /// is being created or restarted) and connects to it.
+    pub(crate) fn reconnect_actor(self: &Arc<Self>, actor: ActorId) {
+        let info = self.gcs_call(
+            |req| Msg::LookupActor {
+                req,
+                by: ActorLookup::Id(actor),
+                wait: true,
+            },
+            "looking up an actor",
+        );
+        let outcome: Result<(WorkerId, Arc<Conn>)> = match info {
+            Ok(Msg::ActorLookedUp {
+                result: Ok(info), ..
+            }) => match (info.state, info.worker) {
+                (ActorState::Alive, Some(w)) => self.peer(w).map(|c| (w, c)),
+                _ => Err(info
+                    .death
+                    .unwrap_or_else(|| Error::new(ErrorKind::ActorDied, "the actor is dead"))),
+            },
+            Ok(Msg::ActorLookedUp { result: Err(e), .. }) => Err(e),
+            Ok(_) => Err(Error::unavailable("unexpected reply from the GCS")),
+            Err(e) => Err(e),
+        };
+        let mut fx = Effects::default();
+        let mut st = self.lock();
+        if let Some(q) = st.sub.actors.get_mut(&actor) {
+            q.resolving = false;
+            match outcome {
+                Ok(c) => q.conn = Some(c),
+                Err(e) => {
+                    if e.kind() == ErrorKind::ActorDied {
+                        q.dead = Some(e);
+                    } else {
+                        let ids: Vec<TaskId> = q.pending.drain(..).collect();
+                        for t in ids {
+                            self.finish_failed(&mut st, t, &e, &mut fx);
+                        }
+                    }
+                }
+            }
+            self.flush_actor(&mut st, actor, &mut fx);
+        }
+        drop(st);
+        self.apply(fx);
+    }
+}
