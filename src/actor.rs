@@ -257,7 +257,14 @@ pub fn kill<A: ActorClass>(h: &ActorHandle<A>) -> Result<()> {
     let cw = worker::current()?;
     let id = h.core().id;
     match cw.gcs_call(|req| Msg::KillActor { req, id }, "killing an actor")? {
-        Msg::ActorKilled { .. } => Ok(()),
+        Msg::ActorKilled { .. } => {
+            let err = Error::new(
+                ErrorKind::ActorDied,
+                format!("actor `{}` was killed with rustray::kill", A::NAME),
+            );
+            cw.actor_killed(id, err);
+            Ok(())
+        }
         _ => Err(Error::unavailable("unexpected reply from the GCS")),
     }
 }

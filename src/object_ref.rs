@@ -48,6 +48,21 @@ impl<T> Clone for ObjectRef<T> {
     }
 }
 
+/// Refs are equal when they name the same object.
+impl<T> PartialEq for ObjectRef<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw.id == other.raw.id
+    }
+}
+
+impl<T> Eq for ObjectRef<T> {}
+
+impl<T> std::hash::Hash for ObjectRef<T> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.raw.id.hash(h)
+    }
+}
+
 impl<T> std::fmt::Debug for ObjectRef<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

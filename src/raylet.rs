@@ -307,6 +307,7 @@ impl Raylet {
             };
             let was_registered = st.registered.remove(&worker).is_some();
             let freed = st.store.free_owned_by(worker);
+            let _ = std::fs::remove_file(self.session.worker_socket(worker));
             log!("worker {worker} (pid {pid}) exited with status {status}; freed {freed} objects");
             let a = if was_registered {
                 st.leases.worker_died(worker)
@@ -332,8 +333,22 @@ impl Raylet {
                 libc::kill(*pid as i32, libc::SIGKILL);
             }
         }
+        // Wait (bounded) until they are gone, so none creates a file after
+        // the cleanup below.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while std::time::Instant::now() < deadline && pids.iter().any(|p| process_running(*p)) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         let _ = std::fs::remove_file(self.session.arena_path());
         self.session.remove_sockets();
         std::process::exit(0);
+    }
+}
+
+/// True while `pid` exists and is not a zombie.
+fn process_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
     }
 }

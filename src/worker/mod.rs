@@ -101,6 +101,7 @@ pub(crate) struct CoreWorker {
     gcs: Mutex<Option<Arc<Conn>>>,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) exec: executor::ExecShared,
+    lease_wake: (Mutex<bool>, Condvar),
 }
 
 static CURRENT: RwLock<Option<Arc<CoreWorker>>> = RwLock::new(None);
@@ -147,6 +148,7 @@ impl CoreWorker {
             gcs: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
             exec: executor::ExecShared::default(),
+            lease_wake: (Mutex::new(false), Condvar::new()),
         });
         // The listener is bound before registering, so a lease granted to
         // this worker can be connected to at once.
@@ -818,23 +820,45 @@ impl CoreWorker {
         executor::BlockGuard::new(self)
     }
 
+    /// Returns idle leases. Sleeps on a condvar while this process holds no
+    /// lease: with a thousand workers blocked in nested `get`s, periodic
+    /// wake-ups in every process would starve the node.
     fn housekeeping(self: Arc<Self>) {
         while !self.shutting_down.load(Ordering::Relaxed) {
-            std::thread::sleep(submitter::LEASE_IDLE / 2);
-            let fx = {
+            let (fx, any) = {
                 let mut st = self.lock();
-                self.return_idle_leases(&mut st)
+                let fx = self.return_idle_leases(&mut st);
+                (fx, st.sub.has_leases())
             };
             if !fx.is_empty() {
                 self.apply(fx);
             }
+            if any {
+                std::thread::sleep(submitter::LEASE_IDLE / 2);
+            } else {
+                let g = self.lease_wake.0.lock().unwrap_or_else(|p| p.into_inner());
+                let mut g = self
+                    .lease_wake
+                    .1
+                    .wait_timeout_while(g, Duration::from_secs(1), |woken| !*woken)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                *g = false;
+            }
         }
+    }
+
+    /// Wakes the housekeeping thread: a lease was granted.
+    pub(crate) fn wake_housekeeping(&self) {
+        *self.lease_wake.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.lease_wake.1.notify_one();
     }
 
     /// Stops this core worker's threads and connections.
     pub(crate) fn stop(self: &Arc<Self>) {
         self.shutting_down.store(true, Ordering::Relaxed);
         self.cond.notify_all();
+        self.wake_housekeeping();
         // Wake the accept loop so it sees the flag.
         let _ = UnixStream::connect(self.session.worker_socket(self.id));
         let _ = std::fs::remove_file(self.session.worker_socket(self.id));

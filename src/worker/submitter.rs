@@ -96,6 +96,12 @@ pub(crate) struct Submitter {
     actors: HashMap<ActorId, ActorQueue>,
 }
 
+impl Submitter {
+    pub(crate) fn has_leases(&self) -> bool {
+        !self.leases.is_empty()
+    }
+}
+
 /// An argument as prepared by the caller.
 pub(crate) enum PreparedArg {
     Value(Vec<u8>, Vec<RawRef>),
@@ -391,6 +397,7 @@ impl CoreWorker {
         cq.pending_requests = cq.pending_requests.saturating_sub(1);
         match conn {
             Ok(conn) if !cq.queue.is_empty() => {
+                self.wake_housekeeping();
                 cq.leases.push(lease);
                 st.sub.by_worker.insert(worker, lease);
                 st.sub.leases.insert(
@@ -744,33 +751,63 @@ impl CoreWorker {
             q.pending.pop_front();
             e.status = Status::Running(WorkerId(0));
             q.inflight.push(t);
-            fx.sends.push((conn.clone(), Msg::PushTask(e.spec.clone())));
+            // Sent under the lock: two threads flushing the same actor must
+            // not reorder its calls on the wire. The actor's connection
+            // thread drains the socket continuously, so this cannot block
+            // for long.
+            let _ = conn.send(&Msg::PushTask(e.spec.clone()));
         }
+    }
+
+    /// `kill` succeeded: calls from this process fail at once from now on.
+    pub(crate) fn actor_killed(self: &Arc<Self>, actor: ActorId, err: Error) {
+        let mut fx = Effects::default();
+        let mut st = self.lock();
+        let q = st.sub.actors.entry(actor).or_default();
+        q.dead = Some(err.clone());
+        q.conn = None;
+        let inflight = std::mem::take(&mut q.inflight);
+        for t in inflight {
+            self.finish_failed(&mut st, t, &err, &mut fx);
+        }
+        self.flush_actor(&mut st, actor, &mut fx);
+        drop(st);
+        self.apply(fx);
     }
 
     /// Finds the actor's current worker through the GCS (waiting while it
     /// is being created or restarted) and connects to it.
     pub(crate) fn reconnect_actor(self: &Arc<Self>, actor: ActorId) {
-        let info = self.gcs_call(
-            |req| Msg::LookupActor {
-                req,
-                by: ActorLookup::Id(actor),
-                wait: true,
-            },
-            "looking up an actor",
-        );
-        let outcome: Result<(WorkerId, Arc<Conn>)> = match info {
-            Ok(Msg::ActorLookedUp {
-                result: Ok(info), ..
-            }) => match (info.state, info.worker) {
-                (ActorState::Alive, Some(w)) => self.peer(w).map(|c| (w, c)),
-                _ => Err(info
-                    .death
-                    .unwrap_or_else(|| Error::new(ErrorKind::ActorDied, "the actor is dead"))),
-            },
-            Ok(Msg::ActorLookedUp { result: Err(e), .. }) => Err(e),
-            Ok(_) => Err(Error::unavailable("unexpected reply from the GCS")),
-            Err(e) => Err(e),
+        // The GCS may not have noticed yet that the worker we lost is dead:
+        // retry (bounded) while the reported worker cannot be reached.
+        let deadline = Instant::now() + super::RPC_TIMEOUT;
+        let outcome: Result<(WorkerId, Arc<Conn>)> = loop {
+            let info = self.gcs_call(
+                |req| Msg::LookupActor {
+                    req,
+                    by: ActorLookup::Id(actor),
+                    wait: true,
+                },
+                "looking up an actor",
+            );
+            let r = match info {
+                Ok(Msg::ActorLookedUp { result: Ok(info), .. }) => match (info.state, info.worker) {
+                    (ActorState::Alive, Some(w)) => match self.peer(w) {
+                        Ok(c) => Ok((w, c)),
+                        Err(e) if Instant::now() < deadline => {
+                            let _ = e;
+                            std::thread::sleep(Duration::from_millis(10));
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    },
+                    _ => Err(info.death.unwrap_or_else(|| Error::new(ErrorKind::ActorDied, "the actor is dead"))),
+                },
+                Ok(Msg::ActorLookedUp { result: Err(e), .. }) => Err(e),
+                Ok(_) => Err(Error::unavailable("unexpected reply from the GCS")),
+                Err(e) => Err(e),
+            };
+            break r;
         };
         let mut fx = Effects::default();
         let mut st = self.lock();

@@ -1,0 +1,74 @@
+//! A small test harness for integration tests that start clusters.
+//!
+//! These test binaries are `harness = false` because rustray re-executes the
+//! running binary as its raylet and worker processes: `main` must reach
+//! `rustray::init()` before any test harness runs. In the driver, each test
+//! runs in turn (clusters are per process) and the output follows libtest's
+//! shape, including the `test result:` summary line.
+
+#![allow(dead_code)]
+
+use std::time::Instant;
+
+pub type TestFn = fn();
+
+/// In a raylet or worker process, enters it (never returns); in the test
+/// driver, returns.
+pub fn enter_cluster_role() {
+    if std::env::var_os("RUSTRAY_ROLE").is_some() {
+        let _ = rustray::init();
+        unreachable!("rustray::init returns only in the driver");
+    }
+}
+
+/// Runs the tests whose names contain the first non-flag argument.
+pub fn run(tests: &[(&str, TestFn)]) {
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let start = Instant::now();
+    let selected: Vec<_> = tests
+        .iter()
+        .filter(|(n, _)| filter.as_deref().is_none_or(|f| n.contains(f)))
+        .collect();
+    println!("\nrunning {} tests", selected.len());
+    let mut failed = Vec::new();
+    for (name, f) in &selected {
+        let t = Instant::now();
+        let r = std::panic::catch_unwind(*f);
+        // A failed test may leave its cluster up: the next test needs a fresh one.
+        rustray::shutdown();
+        match r {
+            Ok(()) => println!("test {name} ... ok ({:.2}s)", t.elapsed().as_secs_f64()),
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed.push(*name);
+            }
+        }
+    }
+    let filtered = tests.len() - selected.len();
+    if !failed.is_empty() {
+        println!("\nfailures:");
+        for f in &failed {
+            println!("    {f}");
+        }
+    }
+    println!(
+        "\ntest result: {}. {} passed; {} failed; 0 ignored; 0 measured; {} filtered out; finished in {:.2}s\n",
+        if failed.is_empty() { "ok" } else { "FAILED" },
+        selected.len() - failed.len(),
+        failed.len(),
+        filtered,
+        start.elapsed().as_secs_f64()
+    );
+    if !failed.is_empty() {
+        std::process::exit(101);
+    }
+}
+
+/// Starts a cluster with `cpus` CPUs and an optional store size.
+pub fn cluster(cpus: f64, store: Option<u64>) {
+    let mut cfg = rustray::Config::new().num_cpus(cpus);
+    if let Some(s) = store {
+        cfg = cfg.object_store_memory(s);
+    }
+    rustray::init_with(cfg).expect("cluster starts");
+}

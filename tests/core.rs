@@ -1,0 +1,498 @@
+//! Ray Core semantics on one node: tasks, objects, actors, errors.
+//! Names follow Ray's own tests (`test_wait_timeout`, `test_actor_ordering`, ...).
+
+mod common;
+
+use rustray::{ErrorKind, ObjectRef};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------- remote fns
+
+#[rustray::remote]
+fn read_array(seed: u64) -> Vec<f64> {
+    (0..100).map(|i| (seed * 100 + i) as f64).collect()
+}
+
+#[rustray::remote]
+fn add(a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
+    a.iter().zip(&b).map(|(x, y)| x + y).collect()
+}
+
+#[rustray::remote]
+fn inc(x: u64) -> u64 {
+    x + 1
+}
+
+#[rustray::remote]
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[rustray::remote]
+fn fails(msg: String) -> u64 {
+    panic!("{msg}");
+}
+
+#[rustray::remote(num_returns = 2)]
+fn split(x: u64) -> (u64, String) {
+    (x * 2, format!("n={x}"))
+}
+
+#[rustray::remote]
+fn pid() -> u32 {
+    std::process::id()
+}
+
+/// Nests: each level submits the next and blocks in `get` on it.
+#[rustray::remote]
+fn nest(depth: u64) -> u64 {
+    if depth == 0 {
+        return 0;
+    }
+    rustray::get(&nest::remote(depth - 1)).expect("inner level") + 1
+}
+
+/// Kills its own worker process the first time it runs for `marker`.
+#[rustray::remote]
+fn die_once(marker: String) -> String {
+    if std::fs::metadata(&marker).is_err() {
+        std::fs::write(&marker, b"x").expect("marker file");
+        kill_self();
+    }
+    "survived".to_string()
+}
+
+#[rustray::remote]
+fn die_always() -> u64 {
+    kill_self();
+    0
+}
+
+fn kill_self() {
+    // SAFETY: sending SIGKILL to our own process.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+struct Boxed {
+    label: String,
+    inner: ObjectRef<Vec<u8>>,
+}
+
+/// Receives a ref inside a value (not resolved by the runtime) and gets it.
+#[rustray::remote]
+fn sum_boxed(b: Boxed) -> (String, u64) {
+    let v = rustray::get_view(&b.inner).expect("boxed ref");
+    (b.label, v.iter().map(|x| *x as u64).sum())
+}
+
+/// Returns a ref to an object it put itself (the worker owns it).
+#[rustray::remote]
+fn make_inner(n: u64) -> ObjectRef<u64> {
+    rustray::put(n * 10).expect("put in task")
+}
+
+#[rustray::remote]
+fn call_counter(c: rustray::ActorHandle<Counter>, times: u64) -> i64 {
+    let mut last = 0;
+    for _ in 0..times {
+        last = rustray::get(&c.incr(1)).expect("actor call from task");
+    }
+    last
+}
+
+#[rustray::remote]
+fn gpu_task() -> u64 {
+    1
+}
+
+// ---------------------------------------------------------------- actors
+
+pub struct Counter {
+    n: i64,
+    log: Vec<u64>,
+}
+
+#[rustray::actor]
+impl Counter {
+    pub fn new(start: i64) -> Self {
+        Counter { n: start, log: Vec::new() }
+    }
+
+    pub fn incr(&mut self, by: i64) -> i64 {
+        self.n += by;
+        self.n
+    }
+
+    pub fn record(&mut self, i: u64) -> usize {
+        self.log.push(i);
+        self.log.len()
+    }
+
+    pub fn log(&self) -> Vec<u64> {
+        self.log.clone()
+    }
+
+    pub fn crash(&self) -> i64 {
+        kill_self();
+        0
+    }
+
+    pub fn fail(&self) -> i64 {
+        panic!("method failed on purpose");
+    }
+}
+
+pub struct Other;
+
+#[rustray::actor]
+impl Other {
+    pub fn new() -> Self {
+        Other
+    }
+
+    pub fn ping(&self) -> u8 {
+        1
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+fn test_task_graph() {
+    common::cluster(2.0, None);
+    let id1 = read_array::remote(1u64);
+    let id2 = read_array::remote(2u64);
+    let id = add::remote(id1, id2);
+    let sum = rustray::get(&id).unwrap();
+    assert_eq!(sum.len(), 100);
+    assert_eq!(sum[0], 100.0 + 200.0);
+    assert_eq!(sum[99], 199.0 + 299.0);
+}
+
+fn test_put_get_and_get_many() {
+    common::cluster(2.0, None);
+    let r = rustray::put("hello".to_string()).unwrap();
+    assert_eq!(rustray::get(&r).unwrap(), "hello");
+    let refs: Vec<_> = (0..100u64).map(inc::remote).collect();
+    let got = rustray::get_all(&refs).unwrap();
+    assert_eq!(got, (1..=100).collect::<Vec<u64>>());
+    // a value and a ref may be mixed per argument
+    let x = rustray::put(vec![1.0, 2.0]).unwrap();
+    assert_eq!(rustray::get(&add::remote(&x, vec![1.0, 1.0])).unwrap(), vec![2.0, 3.0]);
+}
+
+fn test_task_chain() {
+    common::cluster(2.0, None);
+    let mut r = inc::remote(0u64);
+    for _ in 1..200 {
+        r = inc::remote(r);
+    }
+    assert_eq!(rustray::get(&r).unwrap(), 1000);
+}
+
+fn test_get_timeout() {
+    common::cluster(2.0, None);
+    let r = sleep_ms::remote(400u64);
+    let t = Instant::now();
+    let e = rustray::get_timeout(&r, Duration::from_millis(50)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(t.elapsed() < Duration::from_millis(350));
+    // the object can still be fetched later
+    assert_eq!(rustray::get(&r).unwrap(), 1000);
+}
+
+fn test_wait_timeout() {
+    common::cluster(2.0, None);
+    let fast = inc::remote(1u64);
+    let slow = sleep_ms::remote(2_000u64);
+    rustray::get(&fast).unwrap();
+    let t = Instant::now();
+    let (ready, not_ready) = rustray::wait(&[fast.clone(), slow.clone()], 2, Some(Duration::from_millis(100))).unwrap();
+    assert!(t.elapsed() < Duration::from_millis(1_000));
+    assert_eq!(ready.len(), 1);
+    assert_eq!(not_ready.len(), 1);
+    assert_eq!(rustray::get(&ready[0]).unwrap(), 2);
+    let (ready, _) = rustray::wait(&[fast, slow], 1, None).unwrap();
+    assert_eq!(ready.len(), 1);
+    assert!(rustray::wait(&[inc::remote(1u64)], 2, None).is_err());
+}
+
+fn test_wait_all() {
+    common::cluster(2.0, None);
+    let refs: Vec<_> = (0..500u64).map(inc::remote).collect();
+    let (ready, not_ready) = rustray::wait(&refs, 500, Some(Duration::from_secs(30))).unwrap();
+    assert_eq!((ready.len(), not_ready.len()), (500, 0));
+}
+
+fn test_num_returns() {
+    common::cluster(2.0, None);
+    let (a, b) = split::remote(21u64);
+    assert_eq!(rustray::get(&a).unwrap(), 42);
+    assert_eq!(rustray::get(&b).unwrap(), "n=21");
+}
+
+fn test_task_panic_is_reported() {
+    common::cluster(2.0, None);
+    let r = fails::remote("boom on purpose".to_string());
+    let e = rustray::get(&r).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TaskFailed);
+    assert!(e.message().contains("fails"), "{e}");
+    assert!(e.message().contains("boom on purpose"), "{e}");
+    // a failure in a dependency propagates to the dependent task
+    let dep = inc::remote(fails::remote("upstream".to_string()));
+    let e = rustray::get(&dep).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TaskFailed);
+    assert!(e.message().contains("upstream"), "{e}");
+    // the cluster still works
+    assert_eq!(rustray::get(&inc::remote(1u64)).unwrap(), 2);
+}
+
+fn test_get_wrong_type() {
+    common::cluster(2.0, None);
+    let r = rustray::put(5u32).unwrap();
+    let wrong: ObjectRef<String> = serde_roundtrip_retype(&r);
+    let e = rustray::get(&wrong).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TypeMismatch);
+    assert!(e.message().contains("u32"), "{e}");
+    assert_eq!(rustray::get(&r).unwrap(), 5);
+}
+
+/// Reinterprets a ref as another type the way a program could by mistake
+/// (through its own serialization), to exercise the runtime type check.
+fn serde_roundtrip_retype<A, B>(r: &ObjectRef<A>) -> ObjectRef<B> {
+    let cfg = bincode::config::standard();
+    let bytes = bincode::serde::encode_to_vec(r, cfg).unwrap();
+    bincode::serde::decode_from_slice(&bytes, cfg).unwrap().0
+}
+
+fn test_object_too_large_and_store_full() {
+    common::cluster(2.0, Some(8 << 20));
+    let e = rustray::put(vec![0u8; 16 << 20]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ObjectTooLarge, "{e}");
+    let a = rustray::put(vec![1u8; 5 << 20]).unwrap();
+    let e = rustray::put(vec![2u8; 5 << 20]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::StoreFull, "{e}");
+    // dropping the only ref frees the space
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match rustray::put(vec![3u8; 5 << 20]) {
+            Ok(r) => {
+                assert_eq!(rustray::get_view(&r).unwrap()[123], 3);
+                break;
+            }
+            Err(e) if Instant::now() < deadline && e.kind() == ErrorKind::StoreFull => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("store space was not freed: {e}"),
+        }
+    }
+}
+
+fn test_large_objects_zero_copy() {
+    common::cluster(2.0, Some(256 << 20));
+    let data: Vec<f64> = (0..4_000_000).map(|i| i as f64).collect();
+    let r = rustray::put(data).unwrap();
+    let v1 = rustray::get_view(&r).unwrap();
+    let v2 = rustray::get_view(&r).unwrap();
+    assert_eq!(v1.len(), 4_000_000);
+    assert_eq!(v1[3_999_999], 3_999_999.0);
+    // both views are the same shared memory: no copy was made
+    assert_eq!(v1.as_ptr(), v2.as_ptr());
+    assert_eq!(v1.as_ptr() as usize % 64, 0);
+    let owned: Vec<f64> = rustray::get(&r).unwrap();
+    assert_eq!(owned[12345], 12345.0);
+    // a task receives the large argument through the store
+    let s = add::remote(&r, vec![1.0; 4_000_000]);
+    assert_eq!(rustray::get_view(&s).unwrap()[10], 11.0);
+}
+
+fn test_refs_inside_values() {
+    common::cluster(2.0, None);
+    let inner = rustray::put(vec![7u8; 300_000]).unwrap();
+    let b = Boxed {
+        label: "x".into(),
+        inner: inner.clone(),
+    };
+    drop(inner);
+    let r = sum_boxed::remote(b);
+    assert_eq!(rustray::get(&r).unwrap(), ("x".to_string(), 7 * 300_000));
+    // a ref created and owned by a worker, returned inside a value
+    let outer = make_inner::remote(4u64);
+    let inner: ObjectRef<u64> = rustray::get(&outer).unwrap();
+    assert_eq!(rustray::get(&inner).unwrap(), 40);
+}
+
+fn test_cancel() {
+    common::cluster(1.0, None);
+    let blocker = sleep_ms::remote(300u64);
+    let queued = inc::options().max_retries(0).remote(1u64);
+    rustray::cancel(&queued).unwrap();
+    let e = rustray::get(&queued).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
+    assert_eq!(rustray::get(&blocker).unwrap(), 300);
+    // a running task: its worker is stopped
+    let running = sleep_ms::remote(10_000u64);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    rustray::cancel(&running).unwrap();
+    let e = rustray::get_timeout(&running, Duration::from_secs(5)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(rustray::get(&inc::remote(1u64)).unwrap(), 2);
+}
+
+fn test_worker_killed_task_retried() {
+    common::cluster(2.0, None);
+    let marker = std::env::temp_dir().join(format!("rustray-die-once-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let r = die_once::remote(marker.display().to_string());
+    assert_eq!(rustray::get(&r).unwrap(), "survived");
+    let _ = std::fs::remove_file(&marker);
+    // with no retries left: a worker-died error, never a hang
+    let r = die_always::options().max_retries(0).remote();
+    let e = rustray::get_timeout(&r, Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerDied, "{e}");
+    assert!(e.message().contains("die_always"), "{e}");
+    let r = die_always::options().max_retries(2).remote();
+    let e = rustray::get_timeout(&r, Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerDied, "{e}");
+    assert!(e.message().contains("3 time"), "{e}");
+}
+
+fn test_nested_tasks_deep_on_one_cpu() {
+    common::cluster(1.0, None);
+    let r = nest::remote(1000u64);
+    assert_eq!(rustray::get_timeout(&r, Duration::from_secs(300)).unwrap(), 1000);
+}
+
+fn test_infeasible_and_bad_options() {
+    common::cluster(2.0, None);
+    let r = gpu_task::options().num_gpus(1.0).remote();
+    let e = rustray::get_timeout(&r, Duration::from_secs(10)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Infeasible, "{e}");
+    let r = gpu_task::options().num_cpus(-1.0).remote();
+    let e = rustray::get(&r).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    let r = gpu_task::options().num_cpus(2.0).resource("custom", 0.0).remote();
+    assert_eq!(rustray::get(&r).unwrap(), 1);
+}
+
+fn test_tasks_run_in_worker_processes() {
+    common::cluster(2.0, None);
+    let pids: Vec<u32> = rustray::get_all(&(0..20).map(|_| pid::remote()).collect::<Vec<_>>()).unwrap();
+    assert!(pids.iter().all(|p| *p != std::process::id()));
+}
+
+fn test_actor_ordering() {
+    common::cluster(2.0, None);
+    let c = Counter::remote(0).unwrap();
+    let refs: Vec<_> = (0..2_000u64).map(|i| c.record(i)).collect();
+    let lens = rustray::get_all(&refs).unwrap();
+    assert_eq!(lens, (1..=2_000).collect::<Vec<usize>>());
+    assert_eq!(rustray::get(&c.log()).unwrap(), (0..2_000).collect::<Vec<u64>>());
+}
+
+fn test_actor_state_and_handles_in_tasks() {
+    common::cluster(2.0, None);
+    let c = Counter::remote(10).unwrap();
+    c.incr(1);
+    assert_eq!(rustray::get(&c.incr(1)).unwrap(), 12);
+    let c2 = c.clone();
+    let r = call_counter::remote(c2, 5u64);
+    assert_eq!(rustray::get(&r).unwrap(), 17);
+    assert_eq!(rustray::get(&c.incr(0)).unwrap(), 17);
+    let e = rustray::get(&c.fail()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TaskFailed);
+    assert!(e.message().contains("method failed on purpose"), "{e}");
+    assert_eq!(rustray::get(&c.incr(0)).unwrap(), 17);
+}
+
+fn test_named_actor() {
+    common::cluster(2.0, None);
+    let c = Counter::options().name("counter").remote(5).unwrap();
+    let h = rustray::get_actor::<Counter>("counter").unwrap();
+    h.incr(1);
+    assert_eq!(rustray::get(&c.incr(1)).unwrap(), 7);
+    let e = rustray::get_actor::<Counter>("nobody").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ActorNotFound, "{e}");
+    let e = rustray::get_actor::<Other>("counter").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TypeMismatch, "{e}");
+    let e = Counter::options().name("counter").remote(0).unwrap_err();
+    assert!(e.message().contains("already exists"), "{e}");
+}
+
+fn test_actor_restart() {
+    common::cluster(2.0, None);
+    let c = Counter::options().max_restarts(1).remote(100).unwrap();
+    assert_eq!(rustray::get(&c.incr(1)).unwrap(), 101);
+    let e = rustray::get_timeout(&c.crash(), Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ActorDied, "{e}");
+    // restarted: the constructor ran again
+    assert_eq!(rustray::get_timeout(&c.incr(1), Duration::from_secs(30)).unwrap(), 101);
+    let _ = rustray::get_timeout(&c.crash(), Duration::from_secs(30));
+    let e = rustray::get_timeout(&c.incr(1), Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ActorDied, "{e}");
+}
+
+fn test_kill_actor() {
+    common::cluster(2.0, None);
+    let c = Counter::options().max_restarts(5).remote(0).unwrap();
+    assert_eq!(rustray::get(&c.incr(1)).unwrap(), 1);
+    rustray::kill(&c).unwrap();
+    let e = rustray::get_timeout(&c.incr(1), Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ActorDied, "{e}");
+    assert!(e.message().contains("killed"), "{e}");
+}
+
+fn test_many_actors() {
+    common::cluster(2.0, None);
+    let actors: Vec<_> = (0..8).map(|i| Counter::remote(i).unwrap()).collect();
+    let refs: Vec<_> = (0..400).map(|i| actors[i % 8].incr(1)).collect();
+    rustray::get_all(&refs).unwrap();
+    for (i, a) in actors.iter().enumerate() {
+        assert_eq!(rustray::get(&a.incr(0)).unwrap(), i as i64 + 50);
+    }
+}
+
+fn test_not_initialized_is_an_error() {
+    let e = rustray::put(1u8).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ClusterUnavailable, "{e}");
+    common::cluster(2.0, None);
+    let e = rustray::init().unwrap_err();
+    assert!(e.message().contains("already initialized"), "{e}");
+}
+
+fn main() {
+    common::enter_cluster_role();
+    common::run(&[
+        ("test_task_graph", test_task_graph),
+        ("test_put_get_and_get_many", test_put_get_and_get_many),
+        ("test_task_chain", test_task_chain),
+        ("test_get_timeout", test_get_timeout),
+        ("test_wait_timeout", test_wait_timeout),
+        ("test_wait_all", test_wait_all),
+        ("test_num_returns", test_num_returns),
+        ("test_task_panic_is_reported", test_task_panic_is_reported),
+        ("test_get_wrong_type", test_get_wrong_type),
+        ("test_object_too_large_and_store_full", test_object_too_large_and_store_full),
+        ("test_large_objects_zero_copy", test_large_objects_zero_copy),
+        ("test_refs_inside_values", test_refs_inside_values),
+        ("test_cancel", test_cancel),
+        ("test_worker_killed_task_retried", test_worker_killed_task_retried),
+        ("test_nested_tasks_deep_on_one_cpu", test_nested_tasks_deep_on_one_cpu),
+        ("test_infeasible_and_bad_options", test_infeasible_and_bad_options),
+        ("test_tasks_run_in_worker_processes", test_tasks_run_in_worker_processes),
+        ("test_actor_ordering", test_actor_ordering),
+        ("test_actor_state_and_handles_in_tasks", test_actor_state_and_handles_in_tasks),
+        ("test_named_actor", test_named_actor),
+        ("test_actor_restart", test_actor_restart),
+        ("test_kill_actor", test_kill_actor),
+        ("test_many_actors", test_many_actors),
+        ("test_not_initialized_is_an_error", test_not_initialized_is_an_error),
+    ]);
+}

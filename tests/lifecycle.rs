@@ -1,0 +1,214 @@
+//! Process-level behaviour: worker output reaches the driver's terminal with
+//! a pid prefix, and neither `shutdown` nor a driver killed with SIGKILL
+//! leaves a process, socket or shared-memory file behind.
+//!
+//! The tests re-run this binary as a child driver (`--child-*` modes) so
+//! that they can watch and kill it from outside.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[rustray::remote]
+fn shout(word: String) -> u32 {
+    println!("hello from task: {word}");
+    eprintln!("to stderr: {word}");
+    std::process::id()
+}
+
+#[rustray::remote]
+fn forever() -> u32 {
+    std::thread::sleep(Duration::from_secs(3600));
+    0
+}
+
+fn child_main(mode: &str) {
+    rustray::init_with(rustray::Config::new().num_cpus(2.0)).expect("init");
+    match mode {
+        "--child-print" => {
+            let pid = rustray::get(&shout::remote("abc".to_string())).expect("task");
+            println!("task pid {pid}");
+            rustray::shutdown();
+        }
+        "--child-hang" => {
+            let _r = forever::remote();
+            let _big = rustray::put(vec![1u8; 1 << 20]).expect("put");
+            println!("ready");
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        "--child-no-shutdown" => {
+            rustray::get(&shout::remote("x".to_string())).expect("task");
+            // returns from main without calling shutdown
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rustray-lc-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn child(mode: &str, dir: &Path) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.arg(mode).env("RUSTRAY_TMPDIR", dir).env_remove("RUSTRAY_ROLE");
+    c
+}
+
+/// Processes whose parent chain includes `root`.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parent = std::collections::HashMap::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(rest) = stat.rsplit(')').next() else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.first() == Some(&"Z") {
+            continue;
+        }
+        if let Some(pp) = f.get(1).and_then(|x| x.parse::<u32>().ok()) {
+            parent.insert(pid, pp);
+        }
+    }
+    parent
+        .keys()
+        .copied()
+        .filter(|p| {
+            let mut cur = *p;
+            for _ in 0..64 {
+                match parent.get(&cur) {
+                    Some(pp) if *pp == root => return true,
+                    Some(pp) => cur = *pp,
+                    None => return false,
+                }
+            }
+            false
+        })
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// What the sessions under `dir` left behind (sockets, arenas).
+fn leftovers(dir: &Path) -> Vec<String> {
+    let mut left = Vec::new();
+    let sessions: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
+    if sessions.is_empty() {
+        left.push("no session directory was created".to_string());
+    }
+    for s in sessions {
+        for f in std::fs::read_dir(s.path()).unwrap().flatten() {
+            if f.path().extension().is_some_and(|x| x == "sock") {
+                left.push(format!("socket {}", f.path().display()));
+            }
+        }
+        let shm = format!("/dev/shm/rustray-{}", s.file_name().to_string_lossy());
+        if Path::new(&shm).exists() {
+            left.push(format!("shared memory {shm}"));
+        }
+        if !s.path().join("logs").join("raylet.log").exists() {
+            left.push("missing raylet log".to_string());
+        }
+    }
+    left
+}
+
+fn assert_clean(dir: &Path) {
+    let left = leftovers(dir);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn test_worker_output_reaches_driver_with_pid_prefix() {
+    let dir = tmpdir("print");
+    let out = child("--child-print", &dir).stderr(Stdio::inherit()).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pid: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("task pid "))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no task pid in output:\n{text}"));
+    assert!(
+        text.contains(&format!("(pid={pid}) hello from task: abc")),
+        "prefixed stdout line missing:\n{text}"
+    );
+    assert!(text.contains(&format!("(pid={pid}) to stderr: abc")), "stderr line missing:\n{text}");
+    let logged = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .any(|s| std::fs::read_to_string(s.path().join("logs").join(format!("worker-{pid}.out"))).is_ok_and(|l| l.contains("hello from task")));
+    assert!(logged, "worker output also goes to the log directory");
+    assert_clean(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn test_driver_sigkill_leaves_nothing() {
+    let dir = tmpdir("kill");
+    let mut c = child("--child-hang", &dir).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("ready") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0, "child exited early");
+    }
+    let procs = descendants(c.id());
+    assert!(procs.len() >= 2, "raylet and workers run as processes: {procs:?}");
+    c.kill().unwrap();
+    c.wait().unwrap();
+    wait_until("raylet and workers to exit", Duration::from_secs(10), || {
+        procs.iter().all(|p| !alive(*p))
+    });
+    wait_until("cleanup", Duration::from_secs(10), || {
+        leftovers(&dir).is_empty()
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn test_end_of_main_without_shutdown_cleans_up() {
+    let dir = tmpdir("noshut");
+    let status = child("--child-no-shutdown", &dir).stdout(Stdio::null()).status().unwrap();
+    assert!(status.success());
+    wait_until("cleanup", Duration::from_secs(10), || {
+        leftovers(&dir).is_empty()
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn test_shutdown_then_init_again() {
+    for _ in 0..3 {
+        common::cluster(2.0, None);
+        assert!(rustray::get(&shout::remote("again".to_string())).unwrap() > 0);
+        rustray::shutdown();
+    }
+}
+
+fn main() {
+    common::enter_cluster_role();
+    if let Some(mode) = std::env::args().nth(1).filter(|a| a.starts_with("--child-")) {
+        child_main(&mode);
+        return;
+    }
+    common::run(&[
+        ("test_worker_output_reaches_driver_with_pid_prefix", test_worker_output_reaches_driver_with_pid_prefix),
+        ("test_driver_sigkill_leaves_nothing", test_driver_sigkill_leaves_nothing),
+        ("test_end_of_main_without_shutdown_cleans_up", test_end_of_main_without_shutdown_cleans_up),
+        ("test_shutdown_then_init_again", test_shutdown_then_init_again),
+    ]);
+}
