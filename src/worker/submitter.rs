@@ -96,12 +96,6 @@ pub(crate) struct Submitter {
     actors: HashMap<ActorId, ActorQueue>,
 }
 
-impl Submitter {
-    pub(crate) fn has_leases(&self) -> bool {
-        !self.leases.is_empty()
-    }
-}
-
 /// An argument as prepared by the caller.
 pub(crate) enum PreparedArg {
     Value(Vec<u8>, Vec<RawRef>),
@@ -468,6 +462,7 @@ impl CoreWorker {
                 l.inflight.retain(|x| *x != task);
                 if l.inflight.is_empty() {
                     l.idle_since = Some(Instant::now());
+                    self.wake_housekeeping();
                 }
                 class = Some(l.class.clone());
             }
@@ -621,21 +616,28 @@ impl CoreWorker {
         }
     }
 
-    /// Gives back leases idle for longer than [`LEASE_IDLE`].
-    pub(crate) fn return_idle_leases(&self, st: &mut State) -> Effects {
+    /// Gives back leases idle for longer than [`LEASE_IDLE`]; also says
+    /// when the next idle lease falls due.
+    pub(crate) fn return_idle_leases(&self, st: &mut State) -> (Effects, Option<Instant>) {
         let mut fx = Effects::default();
         let now = Instant::now();
         let sub = &mut st.sub;
-        let idle: Vec<LeaseId> = sub
-            .leases
-            .iter()
-            .filter(|(_, l)| {
-                l.inflight.is_empty()
-                    && l.idle_since.is_some_and(|t| now - t >= LEASE_IDLE)
-                    && sub.classes.get(&l.class).is_none_or(|c| c.queue.is_empty())
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        let mut next_due: Option<Instant> = None;
+        let mut idle = Vec::new();
+        for (id, l) in &sub.leases {
+            let Some(since) = l.idle_since.filter(|_| l.inflight.is_empty()) else {
+                continue;
+            };
+            if !sub.classes.get(&l.class).is_none_or(|c| c.queue.is_empty()) {
+                continue;
+            }
+            let due = since + LEASE_IDLE;
+            if due <= now {
+                idle.push(*id);
+            } else {
+                next_due = Some(next_due.map_or(due, |d| d.min(due)));
+            }
+        }
         for lid in idle {
             if let Some(l) = sub.leases.remove(&lid) {
                 sub.by_worker.remove(&l.worker);
@@ -645,7 +647,7 @@ impl CoreWorker {
                 fx.return_leases.push((lid, false));
             }
         }
-        fx
+        (fx, next_due)
     }
 
     /// Fails every pending task (the cluster went away).
@@ -791,7 +793,9 @@ impl CoreWorker {
                 "looking up an actor",
             );
             let r = match info {
-                Ok(Msg::ActorLookedUp { result: Ok(info), .. }) => match (info.state, info.worker) {
+                Ok(Msg::ActorLookedUp {
+                    result: Ok(info), ..
+                }) => match (info.state, info.worker) {
                     (ActorState::Alive, Some(w)) => match self.peer(w) {
                         Ok(c) => Ok((w, c)),
                         Err(e) if Instant::now() < deadline => {
@@ -801,7 +805,9 @@ impl CoreWorker {
                         }
                         Err(e) => Err(e),
                     },
-                    _ => Err(info.death.unwrap_or_else(|| Error::new(ErrorKind::ActorDied, "the actor is dead"))),
+                    _ => Err(info
+                        .death
+                        .unwrap_or_else(|| Error::new(ErrorKind::ActorDied, "the actor is dead"))),
                 },
                 Ok(Msg::ActorLookedUp { result: Err(e), .. }) => Err(e),
                 Ok(_) => Err(Error::unavailable("unexpected reply from the GCS")),
