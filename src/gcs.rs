@@ -263,6 +263,9 @@ impl Gcs {
             next_req: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
         });
+        for (node, res) in gcs.nodes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            log!("GCS node table: {node} {res:?}");
+        }
         let g = gcs.clone();
         transport::spawn_reader(
             "gcs-raylet".into(),

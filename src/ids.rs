@@ -27,7 +27,7 @@ pub(crate) fn random_u64() -> u64 {
 
 /// One process of the cluster that runs rustray's core worker: the driver or a worker.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct WorkerId(pub(crate) u64);
+pub(crate) struct WorkerId(pub(crate) u64);
 
 impl WorkerId {
     pub(crate) fn random() -> WorkerId {
@@ -48,7 +48,7 @@ impl fmt::Display for WorkerId {
 
 /// An object: its owner plus a sequence number unique within the owner.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ObjectId {
+pub(crate) struct ObjectId {
     pub(crate) owner: WorkerId,
     pub(crate) seq: u64,
 }
@@ -66,7 +66,7 @@ impl fmt::Display for ObjectId {
 
 /// A task: its submitter plus a sequence number (shared with object ids).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct TaskId {
+pub(crate) struct TaskId {
     pub(crate) owner: WorkerId,
     pub(crate) seq: u64,
 }
@@ -79,7 +79,7 @@ impl fmt::Debug for TaskId {
 
 /// An actor, stable across restarts.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ActorId(pub(crate) u64);
+pub(crate) struct ActorId(pub(crate) u64);
 
 impl ActorId {
     pub(crate) fn random() -> ActorId {
@@ -95,4 +95,4 @@ impl fmt::Debug for ActorId {
 
 /// A lease granted by a raylet.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
-pub struct LeaseId(pub(crate) u64);
+pub(crate) struct LeaseId(pub(crate) u64);

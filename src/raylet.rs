@@ -325,8 +325,16 @@ impl Raylet {
 
     /// Kills every worker, removes the node's files, and exits.
     fn shutdown(&self, why: &str) -> ! {
-        log!("raylet shutting down: {why}");
-        let pids: Vec<u32> = self.lock().pids.keys().copied().collect();
+        let pids: Vec<u32> = {
+            let st = self.lock();
+            log!(
+                "raylet shutting down: {why}; store held {} live objects, {} of {} bytes",
+                st.store.live_objects(),
+                st.store.used(),
+                st.store.capacity()
+            );
+            st.pids.keys().copied().collect()
+        };
         for pid in &pids {
             // SAFETY: signalling our own (unreaped) children.
             unsafe {

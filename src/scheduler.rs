@@ -106,12 +106,6 @@ impl ResourceSet {
         }
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, f64)> {
-        self.items
-            .iter()
-            .map(|(k, v)| (k.as_str(), *v as f64 / SCALE))
-    }
-
     /// Only the CPU part of the shape (what a blocked task lends back).
     fn cpu_only(&self) -> ResourceSet {
         let mut r = ResourceSet::new();
@@ -194,10 +188,7 @@ impl LeaseManager {
         }
     }
 
-    pub(crate) fn total(&self) -> &ResourceSet {
-        &self.total
-    }
-
+    #[cfg(test)]
     pub(crate) fn available(&self) -> &ResourceSet {
         &self.available
     }
@@ -336,10 +327,12 @@ impl LeaseManager {
         self.available.add_signed(&cpu, -1);
     }
 
+    #[cfg(test)]
     pub(crate) fn lease_count(&self) -> usize {
         self.leases.len()
     }
 
+    #[cfg(test)]
     pub(crate) fn idle_count(&self) -> usize {
         self.idle.len()
     }

@@ -133,10 +133,6 @@ impl Arena {
         Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr.add(o), l) })
     }
 
-    pub(crate) fn base(&self) -> *const u8 {
-        self.ptr
-    }
-
     /// Removes the arena's name; mappings stay valid until unmapped.
     pub(crate) fn unlink(&self) {
         let _ = std::fs::remove_file(&self.path);
