@@ -315,7 +315,6 @@ fn decode_pod<T: 'static>(blob: &Blob<'_>) -> Result<T> {
 }
 
 /// True when the type is one a `Vec<E>` fast path exists for.
-#[allow(dead_code)]
 pub(crate) fn is_pod_vec<T: 'static>() -> bool {
     let t = TypeId::of::<T>();
     [
