@@ -43,6 +43,9 @@ use std::time::{Duration, Instant};
 pub(crate) const INLINE_MAX: usize = 100 * 1024;
 /// Bound on a request/reply exchange with a cluster process.
 pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `get` spins for a value before it sleeps (and, in a worker,
+/// reports itself blocked).
+const SPIN: Duration = Duration::from_micros(50);
 
 /// One object in this process's table.
 #[derive(Default)]
@@ -94,6 +97,9 @@ pub(crate) struct CoreWorker {
     pub(crate) raylet: Arc<Conn>,
     pub(crate) state: Mutex<State>,
     pub(crate) cond: Condvar,
+    /// Bumped whenever a value arrives (before `cond` is notified), so a
+    /// waiter can spin on it briefly instead of sleeping at once.
+    value_epoch: AtomicU64,
     next_seq: AtomicU64,
     next_req: AtomicU64,
     replies: Mutex<HashMap<u64, mpsc::Sender<Msg>>>,
@@ -141,6 +147,7 @@ impl CoreWorker {
             raylet,
             state: Mutex::new(State::default()),
             cond: Condvar::new(),
+            value_epoch: AtomicU64::new(0),
             next_seq: AtomicU64::new(1),
             next_req: AtomicU64::new(1),
             replies: Mutex::new(HashMap::new()),
@@ -477,6 +484,7 @@ impl CoreWorker {
     /// Performs the effects collected under the lock.
     pub(crate) fn apply(self: &Arc<Self>, fx: Effects) {
         if fx.notify {
+            self.value_epoch.fetch_add(1, Ordering::Release);
             self.cond.notify_all();
         }
         for (conn, msg) in fx.sends {
@@ -747,7 +755,17 @@ impl CoreWorker {
             return Ok(v);
         }
         drop(st);
+        let epoch = self.value_epoch.load(Ordering::Acquire);
         self.apply(std::mem::take(&mut fx));
+        // Most round trips on a node finish within tens of microseconds:
+        // spinning that long avoids a sleep and wake-up on each side and,
+        // in a worker, the blocked/unblocked exchange with the raylet.
+        if self.spin_for_value(epoch) {
+            let mut st = self.lock();
+            if let Some(v) = self.poll_value(&mut st, id, &mut fx)? {
+                return Ok(v);
+            }
+        }
         let _blocked = self.block_guard();
         let mut st = self.lock();
         loop {
@@ -777,6 +795,37 @@ impl CoreWorker {
                 .wait_timeout(st, wait)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+        }
+    }
+
+    /// Spins up to [`SPIN`] for a value to arrive after `epoch`.
+    fn spin_for_value(&self, epoch: u64) -> bool {
+        self.spin_until(|| self.value_epoch.load(Ordering::Acquire) != epoch)
+    }
+
+    /// Spins up to [`SPIN`] until `done()`; true if it became true. Only
+    /// on machines with a core to spare for the spinner.
+    fn spin_until(&self, done: impl Fn() -> bool) -> bool {
+        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let cores = *CORES.get_or_init(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        if cores < 2 {
+            return false;
+        }
+        let start = Instant::now();
+        loop {
+            if done() {
+                return true;
+            }
+            if start.elapsed() > SPIN {
+                return false;
+            }
+            // Yield rather than spin: on a small node the thread that will
+            // deliver the value may need this very core.
+            std::thread::yield_now();
         }
     }
 
