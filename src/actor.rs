@@ -216,7 +216,7 @@ fn resolve_args(cw: &Arc<CoreWorker>, args: Vec<Arg>) -> Result<Vec<Payload>> {
             PreparedArg::Value(blob, _) => out.push(Payload::Inline(blob)),
             PreparedArg::Failed(e) => return Err(e),
             PreparedArg::Ref(r) => {
-                let p = cw.wait_value(r.id, None)?;
+                let p = cw.wait_local(r.id, None)?;
                 out.push(Payload::Inline(cw.payload_bytes(&p)?.to_vec()));
             }
         }

@@ -145,9 +145,9 @@ impl Encoded<'_> {
             } => {
                 let h = header_len(type_name);
                 write_header(&mut dst[..h], KIND_POD, *pod, type_name, bytes.len());
-                dst[h..].copy_from_slice(bytes);
+                parallel_copy(&mut dst[h..], bytes);
             }
-            Encoded::Blob(b) => dst.copy_from_slice(b),
+            Encoded::Blob(b) => parallel_copy(dst, b),
         }
     }
 
@@ -161,6 +161,43 @@ impl Encoded<'_> {
             }
         }
     }
+}
+
+/// Copies at or above this size are split across cores: one core cannot
+/// saturate memory bandwidth (Ray's plasma copies with several threads too).
+const PARALLEL_COPY_MIN: usize = 16 << 20;
+
+/// `dst.copy_from_slice(src)`, split across up to 4 scoped threads when
+/// large.
+fn parallel_copy(dst: &mut [u8], src: &[u8]) {
+    if src.len() < PARALLEL_COPY_MIN {
+        dst.copy_from_slice(src);
+        return;
+    }
+    // available_parallelism reads cgroup files: once per process.
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads = *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(4)
+    });
+    if threads < 2 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    // Chunks on 2 MiB boundaries, so no two threads touch the same huge page.
+    let chunk = src.len().div_ceil(threads).next_multiple_of(2 << 20);
+    std::thread::scope(|s| {
+        let mut parts = dst.chunks_mut(chunk).zip(src.chunks(chunk));
+        let first = parts.next();
+        for (d, c) in parts {
+            s.spawn(move || d.copy_from_slice(c));
+        }
+        if let Some((d, c)) = first {
+            d.copy_from_slice(c);
+        }
+    });
 }
 
 /// Encodes a value as a blob.
@@ -335,6 +372,16 @@ pub(crate) fn is_pod_vec<T: 'static>() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_copy_copies_every_byte() {
+        let src: Vec<u8> = (0..(PARALLEL_COPY_MIN + 12345))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut dst = vec![0u8; src.len()];
+        parallel_copy(&mut dst, &src);
+        assert!(dst == src);
+    }
 
     #[test]
     fn serde_value_roundtrips_with_type_check() {

@@ -35,6 +35,9 @@ pub enum ErrorKind {
     Infeasible,
     /// The process that owns the object died, so the object is lost.
     OwnerDied,
+    /// Every copy of the object was on a node that was lost, or a transfer
+    /// between nodes failed.
+    ObjectLost,
     /// The cluster is not running (no `init`, or after `shutdown`), or a
     /// cluster process could not be reached.
     ClusterUnavailable,
@@ -106,6 +109,7 @@ impl fmt::Display for Error {
             ErrorKind::ActorNotFound => "actor not found",
             ErrorKind::Infeasible => "infeasible resource request",
             ErrorKind::OwnerDied => "owner died",
+            ErrorKind::ObjectLost => "object lost",
             ErrorKind::ClusterUnavailable => "cluster unavailable",
             ErrorKind::InvalidArgument => "invalid argument",
             ErrorKind::Io => "I/O error",

@@ -1,7 +1,11 @@
-//! The Global Control Store: cluster-wide state. In the embedded cluster it is
-//! a thread of the driver's process with its own socket.
+//! The Global Control Store: cluster-wide state. It is a set of threads of
+//! the process that started the cluster (the driver of an embedded cluster,
+//! or `rust-ray-launch` on rank 0), listening on TCP.
 //!
-//! It owns the node table, the actor table (with actor names) and actor
+//! It owns the node table (raylets register at start-up; a raylet whose
+//! connection closes marks its node dead), the cluster resource view (each
+//! raylet reports its free resources and gets the whole view back), the
+//! actor table (with actor names) and actor
 //! lifecycle: creating an actor (lease a dedicated worker from a raylet, run
 //! the constructor there), noticing its process die (its connection closes),
 //! restarting it up to `max_restarts`, and answering "where is actor X"
@@ -14,9 +18,12 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, LeaseId, WorkerId};
 use crate::scheduler::ResourceSet;
 use crate::session::{log, Session};
-use crate::transport::{self, ActorInfo, ActorLookup, ActorSpec, ActorState, Conn, Msg};
-use std::collections::HashMap;
-use std::os::unix::net::{UnixListener, UnixStream};
+use crate::transport::{
+    self, ActorInfo, ActorLookup, ActorSpec, ActorState, Conn, Endpoint, Listener, Msg, NodeInfo,
+    Stream,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -237,42 +244,33 @@ impl ActorTable {
 pub(crate) struct Gcs {
     session: Session,
     table: Mutex<ActorTable>,
-    raylet: Arc<Conn>,
+    /// The node table and cluster resource view.
+    nodes: Mutex<BTreeMap<u16, NodeInfo>>,
+    /// Connections to raylets, for actor leases.
+    raylets: Mutex<HashMap<u16, Arc<Conn>>>,
     replies: Mutex<HashMap<u64, mpsc::Sender<Msg>>>,
     next_req: AtomicU64,
     stopping: AtomicBool,
-    /// The node table: this node's total resources.
-    pub(crate) nodes: Mutex<Vec<(String, ResourceSet)>>,
+    addr: SocketAddr,
 }
 
 impl Gcs {
-    /// Starts the GCS thread listening on the session's GCS socket.
-    pub(crate) fn start(session: Session, node_resources: ResourceSet) -> Result<Arc<Gcs>> {
-        let path = session.gcs_socket();
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)
-            .map_err(|e| Error::io(&format!("listening on {}", path.display()), e))?;
-        let raylet_stream = Conn::connect(&session.raylet_socket())?;
-        let raylet = Arc::new(Conn::new(&raylet_stream)?);
+    /// Starts the GCS threads listening on TCP at the session's address, on
+    /// a port the OS picks ([`Gcs::addr`]).
+    pub(crate) fn start(session: Session) -> Result<Arc<Gcs>> {
+        let listener = Listener::bind_tcp(session.ip)?;
+        let addr = SocketAddr::new(session.ip, listener.port());
         let gcs = Arc::new(Gcs {
-            nodes: Mutex::new(vec![(session.node.clone(), node_resources)]),
             session,
             table: Mutex::new(ActorTable::default()),
-            raylet,
+            nodes: Mutex::new(BTreeMap::new()),
+            raylets: Mutex::new(HashMap::new()),
             replies: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
+            addr,
         });
-        for (node, res) in gcs.nodes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            log!("GCS node table: {node} {res:?}");
-        }
-        let g = gcs.clone();
-        transport::spawn_reader(
-            "gcs-raylet".into(),
-            raylet_stream,
-            move |m| g.reply(m),
-            || {},
-        )?;
+        log!("GCS listening on {addr}");
         let g = gcs.clone();
         std::thread::Builder::new()
             .name("gcs".into())
@@ -281,11 +279,32 @@ impl Gcs {
         Ok(gcs)
     }
 
+    /// Where raylets and workers reach the GCS.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
-        let _ = UnixStream::connect(self.session.gcs_socket());
-        let _ = std::fs::remove_file(self.session.gcs_socket());
-        self.raylet.close();
+        let _ = std::net::TcpStream::connect(self.addr);
+        for (_, c) in self
+            .raylets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            c.close();
+        }
+    }
+
+    /// The live nodes, in index order.
+    pub(crate) fn nodes(&self) -> Vec<NodeInfo> {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, ActorTable> {
@@ -294,7 +313,9 @@ impl Gcs {
 
     fn reply(&self, m: Msg) {
         let req = match &m {
-            Msg::LeaseGranted { req, .. } | Msg::LeaseFailed { req, .. } => *req,
+            Msg::LeaseGranted { req, .. }
+            | Msg::LeaseFailed { req, .. }
+            | Msg::LeaseSpillback { req, .. } => *req,
             _ => return,
         };
         if let Some(tx) = self
@@ -307,23 +328,59 @@ impl Gcs {
         }
     }
 
-    fn accept(self: Arc<Self>, listener: UnixListener) {
-        for s in listener.incoming() {
+    fn accept(self: Arc<Self>, listener: Listener) {
+        loop {
+            let s = listener.accept();
             if self.stopping.load(Ordering::Relaxed) {
                 return;
             }
             let Ok(stream) = s else { continue };
-            let Ok(conn) = Conn::new(&stream) else {
-                continue;
-            };
-            let conn = Arc::new(conn);
             let g = self.clone();
-            let _ = transport::spawn_reader(
-                "gcs-client".into(),
-                stream,
-                move |m| g.handle(&conn, m),
-                || {},
-            );
+            let _ = std::thread::Builder::new()
+                .name("gcs-client".into())
+                .spawn(move || g.serve(stream));
+        }
+    }
+
+    fn serve(self: Arc<Self>, mut stream: Stream) {
+        if !stream.accept_secret(&self.session.secret) {
+            return;
+        }
+        let Ok(conn) = Conn::new(&stream) else { return };
+        let conn = Arc::new(conn);
+        let mut node = None;
+        let _ = transport::read_loop(stream, |m| {
+            if let Msg::RegisterNode { info, .. } = &m {
+                node = Some(info.index);
+            }
+            self.handle(&conn, m)
+        });
+        if let Some(n) = node {
+            self.node_lost(n);
+        }
+    }
+
+    /// A raylet's connection closed: the node is gone.
+    fn node_lost(&self, index: u16) {
+        if self.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(n) = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&index)
+        {
+            n.alive = false;
+            log!("GCS: node {} ({}) is gone", n.index, n.name);
+        }
+        if let Some(c) = self
+            .raylets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&index)
+        {
+            c.close();
         }
     }
 
@@ -338,6 +395,45 @@ impl Gcs {
 
     fn handle(self: &Arc<Self>, conn: &Arc<Conn>, m: Msg) {
         match m {
+            Msg::RegisterNode { req, info } => {
+                let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+                let result = match nodes.get(&info.index) {
+                    Some(n) if n.alive => Err(Error::invalid(format!(
+                        "node index {} is already taken by node {}",
+                        info.index, n.name
+                    ))),
+                    _ => {
+                        log!(
+                            "GCS node table: node {} ({}) at {}:{} {:?}",
+                            info.index,
+                            info.name,
+                            info.ip,
+                            info.raylet_port,
+                            info.total
+                        );
+                        nodes.insert(info.index, info);
+                        Ok(())
+                    }
+                };
+                drop(nodes);
+                let _ = conn.send(&Msg::NodeRegistered { req, result });
+            }
+            Msg::ReportResources { node, available } => {
+                let view = {
+                    let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(n) = nodes.get_mut(&node) {
+                        n.available = available;
+                    }
+                    nodes.values().cloned().collect()
+                };
+                let _ = conn.send(&Msg::ClusterView { nodes: view });
+            }
+            Msg::GetNodes { req } => {
+                let _ = conn.send(&Msg::Nodes {
+                    req,
+                    nodes: self.nodes(),
+                });
+            }
             Msg::RegisterActor { req, spec } => {
                 let id = spec.id;
                 let r = self.table().register(spec);
@@ -404,33 +500,111 @@ impl Gcs {
                         .spawn(move || g.create_and_watch(id));
                 }
                 ActorAction::ReleaseWorker(lease) => {
-                    let _ = self.raylet.send(&Msg::ReturnLease { lease, kill: true });
+                    if let Ok(c) = self.raylet(lease.node()) {
+                        let _ = c.send(&Msg::ReturnLease { lease, kill: true });
+                    }
                 }
             }
         }
     }
 
-    fn lease(&self, shape: ResourceSet) -> Result<(LeaseId, WorkerId)> {
-        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel();
-        self.replies
+    fn node_info(&self, index: u16) -> Result<NodeInfo> {
+        self.nodes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(req, tx);
-        self.raylet.send(&Msg::RequestLease { req, shape })?;
-        let r = rx.recv_timeout(LEASE_WAIT);
-        self.replies
+            .get(&index)
+            .filter(|n| n.alive)
+            .cloned()
+            .ok_or_else(|| Error::unavailable(format!("node {index} is not in the cluster")))
+    }
+
+    /// The connection to node `index`'s raylet, opened on first use.
+    fn raylet(self: &Arc<Self>, index: u16) -> Result<Arc<Conn>> {
+        if let Some(c) = self
+            .raylets
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&req);
-        match r {
-            Ok(Msg::LeaseGranted { lease, worker, .. }) => Ok((lease, worker)),
-            Ok(Msg::LeaseFailed { error, .. }) => Err(error),
-            Ok(_) => Err(Error::unavailable("unexpected reply from the raylet")),
-            Err(_) => Err(Error::new(
-                ErrorKind::Timeout,
-                format!("no worker could be leased for the actor within {LEASE_WAIT:?}"),
-            )),
+            .get(&index)
+        {
+            return Ok(c.clone());
+        }
+        let info = self.node_info(index)?;
+        let stream = info.raylet().connect(&self.session.secret)?;
+        let conn = Arc::new(Conn::new(&stream)?);
+        let g = self.clone();
+        let g2 = self.clone();
+        transport::spawn_reader(
+            "gcs-raylet".into(),
+            stream,
+            move |m| g.reply(m),
+            move || {
+                g2.raylets
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&index);
+            },
+        )?;
+        let mut g = self.raylets.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(g.entry(index).or_insert(conn).clone())
+    }
+
+    /// The node to place an actor of this shape on: the live node with the
+    /// most free CPU where it fits now, else one where it fits in total.
+    fn place(&self, shape: &ResourceSet) -> Result<u16> {
+        let nodes = self.nodes();
+        let live = || nodes.iter().filter(|n| n.alive);
+        let cpu = |r: &ResourceSet| (r.get(crate::scheduler::CPU) * 1e4) as i64;
+        live()
+            .filter(|n| shape.fits(&n.available))
+            .max_by_key(|n| cpu(&n.available))
+            .or_else(|| live().find(|n| shape.fits(&n.total)))
+            .map(|n| n.index)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Infeasible,
+                    format!(
+                        "no node of the cluster can host an actor needing {shape:?} ({} nodes)",
+                        nodes.len()
+                    ),
+                )
+            })
+    }
+
+    fn lease(self: &Arc<Self>, shape: ResourceSet) -> Result<(LeaseId, WorkerId)> {
+        let mut node = self.place(&shape)?;
+        let mut may_spill = true;
+        loop {
+            let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = mpsc::channel();
+            self.replies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(req, tx);
+            self.raylet(node)?.send(&Msg::RequestLease {
+                req,
+                shape: shape.clone(),
+                may_spill,
+            })?;
+            let r = rx.recv_timeout(LEASE_WAIT);
+            self.replies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&req);
+            match r {
+                Ok(Msg::LeaseGranted { lease, worker, .. }) => return Ok((lease, worker)),
+                Ok(Msg::LeaseFailed { error, .. }) => return Err(error),
+                Ok(Msg::LeaseSpillback { node: n, .. }) => {
+                    node = n;
+                    may_spill = false;
+                }
+                Ok(_) => return Err(Error::unavailable("unexpected reply from the raylet")),
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("no worker could be leased for the actor within {LEASE_WAIT:?}"),
+                    ))
+                }
+            }
         }
     }
 
@@ -442,7 +616,9 @@ impl Gcs {
                 return;
             };
             let created = self.lease(spec.shape.clone()).and_then(|(lease, worker)| {
-                let stream = Conn::connect(&self.session.worker_socket(worker))?;
+                let node = self.node_info(worker.node())?;
+                let stream = Endpoint::Tcp(SocketAddr::new(node.ip, worker.port()))
+                    .connect(&self.session.secret)?;
                 let conn = Conn::new(&stream)?;
                 conn.send(&Msg::Hello { from: GCS_ID })?;
                 conn.send(&Msg::CreateActor { spec: spec.clone() })?;
@@ -570,8 +746,8 @@ mod tests {
         let a = spec(Some("c"), 1);
         let id = a.id;
         t.register(a).unwrap();
-        let (x, _y) = UnixStream::pair().unwrap();
-        let w = (Arc::new(Conn::new(&x).unwrap()), 9);
+        let (x, _y) = std::os::unix::net::UnixStream::pair().unwrap();
+        let w = (Arc::new(Conn::new(&Stream::Unix(x)).unwrap()), 9);
         assert!(t.lookup(&ActorLookup::Name("c".into()), Some(w)).is_none());
         let (_, answered) = t.created(id, WorkerId(1), LeaseId(1));
         assert_eq!(answered.len(), 1);

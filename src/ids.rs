@@ -25,13 +25,30 @@ pub(crate) fn random_u64() -> u64 {
     u64::from_le_bytes(buf)
 }
 
-/// One process of the cluster that runs rustray's core worker: the driver or a worker.
+/// One process of the cluster that runs rustray's core worker: the driver or
+/// a worker.
+///
+/// The id is also the process's address, as Ray embeds the owner's address
+/// in every ObjectRef: `node (16 bits) | TCP port (16) | random (32)`. With
+/// the node table (node index to IP) anyone holding an object id can reach
+/// its owner, on this node by the Unix socket named after the id, from
+/// another node by TCP.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub(crate) struct WorkerId(pub(crate) u64);
 
 impl WorkerId {
-    pub(crate) fn random() -> WorkerId {
-        WorkerId(random_u64() | 1)
+    pub(crate) fn new(node: u16, port: u16) -> WorkerId {
+        WorkerId((node as u64) << 48 | (port as u64) << 32 | (random_u64() & 0xffff_ffff) | 1)
+    }
+
+    /// The node the process runs on.
+    pub(crate) fn node(self) -> u16 {
+        (self.0 >> 48) as u16
+    }
+
+    /// The TCP port the process listens on.
+    pub(crate) fn port(self) -> u16 {
+        (self.0 >> 32) as u16
     }
 }
 
@@ -93,6 +110,18 @@ impl fmt::Debug for ActorId {
     }
 }
 
-/// A lease granted by a raylet.
+/// A lease granted by a raylet: `node (16 bits) | sequence (48)`, so the
+/// holder knows which raylet to give it back to.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub(crate) struct LeaseId(pub(crate) u64);
+
+impl LeaseId {
+    pub(crate) fn new(node: u16, seq: u64) -> LeaseId {
+        LeaseId((node as u64) << 48 | (seq & 0xffff_ffff_ffff))
+    }
+
+    /// The node whose raylet granted it.
+    pub(crate) fn node(self) -> u16 {
+        (self.0 >> 48) as u16
+    }
+}

@@ -122,7 +122,7 @@ fn get_inner<T: DeserializeOwned + 'static>(
     if cw.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(Error::unavailable("rustray was shut down"));
     }
-    let payload = cw.wait_value(r.raw.id, deadline(timeout))?;
+    let payload = cw.wait_local(r.raw.id, deadline(timeout))?;
     codec::decode_value::<T>(cw.payload_bytes(&payload)?)
 }
 
@@ -167,19 +167,25 @@ pub fn wait<T>(
     let cw = first.raw.cw.clone();
     let end = deadline(timeout);
     let mut guard = None;
+    let mut ready = vec![false; refs.len()];
+    let mut n = 0;
+    // Only refs not yet ready are polled again after a wake-up: a wait on
+    // many refs wakes once per arriving value, and rescanning all of them
+    // each time (under the lock that the arriving values need) is quadratic.
+    let mut pending: Vec<usize> = (0..refs.len()).collect();
     let mut st = cw.lock();
     loop {
         let mut fx = Effects::default();
-        let mut ready = vec![false; refs.len()];
-        let mut n = 0;
-        for (i, r) in refs.iter().enumerate() {
+        pending.retain(|&i| {
             // An unknown object cannot become ready: count it as ready so
             // that `get` reports the error instead of `wait` hanging.
-            if !matches!(cw.poll_value(&mut st, r.raw.id, &mut fx), Ok(None)) {
+            let now_ready = !matches!(cw.poll_value(&mut st, refs[i].raw.id, &mut fx), Ok(None));
+            if now_ready {
                 ready[i] = true;
                 n += 1;
             }
-        }
+            !now_ready
+        });
         let timed_out = end.is_some_and(|d| Instant::now() >= d);
         if n >= num_returns || timed_out {
             drop(st);
@@ -262,9 +268,9 @@ impl<E: Pod> std::fmt::Debug for ObjectView<E> {
 /// is copied, whatever the size.
 pub fn get_view<E: Pod>(r: &ObjectRef<Vec<E>>) -> Result<ObjectView<E>> {
     let cw = &r.raw.cw;
-    let payload = cw.wait_value(r.raw.id, None)?;
+    let payload = cw.wait_local(r.raw.id, None)?;
     match &payload {
-        Payload::Store { offset, len } => {
+        Payload::Store { offset, len, .. } => {
             let bytes = cw.arena.read(*offset, *len)?;
             let blob = codec::parse(bytes)?;
             let (off, n) = blob.pod_payload::<E>()?;

@@ -10,22 +10,55 @@
 //! removes the session's sockets. Workers, in turn, exit when their raylet
 //! connection closes.
 //!
-//! Workers are started by re-executing the same binary with
+//! Workers are started by re-executing the application binary with
 //! `RUSTRAY_ROLE=worker`; a single reaper thread collects exited children
 //! and reports them to the lease manager and the store (objects fate-share
-//! with their owner). Spillback to other nodes comes with the multi-node
-//! issue: a request that does not fit this node is answered infeasible here.
+//! with their owner).
+//!
+//! Across nodes: the raylet registers with the GCS at start-up (an
+//! unreachable GCS fails the start with an error naming it), reports its free
+//! resources every [`REPORT_EVERY`] and gets the cluster resource view back,
+//! which the lease manager uses to spill requests back to other nodes. When
+//! the GCS connection closes the cluster is over and the raylet shuts down.
+//! It listens on a Unix socket for its node's processes and on TCP for other
+//! nodes: lease requests spilled here, frees of objects stored here, and
+//! pulls. A pull copies a block of another node's store into this one over
+//! a dedicated TCP connection, reading straight into the arena; copies are
+//! shared by every reader on the node and freed when the last unpins.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ids::WorkerId;
 use crate::object_store::{Arena, Store};
-use crate::scheduler::{Action, ClientId, LeaseManager};
-use crate::session::{log, Session, ENV_ROLE, ENV_SESSION, ENV_WORKER_ID};
-use crate::transport::{self, Conn, Msg};
+use crate::scheduler::{Action, ClientId, LeaseManager, PeerNode};
+use crate::session::{log, Session, ENV_ROLE, ENV_SESSION};
+use crate::transport::{self, Conn, Listener, Msg, NodeInfo, Stream};
 use std::collections::HashMap;
-use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often the raylet reports its free resources to the GCS.
+const REPORT_EVERY: Duration = Duration::from_millis(100);
+/// Bound on registering with the GCS.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The owner recorded for pulled copies: they are freed by unpinning, not
+/// by an owner's death.
+const COPY_OWNER: WorkerId = WorkerId(0);
+
+/// A block of another node's store, copied into this one.
+enum CopyState {
+    /// Transfer in progress: (client, req) waiting for it.
+    Pulling(Vec<(ClientId, u64)>),
+    Ready(u64),
+}
+
+struct Copy {
+    state: CopyState,
+    pins: u32,
+}
+
+/// (node, offset, len) of the original block.
+type CopyKey = (u16, u64, u64);
 
 /// Workers that exit before registering this many times in a row mean the
 /// binary does not call `rustray::init()` first: stop retrying.
@@ -41,10 +74,13 @@ struct State {
     leases: LeaseManager,
     store: Store,
     clients: HashMap<ClientId, Client>,
-    /// pid -> worker id, for every worker process started
-    pids: HashMap<u32, WorkerId>,
+    /// pid -> worker id (once registered), for every worker process started
+    pids: HashMap<u32, Option<WorkerId>>,
     registered: HashMap<WorkerId, u32>,
     start_failures: u32,
+    copies: HashMap<CopyKey, Copy>,
+    /// The node table, from the GCS's cluster view.
+    nodes: HashMap<u16, NodeInfo>,
 }
 
 struct Raylet {
@@ -52,6 +88,7 @@ struct Raylet {
     state: Mutex<State>,
     next_client: AtomicU64,
     env: String,
+    arena: Arena,
 }
 
 /// Entry point of the raylet process.
@@ -86,8 +123,11 @@ fn run(session: Session) -> Result<()> {
     let arena = Arena::create(&session.arena_path(), store_bytes)?;
     let cpus = resources.get(crate::scheduler::CPU).ceil().max(1.0) as usize;
     let mut leases = LeaseManager::new(resources.clone(), cpus.max(2), cpus.max(2));
+    leases.set_node(session.node_index);
     let prestart = cpus.min(8);
     leases.note_prestarted(prestart);
+    let unix = Listener::bind_unix(&session.raylet_socket())?;
+    let tcp = Listener::bind_tcp(session.ip)?;
     let raylet = Arc::new(Raylet {
         env: session.to_env()?,
         state: Mutex::new(State {
@@ -97,16 +137,20 @@ fn run(session: Session) -> Result<()> {
             pids: HashMap::new(),
             registered: HashMap::new(),
             start_failures: 0,
+            copies: HashMap::new(),
+            nodes: HashMap::new(),
         }),
         next_client: AtomicU64::new(1),
+        arena,
         session,
     });
-    let listener_path = raylet.session.raylet_socket();
-    let listener = UnixListener::bind(&listener_path).map_err(|e| {
-        crate::error::Error::io(&format!("listening on {}", listener_path.display()), e)
-    })?;
+    let gcs = raylet.register(&resources, tcp.port())?;
     log!(
-        "raylet up: resources {:?}, store {} bytes at {}",
+        "raylet up: node {} ({}) at {}:{}, resources {:?}, store {} bytes at {}",
+        raylet.session.node_index,
+        raylet.session.node,
+        raylet.session.ip,
+        tcp.port(),
         resources,
         store_bytes,
         raylet.session.arena_path().display()
@@ -117,36 +161,20 @@ fn run(session: Session) -> Result<()> {
             raylet.start_worker(&mut st);
         }
     }
+    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(f)
+            .map(|_| ())
+            .map_err(|e| Error::io("spawning a raylet thread", e))
+    };
     let r = raylet.clone();
-    std::thread::Builder::new()
-        .name("raylet-reaper".into())
-        .spawn(move || r.reap())
-        .map_err(|e| crate::error::Error::io("spawning the reaper", e))?;
-    // Keep the arena mapped for the raylet's lifetime (it is unlinked at exit).
-    let _arena = arena;
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        let Ok(conn) = Conn::new(&stream) else {
-            continue;
-        };
-        let id = raylet.next_client.fetch_add(1, Ordering::Relaxed);
-        raylet.lock().clients.insert(
-            id,
-            Client {
-                conn: Arc::new(conn),
-                worker: None,
-                is_driver: false,
-            },
-        );
-        let r = raylet.clone();
-        let r2 = raylet.clone();
-        let _ = transport::spawn_reader(
-            "raylet-client".into(),
-            stream,
-            move |m| r.handle(id, m),
-            move || r2.client_gone(id),
-        );
-    }
+    spawn("raylet-reaper", Box::new(move || r.reap()))?;
+    let r = raylet.clone();
+    spawn("raylet-report", Box::new(move || r.report(gcs)))?;
+    let r = raylet.clone();
+    spawn("raylet-tcp", Box::new(move || r.accept(tcp)))?;
+    raylet.accept(unix);
     Ok(())
 }
 
@@ -155,20 +183,138 @@ impl Raylet {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Joins the cluster: registers this node with the GCS and returns the
+    /// connection for reports.
+    fn register(
+        self: &Arc<Self>,
+        resources: &crate::scheduler::ResourceSet,
+        port: u16,
+    ) -> Result<Arc<Conn>> {
+        let s = &self.session;
+        let gcs_err = |e: Error| {
+            Error::unavailable(format!(
+                "node {} cannot register with the GCS at {}: {e}",
+                s.node, s.gcs
+            ))
+        };
+        let mut stream = s.gcs_endpoint().connect(&s.secret).map_err(gcs_err)?;
+        let conn = Arc::new(Conn::new(&stream).map_err(gcs_err)?);
+        conn.send(&Msg::RegisterNode {
+            req: 1,
+            info: NodeInfo {
+                index: s.node_index,
+                name: s.node.clone(),
+                ip: s.ip,
+                raylet_port: port,
+                total: resources.clone(),
+                available: resources.clone(),
+                alive: true,
+            },
+        })
+        .map_err(gcs_err)?;
+        let io_err = |e: std::io::Error| gcs_err(Error::unavailable(e.to_string()));
+        let t = match &stream {
+            Stream::Tcp(t) => t.try_clone().map_err(io_err)?,
+            Stream::Unix(_) => {
+                return Err(gcs_err(Error::invalid("the GCS must be reached over TCP")))
+            }
+        };
+        t.set_read_timeout(Some(REGISTER_TIMEOUT)).map_err(io_err)?;
+        let reply = transport::read_frame(&mut stream, &mut Vec::new()).map_err(io_err)?;
+        t.set_read_timeout(None).map_err(io_err)?;
+        match reply {
+            Some(Msg::NodeRegistered { result, .. }) => result.map_err(gcs_err)?,
+            _ => return Err(gcs_err(Error::unavailable("no answer to the registration"))),
+        }
+        let r = self.clone();
+        let r2 = self.clone();
+        transport::spawn_reader(
+            "raylet-gcs".into(),
+            stream,
+            move |m| {
+                if let Msg::ClusterView { nodes } = m {
+                    r.cluster_view(nodes);
+                }
+            },
+            move || r2.shutdown("the GCS connection closed"),
+        )?;
+        Ok(conn)
+    }
+
+    /// Reports free resources to the GCS until the connection fails.
+    fn report(&self, gcs: Arc<Conn>) {
+        loop {
+            let available = self.lock().leases.available().clone();
+            let msg = Msg::ReportResources {
+                node: self.session.node_index,
+                available,
+            };
+            if gcs.send(&msg).is_err() {
+                return;
+            }
+            std::thread::sleep(REPORT_EVERY);
+        }
+    }
+
+    fn cluster_view(&self, nodes: Vec<NodeInfo>) {
+        let me = self.session.node_index;
+        let peers = nodes
+            .iter()
+            .filter(|n| n.alive && n.index != me)
+            .map(|n| PeerNode {
+                index: n.index,
+                total: n.total.clone(),
+                available: n.available.clone(),
+            })
+            .collect();
+        let mut st = self.lock();
+        st.nodes = nodes.into_iter().map(|n| (n.index, n)).collect();
+        let a = st.leases.set_view(peers);
+        self.execute(&mut st, a);
+    }
+
+    fn accept(self: &Arc<Self>, listener: Listener) {
+        loop {
+            let Ok(stream) = listener.accept() else {
+                continue;
+            };
+            let r = self.clone();
+            let _ = std::thread::Builder::new()
+                .name("raylet-client".into())
+                .spawn(move || r.serve(stream));
+        }
+    }
+
+    fn serve(self: Arc<Self>, mut stream: Stream) {
+        if !stream.accept_secret(&self.session.secret) {
+            return;
+        }
+        let Ok(conn) = Conn::new(&stream) else {
+            return;
+        };
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        self.lock().clients.insert(
+            id,
+            Client {
+                conn: Arc::new(conn),
+                worker: None,
+                is_driver: false,
+            },
+        );
+        let _ = transport::read_loop(stream, |m| self.handle(id, m));
+        self.client_gone(id);
+    }
+
     fn start_worker(&self, st: &mut State) {
-        let worker = WorkerId::random();
-        let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let child = std::process::Command::new(exe)
-            .args(args)
+        let child = std::process::Command::new(&self.session.exe)
+            .args(&self.session.args)
             .env(ENV_ROLE, "worker")
             .env(ENV_SESSION, &self.env)
-            .env(ENV_WORKER_ID, format!("{:x}", worker.0))
             .stdin(std::process::Stdio::null())
             .spawn();
         match child {
             Ok(c) => {
-                st.pids.insert(c.id(), worker);
+                st.pids.insert(c.id(), None);
                 // The reaper thread collects it with waitpid.
                 drop(c);
             }
@@ -199,6 +345,11 @@ impl Raylet {
                     }
                 }
                 Action::StartWorker => self.start_worker(st),
+                Action::Spillback { client, req, node } => {
+                    if let Some(c) = st.clients.get(&client) {
+                        let _ = c.conn.send(&Msg::LeaseSpillback { req, node });
+                    }
+                }
                 Action::KillWorker(w) => {
                     if let Some(pid) = st.registered.get(&w) {
                         // SAFETY: kill has no memory preconditions; the pid is
@@ -212,7 +363,7 @@ impl Raylet {
         }
     }
 
-    fn handle(&self, client: ClientId, m: Msg) {
+    fn handle(self: &Arc<Self>, client: ClientId, m: Msg) {
         let mut st = self.lock();
         match m {
             Msg::Register {
@@ -225,13 +376,20 @@ impl Raylet {
                     c.is_driver = is_driver;
                 }
                 if !is_driver {
+                    if let Some(slot) = st.pids.get_mut(&pid) {
+                        *slot = Some(worker);
+                    }
                     st.registered.insert(worker, pid);
                     st.start_failures = 0;
                     let a = st.leases.worker_registered(worker);
                     self.execute(&mut st, a);
                 }
             }
-            Msg::RequestLease { req, shape } => {
+            Msg::RequestLease {
+                req,
+                shape,
+                may_spill,
+            } => {
                 if st.start_failures >= MAX_START_FAILURES {
                     let error = crate::error::Error::unavailable(
                         "worker processes exit before registering: the program must call rustray::init() at the start of main, before anything else",
@@ -241,7 +399,7 @@ impl Raylet {
                     }
                     return;
                 }
-                let a = st.leases.request(client, req, shape);
+                let a = st.leases.request(client, req, shape, may_spill);
                 self.execute(&mut st, a);
             }
             Msg::ReturnLease { lease, kill } => {
@@ -271,12 +429,147 @@ impl Raylet {
                 }
             }
             Msg::KillWorker { worker } => self.execute(&mut st, vec![Action::KillWorker(worker)]),
+            Msg::PullObject {
+                req,
+                node,
+                offset,
+                len,
+            } => self.pull(st, client, req, (node, offset, len)),
+            Msg::UnpinObject { node, offset, len } => {
+                let key = (node, offset, len);
+                if let Some(c) = st.copies.get_mut(&key) {
+                    c.pins = c.pins.saturating_sub(1);
+                    if c.pins == 0 {
+                        if let Some(Copy {
+                            state: CopyState::Ready(local),
+                            ..
+                        }) = st.copies.remove(&key)
+                        {
+                            st.store.free(local);
+                        }
+                    }
+                }
+            }
+            Msg::ReadObject { offset, len } => {
+                let conn = st.clients.get(&client).map(|c| c.conn.clone());
+                drop(st);
+                if let Some(conn) = conn {
+                    // Written straight from the mapping: no copy on this side.
+                    let _ = match self.arena.read(offset, len) {
+                        Ok(bytes) => {
+                            conn.send_with_bytes(&Msg::ObjectBytes { result: Ok(len) }, bytes)
+                        }
+                        Err(e) => conn.send(&Msg::ObjectBytes { result: Err(e) }),
+                    };
+                }
+            }
             Msg::Shutdown => {
                 drop(st);
                 self.shutdown("the driver asked for shutdown");
             }
             other => log!("raylet ignores unexpected message {other:?}"),
         }
+    }
+
+    /// A local process wants a block of another node's store.
+    fn pull(
+        self: &Arc<Self>,
+        mut st: std::sync::MutexGuard<'_, State>,
+        client: ClientId,
+        req: u64,
+        key: CopyKey,
+    ) {
+        let reply = |st: &State, result: std::result::Result<u64, Error>| {
+            if let Some(c) = st.clients.get(&client) {
+                let _ = c.conn.send(&Msg::ObjectPulled { req, result });
+            }
+        };
+        if let Some(c) = st.copies.get_mut(&key) {
+            c.pins += 1;
+            match &mut c.state {
+                CopyState::Ready(local) => {
+                    let local = *local;
+                    reply(&st, Ok(local));
+                }
+                CopyState::Pulling(waiters) => waiters.push((client, req)),
+            }
+            return;
+        }
+        let (node, offset, len) = key;
+        let Some(source) = st.nodes.get(&node).map(|n| n.raylet()) else {
+            reply(
+                &st,
+                Err(Error::new(
+                    crate::error::ErrorKind::ObjectLost,
+                    format!("the object's node {node} is not in the cluster"),
+                )),
+            );
+            return;
+        };
+        let local = match st.store.create(len, COPY_OWNER) {
+            Ok(o) => o,
+            Err(e) => {
+                reply(&st, Err(e));
+                return;
+            }
+        };
+        st.copies.insert(
+            key,
+            Copy {
+                state: CopyState::Pulling(vec![(client, req)]),
+                pins: 1,
+            },
+        );
+        drop(st);
+        let r = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("raylet-pull".into())
+            .spawn(move || {
+                let result = r.fetch(&source, offset, len, local);
+                if let Err(e) = &result {
+                    log!("pull of {len} bytes from node {node} failed: {e}");
+                }
+                let mut st = r.lock();
+                let waiters = match st.copies.get_mut(&key) {
+                    Some(c) => match std::mem::replace(&mut c.state, CopyState::Ready(local)) {
+                        CopyState::Pulling(w) => w,
+                        CopyState::Ready(_) => Vec::new(),
+                    },
+                    None => Vec::new(),
+                };
+                if result.is_err() {
+                    st.copies.remove(&key);
+                    st.store.free(local);
+                }
+                for (client, req) in waiters {
+                    if let Some(c) = st.clients.get(&client) {
+                        let _ = c.conn.send(&Msg::ObjectPulled {
+                            req,
+                            result: result.clone().map(|_| local),
+                        });
+                    }
+                }
+            });
+    }
+
+    /// Reads a block of another node's store into local block `local`.
+    fn fetch(&self, source: &transport::Endpoint, offset: u64, len: u64, local: u64) -> Result<()> {
+        let mut stream = source.connect(&self.session.secret)?;
+        Conn::new(&stream)?.send(&Msg::ReadObject { offset, len })?;
+        let lost = |e: std::io::Error| {
+            Error::new(
+                crate::error::ErrorKind::ObjectLost,
+                format!("the transfer from {source} broke off: {e}"),
+            )
+        };
+        match transport::read_frame(&mut stream, &mut Vec::new()).map_err(lost)? {
+            Some(Msg::ObjectBytes { result: Ok(n) }) if n == len => {}
+            Some(Msg::ObjectBytes { result: Err(e) }) => return Err(e),
+            _ => return Err(Error::unavailable("unexpected answer to a read")),
+        }
+        // Straight into the arena: the bytes are copied once, by the kernel.
+        let dst = self.arena.write(local, len)?;
+        std::io::Read::read_exact(&mut stream, dst).map_err(lost)
     }
 
     fn client_gone(&self, client: ClientId) {
@@ -302,14 +595,16 @@ impl Raylet {
                 continue;
             }
             let mut st = self.lock();
-            let Some(worker) = st.pids.remove(&(pid as u32)) else {
+            let Some(slot) = st.pids.remove(&(pid as u32)) else {
                 continue;
             };
-            let was_registered = st.registered.remove(&worker).is_some();
-            let freed = st.store.free_owned_by(worker);
-            let _ = std::fs::remove_file(self.session.worker_socket(worker));
-            log!("worker {worker} (pid {pid}) exited with status {status}; freed {freed} objects");
-            let a = if was_registered {
+            let worker = slot.filter(|w| st.registered.remove(w).is_some());
+            if let Some(worker) = worker {
+                let freed = st.store.free_owned_by(worker);
+                let _ = std::fs::remove_file(self.session.worker_socket(worker));
+                log!("worker {worker} (pid {pid}) exited with status {status}; freed {freed} objects");
+            }
+            let a = if let Some(worker) = worker {
                 st.leases.worker_died(worker)
             } else {
                 st.start_failures += 1;

@@ -10,8 +10,16 @@
 //! Policy, following Ray's local lease manager:
 //! - requests are served first come, first served, skipping ones that do not
 //!   fit yet so a large request does not block small ones;
-//! - a request that can never fit the node is rejected at once (infeasible),
-//!   rather than queued forever;
+//! - a request that does not fit the node's free resources now is spilled
+//!   back to a node where it does, chosen from the cluster resource view
+//!   (Ray's spillback); one that can never fit this node goes to a node
+//!   that has the resources in total. One that no node in the view can ever
+//!   fit is held for [`INFEASIBLE_AFTER_VIEWS`] view updates (the view may
+//!   predate a node that just joined), then rejected as infeasible rather
+//!   than queued forever. A spilled request is never spilled again, so it
+//!   cannot bounce;
+//! - queued requests are re-examined when the view changes, so work waiting
+//!   here moves to a node that frees up;
 //! - a task blocked in `get`/`wait` lends its CPUs back, which is what lets
 //!   deep nesting make progress on a small node; on unblocking it takes them
 //!   back even if that oversubscribes the node for a while, as Ray does.
@@ -26,6 +34,9 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 const SCALE: f64 = 10_000.0;
+/// Cluster views a request that fits no node waits through before it is
+/// rejected as infeasible.
+pub(crate) const INFEASIBLE_AFTER_VIEWS: u32 = 2;
 /// The CPU resource's name.
 pub(crate) const CPU: &str = "CPU";
 /// The GPU resource's name.
@@ -91,6 +102,14 @@ impl ResourceSet {
             .unwrap_or(0)
     }
 
+    /// The amounts by name.
+    pub(crate) fn to_vec(&self) -> Vec<(String, f64)> {
+        self.items
+            .iter()
+            .map(|(k, v)| (k.clone(), *v as f64 / SCALE))
+            .collect()
+    }
+
     /// True when every amount in `self` is available in `avail`.
     pub(crate) fn fits(&self, avail: &ResourceSet) -> bool {
         self.items.iter().all(|(k, v)| avail.fixed(k) >= *v)
@@ -138,6 +157,20 @@ pub(crate) enum Action {
     StartWorker,
     /// Kill this worker (its lease holder is gone, or it is surplus).
     KillWorker(WorkerId),
+    /// Tell the client to ask node `node`'s raylet instead.
+    Spillback {
+        client: ClientId,
+        req: u64,
+        node: u16,
+    },
+}
+
+/// Another node as this raylet sees it in the cluster resource view.
+#[derive(Clone, Debug)]
+pub(crate) struct PeerNode {
+    pub(crate) index: u16,
+    pub(crate) total: ResourceSet,
+    pub(crate) available: ResourceSet,
 }
 
 #[derive(Debug)]
@@ -145,6 +178,9 @@ struct Pending {
     client: ClientId,
     req: u64,
     shape: ResourceSet,
+    may_spill: bool,
+    /// For a request that fits no node yet: views seen since.
+    views: u32,
 }
 
 #[derive(Debug)]
@@ -168,6 +204,11 @@ pub(crate) struct LeaseManager {
     leases: HashMap<LeaseId, Lease>,
     by_worker: HashMap<WorkerId, LeaseId>,
     next_lease: u64,
+    node: u16,
+    /// The other live nodes, from the last cluster view.
+    peers: Vec<PeerNode>,
+    /// Requests that fit no node of the view (yet).
+    infeasible: Vec<Pending>,
 }
 
 impl LeaseManager {
@@ -185,12 +226,77 @@ impl LeaseManager {
             leases: HashMap::new(),
             by_worker: HashMap::new(),
             next_lease: 1,
+            node: 0,
+            peers: Vec::new(),
+            infeasible: Vec::new(),
         }
     }
 
-    #[cfg(test)]
+    /// This node's index (lease ids carry it).
+    pub(crate) fn set_node(&mut self, node: u16) {
+        self.node = node;
+    }
+
     pub(crate) fn available(&self) -> &ResourceSet {
         &self.available
+    }
+
+    /// A new cluster view (the other live nodes): queued requests that fit
+    /// elsewhere now move there.
+    pub(crate) fn set_view(&mut self, peers: Vec<PeerNode>) -> Vec<Action> {
+        self.peers = peers;
+        let mut out = Vec::new();
+        for mut p in std::mem::take(&mut self.infeasible) {
+            p.views += 1;
+            out.extend(self.place(p));
+        }
+        let mut i = 0;
+        while i < self.queue.len() {
+            let p = &self.queue[i];
+            if !p.may_spill || p.shape.fits(&self.available) {
+                i += 1;
+                continue;
+            }
+            let shape = p.shape.clone();
+            match self.spill_target(&shape, false) {
+                Some(node) => {
+                    if let Some(p) = self.queue.remove(i) {
+                        out.push(Action::Spillback {
+                            client: p.client,
+                            req: p.req,
+                            node,
+                        });
+                    }
+                }
+                None => i += 1,
+            }
+        }
+        out
+    }
+
+    /// The node to send `shape` to: the one with the most free CPU among
+    /// those where it fits now; with `by_total`, else any node whose total
+    /// fits (it will queue there). Books the shape against that node's view
+    /// so a burst of requests spreads instead of all landing on one node.
+    fn spill_target(&mut self, shape: &ResourceSet, by_total: bool) -> Option<u16> {
+        let now = self
+            .peers
+            .iter_mut()
+            .filter(|n| shape.fits(&n.available))
+            .max_by_key(|n| n.available.fixed(CPU));
+        if let Some(n) = now {
+            n.available.add_signed(shape, -1);
+            return Some(n.index);
+        }
+        if by_total {
+            return self
+                .peers
+                .iter()
+                .filter(|n| shape.fits(&n.total))
+                .max_by_key(|n| n.total.fixed(CPU))
+                .map(|n| n.index);
+        }
+        None
     }
 
     /// The shell started `n` workers on its own (prestart at boot).
@@ -204,18 +310,50 @@ impl LeaseManager {
         client: ClientId,
         req: u64,
         shape: ResourceSet,
+        may_spill: bool,
     ) -> Vec<Action> {
-        if !shape.fits(&self.total) {
+        self.place(Pending {
+            client,
+            req,
+            shape,
+            may_spill,
+            views: 0,
+        })
+    }
+
+    /// Grants, queues, spills, holds or rejects a request.
+    fn place(&mut self, p: Pending) -> Vec<Action> {
+        let fits_here = p.shape.fits(&self.total);
+        if p.may_spill && !p.shape.fits(&self.available) {
+            if let Some(node) = self.spill_target(&p.shape, !fits_here) {
+                return vec![Action::Spillback {
+                    client: p.client,
+                    req: p.req,
+                    node,
+                }];
+            }
+        }
+        if !fits_here {
+            if p.may_spill && p.views < INFEASIBLE_AFTER_VIEWS {
+                self.infeasible.push(p);
+                return Vec::new();
+            }
             let error = Error::new(
                 ErrorKind::Infeasible,
                 format!(
-                    "the request {:?} exceeds what this node has in total ({:?}); no node in the cluster can run it",
-                    shape, self.total
+                    "the request {:?} exceeds what any node of the cluster has in total (this node: {:?}; {} other nodes); no node can run it",
+                    p.shape,
+                    self.total,
+                    self.peers.len()
                 ),
             );
-            return vec![Action::Reject { client, req, error }];
+            return vec![Action::Reject {
+                client: p.client,
+                req: p.req,
+                error,
+            }];
         }
-        self.queue.push_back(Pending { client, req, shape });
+        self.queue.push_back(p);
         self.schedule()
     }
 
@@ -276,6 +414,7 @@ impl LeaseManager {
     /// leased, since they would run work nobody will collect.
     pub(crate) fn client_gone(&mut self, client: ClientId) -> Vec<Action> {
         self.queue.retain(|p| p.client != client);
+        self.infeasible.retain(|p| p.client != client);
         let gone: Vec<LeaseId> = self
             .leases
             .iter()
@@ -352,7 +491,7 @@ impl LeaseManager {
                 continue;
             };
             let Some(p) = self.queue.remove(i) else { break };
-            let lease = LeaseId(self.next_lease);
+            let lease = LeaseId::new(self.node, self.next_lease);
             self.next_lease += 1;
             self.available.add_signed(&p.shape, -1);
             self.leases.insert(
@@ -433,16 +572,20 @@ mod tests {
     #[test]
     fn request_starts_a_worker_then_grants() {
         let mut m = LeaseManager::new(cpus(2.0), 4, 4);
-        assert_eq!(m.request(1, 10, cpus(1.0)), vec![Action::StartWorker]);
+        assert_eq!(m.request(1, 10, cpus(1.0), true), vec![Action::StartWorker]);
         let a = m.worker_registered(w(7));
         assert_eq!(grants(&a), vec![(10, w(7))]);
         assert_eq!(m.available().get(CPU), 1.0);
     }
 
     #[test]
-    fn infeasible_is_rejected_immediately() {
+    fn infeasible_is_rejected_after_the_view_confirms_it() {
         let mut m = LeaseManager::new(cpus(2.0), 4, 4);
-        let a = m.request(1, 1, ResourceSet::new().with(GPU, 1.0).unwrap());
+        assert!(m
+            .request(1, 1, ResourceSet::new().with(GPU, 1.0).unwrap(), true)
+            .is_empty());
+        assert!(m.set_view(Vec::new()).is_empty());
+        let a = m.set_view(Vec::new());
         match &a[..] {
             [Action::Reject { error, .. }] => assert_eq!(error.kind(), ErrorKind::Infeasible),
             other => panic!("{other:?}"),
@@ -452,10 +595,10 @@ mod tests {
     #[test]
     fn full_node_queues_until_lease_returns_and_reuses_worker() {
         let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.request(1, 1, cpus(1.0));
+        m.request(1, 1, cpus(1.0), true);
         let l1 = lease_of(&m.worker_registered(w(1)));
         // second request does not fit: no worker is started for it
-        assert!(m.request(2, 2, cpus(1.0)).is_empty());
+        assert!(m.request(2, 2, cpus(1.0), true).is_empty());
         let a = m.return_lease(l1, false);
         assert_eq!(grants(&a), vec![(2, w(1))]);
     }
@@ -463,9 +606,9 @@ mod tests {
     #[test]
     fn blocked_task_lends_its_cpu_for_nesting() {
         let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.request(1, 1, cpus(1.0));
+        m.request(1, 1, cpus(1.0), true);
         m.worker_registered(w(1));
-        assert!(m.request(1, 2, cpus(1.0)).is_empty());
+        assert!(m.request(1, 2, cpus(1.0), true).is_empty());
         // the parent blocks in get: its CPU goes to the child
         assert_eq!(m.blocked(w(1)), vec![Action::StartWorker]);
         let a = m.worker_registered(w(2));
@@ -479,9 +622,9 @@ mod tests {
     #[test]
     fn unblock_may_oversubscribe_then_recovers() {
         let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.request(1, 1, cpus(1.0));
+        m.request(1, 1, cpus(1.0), true);
         let parent = lease_of(&m.worker_registered(w(1)));
-        m.request(1, 2, cpus(1.0));
+        m.request(1, 2, cpus(1.0), true);
         m.blocked(w(1));
         let child = lease_of(&m.worker_registered(w(2)));
         m.unblocked(w(1));
@@ -494,9 +637,9 @@ mod tests {
     #[test]
     fn worker_death_releases_its_lease() {
         let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.request(1, 1, cpus(1.0));
+        m.request(1, 1, cpus(1.0), true);
         m.worker_registered(w(1));
-        m.request(1, 2, cpus(1.0));
+        m.request(1, 2, cpus(1.0), true);
         let a = m.worker_died(w(1));
         assert_eq!(a, vec![Action::StartWorker]);
         assert_eq!(m.lease_count(), 0);
@@ -506,9 +649,9 @@ mod tests {
     #[test]
     fn gone_client_loses_queue_and_leased_workers() {
         let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.request(5, 1, cpus(1.0));
+        m.request(5, 1, cpus(1.0), true);
         m.worker_registered(w(1));
-        m.request(5, 2, cpus(1.0));
+        m.request(5, 2, cpus(1.0), true);
         let a = m.client_gone(5);
         assert_eq!(a, vec![Action::KillWorker(w(1))]);
         assert_eq!(m.available().get(CPU), 1.0);
@@ -518,8 +661,8 @@ mod tests {
     #[test]
     fn surplus_idle_workers_are_killed() {
         let mut m = LeaseManager::new(cpus(4.0), 4, 1);
-        m.request(1, 1, cpus(1.0));
-        m.request(1, 2, cpus(1.0));
+        m.request(1, 1, cpus(1.0), true);
+        m.request(1, 2, cpus(1.0), true);
         let l1 = lease_of(&m.worker_registered(w(1)));
         let l2 = lease_of(&m.worker_registered(w(2)));
         assert!(m.return_lease(l1, false).is_empty());
@@ -531,7 +674,7 @@ mod tests {
     fn zero_cpu_actor_leases_need_only_a_worker() {
         let mut m = LeaseManager::new(cpus(1.0), 2, 4);
         for r in 0..3 {
-            m.request(1, r, ResourceSet::new());
+            m.request(1, r, ResourceSet::new(), true);
         }
         let mut granted = 0;
         for i in 0..3 {
@@ -541,13 +684,104 @@ mod tests {
         assert_eq!(m.available().get(CPU), 1.0);
     }
 
+    fn peer(index: u16, total: f64, free: f64) -> PeerNode {
+        PeerNode {
+            index,
+            total: cpus(total),
+            available: cpus(free),
+        }
+    }
+
+    #[test]
+    fn full_node_spills_back_to_a_node_with_room() {
+        let mut m = LeaseManager::new(cpus(1.0), 4, 4);
+        m.worker_registered(w(1));
+        m.set_view(vec![peer(1, 2.0, 0.0), peer(2, 2.0, 2.0)]);
+        assert_eq!(grants(&m.request(1, 1, cpus(1.0), true)).len(), 1);
+        // Full here: node 2 has room, node 1 has none.
+        let a = m.request(1, 2, cpus(1.0), true);
+        assert_eq!(
+            a,
+            vec![Action::Spillback {
+                client: 1,
+                req: 2,
+                node: 2
+            }]
+        );
+        // Booked against the view: the third goes to node 2 again, the
+        // fourth finds no room anywhere and queues here.
+        let a = m.request(1, 3, cpus(1.0), true);
+        assert_eq!(
+            a,
+            vec![Action::Spillback {
+                client: 1,
+                req: 3,
+                node: 2
+            }]
+        );
+        assert!(m.request(1, 4, cpus(1.0), true).is_empty());
+        // A spilled request is never spilled again.
+        assert!(m.request(2, 5, cpus(1.0), false).is_empty());
+        // When node 1 frees up, the spillable queued request moves there.
+        let a = m.set_view(vec![peer(1, 2.0, 2.0), peer(2, 2.0, 0.0)]);
+        assert_eq!(
+            a,
+            vec![Action::Spillback {
+                client: 1,
+                req: 4,
+                node: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn shapes_too_big_here_go_where_they_fit_or_are_infeasible() {
+        let mut m = LeaseManager::new(cpus(1.0), 4, 4);
+        m.set_view(vec![peer(3, 8.0, 0.0)]);
+        let a = m.request(1, 1, cpus(4.0), true);
+        assert_eq!(
+            a,
+            vec![Action::Spillback {
+                client: 1,
+                req: 1,
+                node: 3
+            }]
+        );
+        // Fits no node of the view: held while the view may still grow.
+        assert!(m.request(1, 2, cpus(16.0), true).is_empty());
+        let a = m.set_view(vec![peer(3, 8.0, 0.0), peer(4, 16.0, 16.0)]);
+        assert_eq!(
+            a,
+            vec![Action::Spillback {
+                client: 1,
+                req: 2,
+                node: 4
+            }]
+        );
+        assert!(m.request(1, 3, cpus(32.0), true).is_empty());
+        assert!(m.set_view(vec![peer(3, 8.0, 0.0)]).is_empty());
+        let a = m.set_view(vec![peer(3, 8.0, 0.0)]);
+        assert!(
+            matches!(&a[..], [Action::Reject { error, .. }] if error.kind() == ErrorKind::Infeasible)
+        );
+    }
+
+    #[test]
+    fn lease_ids_name_their_node() {
+        let mut m = LeaseManager::new(cpus(1.0), 4, 4);
+        m.set_node(7);
+        m.worker_registered(w(1));
+        let l = lease_of(&m.request(1, 1, cpus(1.0), true));
+        assert_eq!(l.node(), 7);
+    }
+
     #[test]
     fn big_request_does_not_block_small_ones() {
         let mut m = LeaseManager::new(cpus(2.0), 4, 4);
-        m.request(1, 1, cpus(1.0));
+        m.request(1, 1, cpus(1.0), true);
         m.worker_registered(w(1));
-        m.request(1, 2, cpus(2.0));
-        let a = m.request(1, 3, cpus(1.0));
+        m.request(1, 2, cpus(2.0), true);
+        let a = m.request(1, 3, cpus(1.0), true);
         assert_eq!(a, vec![Action::StartWorker]);
         assert_eq!(grants(&m.worker_registered(w(2))), vec![(3, w(2))]);
     }

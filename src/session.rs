@@ -10,14 +10,15 @@
 use crate::error::{Error, Result};
 use crate::ids::WorkerId;
 use crate::scheduler::{ResourceSet, CPU, GPU};
+use crate::transport::{Endpoint, Secret};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 pub(crate) const ENV_ROLE: &str = "RUSTRAY_ROLE";
 pub(crate) const ENV_SESSION: &str = "RUSTRAY_SESSION";
-pub(crate) const ENV_WORKER_ID: &str = "RUSTRAY_WORKER_ID";
 
 /// Settings for [`init_with`](crate::init_with).
 ///
@@ -31,6 +32,7 @@ pub struct Config {
     num_gpus: Option<f64>,
     resources: Vec<(String, f64)>,
     object_store_memory: Option<u64>,
+    local_nodes: Option<u16>,
 }
 
 impl Config {
@@ -62,6 +64,21 @@ impl Config {
     pub fn object_store_memory(mut self, bytes: u64) -> Config {
         self.object_store_memory = Some(bytes);
         self
+    }
+
+    /// Start this many nodes on this machine, each with its own raylet and
+    /// object store and the resources above (default 1): the topology of a
+    /// multi-node cluster, without Slurm.
+    pub fn local_nodes(mut self, n: u16) -> Config {
+        self.local_nodes = Some(n);
+        self
+    }
+
+    pub(crate) fn node_count(&self) -> Result<u16> {
+        match self.local_nodes.unwrap_or(1) {
+            0 => Err(Error::invalid("local_nodes must be at least 1")),
+            n => Ok(n),
+        }
     }
 
     pub(crate) fn node_resources(&self) -> Result<ResourceSet> {
@@ -118,27 +135,62 @@ fn shm_free_bytes() -> Option<u64> {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Session {
     pub(crate) cluster: String,
+    /// This node's name (file names carry it: emulated nodes share /tmp).
     pub(crate) node: String,
+    /// This node's index in the cluster (node ids embed it).
+    pub(crate) node_index: u16,
     pub(crate) dir: PathBuf,
     pub(crate) config: Config,
+    pub(crate) secret: Secret,
+    /// The GCS's address.
+    pub(crate) gcs: SocketAddr,
+    /// The address this node advertises and listens on.
+    pub(crate) ip: IpAddr,
+    /// What the raylet runs as a worker: the application binary.
+    pub(crate) exe: PathBuf,
+    pub(crate) args: Vec<String>,
+    /// An embedded cluster ends with its driver; a launched one with its GCS.
+    pub(crate) embedded: bool,
 }
 
 impl Session {
-    pub(crate) fn new(config: Config) -> Result<Session> {
-        let cluster = format!("{:012x}", crate::ids::random_u64() >> 16);
-        let node = node_name();
+    /// A new cluster: its id and secret. Call [`Session::for_node`] next.
+    pub(crate) fn new_cluster(config: Config, embedded: bool) -> Result<Session> {
+        let exe =
+            std::env::current_exe().map_err(|e| Error::io("locating the current executable", e))?;
+        Ok(Session {
+            cluster: format!("{:012x}", crate::ids::random_u64() >> 16),
+            node: String::new(),
+            node_index: 0,
+            dir: PathBuf::new(),
+            config,
+            secret: Secret::random(),
+            gcs: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ip: IpAddr::from([127, 0, 0, 1]),
+            exe,
+            args: std::env::args().skip(1).collect(),
+            embedded,
+        })
+    }
+
+    /// This cluster's session on node `index` called `name`; creates the
+    /// node's directory.
+    pub(crate) fn for_node(&self, index: u16, name: &str) -> Result<Session> {
         let base = std::env::var_os("RUSTRAY_TMPDIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/tmp/rustray"));
-        let dir = base.join(format!("{cluster}-{node}"));
+        let dir = base.join(format!("{}-{name}", self.cluster));
         std::fs::create_dir_all(dir.join("logs"))
             .map_err(|e| Error::io(&format!("creating session dir {}", dir.display()), e))?;
-        Ok(Session {
-            cluster,
-            node,
-            dir,
-            config,
-        })
+        // Only this user may reach the node's sockets (the secret guards them
+        // too) or read its logs.
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        let mut s = self.clone();
+        s.node = name.to_string();
+        s.node_index = index;
+        s.dir = dir;
+        Ok(s)
     }
 
     pub(crate) fn to_env(&self) -> Result<String> {
@@ -148,7 +200,11 @@ impl Session {
     pub(crate) fn from_env() -> Result<Session> {
         let v = std::env::var(ENV_SESSION)
             .map_err(|_| Error::invalid(format!("{ENV_SESSION} is not set")))?;
-        let bytes = unhex(&v).ok_or_else(|| Error::invalid(format!("{ENV_SESSION} is corrupt")))?;
+        Self::from_env_str(&v)
+    }
+
+    pub(crate) fn from_env_str(v: &str) -> Result<Session> {
+        let bytes = unhex(v).ok_or_else(|| Error::invalid(format!("{ENV_SESSION} is corrupt")))?;
         crate::codec::decode(&bytes, "session")
     }
 
@@ -156,12 +212,16 @@ impl Session {
         self.dir.join("raylet.sock")
     }
 
-    pub(crate) fn gcs_socket(&self) -> PathBuf {
-        self.dir.join("gcs.sock")
-    }
-
     pub(crate) fn worker_socket(&self, w: WorkerId) -> PathBuf {
         self.dir.join(format!("w-{w}.sock"))
+    }
+
+    pub(crate) fn gcs_endpoint(&self) -> Endpoint {
+        Endpoint::Tcp(self.gcs)
+    }
+
+    pub(crate) fn raylet_endpoint(&self) -> Endpoint {
+        Endpoint::Unix(self.raylet_socket())
     }
 
     pub(crate) fn arena_path(&self) -> PathBuf {
@@ -267,12 +327,9 @@ mod tests {
 
     #[test]
     fn session_roundtrips_through_env_string() {
-        let s = Session {
-            cluster: "abc".into(),
-            node: "n1".into(),
-            dir: "/tmp/x".into(),
-            config: Config::new().num_cpus(3.0).resource("nodeA", 1.0),
-        };
+        let mut s =
+            Session::new_cluster(Config::new().num_cpus(3.0).resource("nodeA", 1.0), true).unwrap();
+        s.node = "n1".into();
         let back: Session =
             crate::codec::decode(&unhex(&s.to_env().unwrap()).unwrap(), "s").unwrap();
         assert_eq!(back.node, "n1");

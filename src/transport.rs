@@ -1,5 +1,6 @@
-//! Messages between the processes of a cluster and the framing that carries
-//! them over Unix-domain sockets on a node.
+//! Messages between the processes of a cluster, the framing that carries
+//! them, and the streams under it: Unix-domain sockets between processes of
+//! one node, TCP between nodes.
 //!
 //! Every connection carries length-prefixed frames (`u32` little-endian length,
 //! then the message serialized by [`codec`](crate::codec)). One writer lock per
@@ -9,6 +10,12 @@
 //! wake-up per hop, which is what the sub-100 µs task round trip needs; the
 //! number of connections per process is small (its raylet, the GCS, the
 //! workers it leases, the owners it borrows from).
+//!
+//! Every connection, Unix or TCP, opens with the cluster's 16-byte secret
+//! (generated when the cluster starts, passed to its processes in their
+//! environment). A listener checks it on the connection's own thread, with a
+//! bounded read, and drops a connection without it: two jobs, or two users,
+//! sharing a node cannot reach each other's processes.
 //!
 //! The first message on a connection to a core worker's listener is
 //! [`Msg::Hello`], naming the connecting process, so that the listener can
@@ -20,9 +27,203 @@ use crate::ids::{ActorId, LeaseId, ObjectId, TaskId, WorkerId};
 use crate::scheduler::ResourceSet;
 use serde::{Deserialize, Serialize};
 use std::io::{BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Duration;
+
+/// How long a new connection may take to present the cluster secret.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a TCP connect may take before the peer counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The cluster's shared secret, presented first on every connection.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Secret(pub(crate) [u8; 16]);
+
+impl Secret {
+    pub(crate) fn random() -> Secret {
+        let a = crate::ids::random_u64().to_le_bytes();
+        let b = crate::ids::random_u64().to_le_bytes();
+        let mut s = [0u8; 16];
+        s[..8].copy_from_slice(&a);
+        s[8..].copy_from_slice(&b);
+        Secret(s)
+    }
+
+    /// Constant-time comparison, so timing does not leak the secret.
+    fn matches(&self, other: &[u8; 16]) -> bool {
+        self.0
+            .iter()
+            .zip(other)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Where a listener is: a socket file on this node, or a TCP address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Endpoint {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "{}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
+
+impl Endpoint {
+    /// Connects and presents the secret.
+    pub(crate) fn connect(&self, secret: &Secret) -> Result<Stream> {
+        let unreachable =
+            |e: std::io::Error| Error::unavailable(format!("cannot connect to {self}: {e}"));
+        let mut s = match self {
+            Endpoint::Unix(p) => Stream::Unix(UnixStream::connect(p).map_err(unreachable)?),
+            Endpoint::Tcp(a) => {
+                let t = TcpStream::connect_timeout(a, CONNECT_TIMEOUT).map_err(unreachable)?;
+                // Small control messages must not wait for Nagle's timer.
+                let _ = t.set_nodelay(true);
+                Stream::Tcp(t)
+            }
+        };
+        s.write_all(&secret.0).map_err(unreachable)?;
+        Ok(s)
+    }
+}
+
+/// A connected byte stream: Unix on a node, TCP between nodes.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    pub(crate) fn try_clone(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+        })
+    }
+
+    pub(crate) fn shutdown(&self) {
+        let _ = match self {
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(t),
+            Stream::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+
+    /// The connecting side's address, for logs.
+    pub(crate) fn peer(&self) -> String {
+        match self {
+            Stream::Unix(_) => "a local process".to_string(),
+            Stream::Tcp(s) => s
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "?".into()),
+        }
+    }
+
+    /// Server side of the handshake: true if the peer presented `secret`
+    /// within the time limit.
+    pub(crate) fn accept_secret(&mut self, secret: &Secret) -> bool {
+        let mut got = [0u8; 16];
+        let ok = self.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_ok()
+            && self.read_exact(&mut got).is_ok()
+            && secret.matches(&got)
+            && self.set_read_timeout(None).is_ok();
+        if !ok {
+            crate::session::log!(
+                "refused a connection from {} that did not present the cluster secret",
+                self.peer()
+            );
+            self.shutdown();
+        }
+        ok
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A listening socket.
+pub(crate) enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    pub(crate) fn bind_unix(path: &std::path::Path) -> Result<Listener> {
+        let _ = std::fs::remove_file(path);
+        UnixListener::bind(path)
+            .map(Listener::Unix)
+            .map_err(|e| Error::io(&format!("listening on {}", path.display()), e))
+    }
+
+    /// Binds `ip` on a port the OS picks.
+    pub(crate) fn bind_tcp(ip: std::net::IpAddr) -> Result<Listener> {
+        TcpListener::bind((ip, 0))
+            .map(Listener::Tcp)
+            .map_err(|e| Error::io(&format!("listening on {ip}"), e))
+    }
+
+    /// The port of a TCP listener (0 for a Unix one).
+    pub(crate) fn port(&self) -> u16 {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map(|a| a.port()).unwrap_or(0),
+            Listener::Unix(_) => 0,
+        }
+    }
+
+    /// Waits for the next connection; the secret is checked later, on the
+    /// connection's own thread ([`Stream::accept_secret`]).
+    pub(crate) fn accept(&self) -> std::io::Result<Stream> {
+        match self {
+            Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+            Listener::Tcp(l) => l.accept().map(|(s, _)| {
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }),
+        }
+    }
+}
 
 /// Frames larger than this are a protocol error (a peer sending garbage).
 const MAX_FRAME: usize = 1 << 30;
@@ -32,7 +233,33 @@ const MAX_FRAME: usize = 1 << 30;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum Payload {
     Inline(Vec<u8>),
-    Store { offset: u64, len: u64 },
+    /// A block of node `node`'s arena; another node reads it by pulling a
+    /// copy into its own store.
+    Store {
+        node: u16,
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// A node as the GCS's node table records it; the table, with each node's
+/// last reported free resources, is also the cluster resource view.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct NodeInfo {
+    pub(crate) index: u16,
+    pub(crate) name: String,
+    /// The address the node advertises (never loopback on a real cluster).
+    pub(crate) ip: std::net::IpAddr,
+    pub(crate) raylet_port: u16,
+    pub(crate) total: ResourceSet,
+    pub(crate) available: ResourceSet,
+    pub(crate) alive: bool,
+}
+
+impl NodeInfo {
+    pub(crate) fn raylet(&self) -> Endpoint {
+        Endpoint::Tcp(SocketAddr::new(self.ip, self.raylet_port))
+    }
 }
 
 /// A task (or actor method call) as pushed to the worker that runs it.
@@ -98,9 +325,12 @@ pub(crate) enum Msg {
         pid: u32,
         is_driver: bool,
     },
+    /// `may_spill`: the raylet may redirect the request to another node
+    /// (false once a request has been spilled, so it never bounces).
     RequestLease {
         req: u64,
         shape: ResourceSet,
+        may_spill: bool,
     },
     ReturnLease {
         lease: LeaseId,
@@ -120,6 +350,25 @@ pub(crate) enum Msg {
     KillWorker {
         worker: WorkerId,
     },
+    /// Make a local copy of a block of another node's store (answered with
+    /// `ObjectPulled`); the copy stays pinned until `UnpinObject`.
+    PullObject {
+        req: u64,
+        node: u16,
+        offset: u64,
+        len: u64,
+    },
+    UnpinObject {
+        node: u16,
+        offset: u64,
+        len: u64,
+    },
+    /// Raylet to raylet, on a data connection: send the bytes of a block.
+    /// Answered by `ObjectBytes` followed by the raw bytes.
+    ReadObject {
+        offset: u64,
+        len: u64,
+    },
     /// The driver asks for an orderly shutdown of the node.
     Shutdown,
 
@@ -132,6 +381,19 @@ pub(crate) enum Msg {
     LeaseFailed {
         req: u64,
         error: Error,
+    },
+    /// Ask node `node`'s raylet instead (Ray's spillback).
+    LeaseSpillback {
+        req: u64,
+        node: u16,
+    },
+    ObjectPulled {
+        req: u64,
+        result: std::result::Result<u64, Error>,
+    },
+    /// `len` raw bytes follow this frame on the stream (or `error`).
+    ObjectBytes {
+        result: std::result::Result<u64, Error>,
     },
     ObjectCreated {
         req: u64,
@@ -182,6 +444,30 @@ pub(crate) enum Msg {
     },
 
     // ---- to and from the GCS ----
+    /// A raylet joins the cluster.
+    RegisterNode {
+        req: u64,
+        info: NodeInfo,
+    },
+    NodeRegistered {
+        req: u64,
+        result: std::result::Result<(), Error>,
+    },
+    /// A raylet's periodic report, answered with the cluster view.
+    ReportResources {
+        node: u16,
+        available: ResourceSet,
+    },
+    ClusterView {
+        nodes: Vec<NodeInfo>,
+    },
+    GetNodes {
+        req: u64,
+    },
+    Nodes {
+        req: u64,
+        nodes: Vec<NodeInfo>,
+    },
     RegisterActor {
         req: u64,
         spec: ActorSpec,
@@ -220,12 +506,12 @@ pub(crate) enum Msg {
 /// The sending half of a connection.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    inner: Mutex<(UnixStream, Vec<u8>)>,
-    shutdown: UnixStream,
+    inner: Mutex<(Stream, Vec<u8>)>,
+    shutdown: Stream,
 }
 
 impl Conn {
-    pub(crate) fn new(stream: &UnixStream) -> Result<Conn> {
+    pub(crate) fn new(stream: &Stream) -> Result<Conn> {
         let w = stream
             .try_clone()
             .map_err(|e| Error::io("cloning socket", e))?;
@@ -236,12 +522,6 @@ impl Conn {
             inner: Mutex::new((w, Vec::with_capacity(256))),
             shutdown: s,
         })
-    }
-
-    /// Connects to a listener at `path`.
-    pub(crate) fn connect(path: &Path) -> Result<UnixStream> {
-        UnixStream::connect(path)
-            .map_err(|e| Error::unavailable(format!("cannot connect to {}: {e}", path.display())))
     }
 
     /// Sends one message as one frame.
@@ -260,46 +540,68 @@ impl Conn {
         r.map_err(|e| Error::unavailable(format!("peer connection lost: {e}")))
     }
 
+    /// Sends one message followed by raw bytes outside the framing (a block
+    /// of the store, written straight from the mapping without a copy).
+    pub(crate) fn send_with_bytes(&self, msg: &Msg, bytes: &[u8]) -> Result<()> {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (stream, buf) = &mut *guard;
+        buf.clear();
+        buf.extend_from_slice(&[0u8; 4]);
+        codec::encode_append(msg, buf)?;
+        let len = (buf.len() - 4) as u32;
+        buf[..4].copy_from_slice(&len.to_le_bytes());
+        stream
+            .write_all(buf)
+            .and_then(|_| stream.write_all(bytes))
+            .map_err(|e| Error::unavailable(format!("peer connection lost: {e}")))
+    }
+
     /// Closes both directions; the peer's reader sees end-of-stream.
     pub(crate) fn close(&self) {
-        let _ = self.shutdown.shutdown(std::net::Shutdown::Both);
+        self.shutdown.shutdown();
     }
 }
 
 /// Reads frames until end-of-stream or a protocol error, calling `handle`
 /// for each message.
-pub(crate) fn read_loop(stream: UnixStream, mut handle: impl FnMut(Msg)) -> std::io::Result<()> {
+pub(crate) fn read_loop(stream: Stream, mut handle: impl FnMut(Msg)) -> std::io::Result<()> {
     let mut r = BufReader::with_capacity(64 * 1024, stream);
-    let mut len = [0u8; 4];
     let mut body = Vec::new();
-    loop {
-        match r.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        let n = u32::from_le_bytes(len) as usize;
-        if n > MAX_FRAME {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("frame of {n} bytes exceeds the limit"),
-            ));
-        }
-        body.resize(n, 0);
-        r.read_exact(&mut body)?;
-        let msg: Msg = codec::decode(&body, "message")
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    while let Some(msg) = read_frame(&mut r, &mut body)? {
         handle(msg);
         if body.capacity() > 1 << 20 {
             body = Vec::new();
         }
     }
+    Ok(())
+}
+
+/// Reads one frame; `None` at a clean end-of-stream.
+pub(crate) fn read_frame(r: &mut impl Read, body: &mut Vec<u8>) -> std::io::Result<Option<Msg>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let n = u32::from_le_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {n} bytes exceeds the limit"),
+        ));
+    }
+    body.resize(n, 0);
+    r.read_exact(body)?;
+    codec::decode(body, "message")
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
 }
 
 /// Runs [`read_loop`] on a named thread, then `on_close`.
 pub(crate) fn spawn_reader(
     name: String,
-    stream: UnixStream,
+    stream: Stream,
     handle: impl FnMut(Msg) + Send + 'static,
     on_close: impl FnOnce() + Send + 'static,
 ) -> Result<()> {
@@ -318,8 +620,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tcp_connections_without_the_secret_are_refused() {
+        let secret = Secret::random();
+        let l = Listener::bind_tcp("127.0.0.1".parse().unwrap()).unwrap();
+        let ep = Endpoint::Tcp(SocketAddr::from(([127, 0, 0, 1], l.port())));
+        // Right secret: accepted, and a frame gets through.
+        let c = ep.connect(&secret).unwrap();
+        let mut s = l.accept().unwrap();
+        assert!(s.accept_secret(&secret));
+        Conn::new(&c).unwrap().send(&Msg::Blocked).unwrap();
+        drop(c);
+        let mut got = Vec::new();
+        read_loop(s, |m| got.push(format!("{m:?}"))).unwrap();
+        assert_eq!(got, vec!["Blocked"]);
+        // Wrong secret: refused and closed.
+        let c = ep.connect(&Secret::random()).unwrap();
+        let mut s = l.accept().unwrap();
+        assert!(!s.accept_secret(&secret));
+        let mut buf = [0u8; 1];
+        let mut c = c;
+        assert_eq!(c.read(&mut buf).unwrap_or(0), 0, "refused peer sees EOF");
+    }
+
+    #[test]
     fn frames_roundtrip_and_eof_ends_the_reader() {
         let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Stream::Unix(a), Stream::Unix(b));
         let conn = Conn::new(&a).unwrap();
         conn.send(&Msg::Blocked).unwrap();
         conn.send(&Msg::FreeObjects {
@@ -338,11 +664,11 @@ mod tests {
         let (mut a, b) = UnixStream::pair().unwrap();
         a.write_all(&u32::MAX.to_le_bytes()).unwrap();
         drop(a);
-        assert!(read_loop(b, |_| {}).is_err());
+        assert!(read_loop(Stream::Unix(b), |_| {}).is_err());
         let (mut a, b) = UnixStream::pair().unwrap();
         a.write_all(&3u32.to_le_bytes()).unwrap();
         a.write_all(&[0xff, 0xff, 0xff]).unwrap();
         drop(a);
-        assert!(read_loop(b, |_| {}).is_err());
+        assert!(read_loop(Stream::Unix(b), |_| {}).is_err());
     }
 }

@@ -18,8 +18,8 @@
 use super::CoreWorker;
 use crate::codec;
 use crate::error::{Error, ErrorKind, Result};
-use crate::ids::{TaskId, WorkerId};
-use crate::session::{log, Session, ENV_WORKER_ID};
+use crate::ids::TaskId;
+use crate::session::{log, Session};
 use crate::task::{registry_actor, registry_function, ArgReader, Returns};
 use crate::transport::{ActorSpec, Conn, Msg, Payload, TaskSpec};
 use std::any::Any;
@@ -189,12 +189,7 @@ impl Drop for BlockGuard {
 pub(crate) fn main(session: Session) -> ! {
     crate::session::open_log(&session, &format!("worker-{}", std::process::id()));
     forward_output(&session);
-    let id = std::env::var(ENV_WORKER_ID)
-        .ok()
-        .and_then(|v| u64::from_str_radix(&v, 16).ok())
-        .map(WorkerId)
-        .unwrap_or_else(WorkerId::random);
-    let cw = match CoreWorker::start(session, id, false) {
+    let cw = match CoreWorker::start(session, false) {
         Ok(cw) => cw,
         Err(e) => {
             log!("worker failed to start: {e}");
@@ -202,7 +197,7 @@ pub(crate) fn main(session: Session) -> ! {
             std::process::exit(1);
         }
     };
-    log!("worker {id} started");
+    log!("worker {} started", cw.id);
     super::set_current(Some(cw.clone()));
     let mut actor: Option<(String, Box<dyn Any + Send>)> = None;
     loop {
@@ -254,6 +249,42 @@ fn arg_bytes<'a>(cw: &'a CoreWorker, args: &'a [Payload]) -> Result<Vec<&'a [u8]
     args.iter().map(|p| cw.payload_bytes(p)).collect()
 }
 
+/// Arguments in another node's store, pulled into this node's for the
+/// task's duration (unpinned when dropped).
+struct LocalArgs<'a> {
+    cw: &'a CoreWorker,
+    args: Vec<Payload>,
+    pulled: Vec<Payload>,
+}
+
+impl<'a> LocalArgs<'a> {
+    fn new(cw: &'a CoreWorker, args: &[Payload]) -> Result<LocalArgs<'a>> {
+        let mut out = LocalArgs {
+            cw,
+            args: Vec::with_capacity(args.len()),
+            pulled: Vec::new(),
+        };
+        for p in args {
+            if cw.is_remote(p) {
+                let local = cw.pull(p)?;
+                out.pulled.push(p.clone());
+                out.args.push(local);
+            } else {
+                out.args.push(p.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for LocalArgs<'_> {
+    fn drop(&mut self) {
+        for p in &self.pulled {
+            self.cw.unpin(p);
+        }
+    }
+}
+
 fn construct(cw: &Arc<CoreWorker>, spec: &ActorSpec) -> Result<Box<dyn Any + Send>> {
     let entry = registry_actor(&spec.class).ok_or_else(|| {
         Error::new(
@@ -264,7 +295,8 @@ fn construct(cw: &Arc<CoreWorker>, spec: &ActorSpec) -> Result<Box<dyn Any + Sen
             ),
         )
     })?;
-    let bytes = arg_bytes(cw, &spec.args)?;
+    let local = LocalArgs::new(cw, &spec.args)?;
+    let bytes = arg_bytes(cw, &local.args)?;
     let mut reader = ArgReader::new(&bytes, &spec.class);
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         (entry.construct)(&mut reader)
@@ -329,7 +361,8 @@ fn invoke(
     spec: &TaskSpec,
     actor: Option<&mut (String, Box<dyn Any + Send>)>,
 ) -> Result<Returns> {
-    let bytes = arg_bytes(cw, &spec.args)?;
+    let local = LocalArgs::new(cw, &spec.args)?;
+    let bytes = arg_bytes(cw, &local.args)?;
     let mut reader = ArgReader::new(&bytes, &spec.function);
     let what;
     let result = match spec.actor {

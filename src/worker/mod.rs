@@ -30,9 +30,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, LeaseId, ObjectId, TaskId, WorkerId};
 use crate::object_store::Arena;
 use crate::session::{log, Session};
-use crate::transport::{self, Conn, Msg, Payload};
+use crate::transport::{self, Conn, Endpoint, Listener, Msg, NodeInfo, Payload, Stream};
 use std::collections::HashMap;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -65,6 +64,9 @@ pub(crate) struct Entry {
     pub(crate) contained: Vec<RawRef>,
     /// Owner side: the task producing the value, while pending.
     pub(crate) task: Option<TaskId>,
+    /// A copy pulled from another node's store into this node's, pinned in
+    /// the local raylet while this entry lives.
+    pub(crate) local_copy: Option<Payload>,
 }
 
 /// Side effects computed under the state lock, performed after it.
@@ -73,9 +75,13 @@ pub(crate) struct Effects {
     pub(crate) sends: Vec<(Arc<Conn>, Msg)>,
     pub(crate) to_owner: Vec<(WorkerId, Msg)>,
     pub(crate) drops: Vec<RawRef>,
-    pub(crate) free_offsets: Vec<u64>,
+    /// Store blocks to free, by node.
+    pub(crate) free_offsets: Vec<(u16, u64)>,
+    /// Pulled copies (node, offset, len of the original) to unpin locally.
+    pub(crate) unpins: Vec<(u16, u64, u64)>,
     pub(crate) notify: bool,
-    pub(crate) lease_requests: Vec<(u64, crate::scheduler::ResourceSet)>,
+    /// (request, shape, node whose raylet to ask)
+    pub(crate) lease_requests: Vec<(u64, crate::scheduler::ResourceSet, u16)>,
     pub(crate) return_leases: Vec<(LeaseId, bool)>,
     pub(crate) kill_workers: Vec<WorkerId>,
     pub(crate) resolve_actors: Vec<ActorId>,
@@ -105,6 +111,10 @@ pub(crate) struct CoreWorker {
     replies: Mutex<HashMap<u64, mpsc::Sender<Msg>>>,
     peers: Mutex<HashMap<WorkerId, Arc<Conn>>>,
     gcs: Mutex<Option<Arc<Conn>>>,
+    /// Connections to other nodes' raylets (leases there, frees there).
+    remote_raylets: Mutex<HashMap<u16, Arc<Conn>>>,
+    /// The node table, fetched from the GCS when a node is first needed.
+    nodes: Mutex<HashMap<u16, NodeInfo>>,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) exec: executor::ExecShared,
     lease_wake: (Mutex<bool>, Condvar),
@@ -126,19 +136,16 @@ pub(crate) fn set_current(cw: Option<Arc<CoreWorker>>) {
 }
 
 impl CoreWorker {
-    /// Connects to the node's raylet, maps the arena and starts listening.
-    pub(crate) fn start(
-        session: Session,
-        id: WorkerId,
-        is_driver: bool,
-    ) -> Result<Arc<CoreWorker>> {
+    /// Connects to the node's raylet, maps the arena and starts listening:
+    /// on a Unix socket for processes of this node and on TCP for others.
+    /// The TCP port becomes part of this process's id (its address).
+    pub(crate) fn start(session: Session, is_driver: bool) -> Result<Arc<CoreWorker>> {
         let arena = Arena::open(&session.arena_path())?;
-        let raylet_stream = Conn::connect(&session.raylet_socket())?;
+        let raylet_stream = session.raylet_endpoint().connect(&session.secret)?;
         let raylet = Arc::new(Conn::new(&raylet_stream)?);
-        let listener_path = session.worker_socket(id);
-        let _ = std::fs::remove_file(&listener_path);
-        let listener = UnixListener::bind(&listener_path)
-            .map_err(|e| Error::io(&format!("listening on {}", listener_path.display()), e))?;
+        let tcp = Listener::bind_tcp(session.ip)?;
+        let id = WorkerId::new(session.node_index, tcp.port());
+        let unix = Listener::bind_unix(&session.worker_socket(id))?;
         let cw = Arc::new(CoreWorker {
             id,
             is_driver,
@@ -153,6 +160,8 @@ impl CoreWorker {
             replies: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             gcs: Mutex::new(None),
+            remote_raylets: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
             exec: executor::ExecShared::default(),
             lease_wake: (Mutex::new(false), Condvar::new()),
@@ -174,11 +183,13 @@ impl CoreWorker {
                 move || me.raylet_lost()
             },
         )?;
-        let me = cw.clone();
-        std::thread::Builder::new()
-            .name("rustray-accept".into())
-            .spawn(move || me.accept_loop(listener))
-            .map_err(|e| Error::io("spawning the accept thread", e))?;
+        for listener in [unix, tcp] {
+            let me = cw.clone();
+            std::thread::Builder::new()
+                .name("rustray-accept".into())
+                .spawn(move || me.accept_loop(listener))
+                .map_err(|e| Error::io("spawning the accept thread", e))?;
+        }
         let me = cw.clone();
         std::thread::Builder::new()
             .name("rustray-leases".into())
@@ -203,8 +214,9 @@ impl CoreWorker {
     // Connections
     // ------------------------------------------------------------------
 
-    fn accept_loop(self: Arc<Self>, listener: UnixListener) {
-        for stream in listener.incoming() {
+    fn accept_loop(self: Arc<Self>, listener: Listener) {
+        loop {
+            let stream = listener.accept();
             if self.shutting_down.load(Ordering::Relaxed) {
                 return;
             }
@@ -216,7 +228,10 @@ impl CoreWorker {
         }
     }
 
-    fn serve_incoming(self: Arc<Self>, stream: UnixStream) {
+    fn serve_incoming(self: Arc<Self>, mut stream: Stream) {
+        if !stream.accept_secret(&self.session.secret) {
+            return;
+        }
         let Ok(conn) = Conn::new(&stream) else { return };
         let conn = Arc::new(conn);
         let mut from: Option<WorkerId> = None;
@@ -241,7 +256,9 @@ impl CoreWorker {
         {
             return Ok(c.clone());
         }
-        let stream = Conn::connect(&self.session.worker_socket(worker))?;
+        let stream = self
+            .worker_endpoint(worker)?
+            .connect(&self.session.secret)?;
         let conn = Arc::new(Conn::new(&stream)?);
         conn.send(&Msg::Hello { from: self.id })?;
         {
@@ -277,7 +294,7 @@ impl CoreWorker {
         if let Some(c) = g.as_ref() {
             return Ok(c.clone());
         }
-        let stream = Conn::connect(&self.session.gcs_socket())?;
+        let stream = self.session.gcs_endpoint().connect(&self.session.secret)?;
         let conn = Arc::new(Conn::new(&stream)?);
         let me = self.clone();
         let me2 = self.clone();
@@ -290,6 +307,86 @@ impl CoreWorker {
             },
         )?;
         *g = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Where another process listens: its Unix socket on this node, its TCP
+    /// port on its node's address otherwise.
+    pub(crate) fn worker_endpoint(self: &Arc<Self>, worker: WorkerId) -> Result<Endpoint> {
+        if worker.node() == self.session.node_index {
+            return Ok(Endpoint::Unix(self.session.worker_socket(worker)));
+        }
+        let node = self.node(worker.node())?;
+        Ok(Endpoint::Tcp(std::net::SocketAddr::new(
+            node.ip,
+            worker.port(),
+        )))
+    }
+
+    /// A node's entry in the node table, asking the GCS on a miss.
+    pub(crate) fn node(self: &Arc<Self>, index: u16) -> Result<NodeInfo> {
+        if let Some(n) = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&index)
+        {
+            return Ok(n.clone());
+        }
+        let reply = self.gcs_call(|req| Msg::GetNodes { req }, "reading the node table")?;
+        let Msg::Nodes { nodes, .. } = reply else {
+            return Err(Error::unavailable("unexpected reply from the GCS"));
+        };
+        let mut table = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        for n in nodes {
+            table.insert(n.index, n);
+        }
+        table
+            .get(&index)
+            .cloned()
+            .ok_or_else(|| Error::unavailable(format!("node {index} is not in the node table")))
+    }
+
+    /// The connection to node `node`'s raylet (this node's: the local one).
+    pub(crate) fn raylet_of(self: &Arc<Self>, node: u16) -> Result<Arc<Conn>> {
+        if node == self.session.node_index {
+            return Ok(self.raylet.clone());
+        }
+        let mut g = self
+            .remote_raylets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = g.get(&node) {
+            return Ok(c.clone());
+        }
+        let info = {
+            drop(g);
+            let info = self.node(node)?;
+            g = self
+                .remote_raylets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = g.get(&node) {
+                return Ok(c.clone());
+            }
+            info
+        };
+        let stream = info.raylet().connect(&self.session.secret)?;
+        let conn = Arc::new(Conn::new(&stream)?);
+        let me = self.clone();
+        let me2 = self.clone();
+        transport::spawn_reader(
+            "rustray-raylet-remote".into(),
+            stream,
+            move |m| me.handle_raylet(m),
+            move || {
+                me2.remote_raylets
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&node);
+            },
+        )?;
+        g.insert(node, conn.clone());
         Ok(conn)
     }
 
@@ -337,6 +434,8 @@ impl CoreWorker {
     fn handle_reply(&self, msg: Msg) {
         let req = match &msg {
             Msg::ObjectCreated { req, .. }
+            | Msg::ObjectPulled { req, .. }
+            | Msg::Nodes { req, .. }
             | Msg::BorrowAdded { req, .. }
             | Msg::ActorRegistered { req, .. }
             | Msg::ActorLookedUp { req, .. }
@@ -357,6 +456,7 @@ impl CoreWorker {
         match msg {
             Msg::LeaseGranted { req, lease, worker } => self.lease_granted(req, lease, worker),
             Msg::LeaseFailed { req, error } => self.lease_failed(req, error),
+            Msg::LeaseSpillback { req, node } => self.lease_spilled(req, node),
             other => self.handle_reply(other),
         }
     }
@@ -494,15 +594,36 @@ impl CoreWorker {
             self.send_to(owner, msg);
         }
         if !fx.free_offsets.is_empty() {
-            let _ = self.raylet.send(&Msg::FreeObjects {
-                offsets: fx.free_offsets,
-            });
+            let mut by_node: HashMap<u16, Vec<u64>> = HashMap::new();
+            for (node, offset) in fx.free_offsets {
+                by_node.entry(node).or_default().push(offset);
+            }
+            for (node, offsets) in by_node {
+                if let Ok(c) = self.raylet_of(node) {
+                    let _ = c.send(&Msg::FreeObjects { offsets });
+                }
+            }
         }
-        for (req, shape) in fx.lease_requests {
-            let _ = self.raylet.send(&Msg::RequestLease { req, shape });
+        for (node, offset, len) in fx.unpins {
+            let _ = self.raylet.send(&Msg::UnpinObject { node, offset, len });
+        }
+        for (req, shape, node) in fx.lease_requests {
+            let may_spill = node == self.session.node_index;
+            match self.raylet_of(node) {
+                Ok(c) => {
+                    let _ = c.send(&Msg::RequestLease {
+                        req,
+                        shape,
+                        may_spill,
+                    });
+                }
+                Err(e) => self.lease_failed(req, e),
+            }
         }
         for (lease, kill) in fx.return_leases {
-            let _ = self.raylet.send(&Msg::ReturnLease { lease, kill });
+            if let Ok(c) = self.raylet_of(lease.node()) {
+                let _ = c.send(&Msg::ReturnLease { lease, kill });
+            }
         }
         for worker in fx.kill_workers {
             let _ = self.raylet.send(&Msg::KillWorker { worker });
@@ -575,9 +696,12 @@ impl CoreWorker {
         let Some(e) = st.objects.remove(&id) else {
             return;
         };
+        if let Some(Payload::Store { node, offset, len }) = e.local_copy {
+            fx.unpins.push((node, offset, len));
+        }
         if e.owned {
-            if let Some(Payload::Store { offset, .. }) = e.value {
-                fx.free_offsets.push(offset);
+            if let Some(Payload::Store { node, offset, .. }) = e.value {
+                fx.free_offsets.push((node, offset));
             }
         } else {
             fx.to_owner.push((id.owner, Msg::RemoveBorrow { id }));
@@ -595,9 +719,9 @@ impl CoreWorker {
     ) {
         let Some(e) = st.objects.get_mut(&id) else {
             // Nobody holds a ref any more: free it straight away.
-            if let Payload::Store { offset, .. } = payload {
+            if let Payload::Store { node, offset, .. } = payload {
                 if id.owner == self.id {
-                    fx.free_offsets.push(offset);
+                    fx.free_offsets.push((node, offset));
                 }
             }
             return;
@@ -829,11 +953,100 @@ impl CoreWorker {
         }
     }
 
-    /// The bytes of a payload: inline, or mapped from the arena.
+    /// The bytes of a payload: inline, or mapped from this node's arena.
+    /// A block of another node's store must be pulled first
+    /// ([`CoreWorker::wait_local`], [`CoreWorker::pull`]).
     pub(crate) fn payload_bytes<'a>(&'a self, p: &'a Payload) -> Result<&'a [u8]> {
         match p {
             Payload::Inline(b) => Ok(b),
-            Payload::Store { offset, len } => self.arena.read(*offset, *len),
+            Payload::Store { node, offset, len } if *node == self.session.node_index => {
+                self.arena.read(*offset, *len)
+            }
+            Payload::Store { node, .. } => Err(Error::unavailable(format!(
+                "internal: object on node {node} read without pulling it to this node"
+            ))),
+        }
+    }
+
+    /// True if the payload's bytes are in another node's store.
+    pub(crate) fn is_remote(&self, p: &Payload) -> bool {
+        matches!(p, Payload::Store { node, .. } if *node != self.session.node_index)
+    }
+
+    /// Copies a block of another node's store into this node's (the local
+    /// raylet reuses a copy it already has); pinned until unpinned.
+    pub(crate) fn pull(&self, p: &Payload) -> Result<Payload> {
+        let Payload::Store { node, offset, len } = *p else {
+            return Ok(p.clone());
+        };
+        let reply = self.raylet_call(
+            |req| Msg::PullObject {
+                req,
+                node,
+                offset,
+                len,
+            },
+            "pulling an object from another node",
+        )?;
+        match reply {
+            Msg::ObjectPulled { result, .. } => Ok(Payload::Store {
+                node: self.session.node_index,
+                offset: result?,
+                len,
+            }),
+            _ => Err(Error::unavailable("unexpected reply from the raylet")),
+        }
+    }
+
+    /// Unpins a copy made by [`CoreWorker::pull`] of the block `original`.
+    pub(crate) fn unpin(&self, original: &Payload) {
+        if let Payload::Store { node, offset, len } = *original {
+            let _ = self.raylet.send(&Msg::UnpinObject { node, offset, len });
+        }
+    }
+
+    /// [`CoreWorker::wait_value`], then, for an object in another node's
+    /// store, a local copy kept (pinned) as long as this process holds the
+    /// object.
+    pub(crate) fn wait_local(
+        self: &Arc<Self>,
+        id: ObjectId,
+        deadline: Option<Instant>,
+    ) -> Result<Payload> {
+        let p = self.wait_value(id, deadline)?;
+        if !self.is_remote(&p) {
+            return Ok(p);
+        }
+        if let Some(c) = self
+            .lock()
+            .objects
+            .get(&id)
+            .and_then(|e| e.local_copy.clone())
+        {
+            return Ok(c);
+        }
+        let local = self.pull(&p)?;
+        let mut st = self.lock();
+        match st.objects.get_mut(&id) {
+            Some(e) if e.local_copy.is_none() => {
+                e.local_copy = Some(local.clone());
+                Ok(local)
+            }
+            Some(e) => {
+                // Another thread pulled it meanwhile: keep one pin.
+                let c = e.local_copy.clone().unwrap_or(local);
+                drop(st);
+                self.unpin(&p);
+                Ok(c)
+            }
+            None => {
+                drop(st);
+                self.unpin(&p);
+                Err(Error::new(
+                    ErrorKind::OwnerDied,
+                    format!("object {id} was released while it was being read"),
+                ))
+            }
         }
     }
 
@@ -859,6 +1072,7 @@ impl CoreWorker {
         };
         enc.write_to(self.arena.write(offset, len as u64)?);
         Ok(Payload::Store {
+            node: self.session.node_index,
             offset,
             len: len as u64,
         })
@@ -911,9 +1125,18 @@ impl CoreWorker {
         self.shutting_down.store(true, Ordering::Relaxed);
         self.cond.notify_all();
         self.wake_housekeeping();
-        // Wake the accept loop so it sees the flag.
-        let _ = UnixStream::connect(self.session.worker_socket(self.id));
+        // Wake the accept loops so they see the flag.
+        let _ = std::os::unix::net::UnixStream::connect(self.session.worker_socket(self.id));
+        let _ = std::net::TcpStream::connect((self.session.ip, self.id.port()));
         let _ = std::fs::remove_file(self.session.worker_socket(self.id));
+        for (_, c) in self
+            .remote_raylets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            c.close();
+        }
         for (_, c) in self.peers.lock().unwrap_or_else(|p| p.into_inner()).drain() {
             c.close();
         }
@@ -936,6 +1159,7 @@ impl Effects {
             && self.to_owner.is_empty()
             && self.drops.is_empty()
             && self.free_offsets.is_empty()
+            && self.unpins.is_empty()
             && !self.notify
             && self.lease_requests.is_empty()
             && self.return_leases.is_empty()

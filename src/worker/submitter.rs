@@ -6,9 +6,12 @@
 //! joins the queue of its *scheduling class* (its resource shape). The owner
 //! asks the raylet for worker leases per class and, once granted, pushes
 //! tasks straight to the leased worker, reusing the lease for every queued
-//! task of the same class ("caching scheduling decisions") and pipelining a
-//! few tasks per worker to hide the round trip. A lease idle for
-//! [`LEASE_IDLE`] goes back to the raylet.
+//! task of the same class ("caching scheduling decisions"). Short tasks are
+//! pipelined, up to [`PIPELINE`] per worker, to hide the round trip; tasks
+//! of a class whose service time is unknown yet or long go one per worker,
+//! so a burst of long tasks asks for more leases (which the raylet may
+//! spill to other nodes) instead of queueing behind one worker. A lease
+//! idle for [`LEASE_IDLE`] goes back to the raylet.
 //!
 //! A worker whose task blocks in `get` hands its not-yet-started tasks back
 //! (they are re-queued here and may get another lease), so pipelining never
@@ -38,6 +41,8 @@ pub(crate) const PIPELINE: usize = 16;
 pub(crate) const LEASE_IDLE: Duration = Duration::from_millis(10);
 /// Outstanding lease requests per scheduling class.
 const MAX_PENDING_LEASES: usize = 4;
+/// Tasks whose measured service time is below this are pipelined.
+const SHORT_TASK: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -57,6 +62,8 @@ struct TaskEntry {
     max_retries: u32,
     status: Status,
     cancelled: bool,
+    /// When it was pushed to its worker.
+    pushed: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -64,6 +71,18 @@ struct ClassQueue {
     queue: VecDeque<TaskId>,
     leases: Vec<LeaseId>,
     pending_requests: usize,
+    /// Moving average of the class's task service time, once measured.
+    service: Option<Duration>,
+}
+
+impl ClassQueue {
+    /// Tasks in flight per leased worker.
+    fn depth(&self) -> usize {
+        match self.service {
+            Some(t) if t < SHORT_TASK => PIPELINE,
+            _ => 1,
+        }
+    }
 }
 
 struct LeaseState {
@@ -73,6 +92,9 @@ struct LeaseState {
     inflight: Vec<TaskId>,
     blocked: bool,
     idle_since: Option<Instant>,
+    /// When its last task finished (service time of pipelined tasks
+    /// starts there, not at their push).
+    last_done: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -104,6 +126,10 @@ pub(crate) enum PreparedArg {
 }
 
 fn payload_error(cw: &CoreWorker, p: &Payload) -> Option<Error> {
+    // Stored errors always travel inline; a store block is a value.
+    if matches!(p, Payload::Store { .. }) {
+        return None;
+    }
     let bytes = cw.payload_bytes(p).ok()?;
     codec::parse(bytes).ok()?.error()
 }
@@ -192,6 +218,7 @@ impl CoreWorker {
                 max_retries,
                 status: Status::WaitingDeps,
                 cancelled: false,
+                pushed: None,
             },
         );
         if let Some(a) = actor {
@@ -335,12 +362,14 @@ impl CoreWorker {
         let Some(cq) = sub.classes.get_mut(class) else {
             return;
         };
+        let depth = cq.depth();
+        let now = Instant::now();
         while !cq.queue.is_empty() {
             let best = cq
                 .leases
                 .iter()
                 .filter_map(|l| sub.leases.get(l).map(|s| (*l, s)))
-                .filter(|(_, s)| !s.blocked && s.inflight.len() < PIPELINE)
+                .filter(|(_, s)| !s.blocked && s.inflight.len() < depth)
                 .min_by_key(|(_, s)| s.inflight.len())
                 .map(|(l, _)| l);
             let Some(lid) = best else { break };
@@ -352,6 +381,7 @@ impl CoreWorker {
                 continue;
             };
             task.status = Status::Running(lease.worker);
+            task.pushed = Some(now);
             lease.inflight.push(tid);
             lease.idle_since = None;
             fx.sends
@@ -367,13 +397,14 @@ impl CoreWorker {
         } else if usable == 0 {
             cq.queue.len().min(MAX_PENDING_LEASES)
         } else {
-            cq.queue.len().div_ceil(PIPELINE).min(MAX_PENDING_LEASES)
+            cq.queue.len().div_ceil(depth).min(MAX_PENDING_LEASES)
         };
         while cq.pending_requests < want {
             cq.pending_requests += 1;
             let req = self.next_req();
             sub.lease_reqs.insert(req, class.clone());
-            fx.lease_requests.push((req, class.clone()));
+            fx.lease_requests
+                .push((req, class.clone(), self.session.node_index));
         }
     }
 
@@ -403,6 +434,7 @@ impl CoreWorker {
                         inflight: Vec::new(),
                         blocked: false,
                         idle_since: Some(Instant::now()),
+                        last_done: None,
                     },
                 );
             }
@@ -411,6 +443,15 @@ impl CoreWorker {
         }
         self.dispatch(&mut st, &class, &mut fx);
         drop(st);
+        self.apply(fx);
+    }
+
+    /// The local raylet redirected a lease request to another node's.
+    pub(crate) fn lease_spilled(self: &Arc<Self>, req: u64, node: u16) {
+        let mut fx = Effects::default();
+        if let Some(class) = self.lock().sub.lease_reqs.get(&req).cloned() {
+            fx.lease_requests.push((req, class, node));
+        }
         self.apply(fx);
     }
 
@@ -444,8 +485,8 @@ impl CoreWorker {
             // Already failed (cancelled or its worker was given up on): the
             // store copies of its results are not referenced by anyone.
             for p in returns {
-                if let Payload::Store { offset, .. } = p {
-                    fx.free_offsets.push(offset);
+                if let Payload::Store { node, offset, .. } = p {
+                    fx.free_offsets.push((node, offset));
                 }
             }
             drop(st);
@@ -460,11 +501,25 @@ impl CoreWorker {
         } else if let Some(lid) = st.sub.by_worker.get(&from).copied() {
             if let Some(l) = st.sub.leases.get_mut(&lid) {
                 l.inflight.retain(|x| *x != task);
+                let now = Instant::now();
+                let started = match (t.pushed, l.last_done) {
+                    (Some(p), Some(d)) => Some(p.max(d)),
+                    (p, _) => p,
+                };
+                l.last_done = Some(now);
                 if l.inflight.is_empty() {
-                    l.idle_since = Some(Instant::now());
+                    l.idle_since = Some(now);
                     self.wake_housekeeping();
                 }
-                class = Some(l.class.clone());
+                let c = l.class.clone();
+                if let (Some(s), Some(cq)) = (started, st.sub.classes.get_mut(&c)) {
+                    let t = now - s;
+                    cq.service = Some(match cq.service {
+                        Some(avg) => (avg * 3 + t) / 4,
+                        None => t,
+                    });
+                }
+                class = Some(c);
             }
         }
         if returns.len() == t.spec.returns.len() {
