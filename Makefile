@@ -9,13 +9,19 @@ RAY_VENV ?= .venv-ray
 run:
 	$(CARGO) run --release --example quickstart
 
-# Nothing beyond the Rust toolchain is needed yet; later issues (MPI,
-# libfabric, Slurm) add their Debian packages here.
+# The Rust toolchain must be there; the emulated Slurm cluster's Debian
+# packages (slurmctld, slurmd, munge, ...) are installed by slurm/emu-up.sh.
 deps:
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup)"; exit 1; }
 
+# Every test, including the multi-node ones on a 3-node emulated Slurm
+# cluster (network and UTS namespaces on this machine, root needed), which
+# is brought up first and torn down after, pass or fail.
 test: deps
-	$(CARGO) test --workspace --release
+	$(CARGO) build --release --workspace --bins
+	bash slurm/emu-up.sh 3
+	status=0; $(CARGO) test --workspace --release || status=$$?; \
+	bash slurm/emu-down.sh; exit $$status
 
 build:
 	$(CARGO) build --release --workspace --all-targets

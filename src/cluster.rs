@@ -15,6 +15,8 @@
 use crate::error::{Error, Result};
 use crate::gcs::Gcs;
 use crate::session::{self, log, Config, Session, ENV_ROLE, ENV_SESSION};
+use crate::slurm::{self, SlurmEnv};
+use crate::transport::{Conn, Msg, NodeInfo};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::Arc;
@@ -24,6 +26,21 @@ use std::time::{Duration, Instant};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on raylets exiting after being asked to.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on every node of a Slurm step joining (nodes start in parallel,
+/// but a busy shared filesystem or a slow node can take a while).
+/// `RUSTRAY_JOIN_TIMEOUT_S` overrides it.
+const SLURM_JOIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn join_timeout() -> Duration {
+    std::env::var("RUSTRAY_JOIN_TIMEOUT_S")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(SLURM_JOIN_TIMEOUT)
+}
+/// How long a driver asked to stop gets before it is killed.
+const DRIVER_GRACE: Duration = Duration::from_secs(5);
 
 /// In a process started by rustray as a raylet or a worker, runs that role
 /// and never returns; otherwise returns at once.
@@ -96,70 +113,36 @@ impl LocalCluster {
             Vec::new()
         };
         for i in 0..n {
-            let mut s = base.for_node(i, &name(i))?;
-            // Ray's convention: every node offers `node:<name>` = 1, so a
-            // task can be pinned to a node by asking for a sliver of it.
-            let res = format!("node:{}", s.node);
-            s.config = s.config.clone().resource(&res, 1.0);
-            let child = std::process::Command::new(raylet_exe)
-                .args(&raylet_args)
-                .env(ENV_ROLE, "raylet")
-                .env(ENV_SESSION, s.to_env()?)
-                .env_remove("RUSTRAY_ADDRESS")
-                .stdin(std::process::Stdio::null())
-                .spawn();
-            match child {
+            let s = with_node_resource(base.for_node(i, &name(i))?);
+            match spawn_raylet(raylet_exe, &s, &raylet_args) {
                 Ok(c) => cluster.raylets.push(c),
                 Err(e) => {
                     cluster.stop();
-                    return Err(Error::io("starting a raylet process", e));
+                    return Err(e);
                 }
             }
             cluster.sessions.push(s);
         }
-        if let Err(e) = cluster.wait_registered() {
+        let expected: Vec<String> = cluster.sessions.iter().map(|s| s.node.clone()).collect();
+        let r = wait_registered(
+            &cluster.gcs,
+            &expected,
+            &mut cluster.raylets,
+            &cluster.sessions,
+            START_TIMEOUT,
+        );
+        if let Err(e) = r {
             cluster.stop();
             return Err(e);
         }
         Ok(cluster)
     }
 
-    /// Waits (bounded) until every node is in the GCS's node table.
-    fn wait_registered(&mut self) -> Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let up = self.gcs.nodes().iter().filter(|n| n.alive).count();
-            if up == self.sessions.len() {
-                return Ok(());
-            }
-            for (c, s) in self.raylets.iter_mut().zip(&self.sessions) {
-                if let Ok(Some(status)) = c.try_wait() {
-                    return Err(Error::unavailable(format!(
-                        "the raylet of node {} exited during start-up ({status}); see {}",
-                        s.node,
-                        s.log_dir().join("raylet.log").display()
-                    )));
-                }
-            }
-            if Instant::now() > deadline {
-                let names: Vec<&str> = self.sessions.iter().map(|s| s.node.as_str()).collect();
-                return Err(Error::unavailable(format!(
-                    "only {up} of the nodes {names:?} registered with the GCS within {START_TIMEOUT:?}"
-                )));
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        }
-    }
-
     /// Stops every raylet (they stop their workers), then the GCS, and
     /// removes every node's sockets and shared memory.
     pub(crate) fn stop(mut self) {
         for s in &self.sessions {
-            if let Ok(stream) = s.raylet_endpoint().connect(&s.secret) {
-                if let Ok(c) = crate::transport::Conn::new(&stream) {
-                    let _ = c.send(&crate::transport::Msg::Shutdown);
-                }
-            }
+            send_shutdown(&s.raylet_endpoint(), s);
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
         for c in &mut self.raylets {
@@ -183,12 +166,82 @@ impl LocalCluster {
     }
 }
 
-/// Settings of `rust-ray-launch` for a cluster on this machine.
+/// Ray's convention: every node offers `node:<name>` = 1, so a task can be
+/// pinned to a node by asking for a sliver of it.
+fn with_node_resource(mut s: Session) -> Session {
+    let res = format!("node:{}", s.node);
+    s.config = s.config.clone().resource(&res, 1.0);
+    s
+}
+
+fn spawn_raylet(exe: &Path, s: &Session, args: &[String]) -> Result<Child> {
+    std::process::Command::new(exe)
+        .args(args)
+        .env(ENV_ROLE, "raylet")
+        .env(ENV_SESSION, s.to_env()?)
+        .env_remove(crate::ENV_ADDRESS)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| Error::io(&format!("starting the raylet of node {}", s.node), e))
+}
+
+fn send_shutdown(to: &crate::transport::Endpoint, s: &Session) {
+    if let Ok(stream) = to.connect(&s.secret) {
+        if let Ok(c) = Conn::new(&stream) {
+            let _ = c.send(&Msg::Shutdown);
+        }
+    }
+}
+
+/// Waits (bounded) until `expected.len()` nodes are in the GCS's node
+/// table; a local raylet that exits, or the time running out, is an error
+/// naming the nodes that are missing.
+fn wait_registered(
+    gcs: &Gcs,
+    expected: &[String],
+    raylets: &mut [Child],
+    sessions: &[Session],
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let up: Vec<String> = gcs
+            .nodes()
+            .into_iter()
+            .filter(|n| n.alive)
+            .map(|n| n.name)
+            .collect();
+        if up.len() >= expected.len() {
+            return Ok(());
+        }
+        for (c, s) in raylets.iter_mut().zip(sessions) {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Err(Error::unavailable(format!(
+                    "the raylet of node {} exited during start-up ({status}); see {}",
+                    s.node,
+                    s.log_dir().join("raylet.log").display()
+                )));
+            }
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<&String> = expected.iter().filter(|n| !up.contains(n)).collect();
+            return Err(Error::unavailable(format!(
+                "nodes {missing:?} did not register with the GCS within {timeout:?} ({} of {} did: {up:?}); see their raylet logs",
+                up.len(),
+                expected.len()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Settings of `rust-ray-launch`.
 #[derive(Debug, Clone)]
 pub struct LaunchOptions {
-    /// Nodes to start (each its own raylet and object store).
-    pub nodes: u16,
-    /// Resources and store size of each node.
+    /// Nodes to start on this machine (`--local-nodes`); `None` under Slurm
+    /// means one per node of the step.
+    pub local_nodes: Option<u16>,
+    /// Resources and store size of each node (flags override Slurm's).
     pub config: Config,
     /// The application.
     pub app: PathBuf,
@@ -196,27 +249,174 @@ pub struct LaunchOptions {
     pub args: Vec<String>,
 }
 
-/// `rust-ray-launch --local-nodes n -- app args`: starts the cluster, runs
-/// the application as the driver of node 0, stops the cluster when it
-/// exits and returns its exit code.
+/// `rust-ray-launch [--local-nodes n] -- app args`. Under `srun` every task
+/// starts its node's raylet and rank 0 also the GCS; otherwise the nodes
+/// start on this machine. Rank 0 (or the local launcher) runs the
+/// application as the driver once every node has joined, stops the cluster
+/// when it exits, and returns its exit code; other ranks return when their
+/// raylet ends.
 pub fn launcher_main(opts: LaunchOptions) -> Result<i32> {
     let app = resolve_app(&opts.app)?;
+    match (opts.local_nodes, SlurmEnv::detect()?) {
+        (None, Some(env)) => launch_slurm(opts, app, env),
+        (n, _) => launch_local(opts, app, n.unwrap_or(1)),
+    }
+}
+
+fn launch_local(opts: LaunchOptions, app: PathBuf, n: u16) -> Result<i32> {
     let me =
         std::env::current_exe().map_err(|e| Error::io("locating the launcher executable", e))?;
     let cluster = LocalCluster::start(
-        opts.config.local_nodes(opts.nodes),
+        opts.config.local_nodes(n),
         &me,
         Some((app.clone(), opts.args.clone())),
         false,
     )?;
-    session::open_log(&cluster.sessions[0], "launcher");
-    log!("launcher: running {} as the driver", app.display());
-    let status = std::process::Command::new(&app)
-        .args(&opts.args)
-        .env("RUSTRAY_ADDRESS", cluster.sessions[0].to_env()?)
-        .status();
+    let first = cluster.sessions[0].clone();
+    session::open_log(&first, "launcher");
+    let g = cluster.gcs.clone();
+    crate::signals::on_terminate(move |_| g.request_stop());
+    let rdv = slurm::rendezvous_dir().join(format!("local-{}", std::process::id()));
+    let published = slurm::publish(&rdv, &first);
+    let code = run_driver(&cluster.gcs, &app, &opts.args, &first);
+    if published.is_ok() {
+        let _ = std::fs::remove_file(&rdv);
+    }
     cluster.stop();
-    let status = status.map_err(|e| Error::io(&format!("running {}", app.display()), e))?;
+    code
+}
+
+fn launch_slurm(opts: LaunchOptions, app: PathBuf, env: SlurmEnv) -> Result<i32> {
+    let me =
+        std::env::current_exe().map_err(|e| Error::io("locating the launcher executable", e))?;
+    let ip = slurm::node_ip()?;
+    let rdv = env.rendezvous();
+    let config = env.node_config(opts.config);
+    let (base, gcs) = if env.rank == 0 {
+        let mut base = Session::new_cluster(config.clone(), false)?;
+        base.ip = ip;
+        let gcs = Gcs::start(base.for_node(env.node_index, &env.node_name)?)?;
+        base.gcs = gcs.addr();
+        slurm::publish(&rdv, &base)?;
+        (base, Some(gcs))
+    } else {
+        (slurm::await_rendezvous(&rdv, join_timeout())?, None)
+    };
+    let mut s = base.for_node(env.node_index, &env.node_name)?;
+    s.ip = ip;
+    s.config = config;
+    s.exe = app.clone();
+    s.args = opts.args.clone();
+    let s = with_node_resource(s);
+    session::open_log(&s, &format!("launcher-{}", env.rank));
+    log!(
+        "launcher rank {} (local rank {}) on node {} ({ip}): job {} step {}, {} nodes",
+        env.rank,
+        env.local_rank,
+        s.node,
+        env.job,
+        env.step,
+        env.nodes
+    );
+    let mut raylet = spawn_raylet(&me, &s, &[])?;
+    if let Some(g) = gcs.clone() {
+        // scancel or Ctrl-C: stop the driver, then the cluster, in order.
+        crate::signals::on_terminate(move |_| g.request_stop());
+    } else {
+        // Other ranks: the raylet cleans up after the same signal.
+        crate::signals::on_terminate(|_| std::process::exit(143));
+    }
+    let Some(gcs) = gcs else {
+        // Not rank 0: serve until the cluster ends (the raylet exits when
+        // the GCS goes away or is told to stop).
+        let status = raylet
+            .wait()
+            .map_err(|e| Error::io("waiting for the raylet", e))?;
+        return Ok(if status.success() { 0 } else { 1 });
+    };
+    let expected = expected_nodes(&env);
+    let joined = wait_registered(
+        &gcs,
+        &expected,
+        std::slice::from_mut(&mut raylet),
+        std::slice::from_ref(&s),
+        join_timeout(),
+    );
+    let code = match joined {
+        Ok(()) => run_driver(&gcs, &app, &opts.args, &s),
+        Err(e) => Err(e),
+    };
+    // The end of the cluster: every raylet stops (their workers with them),
+    // then the other ranks' launchers return.
+    for n in gcs.nodes() {
+        send_shutdown(&n.raylet(), &s);
+    }
+    gcs.stop();
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline && matches!(raylet.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = raylet.kill();
+    let _ = raylet.wait();
+    let _ = std::fs::remove_file(&rdv);
+    code
+}
+
+/// The node names of the step, for error messages: `scontrol show
+/// hostnames` of the step's node list, else `node 0..n`.
+fn expected_nodes(env: &SlurmEnv) -> Vec<String> {
+    let list = std::env::var("SLURM_STEP_NODELIST")
+        .or_else(|_| std::env::var("SLURM_JOB_NODELIST"))
+        .ok();
+    let names = list.and_then(|l| {
+        let out = std::process::Command::new("scontrol")
+            .args(["show", "hostnames", &l])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        (names.len() == env.nodes as usize).then_some(names)
+    });
+    names.unwrap_or_else(|| (0..env.nodes).map(|i| format!("node {i}")).collect())
+}
+
+/// Runs the application as the cluster's driver until it exits, or until
+/// `rust-ray-launch stop` (then it gets SIGTERM, and SIGKILL after a grace
+/// period). Returns its exit code (128 + signal if killed).
+fn run_driver(gcs: &Gcs, app: &Path, args: &[String], s: &Session) -> Result<i32> {
+    log!("launcher: running {} as the driver", app.display());
+    let mut child = std::process::Command::new(app)
+        .args(args)
+        .env(crate::ENV_ADDRESS, s.to_env()?)
+        .spawn()
+        .map_err(|e| Error::io(&format!("running {}", app.display()), e))?;
+    let mut stop_at: Option<Instant> = None;
+    let status = loop {
+        if let Some(st) = child
+            .try_wait()
+            .map_err(|e| Error::io("waiting for the driver", e))?
+        {
+            break st;
+        }
+        match stop_at {
+            None if gcs.wait_stop_request(Duration::from_millis(50)) => {
+                log!("launcher: stop requested; sending SIGTERM to the driver");
+                // SAFETY: signalling our own child, not yet reaped.
+                unsafe {
+                    libc::kill(child.id() as i32, libc::SIGTERM);
+                }
+                stop_at = Some(Instant::now() + DRIVER_GRACE);
+            }
+            Some(t) if Instant::now() > t => {
+                let _ = child.kill();
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
     use std::os::unix::process::ExitStatusExt;
     Ok(status
         .code()
@@ -244,4 +444,103 @@ fn resolve_app(app: &Path) -> Result<PathBuf> {
             app.display()
         ))),
     }
+}
+
+/// The clusters `rust-ray-launch status`/`stop` can reach: the steps of
+/// `job` (default: `$SLURM_JOB_ID`), or, without one, every cluster of this
+/// user (Slurm steps and local launchers).
+fn find_clusters(job: Option<&str>) -> Result<Vec<(String, Session)>> {
+    let job = job
+        .map(String::from)
+        .or_else(|| std::env::var("SLURM_JOB_ID").ok());
+    let dir = slurm::rendezvous_dir();
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let wanted = match &job {
+                Some(j) => name.starts_with(&format!("job-{j}.")),
+                None => name.starts_with("job-") || name.starts_with("local-"),
+            };
+            if !wanted || name.contains(".tmp") {
+                continue;
+            }
+            if let Ok(text) = std::fs::read_to_string(e.path()) {
+                if let Ok(s) = Session::from_env_str(text.trim()) {
+                    out.push((name, s));
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    if out.is_empty() {
+        return Err(Error::unavailable(match job {
+            Some(j) => format!("no rustray cluster of job {j} in {}", dir.display()),
+            None => format!("no rustray cluster in {}", dir.display()),
+        }));
+    }
+    Ok(out)
+}
+
+/// One request to a cluster's GCS, without joining the cluster.
+fn ask_gcs(s: &Session, msg: &Msg, reply: bool) -> Result<Option<Msg>> {
+    let mut stream = s.gcs_endpoint().connect(&s.secret)?;
+    Conn::new(&stream)?.send(msg)?;
+    if !reply {
+        return Ok(None);
+    }
+    if let crate::transport::Stream::Tcp(t) = &stream {
+        let _ = t.set_read_timeout(Some(Duration::from_secs(10)));
+    }
+    crate::transport::read_frame(&mut stream, &mut Vec::new())
+        .map_err(|e| Error::unavailable(format!("the GCS at {} did not answer: {e}", s.gcs)))
+}
+
+/// `rust-ray-launch status`: each node's resources, use and object store.
+pub fn status_report(job: Option<&str>) -> Result<String> {
+    let mut out = String::new();
+    for (name, s) in find_clusters(job)? {
+        let reply = ask_gcs(&s, &Msg::GetNodes { req: 1 }, true)?;
+        let Some(Msg::Nodes { nodes, .. }) = reply else {
+            return Err(Error::unavailable("unexpected answer from the GCS"));
+        };
+        out.push_str(&format!(
+            "cluster {} ({name}), GCS at {}, {} nodes\n",
+            s.cluster,
+            s.gcs,
+            nodes.len()
+        ));
+        for n in nodes {
+            out.push_str(&node_line(&n));
+        }
+    }
+    Ok(out)
+}
+
+fn node_line(n: &NodeInfo) -> String {
+    let used = |k: &str| n.total.get(k) - n.available.get(k);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    format!(
+        "  node {:>3} {:<20} {:<15} {:<5} CPU {:>5.1}/{:<5.1} GPU {:>4.1}/{:<4.1} store {:>9.1}/{:.1} MiB\n",
+        n.index,
+        n.name,
+        n.ip,
+        if n.alive { "alive" } else { "DEAD" },
+        used(crate::scheduler::CPU),
+        n.total.get(crate::scheduler::CPU),
+        used(crate::scheduler::GPU),
+        n.total.get(crate::scheduler::GPU),
+        mib(n.store_used),
+        mib(n.store_capacity)
+    )
+}
+
+/// `rust-ray-launch stop`: ends the driver, then the cluster, of `job`'s
+/// steps (default `$SLURM_JOB_ID`); never another job's.
+pub fn stop_clusters(job: Option<&str>) -> Result<usize> {
+    let found = find_clusters(job)?;
+    for (_, s) in &found {
+        ask_gcs(s, &Msg::StopCluster, false)?;
+    }
+    Ok(found.len())
 }

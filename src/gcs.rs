@@ -252,6 +252,8 @@ pub(crate) struct Gcs {
     next_req: AtomicU64,
     stopping: AtomicBool,
     addr: SocketAddr,
+    /// Set by `rust-ray-launch stop`; the launcher waits on it.
+    stop_requested: (Mutex<bool>, std::sync::Condvar),
 }
 
 impl Gcs {
@@ -269,6 +271,7 @@ impl Gcs {
             next_req: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
             addr,
+            stop_requested: (Mutex::new(false), std::sync::Condvar::new()),
         });
         log!("GCS listening on {addr}");
         let g = gcs.clone();
@@ -277,6 +280,22 @@ impl Gcs {
             .spawn(move || g.accept(listener))
             .map_err(|e| Error::io("spawning the GCS thread", e))?;
         Ok(gcs)
+    }
+
+    /// Asks the launcher to stop the driver and the cluster.
+    pub(crate) fn request_stop(&self) {
+        let (flag, cv) = &self.stop_requested;
+        *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+    }
+
+    /// Waits up to `timeout` for a stop request; true if one came.
+    pub(crate) fn wait_stop_request(&self, timeout: Duration) -> bool {
+        let (flag, cv) = &self.stop_requested;
+        let g = flag.lock().unwrap_or_else(|p| p.into_inner());
+        *cv.wait_timeout_while(g, timeout, |stop| !*stop)
+            .unwrap_or_else(|p| p.into_inner())
+            .0
     }
 
     /// Where raylets and workers reach the GCS.
@@ -418,15 +437,26 @@ impl Gcs {
                 drop(nodes);
                 let _ = conn.send(&Msg::NodeRegistered { req, result });
             }
-            Msg::ReportResources { node, available } => {
+            Msg::ReportResources {
+                node,
+                available,
+                store_used,
+                store_capacity,
+            } => {
                 let view = {
                     let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(n) = nodes.get_mut(&node) {
                         n.available = available;
+                        n.store_used = store_used;
+                        n.store_capacity = store_capacity;
                     }
                     nodes.values().cloned().collect()
                 };
                 let _ = conn.send(&Msg::ClusterView { nodes: view });
+            }
+            Msg::StopCluster => {
+                log!("GCS: stop requested");
+                self.request_stop();
             }
             Msg::GetNodes { req } => {
                 let _ = conn.send(&Msg::Nodes {

@@ -58,6 +58,8 @@ mod object_store;
 mod raylet;
 mod scheduler;
 mod session;
+mod signals;
+mod slurm;
 mod task;
 mod transport;
 mod worker;
@@ -80,7 +82,9 @@ use std::sync::{Arc, Mutex};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::actor::{unknown_method, wrong_actor_state, ActorCore, ActorMethods};
-    pub use crate::cluster::{launcher_main, serve_role_if_any, LaunchOptions};
+    pub use crate::cluster::{
+        launcher_main, serve_role_if_any, status_report, stop_clusters, LaunchOptions,
+    };
     pub use crate::task::{
         submit_task, ActorClassEntry, ArgReader, ConstructFn, DispatchFn, InvokeFn, RemoteFunction,
         Returns,
@@ -101,7 +105,7 @@ static CLUSTER: Mutex<Option<Cluster>> = Mutex::new(None);
 
 /// Environment variable through which `rust-ray-launch` hands a driver the
 /// cluster to join (the node's session).
-const ENV_ADDRESS: &str = "RUSTRAY_ADDRESS";
+pub(crate) const ENV_ADDRESS: &str = "RUSTRAY_ADDRESS";
 
 /// Starts an embedded local cluster with default settings (all cores), or
 /// joins the cluster of `rust-ray-launch` when run under it.
@@ -200,6 +204,10 @@ pub struct Node {
     pub available: Vec<(String, f64)>,
     /// False once the GCS lost the node.
     pub alive: bool,
+    /// Object store bytes in use at its last report.
+    pub store_used: u64,
+    /// Object store size.
+    pub store_capacity: u64,
 }
 
 impl From<transport::NodeInfo> for Node {
@@ -211,6 +219,8 @@ impl From<transport::NodeInfo> for Node {
             total: n.total.to_vec(),
             available: n.available.to_vec(),
             alive: n.alive,
+            store_used: n.store_used,
+            store_capacity: n.store_capacity,
         }
     }
 }

@@ -169,6 +169,8 @@ fn run(session: Session) -> Result<()> {
             .map_err(|e| Error::io("spawning a raylet thread", e))
     };
     let r = raylet.clone();
+    crate::signals::on_terminate(move |sig| r.shutdown(&format!("signal {sig}")));
+    let r = raylet.clone();
     spawn("raylet-reaper", Box::new(move || r.reap()))?;
     let r = raylet.clone();
     spawn("raylet-report", Box::new(move || r.report(gcs)))?;
@@ -209,6 +211,8 @@ impl Raylet {
                 total: resources.clone(),
                 available: resources.clone(),
                 alive: true,
+                store_used: 0,
+                store_capacity: self.arena.len() as u64,
             },
         })
         .map_err(gcs_err)?;
@@ -244,10 +248,14 @@ impl Raylet {
     /// Reports free resources to the GCS until the connection fails.
     fn report(&self, gcs: Arc<Conn>) {
         loop {
-            let available = self.lock().leases.available().clone();
-            let msg = Msg::ReportResources {
-                node: self.session.node_index,
-                available,
+            let msg = {
+                let st = self.lock();
+                Msg::ReportResources {
+                    node: self.session.node_index,
+                    available: st.leases.available().clone(),
+                    store_used: st.store.used(),
+                    store_capacity: st.store.capacity(),
+                }
             };
             if gcs.send(&msg).is_err() {
                 return;

@@ -74,6 +74,14 @@ impl Config {
         self
     }
 
+    pub(crate) fn has_num_cpus(&self) -> bool {
+        self.num_cpus.is_some()
+    }
+
+    pub(crate) fn has_num_gpus(&self) -> bool {
+        self.num_gpus.is_some()
+    }
+
     pub(crate) fn node_count(&self) -> Result<u16> {
         match self.local_nodes.unwrap_or(1) {
             0 => Err(Error::invalid("local_nodes must be at least 1")),

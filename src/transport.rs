@@ -254,6 +254,9 @@ pub(crate) struct NodeInfo {
     pub(crate) total: ResourceSet,
     pub(crate) available: ResourceSet,
     pub(crate) alive: bool,
+    /// Object store bytes in use and in total, at the last report.
+    pub(crate) store_used: u64,
+    pub(crate) store_capacity: u64,
 }
 
 impl NodeInfo {
@@ -457,7 +460,11 @@ pub(crate) enum Msg {
     ReportResources {
         node: u16,
         available: ResourceSet,
+        store_used: u64,
+        store_capacity: u64,
     },
+    /// `rust-ray-launch stop`: end the cluster's driver and the cluster.
+    StopCluster,
     ClusterView {
         nodes: Vec<NodeInfo>,
     },

@@ -1,0 +1,131 @@
+//! `rust-ray-launch`: a rustray cluster the HPC way.
+//!
+//! ```text
+//! srun rust-ray-launch -- ./app args       # one task per node of the allocation
+//! rust-ray-launch --local-nodes 3 -- ./app # the same topology on this machine
+//! rust-ray-launch status [--job ID]        # nodes, resources, object stores
+//! rust-ray-launch stop [--job ID]          # ends the driver and the cluster
+//! ```
+//!
+//! Under `srun` every task starts its node's raylet, rank 0 also the GCS;
+//! once every node has joined, rank 0 runs the application as the driver
+//! and the step ends with its exit code. Nothing to configure: resources
+//! come from Slurm (`SLURM_CPUS_ON_NODE`, GPUs from GRES), addresses from
+//! the nodes themselves, ports from the OS. The flags override Slurm's
+//! resources.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rust-ray-launch",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Start N nodes on this machine instead of one per Slurm node.
+    #[arg(long, value_name = "N")]
+    local_nodes: Option<u16>,
+    /// CPUs per node (default: Slurm's allocation, else this machine's cores).
+    #[arg(long)]
+    num_cpus: Option<f64>,
+    /// GPUs per node (default: Slurm's GRES, else 0).
+    #[arg(long)]
+    num_gpus: Option<f64>,
+    /// A custom resource per node, NAME=AMOUNT (repeatable).
+    #[arg(long = "resource", value_name = "NAME=AMOUNT", value_parser = parse_resource)]
+    resources: Vec<(String, f64)>,
+    /// Object store size per node, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    object_store_memory: Option<u64>,
+    /// The application and its arguments (after `--`).
+    #[arg(last = true, value_name = "APP")]
+    app: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show the nodes of a running cluster: resources, use, object store.
+    Status {
+        /// The Slurm job (default: $SLURM_JOB_ID, else every cluster of yours).
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Stop a running cluster: its driver, then every node.
+    Stop {
+        /// The Slurm job (default: $SLURM_JOB_ID, else every cluster of yours).
+        #[arg(long)]
+        job: Option<String>,
+    },
+}
+
+fn parse_resource(s: &str) -> Result<(String, f64), String> {
+    let (name, amount) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=AMOUNT"))?;
+    let amount: f64 = amount
+        .parse()
+        .map_err(|_| format!("the amount in `{s}` is not a number"))?;
+    Ok((name.to_string(), amount))
+}
+
+fn main() {
+    // Raylets are this binary re-executed: serve that role first.
+    rustray::__private::serve_role_if_any();
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rust-ray-launch: {e}");
+            // A failing rank makes srun end the step (--kill-on-bad-exit);
+            // give its I/O forwarding a moment to deliver this message.
+            if std::env::var_os("SLURM_JOB_ID").is_some() {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> rustray::Result<i32> {
+    match cli.command {
+        Some(Command::Status { job }) => {
+            print!("{}", rustray::__private::status_report(job.as_deref())?);
+            return Ok(0);
+        }
+        Some(Command::Stop { job }) => {
+            let n = rustray::__private::stop_clusters(job.as_deref())?;
+            println!("asked {n} cluster(s) to stop");
+            return Ok(0);
+        }
+        None => {}
+    }
+    let Some((app, args)) = cli.app.split_first() else {
+        eprintln!("rust-ray-launch: no application given; usage: rust-ray-launch [OPTIONS] -- APP [ARGS...]");
+        return Ok(2);
+    };
+    let mut config = rustray::Config::new();
+    if let Some(n) = cli.num_cpus {
+        config = config.num_cpus(n);
+    }
+    if let Some(n) = cli.num_gpus {
+        config = config.num_gpus(n);
+    }
+    for (name, amount) in &cli.resources {
+        config = config.resource(name, *amount);
+    }
+    if let Some(b) = cli.object_store_memory {
+        config = config.object_store_memory(b);
+    }
+    rustray::__private::launcher_main(rustray::__private::LaunchOptions {
+        local_nodes: cli.local_nodes,
+        config,
+        app: PathBuf::from(app),
+        args: args.to_vec(),
+    })
+}

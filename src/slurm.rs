@@ -1,0 +1,249 @@
+//! Bootstrapping a cluster inside a Slurm allocation: what a node learns
+//! from its environment, its own address, and the job-scoped rendezvous
+//! through which rank 0 hands the GCS address and the cluster secret to the
+//! other ranks.
+//!
+//! Nothing is configured by hand. Slurm says which task is rank 0
+//! (`SLURM_PROCID`), which node this is (`SLURM_NODEID`), how many nodes
+//! there are and what they were given (`SLURM_CPUS_ON_NODE`,
+//! `SLURM_GPUS_ON_NODE`, `CUDA_VISIBLE_DEVICES`). The node advertises its
+//! own non-loopback address (a hostname that resolves to 127.0.0.1 is
+//! ignored), ports are picked by the OS, and the GCS's address reaches the
+//! other ranks through a file named after the job and step, readable by the
+//! user alone, in a directory on the shared filesystem
+//! (`$RUSTRAY_RENDEZVOUS_DIR`, default `$HOME/.rustray/jobs`): two jobs, or
+//! two steps of one job, never see each other's clusters.
+
+use crate::error::{Error, Result};
+use crate::session::{Config, Session};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// What this task of a Slurm step knows from its environment.
+#[derive(Clone, Debug)]
+pub(crate) struct SlurmEnv {
+    pub(crate) job: String,
+    pub(crate) step: String,
+    /// Global rank of this task.
+    pub(crate) rank: u32,
+    /// Index of this node in the step.
+    pub(crate) node_index: u16,
+    /// Rank of this task among the tasks on its node.
+    pub(crate) local_rank: u32,
+    pub(crate) nodes: u16,
+    pub(crate) node_name: String,
+    pub(crate) cpus: Option<f64>,
+    pub(crate) gpus: Option<f64>,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn num<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
+    match var(name) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::invalid(format!("{name}={v} is not a number"))),
+    }
+}
+
+impl SlurmEnv {
+    /// The step this process is a task of, if it runs under `srun`.
+    pub(crate) fn detect() -> Result<Option<SlurmEnv>> {
+        let (Some(job), Some(rank)) = (var("SLURM_JOB_ID"), num::<u32>("SLURM_PROCID")?) else {
+            return Ok(None);
+        };
+        let Some(node_index) = num::<u16>("SLURM_NODEID")? else {
+            return Ok(None);
+        };
+        let nodes = num::<u16>("SLURM_STEP_NUM_NODES")?
+            .or(num::<u16>("SLURM_NNODES")?)
+            .unwrap_or(1);
+        let gpus = match num::<f64>("SLURM_GPUS_ON_NODE")? {
+            Some(g) => Some(g),
+            None => var("CUDA_VISIBLE_DEVICES")
+                .map(|v| v.split(',').filter(|d| !d.trim().is_empty()).count() as f64),
+        };
+        Ok(Some(SlurmEnv {
+            job,
+            step: var("SLURM_STEP_ID").unwrap_or_else(|| "batch".into()),
+            rank,
+            node_index,
+            local_rank: num("SLURM_LOCALID")?.unwrap_or(0),
+            nodes,
+            node_name: var("SLURMD_NODENAME").unwrap_or_else(crate::session::node_name),
+            cpus: num("SLURM_CPUS_ON_NODE")?,
+            gpus,
+        }))
+    }
+
+    /// The node's resources: what Slurm allocated, unless `config` says
+    /// otherwise.
+    pub(crate) fn node_config(&self, mut config: Config) -> Config {
+        if let (false, Some(c)) = (config.has_num_cpus(), self.cpus) {
+            config = config.num_cpus(c);
+        }
+        if let (false, Some(g)) = (config.has_num_gpus(), self.gpus) {
+            config = config.num_gpus(g);
+        }
+        config
+    }
+
+    /// The rendezvous file of this job step.
+    pub(crate) fn rendezvous(&self) -> PathBuf {
+        rendezvous_dir().join(format!("job-{}.{}", self.job, self.step))
+    }
+}
+
+/// Where rendezvous files live: on the shared filesystem, per user.
+pub(crate) fn rendezvous_dir() -> PathBuf {
+    var("RUSTRAY_RENDEZVOUS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".rustray/jobs")))
+        .unwrap_or_else(|| PathBuf::from("/tmp/rustray/jobs"))
+}
+
+/// Publishes the cluster (rank 0): written to a temporary name and renamed,
+/// so a reader never sees half a file; mode 0600, since it holds the secret.
+pub(crate) fn publish(path: &std::path::Path, base: &Session) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::invalid("the rendezvous path has no directory"))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(&format!("creating {}", dir.display()), e))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(base.to_env().map_err(std::io::Error::other)?.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        Error::io(
+            &format!("writing the rendezvous file {}", path.display()),
+            e,
+        )
+    })
+}
+
+/// Waits (bounded) for rank 0's rendezvous file and reads the cluster.
+pub(crate) fn await_rendezvous(path: &std::path::Path, timeout: Duration) -> Result<Session> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match std::fs::read_to_string(path) {
+            Ok(s) => return Session::from_env_str(s.trim()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&format!("reading {}", path.display()), e)),
+        }
+        if Instant::now() > deadline {
+            return Err(Error::unavailable(format!(
+                "rank 0 did not publish the cluster at {} within {timeout:?} (did it fail to start?)",
+                path.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// This node's address for other nodes: `RUSTRAY_NODE_IP` if set, else the
+/// hostname's address unless it is loopback, else the first address of an
+/// interface that is up and not loopback.
+pub(crate) fn node_ip() -> Result<IpAddr> {
+    if let Some(v) = var("RUSTRAY_NODE_IP") {
+        return v
+            .parse()
+            .map_err(|_| Error::invalid(format!("RUSTRAY_NODE_IP={v} is not an IP address")));
+    }
+    let host = crate::session::node_name();
+    if let Ok(addrs) = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), 0)) {
+        if let Some(a) = addrs
+            .map(|a| a.ip())
+            .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+        {
+            return Ok(a);
+        }
+    }
+    interface_ip().ok_or_else(|| {
+        Error::unavailable(format!(
+            "node {host} has no non-loopback IPv4 address to advertise (set RUSTRAY_NODE_IP)"
+        ))
+    })
+}
+
+fn interface_ip() -> Option<IpAddr> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        let up = ifa.ifa_flags & libc::IFF_UP as u32 != 0;
+        let lo = ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
+        if !up || lo || ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null and points to a sockaddr.
+        if unsafe { (*ifa.ifa_addr).sa_family } as i32 != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: family AF_INET means the sockaddr is a sockaddr_in.
+        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+        found = Some(IpAddr::from(
+            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+        ));
+        break;
+    }
+    // SAFETY: freeing the list getifaddrs allocated, once.
+    unsafe { libc::freeifaddrs(head) };
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_roundtrips_and_is_private() {
+        let dir = std::env::temp_dir().join(format!("rustray-rdv-{}", std::process::id()));
+        let path = dir.join("job-7.0");
+        let mut s = Session::new_cluster(Config::new(), false).unwrap();
+        s.gcs = "10.77.0.11:4242".parse().unwrap();
+        publish(&path, &s).unwrap();
+        let back = await_rendezvous(&path, Duration::from_secs(1)).unwrap();
+        assert_eq!(back.gcs, s.gcs);
+        assert_eq!(back.cluster, s.cluster);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the secret must be readable by the user alone"
+        );
+        let e = await_rendezvous(&dir.join("job-8.0"), Duration::from_millis(50)).unwrap_err();
+        assert!(e.to_string().contains("rank 0 did not publish"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn node_ip_is_never_loopback() {
+        if let Ok(ip) = node_ip() {
+            assert!(!ip.is_loopback(), "{ip}");
+        }
+    }
+}

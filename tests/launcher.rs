@@ -1,0 +1,461 @@
+//! `rust-ray-launch` end to end: `--local-nodes` on this machine, and `srun`
+//! / `sbatch` on the emulated Slurm cluster that `make test` brings up
+//! (slurm/emu-up.sh). This test binary is also the application the launcher
+//! runs (`APP_MODE` set), so its workers are this binary too.
+//!
+//! The Slurm tests fail, rather than skip, when no Slurm cluster answers:
+//! set `RUSTRAY_SKIP_SLURM=1` to run the rest on a machine without one.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+#[rustray::remote]
+fn where_am_i(ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(ms));
+    rustray::node_name().expect("node name")
+}
+
+#[rustray::remote]
+fn fill(n: usize, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| (i as u8) ^ seed).collect()
+}
+
+/// The application side: what the launcher runs as the driver.
+fn app_main(mode: &str) -> ! {
+    rustray::init().expect("the driver joins the launcher's cluster");
+    let nodes = rustray::nodes().expect("node table");
+    match mode {
+        "app" => {
+            for n in &nodes {
+                let pin = format!("node:{}", n.name);
+                let r = where_am_i::options().resource(&pin, 0.01).remote(0u64);
+                let got = rustray::get(&r).expect("a task on every node");
+                assert_eq!(got, n.name);
+                // An object made on that node, read here.
+                let big = fill::options().resource(&pin, 0.01).remote(4 << 20, 7u8);
+                let v = rustray::get(&big).expect("object from that node");
+                assert!(v.iter().enumerate().all(|(i, b)| *b == (i as u8) ^ 7));
+            }
+            println!("nodes used: {}", nodes.len());
+            for n in &nodes {
+                let cpu = n.total.iter().find(|(k, _)| k == "CPU").map(|(_, v)| *v);
+                let gpu = n.total.iter().find(|(k, _)| k == "GPU").map(|(_, v)| *v);
+                println!(
+                    "node {} {} cpu={} gpu={}",
+                    n.name,
+                    n.address,
+                    cpu.unwrap_or(0.0),
+                    gpu.unwrap_or(0.0)
+                );
+            }
+            rustray::shutdown();
+            std::process::exit(0);
+        }
+        "exit3" => std::process::exit(3),
+        "wait" => {
+            println!("waiting");
+            std::thread::sleep(Duration::from_secs(60));
+            std::process::exit(0);
+        }
+        other => panic!("unknown APP_MODE {other}"),
+    }
+}
+
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    // target/<profile>/deps/launcher-<hash>
+    exe.parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .to_path_buf()
+}
+
+fn launcher() -> PathBuf {
+    let p = target_dir().join("rust-ray-launch");
+    assert!(
+        p.exists(),
+        "{} is missing: build it (cargo build --release -p rust-ray-launch)",
+        p.display()
+    );
+    p
+}
+
+fn me() -> PathBuf {
+    std::env::current_exe().expect("test exe")
+}
+
+/// A private rendezvous directory per test run.
+fn rdv_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rustray-launch-test-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("rendezvous dir");
+    d
+}
+
+/// Runs `cmd` with a bound; kills it if it overruns.
+fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("command starts");
+    let pid = child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d2 = done.clone();
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if d2.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    });
+    let out = child.wait_with_output().expect("command output");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    out
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn launch_local(nodes: u16, mode: &str) -> Command {
+    let mut c = Command::new(launcher());
+    c.args(["--local-nodes", &nodes.to_string(), "--num-cpus", "1"])
+        .args(["--object-store-memory", &(256u64 << 20).to_string()])
+        .arg("--")
+        .arg(me())
+        .env("APP_MODE", mode)
+        .env("RUSTRAY_RENDEZVOUS_DIR", rdv_dir());
+    c
+}
+
+fn test_launch_local_nodes() {
+    let out = run_bounded(launch_local(3, "app"), Duration::from_secs(60));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("nodes used: 3"), "{t}");
+}
+
+fn test_launch_returns_the_driver_exit_code() {
+    let out = run_bounded(launch_local(2, "exit3"), Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+}
+
+fn test_launch_bad_app_is_a_clear_error() {
+    let mut c = Command::new(launcher());
+    c.args(["--local-nodes", "2", "--", "/nonexistent/app"]);
+    let out = run_bounded(c, Duration::from_secs(30));
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("/nonexistent/app") && t.contains("not found"),
+        "{t}"
+    );
+}
+
+fn status_in(dir: &std::path::Path) -> Output {
+    let mut s = Command::new(launcher());
+    s.arg("status").env("RUSTRAY_RENDEZVOUS_DIR", dir);
+    run_bounded(s, Duration::from_secs(20))
+}
+
+/// Starts a 2-node launcher whose driver waits, in its own rendezvous
+/// directory; returns it once `status` shows both nodes, with the report.
+fn start_waiting_cluster(dir: &std::path::Path) -> (std::process::Child, String) {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut c = launch_local(2, "wait");
+    c.env("RUSTRAY_RENDEZVOUS_DIR", dir);
+    let child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("launcher starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = status_in(dir);
+        let t = String::from_utf8_lossy(&o.stdout).into_owned();
+        if o.status.success() && t.matches(" alive ").count() == 2 {
+            return (child, t);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed 2 nodes: {}",
+            text(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `status` shows the running cluster's nodes; `stop` ends its driver and
+/// the cluster, and nothing of it is left behind.
+fn test_status_and_stop() {
+    let dir = rdv_dir().join("status");
+    let (child, report) = start_waiting_cluster(&dir);
+    assert!(
+        report.contains("2 nodes") && report.contains("store"),
+        "{report}"
+    );
+    let mut stop = Command::new(launcher());
+    stop.arg("stop").env("RUSTRAY_RENDEZVOUS_DIR", &dir);
+    let o = run_bounded(stop, Duration::from_secs(20));
+    assert!(o.status.success(), "{}", text(&o));
+    let t0 = Instant::now();
+    let out = child.wait_with_output().expect("launcher output");
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "stop took {:?}",
+        t0.elapsed()
+    );
+    // The driver got SIGTERM.
+    assert_eq!(out.status.code(), Some(128 + 15), "{}", text(&out));
+    let o = status_in(&dir);
+    assert!(!o.status.success(), "cluster still listed: {}", text(&o));
+}
+
+/// SIGTERM to the launcher (what `scancel` or Ctrl-C does) ends the driver
+/// and the cluster, leaving no shared memory, socket or process behind.
+fn test_sigterm_leaves_nothing_behind() {
+    let dir = rdv_dir().join("sigterm");
+    let (child, report) = start_waiting_cluster(&dir);
+    let cluster = report
+        .split_whitespace()
+        .nth(1)
+        .expect("cluster id in the status report")
+        .to_string();
+    let shm = || -> Vec<String> {
+        std::fs::read_dir("/dev/shm")
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.contains(&cluster))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(shm().len(), 2, "one arena per node while it runs");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let t0 = Instant::now();
+    let out = child.wait_with_output().expect("launcher output");
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(128 + 15), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !shm().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(shm().is_empty(), "left behind: {:?}", shm());
+    let base = std::env::var_os("RUSTRAY_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/rustray"));
+    let socks: Vec<PathBuf> = std::fs::read_dir(&base)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&cluster))
+                .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten().flatten())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(socks.is_empty(), "sockets left: {socks:?}");
+}
+
+// ------------------------------------------------------------------ Slurm
+
+fn slurm_wanted() -> bool {
+    std::env::var_os("RUSTRAY_SKIP_SLURM").is_none()
+}
+
+fn slurm_env(c: &mut Command, mode: &str) {
+    c.env("APP_MODE", mode)
+        .env("RUSTRAY_RENDEZVOUS_DIR", rdv_dir())
+        .env("RUSTRAY_TMPDIR", std::env::temp_dir().join("rustray"));
+}
+
+fn srun(nodes: u16, extra: &[&str], mode: &str) -> Output {
+    let mut c = Command::new("srun");
+    c.args([
+        "-N",
+        &nodes.to_string(),
+        "--ntasks-per-node=1",
+        "--kill-on-bad-exit=1",
+    ])
+    .args(extra)
+    .arg(launcher())
+    .args(["--object-store-memory", &(256u64 << 20).to_string()])
+    .arg("--")
+    .arg(me());
+    slurm_env(&mut c, mode);
+    run_bounded(c, Duration::from_secs(120))
+}
+
+fn test_slurm_srun_three_nodes() {
+    if !slurm_wanted() {
+        return;
+    }
+    let out = srun(3, &[], "app");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("nodes used: 3"), "{t}");
+    // Every node advertises its own address, never loopback.
+    let addrs: std::collections::BTreeSet<&str> = t
+        .lines()
+        .filter(|l| l.starts_with("node "))
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(addrs.len(), 3, "{t}");
+    assert!(addrs.iter().all(|a| !a.starts_with("127.")), "{t}");
+}
+
+fn test_slurm_gres_gpus_become_resources() {
+    if !slurm_wanted() {
+        return;
+    }
+    let out = srun(2, &["--gpus-per-node=2"], "app");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert_eq!(t.matches("gpu=2").count(), 2, "{t}");
+}
+
+fn test_slurm_sbatch() {
+    if !slurm_wanted() {
+        return;
+    }
+    let dir = rdv_dir();
+    let log = dir.join("sbatch-%j.out");
+    let script = std::env::current_dir()
+        .expect("cwd")
+        .join("slurm/rust-ray.sbatch");
+    let mut c = Command::new("sbatch");
+    c.args(["--parsable", "-N", "3", "-o"])
+        .arg(&log)
+        .arg(&script)
+        .arg(me())
+        .env("RUST_RAY_LAUNCH", launcher());
+    slurm_env(&mut c, "app");
+    let out = run_bounded(c, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out));
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let q = run_bounded(
+            {
+                let mut q = Command::new("squeue");
+                q.args(["-h", "-j", &job]);
+                q
+            },
+            Duration::from_secs(10),
+        );
+        if String::from_utf8_lossy(&q.stdout).trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "job {job} did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let path = dir.join(format!("sbatch-{job}.out"));
+    let t = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(t.contains("nodes used: 3"), "job {job} output:\n{t}");
+}
+
+/// A rank that never starts its raylet: rank 0 fails the step with an
+/// error naming the missing node, within the join bound, and no rank hangs.
+fn test_slurm_node_never_registers() {
+    if !slurm_wanted() {
+        return;
+    }
+    let dir = rdv_dir();
+    let conf = dir.join("multi-prog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "0-1 {} -- {}\n2 sleep 60\n",
+            launcher().display(),
+            me().display()
+        ),
+    )
+    .expect("multi-prog file");
+    let mut c = Command::new("srun");
+    c.args([
+        "-N",
+        "3",
+        "--ntasks-per-node=1",
+        "--kill-on-bad-exit=1",
+        "--multi-prog",
+    ])
+    .arg(&conf)
+    .env("RUSTRAY_JOIN_TIMEOUT_S", "5");
+    slurm_env(&mut c, "app");
+    let t0 = Instant::now();
+    let out = run_bounded(c, Duration::from_secs(90));
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("did not register"), "{t}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t0.elapsed()
+    );
+}
+
+/// Two jobs on the same nodes at once: each its own cluster.
+fn test_slurm_two_jobs_at_once() {
+    if !slurm_wanted() {
+        return;
+    }
+    let a = std::thread::spawn(|| srun(2, &["--overlap", "--oversubscribe"], "app"));
+    let b = std::thread::spawn(|| srun(2, &["--overlap", "--oversubscribe"], "app"));
+    for o in [a.join().expect("job a"), b.join().expect("job b")] {
+        let t = text(&o);
+        assert!(o.status.success(), "{t}");
+        assert!(t.contains("nodes used: 2"), "{t}");
+    }
+}
+
+fn main() {
+    common::enter_cluster_role();
+    if let Ok(mode) = std::env::var("APP_MODE") {
+        app_main(&mode);
+    }
+    common::run(&[
+        ("test_launch_local_nodes", test_launch_local_nodes),
+        (
+            "test_launch_returns_the_driver_exit_code",
+            test_launch_returns_the_driver_exit_code,
+        ),
+        (
+            "test_launch_bad_app_is_a_clear_error",
+            test_launch_bad_app_is_a_clear_error,
+        ),
+        ("test_status_and_stop", test_status_and_stop),
+        (
+            "test_sigterm_leaves_nothing_behind",
+            test_sigterm_leaves_nothing_behind,
+        ),
+        ("test_slurm_srun_three_nodes", test_slurm_srun_three_nodes),
+        (
+            "test_slurm_gres_gpus_become_resources",
+            test_slurm_gres_gpus_become_resources,
+        ),
+        ("test_slurm_sbatch", test_slurm_sbatch),
+        (
+            "test_slurm_node_never_registers",
+            test_slurm_node_never_registers,
+        ),
+        ("test_slurm_two_jobs_at_once", test_slurm_two_jobs_at_once),
+    ]);
+}
