@@ -585,9 +585,16 @@ impl Raylet {
         let Some(c) = st.clients.remove(&client) else {
             return;
         };
-        if c.is_driver {
+        // An embedded cluster ends with its driver; a launched one serves
+        // drivers that come and go (every rank of a simulation, say).
+        if c.is_driver && self.session.embedded {
             drop(st);
             self.shutdown("the driver disconnected");
+        }
+        // A driver's objects fate-share with it, as a worker's do.
+        if let (true, Some(w)) = (c.is_driver, c.worker) {
+            let freed = st.store.free_owned_by(w);
+            log!("driver {w} disconnected; freed {freed} objects");
         }
         let a = st.leases.client_gone(client);
         self.execute(&mut st, a);

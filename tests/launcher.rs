@@ -275,6 +275,42 @@ fn test_sigterm_leaves_nothing_behind() {
     assert!(socks.is_empty(), "sockets left: {socks:?}");
 }
 
+/// The core test binary (tests/core.rs), to run the single-node suite as
+/// the driver of a multi-node cluster.
+fn core_suite() -> PathBuf {
+    let deps = target_dir().join("deps");
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&deps)
+        .expect("deps dir")
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with("core-") && !n.contains('.')
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    found.sort();
+    found.pop().expect("the core test binary is built").1
+}
+
+const SUITE_STORE: u64 = 256 << 20;
+
+fn assert_suite_passed(out: &Output) {
+    let t = text(out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("test result: ok. 24 passed"), "{t}");
+}
+
+/// The single-node suite, unchanged, on 3 local nodes.
+fn test_core_suite_on_local_nodes() {
+    let mut c = Command::new(launcher());
+    c.args(["--local-nodes", "3", "--num-cpus", "2"])
+        .args(["--object-store-memory", &SUITE_STORE.to_string()])
+        .arg("--")
+        .arg(core_suite())
+        .env("RUSTRAY_RENDEZVOUS_DIR", rdv_dir());
+    assert_suite_passed(&run_bounded(c, Duration::from_secs(240)));
+}
+
 // ------------------------------------------------------------------ Slurm
 
 fn slurm_wanted() -> bool {
@@ -302,6 +338,27 @@ fn srun(nodes: u16, extra: &[&str], mode: &str) -> Output {
     .arg(me());
     slurm_env(&mut c, mode);
     run_bounded(c, Duration::from_secs(120))
+}
+
+/// The single-node suite on 3 Slurm nodes, through srun.
+fn test_core_suite_on_slurm_srun() {
+    if !slurm_wanted() {
+        return;
+    }
+    let mut c = Command::new("srun");
+    c.args(["-N", "3", "--ntasks-per-node=1", "--kill-on-bad-exit=1"])
+        .arg(launcher())
+        .args([
+            "--num-cpus",
+            "2",
+            "--object-store-memory",
+            &SUITE_STORE.to_string(),
+        ])
+        .arg("--")
+        .arg(core_suite());
+    slurm_env(&mut c, "none");
+    c.env_remove("APP_MODE");
+    assert_suite_passed(&run_bounded(c, Duration::from_secs(240)));
 }
 
 fn test_slurm_srun_three_nodes() {
@@ -332,44 +389,57 @@ fn test_slurm_gres_gpus_become_resources() {
     assert_eq!(t.matches("gpu=2").count(), 2, "{t}");
 }
 
-fn test_slurm_sbatch() {
-    if !slurm_wanted() {
-        return;
-    }
+/// Submits `slurm/rust-ray.sbatch -N 3 <app>` and returns the job's output
+/// once it has left the queue.
+fn sbatch(app: &std::path::Path, mode: &str, sbatch_args: &[&str]) -> String {
     let dir = rdv_dir();
     let log = dir.join("sbatch-%j.out");
     let script = std::env::current_dir()
         .expect("cwd")
         .join("slurm/rust-ray.sbatch");
     let mut c = Command::new("sbatch");
-    c.args(["--parsable", "-N", "3", "-o"])
+    c.args(["--parsable", "-N", "3"])
+        .args(sbatch_args)
+        .arg("-o")
         .arg(&log)
         .arg(&script)
-        .arg(me())
+        .arg(app)
         .env("RUST_RAY_LAUNCH", launcher());
-    slurm_env(&mut c, "app");
+    slurm_env(&mut c, mode);
     let out = run_bounded(c, Duration::from_secs(30));
     assert!(out.status.success(), "{}", text(&out));
     let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(240);
     loop {
-        let q = run_bounded(
-            {
-                let mut q = Command::new("squeue");
-                q.args(["-h", "-j", &job]);
-                q
-            },
-            Duration::from_secs(10),
-        );
+        let mut q = Command::new("squeue");
+        q.args(["-h", "-j", &job]);
+        let q = run_bounded(q, Duration::from_secs(10));
         if String::from_utf8_lossy(&q.stdout).trim().is_empty() {
             break;
         }
         assert!(Instant::now() < deadline, "job {job} did not finish");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let path = dir.join(format!("sbatch-{job}.out"));
-    let t = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(t.contains("nodes used: 3"), "job {job} output:\n{t}");
+    let t = std::fs::read_to_string(dir.join(format!("sbatch-{job}.out"))).unwrap_or_default();
+    format!("job {job} output:\n{t}")
+}
+
+fn test_slurm_sbatch() {
+    if !slurm_wanted() {
+        return;
+    }
+    let t = sbatch(&me(), "app", &[]);
+    assert!(t.contains("nodes used: 3"), "{t}");
+}
+
+/// The single-node suite on 3 Slurm nodes, through sbatch.
+fn test_core_suite_on_slurm_sbatch() {
+    if !slurm_wanted() {
+        return;
+    }
+    // 2 CPUs per node, from the allocation (-c 2), as the suite expects.
+    let t = sbatch(&core_suite(), "none", &["-c", "2"]);
+    assert!(t.contains("test result: ok. 24 passed"), "{t}");
 }
 
 /// A rank that never starts its raylet: rank 0 fails the step with an
@@ -443,6 +513,14 @@ fn main() {
         ),
         ("test_status_and_stop", test_status_and_stop),
         (
+            "test_core_suite_on_local_nodes",
+            test_core_suite_on_local_nodes,
+        ),
+        (
+            "test_core_suite_on_slurm_srun",
+            test_core_suite_on_slurm_srun,
+        ),
+        (
             "test_sigterm_leaves_nothing_behind",
             test_sigterm_leaves_nothing_behind,
         ),
@@ -452,6 +530,10 @@ fn main() {
             test_slurm_gres_gpus_become_resources,
         ),
         ("test_slurm_sbatch", test_slurm_sbatch),
+        (
+            "test_core_suite_on_slurm_sbatch",
+            test_core_suite_on_slurm_sbatch,
+        ),
         (
             "test_slurm_node_never_registers",
             test_slurm_node_never_registers,

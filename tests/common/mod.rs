@@ -64,6 +64,13 @@ pub fn run(tests: &[(&str, TestFn)]) {
     }
 }
 
+/// True when this test binary runs as the driver of a launched cluster
+/// (`rust-ray-launch -- <test binary>`): `init` then joins that cluster and
+/// the settings passed to it do not apply.
+pub fn launched() -> bool {
+    std::env::var_os("RUSTRAY_ADDRESS").is_some()
+}
+
 /// Starts a cluster with `cpus` CPUs and an optional store size.
 pub fn cluster(cpus: f64, store: Option<u64>) {
     let mut cfg = rustray::Config::new().num_cpus(cpus);
