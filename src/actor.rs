@@ -56,6 +56,7 @@ impl ActorCore {
         let mut refs = cw.submit(
             method,
             Ok(ResourceSet::new()),
+            &crate::SchedulingStrategy::Default,
             0,
             args.into_iter().map(|a| a.0).collect(),
             1,
@@ -125,6 +126,7 @@ pub struct ActorOptions<A: ActorClass> {
     name: Option<String>,
     max_restarts: u32,
     shape: std::result::Result<ResourceSet, Error>,
+    strategy: crate::SchedulingStrategy,
     _a: PhantomData<fn() -> A>,
 }
 
@@ -142,6 +144,7 @@ impl<A: ActorClass> ActorOptions<A> {
             name: None,
             max_restarts: 0,
             shape: Ok(ResourceSet::new()),
+            strategy: crate::SchedulingStrategy::Default,
             _a: PhantomData,
         }
     }
@@ -182,6 +185,12 @@ impl<A: ActorClass> ActorOptions<A> {
         self.set(name, amount)
     }
 
+    /// Where the actor is placed (and re-placed when it restarts).
+    pub fn scheduling_strategy(mut self, s: crate::SchedulingStrategy) -> Self {
+        self.strategy = s;
+        self
+    }
+
     /// Creates the actor; returns once its constructor has run.
     pub fn remote(self, args: A::CtorArgs) -> Result<ActorHandle<A>> {
         let cw = worker::current()?;
@@ -198,6 +207,7 @@ impl<A: ActorClass> ActorOptions<A> {
             name: self.name,
             max_restarts: self.max_restarts,
             shape,
+            strategy: self.strategy,
         };
         match cw.gcs_call(|req| Msg::RegisterActor { req, spec }, "creating an actor")? {
             Msg::ActorRegistered { result, .. } => result?,

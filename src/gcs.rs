@@ -16,7 +16,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, LeaseId, WorkerId};
-use crate::scheduler::ResourceSet;
+use crate::scheduler::{ResourceSet, Spill};
 use crate::session::{log, Session};
 use crate::transport::{
     self, ActorInfo, ActorLookup, ActorSpec, ActorState, Conn, Endpoint, Listener, Msg, NodeInfo,
@@ -28,6 +28,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+/// A node whose raylet has not reported for this long is declared lost
+/// (a raylet that dies is noticed at once, by its connection closing; this
+/// catches one that hangs or whose node stops answering).
+const NODE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long actor creation may wait for a worker lease.
 const LEASE_WAIT: Duration = Duration::from_secs(120);
 /// The id the GCS introduces itself with to workers.
@@ -254,6 +258,10 @@ pub(crate) struct Gcs {
     addr: SocketAddr,
     /// Set by `rust-ray-launch stop`; the launcher waits on it.
     stop_requested: (Mutex<bool>, std::sync::Condvar),
+    /// Each registered raylet's connection and its last report.
+    heartbeats: Mutex<HashMap<u16, (Arc<Conn>, std::time::Instant)>>,
+    /// Round-robin position for spread actors.
+    spread_next: AtomicU64,
 }
 
 impl Gcs {
@@ -272,8 +280,15 @@ impl Gcs {
             stopping: AtomicBool::new(false),
             addr,
             stop_requested: (Mutex::new(false), std::sync::Condvar::new()),
+            heartbeats: Mutex::new(HashMap::new()),
+            spread_next: AtomicU64::new(0),
         });
         log!("GCS listening on {addr}");
+        let g = gcs.clone();
+        std::thread::Builder::new()
+            .name("gcs-health".into())
+            .spawn(move || g.health_checks())
+            .map_err(|e| Error::io("spawning the GCS health thread", e))?;
         let g = gcs.clone();
         std::thread::Builder::new()
             .name("gcs".into())
@@ -379,10 +394,39 @@ impl Gcs {
         }
     }
 
-    /// A raylet's connection closed: the node is gone.
+    /// Declares lost every node that stopped reporting.
+    fn health_checks(&self) {
+        while !self.stopping.load(Ordering::Relaxed) {
+            std::thread::sleep(NODE_TIMEOUT / 5);
+            let silent: Vec<u16> = self
+                .heartbeats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|(_, (_, t))| t.elapsed() > NODE_TIMEOUT)
+                .map(|(n, _)| *n)
+                .collect();
+            for n in silent {
+                log!("GCS: node {n} sent no report for {NODE_TIMEOUT:?}");
+                self.node_lost(n);
+            }
+        }
+    }
+
+    /// A raylet's connection closed, or it stopped reporting: the node is
+    /// gone. Its connection is closed too, so a raylet that was only slow
+    /// shuts down rather than serve a cluster that counts it dead.
     fn node_lost(&self, index: u16) {
         if self.stopping.load(Ordering::Relaxed) {
             return;
+        }
+        if let Some((c, _)) = self
+            .heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&index)
+        {
+            c.close();
         }
         if let Some(n) = self
             .nodes
@@ -430,6 +474,10 @@ impl Gcs {
                             info.raylet_port,
                             info.total
                         );
+                        self.heartbeats
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(info.index, (conn.clone(), std::time::Instant::now()));
                         nodes.insert(info.index, info);
                         Ok(())
                     }
@@ -443,6 +491,14 @@ impl Gcs {
                 store_used,
                 store_capacity,
             } => {
+                if let Some((_, t)) = self
+                    .heartbeats
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(&node)
+                {
+                    *t = std::time::Instant::now();
+                }
                 let view = {
                     let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(n) = nodes.get_mut(&node) {
@@ -578,11 +634,48 @@ impl Gcs {
         Ok(g.entry(index).or_insert(conn).clone())
     }
 
-    /// The node to place an actor of this shape on: the live node with the
-    /// most free CPU where it fits now, else one where it fits in total.
-    fn place(&self, shape: &ResourceSet) -> Result<u16> {
+    /// The node to place an actor on: the one its strategy names (when
+    /// alive, or always for a hard affinity), else, spreading, the next live
+    /// node that fits, else the live node with the most free CPU where it
+    /// fits now, else one where it fits in total.
+    fn place(&self, shape: &ResourceSet, strategy: &crate::SchedulingStrategy) -> Result<u16> {
         let nodes = self.nodes();
         let live = || nodes.iter().filter(|n| n.alive);
+        match strategy {
+            crate::SchedulingStrategy::NodeAffinity { node, soft } => {
+                match nodes.iter().find(|n| &n.name == node) {
+                    Some(n) if n.alive && shape.fits(&n.total) => return Ok(n.index),
+                    _ if *soft => {}
+                    Some(n) => {
+                        return Err(Error::new(
+                            ErrorKind::Infeasible,
+                            format!(
+                                "node affinity: node `{node}` {}",
+                                if n.alive {
+                                    "cannot fit the actor"
+                                } else {
+                                    "was lost"
+                                }
+                            ),
+                        ))
+                    }
+                    None => {
+                        return Err(Error::new(
+                            ErrorKind::Infeasible,
+                            format!("node affinity: no node is named `{node}`"),
+                        ))
+                    }
+                }
+            }
+            crate::SchedulingStrategy::Spread => {
+                let fit: Vec<&NodeInfo> = live().filter(|n| shape.fits(&n.total)).collect();
+                if !fit.is_empty() {
+                    let i = self.spread_next.fetch_add(1, Ordering::Relaxed) as usize;
+                    return Ok(fit[i % fit.len()].index);
+                }
+            }
+            crate::SchedulingStrategy::Default => {}
+        }
         let cpu = |r: &ResourceSet| (r.get(crate::scheduler::CPU) * 1e4) as i64;
         live()
             .filter(|n| shape.fits(&n.available))
@@ -600,40 +693,73 @@ impl Gcs {
             })
     }
 
-    fn lease(self: &Arc<Self>, shape: ResourceSet) -> Result<(LeaseId, WorkerId)> {
-        let mut node = self.place(&shape)?;
-        let mut may_spill = true;
+    /// Leases a worker for an actor: places it, asks that node's raylet,
+    /// follows a spillback; if the node is lost meanwhile (or its raylet
+    /// cannot be reached) places it again. Bounded by [`LEASE_WAIT`].
+    fn lease(
+        self: &Arc<Self>,
+        shape: ResourceSet,
+        strategy: &crate::SchedulingStrategy,
+    ) -> Result<(LeaseId, WorkerId)> {
+        let deadline = std::time::Instant::now() + LEASE_WAIT;
+        let timeout = || {
+            Error::new(
+                ErrorKind::Timeout,
+                format!("no worker could be leased for the actor within {LEASE_WAIT:?}"),
+            )
+        };
+        let mut target: Option<(u16, Spill)> = None;
         loop {
+            if std::time::Instant::now() > deadline {
+                return Err(timeout());
+            }
+            let (node, spill) = match target {
+                Some(t) => t,
+                None => (self.place(&shape, strategy)?, Spill::Now),
+            };
             let req = self.next_req.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = mpsc::channel();
             self.replies
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(req, tx);
-            self.raylet(node)?.send(&Msg::RequestLease {
-                req,
-                shape: shape.clone(),
-                may_spill,
-            })?;
-            let r = rx.recv_timeout(LEASE_WAIT);
+            let sent = self.raylet(node).and_then(|c| {
+                c.send(&Msg::RequestLease {
+                    req,
+                    shape: shape.clone(),
+                    spill,
+                })
+            });
+            let reply = match sent {
+                Ok(()) => loop {
+                    match rx.recv_timeout(Duration::from_millis(200)) {
+                        Ok(m) => break Some(m),
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if self.node_info(node).is_err() || std::time::Instant::now() > deadline
+                            {
+                                break None;
+                            }
+                        }
+                    }
+                },
+                Err(e) => {
+                    log!("GCS: leasing on node {node} failed ({e}); placing again");
+                    std::thread::sleep(Duration::from_millis(100));
+                    None
+                }
+            };
             self.replies
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&req);
-            match r {
-                Ok(Msg::LeaseGranted { lease, worker, .. }) => return Ok((lease, worker)),
-                Ok(Msg::LeaseFailed { error, .. }) => return Err(error),
-                Ok(Msg::LeaseSpillback { node: n, .. }) => {
-                    node = n;
-                    may_spill = false;
-                }
-                Ok(_) => return Err(Error::unavailable("unexpected reply from the raylet")),
-                Err(_) => {
-                    return Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!("no worker could be leased for the actor within {LEASE_WAIT:?}"),
-                    ))
-                }
+            match reply {
+                Some(Msg::LeaseGranted { lease, worker, .. }) => return Ok((lease, worker)),
+                Some(Msg::LeaseFailed { error, .. }) => return Err(error),
+                Some(Msg::LeaseSpillback { node: n, .. }) => target = Some((n, Spill::Never)),
+                Some(_) => return Err(Error::unavailable("unexpected reply from the raylet")),
+                // The node was lost or unreachable: place again.
+                None => target = None,
             }
         }
     }
@@ -645,15 +771,17 @@ impl Gcs {
             let Some(spec) = self.table().spec(id) else {
                 return;
             };
-            let created = self.lease(spec.shape.clone()).and_then(|(lease, worker)| {
-                let node = self.node_info(worker.node())?;
-                let stream = Endpoint::Tcp(SocketAddr::new(node.ip, worker.port()))
-                    .connect(&self.session.secret)?;
-                let conn = Conn::new(&stream)?;
-                conn.send(&Msg::Hello { from: GCS_ID })?;
-                conn.send(&Msg::CreateActor { spec: spec.clone() })?;
-                Ok((lease, worker, stream, conn))
-            });
+            let created =
+                self.lease(spec.shape.clone(), &spec.strategy)
+                    .and_then(|(lease, worker)| {
+                        let node = self.node_info(worker.node())?;
+                        let stream = Endpoint::Tcp(SocketAddr::new(node.ip, worker.port()))
+                            .connect(&self.session.secret)?;
+                        let conn = Conn::new(&stream)?;
+                        conn.send(&Msg::Hello { from: GCS_ID })?;
+                        conn.send(&Msg::CreateActor { spec: spec.clone() })?;
+                        Ok((lease, worker, stream, conn))
+                    });
             let (lease, worker, stream, _conn) = match created {
                 Ok(c) => c,
                 Err(e) => {
@@ -723,6 +851,7 @@ mod tests {
             name: name.map(String::from),
             max_restarts,
             shape: ResourceSet::new(),
+            strategy: crate::SchedulingStrategy::Default,
         }
     }
 

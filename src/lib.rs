@@ -71,6 +71,7 @@ pub use object_ref::{
     cancel, get, get_all, get_timeout, get_view, put, wait, ObjectRef, ObjectView,
 };
 pub use rustray_macros::{actor, remote};
+pub use scheduler::SchedulingStrategy;
 pub use session::Config;
 pub use task::{Arg, IntoArg, TaskOptions};
 

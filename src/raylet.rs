@@ -39,6 +39,8 @@ use std::time::Duration;
 
 /// How often the raylet reports its free resources to the GCS.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
+/// A transfer that makes no progress for this long has failed.
+const TRANSFER_STALL: Duration = Duration::from_secs(30);
 /// Bound on registering with the GCS.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The owner recorded for pulled copies: they are freed by unpinning, not
@@ -393,11 +395,7 @@ impl Raylet {
                     self.execute(&mut st, a);
                 }
             }
-            Msg::RequestLease {
-                req,
-                shape,
-                may_spill,
-            } => {
+            Msg::RequestLease { req, shape, spill } => {
                 if st.start_failures >= MAX_START_FAILURES {
                     let error = crate::error::Error::unavailable(
                         "worker processes exit before registering: the program must call rustray::init() at the start of main, before anything else",
@@ -407,7 +405,7 @@ impl Raylet {
                     }
                     return;
                 }
-                let a = st.leases.request(client, req, shape, may_spill);
+                let a = st.leases.request(client, req, shape, spill);
                 self.execute(&mut st, a);
             }
             Msg::ReturnLease { lease, kill } => {
@@ -504,16 +502,17 @@ impl Raylet {
             return;
         }
         let (node, offset, len) = key;
-        let Some(source) = st.nodes.get(&node).map(|n| n.raylet()) else {
-            reply(
-                &st,
-                Err(Error::new(
-                    crate::error::ErrorKind::ObjectLost,
-                    format!("the object's node {node} is not in the cluster"),
-                )),
+        if let Some(n) = st.nodes.get(&node).filter(|n| !n.alive) {
+            let e = Error::new(
+                crate::error::ErrorKind::ObjectLost,
+                format!(
+                    "the object's only copy is gone: its node {} ({}) was lost",
+                    n.index, n.name
+                ),
             );
+            reply(&st, Err(e));
             return;
-        };
+        }
         let local = match st.store.create(len, COPY_OWNER) {
             Ok(o) => o,
             Err(e) => {
@@ -533,7 +532,9 @@ impl Raylet {
         let _ = std::thread::Builder::new()
             .name("raylet-pull".into())
             .spawn(move || {
-                let result = r.fetch(&source, offset, len, local);
+                let result = r
+                    .node_endpoint(node)
+                    .and_then(|source| r.fetch(&source, offset, len, local));
                 if let Err(e) = &result {
                     log!("pull of {len} bytes from node {node} failed: {e}");
                 }
@@ -560,16 +561,47 @@ impl Raylet {
             });
     }
 
+    /// Node `node`'s raylet, waiting (bounded) for a cluster view that has
+    /// it: a node that just joined may not be in this raylet's view yet.
+    fn node_endpoint(&self, node: u16) -> Result<transport::Endpoint> {
+        let deadline = std::time::Instant::now() + REPORT_EVERY * 20;
+        loop {
+            if let Some(n) = self.lock().nodes.get(&node) {
+                return Ok(n.raylet());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::new(
+                    crate::error::ErrorKind::ObjectLost,
+                    format!("the object's node {node} is not in the cluster"),
+                ));
+            }
+            std::thread::sleep(REPORT_EVERY / 10);
+        }
+    }
+
     /// Reads a block of another node's store into local block `local`.
     fn fetch(&self, source: &transport::Endpoint, offset: u64, len: u64, local: u64) -> Result<()> {
-        let mut stream = source.connect(&self.session.secret)?;
-        Conn::new(&stream)?.send(&Msg::ReadObject { offset, len })?;
         let lost = |e: std::io::Error| {
             Error::new(
                 crate::error::ErrorKind::ObjectLost,
                 format!("the transfer from {source} broke off: {e}"),
             )
         };
+        let unreachable = |e: Error| {
+            Error::new(
+                crate::error::ErrorKind::ObjectLost,
+                format!("the node holding the object cannot be reached: {e}"),
+            )
+        };
+        let mut stream = source.connect(&self.session.secret).map_err(unreachable)?;
+        if let Stream::Tcp(t) = &stream {
+            // A node that stops answering mid-transfer fails the pull
+            // instead of hanging it.
+            t.set_read_timeout(Some(TRANSFER_STALL)).map_err(lost)?;
+        }
+        Conn::new(&stream)?
+            .send(&Msg::ReadObject { offset, len })
+            .map_err(unreachable)?;
         match transport::read_frame(&mut stream, &mut Vec::new()).map_err(lost)? {
             Some(Msg::ObjectBytes { result: Ok(n) }) if n == len => {}
             Some(Msg::ObjectBytes { result: Err(e) }) => return Err(e),

@@ -42,6 +42,33 @@ pub(crate) const CPU: &str = "CPU";
 /// The GPU resource's name.
 pub(crate) const GPU: &str = "GPU";
 
+/// Where a task or an actor runs, as Ray's scheduling strategies.
+///
+/// ```
+/// use rustray::SchedulingStrategy;
+/// let s = SchedulingStrategy::NodeAffinity { node: "node3".into(), soft: true };
+/// # let _ = s;
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub enum SchedulingStrategy {
+    /// Ray's default: on the node that holds most of the task's argument
+    /// bytes when they are elsewhere (1 MiB or more), else on the caller's
+    /// node, spilling to other nodes when it is full.
+    #[default]
+    Default,
+    /// Spread over the nodes: leases are asked of each live node in turn.
+    Spread,
+    /// On the named node (see [`nodes`](crate::nodes)). With `soft`, on
+    /// another node when that one is full or lost; without, the task
+    /// fails if the node is lost or cannot fit it.
+    NodeAffinity {
+        /// The node's name.
+        node: String,
+        /// Fall back to other nodes.
+        soft: bool,
+    },
+}
+
 /// A set of named resource amounts (a task's shape or a node's capacity).
 #[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) struct ResourceSet {
@@ -165,6 +192,22 @@ pub(crate) enum Action {
     },
 }
 
+/// Whether a lease request may go to another node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Spill {
+    /// Never (it was spilled here already, or it has a hard affinity).
+    Never,
+    /// At once, when it does not fit here now.
+    Now,
+    /// This node is preferred (the task's data is here, or a soft
+    /// affinity): it queues here, and moves only if it is still waiting
+    /// after [`PREFER_HERE_VIEWS`] cluster views and another node has room.
+    Later,
+}
+
+/// Views a preferred-here request waits through before it may move.
+pub(crate) const PREFER_HERE_VIEWS: u32 = 2;
+
 /// Another node as this raylet sees it in the cluster resource view.
 #[derive(Clone, Debug)]
 pub(crate) struct PeerNode {
@@ -178,8 +221,8 @@ struct Pending {
     client: ClientId,
     req: u64,
     shape: ResourceSet,
-    may_spill: bool,
-    /// For a request that fits no node yet: views seen since.
+    spill: Spill,
+    /// Views seen since it arrived (while held as infeasible, or queued).
     views: u32,
 }
 
@@ -252,8 +295,10 @@ impl LeaseManager {
         }
         let mut i = 0;
         while i < self.queue.len() {
-            let p = &self.queue[i];
-            if !p.may_spill || p.shape.fits(&self.available) {
+            let p = &mut self.queue[i];
+            p.views += 1;
+            let waited = p.spill == Spill::Now || p.views >= PREFER_HERE_VIEWS;
+            if p.spill == Spill::Never || !waited || p.shape.fits(&self.available) {
                 i += 1;
                 continue;
             }
@@ -310,13 +355,13 @@ impl LeaseManager {
         client: ClientId,
         req: u64,
         shape: ResourceSet,
-        may_spill: bool,
+        spill: Spill,
     ) -> Vec<Action> {
         self.place(Pending {
             client,
             req,
             shape,
-            may_spill,
+            spill,
             views: 0,
         })
     }
@@ -324,7 +369,8 @@ impl LeaseManager {
     /// Grants, queues, spills, holds or rejects a request.
     fn place(&mut self, p: Pending) -> Vec<Action> {
         let fits_here = p.shape.fits(&self.total);
-        if p.may_spill && !p.shape.fits(&self.available) {
+        let spill_now = p.spill == Spill::Now || (p.spill == Spill::Later && !fits_here);
+        if spill_now && !p.shape.fits(&self.available) {
             if let Some(node) = self.spill_target(&p.shape, !fits_here) {
                 return vec![Action::Spillback {
                     client: p.client,
@@ -334,7 +380,7 @@ impl LeaseManager {
             }
         }
         if !fits_here {
-            if p.may_spill && p.views < INFEASIBLE_AFTER_VIEWS {
+            if p.spill != Spill::Never && p.views < INFEASIBLE_AFTER_VIEWS {
                 self.infeasible.push(p);
                 return Vec::new();
             }
@@ -353,6 +399,8 @@ impl LeaseManager {
                 error,
             }];
         }
+        let mut p = p;
+        p.views = 0;
         self.queue.push_back(p);
         self.schedule()
     }
@@ -572,7 +620,10 @@ mod tests {
     #[test]
     fn request_starts_a_worker_then_grants() {
         let mut m = LeaseManager::new(cpus(2.0), 4, 4);
-        assert_eq!(m.request(1, 10, cpus(1.0), true), vec![Action::StartWorker]);
+        assert_eq!(
+            m.request(1, 10, cpus(1.0), Spill::Now),
+            vec![Action::StartWorker]
+        );
         let a = m.worker_registered(w(7));
         assert_eq!(grants(&a), vec![(10, w(7))]);
         assert_eq!(m.available().get(CPU), 1.0);
@@ -582,7 +633,7 @@ mod tests {
     fn infeasible_is_rejected_after_the_view_confirms_it() {
         let mut m = LeaseManager::new(cpus(2.0), 4, 4);
         assert!(m
-            .request(1, 1, ResourceSet::new().with(GPU, 1.0).unwrap(), true)
+            .request(1, 1, ResourceSet::new().with(GPU, 1.0).unwrap(), Spill::Now)
             .is_empty());
         assert!(m.set_view(Vec::new()).is_empty());
         let a = m.set_view(Vec::new());
@@ -595,10 +646,10 @@ mod tests {
     #[test]
     fn full_node_queues_until_lease_returns_and_reuses_worker() {
         let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.request(1, 1, cpus(1.0), true);
+        m.request(1, 1, cpus(1.0), Spill::Now);
         let l1 = lease_of(&m.worker_registered(w(1)));
         // second request does not fit: no worker is started for it
-        assert!(m.request(2, 2, cpus(1.0), true).is_empty());
+        assert!(m.request(2, 2, cpus(1.0), Spill::Now).is_empty());
         let a = m.return_lease(l1, false);
         assert_eq!(grants(&a), vec![(2, w(1))]);
     }
@@ -606,9 +657,9 @@ mod tests {
     #[test]
     fn blocked_task_lends_its_cpu_for_nesting() {
         let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.request(1, 1, cpus(1.0), true);
+        m.request(1, 1, cpus(1.0), Spill::Now);
         m.worker_registered(w(1));
-        assert!(m.request(1, 2, cpus(1.0), true).is_empty());
+        assert!(m.request(1, 2, cpus(1.0), Spill::Now).is_empty());
         // the parent blocks in get: its CPU goes to the child
         assert_eq!(m.blocked(w(1)), vec![Action::StartWorker]);
         let a = m.worker_registered(w(2));
@@ -622,9 +673,9 @@ mod tests {
     #[test]
     fn unblock_may_oversubscribe_then_recovers() {
         let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.request(1, 1, cpus(1.0), true);
+        m.request(1, 1, cpus(1.0), Spill::Now);
         let parent = lease_of(&m.worker_registered(w(1)));
-        m.request(1, 2, cpus(1.0), true);
+        m.request(1, 2, cpus(1.0), Spill::Now);
         m.blocked(w(1));
         let child = lease_of(&m.worker_registered(w(2)));
         m.unblocked(w(1));
@@ -637,9 +688,9 @@ mod tests {
     #[test]
     fn worker_death_releases_its_lease() {
         let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.request(1, 1, cpus(1.0), true);
+        m.request(1, 1, cpus(1.0), Spill::Now);
         m.worker_registered(w(1));
-        m.request(1, 2, cpus(1.0), true);
+        m.request(1, 2, cpus(1.0), Spill::Now);
         let a = m.worker_died(w(1));
         assert_eq!(a, vec![Action::StartWorker]);
         assert_eq!(m.lease_count(), 0);
@@ -649,9 +700,9 @@ mod tests {
     #[test]
     fn gone_client_loses_queue_and_leased_workers() {
         let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.request(5, 1, cpus(1.0), true);
+        m.request(5, 1, cpus(1.0), Spill::Now);
         m.worker_registered(w(1));
-        m.request(5, 2, cpus(1.0), true);
+        m.request(5, 2, cpus(1.0), Spill::Now);
         let a = m.client_gone(5);
         assert_eq!(a, vec![Action::KillWorker(w(1))]);
         assert_eq!(m.available().get(CPU), 1.0);
@@ -661,8 +712,8 @@ mod tests {
     #[test]
     fn surplus_idle_workers_are_killed() {
         let mut m = LeaseManager::new(cpus(4.0), 4, 1);
-        m.request(1, 1, cpus(1.0), true);
-        m.request(1, 2, cpus(1.0), true);
+        m.request(1, 1, cpus(1.0), Spill::Now);
+        m.request(1, 2, cpus(1.0), Spill::Now);
         let l1 = lease_of(&m.worker_registered(w(1)));
         let l2 = lease_of(&m.worker_registered(w(2)));
         assert!(m.return_lease(l1, false).is_empty());
@@ -674,7 +725,7 @@ mod tests {
     fn zero_cpu_actor_leases_need_only_a_worker() {
         let mut m = LeaseManager::new(cpus(1.0), 2, 4);
         for r in 0..3 {
-            m.request(1, r, ResourceSet::new(), true);
+            m.request(1, r, ResourceSet::new(), Spill::Now);
         }
         let mut granted = 0;
         for i in 0..3 {
@@ -697,9 +748,9 @@ mod tests {
         let mut m = LeaseManager::new(cpus(1.0), 4, 4);
         m.worker_registered(w(1));
         m.set_view(vec![peer(1, 2.0, 0.0), peer(2, 2.0, 2.0)]);
-        assert_eq!(grants(&m.request(1, 1, cpus(1.0), true)).len(), 1);
+        assert_eq!(grants(&m.request(1, 1, cpus(1.0), Spill::Now)).len(), 1);
         // Full here: node 2 has room, node 1 has none.
-        let a = m.request(1, 2, cpus(1.0), true);
+        let a = m.request(1, 2, cpus(1.0), Spill::Now);
         assert_eq!(
             a,
             vec![Action::Spillback {
@@ -710,7 +761,7 @@ mod tests {
         );
         // Booked against the view: the third goes to node 2 again, the
         // fourth finds no room anywhere and queues here.
-        let a = m.request(1, 3, cpus(1.0), true);
+        let a = m.request(1, 3, cpus(1.0), Spill::Now);
         assert_eq!(
             a,
             vec![Action::Spillback {
@@ -719,9 +770,9 @@ mod tests {
                 node: 2
             }]
         );
-        assert!(m.request(1, 4, cpus(1.0), true).is_empty());
+        assert!(m.request(1, 4, cpus(1.0), Spill::Now).is_empty());
         // A spilled request is never spilled again.
-        assert!(m.request(2, 5, cpus(1.0), false).is_empty());
+        assert!(m.request(2, 5, cpus(1.0), Spill::Never).is_empty());
         // When node 1 frees up, the spillable queued request moves there.
         let a = m.set_view(vec![peer(1, 2.0, 2.0), peer(2, 2.0, 0.0)]);
         assert_eq!(
@@ -738,7 +789,7 @@ mod tests {
     fn shapes_too_big_here_go_where_they_fit_or_are_infeasible() {
         let mut m = LeaseManager::new(cpus(1.0), 4, 4);
         m.set_view(vec![peer(3, 8.0, 0.0)]);
-        let a = m.request(1, 1, cpus(4.0), true);
+        let a = m.request(1, 1, cpus(4.0), Spill::Now);
         assert_eq!(
             a,
             vec![Action::Spillback {
@@ -748,7 +799,7 @@ mod tests {
             }]
         );
         // Fits no node of the view: held while the view may still grow.
-        assert!(m.request(1, 2, cpus(16.0), true).is_empty());
+        assert!(m.request(1, 2, cpus(16.0), Spill::Now).is_empty());
         let a = m.set_view(vec![peer(3, 8.0, 0.0), peer(4, 16.0, 16.0)]);
         assert_eq!(
             a,
@@ -758,7 +809,7 @@ mod tests {
                 node: 4
             }]
         );
-        assert!(m.request(1, 3, cpus(32.0), true).is_empty());
+        assert!(m.request(1, 3, cpus(32.0), Spill::Now).is_empty());
         assert!(m.set_view(vec![peer(3, 8.0, 0.0)]).is_empty());
         let a = m.set_view(vec![peer(3, 8.0, 0.0)]);
         assert!(
@@ -767,21 +818,46 @@ mod tests {
     }
 
     #[test]
+    fn preferred_here_requests_wait_then_move() {
+        let mut m = LeaseManager::new(cpus(1.0), 4, 4);
+        m.worker_registered(w(1));
+        m.set_view(vec![peer(1, 2.0, 2.0)]);
+        let l1 = lease_of(&m.request(1, 1, cpus(1.0), Spill::Now));
+        // Full here, room on node 1: a preferred-here request queues...
+        assert!(m.request(1, 2, cpus(1.0), Spill::Later).is_empty());
+        assert!(m.set_view(vec![peer(1, 2.0, 2.0)]).is_empty());
+        // ...and is granted here when the CPU frees up soon.
+        assert_eq!(grants(&m.return_lease(l1, false)), vec![(2, w(1))]);
+        // One that keeps waiting moves after the views.
+        assert!(m.request(1, 3, cpus(1.0), Spill::Later).is_empty());
+        assert!(m.set_view(vec![peer(1, 2.0, 2.0)]).is_empty());
+        let a = m.set_view(vec![peer(1, 2.0, 2.0)]);
+        assert_eq!(
+            a,
+            vec![Action::Spillback {
+                client: 1,
+                req: 3,
+                node: 1
+            }]
+        );
+    }
+
+    #[test]
     fn lease_ids_name_their_node() {
         let mut m = LeaseManager::new(cpus(1.0), 4, 4);
         m.set_node(7);
         m.worker_registered(w(1));
-        let l = lease_of(&m.request(1, 1, cpus(1.0), true));
+        let l = lease_of(&m.request(1, 1, cpus(1.0), Spill::Now));
         assert_eq!(l.node(), 7);
     }
 
     #[test]
     fn big_request_does_not_block_small_ones() {
         let mut m = LeaseManager::new(cpus(2.0), 4, 4);
-        m.request(1, 1, cpus(1.0), true);
+        m.request(1, 1, cpus(1.0), Spill::Now);
         m.worker_registered(w(1));
-        m.request(1, 2, cpus(2.0), true);
-        let a = m.request(1, 3, cpus(1.0), true);
+        m.request(1, 2, cpus(2.0), Spill::Now);
+        let a = m.request(1, 3, cpus(1.0), Spill::Now);
         assert_eq!(a, vec![Action::StartWorker]);
         assert_eq!(grants(&m.worker_registered(w(2))), vec![(3, w(2))]);
     }

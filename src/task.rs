@@ -70,6 +70,7 @@ pub(crate) fn encode_arg<T: Serialize + 'static>(v: &T) -> PreparedArg {
 pub struct TaskOptions {
     shape: std::result::Result<ResourceSet, Error>,
     max_retries: u32,
+    strategy: crate::SchedulingStrategy,
 }
 
 impl Default for TaskOptions {
@@ -84,6 +85,7 @@ impl TaskOptions {
         TaskOptions {
             shape: ResourceSet::new().with(CPU, 1.0),
             max_retries: 3,
+            strategy: crate::SchedulingStrategy::Default,
         }
     }
 
@@ -120,6 +122,12 @@ impl TaskOptions {
     /// How often the task is re-run if its worker process dies (default 3).
     pub fn max_retries(mut self, n: u32) -> TaskOptions {
         self.max_retries = n;
+        self
+    }
+
+    /// Where the task runs (default: near its arguments, else here).
+    pub fn scheduling_strategy(mut self, s: crate::SchedulingStrategy) -> TaskOptions {
+        self.strategy = s;
         self
     }
 }
@@ -256,6 +264,7 @@ pub fn submit_task(
     cw.submit(
         name,
         opts.shape.clone(),
+        &opts.strategy,
         opts.max_retries,
         args.into_iter().map(|a| a.0).collect(),
         num_returns,

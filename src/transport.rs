@@ -286,6 +286,7 @@ pub(crate) struct ActorSpec {
     pub(crate) name: Option<String>,
     pub(crate) max_restarts: u32,
     pub(crate) shape: ResourceSet,
+    pub(crate) strategy: crate::SchedulingStrategy,
 }
 
 /// An actor's state as the GCS reports it.
@@ -328,12 +329,12 @@ pub(crate) enum Msg {
         pid: u32,
         is_driver: bool,
     },
-    /// `may_spill`: the raylet may redirect the request to another node
-    /// (false once a request has been spilled, so it never bounces).
+    /// `spill`: whether the raylet may redirect the request to another
+    /// node (never once a request has been spilled, so it never bounces).
     RequestLease {
         req: u64,
         shape: ResourceSet,
-        may_spill: bool,
+        spill: crate::scheduler::Spill,
     },
     ReturnLease {
         lease: LeaseId,

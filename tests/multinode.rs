@@ -4,7 +4,7 @@
 
 mod common;
 
-use rustray::{Config, ErrorKind};
+use rustray::{Config, ErrorKind, SchedulingStrategy};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -161,6 +161,146 @@ fn test_actor_on_another_node() {
     }
 }
 
+#[rustray::remote]
+fn where_and_raylet(ms: u64) -> (String, u32) {
+    std::thread::sleep(Duration::from_millis(ms));
+    // A worker's parent process is its node's raylet.
+    (
+        rustray::node_name().expect("node name"),
+        std::os::unix::process::parent_id(),
+    )
+}
+
+fn kill9(pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "kill -9 {pid}");
+}
+
+/// A node lost mid-job (its raylet killed): the GCS notices at once, tasks
+/// that were running there are retried on the other nodes, an actor there
+/// restarts elsewhere, and an object whose only copy was there is an
+/// object-lost error, not a hang.
+fn test_node_lost_mid_job() {
+    let nodes = three_nodes();
+    let victim = &nodes[2];
+    let (_, raylet) = rustray::get(
+        &where_and_raylet::options()
+            .resource(&pin(victim), 0.01)
+            .remote(0u64),
+    )
+    .expect("probe on node 2");
+    // An object whose only copy is in node 2's store (never fetched here).
+    let only_there = make_bytes::options()
+        .resource(&pin(victim), 0.01)
+        .remote(1 << 20, 9u8);
+    let (ready, _) =
+        rustray::wait(&[only_there.clone()], 1, Some(Duration::from_secs(20))).expect("wait");
+    assert_eq!(ready.len(), 1);
+    // An actor on node 2 by soft affinity: it may restart elsewhere.
+    let a = Where::options()
+        .max_restarts(1)
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity {
+            node: victim.name.clone(),
+            soft: true,
+        })
+        .remote(())
+        .expect("actor");
+    let (_, actor_node) = rustray::get(&a.call()).expect("actor call");
+    assert_eq!(actor_node, victim.name);
+    // Long tasks over every node.
+    let refs: Vec<_> = (0..6).map(|_| where_and_raylet::remote(1500u64)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    kill9(raylet);
+    let t0 = std::time::Instant::now();
+    for r in &refs {
+        let (node, _) = rustray::get_timeout(r, Duration::from_secs(60))
+            .expect("every task finishes, retried if it ran on the lost node");
+        assert_ne!(node, victim.name, "a task finished on the lost node");
+    }
+    // The GCS marked the node dead.
+    let dead = rustray::nodes()
+        .expect("nodes")
+        .into_iter()
+        .find(|n| n.name == victim.name)
+        .expect("the lost node is still listed");
+    assert!(!dead.alive, "node {} still alive", dead.name);
+    let e = rustray::get_timeout(&only_there, Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ObjectLost, "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    // The actor: alive on another node if it was on the lost one.
+    let (n, node) = rustray::get_timeout(&a.call(), Duration::from_secs(30))
+        .expect("the actor answers after the loss");
+    assert_ne!(node, victim.name);
+    assert_eq!(n, 1, "a restarted actor starts from its constructor");
+}
+
+#[rustray::remote]
+fn len_where(data: Vec<u8>) -> (usize, String) {
+    (data.len(), rustray::node_name().expect("node name"))
+}
+
+/// Ray's scheduling strategies: hard and soft node affinity, spread.
+fn test_scheduling_strategies() {
+    let nodes = three_nodes();
+    for n in &nodes {
+        let r = where_am_i::options()
+            .scheduling_strategy(SchedulingStrategy::NodeAffinity {
+                node: n.name.clone(),
+                soft: false,
+            })
+            .remote(0u64);
+        assert_eq!(rustray::get(&r).expect("hard affinity"), n.name);
+    }
+    let hard_nowhere = where_am_i::options()
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity {
+            node: "no-such-node".into(),
+            soft: false,
+        })
+        .remote(0u64);
+    let e = rustray::get(&hard_nowhere).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Infeasible, "{e}");
+    assert!(e.message().contains("no-such-node"), "{e}");
+    let soft_nowhere = where_am_i::options()
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity {
+            node: "no-such-node".into(),
+            soft: true,
+        })
+        .remote(0u64);
+    rustray::get(&soft_nowhere).expect("soft affinity falls back");
+    let spread: Vec<_> = (0..6)
+        .map(|_| {
+            where_am_i::options()
+                .scheduling_strategy(SchedulingStrategy::Spread)
+                .remote(200u64)
+        })
+        .collect();
+    let seen: BTreeSet<String> = rustray::get_all(&spread)
+        .expect("spread")
+        .into_iter()
+        .collect();
+    assert_eq!(seen.len(), 3, "spread tasks ran on {seen:?}");
+}
+
+/// The talk's `g(id_X)`: a task whose large argument lives in another
+/// node's store runs on that node, and the object is not moved.
+fn test_locality_runs_tasks_where_their_data_is() {
+    let nodes = three_nodes();
+    for n in &nodes[1..] {
+        let x = make_bytes::options()
+            .resource(&pin(n), 0.01)
+            .remote(32 << 20, 3u8);
+        for _ in 0..3 {
+            let (len, node) = rustray::get(&len_where::remote(&x)).expect("consumer");
+            assert_eq!(len, 32 << 20);
+            assert_eq!(node, n.name, "the consumer did not run where its data is");
+        }
+    }
+}
+
 fn main() {
     common::enter_cluster_role();
     common::run(&[
@@ -178,5 +318,11 @@ fn main() {
         ),
         ("test_infeasible_across_nodes", test_infeasible_across_nodes),
         ("test_actor_on_another_node", test_actor_on_another_node),
+        ("test_scheduling_strategies", test_scheduling_strategies),
+        (
+            "test_locality_runs_tasks_where_their_data_is",
+            test_locality_runs_tasks_where_their_data_is,
+        ),
+        ("test_node_lost_mid_job", test_node_lost_mid_job),
     ]);
 }

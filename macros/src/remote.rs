@@ -282,6 +282,10 @@ fn emit(
                 pub fn max_retries(self, n: u32) -> Self {
                     Options(self.0.max_retries(n))
                 }
+                /// Where the task runs (Ray's scheduling strategies).
+                pub fn scheduling_strategy(self, s: ::rustray::SchedulingStrategy) -> Self {
+                    Options(self.0.scheduling_strategy(s))
+                }
                 #opts_remote_doc
                 pub fn remote(self, #(#publics: impl ::rustray::IntoArg<#tys>),*) -> #out_ty {
                     let __refs = ::rustray::__private::submit_task(

@@ -80,8 +80,7 @@ pub(crate) struct Effects {
     /// Pulled copies (node, offset, len of the original) to unpin locally.
     pub(crate) unpins: Vec<(u16, u64, u64)>,
     pub(crate) notify: bool,
-    /// (request, shape, node whose raylet to ask)
-    pub(crate) lease_requests: Vec<(u64, crate::scheduler::ResourceSet, u16)>,
+    pub(crate) lease_requests: Vec<submitter::LeaseRequest>,
     pub(crate) return_leases: Vec<(LeaseId, bool)>,
     pub(crate) kill_workers: Vec<WorkerId>,
     pub(crate) resolve_actors: Vec<ActorId>,
@@ -347,6 +346,41 @@ impl CoreWorker {
             .ok_or_else(|| Error::unavailable(format!("node {index} is not in the node table")))
     }
 
+    /// A node's entry by name, asking the GCS when it is not cached.
+    pub(crate) fn node_by_name(self: &Arc<Self>, name: &str) -> Result<NodeInfo> {
+        let find = |t: &HashMap<u16, NodeInfo>| t.values().find(|n| n.name == name).cloned();
+        if let Some(n) = find(&self.nodes.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(n);
+        }
+        let reply = self.gcs_call(|req| Msg::GetNodes { req }, "reading the node table")?;
+        let Msg::Nodes { nodes, .. } = reply else {
+            return Err(Error::unavailable("unexpected reply from the GCS"));
+        };
+        let mut table = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        for n in nodes {
+            table.insert(n.index, n);
+        }
+        find(&table).ok_or_else(|| Error::invalid(format!("no node is named `{name}`")))
+    }
+
+    /// Indices of the nodes believed alive, from the cached node table
+    /// (this node when the table is not cached yet).
+    pub(crate) fn live_nodes(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|n| n.alive)
+            .map(|n| n.index)
+            .collect();
+        v.sort_unstable();
+        if v.is_empty() {
+            v.push(self.session.node_index);
+        }
+        v
+    }
+
     /// The connection to node `node`'s raylet (this node's: the local one).
     pub(crate) fn raylet_of(self: &Arc<Self>, node: u16) -> Result<Arc<Conn>> {
         if node == self.session.node_index {
@@ -607,17 +641,35 @@ impl CoreWorker {
         for (node, offset, len) in fx.unpins {
             let _ = self.raylet.send(&Msg::UnpinObject { node, offset, len });
         }
-        for (req, shape, node) in fx.lease_requests {
-            let may_spill = node == self.session.node_index;
-            match self.raylet_of(node) {
-                Ok(c) => {
-                    let _ = c.send(&Msg::RequestLease {
+        for r in fx.lease_requests {
+            let submitter::LeaseRequest {
+                req,
+                shape,
+                node,
+                spill,
+                fallback,
+            } = r;
+            let local = node == self.session.node_index;
+            let sent = self.raylet_of(node).and_then(|c| {
+                c.send(&Msg::RequestLease {
+                    req,
+                    shape: shape.clone(),
+                    spill,
+                })
+            });
+            match sent {
+                Ok(()) => {}
+                Err(e) if local || !fallback => self.lease_failed(req, e),
+                Err(e) => {
+                    // The node the request was spilled to is unreachable
+                    // (lost since the view was taken): queue it here.
+                    log!("lease request spilled to node {node} failed ({e}); asking the local raylet");
+                    let _ = self.raylet.send(&Msg::RequestLease {
                         req,
                         shape,
-                        may_spill,
+                        spill: crate::scheduler::Spill::Never,
                     });
                 }
-                Err(e) => self.lease_failed(req, e),
             }
         }
         for (lease, kill) in fx.return_leases {

@@ -3,8 +3,10 @@
 //!
 //! A submitted task first waits for its `ObjectRef` arguments (dependency
 //! resolution happens at the owner, so the worker receives values). It then
-//! joins the queue of its *scheduling class* (its resource shape). The owner
-//! asks the raylet for worker leases per class and, once granted, pushes
+//! joins the queue of its *scheduling key*: its resource shape plus where it
+//! should run ([`SchedKey`]: near its arguments, a chosen node, or spread).
+//! The owner asks a raylet (the target node's, else its own) for worker
+//! leases per key and, once granted, pushes
 //! tasks straight to the leased worker, reusing the lease for every queued
 //! task of the same class ("caching scheduling decisions"). Short tasks are
 //! pipelined, up to [`PIPELINE`] per worker, to hide the round trip; tasks
@@ -28,7 +30,7 @@ use super::{CoreWorker, Effects, State};
 use crate::codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, LeaseId, ObjectId, TaskId, WorkerId};
-use crate::scheduler::ResourceSet;
+use crate::scheduler::{ResourceSet, Spill};
 use crate::transport::{ActorLookup, ActorState, Conn, Msg, Payload, TaskSpec};
 use crate::worker::RawRef;
 use std::collections::{HashMap, VecDeque};
@@ -43,6 +45,31 @@ pub(crate) const LEASE_IDLE: Duration = Duration::from_millis(10);
 const MAX_PENDING_LEASES: usize = 4;
 /// Tasks whose measured service time is below this are pipelined.
 const SHORT_TASK: Duration = Duration::from_millis(1);
+/// A task whose arguments hold at least this many bytes in another node's
+/// store is leased on that node (Ray's locality-aware leasing): moving the
+/// task is cheaper than moving the data.
+const LOCALITY_MIN_BYTES: u64 = 1 << 20;
+
+/// Where a task should run, resolved at submission (node names to
+/// indices, outside the state lock).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Target {
+    Default,
+    Spread,
+    Node { node: u16, soft: bool },
+}
+
+/// The scheduling key: tasks with equal keys share leases.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SchedKey {
+    shape: ResourceSet,
+    /// Ask this node's raylet (else the local one).
+    node: Option<u16>,
+    /// The raylet may place it elsewhere.
+    soft: bool,
+    /// Ask each live node in turn.
+    spread: bool,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -58,6 +85,9 @@ struct TaskEntry {
     /// Refs this task needs alive until it finishes.
     keep: Vec<RawRef>,
     shape: ResourceSet,
+    target: Target,
+    /// Its key once queued.
+    key: Option<SchedKey>,
     retries_left: u32,
     max_retries: u32,
     status: Status,
@@ -87,7 +117,7 @@ impl ClassQueue {
 
 struct LeaseState {
     worker: WorkerId,
-    class: ResourceSet,
+    class: SchedKey,
     conn: Arc<Conn>,
     inflight: Vec<TaskId>,
     blocked: bool,
@@ -110,11 +140,13 @@ struct ActorQueue {
 #[derive(Default)]
 pub(crate) struct Submitter {
     tasks: HashMap<TaskId, TaskEntry>,
-    classes: HashMap<ResourceSet, ClassQueue>,
+    classes: HashMap<SchedKey, ClassQueue>,
     dep_waiters: HashMap<ObjectId, Vec<TaskId>>,
     leases: HashMap<LeaseId, LeaseState>,
     by_worker: HashMap<WorkerId, LeaseId>,
-    lease_reqs: HashMap<u64, ResourceSet>,
+    lease_reqs: HashMap<u64, SchedKey>,
+    /// Next node for a spread lease request (index into the live nodes).
+    spread_next: usize,
     actors: HashMap<ActorId, ActorQueue>,
 }
 
@@ -134,7 +166,81 @@ fn payload_error(cw: &CoreWorker, p: &Payload) -> Option<Error> {
     codec::parse(bytes).ok()?.error()
 }
 
+/// A lease request to send: to `node`'s raylet; `fallback` allows asking
+/// the local raylet instead when that node cannot be reached.
+pub(crate) struct LeaseRequest {
+    pub(crate) req: u64,
+    pub(crate) shape: ResourceSet,
+    pub(crate) node: u16,
+    pub(crate) spill: Spill,
+    pub(crate) fallback: bool,
+}
+
 impl CoreWorker {
+    /// Resolves a strategy's node name (may ask the GCS: call it without
+    /// the state lock). An unknown node is an error for a hard affinity and
+    /// ignored for a soft one.
+    fn resolve_target(self: &Arc<Self>, s: &crate::SchedulingStrategy) -> Result<Target> {
+        match s {
+            crate::SchedulingStrategy::Default => Ok(Target::Default),
+            crate::SchedulingStrategy::Spread => {
+                // Make sure the node table is cached for round-robin.
+                let _ = self.node(self.session.node_index);
+                Ok(Target::Spread)
+            }
+            crate::SchedulingStrategy::NodeAffinity { node, soft } => {
+                match self.node_by_name(node) {
+                    Ok(n) if n.alive || *soft => Ok(Target::Node {
+                        node: n.index,
+                        soft: *soft,
+                    }),
+                    Ok(_) if *soft => Ok(Target::Default),
+                    Ok(_) => Err(Error::new(
+                        ErrorKind::Infeasible,
+                        format!("node affinity: node `{node}` was lost"),
+                    )),
+                    Err(_) if *soft => Ok(Target::Default),
+                    Err(e) => Err(Error::new(
+                        ErrorKind::Infeasible,
+                        format!("node affinity: {e}"),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// The scheduling key of a task whose arguments are resolved.
+    fn sched_key(&self, t: &TaskEntry) -> SchedKey {
+        let mut key = SchedKey {
+            shape: t.shape.clone(),
+            node: None,
+            soft: true,
+            spread: false,
+        };
+        match t.target {
+            Target::Node { node, soft } => {
+                key.node = Some(node);
+                key.soft = soft;
+            }
+            Target::Spread => key.spread = true,
+            Target::Default => {
+                let mut bytes: HashMap<u16, u64> = HashMap::new();
+                for a in &t.spec.args {
+                    if let Payload::Store { node, len, .. } = a {
+                        *bytes.entry(*node).or_default() += len;
+                    }
+                }
+                let here = bytes.get(&self.session.node_index).copied().unwrap_or(0);
+                if let Some((n, b)) = bytes.into_iter().max_by_key(|(_, b)| *b) {
+                    if n != self.session.node_index && b >= LOCALITY_MIN_BYTES && b > here {
+                        key.node = Some(n);
+                    }
+                }
+            }
+        }
+        key
+    }
+
     /// Submits a task (or, with `actor`, an actor method call) and returns
     /// refs to its results. Submission never blocks on the cluster: any
     /// failure becomes the value of the returned refs.
@@ -142,6 +248,7 @@ impl CoreWorker {
         self: &Arc<Self>,
         function: &str,
         shape: Result<ResourceSet>,
+        strategy: &crate::SchedulingStrategy,
         max_retries: u32,
         args: Vec<PreparedArg>,
         num_returns: usize,
@@ -151,7 +258,10 @@ impl CoreWorker {
             owner: self.id,
             seq: self.next_seq(),
         };
-        let mut failure = shape.as_ref().err().cloned();
+        let (target, mut failure) = match self.resolve_target(strategy) {
+            Ok(t) => (t, shape.as_ref().err().cloned()),
+            Err(e) => (Target::Default, Some(e)),
+        };
         let mut payloads = Vec::with_capacity(args.len());
         let mut keep = Vec::new();
         let mut dep_refs = Vec::new();
@@ -214,6 +324,8 @@ impl CoreWorker {
                 deps: Vec::new(),
                 keep,
                 shape: shape.unwrap_or_default(),
+                target,
+                key: None,
                 retries_left: max_retries,
                 max_retries,
                 status: Status::WaitingDeps,
@@ -317,7 +429,8 @@ impl CoreWorker {
             return;
         }
         t.status = Status::Queued;
-        let class = t.shape.clone();
+        let class = self.sched_key(t);
+        t.key = Some(class.clone());
         st.sub
             .classes
             .entry(class.clone())
@@ -357,7 +470,7 @@ impl CoreWorker {
 
     /// Pushes queued tasks of a class to its leased workers, and asks for
     /// more leases when the queue outgrows them.
-    fn dispatch(self: &Arc<Self>, st: &mut State, class: &ResourceSet, fx: &mut Effects) {
+    fn dispatch(self: &Arc<Self>, st: &mut State, class: &SchedKey, fx: &mut Effects) {
         let sub = &mut st.sub;
         let Some(cq) = sub.classes.get_mut(class) else {
             return;
@@ -403,8 +516,28 @@ impl CoreWorker {
             cq.pending_requests += 1;
             let req = self.next_req();
             sub.lease_reqs.insert(req, class.clone());
-            fx.lease_requests
-                .push((req, class.clone(), self.session.node_index));
+            let node = match class.node {
+                Some(n) => n,
+                None if class.spread => {
+                    let live = self.live_nodes();
+                    sub.spread_next = sub.spread_next.wrapping_add(1);
+                    live.get(sub.spread_next % live.len().max(1))
+                        .copied()
+                        .unwrap_or(self.session.node_index)
+                }
+                None => self.session.node_index,
+            };
+            fx.lease_requests.push(LeaseRequest {
+                req,
+                shape: class.shape.clone(),
+                node,
+                spill: match (class.node, class.soft) {
+                    (None, _) => Spill::Now,
+                    (Some(_), true) => Spill::Later,
+                    (Some(_), false) => Spill::Never,
+                },
+                fallback: class.node.is_none() || class.soft,
+            });
         }
     }
 
@@ -450,7 +583,13 @@ impl CoreWorker {
     pub(crate) fn lease_spilled(self: &Arc<Self>, req: u64, node: u16) {
         let mut fx = Effects::default();
         if let Some(class) = self.lock().sub.lease_reqs.get(&req).cloned() {
-            fx.lease_requests.push((req, class, node));
+            fx.lease_requests.push(LeaseRequest {
+                req,
+                shape: class.shape,
+                node,
+                spill: Spill::Never,
+                fallback: true,
+            });
         }
         self.apply(fx);
     }
@@ -736,8 +875,7 @@ impl CoreWorker {
         );
         match t.status {
             Status::WaitingDeps | Status::Queued => {
-                let class = t.shape.clone();
-                if let Some(cq) = st.sub.classes.get_mut(&class) {
+                if let Some(cq) = t.key.clone().and_then(|k| st.sub.classes.get_mut(&k)) {
                     cq.queue.retain(|x| *x != task);
                 }
                 for w in st.sub.dep_waiters.values_mut() {
