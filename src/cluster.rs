@@ -2,11 +2,14 @@
 //! starting process) and one raylet process per node, each node with its
 //! own name, directory, sockets and object store.
 //!
-//! Two users: `init()` without a launcher (the embedded cluster, one node
-//! or `Config::local_nodes(n)`), and `rust-ray-launch --local-nodes n`
-//! (the launcher hosts the GCS, its raylets run the application's binary as
-//! workers, and the application runs as the driver of node 0, joining
-//! through `RUSTRAY_ADDRESS`).
+//! Three users: `init()` without a launcher (the embedded cluster, one node
+//! or `Config::local_nodes(n)`); `rust-ray-launch` (the launcher hosts the
+//! GCS, its raylets run the application's binary as workers, and the
+//! application runs as the driver of node 0, joining through
+//! `RUSTRAY_ADDRESS`); and `init()` in every rank of a Slurm step, as a
+//! simulation linking the library does ([`InSitu`]): rank 0 hosts the GCS,
+//! each node's first local rank starts the node's raylet, and every rank is
+//! a driver.
 //!
 //! Every process of the cluster is this crate's code: [`serve_role_if_any`]
 //! turns a re-executed binary into a raylet or a worker before anything
@@ -300,7 +303,7 @@ fn launch_slurm(opts: LaunchOptions, app: PathBuf, env: SlurmEnv) -> Result<i32>
         slurm::publish(&rdv, &base)?;
         (base, Some(gcs))
     } else {
-        (slurm::await_rendezvous(&rdv, join_timeout())?, None)
+        (await_cluster(&rdv, join_timeout())?, None)
     };
     let mut s = base.for_node(env.node_index, &env.node_name)?;
     s.ip = ip;
@@ -482,6 +485,28 @@ fn find_clusters(job: Option<&str>) -> Result<Vec<(String, Session)>> {
     Ok(out)
 }
 
+/// Waits (bounded) for rank 0's rendezvous file to name a GCS that
+/// answers. A file left by an earlier job with the same id (ids restart
+/// when a Slurm controller's state is reset) names a GCS that is gone, so
+/// it is read again until rank 0 has replaced it.
+fn await_cluster(path: &Path, timeout: Duration) -> Result<Session> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let s = slurm::await_rendezvous(path, left)?;
+        if let Ok(Some(Msg::Nodes { .. })) = ask_gcs(&s, &Msg::GetNodes { req: 1 }, true) {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            return Err(Error::unavailable(format!(
+                "the cluster named in {} does not answer (is rank 0 up?)",
+                path.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// One request to a cluster's GCS, without joining the cluster.
 fn ask_gcs(s: &Session, msg: &Msg, reply: bool) -> Result<Option<Msg>> {
     let mut stream = s.gcs_endpoint().connect(&s.secret)?;
@@ -543,4 +568,144 @@ pub fn stop_clusters(job: Option<&str>) -> Result<usize> {
         ask_gcs(s, &Msg::StopCluster, false)?;
     }
     Ok(found.len())
+}
+
+/// How long rank 0 of an in-situ cluster waits, at `shutdown`, for the
+/// other ranks to finish before it ends the cluster
+/// (`RUSTRAY_SHUTDOWN_WAIT_S` overrides it).
+const INSITU_SHUTDOWN_WAIT: Duration = Duration::from_secs(600);
+
+/// This rank's part in a cluster formed by the ranks of a Slurm step that
+/// each call `init()` (a simulation linking the library).
+pub(crate) struct InSitu {
+    /// Rank 0: the GCS.
+    gcs: Option<Arc<Gcs>>,
+    /// A node's first local rank: the node's raylet.
+    raylet: Option<Child>,
+    rendezvous: std::path::PathBuf,
+    tasks: u32,
+    session: Session,
+}
+
+impl InSitu {
+    /// Joins (rank 0: starts) the step's cluster; returns this rank's node
+    /// session, whose raylet is up.
+    pub(crate) fn join(config: Config, env: SlurmEnv) -> Result<(Session, InSitu)> {
+        let ip = slurm::node_ip()?;
+        let rendezvous = env.rendezvous();
+        let config = env.node_config(config);
+        let me =
+            std::env::current_exe().map_err(|e| Error::io("locating the current executable", e))?;
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let (base, gcs) = if env.rank == 0 {
+            let mut base = Session::new_cluster(config.clone(), false)?;
+            base.ip = ip;
+            let gcs = Gcs::start(base.for_node(env.node_index, &env.node_name)?)?;
+            base.gcs = gcs.addr();
+            slurm::publish(&rendezvous, &base)?;
+            (base, Some(gcs))
+        } else {
+            (await_cluster(&rendezvous, join_timeout())?, None)
+        };
+        let mut s = base.for_node(env.node_index, &env.node_name)?;
+        s.ip = ip;
+        s.config = config;
+        s.exe = me.clone();
+        s.args = args.clone();
+        let s = with_node_resource(s);
+        let mut raylet = if env.local_rank == 0 {
+            Some(spawn_raylet(&me, &s, &args)?)
+        } else {
+            None
+        };
+        // Every rank waits for its node's raylet (started by the node's
+        // first rank) to have joined the cluster, bounded.
+        let deadline = Instant::now() + join_timeout();
+        loop {
+            let joined = || match ask_gcs(&s, &Msg::GetNodes { req: 1 }, true) {
+                Ok(Some(Msg::Nodes { nodes, .. })) => {
+                    nodes.iter().any(|n| n.index == s.node_index && n.alive)
+                }
+                _ => false,
+            };
+            if s.raylet_endpoint().connect(&s.secret).is_ok() && joined() {
+                break;
+            }
+            if let Some(Ok(Some(st))) = raylet.as_mut().map(|c| c.try_wait()) {
+                return Err(Error::unavailable(format!(
+                    "the raylet of node {} exited during start-up ({st}); see {}",
+                    s.node,
+                    s.log_dir().join("raylet.log").display()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::unavailable(format!(
+                    "the raylet of node {} did not come up within {:?} (it is started by the node's first rank)",
+                    s.node,
+                    join_timeout()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok((
+            s.clone(),
+            InSitu {
+                gcs,
+                raylet,
+                rendezvous,
+                tasks: env.tasks,
+                session: s,
+            },
+        ))
+    }
+
+    /// This rank leaves (its driver already disconnected). Rank 0 first
+    /// waits (bounded) until every rank of the step has come and gone, then
+    /// ends the cluster; the raylets exit with it.
+    pub(crate) fn leave(self) {
+        let Some(gcs) = self.gcs else {
+            // Raylets outlive the rank that started them: they end with the
+            // GCS, so the node's other ranks keep theirs.
+            drop(self.raylet);
+            return;
+        };
+        let wait = std::env::var("RUSTRAY_SHUTDOWN_WAIT_S")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(Duration::from_secs_f64)
+            .unwrap_or(INSITU_SHUTDOWN_WAIT);
+        let deadline = Instant::now() + wait;
+        let mut quiet = 0;
+        loop {
+            let nodes = gcs.nodes();
+            let seen: u32 = nodes.iter().map(|n| n.drivers_seen).sum();
+            let now: u32 = nodes.iter().filter(|n| n.alive).map(|n| n.drivers).sum();
+            // Two quiet reports in a row: this rank's own departure has
+            // been reported, and no rank is still connected.
+            quiet = if seen >= self.tasks && now == 0 {
+                quiet + 1
+            } else {
+                0
+            };
+            if quiet >= 2 {
+                break;
+            }
+            if Instant::now() > deadline {
+                log!("rank 0: ending the cluster after {wait:?} with {now} ranks still connected ({seen} of {} ever joined)", self.tasks);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for n in gcs.nodes() {
+            send_shutdown(&n.raylet(), &self.session);
+        }
+        gcs.stop();
+        if let Some(mut r) = self.raylet {
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while Instant::now() < deadline && matches!(r.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let _ = std::fs::remove_file(&self.rendezvous);
+    }
 }

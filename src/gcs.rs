@@ -32,6 +32,8 @@ use std::time::Duration;
 /// (a raylet that dies is noticed at once, by its connection closing; this
 /// catches one that hangs or whose node stops answering).
 const NODE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an actor that no node can host waits for one to join.
+const PLACE_WAIT: Duration = Duration::from_secs(2);
 /// How long actor creation may wait for a worker lease.
 const LEASE_WAIT: Duration = Duration::from_secs(120);
 /// The id the GCS introduces itself with to workers.
@@ -490,6 +492,8 @@ impl Gcs {
                 available,
                 store_used,
                 store_capacity,
+                drivers,
+                drivers_seen,
             } => {
                 if let Some((_, t)) = self
                     .heartbeats
@@ -505,6 +509,8 @@ impl Gcs {
                         n.available = available;
                         n.store_used = store_used;
                         n.store_capacity = store_capacity;
+                        n.drivers = drivers;
+                        n.drivers_seen = drivers_seen;
                     }
                     nodes.values().cloned().collect()
                 };
@@ -639,6 +645,23 @@ impl Gcs {
     /// node that fits, else the live node with the most free CPU where it
     /// fits now, else one where it fits in total.
     fn place(&self, shape: &ResourceSet, strategy: &crate::SchedulingStrategy) -> Result<u16> {
+        // A node that can host it may still be joining: look again for a
+        // while before calling the actor infeasible.
+        let deadline = std::time::Instant::now() + PLACE_WAIT;
+        loop {
+            match self.place_now(shape, strategy) {
+                Err(e)
+                    if e.kind() == ErrorKind::Infeasible
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn place_now(&self, shape: &ResourceSet, strategy: &crate::SchedulingStrategy) -> Result<u16> {
         let nodes = self.nodes();
         let live = || nodes.iter().filter(|n| n.alive);
         match strategy {

@@ -97,8 +97,10 @@ pub mod __private {
 /// The cluster this driver is attached to.
 struct Cluster {
     /// The cluster it started itself (embedded), or `None` when it joined
-    /// one started by `rust-ray-launch`.
+    /// one started by `rust-ray-launch` or by the ranks of a Slurm step.
     local: Option<cluster::LocalCluster>,
+    /// This rank's part in a cluster of a Slurm step's ranks.
+    insitu: Option<cluster::InSitu>,
     cw: Arc<worker::CoreWorker>,
 }
 
@@ -108,8 +110,13 @@ static CLUSTER: Mutex<Option<Cluster>> = Mutex::new(None);
 /// cluster to join (the node's session).
 pub(crate) const ENV_ADDRESS: &str = "RUSTRAY_ADDRESS";
 
-/// Starts an embedded local cluster with default settings (all cores), or
-/// joins the cluster of `rust-ray-launch` when run under it.
+/// Starts an embedded local cluster with default settings (all cores); or
+/// joins the cluster of `rust-ray-launch` when run under it; or, in a task
+/// of a Slurm step (`srun ./sim`), forms the step's cluster with the other
+/// ranks: rank 0 hosts the GCS, each node's first rank starts its raylet,
+/// every rank is a driver (`RUSTRAY_NO_SLURM=1` keeps a private embedded
+/// cluster instead). Call [`shutdown`] at the end of every rank: rank 0
+/// waits there for the other ranks before it ends the cluster.
 ///
 /// Call it first thing in `main`: in the worker processes that rustray
 /// starts (this same binary), `init` runs tasks and never returns.
@@ -127,13 +134,22 @@ pub fn init_with(config: Config) -> Result<()> {
             "rustray is already initialized; call shutdown() first",
         ));
     }
-    let (session, local) = match std::env::var(ENV_ADDRESS) {
-        Ok(addr) => (Session::from_env_str(&addr)?, None),
-        Err(_) => {
+    let slurm = if std::env::var_os("RUSTRAY_NO_SLURM").is_some() {
+        None
+    } else {
+        slurm::SlurmEnv::detect()?
+    };
+    let (session, local, insitu) = match (std::env::var(ENV_ADDRESS), slurm) {
+        (Ok(addr), _) => (Session::from_env_str(&addr)?, None, None),
+        (Err(_), Some(env)) => {
+            let (s, insitu) = cluster::InSitu::join(config, env)?;
+            (s, None, Some(insitu))
+        }
+        (Err(_), None) => {
             let exe = std::env::current_exe()
                 .map_err(|e| Error::io("locating the current executable", e))?;
             let local = cluster::LocalCluster::start(config, &exe, None, true)?;
-            (local.sessions[0].clone(), Some(local))
+            (local.sessions[0].clone(), Some(local), None)
         }
     };
     session::open_log(&session, &format!("driver-{}", std::process::id()));
@@ -142,6 +158,9 @@ pub fn init_with(config: Config) -> Result<()> {
         Err(e) => {
             if let Some(l) = local {
                 l.stop();
+            }
+            if let Some(i) = insitu {
+                i.leave();
             }
             return Err(e);
         }
@@ -152,7 +171,7 @@ pub fn init_with(config: Config) -> Result<()> {
         session.dir.display()
     );
     worker::set_current(Some(cw.clone()));
-    *slot = Some(Cluster { local, cw });
+    *slot = Some(Cluster { local, insitu, cw });
     Ok(())
 }
 
@@ -168,6 +187,9 @@ pub fn shutdown() {
     c.cw.stop();
     if let Some(l) = c.local {
         l.stop();
+    }
+    if let Some(i) = c.insitu {
+        i.leave();
     }
     log!("cluster shut down");
 }

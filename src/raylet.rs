@@ -83,6 +83,8 @@ struct State {
     copies: HashMap<CopyKey, Copy>,
     /// The node table, from the GCS's cluster view.
     nodes: HashMap<u16, NodeInfo>,
+    /// Drivers that ever registered here.
+    drivers_seen: u32,
 }
 
 struct Raylet {
@@ -141,6 +143,7 @@ fn run(session: Session) -> Result<()> {
             start_failures: 0,
             copies: HashMap::new(),
             nodes: HashMap::new(),
+            drivers_seen: 0,
         }),
         next_client: AtomicU64::new(1),
         arena,
@@ -215,6 +218,8 @@ impl Raylet {
                 alive: true,
                 store_used: 0,
                 store_capacity: self.arena.len() as u64,
+                drivers: 0,
+                drivers_seen: 0,
             },
         })
         .map_err(gcs_err)?;
@@ -257,6 +262,8 @@ impl Raylet {
                     available: st.leases.available().clone(),
                     store_used: st.store.used(),
                     store_capacity: st.store.capacity(),
+                    drivers: st.clients.values().filter(|c| c.is_driver).count() as u32,
+                    drivers_seen: st.drivers_seen,
                 }
             };
             if gcs.send(&msg).is_err() {
@@ -384,6 +391,9 @@ impl Raylet {
                 if let Some(c) = st.clients.get_mut(&client) {
                     c.worker = Some(worker);
                     c.is_driver = is_driver;
+                }
+                if is_driver {
+                    st.drivers_seen += 1;
                 }
                 if !is_driver {
                     if let Some(slot) = st.pids.get_mut(&pid) {

@@ -32,6 +32,8 @@ pub(crate) struct SlurmEnv {
     /// Rank of this task among the tasks on its node.
     pub(crate) local_rank: u32,
     pub(crate) nodes: u16,
+    /// Tasks in the step.
+    pub(crate) tasks: u32,
     pub(crate) node_name: String,
     pub(crate) cpus: Option<f64>,
     pub(crate) gpus: Option<f64>,
@@ -75,6 +77,9 @@ impl SlurmEnv {
             node_index,
             local_rank: num("SLURM_LOCALID")?.unwrap_or(0),
             nodes,
+            tasks: num::<u32>("SLURM_STEP_NUM_TASKS")?
+                .or(num::<u32>("SLURM_NTASKS")?)
+                .unwrap_or(1),
             node_name: var("SLURMD_NODENAME").unwrap_or_else(crate::session::node_name),
             cpus: num("SLURM_CPUS_ON_NODE")?,
             gpus,
@@ -117,6 +122,8 @@ pub(crate) fn publish(path: &std::path::Path, base: &Session) -> Result<()> {
         .ok_or_else(|| Error::invalid("the rendezvous path has no directory"))?;
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(&format!("creating {}", dir.display()), e))?;
+    // Whatever is there is an earlier job's: this rank 0 is the only writer.
+    let _ = std::fs::remove_file(path);
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()

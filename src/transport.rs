@@ -257,6 +257,9 @@ pub(crate) struct NodeInfo {
     /// Object store bytes in use and in total, at the last report.
     pub(crate) store_used: u64,
     pub(crate) store_capacity: u64,
+    /// Drivers connected to the node now, and ever.
+    pub(crate) drivers: u32,
+    pub(crate) drivers_seen: u32,
 }
 
 impl NodeInfo {
@@ -463,6 +466,8 @@ pub(crate) enum Msg {
         available: ResourceSet,
         store_used: u64,
         store_capacity: u64,
+        drivers: u32,
+        drivers_seen: u32,
     },
     /// `rust-ray-launch stop`: end the cluster's driver and the cluster.
     StopCluster,

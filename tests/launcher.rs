@@ -205,6 +205,24 @@ fn test_status_and_stop() {
         report.contains("2 nodes") && report.contains("store"),
         "{report}"
     );
+    // A connection without the cluster's secret is refused: closed before
+    // any message is read, and the cluster goes on.
+    let gcs = report
+        .split("GCS at ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .expect("GCS address in the status report");
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(gcs).expect("connect to the GCS port");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(&[0u8; 16]);
+        let _ = s.write_all(&[4, 0, 0, 0, 1, 2, 3, 4]);
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "a connection without the secret got an answer");
+    }
+    assert!(status_in(&dir).status.success(), "the cluster went down");
     let mut stop = Command::new(launcher());
     stop.arg("stop").env("RUSTRAY_RENDEZVOUS_DIR", &dir);
     let o = run_bounded(stop, Duration::from_secs(20));
@@ -482,6 +500,26 @@ fn test_slurm_node_never_registers() {
     );
 }
 
+/// The library linked into a simulation: every rank of `srun -N 3
+/// --ntasks-per-node=2` calls `init()`; they form one cluster by
+/// themselves and rank 0 gathers every rank's analysis results.
+fn test_slurm_insitu_ranks() {
+    if !slurm_wanted() {
+        return;
+    }
+    let mut c = Command::new("srun");
+    c.args(["-N", "3", "--ntasks-per-node=2", "--kill-on-bad-exit=1"])
+        .arg(target_dir().join("examples/insitu"));
+    slurm_env(&mut c, "none");
+    let out = run_bounded(c, Duration::from_secs(120));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("gathered 24 results from 6 ranks on 3 nodes"),
+        "{t}"
+    );
+}
+
 /// Two jobs on the same nodes at once: each its own cluster.
 fn test_slurm_two_jobs_at_once() {
     if !slurm_wanted() {
@@ -539,5 +577,6 @@ fn main() {
             test_slurm_node_never_registers,
         ),
         ("test_slurm_two_jobs_at_once", test_slurm_two_jobs_at_once),
+        ("test_slurm_insitu_ranks", test_slurm_insitu_ranks),
     ]);
 }
