@@ -39,6 +39,53 @@ use std::time::Duration;
 
 /// How often the raylet reports its free resources to the GCS.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
+/// Pulls move objects in pieces of this size...
+const PULL_CHUNK: u64 = 8 << 20;
+/// ...over this many connections at once per object.
+const PULL_STREAMS: usize = 4;
+/// Bytes being pulled into one node at once: more pulls wait their turn,
+/// so a burst of large pulls cannot take the whole store (or the network)
+/// at once.
+const PULL_BUDGET: u64 = 1 << 30;
+
+/// Bytes in flight of the node's pulls.
+#[derive(Default)]
+struct PullBudget {
+    inflight: Mutex<u64>,
+    freed: std::sync::Condvar,
+}
+
+/// A share of the pull budget, given back on drop.
+struct PullShare<'a> {
+    budget: &'a PullBudget,
+    bytes: u64,
+}
+
+impl PullBudget {
+    fn acquire(budget: &PullBudget, bytes: u64) -> PullShare<'_> {
+        let mut g = budget.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        // A pull bigger than the budget goes alone; waits end as pulls
+        // finish, and every pull is bounded by TRANSFER_STALL.
+        while *g > 0 && *g + bytes > PULL_BUDGET {
+            g = budget.freed.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        *g += bytes;
+        PullShare { budget, bytes }
+    }
+}
+
+impl Drop for PullShare<'_> {
+    fn drop(&mut self) {
+        let mut g = self
+            .budget
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *g -= self.bytes;
+        self.budget.freed.notify_all();
+    }
+}
+
 /// A transfer that makes no progress for this long has failed.
 const TRANSFER_STALL: Duration = Duration::from_secs(30);
 /// Bound on registering with the GCS.
@@ -93,6 +140,7 @@ struct Raylet {
     next_client: AtomicU64,
     env: String,
     arena: Arena,
+    pulls: PullBudget,
 }
 
 /// Entry point of the raylet process.
@@ -147,6 +195,7 @@ fn run(session: Session) -> Result<()> {
         }),
         next_client: AtomicU64::new(1),
         arena,
+        pulls: PullBudget::default(),
         session,
     });
     let gcs = raylet.register(&resources, tcp.port())?;
@@ -589,8 +638,42 @@ impl Raylet {
         }
     }
 
-    /// Reads a block of another node's store into local block `local`.
+    /// Reads a block of another node's store into local block `local`:
+    /// in [`PULL_CHUNK`] pieces over up to [`PULL_STREAMS`] connections,
+    /// each with all its requests sent at once (pipelined), read straight
+    /// into the arena. At most [`PULL_BUDGET`] bytes are in flight per node
+    /// (one larger object at a time goes alone).
     fn fetch(&self, source: &transport::Endpoint, offset: u64, len: u64, local: u64) -> Result<()> {
+        let _budget = PullBudget::acquire(&self.pulls, len);
+        let dst = self.arena.write(local, len)?;
+        let mut groups: Vec<Vec<(u64, &mut [u8])>> = Vec::new();
+        let n = (len.div_ceil(PULL_CHUNK) as usize).clamp(1, PULL_STREAMS);
+        groups.resize_with(n, Vec::new);
+        for (i, c) in dst.chunks_mut(PULL_CHUNK as usize).enumerate() {
+            groups[i % n].push((offset + i as u64 * PULL_CHUNK, c));
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = groups
+                .into_iter()
+                .map(|g| s.spawn(move || self.fetch_chunks(source, g)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::unavailable("a transfer thread panicked")))
+                })
+                .collect::<Result<Vec<()>>>()
+        })
+        .map(|_| ())
+    }
+
+    /// One connection's share of a pull.
+    fn fetch_chunks(
+        &self,
+        source: &transport::Endpoint,
+        chunks: Vec<(u64, &mut [u8])>,
+    ) -> Result<()> {
         let lost = |e: std::io::Error| {
             Error::new(
                 crate::error::ErrorKind::ObjectLost,
@@ -609,17 +692,25 @@ impl Raylet {
             // instead of hanging it.
             t.set_read_timeout(Some(TRANSFER_STALL)).map_err(lost)?;
         }
-        Conn::new(&stream)?
-            .send(&Msg::ReadObject { offset, len })
+        let conn = Conn::new(&stream)?;
+        for (offset, c) in &chunks {
+            conn.send(&Msg::ReadObject {
+                offset: *offset,
+                len: c.len() as u64,
+            })
             .map_err(unreachable)?;
-        match transport::read_frame(&mut stream, &mut Vec::new()).map_err(lost)? {
-            Some(Msg::ObjectBytes { result: Ok(n) }) if n == len => {}
-            Some(Msg::ObjectBytes { result: Err(e) }) => return Err(e),
-            _ => return Err(Error::unavailable("unexpected answer to a read")),
         }
-        // Straight into the arena: the bytes are copied once, by the kernel.
-        let dst = self.arena.write(local, len)?;
-        std::io::Read::read_exact(&mut stream, dst).map_err(lost)
+        let mut frame = Vec::new();
+        for (_, c) in chunks {
+            match transport::read_frame(&mut stream, &mut frame).map_err(lost)? {
+                Some(Msg::ObjectBytes { result: Ok(n) }) if n == c.len() as u64 => {}
+                Some(Msg::ObjectBytes { result: Err(e) }) => return Err(e),
+                _ => return Err(Error::unavailable("unexpected answer to a read")),
+            }
+            // Straight into the arena: the bytes are copied once, by the kernel.
+            std::io::Read::read_exact(&mut stream, c).map_err(lost)?;
+        }
+        Ok(())
     }
 
     fn client_gone(&self, client: ClientId) {

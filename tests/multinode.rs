@@ -133,6 +133,81 @@ fn test_object_transfer_between_nodes() {
     }
 }
 
+/// Reference counting across nodes: once no ref remains, the primary copy
+/// and every pulled copy are freed, on every node.
+fn test_every_copy_freed_when_no_ref_remains() {
+    let nodes = three_nodes();
+    let mut keep = Vec::new();
+    for n in &nodes[1..] {
+        // Made on node n, read on the driver's node and on the other node.
+        let x = make_bytes::options()
+            .resource(&pin(n), 0.01)
+            .remote(8 << 20, 1u8);
+        assert_eq!(rustray::get(&x).expect("pull to node 0").len(), 8 << 20);
+        for m in &nodes[1..] {
+            let r = checksum::options().resource(&pin(m), 0.01).remote(&x);
+            rustray::get(&r).expect("read on another node");
+        }
+        keep.push(x);
+    }
+    let used = |min: u64| -> bool {
+        rustray::nodes()
+            .expect("nodes")
+            .iter()
+            .all(|n| n.store_used >= min)
+    };
+    // Every node holds some copy while refs live (reports come every 100 ms).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !used(8 << 20) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "copies never showed up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(keep);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<(String, u64)> = rustray::nodes()
+            .expect("nodes")
+            .into_iter()
+            .filter(|n| n.store_used > 0)
+            .map(|n| (n.name, n.store_used))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "store space still in use after the last ref went: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A 1 GiB object made on one node arrives intact on another.
+fn test_one_gib_transfer() {
+    rustray::init_with(
+        Config::new()
+            .local_nodes(2)
+            .num_cpus(1.0)
+            .object_store_memory(1200 << 20),
+    )
+    .expect("a 2-node cluster with 1.2 GiB stores");
+    let nodes = rustray::nodes().expect("nodes");
+    let n = 1usize << 30;
+    let made = make_bytes::options()
+        .resource(&pin(&nodes[1]), 0.01)
+        .remote(n, 5u8);
+    let view = rustray::get_view(&made).expect("1 GiB pulled to node 0");
+    assert_eq!(view.len(), n);
+    assert_eq!(
+        local_checksum(&view),
+        local_checksum(&pattern(n, 5)),
+        "1 GiB corrupted in transit"
+    );
+}
+
 /// A request no node can ever satisfy fails at once with a clear error.
 fn test_infeasible_across_nodes() {
     three_nodes();
@@ -317,6 +392,11 @@ fn main() {
             test_object_transfer_between_nodes,
         ),
         ("test_infeasible_across_nodes", test_infeasible_across_nodes),
+        ("test_one_gib_transfer", test_one_gib_transfer),
+        (
+            "test_every_copy_freed_when_no_ref_remains",
+            test_every_copy_freed_when_no_ref_remains,
+        ),
         ("test_actor_on_another_node", test_actor_on_another_node),
         ("test_scheduling_strategies", test_scheduling_strategies),
         (

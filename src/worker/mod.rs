@@ -748,8 +748,9 @@ impl CoreWorker {
         let Some(e) = st.objects.remove(&id) else {
             return;
         };
-        if let Some(Payload::Store { node, offset, len }) = e.local_copy {
-            fx.unpins.push((node, offset, len));
+        // A pulled copy is pinned under the original block's coordinates.
+        if let (Some(_), Some(Payload::Store { node, offset, len })) = (&e.local_copy, &e.value) {
+            fx.unpins.push((*node, *offset, *len));
         }
         if e.owned {
             if let Some(Payload::Store { node, offset, .. }) = e.value {
