@@ -27,13 +27,29 @@ build:
 	$(CARGO) build --release --workspace --all-targets
 
 # One JSON line per scenario, as ../shared/peers/ray/bench.py prints them.
-bench:
-	$(CARGO) bench --bench microbench -- $(BENCH_ARGS) | tee target/bench-rustray.jsonl
+# --multinode adds, after the single-node run, the multi-node rows on a local
+# 3-node cluster (internode transfer + its TCP reference, 3-node start,
+# spill), and cluster_start_slurm_3node_s when sinfo answers (emulated Slurm:
+# bash slurm/emu-up.sh 3). It needs rust-ray-launch next to the bench binary,
+# hence the build. BENCH_ARGS=--quick for a smoke run; set BENCH_MULTINODE=
+# (empty) to leave the multi-node rows out. The bench's exit status is kept
+# (pipefail) while tee writes the jsonl.
+BENCH_MULTINODE ?= --multinode
+BENCH_OUT ?= target/bench-rustray.jsonl
+RAY_BENCH_OUT ?= target/bench-ray.jsonl
+bench bench-ray: SHELL := /bin/bash
 
-# Ray 2.60 in a venv, same scenarios, same machine.
+bench:
+	$(CARGO) build --release -p rust-ray-launch
+	@mkdir -p $(dir $(BENCH_OUT))
+	set -o pipefail; $(CARGO) bench --bench microbench -- $(BENCH_ARGS) $(BENCH_MULTINODE) | tee $(BENCH_OUT)
+
+# Ray 2.60 in a venv, same scenarios, same machine. bench.py --multinode runs
+# the single-node scenarios and then internode_transfer_gb_per_s in one go.
 bench-ray:
 	test -x $(RAY_VENV)/bin/python || VENV=$(RAY_VENV) bash ../shared/peers/ray/setup.sh
-	$(RAY_VENV)/bin/python ../shared/peers/ray/bench.py $(BENCH_ARGS) | tee target/bench-ray.jsonl
+	@mkdir -p $(dir $(RAY_BENCH_OUT))
+	set -o pipefail; $(RAY_VENV)/bin/python ../shared/peers/ray/bench.py $(BENCH_ARGS) $(BENCH_MULTINODE) | tee $(RAY_BENCH_OUT)
 
 bench-compare:
 	python3 benches/compare.py target/bench-rustray.jsonl target/bench-ray.jsonl

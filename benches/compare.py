@@ -17,6 +17,12 @@ ratio = rustray value / Ray value.  Targets (from the issue):
   * task_large_arg_gb_per_s: >= Ray
   * cluster_start_s: < 0.2 s absolute
   * idle_rss_mb: <= 1/10 of Ray
+  * internode_transfer_gb_per_s (--multinode): >= 0.9 x tcp_copy_gb_per_s
+    (rustray's own plain loopback TCP copy of the same bytes, same run; taken
+    from its row, else from internode's extra); Ray's value, when its jsonl
+    has the row (bench.py --multinode), is shown for the ratio
+Rows only rustray has (tcp_copy_gb_per_s, cluster_start_3node_s,
+spill_throughput_per_s, cluster_start_slurm_3node_s) show "-" for Ray.
 Scenarios without a target show "-"; a target that cannot be judged because
 a value is missing shows "n/a".  Python 3 standard library only.
 """
@@ -44,7 +50,11 @@ ORDER = [
     "wait_1000_ms",
     "wait_1000_ready_ms",
     "metg_us",
+    "cluster_start_3node_s",
+    "tcp_copy_gb_per_s",
     "internode_transfer_gb_per_s",
+    "spill_throughput_per_s",
+    "cluster_start_slurm_3node_s",
 ]
 
 LOWER_20 = {"task_sync_latency_us", "actor_call_sync_latency_us", "wait_1000_ms"}
@@ -143,6 +153,16 @@ def judge(name, rv, yv, rust):
         if rv is None:
             return "< 0.2 s", None
         return "< 0.2 s", rv < 0.2
+    if name == "internode_transfer_gb_per_s":
+        text = ">= 0.9x tcp copy"
+        tc = num(rust.get("tcp_copy_gb_per_s"))
+        if tc is None:  # fall back to the value carried in internode's extra
+            ex = (rust.get(name) or {}).get("extra") or {}
+            t = ex.get("tcp_copy_gb_per_s")
+            tc = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
+        if rv is None or tc is None:
+            return text, None
+        return f"{text} ({fmt(0.9 * tc)})", rv >= 0.9 * tc
     if name == "idle_rss_mb":
         if rv is None or yv is None:
             return "<= 0.1x Ray", None

@@ -17,16 +17,26 @@
 //! Usage:
 //!     cargo bench --bench microbench                       # full run, num_cpus=2
 //!     cargo bench --bench microbench -- --quick            # smoke run
+//!     cargo bench --bench microbench -- --multinode        # also the multi-node rows
 //!     cargo bench --bench microbench -- --only task_sync_latency_us,put_small_per_s
 //!     cargo bench --bench microbench -- --num-cpus 4
 //!     cargo bench --bench microbench -- --list
 //! Unknown arguments (such as the `--bench` that cargo passes) are ignored.
 //!
-//! Worker processes re-execute this binary with the same argv and enter
-//! worker mode inside `rustray::init_with` (which never returns there).  So
-//! nothing before the first `init_with` may have side effects, except the
-//! `--list` / bad-argument exits: those end the driver before any cluster (and
-//! so any worker) exists, so no worker ever sees such an argv.
+//! `--multinode` (as bench.py's) adds, after the single-node run, on a local
+//! 3-node cluster (`Config::local_nodes(3)`, 1 CPU and a 2 GiB store per
+//! node: a head = the driver's node, node A, node B): cluster_start_3node_s,
+//! tcp_copy_gb_per_s (plain loopback TCP, the reference),
+//! internode_transfer_gb_per_s (bench.py's scenario) and
+//! spill_throughput_per_s; then, if `sinfo` answers with >= 3 nodes,
+//! cluster_start_slurm_3node_s (`srun -N 3 rust-ray-launch -- <this binary>
+//! --start-app`; rust-ray-launch from $RUSTRAY_LAUNCHER or next to this
+//! binary's target directory).
+//!
+//! Raylet and worker processes re-execute this binary with the same argv and
+//! `RUSTRAY_ROLE` set; `main` hands them to `rustray::init` first thing
+//! (it never returns there). `--start-app` is the tiny application that
+//! cluster_start_slurm_3node_s launches (init, one task, print, exit).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
@@ -63,9 +73,36 @@ const SCENARIOS: &[&str] = &[
     "wait_1000_ms",
     "wait_1000_ready_ms",
     "metg_us",
+    // --multinode (bench.py's is internode_transfer_gb_per_s; the rest are
+    // rustray's own: its reference TCP copy and the multi-node issue's rows)
+    "cluster_start_3node_s",
+    "tcp_copy_gb_per_s",
     "internode_transfer_gb_per_s",
+    "spill_throughput_per_s",
+    "cluster_start_slurm_3node_s",
 ];
 const INTERNODE: &str = "internode_transfer_gb_per_s";
+/// Run only with `--multinode` (or named in `--only`), on their own clusters
+/// after the single-node run, as bench.py's internode_transfer_gb_per_s.
+const MULTINODE: &[&str] = &[
+    "cluster_start_3node_s",
+    "tcp_copy_gb_per_s",
+    INTERNODE,
+    "spill_throughput_per_s",
+    "cluster_start_slurm_3node_s",
+];
+/// Nodes of the local multi-node cluster: a head (the driver's node, no
+/// work is pinned there) + node A + node B, as bench.py's Cluster.
+const MN_NODES: u16 = 3;
+/// Object store per node (bench.py: 2 GiB; mapped lazily).
+const MN_STORE: u64 = 2 << 30;
+/// Bound on any single multi-node get, so a library hang fails the run
+/// with a message instead of hanging it.
+const MN_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bound on one `srun ... rust-ray-launch` start.
+const SRUN_TIMEOUT: Duration = Duration::from_secs(180);
+/// spill_throughput_per_s: the sleep of each task.
+const SPILL_SLEEP_MS: u64 = 5;
 
 // ------------------------------------------------------------------- sizes
 
@@ -98,6 +135,10 @@ struct Sizes {
     metg_work_us: u64,
     metg_reps: usize,
     metg_budget_s: Option<f64>,
+    internode_bytes: usize,
+    internode_warmup: usize,
+    internode_reps: usize,
+    spill_tasks: usize,
 }
 
 impl Sizes {
@@ -130,6 +171,10 @@ impl Sizes {
             metg_work_us: 500_000,
             metg_reps: 2,
             metg_budget_s: None,
+            internode_bytes: 256 * MIB,
+            internode_warmup: 3,
+            internode_reps: 5,
+            spill_tasks: 300,
         }
     }
 
@@ -162,6 +207,10 @@ impl Sizes {
             metg_work_us: 200_000,
             metg_reps: 2,
             metg_budget_s: Some(60.0),
+            internode_bytes: 64 * MIB,
+            internode_warmup: 1,
+            internode_reps: 2,
+            spill_tasks: 60,
         }
     }
 }
@@ -206,6 +255,34 @@ fn busy(d_us: u64) -> u64 {
     let end = Instant::now() + Duration::from_micros(d_us);
     while Instant::now() < end {}
     d_us
+}
+
+/// Multi-node: made on node A (pinned by the caller), like bench.py's
+/// `np.full(nbytes, seed % 251, uint8)`.
+#[rustray::remote]
+fn make_on_a(nbytes: usize, seed: u64) -> Vec<u8> {
+    vec![(seed % 251) as u8; nbytes]
+}
+
+/// Multi-node: runs on node B. `boxed = [ref]` is NOT resolved before the
+/// task starts, so the pull A -> B is timed here, around `get_view` (the
+/// raylet pulls the bytes into B's store; the view maps them, no further
+/// copy). Returns (seconds, sum of every 4096th byte, length, node name).
+#[rustray::remote]
+fn pull_on_b(boxed: Vec<ObjectRef<Vec<u8>>>) -> (f64, u64, usize, String) {
+    let t0 = Instant::now();
+    let v = rustray::get_view(&boxed[0]).expect("pull_on_b: get_view of the boxed ref");
+    let dt = t0.elapsed().as_secs_f64();
+    let s: u64 = v.iter().step_by(4096).map(|&b| b as u64).sum();
+    let node = rustray::node_name().expect("pull_on_b: node_name");
+    (dt, s, v.len(), node)
+}
+
+/// spill_throughput_per_s: sleeps `ms`, returns the node it ran on.
+#[rustray::remote]
+fn sleep_where(ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(ms));
+    rustray::node_name().expect("sleep_where: node_name")
 }
 
 #[derive(Default)]
@@ -1317,6 +1394,618 @@ fn sc_metg(c: &Sizes, num_cpus: u32) {
     );
 }
 
+// ---------------------------------------------------------- multi-node
+
+/// The local multi-node cluster: head (node 0, the driver's) + A + B, one
+/// CPU each. Unlike bench.py's head (num_cpus=0) the head has a CPU too
+/// (every local node gets the same resources); no work is pinned there.
+fn mn_config() -> rustray::Config {
+    rustray::Config::new()
+        .local_nodes(MN_NODES)
+        .num_cpus(1.0)
+        .object_store_memory(MN_STORE)
+}
+
+fn pin(node: &rustray::Node) -> String {
+    format!("node:{}", node.name)
+}
+
+fn alive_nodes() -> Vec<rustray::Node> {
+    let mut nodes: Vec<rustray::Node> = rustray::nodes()
+        .expect("multinode: rustray::nodes()")
+        .into_iter()
+        .filter(|n| n.alive)
+        .collect();
+    nodes.sort_by_key(|n| n.index);
+    nodes
+}
+
+/// cluster_start_3node_s: `init_with(local_nodes(3))` until the first
+/// trivial task's result is back; start_reps times with shutdown + 1 s
+/// between (as cluster_start_s); the last cluster stays up for the other
+/// multi-node scenarios.
+fn sc_cluster_start_3node(c: &Sizes, want: bool) {
+    let reps = if want { c.start_reps } else { 1 };
+    let mut samples = Vec::new();
+    for r in 0..reps {
+        let t0 = Instant::now();
+        rustray::init_with(mn_config()).expect("cluster_start_3node_s: init_with(local_nodes(3))");
+        let v = rustray::get_timeout(&noop::remote(7u64), MN_TIMEOUT)
+            .expect("cluster_start_3node_s: first noop task");
+        let dt = secs(t0);
+        assert_eq!(v, 7, "cluster_start_3node_s: noop(7) returned {v}");
+        samples.push(dt);
+        if r < reps - 1 {
+            rustray::shutdown();
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    let nodes = alive_nodes();
+    assert_eq!(
+        nodes.len(),
+        MN_NODES as usize,
+        "cluster_start_3node_s: {} alive nodes after init, expected {MN_NODES}",
+        nodes.len()
+    );
+    log(&format!(
+        "multinode cluster up: {} nodes ({})",
+        nodes.len(),
+        nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    if want {
+        emit(
+            "cluster_start_3node_s",
+            "s",
+            median(&samples),
+            1,
+            samples.len(),
+            vec![
+                ("samples", rnd_all(&samples, 4).into()),
+                ("first", rnd(samples[0], 4).into()),
+                ("mode", "local_nodes".into()),
+                ("nodes", nodes.len().into()),
+                ("num_cpus_per_node", 1u64.into()),
+                (
+                    "note",
+                    "init_with(local_nodes(3)) + get(noop(7)); 3 raylets, own store each".into(),
+                ),
+            ],
+        );
+    }
+}
+
+/// Reference for internode_transfer_gb_per_s: a plain TCP copy of `nbytes`
+/// over 127.0.0.1 between two threads (a server thread and this one). Per
+/// copy: connect, send an 8-byte request, the server write_all()s a
+/// pre-touched buffer, this side read_exact()s into a pre-touched buffer;
+/// timed from connect to the last byte. Default socket options plus
+/// TCP_NODELAY (as the runtime's transport). Separate processes measured the
+/// same here (2.2-2.8 GB/s either way on 2 cores).
+struct TcpCopy {
+    addr: std::net::SocketAddr,
+    dst: Vec<u8>,
+    server: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpCopy {
+    fn start(nbytes: usize) -> TcpCopy {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp_copy_gb_per_s: bind");
+        let addr = listener
+            .local_addr()
+            .expect("tcp_copy_gb_per_s: local_addr");
+        let server = std::thread::spawn(move || {
+            let src = vec![7u8; nbytes]; // non-zero fill: pages touched
+            loop {
+                let (mut s, _) = listener.accept().expect("tcp_copy_gb_per_s: accept");
+                s.set_nodelay(true).expect("tcp_copy_gb_per_s: nodelay");
+                let mut req = [0u8; 8];
+                s.read_exact(&mut req)
+                    .expect("tcp_copy_gb_per_s: read request");
+                let n = u64::from_le_bytes(req) as usize;
+                if n == 0 {
+                    return; // stop
+                }
+                s.write_all(&src[..n]).expect("tcp_copy_gb_per_s: write");
+            }
+        });
+        let mut dst = vec![0u8; nbytes];
+        dst.fill(2); // calloc'd pages are lazy: touch them
+        TcpCopy {
+            addr,
+            dst,
+            server: Some(server),
+        }
+    }
+
+    fn request(&self, n: usize) -> std::net::TcpStream {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(self.addr).expect("tcp_copy_gb_per_s: connect");
+        s.set_nodelay(true).expect("tcp_copy_gb_per_s: nodelay");
+        s.write_all(&(n as u64).to_le_bytes())
+            .expect("tcp_copy_gb_per_s: send request");
+        s
+    }
+
+    /// One copy; returns GB/s.
+    fn once(&mut self) -> f64 {
+        use std::io::Read;
+        let n = self.dst.len();
+        let t0 = Instant::now();
+        let mut s = self.request(n);
+        s.read_exact(&mut self.dst)
+            .expect("tcp_copy_gb_per_s: read");
+        let dt = secs(t0);
+        let sum: u64 = self.dst.iter().step_by(4096).map(|&b| b as u64).sum();
+        let want = n.div_ceil(4096) as u64 * 7;
+        assert_eq!(
+            sum, want,
+            "tcp_copy_gb_per_s: checksum {sum}, expected {want}"
+        );
+        n as f64 / GB / dt
+    }
+}
+
+impl Drop for TcpCopy {
+    fn drop(&mut self) {
+        drop(self.request(0));
+        if let Some(h) = self.server.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn emit_tcp_copy(nbytes: usize, tcp: &[f64]) {
+    let med = median(tcp);
+    emit(
+        "tcp_copy_gb_per_s",
+        "GB/s",
+        med,
+        nbytes,
+        tcp.len(),
+        vec![
+            ("samples", rnd_all(tcp, 3).into()),
+            ("mb_per_s", rnd(med * 1000.0, 1).into()),
+            ("streams", 1u64.into()),
+            (
+                "note",
+                "plain TCP over 127.0.0.1 between two threads: request, write_all of a \
+                 pre-touched buffer, read_exact into a pre-touched buffer; timed from \
+                 connect; reps interleaved with internode_transfer_gb_per_s's; reference \
+                 for it"
+                    .into(),
+            ),
+        ],
+    );
+}
+
+/// internode_transfer_gb_per_s, on the cluster left up by
+/// sc_cluster_start_3node, plus its reference tcp_copy_gb_per_s (same bytes,
+/// same warm-ups and reps, in the same run: each TCP copy right before the
+/// transfer of the same rep, so both see the same load).
+fn sc_internode(c: &Sizes, want_internode: bool, want_tcp: bool) {
+    let nbytes = c.internode_bytes;
+    let mut tcp = TcpCopy::start(nbytes);
+    if !want_internode {
+        for _ in 0..c.internode_warmup {
+            tcp.once();
+        }
+        let rates: Vec<f64> = (0..c.internode_reps).map(|_| tcp.once()).collect();
+        drop(tcp);
+        if want_tcp {
+            emit_tcp_copy(nbytes, &rates);
+        }
+        return;
+    }
+    let nodes = alive_nodes();
+    assert!(
+        nodes.len() >= 3,
+        "internode_transfer_gb_per_s: {} alive nodes, need 3",
+        nodes.len()
+    );
+    let (head, a, b) = (&nodes[0], &nodes[1], &nodes[2]);
+    let (pin_a, pin_b) = (pin(a), pin(b));
+    assert_ne!(
+        a.name, b.name,
+        "internode_transfer_gb_per_s: node A == node B"
+    );
+    let one = |seed: u64| -> (f64, f64) {
+        let r: ObjectRef<Vec<u8>> = make_on_a::options()
+            .resource(&pin_a, 0.01)
+            .remote(nbytes, seed);
+        // Wait until it exists on A; wait() does not pull it here.
+        let (ready, _) = rustray::wait(std::slice::from_ref(&r), 1, Some(MN_TIMEOUT))
+            .expect("internode_transfer_gb_per_s: wait for make_on_a");
+        assert_eq!(
+            ready.len(),
+            1,
+            "internode_transfer_gb_per_s: make_on_a not done within {MN_TIMEOUT:?}"
+        );
+        drop(ready);
+        let t1 = Instant::now();
+        let res = pull_on_b::options()
+            .resource(&pin_b, 0.01)
+            .remote(vec![r.clone()]);
+        let (dt, sum, len, node) =
+            rustray::get_timeout(&res, MN_TIMEOUT).expect("internode_transfer_gb_per_s: pull_on_b");
+        let e2e = secs(t1);
+        let want = (nbytes / 4096) as u64 * (seed % 251);
+        assert_eq!(
+            len, nbytes,
+            "internode_transfer_gb_per_s: B read {len} bytes"
+        );
+        assert_eq!(
+            sum, want,
+            "internode_transfer_gb_per_s: checksum {sum} on B, expected {want} (seed {seed})"
+        );
+        assert_eq!(
+            node, b.name,
+            "internode_transfer_gb_per_s: pull_on_b ran on {node}, expected node B {}",
+            b.name
+        );
+        assert_ne!(node, a.name, "internode_transfer_gb_per_s: B == A");
+        drop(res);
+        drop(r);
+        std::thread::sleep(FREE_PAUSE); // let both nodes free their copies
+        (dt, e2e)
+    };
+    let mut tcp_rates = Vec::new();
+    // A failed transfer (its panic) still leaves the TCP reference's row.
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for w in 0..c.internode_warmup {
+            tcp.once();
+            one(100 + w as u64); // warm-up (faults in both stores' pages)
+        }
+        let mut rss_kib = 0u64;
+        let mut procs = 0usize;
+        for (pid, _) in rustray_processes() {
+            let (rss, _) = mem_kib(pid);
+            if rss > 0 {
+                rss_kib += rss;
+                procs += 1;
+            }
+        }
+        let (mut rates, mut e2e_rates, mut get_ms) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..c.internode_reps {
+            tcp_rates.push(tcp.once());
+            let (dt, e2e) = one(i as u64 + 2);
+            rates.push(nbytes as f64 / GB / dt);
+            e2e_rates.push(nbytes as f64 / GB / e2e);
+            get_ms.push(dt * 1e3);
+        }
+        (rates, e2e_rates, get_ms, rss_kib, procs)
+    }));
+    // Finish the reference's reps if the transfer failed part way.
+    while tcp_rates.len() < c.internode_reps {
+        tcp_rates.push(tcp.once());
+    }
+    drop(tcp);
+    if want_tcp {
+        emit_tcp_copy(nbytes, &tcp_rates);
+    }
+    let (rates, e2e_rates, get_ms, rss_kib, procs) = match run {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e),
+    };
+    let tcp_med = median(&tcp_rates);
+    let med = median(&rates);
+    emit(
+        INTERNODE,
+        "GB/s",
+        med,
+        nbytes,
+        rates.len(),
+        vec![
+            ("samples", rnd_all(&rates, 3).into()),
+            ("get_ms", rnd(median(&get_ms), 2).into()),
+            ("end_to_end_gb_per_s", rnd(median(&e2e_rates), 3).into()),
+            ("mb_per_s", rnd(med * 1000.0, 1).into()),
+            ("tcp_copy_gb_per_s", rnd(tcp_med, 3).into()),
+            ("vs_tcp_copy", rnd(med / tcp_med, 3).into()),
+            ("target_vs_tcp_copy", 0.9.into()),
+            ("nodes", nodes.len().into()),
+            (
+                "node_names",
+                vec![head.name.clone(), a.name.clone(), b.name.clone()].into(),
+            ),
+            (
+                "node_addrs",
+                nodes
+                    .iter()
+                    .map(|n| n.address.to_string())
+                    .collect::<Vec<_>>()
+                    .into(),
+            ),
+            ("cluster_rss_mib", rnd(rss_kib as f64 / 1024.0, 1).into()),
+            ("cluster_processes", procs.into()),
+            (
+                "read",
+                "get_view inside the task on B: the raylet of B pulls the bytes from A's \
+                 raylet into B's store, the view maps them (no copy out of the store)"
+                    .into(),
+            ),
+            (
+                "transport",
+                "loopback TCP between two raylet processes".into(),
+            ),
+            (
+                "note",
+                "fresh object per rep, made by a task pinned to A (node:<A> 0.01, 1 CPU); \
+                 ref passed boxed in a Vec to a task pinned to B; get_view timed inside B"
+                    .into(),
+            ),
+        ],
+    );
+}
+
+/// spill_throughput_per_s: a batch of `spill_tasks` tasks sleeping 5 ms,
+/// submitted at once from the driver to its node; the raylet spills what its
+/// one CPU cannot run to the other nodes. value = tasks / wall (including
+/// submission); extra.per_node = where they ran.
+fn sc_spill(c: &Sizes) {
+    let n = c.spill_tasks;
+    let batch = || -> (f64, BTreeMap<String, usize>) {
+        let t0 = Instant::now();
+        let refs: Vec<ObjectRef<String>> = (0..n)
+            .map(|_| sleep_where::remote(SPILL_SLEEP_MS))
+            .collect();
+        let mut per: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &refs {
+            let node = rustray::get_timeout(r, MN_TIMEOUT)
+                .expect("spill_throughput_per_s: get of a sleep task");
+            *per.entry(node).or_default() += 1;
+        }
+        (secs(t0), per)
+    };
+    batch(); // warm-up (starts the workers on every node)
+    let nodes = alive_nodes();
+    let (mut rates, mut per_rep) = (Vec::new(), Vec::new());
+    let mut total: BTreeMap<String, usize> = nodes.iter().map(|n| (n.name.clone(), 0)).collect();
+    for _ in 0..c.reps {
+        let (dt, per) = batch();
+        assert_eq!(
+            per.values().sum::<usize>(),
+            n,
+            "spill_throughput_per_s: result count"
+        );
+        rates.push(n as f64 / dt);
+        for (k, v) in &per {
+            *total.entry(k.clone()).or_default() += v;
+        }
+        per_rep.push(J::Obj(
+            per.into_iter().map(|(k, v)| (k, v.into())).collect(),
+        ));
+    }
+    let ideal = nodes.len() as f64 * 1000.0 / SPILL_SLEEP_MS as f64;
+    let med = median(&rates);
+    emit(
+        "spill_throughput_per_s",
+        "tasks/s",
+        med,
+        n,
+        rates.len(),
+        vec![
+            ("samples", rnd_all(&rates, 1).into()),
+            ("task_ms", SPILL_SLEEP_MS.into()),
+            ("nodes", nodes.len().into()),
+            ("cpus_per_node", 1u64.into()),
+            ("ideal_per_s", rnd(ideal, 1).into()),
+            ("efficiency", rnd(med / ideal, 3).into()),
+            (
+                "per_node",
+                J::Obj(total.into_iter().map(|(k, v)| (k, v.into())).collect()),
+            ),
+            ("per_node_per_rep", J::Arr(per_rep)),
+            (
+                "note",
+                "n tasks (sleep 5 ms, 1 CPU) submitted at once from the driver on node 0, \
+                 unpinned; per_node sums the timed reps"
+                    .into(),
+            ),
+        ],
+    );
+}
+
+/// Runs a command with a bound; returns (exit status or None if it was
+/// killed for overrunning, stdout, stderr, seconds from spawn to exit).
+fn run_bounded(
+    cmd: &mut std::process::Command,
+    limit: Duration,
+) -> std::io::Result<(Option<std::process::ExitStatus>, String, String, f64)> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let t0 = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let drain = |mut p: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let mut buf = Vec::new();
+            let _ = p.read_to_end(&mut buf);
+            s.push_str(&String::from_utf8_lossy(&buf));
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let mut status = None;
+    let mut dt = 0.0;
+    while t0.elapsed() < limit {
+        if let Some(s) = child.try_wait()? {
+            dt = secs(t0);
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if status.is_none() {
+        // Overran: SIGTERM (srun forwards it to the step), then SIGKILL.
+        // SAFETY: kill(2) on the pid of the child we spawned and still own.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let grace = Instant::now();
+        while grace.elapsed() < Duration::from_secs(10) {
+            if child.try_wait()?.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    Ok((status, out, err, dt))
+}
+
+/// Number of nodes `sinfo` lists, or why Slurm is not usable.
+fn slurm_nodes() -> Result<usize, String> {
+    let mut cmd = std::process::Command::new("sinfo");
+    cmd.args(["-h", "-N", "-o", "%N %t"]);
+    match run_bounded(&mut cmd, Duration::from_secs(15)) {
+        Err(e) => Err(format!("sinfo cannot run: {e}")),
+        Ok((Some(st), out, _, _)) if st.success() => {
+            let names: BTreeSet<&str> = out
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .collect();
+            Ok(names.len())
+        }
+        Ok((_, _, err, _)) => Err(format!(
+            "sinfo failed: {}",
+            err.lines().last().unwrap_or("(no message)")
+        )),
+    }
+}
+
+/// `rust-ray-launch`: $RUSTRAY_LAUNCHER, else next to this binary's
+/// target directory (target/release/deps/microbench-* ->
+/// target/release/rust-ray-launch), else target/release/ under the cwd.
+fn find_launcher() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("RUSTRAY_LAUNCHER") {
+        return Some(p.into());
+    }
+    let exe = std::env::current_exe().ok()?;
+    let mut cands = Vec::new();
+    if let Some(d) = exe.parent() {
+        cands.push(d.join("rust-ray-launch"));
+        if let Some(dd) = d.parent() {
+            cands.push(dd.join("rust-ray-launch"));
+        }
+    }
+    cands.push(std::path::PathBuf::from("target/release/rust-ray-launch"));
+    cands.into_iter().find(|p| p.is_file())
+}
+
+/// cluster_start_slurm_3node_s: `srun -N 3 --ntasks-per-node=1
+/// rust-ray-launch -- <this binary> --start-app` end to end (Slurm step
+/// start, 3 raylets joining, the driver's init + one task + print, teardown).
+/// Skipped with a note when no Slurm with >= 3 nodes answers. The rendezvous
+/// directory is the launcher's default ($RUSTRAY_RENDEZVOUS_DIR, else
+/// $HOME/.rustray/jobs: shared by the nodes); on a busy cluster the time
+/// includes waiting for the allocation.
+fn sc_cluster_start_slurm(c: &Sizes) {
+    const NAME: &str = "cluster_start_slurm_3node_s";
+    let n = match slurm_nodes() {
+        Ok(n) => n,
+        Err(why) => {
+            log(&format!("{NAME} skipped: no Slurm ({why})"));
+            return;
+        }
+    };
+    if n < 3 {
+        log(&format!("{NAME} skipped: sinfo lists {n} node(s), need 3"));
+        return;
+    }
+    let Some(launcher) = find_launcher() else {
+        log(&format!(
+            "{NAME} skipped: rust-ray-launch not found (build it: cargo build --release \
+             -p rust-ray-launch, or set RUSTRAY_LAUNCHER)"
+        ));
+        return;
+    };
+    let me = std::env::current_exe().expect("cluster_start_slurm_3node_s: current_exe");
+    let (mut samples, mut inner) = (Vec::new(), Vec::new());
+    for _ in 0..c.start_reps {
+        let mut cmd = std::process::Command::new("srun");
+        cmd.args(["-N", "3", "--ntasks-per-node=1", "--kill-on-bad-exit=1"])
+            .arg(&launcher)
+            .arg("--")
+            .arg(&me)
+            .arg("--start-app");
+        let (st, out, err, dt) =
+            run_bounded(&mut cmd, SRUN_TIMEOUT).expect("cluster_start_slurm_3node_s: srun runs");
+        let ok = st.is_some_and(|s| s.success());
+        let line = out.lines().find(|l| l.starts_with("start-app ok"));
+        if !ok || line.is_none() {
+            panic!(
+                "cluster_start_slurm_3node_s: srun failed (status {st:?}, after {dt:.1}s)\n\
+                 --- stdout\n{out}--- stderr\n{err}"
+            );
+        }
+        let line = line.unwrap_or_default();
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|t| t.strip_prefix(k))
+                .map(str::to_string)
+        };
+        let nodes: usize = field("nodes=").and_then(|v| v.parse().ok()).unwrap_or(0);
+        assert_eq!(
+            nodes, 3,
+            "cluster_start_slurm_3node_s: the app saw {nodes} nodes: {line}"
+        );
+        if let Some(t) = field("init_task_s=").and_then(|v| v.parse::<f64>().ok()) {
+            inner.push(t);
+        }
+        samples.push(dt);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    emit(
+        NAME,
+        "s",
+        median(&samples),
+        1,
+        samples.len(),
+        vec![
+            ("samples", rnd_all(&samples, 3).into()),
+            ("first", rnd(samples[0], 3).into()),
+            ("driver_init_task_s", rnd_all(&inner, 5).into()),
+            ("slurm_nodes", n.into()),
+            ("launcher", launcher.display().to_string().into()),
+            (
+                "note",
+                "srun -N 3 --ntasks-per-node=1 rust-ray-launch -- <microbench> --start-app, \
+                 end to end (until srun exits); driver_init_task_s = init + first task \
+                 inside the driver"
+                    .into(),
+            ),
+        ],
+    );
+}
+
+/// `--start-app`: the tiny application that cluster_start_slurm_3node_s
+/// launches: init (joins the launcher's cluster), one task, print, exit.
+fn start_app() {
+    let t0 = Instant::now();
+    rustray::init().expect("start-app: rustray::init");
+    let v = rustray::get_timeout(&noop::remote(7u64), MN_TIMEOUT).expect("start-app: noop task");
+    let dt = secs(t0);
+    assert_eq!(v, 7, "start-app: noop(7) returned {v}");
+    let nodes = alive_nodes();
+    println!(
+        "start-app ok nodes={} init_task_s={dt:.6} node={}",
+        nodes.len(),
+        rustray::node_name().unwrap_or_default()
+    );
+    rustray::shutdown();
+}
+
 // ------------------------------------------------------------------ main
 
 struct Args {
@@ -1324,6 +2013,8 @@ struct Args {
     only: Vec<String>,
     list: bool,
     num_cpus: u32,
+    multinode: bool,
+    start_app: bool,
 }
 
 /// Parses argv by hand; unknown arguments (cargo's `--bench`, ...) are ignored.
@@ -1334,6 +2025,8 @@ fn parse_args() -> Args {
         only: Vec::new(),
         list: false,
         num_cpus: 2,
+        multinode: false,
+        start_app: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -1359,6 +2052,8 @@ fn parse_args() -> Args {
         match key {
             "--quick" => a.quick = true,
             "--list" => a.list = true,
+            "--multinode" => a.multinode = true,
+            "--start-app" => a.start_app = true,
             "--only" => {
                 a.only = value(&mut i)
                     .split(',')
@@ -1392,14 +2087,22 @@ fn timed_step(name: &str, f: impl FnOnce()) {
 }
 
 fn main() {
-    // Nothing with side effects before the first init_with (workers re-exec
-    // this binary with the same argv and become workers inside init_with).
+    // Raylets and workers are this binary re-executed (same argv, role in
+    // the environment): enter that role before anything else runs.
+    // `init` never returns there.
+    if std::env::var_os("RUSTRAY_ROLE").is_some() {
+        let _ = rustray::init();
+        unreachable!("rustray::init returns only in a driver");
+    }
     let args = parse_args();
+    if args.start_app {
+        start_app();
+        return;
+    }
     if args.list {
-        // Only ever reached by a driver (it exits before any worker exists).
         for s in SCENARIOS {
-            if *s == INTERNODE {
-                println!("{s} (multinode, not yet)");
+            if MULTINODE.contains(s) {
+                println!("{s} (--multinode)");
             } else {
                 println!("{s}");
             }
@@ -1418,11 +2121,13 @@ fn main() {
     } else {
         Sizes::full()
     };
+    // As bench.py: without --only, the single-node scenarios, plus the
+    // multi-node ones with --multinode.
     let want: BTreeSet<&str> = if args.only.is_empty() {
         SCENARIOS
             .iter()
             .copied()
-            .filter(|s| *s != INTERNODE)
+            .filter(|s| args.multinode || !MULTINODE.contains(s))
             .collect()
     } else {
         args.only.iter().map(String::as_str).collect()
@@ -1430,17 +2135,18 @@ fn main() {
     let w = |s: &str| want.contains(s);
 
     let t_all = Instant::now();
-    let single = want.iter().any(|s| *s != INTERNODE);
+    log(&format!(
+        "{IMPL} pid {} mode={}{} num_cpus={} load1={}",
+        std::process::id(),
+        if args.quick { "quick" } else { "full" },
+        if args.multinode { " multinode" } else { "" },
+        args.num_cpus,
+        load1()
+    ));
+    let single = want.iter().any(|s| !MULTINODE.contains(s));
     if single {
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             sc_cluster_start(&cfg, &c, w("cluster_start_s"), args.num_cpus);
-            log(&format!(
-                "{IMPL} pid {} mode={} num_cpus={} load1={}",
-                std::process::id(),
-                if args.quick { "quick" } else { "full" },
-                args.num_cpus,
-                load1()
-            ));
             if w("idle_rss_mb") {
                 sc_idle_rss(&c);
             }
@@ -1491,12 +2197,57 @@ fn main() {
             std::panic::resume_unwind(e);
         }
     }
-    if w(INTERNODE) {
-        log("internode_transfer_gb_per_s skipped: multinode, not yet");
+    // Multi-node: each step on its own, so that a failing one (its panic
+    // message and backtrace go to stderr) does not hide the others' rows;
+    // the run still exits non-zero at the end.
+    let mut failed: Vec<&str> = Vec::new();
+    let mut step = |name: &'static str, f: &mut dyn FnMut()| -> bool {
+        let t = Instant::now();
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_ok();
+        if ok {
+            log(&format!("{name} done in {:.1}s", secs(t)));
+        } else {
+            log(&format!("{name} FAILED after {:.1}s", secs(t)));
+            failed.push(name);
+        }
+        ok
+    };
+    // One local 3-node cluster (head + A + B) for these, as bench.py's
+    // internode Cluster; the tcp_copy reference needs none but runs with
+    // internode (same run, same conditions).
+    let on_cluster = ["cluster_start_3node_s", INTERNODE, "spill_throughput_per_s"];
+    if on_cluster.iter().any(|s| w(s)) {
+        let up = step("cluster_start_3node_s", &mut || {
+            sc_cluster_start_3node(&c, w("cluster_start_3node_s"))
+        });
+        if up {
+            if w(INTERNODE) || w("tcp_copy_gb_per_s") {
+                step(INTERNODE, &mut || {
+                    sc_internode(&c, w(INTERNODE), w("tcp_copy_gb_per_s"))
+                });
+            }
+            if w("spill_throughput_per_s") {
+                step("spill_throughput_per_s", &mut || sc_spill(&c));
+            }
+        } else {
+            log("multinode scenarios on the local cluster skipped: it did not start");
+        }
+        rustray::shutdown();
+    } else if w("tcp_copy_gb_per_s") {
+        step("tcp_copy_gb_per_s", &mut || sc_internode(&c, false, true));
+    }
+    if w("cluster_start_slurm_3node_s") {
+        step("cluster_start_slurm_3node_s", &mut || {
+            sc_cluster_start_slurm(&c)
+        });
     }
     log(&format!(
         "total wall time {:.1}s load1={}",
         secs(t_all),
         load1()
     ));
+    if !failed.is_empty() {
+        log(&format!("FAILED: {}", failed.join(", ")));
+        std::process::exit(1);
+    }
 }

@@ -292,25 +292,8 @@ fn launch_local(opts: LaunchOptions, app: PathBuf, n: u16) -> Result<i32> {
 fn launch_slurm(opts: LaunchOptions, app: PathBuf, env: SlurmEnv) -> Result<i32> {
     let me =
         std::env::current_exe().map_err(|e| Error::io("locating the launcher executable", e))?;
-    let ip = slurm::node_ip()?;
-    let rdv = env.rendezvous();
-    let config = env.node_config(opts.config);
-    let (base, gcs) = if env.rank == 0 {
-        let mut base = Session::new_cluster(config.clone(), false)?;
-        base.ip = ip;
-        let gcs = Gcs::start(base.for_node(env.node_index, &env.node_name)?)?;
-        base.gcs = gcs.addr();
-        slurm::publish(&rdv, &base)?;
-        (base, Some(gcs))
-    } else {
-        (await_cluster(&rdv, join_timeout())?, None)
-    };
-    let mut s = base.for_node(env.node_index, &env.node_name)?;
-    s.ip = ip;
-    s.config = config;
-    s.exe = app.clone();
-    s.args = opts.args.clone();
-    let s = with_node_resource(s);
+    let (s, gcs, rdv) = join_step(&env, opts.config, &app, &opts.args)?;
+    let ip = s.ip;
     session::open_log(&s, &format!("launcher-{}", env.rank));
     log!(
         "launcher rank {} (local rank {}) on node {} ({ip}): job {} step {}, {} nodes",
@@ -363,6 +346,37 @@ fn launch_slurm(opts: LaunchOptions, app: PathBuf, env: SlurmEnv) -> Result<i32>
     let _ = raylet.wait();
     let _ = std::fs::remove_file(&rdv);
     code
+}
+
+/// This rank's node session in its Slurm step's cluster: rank 0 starts
+/// the GCS and publishes the cluster in the step's rendezvous file, the
+/// other ranks read it. Workers run `app args`. Returns the session, the
+/// GCS (rank 0) and the rendezvous path.
+fn join_step(
+    env: &SlurmEnv,
+    config: Config,
+    app: &Path,
+    args: &[String],
+) -> Result<(Session, Option<Arc<Gcs>>, PathBuf)> {
+    let ip = slurm::node_ip()?;
+    let rdv = env.rendezvous();
+    let config = env.node_config(config);
+    let (base, gcs) = if env.rank == 0 {
+        let mut base = Session::new_cluster(config.clone(), false)?;
+        base.ip = ip;
+        let gcs = Gcs::start(base.for_node(env.node_index, &env.node_name)?)?;
+        base.gcs = gcs.addr();
+        slurm::publish(&rdv, &base)?;
+        (base, Some(gcs))
+    } else {
+        (await_cluster(&rdv, join_timeout())?, None)
+    };
+    let mut s = base.for_node(env.node_index, &env.node_name)?;
+    s.ip = ip;
+    s.config = config;
+    s.exe = app.to_path_buf();
+    s.args = args.to_vec();
+    Ok((with_node_resource(s), gcs, rdv))
 }
 
 /// The node names of the step, for error messages: `scontrol show
@@ -591,28 +605,10 @@ impl InSitu {
     /// Joins (rank 0: starts) the step's cluster; returns this rank's node
     /// session, whose raylet is up.
     pub(crate) fn join(config: Config, env: SlurmEnv) -> Result<(Session, InSitu)> {
-        let ip = slurm::node_ip()?;
-        let rendezvous = env.rendezvous();
-        let config = env.node_config(config);
         let me =
             std::env::current_exe().map_err(|e| Error::io("locating the current executable", e))?;
         let args: Vec<String> = std::env::args().skip(1).collect();
-        let (base, gcs) = if env.rank == 0 {
-            let mut base = Session::new_cluster(config.clone(), false)?;
-            base.ip = ip;
-            let gcs = Gcs::start(base.for_node(env.node_index, &env.node_name)?)?;
-            base.gcs = gcs.addr();
-            slurm::publish(&rendezvous, &base)?;
-            (base, Some(gcs))
-        } else {
-            (await_cluster(&rendezvous, join_timeout())?, None)
-        };
-        let mut s = base.for_node(env.node_index, &env.node_name)?;
-        s.ip = ip;
-        s.config = config;
-        s.exe = me.clone();
-        s.args = args.clone();
-        let s = with_node_resource(s);
+        let (s, gcs, rendezvous) = join_step(&env, config, &me, &args)?;
         let mut raylet = if env.local_rank == 0 {
             Some(spawn_raylet(&me, &s, &args)?)
         } else {

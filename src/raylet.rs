@@ -106,8 +106,8 @@ struct Copy {
     pins: u32,
 }
 
-/// (node, offset, len) of the original block.
-type CopyKey = (u16, u64, u64);
+/// (node, offset, len, tag) of the original block.
+type CopyKey = (u16, u64, u64, u64);
 
 /// Workers that exit before registering this many times in a row mean the
 /// binary does not call `rustray::init()` first: stop retrying.
@@ -499,9 +499,15 @@ impl Raylet {
                 node,
                 offset,
                 len,
-            } => self.pull(st, client, req, (node, offset, len)),
-            Msg::UnpinObject { node, offset, len } => {
-                let key = (node, offset, len);
+                tag,
+            } => self.pull(st, client, req, (node, offset, len, tag)),
+            Msg::UnpinObject {
+                node,
+                offset,
+                len,
+                tag,
+            } => {
+                let key = (node, offset, len, tag);
                 if let Some(c) = st.copies.get_mut(&key) {
                     c.pins = c.pins.saturating_sub(1);
                     if c.pins == 0 {
@@ -560,7 +566,7 @@ impl Raylet {
             }
             return;
         }
-        let (node, offset, len) = key;
+        let (node, offset, len, _) = key;
         if let Some(n) = st.nodes.get(&node).filter(|n| !n.alive) {
             let e = Error::new(
                 crate::error::ErrorKind::ObjectLost,

@@ -234,11 +234,13 @@ const MAX_FRAME: usize = 1 << 30;
 pub(crate) enum Payload {
     Inline(Vec<u8>),
     /// A block of node `node`'s arena; another node reads it by pulling a
-    /// copy into its own store.
+    /// copy into its own store. `tag` is random per stored object, so a copy
+    /// of a freed block can never be mistaken for the block's next object.
     Store {
         node: u16,
         offset: u64,
         len: u64,
+        tag: u64,
     },
 }
 
@@ -364,11 +366,13 @@ pub(crate) enum Msg {
         node: u16,
         offset: u64,
         len: u64,
+        tag: u64,
     },
     UnpinObject {
         node: u16,
         offset: u64,
         len: u64,
+        tag: u64,
     },
     /// Raylet to raylet, on a data connection: send the bytes of a block.
     /// Answered by `ObjectBytes` followed by the raw bytes.
@@ -539,18 +543,7 @@ impl Conn {
 
     /// Sends one message as one frame.
     pub(crate) fn send(&self, msg: &Msg) -> Result<()> {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (stream, buf) = &mut *guard;
-        buf.clear();
-        buf.extend_from_slice(&[0u8; 4]);
-        codec::encode_append(msg, buf)?;
-        let len = (buf.len() - 4) as u32;
-        buf[..4].copy_from_slice(&len.to_le_bytes());
-        let r = stream.write_all(buf);
-        if buf.capacity() > 1 << 20 {
-            *buf = Vec::with_capacity(256);
-        }
-        r.map_err(|e| Error::unavailable(format!("peer connection lost: {e}")))
+        self.send_with_bytes(msg, &[])
     }
 
     /// Sends one message followed by raw bytes outside the framing (a block
@@ -563,10 +556,14 @@ impl Conn {
         codec::encode_append(msg, buf)?;
         let len = (buf.len() - 4) as u32;
         buf[..4].copy_from_slice(&len.to_le_bytes());
-        stream
-            .write_all(buf)
-            .and_then(|_| stream.write_all(bytes))
-            .map_err(|e| Error::unavailable(format!("peer connection lost: {e}")))
+        let mut r = stream.write_all(buf);
+        if r.is_ok() && !bytes.is_empty() {
+            r = stream.write_all(bytes);
+        }
+        if buf.capacity() > 1 << 20 {
+            *buf = Vec::with_capacity(256);
+        }
+        r.map_err(|e| Error::unavailable(format!("peer connection lost: {e}")))
     }
 
     /// Closes both directions; the peer's reader sees end-of-stream.

@@ -185,6 +185,37 @@ fn test_every_copy_freed_when_no_ref_remains() {
     }
 }
 
+#[rustray::remote]
+fn boxed_checksum(boxed: Vec<rustray::ObjectRef<Vec<u8>>>) -> u64 {
+    // Not resolved as an argument: fetched (pulled) inside the task.
+    let v = rustray::get_view(&boxed[0]).expect("boxed ref");
+    local_checksum(&v)
+}
+
+/// Objects made one after another in the same store block (each freed
+/// before the next) and read on another node through a borrowed ref: every
+/// read sees its own object, never the copy of an earlier one.
+fn test_reused_store_blocks_never_serve_stale_copies() {
+    let nodes = three_nodes();
+    for seed in 0..6u8 {
+        let x = make_bytes::options()
+            .resource(&pin(&nodes[1]), 0.01)
+            .remote(4 << 20, seed);
+        let r = boxed_checksum::options()
+            .resource(&pin(&nodes[2]), 0.01)
+            .remote(vec![x.clone()]);
+        let got = rustray::get(&r).expect("read on node 2");
+        assert_eq!(
+            got,
+            local_checksum(&pattern(4 << 20, seed)),
+            "stale copy for seed {seed}"
+        );
+        drop(x);
+        drop(r);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A 1 GiB object made on one node arrives intact on another.
 fn test_one_gib_transfer() {
     rustray::init_with(
@@ -393,6 +424,10 @@ fn main() {
         ),
         ("test_infeasible_across_nodes", test_infeasible_across_nodes),
         ("test_one_gib_transfer", test_one_gib_transfer),
+        (
+            "test_reused_store_blocks_never_serve_stale_copies",
+            test_reused_store_blocks_never_serve_stale_copies,
+        ),
         (
             "test_every_copy_freed_when_no_ref_remains",
             test_every_copy_freed_when_no_ref_remains,

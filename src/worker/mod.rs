@@ -77,8 +77,8 @@ pub(crate) struct Effects {
     pub(crate) drops: Vec<RawRef>,
     /// Store blocks to free, by node.
     pub(crate) free_offsets: Vec<(u16, u64)>,
-    /// Pulled copies (node, offset, len of the original) to unpin locally.
-    pub(crate) unpins: Vec<(u16, u64, u64)>,
+    /// Pulled copies to unpin locally, by their original block.
+    pub(crate) unpins: Vec<Payload>,
     pub(crate) notify: bool,
     pub(crate) lease_requests: Vec<submitter::LeaseRequest>,
     pub(crate) return_leases: Vec<(LeaseId, bool)>,
@@ -638,8 +638,8 @@ impl CoreWorker {
                 }
             }
         }
-        for (node, offset, len) in fx.unpins {
-            let _ = self.raylet.send(&Msg::UnpinObject { node, offset, len });
+        for original in fx.unpins {
+            self.unpin(&original);
         }
         for r in fx.lease_requests {
             let submitter::LeaseRequest {
@@ -749,8 +749,8 @@ impl CoreWorker {
             return;
         };
         // A pulled copy is pinned under the original block's coordinates.
-        if let (Some(_), Some(Payload::Store { node, offset, len })) = (&e.local_copy, &e.value) {
-            fx.unpins.push((*node, *offset, *len));
+        if let (Some(_), Some(original)) = (&e.local_copy, &e.value) {
+            fx.unpins.push(original.clone());
         }
         if e.owned {
             if let Some(Payload::Store { node, offset, .. }) = e.value {
@@ -1012,9 +1012,9 @@ impl CoreWorker {
     pub(crate) fn payload_bytes<'a>(&'a self, p: &'a Payload) -> Result<&'a [u8]> {
         match p {
             Payload::Inline(b) => Ok(b),
-            Payload::Store { node, offset, len } if *node == self.session.node_index => {
-                self.arena.read(*offset, *len)
-            }
+            Payload::Store {
+                node, offset, len, ..
+            } if *node == self.session.node_index => self.arena.read(*offset, *len),
             Payload::Store { node, .. } => Err(Error::unavailable(format!(
                 "internal: object on node {node} read without pulling it to this node"
             ))),
@@ -1029,7 +1029,13 @@ impl CoreWorker {
     /// Copies a block of another node's store into this node's (the local
     /// raylet reuses a copy it already has); pinned until unpinned.
     pub(crate) fn pull(&self, p: &Payload) -> Result<Payload> {
-        let Payload::Store { node, offset, len } = *p else {
+        let Payload::Store {
+            node,
+            offset,
+            len,
+            tag,
+        } = *p
+        else {
             return Ok(p.clone());
         };
         let reply = self.raylet_call(
@@ -1038,6 +1044,7 @@ impl CoreWorker {
                 node,
                 offset,
                 len,
+                tag,
             },
             "pulling an object from another node",
         )?;
@@ -1046,6 +1053,7 @@ impl CoreWorker {
                 node: self.session.node_index,
                 offset: result?,
                 len,
+                tag,
             }),
             _ => Err(Error::unavailable("unexpected reply from the raylet")),
         }
@@ -1053,8 +1061,19 @@ impl CoreWorker {
 
     /// Unpins a copy made by [`CoreWorker::pull`] of the block `original`.
     pub(crate) fn unpin(&self, original: &Payload) {
-        if let Payload::Store { node, offset, len } = *original {
-            let _ = self.raylet.send(&Msg::UnpinObject { node, offset, len });
+        if let Payload::Store {
+            node,
+            offset,
+            len,
+            tag,
+        } = *original
+        {
+            let _ = self.raylet.send(&Msg::UnpinObject {
+                node,
+                offset,
+                len,
+                tag,
+            });
         }
     }
 
@@ -1126,6 +1145,7 @@ impl CoreWorker {
         enc.write_to(self.arena.write(offset, len as u64)?);
         Ok(Payload::Store {
             node: self.session.node_index,
+            tag: crate::ids::random_u64(),
             offset,
             len: len as u64,
         })
