@@ -386,14 +386,28 @@ impl Gcs {
         let conn = Arc::new(conn);
         let mut node = None;
         let _ = transport::read_loop(stream, |m| {
-            if let Msg::RegisterNode { info, .. } = &m {
-                node = Some(info.index);
+            let registering = match &m {
+                Msg::RegisterNode { info, .. } => Some(info.index),
+                _ => None,
+            };
+            self.handle(&conn, m);
+            // Only a registration that succeeded makes this the node's
+            // connection (a refused duplicate must not take the node down).
+            if let Some(i) = registering.filter(|i| self.is_node_conn(*i, &conn)) {
+                node = Some(i);
             }
-            self.handle(&conn, m)
         });
-        if let Some(n) = node {
+        if let Some(n) = node.filter(|n| self.is_node_conn(*n, &conn)) {
             self.node_lost(n);
         }
+    }
+
+    fn is_node_conn(&self, index: u16, conn: &Arc<Conn>) -> bool {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&index)
+            .is_some_and(|(c, _)| Arc::ptr_eq(c, conn))
     }
 
     /// Declares lost every node that stopped reporting.

@@ -82,6 +82,10 @@ impl Config {
         self.num_gpus.is_some()
     }
 
+    pub(crate) fn has_resource(&self, name: &str) -> bool {
+        self.resources.iter().any(|(k, _)| k == name)
+    }
+
     pub(crate) fn node_count(&self) -> Result<u16> {
         match self.local_nodes.unwrap_or(1) {
             0 => Err(Error::invalid("local_nodes must be at least 1")),

@@ -20,6 +20,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// The resource Slurm's `--mem` becomes (Ray's name for it).
+const MEMORY: &str = "memory";
+
 /// What this task of a Slurm step knows from its environment.
 #[derive(Clone, Debug)]
 pub(crate) struct SlurmEnv {
@@ -37,52 +40,79 @@ pub(crate) struct SlurmEnv {
     pub(crate) node_name: String,
     pub(crate) cpus: Option<f64>,
     pub(crate) gpus: Option<f64>,
+    /// Memory allocated on the node, in bytes (`--mem`).
+    pub(crate) memory: Option<f64>,
 }
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-fn num<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
-    match var(name) {
-        None => Ok(None),
-        Some(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| Error::invalid(format!("{name}={v} is not a number"))),
+/// Reads Slurm's variables through `get` (the environment, or a map in
+/// tests).
+struct Vars<F: Fn(&str) -> Option<String>>(F);
+
+impl<F: Fn(&str) -> Option<String>> Vars<F> {
+    fn text(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|v| !v.is_empty())
+    }
+
+    fn num<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>> {
+        match self.text(name) {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| Error::invalid(format!("{name}={v} is not a number"))),
+        }
     }
 }
 
 impl SlurmEnv {
     /// The step this process is a task of, if it runs under `srun`.
     pub(crate) fn detect() -> Result<Option<SlurmEnv>> {
-        let (Some(job), Some(rank)) = (var("SLURM_JOB_ID"), num::<u32>("SLURM_PROCID")?) else {
+        Self::detect_with(|name| std::env::var(name).ok())
+    }
+
+    fn detect_with(get: impl Fn(&str) -> Option<String>) -> Result<Option<SlurmEnv>> {
+        let v = Vars(get);
+        let (Some(job), Some(rank)) = (v.text("SLURM_JOB_ID"), v.num::<u32>("SLURM_PROCID")?)
+        else {
             return Ok(None);
         };
-        let Some(node_index) = num::<u16>("SLURM_NODEID")? else {
+        let Some(node_index) = v.num::<u16>("SLURM_NODEID")? else {
             return Ok(None);
         };
-        let nodes = num::<u16>("SLURM_STEP_NUM_NODES")?
-            .or(num::<u16>("SLURM_NNODES")?)
+        let nodes = v
+            .num::<u16>("SLURM_STEP_NUM_NODES")?
+            .or(v.num::<u16>("SLURM_NNODES")?)
             .unwrap_or(1);
-        let gpus = match num::<f64>("SLURM_GPUS_ON_NODE")? {
+        let gpus = match v.num::<f64>("SLURM_GPUS_ON_NODE")? {
             Some(g) => Some(g),
-            None => var("CUDA_VISIBLE_DEVICES")
-                .map(|v| v.split(',').filter(|d| !d.trim().is_empty()).count() as f64),
+            None => v
+                .text("CUDA_VISIBLE_DEVICES")
+                .map(|d| d.split(',').filter(|x| !x.trim().is_empty()).count() as f64),
         };
         Ok(Some(SlurmEnv {
             job,
-            step: var("SLURM_STEP_ID").unwrap_or_else(|| "batch".into()),
+            step: v.text("SLURM_STEP_ID").unwrap_or_else(|| "batch".into()),
             rank,
             node_index,
-            local_rank: num("SLURM_LOCALID")?.unwrap_or(0),
+            local_rank: v.num("SLURM_LOCALID")?.unwrap_or(0),
             nodes,
-            tasks: num::<u32>("SLURM_STEP_NUM_TASKS")?
-                .or(num::<u32>("SLURM_NTASKS")?)
+            tasks: v
+                .num::<u32>("SLURM_STEP_NUM_TASKS")?
+                .or(v.num::<u32>("SLURM_NTASKS")?)
                 .unwrap_or(1),
-            node_name: var("SLURMD_NODENAME").unwrap_or_else(crate::session::node_name),
-            cpus: num("SLURM_CPUS_ON_NODE")?,
+            node_name: v
+                .text("SLURMD_NODENAME")
+                .unwrap_or_else(crate::session::node_name),
+            cpus: v.num("SLURM_CPUS_ON_NODE")?,
             gpus,
+            // Exported when memory is a consumable resource of the cluster.
+            memory: v
+                .num::<f64>("SLURM_MEM_PER_NODE")?
+                .map(|mb| mb * (1u64 << 20) as f64),
         }))
     }
 
@@ -94,6 +124,10 @@ impl SlurmEnv {
         }
         if let (false, Some(g)) = (config.has_num_gpus(), self.gpus) {
             config = config.num_gpus(g);
+        }
+        // Ray's `memory` resource, in bytes: what the allocation granted.
+        if let (false, Some(m)) = (config.has_resource(MEMORY), self.memory) {
+            config = config.resource(MEMORY, m);
         }
         config
     }
@@ -224,6 +258,72 @@ fn interface_ip() -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Result<Option<SlurmEnv>> {
+        let m: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        SlurmEnv::detect_with(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn the_allocation_becomes_the_node_resources() {
+        let e = env(&[
+            ("SLURM_JOB_ID", "42"),
+            ("SLURM_STEP_ID", "3"),
+            ("SLURM_PROCID", "5"),
+            ("SLURM_NODEID", "2"),
+            ("SLURM_LOCALID", "1"),
+            ("SLURM_STEP_NUM_NODES", "4"),
+            ("SLURM_STEP_NUM_TASKS", "8"),
+            ("SLURMD_NODENAME", "cn17"),
+            ("SLURM_CPUS_ON_NODE", "32"),
+            ("CUDA_VISIBLE_DEVICES", "0,1,2,3"),
+            ("SLURM_MEM_PER_NODE", "1000"),
+        ])
+        .unwrap()
+        .expect("a Slurm step");
+        assert_eq!(
+            (e.rank, e.node_index, e.local_rank, e.nodes, e.tasks),
+            (5, 2, 1, 4, 8)
+        );
+        assert!(e.rendezvous().ends_with("job-42.3"));
+        let r = e.node_config(Config::new()).node_resources().unwrap();
+        assert_eq!(r.get("CPU"), 32.0);
+        assert_eq!(r.get("GPU"), 4.0);
+        assert_eq!(r.get("memory"), 1000.0 * (1u64 << 20) as f64);
+        // Flags win over the allocation.
+        let r = e
+            .node_config(Config::new().num_cpus(2.0).resource("memory", 5.0))
+            .node_resources()
+            .unwrap();
+        assert_eq!((r.get("CPU"), r.get("memory")), (2.0, 5.0));
+        // SLURM_GPUS_ON_NODE wins over CUDA_VISIBLE_DEVICES.
+        let e = env(&[
+            ("SLURM_JOB_ID", "1"),
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NODEID", "0"),
+            ("SLURM_GPUS_ON_NODE", "2"),
+            ("CUDA_VISIBLE_DEVICES", "0,1,2,3"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(e.gpus, Some(2.0));
+    }
+
+    #[test]
+    fn outside_slurm_or_bad_values() {
+        assert!(env(&[]).unwrap().is_none());
+        assert!(env(&[("SLURM_JOB_ID", "1")]).unwrap().is_none());
+        let e = env(&[
+            ("SLURM_JOB_ID", "1"),
+            ("SLURM_PROCID", "x"),
+            ("SLURM_NODEID", "0"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("SLURM_PROCID=x"), "{e}");
+    }
 
     #[test]
     fn rendezvous_roundtrips_and_is_private() {

@@ -43,12 +43,14 @@ fn app_main(mode: &str) -> ! {
             for n in &nodes {
                 let cpu = n.total.iter().find(|(k, _)| k == "CPU").map(|(_, v)| *v);
                 let gpu = n.total.iter().find(|(k, _)| k == "GPU").map(|(_, v)| *v);
+                let mem = n.total.iter().find(|(k, _)| k == "memory").map(|(_, v)| *v);
                 println!(
-                    "node {} {} cpu={} gpu={}",
+                    "node {} {} cpu={} gpu={} memory={}",
                     n.name,
                     n.address,
                     cpu.unwrap_or(0.0),
-                    gpu.unwrap_or(0.0)
+                    gpu.unwrap_or(0.0),
+                    mem.unwrap_or(0.0)
                 );
             }
             rustray::shutdown();
@@ -397,14 +399,18 @@ fn test_slurm_srun_three_nodes() {
     assert!(addrs.iter().all(|a| !a.starts_with("127.")), "{t}");
 }
 
-fn test_slurm_gres_gpus_become_resources() {
+fn test_slurm_allocation_becomes_resources() {
     if !slurm_wanted() {
         return;
     }
-    let out = srun(2, &["--gpus-per-node=2"], "app");
+    let out = srun(2, &["--gpus-per-node=2", "-c", "2"], "app");
     let t = text(&out);
     assert!(out.status.success(), "{t}");
+    // GRES GPUs and -c CPUs become each node's resources. (Memory is not a
+    // consumable in the emulated cluster, so Slurm exports no
+    // SLURM_MEM_PER_NODE here; the unit tests in src/slurm.rs cover it.)
     assert_eq!(t.matches("gpu=2").count(), 2, "{t}");
+    assert_eq!(t.matches("cpu=2").count(), 2, "{t}");
 }
 
 /// Submits `slurm/rust-ray.sbatch -N 3 <app>` and returns the job's output
@@ -564,8 +570,8 @@ fn main() {
         ),
         ("test_slurm_srun_three_nodes", test_slurm_srun_three_nodes),
         (
-            "test_slurm_gres_gpus_become_resources",
-            test_slurm_gres_gpus_become_resources,
+            "test_slurm_allocation_becomes_resources",
+            test_slurm_allocation_becomes_resources,
         ),
         ("test_slurm_sbatch", test_slurm_sbatch),
         (
