@@ -143,6 +143,22 @@ struct Raylet {
     pulls: PullBudget,
 }
 
+/// Drops one pin of a pulled copy; the last frees its block.
+fn unpin_copy(st: &mut State, key: CopyKey) {
+    if let Some(c) = st.copies.get_mut(&key) {
+        c.pins = c.pins.saturating_sub(1);
+        if c.pins == 0 {
+            if let Some(Copy {
+                state: CopyState::Ready(local),
+                ..
+            }) = st.copies.remove(&key)
+            {
+                st.store.free(local);
+            }
+        }
+    }
+}
+
 /// Entry point of the raylet process.
 pub(crate) fn main(session: Session) -> ! {
     crate::session::open_log(&session, "raylet");
@@ -500,38 +516,63 @@ impl Raylet {
                 offset,
                 len,
                 tag,
-            } => self.pull(st, client, req, (node, offset, len, tag)),
+                copies,
+            } => self.pull(st, client, req, (node, offset, len, tag), copies),
             Msg::UnpinObject {
                 node,
                 offset,
                 len,
                 tag,
+            } => unpin_copy(&mut st, (node, offset, len, tag)),
+            Msg::ReadObject {
+                node,
+                offset,
+                len,
+                tag,
+                start,
+                count,
             } => {
                 let key = (node, offset, len, tag);
-                if let Some(c) = st.copies.get_mut(&key) {
-                    c.pins = c.pins.saturating_sub(1);
-                    if c.pins == 0 {
-                        if let Some(Copy {
-                            state: CopyState::Ready(local),
-                            ..
-                        }) = st.copies.remove(&key)
-                        {
-                            st.store.free(local);
-                        }
-                    }
-                }
-            }
-            Msg::ReadObject { offset, len } => {
                 let conn = st.clients.get(&client).map(|c| c.conn.clone());
+                // The primary block, or this node's copy (pinned while it
+                // is sent, so it cannot be freed and reused meanwhile).
+                let base = if node == self.session.node_index {
+                    Ok((offset, false))
+                } else {
+                    match st.copies.get_mut(&key) {
+                        Some(Copy {
+                            state: CopyState::Ready(local),
+                            pins,
+                        }) => {
+                            *pins += 1;
+                            Ok((*local, true))
+                        }
+                        _ => Err(Error::new(
+                            crate::error::ErrorKind::ObjectLost,
+                            format!("node {} holds no copy of that object", self.session.node),
+                        )),
+                    }
+                };
                 drop(st);
+                let range = base.and_then(|(b, pinned)| {
+                    let in_object = start.checked_add(count).is_some_and(|e| e <= len);
+                    if !in_object {
+                        return Err(Error::invalid("read outside the object"));
+                    }
+                    Ok((b + start, pinned))
+                });
                 if let Some(conn) = conn {
                     // Written straight from the mapping: no copy on this side.
-                    let _ = match self.arena.read(offset, len) {
+                    let bytes = range.clone().and_then(|(at, _)| self.arena.read(at, count));
+                    let _ = match bytes {
                         Ok(bytes) => {
-                            conn.send_with_bytes(&Msg::ObjectBytes { result: Ok(len) }, bytes)
+                            conn.send_with_bytes(&Msg::ObjectBytes { result: Ok(count) }, bytes)
                         }
                         Err(e) => conn.send(&Msg::ObjectBytes { result: Err(e) }),
                     };
+                }
+                if let Ok((_, true)) = range {
+                    unpin_copy(&mut self.lock(), key);
                 }
             }
             Msg::Shutdown => {
@@ -549,6 +590,7 @@ impl Raylet {
         client: ClientId,
         req: u64,
         key: CopyKey,
+        copies: Vec<u16>,
     ) {
         let reply = |st: &State, result: std::result::Result<u64, Error>| {
             if let Some(c) = st.clients.get(&client) {
@@ -566,14 +608,21 @@ impl Raylet {
             }
             return;
         }
-        let (node, offset, len, _) = key;
-        if let Some(n) = st.nodes.get(&node).filter(|n| !n.alive) {
+        let (node, _, len, _) = key;
+        // Where to read it: the primary's node, then the nodes with copies,
+        // skipping nodes known to be lost.
+        let me = self.session.node_index;
+        let mut sources = vec![node];
+        for c in copies {
+            if c != me && !sources.contains(&c) {
+                sources.push(c);
+            }
+        }
+        sources.retain(|n| st.nodes.get(n).is_none_or(|i| i.alive));
+        if sources.is_empty() {
             let e = Error::new(
                 crate::error::ErrorKind::ObjectLost,
-                format!(
-                    "the object's only copy is gone: its node {} ({}) was lost",
-                    n.index, n.name
-                ),
+                format!("every copy of the object is gone: its node {node} was lost and no other node holds one"),
             );
             reply(&st, Err(e));
             return;
@@ -597,11 +646,18 @@ impl Raylet {
         let _ = std::thread::Builder::new()
             .name("raylet-pull".into())
             .spawn(move || {
-                let result = r
-                    .node_endpoint(node)
-                    .and_then(|source| r.fetch(&source, offset, len, local));
-                if let Err(e) = &result {
-                    log!("pull of {len} bytes from node {node} failed: {e}");
+                let mut result = Err(Error::new(
+                    crate::error::ErrorKind::ObjectLost,
+                    "no node could serve the object",
+                ));
+                for source in &sources {
+                    result = r
+                        .node_endpoint(*source)
+                        .and_then(|ep| r.fetch(&ep, key, local));
+                    match &result {
+                        Ok(()) => break,
+                        Err(e) => log!("pull of {len} bytes from node {source} failed: {e}"),
+                    }
                 }
                 let mut st = r.lock();
                 let waiters = match st.copies.get_mut(&key) {
@@ -649,19 +705,20 @@ impl Raylet {
     /// each with all its requests sent at once (pipelined), read straight
     /// into the arena. At most [`PULL_BUDGET`] bytes are in flight per node
     /// (one larger object at a time goes alone).
-    fn fetch(&self, source: &transport::Endpoint, offset: u64, len: u64, local: u64) -> Result<()> {
+    fn fetch(&self, source: &transport::Endpoint, key: CopyKey, local: u64) -> Result<()> {
+        let len = key.2;
         let _budget = PullBudget::acquire(&self.pulls, len);
         let dst = self.arena.write(local, len)?;
         let mut groups: Vec<Vec<(u64, &mut [u8])>> = Vec::new();
         let n = (len.div_ceil(PULL_CHUNK) as usize).clamp(1, PULL_STREAMS);
         groups.resize_with(n, Vec::new);
         for (i, c) in dst.chunks_mut(PULL_CHUNK as usize).enumerate() {
-            groups[i % n].push((offset + i as u64 * PULL_CHUNK, c));
+            groups[i % n].push((i as u64 * PULL_CHUNK, c));
         }
         std::thread::scope(|s| {
             let handles: Vec<_> = groups
                 .into_iter()
-                .map(|g| s.spawn(move || self.fetch_chunks(source, g)))
+                .map(|g| s.spawn(move || self.fetch_chunks(source, key, g)))
                 .collect();
             handles
                 .into_iter()
@@ -678,8 +735,10 @@ impl Raylet {
     fn fetch_chunks(
         &self,
         source: &transport::Endpoint,
+        key: CopyKey,
         chunks: Vec<(u64, &mut [u8])>,
     ) -> Result<()> {
+        let (node, offset, len, tag) = key;
         let lost = |e: std::io::Error| {
             Error::new(
                 crate::error::ErrorKind::ObjectLost,
@@ -699,10 +758,14 @@ impl Raylet {
             t.set_read_timeout(Some(TRANSFER_STALL)).map_err(lost)?;
         }
         let conn = Conn::new(&stream)?;
-        for (offset, c) in &chunks {
+        for (start, c) in &chunks {
             conn.send(&Msg::ReadObject {
-                offset: *offset,
-                len: c.len() as u64,
+                node,
+                offset,
+                len,
+                tag,
+                start: *start,
+                count: c.len() as u64,
             })
             .map_err(unreachable)?;
         }

@@ -367,6 +367,9 @@ pub(crate) enum Msg {
         offset: u64,
         len: u64,
         tag: u64,
+        /// Other nodes holding copies (from the owner's object directory),
+        /// tried when the primary's node cannot serve it.
+        copies: Vec<u16>,
     },
     UnpinObject {
         node: u16,
@@ -374,11 +377,17 @@ pub(crate) enum Msg {
         len: u64,
         tag: u64,
     },
-    /// Raylet to raylet, on a data connection: send the bytes of a block.
+    /// Raylet to raylet, on a data connection: send bytes `start ..
+    /// start + count` of the object stored at `node/offset/len/tag`, from
+    /// the primary block if this is `node`, else from this node's copy.
     /// Answered by `ObjectBytes` followed by the raw bytes.
     ReadObject {
+        node: u16,
         offset: u64,
         len: u64,
+        tag: u64,
+        start: u64,
+        count: u64,
     },
     /// The driver asks for an orderly shutdown of the node.
     Shutdown,
@@ -439,6 +448,18 @@ pub(crate) enum Msg {
     ObjectReady {
         id: ObjectId,
         payload: Payload,
+        /// Nodes holding copies besides the primary's (the directory).
+        copies: Vec<u16>,
+    },
+    /// Borrower to owner: a copy of the object now lives on `node` / no
+    /// longer does (the owner's object directory).
+    AddLocation {
+        id: ObjectId,
+        node: u16,
+    },
+    RemoveLocation {
+        id: ObjectId,
+        node: u16,
     },
     /// Borrower to owner: count me as holding a reference (acknowledged, so
     /// the object cannot be freed in between).

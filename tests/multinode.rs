@@ -407,6 +407,81 @@ fn test_locality_runs_tasks_where_their_data_is() {
     }
 }
 
+/// Holds refs (and so the copies pulled to its node) for as long as it
+/// lives.
+pub struct Holder {
+    held: Vec<rustray::ObjectRef<Vec<u8>>>,
+}
+
+#[rustray::actor]
+impl Holder {
+    pub fn new() -> Self {
+        Holder { held: Vec::new() }
+    }
+    /// Pulls the object to this node and keeps it.
+    pub fn hold(&mut self, boxed: Vec<rustray::ObjectRef<Vec<u8>>>) -> usize {
+        let n = rustray::get_view(&boxed[0])
+            .expect("pull to the holder")
+            .len();
+        self.held.extend(boxed);
+        n
+    }
+    pub fn where_(&self) -> (String, u32) {
+        (
+            rustray::node_name().expect("node name"),
+            std::os::unix::process::parent_id(),
+        )
+    }
+}
+
+/// The object directory: the owner learns which nodes hold copies, and a
+/// reader pulls from a copy when the primary's node is gone, so an object
+/// outlives the node it was made on while another node holds it.
+fn test_object_directory_serves_copies_after_primary_loss() {
+    let nodes = three_nodes();
+    let (primary, holder_node) = (&nodes[1], &nodes[2]);
+    let x = make_bytes::options()
+        .resource(&pin(primary), 0.01)
+        .remote(6 << 20, 4u8);
+    let (_, primary_raylet) = rustray::get(
+        &where_and_raylet::options()
+            .resource(&pin(primary), 0.01)
+            .remote(0u64),
+    )
+    .expect("probe");
+    let holder = Holder::options()
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity {
+            node: holder_node.name.clone(),
+            soft: false,
+        })
+        .remote(())
+        .expect("holder actor");
+    assert_eq!(
+        rustray::get(&holder.where_()).expect("holder").0,
+        holder_node.name
+    );
+    assert_eq!(
+        rustray::get(&holder.hold(vec![x.clone()])).expect("hold"),
+        6 << 20
+    );
+    // The primary's node goes; the driver (the owner) has never read x.
+    kill9(primary_raylet);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rustray::nodes()
+        .expect("nodes")
+        .iter()
+        .any(|n| n.name == primary.name && n.alive)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node loss not noticed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let v = rustray::get_view(&x).expect("served from the copy on the holder's node");
+    assert_eq!(local_checksum(&v), local_checksum(&pattern(6 << 20, 4)));
+}
+
 fn main() {
     common::enter_cluster_role();
     common::run(&[
@@ -439,5 +514,9 @@ fn main() {
             test_locality_runs_tasks_where_their_data_is,
         ),
         ("test_node_lost_mid_job", test_node_lost_mid_job),
+        (
+            "test_object_directory_serves_copies_after_primary_loss",
+            test_object_directory_serves_copies_after_primary_loss,
+        ),
     ]);
 }

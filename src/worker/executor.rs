@@ -266,7 +266,7 @@ impl<'a> LocalArgs<'a> {
         };
         for p in args {
             if cw.is_remote(p) {
-                let local = cw.pull(p)?;
+                let local = cw.pull(p, &[])?;
                 out.pulled.push(p.clone());
                 out.args.push(local);
             } else {

@@ -67,6 +67,9 @@ pub(crate) struct Entry {
     /// A copy pulled from another node's store into this node's, pinned in
     /// the local raylet while this entry lives.
     pub(crate) local_copy: Option<Payload>,
+    /// The object directory: nodes other than the primary's holding a copy
+    /// (owner side: reported by borrowers; borrower side: as last told).
+    pub(crate) copies: Vec<u16>,
 }
 
 /// Side effects computed under the state lock, performed after it.
@@ -525,7 +528,23 @@ impl CoreWorker {
             Msg::TasksReturned { tasks } => self.tasks_returned(from, tasks),
             Msg::WorkerUnblocked => self.worker_unblocked(from),
             Msg::GetObject { id } => self.remote_get(from, conn, id),
-            Msg::ObjectReady { id, payload } => self.object_ready_remote(id, payload),
+            Msg::ObjectReady {
+                id,
+                payload,
+                copies,
+            } => self.object_ready_remote(id, payload, copies),
+            Msg::AddLocation { id, node } => {
+                if let Some(e) = self.lock().objects.get_mut(&id).filter(|e| e.owned) {
+                    if !e.copies.contains(&node) {
+                        e.copies.push(node);
+                    }
+                }
+            }
+            Msg::RemoveLocation { id, node } => {
+                if let Some(e) = self.lock().objects.get_mut(&id) {
+                    e.copies.retain(|n| *n != node);
+                }
+            }
             Msg::AddBorrow { req, id } => {
                 let ok = {
                     let mut st = self.lock();
@@ -751,6 +770,11 @@ impl CoreWorker {
         // A pulled copy is pinned under the original block's coordinates.
         if let (Some(_), Some(original)) = (&e.local_copy, &e.value) {
             fx.unpins.push(original.clone());
+            if !e.owned {
+                let node = self.session.node_index;
+                fx.to_owner
+                    .push((id.owner, Msg::RemoveLocation { id, node }));
+            }
         }
         if e.owned {
             if let Some(Payload::Store { node, offset, .. }) = e.value {
@@ -789,6 +813,7 @@ impl CoreWorker {
                 Msg::ObjectReady {
                     id,
                     payload: payload.clone(),
+                    copies: e.copies.clone(),
                 },
             ));
         }
@@ -806,6 +831,7 @@ impl CoreWorker {
                     let msg = Msg::ObjectReady {
                         id,
                         payload: p.clone(),
+                        copies: e.copies.clone(),
                     };
                     drop(st);
                     let _ = conn.send(&msg);
@@ -823,15 +849,19 @@ impl CoreWorker {
                 let _ = conn.send(&Msg::ObjectReady {
                     id,
                     payload: Payload::Inline(codec::encode_error(&err)),
+                    copies: Vec::new(),
                 });
             }
         }
     }
 
-    fn object_ready_remote(self: &Arc<Self>, id: ObjectId, payload: Payload) {
+    fn object_ready_remote(self: &Arc<Self>, id: ObjectId, payload: Payload, copies: Vec<u16>) {
         let fx = {
             let mut st = self.lock();
             let mut fx = Effects::default();
+            if let Some(e) = st.objects.get_mut(&id) {
+                e.copies = copies;
+            }
             self.set_value(&mut st, id, payload, &mut fx);
             fx
         };
@@ -1028,7 +1058,7 @@ impl CoreWorker {
 
     /// Copies a block of another node's store into this node's (the local
     /// raylet reuses a copy it already has); pinned until unpinned.
-    pub(crate) fn pull(&self, p: &Payload) -> Result<Payload> {
+    pub(crate) fn pull(&self, p: &Payload, copies: &[u16]) -> Result<Payload> {
         let Payload::Store {
             node,
             offset,
@@ -1045,6 +1075,7 @@ impl CoreWorker {
                 offset,
                 len,
                 tag,
+                copies: copies.to_vec(),
             },
             "pulling an object from another node",
         )?;
@@ -1089,19 +1120,28 @@ impl CoreWorker {
         if !self.is_remote(&p) {
             return Ok(p);
         }
-        if let Some(c) = self
-            .lock()
-            .objects
-            .get(&id)
-            .and_then(|e| e.local_copy.clone())
-        {
-            return Ok(c);
-        }
-        let local = self.pull(&p)?;
+        let copies = match self.lock().objects.get(&id) {
+            Some(e) => match &e.local_copy {
+                Some(c) => return Ok(c.clone()),
+                None => e.copies.clone(),
+            },
+            None => Vec::new(),
+        };
+        let local = self.pull(&p, &copies)?;
         let mut st = self.lock();
         match st.objects.get_mut(&id) {
             Some(e) if e.local_copy.is_none() => {
                 e.local_copy = Some(local.clone());
+                // Tell the directory: this node now holds a copy.
+                let node = self.session.node_index;
+                if e.owned {
+                    if !e.copies.contains(&node) {
+                        e.copies.push(node);
+                    }
+                } else {
+                    drop(st);
+                    self.send_to(id.owner, Msg::AddLocation { id, node });
+                }
                 Ok(local)
             }
             Some(e) => {
