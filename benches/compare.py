@@ -21,8 +21,13 @@ ratio = rustray value / Ray value.  Targets (from the issue):
     (rustray's own plain loopback TCP copy of the same bytes, same run; taken
     from its row, else from internode's extra); Ray's value, when its jsonl
     has the row (bench.py --multinode), is shown for the ratio
+  * internode_transfer_slurm_gb_per_s (--multinode, on 2 Slurm nodes):
+    >= 0.9 x tcp_copy_slurm_gb_per_s (a plain TCP copy of the same bytes
+    between the same two nodes, same run; from its row, else from the
+    transfer's extra)
 Rows only rustray has (tcp_copy_gb_per_s, cluster_start_3node_s,
-spill_throughput_per_s, cluster_start_slurm_3node_s) show "-" for Ray.
+spill_throughput_per_s, cluster_start_slurm_3node_s, tcp_copy_slurm_gb_per_s,
+internode_transfer_slurm_gb_per_s) show "-" for Ray.
 Scenarios without a target show "-"; a target that cannot be judged because
 a value is missing shows "n/a".  Python 3 standard library only.
 """
@@ -55,7 +60,15 @@ ORDER = [
     "internode_transfer_gb_per_s",
     "spill_throughput_per_s",
     "cluster_start_slurm_3node_s",
+    "tcp_copy_slurm_gb_per_s",
+    "internode_transfer_slurm_gb_per_s",
 ]
+
+# Transfer rows judged against a reference row of the same rustray run.
+VS_TCP = {
+    "internode_transfer_gb_per_s": "tcp_copy_gb_per_s",
+    "internode_transfer_slurm_gb_per_s": "tcp_copy_slurm_gb_per_s",
+}
 
 LOWER_20 = {"task_sync_latency_us", "actor_call_sync_latency_us", "wait_1000_ms"}
 HIGHER_20 = {
@@ -153,9 +166,9 @@ def judge(name, rv, yv, rust):
         if rv is None:
             return "< 0.2 s", None
         return "< 0.2 s", rv < 0.2
-    if name == "internode_transfer_gb_per_s":
+    if name in VS_TCP:
         text = ">= 0.9x tcp copy"
-        tc = num(rust.get("tcp_copy_gb_per_s"))
+        tc = num(rust.get(VS_TCP[name]))
         if tc is None:  # fall back to the value carried in internode's extra
             ex = (rust.get(name) or {}).get("extra") or {}
             t = ex.get("tcp_copy_gb_per_s")

@@ -31,12 +31,21 @@
 //! spill_throughput_per_s; then, if `sinfo` answers with >= 3 nodes,
 //! cluster_start_slurm_3node_s (`srun -N 3 rust-ray-launch -- <this binary>
 //! --start-app`; rust-ray-launch from $RUSTRAY_LAUNCHER or next to this
-//! binary's target directory).
+//! binary's target directory); and, if it answers with >= 2 nodes,
+//! internode_transfer_slurm_gb_per_s with its reference
+//! tcp_copy_slurm_gb_per_s (`srun -N 2 rust-ray-launch -- <this binary>
+//! --transfer-app ...`: the same transfer as internode_transfer_gb_per_s
+//! between the two Slurm nodes, interleaved per rep with a plain TCP copy of
+//! the same bytes between them; see sc_internode_slurm).
 //!
 //! Raylet and worker processes re-execute this binary with the same argv and
 //! `RUSTRAY_ROLE` set; `main` hands them to `rustray::init` first thing
 //! (it never returns there). `--start-app` is the tiny application that
-//! cluster_start_slurm_3node_s launches (init, one task, print, exit).
+//! cluster_start_slurm_3node_s launches (init, one task, print, exit);
+//! `--transfer-app <bytes> <warmups> <reps>` the one of
+//! internode_transfer_slurm_gb_per_s; `--tcp-app <dir> <bytes> <warmups>
+//! <reps>` a rustray-free TCP copy between ranks 0 and 1 of an `srun -N 2`
+//! step (the reference when the transfer app cannot give it).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
@@ -80,8 +89,14 @@ const SCENARIOS: &[&str] = &[
     "internode_transfer_gb_per_s",
     "spill_throughput_per_s",
     "cluster_start_slurm_3node_s",
+    "tcp_copy_slurm_gb_per_s",
+    "internode_transfer_slurm_gb_per_s",
 ];
 const INTERNODE: &str = "internode_transfer_gb_per_s";
+/// internode_transfer_gb_per_s on 2 Slurm nodes (`srun -N 2 rust-ray-launch
+/// -- <this binary> --transfer-app ...`) and its reference.
+const INTERNODE_SLURM: &str = "internode_transfer_slurm_gb_per_s";
+const TCP_SLURM: &str = "tcp_copy_slurm_gb_per_s";
 /// Run only with `--multinode` (or named in `--only`), on their own clusters
 /// after the single-node run, as bench.py's internode_transfer_gb_per_s.
 const MULTINODE: &[&str] = &[
@@ -90,6 +105,8 @@ const MULTINODE: &[&str] = &[
     INTERNODE,
     "spill_throughput_per_s",
     "cluster_start_slurm_3node_s",
+    TCP_SLURM,
+    INTERNODE_SLURM,
 ];
 /// Nodes of the local multi-node cluster: a head (the driver's node, no
 /// work is pinned there) + node A + node B, as bench.py's Cluster.
@@ -101,6 +118,12 @@ const MN_STORE: u64 = 2 << 30;
 const MN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bound on one `srun ... rust-ray-launch` start.
 const SRUN_TIMEOUT: Duration = Duration::from_secs(180);
+/// Bound on the `srun ... --transfer-app` step (cluster start, warm-ups and
+/// reps of both the transfer and its TCP reference, teardown) and on the
+/// `srun ... --tcp-app` step.
+const SRUN_TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
+/// Object store per node of the 2-node Slurm cluster (`--object-store-memory`).
+const SLURM_STORE: u64 = 3 << 29; // 1.5 GiB
 /// spill_throughput_per_s: the sleep of each task.
 const SPILL_SLEEP_MS: u64 = 5;
 
@@ -276,6 +299,32 @@ fn pull_on_b(boxed: Vec<ObjectRef<Vec<u8>>>) -> (f64, u64, usize, String) {
     let s: u64 = v.iter().step_by(4096).map(|&b| b as u64).sum();
     let node = rustray::node_name().expect("pull_on_b: node_name");
     (dt, s, v.len(), node)
+}
+
+/// tcp_copy_slurm_gb_per_s (inside `--transfer-app`): runs on node B, the
+/// reference's receiver. Connects to the TCP server of the driver on node A
+/// (`addr` = A's address:port), asks for `n` bytes and read_exact()s them into
+/// a pre-touched buffer kept by this worker across calls (allocated and
+/// filled before the clock starts). Timed from connect to the last byte, as
+/// TcpCopy::once. Returns (seconds, sum of every 4096th byte, node name).
+#[rustray::remote]
+fn tcp_pull_on_b(addr: String, n: usize) -> (f64, u64, String) {
+    use std::io::Read;
+    static BUF: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+    let mut buf = BUF.lock().unwrap_or_else(|e| e.into_inner());
+    if buf.len() != n {
+        *buf = Vec::new();
+        *buf = vec![0u8; n];
+    }
+    buf.fill(2); // touched (and no stale bytes from the previous copy)
+    let sa: std::net::SocketAddr = addr.parse().expect("tcp_pull_on_b: server address");
+    let t0 = Instant::now();
+    let mut s = tcp_request(sa, n, "tcp_pull_on_b");
+    s.read_exact(&mut buf).expect("tcp_pull_on_b: read");
+    let dt = secs(t0);
+    let sum: u64 = buf.iter().step_by(4096).map(|&b| b as u64).sum();
+    let node = rustray::node_name().expect("tcp_pull_on_b: node_name");
+    (dt, sum, node)
 }
 
 /// spill_throughput_per_s: sleeps `ms`, returns the node it ran on.
@@ -1491,28 +1540,47 @@ struct TcpCopy {
     server: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The sending side of a TCP copy: a thread serving `listener`. Per
+/// connection: read an 8-byte little-endian request n, write_all() the first
+/// n bytes of a pre-touched buffer of `nbytes` (value 7); n == 0 stops it.
+fn spawn_tcp_server(listener: std::net::TcpListener, nbytes: usize) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let src = vec![7u8; nbytes]; // non-zero fill: pages touched
+        loop {
+            let (mut s, _) = listener.accept().expect("tcp copy server: accept");
+            s.set_nodelay(true).expect("tcp copy server: nodelay");
+            let mut req = [0u8; 8];
+            s.read_exact(&mut req)
+                .expect("tcp copy server: read request");
+            let n = u64::from_le_bytes(req) as usize;
+            if n == 0 {
+                return; // stop
+            }
+            s.write_all(&src[..n]).expect("tcp copy server: write");
+        }
+    })
+}
+
+/// Connects to a spawn_tcp_server and asks for `n` bytes (0: stop it).
+fn tcp_request(addr: std::net::SocketAddr, n: usize, what: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr)
+        .unwrap_or_else(|e| panic!("{what}: connect to {addr}: {e}"));
+    s.set_nodelay(true)
+        .unwrap_or_else(|e| panic!("{what}: nodelay: {e}"));
+    s.write_all(&(n as u64).to_le_bytes())
+        .unwrap_or_else(|e| panic!("{what}: send request: {e}"));
+    s
+}
+
 impl TcpCopy {
     fn start(nbytes: usize) -> TcpCopy {
-        use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp_copy_gb_per_s: bind");
         let addr = listener
             .local_addr()
             .expect("tcp_copy_gb_per_s: local_addr");
-        let server = std::thread::spawn(move || {
-            let src = vec![7u8; nbytes]; // non-zero fill: pages touched
-            loop {
-                let (mut s, _) = listener.accept().expect("tcp_copy_gb_per_s: accept");
-                s.set_nodelay(true).expect("tcp_copy_gb_per_s: nodelay");
-                let mut req = [0u8; 8];
-                s.read_exact(&mut req)
-                    .expect("tcp_copy_gb_per_s: read request");
-                let n = u64::from_le_bytes(req) as usize;
-                if n == 0 {
-                    return; // stop
-                }
-                s.write_all(&src[..n]).expect("tcp_copy_gb_per_s: write");
-            }
-        });
+        let server = spawn_tcp_server(listener, nbytes);
         let mut dst = vec![0u8; nbytes];
         dst.fill(2); // calloc'd pages are lazy: touch them
         TcpCopy {
@@ -1523,12 +1591,7 @@ impl TcpCopy {
     }
 
     fn request(&self, n: usize) -> std::net::TcpStream {
-        use std::io::Write;
-        let mut s = std::net::TcpStream::connect(self.addr).expect("tcp_copy_gb_per_s: connect");
-        s.set_nodelay(true).expect("tcp_copy_gb_per_s: nodelay");
-        s.write_all(&(n as u64).to_le_bytes())
-            .expect("tcp_copy_gb_per_s: send request");
-        s
+        tcp_request(self.addr, n, "tcp_copy_gb_per_s")
     }
 
     /// One copy; returns GB/s.
@@ -1583,6 +1646,57 @@ fn emit_tcp_copy(nbytes: usize, tcp: &[f64]) {
     );
 }
 
+/// One rep of internode_transfer_gb_per_s (and of its Slurm variant): a
+/// fresh object of `nbytes` (value seed % 251) made by a task pinned to
+/// node `a`; once it exists there, its ref goes boxed to a task pinned to
+/// node `b` that times `get_view` (the pull A -> B). Checks length,
+/// checksum and placement, frees both copies (+ FREE_PAUSE). Returns
+/// (seconds of get_view inside B, seconds from submitting B's task to its
+/// result in the driver).
+fn transfer_once(
+    what: &str,
+    nbytes: usize,
+    seed: u64,
+    a: &rustray::Node,
+    b: &rustray::Node,
+) -> (f64, f64) {
+    assert_ne!(a.name, b.name, "{what}: node A == node B");
+    let r: ObjectRef<Vec<u8>> = make_on_a::options()
+        .resource(&pin(a), 0.01)
+        .remote(nbytes, seed);
+    // Wait until it exists on A; wait() does not pull it here.
+    let (ready, _) = rustray::wait(std::slice::from_ref(&r), 1, Some(MN_TIMEOUT))
+        .unwrap_or_else(|e| panic!("{what}: wait for make_on_a: {e}"));
+    assert_eq!(
+        ready.len(),
+        1,
+        "{what}: make_on_a not done within {MN_TIMEOUT:?}"
+    );
+    drop(ready);
+    let t1 = Instant::now();
+    let res = pull_on_b::options()
+        .resource(&pin(b), 0.01)
+        .remote(vec![r.clone()]);
+    let (dt, sum, len, node) =
+        rustray::get_timeout(&res, MN_TIMEOUT).unwrap_or_else(|e| panic!("{what}: pull_on_b: {e}"));
+    let e2e = secs(t1);
+    let want = (nbytes / 4096) as u64 * (seed % 251);
+    assert_eq!(len, nbytes, "{what}: B read {len} bytes");
+    assert_eq!(
+        sum, want,
+        "{what}: checksum {sum} on B, expected {want} (seed {seed})"
+    );
+    assert_eq!(
+        node, b.name,
+        "{what}: pull_on_b ran on {node}, expected node B {}",
+        b.name
+    );
+    drop(res);
+    drop(r);
+    std::thread::sleep(FREE_PAUSE); // let both nodes free their copies
+    (dt, e2e)
+}
+
 /// internode_transfer_gb_per_s, on the cluster left up by
 /// sc_cluster_start_3node, plus its reference tcp_copy_gb_per_s (same bytes,
 /// same warm-ups and reps, in the same run: each TCP copy right before the
@@ -1608,51 +1722,7 @@ fn sc_internode(c: &Sizes, want_internode: bool, want_tcp: bool) {
         nodes.len()
     );
     let (head, a, b) = (&nodes[0], &nodes[1], &nodes[2]);
-    let (pin_a, pin_b) = (pin(a), pin(b));
-    assert_ne!(
-        a.name, b.name,
-        "internode_transfer_gb_per_s: node A == node B"
-    );
-    let one = |seed: u64| -> (f64, f64) {
-        let r: ObjectRef<Vec<u8>> = make_on_a::options()
-            .resource(&pin_a, 0.01)
-            .remote(nbytes, seed);
-        // Wait until it exists on A; wait() does not pull it here.
-        let (ready, _) = rustray::wait(std::slice::from_ref(&r), 1, Some(MN_TIMEOUT))
-            .expect("internode_transfer_gb_per_s: wait for make_on_a");
-        assert_eq!(
-            ready.len(),
-            1,
-            "internode_transfer_gb_per_s: make_on_a not done within {MN_TIMEOUT:?}"
-        );
-        drop(ready);
-        let t1 = Instant::now();
-        let res = pull_on_b::options()
-            .resource(&pin_b, 0.01)
-            .remote(vec![r.clone()]);
-        let (dt, sum, len, node) =
-            rustray::get_timeout(&res, MN_TIMEOUT).expect("internode_transfer_gb_per_s: pull_on_b");
-        let e2e = secs(t1);
-        let want = (nbytes / 4096) as u64 * (seed % 251);
-        assert_eq!(
-            len, nbytes,
-            "internode_transfer_gb_per_s: B read {len} bytes"
-        );
-        assert_eq!(
-            sum, want,
-            "internode_transfer_gb_per_s: checksum {sum} on B, expected {want} (seed {seed})"
-        );
-        assert_eq!(
-            node, b.name,
-            "internode_transfer_gb_per_s: pull_on_b ran on {node}, expected node B {}",
-            b.name
-        );
-        assert_ne!(node, a.name, "internode_transfer_gb_per_s: B == A");
-        drop(res);
-        drop(r);
-        std::thread::sleep(FREE_PAUSE); // let both nodes free their copies
-        (dt, e2e)
-    };
+    let one = |seed: u64| transfer_once(INTERNODE, nbytes, seed, a, b);
     let mut tcp_rates = Vec::new();
     // A failed transfer (its panic) still leaves the TCP reference's row.
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -2006,6 +2076,531 @@ fn start_app() {
     rustray::shutdown();
 }
 
+/// `key=value` token of a whitespace-separated line.
+fn kv<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|t| t.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+/// `--transfer-app <bytes> <warmups> <reps>`: the application that
+/// internode_transfer_slurm_gb_per_s launches with `srun -N 2 rust-ray-launch
+/// -- <this binary> --transfer-app ...`. Node A = the driver's node (rank 0),
+/// node B = the other one. Per warm-up and per rep, interleaved: first the
+/// reference (a plain TCP copy of the same bytes A -> B: a server thread in
+/// this driver on A writes, a task pinned to B reads, tcp_pull_on_b), then
+/// the transfer (transfer_once, as internode_transfer_gb_per_s). Prints
+/// `transfer-app ...` lines (parsed by sc_internode_slurm), one per sample
+/// as it is taken, so that a failure part way still leaves the earlier ones.
+fn transfer_app(nbytes: usize, warmup: usize, reps: usize) {
+    const WHAT: &str = "transfer-app";
+    rustray::init().expect("transfer-app: rustray::init");
+    let nodes = alive_nodes();
+    assert!(
+        nodes.len() >= 2,
+        "{WHAT}: {} alive nodes, need 2",
+        nodes.len()
+    );
+    let me = rustray::node_name().expect("transfer-app: node_name");
+    let a = nodes
+        .iter()
+        .find(|n| n.name == me)
+        .unwrap_or_else(|| panic!("{WHAT}: the driver's node {me} is not among the nodes"));
+    let b = nodes
+        .iter()
+        .find(|n| n.name != me)
+        .expect("transfer-app: no node other than the driver's");
+    println!(
+        "{WHAT} nodes n={} a={} a_addr={} b={} b_addr={}",
+        nodes.len(),
+        a.name,
+        a.address,
+        b.name,
+        b.address
+    );
+    // The reference's sender: this process, on A, reachable at A's address.
+    let listener =
+        std::net::TcpListener::bind("0.0.0.0:0").expect("transfer-app: bind the TCP server");
+    let port = listener
+        .local_addr()
+        .expect("transfer-app: local_addr")
+        .port();
+    let server = spawn_tcp_server(listener, nbytes);
+    let srv = std::net::SocketAddr::new(a.address, port);
+    let pin_b = pin(b);
+    let tcp_once = || -> f64 {
+        let r = tcp_pull_on_b::options()
+            .resource(&pin_b, 0.01)
+            .remote(srv.to_string(), nbytes);
+        let (dt, sum, node) = rustray::get_timeout(&r, MN_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{WHAT}: tcp_pull_on_b: {e}"));
+        let want = nbytes.div_ceil(4096) as u64 * 7;
+        assert_eq!(
+            sum, want,
+            "{WHAT}: TCP copy checksum {sum}, expected {want}"
+        );
+        assert_eq!(
+            node, b.name,
+            "{WHAT}: tcp_pull_on_b ran on {node}, expected node B {}",
+            b.name
+        );
+        dt
+    };
+    for i in 0..warmup + reps {
+        let phase = if i < warmup { "warm" } else { "rep" };
+        let dt = tcp_once();
+        println!("{WHAT} sample kind=tcp phase={phase} i={i} s={dt:.6}");
+        let (get_s, e2e_s) = transfer_once(WHAT, nbytes, 100 + i as u64, a, b);
+        println!(
+            "{WHAT} sample kind=rustray phase={phase} i={i} get_s={get_s:.6} e2e_s={e2e_s:.6}"
+        );
+    }
+    drop(tcp_request(srv, 0, WHAT)); // stop the server
+    let _ = server.join();
+    println!("{WHAT} ok");
+    rustray::shutdown();
+}
+
+/// This node's address for the `--tcp-app` receiver: the first non-loopback
+/// IPv4 of `hostname -I`, else what the hostname resolves to.
+fn node_ip(host: &str) -> Option<std::net::IpAddr> {
+    use std::net::{IpAddr, ToSocketAddrs};
+    let good = |ip: &IpAddr| ip.is_ipv4() && !ip.is_loopback() && !ip.is_unspecified();
+    let out = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .ok();
+    if let Some(o) = out.filter(|o| o.status.success()) {
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        if let Some(ip) = text
+            .split_whitespace()
+            .filter_map(|t| t.parse::<IpAddr>().ok())
+            .find(good)
+        {
+            return Some(ip);
+        }
+    }
+    (host, 0)
+        .to_socket_addrs()
+        .ok()?
+        .map(|sa| sa.ip())
+        .find(good)
+}
+
+/// `--tcp-app <dir> <bytes> <warmups> <reps>`: the plain TCP copy that
+/// tcp_copy_slurm_gb_per_s runs with `srun -N 2 --ntasks-per-node=1` when
+/// the interleaved copy inside `--transfer-app` is not available (only the
+/// reference asked for, or the transfer app failed before its reps). No
+/// rustray. Rank 1 (receiver) listens on 0.0.0.0 (port from the OS) and
+/// publishes "<its address> <port>" in `<dir>/receiver` (shared
+/// filesystem); rank 0 (sender) connects to it once per copy and
+/// write_all()s a pre-touched buffer (refilled, untimed, with a new value
+/// per copy), rank 1 read_exact()s into a pre-touched buffer, checks it and
+/// answers one byte. Timed by the sender from connect to that byte.
+fn tcp_app(dir: &str, nbytes: usize, warmup: usize, reps: usize) {
+    use std::io::{Read, Write};
+    const WHAT: &str = "tcp-app";
+    let rank: usize = std::env::var("SLURM_PROCID")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .expect("tcp-app: SLURM_PROCID (run it under srun -N 2 --ntasks-per-node=1)");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let ip = node_ip(&host).unwrap_or_else(|| panic!("{WHAT}: no non-loopback address on {host}"));
+    println!("{WHAT} node rank={rank} name={host} addr={ip}");
+    let file = std::path::Path::new(dir).join("receiver");
+    let total = warmup + reps;
+    let value = |i: usize| (i % 250) as u8 + 1;
+    match rank {
+        1 => {
+            let l = std::net::TcpListener::bind("0.0.0.0:0").expect("tcp-app: bind");
+            let port = l.local_addr().expect("tcp-app: local_addr").port();
+            let mut buf = vec![0u8; nbytes];
+            buf.fill(2); // touched
+            let tmp = std::path::Path::new(dir).join("receiver.tmp");
+            std::fs::write(&tmp, format!("{ip} {port} {host}\n"))
+                .expect("tcp-app: write the port file");
+            std::fs::rename(&tmp, &file).expect("tcp-app: publish the port file");
+            for i in 0..total {
+                let (mut s, _) = l.accept().expect("tcp-app: accept");
+                s.set_nodelay(true).expect("tcp-app: nodelay");
+                s.read_exact(&mut buf).expect("tcp-app: read");
+                let sum: u64 = buf.iter().step_by(4096).map(|&b| b as u64).sum();
+                let want = nbytes.div_ceil(4096) as u64 * value(i) as u64;
+                assert_eq!(
+                    sum, want,
+                    "{WHAT}: copy {i}: checksum {sum}, expected {want}"
+                );
+                s.write_all(&[1]).expect("tcp-app: ack");
+            }
+            println!("{WHAT} receiver ok");
+        }
+        0 => {
+            let t0 = Instant::now();
+            let text = loop {
+                match std::fs::read_to_string(&file) {
+                    Ok(t) if t.ends_with('\n') => break t,
+                    _ if t0.elapsed() > Duration::from_secs(60) => {
+                        panic!("{WHAT}: {} did not appear within 60 s", file.display())
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(10)),
+                }
+            };
+            let mut it = text.split_whitespace();
+            let peer: std::net::IpAddr = it
+                .next()
+                .and_then(|t| t.parse().ok())
+                .expect("tcp-app: receiver address");
+            let port: u16 = it
+                .next()
+                .and_then(|t| t.parse().ok())
+                .expect("tcp-app: receiver port");
+            let peer_name = it.next().unwrap_or("?");
+            println!("{WHAT} peer name={peer_name} addr={peer} port={port}");
+            let mut src = vec![0u8; nbytes];
+            for i in 0..total {
+                src.fill(value(i)); // untimed; also touches the pages
+                let t = Instant::now();
+                let mut s = std::net::TcpStream::connect((peer, port))
+                    .unwrap_or_else(|e| panic!("{WHAT}: connect to {peer}:{port}: {e}"));
+                s.set_nodelay(true).expect("tcp-app: nodelay");
+                s.write_all(&src).expect("tcp-app: write");
+                let mut ack = [0u8; 1];
+                s.read_exact(&mut ack).expect("tcp-app: read the ack");
+                let dt = secs(t);
+                let phase = if i < warmup { "warm" } else { "rep" };
+                println!("{WHAT} sample phase={phase} i={i} s={dt:.6}");
+            }
+            println!("{WHAT} sender ok");
+        }
+        r => println!("{WHAT}: rank {r} idle (only ranks 0 and 1 take part)"),
+    }
+}
+
+/// What a Slurm TCP reference run gave.
+struct SlurmTcp {
+    /// GB/s of the timed reps.
+    rates: Vec<f64>,
+    /// [sender = node A, receiver = node B].
+    names: Vec<String>,
+    addrs: Vec<String>,
+    source: &'static str,
+}
+
+/// Runs `srun -N 2 --ntasks-per-node=1 <this binary> --tcp-app ...`.
+fn run_tcp_app(c: &Sizes, source: &'static str) -> Result<SlurmTcp, String> {
+    let nbytes = c.internode_bytes;
+    let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    // Shared by the nodes (one filesystem; with real nodes: set TMPDIR to
+    // a shared directory).
+    let dir =
+        std::env::temp_dir().join(format!("rustray-bench-tcp-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let mut cmd = std::process::Command::new("srun");
+    cmd.args(["-N", "2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"])
+        .arg(&me)
+        .arg("--tcp-app")
+        .arg(&dir)
+        .arg(nbytes.to_string())
+        .arg(c.internode_warmup.to_string())
+        .arg(c.internode_reps.to_string());
+    let res = run_bounded(&mut cmd, SRUN_TRANSFER_TIMEOUT);
+    let _ = std::fs::remove_dir_all(&dir);
+    let (st, out, err, dt) = res.map_err(|e| format!("srun cannot run: {e}"))?;
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("tcp-app ")).collect();
+    let rates: Vec<f64> = lines
+        .iter()
+        .filter(|l| l.starts_with("tcp-app sample ") && kv(l, "phase") == Some("rep"))
+        .filter_map(|l| kv(l, "s").and_then(|v| v.parse::<f64>().ok()))
+        .map(|s| nbytes as f64 / GB / s)
+        .collect();
+    let ok = st.is_some_and(|s| s.success())
+        && lines.iter().any(|l| l.starts_with("tcp-app sender ok"))
+        && rates.len() == c.internode_reps;
+    if !ok {
+        return Err(format!(
+            "srun --tcp-app failed (status {st:?}, after {dt:.1}s)\n--- stdout\n{out}--- stderr\n{err}"
+        ));
+    }
+    let node = |rank: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with("tcp-app node ") && kv(l, "rank") == Some(rank))
+            .map(|l| {
+                (
+                    kv(l, "name").unwrap_or("?").to_string(),
+                    kv(l, "addr").unwrap_or("?").to_string(),
+                )
+            })
+            .unwrap_or_else(|| ("?".into(), "?".into()))
+    };
+    let (n0, n1) = (node("0"), node("1"));
+    Ok(SlurmTcp {
+        rates,
+        names: vec![n0.0, n1.0],
+        addrs: vec![n0.1, n1.1],
+        source,
+    })
+}
+
+/// The two nodes' addresses must be real, distinct, non-loopback ones.
+fn check_addrs(what: &str, addrs: &[String]) {
+    let ips: Vec<std::net::IpAddr> = addrs
+        .iter()
+        .map(|a| {
+            a.parse()
+                .unwrap_or_else(|_| panic!("{what}: node address {a:?} is not an IP address"))
+        })
+        .collect();
+    for ip in &ips {
+        assert!(
+            !ip.is_loopback() && !ip.is_unspecified(),
+            "{what}: node address {ip} is loopback/unspecified (addresses {addrs:?})"
+        );
+    }
+    assert!(
+        ips.len() == 2 && ips[0] != ips[1],
+        "{what}: the two nodes share an address: {addrs:?}"
+    );
+}
+
+fn emit_tcp_slurm(nbytes: usize, tcp: &SlurmTcp) {
+    let med = median(&tcp.rates);
+    emit(
+        TCP_SLURM,
+        "GB/s",
+        med,
+        nbytes,
+        tcp.rates.len(),
+        vec![
+            ("samples", rnd_all(&tcp.rates, 3).into()),
+            ("mb_per_s", rnd(med * 1000.0, 1).into()),
+            ("streams", 1u64.into()),
+            ("node_names", tcp.names.clone().into()),
+            ("node_addrs", tcp.addrs.clone().into()),
+            ("source", tcp.source.into()),
+            (
+                "note",
+                "plain TCP copy of the same bytes from node A to node B of a 2-node Slurm \
+                 step (node addresses, not loopback): pre-touched buffers on both sides, \
+                 write_all / read_exact, TCP_NODELAY; timed from connect to the last byte; \
+                 reference for internode_transfer_slurm_gb_per_s"
+                    .into(),
+            ),
+        ],
+    );
+}
+
+/// internode_transfer_slurm_gb_per_s and its reference
+/// tcp_copy_slurm_gb_per_s on 2 Slurm nodes: `srun -N 2 --ntasks-per-node=1
+/// rust-ray-launch --object-store-memory 1.5GiB -- <this binary>
+/// --transfer-app <bytes> <warmups> <reps>` (same sizes as
+/// internode_transfer_gb_per_s). The app interleaves, per rep, a plain TCP
+/// copy A -> B and the rustray transfer A -> B (see transfer_app) and prints
+/// the samples; this side parses them. When the reference could not be
+/// taken there (only it asked for, or the app failed first), it comes from
+/// a separate `srun -N 2 <this binary> --tcp-app` step instead. Skipped
+/// with a note when no Slurm with >= 2 nodes answers.
+fn sc_internode_slurm(c: &Sizes, want_internode: bool, want_tcp: bool) {
+    const WHAT: &str = INTERNODE_SLURM;
+    let n = match slurm_nodes() {
+        Ok(n) => n,
+        Err(why) => {
+            log(&format!("{WHAT} / {TCP_SLURM} skipped: no Slurm ({why})"));
+            return;
+        }
+    };
+    if n < 2 {
+        log(&format!(
+            "{WHAT} / {TCP_SLURM} skipped: sinfo lists {n} node(s), need 2"
+        ));
+        return;
+    }
+    let nbytes = c.internode_bytes;
+    let tcp_only = || {
+        let tcp = run_tcp_app(c, "srun -N 2 --ntasks-per-node=1 <microbench> --tcp-app")
+            .unwrap_or_else(|e| panic!("{TCP_SLURM}: {e}"));
+        check_addrs(TCP_SLURM, &tcp.addrs);
+        emit_tcp_slurm(nbytes, &tcp);
+    };
+    if !want_internode {
+        tcp_only();
+        return;
+    }
+    let Some(launcher) = find_launcher() else {
+        log(&format!(
+            "{WHAT} skipped: rust-ray-launch not found (build it: cargo build --release \
+             -p rust-ray-launch, or set RUSTRAY_LAUNCHER)"
+        ));
+        if want_tcp {
+            tcp_only();
+        }
+        return;
+    };
+    let me = std::env::current_exe().expect("internode_transfer_slurm_gb_per_s: current_exe");
+    let mut cmd = std::process::Command::new("srun");
+    cmd.args(["-N", "2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"])
+        .arg(&launcher)
+        .arg("--object-store-memory")
+        .arg(SLURM_STORE.to_string())
+        .arg("--")
+        .arg(&me)
+        .arg("--transfer-app")
+        .arg(nbytes.to_string())
+        .arg(c.internode_warmup.to_string())
+        .arg(c.internode_reps.to_string());
+    let (st, out, err, wall) = run_bounded(&mut cmd, SRUN_TRANSFER_TIMEOUT)
+        .expect("internode_transfer_slurm_gb_per_s: srun runs");
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("transfer-app "))
+        .collect();
+    let reps_of = |kind: &str| -> Vec<&str> {
+        lines
+            .iter()
+            .copied()
+            .filter(|l| {
+                l.starts_with("transfer-app sample ")
+                    && kv(l, "kind") == Some(kind)
+                    && kv(l, "phase") == Some("rep")
+            })
+            .collect()
+    };
+    let f = |l: &str, k: &str| kv(l, k).and_then(|v| v.parse::<f64>().ok());
+    let tcp_s: Vec<f64> = reps_of("tcp").iter().filter_map(|l| f(l, "s")).collect();
+    let get_s: Vec<f64> = reps_of("rustray")
+        .iter()
+        .filter_map(|l| f(l, "get_s"))
+        .collect();
+    let e2e_s: Vec<f64> = reps_of("rustray")
+        .iter()
+        .filter_map(|l| f(l, "e2e_s"))
+        .collect();
+    let head = lines
+        .iter()
+        .find(|l| l.starts_with("transfer-app nodes "))
+        .copied();
+    let ok = st.is_some_and(|s| s.success())
+        && lines.contains(&"transfer-app ok")
+        && head.is_some()
+        && get_s.len() == c.internode_reps
+        && e2e_s.len() == c.internode_reps;
+    let failure = format!(
+        "{WHAT}: srun ... --transfer-app failed (status {st:?}, after {wall:.1}s; \
+         {} of {} reps)\n--- stdout\n{out}--- stderr\n{err}",
+        get_s.len(),
+        c.internode_reps
+    );
+    let (names, addrs) = match head {
+        Some(h) => (
+            vec![
+                kv(h, "a").unwrap_or("?").to_string(),
+                kv(h, "b").unwrap_or("?").to_string(),
+            ],
+            vec![
+                kv(h, "a_addr").unwrap_or("?").to_string(),
+                kv(h, "b_addr").unwrap_or("?").to_string(),
+            ],
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    // The reference: interleaved in the app, else its own srun step.
+    let tcp = if tcp_s.len() == c.internode_reps {
+        Some(SlurmTcp {
+            rates: tcp_s.iter().map(|s| nbytes as f64 / GB / s).collect(),
+            names: names.clone(),
+            addrs: addrs.clone(),
+            source: "interleaved with the transfer's reps in the same --transfer-app run \
+                     (sender: a thread of the driver on A; receiver: a task pinned to B)",
+        })
+    } else {
+        log(&format!(
+            "{TCP_SLURM}: {} of {} interleaved reps from the transfer app; \
+             running srun --tcp-app instead",
+            tcp_s.len(),
+            c.internode_reps
+        ));
+        match run_tcp_app(
+            c,
+            "srun -N 2 --ntasks-per-node=1 <microbench> --tcp-app (its own step, right after \
+             the transfer's, which did not give the interleaved reps)",
+        ) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log(&format!("{TCP_SLURM}: {e}"));
+                None
+            }
+        }
+    };
+    if want_tcp {
+        if let Some(t) = &tcp {
+            check_addrs(TCP_SLURM, &t.addrs);
+            emit_tcp_slurm(nbytes, t);
+        }
+    }
+    if !ok {
+        panic!("{failure}");
+    }
+    check_addrs(WHAT, &addrs);
+    let rates: Vec<f64> = get_s.iter().map(|s| nbytes as f64 / GB / s).collect();
+    let e2e: Vec<f64> = e2e_s.iter().map(|s| nbytes as f64 / GB / s).collect();
+    let med = median(&rates);
+    let tcp_med = tcp.as_ref().map(|t| median(&t.rates));
+    let get_ms: Vec<f64> = get_s.iter().map(|s| s * 1e3).collect();
+    emit(
+        WHAT,
+        "GB/s",
+        med,
+        nbytes,
+        rates.len(),
+        vec![
+            ("samples", rnd_all(&rates, 3).into()),
+            ("get_ms", rnd(median(&get_ms), 2).into()),
+            ("end_to_end_gb_per_s", rnd(median(&e2e), 3).into()),
+            ("mb_per_s", rnd(med * 1000.0, 1).into()),
+            ("tcp_copy_gb_per_s", tcp_med.map(|t| rnd(t, 3)).into()),
+            (
+                "tcp_copy_samples",
+                tcp.as_ref().map(|t| rnd_all(&t.rates, 3)).into(),
+            ),
+            ("vs_tcp_copy", tcp_med.map(|t| rnd(med / t, 3)).into()),
+            ("target_vs_tcp_copy", 0.9.into()),
+            ("tcp_copy_source", tcp.as_ref().map(|t| t.source).into()),
+            ("nodes", 2u64.into()),
+            ("node_names", names.into()),
+            ("node_addrs", addrs.into()),
+            ("slurm_nodes", n.into()),
+            ("warmups", c.internode_warmup.into()),
+            ("object_store_memory", SLURM_STORE.into()),
+            ("srun_s", rnd(wall, 2).into()),
+            ("launcher", launcher.display().to_string().into()),
+            (
+                "read",
+                "get_view inside the task on B: the raylet of B pulls the bytes from A's \
+                 raylet into B's store, the view maps them (no copy out of the store)"
+                    .into(),
+            ),
+            (
+                "transport",
+                "TCP between the raylets of two Slurm nodes, over the nodes' addresses".into(),
+            ),
+            (
+                "note",
+                "srun -N 2 --ntasks-per-node=1 rust-ray-launch -- <microbench> \
+                 --transfer-app: driver on node A (rank 0); fresh object per rep made by a \
+                 task pinned to A (node:<A> 0.01); ref passed boxed to a task pinned to B; \
+                 get_view timed inside B; each rep right after a TCP copy A -> B of the \
+                 same bytes"
+                    .into(),
+            ),
+        ],
+    );
+}
+
 // ------------------------------------------------------------------ main
 
 struct Args {
@@ -2015,6 +2610,10 @@ struct Args {
     num_cpus: u32,
     multinode: bool,
     start_app: bool,
+    /// `--transfer-app <bytes> <warmups> <reps>`
+    transfer_app: Option<(usize, usize, usize)>,
+    /// `--tcp-app <dir> <bytes> <warmups> <reps>`
+    tcp_app: Option<(String, usize, usize, usize)>,
 }
 
 /// Parses argv by hand; unknown arguments (cargo's `--bench`, ...) are ignored.
@@ -2027,6 +2626,8 @@ fn parse_args() -> Args {
         num_cpus: 2,
         multinode: false,
         start_app: false,
+        transfer_app: None,
+        tcp_app: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -2054,6 +2655,24 @@ fn parse_args() -> Args {
             "--list" => a.list = true,
             "--multinode" => a.multinode = true,
             "--start-app" => a.start_app = true,
+            "--transfer-app" | "--tcp-app" => {
+                // Positional values: [dir] bytes warmups reps.
+                let num = |i: &mut usize| -> usize {
+                    let v = value(i);
+                    v.parse().unwrap_or_else(|_| {
+                        eprintln!("[bench] {key}: bad number {v:?}");
+                        std::process::exit(2);
+                    })
+                };
+                if key == "--tcp-app" {
+                    let dir = value(&mut i);
+                    let (n, w, r) = (num(&mut i), num(&mut i), num(&mut i));
+                    a.tcp_app = Some((dir, n, w, r));
+                } else {
+                    let (n, w, r) = (num(&mut i), num(&mut i), num(&mut i));
+                    a.transfer_app = Some((n, w, r));
+                }
+            }
             "--only" => {
                 a.only = value(&mut i)
                     .split(',')
@@ -2097,6 +2716,14 @@ fn main() {
     let args = parse_args();
     if args.start_app {
         start_app();
+        return;
+    }
+    if let Some((n, w, r)) = args.transfer_app {
+        transfer_app(n, w, r);
+        return;
+    }
+    if let Some((dir, n, w, r)) = &args.tcp_app {
+        tcp_app(dir, *n, *w, *r);
         return;
     }
     if args.list {
@@ -2239,6 +2866,11 @@ fn main() {
     if w("cluster_start_slurm_3node_s") {
         step("cluster_start_slurm_3node_s", &mut || {
             sc_cluster_start_slurm(&c)
+        });
+    }
+    if w(INTERNODE_SLURM) || w(TCP_SLURM) {
+        step(INTERNODE_SLURM, &mut || {
+            sc_internode_slurm(&c, w(INTERNODE_SLURM), w(TCP_SLURM))
         });
     }
     log(&format!(

@@ -318,6 +318,18 @@ fn launch_slurm(opts: LaunchOptions, app: PathBuf, env: SlurmEnv) -> Result<i32>
         let status = raylet
             .wait()
             .map_err(|e| Error::io("waiting for the raylet", e))?;
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = status.signal() {
+            // The node was lost mid-job (killed, OOM): the GCS has noticed
+            // and the cluster carries on without it, so this rank must not
+            // fail the step (srun --kill-on-bad-exit would end every node).
+            eprintln!(
+                "rust-ray-launch: the raylet of node {} was killed by signal {sig}; the cluster carries on without this node",
+                s.node
+            );
+            return Ok(0);
+        }
+        // A raylet that failed to start or register has said why.
         return Ok(if status.success() { 0 } else { 1 });
     };
     let expected = expected_nodes(&env);

@@ -205,8 +205,14 @@ impl Session {
         Ok(s)
     }
 
+    /// The session as one string for the environment (and rendezvous
+    /// files): the protocol fingerprint, then the encoding in hex.
     pub(crate) fn to_env(&self) -> Result<String> {
-        Ok(hex(&crate::codec::encode(self)?))
+        Ok(format!(
+            "rr{:016x}-{}",
+            crate::transport::PROTOCOL,
+            hex(&crate::codec::encode(self)?)
+        ))
     }
 
     pub(crate) fn from_env() -> Result<Session> {
@@ -215,8 +221,21 @@ impl Session {
         Self::from_env_str(&v)
     }
 
+    /// Reads [`Session::to_env`]'s string; one from a build of rustray
+    /// whose protocol differs is a clear error, not a garbled cluster.
     pub(crate) fn from_env_str(v: &str) -> Result<Session> {
-        let bytes = unhex(v).ok_or_else(|| Error::invalid(format!("{ENV_SESSION} is corrupt")))?;
+        let mine = format!("rr{:016x}", crate::transport::PROTOCOL);
+        let (version, body) = v
+            .split_once('-')
+            .ok_or_else(|| Error::invalid("the cluster address is corrupt"))?;
+        if version != mine {
+            return Err(Error::invalid(format!(
+                "this program and the cluster it joins were built from different versions of rustray (protocol {} vs {}); rebuild rust-ray-launch and the application from the same source",
+                version.trim_start_matches("rr"),
+                mine.trim_start_matches("rr")
+            )));
+        }
+        let bytes = unhex(body).ok_or_else(|| Error::invalid("the cluster address is corrupt"))?;
         crate::codec::decode(&bytes, "session")
     }
 
@@ -342,11 +361,17 @@ mod tests {
         let mut s =
             Session::new_cluster(Config::new().num_cpus(3.0).resource("nodeA", 1.0), true).unwrap();
         s.node = "n1".into();
-        let back: Session =
-            crate::codec::decode(&unhex(&s.to_env().unwrap()).unwrap(), "s").unwrap();
+        let back = Session::from_env_str(&s.to_env().unwrap()).unwrap();
         assert_eq!(back.node, "n1");
         assert_eq!(back.config.node_resources().unwrap().get("nodeA"), 1.0);
         assert!(unhex("zz").is_none());
+        // Another build's session is refused with a clear error.
+        let other = s.to_env().unwrap().replacen("rr", "rr0", 1);
+        let e = Session::from_env_str(&other).unwrap_err();
+        assert!(
+            e.to_string().contains("different versions of rustray"),
+            "{e}"
+        );
     }
 
     #[test]

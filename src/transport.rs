@@ -33,6 +33,22 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// Fingerprint of the protocol: a hash of this file, where every message
+/// is defined, so processes built from different sources refuse to join
+/// one cluster with a clear error (see `Session::from_env_str`).
+pub(crate) const PROTOCOL: u64 = fnv1a(include_str!("transport.rs").as_bytes());
+
+const fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        h ^= bytes[i] as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    h
+}
+
 /// How long a new connection may take to present the cluster secret.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a TCP connect may take before the peer counts as unreachable.

@@ -19,6 +19,16 @@ fn where_am_i(ms: u64) -> String {
 }
 
 #[rustray::remote]
+fn where_and_raylet(ms: u64) -> (String, u32) {
+    std::thread::sleep(Duration::from_millis(ms));
+    // A worker's parent is its node's raylet.
+    (
+        rustray::node_name().expect("node name"),
+        std::os::unix::process::parent_id(),
+    )
+}
+
+#[rustray::remote]
 fn fill(n: usize, seed: u8) -> Vec<u8> {
     (0..n).map(|i| (i as u8) ^ seed).collect()
 }
@@ -53,6 +63,31 @@ fn app_main(mode: &str) -> ! {
                     mem.unwrap_or(0.0)
                 );
             }
+            rustray::shutdown();
+            std::process::exit(0);
+        }
+        "nodeloss" => {
+            // Kill the last node's raylet mid-job (the emulated nodes share
+            // one PID namespace): its tasks finish elsewhere.
+            let victim = nodes.last().expect("nodes").name.clone();
+            let pin = format!("node:{victim}");
+            let probe = where_and_raylet::options()
+                .resource(&pin, 0.01)
+                .remote(0u64);
+            let (_, raylet) = rustray::get(&probe).expect("probe");
+            let refs: Vec<_> = (0..6).map(|_| where_and_raylet::remote(1500u64)).collect();
+            std::thread::sleep(Duration::from_millis(500));
+            let killed = Command::new("kill")
+                .args(["-9", &raylet.to_string()])
+                .status()
+                .expect("kill");
+            assert!(killed.success());
+            for r in &refs {
+                let (node, _) = rustray::get_timeout(r, Duration::from_secs(60))
+                    .expect("tasks finish despite the lost node");
+                assert_ne!(node, victim);
+            }
+            println!("survived the loss of {victim}");
             rustray::shutdown();
             std::process::exit(0);
         }
@@ -526,6 +561,18 @@ fn test_slurm_insitu_ranks() {
     );
 }
 
+/// A raylet killed mid-job on a Slurm node: the GCS notices, the tasks
+/// that ran there are retried on the other nodes, the job succeeds.
+fn test_slurm_raylet_killed_mid_job() {
+    if !slurm_wanted() {
+        return;
+    }
+    let out = srun(3, &[], "nodeloss");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("survived the loss of node"), "{t}");
+}
+
 /// Two jobs on the same nodes at once: each its own cluster.
 fn test_slurm_two_jobs_at_once() {
     if !slurm_wanted() {
@@ -584,5 +631,9 @@ fn main() {
         ),
         ("test_slurm_two_jobs_at_once", test_slurm_two_jobs_at_once),
         ("test_slurm_insitu_ranks", test_slurm_insitu_ranks),
+        (
+            "test_slurm_raylet_killed_mid_job",
+            test_slurm_raylet_killed_mid_job,
+        ),
     ]);
 }

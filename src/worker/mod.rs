@@ -110,7 +110,9 @@ pub(crate) struct CoreWorker {
     value_epoch: AtomicU64,
     next_seq: AtomicU64,
     next_req: AtomicU64,
-    replies: Mutex<HashMap<u64, mpsc::Sender<Msg>>>,
+    /// Pending requests: the connection they went out on (its address, so
+    /// a closing connection fails them at once) and where the reply goes.
+    replies: Mutex<HashMap<u64, (usize, mpsc::Sender<Msg>)>>,
     peers: Mutex<HashMap<WorkerId, Arc<Conn>>>,
     gcs: Mutex<Option<Arc<Conn>>>,
     /// Connections to other nodes' raylets (leases there, frees there).
@@ -300,12 +302,14 @@ impl CoreWorker {
         let conn = Arc::new(Conn::new(&stream)?);
         let me = self.clone();
         let me2 = self.clone();
+        let c2 = conn.clone();
         transport::spawn_reader(
             "rustray-gcs".into(),
             stream,
             move |m| me.handle_reply(m),
             move || {
                 *me2.gcs.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                me2.fail_pending(&c2);
             },
         )?;
         *g = Some(conn.clone());
@@ -435,7 +439,7 @@ impl CoreWorker {
         self.replies
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(req, tx);
+            .insert(req, (conn as *const Conn as usize, tx));
         let sent = conn.send(&build(req));
         let r = sent.and_then(|_| {
             rx.recv_timeout(RPC_TIMEOUT).map_err(|e| match e {
@@ -479,7 +483,7 @@ impl CoreWorker {
             | Msg::ActorKilled { req } => *req,
             _ => return,
         };
-        if let Some(tx) = self
+        if let Some((_, tx)) = self
             .replies
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -487,6 +491,16 @@ impl CoreWorker {
         {
             let _ = tx.send(msg);
         }
+    }
+
+    /// A connection closed: requests waiting on it fail now ("connection
+    /// lost") instead of at their timeout.
+    fn fail_pending(&self, conn: &Conn) {
+        let key = conn as *const Conn as usize;
+        self.replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, (c, _)| *c != key);
     }
 
     fn handle_raylet(self: &Arc<Self>, msg: Msg) {
@@ -499,6 +513,7 @@ impl CoreWorker {
     }
 
     fn raylet_lost(self: &Arc<Self>) {
+        self.fail_pending(&self.raylet);
         if self.shutting_down.load(Ordering::Relaxed) {
             return;
         }
@@ -582,10 +597,14 @@ impl CoreWorker {
     /// Another core worker's connection closed: it died or shut down.
     fn peer_gone(self: &Arc<Self>, worker: WorkerId, outgoing: bool) {
         if outgoing {
-            self.peers
+            let gone = self
+                .peers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&worker);
+            if let Some(c) = gone {
+                self.fail_pending(&c);
+            }
         }
         if self.shutting_down.load(Ordering::Relaxed) {
             return;
