@@ -487,8 +487,9 @@ fn find_clusters(job: Option<&str>) -> Result<Vec<(String, Session)>> {
     if let Ok(rd) = std::fs::read_dir(&dir) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
+            // A Slurm job's steps, or a local launcher by its pid.
             let wanted = match &job {
-                Some(j) => name.starts_with(&format!("job-{j}.")),
+                Some(j) => name.starts_with(&format!("job-{j}.")) || name == format!("local-{j}"),
                 None => name.starts_with("job-") || name.starts_with("local-"),
             };
             if !wanted || name.contains(".tmp") {

@@ -277,6 +277,61 @@ fn test_status_and_stop() {
     assert!(!o.status.success(), "cluster still listed: {}", text(&o));
 }
 
+/// `stop --job` ends that cluster and no other, even when both publish in
+/// the same rendezvous directory.
+fn test_stop_only_stops_its_own_cluster() {
+    let dir = rdv_dir().join("two");
+    let (a, _) = start_waiting_cluster(&dir);
+    // A second cluster in the same directory (start_waiting_cluster would
+    // wipe it).
+    let mut c = launch_local(2, "wait");
+    c.env("RUSTRAY_RENDEZVOUS_DIR", &dir);
+    let mut b = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("second launcher");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while String::from_utf8_lossy(&status_in(&dir).stdout)
+        .matches(" alive ")
+        .count()
+        < 4
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second cluster never came up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut stop = Command::new(launcher());
+    stop.args(["stop", "--job", &a.id().to_string()])
+        .env("RUSTRAY_RENDEZVOUS_DIR", &dir);
+    assert!(run_bounded(stop, Duration::from_secs(20)).status.success());
+    let out = a.wait_with_output().expect("first launcher ends");
+    assert_eq!(out.status.code(), Some(128 + 15), "{}", text(&out));
+    // The other cluster still runs and answers.
+    assert!(
+        matches!(b.try_wait(), Ok(None)),
+        "the other cluster was stopped too"
+    );
+    let mut st = Command::new(launcher());
+    st.args(["status", "--job", &b.id().to_string()])
+        .env("RUSTRAY_RENDEZVOUS_DIR", &dir);
+    let o = run_bounded(st, Duration::from_secs(20));
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .matches(" alive ")
+            .count()
+            == 2,
+        "{}",
+        text(&o)
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &b.id().to_string()])
+        .status();
+    let _ = b.wait();
+}
+
 /// SIGTERM to the launcher (what `scancel` or Ctrl-C does) ends the driver
 /// and the cluster, leaving no shared memory, socket or process behind.
 fn test_sigterm_leaves_nothing_behind() {
@@ -614,6 +669,10 @@ fn main() {
         (
             "test_sigterm_leaves_nothing_behind",
             test_sigterm_leaves_nothing_behind,
+        ),
+        (
+            "test_stop_only_stops_its_own_cluster",
+            test_stop_only_stops_its_own_cluster,
         ),
         ("test_slurm_srun_three_nodes", test_slurm_srun_three_nodes),
         (

@@ -51,13 +51,15 @@ struct Cli {
 enum Command {
     /// Show the nodes of a running cluster: resources, use, object store.
     Status {
-        /// The Slurm job (default: $SLURM_JOB_ID, else every cluster of yours).
+        /// The Slurm job, or a local launcher's pid (default: $SLURM_JOB_ID,
+        /// else every cluster of yours).
         #[arg(long)]
         job: Option<String>,
     },
     /// Stop a running cluster: its driver, then every node.
     Stop {
-        /// The Slurm job (default: $SLURM_JOB_ID, else every cluster of yours).
+        /// The Slurm job, or a local launcher's pid (default: $SLURM_JOB_ID,
+        /// else every cluster of yours).
         #[arg(long)]
         job: Option<String>,
     },
