@@ -331,33 +331,22 @@ impl CoreWorker {
 
     /// A node's entry in the node table, asking the GCS on a miss.
     pub(crate) fn node(self: &Arc<Self>, index: u16) -> Result<NodeInfo> {
-        if let Some(n) = self
-            .nodes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&index)
-        {
-            return Ok(n.clone());
-        }
-        let reply = self.gcs_call(|req| Msg::GetNodes { req }, "reading the node table")?;
-        let Msg::Nodes { nodes, .. } = reply else {
-            return Err(Error::unavailable("unexpected reply from the GCS"));
-        };
-        let mut table = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        for n in nodes {
-            table.insert(n.index, n);
-        }
-        table
-            .get(&index)
-            .cloned()
+        self.find_node(|n| n.index == index)?
             .ok_or_else(|| Error::unavailable(format!("node {index} is not in the node table")))
     }
 
     /// A node's entry by name, asking the GCS when it is not cached.
     pub(crate) fn node_by_name(self: &Arc<Self>, name: &str) -> Result<NodeInfo> {
-        let find = |t: &HashMap<u16, NodeInfo>| t.values().find(|n| n.name == name).cloned();
-        if let Some(n) = find(&self.nodes.lock().unwrap_or_else(|p| p.into_inner())) {
-            return Ok(n);
+        self.find_node(|n| n.name == name)?
+            .ok_or_else(|| Error::invalid(format!("no node is named `{name}`")))
+    }
+
+    /// The first cached node matching `pred`; on a miss, the node table is
+    /// read again from the GCS (nodes join while the cluster runs).
+    fn find_node(self: &Arc<Self>, pred: impl Fn(&NodeInfo) -> bool) -> Result<Option<NodeInfo>> {
+        let cached = |t: &HashMap<u16, NodeInfo>| t.values().find(|n| pred(n)).cloned();
+        if let Some(n) = cached(&self.nodes.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(Some(n));
         }
         let reply = self.gcs_call(|req| Msg::GetNodes { req }, "reading the node table")?;
         let Msg::Nodes { nodes, .. } = reply else {
@@ -367,7 +356,7 @@ impl CoreWorker {
         for n in nodes {
             table.insert(n.index, n);
         }
-        find(&table).ok_or_else(|| Error::invalid(format!("no node is named `{name}`")))
+        Ok(cached(&table))
     }
 
     /// Indices of the nodes believed alive, from the cached node table
