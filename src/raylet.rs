@@ -132,6 +132,8 @@ struct State {
     nodes: HashMap<u16, NodeInfo>,
     /// Drivers that ever registered here.
     drivers_seen: u32,
+    /// Set when shutting down: no more workers are started.
+    stopping: bool,
 }
 
 struct Raylet {
@@ -208,6 +210,7 @@ fn run(session: Session) -> Result<()> {
             copies: HashMap::new(),
             nodes: HashMap::new(),
             drivers_seen: 0,
+            stopping: false,
         }),
         next_client: AtomicU64::new(1),
         arena,
@@ -388,6 +391,11 @@ impl Raylet {
     }
 
     fn start_worker(&self, st: &mut State) {
+        if st.stopping {
+            // A worker started now would outlive the kill below and find
+            // the store gone.
+            return;
+        }
         let child = std::process::Command::new(&self.session.exe)
             .args(&self.session.args)
             .env(ENV_ROLE, "worker")
@@ -838,7 +846,8 @@ impl Raylet {
     /// Kills every worker, removes the node's files, and exits.
     fn shutdown(&self, why: &str) -> ! {
         let pids: Vec<u32> = {
-            let st = self.lock();
+            let mut st = self.lock();
+            st.stopping = true;
             log!(
                 "raylet shutting down: {why}; store held {} live objects, {} of {} bytes",
                 st.store.live_objects(),

@@ -19,6 +19,12 @@ fn shout(word: String) -> u32 {
 }
 
 #[rustray::remote]
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[rustray::remote]
 fn forever() -> u32 {
     std::thread::sleep(Duration::from_secs(3600));
     0
@@ -37,6 +43,16 @@ fn child_main(mode: &str) {
             let _big = rustray::put(vec![1u8; 1 << 20]).expect("put");
             println!("ready");
             std::thread::sleep(Duration::from_secs(3600));
+        }
+        "--child-busy-shutdown" => {
+            // Many small-CPU tasks make the raylet start workers; shut down
+            // while they are still starting.
+            let refs: Vec<_> = (0..200)
+                .map(|_| nap::options().num_cpus(0.01).remote(50))
+                .collect();
+            std::thread::sleep(Duration::from_millis(30));
+            drop(refs);
+            rustray::shutdown();
         }
         "--child-no-shutdown" => {
             rustray::get(&shout::remote("x".to_string())).expect("task");
@@ -211,6 +227,43 @@ fn test_driver_sigkill_leaves_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Shutting down while the raylet is still starting workers is quiet: no
+/// worker starts after the store is gone (it would print an error on the
+/// user's terminal) and nothing is left behind.
+fn test_shutdown_while_workers_start_is_quiet() {
+    for _ in 0..5 {
+        let dir = tmpdir("busy");
+        let out = child("--child-busy-shutdown", &dir).output().unwrap();
+        assert!(out.status.success());
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!text.contains("failed to start"), "{text}");
+        wait_until("cleanup", Duration::from_secs(10), || {
+            leftovers(&dir).is_empty()
+        });
+        // A worker's own log says it if it started too late (its terminal
+        // line can be lost when it exits at once).
+        for node in std::fs::read_dir(&dir).unwrap().flatten() {
+            for log in std::fs::read_dir(node.path().join("logs"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let l = std::fs::read_to_string(log.path()).unwrap_or_default();
+                assert!(
+                    !l.contains("failed to start"),
+                    "{}: {l}",
+                    log.path().display()
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 fn test_end_of_main_without_shutdown_cleans_up() {
     let dir = tmpdir("noshut");
     let status = child("--child-no-shutdown", &dir)
@@ -257,6 +310,10 @@ fn main() {
         (
             "test_shutdown_then_init_again",
             test_shutdown_then_init_again,
+        ),
+        (
+            "test_shutdown_while_workers_start_is_quiet",
+            test_shutdown_while_workers_start_is_quiet,
         ),
     ]);
 }
