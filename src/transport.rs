@@ -141,6 +141,14 @@ impl Stream {
         };
     }
 
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+
     fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
         match self {
             Stream::Unix(s) => s.set_read_timeout(t),
@@ -296,6 +304,9 @@ pub(crate) struct TaskSpec {
     pub(crate) args: Vec<Payload>,
     pub(crate) returns: Vec<ObjectId>,
     pub(crate) actor: Option<ActorId>,
+    /// An actor call sent while the caller had no other call in flight to
+    /// that actor (a synchronous caller): the actor may run it inline.
+    pub(crate) alone: bool,
 }
 
 /// What the GCS keeps to (re)create an actor.
@@ -560,8 +571,44 @@ pub(crate) enum Msg {
 /// The sending half of a connection.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    inner: Mutex<(Stream, Vec<u8>)>,
+    inner: Mutex<Writer>,
+    /// Frames from [`Conn::try_send`] while another thread held `inner`
+    /// (perhaps blocked writing): they go out, in order, before the next
+    /// frame written under `inner`. This lock is never held across IO.
+    deferred: Mutex<Vec<u8>>,
     shutdown: Stream,
+}
+
+#[derive(Debug)]
+struct Writer {
+    stream: Stream,
+    buf: Vec<u8>,
+    /// Bytes a [`Conn::try_send`] could not write without blocking: they go
+    /// out first, before any later frame ([`Conn::flush`] or the next send).
+    tail: Vec<u8>,
+}
+
+impl Writer {
+    fn frame(&mut self, msg: &Msg) -> Result<()> {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0u8; 4]);
+        codec::encode_append(msg, &mut self.buf)?;
+        let len = (self.buf.len() - 4) as u32;
+        self.buf[..4].copy_from_slice(&len.to_le_bytes());
+        Ok(())
+    }
+
+    fn flush_tail(&mut self) -> std::io::Result<()> {
+        if !self.tail.is_empty() {
+            self.stream.write_all(&self.tail)?;
+            self.tail = Vec::new();
+        }
+        Ok(())
+    }
+}
+
+fn lost(e: std::io::Error) -> Error {
+    Error::unavailable(format!("peer connection lost: {e}"))
 }
 
 impl Conn {
@@ -573,7 +620,12 @@ impl Conn {
             .try_clone()
             .map_err(|e| Error::io("cloning socket", e))?;
         Ok(Conn {
-            inner: Mutex::new((w, Vec::with_capacity(256))),
+            inner: Mutex::new(Writer {
+                stream: w,
+                buf: Vec::with_capacity(256),
+                tail: Vec::new(),
+            }),
+            deferred: Mutex::new(Vec::new()),
             shutdown: s,
         })
     }
@@ -586,13 +638,11 @@ impl Conn {
     /// Sends one message followed by raw bytes outside the framing (a block
     /// of the store, written straight from the mapping without a copy).
     pub(crate) fn send_with_bytes(&self, msg: &Msg, bytes: &[u8]) -> Result<()> {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (stream, buf) = &mut *guard;
-        buf.clear();
-        buf.extend_from_slice(&[0u8; 4]);
-        codec::encode_append(msg, buf)?;
-        let len = (buf.len() - 4) as u32;
-        buf[..4].copy_from_slice(&len.to_le_bytes());
+        let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        w.frame(msg)?;
+        self.take_deferred(&mut w);
+        w.flush_tail().map_err(lost)?;
+        let Writer { stream, buf, .. } = &mut *w;
         let mut r = stream.write_all(buf);
         if r.is_ok() && !bytes.is_empty() {
             r = stream.write_all(bytes);
@@ -600,7 +650,84 @@ impl Conn {
         if buf.capacity() > 1 << 20 {
             *buf = Vec::with_capacity(256);
         }
-        r.map_err(|e| Error::unavailable(format!("peer connection lost: {e}")))
+        r.map_err(lost)
+    }
+
+    /// Sends one message without ever blocking: what the socket does not
+    /// take now is kept and goes out first on the next [`Conn::send`] or
+    /// [`Conn::flush`]. Returns false when something was kept (the caller
+    /// must see that a flush happens). For threads that must keep reading
+    /// their own socket: blocking there on a write to a peer that is itself
+    /// blocked writing to us would deadlock both.
+    pub(crate) fn try_send(&self, msg: &Msg) -> Result<bool> {
+        let mut w = match self.inner.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                // Another thread is writing (maybe blocked): never wait
+                // for it.
+                let mut frame = Vec::new();
+                frame.extend_from_slice(&[0u8; 4]);
+                codec::encode_append(msg, &mut frame)?;
+                let len = (frame.len() - 4) as u32;
+                frame[..4].copy_from_slice(&len.to_le_bytes());
+                self.deferred
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&frame);
+                return Ok(false);
+            }
+        };
+        w.frame(msg)?;
+        self.take_deferred(&mut w);
+        let Writer { stream, buf, tail } = &mut *w;
+        if !tail.is_empty() {
+            tail.extend_from_slice(buf);
+            return Ok(false);
+        }
+        let fd = stream.raw_fd();
+        let mut off = 0;
+        while off < buf.len() {
+            // SAFETY: send(2) reads `len - off` initialized bytes of `buf`
+            // from a live socket fd; MSG_DONTWAIT makes it return at once.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    buf[off..].as_ptr().cast(),
+                    buf.len() - off,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n > 0 {
+                off += n as usize;
+                continue;
+            }
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::Interrupted => continue,
+                std::io::ErrorKind::WouldBlock => {
+                    tail.extend_from_slice(&buf[off..]);
+                    return Ok(false);
+                }
+                _ => return Err(lost(e)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes what [`Conn::try_send`] kept (blocking).
+    pub(crate) fn flush(&self) -> Result<()> {
+        let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        self.take_deferred(&mut w);
+        w.flush_tail().map_err(lost)
+    }
+
+    /// Moves deferred frames to the writer's tail (under `inner`).
+    fn take_deferred(&self, w: &mut Writer) {
+        let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        if !d.is_empty() {
+            w.tail.append(&mut d);
+        }
     }
 
     /// Closes both directions; the peer's reader sees end-of-stream.
@@ -612,15 +739,41 @@ impl Conn {
 /// Reads frames until end-of-stream or a protocol error, calling `handle`
 /// for each message.
 pub(crate) fn read_loop(stream: Stream, mut handle: impl FnMut(Msg)) -> std::io::Result<()> {
+    let fd = stream.raw_fd();
     let mut r = BufReader::with_capacity(64 * 1024, stream);
     let mut body = Vec::new();
     while let Some(msg) = read_frame(&mut r, &mut body)? {
+        INPUT.with(|i| i.set((!r.buffer().is_empty(), fd)));
         handle(msg);
+        INPUT.with(|i| i.set((false, -1)));
         if body.capacity() > 1 << 20 {
             body = Vec::new();
         }
     }
     Ok(())
+}
+
+thread_local! {
+    /// In a connection thread's handler: whether more input was already
+    /// buffered after the message being handled, and the socket.
+    static INPUT: std::cell::Cell<(bool, std::os::fd::RawFd)> = const { std::cell::Cell::new((false, -1)) };
+}
+
+/// Called from a message handler: true if more messages from the same peer
+/// are already waiting (buffered, or in the socket). A pipelining peer is
+/// better served by queueing than by handling each message inline.
+pub(crate) fn more_input_pending() -> bool {
+    let (buffered, fd) = INPUT.with(|i| i.get());
+    if buffered {
+        return true;
+    }
+    if fd < 0 {
+        return false;
+    }
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes the number of readable bytes into `n`.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    rc == 0 && n > 0
 }
 
 /// Reads one frame; `None` at a clean end-of-stream.
@@ -665,6 +818,37 @@ pub(crate) fn spawn_reader(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn try_send_never_blocks_and_keeps_order() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Stream::Unix(a), Stream::Unix(b));
+        let conn = Conn::new(&a).unwrap();
+        // Nobody reads: the socket fills, try_send keeps the rest instead of
+        // blocking.
+        let big = Msg::FreeObjects {
+            offsets: (0..4096).collect(),
+        };
+        let mut sent = 0u64;
+        while conn.try_send(&big).unwrap() {
+            sent += 1;
+            assert!(sent < 100_000, "the socket never filled");
+        }
+        // A later send must come after what was kept.
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            read_loop(b, |m| got.push(matches!(m, Msg::Blocked))).unwrap();
+            got
+        });
+        conn.flush().unwrap();
+        conn.send(&Msg::Blocked).unwrap();
+        conn.close();
+        drop(a);
+        let got = reader.join().unwrap();
+        assert_eq!(got.len() as u64, sent + 2, "every frame arrives whole");
+        assert_eq!(got.iter().filter(|b| **b).count(), 1);
+        assert!(got[got.len() - 1], "the later frame came last");
+    }
 
     #[test]
     fn tcp_connections_without_the_secret_are_refused() {

@@ -161,6 +161,10 @@ impl Other {
     pub fn ping(&self) -> u8 {
         1
     }
+
+    pub fn echo(&self, data: Vec<u8>) -> Vec<u8> {
+        data
+    }
 }
 
 // ---------------------------------------------------------------- tests
@@ -422,6 +426,41 @@ fn test_actor_ordering() {
     );
 }
 
+/// Synchronous calls (which the actor may run on its connection thread)
+/// mixed with bursts of pipelined calls carrying enough data to fill both
+/// sockets: every call completes, in order, and nothing deadlocks.
+fn test_actor_sync_and_burst_calls_mix() {
+    common::cluster(2.0, None);
+    let c = Counter::remote(0).unwrap();
+    let o = Other::remote().unwrap();
+    for round in 0..5u64 {
+        for i in 0..20 {
+            assert_eq!(
+                rustray::get(&c.record(round * 1000 + i)).unwrap(),
+                (round * 420 + i + 1) as usize
+            );
+        }
+        let burst: Vec<_> = (0..400).map(|i| c.record(round * 1000 + 100 + i)).collect();
+        let echoes: Vec<_> = (0..300u32)
+            .map(|i| o.echo(vec![(i % 251) as u8; 64 * 1024]))
+            .collect();
+        let last = rustray::get_timeout(burst.last().unwrap(), Duration::from_secs(60))
+            .expect("a burst completes");
+        assert_eq!(last, (round * 420 + 420) as usize);
+        for (i, e) in echoes.iter().enumerate() {
+            let v = rustray::get_timeout(e, Duration::from_secs(60)).expect("echo");
+            assert!(v.len() == 64 * 1024 && v[0] == (i % 251) as u8);
+        }
+    }
+    let log = rustray::get(&c.log()).unwrap();
+    let mut want = Vec::new();
+    for round in 0..5u64 {
+        want.extend((0..20).map(|i| round * 1000 + i));
+        want.extend((0..400).map(|i| round * 1000 + 100 + i));
+    }
+    assert_eq!(log, want, "calls ran out of order");
+}
+
 fn test_actor_state_and_handles_in_tasks() {
     common::cluster(2.0, None);
     let c = Counter::remote(10).unwrap();
@@ -531,6 +570,10 @@ fn main() {
             test_tasks_run_in_worker_processes,
         ),
         ("test_actor_ordering", test_actor_ordering),
+        (
+            "test_actor_sync_and_burst_calls_mix",
+            test_actor_sync_and_burst_calls_mix,
+        ),
         (
             "test_actor_state_and_handles_in_tasks",
             test_actor_state_and_handles_in_tasks,

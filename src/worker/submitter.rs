@@ -309,6 +309,7 @@ impl CoreWorker {
             args: payloads,
             returns: refs.iter().map(|r| r.id).collect(),
             actor,
+            alone: false,
         };
         if let Some(e) = failure {
             self.fail_returns(&mut st, &spec, &e, &mut fx);
@@ -945,12 +946,15 @@ impl CoreWorker {
             }
             q.pending.pop_front();
             e.status = Status::Running(WorkerId(0));
+            let mut spec = e.spec.clone();
+            spec.alone = q.inflight.is_empty();
             q.inflight.push(t);
             // Sent under the lock: two threads flushing the same actor must
             // not reorder its calls on the wire. The actor's connection
-            // thread drains the socket continuously, so this cannot block
-            // for long.
-            let _ = conn.send(&Msg::PushTask(e.spec.clone()));
+            // thread drains the socket (it runs a call itself only for a
+            // caller with nothing else in flight), so this cannot block for
+            // long.
+            let _ = conn.send(&Msg::PushTask(spec));
         }
     }
 
