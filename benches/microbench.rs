@@ -1646,6 +1646,10 @@ fn emit_tcp_copy(nbytes: usize, tcp: &[f64]) {
     );
 }
 
+/// How the internode scenarios read the object (their `extra.read`).
+const INTERNODE_READ: &str = "get_view inside the task on B: the raylet of B pulls the bytes \
+     from A's raylet into B's store, the view maps them (no copy out of the store)";
+
 /// One rep of internode_transfer_gb_per_s (and of its Slurm variant): a
 /// fresh object of `nbytes` (value seed % 251) made by a task pinned to
 /// node `a`; once it exists there, its ref goes boxed to a task pinned to
@@ -1792,12 +1796,7 @@ fn sc_internode(c: &Sizes, want_internode: bool, want_tcp: bool) {
             ),
             ("cluster_rss_mib", rnd(rss_kib as f64 / 1024.0, 1).into()),
             ("cluster_processes", procs.into()),
-            (
-                "read",
-                "get_view inside the task on B: the raylet of B pulls the bytes from A's \
-                 raylet into B's store, the view maps them (no copy out of the store)"
-                    .into(),
-            ),
+            ("read", INTERNODE_READ.into()),
             (
                 "transport",
                 "loopback TCP between two raylet processes".into(),
@@ -2578,12 +2577,7 @@ fn sc_internode_slurm(c: &Sizes, want_internode: bool, want_tcp: bool) {
             ("object_store_memory", SLURM_STORE.into()),
             ("srun_s", rnd(wall, 2).into()),
             ("launcher", launcher.display().to_string().into()),
-            (
-                "read",
-                "get_view inside the task on B: the raylet of B pulls the bytes from A's \
-                 raylet into B's store, the view maps them (no copy out of the store)"
-                    .into(),
-            ),
+            ("read", INTERNODE_READ.into()),
             (
                 "transport",
                 "TCP between the raylets of two Slurm nodes, over the nodes' addresses".into(),

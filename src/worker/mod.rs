@@ -15,8 +15,10 @@
 //! - **task submission** ([`submitter`]): leases, lease reuse, pipelining,
 //!   retries and actor call ordering;
 //! - **task execution** in worker processes ([`executor`]);
-//! - its **connections**: to its raylet, to the GCS, and to other core
-//!   workers (each has a listening socket named after its worker id).
+//! - its **connections**: to its raylet (and, for leases spilled there or
+//!   objects stored there, other nodes' raylets), to the GCS, and to other
+//!   core workers: each listens on a Unix socket named after its worker id
+//!   for its own node and on the TCP port its id embeds for other nodes.
 //!
 //! All mutable state sits behind one mutex. Work that must not happen under
 //! it (socket writes that could block, dropping refs whose `Drop` locks
