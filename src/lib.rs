@@ -51,6 +51,7 @@ mod actor;
 mod cluster;
 mod codec;
 mod error;
+mod fabric;
 mod gcs;
 mod ids;
 mod object_ref;
@@ -67,6 +68,7 @@ mod worker;
 pub use actor::{get_actor, kill, ActorClass, ActorHandle, ActorOptions};
 pub use codec::Pod;
 pub use error::{Error, ErrorKind, Result};
+pub use fabric::Transport;
 pub use object_ref::{
     cancel, get, get_all, get_timeout, get_view, put, wait, ObjectRef, ObjectView,
 };
