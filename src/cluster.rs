@@ -573,7 +573,7 @@ fn node_line(n: &NodeInfo) -> String {
     let used = |k: &str| n.total.get(k) - n.available.get(k);
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     format!(
-        "  node {:>3} {:<20} {:<15} {:<5} CPU {:>5.1}/{:<5.1} GPU {:>4.1}/{:<4.1} store {:>9.1}/{:.1} MiB\n",
+        "  node {:>3} {:<20} {:<15} {:<5} CPU {:>5.1}/{:<5.1} GPU {:>4.1}/{:<4.1} store {:>9.1}/{:.1} MiB  transport {}\n",
         n.index,
         n.name,
         n.ip,
@@ -583,7 +583,8 @@ fn node_line(n: &NodeInfo) -> String {
         used(crate::scheduler::GPU),
         n.total.get(crate::scheduler::GPU),
         mib(n.store_used),
-        mib(n.store_capacity)
+        mib(n.store_capacity),
+        n.transport_label()
     )
 }
 

@@ -233,11 +233,14 @@ pub struct Node {
     pub store_used: u64,
     /// Object store size.
     pub store_capacity: u64,
+    /// How other nodes read its objects: `tcp`, or `fabric (<provider>)`.
+    pub transport: String,
 }
 
 impl From<transport::NodeInfo> for Node {
     fn from(n: transport::NodeInfo) -> Node {
         Node {
+            transport: n.transport_label(),
             index: n.index,
             name: n.name,
             address: n.ip,

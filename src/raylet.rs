@@ -143,6 +143,14 @@ struct Raylet {
     env: String,
     arena: Arena,
     pulls: PullBudget,
+    /// The node's fabric endpoint, when objects move by RDMA.
+    fabric: Option<Arc<crate::fabric::Fabric>>,
+    /// Nodes whose fabric reads failed: pulled over TCP from then on (a
+    /// failed read can take a connection-oriented provider's connection
+    /// down with it).
+    fabric_broken: Mutex<std::collections::HashSet<u16>>,
+    /// `--transport fabric`: a failed RDMA read is an error, not a TCP retry.
+    fabric_forced: bool,
 }
 
 /// Drops one pin of a pulled copy; the last frees its block.
@@ -186,6 +194,73 @@ fn raise_fd_limit() {
     }
 }
 
+/// Opens the node's fabric endpoint and registers the whole arena with it,
+/// as the transport setting asks; logs one line saying which data plane
+/// the node uses and why. None: the built-in TCP path.
+fn open_fabric(
+    session: &Session,
+    arena: &Arena,
+) -> Result<Option<(Arc<crate::fabric::Fabric>, crate::fabric::FabricAddr)>> {
+    use crate::fabric::{Fabric, OpenOptions, Transport};
+    let choice = session.config.transport_choice()?;
+    let single_host = session.config.single_host();
+    let tcp = |why: &str| {
+        log!("transport: tcp ({why})");
+        Ok(None)
+    };
+    match choice {
+        Transport::Tcp => return tcp("asked for"),
+        Transport::Auto if single_host || session.config.node_count()? == 1 && !slurm_multi_node() => {
+            return tcp("auto: every node is on this host");
+        }
+        _ => {}
+    }
+    let forced = choice == Transport::Fabric;
+    let opts = OpenOptions {
+        forced,
+        single_host,
+        ip: session.ip,
+    };
+    let fail = |e: crate::fabric::FabricError| {
+        Error::unavailable(format!(
+            "node {} cannot use the fabric transport (--transport fabric): {e}",
+            session.node
+        ))
+    };
+    let fabric = match Fabric::open(&opts).map_err(fail)? {
+        Ok(f) => Arc::new(f),
+        Err(why) => return tcp(&format!("auto: {why}")),
+    };
+    // SAFETY: the arena stays mapped for the raylet's life (it is dropped
+    // only when the process exits), which outlives the fabric it is
+    // registered with.
+    let addr = unsafe { fabric.register(arena.base_ptr(), arena.len()) }.map_err(fail)?;
+    if fabric.manual_progress() {
+        let f = fabric.clone();
+        std::thread::Builder::new()
+            .name("raylet-fabric".into())
+            .spawn(move || f.progress())
+            .map_err(|e| Error::io("spawning the fabric progress thread", e))?;
+    }
+    log!(
+        "transport: fabric, provider {} ({}); arena of {} bytes registered, key {:#x}",
+        fabric.provider,
+        fabric.why,
+        arena.len(),
+        addr.key
+    );
+    Ok(Some((fabric, addr)))
+}
+
+/// True inside a Slurm step of more than one node.
+fn slurm_multi_node() -> bool {
+    std::env::var("SLURM_NNODES")
+        .or_else(|_| std::env::var("SLURM_JOB_NUM_NODES"))
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .is_some_and(|n| n > 1)
+}
+
 fn run(session: Session) -> Result<()> {
     raise_fd_limit();
     let resources = session.config.node_resources()?;
@@ -196,6 +271,7 @@ fn run(session: Session) -> Result<()> {
     leases.set_node(session.node_index);
     let prestart = cpus.min(8);
     leases.note_prestarted(prestart);
+    let fabric = open_fabric(&session, &arena)?;
     let unix = Listener::bind_unix(&session.raylet_socket())?;
     let tcp = Listener::bind_tcp(session.ip)?;
     let raylet = Arc::new(Raylet {
@@ -215,9 +291,12 @@ fn run(session: Session) -> Result<()> {
         next_client: AtomicU64::new(1),
         arena,
         pulls: PullBudget::default(),
+        fabric: fabric.as_ref().map(|(f, _)| f.clone()),
+        fabric_broken: Mutex::new(Default::default()),
+        fabric_forced: session.config.transport_choice()? == crate::fabric::Transport::Fabric,
         session,
     });
-    let gcs = raylet.register(&resources, tcp.port())?;
+    let gcs = raylet.register(&resources, tcp.port(), fabric.map(|(_, a)| a))?;
     log!(
         "raylet up: node {} ({}) at {}:{}, resources {:?}, store {} bytes at {}",
         raylet.session.node_index,
@@ -264,6 +343,7 @@ impl Raylet {
         self: &Arc<Self>,
         resources: &crate::scheduler::ResourceSet,
         port: u16,
+        fabric: Option<crate::fabric::FabricAddr>,
     ) -> Result<Arc<Conn>> {
         let s = &self.session;
         let gcs_err = |e: Error| {
@@ -288,6 +368,7 @@ impl Raylet {
                 store_capacity: self.arena.len() as u64,
                 drivers: 0,
                 drivers_seen: 0,
+                fabric,
             },
         })
         .map_err(gcs_err)?;
@@ -658,7 +739,54 @@ impl Raylet {
                     crate::error::ErrorKind::ObjectLost,
                     "no node could serve the object",
                 ));
+                let mut local = local;
+                // True while `local` may still be written by an abandoned
+                // RDMA read: it is then never freed (nor reused).
+                let mut local_dirty = false;
                 for source in &sources {
+                    if let Some(addr) = r.fabric_peer(*source, key) {
+                        match r.fetch_fabric(&addr, *source, key, local) {
+                            Ok(()) => {
+                                result = Ok(());
+                                break;
+                            }
+                            Err(e) if r.fabric_forced => {
+                                // --transport fabric: no silent TCP
+                                // fallback from this node; the next
+                                // source (a copy elsewhere) may serve.
+                                log!("{e}");
+                                if e.dirty {
+                                    local_dirty = true;
+                                }
+                                result = Err(Error::new(
+                                    crate::error::ErrorKind::ObjectLost,
+                                    e.message.clone(),
+                                ));
+                                if e.dirty {
+                                    break;
+                                }
+                                continue;
+                            }
+                            Err(e) => {
+                                log!("{e}; node {source} is read over TCP from now on");
+                                r.fabric_broken
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .insert(*source);
+                                if e.dirty {
+                                    log!("block at {local} ({len} bytes) abandoned to the failed read");
+                                    match r.lock().store.create(len, COPY_OWNER) {
+                                        Ok(o) => local = o,
+                                        Err(e) => {
+                                            local_dirty = true;
+                                            result = Err(e);
+                                            break;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
                     result = r
                         .node_endpoint(*source)
                         .and_then(|ep| r.fetch(&ep, key, local));
@@ -677,7 +805,9 @@ impl Raylet {
                 };
                 if result.is_err() {
                     st.copies.remove(&key);
-                    st.store.free(local);
+                    if !local_dirty {
+                        st.store.free(local);
+                    }
                 }
                 for (client, req) in waiters {
                     if let Some(c) = st.clients.get(&client) {
@@ -688,6 +818,64 @@ impl Raylet {
                     }
                 }
             });
+    }
+
+    /// The fabric address to read `key` from `source` with, if both nodes
+    /// use the same provider and `source` holds the primary block (whose
+    /// offset the key names; a copy's offset is known only to its node,
+    /// so copies are read over TCP).
+    fn fabric_peer(&self, source: u16, key: CopyKey) -> Option<crate::fabric::FabricAddr> {
+        let mine = self.fabric.as_ref()?;
+        if source != key.0
+            || self
+                .fabric_broken
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&source)
+        {
+            return None;
+        }
+        let deadline = std::time::Instant::now() + REPORT_EVERY * 20;
+        loop {
+            if let Some(n) = self.lock().nodes.get(&source) {
+                return n.fabric.clone().filter(|a| a.provider == mine.provider);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(REPORT_EVERY / 10);
+        }
+    }
+
+    /// Reads the primary block of `key` from `source`'s arena into local
+    /// block `local` by one-sided RDMA reads: no work for the remote CPU
+    /// beyond its provider's progress. Same pull budget as TCP pulls.
+    fn fetch_fabric(
+        &self,
+        addr: &crate::fabric::FabricAddr,
+        source: u16,
+        key: CopyKey,
+        local: u64,
+    ) -> std::result::Result<(), crate::fabric::FabricError> {
+        let (_, offset, len, _) = key;
+        let fabric = self.fabric.as_ref().ok_or_else(|| crate::fabric::FabricError {
+            message: "no fabric on this node".into(),
+            dirty: false,
+        })?;
+        let _budget = PullBudget::acquire(&self.pulls, len);
+        let dst = self
+            .arena
+            .write(local, len)
+            .map_err(|e| crate::fabric::FabricError {
+                message: e.to_string(),
+                dirty: false,
+            })?;
+        let label = match self.lock().nodes.get(&source) {
+            Some(n) => format!("node {} ({})", n.name, n.ip),
+            None => format!("node {source}"),
+        };
+        let lost = || self.lock().nodes.get(&source).is_none_or(|n| !n.alive);
+        fabric.read(addr, &label, offset, dst, TRANSFER_STALL, &lost)
     }
 
     /// Node `node`'s raylet, waiting (bounded) for a cluster view that has
@@ -867,6 +1055,9 @@ impl Raylet {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         while std::time::Instant::now() < deadline && pids.iter().any(|p| process_running(*p)) {
             std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if let Some(f) = &self.fabric {
+            f.close();
         }
         let _ = std::fs::remove_file(self.session.arena_path());
         self.session.remove_sockets();

@@ -33,6 +33,7 @@ pub struct Config {
     resources: Vec<(String, f64)>,
     object_store_memory: Option<u64>,
     local_nodes: Option<u16>,
+    transport: Option<crate::fabric::Transport>,
 }
 
 impl Config {
@@ -72,6 +73,33 @@ impl Config {
     pub fn local_nodes(mut self, n: u16) -> Config {
         self.local_nodes = Some(n);
         self
+    }
+
+    /// How objects move between nodes (default [`Transport::Auto`], or
+    /// `RUSTRAY_TRANSPORT=auto|fabric|tcp` in the environment): libfabric
+    /// one-sided reads, or the built-in TCP path. See
+    /// [`Transport`](crate::Transport).
+    pub fn transport(mut self, t: crate::fabric::Transport) -> Config {
+        self.transport = Some(t);
+        self
+    }
+
+    /// The transport asked for: the setting, else the environment, else auto.
+    pub(crate) fn transport_choice(&self) -> Result<crate::fabric::Transport> {
+        if let Some(t) = self.transport {
+            return Ok(t);
+        }
+        match std::env::var("RUSTRAY_TRANSPORT") {
+            Ok(v) if !v.is_empty() => v
+                .parse()
+                .map_err(|e: String| Error::invalid(format!("RUSTRAY_TRANSPORT: {e}"))),
+            _ => Ok(crate::fabric::Transport::Auto),
+        }
+    }
+
+    /// True when every node runs on this machine (`local_nodes`).
+    pub(crate) fn single_host(&self) -> bool {
+        self.local_nodes.is_some()
     }
 
     pub(crate) fn has_num_cpus(&self) -> bool {

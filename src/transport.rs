@@ -286,9 +286,20 @@ pub(crate) struct NodeInfo {
     /// Drivers connected to the node now, and ever.
     pub(crate) drivers: u32,
     pub(crate) drivers_seen: u32,
+    /// How other nodes read this node's store: its fabric endpoint and
+    /// arena registration, or None for the built-in TCP path.
+    pub(crate) fabric: Option<crate::fabric::FabricAddr>,
 }
 
 impl NodeInfo {
+    /// "tcp", or "fabric (<provider>)".
+    pub(crate) fn transport_label(&self) -> String {
+        match &self.fabric {
+            Some(f) => format!("fabric ({})", f.provider),
+            None => "tcp".into(),
+        }
+    }
+
     pub(crate) fn raylet(&self) -> Endpoint {
         Endpoint::Tcp(SocketAddr::new(self.ip, self.raylet_port))
     }

@@ -55,9 +55,12 @@ impl Where {
 }
 
 fn three_nodes() -> Vec<rustray::Node> {
+    three_nodes_with(Config::new())
+}
+
+fn three_nodes_with(cfg: Config) -> Vec<rustray::Node> {
     rustray::init_with(
-        Config::new()
-            .local_nodes(3)
+        cfg.local_nodes(3)
             .num_cpus(1.0)
             .object_store_memory(640 << 20),
     )
@@ -482,9 +485,103 @@ fn test_object_directory_serves_copies_after_primary_loss() {
     assert_eq!(local_checksum(&v), local_checksum(&pattern(6 << 20, 4)));
 }
 
+/// Under `--transport fabric` (here `Config::transport`; launched: the
+/// launcher's flag) every node reads others' objects by one-sided RDMA
+/// reads: `shm` between local nodes, a network provider between Slurm
+/// nodes. No TCP fallback when forced, so intact bytes mean the fabric
+/// moved them. Sizes straddle chunks and pages; both directions.
+fn test_fabric_transfer_verified() {
+    let nodes = three_nodes_with(Config::new().transport(rustray::Transport::Fabric));
+    for n in &nodes {
+        assert!(n.transport.starts_with("fabric ("), "{n:?}");
+        if common::launched() && std::env::var_os("SLURM_JOB_ID").is_some() {
+            // Between hosts: a provider that reaches other hosts.
+            assert!(!n.transport.contains("shm"), "{n:?}");
+        }
+    }
+    println!("transport: {}", nodes[0].transport);
+    for (i, &n) in [1usize, 4097, (8 << 20) + 13, (64 << 20) + 1, 200 << 20]
+        .iter()
+        .enumerate()
+    {
+        let data = pattern(n, i as u8);
+        let want = local_checksum(&data);
+        let obj = rustray::put(data).expect("put");
+        let r = checksum::options()
+            .resource(&pin(&nodes[2]), 0.01)
+            .remote(&obj);
+        let (sum, len, node) = rustray::get(&r).expect("checksum on node 2");
+        assert_eq!((sum, len), (want, n), "{n} bytes corrupted by fabric");
+        assert_eq!(node, nodes[2].name);
+        let made = make_bytes::options()
+            .resource(&pin(&nodes[1]), 0.01)
+            .remote(n, i as u8);
+        let back = rustray::get_view(&made).expect("result from node 1");
+        assert_eq!(local_checksum(&back), want, "{n} bytes from node 1 corrupted");
+    }
+    // Eight readers on three nodes of one object at once.
+    let data = pattern(48 << 20, 9);
+    let want = local_checksum(&data);
+    let obj = rustray::put(data).expect("put");
+    let readers: Vec<_> = (0..8)
+        .map(|i| {
+            checksum::options()
+                .resource(&pin(&nodes[i % 3]), 0.01)
+                .remote(&obj)
+        })
+        .collect();
+    for (sum, len, _) in rustray::get_all(&readers).expect("8 readers") {
+        assert_eq!((sum, len), (want, 48 << 20));
+    }
+}
+
+/// The node holding an object is killed while another node reads it by
+/// RDMA: the read fails (or completes) within a bound, never hangs, and
+/// the surviving nodes go on moving objects.
+fn test_fabric_source_killed_mid_read() {
+    let nodes = three_nodes_with(Config::new().transport(rustray::Transport::Fabric));
+    let (source, reader) = (&nodes[1], &nodes[2]);
+    let (_, source_raylet) = rustray::get(
+        &where_and_raylet::options()
+            .resource(&pin(source), 0.01)
+            .remote(0u64),
+    )
+    .expect("probe");
+    let big = make_bytes::options()
+        .resource(&pin(source), 0.01)
+        .remote(400 << 20, 3u8);
+    rustray::wait(&[big.clone()], 1, Some(Duration::from_secs(60))).expect("made");
+    let read = checksum::options()
+        .resource(&pin(reader), 0.01)
+        .max_retries(0)
+        .remote(&big);
+    std::thread::sleep(Duration::from_millis(30));
+    kill9(source_raylet);
+    let t0 = std::time::Instant::now();
+    match rustray::get_timeout(&read, Duration::from_secs(60)) {
+        Ok((_, len, _)) => assert_eq!(len, 400 << 20),
+        Err(e) => assert_ne!(e.kind(), ErrorKind::Timeout, "{e}"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(45), "took {:?}", t0.elapsed());
+    // Node 0 and node 2 still move objects by fabric.
+    let data = pattern(9 << 20, 5);
+    let want = local_checksum(&data);
+    let obj = rustray::put(data).expect("put");
+    let (sum, _, _) = rustray::get(
+        &checksum::options().resource(&pin(reader), 0.01).remote(&obj),
+    )
+    .expect("after the loss");
+    assert_eq!(sum, want);
+}
+
 fn main() {
     common::enter_cluster_role();
     common::run(&[
+        ("test_fabric_transfer_verified", test_fabric_transfer_verified),
+        (
+            "test_fabric_source_killed_mid_read",
+            test_fabric_source_killed_mid_read,
+        ),
         (
             "test_tasks_spill_to_every_node",
             test_tasks_spill_to_every_node,

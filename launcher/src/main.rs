@@ -3,6 +3,7 @@
 //! ```text
 //! srun rust-ray-launch -- ./app args       # one task per node of the allocation
 //! rust-ray-launch --local-nodes 3 -- ./app # the same topology on this machine
+//! rust-ray-launch --transport fabric -- ./app  # objects by libfabric RDMA reads
 //! rust-ray-launch status [--job ID]        # nodes, resources, object stores
 //! rust-ray-launch stop [--job ID]          # ends the driver and the cluster
 //! ```
@@ -42,6 +43,11 @@ struct Cli {
     /// Object store size per node, in bytes.
     #[arg(long, value_name = "BYTES")]
     object_store_memory: Option<u64>,
+    /// How objects move between nodes: `fabric` (libfabric RDMA reads;
+    /// FI_PROVIDER picks the provider), `tcp` (built in), or `auto`
+    /// (fabric when a hardware provider is there, else tcp).
+    #[arg(long, value_name = "auto|fabric|tcp")]
+    transport: Option<rustray::Transport>,
     /// The application and its arguments (after `--`).
     #[arg(last = true, value_name = "APP")]
     app: Vec<String>,
@@ -123,6 +129,9 @@ fn run(cli: Cli) -> rustray::Result<i32> {
     }
     if let Some(b) = cli.object_store_memory {
         config = config.object_store_memory(b);
+    }
+    if let Some(t) = cli.transport {
+        config = config.transport(t);
     }
     rustray::__private::launcher_main(rustray::__private::LaunchOptions {
         local_nodes: cli.local_nodes,

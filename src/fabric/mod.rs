@@ -187,6 +187,9 @@ pub(crate) struct Fabric {
 
 /// The raw handles, used only under the lock.
 struct Raw {
+    /// The chosen entry, kept for the endpoint's life (objects opened
+    /// from it may refer to its attributes).
+    #[allow(dead_code)]
     info: *mut sys::fi_info,
     fabric: *mut sys::fid_fabric,
     domain: *mut sys::fid_domain,
@@ -201,6 +204,8 @@ struct Raw {
     /// Each posted operation's context block (`FI_CONTEXT`/`FI_CONTEXT2`
     /// modes make it the provider's scratch space until completion).
     contexts: HashMap<u64, Box<[u64; 8]>>,
+    /// Set by [`Fabric::close`]: every handle is gone.
+    closed: bool,
 }
 
 // SAFETY: the raw handles are only touched under the `raw` mutex, which
@@ -301,6 +306,7 @@ impl Fabric {
             peers: HashMap::new(),
             done: HashMap::new(),
             contexts: HashMap::new(),
+            closed: false,
         };
         let fail = |what: &str, rc: isize| {
             err(format!(
@@ -570,9 +576,43 @@ impl Fabric {
         }
     }
 
+    /// Closes the endpoint and everything opened with it, so that the
+    /// provider removes what it created (shared-memory files, sockets).
+    /// Reads after this fail.
+    pub(crate) fn close(&self) {
+        let mut raw = self.lock();
+        if raw.closed {
+            return;
+        }
+        raw.closed = true;
+        let fids: [*mut sys::fid; 6] = [
+            raw.ep.cast(),
+            raw.mr.cast(),
+            raw.av.cast(),
+            raw.cq.cast(),
+            raw.domain.cast(),
+            raw.fabric.cast(),
+        ];
+        for f in fids {
+            if f.is_null() {
+                continue;
+            }
+            // SAFETY: each handle was opened once and is closed once, the
+            // endpoint before what it is bound to, under the lock.
+            unsafe {
+                if let Some(close) = (*(*f).ops).close {
+                    close(f);
+                }
+            }
+        }
+    }
+
     /// Drains the CQ into `raw.done`; returns how many completions it read.
     fn poll(&self, raw: &mut Raw) -> usize {
         let mut n = 0;
+        if raw.closed {
+            return 0;
+        }
         let mut entries = [sys::fi_cq_entry {
             op_context: std::ptr::null_mut(),
         }; 16];
@@ -649,8 +689,10 @@ impl Fabric {
     /// Reads `dst.len()` bytes at `offset` of `peer`'s arena into `dst`,
     /// which must lie in this node's registered arena. Returns when every
     /// byte has landed; fails if the transfer makes no progress for
-    /// `stall`. On error, [`FabricError::dirty`] says whether reads may
-    /// still be landing in `dst`.
+    /// `stall`, or as soon as `lost()` says the peer is gone (checked
+    /// while reads are outstanding and nothing completes: a dead peer's
+    /// provider may never answer). On error, [`FabricError::dirty`] says
+    /// whether reads may still be landing in `dst`.
     pub(crate) fn read(
         &self,
         peer: &FabricAddr,
@@ -658,6 +700,7 @@ impl Fabric {
         offset: u64,
         dst: &mut [u8],
         stall: Duration,
+        lost: &dyn Fn() -> bool,
     ) -> Result<(), FabricError> {
         let want = dst.len();
         let named = |m: String| {
@@ -699,6 +742,9 @@ impl Fabric {
             let mut progressed = false;
             {
                 let mut raw = self.lock();
+                if raw.closed {
+                    return Err(err(named("the endpoint is closed".into())));
+                }
                 let fi_addr = match self.peer(&mut raw, peer) {
                     Ok(a) => a,
                     Err(e) => return Err(FabricError { message: named(e.message), dirty: false }),
@@ -772,26 +818,34 @@ impl Fabric {
                     }
                 };
             }
+            let quiet = last_progress.elapsed();
+            let gone = !progressed
+                && quiet > Duration::from_millis(20)
+                && spins % 256 == 0
+                && lost();
             if progressed {
                 last_progress = Instant::now();
                 spins = 0;
-            } else if last_progress.elapsed() > stall {
+            } else if quiet > stall || gone {
                 // The posted reads still target `dst`: the caller must not
                 // reuse it.
                 let mut raw = self.lock();
                 for op in &posted {
                     raw.abandon(*op);
                 }
+                let why = if gone {
+                    format!("the peer was lost with {} reads in flight", posted.len())
+                } else {
+                    format!("no progress for {stall:.0?} with {} reads in flight", posted.len())
+                };
+                drop(raw);
+                self.forget_peer(&mut self.lock(), &peer.name);
                 return Err(FabricError {
-                    message: named(format!(
-                        "no progress for {:.0?} with {} reads in flight",
-                        stall,
-                        posted.len()
-                    )),
+                    message: named(why),
                     dirty: true,
                 });
             } else {
-                spins += 1;
+                spins = spins.wrapping_add(1);
                 if spins > 64 {
                     std::thread::yield_now();
                 }
@@ -936,23 +990,30 @@ fn getinfo(lib: &'static sys::Lib, version: u32, opts: &OpenOptions) -> Result<I
     // keep from the second only providers the first lacked.
     let node = std::ffi::CString::new(opts.ip.to_string()).map_err(|e| err(e.to_string()))?;
     let mut list = query(lib, version, comm, Some(&node))?;
-    let bound = list.providers();
     let unbound = query(lib, version, comm, None)?;
-    let extra: Vec<_> = unbound
-        .walk()
-        .into_iter()
-        .filter(|p| !bound.contains(&prov_of(*p)))
-        .collect();
-    list.entries = list.walk();
-    list.entries.extend(extra);
-    list.chain(unbound);
     // On one host, a provider that cannot reach other hosts at all is
     // confined to this one (shared memory: one copy between processes):
-    // try it first.
-    if opts.single_host {
-        let remote = query(lib, version, sys::FI_REMOTE_COMM, None)?.providers();
-        list.entries.sort_by_key(|p| remote.contains(&prov_of(*p)));
-    }
+    // try it first, as it names itself (given an IP, it would take that
+    // as its name, the same in every process of the host).
+    let remote = if opts.single_host {
+        query(lib, version, sys::FI_REMOTE_COMM, None)?.providers()
+    } else {
+        Vec::new()
+    };
+    let confined = |p: &*mut sys::fi_info| opts.single_host && !remote.contains(&prov_of(*p));
+    let mut entries: Vec<_> = unbound.walk().into_iter().filter(confined).collect();
+    let bound = list.walk();
+    let bound_provs: Vec<String> = bound.iter().map(|p| prov_of(*p)).collect();
+    entries.extend(bound.into_iter().filter(|p| !confined(p)));
+    // Then providers that cannot bind to an IP at all.
+    entries.extend(
+        unbound
+            .walk()
+            .into_iter()
+            .filter(|p| !confined(p) && !bound_provs.contains(&prov_of(*p))),
+    );
+    list.entries = entries;
+    list.chain(unbound);
     Ok(list)
 }
 

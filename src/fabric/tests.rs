@@ -47,7 +47,7 @@ fn pair(single_host: bool) {
     let _ = unsafe { b.register(dst.as_mut_ptr(), len) }.unwrap();
     for (off, n) in [(0usize, 1usize), (4095, 3), (12345, (9 << 20) + 17), (0, len)] {
         dst[..n].fill(0);
-        b.read(&addr_a, "test peer", off as u64, &mut dst[..n], Duration::from_secs(10))
+        b.read(&addr_a, "test peer", off as u64, &mut dst[..n], Duration::from_secs(10), &|| false)
             .unwrap();
         assert!(dst[..n] == src[off..off + n], "{n} bytes at {off}");
     }
@@ -58,7 +58,7 @@ fn pair(single_host: bool) {
         let mut bad = addr_a.clone();
         bad.key ^= 0x5a5a;
         let e = b
-            .read(&bad, "test peer", 0, &mut dst[..4096], Duration::from_secs(10))
+            .read(&bad, "test peer", 0, &mut dst[..4096], Duration::from_secs(10), &|| false)
             .unwrap_err();
         assert!(e.message.contains(&a.provider) && e.message.contains("test peer"), "{e}");
         assert!(!e.dirty, "{e}");
@@ -69,13 +69,13 @@ fn pair(single_host: bool) {
         let dst2 = region(1 << 20);
         // SAFETY: a leaked region.
         let _ = unsafe { c.register(dst2.as_mut_ptr(), 1 << 20) }.unwrap();
-        c.read(&addr_a, "test peer", 4096, &mut dst2[..], Duration::from_secs(10))
+        c.read(&addr_a, "test peer", 4096, &mut dst2[..], Duration::from_secs(10), &|| false)
             .unwrap();
         assert!(dst2[..] == src[4096..4096 + (1 << 20)]);
     }
     // Out of range of the peer's registration: refused before the provider.
     let e = b
-        .read(&addr_a, "test peer", (len - 10) as u64, &mut dst[..4096], Duration::from_secs(10))
+        .read(&addr_a, "test peer", (len - 10) as u64, &mut dst[..4096], Duration::from_secs(10), &|| false)
         .unwrap_err();
     assert!(e.message.contains("outside the peer's"), "{e}");
 }

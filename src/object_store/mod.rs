@@ -105,6 +105,11 @@ impl Arena {
         self.len
     }
 
+    /// Start of the mapping, for registering it with the fabric.
+    pub(crate) fn base_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
     fn check(&self, offset: u64, len: u64) -> Result<(usize, usize)> {
         let end = offset.checked_add(len).filter(|e| *e <= self.len as u64);
         match end {
