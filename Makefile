@@ -10,18 +10,22 @@ run:
 	$(CARGO) run --release --example quickstart
 
 # The Rust toolchain must be there; the emulated Slurm cluster's Debian
-# packages (slurmctld, slurmd, munge, ...) are installed by slurm/emu-up.sh.
+# packages (slurmctld, slurmd, munge, ...) are installed by slurm/emu-up.sh,
+# libfabric (runtime, headers, fi_info) by slurm/install-fabric.sh.
 deps:
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup)"; exit 1; }
+	bash slurm/install-fabric.sh
 
 # Every test, including the multi-node ones on a 3-node emulated Slurm
 # cluster (network and UTS namespaces on this machine, root needed), which
 # is brought up first and torn down after, pass or fail.
 test: deps
+	@date +%s > target/.test-start 2>/dev/null || { mkdir -p target && date +%s > target/.test-start; }
 	$(CARGO) build --release --workspace --bins
 	bash slurm/emu-up.sh 3
 	status=0; $(CARGO) test --workspace --release || status=$$?; \
-	bash slurm/emu-down.sh; exit $$status
+	bash slurm/emu-down.sh; \
+	echo "make test took $$(( $$(date +%s) - $$(cat target/.test-start) )) s"; exit $$status
 
 build:
 	$(CARGO) build --release --workspace --all-targets

@@ -210,7 +210,9 @@ fn open_fabric(
     };
     match choice {
         Transport::Tcp => return tcp("asked for"),
-        Transport::Auto if single_host || session.config.node_count()? == 1 && !slurm_multi_node() => {
+        Transport::Auto
+            if single_host || session.config.node_count()? == 1 && !slurm_multi_node() =>
+        {
             return tcp("auto: every node is on this host");
         }
         _ => {}
@@ -858,10 +860,13 @@ impl Raylet {
         local: u64,
     ) -> std::result::Result<(), crate::fabric::FabricError> {
         let (_, offset, len, _) = key;
-        let fabric = self.fabric.as_ref().ok_or_else(|| crate::fabric::FabricError {
-            message: "no fabric on this node".into(),
-            dirty: false,
-        })?;
+        let fabric = self
+            .fabric
+            .as_ref()
+            .ok_or_else(|| crate::fabric::FabricError {
+                message: "no fabric on this node".into(),
+                dirty: false,
+            })?;
         let _budget = PullBudget::acquire(&self.pulls, len);
         let dst = self
             .arena

@@ -388,18 +388,24 @@ fn test_sigterm_leaves_nothing_behind() {
 /// The core test binary (tests/core.rs), to run the single-node suite as
 /// the driver of a multi-node cluster.
 fn core_suite() -> PathBuf {
+    test_binary("core")
+}
+
+/// The newest build of the integration test binary `name`.
+fn test_binary(name: &str) -> PathBuf {
+    let prefix = format!("{name}-");
     let deps = target_dir().join("deps");
     let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&deps)
         .expect("deps dir")
         .flatten()
         .filter(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with("core-") && !n.contains('.')
+            n.starts_with(&prefix) && !n.contains('.')
         })
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
     found.sort();
-    found.pop().expect("the core test binary is built").1
+    found.pop().expect("the test binary is built").1
 }
 
 const SUITE_STORE: u64 = 256 << 20;
@@ -421,7 +427,54 @@ fn test_core_suite_on_local_nodes() {
     assert_suite_passed(&run_bounded(c, Duration::from_secs(240)));
 }
 
+/// The whole multi-node suite with objects moved by libfabric (`shm`
+/// between local nodes), as `RUSTRAY_TRANSPORT=fabric` asks.
+fn test_multinode_suite_on_fabric_local() {
+    let mut c = Command::new(test_binary("multinode"));
+    c.env("RUSTRAY_TRANSPORT", "fabric");
+    let out = run_bounded(c, Duration::from_secs(300));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("transport: fabric (shm)"), "{t}");
+    assert!(t.contains("test result: ok. 14 passed"), "{t}");
+}
+
+/// A bad transport is a clear error before anything starts.
+fn test_launch_bad_transport_is_a_clear_error() {
+    let mut c = launch_local(2, "app");
+    c.args(["--transport", "rdma"]);
+    let out = run_bounded(c, Duration::from_secs(30));
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("auto, fabric or tcp"), "{t}");
+}
+
 // ------------------------------------------------------------------ Slurm
+
+/// The multi-node transfer tests as the driver of a 3-node Slurm step
+/// launched with `--transport fabric`: objects cross the emulated nodes'
+/// network namespaces by `fi_read` over a network provider (tcp;ofi_rxm
+/// here; verbs, cxi or efa on a real cluster).
+fn test_fabric_transfers_on_slurm() {
+    if !slurm_wanted() {
+        return;
+    }
+    let mut c = Command::new("srun");
+    c.args(["-N", "3", "--ntasks-per-node=1", "--kill-on-bad-exit=1"])
+        .arg(launcher())
+        .args(["--transport", "fabric", "--num-cpus", "1"])
+        .args(["--object-store-memory", &(1400u64 << 20).to_string()])
+        .arg("--")
+        .arg(test_binary("multinode"))
+        .arg("transfer");
+    slurm_env(&mut c, "none");
+    c.env_remove("APP_MODE");
+    let out = run_bounded(c, Duration::from_secs(240));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("transport: fabric (tcp;ofi_rxm)"), "{t}");
+    assert!(t.contains("test result: ok. 3 passed"), "{t}");
+}
 
 fn slurm_wanted() -> bool {
     std::env::var_os("RUSTRAY_SKIP_SLURM").is_none()
@@ -665,6 +718,18 @@ fn main() {
         (
             "test_core_suite_on_slurm_srun",
             test_core_suite_on_slurm_srun,
+        ),
+        (
+            "test_multinode_suite_on_fabric_local",
+            test_multinode_suite_on_fabric_local,
+        ),
+        (
+            "test_launch_bad_transport_is_a_clear_error",
+            test_launch_bad_transport_is_a_clear_error,
+        ),
+        (
+            "test_fabric_transfers_on_slurm",
+            test_fabric_transfers_on_slurm,
         ),
         (
             "test_sigterm_leaves_nothing_behind",

@@ -517,7 +517,11 @@ fn test_fabric_transfer_verified() {
             .resource(&pin(&nodes[1]), 0.01)
             .remote(n, i as u8);
         let back = rustray::get_view(&made).expect("result from node 1");
-        assert_eq!(local_checksum(&back), want, "{n} bytes from node 1 corrupted");
+        assert_eq!(
+            local_checksum(&back),
+            want,
+            "{n} bytes from node 1 corrupted"
+        );
     }
     // Eight readers on three nodes of one object at once.
     let data = pattern(48 << 20, 9);
@@ -562,13 +566,19 @@ fn test_fabric_source_killed_mid_read() {
         Ok((_, len, _)) => assert_eq!(len, 400 << 20),
         Err(e) => assert_ne!(e.kind(), ErrorKind::Timeout, "{e}"),
     }
-    assert!(t0.elapsed() < Duration::from_secs(45), "took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(45),
+        "took {:?}",
+        t0.elapsed()
+    );
     // Node 0 and node 2 still move objects by fabric.
     let data = pattern(9 << 20, 5);
     let want = local_checksum(&data);
     let obj = rustray::put(data).expect("put");
     let (sum, _, _) = rustray::get(
-        &checksum::options().resource(&pin(reader), 0.01).remote(&obj),
+        &checksum::options()
+            .resource(&pin(reader), 0.01)
+            .remote(&obj),
     )
     .expect("after the loss");
     assert_eq!(sum, want);
@@ -577,7 +587,10 @@ fn test_fabric_source_killed_mid_read() {
 fn main() {
     common::enter_cluster_role();
     common::run(&[
-        ("test_fabric_transfer_verified", test_fabric_transfer_verified),
+        (
+            "test_fabric_transfer_verified",
+            test_fabric_transfer_verified,
+        ),
         (
             "test_fabric_source_killed_mid_read",
             test_fabric_source_killed_mid_read,

@@ -216,7 +216,9 @@ impl Fabric {
     /// Opens an endpoint on the provider the options call for. `Ok(None)`:
     /// not forced and no hardware provider here (use TCP); the string says
     /// why, for the log.
-    pub(crate) fn open(opts: &OpenOptions) -> Result<std::result::Result<Fabric, String>, FabricError> {
+    pub(crate) fn open(
+        opts: &OpenOptions,
+    ) -> Result<std::result::Result<Fabric, String>, FabricError> {
         let lib = match sys::load() {
             Ok(l) => l,
             Err(e) if !opts.forced => return Ok(Err(e)),
@@ -453,7 +455,11 @@ impl Fabric {
     /// # Safety
     /// The region must stay mapped, readable and writable for as long as
     /// this `Fabric` exists: peers read it at any time, without asking.
-    pub(crate) unsafe fn register(&self, ptr: *mut u8, len: usize) -> Result<FabricAddr, FabricError> {
+    pub(crate) unsafe fn register(
+        &self,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Result<FabricAddr, FabricError> {
         let mut raw = self.lock();
         if !raw.mr.is_null() {
             return Err(err("the arena is registered already"));
@@ -549,13 +555,24 @@ impl Fabric {
             let Some(insert) = ops.insert else {
                 return Err(err("fi_av_insert missing"));
             };
-            insert(raw.av, peer.name.as_ptr().cast(), 1, &mut addr, 0, std::ptr::null_mut())
+            insert(
+                raw.av,
+                peer.name.as_ptr().cast(),
+                1,
+                &mut addr,
+                0,
+                std::ptr::null_mut(),
+            )
         };
         if rc != 1 {
             return Err(err(format!(
                 "libfabric provider {}: fi_av_insert of a peer failed: {}",
                 self.provider,
-                if rc < 0 { strerror(self.lib, rc as isize) } else { "address refused".into() }
+                if rc < 0 {
+                    strerror(self.lib, rc as isize)
+                } else {
+                    "address refused".into()
+                }
             )));
         }
         raw.peers.insert(peer.name.clone(), addr);
@@ -669,7 +686,13 @@ impl Fabric {
             match ops.strerror {
                 Some(f) if ops.size > std::mem::offset_of!(sys::fi_ops_cq, strerror) => {
                     let mut buf = [0 as std::ffi::c_char; 256];
-                    let p = f(raw.cq, e.prov_errno, e.err_data, buf.as_mut_ptr(), buf.len());
+                    let p = f(
+                        raw.cq,
+                        e.prov_errno,
+                        e.err_data,
+                        buf.as_mut_ptr(),
+                        buf.len(),
+                    );
                     if p.is_null() {
                         String::new()
                     } else {
@@ -720,7 +743,9 @@ impl Fabric {
         };
         let d = dst.as_mut_ptr() as usize;
         if d < start || d + dst.len() > start + len {
-            return Err(err(named("destination outside the registered arena".into())));
+            return Err(err(named(
+                "destination outside the registered arena".into(),
+            )));
         }
         let in_peer = offset
             .checked_add(dst.len() as u64)
@@ -747,7 +772,12 @@ impl Fabric {
                 }
                 let fi_addr = match self.peer(&mut raw, peer) {
                     Ok(a) => a,
-                    Err(e) => return Err(FabricError { message: named(e.message), dirty: false }),
+                    Err(e) => {
+                        return Err(FabricError {
+                            message: named(e.message),
+                            dirty: false,
+                        })
+                    }
                 };
                 // Post while there is room.
                 while failure.is_none() && next < total && posted.len() < self.depth {
@@ -819,10 +849,8 @@ impl Fabric {
                 };
             }
             let quiet = last_progress.elapsed();
-            let gone = !progressed
-                && quiet > Duration::from_millis(20)
-                && spins % 256 == 0
-                && lost();
+            let gone =
+                !progressed && quiet > Duration::from_millis(20) && spins % 256 == 0 && lost();
             if progressed {
                 last_progress = Instant::now();
                 spins = 0;
@@ -836,7 +864,10 @@ impl Fabric {
                 let why = if gone {
                     format!("the peer was lost with {} reads in flight", posted.len())
                 } else {
-                    format!("no progress for {stall:.0?} with {} reads in flight", posted.len())
+                    format!(
+                        "no progress for {stall:.0?} with {} reads in flight",
+                        posted.len()
+                    )
                 };
                 drop(raw);
                 self.forget_peer(&mut self.lock(), &peer.name);
@@ -976,7 +1007,11 @@ fn query(
 }
 
 /// The candidate endpoints, best first.
-fn getinfo(lib: &'static sys::Lib, version: u32, opts: &OpenOptions) -> Result<InfoList, FabricError> {
+fn getinfo(
+    lib: &'static sys::Lib,
+    version: u32,
+    opts: &OpenOptions,
+) -> Result<InfoList, FabricError> {
     // Across hosts the provider must say it reaches other hosts. On one
     // host nothing is asked: shared-memory providers may not list
     // FI_LOCAL_COMM (shm in 1.17 refuses it), yet serve it.

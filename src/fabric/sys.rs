@@ -207,7 +207,12 @@ pub(crate) struct fi_info {
 pub(crate) struct fi_ops_fabric {
     pub size: usize,
     pub domain: Option<
-        unsafe extern "C" fn(*mut fid_fabric, *mut fi_info, *mut *mut fid_domain, *mut c_void) -> c_int,
+        unsafe extern "C" fn(
+            *mut fid_fabric,
+            *mut fi_info,
+            *mut *mut fid_domain,
+            *mut c_void,
+        ) -> c_int,
     >,
     pub passive_ep: *mut c_void,
     pub eq_open: *mut c_void,
@@ -248,10 +253,20 @@ pub(crate) struct fi_cq_attr {
 pub(crate) struct fi_ops_domain {
     pub size: usize,
     pub av_open: Option<
-        unsafe extern "C" fn(*mut fid_domain, *mut fi_av_attr, *mut *mut fid_av, *mut c_void) -> c_int,
+        unsafe extern "C" fn(
+            *mut fid_domain,
+            *mut fi_av_attr,
+            *mut *mut fid_av,
+            *mut c_void,
+        ) -> c_int,
     >,
     pub cq_open: Option<
-        unsafe extern "C" fn(*mut fid_domain, *mut fi_cq_attr, *mut *mut fid_cq, *mut c_void) -> c_int,
+        unsafe extern "C" fn(
+            *mut fid_domain,
+            *mut fi_cq_attr,
+            *mut *mut fid_cq,
+            *mut c_void,
+        ) -> c_int,
     >,
     pub endpoint: Option<
         unsafe extern "C" fn(*mut fid_domain, *mut fi_info, *mut *mut fid_ep, *mut c_void) -> c_int,
@@ -295,7 +310,14 @@ pub(crate) struct fid_mr {
 pub(crate) struct fi_ops_av {
     pub size: usize,
     pub insert: Option<
-        unsafe extern "C" fn(*mut fid_av, *const c_void, usize, *mut fi_addr_t, u64, *mut c_void) -> c_int,
+        unsafe extern "C" fn(
+            *mut fid_av,
+            *const c_void,
+            usize,
+            *mut fi_addr_t,
+            u64,
+            *mut c_void,
+        ) -> c_int,
     >,
     pub insertsvc: *mut c_void,
     pub insertsym: *mut c_void,
@@ -339,7 +361,13 @@ pub(crate) struct fi_ops_cq {
     pub sreadfrom: *mut c_void,
     pub signal: *mut c_void,
     pub strerror: Option<
-        unsafe extern "C" fn(*mut fid_cq, c_int, *const c_void, *mut c_char, usize) -> *const c_char,
+        unsafe extern "C" fn(
+            *mut fid_cq,
+            c_int,
+            *const c_void,
+            *mut c_char,
+            usize,
+        ) -> *const c_char,
     >,
 }
 
@@ -398,7 +426,8 @@ pub(crate) struct Lib {
     ) -> c_int,
     pub freeinfo: unsafe extern "C" fn(*mut fi_info),
     pub dupinfo: unsafe extern "C" fn(*const fi_info) -> *mut fi_info,
-    pub fabric: unsafe extern "C" fn(*mut fi_fabric_attr, *mut *mut fid_fabric, *mut c_void) -> c_int,
+    pub fabric:
+        unsafe extern "C" fn(*mut fi_fabric_attr, *mut *mut fid_fabric, *mut c_void) -> c_int,
     pub strerror: unsafe extern "C" fn(c_int) -> *const c_char,
     pub version: unsafe extern "C" fn() -> u32,
 }
