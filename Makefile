@@ -23,7 +23,7 @@ test: deps
 	@date +%s > target/.test-start 2>/dev/null || { mkdir -p target && date +%s > target/.test-start; }
 	$(CARGO) build --release --workspace --bins
 	bash slurm/emu-up.sh 3
-	status=0; $(CARGO) test --workspace --release || status=$$?; \
+	status=0; $(CARGO) test --workspace --release --no-fail-fast || status=$$?; \
 	bash slurm/emu-down.sh; \
 	echo "make test took $$(( $$(date +%s) - $$(cat target/.test-start) )) s"; exit $$status
 

@@ -81,6 +81,20 @@ HIGHER_20 = {
 }
 
 
+def key(rec):
+    """A row's name in the table: its scenario, or for the data-plane rows
+    (one per transport and size, and the raw fi_read ceiling) the scenario
+    with its transport and size, so they do not overwrite bench.py's row."""
+    extra = rec.get("extra") if isinstance(rec.get("extra"), dict) else {}
+    n = rec.get("n")
+    size = f"{n / 2**20:g} MiB" if isinstance(n, (int, float)) else "?"
+    if "transport" in extra:
+        return f"{rec['scenario']} [{extra['transport']}, {size}]"
+    if rec["scenario"] == "raw_fi_read_gb_per_s":
+        return f"{rec['scenario']} [{extra.get('provider', '?')}, {size}]"
+    return rec["scenario"]
+
+
 def load(path):
     """scenario -> record (last one wins); non-JSON lines are ignored."""
     out = {}
@@ -99,7 +113,7 @@ def load(path):
             except ValueError:
                 continue
             if isinstance(rec, dict) and isinstance(rec.get("scenario"), str):
-                out[rec["scenario"]] = rec
+                out[key(rec)] = rec
     return out
 
 

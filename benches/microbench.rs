@@ -53,6 +53,9 @@ use std::time::{Duration, Instant};
 
 use rustray::{ActorHandle, ActorOptions, ObjectRef};
 
+#[path = "microbench_parts/fabric.rs"]
+mod fabric;
+
 const MIB: usize = 1 << 20;
 const GB: f64 = 1e9;
 /// After dropping a large object, before the next put (as bench.py).
@@ -91,6 +94,9 @@ const SCENARIOS: &[&str] = &[
     "cluster_start_slurm_3node_s",
     "tcp_copy_slurm_gb_per_s",
     "internode_transfer_slurm_gb_per_s",
+    // The data plane: the raw fi_read ceiling (internode_transfer_gb_per_s
+    // then also gets one row per transport and size)
+    fabric::RAW,
 ];
 const INTERNODE: &str = "internode_transfer_gb_per_s";
 /// internode_transfer_gb_per_s on 2 Slurm nodes (`srun -N 2 rust-ray-launch
@@ -107,6 +113,7 @@ const MULTINODE: &[&str] = &[
     "cluster_start_slurm_3node_s",
     TCP_SLURM,
     INTERNODE_SLURM,
+    fabric::RAW,
 ];
 /// Nodes of the local multi-node cluster: a head (the driver's node, no
 /// work is pinned there) + node A + node B, as bench.py's Cluster.
@@ -2703,6 +2710,7 @@ fn main() {
     // Raylets and workers are this binary re-executed (same argv, role in
     // the environment): enter that role before anything else runs.
     // `init` never returns there.
+    rustray::__private::serve_role_if_any();
     if std::env::var_os("RUSTRAY_ROLE").is_some() {
         let _ = rustray::init();
         unreachable!("rustray::init returns only in a driver");
@@ -2856,6 +2864,18 @@ fn main() {
         rustray::shutdown();
     } else if w("tcp_copy_gb_per_s") {
         step("tcp_copy_gb_per_s", &mut || sc_internode(&c, false, true));
+    }
+    // The data plane by transport and size, beside the fi_read ceiling.
+    if w(fabric::RAW) || w(INTERNODE) {
+        let mut raw = Vec::new();
+        step(fabric::RAW, &mut || {
+            raw = fabric::sc_raw(args.quick, w(fabric::RAW))
+        });
+        if w(INTERNODE) {
+            step("internode_transfer_gb_per_s by transport", &mut || {
+                fabric::sc_transports(args.quick, &raw)
+            });
+        }
     }
     if w("cluster_start_slurm_3node_s") {
         step("cluster_start_slurm_3node_s", &mut || {

@@ -48,6 +48,9 @@ const DRIVER_GRACE: Duration = Duration::from_secs(5);
 /// In a process started by rustray as a raylet or a worker, runs that role
 /// and never returns; otherwise returns at once.
 pub fn serve_role_if_any() {
+    if let Ok(spec) = std::env::var(crate::fabric::ceiling::ENV_PEER) {
+        crate::fabric::ceiling::peer_main(&spec);
+    }
     let role = match std::env::var(ENV_ROLE) {
         Ok(r) => r,
         Err(_) => return,

@@ -88,6 +88,7 @@ pub mod __private {
     pub use crate::cluster::{
         launcher_main, serve_role_if_any, status_report, stop_clusters, LaunchOptions,
     };
+    pub use crate::fabric::ceiling::raw_fi_read_gb_per_s;
     pub use crate::task::{
         submit_task, ActorClassEntry, ArgReader, ConstructFn, DispatchFn, InvokeFn, RemoteFunction,
         Returns,

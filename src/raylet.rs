@@ -752,25 +752,11 @@ impl Raylet {
                                 result = Ok(());
                                 break;
                             }
-                            Err(e) if r.fabric_forced => {
-                                // --transport fabric: no silent TCP
-                                // fallback from this node; the next
-                                // source (a copy elsewhere) may serve.
-                                log!("{e}");
-                                if e.dirty {
-                                    local_dirty = true;
-                                }
-                                result = Err(Error::new(
-                                    crate::error::ErrorKind::ObjectLost,
-                                    e.message.clone(),
-                                ));
-                                if e.dirty {
-                                    break;
-                                }
-                                continue;
-                            }
                             Err(e) => {
-                                log!("{e}; node {source} is read over TCP from now on");
+                                log!(
+                                    "{e}; node {source} is read {} from now on",
+                                    if r.fabric_forced { "from copies only" } else { "over TCP" }
+                                );
                                 r.fabric_broken
                                     .lock()
                                     .unwrap_or_else(|p| p.into_inner())
@@ -785,6 +771,15 @@ impl Raylet {
                                             break;
                                         }
                                     }
+                                }
+                                if r.fabric_forced {
+                                    // --transport fabric: no TCP retry from
+                                    // this node; a copy elsewhere may serve.
+                                    result = Err(Error::new(
+                                        crate::error::ErrorKind::ObjectLost,
+                                        e.message,
+                                    ));
+                                    continue;
                                 }
                             }
                         }

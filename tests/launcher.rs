@@ -441,8 +441,11 @@ fn test_multinode_suite_on_fabric_local() {
 
 /// A bad transport is a clear error before anything starts.
 fn test_launch_bad_transport_is_a_clear_error() {
-    let mut c = launch_local(2, "app");
-    c.args(["--transport", "rdma"]);
+    let mut c = Command::new(launcher());
+    c.args(["--local-nodes", "2", "--transport", "rdma", "--"])
+        .arg(me())
+        .env("APP_MODE", "app")
+        .env("RUSTRAY_RENDEZVOUS_DIR", rdv_dir());
     let out = run_bounded(c, Duration::from_secs(30));
     let t = text(&out);
     assert!(!out.status.success(), "{t}");

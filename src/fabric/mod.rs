@@ -31,6 +31,7 @@
 //! posted it. Calls are short (posting, polling), so the lock is never held
 //! across a wait.
 
+pub(crate) mod ceiling;
 mod sys;
 
 use std::collections::HashMap;

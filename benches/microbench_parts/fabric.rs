@@ -1,0 +1,117 @@
+//! The data-plane rows of `--multinode`: `internode_transfer_gb_per_s` once
+//! per transport (`fabric`, `tcp`) and object size on a local 3-node cluster
+//! (the `shm` provider between local raylets), beside the raw ceiling
+//! `raw_fi_read_gb_per_s`: a bare `fi_read` loop between two processes with
+//! the same provider, chunk size and reads in flight, nothing of rustray
+//! around it. Rows carry `extra.transport` and `extra.provider`; fabric rows
+//! also `vs_raw_fi_read` (the ratio to the ceiling at the same size, same
+//! run).
+
+use super::*;
+
+pub(crate) const RAW: &str = "raw_fi_read_gb_per_s";
+
+fn sizes(quick: bool) -> Vec<usize> {
+    if quick {
+        vec![MIB, 16 * MIB]
+    } else {
+        vec![MIB, 16 * MIB, 256 * MIB, 1024 * MIB]
+    }
+}
+
+fn reps_for(quick: bool, n: usize) -> (usize, usize) {
+    match (quick, n >= 256 * MIB) {
+        (true, _) => (1, 2),
+        (false, true) => (1, 3),
+        (false, false) => (2, 5),
+    }
+}
+
+/// raw_fi_read_gb_per_s per size: (size, provider, median GB/s).
+pub(crate) fn sc_raw(quick: bool, emit_rows: bool) -> Vec<(usize, String, f64)> {
+    let mut out = Vec::new();
+    for n in sizes(quick) {
+        let (w, r) = reps_for(quick, n);
+        let ip: std::net::IpAddr = [127, 0, 0, 1].into();
+        match rustray::__private::raw_fi_read_gb_per_s(true, ip, n, w, r) {
+            Ok((provider, rates)) => {
+                let med = median(&rates);
+                if emit_rows {
+                    emit(
+                        RAW,
+                        "GB/s",
+                        med,
+                        n,
+                        rates.len(),
+                        vec![
+                            ("samples", rnd_all(&rates, 3).into()),
+                            ("provider", provider.as_str().into()),
+                            (
+                                "what",
+                                "bare fi_read loop between two processes on this host, the \
+                                 data plane's chunk size and reads in flight, destination \
+                                 buffer warm"
+                                    .into(),
+                            ),
+                        ],
+                    );
+                }
+                out.push((n, provider, med));
+            }
+            Err(e) => log(&format!("{RAW} of {n} bytes: {e}")),
+        }
+    }
+    out
+}
+
+/// internode_transfer_gb_per_s per transport and size, each transport on
+/// its own fresh 3-node cluster.
+pub(crate) fn sc_transports(quick: bool, raw: &[(usize, String, f64)]) {
+    for transport in [rustray::Transport::Fabric, rustray::Transport::Tcp] {
+        rustray::init_with(
+            rustray::Config::new()
+                .local_nodes(MN_NODES)
+                .num_cpus(1.0)
+                .object_store_memory(MN_STORE)
+                .transport(transport),
+        )
+        .unwrap_or_else(|e| panic!("{INTERNODE} ({transport}): cluster: {e}"));
+        let nodes = alive_nodes();
+        assert!(nodes.len() >= 3, "{INTERNODE}: {} nodes", nodes.len());
+        let label = nodes[2].transport.clone();
+        let provider = label
+            .strip_prefix("fabric (")
+            .and_then(|p| p.strip_suffix(')'))
+            .unwrap_or("none")
+            .to_string();
+        for n in sizes(quick) {
+            let (w, r) = reps_for(quick, n);
+            let what = format!("{INTERNODE} {transport} {n}");
+            for i in 0..w {
+                transfer_once(&what, n, 50 + i as u64, &nodes[1], &nodes[2]);
+            }
+            let rates: Vec<f64> = (0..r)
+                .map(|i| {
+                    let (dt, _) = transfer_once(&what, n, 60 + i as u64, &nodes[1], &nodes[2]);
+                    n as f64 / GB / dt
+                })
+                .collect();
+            let med = median(&rates);
+            let mut extra: Vec<(&str, J)> = vec![
+                ("samples", rnd_all(&rates, 3).into()),
+                ("transport", transport.to_string().into()),
+                ("provider", provider.as_str().into()),
+                ("read", INTERNODE_READ.into()),
+            ];
+            if transport == rustray::Transport::Fabric {
+                if let Some((_, _, ceiling)) =
+                    raw.iter().find(|(s, p, _)| *s == n && *p == provider)
+                {
+                    extra.push(("vs_raw_fi_read", rnd(med / ceiling, 3).into()));
+                }
+            }
+            emit(INTERNODE, "GB/s", med, n, rates.len(), extra);
+        }
+        rustray::shutdown();
+    }
+}

@@ -1,0 +1,136 @@
+//! The raw ceiling of the fabric data plane, for `make bench`: a bare
+//! `fi_read` loop between two processes, through the same provider, chunk
+//! size and reads in flight as [`Fabric::read`], with nothing of rustray
+//! around it (no raylet, store allocator, pull budget or messages).
+//!
+//! The peer is this program re-executed with [`ENV_PEER`] set: it registers
+//! a buffer of the requested size, prints its [`FabricAddr`] on stdout,
+//! drives progress, and exits when its stdin closes (the reader's end).
+
+use super::{Fabric, FabricAddr, OpenOptions};
+use std::io::{BufRead, Write};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// Set in the peer process: `<bytes>,<single_host 0|1>,<ip>`.
+pub(crate) const ENV_PEER: &str = "RUSTRAY_FABRIC_PEER";
+
+/// A page-aligned buffer that is never freed: registered memory must
+/// outlive its fabric, which lives as long as the process.
+fn leaked_region(len: usize) -> Result<&'static mut [u8], String> {
+    let layout =
+        std::alloc::Layout::from_size_align(len.max(1), 4096).map_err(|e| e.to_string())?;
+    // SAFETY: a non-zero size; the allocation is checked and never freed.
+    let p = unsafe { std::alloc::alloc_zeroed(layout) };
+    if p.is_null() {
+        return Err(format!("cannot allocate {len} bytes"));
+    }
+    // SAFETY: `p` is a fresh allocation of `len` bytes, owned by no one else.
+    Ok(unsafe { std::slice::from_raw_parts_mut(p, len) })
+}
+
+fn open(single_host: bool, ip: IpAddr) -> Result<Fabric, String> {
+    Fabric::open(&OpenOptions {
+        forced: true,
+        single_host,
+        ip,
+    })
+    .map_err(|e| e.to_string())?
+}
+
+/// The peer's side; never returns.
+pub(crate) fn peer_main(spec: &str) -> ! {
+    let run = || -> Result<(), String> {
+        let mut it = spec.split(',');
+        let bytes: usize = it
+            .next()
+            .and_then(|v| v.parse().ok())
+            .filter(|b| *b > 0 && *b <= 16 << 30)
+            .ok_or("bad byte count")?;
+        let single_host = it.next() == Some("1");
+        let ip: IpAddr = it.next().and_then(|v| v.parse().ok()).ok_or("bad ip")?;
+        let f = std::sync::Arc::new(open(single_host, ip)?);
+        let region = leaked_region(bytes)?;
+        for (i, b) in region.iter_mut().enumerate() {
+            *b = (i / 4096) as u8;
+        }
+        // SAFETY: the region is leaked: mapped for the process's life.
+        let addr = unsafe { f.register(region.as_mut_ptr(), bytes) }.map_err(|e| e.to_string())?;
+        let line = crate::codec::encode(&addr).map_err(|e| e.to_string())?;
+        let hex: String = line.iter().map(|b| format!("{b:02x}")).collect();
+        println!("{hex}");
+        std::io::stdout().flush().map_err(|e| e.to_string())?;
+        let p = f.clone();
+        std::thread::spawn(move || p.progress());
+        let mut sink = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut sink);
+        f.close();
+        Ok(())
+    };
+    match run() {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("fabric peer: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Reads `bytes` from a peer process `warmup + reps` times; returns the
+/// provider and the GB/s of each timed read.
+pub fn raw_fi_read_gb_per_s(
+    single_host: bool,
+    ip: IpAddr,
+    bytes: usize,
+    warmup: usize,
+    reps: usize,
+) -> Result<(String, Vec<f64>), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(exe)
+        .env(ENV_PEER, format!("{bytes},{},{ip}", single_host as u8))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting the fabric peer: {e}"))?;
+    let result = (|| {
+        let out = child.stdout.take().ok_or("no peer stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let raw: Vec<u8> = (0..line.trim().len() / 2)
+            .map(|i| u8::from_str_radix(&line.trim()[2 * i..2 * i + 2], 16).unwrap_or(0))
+            .collect();
+        let addr: FabricAddr =
+            crate::codec::decode(&raw, "fabric address").map_err(|e| e.to_string())?;
+        let f = open(single_host, ip)?;
+        let region = leaked_region(bytes)?;
+        // SAFETY: the region is leaked: mapped for the process's life.
+        unsafe { f.register(region.as_mut_ptr(), bytes) }.map_err(|e| e.to_string())?;
+        let mut rates = Vec::new();
+        for i in 0..warmup + reps {
+            let t = Instant::now();
+            f.read(
+                &addr,
+                "the peer",
+                0,
+                region,
+                Duration::from_secs(60),
+                &|| false,
+            )
+            .map_err(|e| e.to_string())?;
+            let dt = t.elapsed().as_secs_f64();
+            if region[bytes - 1] != ((bytes - 1) / 4096) as u8 {
+                return Err("the bytes read are wrong".into());
+            }
+            if i >= warmup {
+                rates.push(bytes as f64 / 1e9 / dt);
+            }
+        }
+        f.close();
+        Ok((f.provider.clone(), rates))
+    })();
+    drop(child.stdin.take());
+    let _ = child.wait();
+    result
+}
