@@ -11,19 +11,24 @@ run:
 
 # The Rust toolchain must be there; the emulated Slurm cluster's Debian
 # packages (slurmctld, slurmd, munge, ...) are installed by slurm/emu-up.sh,
-# libfabric (runtime, headers, fi_info) by slurm/install-fabric.sh.
+# libfabric and MPI (for the `mpi` feature) by slurm/install-test-deps.sh.
 deps:
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup)"; exit 1; }
-	bash slurm/install-fabric.sh
+	bash slurm/install-test-deps.sh
+
+# make test builds and tests with the MPI bootstrap (--bootstrap mpi,
+# init_with_mpi, examples/insitu_mpi); make run and a plain cargo build
+# need no MPI.
+TEST_FEATURES ?= --features rustray/mpi,rust-ray-launch/mpi
 
 # Every test, including the multi-node ones on a 3-node emulated Slurm
 # cluster (network and UTS namespaces on this machine, root needed), which
 # is brought up first and torn down after, pass or fail.
 test: deps
 	@date +%s > target/.test-start 2>/dev/null || { mkdir -p target && date +%s > target/.test-start; }
-	$(CARGO) build --release --workspace --bins
+	$(CARGO) build --release --workspace --bins $(TEST_FEATURES)
 	bash slurm/emu-up.sh 3
-	status=0; $(CARGO) test --workspace --release --no-fail-fast || status=$$?; \
+	status=0; $(CARGO) test --workspace --release --no-fail-fast $(TEST_FEATURES) || status=$$?; \
 	bash slurm/emu-down.sh; \
 	echo "make test took $$(( $$(date +%s) - $$(cat target/.test-start) )) s"; exit $$status
 

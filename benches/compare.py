@@ -88,7 +88,7 @@ def key(rec):
     extra = rec.get("extra") if isinstance(rec.get("extra"), dict) else {}
     n = rec.get("n")
     size = f"{n / 2**20:g} MiB" if isinstance(n, (int, float)) else "?"
-    if "transport" in extra:
+    if "transport" in extra and "provider" in extra:
         return f"{rec['scenario']} [{extra['transport']}, {size}]"
     if rec["scenario"] == "raw_fi_read_gb_per_s":
         return f"{rec['scenario']} [{extra.get('provider', '?')}, {size}]"

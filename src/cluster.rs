@@ -253,6 +253,29 @@ pub struct LaunchOptions {
     pub app: PathBuf,
     /// Its arguments.
     pub args: Vec<String>,
+    /// How the nodes find each other.
+    pub bootstrap: Bootstrap,
+}
+
+/// How the ranks of a step form one cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Bootstrap {
+    /// Slurm's environment and a rendezvous file (or local nodes).
+    #[default]
+    Slurm,
+    /// `MPI_Init` and collectives over the world communicator.
+    Mpi,
+}
+
+impl std::str::FromStr for Bootstrap {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Bootstrap, String> {
+        match s {
+            "slurm" => Ok(Bootstrap::Slurm),
+            "mpi" => Ok(Bootstrap::Mpi),
+            o => Err(format!("unknown bootstrap `{o}`: expected slurm or mpi")),
+        }
+    }
 }
 
 /// `rust-ray-launch [--local-nodes n] -- app args`. Under `srun` every task
@@ -263,10 +286,49 @@ pub struct LaunchOptions {
 /// raylet ends.
 pub fn launcher_main(opts: LaunchOptions) -> Result<i32> {
     let app = resolve_app(&opts.app)?;
+    if opts.bootstrap == Bootstrap::Mpi {
+        return launch_mpi(opts, app);
+    }
     match (opts.local_nodes, SlurmEnv::detect()?) {
-        (None, Some(env)) => launch_slurm(opts, app, env),
+        (None, Some(env)) => launch_slurm(opts, app, env, &Share::File),
         (n, _) => launch_local(opts, app, n.unwrap_or(1)),
     }
+}
+
+/// `--bootstrap mpi`: one launcher per node of an MPI job (`srun --mpi=pmix`
+/// or `mpirun --map-by node`); the communicator carries the bootstrap.
+#[cfg(feature = "mpi")]
+fn launch_mpi(opts: LaunchOptions, app: PathBuf) -> Result<i32> {
+    if opts.local_nodes.is_some() {
+        return Err(Error::invalid(
+            "--bootstrap mpi and --local-nodes exclude each other",
+        ));
+    }
+    crate::mpi_boot::precheck()?;
+    let universe = mpi::initialize()
+        .ok_or_else(|| Error::invalid("MPI was initialized already in this process"))?;
+    let world = universe.world();
+    let env = crate::mpi_boot::step_env(&world)?;
+    if env.local_rank != 0 {
+        return Err(Error::invalid(format!(
+            "--bootstrap mpi runs one launcher per node, but node {} has {} or more ranks (srun --ntasks-per-node=1, or mpirun --map-by ppr:1:node)",
+            env.node_name,
+            env.local_rank + 1
+        )));
+    }
+    let share = |b: Option<&Session>| crate::mpi_boot::share_session(&world, b);
+    log!("MPI bootstrap: {} ranks on {} nodes", env.tasks, env.nodes);
+    let code = launch_slurm(opts, app, env, &Share::With(&share));
+    // Every launcher reaches MPI_Finalize (the universe's drop) together.
+    drop(universe);
+    code
+}
+
+#[cfg(not(feature = "mpi"))]
+fn launch_mpi(_opts: LaunchOptions, _app: PathBuf) -> Result<i32> {
+    Err(Error::invalid(
+        "this rust-ray-launch was built without MPI support: rebuild it with `cargo build --release --features mpi` (needs an MPI library and libclang)",
+    ))
 }
 
 fn launch_local(opts: LaunchOptions, app: PathBuf, n: u16) -> Result<i32> {
@@ -292,10 +354,15 @@ fn launch_local(opts: LaunchOptions, app: PathBuf, n: u16) -> Result<i32> {
     code
 }
 
-fn launch_slurm(opts: LaunchOptions, app: PathBuf, env: SlurmEnv) -> Result<i32> {
+fn launch_slurm(
+    opts: LaunchOptions,
+    app: PathBuf,
+    env: SlurmEnv,
+    share: &Share<'_>,
+) -> Result<i32> {
     let me =
         std::env::current_exe().map_err(|e| Error::io("locating the launcher executable", e))?;
-    let (s, gcs, rdv) = join_step(&env, opts.config, &app, &opts.args)?;
+    let (s, gcs, rdv) = join_step(&env, opts.config, &app, &opts.args, share)?;
     let ip = s.ip;
     session::open_log(&s, &format!("launcher-{}", env.rank));
     log!(
@@ -359,7 +426,9 @@ fn launch_slurm(opts: LaunchOptions, app: PathBuf, env: SlurmEnv) -> Result<i32>
     }
     let _ = raylet.kill();
     let _ = raylet.wait();
-    let _ = std::fs::remove_file(&rdv);
+    if let Some(rdv) = rdv {
+        let _ = std::fs::remove_file(&rdv);
+    }
     code
 }
 
@@ -372,19 +441,23 @@ fn join_step(
     config: Config,
     app: &Path,
     args: &[String],
-) -> Result<(Session, Option<Arc<Gcs>>, PathBuf)> {
+    share: &Share<'_>,
+) -> Result<(Session, Option<Arc<Gcs>>, Option<PathBuf>)> {
     let ip = slurm::node_ip()?;
-    let rdv = env.rendezvous();
     let config = env.node_config(config);
     let (base, gcs) = if env.rank == 0 {
         let mut base = Session::new_cluster(config.clone(), false)?;
         base.ip = ip;
         let gcs = Gcs::start(base.for_node(env.node_index, &env.node_name)?)?;
         base.gcs = gcs.addr();
-        slurm::publish(&rdv, &base)?;
+        share.share(Some(&base), env)?;
         (base, Some(gcs))
     } else {
-        (await_cluster(&rdv, join_timeout())?, None)
+        (share.share(None, env)?, None)
+    };
+    let rdv = match share {
+        Share::File => Some(env.rendezvous()),
+        Share::With(_) => None,
     };
     let mut s = base.for_node(env.node_index, &env.node_name)?;
     s.ip = ip;
@@ -392,6 +465,29 @@ fn join_step(
     s.exe = app.to_path_buf();
     s.args = args.to_vec();
     Ok((with_node_resource(s), gcs, rdv))
+}
+
+/// How the ranks of a step learn the cluster rank 0 started.
+pub(crate) enum Share<'a> {
+    /// The step's rendezvous file (`$RUSTRAY_RENDEZVOUS_DIR`).
+    File,
+    /// A collective of the job's own (MPI's broadcast): rank 0 passes its
+    /// session, every rank gets it back.
+    #[allow(dead_code)]
+    With(&'a dyn Fn(Option<&Session>) -> Result<Session>),
+}
+
+impl Share<'_> {
+    fn share(&self, base: Option<&Session>, env: &SlurmEnv) -> Result<Session> {
+        match (self, base) {
+            (Share::File, Some(b)) => {
+                slurm::publish(&env.rendezvous(), b)?;
+                Ok(b.clone())
+            }
+            (Share::File, None) => await_cluster(&env.rendezvous(), join_timeout()),
+            (Share::With(f), b) => f(b),
+        }
+    }
 }
 
 /// The node names of the step, for error messages: `scontrol show
@@ -613,7 +709,7 @@ pub(crate) struct InSitu {
     gcs: Option<Arc<Gcs>>,
     /// A node's first local rank: the node's raylet.
     raylet: Option<Child>,
-    rendezvous: std::path::PathBuf,
+    rendezvous: Option<std::path::PathBuf>,
     tasks: u32,
     session: Session,
 }
@@ -621,11 +717,15 @@ pub(crate) struct InSitu {
 impl InSitu {
     /// Joins (rank 0: starts) the step's cluster; returns this rank's node
     /// session, whose raylet is up.
-    pub(crate) fn join(config: Config, env: SlurmEnv) -> Result<(Session, InSitu)> {
+    pub(crate) fn join(
+        config: Config,
+        env: SlurmEnv,
+        share: &Share<'_>,
+    ) -> Result<(Session, InSitu)> {
         let me =
             std::env::current_exe().map_err(|e| Error::io("locating the current executable", e))?;
         let args: Vec<String> = std::env::args().skip(1).collect();
-        let (s, gcs, rendezvous) = join_step(&env, config, &me, &args)?;
+        let (s, gcs, rendezvous) = join_step(&env, config, &me, &args, share)?;
         let mut raylet = if env.local_rank == 0 {
             Some(spawn_raylet(&me, &s, &args)?)
         } else {
@@ -719,6 +819,8 @@ impl InSitu {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
-        let _ = std::fs::remove_file(&self.rendezvous);
+        if let Some(r) = &self.rendezvous {
+            let _ = std::fs::remove_file(r);
+        }
     }
 }

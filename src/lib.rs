@@ -54,6 +54,8 @@ mod error;
 mod fabric;
 mod gcs;
 mod ids;
+#[cfg(feature = "mpi")]
+mod mpi_boot;
 mod object_ref;
 mod object_store;
 mod raylet;
@@ -69,6 +71,8 @@ pub use actor::{get_actor, kill, ActorClass, ActorHandle, ActorOptions};
 pub use codec::Pod;
 pub use error::{Error, ErrorKind, Result};
 pub use fabric::Transport;
+#[cfg(feature = "mpi")]
+pub use mpi;
 pub use object_ref::{
     cancel, get, get_all, get_timeout, get_view, put, wait, ObjectRef, ObjectView,
 };
@@ -86,7 +90,7 @@ use std::sync::{Arc, Mutex};
 pub mod __private {
     pub use crate::actor::{unknown_method, wrong_actor_state, ActorCore, ActorMethods};
     pub use crate::cluster::{
-        launcher_main, serve_role_if_any, status_report, stop_clusters, LaunchOptions,
+        launcher_main, serve_role_if_any, status_report, stop_clusters, Bootstrap, LaunchOptions,
     };
     pub use crate::fabric::ceiling::raw_fi_read_gb_per_s;
     pub use crate::task::{
@@ -131,21 +135,54 @@ pub fn init() -> Result<()> {
 /// Under `rust-ray-launch` the launcher's settings apply instead.
 pub fn init_with(config: Config) -> Result<()> {
     cluster::serve_role_if_any();
+    let slurm = if std::env::var_os("RUSTRAY_NO_SLURM").is_some() {
+        None
+    } else {
+        slurm::SlurmEnv::detect()?
+    };
+    start(config, slurm, &cluster::Share::File)
+}
+
+/// For a program that runs MPI: every rank of `comm` calls this after its
+/// own `MPI_Init` (at the start of `main`, as [`init`]), and the ranks form
+/// one cluster exactly as in-situ ranks under Slurm do (rank 0 hosts the
+/// GCS, each node's first rank starts its raylet, every rank is a driver),
+/// the communicator carrying the bootstrap: no rendezvous file, no shared
+/// filesystem. Works under `srun --mpi=pmix` and under `mpirun` without
+/// Slurm. Collective over `comm`; call [`shutdown`] at the end of every
+/// rank. Feature `mpi`; `rustray::mpi` is the rsmpi crate it uses.
+///
+/// ```no_run
+/// # #[cfg(feature = "mpi")]
+/// # fn main() -> rustray::Result<()> {
+/// rustray::__private::serve_role_if_any(); // rustray's own processes stop here
+/// let universe = rustray::mpi::initialize().expect("MPI_Init");
+/// let world = universe.world();
+/// rustray::init_with_mpi(&world, rustray::Config::new())?;
+/// // ... tasks, objects, actors, from every rank ...
+/// rustray::shutdown();
+/// # Ok(()) }
+/// # #[cfg(not(feature = "mpi"))] fn main() {}
+/// ```
+#[cfg(feature = "mpi")]
+pub fn init_with_mpi<C: mpi::traits::Communicator>(comm: &C, config: Config) -> Result<()> {
+    cluster::serve_role_if_any();
+    let env = mpi_boot::step_env(comm)?;
+    let share = |b: Option<&Session>| mpi_boot::share_session(comm, b);
+    start(config, Some(env), &cluster::Share::With(&share))
+}
+
+fn start(config: Config, slurm: Option<slurm::SlurmEnv>, share: &cluster::Share<'_>) -> Result<()> {
     let mut slot = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
     if slot.is_some() {
         return Err(Error::invalid(
             "rustray is already initialized; call shutdown() first",
         ));
     }
-    let slurm = if std::env::var_os("RUSTRAY_NO_SLURM").is_some() {
-        None
-    } else {
-        slurm::SlurmEnv::detect()?
-    };
     let (session, local, insitu) = match (std::env::var(ENV_ADDRESS), slurm) {
         (Ok(addr), _) => (Session::from_env_str(&addr)?, None, None),
         (Err(_), Some(env)) => {
-            let (s, insitu) = cluster::InSitu::join(config, env)?;
+            let (s, insitu) = cluster::InSitu::join(config, env, share)?;
             (s, None, Some(insitu))
         }
         (Err(_), None) => {

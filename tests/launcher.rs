@@ -490,6 +490,11 @@ fn slurm_env(c: &mut Command, mode: &str) {
 }
 
 fn srun(nodes: u16, extra: &[&str], mode: &str) -> Output {
+    srun_launch(nodes, extra, &[], mode)
+}
+
+/// `srun -N nodes <extra> rust-ray-launch <launch_args> -- <this test> `.
+fn srun_launch(nodes: u16, extra: &[&str], launch_args: &[&str], mode: &str) -> Output {
     let mut c = Command::new("srun");
     c.args([
         "-N",
@@ -499,6 +504,7 @@ fn srun(nodes: u16, extra: &[&str], mode: &str) -> Output {
     ])
     .args(extra)
     .arg(launcher())
+    .args(launch_args)
     .args(["--object-store-memory", &(256u64 << 20).to_string()])
     .arg("--")
     .arg(me());
@@ -684,6 +690,99 @@ fn test_slurm_raylet_killed_mid_job() {
     assert!(t.contains("survived the loss of node"), "{t}");
 }
 
+// ------------------------------------------------------------------ MPI
+
+/// `mpirun -np 4 ./sim` without Slurm: the ranks of an MPI simulation join
+/// one cluster through their communicator (examples/insitu_mpi.rs).
+fn test_mpirun_insitu_local() {
+    if !cfg!(feature = "mpi") {
+        return;
+    }
+    let mut c = Command::new("mpirun");
+    c.args(["--allow-run-as-root", "--oversubscribe", "-np", "4"])
+        .arg(target_dir().join("examples/insitu_mpi"))
+        .env_remove("SLURM_JOB_ID")
+        .env("RUSTRAY_TMPDIR", std::env::temp_dir().join("rustray"));
+    let out = run_bounded(c, Duration::from_secs(120));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("world of 4 ranks: gathered 12 results from 4 ranks on 1 nodes"),
+        "{t}"
+    );
+}
+
+/// The same under `srun --mpi=pmix` on 3 Slurm nodes, 2 ranks each: the
+/// bootstrap goes through MPI, across the nodes.
+fn test_slurm_mpi_insitu_ranks() {
+    if !cfg!(feature = "mpi") || !slurm_wanted() {
+        return;
+    }
+    let mut c = Command::new("srun");
+    c.args([
+        "--mpi=pmix",
+        "-N",
+        "3",
+        "--ntasks-per-node=2",
+        "--kill-on-bad-exit=1",
+    ])
+    .arg(target_dir().join("examples/insitu_mpi"));
+    slurm_env(&mut c, "none");
+    c.env_remove("APP_MODE");
+    let out = run_bounded(c, Duration::from_secs(120));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("world of 6 ranks: gathered 18 results from 6 ranks on 3 nodes"),
+        "{t}"
+    );
+}
+
+/// `srun --mpi=pmix rust-ray-launch --bootstrap mpi -- app`: one launcher
+/// per node, MPI_Init and collectives in place of the rendezvous file.
+fn test_slurm_mpi_bootstrap_launcher() {
+    if !cfg!(feature = "mpi") || !slurm_wanted() {
+        return;
+    }
+    let out = srun_launch(3, &["--mpi=pmix"], &["--bootstrap", "mpi"], "app");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("nodes used: 3"), "{t}");
+    let addrs: std::collections::BTreeSet<&str> = t
+        .lines()
+        .filter(|l| l.starts_with("node "))
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(addrs.len(), 3, "{t}");
+}
+
+/// srun without an MPI plugin: a clear error naming the fix, not a world
+/// of singletons or MPI's own abort page.
+fn test_slurm_mpi_wrong_plugin_is_a_clear_error() {
+    if !cfg!(feature = "mpi") || !slurm_wanted() {
+        return;
+    }
+    let out = srun_launch(2, &["--mpi=none"], &["--bootstrap", "mpi"], "app");
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("srun --mpi=pmix"), "{t}");
+}
+
+/// A launcher built without the feature says how to get it.
+fn test_bootstrap_mpi_without_the_feature_is_a_clear_error() {
+    if cfg!(feature = "mpi") {
+        return;
+    }
+    let mut c = Command::new(launcher());
+    c.args(["--bootstrap", "mpi", "--"])
+        .arg(me())
+        .env("APP_MODE", "app");
+    let out = run_bounded(c, Duration::from_secs(30));
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("--features mpi"), "{t}");
+}
+
 /// Two jobs on the same nodes at once: each its own cluster.
 fn test_slurm_two_jobs_at_once() {
     if !slurm_wanted() {
@@ -757,6 +856,20 @@ fn main() {
             test_slurm_node_never_registers,
         ),
         ("test_slurm_two_jobs_at_once", test_slurm_two_jobs_at_once),
+        ("test_mpirun_insitu_local", test_mpirun_insitu_local),
+        ("test_slurm_mpi_insitu_ranks", test_slurm_mpi_insitu_ranks),
+        (
+            "test_slurm_mpi_bootstrap_launcher",
+            test_slurm_mpi_bootstrap_launcher,
+        ),
+        (
+            "test_slurm_mpi_wrong_plugin_is_a_clear_error",
+            test_slurm_mpi_wrong_plugin_is_a_clear_error,
+        ),
+        (
+            "test_bootstrap_mpi_without_the_feature_is_a_clear_error",
+            test_bootstrap_mpi_without_the_feature_is_a_clear_error,
+        ),
         ("test_slurm_insitu_ranks", test_slurm_insitu_ranks),
         (
             "test_slurm_raylet_killed_mid_job",

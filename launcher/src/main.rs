@@ -48,6 +48,11 @@ struct Cli {
     /// (fabric when a hardware provider is there, else tcp).
     #[arg(long, value_name = "auto|fabric|tcp")]
     transport: Option<rustray::Transport>,
+    /// How the nodes find each other: `slurm` (Slurm's environment and a
+    /// rendezvous file) or `mpi` (MPI_Init and collectives: srun --mpi=pmix
+    /// rust-ray-launch --bootstrap mpi; needs the `mpi` build feature).
+    #[arg(long, value_name = "slurm|mpi", default_value = "slurm")]
+    bootstrap: rustray::__private::Bootstrap,
     /// The application and its arguments (after `--`).
     #[arg(last = true, value_name = "APP")]
     app: Vec<String>,
@@ -138,5 +143,6 @@ fn run(cli: Cli) -> rustray::Result<i32> {
         config,
         app: PathBuf::from(app),
         args: args.to_vec(),
+        bootstrap: cli.bootstrap,
     })
 }
