@@ -86,6 +86,9 @@ impl Drop for PullShare<'_> {
     }
 }
 
+/// A call into the fabric provider that has not returned after this long
+/// never will: the endpoint is given up.
+const WEDGED_AFTER: Duration = Duration::from_secs(3);
 /// A transfer that makes no progress for this long has failed.
 const TRANSFER_STALL: Duration = Duration::from_secs(30);
 /// Bound on registering with the GCS.
@@ -151,6 +154,9 @@ struct Raylet {
     fabric_broken: Mutex<std::collections::HashSet<u16>>,
     /// `--transport fabric`: a failed RDMA read is an error, not a TCP retry.
     fabric_forced: bool,
+    /// Set once a provider call never returned: the endpoint is lost and
+    /// this node moves objects over TCP from then on, forced or not.
+    fabric_wedged: std::sync::atomic::AtomicBool,
 }
 
 /// Drops one pin of a pulled copy; the last frees its block.
@@ -296,6 +302,7 @@ fn run(session: Session) -> Result<()> {
         fabric: fabric.as_ref().map(|(f, _)| f.clone()),
         fabric_broken: Mutex::new(Default::default()),
         fabric_forced: session.config.transport_choice()? == crate::fabric::Transport::Fabric,
+        fabric_wedged: Default::default(),
         session,
     });
     let gcs = raylet.register(&resources, tcp.port(), fabric.map(|(_, a)| a))?;
@@ -755,7 +762,7 @@ impl Raylet {
                             Err(e) => {
                                 log!(
                                     "{e}; node {source} is read {} from now on",
-                                    if r.fabric_forced { "from copies only" } else { "over TCP" }
+                                    if r.fabric_forced && !r.fabric_wedged.load(Ordering::Relaxed) { "from copies only" } else { "over TCP" }
                                 );
                                 r.fabric_broken
                                     .lock()
@@ -772,7 +779,7 @@ impl Raylet {
                                         }
                                     }
                                 }
-                                if r.fabric_forced {
+                                if r.fabric_forced && !r.fabric_wedged.load(Ordering::Relaxed) {
                                     // --transport fabric: no TCP retry from
                                     // this node; a copy elsewhere may serve.
                                     result = Err(Error::new(
@@ -823,6 +830,9 @@ impl Raylet {
     /// so copies are read over TCP).
     fn fabric_peer(&self, source: u16, key: CopyKey) -> Option<crate::fabric::FabricAddr> {
         let mine = self.fabric.as_ref()?;
+        if self.fabric_wedged.load(Ordering::Relaxed) {
+            return None;
+        }
         if source != key.0
             || self
                 .fabric_broken
@@ -847,7 +857,62 @@ impl Raylet {
     /// Reads the primary block of `key` from `source`'s arena into local
     /// block `local` by one-sided RDMA reads: no work for the remote CPU
     /// beyond its provider's progress. Same pull budget as TCP pulls.
+    ///
+    /// The read runs on a thread of its own, watched: a provider call that
+    /// never returns (see [`Fabric::wedged`](crate::fabric::Fabric::wedged))
+    /// loses the endpoint, not the pull: the block is abandoned and the
+    /// caller reads over TCP.
     fn fetch_fabric(
+        self: &Arc<Self>,
+        addr: &crate::fabric::FabricAddr,
+        source: u16,
+        key: CopyKey,
+        local: u64,
+    ) -> std::result::Result<(), crate::fabric::FabricError> {
+        let fabric = self
+            .fabric
+            .clone()
+            .ok_or_else(|| crate::fabric::FabricError {
+                message: "no fabric on this node".into(),
+                dirty: false,
+            })?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (r, a) = (self.clone(), addr.clone());
+        std::thread::Builder::new()
+            .name("raylet-rdma".into())
+            .spawn(move || {
+                let _ = tx.send(r.fetch_fabric_here(&a, source, key, local));
+            })
+            .map_err(|e| crate::fabric::FabricError {
+                message: format!("spawning a read thread: {e}"),
+                dirty: false,
+            })?;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(r) => return r,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(crate::fabric::FabricError {
+                        message: "the RDMA read thread panicked".into(),
+                        dirty: true,
+                    })
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if fabric.wedged(WEDGED_AFTER) {
+                        self.fabric_wedged.store(true, Ordering::Relaxed);
+                        return Err(crate::fabric::FabricError {
+                            message: format!(
+                                "the fabric endpoint is stuck: a call into provider {} has not returned for {WEDGED_AFTER:?} (a peer process killed while holding the provider's shared state?); this node moves objects over TCP from now on",
+                                fabric.provider
+                            ),
+                            dirty: true,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn fetch_fabric_here(
         &self,
         addr: &crate::fabric::FabricAddr,
         source: u16,

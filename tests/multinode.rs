@@ -584,6 +584,120 @@ fn test_fabric_source_killed_mid_read() {
     assert_eq!(sum, want);
 }
 
+/// The reading node is killed while it pulls by RDMA: its task's result
+/// is an error (or arrives), never a hang, and the source node goes on
+/// serving the object to others. (With `shm`, a reader killed inside the
+/// provider can leave a lock of the source's shared region held: the
+/// other nodes' endpoints then wedge, which they notice and move objects
+/// over TCP instead; the abandoned block stays allocated, so the object is
+/// sized to leave room for a second copy.)
+fn test_fabric_reader_killed_mid_read() {
+    let nodes = three_nodes_with(Config::new().transport(rustray::Transport::Fabric));
+    let (source, reader) = (&nodes[1], &nodes[2]);
+    let (_, reader_raylet) = rustray::get(
+        &where_and_raylet::options()
+            .resource(&pin(reader), 0.01)
+            .remote(0u64),
+    )
+    .expect("probe");
+    let big = make_bytes::options()
+        .resource(&pin(source), 0.01)
+        .remote(200 << 20, 6u8);
+    rustray::wait(&[big.clone()], 1, Some(Duration::from_secs(60))).expect("made");
+    let read = checksum::options()
+        .resource(&pin(reader), 0.01)
+        .max_retries(0)
+        .remote(&big);
+    std::thread::sleep(Duration::from_millis(30));
+    kill9(reader_raylet);
+    match rustray::get_timeout(&read, Duration::from_secs(60)) {
+        Ok((_, len, _)) => assert_eq!(len, 200 << 20),
+        Err(e) => assert_ne!(e.kind(), ErrorKind::Timeout, "{e}"),
+    }
+    let want = local_checksum(&pattern(200 << 20, 6));
+    let (sum, len, node) = rustray::get(
+        &checksum::options()
+            .resource(&pin(&nodes[0]), 0.01)
+            .remote(&big),
+    )
+    .expect("the source still serves");
+    assert_eq!(
+        (sum, len, node.as_str()),
+        (want, 200 << 20, nodes[0].name.as_str())
+    );
+}
+
+/// Pulls racing the free of their object: the driver drops its ref right
+/// after handing it to a reader on another node. The reader's borrow keeps
+/// the object alive, the bytes are right every time, and once the readers
+/// are done every block on every node is freed.
+fn test_fabric_pull_racing_free() {
+    let nodes = three_nodes_with(Config::new().transport(rustray::Transport::Fabric));
+    let mut reads = Vec::new();
+    for i in 0..16usize {
+        let n = (3 << 20) + i * 4099;
+        let data = pattern(n, i as u8);
+        let want = local_checksum(&data);
+        let obj = rustray::put(data).expect("put");
+        let r = checksum::options()
+            .resource(&pin(&nodes[1 + i % 2]), 0.01)
+            .remote(&obj);
+        drop(obj);
+        reads.push((r, want, n));
+    }
+    for (r, want, n) in reads {
+        let (sum, len, _) = rustray::get(&r).expect("read after the driver's free");
+        assert_eq!((sum, len), (want, n));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<(String, u64)> = rustray::nodes()
+            .expect("nodes")
+            .into_iter()
+            .filter(|n| n.store_used > 0)
+            .map(|n| (n.name, n.store_used))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blocks leaked: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `--transport fabric` with no provider that can open (here FI_PROVIDER
+/// names none): the cluster does not start, and the error names the node,
+/// the transport and what is missing.
+fn test_fabric_provider_cannot_open() {
+    if common::launched() {
+        return; // the launcher's environment decides there
+    }
+    std::env::set_var("FI_PROVIDER", "no-such-provider");
+    let r = rustray::init_with(
+        Config::new()
+            .local_nodes(2)
+            .num_cpus(1.0)
+            .object_store_memory(64 << 20)
+            .transport(rustray::Transport::Fabric),
+    );
+    std::env::remove_var("FI_PROVIDER");
+    let e = r.expect_err("a cluster without a usable provider");
+    let raylet_log = e
+        .message()
+        .rsplit("see ")
+        .next()
+        .and_then(|p| std::fs::read_to_string(p.trim()).ok())
+        .unwrap_or_default();
+    let all = format!("{e}\n{raylet_log}");
+    assert!(
+        all.contains("cannot use the fabric transport") && all.contains("no-such-provider"),
+        "{all}"
+    );
+}
+
 fn main() {
     common::enter_cluster_role();
     common::run(&[
@@ -594,6 +708,15 @@ fn main() {
         (
             "test_fabric_source_killed_mid_read",
             test_fabric_source_killed_mid_read,
+        ),
+        (
+            "test_fabric_reader_killed_mid_read",
+            test_fabric_reader_killed_mid_read,
+        ),
+        ("test_fabric_pull_racing_free", test_fabric_pull_racing_free),
+        (
+            "test_fabric_provider_cannot_open",
+            test_fabric_provider_cannot_open,
         ),
         (
             "test_tasks_spill_to_every_node",

@@ -167,6 +167,9 @@ const READ_DEPTH: usize = 8;
 pub(crate) struct Fabric {
     lib: &'static sys::Lib,
     raw: Mutex<Raw>,
+    /// Nanoseconds since `epoch` at which the lock (and so a provider
+    /// call) was last taken while it is held, else 0: see [`Fabric::wedged`].
+    held_since: AtomicU64,
     /// The provider's name (`fi_info.fabric_attr.prov_name`).
     pub(crate) provider: String,
     /// Why this provider: one line for the log.
@@ -441,12 +444,31 @@ impl Fabric {
             region: Mutex::new(None),
             next_op: AtomicU64::new(1),
             last_poll: AtomicU64::new(0),
+            held_since: AtomicU64::new(0),
             epoch: Instant::now(),
         }))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Raw> {
-        self.raw.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> RawGuard<'_> {
+        let guard = self.raw.lock().unwrap_or_else(|p| p.into_inner());
+        let now = (self.epoch.elapsed().as_nanos() as u64).max(1);
+        self.held_since.store(now, Ordering::Relaxed);
+        RawGuard {
+            guard,
+            held_since: &self.held_since,
+        }
+    }
+
+    /// True if one call into the provider has lasted longer than `limit`:
+    /// calls post or poll and return in microseconds, so one that does not
+    /// return is stuck for good (a shared-memory provider spinning on a
+    /// lock that a killed peer process held, say). The endpoint cannot be
+    /// used again; the caller moves objects another way.
+    pub(crate) fn wedged(&self, limit: Duration) -> bool {
+        let since = self.held_since.load(Ordering::Relaxed);
+        since != 0
+            && (self.epoch.elapsed().as_nanos() as u64).saturating_sub(since)
+                > limit.as_nanos() as u64
     }
 
     /// Registers `len` bytes at `ptr` (the node's arena) for remote reads
@@ -596,9 +618,20 @@ impl Fabric {
 
     /// Closes the endpoint and everything opened with it, so that the
     /// provider removes what it created (shared-memory files, sockets).
-    /// Reads after this fail.
+    /// Reads after this fail. An endpoint stuck in a provider call (see
+    /// [`Fabric::wedged`]) is left as it is: waiting for it would hang.
     pub(crate) fn close(&self) {
-        let mut raw = self.lock();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut raw = loop {
+            match self.raw.try_lock() {
+                Ok(g) => break g,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            }
+        };
         if raw.closed {
             return;
         }
@@ -921,6 +954,31 @@ impl Fabric {
     /// Whether the provider needs a progress thread.
     pub(crate) fn manual_progress(&self) -> bool {
         self.manual_progress
+    }
+}
+
+/// The endpoint lock, timing how long it is held.
+struct RawGuard<'a> {
+    guard: std::sync::MutexGuard<'a, Raw>,
+    held_since: &'a AtomicU64,
+}
+
+impl std::ops::Deref for RawGuard<'_> {
+    type Target = Raw;
+    fn deref(&self) -> &Raw {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for RawGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Raw {
+        &mut self.guard
+    }
+}
+
+impl Drop for RawGuard<'_> {
+    fn drop(&mut self) {
+        self.held_since.store(0, Ordering::Relaxed);
     }
 }
 

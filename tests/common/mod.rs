@@ -21,13 +21,18 @@ pub fn enter_cluster_role() {
     }
 }
 
-/// Runs the tests whose names contain the first non-flag argument.
+/// Runs the tests whose names contain the first non-flag argument, less
+/// those whose names contain a `--skip=TEXT` argument.
 pub fn run(tests: &[(&str, TestFn)]) {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let skips: Vec<String> = std::env::args()
+        .filter_map(|a| a.strip_prefix("--skip=").map(str::to_string))
+        .collect();
     let start = Instant::now();
     let selected: Vec<_> = tests
         .iter()
         .filter(|(n, _)| filter.as_deref().is_none_or(|f| n.contains(f)))
+        .filter(|(n, _)| !skips.iter().any(|s| n.contains(s.as_str())))
         .collect();
     println!("\nrunning {} tests", selected.len());
     let mut failed = Vec::new();
