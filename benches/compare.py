@@ -89,7 +89,8 @@ def key(rec):
     n = rec.get("n")
     size = f"{n / 2**20:g} MiB" if isinstance(n, (int, float)) else "?"
     if "transport" in extra and "provider" in extra:
-        return f"{rec['scenario']} [{extra['transport']}, {size}]"
+        where = ", slurm" if extra.get("slurm") else ""
+        return f"{rec['scenario']} [{extra['transport']}, {size}{where}]"
     if rec["scenario"] == "raw_fi_read_gb_per_s":
         return f"{rec['scenario']} [{extra.get('provider', '?')}, {size}]"
     return rec["scenario"]

@@ -36,7 +36,12 @@
 //! tcp_copy_slurm_gb_per_s (`srun -N 2 rust-ray-launch -- <this binary>
 //! --transfer-app ...`: the same transfer as internode_transfer_gb_per_s
 //! between the two Slurm nodes, interleaved per rep with a plain TCP copy of
-//! the same bytes between them; see sc_internode_slurm).
+//! the same bytes between them; see sc_internode_slurm). Then the data
+//! plane's rows (microbench_parts/fabric.rs): raw_fi_read_gb_per_s, the
+//! bare fi_read ceiling between two processes (shm), and
+//! internode_transfer_gb_per_s once per transport (fabric, tcp) and size
+//! (1 MiB .. 1 GiB) on local nodes, and between two Slurm nodes when sinfo
+//! answers (rows told apart by extra.transport / extra.slurm).
 //!
 //! Raylet and worker processes re-execute this binary with the same argv and
 //! `RUSTRAY_ROLE` set; `main` hands them to `rustray::init` first thing
@@ -2123,6 +2128,7 @@ fn transfer_app(nbytes: usize, warmup: usize, reps: usize) {
         b.name,
         b.address
     );
+    println!("{WHAT} transport {}", b.transport);
     // The reference's sender: this process, on A, reachable at A's address.
     let listener =
         std::net::TcpListener::bind("0.0.0.0:0").expect("transfer-app: bind the TCP server");
@@ -2875,6 +2881,10 @@ fn main() {
             step("internode_transfer_gb_per_s by transport", &mut || {
                 fabric::sc_transports(args.quick, &raw)
             });
+            step(
+                "internode_transfer_gb_per_s by transport on Slurm",
+                &mut || fabric::sc_transports_slurm(args.quick),
+            );
         }
     }
     if w("cluster_start_slurm_3node_s") {

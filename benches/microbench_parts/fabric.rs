@@ -5,7 +5,9 @@
 //! the same provider, chunk size and reads in flight, nothing of rustray
 //! around it. Rows carry `extra.transport` and `extra.provider`; fabric rows
 //! also `vs_raw_fi_read` (the ratio to the ceiling at the same size, same
-//! run).
+//! run). When `sinfo` answers with 2 nodes or more, the same rows between
+//! two Slurm nodes (`srun -N 2 rust-ray-launch --transport T -- <this
+//! binary> --transfer-app ...`), `extra.slurm` true.
 
 use super::*;
 
@@ -113,5 +115,89 @@ pub(crate) fn sc_transports(quick: bool, raw: &[(usize, String, f64)]) {
             emit(INTERNODE, "GB/s", med, n, rates.len(), extra);
         }
         rustray::shutdown();
+    }
+}
+
+/// internode_transfer_gb_per_s per transport and size between two Slurm
+/// nodes: one `srun -N 2 rust-ray-launch --transport T ... --transfer-app`
+/// step per transport and size (its interleaved TCP copies are not used).
+pub(crate) fn sc_transports_slurm(quick: bool) {
+    match slurm_nodes() {
+        Ok(n) if n >= 2 => {}
+        Ok(n) => return log(&format!("{INTERNODE} on Slurm skipped: {n} node(s)")),
+        Err(why) => return log(&format!("{INTERNODE} on Slurm skipped: no Slurm ({why})")),
+    }
+    let Some(launcher) = find_launcher() else {
+        return log(&format!(
+            "{INTERNODE} on Slurm skipped: rust-ray-launch not found"
+        ));
+    };
+    let me = std::env::current_exe().expect("current_exe");
+    for transport in ["fabric", "tcp"] {
+        for n in sizes(quick) {
+            let (w, r) = reps_for(quick, n);
+            let mut cmd = std::process::Command::new("srun");
+            cmd.args(["-N", "2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"])
+                .arg(&launcher)
+                .args(["--transport", transport])
+                .arg("--object-store-memory")
+                .arg(SLURM_STORE.to_string())
+                .arg("--")
+                .arg(&me)
+                .arg("--transfer-app")
+                .arg(n.to_string())
+                .arg(w.to_string())
+                .arg(r.to_string());
+            let (st, out, err, wall) =
+                run_bounded(&mut cmd, SRUN_TRANSFER_TIMEOUT).expect("srun runs");
+            let rates: Vec<f64> = out
+                .lines()
+                .filter(|l| {
+                    l.starts_with("transfer-app sample ")
+                        && kv(l, "kind") == Some("rustray")
+                        && kv(l, "phase") == Some("rep")
+                })
+                .filter_map(|l| kv(l, "get_s").and_then(|v| v.parse::<f64>().ok()))
+                .map(|s| n as f64 / GB / s)
+                .collect();
+            let label = out
+                .lines()
+                .find_map(|l| l.strip_prefix("transfer-app transport "))
+                .unwrap_or("?")
+                .to_string();
+            if !st.is_some_and(|s| s.success()) || rates.len() != r {
+                log(&format!(
+                    "{INTERNODE} on Slurm ({transport}, {n} bytes) failed after {wall:.1}s:\n{out}\n{err}"
+                ));
+                continue;
+            }
+            let provider = label
+                .strip_prefix("fabric (")
+                .and_then(|p| p.strip_suffix(')'))
+                .unwrap_or("none")
+                .to_string();
+            let med = median(&rates);
+            emit(
+                INTERNODE,
+                "GB/s",
+                med,
+                n,
+                rates.len(),
+                vec![
+                    ("samples", rnd_all(&rates, 3).into()),
+                    ("transport", transport.into()),
+                    ("provider", provider.as_str().into()),
+                    ("slurm", true.into()),
+                    ("read", INTERNODE_READ.into()),
+                    (
+                        "note",
+                        "between two emulated Slurm nodes (network namespaces on one host, \
+                         veth + bridge): a network provider over the kernel's TCP, so no \
+                         faster than the built-in path here; on RDMA hardware the order flips"
+                            .into(),
+                    ),
+                ],
+            );
+        }
     }
 }
