@@ -869,13 +869,7 @@ impl Raylet {
         key: CopyKey,
         local: u64,
     ) -> std::result::Result<(), crate::fabric::FabricError> {
-        let fabric = self
-            .fabric
-            .clone()
-            .ok_or_else(|| crate::fabric::FabricError {
-                message: "no fabric on this node".into(),
-                dirty: false,
-            })?;
+        let fabric = self.fabric.clone().ok_or_else(no_fabric)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let (r, a) = (self.clone(), addr.clone());
         std::thread::Builder::new()
@@ -920,13 +914,7 @@ impl Raylet {
         local: u64,
     ) -> std::result::Result<(), crate::fabric::FabricError> {
         let (_, offset, len, _) = key;
-        let fabric = self
-            .fabric
-            .as_ref()
-            .ok_or_else(|| crate::fabric::FabricError {
-                message: "no fabric on this node".into(),
-                dirty: false,
-            })?;
+        let fabric = self.fabric.as_ref().ok_or_else(no_fabric)?;
         let _budget = PullBudget::acquire(&self.pulls, len);
         let dst = self
             .arena
@@ -1127,6 +1115,13 @@ impl Raylet {
         let _ = std::fs::remove_file(self.session.arena_path());
         self.session.remove_sockets();
         std::process::exit(0);
+    }
+}
+
+fn no_fabric() -> crate::fabric::FabricError {
+    crate::fabric::FabricError {
+        message: "no fabric on this node".into(),
+        dirty: false,
     }
 }
 

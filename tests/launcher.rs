@@ -439,17 +439,26 @@ fn test_multinode_suite_on_fabric_local() {
     assert!(t.contains("test result: ok. 17 passed"), "{t}");
 }
 
-/// A bad transport is a clear error before anything starts.
-fn test_launch_bad_transport_is_a_clear_error() {
+/// `rust-ray-launch ARGS -- <this test> app` fails, saying `needle`.
+fn assert_launch_fails(args: &[&str], needle: &str) {
     let mut c = Command::new(launcher());
-    c.args(["--local-nodes", "2", "--transport", "rdma", "--"])
+    c.args(args)
+        .arg("--")
         .arg(me())
         .env("APP_MODE", "app")
         .env("RUSTRAY_RENDEZVOUS_DIR", rdv_dir());
     let out = run_bounded(c, Duration::from_secs(30));
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
-    assert!(t.contains("auto, fabric or tcp"), "{t}");
+    assert!(t.contains(needle), "{t}");
+}
+
+/// A bad transport is a clear error before anything starts.
+fn test_launch_bad_transport_is_a_clear_error() {
+    assert_launch_fails(
+        &["--local-nodes", "2", "--transport", "rdma"],
+        "auto, fabric or tcp",
+    );
 }
 
 // ------------------------------------------------------------------ Slurm
@@ -705,13 +714,18 @@ fn test_mpirun_insitu_local() {
         .arg(target_dir().join("examples/insitu_mpi"))
         .env_remove("SLURM_JOB_ID")
         .env("RUSTRAY_TMPDIR", std::env::temp_dir().join("rustray"));
+    assert_insitu_mpi(
+        c,
+        "world of 4 ranks: gathered 12 results from 4 ranks on 1 nodes",
+    );
+}
+
+/// Runs an examples/insitu_mpi command; it succeeds and rank 0 says `want`.
+fn assert_insitu_mpi(c: Command, want: &str) {
     let out = run_bounded(c, Duration::from_secs(120));
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(
-        t.contains("world of 4 ranks: gathered 12 results from 4 ranks on 1 nodes"),
-        "{t}"
-    );
+    assert!(t.contains(want), "{t}");
 }
 
 /// The same under `srun --mpi=pmix` on 3 Slurm nodes, 2 ranks each: the
@@ -731,12 +745,9 @@ fn test_slurm_mpi_insitu_ranks() {
     .arg(target_dir().join("examples/insitu_mpi"));
     slurm_env(&mut c, "none");
     c.env_remove("APP_MODE");
-    let out = run_bounded(c, Duration::from_secs(120));
-    let t = text(&out);
-    assert!(out.status.success(), "{t}");
-    assert!(
-        t.contains("world of 6 ranks: gathered 18 results from 6 ranks on 3 nodes"),
-        "{t}"
+    assert_insitu_mpi(
+        c,
+        "world of 6 ranks: gathered 18 results from 6 ranks on 3 nodes",
     );
 }
 
@@ -772,17 +783,9 @@ fn test_slurm_mpi_wrong_plugin_is_a_clear_error() {
 
 /// A launcher built without the feature says how to get it.
 fn test_bootstrap_mpi_without_the_feature_is_a_clear_error() {
-    if cfg!(feature = "mpi") {
-        return;
+    if !cfg!(feature = "mpi") {
+        assert_launch_fails(&["--bootstrap", "mpi"], "--features mpi");
     }
-    let mut c = Command::new(launcher());
-    c.args(["--bootstrap", "mpi", "--"])
-        .arg(me())
-        .env("APP_MODE", "app");
-    let out = run_bounded(c, Duration::from_secs(30));
-    let t = text(&out);
-    assert!(!out.status.success(), "{t}");
-    assert!(t.contains("--features mpi"), "{t}");
 }
 
 /// Two jobs on the same nodes at once: each its own cluster.

@@ -169,6 +169,11 @@ fn test_every_copy_freed_when_no_ref_remains() {
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(keep);
+    assert_every_store_empty();
+}
+
+/// Waits (bounded) until every node reports an empty store.
+fn assert_every_store_empty() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let left: Vec<(String, u64)> = rustray::nodes()
@@ -539,31 +544,38 @@ fn test_fabric_transfer_verified() {
     }
 }
 
-/// The node holding an object is killed while another node reads it by
-/// RDMA: the read fails (or completes) within a bound, never hangs, and
-/// the surviving nodes go on moving objects.
-fn test_fabric_source_killed_mid_read() {
+/// A node killed while an object moves between two nodes by RDMA: the
+/// source (the object's node) or the reader. The read fails (or
+/// completes) within a bound, never hangs, and the surviving nodes go on
+/// moving objects. (With `shm`, a reader killed inside the provider can
+/// leave a lock of the source's shared region held: the other nodes'
+/// endpoints then wedge, which they notice and move objects over TCP
+/// instead; the abandoned block stays allocated, so the object is sized to
+/// leave room for a second copy.)
+fn killed_mid_read(kill_source: bool) {
     let nodes = three_nodes_with(Config::new().transport(rustray::Transport::Fabric));
     let (source, reader) = (&nodes[1], &nodes[2]);
-    let (_, source_raylet) = rustray::get(
+    let victim = if kill_source { source } else { reader };
+    let (_, victim_raylet) = rustray::get(
         &where_and_raylet::options()
-            .resource(&pin(source), 0.01)
+            .resource(&pin(victim), 0.01)
             .remote(0u64),
     )
     .expect("probe");
+    let n = 200 << 20;
     let big = make_bytes::options()
         .resource(&pin(source), 0.01)
-        .remote(400 << 20, 3u8);
+        .remote(n, 6u8);
     rustray::wait(&[big.clone()], 1, Some(Duration::from_secs(60))).expect("made");
     let read = checksum::options()
         .resource(&pin(reader), 0.01)
         .max_retries(0)
         .remote(&big);
     std::thread::sleep(Duration::from_millis(30));
-    kill9(source_raylet);
+    kill9(victim_raylet);
     let t0 = std::time::Instant::now();
     match rustray::get_timeout(&read, Duration::from_secs(60)) {
-        Ok((_, len, _)) => assert_eq!(len, 400 << 20),
+        Ok((_, len, _)) => assert_eq!(len, n),
         Err(e) => assert_ne!(e.kind(), ErrorKind::Timeout, "{e}"),
     }
     assert!(
@@ -571,60 +583,37 @@ fn test_fabric_source_killed_mid_read() {
         "took {:?}",
         t0.elapsed()
     );
-    // Node 0 and node 2 still move objects by fabric.
-    let data = pattern(9 << 20, 5);
-    let want = local_checksum(&data);
-    let obj = rustray::put(data).expect("put");
-    let (sum, _, _) = rustray::get(
-        &checksum::options()
-            .resource(&pin(reader), 0.01)
-            .remote(&obj),
-    )
-    .expect("after the loss");
-    assert_eq!(sum, want);
+    if kill_source {
+        // Node 0 and the reader still move objects by fabric.
+        let data = pattern(9 << 20, 5);
+        let want = local_checksum(&data);
+        let obj = rustray::put(data).expect("put");
+        let (sum, _, _) = rustray::get(
+            &checksum::options()
+                .resource(&pin(reader), 0.01)
+                .remote(&obj),
+        )
+        .expect("after the loss");
+        assert_eq!(sum, want);
+    } else {
+        // The source still serves the object, to node 0.
+        let want = local_checksum(&pattern(n, 6));
+        let (sum, len, node) = rustray::get(
+            &checksum::options()
+                .resource(&pin(&nodes[0]), 0.01)
+                .remote(&big),
+        )
+        .expect("the source still serves");
+        assert_eq!((sum, len, node.as_str()), (want, n, nodes[0].name.as_str()));
+    }
 }
 
-/// The reading node is killed while it pulls by RDMA: its task's result
-/// is an error (or arrives), never a hang, and the source node goes on
-/// serving the object to others. (With `shm`, a reader killed inside the
-/// provider can leave a lock of the source's shared region held: the
-/// other nodes' endpoints then wedge, which they notice and move objects
-/// over TCP instead; the abandoned block stays allocated, so the object is
-/// sized to leave room for a second copy.)
+fn test_fabric_source_killed_mid_read() {
+    killed_mid_read(true);
+}
+
 fn test_fabric_reader_killed_mid_read() {
-    let nodes = three_nodes_with(Config::new().transport(rustray::Transport::Fabric));
-    let (source, reader) = (&nodes[1], &nodes[2]);
-    let (_, reader_raylet) = rustray::get(
-        &where_and_raylet::options()
-            .resource(&pin(reader), 0.01)
-            .remote(0u64),
-    )
-    .expect("probe");
-    let big = make_bytes::options()
-        .resource(&pin(source), 0.01)
-        .remote(200 << 20, 6u8);
-    rustray::wait(&[big.clone()], 1, Some(Duration::from_secs(60))).expect("made");
-    let read = checksum::options()
-        .resource(&pin(reader), 0.01)
-        .max_retries(0)
-        .remote(&big);
-    std::thread::sleep(Duration::from_millis(30));
-    kill9(reader_raylet);
-    match rustray::get_timeout(&read, Duration::from_secs(60)) {
-        Ok((_, len, _)) => assert_eq!(len, 200 << 20),
-        Err(e) => assert_ne!(e.kind(), ErrorKind::Timeout, "{e}"),
-    }
-    let want = local_checksum(&pattern(200 << 20, 6));
-    let (sum, len, node) = rustray::get(
-        &checksum::options()
-            .resource(&pin(&nodes[0]), 0.01)
-            .remote(&big),
-    )
-    .expect("the source still serves");
-    assert_eq!(
-        (sum, len, node.as_str()),
-        (want, 200 << 20, nodes[0].name.as_str())
-    );
+    killed_mid_read(false);
 }
 
 /// Pulls racing the free of their object: the driver drops its ref right
@@ -649,23 +638,7 @@ fn test_fabric_pull_racing_free() {
         let (sum, len, _) = rustray::get(&r).expect("read after the driver's free");
         assert_eq!((sum, len), (want, n));
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let left: Vec<(String, u64)> = rustray::nodes()
-            .expect("nodes")
-            .into_iter()
-            .filter(|n| n.store_used > 0)
-            .map(|n| (n.name, n.store_used))
-            .collect();
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "blocks leaked: {left:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_every_store_empty();
 }
 
 /// `--transport fabric` with no provider that can open (here FI_PROVIDER
