@@ -92,7 +92,8 @@ def key(rec):
         where = ", slurm" if extra.get("slurm") else ""
         return f"{rec['scenario']} [{extra['transport']}, {size}{where}]"
     if rec["scenario"] == "raw_fi_read_gb_per_s":
-        return f"{rec['scenario']} [{extra.get('provider', '?')}, {size}]"
+        where = ", slurm" if extra.get("slurm") else ""
+        return f"{rec['scenario']} [{extra.get('provider', '?')}, {size}{where}]"
     return rec["scenario"]
 
 

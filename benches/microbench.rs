@@ -2621,6 +2621,8 @@ struct Args {
     transfer_app: Option<(usize, usize, usize)>,
     /// `--tcp-app <dir> <bytes> <warmups> <reps>`
     tcp_app: Option<(String, usize, usize, usize)>,
+    /// `--raw-fabric-app <dir> <bytes> <warmups> <reps>`
+    raw_fabric_app: Option<(String, usize, usize, usize)>,
 }
 
 /// Parses argv by hand; unknown arguments (cargo's `--bench`, ...) are ignored.
@@ -2635,6 +2637,7 @@ fn parse_args() -> Args {
         start_app: false,
         transfer_app: None,
         tcp_app: None,
+        raw_fabric_app: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -2662,7 +2665,7 @@ fn parse_args() -> Args {
             "--list" => a.list = true,
             "--multinode" => a.multinode = true,
             "--start-app" => a.start_app = true,
-            "--transfer-app" | "--tcp-app" => {
+            "--transfer-app" | "--tcp-app" | "--raw-fabric-app" => {
                 // Positional values: [dir] bytes warmups reps.
                 let num = |i: &mut usize| -> usize {
                     let v = value(i);
@@ -2675,6 +2678,10 @@ fn parse_args() -> Args {
                     let dir = value(&mut i);
                     let (n, w, r) = (num(&mut i), num(&mut i), num(&mut i));
                     a.tcp_app = Some((dir, n, w, r));
+                } else if key == "--raw-fabric-app" {
+                    let dir = value(&mut i);
+                    let (n, w, r) = (num(&mut i), num(&mut i), num(&mut i));
+                    a.raw_fabric_app = Some((dir, n, w, r));
                 } else {
                     let (n, w, r) = (num(&mut i), num(&mut i), num(&mut i));
                     a.transfer_app = Some((n, w, r));
@@ -2732,6 +2739,10 @@ fn main() {
     }
     if let Some((dir, n, w, r)) = &args.tcp_app {
         tcp_app(dir, *n, *w, *r);
+        return;
+    }
+    if let Some((dir, n, w, r)) = &args.raw_fabric_app {
+        fabric::raw_fabric_app(dir, *n, *w, *r);
         return;
     }
     if args.list {
@@ -2881,9 +2892,13 @@ fn main() {
             step("internode_transfer_gb_per_s by transport", &mut || {
                 fabric::sc_transports(args.quick, &raw)
             });
+            let mut raw_slurm = Vec::new();
+            step("raw_fi_read_gb_per_s on Slurm", &mut || {
+                raw_slurm = fabric::sc_raw_slurm(args.quick, w(fabric::RAW))
+            });
             step(
                 "internode_transfer_gb_per_s by transport on Slurm",
-                &mut || fabric::sc_transports_slurm(args.quick),
+                &mut || fabric::sc_transports_slurm(args.quick, &raw_slurm),
             );
         }
     }

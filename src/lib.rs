@@ -92,7 +92,7 @@ pub mod __private {
     pub use crate::cluster::{
         launcher_main, serve_role_if_any, status_report, stop_clusters, Bootstrap, LaunchOptions,
     };
-    pub use crate::fabric::ceiling::raw_fi_read_gb_per_s;
+    pub use crate::fabric::ceiling::{raw_fi_read_gb_per_s, raw_fi_read_slurm_app};
     pub use crate::task::{
         submit_task, ActorClassEntry, ArgReader, ConstructFn, DispatchFn, InvokeFn, RemoteFunction,
         Returns,

@@ -121,7 +121,7 @@ pub(crate) fn sc_transports(quick: bool, raw: &[(usize, String, f64)]) {
 /// internode_transfer_gb_per_s per transport and size between two Slurm
 /// nodes: one `srun -N 2 rust-ray-launch --transport T ... --transfer-app`
 /// step per transport and size (its interleaved TCP copies are not used).
-pub(crate) fn sc_transports_slurm(quick: bool) {
+pub(crate) fn sc_transports_slurm(quick: bool, raw: &[(usize, String, f64)]) {
     match slurm_nodes() {
         Ok(n) if n >= 2 => {}
         Ok(n) => return log(&format!("{INTERNODE} on Slurm skipped: {n} node(s)")),
@@ -177,6 +177,10 @@ pub(crate) fn sc_transports_slurm(quick: bool) {
                 .unwrap_or("none")
                 .to_string();
             let med = median(&rates);
+            let mut extra: Vec<(&str, J)> = Vec::new();
+            if let Some((_, _, c)) = raw.iter().find(|(s, p, _)| *s == n && *p == provider) {
+                extra.push(("vs_raw_fi_read", rnd(med / c, 3).into()));
+            }
             emit(
                 INTERNODE,
                 "GB/s",
@@ -196,8 +200,99 @@ pub(crate) fn sc_transports_slurm(quick: bool) {
                          faster than the built-in path here; on RDMA hardware the order flips"
                             .into(),
                     ),
-                ],
+                ]
+                .into_iter()
+                .chain(extra)
+                .collect(),
             );
         }
     }
+}
+
+/// `--raw-fabric-app`: both ranks of `srun -N 2`; rank 0 prints its samples.
+pub(crate) fn raw_fabric_app(dir: &str, n: usize, w: usize, r: usize) {
+    match rustray::__private::raw_fi_read_slurm_app(std::path::Path::new(dir), n, w, r) {
+        Ok((provider, rates)) => {
+            if !rates.is_empty() {
+                println!("raw-fabric-app provider {provider}");
+                for g in rates {
+                    println!("raw-fabric-app rate {g}");
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("raw-fabric-app: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// raw_fi_read_gb_per_s between two Slurm nodes, per size.
+pub(crate) fn sc_raw_slurm(quick: bool, emit_rows: bool) -> Vec<(usize, String, f64)> {
+    let mut out = Vec::new();
+    if !matches!(slurm_nodes(), Ok(n) if n >= 2) {
+        log(&format!("{RAW} on Slurm skipped: no Slurm with 2 nodes"));
+        return out;
+    }
+    let me = std::env::current_exe().expect("current_exe");
+    for n in sizes(quick) {
+        let (w, r) = reps_for(quick, n);
+        let dir =
+            std::env::temp_dir().join(format!("rustray-bench-raw-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("raw dir");
+        let mut cmd = std::process::Command::new("srun");
+        cmd.args(["-N", "2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"])
+            .arg(&me)
+            .arg("--raw-fabric-app")
+            .arg(&dir)
+            .arg(n.to_string())
+            .arg(w.to_string())
+            .arg(r.to_string());
+        let res = run_bounded(&mut cmd, SRUN_TRANSFER_TIMEOUT);
+        let _ = std::fs::remove_dir_all(&dir);
+        let Ok((st, stdout, err, wall)) = res else {
+            log(&format!("{RAW} on Slurm: srun cannot run"));
+            return out;
+        };
+        let provider = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("raw-fabric-app provider "))
+            .unwrap_or("?")
+            .to_string();
+        let rates: Vec<f64> = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("raw-fabric-app rate "))
+            .filter_map(|v| v.trim().parse().ok())
+            .collect();
+        if !st.is_some_and(|s| s.success()) || rates.len() != r {
+            log(&format!(
+                "{RAW} on Slurm ({n} bytes) failed after {wall:.1}s:\n{stdout}\n{err}"
+            ));
+            continue;
+        }
+        let med = median(&rates);
+        if emit_rows {
+            emit(
+                RAW,
+                "GB/s",
+                med,
+                n,
+                rates.len(),
+                vec![
+                    ("samples", rnd_all(&rates, 3).into()),
+                    ("provider", provider.as_str().into()),
+                    ("slurm", true.into()),
+                    (
+                        "what",
+                        "bare fi_read loop between the two ranks of srun -N 2 (emulated \
+                         nodes), the data plane's chunk size and reads in flight"
+                            .into(),
+                    ),
+                ],
+            );
+        }
+        out.push((n, provider, med));
+    }
+    out
 }

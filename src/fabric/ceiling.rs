@@ -134,3 +134,79 @@ pub fn raw_fi_read_gb_per_s(
     let _ = child.wait();
     result
 }
+
+/// The same ceiling between the two ranks of an `srun -N 2` step (one per
+/// node), through a network provider: rank 1 registers a buffer and
+/// publishes its address in `dir` (a directory both nodes see), then
+/// drives progress until rank 0, which reads it `warmup + reps` times,
+/// leaves a `done` file. Rank 0 returns the provider and the GB/s of each
+/// timed read; rank 1 returns an empty list.
+pub fn raw_fi_read_slurm_app(
+    dir: &std::path::Path,
+    bytes: usize,
+    warmup: usize,
+    reps: usize,
+) -> Result<(String, Vec<f64>), String> {
+    let rank: u32 = std::env::var("SLURM_PROCID")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or("SLURM_PROCID is not set: run under srun -N 2")?;
+    let ip = crate::slurm::node_ip().map_err(|e| e.to_string())?;
+    let f = std::sync::Arc::new(open(false, ip)?);
+    let region = leaked_region(bytes)?;
+    let (addr_file, done_file) = (dir.join("addr"), dir.join("done"));
+    let bound = Instant::now() + Duration::from_secs(240);
+    if rank == 1 {
+        for (i, b) in region.iter_mut().enumerate() {
+            *b = (i / 4096) as u8;
+        }
+        // SAFETY: the region is leaked: mapped for the process's life.
+        let addr = unsafe { f.register(region.as_mut_ptr(), bytes) }.map_err(|e| e.to_string())?;
+        let enc = crate::codec::encode(&addr).map_err(|e| e.to_string())?;
+        let tmp = dir.join("addr.tmp");
+        std::fs::write(&tmp, &enc).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &addr_file).map_err(|e| e.to_string())?;
+        let p = f.clone();
+        std::thread::spawn(move || p.progress());
+        while !done_file.exists() {
+            if Instant::now() > bound {
+                return Err("rank 0 never finished".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        f.close();
+        return Ok((f.provider.clone(), Vec::new()));
+    }
+    let raw = loop {
+        match std::fs::read(&addr_file) {
+            Ok(b) => break b,
+            Err(_) if Instant::now() < bound => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("rank 1 never published its address: {e}")),
+        }
+    };
+    let addr: FabricAddr =
+        crate::codec::decode(&raw, "fabric address").map_err(|e| e.to_string())?;
+    // SAFETY: the region is leaked: mapped for the process's life.
+    unsafe { f.register(region.as_mut_ptr(), bytes) }.map_err(|e| e.to_string())?;
+    let mut rates = Vec::new();
+    let result = (|| {
+        for i in 0..warmup + reps {
+            let t = Instant::now();
+            f.read(&addr, "rank 1", 0, region, Duration::from_secs(60), &|| {
+                false
+            })
+            .map_err(|e| e.to_string())?;
+            let dt = t.elapsed().as_secs_f64();
+            if region[bytes - 1] != ((bytes - 1) / 4096) as u8 {
+                return Err("the bytes read are wrong".to_string());
+            }
+            if i >= warmup {
+                rates.push(bytes as f64 / 1e9 / dt);
+            }
+        }
+        Ok(())
+    })();
+    let _ = std::fs::write(&done_file, b"done");
+    f.close();
+    result.map(|()| (f.provider.clone(), rates))
+}
