@@ -925,22 +925,36 @@ impl Fabric {
         if !self.manual_progress {
             return;
         }
-        // Busy right after activity, then backing off to a millisecond:
-        // a peer's read waits at most that long to start, and an idle node
-        // costs nothing.
-        let mut idle = Duration::from_micros(0);
+        // A remote read of this node's arena completes nothing here, so
+        // activity is read from the time a poll takes: an idle poll returns
+        // in a microsecond or so, one that served a peer (sent its bytes)
+        // takes longer. Busy (yielding) while peers are served, then
+        // backing off to a millisecond: a peer's read waits at most that
+        // long to start, and an idle node costs next to nothing.
+        let poll_once = || {
+            let t = Instant::now();
+            let n = {
+                let mut raw = self.lock();
+                self.poll(&mut raw)
+            };
+            (n, t.elapsed())
+        };
+        let mut idle_polls: Vec<Duration> = (0..32).map(|_| poll_once().1).collect();
+        idle_polls.sort();
+        let busy_above = idle_polls[idle_polls.len() / 2] * 4 + Duration::from_micros(2);
+        let mut idle = Duration::ZERO;
         loop {
             let since_reader = self
                 .epoch
                 .elapsed()
                 .as_nanos()
                 .saturating_sub(self.last_poll.load(Ordering::Relaxed) as u128);
+            // Readers on this node poll as they go; stay out of their way.
             if since_reader > 1_000_000 {
-                let n = {
-                    let mut raw = self.lock();
-                    self.poll(&mut raw)
-                };
-                let _ = n;
+                let (n, took) = poll_once();
+                if n > 0 || took > busy_above {
+                    idle = Duration::ZERO;
+                }
             }
             if idle.is_zero() {
                 std::thread::yield_now();
