@@ -48,8 +48,11 @@ BENCH_OUT ?= target/bench-rustray.jsonl
 RAY_BENCH_OUT ?= target/bench-ray.jsonl
 bench bench-ray: SHELL := /bin/bash
 
+# The launcher gets the MPI bootstrap where an MPI library is installed
+# (for cluster_start_slurm_3node_mpi_s).
+BENCH_LAUNCH_FEATURES ?= $(if $(shell command -v mpicc),--features mpi)
 bench:
-	$(CARGO) build --release -p rust-ray-launch
+	$(CARGO) build --release -p rust-ray-launch $(BENCH_LAUNCH_FEATURES)
 	@mkdir -p $(dir $(BENCH_OUT))
 	set -o pipefail; $(CARGO) bench --bench microbench -- $(BENCH_ARGS) $(BENCH_MULTINODE) | tee $(BENCH_OUT)
 

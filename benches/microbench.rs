@@ -97,6 +97,7 @@ const SCENARIOS: &[&str] = &[
     "internode_transfer_gb_per_s",
     "spill_throughput_per_s",
     "cluster_start_slurm_3node_s",
+    START_SLURM_MPI,
     "tcp_copy_slurm_gb_per_s",
     "internode_transfer_slurm_gb_per_s",
     // The data plane: the raw fi_read ceiling (internode_transfer_gb_per_s
@@ -104,6 +105,8 @@ const SCENARIOS: &[&str] = &[
     fabric::RAW,
 ];
 const INTERNODE: &str = "internode_transfer_gb_per_s";
+/// cluster_start_slurm_3node_s through the MPI bootstrap.
+const START_SLURM_MPI: &str = "cluster_start_slurm_3node_mpi_s";
 /// internode_transfer_gb_per_s on 2 Slurm nodes (`srun -N 2 rust-ray-launch
 /// -- <this binary> --transfer-app ...`) and its reference.
 const INTERNODE_SLURM: &str = "internode_transfer_slurm_gb_per_s";
@@ -116,6 +119,7 @@ const MULTINODE: &[&str] = &[
     INTERNODE,
     "spill_throughput_per_s",
     "cluster_start_slurm_3node_s",
+    START_SLURM_MPI,
     TCP_SLURM,
     INTERNODE_SLURM,
     fabric::RAW,
@@ -1991,42 +1995,59 @@ fn find_launcher() -> Option<std::path::PathBuf> {
 /// directory is the launcher's default ($RUSTRAY_RENDEZVOUS_DIR, else
 /// $HOME/.rustray/jobs: shared by the nodes); on a busy cluster the time
 /// includes waiting for the allocation.
-fn sc_cluster_start_slurm(c: &Sizes) {
-    const NAME: &str = "cluster_start_slurm_3node_s";
+/// With `mpi`, the same start through MPI (`srun --mpi=pmix ...
+/// rust-ray-launch --bootstrap mpi`: MPI_Init and collectives instead of
+/// the rendezvous file), as cluster_start_slurm_3node_mpi_s; skipped with
+/// a note when the launcher was built without the `mpi` feature.
+fn sc_cluster_start_slurm(c: &Sizes, mpi: bool) {
+    let name = if mpi {
+        START_SLURM_MPI
+    } else {
+        "cluster_start_slurm_3node_s"
+    };
     let n = match slurm_nodes() {
         Ok(n) => n,
         Err(why) => {
-            log(&format!("{NAME} skipped: no Slurm ({why})"));
+            log(&format!("{name} skipped: no Slurm ({why})"));
             return;
         }
     };
     if n < 3 {
-        log(&format!("{NAME} skipped: sinfo lists {n} node(s), need 3"));
+        log(&format!("{name} skipped: sinfo lists {n} node(s), need 3"));
         return;
     }
     let Some(launcher) = find_launcher() else {
         log(&format!(
-            "{NAME} skipped: rust-ray-launch not found (build it: cargo build --release \
+            "{name} skipped: rust-ray-launch not found (build it: cargo build --release \
              -p rust-ray-launch, or set RUSTRAY_LAUNCHER)"
         ));
         return;
     };
-    let me = std::env::current_exe().expect("cluster_start_slurm_3node_s: current_exe");
+    let me = std::env::current_exe().expect("current_exe");
     let (mut samples, mut inner) = (Vec::new(), Vec::new());
     for _ in 0..c.start_reps {
         let mut cmd = std::process::Command::new("srun");
-        cmd.args(["-N", "3", "--ntasks-per-node=1", "--kill-on-bad-exit=1"])
-            .arg(&launcher)
-            .arg("--")
-            .arg(&me)
-            .arg("--start-app");
-        let (st, out, err, dt) =
-            run_bounded(&mut cmd, SRUN_TIMEOUT).expect("cluster_start_slurm_3node_s: srun runs");
+        cmd.args(["-N", "3", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]);
+        if mpi {
+            cmd.arg("--mpi=pmix");
+        }
+        cmd.arg(&launcher);
+        if mpi {
+            cmd.args(["--bootstrap", "mpi"]);
+        }
+        cmd.arg("--").arg(&me).arg("--start-app");
+        let (st, out, err, dt) = run_bounded(&mut cmd, SRUN_TIMEOUT).expect("srun runs");
         let ok = st.is_some_and(|s| s.success());
         let line = out.lines().find(|l| l.starts_with("start-app ok"));
+        if mpi && !ok && err.contains("--features mpi") {
+            log(&format!(
+                "{name} skipped: rust-ray-launch was built without the mpi feature"
+            ));
+            return;
+        }
         if !ok || line.is_none() {
             panic!(
-                "cluster_start_slurm_3node_s: srun failed (status {st:?}, after {dt:.1}s)\n\
+                "{name}: srun failed (status {st:?}, after {dt:.1}s)\n\
                  --- stdout\n{out}--- stderr\n{err}"
             );
         }
@@ -2037,10 +2058,7 @@ fn sc_cluster_start_slurm(c: &Sizes) {
                 .map(str::to_string)
         };
         let nodes: usize = field("nodes=").and_then(|v| v.parse().ok()).unwrap_or(0);
-        assert_eq!(
-            nodes, 3,
-            "cluster_start_slurm_3node_s: the app saw {nodes} nodes: {line}"
-        );
+        assert_eq!(nodes, 3, "{name}: the app saw {nodes} nodes: {line}");
         if let Some(t) = field("init_task_s=").and_then(|v| v.parse::<f64>().ok()) {
             inner.push(t);
         }
@@ -2048,7 +2066,7 @@ fn sc_cluster_start_slurm(c: &Sizes) {
         std::thread::sleep(Duration::from_secs(1));
     }
     emit(
-        NAME,
+        name,
         "s",
         median(&samples),
         1,
@@ -2065,6 +2083,15 @@ fn sc_cluster_start_slurm(c: &Sizes) {
                  end to end (until srun exits); driver_init_task_s = init + first task \
                  inside the driver"
                     .into(),
+            ),
+            (
+                "bootstrap",
+                if mpi {
+                    "mpi: srun --mpi=pmix, rust-ray-launch --bootstrap mpi (MPI_Init, allgather, broadcast)"
+                } else {
+                    "slurm: rendezvous file"
+                }
+                .into(),
             ),
         ],
     );
@@ -2904,8 +2931,11 @@ fn main() {
     }
     if w("cluster_start_slurm_3node_s") {
         step("cluster_start_slurm_3node_s", &mut || {
-            sc_cluster_start_slurm(&c)
+            sc_cluster_start_slurm(&c, false)
         });
+    }
+    if w(START_SLURM_MPI) {
+        step(START_SLURM_MPI, &mut || sc_cluster_start_slurm(&c, true));
     }
     if w(INTERNODE_SLURM) || w(TCP_SLURM) {
         step(INTERNODE_SLURM, &mut || {

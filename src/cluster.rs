@@ -168,6 +168,7 @@ impl LocalCluster {
         for s in &self.sessions {
             s.remove_sockets();
             let _ = std::fs::remove_file(s.arena_path());
+            s.remove_fabric_files();
         }
     }
 }
@@ -390,6 +391,9 @@ fn launch_slurm(
             .map_err(|e| Error::io("waiting for the raylet", e))?;
         use std::os::unix::process::ExitStatusExt;
         if let Some(sig) = status.signal() {
+            // A killed raylet could not remove its shared memory.
+            let _ = std::fs::remove_file(s.arena_path());
+            s.remove_fabric_files();
             // The node was lost mid-job (killed, OOM): the GCS has noticed
             // and the cluster carries on without it, so this rank must not
             // fail the step (srun --kill-on-bad-exit would end every node).

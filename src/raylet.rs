@@ -228,6 +228,7 @@ fn open_fabric(
         forced,
         single_host,
         ip: session.ip,
+        name: Some(session.fabric_name()),
     };
     let fail = |e: crate::fabric::FabricError| {
         Error::unavailable(format!(
@@ -1113,6 +1114,7 @@ impl Raylet {
             f.close();
         }
         let _ = std::fs::remove_file(self.session.arena_path());
+        self.session.remove_fabric_files();
         self.session.remove_sockets();
         std::process::exit(0);
     }

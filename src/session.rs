@@ -287,6 +287,33 @@ impl Session {
         crate::object_store::arena_path(&self.cluster, &self.node)
     }
 
+    /// The node's fabric endpoint name, for providers that name endpoints
+    /// by string (see `fabric::OpenOptions::name`).
+    pub(crate) fn fabric_name(&self) -> String {
+        format!("rustray-{}-{}-ep", self.cluster, self.node)
+    }
+
+    /// Removes what a shared-memory provider keeps under the endpoint's
+    /// name (`/dev/shm/<name>`, with the provider's own suffixes): a
+    /// raylet killed with SIGKILL, or one whose endpoint got stuck, cannot
+    /// close it, so the cluster's cleanup removes it with the arena.
+    pub(crate) fn remove_fabric_files(&self) {
+        let name = self.fabric_name();
+        let Ok(rd) = std::fs::read_dir("/dev/shm") else {
+            return;
+        };
+        for e in rd.flatten() {
+            let f = e.file_name();
+            let f = f.to_string_lossy();
+            if f == name
+                || f.strip_prefix(name.as_str())
+                    .is_some_and(|r| r.starts_with(':'))
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
     pub(crate) fn log_dir(&self) -> PathBuf {
         self.dir.join("logs")
     }

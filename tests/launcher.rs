@@ -430,11 +430,26 @@ fn test_core_suite_on_local_nodes() {
 /// The whole multi-node suite with objects moved by libfabric (`shm`
 /// between local nodes), as `RUSTRAY_TRANSPORT=fabric` asks.
 fn test_multinode_suite_on_fabric_local() {
+    // The provider's shared-memory files of the endpoints, left by nobody:
+    // not by the raylets the suite kills, nor by stuck endpoints.
+    let endpoints = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir("/dev/shm")
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("rustray-") && n.contains("-ep"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = endpoints();
     let mut c = Command::new(test_binary("multinode"));
     c.env("RUSTRAY_TRANSPORT", "fabric");
     let out = run_bounded(c, Duration::from_secs(300));
     let t = text(&out);
     assert!(out.status.success(), "{t}");
+    let left: Vec<String> = endpoints().difference(&before).cloned().collect();
+    assert!(left.is_empty(), "endpoint files left in /dev/shm: {left:?}");
     assert!(t.contains("transport: fabric (shm)"), "{t}");
     assert!(t.contains("test result: ok. 17 passed"), "{t}");
 }

@@ -34,6 +34,7 @@ fn open(single_host: bool, ip: IpAddr) -> Result<Fabric, String> {
         forced: true,
         single_host,
         ip,
+        name: None,
     })
     .map_err(|e| e.to_string())?
 }

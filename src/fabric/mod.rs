@@ -155,6 +155,12 @@ pub(crate) struct OpenOptions {
     pub(crate) single_host: bool,
     /// The address this node advertises: network providers bind to it.
     pub(crate) ip: IpAddr,
+    /// The endpoint's name for providers that address by string (shared
+    /// memory names its files after it): unique to the cluster and node,
+    /// so that no name left by a killed process (names default to the
+    /// pid, and pids are reused) collides, and the cluster's cleanup
+    /// knows it. None: the provider's default.
+    pub(crate) name: Option<String>,
 }
 
 /// Bytes per read: large enough to amortise a request, small enough that
@@ -290,6 +296,12 @@ impl Fabric {
         drop(list);
         if info.is_null() {
             return Err(err("fi_dupinfo failed (out of memory)"));
+        }
+        if let Some(name) = &opts.name {
+            // SAFETY: `info` is our own copy; its src_addr is a malloc'd
+            // string when addr_format is FI_ADDR_STR, replaced by another
+            // malloc'd string that fi_freeinfo frees the same way.
+            unsafe { rename_str_addr(info, name) };
         }
         Self::open_info(lib, info, provider, why)
     }
@@ -1013,6 +1025,34 @@ fn op_of(raw: &Raw, ctx: *mut c_void) -> Option<u64> {
         .iter()
         .find(|(_, c)| c.as_ptr() as *mut c_void == ctx)
         .map(|(op, _)| *op)
+}
+
+/// Gives a string-addressed endpoint the name `name`, keeping the
+/// provider's scheme (`<scheme>://<name>`).
+///
+/// # Safety
+/// `info` must be a valid fi_info owned by the caller (from fi_dupinfo).
+unsafe fn rename_str_addr(info: *mut sys::fi_info, name: &str) {
+    // SAFETY: the caller's contract; the string is NUL-terminated when set.
+    unsafe {
+        if (*info).addr_format != sys::FI_ADDR_STR || (*info).src_addr.is_null() {
+            return;
+        }
+        let old = cstr((*info).src_addr.cast());
+        let Some(scheme_end) = old.find("://") else {
+            return;
+        };
+        let Ok(new) = std::ffi::CString::new(format!("{}{name}", &old[..scheme_end + 3])) else {
+            return;
+        };
+        let copy = libc::strdup(new.as_ptr());
+        if copy.is_null() {
+            return;
+        }
+        libc::free((*info).src_addr);
+        (*info).src_addr = copy.cast();
+        (*info).src_addrlen = new.as_bytes_with_nul().len();
+    }
 }
 
 /// A live fi_getinfo result, freed on drop.

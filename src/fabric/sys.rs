@@ -74,6 +74,7 @@ pub(crate) const FI_AV_TABLE: c_int = 2;
 pub(crate) const FI_WAIT_NONE: c_int = 0;
 pub(crate) const FI_CQ_FORMAT_CONTEXT: c_int = 1;
 pub(crate) const FI_ENABLE: c_int = 6;
+pub(crate) const FI_ADDR_STR: u32 = 9;
 
 // Errors (fi_errno.h): positive here, returned negated.
 pub(crate) const FI_EAGAIN: c_int = libc::EAGAIN;

@@ -22,6 +22,7 @@ fn open(single_host: bool) -> Option<Arc<Fabric>> {
         forced: true,
         single_host,
         ip: "127.0.0.1".parse().unwrap(),
+        name: None,
     })
     .expect("open")
     .expect("forced open gives a fabric");
@@ -350,6 +351,7 @@ fn fabric_abi_matches_the_headers() {
         ("FI_WAIT_NONE", sys::FI_WAIT_NONE as i128),
         ("FI_CQ_FORMAT_CONTEXT", sys::FI_CQ_FORMAT_CONTEXT as i128),
         ("FI_ENABLE", sys::FI_ENABLE as i128),
+        ("FI_ADDR_STR", sys::FI_ADDR_STR as i128),
         ("FI_EAVAIL", sys::FI_EAVAIL as i128),
         ("FI_ETOOSMALL", sys::FI_ETOOSMALL as i128),
         ("FI_EAGAIN", sys::FI_EAGAIN as i128),
