@@ -144,7 +144,7 @@ struct Raylet {
     state: Mutex<State>,
     next_client: AtomicU64,
     env: String,
-    arena: Arena,
+    arena: Arc<Arena>,
     pulls: PullBudget,
     /// The node's fabric endpoint, when objects move by RDMA.
     fabric: Option<Arc<crate::fabric::Fabric>>,
@@ -205,7 +205,7 @@ fn raise_fd_limit() {
 /// the node uses and why. None: the built-in TCP path.
 fn open_fabric(
     session: &Session,
-    arena: &Arena,
+    arena: &Arc<Arena>,
 ) -> Result<Option<(Arc<crate::fabric::Fabric>, crate::fabric::FabricAddr)>> {
     use crate::fabric::{Fabric, OpenOptions, Transport};
     let choice = session.config.transport_choice()?;
@@ -240,10 +240,7 @@ fn open_fabric(
         Ok(f) => Arc::new(f),
         Err(why) => return tcp(&format!("auto: {why}")),
     };
-    // SAFETY: the arena stays mapped for the raylet's life (it is dropped
-    // only when the process exits), which outlives the fabric it is
-    // registered with.
-    let addr = unsafe { fabric.register(arena.base_ptr(), arena.len()) }.map_err(fail)?;
+    let addr = fabric.register_arena(arena.clone()).map_err(fail)?;
     if fabric.manual_progress() {
         let f = fabric.clone();
         std::thread::Builder::new()
@@ -274,7 +271,7 @@ fn run(session: Session) -> Result<()> {
     raise_fd_limit();
     let resources = session.config.node_resources()?;
     let store_bytes = session.config.store_bytes()?;
-    let arena = Arena::create(&session.arena_path(), store_bytes)?;
+    let arena = Arc::new(Arena::create(&session.arena_path(), store_bytes)?);
     let cpus = resources.get(crate::scheduler::CPU).ceil().max(1.0) as usize;
     let mut leases = LeaseManager::new(resources.clone(), cpus.max(2), cpus.max(2));
     leases.set_node(session.node_index);

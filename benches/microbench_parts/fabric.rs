@@ -39,24 +39,7 @@ pub(crate) fn sc_raw(quick: bool, emit_rows: bool) -> Vec<(usize, String, f64)> 
             Ok((provider, rates)) => {
                 let med = median(&rates);
                 if emit_rows {
-                    emit(
-                        RAW,
-                        "GB/s",
-                        med,
-                        n,
-                        rates.len(),
-                        vec![
-                            ("samples", rnd_all(&rates, 3).into()),
-                            ("provider", provider.as_str().into()),
-                            (
-                                "what",
-                                "bare fi_read loop between two processes on this host, the \
-                                 data plane's chunk size and reads in flight, destination \
-                                 buffer warm"
-                                    .into(),
-                            ),
-                        ],
-                    );
+                    emit_raw(n, &provider, &rates, false);
                 }
                 out.push((n, provider, med));
             }
@@ -273,26 +256,29 @@ pub(crate) fn sc_raw_slurm(quick: bool, emit_rows: bool) -> Vec<(usize, String, 
         }
         let med = median(&rates);
         if emit_rows {
-            emit(
-                RAW,
-                "GB/s",
-                med,
-                n,
-                rates.len(),
-                vec![
-                    ("samples", rnd_all(&rates, 3).into()),
-                    ("provider", provider.as_str().into()),
-                    ("slurm", true.into()),
-                    (
-                        "what",
-                        "bare fi_read loop between the two ranks of srun -N 2 (emulated \
-                         nodes), the data plane's chunk size and reads in flight"
-                            .into(),
-                    ),
-                ],
-            );
+            emit_raw(n, &provider, &rates, true);
         }
         out.push((n, provider, med));
     }
     out
+}
+
+/// One raw_fi_read_gb_per_s row.
+fn emit_raw(n: usize, provider: &str, rates: &[f64], slurm: bool) {
+    let what = if slurm {
+        "bare fi_read loop between the two ranks of srun -N 2 (emulated nodes), the data \
+         plane's chunk size and reads in flight"
+    } else {
+        "bare fi_read loop between two processes on this host, the data plane's chunk size \
+         and reads in flight, destination buffer warm"
+    };
+    let mut extra: Vec<(&str, J)> = vec![
+        ("samples", rnd_all(rates, 3).into()),
+        ("provider", provider.into()),
+    ];
+    if slurm {
+        extra.push(("slurm", true.into()));
+    }
+    extra.push(("what", what.into()));
+    emit(RAW, "GB/s", median(rates), n, rates.len(), extra);
 }

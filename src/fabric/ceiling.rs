@@ -15,18 +15,10 @@ use std::time::{Duration, Instant};
 /// Set in the peer process: `<bytes>,<single_host 0|1>,<ip>`.
 pub(crate) const ENV_PEER: &str = "RUSTRAY_FABRIC_PEER";
 
-/// A page-aligned buffer that is never freed: registered memory must
-/// outlive its fabric, which lives as long as the process.
-fn leaked_region(len: usize) -> Result<&'static mut [u8], String> {
-    let layout =
-        std::alloc::Layout::from_size_align(len.max(1), 4096).map_err(|e| e.to_string())?;
-    // SAFETY: a non-zero size; the allocation is checked and never freed.
-    let p = unsafe { std::alloc::alloc_zeroed(layout) };
-    if p.is_null() {
-        return Err(format!("cannot allocate {len} bytes"));
-    }
-    // SAFETY: `p` is a fresh allocation of `len` bytes, owned by no one else.
-    Ok(unsafe { std::slice::from_raw_parts_mut(p, len) })
+/// A buffer that is never freed: registered memory must outlive its
+/// fabric, which lives as long as the process.
+fn leaked_region(len: usize) -> &'static mut [u8] {
+    Box::leak(vec![0u8; len.max(1)].into_boxed_slice())
 }
 
 fn open(single_host: bool, ip: IpAddr) -> Result<Fabric, String> {
@@ -51,12 +43,11 @@ pub(crate) fn peer_main(spec: &str) -> ! {
         let single_host = it.next() == Some("1");
         let ip: IpAddr = it.next().and_then(|v| v.parse().ok()).ok_or("bad ip")?;
         let f = std::sync::Arc::new(open(single_host, ip)?);
-        let region = leaked_region(bytes)?;
+        let region = leaked_region(bytes);
         for (i, b) in region.iter_mut().enumerate() {
             *b = (i / 4096) as u8;
         }
-        // SAFETY: the region is leaked: mapped for the process's life.
-        let addr = unsafe { f.register(region.as_mut_ptr(), bytes) }.map_err(|e| e.to_string())?;
+        let (addr, _) = f.register_static(region).map_err(|e| e.to_string())?;
         let line = crate::codec::encode(&addr).map_err(|e| e.to_string())?;
         let hex: String = line.iter().map(|b| format!("{b:02x}")).collect();
         println!("{hex}");
@@ -105,29 +96,9 @@ pub fn raw_fi_read_gb_per_s(
         let addr: FabricAddr =
             crate::codec::decode(&raw, "fabric address").map_err(|e| e.to_string())?;
         let f = open(single_host, ip)?;
-        let region = leaked_region(bytes)?;
-        // SAFETY: the region is leaked: mapped for the process's life.
-        unsafe { f.register(region.as_mut_ptr(), bytes) }.map_err(|e| e.to_string())?;
-        let mut rates = Vec::new();
-        for i in 0..warmup + reps {
-            let t = Instant::now();
-            f.read(
-                &addr,
-                "the peer",
-                0,
-                region,
-                Duration::from_secs(60),
-                &|| false,
-            )
-            .map_err(|e| e.to_string())?;
-            let dt = t.elapsed().as_secs_f64();
-            if region[bytes - 1] != ((bytes - 1) / 4096) as u8 {
-                return Err("the bytes read are wrong".into());
-            }
-            if i >= warmup {
-                rates.push(bytes as f64 / 1e9 / dt);
-            }
-        }
+        let region = leaked_region(bytes);
+        let (_, region) = f.register_static(region).map_err(|e| e.to_string())?;
+        let rates = timed_reads(&f, &addr, "the peer", region, warmup, reps)?;
         f.close();
         Ok((f.provider.clone(), rates))
     })();
@@ -154,15 +125,14 @@ pub fn raw_fi_read_slurm_app(
         .ok_or("SLURM_PROCID is not set: run under srun -N 2")?;
     let ip = crate::slurm::node_ip().map_err(|e| e.to_string())?;
     let f = std::sync::Arc::new(open(false, ip)?);
-    let region = leaked_region(bytes)?;
+    let region = leaked_region(bytes);
     let (addr_file, done_file) = (dir.join("addr"), dir.join("done"));
     let bound = Instant::now() + Duration::from_secs(240);
     if rank == 1 {
         for (i, b) in region.iter_mut().enumerate() {
             *b = (i / 4096) as u8;
         }
-        // SAFETY: the region is leaked: mapped for the process's life.
-        let addr = unsafe { f.register(region.as_mut_ptr(), bytes) }.map_err(|e| e.to_string())?;
+        let (addr, _) = f.register_static(region).map_err(|e| e.to_string())?;
         let enc = crate::codec::encode(&addr).map_err(|e| e.to_string())?;
         let tmp = dir.join("addr.tmp");
         std::fs::write(&tmp, &enc).map_err(|e| e.to_string())?;
@@ -187,27 +157,36 @@ pub fn raw_fi_read_slurm_app(
     };
     let addr: FabricAddr =
         crate::codec::decode(&raw, "fabric address").map_err(|e| e.to_string())?;
-    // SAFETY: the region is leaked: mapped for the process's life.
-    unsafe { f.register(region.as_mut_ptr(), bytes) }.map_err(|e| e.to_string())?;
-    let mut rates = Vec::new();
-    let result = (|| {
-        for i in 0..warmup + reps {
-            let t = Instant::now();
-            f.read(&addr, "rank 1", 0, region, Duration::from_secs(60), &|| {
-                false
-            })
-            .map_err(|e| e.to_string())?;
-            let dt = t.elapsed().as_secs_f64();
-            if region[bytes - 1] != ((bytes - 1) / 4096) as u8 {
-                return Err("the bytes read are wrong".to_string());
-            }
-            if i >= warmup {
-                rates.push(bytes as f64 / 1e9 / dt);
-            }
-        }
-        Ok(())
-    })();
+    let (_, region) = f.register_static(region).map_err(|e| e.to_string())?;
+    let result = timed_reads(&f, &addr, "rank 1", region, warmup, reps);
     let _ = std::fs::write(&done_file, b"done");
     f.close();
-    result.map(|()| (f.provider.clone(), rates))
+    result.map(|rates| (f.provider.clone(), rates))
+}
+
+/// Reads the whole of `region` from `peer` `warmup + reps` times, checking
+/// the last byte of the peer's pattern; the GB/s of each timed read.
+fn timed_reads(
+    f: &Fabric,
+    peer: &FabricAddr,
+    label: &str,
+    region: &mut [u8],
+    warmup: usize,
+    reps: usize,
+) -> Result<Vec<f64>, String> {
+    let bytes = region.len();
+    let mut rates = Vec::new();
+    for i in 0..warmup + reps {
+        let t = Instant::now();
+        f.read(peer, label, 0, region, Duration::from_secs(60), &|| false)
+            .map_err(|e| e.to_string())?;
+        let dt = t.elapsed().as_secs_f64();
+        if region[bytes - 1] != ((bytes - 1) / 4096) as u8 {
+            return Err("the bytes read are wrong".into());
+        }
+        if i >= warmup {
+            rates.push(bytes as f64 / 1e9 / dt);
+        }
+    }
+    Ok(rates)
 }

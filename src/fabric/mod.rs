@@ -185,6 +185,8 @@ pub(crate) struct Fabric {
     max_msg: usize,
     depth: usize,
     name: Vec<u8>,
+    /// What keeps the registered arena mapped (see `register_arena`).
+    keep: Mutex<Option<std::sync::Arc<crate::object_store::Arena>>>,
     /// The registered local region, (start address, length), once registered.
     region: Mutex<Option<(usize, usize, usize)>>,
     /// Source of operation ids (the context of each posted read).
@@ -453,6 +455,7 @@ impl Fabric {
             max_msg,
             depth,
             name,
+            keep: Mutex::new(None),
             region: Mutex::new(None),
             next_op: AtomicU64::new(1),
             last_poll: AtomicU64::new(0),
@@ -483,18 +486,37 @@ impl Fabric {
                 > limit.as_nanos() as u64
     }
 
-    /// Registers `len` bytes at `ptr` (the node's arena) for remote reads
-    /// by peers and as the destination of this node's reads; returns what
-    /// the node publishes. Once per fabric.
+    /// Registers the node's arena for remote reads by peers and as the
+    /// destination of this node's reads; returns what the node publishes.
+    /// Once per fabric. The fabric keeps the arena mapped for as long as
+    /// it exists: peers read it at any time, without asking.
+    pub(crate) fn register_arena(
+        &self,
+        arena: std::sync::Arc<crate::object_store::Arena>,
+    ) -> Result<FabricAddr, FabricError> {
+        let (ptr, len) = (arena.base_ptr(), arena.len());
+        *self.keep.lock().unwrap_or_else(|p| p.into_inner()) = Some(arena);
+        // SAFETY: `keep` holds the mapping for the fabric's whole life.
+        unsafe { self.register_raw(ptr, len) }
+    }
+
+    /// Registers a buffer that lives as long as the process (the bench's
+    /// ceiling, tests); hands it back for use as a read destination.
+    pub(crate) fn register_static(
+        &self,
+        region: &'static mut [u8],
+    ) -> Result<(FabricAddr, &'static mut [u8]), FabricError> {
+        // SAFETY: a 'static buffer is valid for the process's life.
+        let addr = unsafe { self.register_raw(region.as_mut_ptr(), region.len()) }?;
+        Ok((addr, region))
+    }
+
+    /// Registers `len` bytes at `ptr`. Once per fabric.
     ///
     /// # Safety
     /// The region must stay mapped, readable and writable for as long as
     /// this `Fabric` exists: peers read it at any time, without asking.
-    pub(crate) unsafe fn register(
-        &self,
-        ptr: *mut u8,
-        len: usize,
-    ) -> Result<FabricAddr, FabricError> {
+    unsafe fn register_raw(&self, ptr: *mut u8, len: usize) -> Result<FabricAddr, FabricError> {
         let mut raw = self.lock();
         if !raw.mr.is_null() {
             return Err(err("the arena is registered already"));

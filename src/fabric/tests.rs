@@ -6,11 +6,9 @@ use super::*;
 use std::sync::Arc;
 
 fn region(len: usize) -> &'static mut [u8] {
-    // Page-aligned and never freed: registered memory must outlive the
-    // fabric, which the tests leak too.
-    let layout = std::alloc::Layout::from_size_align(len, 4096).unwrap();
-    // SAFETY: non-zero size; leaked for the test process's life.
-    unsafe { std::slice::from_raw_parts_mut(std::alloc::alloc_zeroed(layout), len) }
+    // Never freed: registered memory must outlive the fabric, which the
+    // tests leak too.
+    Box::leak(vec![0u8; len].into_boxed_slice())
 }
 
 fn open(single_host: bool) -> Option<Arc<Fabric>> {
@@ -43,9 +41,8 @@ fn pair(single_host: bool) {
         *x = (i * 7 + i / 4096) as u8;
     }
     let dst = region(len);
-    // SAFETY: leaked regions, valid for the process's life.
-    let addr_a = unsafe { a.register(src.as_mut_ptr(), len) }.unwrap();
-    let _ = unsafe { b.register(dst.as_mut_ptr(), len) }.unwrap();
+    let (addr_a, src) = a.register_static(src).unwrap();
+    let (_, dst) = b.register_static(dst).unwrap();
     for (off, n) in [
         (0usize, 1usize),
         (4095, 3),
@@ -90,8 +87,7 @@ fn pair(single_host: bool) {
         // falls back to TCP for a peer whose reads failed).
         let c = open(single_host).unwrap();
         let dst2 = region(1 << 20);
-        // SAFETY: a leaked region.
-        let _ = unsafe { c.register(dst2.as_mut_ptr(), 1 << 20) }.unwrap();
+        let (_, dst2) = c.register_static(dst2).unwrap();
         c.read(
             &addr_a,
             "test peer",
