@@ -1684,8 +1684,8 @@ fn transfer_once(
     let r: ObjectRef<Vec<u8>> = make_on_a::options()
         .resource(&pin(a), 0.01)
         .remote(nbytes, seed);
-    // Wait until it exists on A; wait() does not pull it here.
-    let (ready, _) = rustray::wait(std::slice::from_ref(&r), 1, Some(MN_TIMEOUT))
+    // Wait until it exists on A, without pulling it here (fetch_local off).
+    let (ready, _) = rustray::wait_with(std::slice::from_ref(&r), 1, Some(MN_TIMEOUT), false)
         .unwrap_or_else(|e| panic!("{what}: wait for make_on_a: {e}"));
     assert_eq!(
         ready.len(),

@@ -163,7 +163,7 @@ impl<A: ActorClass> ActorOptions<A> {
 
     fn set(mut self, name: &str, amount: f64) -> Self {
         if let Ok(s) = &mut self.shape {
-            if let Err(e) = s.set(name, amount) {
+            if let Err(e) = s.set_request(name, amount) {
                 self.shape = Err(e);
             }
         }

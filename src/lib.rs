@@ -74,7 +74,7 @@ pub use fabric::Transport;
 #[cfg(feature = "mpi")]
 pub use mpi;
 pub use object_ref::{
-    cancel, get, get_all, get_timeout, get_view, put, wait, ObjectRef, ObjectView,
+    cancel, get, get_all, get_timeout, get_view, put, wait, wait_with, ObjectRef, ObjectView,
 };
 pub use rustray_macros::{actor, remote};
 pub use scheduler::SchedulingStrategy;
@@ -249,6 +249,41 @@ pub fn nodes() -> Result<Vec<Node>> {
     match reply {
         transport::Msg::Nodes { nodes, .. } => Ok(nodes.into_iter().map(Node::from).collect()),
         _ => Err(Error::unavailable("unexpected reply from the GCS")),
+    }
+}
+
+/// This node's object store, as [`store_stats`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Bytes of the store in use (objects, copies pulled from other nodes,
+    /// and their alignment).
+    pub used_bytes: u64,
+    /// The store's size.
+    pub capacity_bytes: u64,
+    /// Blocks in the store (objects and copies).
+    pub num_objects: u64,
+}
+
+/// How full this node's object store is, now (Ray's `ray memory` summary
+/// for one node). Small objects live in their owner's process and are not
+/// counted.
+pub fn store_stats() -> Result<StoreStats> {
+    let cw = worker::current()?;
+    match cw.raylet_call(
+        |req| transport::Msg::GetStoreStats { req },
+        "reading the store's usage",
+    )? {
+        transport::Msg::StoreStats {
+            used,
+            capacity,
+            objects,
+            ..
+        } => Ok(StoreStats {
+            used_bytes: used,
+            capacity_bytes: capacity,
+            num_objects: objects,
+        }),
+        _ => Err(Error::unavailable("unexpected reply from the raylet")),
     }
 }
 

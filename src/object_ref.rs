@@ -143,31 +143,120 @@ pub fn get_timeout<T: DeserializeOwned + 'static>(
     get_inner(r, Some(timeout))
 }
 
-/// Gets many objects, in order.
+/// Gets many objects, in order. Fails as soon as any of them has failed,
+/// whatever its position (as Ray's `ray.get(list)`): a failed last element
+/// is reported without waiting for the first ones to finish.
 pub fn get_all<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+    if refs.len() > 1 {
+        if let Some(e) = wait_ready(refs, refs.len(), None, true)?.failed {
+            return Err(e);
+        }
+    }
     refs.iter().map(get).collect()
 }
 
 /// Waits until `num_returns` of `refs` are ready or `timeout` passes, and
 /// splits them into (ready, not ready), each in the order given.
+///
+/// As Ray's `ray.wait` (with its default `fetch_local=True`): an empty list
+/// gives `([], [])`; duplicate refs, `num_returns` 0 or more than the refs
+/// given are errors; objects reported ready are in this node's store (a
+/// ready object of another node is copied here before `wait` returns).
 pub fn wait<T>(
     refs: &[ObjectRef<T>],
     num_returns: usize,
     timeout: Option<Duration>,
 ) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+    wait_with(refs, num_returns, timeout, true)
+}
+
+/// [`wait`] with Ray's `fetch_local` argument: with `false`, an object is
+/// ready once it exists anywhere in the cluster, and is not copied here.
+pub fn wait_with<T>(
+    refs: &[ObjectRef<T>],
+    num_returns: usize,
+    timeout: Option<Duration>,
+    fetch_local: bool,
+) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+    if refs.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(refs.len());
+    if let Some(dup) = refs.iter().find(|r| !seen.insert(r.raw.id)) {
+        return Err(Error::invalid(format!(
+            "wait requires unique refs: {} appears more than once",
+            dup.raw.id
+        )));
+    }
+    if num_returns == 0 {
+        return Err(Error::invalid(
+            "wait: num_returns must be at least 1 (got 0)",
+        ));
+    }
     if num_returns > refs.len() {
         return Err(Error::invalid(format!(
             "num_returns ({num_returns}) exceeds the number of refs ({})",
             refs.len()
         )));
     }
+    let end = deadline(timeout);
+    let ready = wait_ready(refs, num_returns, timeout, false)?.ready;
+    let mut yes = Vec::new();
+    let mut no = Vec::new();
+    for (r, ok) in refs.iter().zip(ready) {
+        if ok && yes.len() < num_returns {
+            yes.push(r.clone());
+        } else {
+            no.push(r.clone());
+        }
+    }
+    // fetch_local: a ready object of another node is copied into this
+    // node's store (and pinned while this process holds it), so the `get`
+    // that follows reads it in place. A copy that fails is left for `get`
+    // to report.
+    let cw = &refs[0].raw.cw;
+    for r in yes.iter().filter(|_| fetch_local) {
+        let remote = {
+            let st = cw.lock();
+            st.objects
+                .get(&r.raw.id)
+                .and_then(|e| e.value.as_ref())
+                .is_some_and(|p| cw.is_remote(p))
+        };
+        if remote {
+            let _ = cw.wait_local(r.raw.id, end);
+        }
+    }
+    Ok((yes, no))
+}
+
+/// What [`wait_ready`] found.
+struct Readiness {
+    /// Per ref: ready (or unknown, so that `get` reports it).
+    ready: Vec<bool>,
+    /// With `fail_fast`: the first failure seen among the ready refs.
+    failed: Option<Error>,
+}
+
+/// Waits until `num_returns` of `refs` are ready, the deadline passes, or
+/// (with `fail_fast`) one of them holds an error.
+fn wait_ready<T>(
+    refs: &[ObjectRef<T>],
+    num_returns: usize,
+    timeout: Option<Duration>,
+    fail_fast: bool,
+) -> Result<Readiness> {
     let Some(first) = refs.first() else {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok(Readiness {
+            ready: Vec::new(),
+            failed: None,
+        });
     };
     let cw = first.raw.cw.clone();
     let end = deadline(timeout);
     let mut guard = None;
     let mut ready = vec![false; refs.len()];
+    let mut failed = None;
     let mut n = 0;
     // Only refs not yet ready are polled again after a wake-up: a wait on
     // many refs wakes once per arriving value, and rescanning all of them
@@ -179,7 +268,21 @@ pub fn wait<T>(
         pending.retain(|&i| {
             // An unknown object cannot become ready: count it as ready so
             // that `get` reports the error instead of `wait` hanging.
-            let now_ready = !matches!(cw.poll_value(&mut st, refs[i].raw.id, &mut fx), Ok(None));
+            let now_ready = match cw.poll_value(&mut st, refs[i].raw.id, &mut fx) {
+                Ok(None) => false,
+                Ok(Some(p)) => {
+                    if fail_fast && failed.is_none() {
+                        failed = worker::submitter::payload_error(&cw, &p);
+                    }
+                    true
+                }
+                Err(e) => {
+                    if fail_fast && failed.is_none() {
+                        failed = Some(e);
+                    }
+                    true
+                }
+            };
             if now_ready {
                 ready[i] = true;
                 n += 1;
@@ -187,19 +290,10 @@ pub fn wait<T>(
             !now_ready
         });
         let timed_out = end.is_some_and(|d| Instant::now() >= d);
-        if n >= num_returns || timed_out {
+        if n >= num_returns || timed_out || failed.is_some() {
             drop(st);
             cw.apply(fx);
-            let mut yes = Vec::new();
-            let mut no = Vec::new();
-            for (r, ok) in refs.iter().zip(ready) {
-                if ok && yes.len() < num_returns {
-                    yes.push(r.clone());
-                } else {
-                    no.push(r.clone());
-                }
-            }
-            return Ok((yes, no));
+            return Ok(Readiness { ready, failed });
         }
         drop(st);
         cw.apply(fx);

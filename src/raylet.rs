@@ -600,6 +600,17 @@ impl Raylet {
                     let _ = c.conn.send(&Msg::ObjectCreated { req, result });
                 }
             }
+            Msg::GetStoreStats { req } => {
+                let reply = Msg::StoreStats {
+                    req,
+                    used: st.store.used(),
+                    capacity: st.store.capacity(),
+                    objects: st.store.live_objects() as u64,
+                };
+                if let Some(c) = st.clients.get(&client) {
+                    let _ = c.conn.send(&reply);
+                }
+            }
             Msg::FreeObjects { offsets } => {
                 for o in offsets {
                     st.store.free(o);

@@ -113,6 +113,19 @@ impl ResourceSet {
         Ok(())
     }
 
+    /// Sets an amount a task or actor asks for: as [`ResourceSet::set`],
+    /// and, as Ray, a unit-instance resource (a GPU is a device: it can be
+    /// shared as a fraction of one, never split across two) is a whole
+    /// number or a fraction below 1.
+    pub(crate) fn set_request(&mut self, name: &str, amount: f64) -> Result<(), Error> {
+        if name == GPU && amount > 1.0 && amount.fract() != 0.0 {
+            return Err(Error::invalid(format!(
+                "resource `{name}` must be a whole number or a fraction below 1, got {amount}"
+            )));
+        }
+        self.set(name, amount)
+    }
+
     pub(crate) fn with(mut self, name: &str, amount: f64) -> Result<ResourceSet, Error> {
         self.set(name, amount)?;
         Ok(self)

@@ -91,7 +91,7 @@ impl TaskOptions {
 
     fn set(mut self, name: &str, amount: f64) -> TaskOptions {
         if let Ok(s) = &mut self.shape {
-            if let Err(e) = s.set(name, amount) {
+            if let Err(e) = s.set_request(name, amount) {
                 self.shape = Err(e);
             }
         }

@@ -457,6 +457,16 @@ pub(crate) enum Msg {
         req: u64,
         result: std::result::Result<u64, Error>,
     },
+    /// How full the node's store is (`rustray::store_stats`).
+    GetStoreStats {
+        req: u64,
+    },
+    StoreStats {
+        req: u64,
+        used: u64,
+        capacity: u64,
+        objects: u64,
+    },
 
     // ---- between core workers ----
     Hello {
@@ -466,6 +476,11 @@ pub(crate) enum Msg {
     PushTask(TaskSpec),
     CancelTask {
         task: TaskId,
+    },
+    /// A borrower's `cancel` of an object, to its owner (who submitted the
+    /// task that produces it).
+    CancelObject {
+        id: ObjectId,
     },
     /// The results of a task, one payload per return (a stored error blob
     /// when it failed).

@@ -427,6 +427,22 @@ fn test_core_suite_on_local_nodes() {
     assert_suite_passed(&run_bounded(c, Duration::from_secs(240)));
 }
 
+/// Ray's ported tests (tests/conformance.rs) with 3 local nodes as the
+/// cluster they join.
+fn test_conformance_suite_on_local_nodes() {
+    let mut c = Command::new(launcher());
+    c.args(["--local-nodes", "3", "--num-cpus", "2"])
+        .args(["--object-store-memory", &SUITE_STORE.to_string()])
+        .arg("--")
+        .arg(test_binary("conformance"))
+        .env("RUSTRAY_RENDEZVOUS_DIR", rdv_dir());
+    let out = run_bounded(c, Duration::from_secs(300));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("test result: ok.") && t.contains(" 0 failed;"), "{t}");
+    assert!(!t.contains(" 0 passed;"), "{t}");
+}
+
 /// The whole multi-node suite with objects moved by libfabric (`shm`
 /// between local nodes), as `RUSTRAY_TRANSPORT=fabric` asks.
 fn test_multinode_suite_on_fabric_local() {
@@ -836,6 +852,10 @@ fn main() {
         (
             "test_core_suite_on_local_nodes",
             test_core_suite_on_local_nodes,
+        ),
+        (
+            "test_conformance_suite_on_local_nodes",
+            test_conformance_suite_on_local_nodes,
         ),
         (
             "test_core_suite_on_slurm_srun",

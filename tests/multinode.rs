@@ -311,8 +311,13 @@ fn test_node_lost_mid_job() {
     let only_there = make_bytes::options()
         .resource(&pin(victim), 0.01)
         .remote(1 << 20, 9u8);
-    let (ready, _) =
-        rustray::wait(&[only_there.clone()], 1, Some(Duration::from_secs(20))).expect("wait");
+    let (ready, _) = rustray::wait_with(
+        &[only_there.clone()],
+        1,
+        Some(Duration::from_secs(20)),
+        false,
+    )
+    .expect("wait");
     assert_eq!(ready.len(), 1);
     // An actor on node 2 by soft affinity: it may restart elsewhere.
     let a = Where::options()
@@ -566,7 +571,8 @@ fn killed_mid_read(kill_source: bool) {
     let big = make_bytes::options()
         .resource(&pin(source), 0.01)
         .remote(n, 6u8);
-    rustray::wait(&[big.clone()], 1, Some(Duration::from_secs(60))).expect("made");
+    // Made on the source and not copied to this node.
+    rustray::wait_with(&[big.clone()], 1, Some(Duration::from_secs(60)), false).expect("made");
     let read = checksum::options()
         .resource(&pin(reader), 0.01)
         .max_retries(0)

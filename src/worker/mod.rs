@@ -471,6 +471,7 @@ impl CoreWorker {
             | Msg::BorrowAdded { req, .. }
             | Msg::ActorRegistered { req, .. }
             | Msg::ActorLookedUp { req, .. }
+            | Msg::StoreStats { req, .. }
             | Msg::ActorKilled { req } => *req,
             _ => return,
         };
@@ -530,6 +531,11 @@ impl CoreWorker {
             Msg::PushTask(spec) => self.exec_push(conn, spec),
             Msg::CreateActor { spec } => self.exec_create_actor(conn, spec),
             Msg::CancelTask { task } => self.exec_cancel(conn, task),
+            Msg::CancelObject { id } => {
+                if let Err(e) = self.cancel(id) {
+                    log!("cancel of {id} forwarded by {from} failed: {e}");
+                }
+            }
             Msg::TaskDone { task, returns } => self.task_done(from, task, returns),
             Msg::TasksReturned { tasks } => self.tasks_returned(from, tasks),
             Msg::WorkerUnblocked => self.worker_unblocked(from),

@@ -157,7 +157,7 @@ pub(crate) enum PreparedArg {
     Failed(Error),
 }
 
-fn payload_error(cw: &CoreWorker, p: &Payload) -> Option<Error> {
+pub(crate) fn payload_error(cw: &CoreWorker, p: &Payload) -> Option<Error> {
     // Stored errors always travel inline; a store block is a value.
     if matches!(p, Payload::Store { .. }) {
         return None;
@@ -864,6 +864,13 @@ impl CoreWorker {
         let mut fx = Effects::default();
         let mut guard = self.lock();
         let st = &mut *guard;
+        if id.owner != self.id {
+            // Only the owner knows the task (Ray forwards the cancel to the
+            // owner too): a ref a task returned is owned by that task's worker.
+            drop(guard);
+            self.send_to(id.owner, Msg::CancelObject { id });
+            return Ok(());
+        }
         let Some(task) = st.objects.get(&id).and_then(|e| e.task) else {
             return Ok(()); // finished already, or not a task result
         };
