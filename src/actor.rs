@@ -8,12 +8,12 @@
 //! straight from the caller to the actor's worker.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::ids::ActorId;
+use crate::ids::{ActorId, ObjectId};
 use crate::scheduler::{ResourceSet, CPU, GPU};
 use crate::task::Arg;
 use crate::transport::{ActorLookup, ActorSpec, Msg, Payload};
 use crate::worker::submitter::PreparedArg;
-use crate::worker::{self, CoreWorker};
+use crate::worker::{self, CoreWorker, RawRef};
 use crate::ObjectRef;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::marker::PhantomData;
@@ -44,6 +44,11 @@ pub trait ActorMethods: Send + Sync + 'static {
 pub struct ActorCore {
     id: ActorId,
     class: &'static str,
+    /// The counted stand-in for this actor's handles (owned by the process
+    /// that created the actor): the actor ends when the last one anywhere
+    /// is dropped. `None` for actors that live until killed (named and
+    /// detached ones), and for handles whose creator was already gone.
+    token: Option<RawRef>,
 }
 
 impl ActorCore {
@@ -61,6 +66,7 @@ impl ActorCore {
             args.into_iter().map(|a| a.0).collect(),
             1,
             Some(self.id),
+            self.token.clone(),
         );
         match refs.pop() {
             Some(r) => r.typed(),
@@ -77,6 +83,12 @@ pub struct ActorHandle<A: ActorClass> {
 }
 
 impl<A: ActorClass> ActorHandle<A> {
+    /// The actor's id, stable across its restarts (as
+    /// [`RuntimeContext::actor_id`](crate::RuntimeContext) gives it inside).
+    pub fn id(&self) -> String {
+        format!("{:016x}", self.core().id.0)
+    }
+
     fn from_core(core: ActorCore) -> ActorHandle<A> {
         ActorHandle {
             methods: A::Methods::from_core(core),
@@ -108,16 +120,33 @@ impl<A: ActorClass> std::fmt::Debug for ActorHandle<A> {
     }
 }
 
+/// A handle travels as the actor's id and its token, which is serialized
+/// as an object ref is: the value carrying it keeps it alive, and the
+/// receiving process registers as a borrower with the actor's creator.
 impl<A: ActorClass> Serialize for ActorHandle<A> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.core().id.serialize(s)
+        let core = self.core();
+        if let Some(t) = &core.token {
+            worker::note_serialized(t);
+        }
+        (core.id, core.token.as_ref().map(|t| t.id)).serialize(s)
     }
 }
 
 impl<'de, A: ActorClass> Deserialize<'de> for ActorHandle<A> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let id = ActorId::deserialize(d)?;
-        Ok(ActorHandle::from_core(ActorCore { id, class: A::NAME }))
+        let (id, token) = <(ActorId, Option<ObjectId>)>::deserialize(d)?;
+        // A creator already gone cannot count this handle; the actor's
+        // calls then report whatever became of it.
+        let token = match (token, worker::current()) {
+            (Some(t), Ok(cw)) => cw.adopt_ref(t).ok(),
+            _ => None,
+        };
+        Ok(ActorHandle::from_core(ActorCore {
+            id,
+            class: A::NAME,
+            token,
+        }))
     }
 }
 
@@ -126,6 +155,9 @@ pub struct ActorOptions<A: ActorClass> {
     name: Option<String>,
     max_restarts: u32,
     shape: std::result::Result<ResourceSet, Error>,
+    /// Some resource was asked for (even 0 CPUs): then the actor is placed
+    /// by what it holds, not by Ray's default 1 CPU.
+    explicit: bool,
     strategy: crate::SchedulingStrategy,
     _a: PhantomData<fn() -> A>,
 }
@@ -137,13 +169,16 @@ impl<A: ActorClass> Default for ActorOptions<A> {
 }
 
 impl<A: ActorClass> ActorOptions<A> {
-    /// No name, no restarts, no resources held while running (Ray's default
-    /// for actors).
+    /// No name, no restarts, no resources held while running, and 1 CPU
+    /// free where it is placed (Ray's default for actors: an actor that
+    /// asks for nothing still goes to a node with a CPU to spare, and does
+    /// not hold it).
     pub fn new() -> ActorOptions<A> {
         ActorOptions {
             name: None,
             max_restarts: 0,
             shape: Ok(ResourceSet::new()),
+            explicit: false,
             strategy: crate::SchedulingStrategy::Default,
             _a: PhantomData,
         }
@@ -162,6 +197,7 @@ impl<A: ActorClass> ActorOptions<A> {
     }
 
     fn set(mut self, name: &str, amount: f64) -> Self {
+        self.explicit = true;
         if let Ok(s) = &mut self.shape {
             if let Err(e) = s.set_request(name, amount) {
                 self.shape = Err(e);
@@ -200,6 +236,12 @@ impl<A: ActorClass> ActorOptions<A> {
         }
         let args = resolve_args(&cw, A::ctor_args(args))?;
         let id = ActorId::random();
+        let counted = self.name.is_none();
+        let placement = if self.explicit {
+            shape.clone()
+        } else {
+            ResourceSet::new().with(CPU, 1.0)?
+        };
         let spec = ActorSpec {
             id,
             class: A::NAME.to_string(),
@@ -207,13 +249,21 @@ impl<A: ActorClass> ActorOptions<A> {
             name: self.name,
             max_restarts: self.max_restarts,
             shape,
+            placement,
             strategy: self.strategy,
         };
         match cw.gcs_call(|req| Msg::RegisterActor { req, spec }, "creating an actor")? {
             Msg::ActorRegistered { result, .. } => result?,
             _ => return Err(Error::unavailable("unexpected reply from the GCS")),
         }
-        Ok(ActorHandle::from_core(ActorCore { id, class: A::NAME }))
+        // An unnamed actor ends with its last handle; a named one lives
+        // until it is killed (or dies) and its name is released then.
+        let token = counted.then(|| cw.new_actor_token(id));
+        Ok(ActorHandle::from_core(ActorCore {
+            id,
+            class: A::NAME,
+            token,
+        }))
     }
 }
 
@@ -258,15 +308,29 @@ pub fn get_actor<A: ActorClass>(name: &str) -> Result<ActorHandle<A>> {
     Ok(ActorHandle::from_core(ActorCore {
         id: info.id,
         class: A::NAME,
+        token: None,
     }))
 }
 
 /// Kills an actor without restarting it; its pending and later calls fail
 /// with [`ActorDied`](ErrorKind::ActorDied).
 pub fn kill<A: ActorClass>(h: &ActorHandle<A>) -> Result<()> {
+    kill_with(h, true)
+}
+
+/// Ray's `ray.kill(actor, no_restart=...)`: with `no_restart` as [`kill`];
+/// without, only the actor's process is ended, and the actor restarts as
+/// after a crash if `max_restarts` allows (else it is dead).
+pub fn kill_with<A: ActorClass>(h: &ActorHandle<A>, no_restart: bool) -> Result<()> {
     let cw = worker::current()?;
     let id = h.core().id;
-    match cw.gcs_call(|req| Msg::KillActor { req, id }, "killing an actor")? {
+    let msg = |req| Msg::KillActor {
+        req,
+        id,
+        no_restart,
+    };
+    match cw.gcs_call(msg, "killing an actor")? {
+        Msg::ActorKilled { .. } if !no_restart => Ok(()),
         Msg::ActorKilled { .. } => {
             let err = Error::new(
                 ErrorKind::ActorDied,
@@ -276,6 +340,28 @@ pub fn kill<A: ActorClass>(h: &ActorHandle<A>) -> Result<()> {
             Ok(())
         }
         _ => Err(Error::unavailable("unexpected reply from the GCS")),
+    }
+}
+
+/// Ray's `ray.actor.exit_actor()`: called inside an actor's method, ends
+/// the actor for good (no restart, whatever `max_restarts`): the method
+/// does not return, its caller and later calls get
+/// [`ActorDied`](ErrorKind::ActorDied). Outside an actor it returns an
+/// error and nothing happens.
+pub fn exit_actor() -> Error {
+    let cw = match worker::current() {
+        Ok(cw) => cw,
+        Err(e) => return e,
+    };
+    let Some(id) = *cw.exec.actor_id.lock().unwrap_or_else(|p| p.into_inner()) else {
+        return Error::invalid("exit_actor() was called outside an actor");
+    };
+    match cw.gcs_call(|req| Msg::ExitActor { req, id }, "exiting the actor") {
+        Ok(_) => {
+            crate::session::log!("actor {id:?} exits (exit_actor)");
+            crate::worker::executor::exit_flushing_output(0)
+        }
+        Err(e) => e,
     }
 }
 

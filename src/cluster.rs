@@ -185,7 +185,7 @@ fn spawn_raylet(exe: &Path, s: &Session, args: &[String]) -> Result<Child> {
     std::process::Command::new(exe)
         .args(args)
         .env(ENV_ROLE, "raylet")
-        .env(ENV_SESSION, s.to_env()?)
+        .env(ENV_SESSION, s.to_process_env()?)
         .env_remove(crate::ENV_ADDRESS)
         .stdin(std::process::Stdio::null())
         .spawn()
@@ -523,7 +523,7 @@ fn run_driver(gcs: &Gcs, app: &Path, args: &[String], s: &Session) -> Result<i32
     log!("launcher: running {} as the driver", app.display());
     let mut child = std::process::Command::new(app)
         .args(args)
-        .env(crate::ENV_ADDRESS, s.to_env()?)
+        .env(crate::ENV_ADDRESS, s.to_process_env()?)
         .spawn()
         .map_err(|e| Error::io(&format!("running {}", app.display()), e))?;
     let mut stop_at: Option<Instant> = None;

@@ -155,6 +155,7 @@ impl ActorTable {
             a.worker = None;
             a.lease = None;
             a.death = Some(err);
+            Self::release_name(&mut self.names, a);
         }
         self.settle(id)
     }
@@ -186,23 +187,68 @@ impl ActorTable {
                 a.spec.class, a.restarts, a.spec.max_restarts
             ),
         ));
+        Self::release_name(&mut self.names, a);
         (Vec::new(), self.settle(id))
     }
 
     /// `kill(handle)`: dead for good, whatever its restarts.
     pub(crate) fn kill(&mut self, id: ActorId) -> (Vec<ActorAction>, Vec<(Waiter, ActorInfo)>) {
+        self.end(id, |class| {
+            format!("actor `{class}` was killed with rustray::kill")
+        })
+    }
+
+    /// `kill(no_restart = false)`: end the actor's process only; its death
+    /// is then handled as a crash (restarted while `max_restarts` allows).
+    pub(crate) fn end_process(&mut self, id: ActorId) -> Vec<ActorAction> {
+        match self.actors.get_mut(&id) {
+            Some(a) if a.state == ActorState::Alive => {
+                a.lease.take().map(ActorAction::ReleaseWorker).into_iter().collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The actor called `exit_actor()`: dead for good, not restarted.
+    pub(crate) fn exited(&mut self, id: ActorId) -> (Vec<ActorAction>, Vec<(Waiter, ActorInfo)>) {
+        self.end(id, |class| {
+            format!("actor `{class}` exited by calling rustray::exit_actor()")
+        })
+    }
+
+    /// Every handle to the actor was dropped (its owner's reference count
+    /// reached zero, borrowers included): it ends as if killed, and its
+    /// worker and resources go back to its node (Ray's out-of-scope actor).
+    pub(crate) fn out_of_scope(
+        &mut self,
+        id: ActorId,
+    ) -> (Vec<ActorAction>, Vec<(Waiter, ActorInfo)>) {
+        self.end(id, |class| {
+            format!("actor `{class}` ended because every handle to it was dropped")
+        })
+    }
+
+    /// A name is freed when its actor is dead for good.
+    fn release_name(names: &mut HashMap<String, ActorId>, a: &ActorRecord) {
+        if let Some(name) = &a.spec.name {
+            if names.get(name) == Some(&a.spec.id) {
+                names.remove(name);
+            }
+        }
+    }
+
+    fn end(
+        &mut self,
+        id: ActorId,
+        why: impl FnOnce(&str) -> String,
+    ) -> (Vec<ActorAction>, Vec<(Waiter, ActorInfo)>) {
         let Some(a) = self.actors.get_mut(&id) else {
             return (Vec::new(), Vec::new());
         };
         a.killed = true;
         a.state = ActorState::Dead;
-        a.death = Some(Error::new(
-            ErrorKind::ActorDied,
-            format!("actor `{}` was killed with rustray::kill", a.spec.class),
-        ));
-        if let Some(name) = &a.spec.name {
-            self.names.remove(name);
-        }
+        a.death = Some(Error::new(ErrorKind::ActorDied, why(&a.spec.class)));
+        Self::release_name(&mut self.names, a);
         let actions = a
             .lease
             .take()
@@ -567,10 +613,30 @@ impl Gcs {
                     let _ = conn.send(&Msg::ActorLookedUp { req, result });
                 }
             }
-            Msg::KillActor { req, id } => {
-                let (actions, waiters) = self.table().kill(id);
+            Msg::KillActor {
+                req,
+                id,
+                no_restart,
+            } => {
+                let (actions, waiters) = if no_restart {
+                    self.table().kill(id)
+                } else {
+                    (self.table().end_process(id), Vec::new())
+                };
                 self.finish(actions, waiters);
                 let _ = conn.send(&Msg::ActorKilled { req });
+            }
+            Msg::ExitActor { req, id } => {
+                let (actions, waiters) = self.table().exited(id);
+                // The worker is released after the answer: the process
+                // exits by itself once it has it.
+                self.finish(Vec::new(), waiters);
+                let _ = conn.send(&Msg::ActorKilled { req });
+                self.run(actions);
+            }
+            Msg::ActorOutOfScope { id } => {
+                let (actions, waiters) = self.table().out_of_scope(id);
+                self.finish(actions, waiters);
             }
             _ => {}
         }
@@ -658,12 +724,17 @@ impl Gcs {
     /// alive, or always for a hard affinity), else, spreading, the next live
     /// node that fits, else the live node with the most free CPU where it
     /// fits now, else one where it fits in total.
-    fn place(&self, shape: &ResourceSet, strategy: &crate::SchedulingStrategy) -> Result<u16> {
+    fn place(
+        &self,
+        placement: &ResourceSet,
+        shape: &ResourceSet,
+        strategy: &crate::SchedulingStrategy,
+    ) -> Result<u16> {
         // A node that can host it may still be joining: look again for a
         // while before calling the actor infeasible.
         let deadline = std::time::Instant::now() + PLACE_WAIT;
         loop {
-            match self.place_now(shape, strategy) {
+            match self.place_now(placement, shape, strategy) {
                 Err(e)
                     if e.kind() == ErrorKind::Infeasible
                         && std::time::Instant::now() < deadline =>
@@ -675,13 +746,18 @@ impl Gcs {
         }
     }
 
-    fn place_now(&self, shape: &ResourceSet, strategy: &crate::SchedulingStrategy) -> Result<u16> {
+    fn place_now(
+        &self,
+        placement: &ResourceSet,
+        shape: &ResourceSet,
+        strategy: &crate::SchedulingStrategy,
+    ) -> Result<u16> {
         let nodes = self.nodes();
         let live = || nodes.iter().filter(|n| n.alive);
         match strategy {
             crate::SchedulingStrategy::NodeAffinity { node, soft } => {
                 match nodes.iter().find(|n| &n.name == node) {
-                    Some(n) if n.alive && shape.fits(&n.total) => return Ok(n.index),
+                    Some(n) if n.alive && placement.fits(&n.total) => return Ok(n.index),
                     _ if *soft => {}
                     Some(n) => {
                         return Err(Error::new(
@@ -705,7 +781,20 @@ impl Gcs {
                 }
             }
             crate::SchedulingStrategy::Spread => {
-                let fit: Vec<&NodeInfo> = live().filter(|n| shape.fits(&n.total)).collect();
+                let fit: Vec<&NodeInfo> = live().filter(|n| placement.fits(&n.total)).collect();
+                if !fit.is_empty() {
+                    let i = self.spread_next.fetch_add(1, Ordering::Relaxed) as usize;
+                    return Ok(fit[i % fit.len()].index);
+                }
+            }
+            crate::SchedulingStrategy::Default if shape.is_empty() => {
+                // An actor that holds nothing while it runs leaves no trace
+                // in the resource view, so "most free CPU" would send every
+                // one to the same node: take the nodes where its placement
+                // fits in turn instead (Ray picks such actors' nodes at
+                // random).
+                let fit: Vec<&NodeInfo> =
+                    live().filter(|n| placement.fits(&n.available)).collect();
                 if !fit.is_empty() {
                     let i = self.spread_next.fetch_add(1, Ordering::Relaxed) as usize;
                     return Ok(fit[i % fit.len()].index);
@@ -713,6 +802,7 @@ impl Gcs {
             }
             crate::SchedulingStrategy::Default => {}
         }
+        let shape = placement;
         let cpu = |r: &ResourceSet| (r.get(crate::scheduler::CPU) * 1e4) as i64;
         live()
             .filter(|n| shape.fits(&n.available))
@@ -735,6 +825,7 @@ impl Gcs {
     /// cannot be reached) places it again. Bounded by [`LEASE_WAIT`].
     fn lease(
         self: &Arc<Self>,
+        placement: &ResourceSet,
         shape: ResourceSet,
         strategy: &crate::SchedulingStrategy,
     ) -> Result<(LeaseId, WorkerId)> {
@@ -752,7 +843,7 @@ impl Gcs {
             }
             let (node, spill) = match target {
                 Some(t) => t,
-                None => (self.place(&shape, strategy)?, Spill::Now),
+                None => (self.place(placement, &shape, strategy)?, Spill::Now),
             };
             let req = self.next_req.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = mpsc::channel();
@@ -809,7 +900,7 @@ impl Gcs {
                 return;
             };
             let created =
-                self.lease(spec.shape.clone(), &spec.strategy)
+                self.lease(&spec.placement, spec.shape.clone(), &spec.strategy)
                     .and_then(|(lease, worker)| {
                         let node = self.node_info(worker.node())?;
                         let stream = Endpoint::Tcp(SocketAddr::new(node.ip, worker.port()))
@@ -848,27 +939,20 @@ impl Gcs {
             if self.stopping.load(Ordering::Relaxed) {
                 return;
             }
-            if first {
-                // Died before the constructor finished.
-                let e = Error::new(
-                    ErrorKind::ActorDied,
-                    format!(
-                        "the process of actor `{}` died while constructing it",
-                        spec.class
-                    ),
-                );
-                let w = self.table().creation_failed(id, e);
-                self.finish(Vec::new(), w);
-                return;
-            }
+            // A process that died in the constructor (first) counts as a
+            // restart too, as in Ray: the creation is retried, on another
+            // node if need be, while restarts remain.
             let (actions, waiters) = self.table().worker_died(id);
             log!(
-                "actor {} lost its worker {worker}: {:?}",
+                "actor {} lost its worker {worker}{}: {:?}",
                 spec.class,
+                if first { " in its constructor" } else { "" },
                 actions
             );
             let restart = actions.contains(&ActorAction::Create(id));
-            Self::answer(waiters);
+            // The creator, still waiting when the constructor died, is
+            // answered with the death; lookups with the actor's state.
+            self.finish(Vec::new(), waiters);
             if !restart {
                 return;
             }
@@ -888,6 +972,7 @@ mod tests {
             name: name.map(String::from),
             max_restarts,
             shape: ResourceSet::new(),
+            placement: ResourceSet::new(),
             strategy: crate::SchedulingStrategy::Default,
         }
     }
@@ -901,6 +986,47 @@ mod tests {
         assert!(t.register(spec(Some("x"), 0)).is_err());
         t.kill(id);
         t.register(spec(Some("x"), 0)).unwrap();
+    }
+
+    #[test]
+    fn names_are_freed_when_the_actor_dies_or_goes_out_of_scope() {
+        let mut t = ActorTable::default();
+        let a = spec(Some("d"), 0);
+        let id = a.id;
+        t.register(a).unwrap();
+        t.created(id, WorkerId(5), LeaseId(1));
+        t.worker_died(id);
+        let b = spec(Some("d"), 0);
+        let id_b = b.id;
+        t.register(b).unwrap();
+        let (act, _) = t.out_of_scope(id_b);
+        assert!(act.is_empty(), "not created yet: no worker to release");
+        let info = t.lookup(&ActorLookup::Id(id_b), None).unwrap().unwrap();
+        assert_eq!(info.state, ActorState::Dead);
+        assert!(info.death.unwrap().message().contains("dropped"));
+        // The old actor's death does not free the new actor's name.
+        let c = spec(Some("d"), 0);
+        t.register(c).unwrap();
+        t.worker_died(id);
+        assert!(t.register(spec(Some("d"), 0)).is_err());
+    }
+
+    #[test]
+    fn a_kill_that_allows_restarts_only_ends_the_process() {
+        let mut t = ActorTable::default();
+        let a = spec(None, 1);
+        let id = a.id;
+        t.register(a).unwrap();
+        assert!(t.end_process(id).is_empty(), "not created yet");
+        t.created(id, WorkerId(5), LeaseId(1));
+        assert_eq!(t.end_process(id), vec![ActorAction::ReleaseWorker(LeaseId(1))]);
+        let (act, _) = t.worker_died(id);
+        assert_eq!(act, vec![ActorAction::Create(id)], "restarted");
+        t.created(id, WorkerId(6), LeaseId(2));
+        let (act, _) = t.exited(id);
+        assert_eq!(act, vec![ActorAction::ReleaseWorker(LeaseId(2))]);
+        let (act, _) = t.worker_died(id);
+        assert!(act.is_empty(), "an actor that exited is not restarted");
     }
 
     #[test]

@@ -67,7 +67,7 @@ mod task;
 mod transport;
 mod worker;
 
-pub use actor::{get_actor, kill, ActorClass, ActorHandle, ActorOptions};
+pub use actor::{exit_actor, get_actor, kill, kill_with, ActorClass, ActorHandle, ActorOptions};
 pub use codec::Pod;
 pub use error::{Error, ErrorKind, Result};
 pub use fabric::Transport;
@@ -250,6 +250,69 @@ pub fn nodes() -> Result<Vec<Node>> {
         transport::Msg::Nodes { nodes, .. } => Ok(nodes.into_iter().map(Node::from).collect()),
         _ => Err(Error::unavailable("unexpected reply from the GCS")),
     }
+}
+
+/// The resources of the cluster's live nodes, summed by name (Ray's
+/// `ray.cluster_resources()`).
+pub fn cluster_resources() -> Result<std::collections::BTreeMap<String, f64>> {
+    Ok(sum_resources(nodes()?, |n| &n.total))
+}
+
+/// What the cluster's live nodes had free at their last reports, summed by
+/// name (Ray's `ray.available_resources()`: a view that lags the cluster
+/// by up to one report, about 100 ms).
+pub fn available_resources() -> Result<std::collections::BTreeMap<String, f64>> {
+    Ok(sum_resources(nodes()?, |n| &n.available))
+}
+
+fn sum_resources(
+    nodes: Vec<Node>,
+    pick: impl Fn(&Node) -> &Vec<(String, f64)>,
+) -> std::collections::BTreeMap<String, f64> {
+    let mut sum = std::collections::BTreeMap::new();
+    for n in nodes.iter().filter(|n| n.alive) {
+        for (k, v) in pick(n) {
+            *sum.entry(k.clone()).or_insert(0.0) += v;
+        }
+    }
+    sum
+}
+
+/// Where the calling code runs, as Ray's `ray.get_runtime_context()`
+/// reports it: in a driver, in a task, or in an actor (its constructor
+/// and methods).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeContext {
+    /// The node's name (as in [`nodes`]).
+    pub node_name: String,
+    /// The node's index in the cluster (0 hosts the GCS).
+    pub node_index: u16,
+    /// This process's worker id (a driver has one too).
+    pub worker_id: String,
+    /// True in a driver, false in a worker process.
+    pub is_driver: bool,
+    /// The task or actor call running here, in a worker.
+    pub task_id: Option<String>,
+    /// The actor this worker hosts (as [`ActorHandle::id`] prints it).
+    pub actor_id: Option<String>,
+}
+
+/// The calling code's [`RuntimeContext`].
+pub fn get_runtime_context() -> Result<RuntimeContext> {
+    let cw = worker::current()?;
+    let actor = *cw
+        .exec
+        .actor_id
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    Ok(RuntimeContext {
+        node_name: cw.session.node.clone(),
+        node_index: cw.session.node_index,
+        worker_id: cw.id.to_string(),
+        is_driver: cw.is_driver,
+        task_id: cw.exec.current_task().map(|t| format!("{}/{}", t.owner, t.seq)),
+        actor_id: actor.map(|a| format!("{:016x}", a.0)),
+    })
 }
 
 /// This node's object store, as [`store_stats`] reports it.

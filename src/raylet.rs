@@ -281,7 +281,7 @@ fn run(session: Session) -> Result<()> {
     let unix = Listener::bind_unix(&session.raylet_socket())?;
     let tcp = Listener::bind_tcp(session.ip)?;
     let raylet = Arc::new(Raylet {
-        env: session.to_env()?,
+        env: session.to_process_env()?,
         state: Mutex::new(State {
             leases,
             store: Store::new(arena.len() as u64),
@@ -1106,12 +1106,23 @@ impl Raylet {
             );
             st.pids.keys().copied().collect()
         };
-        for pid in &pids {
-            // SAFETY: signalling our own (unreaped) children.
-            unsafe {
-                libc::kill(*pid as i32, libc::SIGKILL);
+        // SIGTERM first: a worker then writes out what its tasks printed
+        // and is still in its output pipe (a SIGKILL would lose it); what
+        // has not exited a moment later is killed.
+        let signal_all = |sig: libc::c_int| {
+            for pid in &pids {
+                // SAFETY: signalling our own (unreaped) children.
+                unsafe {
+                    libc::kill(*pid as i32, sig);
+                }
             }
+        };
+        signal_all(libc::SIGTERM);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
+        while std::time::Instant::now() < deadline && pids.iter().any(|p| process_running(*p)) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
+        signal_all(libc::SIGKILL);
         // Wait (bounded) until they are gone, so none creates a file after
         // the cleanup below.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);

@@ -94,6 +94,11 @@ impl ResourceSet {
         ResourceSet::default()
     }
 
+    /// Nothing asked for.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
     /// Sets `name` to `amount`; rejects negative or non-finite amounts.
     pub(crate) fn set(&mut self, name: &str, amount: f64) -> Result<(), Error> {
         if !amount.is_finite() || amount < 0.0 {

@@ -14,7 +14,7 @@ use crate::transport::{Endpoint, Secret};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 pub(crate) const ENV_ROLE: &str = "RUSTRAY_ROLE";
@@ -160,6 +160,32 @@ impl Config {
     }
 }
 
+/// Longest session string passed inline in an environment variable.
+const ENV_INLINE_MAX: usize = 64 << 10;
+/// Largest session file read back (a session names at most a few hundred
+/// thousand resources; anything larger is not one of ours).
+const SESSION_FILE_MAX: u64 = 64 << 20;
+
+/// Reads a small text file, refusing one larger than `max` bytes before
+/// reading it (the path came from the environment).
+fn read_bounded(path: &Path, max: u64) -> Result<String> {
+    use std::io::Read;
+    let what = || format!("reading the session file {}", path.display());
+    let f = std::fs::File::open(path).map_err(|e| Error::io(&what(), e))?;
+    let len = f.metadata().map_err(|e| Error::io(&what(), e))?.len();
+    if len > max {
+        return Err(Error::invalid(format!(
+            "the session file {} holds {len} bytes, more than the {max} a session can take",
+            path.display()
+        )));
+    }
+    let mut s = String::with_capacity(len as usize);
+    f.take(max)
+        .read_to_string(&mut s)
+        .map_err(|e| Error::io(&what(), e))?;
+    Ok(s)
+}
+
 fn shm_free_bytes() -> Option<u64> {
     let path = std::ffi::CString::new("/dev/shm").ok()?;
     // SAFETY: statvfs is plain data, fully written on success.
@@ -243,6 +269,25 @@ impl Session {
         ))
     }
 
+    /// The session for a child process's environment: [`Session::to_env`]
+    /// when it is short; otherwise (a node with thousands of custom
+    /// resources, say) it is written to `session.env` in the node's
+    /// directory, readable by this user only, and the variable holds
+    /// `@<path>`. Linux caps one environment string at 128 KiB: past that
+    /// the child would not start ("Argument list too long").
+    pub(crate) fn to_process_env(&self) -> Result<String> {
+        let s = self.to_env()?;
+        if s.len() <= ENV_INLINE_MAX || self.dir.as_os_str().is_empty() {
+            return Ok(s);
+        }
+        let path = self.dir.join("session.env");
+        let tmp = self.dir.join(format!("session.env.{}", std::process::id()));
+        std::fs::write(&tmp, &s)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| Error::io(&format!("writing {}", path.display()), e))?;
+        Ok(format!("@{}", path.display()))
+    }
+
     pub(crate) fn from_env() -> Result<Session> {
         let v = std::env::var(ENV_SESSION)
             .map_err(|_| Error::invalid(format!("{ENV_SESSION} is not set")))?;
@@ -252,6 +297,9 @@ impl Session {
     /// Reads [`Session::to_env`]'s string; one from a build of rustray
     /// whose protocol differs is a clear error, not a garbled cluster.
     pub(crate) fn from_env_str(v: &str) -> Result<Session> {
+        if let Some(path) = v.strip_prefix('@') {
+            return Self::from_env_str(&read_bounded(Path::new(path), SESSION_FILE_MAX)?);
+        }
         let mine = format!("rr{:016x}", crate::transport::PROTOCOL);
         let (version, body) = v
             .split_once('-')
@@ -322,7 +370,11 @@ impl Session {
     pub(crate) fn remove_sockets(&self) {
         if let Ok(rd) = std::fs::read_dir(&self.dir) {
             for e in rd.flatten() {
-                if e.path().extension().is_some_and(|x| x == "sock") {
+                // The session file carries the cluster's secret: it goes
+                // with the sockets.
+                if e.path().extension().is_some_and(|x| x == "sock")
+                    || e.file_name() == "session.env"
+                {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
@@ -410,6 +462,31 @@ pub(crate) use log;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_session_travels_as_a_file() {
+        let mut cfg = Config::new();
+        for i in 0..5_000 {
+            cfg = cfg.resource(&format!("r{i}"), 1.0);
+        }
+        let dir = std::env::temp_dir().join(format!("rustray-session-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = Session::new_cluster(cfg, true).unwrap();
+        s.dir = dir.clone();
+        let v = s.to_process_env().unwrap();
+        assert!(v.starts_with('@') && v.len() < 4096, "{}", &v[..64.min(v.len())]);
+        let back = Session::from_env_str(&v).unwrap();
+        assert_eq!(back.config.node_resources().unwrap().get("r4999"), 1.0);
+        // A missing or oversized file is a clear error.
+        s.remove_sockets();
+        let e = Session::from_env_str(&v).unwrap_err();
+        assert!(e.message().contains("session file"), "{e}");
+        let big = dir.join("big");
+        std::fs::File::create(&big).unwrap().set_len(SESSION_FILE_MAX + 1).unwrap();
+        let e = Session::from_env_str(&format!("@{}", big.display())).unwrap_err();
+        assert!(e.message().contains("more than"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn session_roundtrips_through_env_string() {

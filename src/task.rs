@@ -269,5 +269,6 @@ pub fn submit_task(
         args.into_iter().map(|a| a.0).collect(),
         num_returns,
         None,
+        None,
     )
 }

@@ -328,7 +328,12 @@ pub(crate) struct ActorSpec {
     pub(crate) args: Vec<Payload>,
     pub(crate) name: Option<String>,
     pub(crate) max_restarts: u32,
+    /// What the actor holds while it lives.
     pub(crate) shape: ResourceSet,
+    /// What a node must have free to be chosen for it: `shape`, or, for
+    /// an actor that asked for no resources at all, 1 CPU (Ray's default
+    /// actor: 1 CPU to be placed, 0 to run).
+    pub(crate) placement: ResourceSet,
     pub(crate) strategy: crate::SchedulingStrategy,
 }
 
@@ -577,12 +582,26 @@ pub(crate) enum Msg {
         req: u64,
         result: std::result::Result<ActorInfo, Error>,
     },
+    /// `kill`: with `no_restart`, dead for good; without, its process is
+    /// ended and it restarts if `max_restarts` allows (Ray's
+    /// `ray.kill(actor, no_restart=False)`).
     KillActor {
+        req: u64,
+        id: ActorId,
+        no_restart: bool,
+    },
+    /// From the actor's own process (`exit_actor`): it ends for good; the
+    /// process exits once this is answered (with `ActorKilled`).
+    ExitActor {
         req: u64,
         id: ActorId,
     },
     ActorKilled {
         req: u64,
+    },
+    /// From an actor's creator: every handle to it is gone (no reply).
+    ActorOutOfScope {
+        id: ActorId,
     },
 
     // ---- GCS to the worker hosting an actor ----

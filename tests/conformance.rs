@@ -43,7 +43,115 @@ fn bytes_here(n: usize) -> Vec<u8> {
     vec![7u8; n]
 }
 
+/// An actor that reports its process and can sleep or exit on request.
+pub struct Holder {
+    calls: u64,
+}
+
+#[rustray::actor]
+impl Holder {
+    pub fn new() -> Self {
+        Holder { calls: 0 }
+    }
+
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    pub fn slow(&mut self, ms: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        self.calls += 1;
+        self.calls
+    }
+
+    pub fn exit(&self) -> u32 {
+        std::process::exit(0)
+    }
+
+    pub fn node(&self) -> String {
+        rustray::node_name().expect("node name")
+    }
+
+    pub fn quit(&self) -> u32 {
+        let e = rustray::exit_actor();
+        panic!("exit_actor returned: {e}");
+    }
+
+    pub fn context(&self) -> (Option<String>, Option<String>, bool) {
+        let c = rustray::get_runtime_context().expect("context");
+        (c.actor_id, c.task_id, c.is_driver)
+    }
+}
+
+/// The runtime context inside a task: (task id, actor id, is_driver, node).
+#[rustray::remote]
+fn task_context() -> (Option<String>, Option<String>, bool, String) {
+    let c = rustray::get_runtime_context().expect("context");
+    (c.task_id, c.actor_id, c.is_driver, c.node_name)
+}
+
+/// An actor whose constructor kills its own process the first `n` times it
+/// runs for a marker file (it counts runs in the file).
+pub struct DiesInCtor {
+    runs: u32,
+}
+
+#[rustray::actor]
+impl DiesInCtor {
+    pub fn new(marker: String, n: u32) -> Self {
+        let runs = std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+            + 1;
+        std::fs::write(&marker, runs.to_string()).expect("marker");
+        if runs <= n {
+            kill_self();
+        }
+        DiesInCtor { runs }
+    }
+
+    pub fn runs(&self) -> u32 {
+        self.runs
+    }
+}
+
+/// Kills this process (SIGKILL) as a crash would.
+fn kill_self() {
+    // SAFETY: sending SIGKILL to our own process; nothing runs after it.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+}
+
+/// Holds a borrowed handle for `ms`, then calls the actor through it.
+#[rustray::remote]
+fn call_later(h: rustray::ActorHandle<Holder>, ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    rustray::get(&h.slow(0)).expect("the borrowed handle keeps the actor alive")
+}
+
 // ---------------------------------------------------------------- helpers
+
+/// Waits (bounded) until process `pid` is gone.
+fn wait_process_gone(pid: u32, within: Duration) {
+    let end = Instant::now() + within;
+    let path = format!("/proc/{pid}/stat");
+    loop {
+        // A reaped process has no entry; a zombie ('Z') has exited too.
+        match std::fs::read_to_string(&path) {
+            Err(_) => return,
+            Ok(stat) => {
+                let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+                if state.starts_with('Z') {
+                    return;
+                }
+            }
+        }
+        assert!(Instant::now() < end, "process {pid} still runs after {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// A one-node cluster of `cpus` CPUs (or the launched cluster).
 fn one_node(cpus: f64) {
@@ -199,6 +307,250 @@ fn test_fractional_gpus_above_one_rejected() {
     assert_eq!(e.kind(), ErrorKind::Infeasible, "{e}");
 }
 
+// ---------------------------------------------------------------- actors
+
+/// test_actor.py::test_actor_deletion: when the last handle to an actor is
+/// dropped, the actor's process exits (after the calls already made through
+/// it) and what it held goes back to its node.
+fn test_actor_deletion() {
+    one_node(1.0);
+    let a = Holder::options().num_cpus(1.0).remote(()).expect("actor");
+    let pid = rustray::get_timeout(&a.pid(), Duration::from_secs(30)).expect("pid");
+    let pending = a.slow(300);
+    drop(a);
+    assert_eq!(
+        rustray::get_timeout(&pending, Duration::from_secs(30)).expect("a call made before the drop runs"),
+        1
+    );
+    wait_process_gone(pid, Duration::from_secs(10));
+    if !common::launched() {
+        // The actor's CPU is free again: a 1-CPU task runs on this 1-CPU node.
+        let r = inc::remote(1u64);
+        assert_eq!(rustray::get_timeout(&r, Duration::from_secs(30)).expect("task"), 2);
+    }
+}
+
+/// test_actor.py::test_actor_deletion (a handle passed to a task): a
+/// borrowed handle keeps the actor alive after its creator dropped its own;
+/// once the borrower is done too, the actor ends.
+fn test_actor_deletion_after_borrowed_handle() {
+    one_node(2.0);
+    let a = Holder::remote().expect("actor");
+    let pid = rustray::get_timeout(&a.pid(), Duration::from_secs(30)).expect("pid");
+    let r = call_later::remote(a.clone(), 500u64);
+    drop(a);
+    assert_eq!(rustray::get_timeout(&r, Duration::from_secs(30)).expect("call through the borrowed handle"), 1);
+    wait_process_gone(pid, Duration::from_secs(10));
+}
+
+/// Ray frees an actor's name when the actor is dead for good
+/// (test_actor.py's named-actor cases): a named actor whose process exits
+/// with no restarts left gives its name back, and the name can be taken
+/// again at once.
+fn test_named_actor_name_released_when_it_dies() {
+    one_node(2.0);
+    let name = format!("conformance-{}", std::process::id());
+    let a = Holder::options().name(&name).remote(()).expect("named actor");
+    let pid = rustray::get_timeout(&a.pid(), Duration::from_secs(30)).expect("pid");
+    let e = rustray::get_timeout(&a.exit(), Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ActorDied, "{e}");
+    wait_process_gone(pid, Duration::from_secs(10));
+    let end = Instant::now() + Duration::from_secs(10);
+    let b = loop {
+        match Holder::options().name(&name).remote(()) {
+            Ok(b) => break b,
+            Err(e) if Instant::now() < end => {
+                assert!(e.message().contains("already exists"), "{e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("the name of a dead actor stays taken: {e}"),
+        }
+    };
+    assert_eq!(rustray::get_timeout(&b.slow(0), Duration::from_secs(30)).expect("call"), 1);
+    // A named actor is not ended by dropping handles: it is found by name.
+    drop(b);
+    let c = rustray::get_actor::<Holder>(&name).expect("still registered");
+    assert_eq!(rustray::get_timeout(&c.slow(0), Duration::from_secs(30)).expect("call"), 2);
+    rustray::kill(&c).expect("kill");
+}
+
+/// test_actor_failures.py::test_actor_restart_on_node_failure's creation
+/// case (an actor whose process dies in `__init__` is restarted while
+/// `max_restarts` allows): the constructor is retried, and fails for good
+/// with `ActorDied` once the restarts are used up.
+fn test_actor_constructor_retried_when_its_process_dies() {
+    one_node(2.0);
+    let marker = std::env::temp_dir().join(format!("rustray-ctor-{}", std::process::id()));
+    let m = marker.display().to_string();
+    let _ = std::fs::remove_file(&marker);
+    let a = DiesInCtor::options()
+        .max_restarts(2)
+        .remote((m.clone(), 2))
+        .expect("created on the third try");
+    assert_eq!(rustray::get_timeout(&a.runs(), Duration::from_secs(30)).expect("runs"), 3);
+    drop(a);
+    let _ = std::fs::remove_file(&marker);
+    let e = DiesInCtor::options()
+        .max_restarts(1)
+        .remote((m, 5))
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ActorDied, "{e}");
+    let _ = std::fs::remove_file(&marker);
+}
+
+/// test_actor_advanced.py::test_actor_load_balancing: many default actors
+/// (they hold no CPU) are spread over the nodes, not stacked on one.
+fn test_actor_load_balancing() {
+    let nodes = nodes(3);
+    let live = nodes.iter().filter(|n| n.alive).count();
+    let actors: Vec<_> = (0..30)
+        .map(|_| Holder::remote().expect("actor"))
+        .collect();
+    let mut per_node = std::collections::HashMap::<String, usize>::new();
+    for a in &actors {
+        let n = rustray::get_timeout(&a.node(), Duration::from_secs(60)).expect("node");
+        *per_node.entry(n).or_default() += 1;
+    }
+    assert_eq!(per_node.len(), live, "30 actors on {live} nodes: {per_node:?}");
+    assert!(
+        per_node.values().all(|&c| c >= 30 / live / 2),
+        "unbalanced: {per_node:?}"
+    );
+}
+
+/// test_actor_advanced.py::test_actors_on_nodes_with_no_cpus: an actor that
+/// asks for nothing needs a CPU to be placed (Ray's 1 CPU for placement, 0
+/// for running), so a cluster without CPUs cannot host it (here: the
+/// deliberate `Infeasible` error; Ray keeps it pending), while one that
+/// asks for 0 CPUs explicitly is placed anywhere.
+fn test_actors_on_nodes_with_no_cpus() {
+    if common::launched() {
+        return; // the launched cluster has CPUs
+    }
+    rustray::init_with(Config::new().num_cpus(0.0)).expect("cluster starts");
+    let e = Holder::remote().map(|_| ()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Infeasible, "{e}");
+    let a = Holder::options().num_cpus(0.0).remote(()).expect("a 0-CPU actor");
+    assert_eq!(rustray::get_timeout(&a.slow(0), Duration::from_secs(30)).expect("call"), 1);
+}
+
+/// test_actor_failures.py's `ray.kill(actor, no_restart=False)` cases: the
+/// actor's process ends and the actor restarts (fresh state) while
+/// `max_restarts` allows; with none left the same kill leaves it dead.
+fn test_kill_with_restart() {
+    one_node(2.0);
+    let a = Holder::options().max_restarts(1).remote(()).expect("actor");
+    assert_eq!(rustray::get_timeout(&a.slow(0), Duration::from_secs(30)).unwrap(), 1);
+    let pid1 = rustray::get_timeout(&a.pid(), Duration::from_secs(30)).expect("pid");
+    rustray::kill_with(&a, false).expect("kill, restart allowed");
+    wait_process_gone(pid1, Duration::from_secs(10));
+    let end = Instant::now() + Duration::from_secs(30);
+    let pid2 = loop {
+        match rustray::get_timeout(&a.pid(), Duration::from_secs(30)) {
+            Ok(p) if p != pid1 => break p,
+            r => {
+                assert!(Instant::now() < end, "the actor did not come back: {r:?}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    // A new incarnation: its state starts over.
+    assert_eq!(rustray::get_timeout(&a.slow(0), Duration::from_secs(30)).unwrap(), 1);
+    rustray::kill_with(&a, false).expect("kill again");
+    wait_process_gone(pid2, Duration::from_secs(10));
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        match rustray::get_timeout(&a.pid(), Duration::from_secs(30)) {
+            Err(e) if e.kind() == ErrorKind::ActorDied => break,
+            r => assert!(Instant::now() < end, "no restarts left, yet: {r:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// test_actor.py::test_exit_actor: `exit_actor()` inside a method ends the
+/// actor for good (restarts or not); outside an actor it is an error.
+fn test_exit_actor() {
+    one_node(2.0);
+    let e = rustray::exit_actor();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    let a = Holder::options().max_restarts(3).remote(()).expect("actor");
+    let pid = rustray::get_timeout(&a.pid(), Duration::from_secs(30)).expect("pid");
+    let e = rustray::get_timeout(&a.quit(), Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ActorDied, "{e}");
+    wait_process_gone(pid, Duration::from_secs(10));
+    let e = rustray::get_timeout(&a.pid(), Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ActorDied, "{e}");
+    assert!(e.message().contains("exit_actor"), "{e}");
+}
+
+// ---------------------------------------------------------------- runtime
+
+/// test_runtime_context.py::test_get_context_dict / test_actor_id: the
+/// driver, a task and an actor each see where they run.
+fn test_runtime_context() {
+    one_node(2.0);
+    let d = rustray::get_runtime_context().expect("driver context");
+    assert!(d.is_driver && d.task_id.is_none() && d.actor_id.is_none(), "{d:?}");
+    assert_eq!(d.node_name, rustray::node_name().unwrap());
+    let (task, actor, is_driver, node) =
+        rustray::get_timeout(&task_context::remote(), Duration::from_secs(30)).expect("task");
+    assert!(task.is_some() && actor.is_none() && !is_driver, "{task:?} {actor:?}");
+    assert!(rustray::nodes().unwrap().iter().any(|n| n.name == node));
+    let a = Holder::remote().expect("actor");
+    let (actor, task, is_driver) =
+        rustray::get_timeout(&a.context(), Duration::from_secs(30)).expect("call");
+    assert_eq!(actor.as_deref(), Some(a.id().as_str()));
+    assert!(task.is_some() && !is_driver);
+}
+
+/// test_basic.py::test_cluster_resources / test_available_resources: the
+/// cluster's resources summed over its live nodes; what is free comes back
+/// once the tasks holding it end.
+fn test_cluster_and_available_resources() {
+    let nodes = nodes(1);
+    let total: f64 = nodes
+        .iter()
+        .filter(|n| n.alive)
+        .flat_map(|n| n.total.iter())
+        .filter(|(k, _)| k == "CPU")
+        .map(|(_, v)| v)
+        .sum();
+    let c = rustray::cluster_resources().expect("cluster resources");
+    assert_eq!(c.get("CPU").copied(), Some(total), "{c:?}");
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = rustray::available_resources().expect("available");
+        if a.get("CPU").copied() == Some(total) {
+            break;
+        }
+        assert!(Instant::now() < end, "available never came back to {total}: {a:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// test_basic_2.py's many-custom-resources case: a node with 10,000 custom
+/// resources starts (its configuration does not fit a command line or one
+/// environment variable), reports them all, and schedules on the last one.
+fn test_many_custom_resources() {
+    if common::launched() {
+        return; // the launched cluster's resources are the launcher's
+    }
+    let mut cfg = Config::new().num_cpus(2.0);
+    for i in 0..10_000 {
+        cfg = cfg.resource(&format!("custom_resource_{i:05}"), 1.0);
+    }
+    rustray::init_with(cfg).expect("a node with 10,000 custom resources starts");
+    let c = rustray::cluster_resources().expect("cluster resources");
+    let custom = c.keys().filter(|k| k.starts_with("custom_resource_")).count();
+    assert_eq!(custom, 10_000);
+    let r = inc::options()
+        .resource("custom_resource_09999", 1.0)
+        .remote(1u64);
+    assert_eq!(rustray::get_timeout(&r, Duration::from_secs(30)).expect("task"), 2);
+}
+
 fn main() {
     common::enter_cluster_role();
     common::run(&[
@@ -214,5 +566,31 @@ fn main() {
             "test_fractional_gpus_above_one_rejected",
             test_fractional_gpus_above_one_rejected,
         ),
+        ("test_actor_deletion", test_actor_deletion),
+        (
+            "test_actor_deletion_after_borrowed_handle",
+            test_actor_deletion_after_borrowed_handle,
+        ),
+        (
+            "test_named_actor_name_released_when_it_dies",
+            test_named_actor_name_released_when_it_dies,
+        ),
+        (
+            "test_actor_constructor_retried_when_its_process_dies",
+            test_actor_constructor_retried_when_its_process_dies,
+        ),
+        ("test_actor_load_balancing", test_actor_load_balancing),
+        (
+            "test_actors_on_nodes_with_no_cpus",
+            test_actors_on_nodes_with_no_cpus,
+        ),
+        ("test_kill_with_restart", test_kill_with_restart),
+        ("test_exit_actor", test_exit_actor),
+        ("test_runtime_context", test_runtime_context),
+        (
+            "test_cluster_and_available_resources",
+            test_cluster_and_available_resources,
+        ),
+        ("test_many_custom_resources", test_many_custom_resources),
     ]);
 }

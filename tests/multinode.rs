@@ -390,11 +390,15 @@ fn test_scheduling_strategies() {
         })
         .remote(0u64);
     rustray::get(&soft_nowhere).expect("soft affinity falls back");
+    // Long enough that no task finishes before every node's first worker
+    // has started, even on a loaded machine: a lease freed early would
+    // otherwise take a queued task (leases are reused per scheduling key,
+    // as in Ray) and the last node could get none.
     let spread: Vec<_> = (0..6)
         .map(|_| {
             where_am_i::options()
                 .scheduling_strategy(SchedulingStrategy::Spread)
-                .remote(200u64)
+                .remote(1500u64)
         })
         .collect();
     let seen: BTreeSet<String> = rustray::get_all(&spread)

@@ -66,6 +66,8 @@ pub(crate) struct ExecShared {
     /// The actor this worker hosts, once constructed. Only the holder of
     /// `Queue::current` locks it.
     actor: Mutex<Option<ActorState>>,
+    /// The actor this worker hosts (set before its constructor runs).
+    pub(crate) actor_id: Mutex<Option<crate::ids::ActorId>>,
     /// Moving average of the actor's call time, in nanoseconds (starts
     /// above the bar: a new actor's first calls go to the main thread until
     /// they are measured short).
@@ -78,6 +80,7 @@ impl Default for ExecShared {
             q: Mutex::default(),
             cv: Condvar::new(),
             actor: Mutex::new(None),
+            actor_id: Mutex::new(None),
             call_ns: std::sync::atomic::AtomicU64::new(2 * INLINE_MAX.as_nanos() as u64),
         }
     }
@@ -86,6 +89,11 @@ impl Default for ExecShared {
 impl ExecShared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.q.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The task (or actor call) this worker is running, if any.
+    pub(crate) fn current_task(&self) -> Option<TaskId> {
+        self.lock().current.as_ref().map(|(t, _, _)| *t)
     }
 }
 
@@ -279,6 +287,10 @@ impl Drop for BlockGuard {
 pub(crate) fn main(session: Session) -> ! {
     crate::session::open_log(&session, &format!("worker-{}", std::process::id()));
     forward_output(&session);
+    // The raylet ends its workers with SIGTERM first: lines a finished task
+    // printed may still sit in the output pipe, and are written out before
+    // the process goes.
+    crate::signals::on_terminate(|_| exit_flushing_output(0));
     let cw = match CoreWorker::start(session, false) {
         Ok(cw) => cw,
         Err(e) => {
@@ -314,6 +326,7 @@ pub(crate) fn main(session: Session) -> ! {
                 let _ = conn.flush();
             }
             Item::Create(spec, conn) => {
+                *cw.exec.actor_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(spec.id);
                 let result = construct(&cw, &spec).map(|state| {
                     *cw.exec.actor.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some((spec.class.clone(), state));
@@ -525,6 +538,8 @@ fn forward_output(session: &Session) {
     }
     let read_fd = fds[0];
     let log_path = session.log_dir().join(format!("worker-{pid}.out"));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    *OUTPUT_DONE.lock().unwrap_or_else(|p| p.into_inner()) = Some(done_rx);
     let _ = std::thread::Builder::new()
         .name("rustray-output".into())
         .spawn(move || {
@@ -556,5 +571,34 @@ fn forward_output(session: &Session) {
                 }
                 line.clear();
             }
+            drop(done_tx);
         });
+}
+
+/// Ends when the output forwarder has copied everything (it drops its
+/// sender at the pipe's end).
+static OUTPUT_DONE: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>> =
+    std::sync::Mutex::new(None);
+
+/// Exits the worker once what it printed has reached the terminal and its
+/// log (bounded: a stuck terminal does not keep it alive).
+pub(crate) fn exit_flushing_output(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // Pointing stdout and stderr at /dev/null closes the pipe's only write
+    // ends, so the forwarder reads to its end and stops.
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 of a valid fd onto fds 1 and 2.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 1);
+            libc::dup2(null.as_raw_fd(), 2);
+        }
+    }
+    let rx = OUTPUT_DONE.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(rx) = rx {
+        let _ = rx.recv_timeout(std::time::Duration::from_millis(500));
+    }
+    std::process::exit(code)
 }

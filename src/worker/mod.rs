@@ -72,6 +72,10 @@ pub(crate) struct Entry {
     /// The object directory: nodes other than the primary's holding a copy
     /// (owner side: reported by borrowers; borrower side: as last told).
     pub(crate) copies: Vec<u16>,
+    /// Owner side: this object stands for the handles of an actor this
+    /// process created (Ray counts actor handles as it counts object refs):
+    /// when it is freed, no handle remains anywhere and the actor ends.
+    pub(crate) actor: Option<ActorId>,
 }
 
 /// Side effects computed under the state lock, performed after it.
@@ -89,6 +93,8 @@ pub(crate) struct Effects {
     pub(crate) return_leases: Vec<(LeaseId, bool)>,
     pub(crate) kill_workers: Vec<WorkerId>,
     pub(crate) resolve_actors: Vec<ActorId>,
+    /// Actors none of whose handles remain, for the GCS to end.
+    pub(crate) actors_out_of_scope: Vec<ActorId>,
 }
 
 /// Everything behind the core worker's lock.
@@ -512,7 +518,7 @@ impl CoreWorker {
         if !self.is_driver {
             // Our node is gone: nothing this worker does can be delivered.
             log!("raylet connection closed; worker exiting");
-            std::process::exit(0);
+            executor::exit_flushing_output(0);
         }
         log!("raylet connection lost");
         eprintln!("rustray: the raylet process died; the cluster is unusable (call shutdown and init again)");
@@ -715,6 +721,14 @@ impl CoreWorker {
         for worker in fx.kill_workers {
             let _ = self.raylet.send(&Msg::KillWorker { worker });
         }
+        for id in fx.actors_out_of_scope {
+            match self.gcs_conn() {
+                Ok(c) => {
+                    let _ = c.send(&Msg::ActorOutOfScope { id });
+                }
+                Err(e) => log!("cannot end actor {id:?}, out of scope: {e}"),
+            }
+        }
         for actor in fx.resolve_actors {
             let me = self.clone();
             let _ = std::thread::Builder::new()
@@ -747,6 +761,20 @@ impl CoreWorker {
             id,
             cw: self.clone(),
         }
+    }
+
+    /// The reference-counted stand-in for the handles of `actor`, which
+    /// this process just created: handles carry it, tasks and calls keep it
+    /// alive while pending, and borrowers register for it as for any
+    /// object, so the actor ends once no handle to it remains anywhere.
+    pub(crate) fn new_actor_token(self: &Arc<Self>, actor: ActorId) -> RawRef {
+        let mut st = self.lock();
+        let r = self.new_owned(&mut st, None);
+        if let Some(e) = st.objects.get_mut(&r.id) {
+            e.value = Some(Payload::Inline(Vec::new()));
+            e.actor = Some(actor);
+        }
+        r
     }
 
     fn inc_local(&self, id: ObjectId) {
@@ -796,6 +824,7 @@ impl CoreWorker {
             if let Some(Payload::Store { node, offset, .. }) = e.value {
                 fx.free_offsets.push((node, offset));
             }
+            fx.actors_out_of_scope.extend(e.actor);
         } else {
             fx.to_owner.push((id.owner, Msg::RemoveBorrow { id }));
         }
@@ -1294,6 +1323,7 @@ impl Effects {
             && self.return_leases.is_empty()
             && self.kill_workers.is_empty()
             && self.resolve_actors.is_empty()
+            && self.actors_out_of_scope.is_empty()
     }
 }
 

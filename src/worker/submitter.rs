@@ -253,6 +253,7 @@ impl CoreWorker {
         args: Vec<PreparedArg>,
         num_returns: usize,
         actor: Option<ActorId>,
+        keep_handle: Option<RawRef>,
     ) -> Vec<RawRef> {
         let id = TaskId {
             owner: self.id,
@@ -263,7 +264,10 @@ impl CoreWorker {
             Err(e) => (Target::Default, Some(e)),
         };
         let mut payloads = Vec::with_capacity(args.len());
-        let mut keep = Vec::new();
+        // A call keeps its actor's handle counted until it finishes, so an
+        // actor whose last handle was dropped still runs the calls made
+        // through it (Ray's submitted-task references).
+        let mut keep: Vec<RawRef> = keep_handle.into_iter().collect();
         let mut dep_refs = Vec::new();
         for (i, a) in args.into_iter().enumerate() {
             match a {
