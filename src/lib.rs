@@ -79,7 +79,7 @@ pub use object_ref::{
 pub use rustray_macros::{actor, remote};
 pub use scheduler::SchedulingStrategy;
 pub use session::Config;
-pub use task::{Arg, IntoArg, TaskOptions};
+pub use task::{Arg, IntoArg, Retries, TaskOptions};
 
 use session::{log, Session};
 use std::sync::{Arc, Mutex};

@@ -64,6 +64,31 @@ pub(crate) fn encode_arg<T: Serialize + 'static>(v: &T) -> PreparedArg {
     }
 }
 
+/// How often a task is retried when its worker dies: a count (`5.into()`,
+/// or just `5` where `impl Into<Retries>` is taken), or without end.
+///
+/// ```
+/// use rustray::Retries;
+/// assert_eq!(Retries::from(2), Retries::Times(2));
+/// # let _ = Retries::Infinite;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retries {
+    /// At most this many retries.
+    Times(u32),
+    /// Retried until it succeeds (Ray's `max_retries=-1`).
+    Infinite,
+}
+
+impl From<u32> for Retries {
+    fn from(n: u32) -> Retries {
+        Retries::Times(n)
+    }
+}
+
+/// The retry budget that never runs out.
+pub(crate) const RETRY_FOREVER: u32 = u32::MAX;
+
 /// Per-call options of a remote function, in Ray's shape
 /// (`f::options().num_cpus(2.0).max_retries(0).remote(..)`).
 #[derive(Clone, Debug)]
@@ -119,9 +144,13 @@ impl TaskOptions {
         self.set(name, amount)
     }
 
-    /// How often the task is re-run if its worker process dies (default 3).
-    pub fn max_retries(mut self, n: u32) -> TaskOptions {
-        self.max_retries = n;
+    /// How often the task is re-run if its worker process dies (default
+    /// 3): a count, or [`Retries::Infinite`] (Ray's `max_retries=-1`).
+    pub fn max_retries(mut self, n: impl Into<Retries>) -> TaskOptions {
+        self.max_retries = match n.into() {
+            Retries::Times(n) => n.min(RETRY_FOREVER - 1),
+            Retries::Infinite => RETRY_FOREVER,
+        };
         self
     }
 

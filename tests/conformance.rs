@@ -99,15 +99,7 @@ pub struct DiesInCtor {
 #[rustray::actor]
 impl DiesInCtor {
     pub fn new(marker: String, n: u32) -> Self {
-        let runs = std::fs::read_to_string(&marker)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            .unwrap_or(0)
-            + 1;
-        std::fs::write(&marker, runs.to_string()).expect("marker");
-        if runs <= n {
-            kill_self();
-        }
+        let runs = count_run_or_die(&marker, n);
         DiesInCtor { runs }
     }
 
@@ -122,6 +114,27 @@ fn kill_self() {
     unsafe {
         libc::kill(libc::getpid(), libc::SIGKILL);
     }
+}
+
+/// Kills its worker process the first `n` times it runs for `marker`.
+#[rustray::remote]
+fn dies_n_times(marker: String, n: u32) -> u32 {
+    count_run_or_die(&marker, n)
+}
+
+/// Counts this run in the `marker` file; the first `n` runs kill their
+/// own process there (a crash), later ones return their number.
+fn count_run_or_die(marker: &str, n: u32) -> u32 {
+    let runs = std::fs::read_to_string(marker)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0)
+        + 1;
+    std::fs::write(marker, runs.to_string()).expect("marker");
+    if runs <= n {
+        kill_self();
+    }
+    runs
 }
 
 /// Holds a borrowed handle for `ms`, then calls the actor through it.
@@ -485,6 +498,24 @@ fn test_exit_actor() {
     assert!(e.message().contains("exit_actor"), "{e}");
 }
 
+/// test_failure.py's `max_retries=-1` case: a task retried without end
+/// survives any number of worker deaths; a finite budget runs out.
+fn test_infinite_retries() {
+    one_node(2.0);
+    let marker = std::env::temp_dir().join(format!("rustray-retries-{}", std::process::id()));
+    let m = marker.display().to_string();
+    let _ = std::fs::remove_file(&marker);
+    let r = dies_n_times::options()
+        .max_retries(rustray::Retries::Infinite)
+        .remote(m.clone(), 6u32);
+    assert_eq!(rustray::get_timeout(&r, Duration::from_secs(60)).expect("retried"), 7);
+    let _ = std::fs::remove_file(&marker);
+    let r = dies_n_times::options().max_retries(2).remote(m, 6u32);
+    let e = rustray::get_timeout(&r, Duration::from_secs(60)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerDied, "{e}");
+    let _ = std::fs::remove_file(&marker);
+}
+
 // ---------------------------------------------------------------- runtime
 
 /// test_runtime_context.py::test_get_context_dict / test_actor_id: the
@@ -586,6 +617,7 @@ fn main() {
         ),
         ("test_kill_with_restart", test_kill_with_restart),
         ("test_exit_actor", test_exit_actor),
+        ("test_infinite_retries", test_infinite_retries),
         ("test_runtime_context", test_runtime_context),
         (
             "test_cluster_and_available_resources",

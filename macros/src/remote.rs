@@ -279,7 +279,7 @@ fn emit(
                     Options(self.0.resource(name, amount))
                 }
                 /// How many times the task is retried if its worker dies.
-                pub fn max_retries(self, n: u32) -> Self {
+                pub fn max_retries(self, n: impl ::core::convert::Into<::rustray::Retries>) -> Self {
                     Options(self.0.max_retries(n))
                 }
                 /// Where the task runs (Ray's scheduling strategies).

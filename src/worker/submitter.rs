@@ -758,7 +758,9 @@ impl CoreWorker {
                         );
                         self.finish_failed(st, *t, &err, fx);
                     } else if e.retries_left > 0 {
-                        e.retries_left -= 1;
+                        if e.retries_left != crate::task::RETRY_FOREVER {
+                            e.retries_left -= 1;
+                        }
                         e.status = Status::Queued;
                         st.sub
                             .classes
