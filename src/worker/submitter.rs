@@ -537,6 +537,11 @@ impl CoreWorker {
                 shape: class.shape.clone(),
                 node,
                 spill: match (class.node, class.soft) {
+                    // A spread request waits a little on the node chosen
+                    // for it before it may spill (a momentarily busy node
+                    // would otherwise send its share to its neighbours and
+                    // get none).
+                    (None, _) if class.spread => Spill::Later,
                     (None, _) => Spill::Now,
                     (Some(_), true) => Spill::Later,
                     (Some(_), false) => Spill::Never,
