@@ -66,7 +66,7 @@ impl ActorCore {
             args.into_iter().map(|a| a.0).collect(),
             1,
             Some(self.id),
-            self.token.clone(),
+            self.token.as_ref(),
         );
         match refs.pop() {
             Some(r) => r.typed(),
@@ -86,7 +86,7 @@ impl<A: ActorClass> ActorHandle<A> {
     /// The actor's id, stable across its restarts (as
     /// [`RuntimeContext::actor_id`](crate::RuntimeContext) gives it inside).
     pub fn id(&self) -> String {
-        format!("{:016x}", self.core().id.0)
+        self.core().id.to_string()
     }
 
     fn from_core(core: ActorCore) -> ActorHandle<A> {

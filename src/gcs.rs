@@ -202,9 +202,12 @@ impl ActorTable {
     /// is then handled as a crash (restarted while `max_restarts` allows).
     pub(crate) fn end_process(&mut self, id: ActorId) -> Vec<ActorAction> {
         match self.actors.get_mut(&id) {
-            Some(a) if a.state == ActorState::Alive => {
-                a.lease.take().map(ActorAction::ReleaseWorker).into_iter().collect()
-            }
+            Some(a) if a.state == ActorState::Alive => a
+                .lease
+                .take()
+                .map(ActorAction::ReleaseWorker)
+                .into_iter()
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -781,10 +784,8 @@ impl Gcs {
                 }
             }
             crate::SchedulingStrategy::Spread => {
-                let fit: Vec<&NodeInfo> = live().filter(|n| placement.fits(&n.total)).collect();
-                if !fit.is_empty() {
-                    let i = self.spread_next.fetch_add(1, Ordering::Relaxed) as usize;
-                    return Ok(fit[i % fit.len()].index);
+                if let Some(n) = self.in_turn(live().filter(|n| placement.fits(&n.total))) {
+                    return Ok(n);
                 }
             }
             crate::SchedulingStrategy::Default if shape.is_empty() => {
@@ -793,31 +794,38 @@ impl Gcs {
                 // one to the same node: take the nodes where its placement
                 // fits in turn instead (Ray picks such actors' nodes at
                 // random).
-                let fit: Vec<&NodeInfo> =
-                    live().filter(|n| placement.fits(&n.available)).collect();
-                if !fit.is_empty() {
-                    let i = self.spread_next.fetch_add(1, Ordering::Relaxed) as usize;
-                    return Ok(fit[i % fit.len()].index);
+                if let Some(n) = self.in_turn(live().filter(|n| placement.fits(&n.available))) {
+                    return Ok(n);
                 }
             }
             crate::SchedulingStrategy::Default => {}
         }
-        let shape = placement;
         let cpu = |r: &ResourceSet| (r.get(crate::scheduler::CPU) * 1e4) as i64;
         live()
-            .filter(|n| shape.fits(&n.available))
+            .filter(|n| placement.fits(&n.available))
             .max_by_key(|n| cpu(&n.available))
-            .or_else(|| live().find(|n| shape.fits(&n.total)))
+            .or_else(|| live().find(|n| placement.fits(&n.total)))
             .map(|n| n.index)
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::Infeasible,
                     format!(
-                        "no node of the cluster can host an actor needing {shape:?} ({} nodes)",
+                        "no node of the cluster can host an actor needing {placement:?} ({} nodes)",
                         nodes.len()
                     ),
                 )
             })
+    }
+
+    /// The next of `candidates` in the GCS's round-robin order (`None` when
+    /// there are none).
+    fn in_turn<'a>(&self, candidates: impl Iterator<Item = &'a NodeInfo>) -> Option<u16> {
+        let fit: Vec<&NodeInfo> = candidates.collect();
+        if fit.is_empty() {
+            return None;
+        }
+        let i = self.spread_next.fetch_add(1, Ordering::Relaxed) as usize;
+        Some(fit[i % fit.len()].index)
     }
 
     /// Leases a worker for an actor: places it, asks that node's raylet,
@@ -899,17 +907,17 @@ impl Gcs {
             let Some(spec) = self.table().spec(id) else {
                 return;
             };
-            let created =
-                self.lease(&spec.placement, spec.shape.clone(), &spec.strategy)
-                    .and_then(|(lease, worker)| {
-                        let node = self.node_info(worker.node())?;
-                        let stream = Endpoint::Tcp(SocketAddr::new(node.ip, worker.port()))
-                            .connect(&self.session.secret)?;
-                        let conn = Conn::new(&stream)?;
-                        conn.send(&Msg::Hello { from: GCS_ID })?;
-                        conn.send(&Msg::CreateActor { spec: spec.clone() })?;
-                        Ok((lease, worker, stream, conn))
-                    });
+            let created = self
+                .lease(&spec.placement, spec.shape.clone(), &spec.strategy)
+                .and_then(|(lease, worker)| {
+                    let node = self.node_info(worker.node())?;
+                    let stream = Endpoint::Tcp(SocketAddr::new(node.ip, worker.port()))
+                        .connect(&self.session.secret)?;
+                    let conn = Conn::new(&stream)?;
+                    conn.send(&Msg::Hello { from: GCS_ID })?;
+                    conn.send(&Msg::CreateActor { spec: spec.clone() })?;
+                    Ok((lease, worker, stream, conn))
+                });
             let (lease, worker, stream, _conn) = match created {
                 Ok(c) => c,
                 Err(e) => {
@@ -1019,7 +1027,10 @@ mod tests {
         t.register(a).unwrap();
         assert!(t.end_process(id).is_empty(), "not created yet");
         t.created(id, WorkerId(5), LeaseId(1));
-        assert_eq!(t.end_process(id), vec![ActorAction::ReleaseWorker(LeaseId(1))]);
+        assert_eq!(
+            t.end_process(id),
+            vec![ActorAction::ReleaseWorker(LeaseId(1))]
+        );
         let (act, _) = t.worker_died(id);
         assert_eq!(act, vec![ActorAction::Create(id)], "restarted");
         t.created(id, WorkerId(6), LeaseId(2));

@@ -90,7 +90,14 @@ pub(crate) struct TaskId {
 
 impl fmt::Debug for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "task {}/{}", self.owner, self.seq)
+        write!(f, "task {self}")
+    }
+}
+
+/// As the public API prints it (`rustray::get_runtime_context`).
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.owner, self.seq)
     }
 }
 
@@ -106,7 +113,14 @@ impl ActorId {
 
 impl fmt::Debug for ActorId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "actor {:016x}", self.0)
+        write!(f, "actor {self}")
+    }
+}
+
+/// As the public API prints it (`ActorHandle::id`, the runtime context).
+impl fmt::Display for ActorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
     }
 }
 

@@ -300,18 +300,14 @@ pub struct RuntimeContext {
 /// The calling code's [`RuntimeContext`].
 pub fn get_runtime_context() -> Result<RuntimeContext> {
     let cw = worker::current()?;
-    let actor = *cw
-        .exec
-        .actor_id
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let actor = *cw.exec.actor_id.lock().unwrap_or_else(|p| p.into_inner());
     Ok(RuntimeContext {
         node_name: cw.session.node.clone(),
         node_index: cw.session.node_index,
         worker_id: cw.id.to_string(),
         is_driver: cw.is_driver,
-        task_id: cw.exec.current_task().map(|t| format!("{}/{}", t.owner, t.seq)),
-        actor_id: actor.map(|a| format!("{:016x}", a.0)),
+        task_id: cw.exec.current_task().map(|t| t.to_string()),
+        actor_id: actor.map(|a| a.to_string()),
     })
 }
 

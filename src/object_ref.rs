@@ -214,17 +214,19 @@ pub fn wait_with<T>(
     // node's store (and pinned while this process holds it), so the `get`
     // that follows reads it in place. A copy that fails is left for `get`
     // to report.
-    let cw = &refs[0].raw.cw;
-    for r in yes.iter().filter(|_| fetch_local) {
-        let remote = {
-            let st = cw.lock();
-            st.objects
-                .get(&r.raw.id)
-                .and_then(|e| e.value.as_ref())
-                .is_some_and(|p| cw.is_remote(p))
-        };
-        if remote {
-            let _ = cw.wait_local(r.raw.id, end);
+    if fetch_local {
+        let cw = &refs[0].raw.cw;
+        for r in &yes {
+            let remote = {
+                let st = cw.lock();
+                st.objects
+                    .get(&r.raw.id)
+                    .and_then(|e| e.value.as_ref())
+                    .is_some_and(|p| cw.is_remote(p))
+            };
+            if remote {
+                let _ = cw.wait_local(r.raw.id, end);
+            }
         }
     }
     Ok((yes, no))

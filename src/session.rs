@@ -474,7 +474,11 @@ mod tests {
         let mut s = Session::new_cluster(cfg, true).unwrap();
         s.dir = dir.clone();
         let v = s.to_process_env().unwrap();
-        assert!(v.starts_with('@') && v.len() < 4096, "{}", &v[..64.min(v.len())]);
+        assert!(
+            v.starts_with('@') && v.len() < 4096,
+            "{}",
+            &v[..64.min(v.len())]
+        );
         let back = Session::from_env_str(&v).unwrap();
         assert_eq!(back.config.node_resources().unwrap().get("r4999"), 1.0);
         // A missing or oversized file is a clear error.
@@ -482,7 +486,10 @@ mod tests {
         let e = Session::from_env_str(&v).unwrap_err();
         assert!(e.message().contains("session file"), "{e}");
         let big = dir.join("big");
-        std::fs::File::create(&big).unwrap().set_len(SESSION_FILE_MAX + 1).unwrap();
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(SESSION_FILE_MAX + 1)
+            .unwrap();
         let e = Session::from_env_str(&format!("@{}", big.display())).unwrap_err();
         assert!(e.message().contains("more than"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);

@@ -161,7 +161,10 @@ fn wait_process_gone(pid: u32, within: Duration) {
                 }
             }
         }
-        assert!(Instant::now() < end, "process {pid} still runs after {within:?}");
+        assert!(
+            Instant::now() < end,
+            "process {pid} still runs after {within:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -241,8 +244,13 @@ fn test_wait_fetch_local() {
         .remote(N);
     // With fetch_local off, ready there is ready: nothing is copied here.
     let before = rustray::store_stats().expect("store stats");
-    let (ready, _) = rustray::wait_with(&[r.clone()], 1, Some(Duration::from_secs(60)), false)
-        .expect("wait");
+    let (ready, _) = rustray::wait_with(
+        std::slice::from_ref(&r),
+        1,
+        Some(Duration::from_secs(60)),
+        false,
+    )
+    .expect("wait");
     assert_eq!(ready.len(), 1);
     let after = rustray::store_stats().expect("store stats");
     assert!(
@@ -250,7 +258,8 @@ fn test_wait_fetch_local() {
         "fetch_local=false copied it: {before:?} -> {after:?}"
     );
     drop(ready);
-    let (ready, _) = rustray::wait(&[r.clone()], 1, Some(Duration::from_secs(60))).expect("wait");
+    let (ready, _) =
+        rustray::wait(std::slice::from_ref(&r), 1, Some(Duration::from_secs(60))).expect("wait");
     assert_eq!(ready.len(), 1);
     let after = rustray::store_stats().expect("store stats");
     assert!(
@@ -332,14 +341,18 @@ fn test_actor_deletion() {
     let pending = a.slow(300);
     drop(a);
     assert_eq!(
-        rustray::get_timeout(&pending, Duration::from_secs(30)).expect("a call made before the drop runs"),
+        rustray::get_timeout(&pending, Duration::from_secs(30))
+            .expect("a call made before the drop runs"),
         1
     );
     wait_process_gone(pid, Duration::from_secs(10));
     if !common::launched() {
         // The actor's CPU is free again: a 1-CPU task runs on this 1-CPU node.
         let r = inc::remote(1u64);
-        assert_eq!(rustray::get_timeout(&r, Duration::from_secs(30)).expect("task"), 2);
+        assert_eq!(
+            rustray::get_timeout(&r, Duration::from_secs(30)).expect("task"),
+            2
+        );
     }
 }
 
@@ -352,7 +365,11 @@ fn test_actor_deletion_after_borrowed_handle() {
     let pid = rustray::get_timeout(&a.pid(), Duration::from_secs(30)).expect("pid");
     let r = call_later::remote(a.clone(), 500u64);
     drop(a);
-    assert_eq!(rustray::get_timeout(&r, Duration::from_secs(30)).expect("call through the borrowed handle"), 1);
+    assert_eq!(
+        rustray::get_timeout(&r, Duration::from_secs(30))
+            .expect("call through the borrowed handle"),
+        1
+    );
     wait_process_gone(pid, Duration::from_secs(10));
 }
 
@@ -363,7 +380,10 @@ fn test_actor_deletion_after_borrowed_handle() {
 fn test_named_actor_name_released_when_it_dies() {
     one_node(2.0);
     let name = format!("conformance-{}", std::process::id());
-    let a = Holder::options().name(&name).remote(()).expect("named actor");
+    let a = Holder::options()
+        .name(&name)
+        .remote(())
+        .expect("named actor");
     let pid = rustray::get_timeout(&a.pid(), Duration::from_secs(30)).expect("pid");
     let e = rustray::get_timeout(&a.exit(), Duration::from_secs(30)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ActorDied, "{e}");
@@ -379,11 +399,17 @@ fn test_named_actor_name_released_when_it_dies() {
             Err(e) => panic!("the name of a dead actor stays taken: {e}"),
         }
     };
-    assert_eq!(rustray::get_timeout(&b.slow(0), Duration::from_secs(30)).expect("call"), 1);
+    assert_eq!(
+        rustray::get_timeout(&b.slow(0), Duration::from_secs(30)).expect("call"),
+        1
+    );
     // A named actor is not ended by dropping handles: it is found by name.
     drop(b);
     let c = rustray::get_actor::<Holder>(&name).expect("still registered");
-    assert_eq!(rustray::get_timeout(&c.slow(0), Duration::from_secs(30)).expect("call"), 2);
+    assert_eq!(
+        rustray::get_timeout(&c.slow(0), Duration::from_secs(30)).expect("call"),
+        2
+    );
     rustray::kill(&c).expect("kill");
 }
 
@@ -400,7 +426,10 @@ fn test_actor_constructor_retried_when_its_process_dies() {
         .max_restarts(2)
         .remote((m.clone(), 2))
         .expect("created on the third try");
-    assert_eq!(rustray::get_timeout(&a.runs(), Duration::from_secs(30)).expect("runs"), 3);
+    assert_eq!(
+        rustray::get_timeout(&a.runs(), Duration::from_secs(30)).expect("runs"),
+        3
+    );
     drop(a);
     let _ = std::fs::remove_file(&marker);
     let e = DiesInCtor::options()
@@ -417,15 +446,17 @@ fn test_actor_constructor_retried_when_its_process_dies() {
 fn test_actor_load_balancing() {
     let nodes = nodes(3);
     let live = nodes.iter().filter(|n| n.alive).count();
-    let actors: Vec<_> = (0..30)
-        .map(|_| Holder::remote().expect("actor"))
-        .collect();
+    let actors: Vec<_> = (0..30).map(|_| Holder::remote().expect("actor")).collect();
     let mut per_node = std::collections::HashMap::<String, usize>::new();
     for a in &actors {
         let n = rustray::get_timeout(&a.node(), Duration::from_secs(60)).expect("node");
         *per_node.entry(n).or_default() += 1;
     }
-    assert_eq!(per_node.len(), live, "30 actors on {live} nodes: {per_node:?}");
+    assert_eq!(
+        per_node.len(),
+        live,
+        "30 actors on {live} nodes: {per_node:?}"
+    );
     assert!(
         per_node.values().all(|&c| c >= 30 / live / 2),
         "unbalanced: {per_node:?}"
@@ -444,8 +475,14 @@ fn test_actors_on_nodes_with_no_cpus() {
     rustray::init_with(Config::new().num_cpus(0.0)).expect("cluster starts");
     let e = Holder::remote().map(|_| ()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Infeasible, "{e}");
-    let a = Holder::options().num_cpus(0.0).remote(()).expect("a 0-CPU actor");
-    assert_eq!(rustray::get_timeout(&a.slow(0), Duration::from_secs(30)).expect("call"), 1);
+    let a = Holder::options()
+        .num_cpus(0.0)
+        .remote(())
+        .expect("a 0-CPU actor");
+    assert_eq!(
+        rustray::get_timeout(&a.slow(0), Duration::from_secs(30)).expect("call"),
+        1
+    );
 }
 
 /// test_actor_failures.py's `ray.kill(actor, no_restart=False)` cases: the
@@ -454,7 +491,10 @@ fn test_actors_on_nodes_with_no_cpus() {
 fn test_kill_with_restart() {
     one_node(2.0);
     let a = Holder::options().max_restarts(1).remote(()).expect("actor");
-    assert_eq!(rustray::get_timeout(&a.slow(0), Duration::from_secs(30)).unwrap(), 1);
+    assert_eq!(
+        rustray::get_timeout(&a.slow(0), Duration::from_secs(30)).unwrap(),
+        1
+    );
     let pid1 = rustray::get_timeout(&a.pid(), Duration::from_secs(30)).expect("pid");
     rustray::kill_with(&a, false).expect("kill, restart allowed");
     wait_process_gone(pid1, Duration::from_secs(10));
@@ -469,7 +509,10 @@ fn test_kill_with_restart() {
         }
     };
     // A new incarnation: its state starts over.
-    assert_eq!(rustray::get_timeout(&a.slow(0), Duration::from_secs(30)).unwrap(), 1);
+    assert_eq!(
+        rustray::get_timeout(&a.slow(0), Duration::from_secs(30)).unwrap(),
+        1
+    );
     rustray::kill_with(&a, false).expect("kill again");
     wait_process_gone(pid2, Duration::from_secs(10));
     let end = Instant::now() + Duration::from_secs(30);
@@ -508,7 +551,10 @@ fn test_infinite_retries() {
     let r = dies_n_times::options()
         .max_retries(rustray::Retries::Infinite)
         .remote(m.clone(), 6u32);
-    assert_eq!(rustray::get_timeout(&r, Duration::from_secs(60)).expect("retried"), 7);
+    assert_eq!(
+        rustray::get_timeout(&r, Duration::from_secs(60)).expect("retried"),
+        7
+    );
     let _ = std::fs::remove_file(&marker);
     let r = dies_n_times::options().max_retries(2).remote(m, 6u32);
     let e = rustray::get_timeout(&r, Duration::from_secs(60)).unwrap_err();
@@ -523,11 +569,17 @@ fn test_infinite_retries() {
 fn test_runtime_context() {
     one_node(2.0);
     let d = rustray::get_runtime_context().expect("driver context");
-    assert!(d.is_driver && d.task_id.is_none() && d.actor_id.is_none(), "{d:?}");
+    assert!(
+        d.is_driver && d.task_id.is_none() && d.actor_id.is_none(),
+        "{d:?}"
+    );
     assert_eq!(d.node_name, rustray::node_name().unwrap());
     let (task, actor, is_driver, node) =
         rustray::get_timeout(&task_context::remote(), Duration::from_secs(30)).expect("task");
-    assert!(task.is_some() && actor.is_none() && !is_driver, "{task:?} {actor:?}");
+    assert!(
+        task.is_some() && actor.is_none() && !is_driver,
+        "{task:?} {actor:?}"
+    );
     assert!(rustray::nodes().unwrap().iter().any(|n| n.name == node));
     let a = Holder::remote().expect("actor");
     let (actor, task, is_driver) =
@@ -556,7 +608,10 @@ fn test_cluster_and_available_resources() {
         if a.get("CPU").copied() == Some(total) {
             break;
         }
-        assert!(Instant::now() < end, "available never came back to {total}: {a:?}");
+        assert!(
+            Instant::now() < end,
+            "available never came back to {total}: {a:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -574,12 +629,18 @@ fn test_many_custom_resources() {
     }
     rustray::init_with(cfg).expect("a node with 10,000 custom resources starts");
     let c = rustray::cluster_resources().expect("cluster resources");
-    let custom = c.keys().filter(|k| k.starts_with("custom_resource_")).count();
+    let custom = c
+        .keys()
+        .filter(|k| k.starts_with("custom_resource_"))
+        .count();
     assert_eq!(custom, 10_000);
     let r = inc::options()
         .resource("custom_resource_09999", 1.0)
         .remote(1u64);
-    assert_eq!(rustray::get_timeout(&r, Duration::from_secs(30)).expect("task"), 2);
+    assert_eq!(
+        rustray::get_timeout(&r, Duration::from_secs(30)).expect("task"),
+        2
+    );
 }
 
 fn main() {

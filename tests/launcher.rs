@@ -439,7 +439,10 @@ fn test_conformance_suite_on_local_nodes() {
     let out = run_bounded(c, Duration::from_secs(300));
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("test result: ok.") && t.contains(" 0 failed;"), "{t}");
+    assert!(
+        t.contains("test result: ok.") && t.contains(" 0 failed;"),
+        "{t}"
+    );
     assert!(!t.contains(" 0 passed;"), "{t}");
 }
 

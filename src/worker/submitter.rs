@@ -253,7 +253,7 @@ impl CoreWorker {
         args: Vec<PreparedArg>,
         num_returns: usize,
         actor: Option<ActorId>,
-        keep_handle: Option<RawRef>,
+        keep_handle: Option<&RawRef>,
     ) -> Vec<RawRef> {
         let id = TaskId {
             owner: self.id,
@@ -264,10 +264,7 @@ impl CoreWorker {
             Err(e) => (Target::Default, Some(e)),
         };
         let mut payloads = Vec::with_capacity(args.len());
-        // A call keeps its actor's handle counted until it finishes, so an
-        // actor whose last handle was dropped still runs the calls made
-        // through it (Ray's submitted-task references).
-        let mut keep: Vec<RawRef> = keep_handle.into_iter().collect();
+        let mut keep: Vec<RawRef> = Vec::new();
         let mut dep_refs = Vec::new();
         for (i, a) in args.into_iter().enumerate() {
             match a {
@@ -304,6 +301,19 @@ impl CoreWorker {
         }
         let mut fx = Effects::default();
         let mut st = self.lock();
+        // A call keeps its actor's handle counted until it finishes, so an
+        // actor whose last handle was dropped still runs the calls made
+        // through it (Ray's submitted-task references). Counted under the
+        // lock held here: cloning the ref would take it once more per call.
+        if let Some(h) = keep_handle {
+            if let Some(e) = st.objects.get_mut(&h.id) {
+                e.local += 1;
+                keep.push(RawRef {
+                    id: h.id,
+                    cw: self.clone(),
+                });
+            }
+        }
         let refs: Vec<RawRef> = (0..num_returns)
             .map(|_| self.new_owned(&mut st, Some(id)))
             .collect();
