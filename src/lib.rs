@@ -295,6 +295,9 @@ pub struct RuntimeContext {
     pub task_id: Option<String>,
     /// The actor this worker hosts (as [`ActorHandle::id`] prints it).
     pub actor_id: Option<String>,
+    /// This node's log directory: a file per process, `worker-<pid>.out`
+    /// holding what each worker printed.
+    pub log_dir: std::path::PathBuf,
 }
 
 /// The calling code's [`RuntimeContext`].
@@ -308,6 +311,7 @@ pub fn get_runtime_context() -> Result<RuntimeContext> {
         is_driver: cw.is_driver,
         task_id: cw.exec.current_task().map(|t| t.to_string()),
         actor_id: actor.map(|a| a.to_string()),
+        log_dir: cw.session.log_dir(),
     })
 }
 

@@ -9,7 +9,11 @@
 //!
 //! Policy, following Ray's local lease manager:
 //! - requests are served first come, first served, skipping ones that do not
-//!   fit yet so a large request does not block small ones;
+//!   fit yet so a large request does not block small ones; a worker is
+//!   started only for a request that fits beside those already waiting;
+//! - Ray's hybrid policy for default requests: a node keeps them while it
+//!   is less than half busy, then sends them to the least busy node below
+//!   half, if any ([`SPREAD_THRESHOLD`]);
 //! - a request that does not fit the node's free resources now is spilled
 //!   back to a node where it does, chosen from the cluster resource view
 //!   (Ray's spillback); one that can never fit this node goes to a node
@@ -223,6 +227,12 @@ pub(crate) enum Spill {
     Later,
 }
 
+/// Ray's hybrid policy: a node keeps default work while it is less busy
+/// than this (in the most used resource the request needs); from there on
+/// the work goes to a node still below it, if there is one. So a node
+/// packs up to half, then the cluster spreads (Ray's `spread_threshold`).
+const SPREAD_THRESHOLD: f64 = 0.5;
+
 /// Views a preferred-here request waits through before it may move.
 pub(crate) const PREFER_HERE_VIEWS: u32 = 2;
 
@@ -384,9 +394,57 @@ impl LeaseManager {
         })
     }
 
+    /// How busy a node is: the largest fraction in use, over the
+    /// resources `shape` asks for (Ray's critical resource utilization).
+    fn utilization(total: &ResourceSet, free: &ResourceSet, shape: &ResourceSet) -> f64 {
+        shape
+            .items
+            .iter()
+            .filter_map(|(k, _)| {
+                let t = total.fixed(k);
+                (t > 0).then(|| (t - free.fixed(k)) as f64 / t as f64)
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// Under the hybrid policy, the node a default request should go to
+    /// instead of this one: this node is at [`SPREAD_THRESHOLD`] or past
+    /// it, and another, where it fits now, is below (the least busy one).
+    fn spread_target(&mut self, shape: &ResourceSet) -> Option<u16> {
+        // Requests queued here count as busy: they are granted as soon as
+        // workers are ready.
+        let mut free = self.available.clone();
+        for q in &self.queue {
+            free.add_signed(&q.shape, -1);
+        }
+        if Self::utilization(&self.total, &free, shape) < SPREAD_THRESHOLD {
+            return None;
+        }
+        let best = self
+            .peers
+            .iter_mut()
+            .filter(|n| shape.fits(&n.available))
+            .map(|n| (Self::utilization(&n.total, &n.available, shape), n))
+            .filter(|(u, _)| *u < SPREAD_THRESHOLD)
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, n)| n)?;
+        // Until the next view arrives, count what was sent there.
+        best.available.add_signed(shape, -1);
+        Some(best.index)
+    }
+
     /// Grants, queues, spills, holds or rejects a request.
     fn place(&mut self, p: Pending) -> Vec<Action> {
         let fits_here = p.shape.fits(&self.total);
+        if p.spill == Spill::Now && fits_here {
+            if let Some(node) = self.spread_target(&p.shape) {
+                return vec![Action::Spillback {
+                    client: p.client,
+                    req: p.req,
+                    node,
+                }];
+            }
+        }
         let spill_now = p.spill == Spill::Now || (p.spill == Spill::Later && !fits_here);
         if spill_now && !p.shape.fits(&self.available) {
             if let Some(node) = self.spill_target(&p.shape, !fits_here) {
@@ -545,14 +603,21 @@ impl LeaseManager {
     fn schedule(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
         let mut waiting_for_worker = 0usize;
+        // What is left once the requests already waiting for a worker are
+        // counted: a worker is started only for a request that would still
+        // fit beside them, so a flood of small fractional requests starts
+        // as many workers as can run at once (16 of 0.25 CPU on 4 CPUs),
+        // not one per request that fits on its own.
+        let mut unclaimed = self.available.clone();
         let mut i = 0;
         while i < self.queue.len() {
-            if !self.queue[i].shape.fits(&self.available) {
+            if !self.queue[i].shape.fits(&unclaimed) {
                 i += 1;
                 continue;
             }
             let Some(worker) = self.idle.pop() else {
                 waiting_for_worker += 1;
+                unclaimed.add_signed(&self.queue[i].shape, -1);
                 i += 1;
                 continue;
             };
@@ -560,6 +625,7 @@ impl LeaseManager {
             let lease = LeaseId::new(self.node, self.next_lease);
             self.next_lease += 1;
             self.available.add_signed(&p.shape, -1);
+            unclaimed.add_signed(&p.shape, -1);
             self.leases.insert(
                 lease,
                 Lease {
@@ -801,6 +867,61 @@ mod tests {
                 node: 1
             }]
         );
+    }
+
+    #[test]
+    fn default_requests_pack_a_node_to_half_then_spread() {
+        // Two nodes of 4 CPUs; four long 1-CPU tasks go 2 and 2.
+        let mut m = LeaseManager::new(cpus(4.0), 4, 4);
+        m.set_view(vec![peer(1, 4.0, 4.0)]);
+        for i in 0..4 {
+            m.worker_registered(w(i));
+        }
+        assert_eq!(grants(&m.request(1, 1, cpus(1.0), Spill::Now)).len(), 1);
+        assert_eq!(grants(&m.request(1, 2, cpus(1.0), Spill::Now)).len(), 1);
+        for req in [3, 4] {
+            assert_eq!(
+                m.request(1, req, cpus(1.0), Spill::Now),
+                vec![Action::Spillback {
+                    client: 1,
+                    req,
+                    node: 1
+                }]
+            );
+        }
+        // The other node is at half now (booked against the view): with
+        // every node at the threshold, work stays here.
+        assert_eq!(grants(&m.request(1, 5, cpus(1.0), Spill::Now)).len(), 1);
+        // Preferred-here and pinned requests are not spread.
+        assert_eq!(grants(&m.request(1, 6, cpus(1.0), Spill::Later)).len(), 1);
+        let mut m = LeaseManager::new(cpus(4.0), 4, 4);
+        m.set_view(vec![peer(1, 4.0, 4.0)]);
+        m.worker_registered(w(0));
+        m.worker_registered(w(1));
+        assert_eq!(grants(&m.request(1, 1, cpus(3.0), Spill::Never)).len(), 1);
+        assert_eq!(grants(&m.request(1, 2, cpus(1.0), Spill::Never)).len(), 1);
+    }
+
+    #[test]
+    fn a_flood_of_fractional_requests_starts_only_the_workers_that_fit() {
+        // 4 CPUs, requests of 0.25: at most 16 run at once, so at most 16
+        // workers are ever started however many requests queue.
+        let mut m = LeaseManager::new(cpus(4.0), 64, 64);
+        let mut started = 0;
+        for req in 0..100 {
+            started += m
+                .request(1, req, cpus(0.25), Spill::Now)
+                .iter()
+                .filter(|a| **a == Action::StartWorker)
+                .count();
+        }
+        assert_eq!(started, 16);
+        let mut granted = 0;
+        for i in 0..16 {
+            granted += grants(&m.worker_registered(w(i))).len();
+        }
+        assert_eq!(granted, 16);
+        assert_eq!(m.available().get(CPU), 0.0);
     }
 
     #[test]

@@ -144,6 +144,18 @@ fn call_later(h: rustray::ActorHandle<Holder>, ms: u64) -> u64 {
     rustray::get(&h.slow(0)).expect("the borrowed handle keeps the actor alive")
 }
 
+#[rustray::remote]
+fn pid_after(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+#[rustray::remote]
+fn node_after(ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(ms));
+    rustray::node_name().expect("node name")
+}
+
 // ---------------------------------------------------------------- helpers
 
 /// Waits (bounded) until process `pid` is gone.
@@ -327,6 +339,65 @@ fn test_fractional_gpus_above_one_rejected() {
     )
     .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Infeasible, "{e}");
+}
+
+/// test_scheduling.py's fractional cases: a flood of short 0.25-CPU tasks
+/// on 4 CPUs runs on at most the 16 workers that fit at once (the raylet
+/// does not start a worker per queued request).
+fn test_fractional_flood_starts_only_the_workers_that_fit() {
+    if common::launched() {
+        return; // needs a node of exactly 4 CPUs
+    }
+    one_node(4.0);
+    // Long enough that leases pile up (each task's worker stays busy while
+    // the next requests arrive), short enough for 10,000 to take seconds.
+    const FLOOD_TASK_MS: u64 = 2;
+    let refs: Vec<_> = (0..10_000)
+        .map(|_| pid_after::options().num_cpus(0.25).remote(FLOOD_TASK_MS))
+        .collect();
+    let pids: std::collections::HashSet<u32> = rustray::get_all(&refs)
+        .expect("tasks")
+        .into_iter()
+        .collect();
+    assert!(
+        pids.len() <= 16,
+        "{} workers ran 0.25-CPU tasks on 4 CPUs",
+        pids.len()
+    );
+    // Nor were more started (each worker logs to its own file).
+    let logs = rustray::get_runtime_context().expect("context").log_dir;
+    let started = std::fs::read_dir(&logs)
+        .expect("log dir")
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with("worker-") && n.ends_with(".out")
+        })
+        .count();
+    assert!(
+        started <= 16,
+        "{started} workers were started for 0.25-CPU tasks on 4 CPUs"
+    );
+}
+
+/// test_scheduling.py::test_hybrid_policy: the default policy packs a node
+/// up to half its CPUs, then spreads: 4 long tasks on 2 nodes of 4 CPUs go
+/// 2 and 2, not 4 and 0.
+fn test_hybrid_policy() {
+    if common::launched() {
+        return; // needs 2 nodes of 4 CPUs
+    }
+    rustray::init_with(Config::new().local_nodes(2).num_cpus(4.0)).expect("cluster starts");
+    // Let each raylet see the other in its cluster view.
+    std::thread::sleep(Duration::from_millis(300));
+    let refs: Vec<_> = (0..4).map(|_| node_after::remote(1500u64)).collect();
+    let mut per_node = std::collections::HashMap::<String, usize>::new();
+    for n in rustray::get_all(&refs).expect("tasks") {
+        *per_node.entry(n).or_default() += 1;
+    }
+    let mut counts: Vec<usize> = per_node.values().copied().collect();
+    counts.sort();
+    assert_eq!(counts, vec![2, 2], "{per_node:?}");
 }
 
 // ---------------------------------------------------------------- actors
@@ -574,6 +645,7 @@ fn test_runtime_context() {
         "{d:?}"
     );
     assert_eq!(d.node_name, rustray::node_name().unwrap());
+    assert!(d.log_dir.is_dir(), "{d:?}");
     let (task, actor, is_driver, node) =
         rustray::get_timeout(&task_context::remote(), Duration::from_secs(30)).expect("task");
     assert!(
@@ -658,6 +730,11 @@ fn main() {
             "test_fractional_gpus_above_one_rejected",
             test_fractional_gpus_above_one_rejected,
         ),
+        (
+            "test_fractional_flood_starts_only_the_workers_that_fit",
+            test_fractional_flood_starts_only_the_workers_that_fit,
+        ),
+        ("test_hybrid_policy", test_hybrid_policy),
         ("test_actor_deletion", test_actor_deletion),
         (
             "test_actor_deletion_after_borrowed_handle",
