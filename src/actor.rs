@@ -158,6 +158,7 @@ pub struct ActorOptions<A: ActorClass> {
     /// Some resource was asked for (even 0 CPUs): then the actor is placed
     /// by what it holds, not by Ray's default 1 CPU.
     explicit: bool,
+    detached: bool,
     strategy: crate::SchedulingStrategy,
     _a: PhantomData<fn() -> A>,
 }
@@ -179,6 +180,7 @@ impl<A: ActorClass> ActorOptions<A> {
             max_restarts: 0,
             shape: Ok(ResourceSet::new()),
             explicit: false,
+            detached: false,
             strategy: crate::SchedulingStrategy::Default,
             _a: PhantomData,
         }
@@ -187,6 +189,15 @@ impl<A: ActorClass> ActorOptions<A> {
     /// Registers the actor under a name, for [`get_actor`].
     pub fn name(mut self, name: &str) -> Self {
         self.name = Some(name.to_string());
+        self
+    }
+
+    /// Ray's `lifetime="detached"`: the actor outlives the process that
+    /// created it and every handle to it, until it is killed (or dies with
+    /// no restarts left) or the cluster ends. Give it a name to find it
+    /// from other drivers.
+    pub fn lifetime_detached(mut self) -> Self {
+        self.detached = true;
         self
     }
 
@@ -236,7 +247,7 @@ impl<A: ActorClass> ActorOptions<A> {
         }
         let args = resolve_args(&cw, A::ctor_args(args))?;
         let id = ActorId::random();
-        let counted = self.name.is_none();
+        let counted = self.name.is_none() && !self.detached;
         let placement = if self.explicit {
             shape.clone()
         } else {
@@ -251,13 +262,16 @@ impl<A: ActorClass> ActorOptions<A> {
             shape,
             placement,
             strategy: self.strategy,
+            owner: cw.id,
+            detached: self.detached,
         };
         match cw.gcs_call(|req| Msg::RegisterActor { req, spec }, "creating an actor")? {
             Msg::ActorRegistered { result, .. } => result?,
             _ => return Err(Error::unavailable("unexpected reply from the GCS")),
         }
         // An unnamed actor ends with its last handle; a named one lives
-        // until it is killed (or dies) and its name is released then.
+        // until it is killed, dies or its creator dies, and its name is
+        // released then; a detached one outlives its creator too.
         let token = counted.then(|| cw.new_actor_token(id));
         Ok(ActorHandle::from_core(ActorCore {
             id,

@@ -231,6 +231,30 @@ impl ActorTable {
         })
     }
 
+    /// The process `owner` is gone (or `node` with it, for `None`): the
+    /// actors it created end with it, pending ones included (they then
+    /// hold nothing), except detached ones.
+    pub(crate) fn owner_died(
+        &mut self,
+        owner: impl Fn(WorkerId) -> bool,
+    ) -> (Vec<ActorAction>, Vec<(Waiter, ActorInfo)>) {
+        let doomed: Vec<(ActorId, WorkerId)> = self
+            .actors
+            .values()
+            .filter(|a| !a.spec.detached && a.state != ActorState::Dead && owner(a.spec.owner))
+            .map(|a| (a.spec.id, a.spec.owner))
+            .collect();
+        let (mut actions, mut waiters) = (Vec::new(), Vec::new());
+        for (id, w) in doomed {
+            let (a, ws) = self.end(id, |class| {
+                format!("actor `{class}` ended because its owner (worker {w}, which created it) died; create it with lifetime_detached() to outlive its creator")
+            });
+            actions.extend(a);
+            waiters.extend(ws);
+        }
+        (actions, waiters)
+    }
+
     /// A name is freed when its actor is dead for good.
     fn release_name(names: &mut HashMap<String, ActorId>, a: &ActorRecord) {
         if let Some(name) = &a.spec.name {
@@ -460,7 +484,7 @@ impl Gcs {
     }
 
     /// Declares lost every node that stopped reporting.
-    fn health_checks(&self) {
+    fn health_checks(self: &Arc<Self>) {
         while !self.stopping.load(Ordering::Relaxed) {
             std::thread::sleep(NODE_TIMEOUT / 5);
             let silent: Vec<u16> = self
@@ -481,7 +505,7 @@ impl Gcs {
     /// A raylet's connection closed, or it stopped reporting: the node is
     /// gone. Its connection is closed too, so a raylet that was only slow
     /// shuts down rather than serve a cluster that counts it dead.
-    fn node_lost(&self, index: u16) {
+    fn node_lost(self: &Arc<Self>, index: u16) {
         if self.stopping.load(Ordering::Relaxed) {
             return;
         }
@@ -510,6 +534,10 @@ impl Gcs {
         {
             c.close();
         }
+        // The node's processes are gone with it: so are the actors they
+        // owned (wherever those run).
+        let (actions, waiters) = self.table().owner_died(|o| o.node() == index);
+        self.finish(actions, waiters);
     }
 
     fn answer(waiters: Vec<(Waiter, ActorInfo)>) {
@@ -639,6 +667,13 @@ impl Gcs {
             }
             Msg::ActorOutOfScope { id } => {
                 let (actions, waiters) = self.table().out_of_scope(id);
+                self.finish(actions, waiters);
+            }
+            Msg::OwnerGone { worker } => {
+                let (actions, waiters) = self.table().owner_died(|o| o == worker);
+                if !waiters.is_empty() || !actions.is_empty() {
+                    log!("GCS: worker {worker} is gone; its actors end with it");
+                }
                 self.finish(actions, waiters);
             }
             _ => {}
@@ -982,6 +1017,8 @@ mod tests {
             shape: ResourceSet::new(),
             placement: ResourceSet::new(),
             strategy: crate::SchedulingStrategy::Default,
+            owner: WorkerId(1),
+            detached: false,
         }
     }
 
@@ -1017,6 +1054,42 @@ mod tests {
         t.register(c).unwrap();
         t.worker_died(id);
         assert!(t.register(spec(Some("d"), 0)).is_err());
+    }
+
+    #[test]
+    fn actors_end_with_their_owner_unless_detached() {
+        let mut t = ActorTable::default();
+        let mut alive = spec(Some("o"), 3);
+        alive.owner = WorkerId(7);
+        let mut pending = spec(None, 0);
+        pending.owner = WorkerId(7);
+        let mut detached = spec(None, 0);
+        detached.owner = WorkerId(7);
+        detached.detached = true;
+        let other = spec(None, 0);
+        let ids = [alive.id, pending.id, detached.id, other.id];
+        for s in [alive, pending, detached, other] {
+            t.register(s).unwrap();
+        }
+        t.created(ids[0], WorkerId(5), LeaseId(1));
+        let (act, _) = t.owner_died(|w| w == WorkerId(7));
+        assert_eq!(act, vec![ActorAction::ReleaseWorker(LeaseId(1))]);
+        let state = |t: &mut ActorTable, id| t.lookup(&ActorLookup::Id(id), None).unwrap().unwrap();
+        assert_eq!(state(&mut t, ids[0]).state, ActorState::Dead);
+        assert!(state(&mut t, ids[0])
+            .death
+            .unwrap()
+            .message()
+            .contains("owner"));
+        // A pending actor is cancelled: the worker that comes late is
+        // released, not used.
+        assert_eq!(state(&mut t, ids[1]).state, ActorState::Dead);
+        let (act, _) = t.created(ids[1], WorkerId(6), LeaseId(2));
+        assert_eq!(act, vec![ActorAction::ReleaseWorker(LeaseId(2))]);
+        assert_eq!(state(&mut t, ids[2]).state, ActorState::PendingCreation);
+        assert_eq!(state(&mut t, ids[3]).state, ActorState::PendingCreation);
+        // Its name is free again.
+        t.register(spec(Some("o"), 0)).unwrap();
     }
 
     #[test]

@@ -157,6 +157,8 @@ struct Raylet {
     /// Set once a provider call never returned: the endpoint is lost and
     /// this node moves objects over TCP from then on, forced or not.
     fabric_wedged: std::sync::atomic::AtomicBool,
+    /// The connection to the GCS, once registered.
+    gcs: std::sync::OnceLock<Arc<Conn>>,
 }
 
 /// Drops one pin of a pulled copy; the last frees its block.
@@ -301,9 +303,11 @@ fn run(session: Session) -> Result<()> {
         fabric_broken: Mutex::new(Default::default()),
         fabric_forced: session.config.transport_choice()? == crate::fabric::Transport::Fabric,
         fabric_wedged: Default::default(),
+        gcs: std::sync::OnceLock::new(),
         session,
     });
     let gcs = raylet.register(&resources, tcp.port(), fabric.map(|(_, a)| a))?;
+    let _ = raylet.gcs.set(gcs.clone());
     log!(
         "raylet up: node {} ({}) at {}:{}, resources {:?}, store {} bytes at {}",
         raylet.session.node_index,
@@ -1058,6 +1062,11 @@ impl Raylet {
         }
         let a = st.leases.client_gone(client);
         self.execute(&mut st, a);
+        drop(st);
+        // The actors it created end with it (the GCS knows which).
+        if let (Some(w), Some(gcs)) = (c.worker, self.gcs.get()) {
+            let _ = gcs.send(&Msg::OwnerGone { worker: w });
+        }
     }
 
     fn reap(&self) {

@@ -335,6 +335,11 @@ pub(crate) struct ActorSpec {
     /// actor: 1 CPU to be placed, 0 to run).
     pub(crate) placement: ResourceSet,
     pub(crate) strategy: crate::SchedulingStrategy,
+    /// The process that created it: the actor fate-shares with it unless
+    /// `detached` (Ray's owner-based actor lifetime).
+    pub(crate) owner: WorkerId,
+    /// Lives until killed or the cluster ends, whoever created it.
+    pub(crate) detached: bool,
 }
 
 /// An actor's state as the GCS reports it.
@@ -602,6 +607,11 @@ pub(crate) enum Msg {
     /// From an actor's creator: every handle to it is gone (no reply).
     ActorOutOfScope {
         id: ActorId,
+    },
+    /// From a raylet: a driver or worker process of its node is gone, so
+    /// the actors it owns end with it (no reply).
+    OwnerGone {
+        worker: WorkerId,
     },
 
     // ---- GCS to the worker hosting an actor ----

@@ -137,6 +137,34 @@ fn count_run_or_die(marker: &str, n: u32) -> u32 {
     runs
 }
 
+/// An actor that creates other actors (it is their owner).
+pub struct Creator {
+    made: Vec<rustray::ActorHandle<Holder>>,
+}
+
+#[rustray::actor]
+impl Creator {
+    pub fn new() -> Self {
+        Creator { made: Vec::new() }
+    }
+
+    /// A new `Holder` (named and detached when `name` is given), kept here
+    /// too; returns its handle and process.
+    pub fn make(&mut self, name: Option<String>) -> (rustray::ActorHandle<Holder>, u32) {
+        let h = match name {
+            Some(n) => Holder::options()
+                .name(&n)
+                .lifetime_detached()
+                .remote(())
+                .expect("detached actor"),
+            None => Holder::remote().expect("actor"),
+        };
+        let pid = rustray::get(&h.pid()).expect("pid");
+        self.made.push(h.clone());
+        (h, pid)
+    }
+}
+
 /// Holds a borrowed handle for `ms`, then calls the actor through it.
 #[rustray::remote]
 fn call_later(h: rustray::ActorHandle<Holder>, ms: u64) -> u64 {
@@ -596,6 +624,36 @@ fn test_kill_with_restart() {
     }
 }
 
+/// test_actor_failures.py's owner-death cases: an actor fate-shares with
+/// the process that created it (here another actor, killed), even while a
+/// driver still holds a handle; a detached one outlives its creator.
+fn test_actor_ends_with_its_owner_unless_detached() {
+    one_node(4.0);
+    let creator = Creator::remote().expect("creator");
+    let (owned, owned_pid) =
+        rustray::get_timeout(&creator.make(None), Duration::from_secs(30)).expect("owned actor");
+    let name = format!("detached-{}", std::process::id());
+    let (detached, detached_pid) =
+        rustray::get_timeout(&creator.make(Some(name.clone())), Duration::from_secs(30))
+            .expect("detached actor");
+    rustray::kill(&creator).expect("kill the creator");
+    wait_process_gone(owned_pid, Duration::from_secs(10));
+    let e = rustray::get_timeout(&owned.pid(), Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ActorDied, "{e}");
+    assert!(e.message().contains("owner"), "{e}");
+    assert_eq!(
+        rustray::get_timeout(&detached.pid(), Duration::from_secs(30)).expect("detached lives"),
+        detached_pid
+    );
+    let found = rustray::get_actor::<Holder>(&name).expect("found by name");
+    drop(detached);
+    assert_eq!(
+        rustray::get_timeout(&found.slow(0), Duration::from_secs(30)).expect("still alive"),
+        1
+    );
+    rustray::kill(&found).expect("kill the detached actor");
+}
+
 /// test_actor.py::test_exit_actor: `exit_actor()` inside a method ends the
 /// actor for good (restarts or not); outside an actor it is an error.
 fn test_exit_actor() {
@@ -755,6 +813,10 @@ fn main() {
         ),
         ("test_kill_with_restart", test_kill_with_restart),
         ("test_exit_actor", test_exit_actor),
+        (
+            "test_actor_ends_with_its_owner_unless_detached",
+            test_actor_ends_with_its_owner_unless_detached,
+        ),
         ("test_infinite_retries", test_infinite_retries),
         ("test_runtime_context", test_runtime_context),
         (
