@@ -2,7 +2,7 @@
 //! zero-copy views.
 
 use crate::codec::{self, Pod};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::ids::ObjectId;
 use crate::transport::Payload;
 use crate::worker::{self, Effects, RawRef};
@@ -147,12 +147,56 @@ pub fn get_timeout<T: DeserializeOwned + 'static>(
 /// whatever its position (as Ray's `ray.get(list)`): a failed last element
 /// is reported without waiting for the first ones to finish.
 pub fn get_all<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
-    if refs.len() > 1 {
-        if let Some(e) = wait_ready(refs, refs.len(), None, true)?.failed {
-            return Err(e);
+    let mut out = Vec::with_capacity(refs.len());
+    // Held from the first slice that passes: a worker then reports itself
+    // blocked once, not once per slice.
+    let mut blocked = None;
+    for (i, r) in refs.iter().enumerate() {
+        // Waiting in order costs one wake-up per value, as plain gets do;
+        // a slice that passes without this value looks for a failure among
+        // the later ones (one scan per slice, not per arriving value).
+        loop {
+            let slice = Instant::now() + GET_ALL_SLICE;
+            match r.raw.cw.wait_value(r.raw.id, Some(slice)) {
+                Err(e) if e.kind() == ErrorKind::Timeout && Instant::now() >= slice => {
+                    if let Some(e) = first_failure(&refs[i + 1..]) {
+                        return Err(e);
+                    }
+                    blocked.get_or_insert_with(|| r.raw.cw.block_guard());
+                }
+                Err(e) => return Err(e),
+                Ok(_) => break,
+            }
+        }
+        out.push(get(r)?);
+    }
+    Ok(out)
+}
+
+/// How long [`get_all`] waits on one element before it looks for a failed
+/// one further on.
+const GET_ALL_SLICE: Duration = Duration::from_millis(10);
+
+/// The error of the first of `refs` that has failed already, if any.
+fn first_failure<T>(refs: &[ObjectRef<T>]) -> Option<Error> {
+    let cw = &refs.first()?.raw.cw;
+    let mut fx = Effects::default();
+    let mut failed = None;
+    {
+        let mut st = cw.lock();
+        for r in refs {
+            match cw.poll_value(&mut st, r.raw.id, &mut fx) {
+                Ok(None) => continue,
+                Ok(Some(p)) => failed = worker::submitter::payload_error(cw, &p),
+                Err(e) => failed = Some(e),
+            }
+            if failed.is_some() {
+                break;
+            }
         }
     }
-    refs.iter().map(get).collect()
+    cw.apply(fx);
+    failed
 }
 
 /// Waits until `num_returns` of `refs` are ready or `timeout` passes, and
@@ -200,7 +244,7 @@ pub fn wait_with<T>(
         )));
     }
     let end = deadline(timeout);
-    let ready = wait_ready(refs, num_returns, timeout, false)?.ready;
+    let ready = wait_ready(refs, num_returns, timeout)?;
     let mut yes = Vec::new();
     let mut no = Vec::new();
     for (r, ok) in refs.iter().zip(ready) {
@@ -232,33 +276,20 @@ pub fn wait_with<T>(
     Ok((yes, no))
 }
 
-/// What [`wait_ready`] found.
-struct Readiness {
-    /// Per ref: ready (or unknown, so that `get` reports it).
-    ready: Vec<bool>,
-    /// With `fail_fast`: the first failure seen among the ready refs.
-    failed: Option<Error>,
-}
-
-/// Waits until `num_returns` of `refs` are ready, the deadline passes, or
-/// (with `fail_fast`) one of them holds an error.
+/// Waits until `num_returns` of `refs` are ready or the deadline passes;
+/// per ref: ready (or unknown, so that `get` reports it).
 fn wait_ready<T>(
     refs: &[ObjectRef<T>],
     num_returns: usize,
     timeout: Option<Duration>,
-    fail_fast: bool,
-) -> Result<Readiness> {
+) -> Result<Vec<bool>> {
     let Some(first) = refs.first() else {
-        return Ok(Readiness {
-            ready: Vec::new(),
-            failed: None,
-        });
+        return Ok(Vec::new());
     };
     let cw = first.raw.cw.clone();
     let end = deadline(timeout);
     let mut guard = None;
     let mut ready = vec![false; refs.len()];
-    let mut failed = None;
     let mut n = 0;
     // Only refs not yet ready are polled again after a wake-up: a wait on
     // many refs wakes once per arriving value, and rescanning all of them
@@ -270,21 +301,7 @@ fn wait_ready<T>(
         pending.retain(|&i| {
             // An unknown object cannot become ready: count it as ready so
             // that `get` reports the error instead of `wait` hanging.
-            let now_ready = match cw.poll_value(&mut st, refs[i].raw.id, &mut fx) {
-                Ok(None) => false,
-                Ok(Some(p)) => {
-                    if fail_fast && failed.is_none() {
-                        failed = worker::submitter::payload_error(&cw, &p);
-                    }
-                    true
-                }
-                Err(e) => {
-                    if fail_fast && failed.is_none() {
-                        failed = Some(e);
-                    }
-                    true
-                }
-            };
+            let now_ready = !matches!(cw.poll_value(&mut st, refs[i].raw.id, &mut fx), Ok(None));
             if now_ready {
                 ready[i] = true;
                 n += 1;
@@ -292,10 +309,10 @@ fn wait_ready<T>(
             !now_ready
         });
         let timed_out = end.is_some_and(|d| Instant::now() >= d);
-        if n >= num_returns || timed_out || failed.is_some() {
+        if n >= num_returns || timed_out {
             drop(st);
             cw.apply(fx);
-            return Ok(Readiness { ready, failed });
+            return Ok(ready);
         }
         drop(st);
         cw.apply(fx);
