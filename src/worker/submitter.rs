@@ -84,6 +84,8 @@ struct TaskEntry {
     deps: Vec<(usize, ObjectId)>,
     /// Refs this task needs alive until it finishes.
     keep: Vec<RawRef>,
+    /// An actor call's hold on its actor's handle token (see `submit`).
+    handle: Option<ObjectId>,
     shape: ResourceSet,
     target: Target,
     /// Its key once queued.
@@ -264,7 +266,7 @@ impl CoreWorker {
             Err(e) => (Target::Default, Some(e)),
         };
         let mut payloads = Vec::with_capacity(args.len());
-        let mut keep: Vec<RawRef> = Vec::new();
+        let mut keep = Vec::new();
         let mut dep_refs = Vec::new();
         for (i, a) in args.into_iter().enumerate() {
             match a {
@@ -301,19 +303,6 @@ impl CoreWorker {
         }
         let mut fx = Effects::default();
         let mut st = self.lock();
-        // A call keeps its actor's handle counted until it finishes, so an
-        // actor whose last handle was dropped still runs the calls made
-        // through it (Ray's submitted-task references). Counted under the
-        // lock held here: cloning the ref would take it once more per call.
-        if let Some(h) = keep_handle {
-            if let Some(e) = st.objects.get_mut(&h.id) {
-                e.local += 1;
-                keep.push(RawRef {
-                    id: h.id,
-                    cw: self.clone(),
-                });
-            }
-        }
         let refs: Vec<RawRef> = (0..num_returns)
             .map(|_| self.new_owned(&mut st, Some(id)))
             .collect();
@@ -332,12 +321,23 @@ impl CoreWorker {
             self.apply(fx);
             return refs;
         }
+        // A call keeps its actor's handle counted until it finishes, so an
+        // actor whose last handle was dropped still runs the calls made
+        // through it (Ray's submitted-task references). Counted by hand
+        // under the lock held here and released under the one held when
+        // the call ends: a `RawRef` would lock twice more per call.
+        let handle = keep_handle.and_then(|h| {
+            let e = st.objects.get_mut(&h.id)?;
+            e.local += 1;
+            Some(h.id)
+        });
         st.sub.tasks.insert(
             id,
             TaskEntry {
                 spec,
                 deps: Vec::new(),
                 keep,
+                handle,
                 shape: shape.unwrap_or_default(),
                 target,
                 key: None,
@@ -429,7 +429,17 @@ impl CoreWorker {
             }
         }
         self.fail_returns(st, &t.spec, err, fx);
+        self.release_handle(st, t.handle, fx);
         fx.drops.extend(t.keep);
+    }
+
+    /// Ends an actor call's hold on its handle token (taken in `submit`).
+    fn release_handle(&self, st: &mut State, handle: Option<ObjectId>, fx: &mut Effects) {
+        let Some(id) = handle else { return };
+        if let Some(e) = st.objects.get_mut(&id) {
+            e.local = e.local.saturating_sub(1);
+        }
+        self.maybe_free(st, id, fx);
     }
 
     fn ready_if_resolved(self: &Arc<Self>, st: &mut State, id: TaskId, fx: &mut Effects) {
@@ -697,6 +707,7 @@ impl CoreWorker {
             );
             self.fail_returns(&mut st, &t.spec, &e, &mut fx);
         }
+        self.release_handle(&mut st, t.handle, &mut fx);
         fx.drops.extend(t.keep);
         if let Some(c) = class {
             self.dispatch(&mut st, &c, &mut fx);
