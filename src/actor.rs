@@ -11,7 +11,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, ObjectId};
 use crate::scheduler::{ResourceSet, CPU, GPU};
 use crate::task::Arg;
-use crate::transport::{ActorLookup, ActorSpec, Msg, Payload};
+use crate::transport::{ActorLookup, ActorSpec, Msg, NamedActor, Payload};
 use crate::worker::submitter::PreparedArg;
 use crate::worker::{self, CoreWorker, RawRef};
 use crate::ObjectRef;
@@ -49,6 +49,8 @@ pub struct ActorCore {
     /// is dropped. `None` for actors that live until killed (named and
     /// detached ones), and for handles whose creator was already gone.
     token: Option<RawRef>,
+    /// How often each call is retried if the actor's process dies.
+    max_task_retries: u32,
 }
 
 impl ActorCore {
@@ -62,7 +64,7 @@ impl ActorCore {
             method,
             Ok(ResourceSet::new()),
             &crate::SchedulingStrategy::Default,
-            0,
+            self.max_task_retries,
             args.into_iter().map(|a| a.0).collect(),
             1,
             Some(self.id),
@@ -129,13 +131,18 @@ impl<A: ActorClass> Serialize for ActorHandle<A> {
         if let Some(t) = &core.token {
             worker::note_serialized(t);
         }
-        (core.id, core.token.as_ref().map(|t| t.id)).serialize(s)
+        (
+            core.id,
+            core.token.as_ref().map(|t| t.id),
+            core.max_task_retries,
+        )
+            .serialize(s)
     }
 }
 
 impl<'de, A: ActorClass> Deserialize<'de> for ActorHandle<A> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let (id, token) = <(ActorId, Option<ObjectId>)>::deserialize(d)?;
+        let (id, token, max_task_retries) = <(ActorId, Option<ObjectId>, u32)>::deserialize(d)?;
         // A creator already gone cannot count this handle; the actor's
         // calls then report whatever became of it.
         let token = match (token, worker::current()) {
@@ -146,6 +153,7 @@ impl<'de, A: ActorClass> Deserialize<'de> for ActorHandle<A> {
             id,
             class: A::NAME,
             token,
+            max_task_retries,
         }))
     }
 }
@@ -153,7 +161,10 @@ impl<'de, A: ActorClass> Deserialize<'de> for ActorHandle<A> {
 /// Options for creating an actor (`Type::options().name("x").remote(args)`).
 pub struct ActorOptions<A: ActorClass> {
     name: Option<String>,
+    namespace: String,
+    get_if_exists: bool,
     max_restarts: u32,
+    max_task_retries: u32,
     shape: std::result::Result<ResourceSet, Error>,
     /// Some resource was asked for (even 0 CPUs): then the actor is placed
     /// by what it holds, not by Ray's default 1 CPU.
@@ -177,7 +188,10 @@ impl<A: ActorClass> ActorOptions<A> {
     pub fn new() -> ActorOptions<A> {
         ActorOptions {
             name: None,
+            namespace: String::new(),
+            get_if_exists: false,
             max_restarts: 0,
+            max_task_retries: 0,
             shape: Ok(ResourceSet::new()),
             explicit: false,
             detached: false,
@@ -189,6 +203,34 @@ impl<A: ActorClass> ActorOptions<A> {
     /// Registers the actor under a name, for [`get_actor`].
     pub fn name(mut self, name: &str) -> Self {
         self.name = Some(name.to_string());
+        self
+    }
+
+    /// The namespace the name lives in (Ray's `namespace=`): the same name
+    /// may be taken once per namespace. Default: the cluster's default
+    /// namespace, the one [`get_actor`] looks in.
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = namespace.to_string();
+        self
+    }
+
+    /// Ray's `get_if_exists=True`: when a live actor of this class already
+    /// holds the name, `remote` returns a handle to it (the arguments are
+    /// not used) instead of failing; else it creates the actor. Needs a
+    /// [`name`](Self::name).
+    pub fn get_if_exists(mut self) -> Self {
+        self.get_if_exists = true;
+        self
+    }
+
+    /// Ray's `max_task_retries`: a call whose actor process dies is sent
+    /// again, to the restarted actor, up to this many times (default 0: the
+    /// call fails with [`ActorDied`](ErrorKind::ActorDied), and a call
+    /// made while the actor is restarting fails at once with
+    /// [`ActorUnavailable`](ErrorKind::ActorUnavailable)). A retried call
+    /// may run twice. Only useful with [`max_restarts`](Self::max_restarts).
+    pub fn max_task_retries(mut self, n: impl Into<crate::Retries>) -> Self {
+        self.max_task_retries = crate::task::retry_budget(n.into());
         self
     }
 
@@ -245,6 +287,11 @@ impl<A: ActorClass> ActorOptions<A> {
         if self.name.as_deref() == Some("") {
             return Err(Error::invalid("an actor name must not be empty"));
         }
+        if self.get_if_exists && self.name.is_none() {
+            return Err(Error::invalid(
+                "get_if_exists() needs a name: set one with name(..)",
+            ));
+        }
         let args = resolve_args(&cw, A::ctor_args(args))?;
         let id = ActorId::random();
         let counted = self.name.is_none() && !self.detached;
@@ -264,10 +311,22 @@ impl<A: ActorClass> ActorOptions<A> {
             strategy: self.strategy,
             owner: cw.id,
             detached: self.detached,
+            namespace: self.namespace,
+            get_if_exists: self.get_if_exists,
+            max_task_retries: self.max_task_retries,
         };
-        match cw.gcs_call(|req| Msg::RegisterActor { req, spec }, "creating an actor")? {
+        let info = match cw.gcs_call(|req| Msg::RegisterActor { req, spec }, "creating an actor")? {
             Msg::ActorRegistered { result, .. } => result?,
             _ => return Err(Error::unavailable("unexpected reply from the GCS")),
+        };
+        if info.id != id {
+            // get_if_exists found the holder of the name (named: no token).
+            return Ok(ActorHandle::from_core(ActorCore {
+                id: info.id,
+                class: A::NAME,
+                token: None,
+                max_task_retries: info.max_task_retries,
+            }));
         }
         // An unnamed actor ends with its last handle; a named one lives
         // until it is killed, dies or its creator dies, and its name is
@@ -277,6 +336,7 @@ impl<A: ActorClass> ActorOptions<A> {
             id,
             class: A::NAME,
             token,
+            max_task_retries: self.max_task_retries,
         }))
     }
 }
@@ -298,13 +358,23 @@ fn resolve_args(cw: &Arc<CoreWorker>, args: Vec<Arg>) -> Result<Vec<Payload>> {
     Ok(out)
 }
 
-/// Finds a named actor.
+/// Finds a named actor in the default namespace (Ray's `ray.get_actor`).
 pub fn get_actor<A: ActorClass>(name: &str) -> Result<ActorHandle<A>> {
+    get_actor_in(name, "")
+}
+
+/// Finds a named actor in `namespace` (Ray's
+/// `ray.get_actor(name, namespace=...)`).
+pub fn get_actor_in<A: ActorClass>(name: &str, namespace: &str) -> Result<ActorHandle<A>> {
     let cw = worker::current()?;
+    let by = ActorLookup::Name(NamedActor {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    });
     let reply = cw.gcs_call(
         |req| Msg::LookupActor {
             req,
-            by: ActorLookup::Name(name.to_string()),
+            by,
             wait: false,
         },
         "looking up a named actor",
@@ -323,7 +393,25 @@ pub fn get_actor<A: ActorClass>(name: &str) -> Result<ActorHandle<A>> {
         id: info.id,
         class: A::NAME,
         token: None,
+        max_task_retries: info.max_task_retries,
     }))
+}
+
+/// The live named actors (Ray's `ray.util.list_named_actors`): those of
+/// the default namespace as `(namespace, name)` pairs, or, with
+/// `all_namespaces`, those of every namespace; sorted.
+pub fn list_named_actors(all_namespaces: bool) -> Result<Vec<(String, String)>> {
+    let cw = worker::current()?;
+    let namespace = (!all_namespaces).then(String::new);
+    match cw.gcs_call(
+        |req| Msg::ListNamedActors { req, namespace },
+        "listing named actors",
+    )? {
+        Msg::NamedActors { actors, .. } => {
+            Ok(actors.into_iter().map(|a| (a.namespace, a.name)).collect())
+        }
+        _ => Err(Error::unavailable("unexpected reply from the GCS")),
+    }
 }
 
 /// Kills an actor without restarting it; its pending and later calls fail

@@ -17,8 +17,14 @@ pub enum ErrorKind {
     TaskFailed,
     /// The worker process running the task died and no retries were left.
     WorkerDied,
-    /// The actor's process died and it has no restarts left, or it was killed.
+    /// The actor's process died and it has no restarts left, or it was
+    /// killed; also a call that was running when the actor's process died
+    /// and may not be retried (Ray's `max_task_retries`).
     ActorDied,
+    /// The actor is restarting and the call may not be retried, so it was
+    /// not sent (Ray's `ActorUnavailableError`); later calls reach the
+    /// restarted actor.
+    ActorUnavailable,
     /// A `get` or `wait` ran past its timeout. The object may still arrive.
     Timeout,
     /// The task was cancelled with [`cancel`](crate::cancel).
@@ -101,6 +107,7 @@ impl fmt::Display for Error {
             ErrorKind::TaskFailed => "task failed",
             ErrorKind::WorkerDied => "worker died",
             ErrorKind::ActorDied => "actor died",
+            ErrorKind::ActorUnavailable => "actor unavailable",
             ErrorKind::Timeout => "timed out",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::TypeMismatch => "type mismatch",

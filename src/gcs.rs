@@ -19,8 +19,8 @@ use crate::ids::{ActorId, LeaseId, WorkerId};
 use crate::scheduler::{ResourceSet, Spill};
 use crate::session::{log, Session};
 use crate::transport::{
-    self, ActorInfo, ActorLookup, ActorSpec, ActorState, Conn, Endpoint, Listener, Msg, NodeInfo,
-    Stream,
+    self, ActorInfo, ActorLookup, ActorSpec, ActorState, Conn, Endpoint, Listener, Msg, NamedActor,
+    NodeInfo, Stream,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -66,19 +66,33 @@ pub(crate) enum ActorAction {
 #[derive(Default)]
 pub(crate) struct ActorTable {
     actors: HashMap<ActorId, ActorRecord>,
-    names: HashMap<String, ActorId>,
+    /// Live named actors, by (namespace, name).
+    names: HashMap<(String, String), ActorId>,
     waiters: HashMap<ActorId, Vec<Waiter>>,
 }
 
 impl ActorTable {
-    pub(crate) fn register(&mut self, spec: ActorSpec) -> Result<Vec<ActorAction>> {
+    /// Registers an actor to create; answers the actor the creator gets
+    /// (with `get_if_exists`, the live one already holding the name) and
+    /// what to do.
+    pub(crate) fn register(&mut self, spec: ActorSpec) -> Result<(ActorId, Vec<ActorAction>)> {
         if let Some(name) = &spec.name {
-            if self.names.contains_key(name) {
-                return Err(Error::invalid(format!(
-                    "an actor named `{name}` already exists"
-                )));
+            let key = (spec.namespace.clone(), name.clone());
+            if let Some(&existing) = self.names.get(&key) {
+                let class = self.actors.get(&existing).map(|a| a.spec.class.as_str());
+                return match class {
+                    Some(c) if spec.get_if_exists && c == spec.class => Ok((existing, Vec::new())),
+                    Some(c) if spec.get_if_exists => Err(Error::new(
+                        ErrorKind::TypeMismatch,
+                        format!("actor `{name}` is a `{c}`, not a `{}`", spec.class),
+                    )),
+                    _ => Err(Error::invalid(format!(
+                        "an actor named `{name}` already exists{}",
+                        in_namespace(&spec.namespace)
+                    ))),
+                };
             }
-            self.names.insert(name.clone(), spec.id);
+            self.names.insert(key, spec.id);
         }
         let id = spec.id;
         self.actors.insert(
@@ -94,7 +108,22 @@ impl ActorTable {
                 death: None,
             },
         );
-        Ok(vec![ActorAction::Create(id)])
+        Ok((id, vec![ActorAction::Create(id)]))
+    }
+
+    /// The live named actors, in `namespace` or in all, sorted.
+    pub(crate) fn named(&self, namespace: Option<&str>) -> Vec<NamedActor> {
+        let mut out: Vec<NamedActor> = self
+            .names
+            .keys()
+            .filter(|(ns, _)| namespace.is_none_or(|want| want == ns))
+            .map(|(ns, name)| NamedActor {
+                namespace: ns.clone(),
+                name: name.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out
     }
 
     pub(crate) fn spec(&self, id: ActorId) -> Option<ActorSpec> {
@@ -109,6 +138,7 @@ impl ActorTable {
             worker: a.worker,
             incarnation: a.incarnation,
             death: a.death.clone(),
+            max_task_retries: a.spec.max_task_retries,
         }
     }
 
@@ -256,10 +286,11 @@ impl ActorTable {
     }
 
     /// A name is freed when its actor is dead for good.
-    fn release_name(names: &mut HashMap<String, ActorId>, a: &ActorRecord) {
+    fn release_name(names: &mut HashMap<(String, String), ActorId>, a: &ActorRecord) {
         if let Some(name) = &a.spec.name {
-            if names.get(name) == Some(&a.spec.id) {
-                names.remove(name);
+            let key = (a.spec.namespace.clone(), name.clone());
+            if names.get(&key) == Some(&a.spec.id) {
+                names.remove(&key);
             }
         }
     }
@@ -293,12 +324,16 @@ impl ActorTable {
     ) -> Option<Result<ActorInfo>> {
         let id = match by {
             ActorLookup::Id(id) => *id,
-            ActorLookup::Name(n) => match self.names.get(n) {
+            ActorLookup::Name(n) => match self.names.get(&(n.namespace.clone(), n.name.clone())) {
                 Some(id) => *id,
                 None => {
                     return Some(Err(Error::new(
                         ErrorKind::ActorNotFound,
-                        format!("no actor is named `{n}`"),
+                        format!(
+                            "no actor is named `{}`{}",
+                            n.name,
+                            in_namespace(&n.namespace)
+                        ),
                     )))
                 }
             },
@@ -316,6 +351,15 @@ impl ActorTable {
                 None
             }
         }
+    }
+}
+
+/// " in namespace `x`" for messages (nothing for the default one).
+fn in_namespace(ns: &str) -> String {
+    if ns.is_empty() {
+        String::new()
+    } else {
+        format!(" in namespace `{ns}`")
     }
 }
 
@@ -618,17 +662,19 @@ impl Gcs {
                 });
             }
             Msg::RegisterActor { req, spec } => {
-                let id = spec.id;
                 let r = self.table().register(spec);
                 match r {
-                    Ok(actions) => {
+                    Ok((id, actions)) => {
                         // Answer the creator once the constructor has run.
                         self.table()
                             .waiters
                             .entry(id)
                             .or_default()
                             .push((conn.clone(), u64::MAX - req));
-                        self.run(actions);
+                        // An existing actor (get_if_exists) may be settled
+                        // already: answer at once then.
+                        let settled = self.table().settle(id);
+                        self.finish(actions, settled);
                     }
                     Err(e) => {
                         let _ = conn.send(&Msg::ActorRegistered {
@@ -637,6 +683,10 @@ impl Gcs {
                         });
                     }
                 }
+            }
+            Msg::ListNamedActors { req, namespace } => {
+                let actors = self.table().named(namespace.as_deref());
+                let _ = conn.send(&Msg::NamedActors { req, actors });
             }
             Msg::LookupActor { req, by, wait } => {
                 let w = wait.then(|| (conn.clone(), req));
@@ -686,7 +736,7 @@ impl Gcs {
             .partition(|((_, req), _)| *req > u64::MAX / 2);
         for ((conn, req), info) in creators {
             let result = match info.state {
-                ActorState::Alive => Ok(()),
+                ActorState::Alive => Ok(info),
                 _ => Err(info
                     .death
                     .unwrap_or_else(|| Error::new(ErrorKind::ActorDied, "actor died"))),
@@ -1019,7 +1069,58 @@ mod tests {
             strategy: crate::SchedulingStrategy::Default,
             owner: WorkerId(1),
             detached: false,
+            namespace: String::new(),
+            get_if_exists: false,
+            max_task_retries: 0,
         }
+    }
+
+    fn named(name: &str) -> ActorLookup {
+        ActorLookup::Name(NamedActor {
+            namespace: String::new(),
+            name: name.into(),
+        })
+    }
+
+    #[test]
+    fn names_live_in_namespaces_and_get_if_exists_finds_the_holder() {
+        let mut t = ActorTable::default();
+        let a = spec(Some("x"), 0);
+        let id = a.id;
+        t.register(a).unwrap();
+        let mut other_ns = spec(Some("x"), 0);
+        other_ns.namespace = "ns2".into();
+        let id2 = other_ns.id;
+        assert_eq!(
+            t.register(other_ns).unwrap(),
+            (id2, vec![ActorAction::Create(id2)])
+        );
+        let mut again = spec(Some("x"), 0);
+        again.get_if_exists = true;
+        assert_eq!(
+            t.register(again).unwrap(),
+            (id, Vec::new()),
+            "the holder, nothing to create"
+        );
+        let mut wrong = spec(Some("x"), 0);
+        wrong.get_if_exists = true;
+        wrong.class = "m::Other".into();
+        assert_eq!(
+            t.register(wrong).unwrap_err().kind(),
+            ErrorKind::TypeMismatch
+        );
+        let names = |t: &ActorTable, ns: Option<&str>| -> Vec<String> {
+            t.named(ns)
+                .into_iter()
+                .map(|n| format!("{}/{}", n.namespace, n.name))
+                .collect()
+        };
+        assert_eq!(names(&t, None), vec!["/x", "ns2/x"]);
+        assert_eq!(names(&t, Some("ns2")), vec!["ns2/x"]);
+        t.kill(id);
+        assert_eq!(names(&t, None), vec!["ns2/x"]);
+        let e = t.lookup(&named("x"), None).unwrap().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ActorNotFound);
     }
 
     #[test]
@@ -1154,14 +1255,11 @@ mod tests {
         t.register(a).unwrap();
         let (x, _y) = std::os::unix::net::UnixStream::pair().unwrap();
         let w = (Arc::new(Conn::new(&Stream::Unix(x)).unwrap()), 9);
-        assert!(t.lookup(&ActorLookup::Name("c".into()), Some(w)).is_none());
+        assert!(t.lookup(&named("c"), Some(w)).is_none());
         let (_, answered) = t.created(id, WorkerId(1), LeaseId(1));
         assert_eq!(answered.len(), 1);
         assert_eq!(answered[0].1.state, ActorState::Alive);
-        let e = t
-            .lookup(&ActorLookup::Name("nope".into()), None)
-            .unwrap()
-            .unwrap_err();
+        let e = t.lookup(&named("nope"), None).unwrap().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ActorNotFound);
     }
 

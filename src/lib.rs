@@ -67,7 +67,10 @@ mod task;
 mod transport;
 mod worker;
 
-pub use actor::{exit_actor, get_actor, kill, kill_with, ActorClass, ActorHandle, ActorOptions};
+pub use actor::{
+    exit_actor, get_actor, get_actor_in, kill, kill_with, list_named_actors, ActorClass,
+    ActorHandle, ActorOptions,
+};
 pub use codec::Pod;
 pub use error::{Error, ErrorKind, Result};
 pub use fabric::Transport;

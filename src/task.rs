@@ -89,6 +89,14 @@ impl From<u32> for Retries {
 /// The retry budget that never runs out.
 pub(crate) const RETRY_FOREVER: u32 = u32::MAX;
 
+/// A retry count as the submitter keeps it.
+pub(crate) fn retry_budget(r: Retries) -> u32 {
+    match r {
+        Retries::Times(n) => n.min(RETRY_FOREVER - 1),
+        Retries::Infinite => RETRY_FOREVER,
+    }
+}
+
 /// Per-call options of a remote function, in Ray's shape
 /// (`f::options().num_cpus(2.0).max_retries(0).remote(..)`).
 #[derive(Clone, Debug)]
@@ -147,10 +155,7 @@ impl TaskOptions {
     /// How often the task is re-run if its worker process dies (default
     /// 3): a count, or [`Retries::Infinite`] (Ray's `max_retries=-1`).
     pub fn max_retries(mut self, n: impl Into<Retries>) -> TaskOptions {
-        self.max_retries = match n.into() {
-            Retries::Times(n) => n.min(RETRY_FOREVER - 1),
-            Retries::Infinite => RETRY_FOREVER,
-        };
+        self.max_retries = retry_budget(n.into());
         self
     }
 

@@ -340,6 +340,14 @@ pub(crate) struct ActorSpec {
     pub(crate) owner: WorkerId,
     /// Lives until killed or the cluster ends, whoever created it.
     pub(crate) detached: bool,
+    /// The namespace its name lives in (`""`: the cluster's default).
+    pub(crate) namespace: String,
+    /// Ray's `get_if_exists`: when the name is taken by a live actor of the
+    /// same class, registration answers with that actor instead.
+    pub(crate) get_if_exists: bool,
+    /// How often each call is retried when the actor's process dies
+    /// (Ray's `max_task_retries`; `RETRY_FOREVER` for without end).
+    pub(crate) max_task_retries: u32,
 }
 
 /// An actor's state as the GCS reports it.
@@ -363,12 +371,21 @@ pub(crate) struct ActorInfo {
     pub(crate) incarnation: u32,
     /// Why the actor is dead (when it is).
     pub(crate) death: Option<Error>,
+    /// Its calls' retry budget (from its spec), for handles found by name.
+    pub(crate) max_task_retries: u32,
+}
+
+/// A named actor, as `list_named_actors` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct NamedActor {
+    pub(crate) namespace: String,
+    pub(crate) name: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ActorLookup {
     Id(ActorId),
-    Name(String),
+    Name(NamedActor),
 }
 
 /// Every message of the protocol. Requests that expect an answer carry a
@@ -573,9 +590,20 @@ pub(crate) enum Msg {
         req: u64,
         spec: ActorSpec,
     },
+    /// Answers `RegisterActor` once the constructor has run: the actor
+    /// (another one, already there, for `get_if_exists`).
     ActorRegistered {
         req: u64,
-        result: std::result::Result<(), Error>,
+        result: std::result::Result<ActorInfo, Error>,
+    },
+    /// Ray's `ray.util.list_named_actors`: in `namespace`, or in all.
+    ListNamedActors {
+        req: u64,
+        namespace: Option<String>,
+    },
+    NamedActors {
+        req: u64,
+        actors: Vec<NamedActor>,
     },
     /// Look an actor up; with `wait`, answer only once it is alive or dead.
     LookupActor {

@@ -165,6 +165,51 @@ impl Creator {
     }
 }
 
+/// An actor whose constructor is slow from its second run on (a restart),
+/// so a test can act while it restarts.
+pub struct SlowRestart {
+    runs: u32,
+}
+
+#[rustray::actor]
+impl SlowRestart {
+    pub fn new(marker: String, ms: u64) -> Self {
+        let runs = count_run_or_die(&marker, 0);
+        if runs > 1 {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        SlowRestart { runs }
+    }
+
+    pub fn runs(&self) -> u32 {
+        self.runs
+    }
+
+    pub fn exit(&self) -> u32 {
+        std::process::exit(0)
+    }
+}
+
+/// Ray's actor_restart.py example: exits its process after 10 calls.
+pub struct Flaky {
+    counter: u32,
+}
+
+#[rustray::actor]
+impl Flaky {
+    pub fn new() -> Self {
+        Flaky { counter: 0 }
+    }
+
+    pub fn increment_and_possibly_fail(&mut self) -> u32 {
+        if self.counter == 10 {
+            std::process::exit(0);
+        }
+        self.counter += 1;
+        self.counter
+    }
+}
+
 /// Holds a borrowed handle for `ms`, then calls the actor through it.
 #[rustray::remote]
 fn call_later(h: rustray::ActorHandle<Holder>, ms: u64) -> u64 {
@@ -670,6 +715,160 @@ fn test_exit_actor() {
     assert!(e.message().contains("exit_actor"), "{e}");
 }
 
+/// test_actor_unavailable.py's restarting case: a call made while the
+/// actor restarts, with no `max_task_retries`, fails at once with
+/// `ActorUnavailable` (it does not wait for the restart); calls made once
+/// it is back reach it.
+fn test_actor_unavailable_while_restarting() {
+    one_node(2.0);
+    let marker = std::env::temp_dir().join(format!("rustray-slowrestart-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let a = SlowRestart::options()
+        .max_restarts(1)
+        .remote((marker.display().to_string(), 3000))
+        .expect("actor");
+    assert_eq!(
+        rustray::get_timeout(&a.runs(), Duration::from_secs(30)).unwrap(),
+        1
+    );
+    // The call running when the process dies fails (no max_task_retries).
+    let e = rustray::get_timeout(&a.exit(), Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ActorDied, "{e}");
+    let t0 = Instant::now();
+    let e = rustray::get_timeout(&a.runs(), Duration::from_secs(60)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ActorUnavailable, "{e}");
+    // "At once": well before the 3 s constructor could have finished.
+    assert!(
+        t0.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t0.elapsed()
+    );
+    let end = Instant::now() + Duration::from_secs(30);
+    let runs = loop {
+        match rustray::get_timeout(&a.runs(), Duration::from_secs(30)) {
+            Ok(r) => break r,
+            Err(e) if e.kind() == ErrorKind::ActorUnavailable && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("the restarted actor is not reachable: {e}"),
+        }
+    };
+    assert_eq!(runs, 2, "the second incarnation answers");
+    let _ = std::fs::remove_file(&marker);
+}
+
+/// Ray's actor_restart.py (test_actor_failures.py's max_task_retries
+/// cases): with `max_task_retries=-1` a call whose actor process dies is
+/// sent again to the restarted actor, so 50 calls to an actor that exits
+/// every 10 calls all succeed (1..=10 five times); once its restarts are
+/// used up, calls fail with `ActorDied`.
+fn test_actor_max_task_retries() {
+    one_node(2.0);
+    let a = Flaky::options()
+        .max_restarts(4)
+        .max_task_retries(rustray::Retries::Infinite)
+        .remote(())
+        .expect("actor");
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        let r = a.increment_and_possibly_fail();
+        seen.push(rustray::get_timeout(&r, Duration::from_secs(60)).expect("retried call"));
+    }
+    let want: Vec<u32> = (0..5).flat_map(|_| 1..=10).collect();
+    assert_eq!(seen, want);
+    for _ in 0..3 {
+        let e = rustray::get_timeout(&a.increment_and_possibly_fail(), Duration::from_secs(60))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ActorDied, "{e}");
+    }
+}
+
+/// test_actor.py's `get_if_exists` cases: creating a named actor with
+/// `get_if_exists` returns the live holder of the name (same actor, its
+/// state kept), creates it when there is none, and refuses an actor of
+/// another class.
+fn test_actor_get_if_exists() {
+    one_node(2.0);
+    let name = format!("gie-{}", std::process::id());
+    let a = Holder::options()
+        .name(&name)
+        .get_if_exists()
+        .remote(())
+        .expect("created");
+    assert_eq!(
+        rustray::get_timeout(&a.slow(0), Duration::from_secs(30)).unwrap(),
+        1
+    );
+    let b = Holder::options()
+        .name(&name)
+        .get_if_exists()
+        .remote(())
+        .expect("found");
+    assert_eq!(a.id(), b.id());
+    assert_eq!(
+        rustray::get_timeout(&b.slow(0), Duration::from_secs(30)).unwrap(),
+        2
+    );
+    let e = Holder::options().name(&name).remote(()).unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::InvalidArgument,
+        "taken without get_if_exists: {e}"
+    );
+    let e = Flaky::options()
+        .name(&name)
+        .get_if_exists()
+        .remote(())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TypeMismatch, "{e}");
+    let e = Holder::options().get_if_exists().remote(()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "no name: {e}");
+    rustray::kill(&a).expect("kill");
+}
+
+/// test_namespace.py's named-actor cases and test_list_actors.py's
+/// list_named_actors cases: a name is taken once per namespace, found only
+/// in its namespace, and listed there (all namespaces on request) while
+/// its actor lives.
+fn test_namespaces_and_list_named_actors() {
+    one_node(4.0);
+    let name = format!("ns-actor-{}", std::process::id());
+    let ns = format!("ns-{}", std::process::id());
+    let plain = Holder::options()
+        .name(&name)
+        .remote(())
+        .expect("default namespace");
+    let other = Holder::options()
+        .name(&name)
+        .namespace(&ns)
+        .remote(())
+        .expect("same name, other namespace");
+    assert_ne!(plain.id(), other.id());
+    assert_eq!(
+        rustray::get_actor::<Holder>(&name).unwrap().id(),
+        plain.id()
+    );
+    assert_eq!(
+        rustray::get_actor_in::<Holder>(&name, &ns).unwrap().id(),
+        other.id()
+    );
+    let e = rustray::get_actor_in::<Holder>(&name, "no-such-namespace").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ActorNotFound, "{e}");
+    let here = rustray::list_named_actors(false).expect("list");
+    assert!(here.contains(&(String::new(), name.clone())), "{here:?}");
+    assert!(!here.iter().any(|(n, _)| n == &ns), "{here:?}");
+    let all = rustray::list_named_actors(true).expect("list all");
+    assert!(all.contains(&(String::new(), name.clone())), "{all:?}");
+    assert!(all.contains(&(ns.clone(), name.clone())), "{all:?}");
+    rustray::kill(&other).expect("kill");
+    let all = rustray::list_named_actors(true).expect("list all");
+    assert!(
+        !all.contains(&(ns.clone(), name.clone())),
+        "a dead actor is not listed: {all:?}"
+    );
+    rustray::kill(&plain).expect("kill");
+}
+
 /// test_failure.py's `max_retries=-1` case: a task retried without end
 /// survives any number of worker deaths; a finite budget runs out.
 fn test_infinite_retries() {
@@ -818,6 +1017,16 @@ fn main() {
             test_actor_ends_with_its_owner_unless_detached,
         ),
         ("test_infinite_retries", test_infinite_retries),
+        (
+            "test_actor_unavailable_while_restarting",
+            test_actor_unavailable_while_restarting,
+        ),
+        ("test_actor_max_task_retries", test_actor_max_task_retries),
+        ("test_actor_get_if_exists", test_actor_get_if_exists),
+        (
+            "test_namespaces_and_list_named_actors",
+            test_namespaces_and_list_named_actors,
+        ),
         ("test_runtime_context", test_runtime_context),
         (
             "test_cluster_and_available_resources",

@@ -496,11 +496,19 @@ fn test_actor_restart() {
     assert_eq!(rustray::get(&c.incr(1)).unwrap(), 101);
     let e = rustray::get_timeout(&c.crash(), Duration::from_secs(30)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ActorDied, "{e}");
-    // restarted: the constructor ran again
-    assert_eq!(
-        rustray::get_timeout(&c.incr(1), Duration::from_secs(30)).unwrap(),
-        101
-    );
+    // restarted: the constructor ran again (calls made while it restarts
+    // fail with ActorUnavailable, as in Ray without max_task_retries)
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    let v = loop {
+        match rustray::get_timeout(&c.incr(1), Duration::from_secs(30)) {
+            Err(e) if e.kind() == ErrorKind::ActorUnavailable => {
+                assert!(std::time::Instant::now() < end, "not restarted: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => break r.unwrap(),
+        }
+    };
+    assert_eq!(v, 101);
     let _ = rustray::get_timeout(&c.crash(), Duration::from_secs(30));
     let e = rustray::get_timeout(&c.incr(1), Duration::from_secs(30)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ActorDied, "{e}");

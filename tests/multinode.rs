@@ -320,8 +320,10 @@ fn test_node_lost_mid_job() {
     .expect("wait");
     assert_eq!(ready.len(), 1);
     // An actor on node 2 by soft affinity: it may restart elsewhere.
+    // Its calls may be retried, so one made while it restarts waits.
     let a = Where::options()
         .max_restarts(1)
+        .max_task_retries(1)
         .scheduling_strategy(SchedulingStrategy::NodeAffinity {
             node: victim.name.clone(),
             soft: true,

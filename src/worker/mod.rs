@@ -477,6 +477,7 @@ impl CoreWorker {
             | Msg::BorrowAdded { req, .. }
             | Msg::ActorRegistered { req, .. }
             | Msg::ActorLookedUp { req, .. }
+            | Msg::NamedActors { req, .. }
             | Msg::StoreStats { req, .. }
             | Msg::ActorKilled { req } => *req,
             _ => return,

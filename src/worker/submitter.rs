@@ -24,7 +24,11 @@
 //!
 //! Actor calls skip leasing: each actor has a queue in submission order and
 //! calls are sent in that order over this process's single connection to the
-//! actor's worker, which is what gives Ray's per-caller ordering.
+//! actor's worker, which is what gives Ray's per-caller ordering. When the
+//! actor's process dies, its calls in flight fail, or, within their
+//! `max_task_retries`, go back to the front of the queue for the restarted
+//! actor; while it restarts, calls without retries fail at once
+//! (`ActorUnavailable`) and the others wait.
 
 use super::{CoreWorker, Effects, State};
 use crate::codec;
@@ -135,6 +139,12 @@ struct ActorQueue {
     pending: VecDeque<TaskId>,
     inflight: Vec<TaskId>,
     resolving: bool,
+    /// The GCS said the actor is restarting (until it is reached again).
+    restarting: bool,
+    /// The actor's worker whose connection closed: never connected to
+    /// again, even while the GCS has not noticed its death yet (its
+    /// socket may still accept for a moment while the process exits).
+    lost: Option<WorkerId>,
     dead: Option<Error>,
 }
 
@@ -822,18 +832,29 @@ impl CoreWorker {
                 continue;
             };
             q.conn = None;
+            q.lost = Some(worker);
+            // Calls that may be retried (Ray's max_task_retries) go back to
+            // the front of the queue, in order, for the restarted actor.
             let inflight = std::mem::take(&mut q.inflight);
+            let mut failed = Vec::new();
+            for t in inflight.into_iter().rev() {
+                match st.sub.tasks.get_mut(&t) {
+                    Some(e) if e.retries_left > 0 => {
+                        if e.retries_left != crate::task::RETRY_FOREVER {
+                            e.retries_left -= 1;
+                        }
+                        e.status = Status::Queued;
+                        q.pending.push_front(t);
+                    }
+                    Some(e) => failed.push((t, e.spec.function.clone())),
+                    None => {}
+                }
+            }
             let more = !q.pending.is_empty();
-            for t in inflight {
-                let name = st
-                    .sub
-                    .tasks
-                    .get(&t)
-                    .map(|e| e.spec.function.clone())
-                    .unwrap_or_default();
+            for (t, name) in failed.into_iter().rev() {
                 let err = Error::new(
                     ErrorKind::ActorDied,
-                    format!("the actor's process died while running `{name}` (the actor restarts if it has restarts left; this call is not retried)"),
+                    format!("the actor's process died while running `{name}` (the actor restarts if it has restarts left; this call is not retried: see max_task_retries)"),
                 );
                 self.finish_failed(st, t, &err, fx);
             }
@@ -969,6 +990,15 @@ impl CoreWorker {
             return;
         }
         let Some((_, conn)) = q.conn.clone() else {
+            // Known to be restarting while a lookup waits for it: calls
+            // that may not wait fail now. Otherwise the lookup below asks
+            // the GCS afresh.
+            if q.restarting && q.resolving {
+                self.fail_unretryable(st, actor, fx);
+            }
+            let Some(q) = st.sub.actors.get_mut(&actor) else {
+                return;
+            };
             if !q.resolving && !q.pending.is_empty() {
                 q.resolving = true;
                 fx.resolve_actors.push(actor);
@@ -997,6 +1027,30 @@ impl CoreWorker {
         }
     }
 
+    /// The actor is restarting: its queued calls that may not be retried
+    /// fail at once (Ray's `ActorUnavailableError`) instead of waiting.
+    fn fail_unretryable(self: &Arc<Self>, st: &mut State, actor: ActorId, fx: &mut Effects) {
+        let Some(q) = st.sub.actors.get_mut(&actor) else {
+            return;
+        };
+        let mut failed = Vec::new();
+        let tasks = &st.sub.tasks;
+        q.pending.retain(|t| match tasks.get(t) {
+            Some(e) if e.retries_left == 0 => {
+                failed.push((*t, e.spec.function.clone()));
+                false
+            }
+            _ => true,
+        });
+        for (t, name) in failed {
+            let err = Error::new(
+                ErrorKind::ActorUnavailable,
+                format!("the actor is restarting (its process died), so `{name}` was not sent; calls made once it is back reach it, and calls with max_task_retries wait for it"),
+            );
+            self.finish_failed(st, t, &err, fx);
+        }
+    }
+
     /// `kill` succeeded: calls from this process fail at once from now on.
     pub(crate) fn actor_killed(self: &Arc<Self>, actor: ActorId, err: Error) {
         let mut fx = Effects::default();
@@ -1019,19 +1073,63 @@ impl CoreWorker {
         // The GCS may not have noticed yet that the worker we lost is dead:
         // retry (bounded) while the reported worker cannot be reached.
         let deadline = Instant::now() + super::RPC_TIMEOUT;
+        let lost = self.lock().sub.actors.get(&actor).and_then(|q| q.lost);
+        // First ask without waiting: a restarting actor fails the calls that
+        // may not be retried at once; the rest wait for it.
+        let mut wait = false;
         let outcome: Result<(WorkerId, Arc<Conn>)> = loop {
             let info = self.gcs_call(
                 |req| Msg::LookupActor {
                     req,
                     by: ActorLookup::Id(actor),
-                    wait: true,
+                    wait,
                 },
                 "looking up an actor",
             );
+            if let Ok(Msg::ActorLookedUp {
+                result: Ok(info), ..
+            }) = &info
+            {
+                if matches!(
+                    info.state,
+                    ActorState::Restarting | ActorState::PendingCreation
+                ) {
+                    let mut fx = Effects::default();
+                    let mut st = self.lock();
+                    let Some(q) = st.sub.actors.get_mut(&actor) else {
+                        return;
+                    };
+                    q.restarting = true;
+                    self.fail_unretryable(&mut st, actor, &mut fx);
+                    let idle = st
+                        .sub
+                        .actors
+                        .get(&actor)
+                        .is_none_or(|q| q.pending.is_empty());
+                    if idle {
+                        if let Some(q) = st.sub.actors.get_mut(&actor) {
+                            q.resolving = false;
+                        }
+                    }
+                    drop(st);
+                    self.apply(fx);
+                    if idle {
+                        return;
+                    }
+                    wait = true;
+                    continue;
+                }
+            }
             let r = match info {
                 Ok(Msg::ActorLookedUp {
                     result: Ok(info), ..
                 }) => match (info.state, info.worker) {
+                    (ActorState::Alive, Some(w))
+                        if Some(w) == lost && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
                     (ActorState::Alive, Some(w)) => match self.peer(w) {
                         Ok(c) => Ok((w, c)),
                         Err(e) if Instant::now() < deadline => {
@@ -1055,6 +1153,7 @@ impl CoreWorker {
         let mut st = self.lock();
         if let Some(q) = st.sub.actors.get_mut(&actor) {
             q.resolving = false;
+            q.restarting = false;
             match outcome {
                 Ok(c) => q.conn = Some(c),
                 Err(e) => {
