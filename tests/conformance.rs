@@ -757,6 +757,45 @@ fn test_actor_unavailable_while_restarting() {
     let _ = std::fs::remove_file(&marker);
 }
 
+/// test_actor_advanced.py's named-actor cases: a handle found by name
+/// while the actor's constructor still runs queues its calls until the
+/// actor is up (only a restart fails calls at once).
+fn test_calls_to_an_actor_being_created_wait() {
+    one_node(2.0);
+    let marker = std::env::temp_dir().join(format!("rustray-slowctor-{}", std::process::id()));
+    std::fs::write(&marker, "1").expect("marker"); // next run is slow
+    let name = format!("slow-ctor-{}", std::process::id());
+    let m = marker.display().to_string();
+    let n = name.clone();
+    let creator = std::thread::spawn(move || {
+        SlowRestart::options()
+            .name(&n)
+            .remote((m, 1000))
+            .expect("created")
+    });
+    let end = Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        match rustray::get_actor::<SlowRestart>(&name) {
+            Ok(h) => break h,
+            Err(e) => {
+                assert!(Instant::now() < end, "never registered: {e}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    };
+    assert!(
+        !creator.is_finished(),
+        "the constructor should still be running"
+    );
+    assert_eq!(
+        rustray::get_timeout(&found.runs(), Duration::from_secs(30)).expect("waits for creation"),
+        2
+    );
+    let a = creator.join().expect("creator thread");
+    rustray::kill(&a).expect("kill");
+    let _ = std::fs::remove_file(&marker);
+}
+
 /// Ray's actor_restart.py (test_actor_failures.py's max_task_retries
 /// cases): with `max_task_retries=-1` a call whose actor process dies is
 /// sent again to the restarted actor, so 50 calls to an actor that exits
@@ -1022,6 +1061,10 @@ fn main() {
             test_actor_unavailable_while_restarting,
         ),
         ("test_actor_max_task_retries", test_actor_max_task_retries),
+        (
+            "test_calls_to_an_actor_being_created_wait",
+            test_calls_to_an_actor_being_created_wait,
+        ),
         ("test_actor_get_if_exists", test_actor_get_if_exists),
         (
             "test_namespaces_and_list_named_actors",

@@ -1090,10 +1090,13 @@ impl CoreWorker {
                 result: Ok(info), ..
             }) = &info
             {
-                if matches!(
-                    info.state,
-                    ActorState::Restarting | ActorState::PendingCreation
-                ) {
+                if info.state == ActorState::PendingCreation {
+                    wait = true;
+                    continue;
+                }
+                // Only a restart: calls to an actor still being created
+                // (a handle found by name early) wait for it, as in Ray.
+                if info.state == ActorState::Restarting {
                     let mut fx = Effects::default();
                     let mut st = self.lock();
                     let Some(q) = st.sub.actors.get_mut(&actor) else {
