@@ -69,6 +69,7 @@ impl ActorCore {
             1,
             Some(self.id),
             self.token.as_ref(),
+            Default::default(),
         );
         match refs.pop() {
             Some(r) => r.typed(),

@@ -82,7 +82,7 @@ pub use object_ref::{
 pub use rustray_macros::{actor, remote};
 pub use scheduler::SchedulingStrategy;
 pub use session::Config;
-pub use task::{Arg, IntoArg, Retries, TaskOptions};
+pub use task::{Arg, IntoArg, Retries, TaskOptions, TaskResult};
 
 use session::{log, Session};
 use std::sync::{Arc, Mutex};
@@ -97,8 +97,8 @@ pub mod __private {
     };
     pub use crate::fabric::ceiling::{raw_fi_read_gb_per_s, raw_fi_read_slurm_app};
     pub use crate::task::{
-        submit_task, ActorClassEntry, ArgReader, ConstructFn, DispatchFn, InvokeFn, RemoteFunction,
-        Returns,
+        error_matches, submit_task, ActorClassEntry, ArgReader, ConstructFn, DispatchFn, InvokeFn,
+        IsAppError, NotAppError, RemoteFunction, Returns,
     };
     pub use crate::worker::RawRef;
     pub use inventory;

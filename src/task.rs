@@ -14,7 +14,7 @@ use crate::ObjectRef;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// An argument of a task or actor call: a value, or a ref whose value the
 /// task receives once it exists.
@@ -97,6 +97,17 @@ pub(crate) fn retry_budget(r: Retries) -> u32 {
     }
 }
 
+/// Which application errors (a task's `Err`) are retried: a test run on
+/// the owner over the encoded result.
+#[derive(Clone)]
+pub(crate) struct RetryFilter(pub(crate) Arc<dyn Fn(&[u8]) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for RetryFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RetryFilter")
+    }
+}
+
 /// Per-call options of a remote function, in Ray's shape
 /// (`f::options().num_cpus(2.0).max_retries(0).remote(..)`).
 #[derive(Clone, Debug)]
@@ -104,6 +115,8 @@ pub struct TaskOptions {
     shape: std::result::Result<ResourceSet, Error>,
     max_retries: u32,
     strategy: crate::SchedulingStrategy,
+    retry_exceptions: Option<RetryFilter>,
+    max_calls: u32,
 }
 
 impl Default for TaskOptions {
@@ -119,6 +132,8 @@ impl TaskOptions {
             shape: ResourceSet::new().with(CPU, 1.0),
             max_retries: 3,
             strategy: crate::SchedulingStrategy::Default,
+            retry_exceptions: None,
+            max_calls: 0,
         }
     }
 
@@ -164,6 +179,96 @@ impl TaskOptions {
         self.strategy = s;
         self
     }
+
+    /// Ray's `retry_exceptions=True`: a task whose function returns `Err`
+    /// (a remote function returning `Result<T, E>`) or panics is run
+    /// again, within its [`max_retries`](Self::max_retries), as when its
+    /// worker dies. Only the last attempt's result is kept. Default: off
+    /// (an `Err` is then a value like any other, and a panic fails the
+    /// task with [`TaskFailed`](crate::ErrorKind::TaskFailed)).
+    pub fn retry_exceptions(mut self, on: bool) -> TaskOptions {
+        self.retry_exceptions = on.then(|| RetryFilter(Arc::new(|_: &[u8]| true)));
+        self
+    }
+
+    /// Retries only the errors `retry(bytes)` accepts, `bytes` being the
+    /// encoded result; the typed form is the generated
+    /// `f::options().retry_exceptions_if(|e: &E| ..)`.
+    #[doc(hidden)]
+    pub fn retry_exceptions_filter(
+        mut self,
+        retry: Arc<dyn Fn(&[u8]) -> bool + Send + Sync>,
+    ) -> TaskOptions {
+        self.retry_exceptions = Some(RetryFilter(retry));
+        self
+    }
+
+    /// Ray's `max_calls`: a worker process that has run this many tasks of
+    /// this function exits after the last one, and a fresh worker takes the
+    /// next (a way to give back what a library leaks: memory, GPU memory,
+    /// file handles). 0, the default, means no limit.
+    pub fn max_calls(mut self, n: u32) -> TaskOptions {
+        self.max_calls = n;
+        self
+    }
+}
+
+/// A remote function's `Result<T, E>` return type, for
+/// `retry_exceptions_if`: `E` is its error type. (A trait with `E` as a
+/// parameter, so the generated method's bound is checked where it is
+/// called, not for every remote function.)
+#[diagnostic::on_unimplemented(
+    message = "`retry_exceptions_if` needs a remote function that returns `Result<T, E>` with an `E` to test; `{Self}` is not one",
+    label = "not a `Result` with this error type"
+)]
+pub trait TaskResult<E>: DeserializeOwned + 'static {
+    /// The error, if this is one.
+    fn into_err(self) -> Option<E>;
+}
+
+impl<T: DeserializeOwned + 'static, E: DeserializeOwned + 'static> TaskResult<E>
+    for std::result::Result<T, E>
+{
+    fn into_err(self) -> Option<E> {
+        self.err()
+    }
+}
+
+/// Decodes an encoded `R` and applies `retry` to its error (false when it
+/// is no error or does not decode).
+#[doc(hidden)]
+pub fn error_matches<R: TaskResult<E>, E>(bytes: &[u8], retry: &dyn Fn(&E) -> bool) -> bool {
+    codec::decode_value::<R>(bytes)
+        .ok()
+        .and_then(|r| r.into_err())
+        .is_some_and(|e| retry(&e))
+}
+
+/// How the generated code tells an application error (`Err` from a
+/// function returning `Result`) from any other value, without knowing the
+/// type: `(&value).__rustray_is_app_error()` finds this impl for a
+/// `Result`, and [`NotAppError`]'s (one reference deeper) for the rest.
+#[doc(hidden)]
+pub trait IsAppError {
+    fn __rustray_is_app_error(&self) -> bool;
+}
+
+impl<T, E> IsAppError for std::result::Result<T, E> {
+    fn __rustray_is_app_error(&self) -> bool {
+        self.is_err()
+    }
+}
+
+/// See [`IsAppError`].
+#[doc(hidden)]
+pub trait NotAppError {
+    fn __rustray_is_app_error(&self) -> bool;
+}
+
+impl<T: ?Sized> NotAppError for &T {
+    fn __rustray_is_app_error(&self) -> bool {
+        false
+    }
 }
 
 /// Reads a task's arguments, in order, on the worker.
@@ -208,12 +313,19 @@ impl<'a> ArgReader<'a> {
 pub struct Returns {
     pub(crate) blobs: Vec<Vec<u8>>,
     pub(crate) refs: Vec<RawRef>,
+    /// The function returned `Err` (for `retry_exceptions`).
+    pub(crate) app_error: bool,
 }
 
 impl Returns {
     /// No results yet.
     pub fn new() -> Returns {
         Returns::default()
+    }
+
+    /// Marks the result as an application error (the function's `Err`).
+    pub fn set_app_error(&mut self, is_err: bool) {
+        self.app_error |= is_err;
     }
 
     /// Appends one result.
@@ -304,5 +416,9 @@ pub fn submit_task(
         num_returns,
         None,
         None,
+        super::worker::submitter::Extra {
+            retry_exceptions: opts.retry_exceptions.clone(),
+            max_calls: opts.max_calls,
+        },
     )
 }

@@ -318,6 +318,9 @@ pub(crate) struct TaskSpec {
     /// An actor call sent while the caller had no other call in flight to
     /// that actor (a synchronous caller): the actor may run it inline.
     pub(crate) alone: bool,
+    /// Ray's `max_calls`: the worker exits once it has run this many tasks
+    /// of this function (0: no limit).
+    pub(crate) max_calls: u32,
 }
 
 /// What the GCS keeps to (re)create an actor.
@@ -514,6 +517,11 @@ pub(crate) enum Msg {
     TaskDone {
         task: TaskId,
         returns: Vec<Payload>,
+        /// The function returned `Err` (an application error).
+        app_error: bool,
+        /// The worker exits now (`max_calls` reached): tasks still in
+        /// flight to it never started; the lease ends with it.
+        exiting: bool,
     },
     /// A worker that blocked hands back tasks it had not started yet, so
     /// they can run elsewhere instead of waiting behind it.

@@ -43,6 +43,41 @@ fn bytes_here(n: usize) -> Vec<u8> {
     vec![7u8; n]
 }
 
+/// An application's own error type, returned by value from a task.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum AppError {
+    Transient { attempt: u32 },
+    Fatal(String),
+}
+
+/// Counts its runs in `marker`; the first `fail` runs return `err` (or
+/// panic, for `Fatal("panic")`), later ones the run's number.
+#[rustray::remote]
+fn app_result(marker: String, fail: u32, fatal: bool) -> Result<u32, AppError> {
+    let runs = count_run_or_die(&marker, 0);
+    if runs > fail {
+        return Ok(runs);
+    }
+    if fatal {
+        Err(AppError::Fatal(format!("run {runs}")))
+    } else {
+        Err(AppError::Transient { attempt: runs })
+    }
+}
+
+/// Panics on its first `fail` runs (counted in `marker`).
+#[rustray::remote]
+fn panics_then_ok(marker: String, fail: u32) -> u32 {
+    let runs = count_run_or_die(&marker, 0);
+    assert!(runs > fail, "run {runs} fails on purpose");
+    runs
+}
+
+#[rustray::remote]
+fn my_pid() -> u32 {
+    std::process::id()
+}
+
 /// An actor that reports its process and can sleep or exit on request.
 pub struct Holder {
     calls: u64,
@@ -929,6 +964,123 @@ fn test_infinite_retries() {
     let _ = std::fs::remove_file(&marker);
 }
 
+/// A fresh marker file for a test's run counting.
+fn marker(tag: &str) -> String {
+    let m = std::env::temp_dir().join(format!("rustray-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&m);
+    m.display().to_string()
+}
+
+/// test_failure.py's `retry_exceptions` cases, typed: a task returning
+/// `Result<T, E>` hands its `E` to the caller as a value (fields and all,
+/// not a panic's message); `retry_exceptions(true)` retries `Err`s and
+/// panics within `max_retries`, keeping the last attempt's result;
+/// `retry_exceptions_if` retries only the errors it accepts.
+fn test_retry_exceptions() {
+    one_node(2.0);
+    let m = marker("appres");
+    let r = app_result::remote(m.clone(), 2u32, false);
+    let got = rustray::get_timeout(&r, Duration::from_secs(30)).expect("a value, not a failure");
+    assert_eq!(
+        got,
+        Err(AppError::Transient { attempt: 1 }),
+        "not retried by default"
+    );
+
+    let m = marker("appres2");
+    let r = app_result::options()
+        .retry_exceptions(true)
+        .max_retries(3)
+        .remote(m, 2u32, false);
+    assert_eq!(
+        rustray::get_timeout(&r, Duration::from_secs(30)).unwrap(),
+        Ok(3)
+    );
+
+    let m = marker("appres3");
+    let r = app_result::options()
+        .retry_exceptions(true)
+        .max_retries(1)
+        .remote(m, 5u32, false);
+    assert_eq!(
+        rustray::get_timeout(&r, Duration::from_secs(30)).unwrap(),
+        Err(AppError::Transient { attempt: 2 }),
+        "the budget runs out: the last attempt's error"
+    );
+
+    let transient_only = |e: &AppError| matches!(e, AppError::Transient { .. });
+    let m = marker("appres4");
+    let r = app_result::options()
+        .retry_exceptions_if(transient_only)
+        .remote(m, 2u32, false);
+    assert_eq!(
+        rustray::get_timeout(&r, Duration::from_secs(30)).unwrap(),
+        Ok(3)
+    );
+    let m = marker("appres5");
+    let r = app_result::options()
+        .retry_exceptions_if(transient_only)
+        .remote(m, 2u32, true);
+    assert_eq!(
+        rustray::get_timeout(&r, Duration::from_secs(30)).unwrap(),
+        Err(AppError::Fatal("run 1".into())),
+        "an error the filter refuses is not retried"
+    );
+
+    let m = marker("panics");
+    let r = panics_then_ok::options()
+        .retry_exceptions(true)
+        .remote(m.clone(), 2u32);
+    assert_eq!(
+        rustray::get_timeout(&r, Duration::from_secs(30)).unwrap(),
+        3
+    );
+    let m = marker("panics2");
+    let e = rustray::get_timeout(&panics_then_ok::remote(m, 2u32), Duration::from_secs(30))
+        .unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::TaskFailed,
+        "panics are not retried by default: {e}"
+    );
+    for tag in [
+        "appres", "appres2", "appres3", "appres4", "appres5", "panics", "panics2",
+    ] {
+        let _ = std::fs::remove_file(marker(tag));
+    }
+}
+
+/// test_basic_2.py::test_max_call_tasks: with `max_calls(n)` a worker
+/// exits after running the function n times (its process is gone), and
+/// every task still completes, pipelined or not.
+fn test_max_calls() {
+    one_node(1.0);
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        let r = my_pid::options().max_calls(1).remote();
+        pids.push(rustray::get_timeout(&r, Duration::from_secs(30)).expect("task"));
+    }
+    pids.dedup();
+    assert_eq!(pids.len(), 3, "a fresh worker per call: {pids:?}");
+    for &p in &pids[..2] {
+        wait_process_gone(p, Duration::from_secs(10));
+    }
+    let refs: Vec<_> = (0..20)
+        .map(|_| my_pid::options().max_calls(2).remote())
+        .collect();
+    let got = rustray::get_all(&refs).expect("every task completes");
+    let mut per_pid = std::collections::HashMap::new();
+    for p in &got {
+        *per_pid.entry(*p).or_insert(0) += 1;
+    }
+    assert!(per_pid.values().all(|&n| n <= 2), "{per_pid:?}");
+    assert!(per_pid.len() >= 10, "{per_pid:?}");
+    // Tasks without the option still reuse their worker.
+    let a = rustray::get_timeout(&my_pid::remote(), Duration::from_secs(30)).unwrap();
+    let b = rustray::get_timeout(&my_pid::remote(), Duration::from_secs(30)).unwrap();
+    assert_eq!(a, b);
+}
+
 // ---------------------------------------------------------------- runtime
 
 /// test_runtime_context.py::test_get_context_dict / test_actor_id: the
@@ -1070,6 +1222,8 @@ fn main() {
             "test_namespaces_and_list_named_actors",
             test_namespaces_and_list_named_actors,
         ),
+        ("test_retry_exceptions", test_retry_exceptions),
+        ("test_max_calls", test_max_calls),
         ("test_runtime_context", test_runtime_context),
         (
             "test_cluster_and_available_resources",

@@ -174,7 +174,17 @@ fn emit(
     let pushes = match ret {
         None => quote!(#call; __ret.push(&())?;),
         Some(t) if num_returns == 1 => {
-            quote_spanned!(t.span()=> let __r = #call; __ret.push(&__r)?;)
+            // An `Err` from a function returning `Result` is an application
+            // error (for `retry_exceptions`); the trait pair tells it apart
+            // from any other type without naming it.
+            quote_spanned!(t.span()=>
+                let __r = #call;
+                {
+                    use ::rustray::__private::{IsAppError as _, NotAppError as _};
+                    __ret.set_app_error((&__r).__rustray_is_app_error());
+                }
+                __ret.push(&__r)?;
+            )
         }
         Some(_) => {
             let pushes = elems.iter().enumerate().map(|(i, t)| {
@@ -285,6 +295,30 @@ fn emit(
                 /// Where the task runs (Ray's scheduling strategies).
                 pub fn scheduling_strategy(self, s: ::rustray::SchedulingStrategy) -> Self {
                     Options(self.0.scheduling_strategy(s))
+                }
+                /// Ray's `retry_exceptions=True`: an `Err` returned by the
+                /// function is retried within `max_retries`.
+                pub fn retry_exceptions(self, on: bool) -> Self {
+                    Options(self.0.retry_exceptions(on))
+                }
+                /// Ray's `retry_exceptions=[..]`: only the errors `retry`
+                /// accepts are retried, within `max_retries` (the function
+                /// must return `Result<T, E>`).
+                pub fn retry_exceptions_if<__E>(
+                    self,
+                    retry: impl ::core::ops::Fn(&__E) -> bool + ::core::marker::Send + ::core::marker::Sync + 'static,
+                ) -> Self
+                where
+                    #ret_ty: ::rustray::TaskResult<__E>,
+                {
+                    Options(self.0.retry_exceptions_filter(::std::sync::Arc::new(
+                        move |__b: &[u8]| ::rustray::__private::error_matches::<#ret_ty, __E>(__b, &retry),
+                    )))
+                }
+                /// Ray's `max_calls`: a worker exits after running this
+                /// function this many times (0: no limit).
+                pub fn max_calls(self, n: u32) -> Self {
+                    Options(self.0.max_calls(n))
                 }
                 #opts_remote_doc
                 pub fn remote(self, #(#publics: impl ::rustray::IntoArg<#tys>),*) -> #out_ty {

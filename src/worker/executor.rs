@@ -72,6 +72,8 @@ pub(crate) struct ExecShared {
     /// above the bar: a new actor's first calls go to the main thread until
     /// they are measured short).
     call_ns: std::sync::atomic::AtomicU64,
+    /// Tasks run here, by function, for those with `max_calls`.
+    calls: Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl Default for ExecShared {
@@ -82,6 +84,7 @@ impl Default for ExecShared {
             actor: Mutex::new(None),
             actor_id: Mutex::new(None),
             call_ns: std::sync::atomic::AtomicU64::new(2 * INLINE_MAX.as_nanos() as u64),
+            calls: Mutex::default(),
         }
     }
 }
@@ -94,6 +97,14 @@ impl ExecShared {
     /// The task (or actor call) this worker is running, if any.
     pub(crate) fn current_task(&self) -> Option<TaskId> {
         self.lock().current.as_ref().map(|(t, _, _)| *t)
+    }
+
+    /// Counts one more run of `function` here (for `max_calls`).
+    fn count_call(&self, function: &str) -> u32 {
+        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        let n = calls.entry(function.to_string()).or_insert(0);
+        *n += 1;
+        *n
     }
 }
 
@@ -133,10 +144,11 @@ impl CoreWorker {
     /// connection thread, which must never block writing.
     fn run_current(self: &Arc<Self>, conn: &Arc<Conn>, spec: &TaskSpec, inline: bool) {
         let t0 = std::time::Instant::now();
-        let returns = {
+        let (returns, app_error) = {
             let mut actor = self.exec.actor.lock().unwrap_or_else(|p| p.into_inner());
             run(self, spec, actor.as_mut())
         };
+        let exiting = spec.max_calls > 0 && self.exec.count_call(&spec.function) >= spec.max_calls;
         if spec.actor.is_some() {
             let t = t0.elapsed().as_nanos().min(u64::MAX as u128) as u64;
             let avg = &self.exec.call_ns;
@@ -151,7 +163,21 @@ impl CoreWorker {
         let done = Msg::TaskDone {
             task: spec.id,
             returns,
+            app_error,
+            exiting,
         };
+        if exiting {
+            // Ray's max_calls: the result goes out, then the process ends
+            // (its owner requeues whatever else it had sent here: none of
+            // it started).
+            let _ = conn.send(&done);
+            log!(
+                "worker exits: `{}` ran max_calls = {} times here",
+                spec.function,
+                spec.max_calls
+            );
+            exit_flushing_output(0);
+        }
         if !inline {
             let _ = conn.send(&done);
         } else if let Ok(false) = conn.try_send(&done) {
@@ -196,6 +222,8 @@ impl CoreWorker {
             let _ = conn.send(&Msg::TaskDone {
                 task,
                 returns: error_returns(&spec, &err),
+                app_error: false,
+                exiting: false,
             });
         } else if running {
             // A running task cannot be interrupted safely from outside, so,
@@ -418,17 +446,27 @@ fn construct(cw: &Arc<CoreWorker>, spec: &ActorSpec) -> Result<Box<dyn Any + Sen
     }
 }
 
-/// Runs one task and turns its outcome into result payloads.
+/// Runs one task and turns its outcome into result payloads; says whether
+/// the function returned `Err` (an application error).
 fn run(
     cw: &Arc<CoreWorker>,
     spec: &TaskSpec,
     actor: Option<&mut (String, Box<dyn Any + Send>)>,
-) -> Vec<Payload> {
-    let outcome = invoke(cw, spec, actor);
+) -> (Vec<Payload>, bool) {
+    let mut panicked = false;
+    let outcome = invoke(cw, spec, actor, &mut panicked);
     let returns = match outcome {
         Ok(r) => r,
-        Err(e) => return error_returns(spec, &e),
+        // A panic is an application error too (`retry_exceptions(true)`
+        // retries it, as Ray retries any exception); a task that could not
+        // start (unregistered, bad arguments) is not.
+        Err(e) => return (error_returns(spec, &e), panicked),
     };
+    let app_error = returns.app_error;
+    (store_returns(cw, spec, returns), app_error)
+}
+
+fn store_returns(cw: &Arc<CoreWorker>, spec: &TaskSpec, returns: Returns) -> Vec<Payload> {
     if returns.blobs.len() != spec.returns.len() {
         let e = Error::new(
             ErrorKind::TaskFailed,
@@ -465,6 +503,7 @@ fn invoke(
     cw: &Arc<CoreWorker>,
     spec: &TaskSpec,
     actor: Option<&mut (String, Box<dyn Any + Send>)>,
+    panicked: &mut bool,
 ) -> Result<Returns> {
     let local = LocalArgs::new(cw, &spec.args)?;
     let bytes = arg_bytes(cw, &local.args)?;
@@ -510,10 +549,13 @@ fn invoke(
             ErrorKind::TaskFailed,
             format!("{what} failed: {e}"),
         )),
-        Err(p) => Err(Error::new(
-            ErrorKind::TaskFailed,
-            format!("{what} panicked: {}", panic_message(&*p)),
-        )),
+        Err(p) => {
+            *panicked = true;
+            Err(Error::new(
+                ErrorKind::TaskFailed,
+                format!("{what} panicked: {}", panic_message(&*p)),
+            ))
+        }
     }
 }
 

@@ -543,7 +543,12 @@ impl CoreWorker {
                     log!("cancel of {id} forwarded by {from} failed: {e}");
                 }
             }
-            Msg::TaskDone { task, returns } => self.task_done(from, task, returns),
+            Msg::TaskDone {
+                task,
+                returns,
+                app_error,
+                exiting,
+            } => self.task_done(from, task, returns, app_error, exiting),
             Msg::TasksReturned { tasks } => self.tasks_returned(from, tasks),
             Msg::WorkerUnblocked => self.worker_unblocked(from),
             Msg::GetObject { id } => self.remote_get(from, conn, id),

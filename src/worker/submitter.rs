@@ -35,6 +35,7 @@ use crate::codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, LeaseId, ObjectId, TaskId, WorkerId};
 use crate::scheduler::{ResourceSet, Spill};
+use crate::task::RetryFilter;
 use crate::transport::{ActorLookup, ActorState, Conn, Msg, Payload, TaskSpec};
 use crate::worker::RawRef;
 use std::collections::{HashMap, VecDeque};
@@ -100,6 +101,17 @@ struct TaskEntry {
     cancelled: bool,
     /// When it was pushed to its worker.
     pushed: Option<Instant>,
+    /// Which application errors are retried (Ray's `retry_exceptions`).
+    retry_exceptions: Option<RetryFilter>,
+}
+
+/// Submission options beyond the common ones.
+#[derive(Default)]
+pub(crate) struct Extra {
+    /// Ray's `retry_exceptions` (tasks only).
+    pub(crate) retry_exceptions: Option<RetryFilter>,
+    /// Ray's `max_calls` (tasks only; 0: no limit).
+    pub(crate) max_calls: u32,
 }
 
 #[derive(Default)]
@@ -266,6 +278,7 @@ impl CoreWorker {
         num_returns: usize,
         actor: Option<ActorId>,
         keep_handle: Option<&RawRef>,
+        extra: Extra,
     ) -> Vec<RawRef> {
         let id = TaskId {
             owner: self.id,
@@ -323,6 +336,7 @@ impl CoreWorker {
             returns: refs.iter().map(|r| r.id).collect(),
             actor,
             alone: false,
+            max_calls: extra.max_calls,
         };
         if let Some(e) = failure {
             self.fail_returns(&mut st, &spec, &e, &mut fx);
@@ -356,6 +370,7 @@ impl CoreWorker {
                 status: Status::WaitingDeps,
                 cancelled: false,
                 pushed: None,
+                retry_exceptions: extra.retry_exceptions,
             },
         );
         if let Some(a) = actor {
@@ -657,10 +672,34 @@ impl CoreWorker {
         self.apply(fx);
     }
 
-    pub(crate) fn task_done(self: &Arc<Self>, from: WorkerId, task: TaskId, returns: Vec<Payload>) {
+    pub(crate) fn task_done(
+        self: &Arc<Self>,
+        from: WorkerId,
+        task: TaskId,
+        returns: Vec<Payload>,
+        app_error: bool,
+        exiting: bool,
+    ) {
+        // retry_exceptions: the filter is user code, run outside the lock.
+        let retry = app_error && {
+            let filter = {
+                let st = self.lock();
+                st.sub
+                    .tasks
+                    .get(&task)
+                    .filter(|t| t.retries_left > 0 && !t.cancelled)
+                    .and_then(|t| t.retry_exceptions.clone())
+            };
+            filter.is_some_and(|f| {
+                returns
+                    .first()
+                    .and_then(|p| self.payload_bytes(p).ok())
+                    .is_some_and(|b| (f.0)(b))
+            })
+        };
         let mut fx = Effects::default();
         let mut st = self.lock();
-        let Some(t) = st.sub.tasks.remove(&task) else {
+        let Some(mut t) = st.sub.tasks.remove(&task) else {
             // Already failed (cancelled or its worker was given up on): the
             // store copies of its results are not referenced by anyone.
             for p in returns {
@@ -700,6 +739,37 @@ impl CoreWorker {
                 }
                 class = Some(c);
             }
+            if exiting {
+                self.lease_ended_by_worker(&mut st, from);
+            }
+        }
+        if retry && t.retries_left > 0 && !t.cancelled {
+            // Ray's retry_exceptions: this attempt's results are dropped and
+            // the task queued again, as after a worker death.
+            for p in returns {
+                if let Payload::Store { node, offset, .. } = p {
+                    fx.free_offsets.push((node, offset));
+                }
+            }
+            if t.retries_left != crate::task::RETRY_FOREVER {
+                t.retries_left -= 1;
+            }
+            t.status = Status::Queued;
+            t.pushed = None;
+            let key = t.key.clone();
+            st.sub.tasks.insert(task, t);
+            if let Some(k) = key {
+                st.sub
+                    .classes
+                    .entry(k.clone())
+                    .or_default()
+                    .queue
+                    .push_front(task);
+                self.dispatch(&mut st, &k, &mut fx);
+            }
+            drop(st);
+            self.apply(fx);
+            return;
         }
         if returns.len() == t.spec.returns.len() {
             for (id, p) in t.spec.returns.iter().zip(returns) {
@@ -724,6 +794,28 @@ impl CoreWorker {
         }
         drop(st);
         self.apply(fx);
+    }
+
+    /// The leased worker `from` exits by itself (Ray's `max_calls`): its
+    /// lease ends with it (its raylet frees it when the process is gone),
+    /// and the tasks still in flight to it, which it never started, are
+    /// queued again without spending a retry.
+    fn lease_ended_by_worker(self: &Arc<Self>, st: &mut State, from: WorkerId) {
+        let Some(lid) = st.sub.by_worker.remove(&from) else {
+            return;
+        };
+        let Some(l) = st.sub.leases.remove(&lid) else {
+            return;
+        };
+        let cq = st.sub.classes.entry(l.class.clone()).or_default();
+        cq.leases.retain(|x| *x != lid);
+        for t in l.inflight.iter().rev() {
+            if let Some(e) = st.sub.tasks.get_mut(t) {
+                e.status = Status::Queued;
+                e.pushed = None;
+                cq.queue.push_front(*t);
+            }
+        }
     }
 
     /// A blocked worker handed back tasks it had not started.
