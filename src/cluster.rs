@@ -91,8 +91,16 @@ impl LocalCluster {
         embedded: bool,
     ) -> Result<LocalCluster> {
         let n = config.node_count()?;
-        config.node_resources()?;
-        config.store_bytes()?;
+        // Every node's settings are checked before anything starts.
+        for i in 0..n {
+            let c = config.for_local_node(i)?;
+            c.node_resources()
+                .map_err(|e| Error::new(e.kind(), format!("node {i}: {}", e.message())))?;
+            c.store_bytes()?;
+        }
+        let per_node: Vec<Config> = (0..n)
+            .map(|i| config.for_local_node(i))
+            .collect::<Result<_>>()?;
         let mut base = Session::new_cluster(config, embedded)?;
         if let Some((exe, args)) = app {
             base.exe = exe;
@@ -118,8 +126,10 @@ impl LocalCluster {
         } else {
             Vec::new()
         };
-        for i in 0..n {
-            let s = with_node_resource(base.for_node(i, &name(i))?);
+        for (i, node_config) in (0..n).zip(per_node) {
+            let mut s = base.for_node(i, &name(i))?;
+            s.config = node_config;
+            let s = with_node_resource(s);
             match spawn_raylet(raylet_exe, &s, &raylet_args) {
                 Ok(c) => cluster.raylets.push(c),
                 Err(e) => {

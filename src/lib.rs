@@ -284,7 +284,7 @@ fn sum_resources(
 /// Where the calling code runs, as Ray's `ray.get_runtime_context()`
 /// reports it: in a driver, in a task, or in an actor (its constructor
 /// and methods).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RuntimeContext {
     /// The node's name (as in [`nodes`]).
     pub node_name: String,
@@ -301,6 +301,9 @@ pub struct RuntimeContext {
     /// This node's log directory: a file per process, `worker-<pid>.out`
     /// holding what each worker printed.
     pub log_dir: std::path::PathBuf,
+    /// What the running task, or the actor, holds, by resource (Ray's
+    /// `get_assigned_resources()`); empty in a driver.
+    pub assigned_resources: std::collections::BTreeMap<String, f64>,
 }
 
 /// The calling code's [`RuntimeContext`].
@@ -315,6 +318,11 @@ pub fn get_runtime_context() -> Result<RuntimeContext> {
         task_id: cw.exec.current_task().map(|t| t.to_string()),
         actor_id: actor.map(|a| a.to_string()),
         log_dir: cw.session.log_dir(),
+        assigned_resources: if cw.is_driver {
+            Default::default()
+        } else {
+            cw.exec.assigned().into_iter().collect()
+        },
     })
 }
 

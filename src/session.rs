@@ -34,6 +34,8 @@ pub struct Config {
     object_store_memory: Option<u64>,
     local_nodes: Option<u16>,
     transport: Option<crate::fabric::Transport>,
+    /// Nodes on this machine with their own settings (`add_local_node`).
+    per_node: Vec<Config>,
 }
 
 impl Config {
@@ -75,6 +77,53 @@ impl Config {
         self
     }
 
+    /// Adds a node on this machine with settings of its own (Ray's
+    /// `cluster_utils.Cluster.add_node(num_cpus=.., resources=..)`), so a
+    /// test or a trial run can have nodes that differ, as on a real
+    /// allocation. What `node` sets (CPUs, GPUs, store size, custom
+    /// resources by name) replaces the cluster-wide setting for that node;
+    /// the rest is inherited. Each call adds one node, in order (node 0
+    /// first); [`local_nodes`](Self::local_nodes), if also given, must
+    /// equal their number.
+    ///
+    /// ```
+    /// let cfg = rustray::Config::new()
+    ///     .object_store_memory(256 << 20)
+    ///     .add_local_node(rustray::Config::new().num_cpus(1.0))
+    ///     .add_local_node(rustray::Config::new().num_cpus(4.0).resource("ssd", 1.0));
+    /// # let _ = cfg;
+    /// ```
+    pub fn add_local_node(mut self, node: Config) -> Config {
+        self.per_node.push(node);
+        self
+    }
+
+    /// The settings of local node `i`: the cluster-wide ones with that
+    /// node's own (from `add_local_node`) laid over them.
+    pub(crate) fn for_local_node(&self, i: u16) -> Result<Config> {
+        let n = self.node_count()?;
+        let mut c = Config {
+            per_node: Vec::new(),
+            local_nodes: Some(n),
+            ..self.clone()
+        };
+        if let Some(own) = self.per_node.get(usize::from(i)) {
+            if !own.per_node.is_empty() || own.local_nodes.is_some() {
+                return Err(Error::invalid(
+                    "a node given to add_local_node cannot itself have local nodes",
+                ));
+            }
+            c.num_cpus = own.num_cpus.or(c.num_cpus);
+            c.num_gpus = own.num_gpus.or(c.num_gpus);
+            c.object_store_memory = own.object_store_memory.or(c.object_store_memory);
+            for (k, v) in &own.resources {
+                c.resources.retain(|(name, _)| name != k);
+                c.resources.push((k.clone(), *v));
+            }
+        }
+        Ok(c)
+    }
+
     /// How objects move between nodes (default [`Transport::Auto`], or
     /// `RUSTRAY_TRANSPORT=auto|fabric|tcp` in the environment): libfabric
     /// one-sided reads, or the built-in TCP path. See
@@ -99,7 +148,7 @@ impl Config {
 
     /// True when every node runs on this machine (`local_nodes`).
     pub(crate) fn single_host(&self) -> bool {
-        self.local_nodes.is_some()
+        self.local_nodes.is_some() || !self.per_node.is_empty()
     }
 
     pub(crate) fn has_num_cpus(&self) -> bool {
@@ -115,9 +164,16 @@ impl Config {
     }
 
     pub(crate) fn node_count(&self) -> Result<u16> {
-        match self.local_nodes.unwrap_or(1) {
-            0 => Err(Error::invalid("local_nodes must be at least 1")),
-            n => Ok(n),
+        let listed = u16::try_from(self.per_node.len())
+            .map_err(|_| Error::invalid("too many local nodes (at most 65535)"))?;
+        match (self.local_nodes, listed) {
+            (Some(0), _) => Err(Error::invalid("local_nodes must be at least 1")),
+            (Some(n), 0) => Ok(n),
+            (Some(n), m) if n != m => Err(Error::invalid(format!(
+                "local_nodes({n}) but {m} nodes were added with add_local_node"
+            ))),
+            (_, 0) => Ok(1),
+            (_, m) => Ok(m),
         }
     }
 

@@ -321,6 +321,9 @@ pub(crate) struct TaskSpec {
     /// Ray's `max_calls`: the worker exits once it has run this many tasks
     /// of this function (0: no limit).
     pub(crate) max_calls: u32,
+    /// What the task holds while it runs (empty for actor calls: the
+    /// actor's own resources apply), for the runtime context.
+    pub(crate) resources: crate::scheduler::ResourceSet,
 }
 
 /// What the GCS keeps to (re)create an actor.

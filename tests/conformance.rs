@@ -112,10 +112,29 @@ impl Holder {
         panic!("exit_actor returned: {e}");
     }
 
+    pub fn assigned(&self) -> Vec<(String, f64)> {
+        let c = rustray::get_runtime_context().expect("context");
+        c.assigned_resources.into_iter().collect()
+    }
+
     pub fn context(&self) -> (Option<String>, Option<String>, bool) {
         let c = rustray::get_runtime_context().expect("context");
         (c.actor_id, c.task_id, c.is_driver)
     }
+}
+
+/// What the running task holds, from its runtime context.
+#[rustray::remote]
+fn assigned() -> Vec<(String, f64)> {
+    let c = rustray::get_runtime_context().expect("context");
+    c.assigned_resources.into_iter().collect()
+}
+
+/// This task's node and what it holds.
+#[rustray::remote]
+fn node_and_assigned() -> (String, Vec<(String, f64)>) {
+    let c = rustray::get_runtime_context().expect("context");
+    (c.node_name, c.assigned_resources.into_iter().collect())
 }
 
 /// The runtime context inside a task: (task id, actor id, is_driver, node).
@@ -1106,6 +1125,72 @@ fn test_runtime_context() {
         rustray::get_timeout(&a.context(), Duration::from_secs(30)).expect("call");
     assert_eq!(actor.as_deref(), Some(a.id().as_str()));
     assert!(task.is_some() && !is_driver);
+    // test_runtime_context.py::test_get_assigned_resources: what the task
+    // or actor holds; nothing in a driver.
+    assert!(d.assigned_resources.is_empty(), "{d:?}");
+    let r = assigned::options().num_cpus(0.5).remote();
+    let got = rustray::get_timeout(&r, Duration::from_secs(30)).expect("task");
+    assert_eq!(got, vec![("CPU".to_string(), 0.5)]);
+    let b = Holder::options().num_cpus(1.0).remote(()).expect("actor");
+    let got = rustray::get_timeout(&b.assigned(), Duration::from_secs(30)).expect("call");
+    assert_eq!(got, vec![("CPU".to_string(), 1.0)]);
+    let got = rustray::get_timeout(&a.assigned(), Duration::from_secs(30)).expect("call");
+    assert!(got.is_empty(), "a default actor holds nothing: {got:?}");
+}
+
+/// Ray's `cluster_utils.Cluster.add_node(num_cpus=.., resources=..)`, as
+/// test_advanced_2.py's custom-resource tests use it: local nodes with
+/// resources of their own; a task that needs a resource only one node has
+/// runs there, and holds what it asked for.
+fn test_nodes_with_their_own_resources() {
+    if common::launched() {
+        // The launched cluster's shape is fixed by the launcher (its
+        // --local-node flags are tested in tests/launcher.rs).
+        return;
+    }
+    rustray::init_with(
+        Config::new()
+            .object_store_memory(128 << 20)
+            .num_cpus(1.0)
+            .add_local_node(Config::new())
+            .add_local_node(Config::new().num_cpus(3.0).resource("special", 2.0)),
+    )
+    .expect("two different nodes");
+    let nodes = rustray::nodes().expect("nodes");
+    assert_eq!(nodes.len(), 2);
+    let total = rustray::cluster_resources().expect("resources");
+    assert_eq!(total.get("CPU"), Some(&4.0), "{total:?}");
+    assert_eq!(total.get("special"), Some(&2.0), "{total:?}");
+    let special_node = nodes
+        .iter()
+        .find(|n| n.total.iter().any(|(k, v)| k == "special" && *v == 2.0))
+        .expect("the node with `special`")
+        .name
+        .clone();
+    assert_eq!(nodes[1].name, special_node, "nodes keep their order");
+    let refs: Vec<_> = (0..4)
+        .map(|_| {
+            node_and_assigned::options()
+                .resource("special", 1.0)
+                .remote()
+        })
+        .collect();
+    for r in &refs {
+        let (node, held) = rustray::get_timeout(r, Duration::from_secs(30)).expect("task");
+        assert_eq!(node, special_node);
+        assert_eq!(
+            held,
+            vec![("CPU".to_string(), 1.0), ("special".to_string(), 1.0)]
+        );
+    }
+    let e = Config::new()
+        .local_nodes(3)
+        .add_local_node(Config::new())
+        .add_local_node(Config::new());
+    rustray::shutdown();
+    let err = rustray::init_with(e).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.message().contains("local_nodes(3)"), "{err}");
 }
 
 /// test_basic.py::test_cluster_resources / test_available_resources: the
@@ -1225,6 +1310,10 @@ fn main() {
         ("test_retry_exceptions", test_retry_exceptions),
         ("test_max_calls", test_max_calls),
         ("test_runtime_context", test_runtime_context),
+        (
+            "test_nodes_with_their_own_resources",
+            test_nodes_with_their_own_resources,
+        ),
         (
             "test_cluster_and_available_resources",
             test_cluster_and_available_resources,

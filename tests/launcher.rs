@@ -183,6 +183,31 @@ fn test_launch_local_nodes() {
     assert!(t.contains("nodes used: 3"), "{t}");
 }
 
+/// `--local-node` gives each local node resources of its own.
+fn test_launch_local_nodes_with_their_own_resources() {
+    let mut c = Command::new(launcher());
+    c.args(["--num-cpus", "1", "--object-store-memory"])
+        .arg((256u64 << 20).to_string())
+        .args(["--local-node", "num_gpus=0"])
+        .args(["--local-node", "num_cpus=3,num_gpus=2,special=1"])
+        .arg("--")
+        .arg(me())
+        .env("APP_MODE", "app")
+        .env("RUSTRAY_RENDEZVOUS_DIR", rdv_dir());
+    let out = run_bounded(c, Duration::from_secs(60));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("nodes used: 2"), "{t}");
+    assert!(t.contains("cpu=1 gpu=0"), "{t}");
+    assert!(t.contains("cpu=3 gpu=2"), "{t}");
+    let mut bad = Command::new(launcher());
+    bad.args(["--local-node", "num_cpus=x", "--", "true"]);
+    let out = run_bounded(bad, Duration::from_secs(30));
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("num_cpus=x"), "{t}");
+}
+
 fn test_launch_returns_the_driver_exit_code() {
     let out = run_bounded(launch_local(2, "exit3"), Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
@@ -843,6 +868,10 @@ fn main() {
     }
     common::run(&[
         ("test_launch_local_nodes", test_launch_local_nodes),
+        (
+            "test_launch_local_nodes_with_their_own_resources",
+            test_launch_local_nodes_with_their_own_resources,
+        ),
         (
             "test_launch_returns_the_driver_exit_code",
             test_launch_returns_the_driver_exit_code,

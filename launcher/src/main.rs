@@ -31,6 +31,12 @@ struct Cli {
     /// Start N nodes on this machine instead of one per Slurm node.
     #[arg(long, value_name = "N")]
     local_nodes: Option<u16>,
+    /// A node on this machine with resources of its own (repeatable: one
+    /// node per flag, in order), as comma-separated NAME=AMOUNT items:
+    /// `num_cpus`, `num_gpus`, `object_store_memory`, or a custom resource.
+    /// What it does not set comes from the per-node flags.
+    #[arg(long = "local-node", value_name = "NAME=AMOUNT,...", value_parser = parse_node)]
+    local_node: Vec<rustray::Config>,
     /// CPUs per node (default: Slurm's allocation, else this machine's cores).
     #[arg(long)]
     num_cpus: Option<f64>,
@@ -86,6 +92,25 @@ fn parse_resource(s: &str) -> Result<(String, f64), String> {
     Ok((name.to_string(), amount))
 }
 
+fn parse_node(s: &str) -> Result<rustray::Config, String> {
+    let mut c = rustray::Config::new();
+    for item in s.split(',').filter(|i| !i.is_empty()) {
+        let (name, amount) = parse_resource(item)?;
+        c = match name.as_str() {
+            "num_cpus" => c.num_cpus(amount),
+            "num_gpus" => c.num_gpus(amount),
+            "object_store_memory" if amount >= 0.0 && amount.fract() == 0.0 => {
+                c.object_store_memory(amount as u64)
+            }
+            "object_store_memory" => {
+                return Err(format!("object_store_memory in `{s}` is not a byte count"))
+            }
+            _ => c.resource(&name, amount),
+        };
+    }
+    Ok(c)
+}
+
 fn main() {
     // Raylets are this binary re-executed: serve that role first.
     rustray::__private::serve_role_if_any();
@@ -138,8 +163,15 @@ fn run(cli: Cli) -> rustray::Result<i32> {
     if let Some(t) = cli.transport {
         config = config.transport(t);
     }
+    let mut local_nodes = cli.local_nodes;
+    if !cli.local_node.is_empty() {
+        local_nodes = local_nodes.or(Some(cli.local_node.len().min(u16::MAX as usize) as u16));
+    }
+    for node in cli.local_node {
+        config = config.add_local_node(node);
+    }
     rustray::__private::launcher_main(rustray::__private::LaunchOptions {
-        local_nodes: cli.local_nodes,
+        local_nodes,
         config,
         app: PathBuf::from(app),
         args: args.to_vec(),

@@ -74,6 +74,8 @@ pub(crate) struct ExecShared {
     call_ns: std::sync::atomic::AtomicU64,
     /// Tasks run here, by function, for those with `max_calls`.
     calls: Mutex<std::collections::HashMap<String, u32>>,
+    /// What the running task (or the hosted actor) holds.
+    assigned: Mutex<crate::scheduler::ResourceSet>,
 }
 
 impl Default for ExecShared {
@@ -85,6 +87,7 @@ impl Default for ExecShared {
             actor_id: Mutex::new(None),
             call_ns: std::sync::atomic::AtomicU64::new(2 * INLINE_MAX.as_nanos() as u64),
             calls: Mutex::default(),
+            assigned: Mutex::default(),
         }
     }
 }
@@ -97,6 +100,22 @@ impl ExecShared {
     /// The task (or actor call) this worker is running, if any.
     pub(crate) fn current_task(&self) -> Option<TaskId> {
         self.lock().current.as_ref().map(|(t, _, _)| *t)
+    }
+
+    /// What the running task or the hosted actor holds (Ray's
+    /// `get_assigned_resources`).
+    pub(crate) fn assigned(&self) -> Vec<(String, f64)> {
+        self.assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .to_vec()
+    }
+
+    fn assign(&self, r: &crate::scheduler::ResourceSet) {
+        let mut a = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+        if *a != *r {
+            *a = r.clone();
+        }
     }
 
     /// Counts one more run of `function` here (for `max_calls`).
@@ -355,6 +374,7 @@ pub(crate) fn main(session: Session) -> ! {
             }
             Item::Create(spec, conn) => {
                 *cw.exec.actor_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(spec.id);
+                cw.exec.assign(&spec.shape);
                 let result = construct(&cw, &spec).map(|state| {
                     *cw.exec.actor.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some((spec.class.clone(), state));
@@ -453,6 +473,9 @@ fn run(
     spec: &TaskSpec,
     actor: Option<&mut (String, Box<dyn Any + Send>)>,
 ) -> (Vec<Payload>, bool) {
+    if spec.actor.is_none() {
+        cw.exec.assign(&spec.resources);
+    }
     let mut panicked = false;
     let outcome = invoke(cw, spec, actor, &mut panicked);
     let returns = match outcome {

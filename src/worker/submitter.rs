@@ -337,6 +337,7 @@ impl CoreWorker {
             actor,
             alone: false,
             max_calls: extra.max_calls,
+            resources: shape.as_ref().cloned().unwrap_or_default(),
         };
         if let Some(e) = failure {
             self.fail_returns(&mut st, &spec, &e, &mut fx);
