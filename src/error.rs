@@ -39,6 +39,10 @@ pub enum ErrorKind {
     ActorNotFound,
     /// No node can ever satisfy the requested resources.
     Infeasible,
+    /// A hard node affinity cannot be met: the node does not exist, was
+    /// lost, or can never fit the request (Ray's `TaskUnschedulableError`
+    /// and `ActorUnschedulableError`).
+    Unschedulable,
     /// The process that owns the object died, so the object is lost.
     OwnerDied,
     /// Every copy of the object was on a node that was lost, or a transfer
@@ -115,6 +119,7 @@ impl fmt::Display for Error {
             ErrorKind::StoreFull => "object store full",
             ErrorKind::ActorNotFound => "actor not found",
             ErrorKind::Infeasible => "infeasible resource request",
+            ErrorKind::Unschedulable => "unschedulable",
             ErrorKind::OwnerDied => "owner died",
             ErrorKind::ObjectLost => "object lost",
             ErrorKind::ClusterUnavailable => "cluster unavailable",

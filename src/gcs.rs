@@ -824,7 +824,7 @@ impl Gcs {
         loop {
             match self.place_now(placement, shape, strategy) {
                 Err(e)
-                    if e.kind() == ErrorKind::Infeasible
+                    if matches!(e.kind(), ErrorKind::Infeasible | ErrorKind::Unschedulable)
                         && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(Duration::from_millis(50));
@@ -849,9 +849,9 @@ impl Gcs {
                     _ if *soft => {}
                     Some(n) => {
                         return Err(Error::new(
-                            ErrorKind::Infeasible,
+                            ErrorKind::Unschedulable,
                             format!(
-                                "node affinity: node `{node}` {}",
+                                "hard node affinity: node `{node}` {}",
                                 if n.alive {
                                     "cannot fit the actor"
                                 } else {
@@ -862,8 +862,8 @@ impl Gcs {
                     }
                     None => {
                         return Err(Error::new(
-                            ErrorKind::Infeasible,
-                            format!("node affinity: no node is named `{node}`"),
+                            ErrorKind::Unschedulable,
+                            format!("hard node affinity: no node is named `{node}`"),
                         ))
                     }
                 }

@@ -983,6 +983,49 @@ fn test_infinite_retries() {
     let _ = std::fs::remove_file(&marker);
 }
 
+/// test_scheduling_2.py's node-affinity cases: a hard affinity that cannot
+/// be met (no such node, or a node that can never fit the request) fails
+/// as unschedulable, for tasks and actors; a soft one runs elsewhere.
+fn test_node_affinity_unschedulable() {
+    one_node(2.0);
+    let here = rustray::node_name().expect("node");
+    let hard = |node: &str| SchedulingStrategy::NodeAffinity {
+        node: node.to_string(),
+        soft: false,
+    };
+    let r = inc::options()
+        .scheduling_strategy(hard("no-such-node"))
+        .remote(1u64);
+    let e = rustray::get_timeout(&r, Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unschedulable, "{e}");
+    assert!(e.message().contains("no-such-node"), "{e}");
+    let r = inc::options()
+        .num_cpus(512.0)
+        .scheduling_strategy(hard(&here))
+        .remote(1u64);
+    let e = rustray::get_timeout(&r, Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unschedulable, "{e}");
+    let e = Holder::options()
+        .scheduling_strategy(hard("no-such-node"))
+        .remote(())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unschedulable, "{e}");
+    let r = inc::options()
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity {
+            node: "no-such-node".into(),
+            soft: true,
+        })
+        .remote(1u64);
+    assert_eq!(
+        rustray::get_timeout(&r, Duration::from_secs(30)).unwrap(),
+        2
+    );
+    // Without an affinity the same request is infeasible, as before.
+    let r = inc::options().num_cpus(512.0).remote(1u64);
+    let e = rustray::get_timeout(&r, Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Infeasible, "{e}");
+}
+
 /// A fresh marker file for a test's run counting.
 fn marker(tag: &str) -> String {
     let m = std::env::temp_dir().join(format!("rustray-{tag}-{}", std::process::id()));
@@ -1306,6 +1349,10 @@ fn main() {
         (
             "test_namespaces_and_list_named_actors",
             test_namespaces_and_list_named_actors,
+        ),
+        (
+            "test_node_affinity_unschedulable",
+            test_node_affinity_unschedulable,
         ),
         ("test_retry_exceptions", test_retry_exceptions),
         ("test_max_calls", test_max_calls),

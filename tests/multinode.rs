@@ -383,7 +383,7 @@ fn test_scheduling_strategies() {
         })
         .remote(0u64);
     let e = rustray::get(&hard_nowhere).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Infeasible, "{e}");
+    assert_eq!(e.kind(), ErrorKind::Unschedulable, "{e}");
     assert!(e.message().contains("no-such-node"), "{e}");
     let soft_nowhere = where_am_i::options()
         .scheduling_strategy(SchedulingStrategy::NodeAffinity {

@@ -220,14 +220,15 @@ impl CoreWorker {
                     }),
                     Ok(_) if *soft => Ok(Target::Default),
                     Ok(_) => Err(Error::new(
-                        ErrorKind::Infeasible,
-                        format!("node affinity: node `{node}` was lost"),
+                        ErrorKind::Unschedulable,
+                        format!("hard node affinity: node `{node}` was lost"),
                     )),
                     Err(_) if *soft => Ok(Target::Default),
-                    Err(e) => Err(Error::new(
-                        ErrorKind::Infeasible,
-                        format!("node affinity: {e}"),
+                    Err(e) if e.kind() == ErrorKind::InvalidArgument => Err(Error::new(
+                        ErrorKind::Unschedulable,
+                        format!("hard node affinity: {}", e.message()),
                     )),
+                    Err(e) => Err(e),
                 }
             }
         }
@@ -654,6 +655,15 @@ impl CoreWorker {
         let mut fx = Effects::default();
         let mut st = self.lock();
         if let Some(class) = st.sub.lease_reqs.remove(&req) {
+            // A hard affinity to a node that can never fit the request is
+            // unschedulable there (it may not go elsewhere).
+            let error = match class.node {
+                Some(n) if !class.soft && error.kind() == ErrorKind::Infeasible => Error::new(
+                    ErrorKind::Unschedulable,
+                    format!("hard node affinity to node {n}: {}", error.message()),
+                ),
+                _ => error,
+            };
             let queued: Vec<TaskId> = match st.sub.classes.get_mut(&class) {
                 Some(cq) => {
                     cq.pending_requests = cq.pending_requests.saturating_sub(1);
