@@ -56,25 +56,30 @@ pub struct ActorCore {
 impl ActorCore {
     /// Calls a method; the result is an `ObjectRef` owned by the caller.
     pub fn call<R: 'static>(&self, method: &'static str, args: Vec<Arg>) -> ObjectRef<R> {
+        match self.call_n(method, args, 1).pop() {
+            Some(r) => r.typed(),
+            None => unreachable!("submit returns one ref per requested return"),
+        }
+    }
+
+    /// Calls a method with `num_returns` results (Ray's
+    /// `@ray.method(num_returns=N)`), one ref each.
+    pub fn call_n(&self, method: &'static str, args: Vec<Arg>, num_returns: usize) -> Vec<RawRef> {
         let cw = match worker::current() {
             Ok(cw) => cw,
             Err(e) => panic!("cannot call `{}::{method}`: {e}", self.class),
         };
-        let mut refs = cw.submit(
+        cw.submit(
             method,
             Ok(ResourceSet::new()),
             &crate::SchedulingStrategy::Default,
             self.max_task_retries,
             args.into_iter().map(|a| a.0).collect(),
-            1,
+            num_returns,
             Some(self.id),
             self.token.as_ref(),
             Default::default(),
-        );
-        match refs.pop() {
-            Some(r) => r.typed(),
-            None => unreachable!("submit returns one ref per requested return"),
-        }
+        )
     }
 }
 

@@ -79,7 +79,7 @@ pub use mpi;
 pub use object_ref::{
     cancel, get, get_all, get_timeout, get_view, put, wait, wait_with, ObjectRef, ObjectView,
 };
-pub use rustray_macros::{actor, remote};
+pub use rustray_macros::{actor, method, remote};
 pub use scheduler::SchedulingStrategy;
 pub use session::Config;
 pub use task::{Arg, IntoArg, Retries, TaskOptions, TaskResult};

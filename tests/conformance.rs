@@ -112,6 +112,18 @@ impl Holder {
         panic!("exit_actor returned: {e}");
     }
 
+    /// Two results, two objects (Ray's `@ray.method(num_returns=2)`).
+    #[rustray::method(num_returns = 2)]
+    pub fn split(&mut self, x: u64) -> (u64, String) {
+        self.calls += 1;
+        (x * 2, format!("call {}", self.calls))
+    }
+
+    #[rustray::method(num_returns = 3)]
+    pub fn three(&self) -> (u8, Vec<u32>, Option<bool>) {
+        (1, vec![2, 3], Some(true))
+    }
+
     pub fn assigned(&self) -> Vec<(String, f64)> {
         let c = rustray::get_runtime_context().expect("context");
         c.assigned_resources.into_iter().collect()
@@ -919,6 +931,50 @@ fn test_actor_get_if_exists() {
     rustray::kill(&a).expect("kill");
 }
 
+/// test_actor.py's `@ray.method(num_returns=N)` cases: each element of a
+/// method's returned tuple is its own object, and the calls keep their
+/// order.
+fn test_actor_method_num_returns() {
+    one_node(2.0);
+    let a = Holder::remote().expect("actor");
+    let (x, label) = a.split(21);
+    let (y, label2) = a.split(1);
+    assert_eq!(
+        rustray::get_timeout(&x, Duration::from_secs(30)).unwrap(),
+        42
+    );
+    assert_eq!(
+        rustray::get_timeout(&label, Duration::from_secs(30)).unwrap(),
+        "call 1"
+    );
+    assert_eq!(
+        rustray::get_timeout(&label2, Duration::from_secs(30)).unwrap(),
+        "call 2"
+    );
+    assert_eq!(
+        rustray::get_timeout(&y, Duration::from_secs(30)).unwrap(),
+        2
+    );
+    let (p, q, r) = a.three();
+    assert_eq!(
+        rustray::get_timeout(&p, Duration::from_secs(30)).unwrap(),
+        1
+    );
+    assert_eq!(
+        rustray::get_timeout(&q, Duration::from_secs(30)).unwrap(),
+        vec![2, 3]
+    );
+    assert_eq!(
+        rustray::get_timeout(&r, Duration::from_secs(30)).unwrap(),
+        Some(true)
+    );
+    // A result passes to a task like any other ref.
+    assert_eq!(
+        rustray::get_timeout(&inc::remote(&x), Duration::from_secs(30)).unwrap(),
+        43
+    );
+}
+
 /// test_namespace.py's named-actor cases and test_list_actors.py's
 /// list_named_actors cases: a name is taken once per namespace, found only
 /// in its namespace, and listed there (all namespaces on request) while
@@ -1346,6 +1402,10 @@ fn main() {
             test_calls_to_an_actor_being_created_wait,
         ),
         ("test_actor_get_if_exists", test_actor_get_if_exists),
+        (
+            "test_actor_method_num_returns",
+            test_actor_method_num_returns,
+        ),
         (
             "test_namespaces_and_list_named_actors",
             test_namespaces_and_list_named_actors,

@@ -27,10 +27,56 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         ));
     }
     let extra = generate(&imp, &mut errors);
+    // `#[rustray::method(..)]` is read here; the compiled impl goes without.
+    let mut imp = imp;
+    for item in &mut imp.items {
+        if let ImplItem::Fn(f) = item {
+            f.attrs.retain(|a| !is_method_attr(a));
+        }
+    }
     match errors.finish() {
         Ok(()) => quote!(#imp #extra),
         Err(e) => util::with_error(quote!(#imp), e),
     }
+}
+
+/// `#[rustray::method(..)]` (or `#[method(..)]` with it imported).
+fn is_method_attr(a: &syn::Attribute) -> bool {
+    let segs: Vec<String> = a
+        .path()
+        .segments
+        .iter()
+        .map(|s| s.ident.to_string())
+        .collect();
+    matches!(
+        segs.iter().map(String::as_str).collect::<Vec<_>>()[..],
+        ["method"] | ["rustray", "method"]
+    )
+}
+
+/// The `num_returns` of a method's `#[rustray::method(num_returns = N)]`
+/// (1 without one).
+fn method_num_returns(f: &ImplItemFn, errors: &mut Errors) -> usize {
+    let mut n = 1;
+    for a in f.attrs.iter().filter(|a| is_method_attr(a)) {
+        let r = a.parse_nested_meta(|meta| {
+            if meta.path.is_ident("num_returns") {
+                let lit: syn::LitInt = meta.value()?.parse()?;
+                let v: usize = lit.base10_parse()?;
+                if v == 0 {
+                    return Err(syn::Error::new_spanned(&lit, "`num_returns` must be at least 1"));
+                }
+                n = v;
+                Ok(())
+            } else {
+                Err(meta.error(
+                    "unknown `rustray::method` option; the only supported option is `num_returns = N`",
+                ))
+            }
+        });
+        errors.push_result(r);
+    }
+    n
 }
 
 struct Method {
@@ -39,6 +85,9 @@ struct Method {
     params: Vec<Param>,
     ret: Option<Type>,
     cfgs: TokenStream,
+    /// With `num_returns = N >= 2`: the returned tuple's element types,
+    /// one object each.
+    elems: Vec<Type>,
 }
 
 /// Inside the generated `Methods` struct and free dispatch functions `Self`
@@ -186,6 +235,19 @@ fn generate(imp: &ItemImpl, errors: &mut Errors) -> TokenStream {
                 rewrite(t)
             }));
         }
+        let num_returns = method_num_returns(f, errors);
+        let mut elems = Vec::new();
+        if num_returns >= 2 {
+            match ret.as_ref().map(util::peel) {
+                Some(Type::Tuple(t)) if t.elems.len() == num_returns => {
+                    elems = t.elems.iter().cloned().collect();
+                }
+                _ => errors.push(syn::Error::new_spanned(
+                    &f.sig,
+                    format!("`num_returns = {num_returns}` requires the method to return a tuple of {num_returns} elements"),
+                )),
+            }
+        }
         let cfgs = util::cfg_attrs(&f.attrs);
         methods.push(Method {
             ident: f.sig.ident.clone(),
@@ -193,6 +255,7 @@ fn generate(imp: &ItemImpl, errors: &mut Errors) -> TokenStream {
             params,
             ret,
             cfgs: quote!(#(#cfgs)*),
+            elems,
         });
     }
     let Some(ctor) = ctor else {
@@ -209,7 +272,7 @@ fn generate(imp: &ItemImpl, errors: &mut Errors) -> TokenStream {
     let unit: Type = syn::parse_quote!(());
 
     let wrappers = methods.iter().map(|m| {
-        let Method { ident, vis, params, ret, cfgs } = m;
+        let Method { ident, vis, params, ret, cfgs, elems } = m;
         let name = LitStr::new(&ident.unraw().to_string(), ident.span());
         let ret = ret.as_ref().unwrap_or(&unit);
         let publics = params.iter().map(|p| &p.public);
@@ -221,6 +284,27 @@ fn generate(imp: &ItemImpl, errors: &mut Errors) -> TokenStream {
              Calls from one handle run in submission order.",
             ident.unraw()
         ));
+        if !elems.is_empty() {
+            let n = elems.len();
+            return quote! {
+                #cfgs
+                #doc
+                #vis fn #ident(&self, #(#publics: impl ::rustray::IntoArg<#tys>),*) -> (#(::rustray::ObjectRef<#elems>,)*) {
+                    let __refs = self.core.call_n(
+                        #name,
+                        ::std::vec![#(::rustray::IntoArg::<#tys2>::into_arg(#publics2)),*],
+                        #n,
+                    );
+                    let mut __refs = ::core::iter::IntoIterator::into_iter(__refs);
+                    (#(
+                        __refs
+                            .next()
+                            .expect("runtime returned num_returns refs")
+                            .typed::<#elems>(),
+                    )*)
+                }
+            };
+        }
         quote! {
             #cfgs
             #doc
@@ -236,6 +320,7 @@ fn generate(imp: &ItemImpl, errors: &mut Errors) -> TokenStream {
             params,
             ret,
             cfgs,
+            elems,
             ..
         } = m;
         let name = LitStr::new(&ident.unraw().to_string(), ident.span());
@@ -248,6 +333,13 @@ fn generate(imp: &ItemImpl, errors: &mut Errors) -> TokenStream {
         let call = quote!(<#self_ty>::#ident(__this, #(#locals),*));
         let push = match ret {
             None => quote!(#call; __ret.push(&())?;),
+            Some(_) if !elems.is_empty() => {
+                let pushes = elems.iter().enumerate().map(|(i, t)| {
+                    let idx = syn::Index::from(i);
+                    quote_spanned!(t.span()=> __ret.push(&__r.#idx)?;)
+                });
+                quote!(let __r = #call; #(#pushes)*)
+            }
             Some(t) => quote_spanned!(t.span()=> let __r = #call; __ret.push(&__r)?;),
         };
         quote! {

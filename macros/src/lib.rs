@@ -42,6 +42,10 @@
 //! * Type-erased construct/dispatch functions registered with `inventory`
 //!   under the same name as `ActorClass::NAME`.
 //!
+//! `#[rustray::method(num_returns = N)]` on a remote method (read and
+//! removed by `#[rustray::actor]`) makes each element of its returned
+//! N-tuple a separate object, as `num_returns` does for functions.
+//!
 //! Unsupported signatures (generics, `async`, `impl Trait`, borrowed
 //! arguments, trait impls, ...) are rejected with a `compile_error!` pointing
 //! at the offending tokens rather than producing type errors inside generated
@@ -64,6 +68,21 @@ mod util;
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     remote::expand(attr.into(), item.into()).into()
+}
+
+/// Options of one actor method, read by `#[rustray::actor]` on its impl
+/// block (Ray's `@ray.method`): `#[rustray::method(num_returns = N)]` on a
+/// method returning an N-tuple makes each element its own object, and the
+/// handle's method returns a tuple of N `ObjectRef`s. Anywhere else it is
+/// an error.
+#[proc_macro_attribute]
+pub fn method(_attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item2: proc_macro2::TokenStream = item.into();
+    let err = syn::Error::new(
+        proc_macro2::Span::call_site(),
+        "#[rustray::method] goes on a method inside an impl block marked #[rustray::actor] (put #[rustray::actor] on the impl)",
+    );
+    util::with_error(item2, err).into()
 }
 
 /// Turns a type's inherent impl block into a rustray actor class: creates
