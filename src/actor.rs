@@ -176,6 +176,7 @@ pub struct ActorOptions<A: ActorClass> {
     /// by what it holds, not by Ray's default 1 CPU.
     explicit: bool,
     detached: bool,
+    max_concurrency: u32,
     strategy: crate::SchedulingStrategy,
     _a: PhantomData<fn() -> A>,
 }
@@ -201,6 +202,7 @@ impl<A: ActorClass> ActorOptions<A> {
             shape: Ok(ResourceSet::new()),
             explicit: false,
             detached: false,
+            max_concurrency: 1,
             strategy: crate::SchedulingStrategy::Default,
             _a: PhantomData,
         }
@@ -246,6 +248,17 @@ impl<A: ActorClass> ActorOptions<A> {
     /// from other drivers.
     pub fn lifetime_detached(mut self) -> Self {
         self.detached = true;
+        self
+    }
+
+    /// Ray's threaded actors (`max_concurrency=N`): up to `n` calls run at
+    /// once, on `n` threads of the actor's process, in no set order.
+    /// Only `&self` methods can run so (a `&mut self` method's call fails
+    /// with a message saying so), and the actor type must be `Sync`
+    /// (state behind `Mutex` or atomics), else creation fails. Default 1:
+    /// one call at a time, in order per caller.
+    pub fn max_concurrency(mut self, n: u32) -> Self {
+        self.max_concurrency = n.max(1);
         self
     }
 
@@ -320,6 +333,7 @@ impl<A: ActorClass> ActorOptions<A> {
             namespace: self.namespace,
             get_if_exists: self.get_if_exists,
             max_task_retries: self.max_task_retries,
+            max_concurrency: self.max_concurrency,
         };
         let info = match cw.gcs_call(|req| Msg::RegisterActor { req, spec }, "creating an actor")? {
             Msg::ActorRegistered { result, .. } => result?,
@@ -478,6 +492,14 @@ pub fn unknown_method(class: &str, method: &str) -> Error {
     Error::new(
         ErrorKind::TaskFailed,
         format!("actor class `{class}` has no remote method `{method}`"),
+    )
+}
+
+/// Error for a `&mut self` method called on a threaded actor.
+pub fn needs_exclusive(class: &str, method: &str) -> Error {
+    Error::new(
+        ErrorKind::TaskFailed,
+        format!("`{class}::{method}` takes `&mut self`, but this actor runs calls concurrently (max_concurrency > 1): only `&self` methods can run there; use interior mutability (Mutex, atomics)"),
     )
 }
 

@@ -1072,6 +1072,7 @@ mod tests {
             namespace: String::new(),
             get_if_exists: false,
             max_task_retries: 0,
+            max_concurrency: 1,
         }
     }
 

@@ -91,14 +91,17 @@ use std::sync::{Arc, Mutex};
 /// `#[rustray::actor]`; not a stable API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::actor::{unknown_method, wrong_actor_state, ActorCore, ActorMethods};
+    pub use crate::actor::{
+        needs_exclusive, unknown_method, wrong_actor_state, ActorCore, ActorMethods,
+    };
     pub use crate::cluster::{
         launcher_main, serve_role_if_any, status_report, stop_clusters, Bootstrap, LaunchOptions,
     };
     pub use crate::fabric::ceiling::{raw_fi_read_gb_per_s, raw_fi_read_slurm_app};
     pub use crate::task::{
-        error_matches, submit_task, ActorClassEntry, ArgReader, ConstructFn, DispatchFn, InvokeFn,
-        IsAppError, NotAppError, RemoteFunction, Returns,
+        error_matches, submit_task, ActorClassEntry, ArgReader, ConstructFn, DispatchFn,
+        DispatchSharedFn, InvokeFn, IsAppError, NotAppError, RemoteFunction, Returns, ShareFn,
+        ShareNotSync, ShareSync, Sharer,
     };
     pub use crate::worker::RawRef;
     pub use inventory;

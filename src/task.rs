@@ -356,6 +356,18 @@ pub type ConstructFn = fn(&mut ArgReader<'_>) -> Result<Box<dyn std::any::Any + 
 pub type DispatchFn =
     fn(&mut (dyn std::any::Any + Send), &str, &mut ArgReader<'_>) -> Result<Returns>;
 
+/// Turns a constructed actor's state into one that threads can share
+/// (for `max_concurrency` above 1); gives it back when its type is not
+/// `Sync`.
+pub type ShareFn =
+    fn(
+        Box<dyn std::any::Any + Send>,
+    )
+        -> std::result::Result<Arc<dyn std::any::Any + Send + Sync>, Box<dyn std::any::Any + Send>>;
+/// Runs one `&self` method on shared actor state (a threaded actor).
+pub type DispatchSharedFn =
+    fn(&(dyn std::any::Any + Send + Sync), &str, &mut ArgReader<'_>) -> Result<Returns>;
+
 /// An actor class registered by `#[rustray::actor]`.
 pub struct ActorClassEntry {
     /// The class name ([`ActorClass::NAME`](crate::ActorClass::NAME)).
@@ -364,6 +376,56 @@ pub struct ActorClassEntry {
     pub construct: ConstructFn,
     /// Runs a method.
     pub dispatch: DispatchFn,
+    /// Shares the state between threads, when its type is `Sync`.
+    pub share: ShareFn,
+    /// Runs a `&self` method on shared state.
+    pub dispatch_shared: DispatchSharedFn,
+}
+
+/// How the generated `share` tells a `Sync` actor type from another
+/// without naming the bound: `(&Sharer(..)).__rustray_share()` finds
+/// [`ShareSync`]'s impl when `T: Sync`, else [`ShareNotSync`]'s (one
+/// reference deeper).
+#[doc(hidden)]
+pub struct Sharer<T>(pub std::cell::Cell<Option<T>>);
+
+#[doc(hidden)]
+pub trait ShareSync {
+    fn __rustray_share(
+        &self,
+    ) -> std::result::Result<Arc<dyn std::any::Any + Send + Sync>, Box<dyn std::any::Any + Send>>;
+}
+
+impl<T: std::any::Any + Send + Sync> ShareSync for Sharer<T> {
+    fn __rustray_share(
+        &self,
+    ) -> std::result::Result<Arc<dyn std::any::Any + Send + Sync>, Box<dyn std::any::Any + Send>>
+    {
+        match self.0.take() {
+            Some(t) => Ok(Arc::new(t)),
+            None => Err(Box::new(())),
+        }
+    }
+}
+
+/// See [`ShareSync`].
+#[doc(hidden)]
+pub trait ShareNotSync {
+    fn __rustray_share(
+        &self,
+    ) -> std::result::Result<Arc<dyn std::any::Any + Send + Sync>, Box<dyn std::any::Any + Send>>;
+}
+
+impl<T: std::any::Any + Send> ShareNotSync for &Sharer<T> {
+    fn __rustray_share(
+        &self,
+    ) -> std::result::Result<Arc<dyn std::any::Any + Send + Sync>, Box<dyn std::any::Any + Send>>
+    {
+        match self.0.take() {
+            Some(t) => Err(Box::new(t)),
+            None => Err(Box::new(())),
+        }
+    }
 }
 
 inventory::collect!(ActorClassEntry);

@@ -354,6 +354,8 @@ pub(crate) struct ActorSpec {
     /// How often each call is retried when the actor's process dies
     /// (Ray's `max_task_retries`; `RETRY_FOREVER` for without end).
     pub(crate) max_task_retries: u32,
+    /// Calls run at once (Ray's threaded actors); 1: one at a time.
+    pub(crate) max_concurrency: u32,
 }
 
 /// An actor's state as the GCS reports it.

@@ -276,6 +276,68 @@ impl Flaky {
     }
 }
 
+/// Ray's latch (test_threaded_actor.py / test_actor.py's
+/// max_concurrency cases): `wait` blocks until `count_down` has run `n`
+/// times, which only a threaded actor can do while `wait` runs.
+pub struct Latch {
+    left: std::sync::Mutex<u32>,
+    cv: std::sync::Condvar,
+}
+
+#[rustray::actor]
+impl Latch {
+    pub fn new(n: u32) -> Self {
+        Latch {
+            left: std::sync::Mutex::new(n),
+            cv: std::sync::Condvar::new(),
+        }
+    }
+
+    /// True if the latch opened within `ms`.
+    pub fn wait(&self, ms: u64) -> bool {
+        let left = self.left.lock().expect("latch");
+        let (left, _) = self
+            .cv
+            .wait_timeout_while(left, Duration::from_millis(ms), |n| *n > 0)
+            .expect("latch");
+        *left == 0
+    }
+
+    pub fn count_down(&self) -> u32 {
+        let mut left = self.left.lock().expect("latch");
+        *left = left.saturating_sub(1);
+        self.cv.notify_all();
+        *left
+    }
+
+    pub fn thread(&self) -> String {
+        std::thread::current().name().unwrap_or("?").to_string()
+    }
+
+    pub fn reset(&mut self, n: u32) {
+        *self.left.get_mut().expect("latch") = n;
+    }
+}
+
+/// An actor whose state cannot be shared between threads.
+pub struct NotSync {
+    n: std::cell::Cell<u32>,
+}
+
+#[rustray::actor]
+impl NotSync {
+    pub fn new() -> Self {
+        NotSync {
+            n: std::cell::Cell::new(0),
+        }
+    }
+
+    pub fn bump(&self) -> u32 {
+        self.n.set(self.n.get() + 1);
+        self.n.get()
+    }
+}
+
 /// Holds a borrowed handle for `ms`, then calls the actor through it.
 #[rustray::remote]
 fn call_later(h: rustray::ActorHandle<Holder>, ms: u64) -> u64 {
@@ -975,6 +1037,57 @@ fn test_actor_method_num_returns() {
     );
 }
 
+/// test_threaded_actor.py / test_actor.py's `max_concurrency` cases: a
+/// threaded actor runs calls at once (a latch opens while one call waits
+/// in it); a default actor runs them one at a time (the same latch times
+/// out); a `&mut self` method and a type that is not `Sync` are refused
+/// with messages saying why.
+fn test_threaded_actor_max_concurrency() {
+    one_node(2.0);
+    let l = Latch::options()
+        .max_concurrency(4)
+        .remote(2)
+        .expect("threaded actor");
+    let opened = l.wait(20_000);
+    std::thread::sleep(Duration::from_millis(50));
+    l.count_down();
+    l.count_down();
+    assert!(rustray::get_timeout(&opened, Duration::from_secs(30)).expect("wait"));
+    let names: std::collections::HashSet<String> = (0..16)
+        .map(|_| l.thread())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|r| rustray::get_timeout(r, Duration::from_secs(30)).expect("thread"))
+        .collect();
+    assert!(
+        names.iter().all(|n| n.starts_with("rustray-actor-")),
+        "{names:?}"
+    );
+    let e = rustray::get_timeout(&l.reset(1), Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TaskFailed, "{e}");
+    assert!(e.message().contains("&mut self"), "{e}");
+
+    let serial = Latch::remote(1).expect("default actor");
+    let opened = serial.wait(300);
+    serial.count_down();
+    assert!(
+        !rustray::get_timeout(&opened, Duration::from_secs(30)).expect("wait"),
+        "a default actor ran count_down while wait was running"
+    );
+    assert!(rustray::get_timeout(&serial.wait(0), Duration::from_secs(30)).unwrap());
+
+    let e = NotSync::options()
+        .max_concurrency(2)
+        .remote(())
+        .unwrap_err();
+    assert!(e.message().contains("not Sync"), "{e}");
+    let ok = NotSync::remote().expect("one call at a time is fine");
+    assert_eq!(
+        rustray::get_timeout(&ok.bump(), Duration::from_secs(30)).unwrap(),
+        1
+    );
+}
+
 /// test_namespace.py's named-actor cases and test_list_actors.py's
 /// list_named_actors cases: a name is taken once per namespace, found only
 /// in its namespace, and listed there (all namespaces on request) while
@@ -1405,6 +1518,10 @@ fn main() {
         (
             "test_actor_method_num_returns",
             test_actor_method_num_returns,
+        ),
+        (
+            "test_threaded_actor_max_concurrency",
+            test_threaded_actor_max_concurrency,
         ),
         (
             "test_namespaces_and_list_named_actors",

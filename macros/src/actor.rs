@@ -88,6 +88,16 @@ struct Method {
     /// With `num_returns = N >= 2`: the returned tuple's element types,
     /// one object each.
     elems: Vec<Type>,
+    /// Takes `&mut self` (cannot run on a threaded actor's shared state).
+    mutable: bool,
+}
+
+/// True for `&mut self` (and `self: &mut Self`).
+fn is_mut_self(arg: &FnArg) -> bool {
+    let FnArg::Receiver(r) = arg else {
+        return false;
+    };
+    matches!(util::peel(&r.ty), Type::Reference(rf) if rf.mutability.is_some())
 }
 
 /// Inside the generated `Methods` struct and free dispatch functions `Self`
@@ -256,6 +266,7 @@ fn generate(imp: &ItemImpl, errors: &mut Errors) -> TokenStream {
             ret,
             cfgs: quote!(#(#cfgs)*),
             elems,
+            mutable: receiver.is_some_and(is_mut_self),
         });
     }
     let Some(ctor) = ctor else {
@@ -272,7 +283,7 @@ fn generate(imp: &ItemImpl, errors: &mut Errors) -> TokenStream {
     let unit: Type = syn::parse_quote!(());
 
     let wrappers = methods.iter().map(|m| {
-        let Method { ident, vis, params, ret, cfgs, elems } = m;
+        let Method { ident, vis, params, ret, cfgs, elems, .. } = m;
         let name = LitStr::new(&ident.unraw().to_string(), ident.span());
         let ret = ret.as_ref().unwrap_or(&unit);
         let publics = params.iter().map(|p| &p.public);
@@ -311,6 +322,53 @@ fn generate(imp: &ItemImpl, errors: &mut Errors) -> TokenStream {
             #vis fn #ident(&self, #(#publics: impl ::rustray::IntoArg<#tys>),*) -> ::rustray::ObjectRef<#ret> {
                 self.core.call::<#ret>(#name, ::std::vec![#(::rustray::IntoArg::<#tys2>::into_arg(#publics2)),*])
             }
+        }
+    });
+
+    // Threaded actors run `&self` methods on shared state; a `&mut self`
+    // method's call is refused there with a message saying why.
+    let shared_arms = methods.iter().map(|m| {
+        let Method {
+            ident,
+            params,
+            ret,
+            cfgs,
+            elems,
+            mutable,
+            ..
+        } = m;
+        let name = LitStr::new(&ident.unraw().to_string(), ident.span());
+        if *mutable {
+            return quote! {
+                #cfgs
+                #name => {
+                    return ::core::result::Result::Err(::rustray::__private::needs_exclusive(
+                        <#self_ty as ::rustray::ActorClass>::NAME,
+                        __method,
+                    ))
+                }
+            };
+        }
+        let reads = params.iter().map(|p| {
+            let (local, ty) = (&p.local, &p.ty);
+            quote_spanned!(ty.span()=> let #local: #ty = __args.next::<#ty>()?;)
+        });
+        let locals = params.iter().map(|p| &p.local);
+        let call = quote!(<#self_ty>::#ident(__this, #(#locals),*));
+        let push = match ret {
+            None => quote!(#call; __ret.push(&())?;),
+            Some(_) if !elems.is_empty() => {
+                let pushes = elems.iter().enumerate().map(|(i, t)| {
+                    let idx = syn::Index::from(i);
+                    quote_spanned!(t.span()=> __ret.push(&__r.#idx)?;)
+                });
+                quote!(let __r = #call; #(#pushes)*)
+            }
+            Some(t) => quote_spanned!(t.span()=> let __r = #call; __ret.push(&__r)?;),
+        };
+        quote! {
+            #cfgs
+            #name => { #(#reads)* #push }
         }
     });
 
@@ -479,11 +537,55 @@ fn generate(imp: &ItemImpl, errors: &mut Errors) -> TokenStream {
                 ::core::result::Result::Ok(__ret)
             }
 
+            fn __share(
+                __state: ::std::boxed::Box<dyn ::std::any::Any + ::core::marker::Send>,
+            ) -> ::core::result::Result<
+                ::std::sync::Arc<dyn ::std::any::Any + ::core::marker::Send + ::core::marker::Sync>,
+                ::std::boxed::Box<dyn ::std::any::Any + ::core::marker::Send>,
+            > {
+                let __t = __state.downcast::<#self_ty>()?;
+                #[allow(unused_imports)]
+                use ::rustray::__private::{ShareNotSync as _, ShareSync as _};
+                let __s = ::rustray::__private::Sharer(::core::cell::Cell::new(
+                    ::core::option::Option::Some(*__t),
+                ));
+                (&__s).__rustray_share()
+            }
+
+            #[allow(unused_mut, unreachable_code, unused_variables)]
+            fn __dispatch_shared(
+                __state: &(dyn ::std::any::Any + ::core::marker::Send + ::core::marker::Sync),
+                __method: &str,
+                __args: &mut ::rustray::__private::ArgReader<'_>,
+            ) -> ::rustray::Result<::rustray::__private::Returns> {
+                let __this = match __state.downcast_ref::<#self_ty>() {
+                    ::core::option::Option::Some(t) => t,
+                    ::core::option::Option::None => {
+                        return ::core::result::Result::Err(::rustray::__private::wrong_actor_state(
+                            <#self_ty as ::rustray::ActorClass>::NAME,
+                        ))
+                    }
+                };
+                let mut __ret = ::rustray::__private::Returns::new();
+                match __method {
+                    #(#shared_arms)*
+                    _ => {
+                        return ::core::result::Result::Err(::rustray::__private::unknown_method(
+                            <#self_ty as ::rustray::ActorClass>::NAME,
+                            __method,
+                        ))
+                    }
+                }
+                ::core::result::Result::Ok(__ret)
+            }
+
             ::rustray::__private::inventory::submit! {
                 ::rustray::__private::ActorClassEntry {
                     name: <#self_ty as ::rustray::ActorClass>::NAME,
                     construct: __construct,
                     dispatch: __dispatch,
+                    share: __share,
+                    dispatch_shared: __dispatch_shared,
                 }
             }
         };

@@ -76,7 +76,20 @@ pub(crate) struct ExecShared {
     calls: Mutex<std::collections::HashMap<String, u32>>,
     /// What the running task (or the hosted actor) holds.
     assigned: Mutex<crate::scheduler::ResourceSet>,
+    /// A threaded actor (`max_concurrency` > 1) is hosted: its calls go
+    /// to `pool` and run on its threads, not on the main thread.
+    threaded: std::sync::atomic::AtomicBool,
+    pool: Mutex<VecDeque<(TaskSpec, Arc<Conn>)>>,
+    pool_cv: Condvar,
 }
+
+thread_local! {
+    /// The call a threaded actor's pool thread is running.
+    static POOL_TASK: std::cell::Cell<Option<TaskId>> = const { std::cell::Cell::new(None) };
+}
+
+/// A threaded actor's state, shared by its pool threads.
+type SharedActor = (String, Arc<dyn Any + Send + Sync>);
 
 impl Default for ExecShared {
     fn default() -> Self {
@@ -88,6 +101,9 @@ impl Default for ExecShared {
             call_ns: std::sync::atomic::AtomicU64::new(2 * INLINE_MAX.as_nanos() as u64),
             calls: Mutex::default(),
             assigned: Mutex::default(),
+            threaded: std::sync::atomic::AtomicBool::new(false),
+            pool: Mutex::default(),
+            pool_cv: Condvar::new(),
         }
     }
 }
@@ -99,6 +115,9 @@ impl ExecShared {
 
     /// The task (or actor call) this worker is running, if any.
     pub(crate) fn current_task(&self) -> Option<TaskId> {
+        if let Some(t) = POOL_TASK.with(|t| t.get()) {
+            return Some(t);
+        }
         self.lock().current.as_ref().map(|(t, _, _)| *t)
     }
 
@@ -129,6 +148,20 @@ impl ExecShared {
 
 impl CoreWorker {
     pub(crate) fn exec_push(self: &Arc<Self>, conn: &Arc<Conn>, spec: TaskSpec) {
+        if spec.actor.is_some()
+            && self
+                .exec
+                .threaded
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.exec
+                .pool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back((spec, conn.clone()));
+            self.exec.pool_cv.notify_one();
+            return;
+        }
         let mut q = self.exec.lock();
         if q.blocked > 0 && spec.actor.is_none() {
             drop(q);
@@ -165,7 +198,7 @@ impl CoreWorker {
         let t0 = std::time::Instant::now();
         let (returns, app_error) = {
             let mut actor = self.exec.actor.lock().unwrap_or_else(|p| p.into_inner());
-            run(self, spec, actor.as_mut())
+            run(self, spec, actor.as_mut(), None)
         };
         let exiting = spec.max_calls > 0 && self.exec.count_call(&spec.function) >= spec.max_calls;
         if spec.actor.is_some() {
@@ -375,9 +408,15 @@ pub(crate) fn main(session: Session) -> ! {
             Item::Create(spec, conn) => {
                 *cw.exec.actor_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(spec.id);
                 cw.exec.assign(&spec.shape);
-                let result = construct(&cw, &spec).map(|state| {
-                    *cw.exec.actor.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some((spec.class.clone(), state));
+                let result = construct(&cw, &spec).and_then(|state| {
+                    if spec.max_concurrency > 1 {
+                        let shared = share(&spec, state)?;
+                        start_pool(&cw, shared, spec.max_concurrency)?;
+                    } else {
+                        *cw.exec.actor.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((spec.class.clone(), state));
+                    }
+                    Ok(())
                 });
                 if let Err(e) = &result {
                     log!("actor {} failed to construct: {e}", spec.class);
@@ -385,6 +424,72 @@ pub(crate) fn main(session: Session) -> ! {
                 let _ = conn.send(&Msg::ActorCreated { result });
             }
         }
+    }
+}
+
+/// Makes a constructed actor's state shareable by threads (its type must
+/// be `Sync`).
+fn share(spec: &ActorSpec, state: Box<dyn Any + Send>) -> Result<SharedActor> {
+    let entry = registry_actor(&spec.class).ok_or_else(|| {
+        Error::new(
+            ErrorKind::TaskFailed,
+            format!("actor class `{}` is not registered", spec.class),
+        )
+    })?;
+    match (entry.share)(state) {
+        Ok(arc) => Ok((spec.class.clone(), arc)),
+        Err(_) => Err(Error::invalid(format!(
+            "actor `{}` has max_concurrency = {}, which runs its calls on several threads at once, but its type is not Sync: keep its state behind a Mutex or atomics",
+            spec.class, spec.max_concurrency
+        ))),
+    }
+}
+
+/// Starts a threaded actor's `n` call threads; from now on its calls go to
+/// them.
+fn start_pool(cw: &Arc<CoreWorker>, shared: SharedActor, n: u32) -> Result<()> {
+    for i in 0..n {
+        let cw = cw.clone();
+        let shared = shared.clone();
+        let r = std::thread::Builder::new()
+            .name(format!("rustray-actor-{i}"))
+            .spawn(move || pool_thread(&cw, &shared));
+        match r {
+            Ok(_) => {}
+            Err(e) if i == 0 => return Err(Error::io("starting the actor's call threads", e)),
+            Err(e) => {
+                // Fewer threads than asked still serve every call.
+                log!("actor call thread {i} of {n} could not start: {e}");
+                break;
+            }
+        }
+    }
+    cw.exec
+        .threaded
+        .store(true, std::sync::atomic::Ordering::Release);
+    Ok(())
+}
+
+fn pool_thread(cw: &Arc<CoreWorker>, shared: &SharedActor) -> ! {
+    loop {
+        let (spec, conn) = {
+            let mut q = cw.exec.pool.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(item) = q.pop_front() {
+                    break item;
+                }
+                q = cw.exec.pool_cv.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        POOL_TASK.with(|t| t.set(Some(spec.id)));
+        let (returns, app_error) = run(cw, &spec, None, Some(shared));
+        POOL_TASK.with(|t| t.set(None));
+        let _ = conn.send(&Msg::TaskDone {
+            task: spec.id,
+            returns,
+            app_error,
+            exiting: false,
+        });
     }
 }
 
@@ -472,12 +577,13 @@ fn run(
     cw: &Arc<CoreWorker>,
     spec: &TaskSpec,
     actor: Option<&mut (String, Box<dyn Any + Send>)>,
+    shared: Option<&SharedActor>,
 ) -> (Vec<Payload>, bool) {
     if spec.actor.is_none() {
         cw.exec.assign(&spec.resources);
     }
     let mut panicked = false;
-    let outcome = invoke(cw, spec, actor, &mut panicked);
+    let outcome = invoke(cw, spec, actor, shared, &mut panicked);
     let returns = match outcome {
         Ok(r) => r,
         // A panic is an application error too (`retry_exceptions(true)`
@@ -526,6 +632,7 @@ fn invoke(
     cw: &Arc<CoreWorker>,
     spec: &TaskSpec,
     actor: Option<&mut (String, Box<dyn Any + Send>)>,
+    shared: Option<&SharedActor>,
     panicked: &mut bool,
 ) -> Result<Returns> {
     let local = LocalArgs::new(cw, &spec.args)?;
@@ -545,6 +652,24 @@ fn invoke(
             })?;
             what = format!("task `{}`", spec.function);
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut reader)))
+        }
+        Some(_) if shared.is_some() => {
+            let Some((class, state)) = shared else {
+                return Err(Error::new(
+                    ErrorKind::ActorDied,
+                    "this worker hosts no actor",
+                ));
+            };
+            let entry = registry_actor(class).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::ActorDied,
+                    format!("actor class `{class}` is not registered"),
+                )
+            })?;
+            what = format!("actor method `{}::{}`", class, spec.function);
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                (entry.dispatch_shared)(&**state, &spec.function, &mut reader)
+            }))
         }
         Some(_) => {
             let Some((class, state)) = actor else {
