@@ -324,6 +324,9 @@ pub(crate) struct TaskSpec {
     /// What the task holds while it runs (empty for actor calls: the
     /// actor's own resources apply), for the runtime context.
     pub(crate) resources: crate::scheduler::ResourceSet,
+    /// Other nodes holding a copy of a store argument, by argument index:
+    /// the worker reads from one of them when the primary's node is gone.
+    pub(crate) arg_copies: Vec<(u32, Vec<u16>)>,
 }
 
 /// What the GCS keeps to (re)create an actor.

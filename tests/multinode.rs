@@ -497,8 +497,69 @@ fn test_object_directory_serves_copies_after_primary_loss() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A task reading x gets it from the copy too (Ray resolves task
+    // arguments from any live location), and runs where the copy is: the
+    // lost primary's node does not count.
+    let (sum, len, ran_on) = rustray::get_timeout(&checksum::remote(&x), Duration::from_secs(60))
+        .expect("a task's argument served from the copy");
+    assert_eq!(len, 6 << 20);
+    assert_eq!(sum, expected_sum(6 << 20, 4), "corrupted");
+    assert_eq!(
+        ran_on, holder_node.name,
+        "the task did not run where the copy is"
+    );
     let v = rustray::get_view(&x).expect("served from the copy on the holder's node");
     assert_eq!(local_checksum(&v), local_checksum(&pattern(6 << 20, 4)));
+}
+
+/// `checksum`'s sum of `pattern(n, seed)`, computed here.
+fn expected_sum(n: usize, seed: u8) -> u64 {
+    pattern(n, seed)
+        .iter()
+        .enumerate()
+        .fold(0u64, |acc, (i, b)| {
+            acc.wrapping_mul(31).wrapping_add(*b as u64 ^ i as u64)
+        })
+}
+
+/// Ray's locality-aware leasing counts every location of an argument,
+/// cached copies included: x (8 MiB) made on node 1 and copied to node 2,
+/// y (2 MiB) made on node 2: a task of both runs on node 2 (10 MiB there
+/// against 8 MiB on node 1; by primary copies alone node 1 would win).
+fn test_locality_counts_cached_copies() {
+    let nodes = three_nodes();
+    let (n1, n2) = (&nodes[1], &nodes[2]);
+    let x = make_bytes::options()
+        .resource(&pin(n1), 0.01)
+        .remote(8 << 20, 1u8);
+    let y = make_bytes::options()
+        .resource(&pin(n2), 0.01)
+        .remote(2 << 20, 2u8);
+    let holder = Holder::options()
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity {
+            node: n2.name.clone(),
+            soft: false,
+        })
+        .remote(())
+        .expect("holder actor");
+    assert_eq!(
+        rustray::get(&holder.hold(vec![x.clone()])).expect("hold"),
+        8 << 20
+    );
+    rustray::wait(&[y.clone()], 1, Some(Duration::from_secs(30))).expect("y made");
+    for _ in 0..3 {
+        let (len, node) = rustray::get(&two_len_where::remote(&x, &y)).expect("consumer");
+        assert_eq!(len, 10 << 20);
+        assert_eq!(
+            node, n2.name,
+            "the task did not run where most of its bytes are"
+        );
+    }
+}
+
+#[rustray::remote]
+fn two_len_where(a: Vec<u8>, b: Vec<u8>) -> (usize, String) {
+    (a.len() + b.len(), rustray::node_name().expect("node name"))
 }
 
 /// Under `--transport fabric` (here `Config::transport`; launched: the
@@ -735,6 +796,10 @@ fn main() {
         (
             "test_object_directory_serves_copies_after_primary_loss",
             test_object_directory_serves_copies_after_primary_loss,
+        ),
+        (
+            "test_locality_counts_cached_copies",
+            test_locality_counts_cached_copies,
         ),
     ]);
 }

@@ -516,15 +516,26 @@ struct LocalArgs<'a> {
 }
 
 impl<'a> LocalArgs<'a> {
-    fn new(cw: &'a CoreWorker, args: &[Payload]) -> Result<LocalArgs<'a>> {
+    /// `copies`: other nodes holding an argument (by index), tried when
+    /// its primary's node cannot serve it.
+    fn new(
+        cw: &'a CoreWorker,
+        args: &[Payload],
+        copies: &[(u32, Vec<u16>)],
+    ) -> Result<LocalArgs<'a>> {
         let mut out = LocalArgs {
             cw,
             args: Vec::with_capacity(args.len()),
             pulled: Vec::new(),
         };
-        for p in args {
+        for (i, p) in args.iter().enumerate() {
             if cw.is_remote(p) {
-                let local = cw.pull(p, &[])?;
+                let copies = copies
+                    .iter()
+                    .find(|(j, _)| *j as usize == i)
+                    .map(|(_, c)| c.as_slice())
+                    .unwrap_or_default();
+                let local = cw.pull(p, copies)?;
                 out.pulled.push(p.clone());
                 out.args.push(local);
             } else {
@@ -553,7 +564,7 @@ fn construct(cw: &Arc<CoreWorker>, spec: &ActorSpec) -> Result<Box<dyn Any + Sen
             ),
         )
     })?;
-    let local = LocalArgs::new(cw, &spec.args)?;
+    let local = LocalArgs::new(cw, &spec.args, &[])?;
     let bytes = arg_bytes(cw, &local.args)?;
     let mut reader = ArgReader::new(&bytes, &spec.class);
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -635,7 +646,7 @@ fn invoke(
     shared: Option<&SharedActor>,
     panicked: &mut bool,
 ) -> Result<Returns> {
-    let local = LocalArgs::new(cw, &spec.args)?;
+    let local = LocalArgs::new(cw, &spec.args, &spec.arg_copies)?;
     let bytes = arg_bytes(cw, &local.args)?;
     let mut reader = ArgReader::new(&bytes, &spec.function);
     let what;

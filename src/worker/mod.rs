@@ -422,10 +422,27 @@ impl CoreWorker {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&node);
+                // Its raylet is gone: locality stops counting that node
+                // (until the GCS's node table says otherwise).
+                me2.mark_node_lost(node);
             },
         )?;
         g.insert(node, conn.clone());
         Ok(conn)
+    }
+
+    /// Records in the cached node table that `node`'s raylet cannot be
+    /// reached (a lost node): a later read of the table from the GCS
+    /// replaces the entry.
+    pub(crate) fn mark_node_lost(&self, node: u16) {
+        if let Some(n) = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&node)
+        {
+            n.alive = false;
+        }
     }
 
     /// Sends a request built around a fresh request number and waits for the
@@ -711,6 +728,7 @@ impl CoreWorker {
                     // The node the request was spilled to is unreachable
                     // (lost since the view was taken): queue it here.
                     log!("lease request spilled to node {node} failed ({e}); asking the local raylet");
+                    self.mark_node_lost(node);
                     let _ = self.raylet.send(&Msg::RequestLease {
                         req,
                         shape,

@@ -103,6 +103,8 @@ struct TaskEntry {
     pushed: Option<Instant>,
     /// Which application errors are retried (Ray's `retry_exceptions`).
     retry_exceptions: Option<RetryFilter>,
+    /// The objects passed by ref, by argument index (for their copies).
+    arg_ids: Vec<(usize, ObjectId)>,
 }
 
 /// Submission options beyond the common ones.
@@ -190,6 +192,27 @@ pub(crate) fn payload_error(cw: &CoreWorker, p: &Payload) -> Option<Error> {
     codec::parse(bytes).ok()?.error()
 }
 
+/// The nodes other than the primary's that hold a copy of each store
+/// argument passed by ref, as the object table knows them.
+fn arg_copies(
+    objects: &HashMap<ObjectId, super::Entry>,
+    args: &[Payload],
+    ids: &[(usize, ObjectId)],
+) -> Vec<(u32, Vec<u16>)> {
+    let mut out = Vec::new();
+    for (i, id) in ids {
+        let Some(Payload::Store { node, .. }) = args.get(*i) else {
+            continue;
+        };
+        let Some(e) = objects.get(id) else { continue };
+        let copies: Vec<u16> = e.copies.iter().copied().filter(|c| c != node).collect();
+        if !copies.is_empty() {
+            out.push((*i as u32, copies));
+        }
+    }
+    out
+}
+
 /// A lease request to send: to `node`'s raylet; `fallback` allows asking
 /// the local raylet instead when that node cannot be reached.
 pub(crate) struct LeaseRequest {
@@ -249,10 +272,31 @@ impl CoreWorker {
             }
             Target::Spread => key.spread = true,
             Target::Default => {
+                // Bytes of its arguments per node, primary and cached
+                // copies alike (Ray's locality counts every location),
+                // on nodes not known to be lost.
+                let dead = |n: u16| {
+                    self.nodes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&n)
+                        .is_some_and(|i| !i.alive)
+                };
                 let mut bytes: HashMap<u16, u64> = HashMap::new();
-                for a in &t.spec.args {
+                for (i, a) in t.spec.args.iter().enumerate() {
                     if let Payload::Store { node, len, .. } = a {
-                        *bytes.entry(*node).or_default() += len;
+                        let copies = t
+                            .spec
+                            .arg_copies
+                            .iter()
+                            .find(|(j, _)| *j as usize == i)
+                            .map(|(_, c)| c.as_slice())
+                            .unwrap_or_default();
+                        for n in std::iter::once(node).chain(copies) {
+                            if !dead(*n) {
+                                *bytes.entry(*n).or_default() += len;
+                            }
+                        }
                     }
                 }
                 let here = bytes.get(&self.session.node_index).copied().unwrap_or(0);
@@ -339,6 +383,7 @@ impl CoreWorker {
             alone: false,
             max_calls: extra.max_calls,
             resources: shape.as_ref().cloned().unwrap_or_default(),
+            arg_copies: Vec::new(),
         };
         if let Some(e) = failure {
             self.fail_returns(&mut st, &spec, &e, &mut fx);
@@ -373,6 +418,7 @@ impl CoreWorker {
                 cancelled: false,
                 pushed: None,
                 retry_exceptions: extra.retry_exceptions,
+                arg_ids: dep_refs.clone(),
             },
         );
         if let Some(a) = actor {
@@ -475,6 +521,12 @@ impl CoreWorker {
         };
         if !t.deps.is_empty() || t.status != Status::WaitingDeps {
             return;
+        }
+        // Where else its store arguments are: for locality, and for the
+        // worker to read from when the primary's node is gone.
+        if !t.arg_ids.is_empty() {
+            let copies = arg_copies(&st.objects, &t.spec.args, &t.arg_ids);
+            t.spec.arg_copies = copies;
         }
         if let Some(a) = t.spec.actor {
             self.flush_actor(st, a, fx);
