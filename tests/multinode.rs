@@ -522,6 +522,42 @@ fn expected_sum(n: usize, seed: u8) -> u64 {
         })
 }
 
+/// Ray's pull admission (test_object_manager.py's many-large-arguments
+/// cases): 10 tasks, each with its own 36 MB argument made on node 0, run
+/// on a node whose 100 MB store holds two such copies at once and that has
+/// 4 CPUs: the pulls that find no room wait for it (copies are freed as
+/// tasks finish) instead of failing, and every task completes.
+fn test_task_args_wait_for_room_in_the_store() {
+    rustray::init_with(
+        Config::new()
+            .num_cpus(1.0)
+            .add_local_node(Config::new().object_store_memory(512 << 20))
+            .add_local_node(Config::new().num_cpus(4.0).object_store_memory(100 << 20)),
+    )
+    .expect("two nodes");
+    let nodes = rustray::nodes().expect("nodes");
+    let small = &nodes[1];
+    let args: Vec<_> = (0..10u8)
+        .map(|i| rustray::put(pattern(36 << 20, i)).expect("put 36 MB on node 0"))
+        .collect();
+    let refs: Vec<_> = args
+        .iter()
+        .map(|a| {
+            checksum::options()
+                .resource(&pin(small), 0.01)
+                .max_retries(0)
+                .remote(a)
+        })
+        .collect();
+    for (i, r) in refs.iter().enumerate() {
+        let (sum, len, node) = rustray::get_timeout(r, Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("task {i}: {e}"));
+        assert_eq!(len, 36 << 20);
+        assert_eq!(node, small.name);
+        assert_eq!(sum, expected_sum(36 << 20, i as u8), "task {i}: corrupted");
+    }
+}
+
 /// Ray's locality-aware leasing counts every location of an argument,
 /// cached copies included: x (8 MiB) made on node 1 and copied to node 2,
 /// y (2 MiB) made on node 2: a task of both runs on node 2 (10 MiB there
@@ -800,6 +836,10 @@ fn main() {
         (
             "test_locality_counts_cached_copies",
             test_locality_counts_cached_copies,
+        ),
+        (
+            "test_task_args_wait_for_room_in_the_store",
+            test_task_args_wait_for_room_in_the_store,
         ),
     ]);
 }

@@ -535,7 +535,7 @@ impl<'a> LocalArgs<'a> {
                     .find(|(j, _)| *j as usize == i)
                     .map(|(_, c)| c.as_slice())
                     .unwrap_or_default();
-                let local = cw.pull(p, copies)?;
+                let local = cw.pull(p, copies, None)?;
                 out.pulled.push(p.clone());
                 out.args.push(local);
             } else {

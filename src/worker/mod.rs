@@ -44,6 +44,9 @@ use std::time::{Duration, Instant};
 pub(crate) const INLINE_MAX: usize = 100 * 1024;
 /// Bound on a request/reply exchange with a cluster process.
 pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a pull with no deadline of its own (a task's argument) waits
+/// for room in this node's store before failing with `StoreFull`.
+pub(crate) const PULL_ROOM_WAIT: Duration = Duration::from_secs(60);
 /// How long `get` spins for a value before it sleeps (and, in a worker,
 /// reports itself blocked).
 const SPIN: Duration = Duration::from_micros(50);
@@ -1127,7 +1130,32 @@ impl CoreWorker {
 
     /// Copies a block of another node's store into this node's (the local
     /// raylet reuses a copy it already has); pinned until unpinned.
-    pub(crate) fn pull(&self, p: &Payload, copies: &[u16]) -> Result<Payload> {
+    ///
+    /// A store without room for the copy is waited on (other copies and
+    /// objects are freed as their readers finish) until `deadline`, or
+    /// for [`PULL_ROOM_WAIT`] without one.
+    pub(crate) fn pull(
+        &self,
+        p: &Payload,
+        copies: &[u16],
+        deadline: Option<Instant>,
+    ) -> Result<Payload> {
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + PULL_ROOM_WAIT);
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match self.pull_once(p, copies) {
+                Err(e) if e.kind() == ErrorKind::StoreFull && Instant::now() < deadline => {
+                    std::thread::sleep(
+                        pause.min(deadline.saturating_duration_since(Instant::now())),
+                    );
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn pull_once(&self, p: &Payload, copies: &[u16]) -> Result<Payload> {
         let Payload::Store {
             node,
             offset,
@@ -1196,7 +1224,7 @@ impl CoreWorker {
             },
             None => Vec::new(),
         };
-        let local = self.pull(&p, &copies)?;
+        let local = self.pull(&p, &copies, deadline)?;
         let mut st = self.lock();
         match st.objects.get_mut(&id) {
             Some(e) if e.local_copy.is_none() => {
