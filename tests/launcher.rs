@@ -495,7 +495,8 @@ fn test_multinode_suite_on_fabric_local() {
     let left: Vec<String> = endpoints().difference(&before).cloned().collect();
     assert!(left.is_empty(), "endpoint files left in /dev/shm: {left:?}");
     assert!(t.contains("transport: fabric (shm)"), "{t}");
-    assert!(t.contains("test result: ok. 17 passed"), "{t}");
+    assert!(t.contains("test result: ok."), "{t}");
+    assert!(!t.contains(" 0 passed;"), "{t}");
 }
 
 /// `rust-ray-launch ARGS -- <this test> app` fails, saying `needle`.
@@ -546,7 +547,8 @@ fn test_multinode_suite_on_fabric_slurm() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("transport: fabric (tcp;ofi_rxm)"), "{t}");
-    assert!(t.contains("test result: ok. 13 passed"), "{t}");
+    assert!(t.contains("test result: ok."), "{t}");
+    assert!(!t.contains(" 0 passed;"), "{t}");
 }
 
 fn slurm_wanted() -> bool {
