@@ -338,6 +338,28 @@ impl NotSync {
     }
 }
 
+/// Owns the objects it puts (its process is their owner).
+pub struct ObjOwner;
+
+#[rustray::actor]
+impl ObjOwner {
+    pub fn new() -> Self {
+        ObjOwner
+    }
+
+    /// A small (inline) and a large (store) object owned here.
+    pub fn make(&self) -> (rustray::ObjectRef<Vec<u8>>, rustray::ObjectRef<Vec<u8>>) {
+        (
+            rustray::put(vec![5u8; 16]).expect("small put"),
+            rustray::put(vec![6u8; 4 << 20]).expect("large put"),
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+}
+
 /// Holds a borrowed handle for `ms`, then calls the actor through it.
 #[rustray::remote]
 fn call_later(h: rustray::ActorHandle<Holder>, ms: u64) -> u64 {
@@ -1195,6 +1217,41 @@ fn test_node_affinity_unschedulable() {
     assert_eq!(e.kind(), ErrorKind::Infeasible, "{e}");
 }
 
+/// test_failure.py's owner-death cases (`OwnerDiedError`): objects
+/// fate-share with the process that owns them: once it dies, `get` of its
+/// objects fails with `OwnerDied`, also for objects this process read
+/// before.
+fn test_owner_died_fate_shares_objects() {
+    one_node(2.0);
+    let owner = ObjOwner::remote().expect("owner actor");
+    let pid = rustray::get_timeout(&owner.pid(), Duration::from_secs(30)).expect("pid");
+    let (small, large) =
+        rustray::get_timeout(&owner.make(), Duration::from_secs(30)).expect("refs");
+    assert_eq!(rustray::get(&small).expect("read before"), vec![5u8; 16]);
+    assert_eq!(
+        rustray::get_view(&large).expect("view before").len(),
+        4 << 20
+    );
+    rustray::kill(&owner).expect("kill the owner");
+    wait_process_gone(pid, Duration::from_secs(10));
+    let end = Instant::now() + Duration::from_secs(10);
+    for r in [&small, &large] {
+        loop {
+            match rustray::get_timeout(r, Duration::from_secs(10)) {
+                Err(e) if e.kind() == ErrorKind::OwnerDied => break,
+                other => {
+                    assert!(
+                        Instant::now() < end,
+                        "still readable after its owner died: {:?}",
+                        other.map(|v| v.len())
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}
+
 /// A fresh marker file for a test's run counting.
 fn marker(tag: &str) -> String {
     let m = std::env::temp_dir().join(format!("rustray-{tag}-{}", std::process::id()));
@@ -1530,6 +1587,10 @@ fn main() {
         (
             "test_node_affinity_unschedulable",
             test_node_affinity_unschedulable,
+        ),
+        (
+            "test_owner_died_fate_shares_objects",
+            test_owner_died_fate_shares_objects,
         ),
         ("test_retry_exceptions", test_retry_exceptions),
         ("test_max_calls", test_max_calls),

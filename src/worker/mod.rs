@@ -72,6 +72,9 @@ pub(crate) struct Entry {
     /// A copy pulled from another node's store into this node's, pinned in
     /// the local raylet while this entry lives.
     pub(crate) local_copy: Option<Payload>,
+    /// Borrower side: the value the owner's death replaced with an
+    /// `OwnerDied` error (the block `local_copy` is pinned under).
+    pub(crate) replaced: Option<Payload>,
     /// The object directory: nodes other than the primary's holding a copy
     /// (owner side: reported by borrowers; borrower side: as last told).
     pub(crate) copies: Vec<u16>,
@@ -675,6 +678,20 @@ impl CoreWorker {
                 for id in lost {
                     self.set_value(&mut st, id, Payload::Inline(blob.clone()), &mut fx);
                 }
+                // Objects fate-share with their owner (as in Ray): one read
+                // before fails from now on too. A copy pulled here stays
+                // pinned (views of it stay valid) until the ref is dropped.
+                let died = Error::new(
+                    ErrorKind::OwnerDied,
+                    format!("the owner of this object (worker {worker}) died; objects share their owner's fate"),
+                );
+                let died = codec::encode_error(&died);
+                for (id, e) in st.objects.iter_mut() {
+                    if id.owner == worker && !e.owned && e.replaced.is_none() && e.value.is_some() {
+                        e.replaced = e.value.replace(Payload::Inline(died.clone()));
+                        fx.notify = true;
+                    }
+                }
                 self.worker_lost(&mut st, worker, &mut fx);
             }
             fx
@@ -839,7 +856,8 @@ impl CoreWorker {
             return;
         };
         // A pulled copy is pinned under the original block's coordinates.
-        if let (Some(_), Some(original)) = (&e.local_copy, &e.value) {
+        if let (Some(_), Some(original)) = (&e.local_copy, e.replaced.as_ref().or(e.value.as_ref()))
+        {
             fx.unpins.push(original.clone());
             if !e.owned {
                 let node = self.session.node_index;
