@@ -625,6 +625,61 @@ fn find_clusters(job: Option<&str>) -> Result<Vec<(String, Session)>> {
     Ok(out)
 }
 
+/// The cluster a second driver joins (`init_address`): `"auto"` (the one
+/// running cluster of this user's rendezvous directory: a launcher's, or a
+/// Slurm job's, `$SLURM_JOB_ID`'s first), a rendezvous file's path, or a
+/// job id as `rust-ray-launch status --job` takes it. Answers the session
+/// of the cluster's node on this host.
+pub(crate) fn locate(address: &str) -> Result<Session> {
+    // None found is reported below, with the same message as none alive.
+    let candidates = if address == "auto" {
+        find_clusters(None).unwrap_or_default()
+    } else if Path::new(address).is_file() {
+        let text = session::read_bounded(Path::new(address), 1 << 20)?;
+        vec![(address.to_string(), Session::from_env_str(text.trim())?)]
+    } else {
+        find_clusters(Some(address)).unwrap_or_default()
+    };
+    let mut live = Vec::new();
+    for (name, s) in candidates {
+        if let Ok(Some(Msg::Nodes { nodes, .. })) = ask_gcs(&s, &Msg::GetNodes { req: 1 }, true) {
+            live.push((name, s, nodes));
+        }
+    }
+    let (_, s, nodes) = match live.len() {
+        0 => {
+            return Err(Error::unavailable(format!(
+                "no running rustray cluster found for `{address}` in {} (start one with rust-ray-launch)",
+                slurm::rendezvous_dir().display()
+            )))
+        }
+        1 => live.remove(0),
+        _ => {
+            let names: Vec<&str> = live.iter().map(|(n, _, _)| n.as_str()).collect();
+            return Err(Error::invalid(format!(
+                "several rustray clusters are running ({}); pass one of them to init_address",
+                names.join(", ")
+            )));
+        }
+    };
+    // This host's node (local nodes are named `<host>-<i>`).
+    let host = session::node_name();
+    let local_prefix = format!("{host}-");
+    let node = nodes
+        .iter()
+        .filter(|n| n.alive)
+        .find(|n| n.name == host || n.name.starts_with(&local_prefix))
+        .ok_or_else(|| {
+            Error::unavailable(format!(
+                "no node of cluster {} runs on this host ({host}): a driver joins through its own node's raylet",
+                s.cluster
+            ))
+        })?;
+    let mut joined = s.for_node(node.index, &node.name)?;
+    joined.ip = node.ip;
+    Ok(joined)
+}
+
 /// Waits (bounded) for rank 0's rendezvous file to name a GCS that
 /// answers. A file left by an earlier job with the same id (ids restart
 /// when a Slurm controller's state is reset) names a GCS that is gone, so

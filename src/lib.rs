@@ -146,7 +146,35 @@ pub fn init_with(config: Config) -> Result<()> {
     } else {
         slurm::SlurmEnv::detect()?
     };
-    start(config, slurm, &cluster::Share::File)
+    start(config, slurm, &cluster::Share::File, None)
+}
+
+/// Ray's `ray.init(address=...)`: joins a cluster that is already running
+/// as one more driver, from a process the cluster did not start (a second
+/// program of the same job, a notebook, a monitoring tool). `address`:
+///
+/// * `"auto"`: the one cluster running for this user (a `rust-ray-launch`
+///   on this machine, or the Slurm job `$SLURM_JOB_ID`); an error names
+///   them when there are several;
+/// * a job id as `rust-ray-launch status --job` takes it (a Slurm job id,
+///   or a local launcher's pid);
+/// * the path of a cluster's rendezvous file.
+///
+/// The cluster's secret comes from its rendezvous file (under
+/// `$RUSTRAY_RENDEZVOUS_DIR`, default `~/.rustray/jobs`, readable by its
+/// owner only), so only processes of the same user and job can join. The
+/// driver connects through the raylet of its own host's node. Drivers share
+/// the cluster (named actors, resources), each gets its own errors, and
+/// what one holds (objects, actors it created) is freed when it calls
+/// [`shutdown`] or exits. Tasks run in the cluster's workers, which run the
+/// launched application's binary: a second driver runs that binary too (or
+/// one that registers the same remote functions), else its tasks fail
+/// saying their function is not registered; a driver built from other
+/// rustray sources is refused.
+pub fn init_address(address: &str) -> Result<()> {
+    cluster::serve_role_if_any();
+    let session = cluster::locate(address)?;
+    start(Config::new(), None, &cluster::Share::File, Some(session))
 }
 
 /// For a program that runs MPI: every rank of `comm` calls this after its
@@ -175,23 +203,29 @@ pub fn init_with_mpi<C: mpi::traits::Communicator>(comm: &C, config: Config) -> 
     cluster::serve_role_if_any();
     let env = mpi_boot::step_env(comm)?;
     let share = |b: Option<&Session>| mpi_boot::share_session(comm, b);
-    start(config, Some(env), &cluster::Share::With(&share))
+    start(config, Some(env), &cluster::Share::With(&share), None)
 }
 
-fn start(config: Config, slurm: Option<slurm::SlurmEnv>, share: &cluster::Share<'_>) -> Result<()> {
+fn start(
+    config: Config,
+    slurm: Option<slurm::SlurmEnv>,
+    share: &cluster::Share<'_>,
+    joined: Option<Session>,
+) -> Result<()> {
     let mut slot = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
     if slot.is_some() {
         return Err(Error::invalid(
             "rustray is already initialized; call shutdown() first",
         ));
     }
-    let (session, local, insitu) = match (std::env::var(ENV_ADDRESS), slurm) {
-        (Ok(addr), _) => (Session::from_env_str(&addr)?, None, None),
-        (Err(_), Some(env)) => {
+    let (session, local, insitu) = match (joined, std::env::var(ENV_ADDRESS), slurm) {
+        (Some(s), _, _) => (s, None, None),
+        (None, Ok(addr), _) => (Session::from_env_str(&addr)?, None, None),
+        (None, Err(_), Some(env)) => {
             let (s, insitu) = cluster::InSitu::join(config, env, share)?;
             (s, None, Some(insitu))
         }
-        (Err(_), None) => {
+        (None, Err(_), None) => {
             let exe = std::env::current_exe()
                 .map_err(|e| Error::io("locating the current executable", e))?;
             let local = cluster::LocalCluster::start(config, &exe, None, true)?;

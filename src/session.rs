@@ -224,7 +224,7 @@ const SESSION_FILE_MAX: u64 = 64 << 20;
 
 /// Reads a small text file, refusing one larger than `max` bytes before
 /// reading it (the path came from the environment).
-fn read_bounded(path: &Path, max: u64) -> Result<String> {
+pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<String> {
     use std::io::Read;
     let what = || format!("reading the session file {}", path.display());
     let f = std::fs::File::open(path).map_err(|e| Error::io(&what(), e))?;

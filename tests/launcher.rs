@@ -33,6 +33,47 @@ fn fill(n: usize, seed: u8) -> Vec<u8> {
     (0..n).map(|i| (i as u8) ^ seed).collect()
 }
 
+#[rustray::remote]
+fn boom() -> u32 {
+    panic!("the second driver's own failure")
+}
+
+/// A named actor two drivers share.
+pub struct Tally {
+    n: u64,
+}
+
+#[rustray::actor]
+impl Tally {
+    pub fn new() -> Self {
+        Tally { n: 0 }
+    }
+    pub fn add(&mut self, k: u64) -> u64 {
+        self.n += k;
+        self.n
+    }
+}
+
+/// A second driver (Ray's `ray.init(address="auto")`): not started by the
+/// launcher (no RUSTRAY_ADDRESS), it finds the running cluster through its
+/// rendezvous file, uses the first driver's named actor, runs tasks (one
+/// failing: its own error), holds an object, and exits.
+fn second_driver() -> ! {
+    rustray::init_address("auto").expect("joins the running cluster");
+    let t = rustray::get_actor::<Tally>("tally").expect("the first driver's actor");
+    let n = rustray::get_timeout(&t.add(5), Duration::from_secs(30)).expect("actor call");
+    let e = rustray::get_timeout(&boom::remote(), Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), rustray::ErrorKind::TaskFailed, "{e}");
+    let held = rustray::put(vec![1u8; 8 << 20]).expect("put");
+    let node = rustray::get(&where_am_i::remote(0u64)).expect("task");
+    println!(
+        "second driver: tally {n}, task ran on {node}, holds {} bytes",
+        rustray::get_view(&held).expect("view").len()
+    );
+    rustray::shutdown();
+    std::process::exit(0);
+}
+
 /// The application side: what the launcher runs as the driver.
 fn app_main(mode: &str) -> ! {
     rustray::init().expect("the driver joins the launcher's cluster");
@@ -88,6 +129,33 @@ fn app_main(mode: &str) -> ! {
                 assert_ne!(node, victim);
             }
             println!("survived the loss of {victim}");
+            rustray::shutdown();
+            std::process::exit(0);
+        }
+        "two_drivers" => {
+            let t = Tally::options().name("tally").remote(()).expect("actor");
+            let before = rustray::store_stats().expect("stats").used_bytes;
+            let out = Command::new(me())
+                .env("APP_MODE", "second_driver")
+                .env_remove("RUSTRAY_ADDRESS")
+                .output()
+                .expect("second driver runs");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("second driver: tally 5"), "{text}");
+            assert_eq!(rustray::get(&t.add(1)).expect("call"), 6);
+            // What the second driver held went with it.
+            let end = Instant::now() + Duration::from_secs(10);
+            while rustray::store_stats().expect("stats").used_bytes > before {
+                assert!(
+                    Instant::now() < end,
+                    "the second driver's object was not freed"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            print!("{text}");
+            println!("two drivers shared the cluster");
             rustray::shutdown();
             std::process::exit(0);
         }
@@ -206,6 +274,24 @@ fn test_launch_local_nodes_with_their_own_resources() {
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
     assert!(t.contains("num_cpus=x"), "{t}");
+}
+
+/// `init_address("auto")` from a process the launcher did not start joins
+/// the running cluster as a second driver (see `second_driver`); with no
+/// cluster running it is a clear error.
+fn test_second_driver_joins_with_init_address() {
+    let out = run_bounded(launch_local(2, "two_drivers"), Duration::from_secs(120));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("two drivers shared the cluster"), "{t}");
+    let mut c = Command::new(me());
+    c.env("APP_MODE", "second_driver")
+        .env_remove("RUSTRAY_ADDRESS")
+        .env("RUSTRAY_RENDEZVOUS_DIR", rdv_dir().join("empty"));
+    let out = run_bounded(c, Duration::from_secs(60));
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("no running rustray cluster"), "{t}");
 }
 
 fn test_launch_returns_the_driver_exit_code() {
@@ -866,6 +952,9 @@ fn test_slurm_two_jobs_at_once() {
 fn main() {
     common::enter_cluster_role();
     if let Ok(mode) = std::env::var("APP_MODE") {
+        if mode == "second_driver" {
+            second_driver();
+        }
         app_main(&mode);
     }
     common::run(&[
@@ -877,6 +966,10 @@ fn main() {
         (
             "test_launch_returns_the_driver_exit_code",
             test_launch_returns_the_driver_exit_code,
+        ),
+        (
+            "test_second_driver_joins_with_init_address",
+            test_second_driver_joins_with_init_address,
         ),
         (
             "test_launch_bad_app_is_a_clear_error",
