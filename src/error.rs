@@ -45,6 +45,13 @@ pub enum ErrorKind {
     Unschedulable,
     /// The process that owns the object died, so the object is lost.
     OwnerDied,
+    /// The node running the task was lost (its raylet died or stopped
+    /// answering) and the task had no retries left (Ray's `NodeDiedError`);
+    /// the message names the node.
+    NodeDied,
+    /// This driver's own raylet died: the node's tasks and objects are gone
+    /// (Ray's `LocalRayletDiedError`).
+    LocalRayletDied,
     /// Every copy of the object was on a node that was lost, or a transfer
     /// between nodes failed.
     ObjectLost,
@@ -121,6 +128,8 @@ impl fmt::Display for Error {
             ErrorKind::Infeasible => "infeasible resource request",
             ErrorKind::Unschedulable => "unschedulable",
             ErrorKind::OwnerDied => "owner died",
+            ErrorKind::NodeDied => "node died",
+            ErrorKind::LocalRayletDied => "local raylet died",
             ErrorKind::ObjectLost => "object lost",
             ErrorKind::ClusterUnavailable => "cluster unavailable",
             ErrorKind::InvalidArgument => "invalid argument",

@@ -25,6 +25,11 @@ fn nap(ms: u64) -> u64 {
 }
 
 #[rustray::remote]
+fn parent_pid() -> u32 {
+    std::os::unix::process::parent_id()
+}
+
+#[rustray::remote]
 fn forever() -> u32 {
     std::thread::sleep(Duration::from_secs(3600));
     0
@@ -52,6 +57,20 @@ fn child_main(mode: &str) {
                 .collect();
             std::thread::sleep(Duration::from_millis(30));
             drop(refs);
+            rustray::shutdown();
+        }
+        "--child-raylet-dies" => {
+            // A task on this node: its worker's parent is the raylet.
+            let raylet = rustray::get(&parent_pid::remote()).expect("task");
+            let pending = nap::remote(10_000);
+            std::thread::sleep(Duration::from_millis(200));
+            let ok = Command::new("kill")
+                .args(["-9", &raylet.to_string()])
+                .status()
+                .expect("kill");
+            assert!(ok.success());
+            let e = rustray::get_timeout(&pending, Duration::from_secs(30)).unwrap_err();
+            println!("kind={:?} message={}", e.kind(), e.message());
             rustray::shutdown();
         }
         "--child-no-shutdown" => {
@@ -277,6 +296,19 @@ fn test_end_of_main_without_shutdown_cleans_up() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// test_failure.py's `LocalRayletDiedError`: a driver whose own raylet
+/// dies gets a distinct error kind for what it was waiting on, and can
+/// still shut down cleanly.
+fn test_driver_whose_raylet_dies() {
+    let dir = tmpdir("rayletdies");
+    let out = child("--child-raylet-dies", &dir).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("kind=LocalRayletDied"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn test_shutdown_then_init_again() {
     for _ in 0..3 {
         common::cluster(2.0, None);
@@ -310,6 +342,10 @@ fn main() {
         (
             "test_shutdown_then_init_again",
             test_shutdown_then_init_again,
+        ),
+        (
+            "test_driver_whose_raylet_dies",
+            test_driver_whose_raylet_dies,
         ),
         (
             "test_shutdown_while_workers_start_is_quiet",

@@ -522,6 +522,41 @@ fn expected_sum(n: usize, seed: u8) -> u64 {
         })
 }
 
+/// test_failure.py's node-death cases (`NodeDiedError`): a task whose node
+/// is lost while it runs, with no retries left, fails saying which node; a
+/// worker that dies on a live node is still `WorkerDied`.
+fn test_task_lost_with_its_node_names_the_node() {
+    let nodes = three_nodes();
+    let victim = &nodes[2];
+    let (_, raylet) = rustray::get(
+        &where_and_raylet::options()
+            .resource(&pin(victim), 0.01)
+            .remote(0u64),
+    )
+    .expect("probe");
+    let doomed = where_and_raylet::options()
+        .resource(&pin(victim), 0.01)
+        .max_retries(0)
+        .remote(5000u64);
+    std::thread::sleep(Duration::from_millis(500));
+    kill9(raylet);
+    let e = rustray::get_timeout(&doomed, Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NodeDied, "{e}");
+    assert!(e.message().contains(&victim.name), "{e}");
+    let other = &nodes[1];
+    let crash = exits_now::options()
+        .resource(&pin(other), 0.01)
+        .max_retries(0)
+        .remote();
+    let e = rustray::get_timeout(&crash, Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerDied, "{e}");
+}
+
+#[rustray::remote]
+fn exits_now() -> u32 {
+    std::process::exit(7)
+}
+
 /// Ray's pull admission (test_object_manager.py's many-large-arguments
 /// cases): 10 tasks, each with its own 36 MB argument made on node 0, run
 /// on a node whose 100 MB store holds two such copies at once and that has
@@ -840,6 +875,10 @@ fn main() {
         (
             "test_task_args_wait_for_room_in_the_store",
             test_task_args_wait_for_room_in_the_store,
+        ),
+        (
+            "test_task_lost_with_its_node_names_the_node",
+            test_task_lost_with_its_node_names_the_node,
         ),
     ]);
 }

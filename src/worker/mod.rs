@@ -101,6 +101,9 @@ pub(crate) struct Effects {
     pub(crate) resolve_actors: Vec<ActorId>,
     /// Actors none of whose handles remain, for the GCS to end.
     pub(crate) actors_out_of_scope: Vec<ActorId>,
+    /// Tasks whose worker on another node died, to fail once it is known
+    /// whether the node went with it.
+    pub(crate) worker_deaths: Vec<(TaskId, WorkerId, Error)>,
 }
 
 /// Everything behind the core worker's lock.
@@ -546,7 +549,13 @@ impl CoreWorker {
         }
         log!("raylet connection lost");
         eprintln!("rustray: the raylet process died; the cluster is unusable (call shutdown and init again)");
-        let err = Error::unavailable("the raylet process died");
+        let err = Error::new(
+            ErrorKind::LocalRayletDied,
+            format!(
+                "this driver's raylet (node {}, `{}`) died: its tasks and objects are lost; call shutdown() and init again",
+                self.session.node_index, self.session.node
+            ),
+        );
         let fx = {
             let mut st = self.lock();
             self.fail_all(&mut st, &err)
@@ -724,6 +733,18 @@ impl CoreWorker {
         }
         for original in fx.unpins {
             self.unpin(&original);
+        }
+        if !fx.worker_deaths.is_empty() {
+            // Probing a node may take up to a connect timeout: not on the
+            // thread that reads the connections.
+            let me = self.clone();
+            let deaths = fx.worker_deaths;
+            let spawned = std::thread::Builder::new()
+                .name("rustray-node-check".into())
+                .spawn(move || me.fail_worker_deaths(deaths));
+            if let Err(e) = spawned {
+                log!("could not check whether a node was lost: {e}");
+            }
         }
         for r in fx.lease_requests {
             let submitter::LeaseRequest {

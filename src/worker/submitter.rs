@@ -859,6 +859,61 @@ impl CoreWorker {
         self.apply(fx);
     }
 
+    /// Tasks whose worker on another node died with no retries left: they
+    /// fail with `NodeDied`, naming the node, when that node's raylet cannot
+    /// be reached any more (the node was lost), else with `WorkerDied`.
+    pub(crate) fn fail_worker_deaths(self: &Arc<Self>, deaths: Vec<(TaskId, WorkerId, Error)>) {
+        let mut verdicts: HashMap<u16, Option<String>> = HashMap::new();
+        for (_, w, _) in &deaths {
+            let n = w.node();
+            if verdicts.contains_key(&n) {
+                continue;
+            }
+            verdicts.insert(n, self.lost_node_name(n));
+        }
+        let mut fx = Effects::default();
+        let mut st = self.lock();
+        for (t, w, err) in deaths {
+            let err = match verdicts.get(&w.node()) {
+                Some(Some(name)) => {
+                    let function = st
+                        .sub
+                        .tasks
+                        .get(&t)
+                        .map(|e| e.spec.function.clone())
+                        .unwrap_or_default();
+                    Error::new(
+                        ErrorKind::NodeDied,
+                        format!(
+                            "task `{function}` was running on node {} (`{name}`), which was lost; its retries are used up",
+                            w.node()
+                        ),
+                    )
+                }
+                _ => err,
+            };
+            self.finish_failed(&mut st, t, &err, &mut fx);
+        }
+        drop(st);
+        self.apply(fx);
+    }
+
+    /// The node's name if it is lost: known lost, or its raylet refuses
+    /// connections (bounded by the connect timeout).
+    fn lost_node_name(self: &Arc<Self>, node: u16) -> Option<String> {
+        let info = self.node(node).ok()?;
+        if !info.alive {
+            return Some(info.name);
+        }
+        match info.raylet().connect(&self.session.secret) {
+            Ok(_probe) => None,
+            Err(_) => {
+                self.mark_node_lost(node);
+                Some(info.name)
+            }
+        }
+    }
+
     /// The leased worker `from` exits by itself (Ray's `max_calls`): its
     /// lease ends with it (its raylet frees it when the process is gone),
     /// and the tasks still in flight to it, which it never started, are
@@ -969,7 +1024,13 @@ impl CoreWorker {
                                 e.max_retries
                             ),
                         );
-                        self.finish_failed(st, *t, &err, fx);
+                        if worker.node() == self.session.node_index {
+                            self.finish_failed(st, *t, &err, fx);
+                        } else {
+                            // On another node: whether that node is gone
+                            // (NodeDied) is found out after the lock.
+                            fx.worker_deaths.push((*t, worker, err));
+                        }
                     }
                 }
                 self.dispatch(st, &l.class, fx);
