@@ -45,6 +45,9 @@ pub enum ErrorKind {
     Unschedulable,
     /// The process that owns the object died, so the object is lost.
     OwnerDied,
+    /// The object was freed with [`free`](crate::free) (Ray's
+    /// `ObjectFreedError`).
+    ObjectFreed,
     /// The node running the task was lost (its raylet died or stopped
     /// answering) and the task had no retries left (Ray's `NodeDiedError`);
     /// the message names the node.
@@ -128,6 +131,7 @@ impl fmt::Display for Error {
             ErrorKind::Infeasible => "infeasible resource request",
             ErrorKind::Unschedulable => "unschedulable",
             ErrorKind::OwnerDied => "owner died",
+            ErrorKind::ObjectFreed => "object freed",
             ErrorKind::NodeDied => "node died",
             ErrorKind::LocalRayletDied => "local raylet died",
             ErrorKind::ObjectLost => "object lost",

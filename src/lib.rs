@@ -77,7 +77,7 @@ pub use fabric::Transport;
 #[cfg(feature = "mpi")]
 pub use mpi;
 pub use object_ref::{
-    cancel, get, get_all, get_timeout, get_view, put, wait, wait_with, ObjectRef, ObjectView,
+    cancel, free, get, get_all, get_timeout, get_view, put, wait, wait_with, ObjectRef, ObjectView,
 };
 pub use rustray_macros::{actor, method, remote};
 pub use scheduler::SchedulingStrategy;

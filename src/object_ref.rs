@@ -123,7 +123,32 @@ fn get_inner<T: DeserializeOwned + 'static>(
         return Err(Error::unavailable("rustray was shut down"));
     }
     let payload = cw.wait_local(r.raw.id, deadline(timeout))?;
+    // A block read in place is not released under the decoder by `free`.
+    let _reading = cw.begin_read(r.raw.id, &payload)?;
     codec::decode_value::<T>(cw.payload_bytes(&payload)?)
+}
+
+/// Ray's `free` (`ray._private.internal_api.free`): the objects are gone
+/// at once for every holder: a later `get` fails with
+/// [`ObjectFreed`](crate::ErrorKind::ObjectFreed), whoever owns them (a
+/// borrower's free goes to the owner). Their store memory is released as
+/// soon as nothing can still be reading it in place (a view, a borrower, a
+/// task that takes it as argument). For memory-hungry pipelines that know
+/// an object will not be read again while refs to it remain.
+///
+/// ```no_run
+/// # fn main() -> rustray::Result<()> {
+/// rustray::init()?;
+/// let big = rustray::put(vec![0u8; 64 << 20])?;
+/// rustray::free(&[big.clone()])?;
+/// assert!(rustray::get(&big).is_err());
+/// # Ok(()) }
+/// ```
+pub fn free<T>(refs: &[ObjectRef<T>]) -> Result<()> {
+    for r in refs {
+        r.raw.cw.free_object(r.raw.id);
+    }
+    Ok(())
 }
 
 /// Waits for the object and returns its value.
@@ -347,6 +372,8 @@ pub fn cancel<T>(r: &ObjectRef<T>) -> Result<()> {
 pub struct ObjectView<E: Pod> {
     ptr: *const E,
     len: usize,
+    // Dropped before `_keep`: the read ends before the ref does.
+    _read: Option<crate::worker::free::ReadGuard>,
     _keep: Option<RawRef>,
     _owned: Option<Vec<E>>,
 }
@@ -382,6 +409,7 @@ impl<E: Pod> std::fmt::Debug for ObjectView<E> {
 pub fn get_view<E: Pod>(r: &ObjectRef<Vec<E>>) -> Result<ObjectView<E>> {
     let cw = &r.raw.cw;
     let payload = cw.wait_local(r.raw.id, None)?;
+    let read = cw.begin_read(r.raw.id, &payload)?;
     match &payload {
         Payload::Store { offset, len, .. } => {
             let bytes = cw.arena.read(*offset, *len)?;
@@ -394,6 +422,7 @@ pub fn get_view<E: Pod>(r: &ObjectRef<Vec<E>>) -> Result<ObjectView<E>> {
             Ok(ObjectView {
                 ptr: ptr.cast(),
                 len: n,
+                _read: read,
                 _keep: Some(r.raw.clone()),
                 _owned: None,
             })
@@ -403,6 +432,7 @@ pub fn get_view<E: Pod>(r: &ObjectRef<Vec<E>>) -> Result<ObjectView<E>> {
             Ok(ObjectView {
                 ptr: v.as_ptr(),
                 len: v.len(),
+                _read: None,
                 _keep: None,
                 _owned: Some(v),
             })

@@ -520,6 +520,10 @@ pub(crate) enum Msg {
     CancelObject {
         id: ObjectId,
     },
+    /// A borrower's `free` of an object, to its owner.
+    FreeObject {
+        id: ObjectId,
+    },
     /// The results of a task, one payload per return (a stored error blob
     /// when it failed).
     TaskDone {

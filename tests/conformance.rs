@@ -78,6 +78,19 @@ fn my_pid() -> u32 {
     std::process::id()
 }
 
+/// Frees the objects it is given (a borrower's free goes to the owner).
+#[rustray::remote]
+fn frees_them(refs: Vec<rustray::ObjectRef<Vec<u8>>>) -> usize {
+    rustray::free(&refs).expect("free");
+    refs.len()
+}
+
+#[rustray::remote]
+fn big_after(ms: u64, n: usize) -> Vec<u8> {
+    std::thread::sleep(Duration::from_millis(ms));
+    vec![3u8; n]
+}
+
 /// An actor that reports its process and can sleep or exit on request.
 pub struct Holder {
     calls: u64,
@@ -1252,6 +1265,97 @@ fn test_owner_died_fate_shares_objects() {
     }
 }
 
+/// Waits (bounded) until this node's store is back to `used` bytes.
+fn store_back_to(used: u64, what: &str) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = rustray::store_stats().expect("store stats").used_bytes;
+        if now <= used {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "{what}: {now} bytes used, want {used}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// test_advanced.py::test_internal_free: `free` makes objects unavailable
+/// at once (`ObjectFreed`), releases their store memory while refs to them
+/// remain, waits for a view still reading the block, works from a borrower
+/// (through the owner), and on a result still being computed.
+fn test_internal_free() {
+    one_node(2.0);
+    let base = rustray::store_stats().expect("stats").used_bytes;
+    let big = rustray::put(vec![1u8; 8 << 20]).expect("put");
+    assert!(rustray::store_stats().unwrap().used_bytes >= base + (8 << 20));
+    rustray::free(&[big.clone()]).expect("free");
+    let e = rustray::get(&big).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ObjectFreed, "{e}");
+    store_back_to(base, "freed while its ref lives");
+
+    let small = rustray::put(7u64).expect("put");
+    rustray::free(&[small.clone()]).expect("free");
+    assert_eq!(
+        rustray::get(&small).unwrap_err().kind(),
+        ErrorKind::ObjectFreed
+    );
+
+    // A view keeps the block until it is dropped.
+    let viewed = rustray::put(vec![2u8; 8 << 20]).expect("put");
+    let view = rustray::get_view(&viewed).expect("view");
+    rustray::free(&[viewed.clone()]).expect("free");
+    assert!(
+        rustray::get_view(&viewed).is_err(),
+        "no new view of a freed object"
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        rustray::store_stats().unwrap().used_bytes >= base + (8 << 20),
+        "freed under a live view"
+    );
+    assert!(view.iter().all(|b| *b == 2));
+    drop(view);
+    store_back_to(base, "released when the view went");
+
+    // A borrower's free reaches the owner.
+    let lent = rustray::put(vec![4u8; 1 << 20]).expect("put");
+    assert_eq!(
+        rustray::get_timeout(
+            &frees_them::remote(vec![lent.clone()]),
+            Duration::from_secs(30)
+        )
+        .unwrap(),
+        1
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match rustray::get(&lent) {
+            Err(e) if e.kind() == ErrorKind::ObjectFreed => break,
+            other => {
+                assert!(
+                    Instant::now() < end,
+                    "still there: {:?}",
+                    other.map(|v| v.len())
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    store_back_to(base, "freed by a borrower");
+
+    // A result still being computed: freed when it arrives.
+    let pending = big_after::remote(200u64, 4 << 20);
+    rustray::free(&[pending.clone()]).expect("free");
+    assert_eq!(
+        rustray::get(&pending).unwrap_err().kind(),
+        ErrorKind::ObjectFreed
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    store_back_to(base, "a freed task result");
+}
+
 /// A fresh marker file for a test's run counting.
 fn marker(tag: &str) -> String {
     let m = std::env::temp_dir().join(format!("rustray-{tag}-{}", std::process::id()));
@@ -1592,6 +1696,7 @@ fn main() {
             "test_owner_died_fate_shares_objects",
             test_owner_died_fate_shares_objects,
         ),
+        ("test_internal_free", test_internal_free),
         ("test_retry_exceptions", test_retry_exceptions),
         ("test_max_calls", test_max_calls),
         ("test_runtime_context", test_runtime_context),

@@ -25,6 +25,7 @@
 //! again) is collected in an [`Effects`] and done after unlocking.
 
 pub(crate) mod executor;
+pub(crate) mod free;
 pub(crate) mod submitter;
 
 use crate::codec;
@@ -72,9 +73,15 @@ pub(crate) struct Entry {
     /// A copy pulled from another node's store into this node's, pinned in
     /// the local raylet while this entry lives.
     pub(crate) local_copy: Option<Payload>,
-    /// Borrower side: the value the owner's death replaced with an
-    /// `OwnerDied` error (the block `local_copy` is pinned under).
+    /// The value an `OwnerDied` or `ObjectFreed` error replaced: the block
+    /// `local_copy` is pinned under, and, for a freed owned object, the
+    /// block still to free (see `free.rs`).
     pub(crate) replaced: Option<Payload>,
+    /// `rustray::free` was called on it.
+    pub(crate) freed: bool,
+    /// Reads of its store block in place in this process (`get` decoding,
+    /// live `ObjectView`s): a freed block waits for them.
+    pub(crate) views: u32,
     /// The object directory: nodes other than the primary's holding a copy
     /// (owner side: reported by borrowers; borrower side: as last told).
     pub(crate) copies: Vec<u16>,
@@ -570,6 +577,7 @@ impl CoreWorker {
             Msg::PushTask(spec) => self.exec_push(conn, spec),
             Msg::CreateActor { spec } => self.exec_create_actor(conn, spec),
             Msg::CancelTask { task } => self.exec_cancel(conn, task),
+            Msg::FreeObject { id } => self.free_object(id),
             Msg::CancelObject { id } => {
                 if let Err(e) = self.cancel(id) {
                     log!("cancel of {id} forwarded by {from} failed: {e}");
@@ -626,6 +634,7 @@ impl CoreWorker {
                             }
                         }
                     }
+                    self.release_freed(&mut st, id, &mut fx);
                     self.maybe_free(&mut st, id, &mut fx);
                     fx
                 };
@@ -890,6 +899,9 @@ impl CoreWorker {
             if let Some(Payload::Store { node, offset, .. }) = e.value {
                 fx.free_offsets.push((node, offset));
             }
+            if let Some(Payload::Store { node, offset, .. }) = e.replaced {
+                fx.free_offsets.push((node, offset));
+            }
             fx.actors_out_of_scope.extend(e.actor);
         } else {
             fx.to_owner.push((id.owner, Msg::RemoveBorrow { id }));
@@ -915,6 +927,11 @@ impl CoreWorker {
             return;
         };
         if e.value.is_some() {
+            // A second result for a value already set (a freed object whose
+            // task finished after, a retry racing): its block is nobody's.
+            if let (true, Payload::Store { node, offset, .. }) = (e.owned, payload) {
+                fx.free_offsets.push((node, offset));
+            }
             return;
         }
         e.task = None;

@@ -176,6 +176,16 @@ pub(crate) struct Submitter {
     actors: HashMap<ActorId, ActorQueue>,
 }
 
+impl Submitter {
+    /// Some task not finished yet takes `id` as an argument (its worker may
+    /// be reading the block in place).
+    pub(crate) fn uses_argument(&self, id: ObjectId) -> bool {
+        self.tasks
+            .values()
+            .any(|t| t.arg_ids.iter().any(|(_, a)| *a == id))
+    }
+}
+
 /// An argument as prepared by the caller.
 pub(crate) enum PreparedArg {
     Value(Vec<u8>, Vec<RawRef>),

@@ -1,0 +1,132 @@
+//! Explicit frees (Ray's internal `free`) and the read guards that keep
+//! them safe.
+//!
+//! `free` makes an object unavailable at once: its value becomes an
+//! `ObjectFreed` error for every later `get`, here and, through the owner,
+//! in every process that asks for it. Its store block, though, is released
+//! only when nothing can still be reading it in place: no read guard in the
+//! owner's process (a `get` decoding from the block, a live `ObjectView`),
+//! no borrower (which may be reading it on the same node), and no pending
+//! task whose argument it is. Until then the block is kept under
+//! `Entry::replaced` and released by the first of [`CoreWorker::end_read`],
+//! a borrower leaving, or the entry's own end (`maybe_free`).
+
+use super::{CoreWorker, Effects, State};
+use crate::codec;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::ObjectId;
+use crate::transport::{Msg, Payload};
+use std::sync::Arc;
+
+/// Counts a read of an object's store block in place, for as long as it
+/// lives (see the module notes).
+pub(crate) struct ReadGuard {
+    cw: Arc<CoreWorker>,
+    id: ObjectId,
+}
+
+impl Drop for ReadGuard {
+    fn drop(&mut self) {
+        self.cw.end_read(self.id);
+    }
+}
+
+impl CoreWorker {
+    /// Starts reading `payload` (what `wait_local` answered for `id`) in
+    /// place. Fails if the object was freed in between; `None` for inline
+    /// values, which no free can pull away.
+    pub(crate) fn begin_read(
+        self: &Arc<Self>,
+        id: ObjectId,
+        payload: &Payload,
+    ) -> Result<Option<ReadGuard>> {
+        if matches!(payload, Payload::Inline(_)) {
+            return Ok(None);
+        }
+        let mut st = self.lock();
+        match st.objects.get_mut(&id) {
+            Some(e) if !e.freed => {
+                e.views += 1;
+                Ok(Some(ReadGuard {
+                    cw: self.clone(),
+                    id,
+                }))
+            }
+            _ => Err(freed_error(id)),
+        }
+    }
+
+    fn end_read(self: &Arc<Self>, id: ObjectId) {
+        let mut fx = Effects::default();
+        {
+            let mut st = self.lock();
+            if let Some(e) = st.objects.get_mut(&id) {
+                e.views = e.views.saturating_sub(1);
+            }
+            self.release_freed(&mut st, id, &mut fx);
+        }
+        self.apply(fx);
+    }
+
+    /// `rustray::free` of one object, from any process holding a ref: a
+    /// borrower forwards it to the owner and forgets its own value.
+    pub(crate) fn free_object(self: &Arc<Self>, id: ObjectId) {
+        let mut fx = Effects::default();
+        {
+            let mut st = self.lock();
+            let blob = codec::encode_error(&freed_error(id));
+            let owned = id.owner == self.id;
+            if let Some(e) = st.objects.get_mut(&id) {
+                if !e.freed {
+                    e.freed = true;
+                    let old = e.value.replace(Payload::Inline(blob));
+                    fx.notify = true;
+                    // The block (or, for a borrower, the block its pulled
+                    // copy is pinned under) until it can go.
+                    if e.replaced.is_none() {
+                        e.replaced = old;
+                    }
+                }
+            }
+            if owned {
+                self.release_freed(&mut st, id, &mut fx);
+            } else {
+                fx.to_owner.push((id.owner, Msg::FreeObject { id }));
+            }
+        }
+        self.apply(fx);
+    }
+
+    /// Releases a freed object's store block (and this node's pinned copy
+    /// of it) once nothing can be reading it in place.
+    pub(crate) fn release_freed(&self, st: &mut State, id: ObjectId, fx: &mut Effects) {
+        let in_use = match st.objects.get(&id) {
+            Some(e) if e.freed && e.owned => {
+                e.views > 0 || !e.borrowers.is_empty() || st.sub.uses_argument(id)
+            }
+            _ => return,
+        };
+        if in_use {
+            return;
+        }
+        let Some(e) = st.objects.get_mut(&id) else {
+            return;
+        };
+        let Some(old) = e.replaced.take() else {
+            return;
+        };
+        if e.local_copy.take().is_some() {
+            fx.unpins.push(old.clone());
+        }
+        if let Payload::Store { node, offset, .. } = old {
+            fx.free_offsets.push((node, offset));
+        }
+    }
+}
+
+pub(crate) fn freed_error(id: ObjectId) -> Error {
+    Error::new(
+        ErrorKind::ObjectFreed,
+        format!("object {id} was freed with rustray::free"),
+    )
+}
