@@ -285,6 +285,17 @@ fn where_and_raylet(ms: u64) -> (String, u32) {
     )
 }
 
+/// The pid of `node`'s raylet (a worker's parent), from a task there.
+fn raylet_pid_of(node: &rustray::Node) -> u32 {
+    rustray::get(
+        &where_and_raylet::options()
+            .resource(&pin(node), 0.01)
+            .remote(0u64),
+    )
+    .expect("a probe task on the node")
+    .1
+}
+
 fn kill9(pid: u32) {
     let ok = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -301,12 +312,7 @@ fn kill9(pid: u32) {
 fn test_node_lost_mid_job() {
     let nodes = three_nodes();
     let victim = &nodes[2];
-    let (_, raylet) = rustray::get(
-        &where_and_raylet::options()
-            .resource(&pin(victim), 0.01)
-            .remote(0u64),
-    )
-    .expect("probe on node 2");
+    let raylet = raylet_pid_of(victim);
     // An object whose only copy is in node 2's store (never fetched here).
     let only_there = make_bytes::options()
         .resource(&pin(victim), 0.01)
@@ -462,12 +468,7 @@ fn test_object_directory_serves_copies_after_primary_loss() {
     let x = make_bytes::options()
         .resource(&pin(primary), 0.01)
         .remote(6 << 20, 4u8);
-    let (_, primary_raylet) = rustray::get(
-        &where_and_raylet::options()
-            .resource(&pin(primary), 0.01)
-            .remote(0u64),
-    )
-    .expect("probe");
+    let primary_raylet = raylet_pid_of(primary);
     let holder = Holder::options()
         .scheduling_strategy(SchedulingStrategy::NodeAffinity {
             node: holder_node.name.clone(),
@@ -528,12 +529,7 @@ fn expected_sum(n: usize, seed: u8) -> u64 {
 fn test_task_lost_with_its_node_names_the_node() {
     let nodes = three_nodes();
     let victim = &nodes[2];
-    let (_, raylet) = rustray::get(
-        &where_and_raylet::options()
-            .resource(&pin(victim), 0.01)
-            .remote(0u64),
-    )
-    .expect("probe");
+    let raylet = raylet_pid_of(victim);
     let doomed = where_and_raylet::options()
         .resource(&pin(victim), 0.01)
         .max_retries(0)
@@ -699,12 +695,7 @@ fn killed_mid_read(kill_source: bool) {
     let nodes = three_nodes_with(Config::new().transport(rustray::Transport::Fabric));
     let (source, reader) = (&nodes[1], &nodes[2]);
     let victim = if kill_source { source } else { reader };
-    let (_, victim_raylet) = rustray::get(
-        &where_and_raylet::options()
-            .resource(&pin(victim), 0.01)
-            .remote(0u64),
-    )
-    .expect("probe");
+    let victim_raylet = raylet_pid_of(victim);
     let n = 200 << 20;
     let big = make_bytes::options()
         .resource(&pin(source), 0.01)

@@ -325,86 +325,39 @@ fn generate(imp: &ItemImpl, errors: &mut Errors) -> TokenStream {
         }
     });
 
+    let arms: Vec<TokenStream> = methods.iter().map(|m| method_arm(m, self_ty)).collect();
     // Threaded actors run `&self` methods on shared state; a `&mut self`
     // method's call is refused there with a message saying why.
     let shared_arms = methods.iter().map(|m| {
-        let Method {
-            ident,
-            params,
-            ret,
-            cfgs,
-            elems,
-            mutable,
-            ..
-        } = m;
-        let name = LitStr::new(&ident.unraw().to_string(), ident.span());
-        if *mutable {
-            return quote! {
-                #cfgs
-                #name => {
-                    return ::core::result::Result::Err(::rustray::__private::needs_exclusive(
-                        <#self_ty as ::rustray::ActorClass>::NAME,
-                        __method,
-                    ))
-                }
-            };
+        if !m.mutable {
+            return method_arm(m, self_ty);
         }
-        let reads = params.iter().map(|p| {
-            let (local, ty) = (&p.local, &p.ty);
-            quote_spanned!(ty.span()=> let #local: #ty = __args.next::<#ty>()?;)
-        });
-        let locals = params.iter().map(|p| &p.local);
-        let call = quote!(<#self_ty>::#ident(__this, #(#locals),*));
-        let push = match ret {
-            None => quote!(#call; __ret.push(&())?;),
-            Some(_) if !elems.is_empty() => {
-                let pushes = elems.iter().enumerate().map(|(i, t)| {
-                    let idx = syn::Index::from(i);
-                    quote_spanned!(t.span()=> __ret.push(&__r.#idx)?;)
-                });
-                quote!(let __r = #call; #(#pushes)*)
-            }
-            Some(t) => quote_spanned!(t.span()=> let __r = #call; __ret.push(&__r)?;),
-        };
+        let Method { ident, cfgs, .. } = m;
+        let name = LitStr::new(&ident.unraw().to_string(), ident.span());
         quote! {
             #cfgs
-            #name => { #(#reads)* #push }
-        }
-    });
-
-    let arms = methods.iter().map(|m| {
-        let Method {
-            ident,
-            params,
-            ret,
-            cfgs,
-            elems,
-            ..
-        } = m;
-        let name = LitStr::new(&ident.unraw().to_string(), ident.span());
-        let reads = params.iter().map(|p| {
-            let (local, ty) = (&p.local, &p.ty);
-            quote_spanned!(ty.span()=> let #local: #ty = __args.next::<#ty>()?;)
-        });
-        let locals = params.iter().map(|p| &p.local);
-        // Path call (not `__this.m()`) so a same-named trait method can never win.
-        let call = quote!(<#self_ty>::#ident(__this, #(#locals),*));
-        let push = match ret {
-            None => quote!(#call; __ret.push(&())?;),
-            Some(_) if !elems.is_empty() => {
-                let pushes = elems.iter().enumerate().map(|(i, t)| {
-                    let idx = syn::Index::from(i);
-                    quote_spanned!(t.span()=> __ret.push(&__r.#idx)?;)
-                });
-                quote!(let __r = #call; #(#pushes)*)
+            #name => {
+                return ::core::result::Result::Err(::rustray::__private::needs_exclusive(
+                    <#self_ty as ::rustray::ActorClass>::NAME,
+                    __method,
+                ))
             }
-            Some(t) => quote_spanned!(t.span()=> let __r = #call; __ret.push(&__r)?;),
-        };
-        quote! {
-            #cfgs
-            #name => { #(#reads)* #push }
         }
     });
+    let dispatch = dispatch_fn(
+        quote!(__dispatch),
+        quote!(&mut (dyn ::std::any::Any + ::core::marker::Send)),
+        quote!(downcast_mut),
+        self_ty,
+        quote!(#(#arms)*),
+    );
+    let dispatch_shared = dispatch_fn(
+        quote!(__dispatch_shared),
+        quote!(&(dyn ::std::any::Any + ::core::marker::Send + ::core::marker::Sync)),
+        quote!(downcast_ref),
+        self_ty,
+        quote!(#(#shared_arms)*),
+    );
 
     let ctor_publics: Vec<&Ident> = ctor.iter().map(|p| &p.public).collect();
     let ctor_tys: Vec<&Type> = ctor.iter().map(|p| &p.ty).collect();
@@ -510,32 +463,7 @@ fn generate(imp: &ItemImpl, errors: &mut Errors) -> TokenStream {
                 ::core::result::Result::Ok(__state)
             }
 
-            #[allow(unused_mut, unreachable_code, unused_variables)]
-            fn __dispatch(
-                __state: &mut (dyn ::std::any::Any + ::core::marker::Send),
-                __method: &str,
-                __args: &mut ::rustray::__private::ArgReader<'_>,
-            ) -> ::rustray::Result<::rustray::__private::Returns> {
-                let __this = match __state.downcast_mut::<#self_ty>() {
-                    ::core::option::Option::Some(t) => t,
-                    ::core::option::Option::None => {
-                        return ::core::result::Result::Err(::rustray::__private::wrong_actor_state(
-                            <#self_ty as ::rustray::ActorClass>::NAME,
-                        ))
-                    }
-                };
-                let mut __ret = ::rustray::__private::Returns::new();
-                match __method {
-                    #(#arms)*
-                    _ => {
-                        return ::core::result::Result::Err(::rustray::__private::unknown_method(
-                            <#self_ty as ::rustray::ActorClass>::NAME,
-                            __method,
-                        ))
-                    }
-                }
-                ::core::result::Result::Ok(__ret)
-            }
+            #dispatch
 
             fn __share(
                 __state: ::std::boxed::Box<dyn ::std::any::Any + ::core::marker::Send>,
@@ -552,32 +480,7 @@ fn generate(imp: &ItemImpl, errors: &mut Errors) -> TokenStream {
                 (&__s).__rustray_share()
             }
 
-            #[allow(unused_mut, unreachable_code, unused_variables)]
-            fn __dispatch_shared(
-                __state: &(dyn ::std::any::Any + ::core::marker::Send + ::core::marker::Sync),
-                __method: &str,
-                __args: &mut ::rustray::__private::ArgReader<'_>,
-            ) -> ::rustray::Result<::rustray::__private::Returns> {
-                let __this = match __state.downcast_ref::<#self_ty>() {
-                    ::core::option::Option::Some(t) => t,
-                    ::core::option::Option::None => {
-                        return ::core::result::Result::Err(::rustray::__private::wrong_actor_state(
-                            <#self_ty as ::rustray::ActorClass>::NAME,
-                        ))
-                    }
-                };
-                let mut __ret = ::rustray::__private::Returns::new();
-                match __method {
-                    #(#shared_arms)*
-                    _ => {
-                        return ::core::result::Result::Err(::rustray::__private::unknown_method(
-                            <#self_ty as ::rustray::ActorClass>::NAME,
-                            __method,
-                        ))
-                    }
-                }
-                ::core::result::Result::Ok(__ret)
-            }
+            #dispatch_shared
 
             ::rustray::__private::inventory::submit! {
                 ::rustray::__private::ActorClassEntry {
@@ -589,5 +492,81 @@ fn generate(imp: &ItemImpl, errors: &mut Errors) -> TokenStream {
                 }
             }
         };
+    }
+}
+
+/// One method's arm of a dispatch `match`: decode its arguments, call it
+/// on `__this`, push its result(s).
+fn method_arm(m: &Method, self_ty: &Type) -> TokenStream {
+    let Method {
+        ident,
+        params,
+        ret,
+        cfgs,
+        elems,
+        ..
+    } = m;
+    let name = LitStr::new(&ident.unraw().to_string(), ident.span());
+    let reads = params.iter().map(|p| {
+        let (local, ty) = (&p.local, &p.ty);
+        quote_spanned!(ty.span()=> let #local: #ty = __args.next::<#ty>()?;)
+    });
+    let locals = params.iter().map(|p| &p.local);
+    // Path call (not `__this.m()`) so a same-named trait method can never win.
+    let call = quote!(<#self_ty>::#ident(__this, #(#locals),*));
+    let push = match ret {
+        None => quote!(#call; __ret.push(&())?;),
+        Some(_) if !elems.is_empty() => {
+            let pushes = elems.iter().enumerate().map(|(i, t)| {
+                let idx = syn::Index::from(i);
+                quote_spanned!(t.span()=> __ret.push(&__r.#idx)?;)
+            });
+            quote!(let __r = #call; #(#pushes)*)
+        }
+        Some(t) => quote_spanned!(t.span()=> let __r = #call; __ret.push(&__r)?;),
+    };
+    quote! {
+        #cfgs
+        #name => { #(#reads)* #push }
+    }
+}
+
+/// A type-erased dispatch function `name(state, method, args)` over the
+/// given `match` arms: the state is downcast (`downcast`: `downcast_mut`
+/// or `downcast_ref`) to the actor type first.
+fn dispatch_fn(
+    name: TokenStream,
+    state: TokenStream,
+    downcast: TokenStream,
+    self_ty: &Type,
+    arms: TokenStream,
+) -> TokenStream {
+    quote! {
+        #[allow(unused_mut, unreachable_code, unused_variables)]
+        fn #name(
+            __state: #state,
+            __method: &str,
+            __args: &mut ::rustray::__private::ArgReader<'_>,
+        ) -> ::rustray::Result<::rustray::__private::Returns> {
+            let __this = match __state.#downcast::<#self_ty>() {
+                ::core::option::Option::Some(t) => t,
+                ::core::option::Option::None => {
+                    return ::core::result::Result::Err(::rustray::__private::wrong_actor_state(
+                        <#self_ty as ::rustray::ActorClass>::NAME,
+                    ))
+                }
+            };
+            let mut __ret = ::rustray::__private::Returns::new();
+            match __method {
+                #arms
+                _ => {
+                    return ::core::result::Result::Err(::rustray::__private::unknown_method(
+                        <#self_ty as ::rustray::ActorClass>::NAME,
+                        __method,
+                    ))
+                }
+            }
+            ::core::result::Result::Ok(__ret)
+        }
     }
 }

@@ -664,40 +664,37 @@ fn invoke(
             what = format!("task `{}`", spec.function);
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut reader)))
         }
-        Some(_) if shared.is_some() => {
-            let Some((class, state)) = shared else {
-                return Err(Error::new(
-                    ErrorKind::ActorDied,
-                    "this worker hosts no actor",
-                ));
-            };
-            let entry = registry_actor(class).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::ActorDied,
-                    format!("actor class `{class}` is not registered"),
-                )
-            })?;
-            what = format!("actor method `{}::{}`", class, spec.function);
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                (entry.dispatch_shared)(&**state, &spec.function, &mut reader)
-            }))
-        }
         Some(_) => {
-            let Some((class, state)) = actor else {
-                return Err(Error::new(
+            let entry = {
+                let class: &str = match (&shared, &actor) {
+                    (Some((class, _)), _) | (None, Some((class, _))) => class,
+                    (None, None) => {
+                        return Err(Error::new(
+                            ErrorKind::ActorDied,
+                            "this worker hosts no actor",
+                        ))
+                    }
+                };
+                what = format!("actor method `{}::{}`", class, spec.function);
+                registry_actor(class).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::ActorDied,
+                        format!("actor class `{class}` is not registered"),
+                    )
+                })?
+            };
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match (shared, actor) {
+                // A threaded actor: `&self` methods on the shared state.
+                (Some((_, state)), _) => {
+                    (entry.dispatch_shared)(&**state, &spec.function, &mut reader)
+                }
+                (None, Some((_, state))) => {
+                    (entry.dispatch)(state.as_mut(), &spec.function, &mut reader)
+                }
+                (None, None) => Err(Error::new(
                     ErrorKind::ActorDied,
                     "this worker hosts no actor",
-                ));
-            };
-            let entry = registry_actor(class).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::ActorDied,
-                    format!("actor class `{class}` is not registered"),
-                )
-            })?;
-            what = format!("actor method `{}::{}`", class, spec.function);
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                (entry.dispatch)(state.as_mut(), &spec.function, &mut reader)
+                )),
             }))
         }
     };
