@@ -532,6 +532,17 @@ impl Raylet {
                         let _ = c.conn.send(&Msg::LeaseSpillback { req, node });
                     }
                 }
+                Action::RetireWorker(w) => {
+                    let conn = st
+                        .clients
+                        .values()
+                        .find(|c| c.worker == Some(w))
+                        .map(|c| c.conn.clone());
+                    // Not connected: it is exiting anyway.
+                    if let Some(c) = conn {
+                        let _ = c.send(&Msg::Retire);
+                    }
+                }
                 Action::KillWorker(w) => {
                     if let Some(pid) = st.registered.get(&w) {
                         // SAFETY: kill has no memory preconditions; the pid is
@@ -621,6 +632,12 @@ impl Raylet {
                 }
             }
             Msg::KillWorker { worker } => self.execute(&mut st, vec![Action::KillWorker(worker)]),
+            Msg::RetireRefused => {
+                if let Some(w) = st.clients.get(&client).and_then(|c| c.worker) {
+                    let a = st.leases.worker_kept(w);
+                    self.execute(&mut st, a);
+                }
+            }
             Msg::PullObject {
                 req,
                 node,

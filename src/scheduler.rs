@@ -204,8 +204,13 @@ pub(crate) enum Action {
     },
     /// Start one more worker process.
     StartWorker,
-    /// Kill this worker (its lease holder is gone, or it is surplus).
+    /// Kill this worker (its lease holder is gone, or it must not be
+    /// reused).
     KillWorker(WorkerId),
+    /// Ask this surplus idle worker to exit: it does unless it owns objects
+    /// or actors others still use (Ray keeps such workers), and then comes
+    /// back through [`LeaseManager::worker_kept`].
+    RetireWorker(WorkerId),
     /// Tell the client to ask node `node`'s raylet instead.
     Spillback {
         client: ClientId,
@@ -502,7 +507,7 @@ impl LeaseManager {
             if kill {
                 out.push(Action::KillWorker(l.worker));
             } else if self.idle.len() >= self.max_idle && self.queue.is_empty() {
-                out.push(Action::KillWorker(l.worker));
+                out.push(Action::RetireWorker(l.worker));
             } else {
                 self.idle.push(l.worker);
             }
@@ -523,6 +528,15 @@ impl LeaseManager {
         };
         self.available.add_signed(&held, 1);
         Some(l)
+    }
+
+    /// A worker asked to retire stays (it owns what others still use): it
+    /// is idle again, beyond `max_idle` if need be.
+    pub(crate) fn worker_kept(&mut self, worker: WorkerId) -> Vec<Action> {
+        if !self.idle.contains(&worker) && !self.by_worker.contains_key(&worker) {
+            self.idle.push(worker);
+        }
+        self.schedule()
     }
 
     /// A worker process exited (crash, kill, or shutdown).
@@ -801,8 +815,14 @@ mod tests {
         let l1 = lease_of(&m.worker_registered(w(1)));
         let l2 = lease_of(&m.worker_registered(w(2)));
         assert!(m.return_lease(l1, false).is_empty());
-        assert_eq!(m.return_lease(l2, false), vec![Action::KillWorker(w(2))]);
+        assert_eq!(m.return_lease(l2, false), vec![Action::RetireWorker(w(2))]);
         assert_eq!(m.idle_count(), 1);
+        // One that owns objects others use stays, and can be leased again.
+        assert!(m.worker_kept(w(2)).is_empty());
+        assert_eq!(m.idle_count(), 2);
+        m.request(1, 3, cpus(1.0), Spill::Now);
+        m.request(1, 4, cpus(1.0), Spill::Now);
+        assert_eq!(m.idle_count(), 0);
     }
 
     #[test]

@@ -432,6 +432,10 @@ pub(crate) enum Msg {
     FreeObjects {
         offsets: Vec<u64>,
     },
+    /// Raylet to an idle worker: exit unless you own what others use.
+    Retire,
+    /// Worker to raylet: not exiting (it owns objects or actors in use).
+    RetireRefused,
     KillWorker {
         worker: WorkerId,
     },

@@ -91,6 +91,15 @@ fn big_after(ms: u64, n: usize) -> Vec<u8> {
     vec![3u8; n]
 }
 
+/// Puts an object (this worker owns it), waits, returns a ref to it and
+/// this process's pid.
+#[rustray::remote]
+fn owns_one(ms: u64) -> (rustray::ObjectRef<Vec<u8>>, u32) {
+    let r = rustray::put(vec![9u8; 1 << 20]).expect("put");
+    std::thread::sleep(Duration::from_millis(ms));
+    (r, std::process::id())
+}
+
 /// An actor that reports its process and can sleep or exit on request.
 pub struct Holder {
     calls: u64,
@@ -1356,6 +1365,34 @@ fn test_internal_free() {
     store_back_to(base, "a freed task result");
 }
 
+/// test_reference_counting.py's worker-owned objects: a worker that owns
+/// an object a driver still holds is not ended by the raylet when it has
+/// more idle workers than it keeps (Ray keeps owners alive); the object
+/// stays readable.
+fn test_idle_owner_worker_is_kept() {
+    one_node(1.0);
+    let owner = owns_one::options().num_cpus(0.25).remote(400u64);
+    let others: Vec<_> = (0..3)
+        .map(|_| sleep_ms::options().num_cpus(0.25).remote(100u64))
+        .collect();
+    for r in &others {
+        rustray::get_timeout(r, Duration::from_secs(30)).expect("sleeper");
+    }
+    let (obj, pid) = rustray::get_timeout(&owner, Duration::from_secs(30)).expect("owner task");
+    // Leases go back after they idle; surplus workers are retired then.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the worker owning a live object was ended"
+    );
+    assert_eq!(
+        rustray::get_timeout(&obj, Duration::from_secs(30))
+            .expect("owned by a live worker")
+            .len(),
+        1 << 20
+    );
+}
+
 /// A fresh marker file for a test's run counting.
 fn marker(tag: &str) -> String {
     let m = std::env::temp_dir().join(format!("rustray-{tag}-{}", std::process::id()));
@@ -1697,6 +1734,10 @@ fn main() {
             test_owner_died_fate_shares_objects,
         ),
         ("test_internal_free", test_internal_free),
+        (
+            "test_idle_owner_worker_is_kept",
+            test_idle_owner_worker_is_kept,
+        ),
         ("test_retry_exceptions", test_retry_exceptions),
         ("test_max_calls", test_max_calls),
         ("test_runtime_context", test_runtime_context),

@@ -540,8 +540,28 @@ impl CoreWorker {
             Msg::LeaseGranted { req, lease, worker } => self.lease_granted(req, lease, worker),
             Msg::LeaseFailed { req, error } => self.lease_failed(req, error),
             Msg::LeaseSpillback { req, node } => self.lease_spilled(req, node),
+            Msg::Retire => self.retire(),
             other => self.handle_reply(other),
         }
+    }
+
+    /// The raylet has more idle workers than it keeps: exit, unless this
+    /// process owns objects or actors that are still referenced (their
+    /// owner must live, as in Ray), or hosts an actor.
+    fn retire(self: &Arc<Self>) {
+        let owns = self.lock().objects.values().any(|e| e.owned);
+        let hosts_actor = self
+            .exec
+            .actor_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if owns || hosts_actor || self.is_driver {
+            let _ = self.raylet.send(&Msg::RetireRefused);
+            return;
+        }
+        log!("idle worker retires (the raylet keeps fewer idle workers)");
+        executor::exit_flushing_output(0);
     }
 
     fn raylet_lost(self: &Arc<Self>) {
