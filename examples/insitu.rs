@@ -100,15 +100,15 @@ fn main() -> rustray::Result<()> {
         }
     };
     let node = rustray::node_name()?;
-    let mut last = None;
+    let mut recorded = Vec::new();
     for step in 0..STEPS {
         let slab = rustray::put(simulate(rank, step))?;
         let stats = analyze::remote(&slab);
-        last = Some(collector.record(rank, step, stats, node.clone()));
+        recorded.push(collector.record(rank, step, stats, node.clone()));
     }
-    if let Some(r) = last {
-        rustray::get(&r)?; // this rank's results have arrived
-    }
+    // Every record reached the collector (a failed one is an error here,
+    // not a missing result rank 0 would wait for).
+    rustray::get_all(&recorded)?;
     if rank == 0 {
         let want = (ranks * STEPS) as usize;
         let deadline = Instant::now() + Duration::from_secs(120);

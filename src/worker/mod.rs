@@ -447,6 +447,17 @@ impl CoreWorker {
         Ok(conn)
     }
 
+    /// The error for work lost because this process's own raylet died.
+    fn local_raylet_died(&self) -> Error {
+        Error::new(
+            ErrorKind::LocalRayletDied,
+            format!(
+                "this process's raylet (node {}, `{}`) died: its tasks and objects are lost; call shutdown() and init again",
+                self.session.node_index, self.session.node
+            ),
+        )
+    }
+
     /// Records in the cached node table that `node`'s raylet cannot be
     /// reached (a lost node): a later read of the table from the GCS
     /// replaces the entry.
@@ -576,13 +587,7 @@ impl CoreWorker {
         }
         log!("raylet connection lost");
         eprintln!("rustray: the raylet process died; the cluster is unusable (call shutdown and init again)");
-        let err = Error::new(
-            ErrorKind::LocalRayletDied,
-            format!(
-                "this driver's raylet (node {}, `{}`) died: its tasks and objects are lost; call shutdown() and init again",
-                self.session.node_index, self.session.node
-            ),
-        );
+        let err = self.local_raylet_died();
         let fx = {
             let mut st = self.lock();
             self.fail_all(&mut st, &err)
@@ -793,7 +798,9 @@ impl CoreWorker {
             });
             match sent {
                 Ok(()) => {}
-                Err(e) if local || !fallback => self.lease_failed(req, e),
+                // The local raylet cannot be reached: it died.
+                Err(_) if local => self.lease_failed(req, self.local_raylet_died()),
+                Err(e) if !fallback => self.lease_failed(req, e),
                 Err(e) => {
                     // The node the request was spilled to is unreachable
                     // (lost since the view was taken): queue it here.
