@@ -534,10 +534,22 @@ fn test_task_lost_with_its_node_names_the_node() {
         .resource(&pin(victim), 0.01)
         .max_retries(0)
         .remote(5000u64);
+    // An actor call running there fails as the actor's death, its node named.
+    let actor = Sleeper::options()
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity {
+            node: victim.name.clone(),
+            soft: false,
+        })
+        .remote(())
+        .expect("actor on the victim");
+    let call = actor.nap(5000);
     std::thread::sleep(Duration::from_millis(500));
     kill9(raylet);
     let e = rustray::get_timeout(&doomed, Duration::from_secs(30)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NodeDied, "{e}");
+    assert!(e.message().contains(&victim.name), "{e}");
+    let e = rustray::get_timeout(&call, Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ActorDied, "{e}");
     assert!(e.message().contains(&victim.name), "{e}");
     let other = &nodes[1];
     let crash = exits_now::options()
@@ -546,6 +558,20 @@ fn test_task_lost_with_its_node_names_the_node() {
         .remote();
     let e = rustray::get_timeout(&crash, Duration::from_secs(30)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::WorkerDied, "{e}");
+}
+
+/// An actor whose calls take a while.
+pub struct Sleeper;
+
+#[rustray::actor]
+impl Sleeper {
+    pub fn new() -> Self {
+        Sleeper
+    }
+    pub fn nap(&self, ms: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        ms
+    }
 }
 
 #[rustray::remote]

@@ -886,19 +886,30 @@ impl CoreWorker {
         for (t, w, err) in deaths {
             let err = match verdicts.get(&w.node()) {
                 Some(Some(name)) => {
-                    let function = st
+                    let (function, actor) = st
                         .sub
                         .tasks
                         .get(&t)
-                        .map(|e| e.spec.function.clone())
+                        .map(|e| (e.spec.function.clone(), e.spec.actor.is_some()))
                         .unwrap_or_default();
-                    Error::new(
-                        ErrorKind::NodeDied,
-                        format!(
-                            "task `{function}` was running on node {} (`{name}`), which was lost; its retries are used up",
-                            w.node()
-                        ),
-                    )
+                    if actor {
+                        // Ray's ActorDiedError, its cause the node's death.
+                        Error::new(
+                            ErrorKind::ActorDied,
+                            format!(
+                                "the actor's node {} (`{name}`) was lost while it ran `{function}` (the actor restarts elsewhere if it has restarts left; this call is not retried: see max_task_retries)",
+                                w.node()
+                            ),
+                        )
+                    } else {
+                        Error::new(
+                            ErrorKind::NodeDied,
+                            format!(
+                                "task `{function}` was running on node {} (`{name}`), which was lost; its retries are used up",
+                                w.node()
+                            ),
+                        )
+                    }
                 }
                 _ => err,
             };
@@ -1082,7 +1093,12 @@ impl CoreWorker {
                     ErrorKind::ActorDied,
                     format!("the actor's process died while running `{name}` (the actor restarts if it has restarts left; this call is not retried: see max_task_retries)"),
                 );
-                self.finish_failed(st, t, &err, fx);
+                if worker.node() == self.session.node_index {
+                    self.finish_failed(st, t, &err, fx);
+                } else {
+                    // Named with its node if that went too (after the lock).
+                    fx.worker_deaths.push((t, worker, err));
+                }
             }
             if more {
                 self.flush_actor(st, a, fx);
