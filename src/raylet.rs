@@ -122,6 +122,31 @@ struct Client {
     is_driver: bool,
 }
 
+/// A worker's `Register` names its pid: it is taken only when it is a
+/// process this raylet started and no worker has claimed yet.
+fn claim_pid(pids: &mut HashMap<u32, Option<WorkerId>>, worker: WorkerId, pid: u32) -> bool {
+    match pids.get_mut(&pid) {
+        Some(slot @ None) => {
+            *slot = Some(worker);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The pid to signal for `worker`: only a live child of this raylet that
+/// registered as that worker, and a valid positive pid (never 0 or a
+/// negative process-group id, which `kill` would take as "many").
+fn kill_target(
+    pids: &HashMap<u32, Option<WorkerId>>,
+    registered: &HashMap<WorkerId, u32>,
+    worker: WorkerId,
+) -> Option<i32> {
+    let pid = *registered.get(&worker)?;
+    let signed = i32::try_from(pid).ok().filter(|p| *p > 0)?;
+    (pids.get(&pid) == Some(&Some(worker))).then_some(signed)
+}
+
 struct State {
     leases: LeaseManager,
     store: Store,
@@ -544,11 +569,12 @@ impl Raylet {
                     }
                 }
                 Action::KillWorker(w) => {
-                    if let Some(pid) = st.registered.get(&w) {
+                    if let Some(pid) = kill_target(&st.pids, &st.registered, w) {
                         // SAFETY: kill has no memory preconditions; the pid is
-                        // our child (not yet reaped, so not reused).
+                        // a child this raylet started and has not reaped (so
+                        // not reused), positive (not a process group).
                         unsafe {
-                            libc::kill(*pid as i32, libc::SIGKILL);
+                            libc::kill(pid, libc::SIGKILL);
                         }
                     }
                 }
@@ -572,8 +598,12 @@ impl Raylet {
                     st.drivers_seen += 1;
                 }
                 if !is_driver {
-                    if let Some(slot) = st.pids.get_mut(&pid) {
-                        *slot = Some(worker);
+                    if !claim_pid(&mut st.pids, worker, pid) {
+                        // A pid this raylet did not start (or one already
+                        // claimed): a bug or a forged message. Signalling it
+                        // later could hit any process of the user.
+                        log!("worker {worker} registered with pid {pid}, which is not an unclaimed worker process of this raylet; ignored");
+                        return;
                     }
                     st.registered.insert(worker, pid);
                     st.start_failures = 0;
@@ -1182,5 +1212,34 @@ fn process_running(pid: u32) -> bool {
             .trim_start()
             .starts_with('Z'),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_children_this_raylet_started_are_claimed_and_signalled() {
+        let mut pids: HashMap<u32, Option<WorkerId>> = HashMap::new();
+        pids.insert(4242, None);
+        let (a, b) = (WorkerId(7), WorkerId(8));
+        assert!(
+            !claim_pid(&mut pids, a, 1),
+            "a pid this raylet did not start"
+        );
+        assert!(
+            !claim_pid(&mut pids, a, u32::MAX),
+            "kill(-1) must be impossible"
+        );
+        assert!(claim_pid(&mut pids, a, 4242));
+        assert!(!claim_pid(&mut pids, b, 4242), "claimed already");
+        let mut registered = HashMap::new();
+        registered.insert(a, 4242);
+        registered.insert(b, u32::MAX);
+        assert_eq!(kill_target(&pids, &registered, a), Some(4242));
+        assert_eq!(kill_target(&pids, &registered, b), None);
+        pids.remove(&4242); // reaped: the pid may be reused
+        assert_eq!(kill_target(&pids, &registered, a), None);
     }
 }
