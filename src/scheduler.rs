@@ -74,10 +74,49 @@ pub enum SchedulingStrategy {
 }
 
 /// A set of named resource amounts (a task's shape or a node's capacity).
-#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize)]
 pub(crate) struct ResourceSet {
     // sorted by name, no zero amounts: equal shapes compare equal
     items: Vec<(String, i64)>,
+}
+
+/// The largest amount one resource may hold, in fixed-point units (about
+/// 1.15e14 of the resource: bytes of memory on the largest nodes fit), so
+/// that sums within a node cannot overflow.
+const MAX_FIXED: i64 = 1 << 60;
+/// The longest resource name accepted from the wire.
+const MAX_NAME: usize = 1024;
+
+/// A set decoded from another process is checked (names sorted, unique,
+/// bounded; amounts bounded): a corrupt or forged report cannot inflate or
+/// overflow a node's resources, or break the binary searches. Amounts may
+/// be zero (a node's free CPUs when all are leased) or negative (they dip
+/// below zero while a blocked worker's lent CPUs are taken back).
+impl<'de> Deserialize<'de> for ResourceSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let items = Vec::<(String, i64)>::deserialize(d)?;
+        ResourceSet::checked(items).map_err(serde::de::Error::custom)
+    }
+}
+
+impl ResourceSet {
+    fn checked(items: Vec<(String, i64)>) -> Result<ResourceSet, String> {
+        for (i, (name, amount)) in items.iter().enumerate() {
+            if name.is_empty() || name.len() > MAX_NAME {
+                return Err(format!(
+                    "a resource name of {} bytes (1 to {MAX_NAME} allowed)",
+                    name.len()
+                ));
+            }
+            if amount.unsigned_abs() > MAX_FIXED as u64 {
+                return Err(format!("resource `{name}` has an invalid amount {amount}"));
+            }
+            if i > 0 && items[i - 1].0 >= *name {
+                return Err(format!("resource `{name}` is out of order or repeated"));
+            }
+        }
+        Ok(ResourceSet { items })
+    }
 }
 
 impl fmt::Debug for ResourceSet {
@@ -110,7 +149,7 @@ impl ResourceSet {
                 "resource `{name}` must be a finite amount >= 0, got {amount}"
             )));
         }
-        let fixed = (amount * SCALE).round() as i64;
+        let fixed = ((amount * SCALE).round() as i64).min(MAX_FIXED);
         match self.items.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
             Ok(i) if fixed == 0 => {
                 self.items.remove(i);
@@ -805,6 +844,28 @@ mod tests {
         assert_eq!(a, vec![Action::KillWorker(w(1))]);
         assert_eq!(m.available().get(CPU), 1.0);
         assert_eq!(m.lease_count(), 0);
+    }
+
+    #[test]
+    fn resource_sets_from_the_wire_are_checked() {
+        let enc = |items: Vec<(String, i64)>| crate::codec::encode(&items).unwrap();
+        let dec = |b: Vec<u8>| crate::codec::decode::<ResourceSet>(&b, "a resource set");
+        let good = cpus(2.0).with("GPU", 1.0).unwrap();
+        assert_eq!(dec(crate::codec::encode(&good).unwrap()).unwrap(), good);
+        let n = |s: &str| s.to_string();
+        for bad in [
+            vec![(n("CPU"), 10_000), (n("CPU"), 10_000)],
+            vec![(n("b"), 1), (n("a"), 1)],
+            vec![(n("CPU"), i64::MAX)],
+            vec![(n("CPU"), i64::MIN)],
+            vec![(String::new(), 1)],
+            vec![("x".repeat(2000), 1)],
+        ] {
+            assert!(dec(enc(bad.clone())).is_err(), "{bad:?} was accepted");
+        }
+        // Free amounts at or below zero (all leased, CPUs lent back) are valid.
+        assert!(dec(enc(vec![(n("CPU"), -10_000)])).is_ok());
+        assert!(dec(enc(vec![(n("CPU"), 0)])).is_ok());
     }
 
     #[test]
