@@ -912,10 +912,33 @@ pub(crate) fn spawn_reader(
     handle: impl FnMut(Msg) + Send + 'static,
     on_close: impl FnOnce() + Send + 'static,
 ) -> Result<()> {
+    let thread = name.clone();
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
-            let _ = read_loop(stream, handle);
+            // A panic in a handler (a bug, or data a peer sent that the
+            // handler trusted) ends this one connection, reported, not the
+            // component silently: on_close runs as for any closed peer.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                read_loop(stream, handle)
+            }));
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    crate::session::log!("{thread}: malformed input ({e}); connection closed");
+                }
+                Ok(Err(_)) => {}
+                Err(p) => {
+                    let what = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    crate::session::log!(
+                        "{thread}: a message handler panicked ({what}); connection closed"
+                    );
+                }
+            }
             on_close();
         })
         .map(|_| ())
@@ -925,6 +948,38 @@ pub(crate) fn spawn_reader(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panicking_handler_or_a_malformed_frame_closes_only_its_connection() {
+        for malformed in [false, true] {
+            let (a, b) = UnixStream::pair().unwrap();
+            let (a, b) = (Stream::Unix(a), Stream::Unix(b));
+            let (tx, rx) = std::sync::mpsc::channel();
+            spawn_reader(
+                "test-reader".into(),
+                b,
+                |_| panic!("handler bug"),
+                move || {
+                    let _ = tx.send(());
+                },
+            )
+            .unwrap();
+            if malformed {
+                let Stream::Unix(mut raw) = a else {
+                    unreachable!()
+                };
+                use std::io::Write;
+                // A frame of 8 bytes that decode to no message.
+                raw.write_all(&8u32.to_le_bytes()).unwrap();
+                raw.write_all(&[0xff; 8]).unwrap();
+                assert!(rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok());
+                drop(raw);
+            } else {
+                Conn::new(&a).unwrap().send(&Msg::Blocked).unwrap();
+                assert!(rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok());
+            }
+        }
+    }
 
     #[test]
     fn try_send_never_blocks_and_keeps_order() {
