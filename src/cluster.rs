@@ -608,7 +608,9 @@ fn find_clusters(job: Option<&str>) -> Result<Vec<(String, Session)>> {
             if !wanted || name.contains(".tmp") {
                 continue;
             }
-            if let Ok(text) = std::fs::read_to_string(e.path()) {
+            // Bounded: the directory is the user's, but any file in it is
+            // read here.
+            if let Ok(text) = session::read_bounded(&e.path(), session::SESSION_FILE_MAX) {
                 if let Ok(s) = Session::from_env_str(text.trim()) {
                     out.push((name, s));
                 }
@@ -635,7 +637,7 @@ pub(crate) fn locate(address: &str) -> Result<Session> {
     let candidates = if address == "auto" {
         find_clusters(None).unwrap_or_default()
     } else if Path::new(address).is_file() {
-        let text = session::read_bounded(Path::new(address), 1 << 20)?;
+        let text = session::read_bounded(Path::new(address), session::SESSION_FILE_MAX)?;
         vec![(address.to_string(), Session::from_env_str(text.trim())?)]
     } else {
         find_clusters(Some(address)).unwrap_or_default()

@@ -220,7 +220,7 @@ impl Config {
 const ENV_INLINE_MAX: usize = 64 << 10;
 /// Largest session file read back (a session names at most a few hundred
 /// thousand resources; anything larger is not one of ours).
-const SESSION_FILE_MAX: u64 = 64 << 20;
+pub(crate) const SESSION_FILE_MAX: u64 = 64 << 20;
 
 /// Reads a small text file, refusing one larger than `max` bytes before
 /// reading it (the path came from the environment).

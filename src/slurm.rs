@@ -182,10 +182,12 @@ pub(crate) fn publish(path: &std::path::Path, base: &Session) -> Result<()> {
 pub(crate) fn await_rendezvous(path: &std::path::Path, timeout: Duration) -> Result<Session> {
     let deadline = Instant::now() + timeout;
     loop {
-        match std::fs::read_to_string(path) {
+        // Bounded read; a file not there (yet, or being replaced) is
+        // waited for.
+        match crate::session::read_bounded(path, crate::session::SESSION_FILE_MAX) {
             Ok(s) => return Session::from_env_str(s.trim()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&format!("reading {}", path.display()), e)),
+            Err(_) if !path.exists() => {}
+            Err(e) => return Err(e),
         }
         if Instant::now() > deadline {
             return Err(Error::unavailable(format!(
