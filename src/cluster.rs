@@ -895,3 +895,20 @@ impl InSitu {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_rendezvous_file_is_refused_before_it_is_read() {
+        let path = std::env::temp_dir().join(format!("rustray-rdv-big-{}", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        // Sparse: the size claims more than a session can take, no disk used.
+        f.set_len(session::SESSION_FILE_MAX + 1).unwrap();
+        let e = locate(path.to_str().unwrap()).unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::InvalidArgument, "{e}");
+        assert!(e.message().contains("more than"), "{e}");
+        let _ = std::fs::remove_file(&path);
+    }
+}
