@@ -329,6 +329,16 @@ pub(crate) struct TaskSpec {
     pub(crate) arg_copies: Vec<(u32, Vec<u16>)>,
 }
 
+/// The nodes holding other copies of argument `i`, from a task's
+/// `arg_copies` (none when it has no entry).
+pub(crate) fn copies_of(arg_copies: &[(u32, Vec<u16>)], i: usize) -> &[u16] {
+    arg_copies
+        .iter()
+        .find(|(j, _)| *j as usize == i)
+        .map(|(_, c)| c.as_slice())
+        .unwrap_or_default()
+}
+
 /// What the GCS keeps to (re)create an actor.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct ActorSpec {

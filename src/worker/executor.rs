@@ -530,12 +530,7 @@ impl<'a> LocalArgs<'a> {
         };
         for (i, p) in args.iter().enumerate() {
             if cw.is_remote(p) {
-                let copies = copies
-                    .iter()
-                    .find(|(j, _)| *j as usize == i)
-                    .map(|(_, c)| c.as_slice())
-                    .unwrap_or_default();
-                let local = cw.pull(p, copies, None)?;
+                let local = cw.pull(p, crate::transport::copies_of(copies, i), None)?;
                 out.pulled.push(p.clone());
                 out.args.push(local);
             } else {

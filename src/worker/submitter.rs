@@ -91,7 +91,6 @@ struct TaskEntry {
     keep: Vec<RawRef>,
     /// An actor call's hold on its actor's handle token (see `submit`).
     handle: Option<ObjectId>,
-    shape: ResourceSet,
     target: Target,
     /// Its key once queued.
     key: Option<SchedKey>,
@@ -270,7 +269,7 @@ impl CoreWorker {
     /// The scheduling key of a task whose arguments are resolved.
     fn sched_key(&self, t: &TaskEntry) -> SchedKey {
         let mut key = SchedKey {
-            shape: t.shape.clone(),
+            shape: t.spec.resources.clone(),
             node: None,
             soft: true,
             spread: false,
@@ -295,13 +294,7 @@ impl CoreWorker {
                 let mut bytes: HashMap<u16, u64> = HashMap::new();
                 for (i, a) in t.spec.args.iter().enumerate() {
                     if let Payload::Store { node, len, .. } = a {
-                        let copies = t
-                            .spec
-                            .arg_copies
-                            .iter()
-                            .find(|(j, _)| *j as usize == i)
-                            .map(|(_, c)| c.as_slice())
-                            .unwrap_or_default();
+                        let copies = crate::transport::copies_of(&t.spec.arg_copies, i);
                         for n in std::iter::once(node).chain(copies) {
                             if !dead(*n) {
                                 *bytes.entry(*n).or_default() += len;
@@ -392,7 +385,9 @@ impl CoreWorker {
             actor,
             alone: false,
             max_calls: extra.max_calls,
-            resources: shape.as_ref().cloned().unwrap_or_default(),
+            // The shape travels in the spec (for the runtime context) and
+            // is also the scheduling key's.
+            resources: shape.unwrap_or_default(),
             arg_copies: Vec::new(),
         };
         if let Some(e) = failure {
@@ -419,7 +414,6 @@ impl CoreWorker {
                 deps: Vec::new(),
                 keep,
                 handle,
-                shape: shape.unwrap_or_default(),
                 target,
                 key: None,
                 retries_left: max_retries,
