@@ -261,9 +261,10 @@ impl ActorTable {
         })
     }
 
-    /// The process `owner` is gone (or `node` with it, for `None`): the
-    /// actors it created end with it, pending ones included (they then
-    /// hold nothing), except detached ones.
+    /// The processes `owner` accepts are gone (one worker, or every
+    /// process of a lost node): the actors they created end with them,
+    /// pending ones included (they then hold nothing), except detached
+    /// ones.
     pub(crate) fn owner_died(
         &mut self,
         owner: impl Fn(WorkerId) -> bool,
