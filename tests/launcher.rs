@@ -225,12 +225,35 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
 }
 
 fn text(o: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
     format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        "status {:?}\n--- summary\n{}--- stdout\n{stdout}--- stderr\n{stderr}",
         o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+        summary(&stdout, &stderr)
     )
+}
+
+/// The lines that say what failed (failed tests, and each panic with its
+/// message), first: CI keeps only part of a long output.
+fn summary(stdout: &str, stderr: &str) -> String {
+    let mut out = String::new();
+    for text in [stdout, stderr] {
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if l.ends_with("... FAILED") || l.contains("panicked at") {
+                out.push_str(l);
+                out.push('\n');
+                if l.contains("panicked at") {
+                    for next in lines.iter().skip(i + 1).take(2) {
+                        out.push_str(next);
+                        out.push('\n');
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 fn launch_local(nodes: u16, mode: &str) -> Command {
