@@ -86,6 +86,12 @@ fn frees_them(refs: Vec<rustray::ObjectRef<Vec<u8>>>) -> usize {
 }
 
 #[rustray::remote]
+fn len_after(ms: u64, data: Vec<u8>) -> usize {
+    std::thread::sleep(Duration::from_millis(ms));
+    data.len()
+}
+
+#[rustray::remote]
 fn big_after(ms: u64, n: usize) -> Vec<u8> {
     std::thread::sleep(Duration::from_millis(ms));
     vec![3u8; n]
@@ -1372,6 +1378,19 @@ fn test_internal_free() {
         }
     }
     store_back_to(base, "freed by a borrower");
+
+    // The argument of a task in flight: kept while the task may read it,
+    // released when the task ends though refs to it live on.
+    let arg = rustray::put(vec![5u8; 8 << 20]).expect("put");
+    let len = len_after::remote(300u64, &arg);
+    std::thread::sleep(Duration::from_millis(100));
+    rustray::free(&[arg.clone()]).expect("free");
+    match rustray::get_timeout(&len, Duration::from_secs(30)) {
+        Ok(n) => assert_eq!(n, 8 << 20),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ObjectFreed, "{e}"),
+    }
+    store_back_to(base, "an argument freed while its task ran");
+    drop(arg);
 
     // A result still being computed: freed when it arrives.
     let pending = big_after::remote(200u64, 4 << 20);

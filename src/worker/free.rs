@@ -8,8 +8,9 @@
 //! owner's process (a `get` decoding from the block, a live `ObjectView`),
 //! no borrower (which may be reading it on the same node), and no pending
 //! task whose argument it is. Until then the block is kept under
-//! `Entry::replaced` and released by the first of [`CoreWorker::end_read`],
-//! a borrower leaving, or the entry's own end (`maybe_free`).
+//! `Entry::replaced` and released by the first of [`CoreWorker::end_read`]
+//! or `maybe_free`, which runs whenever a ref, a borrower or a finished
+//! task's hold on its argument lets go.
 
 use super::{CoreWorker, Effects, State};
 use crate::codec;
