@@ -4,7 +4,7 @@
 CARGO ?= cargo
 RAY_VENV ?= .venv-ray
 
-.PHONY: run test deps build bench bench-ray bench-compare clean
+.PHONY: run test deps fuzz build bench bench-ray bench-compare clean
 
 run:
 	$(CARGO) run --release --example quickstart
@@ -31,6 +31,14 @@ test: deps
 	status=0; $(CARGO) test --workspace --release --no-fail-fast $(TEST_FEATURES) || status=$$?; \
 	bash slurm/emu-down.sh; \
 	echo "make test took $$(( $$(date +%s) - $$(cat target/.test-start) )) s"; exit $$status
+
+# Fuzzes every decoder of outside bytes (frames, messages, object blobs,
+# resource sets, session strings, the Slurm environment) with ten million
+# mutated inputs each: no panic, no allocation past the bound. make test runs
+# 200,000 each. FUZZ_INPUTS=N for another count; RUSTRAY_FUZZ_SEED replays.
+FUZZ_INPUTS ?= 10000000
+fuzz:
+	RUSTRAY_FUZZ_INPUTS=$(FUZZ_INPUTS) $(CARGO) test --release --lib --features rustray/mpi fuzz_decoders -- --nocapture
 
 build:
 	$(CARGO) build --release --workspace --all-targets

@@ -40,10 +40,61 @@ pub(crate) fn encode_append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>)
 }
 
 /// Deserializes a control message or value; `what` names it in the error.
+///
+/// The bytes come from outside the process (a peer's frame, a store block),
+/// so a length field in them must not decide how much is allocated: bincode
+/// allocates a string's claimed length before it reads it. Each decode is
+/// therefore limited to [`decode_limit`] of the bytes given, enforced by
+/// bincode's own claim accounting (the limit is a const generic there, hence
+/// the tiers). Sequences and maps are safe without it: serde preallocates
+/// them cautiously (at most 1 MiB) and grows only as elements decode.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
-    bincode::serde::decode_from_slice(bytes, config())
-        .map(|(v, _)| v)
-        .map_err(|e| Error::invalid(format!("cannot decode {what}: {e}")))
+    fn tier<T: DeserializeOwned, const N: usize>(
+        bytes: &[u8],
+    ) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
+        bincode::serde::decode_from_slice(bytes, config().with_limit::<N>())
+    }
+    let r = match decode_limit(bytes.len()) {
+        DECODE_TIER_0 => tier::<T, DECODE_TIER_0>(bytes),
+        n if n <= DECODE_TIER_0 << 4 => tier::<T, { DECODE_TIER_0 << 4 }>(bytes),
+        n if n <= DECODE_TIER_0 << 8 => tier::<T, { DECODE_TIER_0 << 8 }>(bytes),
+        n if n <= DECODE_TIER_0 << 12 => tier::<T, { DECODE_TIER_0 << 12 }>(bytes),
+        n if n <= DECODE_TIER_0 << 16 => tier::<T, { DECODE_TIER_0 << 16 }>(bytes),
+        n if n <= DECODE_TIER_0 << 20 => tier::<T, { DECODE_TIER_0 << 20 }>(bytes),
+        n if n <= DECODE_TIER_0 << 24 => tier::<T, { DECODE_TIER_0 << 24 }>(bytes),
+        _ => tier::<T, DECODE_TIER_MAX>(bytes),
+    };
+    match r {
+        Ok((v, used)) if used == bytes.len() => Ok(v),
+        // Bytes after a whole value: not what any encoder here writes (a
+        // splice, a corrupted length), so not a message to act on.
+        Ok((_, used)) => Err(Error::invalid(format!(
+            "cannot decode {what}: {} bytes after its end",
+            bytes.len() - used
+        ))),
+        Err(bincode::error::DecodeError::LimitExceeded) => Err(Error::invalid(format!(
+            "cannot decode {what}: a length in its {} bytes claims more than they hold",
+            bytes.len()
+        ))),
+        Err(e) => Err(Error::invalid(format!("cannot decode {what}: {e}"))),
+    }
+}
+
+/// The smallest decode limit: 4 KiB.
+const DECODE_TIER_0: usize = 4 << 10;
+/// The largest (for inputs above 64 GiB): 1 TiB.
+const DECODE_TIER_MAX: usize = DECODE_TIER_0 << 28;
+
+/// The most that length fields in `len` bytes may make [`decode`] allocate
+/// (in strings and byte buffers, which bincode allocates before reading):
+/// `len` rounded up to a power of 16 times 4 KiB, so at most 16 times the
+/// bytes given, and at least 4 KiB.
+pub(crate) fn decode_limit(len: usize) -> usize {
+    let mut limit = DECODE_TIER_0;
+    while limit < len && limit < DECODE_TIER_MAX {
+        limit <<= 4;
+    }
+    limit
 }
 
 const MAGIC: u32 = 0x3142_5252; // "RRB1"
@@ -419,6 +470,48 @@ mod tests {
         let e = Error::new(ErrorKind::TaskFailed, "boom");
         let blob = encode_error(&e);
         assert_eq!(decode_value::<u8>(&blob).unwrap_err(), e);
+    }
+
+    #[test]
+    fn inflated_length_fields_are_refused_before_allocating() {
+        // A string claiming 2^40 bytes in 9 bytes (varint tag 253: a u64).
+        let mut bytes = vec![253u8];
+        bytes.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        let e = decode::<String>(&bytes, "a name").unwrap_err();
+        assert!(e.to_string().contains("claims more than they hold"), "{e}");
+        // Inside a message, and as a byte buffer in a value.
+        let mut frame = encode(&(7u32, String::from("x"))).unwrap();
+        frame.truncate(1);
+        frame.extend_from_slice(&bytes);
+        assert!(decode::<(u32, String)>(&frame, "a frame").is_err());
+        // A length just above the limit of its tier, and legit inputs that
+        // fill their tier, at both ends of the tiers.
+        for n in [0usize, 100, 4 << 10, (4 << 10) + 1, 1 << 20, 9 << 20] {
+            let s = "a".repeat(n);
+            let enc = encode(&s).unwrap();
+            assert_eq!(decode::<String>(&enc, "s").unwrap(), s);
+            assert!(decode_limit(enc.len()) >= enc.len());
+            assert!(decode_limit(enc.len()) <= (16 * enc.len()).max(4 << 10));
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut b = encode(&(1u32, String::from("x"))).unwrap();
+        assert!(decode::<(u32, String)>(&b, "v").is_ok());
+        b.push(0);
+        let e = decode::<(u32, String)>(&b, "v").unwrap_err();
+        assert!(e.to_string().contains("1 bytes after its end"), "{e}");
+    }
+
+    #[test]
+    fn decode_limits_grow_by_sixteen() {
+        assert_eq!(decode_limit(0), 4 << 10);
+        assert_eq!(decode_limit(4 << 10), 4 << 10);
+        assert_eq!(decode_limit((4 << 10) + 1), 64 << 10);
+        assert_eq!(decode_limit(1 << 30), 4 << 30);
+        assert_eq!(decode_limit((4 << 30) + 1), 64 << 30);
+        assert_eq!(decode_limit(usize::MAX), 1 << 40);
     }
 
     #[test]

@@ -48,10 +48,13 @@
 extern crate self as rustray;
 
 mod actor;
+mod chaos;
 mod cluster;
 mod codec;
 mod error;
 mod fabric;
+#[cfg(test)]
+mod fuzz;
 mod gcs;
 mod ids;
 #[cfg(feature = "mpi")]
@@ -66,6 +69,12 @@ mod slurm;
 mod task;
 mod transport;
 mod worker;
+
+/// Test builds count allocations, so the fuzz harness can bound what a
+/// decoder allocates for the bytes it is given.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: fuzz::Counting = fuzz::Counting;
 
 pub use actor::{
     exit_actor, get_actor, get_actor_in, kill, kill_with, list_named_actors, ActorClass,
@@ -91,6 +100,7 @@ use std::sync::{Arc, Mutex};
 /// `#[rustray::actor]`; not a stable API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::chaos::{send_raw, Peer};
     pub use crate::actor::{
         needs_exclusive, unknown_method, wrong_actor_state, ActorCore, ActorMethods,
     };

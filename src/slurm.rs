@@ -74,7 +74,7 @@ impl SlurmEnv {
         Self::detect_with(|name| std::env::var(name).ok())
     }
 
-    fn detect_with(get: impl Fn(&str) -> Option<String>) -> Result<Option<SlurmEnv>> {
+    pub(crate) fn detect_with(get: impl Fn(&str) -> Option<String>) -> Result<Option<SlurmEnv>> {
         let v = Vars(get);
         let (Some(job), Some(rank)) = (v.text("SLURM_JOB_ID"), v.num::<u32>("SLURM_PROCID")?)
         else {

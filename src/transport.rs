@@ -149,7 +149,7 @@ impl Stream {
         }
     }
 
-    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+    pub(crate) fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
         match self {
             Stream::Unix(s) => s.set_read_timeout(t),
             Stream::Tcp(s) => s.set_read_timeout(t),
@@ -251,6 +251,9 @@ impl Listener {
 
 /// Frames larger than this are a protocol error (a peer sending garbage).
 const MAX_FRAME: usize = 1 << 30;
+/// Frames up to this size are read into a buffer sized from their length
+/// prefix; larger ones grow it as their bytes arrive.
+const FRAME_PREALLOC: usize = 1 << 20;
 
 /// Where an object's bytes are: inline (small objects, and stored errors) or
 /// in the node's arena.
@@ -908,8 +911,21 @@ pub(crate) fn read_frame(r: &mut impl Read, body: &mut Vec<u8>) -> std::io::Resu
             format!("frame of {n} bytes exceeds the limit"),
         ));
     }
-    body.resize(n, 0);
-    r.read_exact(body)?;
+    if n <= FRAME_PREALLOC.max(body.capacity()) {
+        body.resize(n, 0);
+        r.read_exact(body)?;
+    } else {
+        // A length prefix is a claim, not bytes: the buffer grows with what
+        // actually arrives, so a 5-byte frame cannot allocate a gigabyte.
+        body.clear();
+        let got = r.by_ref().take(n as u64).read_to_end(body)?;
+        if got < n {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("frame of {n} bytes ended after {got}"),
+            ));
+        }
+    }
     codec::decode(body, "message")
         .map(Some)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))

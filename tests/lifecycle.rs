@@ -35,6 +35,23 @@ fn forever() -> u32 {
     0
 }
 
+/// A count that survives only as long as its actor's process does.
+pub struct Tally {
+    n: u64,
+}
+
+#[rustray::actor]
+impl Tally {
+    pub fn new() -> Self {
+        Tally { n: 0 }
+    }
+
+    pub fn bump(&mut self) -> (u64, u32) {
+        self.n += 1;
+        (self.n, std::process::id())
+    }
+}
+
 fn child_main(mode: &str) {
     rustray::init_with(rustray::Config::new().num_cpus(2.0)).expect("init");
     match mode {
@@ -309,6 +326,85 @@ fn test_driver_whose_raylet_dies() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Frames no encoder writes, each to be sent on a connection of its own:
+/// for every message kind (its index leads the body), a length field
+/// claiming 2^40 bytes at each of the first field positions (the issue's
+/// 13-byte frame that aborted the GCS is one of them); a length prefix
+/// claiming a gigabyte ahead of 5 bytes; one past the frame limit; a
+/// truncated prefix; and seeded random bodies of 2 to 64 bytes.
+fn malformed_frames() -> Vec<Vec<u8>> {
+    let framed = |body: Vec<u8>| {
+        let mut f = (body.len() as u32).to_le_bytes().to_vec();
+        f.extend(body);
+        f
+    };
+    let mut frames = Vec::new();
+    for kind in 0u8..64 {
+        for lead in [&[][..], &[1][..], &[1, 1][..]] {
+            let mut body = vec![kind];
+            body.extend_from_slice(lead);
+            body.push(253);
+            body.extend_from_slice(&(1u64 << 40).to_le_bytes());
+            frames.push(framed(body));
+        }
+    }
+    let mut gig = (1u32 << 30).to_le_bytes().to_vec();
+    gig.extend([1, 2, 3, 4, 5]);
+    frames.push(gig);
+    frames.push(u32::MAX.to_le_bytes().to_vec());
+    frames.push(vec![9, 0]);
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let n = 2 + (x % 63) as usize;
+        frames.push(framed(x.to_le_bytes().iter().cycle().take(n).copied().collect()));
+    }
+    frames
+}
+
+/// Issue 9: a peer holding the job's secret that sends the GCS, the raylet
+/// and every core worker of the node (the driver included) malformed frames
+/// costs only its own connections: the same actor process keeps its state,
+/// the node table still answers, and tasks and actors still start.
+fn test_malformed_frames_cost_only_their_connection() {
+    common::cluster(2.0, None);
+    let tally = Tally::remote().expect("actor");
+    let (n, actor_pid) = rustray::get_timeout(&tally.bump(), Duration::from_secs(30)).unwrap();
+    assert_eq!(n, 1);
+    assert!(rustray::get_timeout(&shout::remote("before".to_string()), Duration::from_secs(30)).is_ok());
+    let frames = malformed_frames();
+    for peer in [
+        rustray::__private::Peer::Gcs,
+        rustray::__private::Peer::Raylet,
+        rustray::__private::Peer::Workers,
+    ] {
+        let made = rustray::__private::send_raw(peer, &frames).expect("sent");
+        assert!(made >= frames.len(), "{peer:?}: {made} connections");
+    }
+    assert_eq!(
+        rustray::get_timeout(&tally.bump(), Duration::from_secs(30)).unwrap(),
+        (2, actor_pid),
+        "the actor's process or state was lost"
+    );
+    assert!(alive(actor_pid));
+    let nodes = rustray::nodes().expect("the GCS still answers");
+    assert!(nodes.iter().all(|n| n.alive), "{nodes:?}");
+    let pids: Vec<u32> = (0..4)
+        .map(|i| rustray::get_timeout(&shout::remote(format!("after {i}")), Duration::from_secs(30)))
+        .collect::<Result<_, _>>()
+        .expect("tasks still run");
+    assert!(!pids.is_empty());
+    let fresh = Tally::remote().expect("a new actor");
+    assert_eq!(
+        rustray::get_timeout(&fresh.bump(), Duration::from_secs(30))
+            .unwrap()
+            .0,
+        1
+    );
+}
+
 fn test_shutdown_then_init_again() {
     for _ in 0..3 {
         common::cluster(2.0, None);
@@ -327,6 +423,10 @@ fn main() {
         return;
     }
     common::run(&[
+        (
+            "test_malformed_frames_cost_only_their_connection",
+            test_malformed_frames_cost_only_their_connection,
+        ),
         (
             "test_worker_output_reaches_driver_with_pid_prefix",
             test_worker_output_reaches_driver_with_pid_prefix,
