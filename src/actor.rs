@@ -371,6 +371,7 @@ fn resolve_args(cw: &Arc<CoreWorker>, args: Vec<Arg>) -> Result<Vec<Payload>> {
             PreparedArg::Failed(e) => return Err(e),
             PreparedArg::Ref(r) => {
                 let p = cw.wait_local(r.id, None)?;
+                let _reading = cw.begin_read(r.id, &p)?;
                 out.push(Payload::Inline(cw.payload_bytes(&p)?.to_vec()));
             }
         }

@@ -203,10 +203,7 @@ fn wid(n: u64) -> WorkerId {
 }
 
 fn oid(seq: u64) -> ObjectId {
-    ObjectId {
-        owner: wid(7),
-        seq,
-    }
+    ObjectId { owner: wid(7), seq }
 }
 
 fn shape() -> ResourceSet {
@@ -304,6 +301,11 @@ fn messages() -> Vec<Msg> {
             req: 2,
             size: 1 << 20,
             owner: wid(5),
+            tag: 99,
+        },
+        Msg::PinObjects {
+            req: 3,
+            blocks: vec![(64, 99), (4096, 100)],
         },
         Msg::FreeObjects {
             offsets: vec![0, 4096, 1 << 20],
@@ -341,7 +343,10 @@ fn messages() -> Vec<Msg> {
             payload: Payload::Inline(vec![0; 200]),
             copies: vec![0, 1, 2],
         },
-        Msg::RegisterNode { req: 7, info: node(1) },
+        Msg::RegisterNode {
+            req: 7,
+            info: node(1),
+        },
         Msg::ReportResources {
             node: 1,
             available: shape(),
@@ -405,8 +410,12 @@ fn frame(m: &Msg) -> Vec<u8> {
 fn targets() -> Vec<Target> {
     let msgs = messages();
     let mut blobs: Vec<Vec<u8>> = vec![
-        codec::encode_value(&vec![7u8; 300]).expect("encodes").into_vec(),
-        codec::encode_value(&vec![1.5f64; 40]).expect("encodes").into_vec(),
+        codec::encode_value(&vec![7u8; 300])
+            .expect("encodes")
+            .into_vec(),
+        codec::encode_value(&vec![1.5f64; 40])
+            .expect("encodes")
+            .into_vec(),
         codec::encode_value(&String::from("a string value"))
             .expect("encodes")
             .into_vec(),
@@ -573,7 +582,10 @@ fn the_mutator_inflates_truncates_and_splices() {
     let mut rng = Rng(1);
     let outs: Vec<Vec<u8>> = (0..2000).map(|_| mutate(&mut rng, &seeds)).collect();
     assert!(outs.iter().any(|o| o.len() < 32), "truncated");
-    assert!(outs.iter().any(|o| o.windows(2).any(|w| w == [1, 2])), "spliced");
+    assert!(
+        outs.iter().any(|o| o.windows(2).any(|w| w == [1, 2])),
+        "spliced"
+    );
     assert!(outs.iter().any(|o| o.contains(&253)), "inflated");
     // The allocator counts: a 1 MiB vector held is seen.
     let p = peak_of(|| drop(std::hint::black_box(vec![0u8; 1 << 20])));

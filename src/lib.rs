@@ -100,10 +100,10 @@ use std::sync::{Arc, Mutex};
 /// `#[rustray::actor]`; not a stable API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::chaos::{send_raw, Peer};
     pub use crate::actor::{
         needs_exclusive, unknown_method, wrong_actor_state, ActorCore, ActorMethods,
     };
+    pub use crate::chaos::{send_raw, Peer};
     pub use crate::cluster::{
         launcher_main, serve_role_if_any, status_report, stop_clusters, Bootstrap, LaunchOptions,
     };

@@ -156,6 +156,9 @@ struct State {
     registered: HashMap<WorkerId, u32>,
     start_failures: u32,
     copies: HashMap<CopyKey, Copy>,
+    /// Blocks each local process pinned to read in place (`PinObjects`),
+    /// released when it unpins or goes.
+    pins: HashMap<ClientId, Vec<u64>>,
     /// The node table, from the GCS's cluster view.
     nodes: HashMap<u16, NodeInfo>,
     /// Drivers that ever registered here.
@@ -317,6 +320,7 @@ fn run(session: Session) -> Result<()> {
             registered: HashMap::new(),
             start_failures: 0,
             copies: HashMap::new(),
+            pins: HashMap::new(),
             nodes: HashMap::new(),
             drivers_seen: 0,
             stopping: false,
@@ -639,8 +643,13 @@ impl Raylet {
                     st.leases.unblocked(w);
                 }
             }
-            Msg::CreateObject { req, size, owner } => {
-                let result = st.store.create(size, owner);
+            Msg::CreateObject {
+                req,
+                size,
+                owner,
+                tag,
+            } => {
+                let result = st.store.create(size, owner, tag);
                 if let Some(c) = st.clients.get(&client) {
                     let _ = c.conn.send(&Msg::ObjectCreated { req, result });
                 }
@@ -682,6 +691,43 @@ impl Raylet {
                 len,
                 tag,
             } => unpin_copy(&mut st, (node, offset, len, tag)),
+            Msg::PinObjects { req, blocks } => {
+                let st = &mut *st;
+                let mut done = Vec::with_capacity(blocks.len());
+                let mut result = Ok(());
+                for (offset, tag) in blocks {
+                    match st.store.pin(offset, tag) {
+                        Ok(()) => done.push(offset),
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+                if result.is_ok() {
+                    st.pins.entry(client).or_default().extend(done);
+                } else {
+                    for offset in done {
+                        st.store.unpin(offset);
+                    }
+                }
+                if let Some(c) = st.clients.get(&client) {
+                    let _ = c.conn.send(&Msg::ObjectsPinned { req, result });
+                }
+            }
+            Msg::UnpinObjects { offsets } => {
+                let st = &mut *st;
+                // Only pins this client holds: a confused one cannot
+                // release another reader's.
+                if let Some(held) = st.pins.get_mut(&client) {
+                    for offset in offsets {
+                        if let Some(i) = held.iter().position(|o| *o == offset) {
+                            held.swap_remove(i);
+                            st.store.unpin(offset);
+                        }
+                    }
+                }
+            }
             Msg::ReadObject {
                 node,
                 offset,
@@ -695,7 +741,7 @@ impl Raylet {
                 // The primary block, or this node's copy (pinned while it
                 // is sent, so it cannot be freed and reused meanwhile).
                 let base = if node == self.session.node_index {
-                    Ok((offset, false))
+                    st.store.pin(offset, tag).map(|()| (offset, true))
                 } else {
                     match st.copies.get_mut(&key) {
                         Some(Copy {
@@ -712,7 +758,7 @@ impl Raylet {
                     }
                 };
                 drop(st);
-                let range = base.and_then(|(b, pinned)| {
+                let range = base.clone().and_then(|(b, pinned)| {
                     let in_object = start.checked_add(count).is_some_and(|e| e <= len);
                     if !in_object {
                         return Err(Error::invalid("read outside the object"));
@@ -729,8 +775,13 @@ impl Raylet {
                         Err(e) => conn.send(&Msg::ObjectBytes { result: Err(e) }),
                     };
                 }
-                if let Ok((_, true)) = range {
-                    unpin_copy(&mut self.lock(), key);
+                if let Ok((_, true)) = base {
+                    let mut st = self.lock();
+                    if node == self.session.node_index {
+                        st.store.unpin(offset);
+                    } else {
+                        unpin_copy(&mut st, key);
+                    }
                 }
             }
             Msg::Shutdown => {
@@ -785,7 +836,7 @@ impl Raylet {
             reply(&st, Err(e));
             return;
         }
-        let local = match st.store.create(len, COPY_OWNER) {
+        let local = match st.store.create(len, COPY_OWNER, key.3) {
             Ok(o) => o,
             Err(e) => {
                 reply(&st, Err(e));
@@ -830,7 +881,7 @@ impl Raylet {
                                     .insert(*source);
                                 if e.dirty {
                                     log!("block at {local} ({len} bytes) abandoned to the failed read");
-                                    match r.lock().store.create(len, COPY_OWNER) {
+                                    match r.lock().store.create(len, COPY_OWNER, key.3) {
                                         Ok(o) => local = o,
                                         Err(e) => {
                                             local_dirty = true;
@@ -976,10 +1027,10 @@ impl Raylet {
         let (_, offset, len, _) = key;
         let fabric = self.fabric.as_ref().ok_or_else(no_fabric)?;
         let _budget = PullBudget::acquire(&self.pulls, len);
-        let dst = self
-            .arena
-            .write(local, len)
-            .map_err(|e| crate::fabric::FabricError {
+        // SAFETY: `local` is the block this pull allocated for the copy; its
+        // location is published (ObjectPulled) only once it is filled.
+        let dst =
+            unsafe { self.arena.write(local, len) }.map_err(|e| crate::fabric::FabricError {
                 message: e.to_string(),
                 dirty: false,
             })?;
@@ -1017,7 +1068,9 @@ impl Raylet {
     fn fetch(&self, source: &transport::Endpoint, key: CopyKey, local: u64) -> Result<()> {
         let len = key.2;
         let _budget = PullBudget::acquire(&self.pulls, len);
-        let dst = self.arena.write(local, len)?;
+        // SAFETY: `local` is the block this pull allocated for the copy; its
+        // location is published (ObjectPulled) only once it is filled.
+        let dst = unsafe { self.arena.write(local, len) }?;
         let mut groups: Vec<Vec<(u64, &mut [u8])>> = Vec::new();
         let n = (len.div_ceil(PULL_CHUNK) as usize).clamp(1, PULL_STREAMS);
         groups.resize_with(n, Vec::new);
@@ -1106,6 +1159,9 @@ impl Raylet {
         if let (true, Some(w)) = (c.is_driver, c.worker) {
             let freed = st.store.free_owned_by(w);
             log!("driver {w} disconnected; freed {freed} objects");
+        }
+        for offset in st.pins.remove(&client).unwrap_or_default() {
+            st.store.unpin(offset);
         }
         let a = st.leases.client_gone(client);
         self.execute(&mut st, a);

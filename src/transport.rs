@@ -437,10 +437,23 @@ pub(crate) enum Msg {
     /// The worker's running task blocked in `get`/`wait` (lend CPUs back).
     Blocked,
     Unblocked,
+    /// `tag`: the object's random tag, which pins name (see
+    /// `object_store`'s notes).
     CreateObject {
         req: u64,
         size: u64,
         owner: WorkerId,
+        tag: u64,
+    },
+    /// Pin blocks of this node's store (offset, tag) that the sender reads
+    /// in place but does not own, all or none (answered with
+    /// `ObjectsPinned`); held until `UnpinObjects` or the sender's end.
+    PinObjects {
+        req: u64,
+        blocks: Vec<(u64, u64)>,
+    },
+    UnpinObjects {
+        offsets: Vec<u64>,
     },
     FreeObjects {
         offsets: Vec<u64>,
@@ -511,6 +524,10 @@ pub(crate) enum Msg {
     ObjectCreated {
         req: u64,
         result: std::result::Result<u64, Error>,
+    },
+    ObjectsPinned {
+        req: u64,
+        result: std::result::Result<(), Error>,
     },
     /// How full the node's store is (`rustray::store_stats`).
     GetStoreStats {

@@ -1295,6 +1295,44 @@ fn settled_store() -> u64 {
     last
 }
 
+/// Issue 9 (soundness; Ray's plasma keeps an object its clients hold): a
+/// borrower's zero-copy view of a block on its node survives the owner's
+/// death. The object is gone for new reads (`OwnerDied`), but its bytes are
+/// not reused, and rewritten, under the live view; they go when it does.
+fn test_view_outlives_its_dead_owner() {
+    one_node(2.0);
+    let base = settled_store();
+    let here = rustray::node_name().expect("node");
+    let owner = ObjOwner::options()
+        .scheduling_strategy(on(&here))
+        .remote(())
+        .expect("owner actor on this node");
+    let pid = rustray::get_timeout(&owner.pid(), Duration::from_secs(30)).expect("pid");
+    let (_small, large) =
+        rustray::get_timeout(&owner.make(), Duration::from_secs(30)).expect("refs");
+    let view = rustray::get_view(&large).expect("view");
+    assert_eq!(view.len(), 4 << 20);
+    rustray::kill(&owner).expect("kill the owner");
+    wait_process_gone(pid, Duration::from_secs(10));
+    let end = Instant::now() + Duration::from_secs(10);
+    while rustray::get_timeout(&large, Duration::from_secs(10))
+        .map_err(|e| e.kind())
+        .err()
+        != Some(ErrorKind::OwnerDied)
+    {
+        assert!(Instant::now() < end, "still readable after its owner died");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Were the block freed, puts of its size would reuse it.
+    let others: Vec<_> = (0..4)
+        .map(|_| rustray::put(vec![9u8; 4 << 20]).expect("put"))
+        .collect();
+    assert!(view.iter().all(|b| *b == 6), "rewritten under a live view");
+    drop(others);
+    drop(view);
+    store_back_to(base, "released with the last view");
+}
+
 /// Waits (bounded) until this node's store is back to `used` bytes.
 fn store_back_to(used: u64, what: &str) {
     let end = Instant::now() + Duration::from_secs(10);
@@ -1772,6 +1810,10 @@ fn main() {
             test_owner_died_fate_shares_objects,
         ),
         ("test_internal_free", test_internal_free),
+        (
+            "test_view_outlives_its_dead_owner",
+            test_view_outlives_its_dead_owner,
+        ),
         (
             "test_idle_owner_worker_is_kept",
             test_idle_owner_worker_is_kept,

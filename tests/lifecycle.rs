@@ -359,7 +359,9 @@ fn malformed_frames() -> Vec<Vec<u8>> {
         x ^= x >> 7;
         x ^= x << 17;
         let n = 2 + (x % 63) as usize;
-        frames.push(framed(x.to_le_bytes().iter().cycle().take(n).copied().collect()));
+        frames.push(framed(
+            x.to_le_bytes().iter().cycle().take(n).copied().collect(),
+        ));
     }
     frames
 }
@@ -373,7 +375,11 @@ fn test_malformed_frames_cost_only_their_connection() {
     let tally = Tally::remote().expect("actor");
     let (n, actor_pid) = rustray::get_timeout(&tally.bump(), Duration::from_secs(30)).unwrap();
     assert_eq!(n, 1);
-    assert!(rustray::get_timeout(&shout::remote("before".to_string()), Duration::from_secs(30)).is_ok());
+    assert!(rustray::get_timeout(
+        &shout::remote("before".to_string()),
+        Duration::from_secs(30)
+    )
+    .is_ok());
     let frames = malformed_frames();
     for peer in [
         rustray::__private::Peer::Gcs,
@@ -392,7 +398,12 @@ fn test_malformed_frames_cost_only_their_connection() {
     let nodes = rustray::nodes().expect("the GCS still answers");
     assert!(nodes.iter().all(|n| n.alive), "{nodes:?}");
     let pids: Vec<u32> = (0..4)
-        .map(|i| rustray::get_timeout(&shout::remote(format!("after {i}")), Duration::from_secs(30)))
+        .map(|i| {
+            rustray::get_timeout(
+                &shout::remote(format!("after {i}")),
+                Duration::from_secs(30),
+            )
+        })
         .collect::<Result<_, _>>()
         .expect("tasks still run");
     assert!(!pids.is_empty());

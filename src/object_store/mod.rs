@@ -13,6 +13,13 @@
 //! owner says no reference remains, or when the owner process exits (objects
 //! fate-share with their owner, as in Ray).
 //!
+//! A process other than the owner that reads a block in place (a borrower's
+//! `get` or view, a task's argument) first pins it at the raylet, naming the
+//! object's random tag so a reused block is never mistaken for it. A free
+//! of a pinned block only dooms it: the allocator gets it back at the last
+//! unpin, so no block is reused, and rewritten, under a live reader,
+//! whatever became of its owner.
+//!
 //! The arena file lives in `/dev/shm` under a name carrying the cluster id and
 //! node name; tmpfs pages are only allocated when first touched, so a large
 //! arena costs nothing until used.
@@ -25,7 +32,7 @@ use allocator::Allocator;
 use crate::codec::ALIGN;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::WorkerId;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// A mapping of the node's arena into this process.
@@ -124,17 +131,24 @@ impl Arena {
     /// The bytes of a sealed block.
     pub(crate) fn read(&self, offset: u64, len: u64) -> Result<&[u8]> {
         let (o, l) = self.check(offset, len)?;
-        // SAFETY: in bounds (checked); sealed blocks are never written again
-        // while a reference to them exists (the reader holds an ObjectRef).
+        // SAFETY: in bounds (checked). A sealed block is never written again
+        // while it is read: its reader is its owner (who alone frees it), or
+        // holds a pin at the raylet (a pulled copy's, or `PinObjects`), and
+        // a pinned block is not reallocated (see `Store::free`).
         Ok(unsafe { std::slice::from_raw_parts(self.ptr.add(o), l) })
     }
 
-    /// The bytes of a block this process just allocated and has not sealed.
+    /// The bytes of a block, to fill before its location is published.
+    ///
+    /// # Safety
+    /// `offset..offset + len` must be a block the raylet allocated to the
+    /// caller (`CreateObject`, or a pulled copy's block) and not yet
+    /// published, so that no other reference into it exists: the raylet
+    /// hands out only blocks that no view or pin on the node still holds.
     #[allow(clippy::mut_from_ref)]
-    pub(crate) fn write(&self, offset: u64, len: u64) -> Result<&mut [u8]> {
+    pub(crate) unsafe fn write(&self, offset: u64, len: u64) -> Result<&mut [u8]> {
         let (o, l) = self.check(offset, len)?;
-        // SAFETY: in bounds (checked); the raylet handed this block to exactly
-        // one writer and nobody reads it before the location is published.
+        // SAFETY: in bounds (checked); exclusive by the caller's contract.
         Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr.add(o), l) })
     }
 
@@ -157,22 +171,29 @@ impl Drop for Arena {
 #[derive(Debug)]
 pub(crate) struct Store {
     alloc: Allocator,
-    owner_of: HashMap<u64, WorkerId>,
+    /// Live blocks: their owner and their object's tag.
+    blocks: HashMap<u64, (WorkerId, u64)>,
+    /// Readers' pins, by block (live or doomed).
+    pins: HashMap<u64, u32>,
+    /// Blocks freed while pinned: back to the allocator at the last unpin.
+    doomed: HashSet<u64>,
 }
 
 impl Store {
     pub(crate) fn new(capacity: u64) -> Store {
         Store {
             alloc: Allocator::new(capacity, ALIGN as u64),
-            owner_of: HashMap::new(),
+            blocks: HashMap::new(),
+            pins: HashMap::new(),
+            doomed: HashSet::new(),
         }
     }
 
-    /// Allocates a block for an object owned by `owner`.
-    pub(crate) fn create(&mut self, size: u64, owner: WorkerId) -> Result<u64> {
+    /// Allocates a block for an object owned by `owner`, tagged `tag`.
+    pub(crate) fn create(&mut self, size: u64, owner: WorkerId, tag: u64) -> Result<u64> {
         match self.alloc.alloc(size) {
             Ok(off) => {
-                self.owner_of.insert(off, owner);
+                self.blocks.insert(off, (owner, tag));
                 Ok(off)
             }
             Err(AllocError::TooLarge { size, capacity }) => Err(Error::new(
@@ -191,17 +212,57 @@ impl Store {
         }
     }
 
+    /// Frees a block, or, while readers pin it, dooms it (its object is
+    /// gone at once; its bytes stay until the last unpin). False if no such
+    /// block is live.
     pub(crate) fn free(&mut self, offset: u64) -> bool {
-        self.owner_of.remove(&offset);
+        if self.blocks.remove(&offset).is_none() {
+            return false;
+        }
+        if self.pins.contains_key(&offset) {
+            self.doomed.insert(offset);
+            return true;
+        }
         self.alloc.free(offset)
+    }
+
+    /// Pins the live block at `offset` if it still holds the object tagged
+    /// `tag`.
+    pub(crate) fn pin(&mut self, offset: u64, tag: u64) -> Result<()> {
+        match self.blocks.get(&offset) {
+            Some((_, t)) if *t == tag => {
+                *self.pins.entry(offset).or_insert(0) += 1;
+                Ok(())
+            }
+            _ => Err(Error::new(
+                ErrorKind::ObjectLost,
+                format!(
+                    "the object at {offset} in this node's store was released (its owner freed it or died)"
+                ),
+            )),
+        }
+    }
+
+    /// Drops one pin; the last one of a doomed block frees it.
+    pub(crate) fn unpin(&mut self, offset: u64) {
+        let Some(n) = self.pins.get_mut(&offset) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.pins.remove(&offset);
+            if self.doomed.remove(&offset) {
+                self.alloc.free(offset);
+            }
+        }
     }
 
     /// Frees every block owned by a process that exited.
     pub(crate) fn free_owned_by(&mut self, owner: WorkerId) -> usize {
         let offs: Vec<u64> = self
-            .owner_of
+            .blocks
             .iter()
-            .filter(|(_, o)| **o == owner)
+            .filter(|(_, (o, _))| *o == owner)
             .map(|(off, _)| *off)
             .collect();
         for off in &offs {
@@ -237,7 +298,10 @@ mod tests {
         let path = PathBuf::from(format!("/dev/shm/rustray-test-{}", std::process::id()));
         let a = Arena::create(&path, 1 << 20).unwrap();
         let b = Arena::open(&path).unwrap();
-        a.write(4096, 5).unwrap().copy_from_slice(b"hello");
+        // SAFETY: a test arena nobody else writes or reads meanwhile.
+        unsafe { a.write(4096, 5) }
+            .unwrap()
+            .copy_from_slice(b"hello");
         assert_eq!(b.read(4096, 5).unwrap(), b"hello");
         assert!(b.read((1 << 20) - 2, 5).is_err());
         a.unlink();
@@ -248,13 +312,44 @@ mod tests {
     #[test]
     fn store_errors_name_the_problem_and_owner_exit_frees() {
         let mut s = Store::new(1 << 16);
-        let e = s.create(1 << 20, WorkerId(1)).unwrap_err();
+        let e = s.create(1 << 20, WorkerId(1), 1).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ObjectTooLarge);
-        let _a = s.create(40_000, WorkerId(1)).unwrap();
-        let e = s.create(40_000, WorkerId(2)).unwrap_err();
+        let _a = s.create(40_000, WorkerId(1), 7).unwrap();
+        let e = s.create(40_000, WorkerId(2), 8).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::StoreFull);
         assert_eq!(s.free_owned_by(WorkerId(1)), 1);
         assert_eq!(s.used(), 0);
-        s.create(40_000, WorkerId(2)).unwrap();
+        s.create(40_000, WorkerId(2), 9).unwrap();
+    }
+
+    #[test]
+    fn a_pinned_block_outlives_its_owner_and_is_never_reused_under_a_reader() {
+        let mut s = Store::new(1 << 16);
+        let a = s.create(40_000, WorkerId(1), 7).unwrap();
+        // Only the object it holds can be pinned.
+        assert_eq!(s.pin(a, 8).unwrap_err().kind(), ErrorKind::ObjectLost);
+        s.pin(a, 7).unwrap();
+        s.pin(a, 7).unwrap();
+        // The owner dies: the object is gone, its bytes are not.
+        assert_eq!(s.free_owned_by(WorkerId(1)), 1);
+        assert!(s.pin(a, 7).is_err(), "a doomed block takes no new pins");
+        assert_eq!(
+            s.create(40_000, WorkerId(2), 9).unwrap_err().kind(),
+            ErrorKind::StoreFull
+        );
+        s.unpin(a);
+        assert!(s.used() >= 40_000);
+        s.unpin(a);
+        assert_eq!(s.used(), 0);
+        assert_eq!(s.create(40_000, WorkerId(2), 9).unwrap(), a);
+        // An explicit free of a pinned block waits the same way; unpins of
+        // blocks never pinned change nothing.
+        s.pin(a, 9).unwrap();
+        assert!(s.free(a));
+        assert!(!s.free(a), "freed once");
+        s.unpin(a + 64);
+        assert!(s.used() >= 40_000);
+        s.unpin(a);
+        assert_eq!(s.used(), 0);
     }
 }

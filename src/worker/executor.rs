@@ -508,11 +508,13 @@ fn arg_bytes<'a>(cw: &'a CoreWorker, args: &'a [Payload]) -> Result<Vec<&'a [u8]
 }
 
 /// Arguments in another node's store, pulled into this node's for the
-/// task's duration (unpinned when dropped).
+/// task's duration, and arguments in this node's store, pinned for it
+/// (both released when dropped).
 struct LocalArgs<'a> {
     cw: &'a CoreWorker,
     args: Vec<Payload>,
     pulled: Vec<Payload>,
+    _pins: Option<super::free::BlockPins>,
 }
 
 impl<'a> LocalArgs<'a> {
@@ -523,10 +525,14 @@ impl<'a> LocalArgs<'a> {
         args: &[Payload],
         copies: &[(u32, Vec<u16>)],
     ) -> Result<LocalArgs<'a>> {
+        // This node's blocks first: their owner may die while the task
+        // reads them.
+        let here: Vec<&Payload> = args.iter().filter(|p| !cw.is_remote(p)).collect();
         let mut out = LocalArgs {
             cw,
             args: Vec::with_capacity(args.len()),
             pulled: Vec::new(),
+            _pins: cw.pin_local(&here)?,
         };
         for (i, p) in args.iter().enumerate() {
             if cw.is_remote(p) {

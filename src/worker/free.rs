@@ -11,6 +11,11 @@
 //! `Entry::replaced` and released by the first of [`CoreWorker::end_read`]
 //! or `maybe_free`, which runs whenever a ref, a borrower or a finished
 //! task's hold on its argument lets go.
+//!
+//! That covers frees by the owner. A reader that is not the owner cannot
+//! stop the owner's death from freeing the block (the raylet frees a dead
+//! process's blocks), so it pins the block at the raylet first
+//! ([`BlockPins`]): the raylet then keeps the bytes until the pin goes.
 
 use super::{CoreWorker, Effects, State};
 use crate::codec;
@@ -24,6 +29,58 @@ use std::sync::Arc;
 pub(crate) struct ReadGuard {
     cw: Arc<CoreWorker>,
     id: ObjectId,
+    _pins: Option<BlockPins>,
+}
+
+/// Pins at this node's raylet on blocks this process reads in place but
+/// does not own, released when dropped (or when the process ends).
+pub(crate) struct BlockPins {
+    raylet: Arc<crate::transport::Conn>,
+    offsets: Vec<u64>,
+}
+
+impl Drop for BlockPins {
+    fn drop(&mut self) {
+        let offsets = std::mem::take(&mut self.offsets);
+        let _ = self.raylet.send(&Msg::UnpinObjects { offsets });
+    }
+}
+
+impl CoreWorker {
+    /// Pins the blocks of this node's store among `payloads` (all or
+    /// none); `None` when there are none. Fails when one was released
+    /// meanwhile (its owner freed it or died).
+    pub(crate) fn pin_local(&self, payloads: &[&Payload]) -> Result<Option<BlockPins>> {
+        let blocks: Vec<(u64, u64)> = payloads
+            .iter()
+            .filter_map(|p| match **p {
+                Payload::Store {
+                    node, offset, tag, ..
+                } if node == self.session.node_index => Some((offset, tag)),
+                _ => None,
+            })
+            .collect();
+        if blocks.is_empty() {
+            return Ok(None);
+        }
+        let offsets = blocks.iter().map(|(o, _)| *o).collect();
+        match self.raylet_call(
+            |req| Msg::PinObjects { req, blocks },
+            "pinning objects to read",
+        )? {
+            Msg::ObjectsPinned { result, .. } => result.map_err(|e| {
+                Error::new(
+                    ErrorKind::OwnerDied,
+                    format!("{} (it cannot be read)", e.message()),
+                )
+            })?,
+            _ => return Err(Error::unavailable("unexpected reply from the raylet")),
+        }
+        Ok(Some(BlockPins {
+            raylet: self.raylet.clone(),
+            offsets,
+        }))
+    }
 }
 
 impl Drop for ReadGuard {
@@ -44,17 +101,28 @@ impl CoreWorker {
         if matches!(payload, Payload::Inline(_)) {
             return Ok(None);
         }
-        let mut st = self.lock();
-        match st.objects.get_mut(&id) {
-            Some(e) if !e.freed => {
-                e.views += 1;
-                Ok(Some(ReadGuard {
-                    cw: self.clone(),
-                    id,
-                }))
+        let pin = {
+            let mut st = self.lock();
+            match st.objects.get_mut(&id) {
+                Some(e) if !e.freed => {
+                    e.views += 1;
+                    // Another process's block on this node (a pulled copy
+                    // is pinned already).
+                    !e.owned && e.local_copy.is_none()
+                }
+                _ => return Err(freed_error(id)),
             }
-            _ => Err(freed_error(id)),
+        };
+        let mut guard = ReadGuard {
+            cw: self.clone(),
+            id,
+            _pins: None,
+        };
+        if pin {
+            // On failure the guard's drop ends the read.
+            guard._pins = self.pin_local(&[payload])?;
         }
+        Ok(Some(guard))
     }
 
     fn end_read(self: &Arc<Self>, id: ObjectId) {

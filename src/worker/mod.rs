@@ -517,6 +517,7 @@ impl CoreWorker {
         let req = match &msg {
             Msg::ObjectCreated { req, .. }
             | Msg::ObjectPulled { req, .. }
+            | Msg::ObjectsPinned { req, .. }
             | Msg::Nodes { req, .. }
             | Msg::BorrowAdded { req, .. }
             | Msg::ActorRegistered { req, .. }
@@ -1353,11 +1354,13 @@ impl CoreWorker {
             enc.write_to(&mut v);
             return Ok(Payload::Inline(v));
         }
+        let tag = crate::ids::random_u64();
         let reply = self.raylet_call(
             |req| Msg::CreateObject {
                 req,
                 size: len as u64,
                 owner,
+                tag,
             },
             "allocating in the object store",
         )?;
@@ -1365,10 +1368,12 @@ impl CoreWorker {
             Msg::ObjectCreated { result, .. } => result?,
             _ => return Err(Error::unavailable("unexpected reply from the raylet")),
         };
-        enc.write_to(self.arena.write(offset, len as u64)?);
+        // SAFETY: the raylet just allocated this block to us; its location
+        // is published (returned) only once it is written.
+        enc.write_to(unsafe { self.arena.write(offset, len as u64) }?);
         Ok(Payload::Store {
             node: self.session.node_index,
-            tag: crate::ids::random_u64(),
+            tag,
             offset,
             len: len as u64,
         })
