@@ -58,6 +58,10 @@ pub enum ErrorKind {
     /// Every copy of the object was on a node that was lost, or a transfer
     /// between nodes failed.
     ObjectLost,
+    /// A lost object could not be recomputed from its lineage: its task
+    /// ran out of retries, an argument it needs is gone, or it failed
+    /// (Ray's `ObjectReconstructionFailedError`).
+    ReconstructionFailed,
     /// The cluster is not running (no `init`, or after `shutdown`), or a
     /// cluster process could not be reached.
     ClusterUnavailable,
@@ -135,6 +139,7 @@ impl fmt::Display for Error {
             ErrorKind::NodeDied => "node died",
             ErrorKind::LocalRayletDied => "local raylet died",
             ErrorKind::ObjectLost => "object lost",
+            ErrorKind::ReconstructionFailed => "reconstruction failed",
             ErrorKind::ClusterUnavailable => "cluster unavailable",
             ErrorKind::InvalidArgument => "invalid argument",
             ErrorKind::Io => "I/O error",

@@ -337,7 +337,9 @@ fn messages() -> Vec<Msg> {
             returns: vec![Payload::Inline(codec::encode_error(&err))],
             app_error: true,
             exiting: false,
+            lost_args: vec![1],
         },
+        Msg::ObjectLost { id: oid(4), tag: 5 },
         Msg::ObjectReady {
             id: oid(3),
             payload: Payload::Inline(vec![0; 200]),

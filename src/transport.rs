@@ -568,6 +568,15 @@ pub(crate) enum Msg {
         /// The worker exits now (`max_calls` reached): tasks still in
         /// flight to it never started; the lease ends with it.
         exiting: bool,
+        /// It could not start: these arguments (by index) were lost with
+        /// every copy. The owner recovers them and runs it again.
+        lost_args: Vec<u32>,
+    },
+    /// Borrower to owner: every copy of the object (the store block
+    /// tagged `tag`) is gone; recover it (reconstruction) or say it is lost.
+    ObjectLost {
+        id: ObjectId,
+        tag: u64,
     },
     /// A worker that blocked hands back tasks it had not started yet, so
     /// they can run elsewhere instead of waiting behind it.

@@ -296,6 +296,98 @@ fn raylet_pid_of(node: &rustray::Node) -> u32 {
     .1
 }
 
+/// Counts its runs in `marker` (a file: runs may be in any process), then
+/// makes `n` bytes; says on which node.
+#[rustray::remote]
+fn counted_bytes(marker: String, n: usize, seed: u8) -> (Vec<u8>, String) {
+    count_run(&marker);
+    (pattern(n, seed), rustray::node_name().expect("node name"))
+}
+
+/// Counts its runs in `marker`, then returns its argument's bytes reversed.
+#[rustray::remote]
+fn counted_reverse(marker: String, data: (Vec<u8>, String)) -> (Vec<u8>, String) {
+    count_run(&marker);
+    let mut v = data.0;
+    v.reverse();
+    (v, rustray::node_name().expect("node name"))
+}
+
+fn count_run(marker: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(marker)
+        .expect("marker file");
+    f.write_all(b"x").expect("marker write");
+}
+
+fn runs(marker: &str) -> usize {
+    std::fs::read(marker).map(|b| b.len()).unwrap_or(0)
+}
+
+/// test_reconstruction.py's basic and chained reconstruction: results
+/// whose only copies were on a lost node are recomputed on a live node by
+/// running their tasks again, recursively through a lost argument (the
+/// second task's input, on the same node); each run counts against the
+/// task's `max_retries`. A result of a task without retries stays lost.
+fn test_lineage_reconstruction() {
+    let nodes = three_nodes();
+    let victim = &nodes[2];
+    let raylet = raylet_pid_of(victim);
+    let dir = std::env::temp_dir();
+    let ma = dir.join(format!("rustray-recon-a-{}", std::process::id()));
+    let mb = dir.join(format!("rustray-recon-b-{}", std::process::id()));
+    let (ma, mb) = (ma.display().to_string(), mb.display().to_string());
+    let _ = (std::fs::remove_file(&ma), std::fs::remove_file(&mb));
+    let there = SchedulingStrategy::NodeAffinity {
+        node: victim.name.clone(),
+        soft: true,
+    };
+    let a = counted_bytes::options()
+        .scheduling_strategy(there.clone())
+        .remote(ma.clone(), 1 << 20, 3u8);
+    let b = counted_reverse::options()
+        .scheduling_strategy(there.clone())
+        .remote(mb.clone(), &a);
+    let lost_for_good = make_bytes::options()
+        .scheduling_strategy(there)
+        .max_retries(0)
+        .remote(1 << 20, 4u8);
+    let (ready, _) = rustray::wait_with(
+        &[a.clone(), b.clone()],
+        2,
+        Some(Duration::from_secs(30)),
+        false,
+    )
+    .expect("wait");
+    assert_eq!(ready.len(), 2);
+    rustray::wait_with(
+        &[lost_for_good.clone()],
+        1,
+        Some(Duration::from_secs(30)),
+        false,
+    )
+    .expect("wait");
+    assert_eq!((runs(&ma), runs(&mb)), (1, 1));
+    kill9(raylet);
+    let (bytes, node) = rustray::get_timeout(&b, Duration::from_secs(60)).expect("b recomputed");
+    let mut want = pattern(1 << 20, 3);
+    want.reverse();
+    assert!(bytes == want, "b's bytes");
+    assert_ne!(node, victim.name);
+    assert_eq!(runs(&mb), 2, "b ran again");
+    assert_eq!(runs(&ma), 2, "its lost argument a ran again first");
+    let (bytes, _) = rustray::get_timeout(&a, Duration::from_secs(60)).expect("a");
+    assert!(bytes == pattern(1 << 20, 3), "a's bytes");
+    assert_eq!(runs(&ma), 2, "a recomputed once");
+    let e = rustray::get_timeout(&lost_for_good, Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ObjectLost, "{e}");
+    assert!(e.message().contains("cannot be reconstructed"), "{e}");
+    let _ = (std::fs::remove_file(&ma), std::fs::remove_file(&mb));
+}
+
 fn kill9(pid: u32) {
     let ok = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -313,9 +405,11 @@ fn test_node_lost_mid_job() {
     let nodes = three_nodes();
     let victim = &nodes[2];
     let raylet = raylet_pid_of(victim);
-    // An object whose only copy is in node 2's store (never fetched here).
+    // An object whose only copy is in node 2's store (never fetched here),
+    // made by a task without retries: not reconstructable.
     let only_there = make_bytes::options()
         .resource(&pin(victim), 0.01)
+        .max_retries(0)
         .remote(1 << 20, 9u8);
     let (ready, _) = rustray::wait_with(
         &[only_there.clone()],
@@ -881,6 +975,7 @@ fn main() {
             test_locality_runs_tasks_where_their_data_is,
         ),
         ("test_node_lost_mid_job", test_node_lost_mid_job),
+        ("test_lineage_reconstruction", test_lineage_reconstruction),
         (
             "test_object_directory_serves_copies_after_primary_loss",
             test_object_directory_serves_copies_after_primary_loss,

@@ -196,7 +196,7 @@ impl CoreWorker {
     /// connection thread, which must never block writing.
     fn run_current(self: &Arc<Self>, conn: &Arc<Conn>, spec: &TaskSpec, inline: bool) {
         let t0 = std::time::Instant::now();
-        let (returns, app_error) = {
+        let out = {
             let mut actor = self.exec.actor.lock().unwrap_or_else(|p| p.into_inner());
             run(self, spec, actor.as_mut(), None)
         };
@@ -214,9 +214,10 @@ impl CoreWorker {
         };
         let done = Msg::TaskDone {
             task: spec.id,
-            returns,
-            app_error,
+            returns: out.returns,
+            app_error: out.app_error,
             exiting,
+            lost_args: out.lost_args,
         };
         if exiting {
             // Ray's max_calls: the result goes out, then the process ends
@@ -276,6 +277,7 @@ impl CoreWorker {
                 returns: error_returns(&spec, &err),
                 app_error: false,
                 exiting: false,
+                lost_args: Vec::new(),
             });
         } else if running {
             // A running task cannot be interrupted safely from outside, so,
@@ -482,13 +484,14 @@ fn pool_thread(cw: &Arc<CoreWorker>, shared: &SharedActor) -> ! {
             }
         };
         POOL_TASK.with(|t| t.set(Some(spec.id)));
-        let (returns, app_error) = run(cw, &spec, None, Some(shared));
+        let out = run(cw, &spec, None, Some(shared));
         POOL_TASK.with(|t| t.set(None));
         let _ = conn.send(&Msg::TaskDone {
             task: spec.id,
-            returns,
-            app_error,
+            returns: out.returns,
+            app_error: out.app_error,
             exiting: false,
+            lost_args: out.lost_args,
         });
     }
 }
@@ -520,11 +523,13 @@ struct LocalArgs<'a> {
 impl<'a> LocalArgs<'a> {
     /// `copies`: other nodes holding an argument (by index), tried when
     /// its primary's node cannot serve it.
+    /// Fails naming the argument whose every copy is gone, if that is
+    /// why: its owner can reconstruct it and run the task again.
     fn new(
         cw: &'a CoreWorker,
         args: &[Payload],
         copies: &[(u32, Vec<u16>)],
-    ) -> Result<LocalArgs<'a>> {
+    ) -> std::result::Result<LocalArgs<'a>, (Error, Option<u32>)> {
         // This node's blocks first: their owner may die while the task
         // reads them.
         let here: Vec<&Payload> = args.iter().filter(|p| !cw.is_remote(p)).collect();
@@ -532,11 +537,16 @@ impl<'a> LocalArgs<'a> {
             cw,
             args: Vec::with_capacity(args.len()),
             pulled: Vec::new(),
-            _pins: cw.pin_local(&here)?,
+            _pins: cw.pin_local(&here).map_err(|e| (e, None))?,
         };
         for (i, p) in args.iter().enumerate() {
             if cw.is_remote(p) {
-                let local = cw.pull(p, crate::transport::copies_of(copies, i), None)?;
+                let local = cw
+                    .pull(p, crate::transport::copies_of(copies, i), None)
+                    .map_err(|e| {
+                        let lost = (e.kind() == ErrorKind::ObjectLost).then_some(i as u32);
+                        (e, lost)
+                    })?;
                 out.pulled.push(p.clone());
                 out.args.push(local);
             } else {
@@ -565,7 +575,7 @@ fn construct(cw: &Arc<CoreWorker>, spec: &ActorSpec) -> Result<Box<dyn Any + Sen
             ),
         )
     })?;
-    let local = LocalArgs::new(cw, &spec.args, &[])?;
+    let local = LocalArgs::new(cw, &spec.args, &[]).map_err(|(e, _)| e)?;
     let bytes = arg_bytes(cw, &local.args)?;
     let mut reader = ArgReader::new(&bytes, &spec.class);
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -585,26 +595,51 @@ fn construct(cw: &Arc<CoreWorker>, spec: &ActorSpec) -> Result<Box<dyn Any + Sen
 
 /// Runs one task and turns its outcome into result payloads; says whether
 /// the function returned `Err` (an application error).
+/// What running a task gave: a `TaskDone`'s contents.
+struct Outcome {
+    returns: Vec<Payload>,
+    app_error: bool,
+    /// Arguments it could not start without: every copy was gone.
+    lost_args: Vec<u32>,
+}
+
 fn run(
     cw: &Arc<CoreWorker>,
     spec: &TaskSpec,
     actor: Option<&mut (String, Box<dyn Any + Send>)>,
     shared: Option<&SharedActor>,
-) -> (Vec<Payload>, bool) {
+) -> Outcome {
     if spec.actor.is_none() {
         cw.exec.assign(&spec.resources);
     }
+    let local = match LocalArgs::new(cw, &spec.args, &spec.arg_copies) {
+        Ok(l) => l,
+        Err((e, lost)) => {
+            return Outcome {
+                returns: error_returns(spec, &e),
+                app_error: false,
+                lost_args: lost.into_iter().collect(),
+            }
+        }
+    };
     let mut panicked = false;
-    let outcome = invoke(cw, spec, actor, shared, &mut panicked);
-    let returns = match outcome {
-        Ok(r) => r,
+    let outcome = invoke(cw, spec, &local, actor, shared, &mut panicked);
+    drop(local);
+    let (returns, app_error) = match outcome {
+        Ok(r) => {
+            let app_error = r.app_error;
+            (store_returns(cw, spec, r), app_error)
+        }
         // A panic is an application error too (`retry_exceptions(true)`
         // retries it, as Ray retries any exception); a task that could not
         // start (unregistered, bad arguments) is not.
-        Err(e) => return (error_returns(spec, &e), panicked),
+        Err(e) => (error_returns(spec, &e), panicked),
     };
-    let app_error = returns.app_error;
-    (store_returns(cw, spec, returns), app_error)
+    Outcome {
+        returns,
+        app_error,
+        lost_args: Vec::new(),
+    }
 }
 
 fn store_returns(cw: &Arc<CoreWorker>, spec: &TaskSpec, returns: Returns) -> Vec<Payload> {
@@ -643,11 +678,11 @@ fn keep_forever(refs: Vec<super::RawRef>) {
 fn invoke(
     cw: &Arc<CoreWorker>,
     spec: &TaskSpec,
+    local: &LocalArgs<'_>,
     actor: Option<&mut (String, Box<dyn Any + Send>)>,
     shared: Option<&SharedActor>,
     panicked: &mut bool,
 ) -> Result<Returns> {
-    let local = LocalArgs::new(cw, &spec.args, &spec.arg_copies)?;
     let bytes = arg_bytes(cw, &local.args)?;
     let mut reader = ArgReader::new(&bytes, &spec.function);
     let what;

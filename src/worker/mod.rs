@@ -26,6 +26,7 @@
 
 pub(crate) mod executor;
 pub(crate) mod free;
+pub(crate) mod lineage;
 pub(crate) mod submitter;
 
 use crate::codec;
@@ -89,6 +90,8 @@ pub(crate) struct Entry {
     /// process created (Ray counts actor handles as it counts object refs):
     /// when it is freed, no handle remains anywhere and the actor ends.
     pub(crate) actor: Option<ActorId>,
+    /// Owner side: the finished task whose lineage can make it again.
+    pub(crate) made_by: Option<TaskId>,
 }
 
 /// Side effects computed under the state lock, performed after it.
@@ -439,8 +442,10 @@ impl CoreWorker {
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&node);
                 // Its raylet is gone: locality stops counting that node
-                // (until the GCS's node table says otherwise).
+                // (until the GCS's node table says otherwise), and the
+                // lease requests it held go elsewhere.
                 me2.mark_node_lost(node);
+                me2.remote_raylet_lost(node);
             },
         )?;
         g.insert(node, conn.clone());
@@ -461,6 +466,15 @@ impl CoreWorker {
     /// Records in the cached node table that `node`'s raylet cannot be
     /// reached (a lost node): a later read of the table from the GCS
     /// replaces the entry.
+    /// The cached node table says `node` was lost.
+    pub(crate) fn node_known_lost(&self, node: u16) -> bool {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node)
+            .is_some_and(|i| !i.alive)
+    }
+
     pub(crate) fn mark_node_lost(&self, node: u16) {
         if let Some(n) = self
             .nodes
@@ -614,7 +628,28 @@ impl CoreWorker {
                 returns,
                 app_error,
                 exiting,
-            } => self.task_done(from, task, returns, app_error, exiting),
+                lost_args,
+            } => self.task_done(from, task, returns, app_error, exiting, lost_args),
+            Msg::ObjectLost { id, tag } => {
+                let mut fx = Effects::default();
+                {
+                    let mut st = self.lock();
+                    let lost = st.objects.get(&id).and_then(|e| match &e.value {
+                        Some(p @ Payload::Store { tag: t, .. }) if *t == tag && e.owned => {
+                            Some(p.clone())
+                        }
+                        _ => None,
+                    });
+                    if let Some(lost) = lost {
+                        let why = Error::new(
+                            ErrorKind::ObjectLost,
+                            format!("every copy of object {id} is gone (found by {from})"),
+                        );
+                        let _ = self.object_lost(&mut st, id, &lost, &why, &mut fx);
+                    }
+                }
+                self.apply(fx);
+            }
             Msg::TasksReturned { tasks } => self.tasks_returned(from, tasks),
             Msg::WorkerUnblocked => self.worker_unblocked(from),
             Msg::GetObject { id } => self.remote_get(from, conn, id),
@@ -916,6 +951,9 @@ impl CoreWorker {
         let Some(e) = st.objects.remove(&id) else {
             return;
         };
+        if let Some(t) = e.made_by {
+            Self::release_lineage(st, t);
+        }
         // A pulled copy is pinned under the original block's coordinates.
         if let (Some(_), Some(original)) = (&e.local_copy, e.replaced.as_ref().or(e.value.as_ref()))
         {
@@ -1311,7 +1349,19 @@ impl CoreWorker {
             },
             None => Vec::new(),
         };
-        let local = self.pull(&p, &copies, deadline)?;
+        let local = match self.pull(&p, &copies, deadline) {
+            Ok(local) => local,
+            Err(e) if e.kind() == ErrorKind::ObjectLost => {
+                // Recovered from its lineage (or by its owner), else the
+                // reason it cannot be.
+                let mut fx = Effects::default();
+                let r = self.object_lost(&mut self.lock(), id, &p, &e, &mut fx);
+                self.apply(fx);
+                r?;
+                return self.wait_local(id, deadline);
+            }
+            Err(e) => return Err(e),
+        };
         let mut st = self.lock();
         match st.objects.get_mut(&id) {
             Some(e) if e.local_copy.is_none() => {

@@ -34,6 +34,7 @@ use super::{CoreWorker, Effects, State};
 use crate::codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, LeaseId, ObjectId, TaskId, WorkerId};
+use crate::log;
 use crate::scheduler::{ResourceSet, Spill};
 use crate::task::RetryFilter;
 use crate::transport::{ActorLookup, ActorState, Conn, Msg, Payload, TaskSpec};
@@ -77,33 +78,33 @@ pub(crate) struct SchedKey {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
+pub(super) enum Status {
     WaitingDeps,
     Queued,
     Running(WorkerId),
 }
 
-struct TaskEntry {
-    spec: TaskSpec,
+pub(super) struct TaskEntry {
+    pub(super) spec: TaskSpec,
     /// (argument index, object) still unresolved
-    deps: Vec<(usize, ObjectId)>,
+    pub(super) deps: Vec<(usize, ObjectId)>,
     /// Refs this task needs alive until it finishes.
-    keep: Vec<RawRef>,
+    pub(super) keep: Vec<RawRef>,
     /// An actor call's hold on its actor's handle token (see `submit`).
-    handle: Option<ObjectId>,
-    target: Target,
+    pub(super) handle: Option<ObjectId>,
+    pub(super) target: Target,
     /// Its key once queued.
-    key: Option<SchedKey>,
-    retries_left: u32,
-    max_retries: u32,
-    status: Status,
-    cancelled: bool,
+    pub(super) key: Option<SchedKey>,
+    pub(super) retries_left: u32,
+    pub(super) max_retries: u32,
+    pub(super) status: Status,
+    pub(super) cancelled: bool,
     /// When it was pushed to its worker.
-    pushed: Option<Instant>,
+    pub(super) pushed: Option<Instant>,
     /// Which application errors are retried (Ray's `retry_exceptions`).
-    retry_exceptions: Option<RetryFilter>,
+    pub(super) retry_exceptions: Option<RetryFilter>,
     /// The objects passed by ref, by argument index (for their copies).
-    arg_ids: Vec<(usize, ObjectId)>,
+    pub(super) arg_ids: Vec<(usize, ObjectId)>,
 }
 
 /// Submission options beyond the common ones.
@@ -164,12 +165,18 @@ struct ActorQueue {
 /// The owner-side submission state (inside the core worker's lock).
 #[derive(Default)]
 pub(crate) struct Submitter {
-    tasks: HashMap<TaskId, TaskEntry>,
+    pub(super) tasks: HashMap<TaskId, TaskEntry>,
+    /// How to run finished tasks again if their results are lost.
+    pub(super) lineage: super::lineage::LineageTable,
     classes: HashMap<SchedKey, ClassQueue>,
     dep_waiters: HashMap<ObjectId, Vec<TaskId>>,
     leases: HashMap<LeaseId, LeaseState>,
     by_worker: HashMap<WorkerId, LeaseId>,
     lease_reqs: HashMap<u64, SchedKey>,
+    /// Lease requests sent to another node's raylet, by request: that node,
+    /// and whether the request may fall back to the local raylet. A raylet
+    /// that dies answers none of them.
+    remote_reqs: HashMap<u64, (u16, bool)>,
     /// Next node for a spread lease request (index into the live nodes).
     spread_next: usize,
     actors: HashMap<ActorId, ActorQueue>,
@@ -284,13 +291,7 @@ impl CoreWorker {
                 // Bytes of its arguments per node, primary and cached
                 // copies alike (Ray's locality counts every location),
                 // on nodes not known to be lost.
-                let dead = |n: u16| {
-                    self.nodes
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(&n)
-                        .is_some_and(|i| !i.alive)
-                };
+                let dead = |n: u16| self.node_known_lost(n);
                 let mut bytes: HashMap<u16, u64> = HashMap::new();
                 for (i, a) in t.spec.args.iter().enumerate() {
                     if let Payload::Store { node, len, .. } = a {
@@ -428,9 +429,25 @@ impl CoreWorker {
         if let Some(a) = actor {
             st.sub.actors.entry(a).or_default().pending.push_back(id);
         }
+        self.resolve_deps(&mut st, id, dep_refs, &mut fx);
+        drop(st);
+        self.apply(fx);
+        refs
+    }
+
+    /// Fills task `id`'s by-ref arguments `deps` that are ready, waits for
+    /// the others, and queues it once none is missing (fails it if one
+    /// holds an error).
+    pub(super) fn resolve_deps(
+        self: &Arc<Self>,
+        st: &mut State,
+        id: TaskId,
+        deps: Vec<(usize, ObjectId)>,
+        fx: &mut Effects,
+    ) {
         let mut failed = None;
-        for (i, dep) in dep_refs {
-            match self.poll_value(&mut st, dep, &mut fx) {
+        for (i, dep) in deps {
+            match self.poll_value(st, dep, fx) {
                 Ok(Some(p)) => {
                     if let Some(e) = payload_error(self, &p) {
                         failed = Some(e);
@@ -456,13 +473,10 @@ impl CoreWorker {
             }
         }
         if let Some(e) = failed {
-            self.finish_failed(&mut st, id, &e, &mut fx);
+            self.finish_failed(st, id, &e, fx);
         } else {
-            self.ready_if_resolved(&mut st, id, &mut fx);
+            self.ready_if_resolved(st, id, fx);
         }
-        drop(st);
-        self.apply(fx);
-        refs
     }
 
     /// Stores an already-encoded value as a new owned object.
@@ -481,7 +495,7 @@ impl CoreWorker {
         Ok(r)
     }
 
-    fn fail_returns(
+    pub(super) fn fail_returns(
         self: &Arc<Self>,
         st: &mut State,
         spec: &TaskSpec,
@@ -635,6 +649,10 @@ impl CoreWorker {
                 }
                 None => self.session.node_index,
             };
+            let fallback = class.node.is_none() || class.soft;
+            if node != self.session.node_index {
+                sub.remote_reqs.insert(req, (node, fallback));
+            }
             fx.lease_requests.push(LeaseRequest {
                 req,
                 shape: class.shape.clone(),
@@ -649,7 +667,7 @@ impl CoreWorker {
                     (Some(_), true) => Spill::Later,
                     (Some(_), false) => Spill::Never,
                 },
-                fallback: class.node.is_none() || class.soft,
+                fallback,
             });
         }
     }
@@ -658,6 +676,7 @@ impl CoreWorker {
         let conn = self.peer(worker);
         let mut fx = Effects::default();
         let mut st = self.lock();
+        st.sub.remote_reqs.remove(&req);
         let Some(class) = st.sub.lease_reqs.remove(&req) else {
             fx.return_leases.push((lease, false));
             drop(st);
@@ -695,7 +714,12 @@ impl CoreWorker {
     /// The local raylet redirected a lease request to another node's.
     pub(crate) fn lease_spilled(self: &Arc<Self>, req: u64, node: u16) {
         let mut fx = Effects::default();
-        if let Some(class) = self.lock().sub.lease_reqs.get(&req).cloned() {
+        let mut st = self.lock();
+        if let Some(class) = st.sub.lease_reqs.get(&req).cloned() {
+            if node != self.session.node_index {
+                st.sub.remote_reqs.insert(req, (node, true));
+            }
+            drop(st);
             fx.lease_requests.push(LeaseRequest {
                 req,
                 shape: class.shape,
@@ -707,9 +731,62 @@ impl CoreWorker {
         self.apply(fx);
     }
 
+    /// Node `node`'s raylet is gone: the lease requests it had not
+    /// answered go to the local raylet, or fail when they may not.
+    pub(crate) fn remote_raylet_lost(self: &Arc<Self>, node: u16) {
+        let mut fx = Effects::default();
+        let mut failed = Vec::new();
+        {
+            let mut st = self.lock();
+            let reqs: Vec<(u64, bool)> = st
+                .sub
+                .remote_reqs
+                .iter()
+                .filter(|(_, (n, _))| *n == node)
+                .map(|(r, (_, f))| (*r, *f))
+                .collect();
+            for (req, fallback) in reqs {
+                st.sub.remote_reqs.remove(&req);
+                let Some(class) = st.sub.lease_reqs.get(&req) else {
+                    continue;
+                };
+                if fallback {
+                    fx.lease_requests.push(LeaseRequest {
+                        req,
+                        shape: class.shape.clone(),
+                        node: self.session.node_index,
+                        spill: Spill::Never,
+                        fallback: false,
+                    });
+                } else {
+                    failed.push(req);
+                }
+            }
+        }
+        if !fx.lease_requests.is_empty() {
+            log!(
+                "node {node}'s raylet is gone with {} lease requests unanswered; asking the local raylet",
+                fx.lease_requests.len()
+            );
+        }
+        self.apply(fx);
+        for req in failed {
+            self.lease_failed(
+                req,
+                Error::new(
+                    ErrorKind::NodeDied,
+                    format!(
+                        "node {node} was lost before it granted a lease for a task bound to it"
+                    ),
+                ),
+            );
+        }
+    }
+
     pub(crate) fn lease_failed(self: &Arc<Self>, req: u64, error: Error) {
         let mut fx = Effects::default();
         let mut st = self.lock();
+        st.sub.remote_reqs.remove(&req);
         if let Some(class) = st.sub.lease_reqs.remove(&req) {
             // A hard affinity to a node that can never fit the request is
             // unschedulable there (it may not go elsewhere).
@@ -746,6 +823,7 @@ impl CoreWorker {
         returns: Vec<Payload>,
         app_error: bool,
         exiting: bool,
+        lost_args: Vec<u32>,
     ) {
         // retry_exceptions: the filter is user code, run outside the lock.
         let retry = app_error && {
@@ -810,6 +888,16 @@ impl CoreWorker {
                 self.lease_ended_by_worker(&mut st, from);
             }
         }
+        if !lost_args.is_empty() && !t.cancelled {
+            // It never started: its lost arguments come back first.
+            self.args_lost(&mut st, t, &lost_args, &mut fx);
+            if let Some(c) = class {
+                self.dispatch(&mut st, &c, &mut fx);
+            }
+            drop(st);
+            self.apply(fx);
+            return;
+        }
         if retry && t.retries_left > 0 && !t.cancelled {
             // Ray's retry_exceptions: this attempt's results are dropped and
             // the task queued again, as after a worker death.
@@ -842,6 +930,7 @@ impl CoreWorker {
             for (id, p) in t.spec.returns.iter().zip(returns) {
                 self.set_value(&mut st, *id, p, &mut fx);
             }
+            self.record_lineage(&mut st, &t);
         } else {
             let e = Error::new(
                 ErrorKind::TaskFailed,

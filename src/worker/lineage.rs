@@ -1,0 +1,356 @@
+//! Lineage reconstruction: an object whose every copy was lost (its node
+//! died) is recomputed by running the task that made it again, as Ray's
+//! owner does (`core_worker/object_recovery_manager.cc` with the task
+//! manager's lineage).
+//!
+//! The owner keeps, for each finished task with results in the store, how
+//! to run it again (its spec, target and remaining retries), for as long
+//! as one of those results is in the object table. When a `get` (or a
+//! borrower, or a worker starting a task) finds every copy of such a result
+//! gone, the owner resets the task's stored results to pending and submits
+//! the task again under its own id, its by-ref arguments resolved afresh;
+//! an argument that is itself lost is recovered the same way when the
+//! worker reports it (`TaskDone::lost_args`), so recovery recurses through
+//! the lineage. Each run counts against the task's `max_retries`.
+//!
+//! What cannot be recovered gets a value that says why, so every waiter
+//! fails at once: a `put` object, or a result of a task without retries,
+//! stays `ObjectLost`; a task out of retries, or whose by-ref argument was
+//! already released (the lineage does not keep arguments alive, unlike
+//! Ray's lineage pinning), is `ReconstructionFailed`. Actor results are not
+//! recomputed (Ray does so only with `max_task_retries`).
+
+use super::submitter::{Status, Target, TaskEntry};
+use super::{CoreWorker, Effects, RawRef, State};
+use crate::codec;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::{ObjectId, TaskId};
+use crate::log;
+use crate::task::RetryFilter;
+use crate::transport::{Msg, Payload, TaskSpec};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Bytes of lineage an owner keeps at most (specs with their inline
+/// arguments); past it, new results are not reconstructable (Ray's
+/// `max_lineage_bytes`, 1 GiB there).
+const MAX_LINEAGE_BYTES: usize = 256 << 20;
+
+/// How to run a finished task again.
+pub(crate) struct Lineage {
+    spec: TaskSpec,
+    arg_ids: Vec<(usize, ObjectId)>,
+    target: Target,
+    retries_left: u32,
+    max_retries: u32,
+    retry_exceptions: Option<RetryFilter>,
+    /// Objects in the table that this task made.
+    live: u32,
+    bytes: usize,
+}
+
+/// The owner's lineage, by task.
+#[derive(Default)]
+pub(crate) struct LineageTable {
+    tasks: HashMap<TaskId, Lineage>,
+    bytes: usize,
+    /// The cap was reached (logged once).
+    full: bool,
+}
+
+fn spec_bytes(spec: &TaskSpec) -> usize {
+    let args: usize = spec
+        .args
+        .iter()
+        .map(|p| match p {
+            Payload::Inline(b) => b.len(),
+            Payload::Store { .. } => 32,
+        })
+        .sum();
+    256 + spec.function.len() + args
+}
+
+/// The store block a payload names, by its tag.
+fn tag_of(p: &Payload) -> Option<u64> {
+    match p {
+        Payload::Store { tag, .. } => Some(*tag),
+        Payload::Inline(_) => None,
+    }
+}
+
+impl CoreWorker {
+    /// A task finished with results in the store: keep how to run it again
+    /// while any of them lives.
+    pub(super) fn record_lineage(&self, st: &mut State, t: &TaskEntry) {
+        if t.spec.actor.is_some() || t.max_retries == 0 || t.cancelled {
+            return;
+        }
+        let tid = t.spec.id;
+        let known = st.sub.lineage.tasks.contains_key(&tid);
+        let bytes = spec_bytes(&t.spec);
+        if !known && st.sub.lineage.bytes + bytes > MAX_LINEAGE_BYTES {
+            if !st.sub.lineage.full {
+                st.sub.lineage.full = true;
+                log!(
+                    "lineage of this process's tasks passed {MAX_LINEAGE_BYTES} bytes: results of later tasks are not reconstructable if lost"
+                );
+            }
+            return;
+        }
+        let mut new = 0;
+        for r in &t.spec.returns {
+            if let Some(e) = st.objects.get_mut(r) {
+                if matches!(e.value, Some(Payload::Store { .. })) && e.made_by != Some(tid) {
+                    e.made_by = Some(tid);
+                    new += 1;
+                }
+            }
+        }
+        let table = &mut st.sub.lineage;
+        if let Some(l) = table.tasks.get_mut(&tid) {
+            l.live += new;
+            l.retries_left = t.retries_left;
+            return;
+        }
+        if new == 0 {
+            return;
+        }
+        table.bytes += bytes;
+        table.tasks.insert(
+            tid,
+            Lineage {
+                spec: t.spec.clone(),
+                arg_ids: t.arg_ids.clone(),
+                target: t.target.clone(),
+                retries_left: t.retries_left,
+                max_retries: t.max_retries,
+                retry_exceptions: t.retry_exceptions.clone(),
+                live: new,
+                bytes,
+            },
+        );
+    }
+
+    /// An object made by `tid` left the table.
+    pub(super) fn release_lineage(st: &mut State, tid: TaskId) {
+        let table = &mut st.sub.lineage;
+        if let Some(l) = table.tasks.get_mut(&tid) {
+            l.live = l.live.saturating_sub(1);
+            if l.live == 0 {
+                table.bytes -= l.bytes;
+                table.tasks.remove(&tid);
+            }
+        }
+    }
+
+    /// Every copy of `id`'s block `lost` is gone (`why`). The owner
+    /// recomputes it from its lineage, or makes its value the error saying
+    /// why it cannot; a borrower tells the owner and will ask it again.
+    /// `Ok`: a new value is coming (wait for it); `Err`: it is not.
+    pub(crate) fn object_lost(
+        self: &Arc<Self>,
+        st: &mut State,
+        id: ObjectId,
+        lost: &Payload,
+        why: &Error,
+        fx: &mut Effects,
+    ) -> Result<()> {
+        let Some(e) = st.objects.get_mut(&id) else {
+            return Err(why.clone());
+        };
+        let current = e.value.as_ref().and_then(tag_of);
+        if current.is_none() || current != tag_of(lost) {
+            // Recovered since, or being recovered: wait for that.
+            return Ok(());
+        }
+        if !e.owned {
+            e.value = None;
+            e.requested = false;
+            if e.local_copy.take().is_some() {
+                fx.unpins.push(lost.clone());
+            }
+            if let Some(tag) = tag_of(lost) {
+                fx.to_owner.push((id.owner, Msg::ObjectLost { id, tag }));
+            }
+            return Ok(());
+        }
+        match self.reconstruct(st, id, lost, why, fx) {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                // Every later get, and every borrower asking, fails at once.
+                if let Some(e) = st.objects.get_mut(&id) {
+                    e.value = Some(Payload::Inline(codec::encode_error(&err)));
+                    if e.local_copy.take().is_some() {
+                        fx.unpins.push(lost.clone());
+                    }
+                    fx.notify = true;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Submits again the task that made owned object `id`.
+    fn reconstruct(
+        self: &Arc<Self>,
+        st: &mut State,
+        id: ObjectId,
+        lost: &Payload,
+        why: &Error,
+        fx: &mut Effects,
+    ) -> Result<()> {
+        let Some(tid) = st.objects.get(&id).and_then(|e| e.made_by) else {
+            return Err(Error::new(
+                ErrorKind::ObjectLost,
+                format!(
+                    "{}; object {id} was put, or made by a task without retries, so it cannot be reconstructed",
+                    why.message()
+                ),
+            ));
+        };
+        if st.sub.tasks.contains_key(&tid) {
+            return Ok(());
+        }
+        let failed = |msg: String| Error::new(ErrorKind::ReconstructionFailed, msg);
+        let Some(l) = st.sub.lineage.tasks.get_mut(&tid) else {
+            return Err(failed(format!(
+                "object {id} was lost ({}) and the lineage of the task that made it is gone",
+                why.message()
+            )));
+        };
+        if l.retries_left == 0 {
+            return Err(failed(format!(
+                "object {id} was lost ({}) and task `{}` that made it has no retries left (max_retries = {})",
+                why.message(),
+                l.spec.function,
+                l.max_retries
+            )));
+        }
+        if let Some((_, a)) = l.arg_ids.iter().find(|(_, a)| !st.objects.contains_key(a)) {
+            return Err(failed(format!(
+                "object {id} was lost ({}) and task `{}` that made it cannot run again: its argument {a} was released",
+                why.message(),
+                l.spec.function
+            )));
+        }
+        if l.retries_left != crate::task::RETRY_FOREVER {
+            l.retries_left -= 1;
+        }
+        let mut spec = l.spec.clone();
+        let arg_ids = l.arg_ids.clone();
+        let (target, retries_left, max_retries, retry_exceptions) = (
+            match l.target {
+                // A soft affinity to the lost node runs elsewhere now.
+                Target::Node { node, soft: true } if self.node_known_lost(node) => Target::Default,
+                ref t => t.clone(),
+            },
+            l.retries_left,
+            l.max_retries,
+            l.retry_exceptions.clone(),
+        );
+        for (i, _) in &arg_ids {
+            spec.args[*i] = Payload::Inline(Vec::new());
+        }
+        spec.arg_copies.clear();
+        log!(
+            "object {id} was lost ({}): running task `{}` again to reconstruct it",
+            why.message(),
+            spec.function
+        );
+        let returns = spec.returns.clone();
+        // The run holds its arguments, as the first one did.
+        let mut keep = Vec::with_capacity(arg_ids.len());
+        for (_, a) in &arg_ids {
+            if let Some(e) = st.objects.get_mut(a) {
+                e.local += 1;
+                keep.push(RawRef {
+                    id: *a,
+                    cw: self.clone(),
+                });
+            }
+        }
+        let lost_node = match lost {
+            Payload::Store { node, .. } => Some(*node),
+            Payload::Inline(_) => None,
+        };
+        // Its results in the store are made again: pending until then.
+        for r in &returns {
+            let Some(e) = st.objects.get_mut(r) else {
+                continue;
+            };
+            let Some(old @ Payload::Store { node, offset, .. }) = e.value.clone() else {
+                continue;
+            };
+            e.value = None;
+            e.task = Some(tid);
+            e.copies.clear();
+            if e.local_copy.take().is_some() {
+                fx.unpins.push(old);
+            }
+            if Some(node) != lost_node {
+                fx.free_offsets.push((node, offset));
+            }
+        }
+        st.sub.tasks.insert(
+            tid,
+            TaskEntry {
+                spec,
+                deps: Vec::new(),
+                keep,
+                handle: None,
+                target,
+                key: None,
+                retries_left,
+                max_retries,
+                status: Status::WaitingDeps,
+                cancelled: false,
+                pushed: None,
+                retry_exceptions,
+                arg_ids: arg_ids.clone(),
+            },
+        );
+        self.resolve_deps(st, tid, arg_ids, fx);
+        Ok(())
+    }
+
+    /// A worker could not start `t`: the arguments at `lost_args` had lost
+    /// every copy. Recovers them and queues `t` again for when they are
+    /// back (not a retry of `t`), or fails it with the reason they cannot be.
+    pub(super) fn args_lost(
+        self: &Arc<Self>,
+        st: &mut State,
+        mut t: TaskEntry,
+        lost_args: &[u32],
+        fx: &mut Effects,
+    ) {
+        let mut deps = Vec::new();
+        for idx in lost_args {
+            let Some(&(i, arg)) = t.arg_ids.iter().find(|(i, _)| *i as u32 == *idx) else {
+                continue;
+            };
+            let Some(lost) = t.spec.args.get(i).cloned() else {
+                continue;
+            };
+            let why = Error::new(
+                ErrorKind::ObjectLost,
+                format!(
+                    "every copy of argument {i} of task `{}` is gone",
+                    t.spec.function
+                ),
+            );
+            if let Err(e) = self.object_lost(st, arg, &lost, &why, fx) {
+                self.fail_returns(st, &t.spec, &e, fx);
+                fx.drops.extend(std::mem::take(&mut t.keep));
+                return;
+            }
+            t.spec.args[i] = Payload::Inline(Vec::new());
+            deps.push((i, arg));
+        }
+        let id = t.spec.id;
+        t.status = Status::WaitingDeps;
+        t.pushed = None;
+        t.key = None;
+        st.sub.tasks.insert(id, t);
+        self.resolve_deps(st, id, deps, fx);
+    }
+}
