@@ -332,7 +332,7 @@ fn runs(marker: &str) -> usize {
 /// running their tasks again, recursively through a lost argument (the
 /// second task's input, on the same node); each run counts against the
 /// task's `max_retries`. A result of a task without retries stays lost.
-fn test_lineage_reconstruction() {
+fn test_lineage_reconstruction_of_lost_results() {
     let nodes = three_nodes();
     let victim = &nodes[2];
     let raylet = raylet_pid_of(victim);
@@ -975,7 +975,10 @@ fn main() {
             test_locality_runs_tasks_where_their_data_is,
         ),
         ("test_node_lost_mid_job", test_node_lost_mid_job),
-        ("test_lineage_reconstruction", test_lineage_reconstruction),
+        (
+            "test_lineage_reconstruction_of_lost_results",
+            test_lineage_reconstruction_of_lost_results,
+        ),
         (
             "test_object_directory_serves_copies_after_primary_loss",
             test_object_directory_serves_copies_after_primary_loss,
