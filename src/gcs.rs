@@ -483,17 +483,13 @@ impl Gcs {
     }
 
     fn accept(self: Arc<Self>, listener: Listener) {
-        loop {
-            let s = listener.accept();
-            if self.stopping.load(Ordering::Relaxed) {
-                return;
-            }
-            let Ok(stream) = s else { continue };
-            let g = self.clone();
-            let _ = std::thread::Builder::new()
-                .name("gcs-client".into())
-                .spawn(move || g.serve(stream));
-        }
+        let g = self.clone();
+        transport::accept_each(
+            listener,
+            "gcs-client",
+            move || self.stopping.load(Ordering::Relaxed),
+            move |s| g.clone().serve(s),
+        );
     }
 
     fn serve(self: Arc<Self>, mut stream: Stream) {
@@ -503,17 +499,21 @@ impl Gcs {
         let Ok(conn) = Conn::new(&stream) else { return };
         let conn = Arc::new(conn);
         let mut node = None;
-        let _ = transport::read_loop(stream, |m| {
-            let registering = match &m {
-                Msg::RegisterNode { info, .. } => Some(info.index),
-                _ => None,
-            };
-            self.handle(&conn, m);
-            // Only a registration that succeeded makes this the node's
-            // connection (a refused duplicate must not take the node down).
-            if let Some(i) = registering.filter(|i| self.is_node_conn(*i, &conn)) {
-                node = Some(i);
-            }
+        let peer = stream.peer();
+        transport::guarded("gcs-client", &peer, || {
+            transport::read_loop(stream, |m| {
+                let registering = match &m {
+                    Msg::RegisterNode { info, .. } => Some(info.index),
+                    _ => None,
+                };
+                self.handle(&conn, m);
+                // Only a registration that succeeded makes this the node's
+                // connection (a refused duplicate must not take the node
+                // down).
+                if let Some(i) = registering.filter(|i| self.is_node_conn(*i, &conn)) {
+                    node = Some(i);
+                }
+            })
         });
         if let Some(n) = node.filter(|n| self.is_node_conn(*n, &conn)) {
             self.node_lost(n);

@@ -480,15 +480,13 @@ impl Raylet {
     }
 
     fn accept(self: &Arc<Self>, listener: Listener) {
-        loop {
-            let Ok(stream) = listener.accept() else {
-                continue;
-            };
-            let r = self.clone();
-            let _ = std::thread::Builder::new()
-                .name("raylet-client".into())
-                .spawn(move || r.serve(stream));
-        }
+        let r = self.clone();
+        transport::accept_each(
+            listener,
+            "raylet-client",
+            || false,
+            move |s| r.clone().serve(s),
+        );
     }
 
     fn serve(self: Arc<Self>, mut stream: Stream) {
@@ -507,7 +505,10 @@ impl Raylet {
                 is_driver: false,
             },
         );
-        let _ = transport::read_loop(stream, |m| self.handle(id, m));
+        let peer = stream.peer();
+        transport::guarded("raylet-client", &peer, || {
+            transport::read_loop(stream, |m| self.handle(id, m))
+        });
         self.client_gone(id);
     }
 

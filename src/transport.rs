@@ -53,6 +53,14 @@ const fn fnv1a(bytes: &[u8]) -> u64 {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a TCP connect may take before the peer counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A peer that takes no byte of what is sent to it for this long has
+/// stopped reading (hung, stopped, or a bug): its connection is closed, as
+/// if it had left, so it cannot stall the sender, nor whatever the sender
+/// holds while it writes.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes [`Conn::try_send`] may keep for a peer that is not reading before
+/// the connection is closed as above.
+const MAX_OUTBOX: usize = 256 << 20;
 
 /// The cluster's shared secret, presented first on every connection.
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +161,13 @@ impl Stream {
         match self {
             Stream::Unix(s) => s.set_read_timeout(t),
             Stream::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+
+    fn set_write_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_write_timeout(t),
+            Stream::Tcp(s) => s.set_write_timeout(t),
         }
     }
 
@@ -759,9 +774,17 @@ fn lost(e: std::io::Error) -> Error {
 
 impl Conn {
     pub(crate) fn new(stream: &Stream) -> Result<Conn> {
+        Self::with_send_timeout(stream, SEND_TIMEOUT)
+    }
+
+    /// A connection whose peer is given up on when it takes no byte for
+    /// `timeout` (see [`SEND_TIMEOUT`]).
+    pub(crate) fn with_send_timeout(stream: &Stream, timeout: Duration) -> Result<Conn> {
         let w = stream
             .try_clone()
             .map_err(|e| Error::io("cloning socket", e))?;
+        w.set_write_timeout(Some(timeout))
+            .map_err(|e| Error::io("setting a socket's send timeout", e))?;
         let s = stream
             .try_clone()
             .map_err(|e| Error::io("cloning socket", e))?;
@@ -787,14 +810,29 @@ impl Conn {
         let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         w.frame(msg)?;
         self.take_deferred(&mut w);
-        w.flush_tail().map_err(lost)?;
+        let mut r = w.flush_tail();
         let Writer { stream, buf, .. } = &mut *w;
-        let mut r = stream.write_all(buf);
+        if r.is_ok() {
+            r = stream.write_all(buf);
+        }
         if r.is_ok() && !bytes.is_empty() {
             r = stream.write_all(bytes);
         }
         if buf.capacity() > 1 << 20 {
             *buf = Vec::with_capacity(256);
+        }
+        if let Err(e) = &r {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                // Part of a frame may be out: nothing more can follow it.
+                crate::session::log!(
+                    "{} took nothing sent to it for the send timeout: closing the connection",
+                    stream.peer()
+                );
+                self.close();
+            }
         }
         r.map_err(lost)
     }
@@ -827,6 +865,17 @@ impl Conn {
         w.frame(msg)?;
         self.take_deferred(&mut w);
         let Writer { stream, buf, tail } = &mut *w;
+        if tail.len() + buf.len() > MAX_OUTBOX {
+            crate::session::log!(
+                "{} left {} bytes unread: closing the connection",
+                stream.peer(),
+                tail.len()
+            );
+            self.close();
+            return Err(Error::unavailable(
+                "peer connection closed: the peer stopped reading",
+            ));
+        }
         if !tail.is_empty() {
             tail.extend_from_slice(buf);
             return Ok(false);
@@ -971,30 +1020,81 @@ pub(crate) fn spawn_reader(
             // A panic in a handler (a bug, or data a peer sent that the
             // handler trusted) ends this one connection, reported, not the
             // component silently: on_close runs as for any closed peer.
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                read_loop(stream, handle)
-            }));
-            match r {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    crate::session::log!("{thread}: malformed input ({e}); connection closed");
-                }
-                Ok(Err(_)) => {}
-                Err(p) => {
-                    let what = p
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    crate::session::log!(
-                        "{thread}: a message handler panicked ({what}); connection closed"
-                    );
-                }
-            }
+            let peer = stream.peer();
+            guarded(&thread, &peer, || read_loop(stream, handle));
             on_close();
         })
         .map(|_| ())
         .map_err(|e| Error::io("spawning a connection thread", e))
+}
+
+/// Runs a connection's serving loop, reporting how it ended badly: a
+/// malformed frame, or a panic in a handler (a bug, or data a peer sent
+/// that the handler trusted), ends that one connection with a log line
+/// naming the thread and the peer, never the process.
+pub(crate) fn guarded(thread: &str, peer: &str, serve: impl FnOnce() -> std::io::Result<()>) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(serve)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            crate::session::log!("{thread}: malformed input from {peer} ({e}); connection closed");
+        }
+        Ok(Err(_)) => {}
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            crate::session::log!(
+                "{thread}: a message handler panicked on input from {peer} ({what}); connection closed"
+            );
+        }
+    }
+}
+
+/// Connections served at once by one listener, at most: past it a new one
+/// is closed at once, with a log line, so no peer can make a component
+/// start threads without end.
+const MAX_CONNECTIONS: usize = 16_384;
+
+/// Accepts connections until `stopped()`, serving each on its own thread
+/// named `name` (at most [`MAX_CONNECTIONS`] at once).
+pub(crate) fn accept_each(
+    listener: Listener,
+    name: &'static str,
+    stopped: impl Fn() -> bool,
+    serve: impl Fn(Stream) + Send + Sync + 'static,
+) {
+    let serve = std::sync::Arc::new(serve);
+    let live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    loop {
+        let s = listener.accept();
+        if stopped() {
+            return;
+        }
+        let Ok(stream) = s else { continue };
+        use std::sync::atomic::Ordering;
+        if live.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+            live.fetch_sub(1, Ordering::AcqRel);
+            crate::session::log!(
+                "{name}: {MAX_CONNECTIONS} connections already served; refused one from {}",
+                stream.peer()
+            );
+            stream.shutdown();
+            continue;
+        }
+        let (serve, count) = (serve.clone(), live.clone());
+        let r = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                serve(stream);
+                count.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = r {
+            live.fetch_sub(1, Ordering::AcqRel);
+            crate::session::log!("{name}: cannot start a connection thread ({e}); refused one");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1031,6 +1131,48 @@ mod tests {
                 assert!(rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok());
             }
         }
+    }
+
+    #[test]
+    fn a_peer_that_stops_reading_is_disconnected_not_waited_for() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Stream::Unix(a), Stream::Unix(b));
+        let conn =
+            std::sync::Arc::new(Conn::with_send_timeout(&a, Duration::from_millis(200)).unwrap());
+        let big = Msg::FreeObjects {
+            offsets: (0..50_000).collect(),
+        };
+        // b never reads: the socket buffer fills, then a send times out
+        // (on a thread, so that a send that blocks for good fails the test
+        // rather than hanging it).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = conn.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0;
+            let err = loop {
+                match c.send(&big) {
+                    Ok(()) => sent += 1,
+                    Err(e) => break e,
+                }
+            };
+            let _ = tx.send((sent, err));
+        });
+        let (sent, err) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a send to a peer that never reads gave up");
+        assert!(sent >= 1, "{err}");
+        // Closed: the reader gets what was sent whole, then the end.
+        let mut r = BufReader::new(b);
+        let mut body = Vec::new();
+        let mut whole = 0;
+        while let Ok(Some(_)) = read_frame(&mut r, &mut body) {
+            whole += 1;
+        }
+        assert!(whole >= 1 && whole <= sent, "{whole} of {sent}");
+        assert!(
+            conn.send(&Msg::Blocked).is_err(),
+            "sends after the close fail"
+        );
     }
 
     #[test]

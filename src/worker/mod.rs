@@ -246,17 +246,13 @@ impl CoreWorker {
     // ------------------------------------------------------------------
 
     fn accept_loop(self: Arc<Self>, listener: Listener) {
-        loop {
-            let stream = listener.accept();
-            if self.shutting_down.load(Ordering::Relaxed) {
-                return;
-            }
-            let Ok(stream) = stream else { continue };
-            let me = self.clone();
-            let _ = std::thread::Builder::new()
-                .name("rustray-peer-in".into())
-                .spawn(move || me.serve_incoming(stream));
-        }
+        let me = self.clone();
+        transport::accept_each(
+            listener,
+            "rustray-peer-in",
+            move || self.shutting_down.load(Ordering::Relaxed),
+            move |s| me.clone().serve_incoming(s),
+        );
     }
 
     fn serve_incoming(self: Arc<Self>, mut stream: Stream) {
@@ -267,10 +263,13 @@ impl CoreWorker {
         let conn = Arc::new(conn);
         let mut from: Option<WorkerId> = None;
         let me = self.clone();
-        let _ = transport::read_loop(stream, |msg| match (&from, msg) {
-            (None, Msg::Hello { from: f }) => from = Some(f),
-            (Some(f), msg) => me.handle_peer(*f, &conn, msg),
-            (None, _) => conn.close(),
+        let peer = stream.peer();
+        transport::guarded("rustray-peer-in", &peer, || {
+            transport::read_loop(stream, |msg| match (&from, msg) {
+                (None, Msg::Hello { from: f }) => from = Some(f),
+                (Some(f), msg) => me.handle_peer(*f, &conn, msg),
+                (None, _) => conn.close(),
+            })
         });
         if let Some(f) = from {
             self.peer_gone(f, false);
