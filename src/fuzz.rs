@@ -340,6 +340,7 @@ fn messages() -> Vec<Msg> {
             lost_args: vec![1],
         },
         Msg::ObjectLost { id: oid(4), tag: 5 },
+        Msg::NodeDied { node: 3 },
         Msg::ObjectReady {
             id: oid(3),
             payload: Payload::Inline(vec![0; 200]),

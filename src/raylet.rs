@@ -474,9 +474,29 @@ impl Raylet {
             })
             .collect();
         let mut st = self.lock();
+        // Nodes the view declares dead for the first time: this node's
+        // processes hear it from here (O(nodes) GCS connections, not one
+        // per process), and give up on everything of those nodes.
+        let died: Vec<u16> = nodes
+            .iter()
+            .filter(|n| !n.alive && n.index != me)
+            .filter(|n| st.nodes.get(&n.index).is_none_or(|old| old.alive))
+            .map(|n| n.index)
+            .collect();
         st.nodes = nodes.into_iter().map(|n| (n.index, n)).collect();
         let a = st.leases.set_view(peers);
         self.execute(&mut st, a);
+        if died.is_empty() {
+            return;
+        }
+        let clients: Vec<Arc<Conn>> = st.clients.values().map(|c| c.conn.clone()).collect();
+        drop(st);
+        for node in died {
+            log!("node {node} is dead in the cluster view: telling this node's processes");
+            for c in &clients {
+                let _ = c.try_send(&Msg::NodeDied { node });
+            }
+        }
     }
 
     fn accept(self: &Arc<Self>, listener: Listener) {

@@ -544,6 +544,12 @@ pub(crate) enum Msg {
         req: u64,
         result: std::result::Result<(), Error>,
     },
+    /// Raylet to its node's core workers: the GCS declared node `node`
+    /// dead (its raylet left, or stopped reporting while its connections
+    /// stayed open).
+    NodeDied {
+        node: u16,
+    },
     /// How full the node's store is (`rustray::store_stats`).
     GetStoreStats {
         req: u64,

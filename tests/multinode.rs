@@ -388,6 +388,74 @@ fn test_lineage_reconstruction_of_lost_results() {
     let _ = (std::fs::remove_file(&ma), std::fs::remove_file(&mb));
 }
 
+/// `root` and every process below it.
+fn tree(root: u32) -> Vec<u32> {
+    let mut all = vec![root];
+    let mut i = 0;
+    while i < all.len() {
+        let parent = all[i];
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The parent pid is the second field after the `(comm)` one.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(parent) && !all.contains(&pid) {
+                all.push(pid);
+            }
+        }
+        i += 1;
+    }
+    all
+}
+
+fn signal(pids: &[u32], sig: &str) {
+    for p in pids {
+        let _ = std::process::Command::new("kill")
+            .args([sig, &p.to_string()])
+            .status();
+    }
+}
+
+/// A node that hangs (its raylet and workers stopped, their connections
+/// open) is declared dead by the GCS after the report timeout, and every
+/// process that depends on it hears so: a task running there is retried
+/// on a live node instead of waiting on the open connection for ever.
+fn test_hung_node_is_lost_everywhere() {
+    let nodes = three_nodes();
+    let victim = &nodes[2];
+    let raylet = raylet_pid_of(victim);
+    let long = where_am_i::options()
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity {
+            node: victim.name.clone(),
+            soft: true,
+        })
+        .remote(3000u64);
+    std::thread::sleep(Duration::from_millis(700));
+    let hung = tree(raylet);
+    assert!(
+        hung.len() >= 2,
+        "the raylet and the task's worker: {hung:?}"
+    );
+    signal(&hung, "-STOP");
+    let t0 = std::time::Instant::now();
+    let r = rustray::get_timeout(&long, Duration::from_secs(40));
+    signal(&hung, "-KILL");
+    let node = r.expect("the task is retried on a live node");
+    assert_ne!(node, victim.name);
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    let dead = rustray::nodes()
+        .expect("nodes")
+        .into_iter()
+        .find(|n| n.name == victim.name)
+        .expect("listed");
+    assert!(!dead.alive);
+}
+
 fn kill9(pid: u32) {
     let ok = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -975,6 +1043,10 @@ fn main() {
             test_locality_runs_tasks_where_their_data_is,
         ),
         ("test_node_lost_mid_job", test_node_lost_mid_job),
+        (
+            "test_hung_node_is_lost_everywhere",
+            test_hung_node_is_lost_everywhere,
+        ),
         (
             "test_lineage_reconstruction_of_lost_results",
             test_lineage_reconstruction_of_lost_results,

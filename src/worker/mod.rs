@@ -286,6 +286,12 @@ impl CoreWorker {
         {
             return Ok(c.clone());
         }
+        if self.node_known_lost(worker.node()) {
+            return Err(Error::new(
+                ErrorKind::NodeDied,
+                format!("worker {worker} was on node {}, which died", worker.node()),
+            ));
+        }
         let stream = self
             .worker_endpoint(worker)?
             .connect(&self.session.secret)?;
@@ -407,6 +413,11 @@ impl CoreWorker {
     pub(crate) fn raylet_of(self: &Arc<Self>, node: u16) -> Result<Arc<Conn>> {
         if node == self.session.node_index {
             return Ok(self.raylet.clone());
+        }
+        // A hung node's raylet may still accept connections: a node known
+        // dead is not asked.
+        if self.node_known_lost(node) {
+            return Err(Error::new(ErrorKind::NodeDied, format!("node {node} died")));
         }
         let mut g = self
             .remote_raylets
@@ -566,7 +577,67 @@ impl CoreWorker {
             Msg::LeaseFailed { req, error } => self.lease_failed(req, error),
             Msg::LeaseSpillback { req, node } => self.lease_spilled(req, node),
             Msg::Retire => self.retire(),
+            Msg::NodeDied { node } => self.node_died(node),
             other => self.handle_reply(other),
+        }
+    }
+
+    /// The GCS declared node `node` dead (heard through this node's
+    /// raylet): whatever this process has there is given up, whether or
+    /// not its connections closed (a hung node keeps them open). Its
+    /// raylet's unanswered lease requests go elsewhere; its core workers
+    /// count as gone: objects they own fail with `OwnerDied`, tasks and
+    /// calls running there are retried or failed, their borrows end.
+    fn node_died(self: &Arc<Self>, node: u16) {
+        if node == self.session.node_index || self.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        self.mark_node_lost(node);
+        let raylet = self
+            .remote_raylets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&node);
+        if let Some(c) = raylet {
+            c.close();
+        }
+        self.remote_raylet_lost(node);
+        let mut workers: std::collections::BTreeSet<WorkerId> = self
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .filter(|w| w.node() == node)
+            .collect();
+        {
+            let st = self.lock();
+            for (id, e) in &st.objects {
+                if !e.owned && id.owner.node() == node {
+                    workers.insert(id.owner);
+                }
+                workers.extend(e.borrowers.keys().filter(|w| w.node() == node));
+            }
+            workers.extend(st.sub.leased_workers().filter(|w| w.node() == node));
+        }
+        if !workers.is_empty() {
+            log!(
+                "node {node} died: {} of its processes this one depended on are gone",
+                workers.len()
+            );
+        }
+        for w in workers {
+            let conn = self
+                .peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&w)
+                .cloned();
+            match conn {
+                // Its reader ends, and reports the peer gone.
+                Some(c) => c.close(),
+                None => self.peer_gone(w, true),
+            }
         }
     }
 

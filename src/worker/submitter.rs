@@ -183,6 +183,11 @@ pub(crate) struct Submitter {
 }
 
 impl Submitter {
+    /// The workers leased to this process now.
+    pub(crate) fn leased_workers(&self) -> impl Iterator<Item = WorkerId> + '_ {
+        self.by_worker.keys().copied()
+    }
+
     /// Some task not finished yet takes `id` as an argument (its worker may
     /// be reading the block in place).
     pub(crate) fn uses_argument(&self, id: ObjectId) -> bool {
