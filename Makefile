@@ -4,7 +4,7 @@
 CARGO ?= cargo
 RAY_VENV ?= .venv-ray
 
-.PHONY: run test deps fuzz build bench bench-ray bench-compare clean
+.PHONY: run test deps fuzz chaos build bench bench-ray bench-compare clean
 
 run:
 	$(CARGO) run --release --example quickstart
@@ -39,6 +39,12 @@ test: deps
 FUZZ_INPUTS ?= 10000000
 fuzz:
 	RUSTRAY_FUZZ_INPUTS=$(FUZZ_INPUTS) $(CARGO) test --release --lib --features rustray/mpi fuzz_decoders -- --nocapture
+
+# The chaos suite (tests/chaos.rs) for longer than make test's 8 s: random
+# SIGKILLs of workers, actors and a raylet under a workload on 3 local nodes.
+CHAOS_SECONDS ?= 120
+chaos:
+	CHAOS_SECONDS=$(CHAOS_SECONDS) $(CARGO) test --release --workspace $(TEST_FEATURES) --test chaos
 
 build:
 	$(CARGO) build --release --workspace --all-targets
