@@ -304,6 +304,14 @@ fn counted_bytes(marker: String, n: usize, seed: u8) -> (Vec<u8>, String) {
     (pattern(n, seed), rustray::node_name().expect("node name"))
 }
 
+/// Gets a ref it was lent (a borrower's `get`, not an argument), and says
+/// how many bytes and where.
+#[rustray::remote]
+fn borrowed_len(boxed: Vec<rustray::ObjectRef<(Vec<u8>, String)>>) -> (usize, String) {
+    let v = rustray::get_timeout(&boxed[0], Duration::from_secs(60)).expect("borrowed get");
+    (v.0.len(), rustray::node_name().expect("node name"))
+}
+
 /// Counts its runs in `marker`, then returns its argument's bytes reversed.
 #[rustray::remote]
 fn counted_reverse(marker: String, data: (Vec<u8>, String)) -> (Vec<u8>, String) {
@@ -351,18 +359,24 @@ fn test_lineage_reconstruction_of_lost_results() {
     let b = counted_reverse::options()
         .scheduling_strategy(there.clone())
         .remote(mb.clone(), &a);
+    let mc = dir.join(format!("rustray-recon-c-{}", std::process::id()));
+    let mc = mc.display().to_string();
+    let _ = std::fs::remove_file(&mc);
+    let c = counted_bytes::options()
+        .scheduling_strategy(there.clone())
+        .remote(mc.clone(), 1 << 20, 5u8);
     let lost_for_good = make_bytes::options()
         .scheduling_strategy(there)
         .max_retries(0)
         .remote(1 << 20, 4u8);
     let (ready, _) = rustray::wait_with(
-        &[a.clone(), b.clone()],
-        2,
+        &[a.clone(), b.clone(), c.clone()],
+        3,
         Some(Duration::from_secs(30)),
         false,
     )
     .expect("wait");
-    assert_eq!(ready.len(), 2);
+    assert_eq!(ready.len(), 3);
     rustray::wait_with(
         &[lost_for_good.clone()],
         1,
@@ -382,6 +396,16 @@ fn test_lineage_reconstruction_of_lost_results() {
     let (bytes, _) = rustray::get_timeout(&a, Duration::from_secs(60)).expect("a");
     assert!(bytes == pattern(1 << 20, 3), "a's bytes");
     assert_eq!(runs(&ma), 2, "a recomputed once");
+    // A borrower that finds every copy gone asks the owner, which
+    // recomputes the object for it.
+    let (len, _) = rustray::get_timeout(
+        &borrowed_len::remote(vec![c.clone()]),
+        Duration::from_secs(60),
+    )
+    .expect("a borrower's get of a lost object");
+    assert_eq!(len, 1 << 20);
+    assert_eq!(runs(&mc), 2, "c recomputed for the borrower");
+    let _ = std::fs::remove_file(&mc);
     let e = rustray::get_timeout(&lost_for_good, Duration::from_secs(30)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ObjectLost, "{e}");
     assert!(e.message().contains("cannot be reconstructed"), "{e}");
