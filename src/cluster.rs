@@ -783,6 +783,10 @@ pub(crate) struct InSitu {
     rendezvous: Option<std::path::PathBuf>,
     tasks: u32,
     session: Session,
+    /// When this rank joined: ranks not there by the join timeout after
+    /// it never will be.
+    started: Instant,
+    env: SlurmEnv,
 }
 
 impl InSitu {
@@ -839,6 +843,8 @@ impl InSitu {
                 rendezvous,
                 tasks: env.tasks,
                 session: s,
+                started: Instant::now(),
+                env,
             },
         ))
     }
@@ -859,11 +865,36 @@ impl InSitu {
             .map(Duration::from_secs_f64)
             .unwrap_or(INSITU_SHUTDOWN_WAIT);
         let deadline = Instant::now() + wait;
+        let join_by = self.started + join_timeout();
         let mut quiet = 0;
+        let mut never_joined = None;
         loop {
             let nodes = gcs.nodes();
             let seen: u32 = nodes.iter().map(|n| n.drivers_seen).sum();
             let now: u32 = nodes.iter().filter(|n| n.alive).map(|n| n.drivers).sum();
+            // Every rank that came has gone, and the others are past the
+            // join timeout: they never will come (a rank that hangs or
+            // died before `init`). Waiting on would only delay the error.
+            if seen < self.tasks && now == 0 && Instant::now() > join_by {
+                let names: std::collections::BTreeSet<String> =
+                    nodes.iter().map(|n| n.name.clone()).collect();
+                let absent: Vec<String> = expected_nodes(&self.env)
+                    .into_iter()
+                    .filter(|n| !names.contains(n))
+                    .collect();
+                never_joined = Some(format!(
+                    "{} of {} ranks never joined the cluster within {:?} of rank 0 (RUSTRAY_JOIN_TIMEOUT_S){}",
+                    self.tasks - seen,
+                    self.tasks,
+                    join_timeout(),
+                    if absent.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; nodes with no rank: {}", absent.join(", "))
+                    }
+                ));
+                break;
+            }
             // Two quiet reports in a row: this rank's own departure has
             // been reported, and no rank is still connected.
             quiet = if seen >= self.tasks && now == 0 {
@@ -892,6 +923,12 @@ impl InSitu {
         }
         if let Some(r) = &self.rendezvous {
             let _ = std::fs::remove_file(r);
+        }
+        if let Some(why) = never_joined {
+            // The step fails, saying why, rather than ending as if whole.
+            log!("rank 0: {why}");
+            eprintln!("rustray: {why}; the step fails");
+            std::process::exit(1);
         }
     }
 }

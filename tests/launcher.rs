@@ -74,6 +74,22 @@ fn second_driver() -> ! {
     std::process::exit(0);
 }
 
+/// A rank of an in-situ step (every rank calls `init`) in which rank 2
+/// never does: it hangs instead, as a rank stuck before `init` would.
+fn insitu_straggler() -> ! {
+    if std::env::var("SLURM_PROCID").as_deref() == Ok("2") {
+        std::thread::sleep(Duration::from_secs(90));
+        std::process::exit(0);
+    }
+    rustray::init().expect("an in-situ rank joins");
+    rustray::shutdown();
+    println!(
+        "rank {} left",
+        std::env::var("SLURM_PROCID").unwrap_or_default()
+    );
+    std::process::exit(0);
+}
+
 /// The application side: what the launcher runs as the driver.
 fn app_main(mode: &str) -> ! {
     rustray::init().expect("the driver joins the launcher's cluster");
@@ -859,6 +875,32 @@ fn test_slurm_insitu_ranks() {
     );
 }
 
+/// An in-situ step with a rank that never calls `init`: once the ranks
+/// that came have left and the join timeout has passed, rank 0 fails the
+/// step, saying how many ranks never joined and which nodes had none
+/// (before, rank 0 waited 600 s).
+fn test_slurm_insitu_rank_that_never_joins_fails_the_step() {
+    if !slurm_wanted() {
+        return;
+    }
+    let mut c = Command::new("srun");
+    c.args(["-N", "3", "--ntasks-per-node=1", "--kill-on-bad-exit=1"])
+        .arg(me());
+    slurm_env(&mut c, "insitu_straggler");
+    c.env("RUSTRAY_JOIN_TIMEOUT_S", "5");
+    let t0 = std::time::Instant::now();
+    let out = run_bounded(c, Duration::from_secs(120));
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("1 of 3 ranks never joined the cluster"), "{t}");
+    assert!(t.contains("nodes with no rank: "), "{t}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(45),
+        "took {:?}: {t}",
+        t0.elapsed()
+    );
+}
+
 /// A raylet killed mid-job on a Slurm node: the GCS notices, the tasks
 /// that ran there are retried on the other nodes, the job succeeds.
 fn test_slurm_raylet_killed_mid_job() {
@@ -978,6 +1020,9 @@ fn main() {
         if mode == "second_driver" {
             second_driver();
         }
+        if mode == "insitu_straggler" {
+            insitu_straggler();
+        }
         app_main(&mode);
     }
     common::run(&[
@@ -1061,6 +1106,10 @@ fn main() {
             test_bootstrap_mpi_without_the_feature_is_a_clear_error,
         ),
         ("test_slurm_insitu_ranks", test_slurm_insitu_ranks),
+        (
+            "test_slurm_insitu_rank_that_never_joins_fails_the_step",
+            test_slurm_insitu_rank_that_never_joins_fails_the_step,
+        ),
         (
             "test_slurm_raylet_killed_mid_job",
             test_slurm_raylet_killed_mid_job,
