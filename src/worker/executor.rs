@@ -614,6 +614,11 @@ fn run(
     }
     let local = match LocalArgs::new(cw, &spec.args, &spec.arg_copies) {
         Ok(l) => l,
+        // Its raylet is gone (see `store_returns`).
+        Err((e, _)) if e.kind() == ErrorKind::ClusterUnavailable => {
+            log!("cannot read a task's arguments ({e}); worker exiting");
+            exit_flushing_output(0);
+        }
         Err((e, lost)) => {
             return Outcome {
                 returns: error_returns(spec, &e),
@@ -662,6 +667,13 @@ fn store_returns(cw: &Arc<CoreWorker>, spec: &TaskSpec, returns: Returns) -> Vec
     for blob in returns.blobs {
         match cw.store_value(&codec::Encoded::Blob(blob), spec.id.owner) {
             Ok(p) => out.push(p),
+            // The raylet is gone (its connection is): this worker goes
+            // with it rather than report the task failed, so the owner
+            // retries the task elsewhere.
+            Err(e) if e.kind() == ErrorKind::ClusterUnavailable => {
+                log!("cannot store a result ({e}); worker exiting");
+                exit_flushing_output(0);
+            }
             Err(e) => return error_returns(spec, &e),
         }
     }

@@ -661,14 +661,18 @@ impl CoreWorker {
     }
 
     fn raylet_lost(self: &Arc<Self>) {
+        if !self.is_driver && !self.shutting_down.load(Ordering::Relaxed) {
+            // Our node is gone: nothing this worker does can be delivered.
+            // It exits before its pending raylet calls fail, so that a
+            // task storing its result reports no error of its own: its
+            // owner sees the worker die, and retries it (workers share
+            // their raylet's fate, as in Ray).
+            log!("raylet connection closed; worker exiting");
+            executor::exit_flushing_output(0);
+        }
         self.fail_pending(&self.raylet);
         if self.shutting_down.load(Ordering::Relaxed) {
             return;
-        }
-        if !self.is_driver {
-            // Our node is gone: nothing this worker does can be delivered.
-            log!("raylet connection closed; worker exiting");
-            executor::exit_flushing_output(0);
         }
         log!("raylet connection lost");
         eprintln!("rustray: the raylet process died; the cluster is unusable (call shutdown and init again)");
