@@ -101,24 +101,6 @@ fn raylet_here() -> (String, u32) {
     )
 }
 
-fn children(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 fn kill9(pid: u32) {
     let _ = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -248,7 +230,7 @@ fn test_chaos_on_local_nodes() {
                 let mut workers: Vec<u32> = raylets
                     .iter()
                     .filter(|r| !(raylet_killed && **r == victim_raylet))
-                    .flat_map(|r| children(*r))
+                    .flat_map(|r| common::children(*r))
                     .filter(|p| *p != driver)
                     .collect();
                 workers.sort();
@@ -347,7 +329,7 @@ fn test_chaos_on_local_nodes() {
     // Nothing is left: no process below the driver, no store file.
     let end = Instant::now() + Duration::from_secs(10);
     loop {
-        let left = children(driver);
+        let left = common::descendants(driver);
         if left.is_empty() {
             break;
         }

@@ -113,44 +113,6 @@ fn child(mode: &str, dir: &Path) -> Command {
     c
 }
 
-/// Processes whose parent chain includes `root`.
-fn descendants(root: u32) -> Vec<u32> {
-    let mut parent = std::collections::HashMap::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rsplit(')').next() else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.first() == Some(&"Z") {
-            continue;
-        }
-        if let Some(pp) = f.get(1).and_then(|x| x.parse::<u32>().ok()) {
-            parent.insert(pid, pp);
-        }
-    }
-    parent
-        .keys()
-        .copied()
-        .filter(|p| {
-            let mut cur = *p;
-            for _ in 0..64 {
-                match parent.get(&cur) {
-                    Some(pp) if *pp == root => return true,
-                    Some(pp) => cur = *pp,
-                    None => return false,
-                }
-            }
-            false
-        })
-        .collect()
-}
-
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => !s
@@ -245,7 +207,7 @@ fn test_driver_sigkill_leaves_nothing() {
             "child exited early"
         );
     }
-    let procs = descendants(c.id());
+    let procs = common::descendants(c.id());
     assert!(
         procs.len() >= 2,
         "raylet and workers run as processes: {procs:?}"

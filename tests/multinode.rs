@@ -424,25 +424,7 @@ fn test_lineage_reconstruction_of_lost_results() {
 /// `root` and every process below it.
 fn tree(root: u32) -> Vec<u32> {
     let mut all = vec![root];
-    let mut i = 0;
-    while i < all.len() {
-        let parent = all[i];
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // The parent pid is the second field after the `(comm)` one.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(parent) && !all.contains(&pid) {
-                all.push(pid);
-            }
-        }
-        i += 1;
-    }
+    all.extend(common::descendants(root));
     all
 }
 

@@ -84,3 +84,57 @@ pub fn cluster(cpus: f64, store: Option<u64>) {
     }
     rustray::init_with(cfg).expect("cluster starts");
 }
+
+/// Every live process below `root` (not `root`; zombies left out).
+pub fn descendants(root: u32) -> Vec<u32> {
+    let parent = parents();
+    parent
+        .keys()
+        .copied()
+        .filter(|p| {
+            let mut cur = *p;
+            for _ in 0..64 {
+                match parent.get(&cur) {
+                    Some(pp) if *pp == root => return true,
+                    Some(pp) => cur = *pp,
+                    None => return false,
+                }
+            }
+            false
+        })
+        .collect()
+}
+
+/// The live processes whose parent is `root`.
+pub fn children(root: u32) -> Vec<u32> {
+    parents()
+        .into_iter()
+        .filter(|(_, pp)| *pp == root)
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// Each live process's parent, from /proc.
+fn parents() -> std::collections::HashMap<u32, u32> {
+    let mut parent = std::collections::HashMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the `(comm)` field: state, then the parent pid.
+        let Some(rest) = stat.rsplit(')').next() else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.first() == Some(&"Z") {
+            continue;
+        }
+        if let Some(pp) = f.get(1).and_then(|x| x.parse::<u32>().ok()) {
+            parent.insert(pid, pp);
+        }
+    }
+    parent
+}
