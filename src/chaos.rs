@@ -7,8 +7,10 @@
 //! peer: it connects as a real process of the job would, then writes bytes
 //! no encoder would produce.
 
+use crate::codec;
 use crate::error::{Error, Result};
 use crate::transport::Endpoint;
+use crate::transport::Msg;
 use crate::transport::Stream;
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -71,4 +73,28 @@ fn wait_closed(conn: &mut Stream, quiet: Duration) {
             break;
         }
     }
+}
+
+/// Plays a local process that asks this node's raylet `requests` cheap
+/// questions (its store's stats) on one connection and never reads the
+/// answers, holding the connection open for `hold` (on a thread of its
+/// own; returns at once). The raylet must go on serving everyone else.
+pub fn flood_raylet(requests: usize, hold: Duration) -> Result<()> {
+    let cw = crate::worker::current()?;
+    let s = &cw.session;
+    let mut conn = Endpoint::Unix(s.raylet_socket()).connect(&s.secret)?;
+    let mut frames = Vec::new();
+    for i in 0..requests {
+        let body = codec::encode(&Msg::GetStoreStats { req: i as u64 })?;
+        frames.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        frames.extend_from_slice(&body);
+    }
+    std::thread::Builder::new()
+        .name("chaos-flood".into())
+        .spawn(move || {
+            let _ = conn.write_all(&frames);
+            std::thread::sleep(hold);
+        })
+        .map_err(|e| Error::io("starting the flooding thread", e))?;
+    Ok(())
 }

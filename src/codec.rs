@@ -44,24 +44,34 @@ pub(crate) fn encode_append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>)
 /// The bytes come from outside the process (a peer's frame, a store block),
 /// so a length field in them must not decide how much is allocated: bincode
 /// allocates a string's claimed length before it reads it. Each decode is
-/// therefore limited to [`decode_limit`] of the bytes given, enforced by
-/// bincode's own claim accounting (the limit is a const generic there, hence
-/// the tiers). Sequences and maps are safe without it: serde preallocates
-/// them cautiously (at most 1 MiB) and grows only as elements decode.
+/// therefore limited by bincode's own claim accounting to [`decode_limit`]
+/// of the bytes given. That accounting also counts every decoded number at
+/// its size in memory (a one-byte varint `u64` claims 8 bytes), so the
+/// limit leaves room for 16 claimed bytes per byte given, the most any
+/// valid input claims (a `u128` in one byte); its const tiers (bincode's
+/// limit is a const generic) grow by 4. Sequences and maps need no limit:
+/// serde preallocates them cautiously (at most 1 MiB) and grows them only
+/// as elements decode.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
     fn tier<T: DeserializeOwned, const N: usize>(
         bytes: &[u8],
     ) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
         bincode::serde::decode_from_slice(bytes, config().with_limit::<N>())
     }
+    const T0: usize = DECODE_TIER_0;
     let r = match decode_limit(bytes.len()) {
-        DECODE_TIER_0 => tier::<T, DECODE_TIER_0>(bytes),
-        n if n <= DECODE_TIER_0 << 4 => tier::<T, { DECODE_TIER_0 << 4 }>(bytes),
-        n if n <= DECODE_TIER_0 << 8 => tier::<T, { DECODE_TIER_0 << 8 }>(bytes),
-        n if n <= DECODE_TIER_0 << 12 => tier::<T, { DECODE_TIER_0 << 12 }>(bytes),
-        n if n <= DECODE_TIER_0 << 16 => tier::<T, { DECODE_TIER_0 << 16 }>(bytes),
-        n if n <= DECODE_TIER_0 << 20 => tier::<T, { DECODE_TIER_0 << 20 }>(bytes),
-        n if n <= DECODE_TIER_0 << 24 => tier::<T, { DECODE_TIER_0 << 24 }>(bytes),
+        T0 => tier::<T, T0>(bytes),
+        n if n <= T0 << 2 => tier::<T, { T0 << 2 }>(bytes),
+        n if n <= T0 << 4 => tier::<T, { T0 << 4 }>(bytes),
+        n if n <= T0 << 6 => tier::<T, { T0 << 6 }>(bytes),
+        n if n <= T0 << 8 => tier::<T, { T0 << 8 }>(bytes),
+        n if n <= T0 << 10 => tier::<T, { T0 << 10 }>(bytes),
+        n if n <= T0 << 12 => tier::<T, { T0 << 12 }>(bytes),
+        n if n <= T0 << 14 => tier::<T, { T0 << 14 }>(bytes),
+        n if n <= T0 << 16 => tier::<T, { T0 << 16 }>(bytes),
+        n if n <= T0 << 18 => tier::<T, { T0 << 18 }>(bytes),
+        n if n <= T0 << 20 => tier::<T, { T0 << 20 }>(bytes),
+        n if n <= T0 << 22 => tier::<T, { T0 << 22 }>(bytes),
         _ => tier::<T, DECODE_TIER_MAX>(bytes),
     };
     match r {
@@ -80,19 +90,22 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T>
     }
 }
 
-/// The smallest decode limit: 4 KiB.
-const DECODE_TIER_0: usize = 4 << 10;
-/// The largest (for inputs above 64 GiB): 1 TiB.
-const DECODE_TIER_MAX: usize = DECODE_TIER_0 << 28;
+/// The smallest decode limit: 64 KiB.
+const DECODE_TIER_0: usize = 64 << 10;
+/// The largest (for inputs above 4 GiB): 1 TiB.
+const DECODE_TIER_MAX: usize = DECODE_TIER_0 << 24;
+/// Bytes bincode's accounting may claim per byte of valid input.
+const CLAIM_PER_BYTE: usize = 16;
 
-/// The most that length fields in `len` bytes may make [`decode`] allocate
-/// (in strings and byte buffers, which bincode allocates before reading):
-/// `len` rounded up to a power of 16 times 4 KiB, so at most 16 times the
-/// bytes given, and at least 4 KiB.
+/// The most that the length fields in `len` bytes may make [`decode`]
+/// allocate (strings and byte buffers, which bincode allocates before
+/// reading them): 16 times `len` rounded up to a power of 4 times 64 KiB,
+/// so at most 64 times the bytes given, and at least 64 KiB.
 pub(crate) fn decode_limit(len: usize) -> usize {
+    let want = len.saturating_mul(CLAIM_PER_BYTE);
     let mut limit = DECODE_TIER_0;
-    while limit < len && limit < DECODE_TIER_MAX {
-        limit <<= 4;
+    while limit < want && limit < DECODE_TIER_MAX {
+        limit <<= 2;
     }
     limit
 }
@@ -491,7 +504,7 @@ mod tests {
             let enc = encode(&s).unwrap();
             assert_eq!(decode::<String>(&enc, "s").unwrap(), s);
             assert!(decode_limit(enc.len()) >= enc.len());
-            assert!(decode_limit(enc.len()) <= (16 * enc.len()).max(4 << 10));
+            assert!(decode_limit(enc.len()) <= (64 * enc.len()).max(64 << 10));
         }
     }
 
@@ -505,13 +518,28 @@ mod tests {
     }
 
     #[test]
-    fn decode_limits_grow_by_sixteen() {
-        assert_eq!(decode_limit(0), 4 << 10);
-        assert_eq!(decode_limit(4 << 10), 4 << 10);
-        assert_eq!(decode_limit((4 << 10) + 1), 64 << 10);
-        assert_eq!(decode_limit(1 << 30), 4 << 30);
-        assert_eq!(decode_limit((4 << 30) + 1), 64 << 30);
+    fn decode_limits_leave_room_for_every_valid_input() {
+        assert_eq!(decode_limit(0), 64 << 10);
+        assert_eq!(decode_limit(4 << 10), 64 << 10);
+        assert_eq!(decode_limit((4 << 10) + 1), 256 << 10);
+        assert_eq!(decode_limit(1 << 30), 16 << 30);
         assert_eq!(decode_limit(usize::MAX), 1 << 40);
+        // Inputs dense in one-byte numbers, each claimed at its size in
+        // memory, at and around the tier boundaries: all decode.
+        for n in [1usize, 4095, 4096, 4097, 16_383, 16_384, 65_536, 300_000] {
+            let v: Vec<u64> = vec![1; n];
+            let enc = encode(&v).unwrap();
+            assert_eq!(decode::<Vec<u64>>(&enc, "v").unwrap(), v, "{n}");
+            let w: Vec<(u16, bool, Option<u8>)> = vec![(1, true, None); n];
+            let enc = encode(&w).unwrap();
+            assert_eq!(
+                decode::<Vec<(u16, bool, Option<u8>)>>(&enc, "w").unwrap(),
+                w
+            );
+            let e: Vec<String> = vec![String::new(); n];
+            let enc = encode(&e).unwrap();
+            assert_eq!(decode::<Vec<String>>(&enc, "e").unwrap(), e);
+        }
     }
 
     #[test]

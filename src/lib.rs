@@ -103,7 +103,7 @@ pub mod __private {
     pub use crate::actor::{
         needs_exclusive, unknown_method, wrong_actor_state, ActorCore, ActorMethods,
     };
-    pub use crate::chaos::{send_raw, Peer};
+    pub use crate::chaos::{flood_raylet, send_raw, Peer};
     pub use crate::cluster::{
         launcher_main, serve_role_if_any, status_report, stop_clusters, Bootstrap, LaunchOptions,
     };

@@ -568,18 +568,18 @@ impl Raylet {
                     worker,
                 } => {
                     if let Some(c) = st.clients.get(&client) {
-                        let _ = c.conn.send(&Msg::LeaseGranted { req, lease, worker });
+                        let _ = c.conn.post(&Msg::LeaseGranted { req, lease, worker });
                     }
                 }
                 Action::Reject { client, req, error } => {
                     if let Some(c) = st.clients.get(&client) {
-                        let _ = c.conn.send(&Msg::LeaseFailed { req, error });
+                        let _ = c.conn.post(&Msg::LeaseFailed { req, error });
                     }
                 }
                 Action::StartWorker => self.start_worker(st),
                 Action::Spillback { client, req, node } => {
                     if let Some(c) = st.clients.get(&client) {
-                        let _ = c.conn.send(&Msg::LeaseSpillback { req, node });
+                        let _ = c.conn.post(&Msg::LeaseSpillback { req, node });
                     }
                 }
                 Action::RetireWorker(w) => {
@@ -590,7 +590,7 @@ impl Raylet {
                         .map(|c| c.conn.clone());
                     // Not connected: it is exiting anyway.
                     if let Some(c) = conn {
-                        let _ = c.send(&Msg::Retire);
+                        let _ = c.post(&Msg::Retire);
                     }
                 }
                 Action::KillWorker(w) => {
@@ -642,7 +642,7 @@ impl Raylet {
                         "worker processes exit before registering: the program must call rustray::init() at the start of main, before anything else",
                     );
                     if let Some(c) = st.clients.get(&client) {
-                        let _ = c.conn.send(&Msg::LeaseFailed { req, error });
+                        let _ = c.conn.post(&Msg::LeaseFailed { req, error });
                     }
                     return;
                 }
@@ -672,7 +672,7 @@ impl Raylet {
             } => {
                 let result = st.store.create(size, owner, tag);
                 if let Some(c) = st.clients.get(&client) {
-                    let _ = c.conn.send(&Msg::ObjectCreated { req, result });
+                    let _ = c.conn.post(&Msg::ObjectCreated { req, result });
                 }
             }
             Msg::GetStoreStats { req } => {
@@ -683,7 +683,7 @@ impl Raylet {
                     objects: st.store.live_objects() as u64,
                 };
                 if let Some(c) = st.clients.get(&client) {
-                    let _ = c.conn.send(&reply);
+                    let _ = c.conn.post(&reply);
                 }
             }
             Msg::FreeObjects { offsets } => {
@@ -733,7 +733,7 @@ impl Raylet {
                     }
                 }
                 if let Some(c) = st.clients.get(&client) {
-                    let _ = c.conn.send(&Msg::ObjectsPinned { req, result });
+                    let _ = c.conn.post(&Msg::ObjectsPinned { req, result });
                 }
             }
             Msg::UnpinObjects { offsets } => {
@@ -824,7 +824,7 @@ impl Raylet {
     ) {
         let reply = |st: &State, result: std::result::Result<u64, Error>| {
             if let Some(c) = st.clients.get(&client) {
-                let _ = c.conn.send(&Msg::ObjectPulled { req, result });
+                let _ = c.conn.post(&Msg::ObjectPulled { req, result });
             }
         };
         if let Some(c) = st.copies.get_mut(&key) {
@@ -947,7 +947,7 @@ impl Raylet {
                 }
                 for (client, req) in waiters {
                     if let Some(c) = st.clients.get(&client) {
-                        let _ = c.conn.send(&Msg::ObjectPulled {
+                        let _ = c.conn.post(&Msg::ObjectPulled {
                             req,
                             result: result.clone().map(|_| local),
                         });

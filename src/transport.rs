@@ -744,6 +744,8 @@ pub(crate) struct Conn {
     /// frame written under `inner`. This lock is never held across IO.
     deferred: Mutex<Vec<u8>>,
     shutdown: Stream,
+    /// A [`Conn::post`] flusher thread runs for this connection.
+    flushing: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -802,6 +804,7 @@ impl Conn {
             }),
             deferred: Mutex::new(Vec::new()),
             shutdown: s,
+            flushing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -914,6 +917,52 @@ impl Conn {
             }
         }
         Ok(true)
+    }
+
+    /// Sends without ever blocking the caller (who may hold a lock others
+    /// need): what the socket does not take now goes out, in order, from a
+    /// thread of its own, at most one per connection, so a peer that stops
+    /// reading costs only its own connection (closed after the send
+    /// timeout).
+    pub(crate) fn post(self: &std::sync::Arc<Self>, msg: &Msg) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.try_send(msg)? {
+            return Ok(());
+        }
+        if self.flushing.swap(true, Ordering::AcqRel) {
+            // The running flusher sees these bytes (it checks again after
+            // it clears the flag).
+            return Ok(());
+        }
+        let c = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("conn-flush".into())
+            .spawn(move || loop {
+                let ok = c.flush().is_ok();
+                c.flushing.store(false, Ordering::Release);
+                // Bytes posted after the flush took its share and before
+                // the flag dropped were left to this thread: go again,
+                // unless another flusher has started (or the peer is gone).
+                if !ok || !c.pending() || c.flushing.swap(true, Ordering::AcqRel) {
+                    break;
+                }
+            });
+        if spawned.is_err() {
+            self.flushing.store(false, Ordering::Release);
+            return self.flush();
+        }
+        Ok(())
+    }
+
+    /// Bytes [`Conn::try_send`] kept are still to go out.
+    fn pending(&self) -> bool {
+        let w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        !w.tail.is_empty()
+            || !self
+                .deferred
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
     }
 
     /// Writes what [`Conn::try_send`] kept (blocking).
@@ -1179,6 +1228,32 @@ mod tests {
             conn.send(&Msg::Blocked).is_err(),
             "sends after the close fail"
         );
+    }
+
+    #[test]
+    fn post_never_blocks_and_delivers_everything_in_order() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Stream::Unix(a), Stream::Unix(b));
+        let conn = std::sync::Arc::new(Conn::new(&a).unwrap());
+        // Far more than the socket buffer holds, posted while nobody reads:
+        // every post returns at once.
+        let t0 = std::time::Instant::now();
+        for i in 0..400u64 {
+            conn.post(&Msg::FreeObjects {
+                offsets: vec![i; 1000],
+            })
+            .unwrap();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        // Then read: all of it, in order.
+        let mut r = BufReader::new(b);
+        let mut body = Vec::new();
+        for i in 0..400u64 {
+            match read_frame(&mut r, &mut body).unwrap() {
+                Some(Msg::FreeObjects { offsets }) => assert_eq!(offsets[0], i),
+                other => panic!("frame {i}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -378,6 +378,28 @@ fn test_malformed_frames_cost_only_their_connection() {
     );
 }
 
+/// Issue 9: a local process that asks the raylet many questions and never
+/// reads the answers stalls nobody else: the raylet answers without
+/// blocking under its lock (a thread of the connection's own writes what
+/// the socket does not take), so the driver's own raylet calls (store
+/// stats, allocating a large put) still answer at once.
+fn test_a_client_that_never_reads_stalls_no_one() {
+    common::cluster(2.0, None);
+    rustray::__private::flood_raylet(300_000, Duration::from_secs(15)).expect("flood");
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    for _ in 0..20 {
+        rustray::store_stats().expect("store stats");
+        let big = rustray::put(vec![3u8; 1 << 20]).expect("a large put");
+        drop(big);
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "the raylet stalled: {:?}",
+        t0.elapsed()
+    );
+}
+
 fn test_shutdown_then_init_again() {
     for _ in 0..3 {
         common::cluster(2.0, None);
@@ -399,6 +421,10 @@ fn main() {
         (
             "test_malformed_frames_cost_only_their_connection",
             test_malformed_frames_cost_only_their_connection,
+        ),
+        (
+            "test_a_client_that_never_reads_stalls_no_one",
+            test_a_client_that_never_reads_stalls_no_one,
         ),
         (
             "test_worker_output_reaches_driver_with_pid_prefix",
