@@ -67,21 +67,29 @@ fn note(delta: isize) {
 // counting touches only const-initialised thread-locals, which allocate
 // nothing.
 unsafe impl GlobalAlloc for Counting {
+    // SAFETY: GlobalAlloc's contract binds the caller; it is passed on
+    // to System unchanged.
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note(layout.size() as isize);
         // SAFETY: the caller's contract is System's.
         unsafe { System.alloc(layout) }
     }
+    // SAFETY: GlobalAlloc's contract binds the caller; it is passed on
+    // to System unchanged.
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         note(layout.size() as isize);
         // SAFETY: as above.
         unsafe { System.alloc_zeroed(layout) }
     }
+    // SAFETY: GlobalAlloc's contract binds the caller; it is passed on
+    // to System unchanged.
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         note(-(layout.size() as isize));
         // SAFETY: as above.
         unsafe { System.dealloc(ptr, layout) }
     }
+    // SAFETY: GlobalAlloc's contract binds the caller; it is passed on
+    // to System unchanged.
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note(new_size as isize - layout.size() as isize);
         // SAFETY: as above.

@@ -146,6 +146,8 @@ impl Arena {
     /// published, so that no other reference into it exists: the raylet
     /// hands out only blocks that no view or pin on the node still holds.
     #[allow(clippy::mut_from_ref)]
+    // SAFETY: callers promise what `# Safety` says; the bounds are checked
+    // here.
     pub(crate) unsafe fn write(&self, offset: u64, len: u64) -> Result<&mut [u8]> {
         let (o, l) = self.check(offset, len)?;
         // SAFETY: in bounds (checked); exclusive by the caller's contract.

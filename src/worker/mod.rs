@@ -1010,10 +1010,13 @@ impl CoreWorker {
 
     /// Frees an object nobody references any more.
     pub(crate) fn maybe_free(&self, st: &mut State, id: ObjectId, fx: &mut Effects) {
-        // A freed object's block may have waited for what just let go of
-        // it (a finished task's hold on its argument, say), though refs to
-        // the object live on.
-        self.release_freed(st, id, fx);
+        let Some(e) = st.objects.get(&id) else { return };
+        if e.freed {
+            // A freed object's block may have waited for what just let go
+            // of it (a finished task's hold on its argument, say), though
+            // refs to the object live on.
+            self.release_freed(st, id, fx);
+        }
         let Some(e) = st.objects.get(&id) else { return };
         if e.local > 0 || !e.borrowers.is_empty() {
             return;
