@@ -179,6 +179,7 @@ impl LocalCluster {
             s.remove_sockets();
             let _ = std::fs::remove_file(s.arena_path());
             s.remove_fabric_files();
+            s.spill_dir().remove_all();
         }
     }
 }
@@ -404,6 +405,7 @@ fn launch_slurm(
             // A killed raylet could not remove its shared memory.
             let _ = std::fs::remove_file(s.arena_path());
             s.remove_fabric_files();
+            s.spill_dir().remove_all();
             // The node was lost mid-job (killed, OOM): the GCS has noticed
             // and the cluster carries on without it, so this rank must not
             // fail the step (srun --kill-on-bad-exit would end every node).

@@ -376,13 +376,17 @@ pub fn get_runtime_context() -> Result<RuntimeContext> {
 /// This node's object store, as [`store_stats`] reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreStats {
-    /// Bytes of the store in use (objects, copies pulled from other nodes,
-    /// and their alignment).
+    /// Bytes of the store's memory in use (objects, copies pulled from
+    /// other nodes, and their alignment; not what is spilled).
     pub used_bytes: u64,
-    /// The store's size.
+    /// The store's memory.
     pub capacity_bytes: u64,
-    /// Blocks in the store (objects and copies).
+    /// Objects and copies in the store, spilled ones included.
     pub num_objects: u64,
+    /// Objects spilled to disk (see [`Config::spill_dir`]).
+    pub spilled_objects: u64,
+    /// Their bytes.
+    pub spilled_bytes: u64,
 }
 
 /// How full this node's object store is, now (Ray's `ray memory` summary
@@ -398,11 +402,15 @@ pub fn store_stats() -> Result<StoreStats> {
             used,
             capacity,
             objects,
+            spilled_objects,
+            spilled_bytes,
             ..
         } => Ok(StoreStats {
             used_bytes: used,
             capacity_bytes: capacity,
             num_objects: objects,
+            spilled_objects,
+            spilled_bytes,
         }),
         _ => Err(Error::unavailable("unexpected reply from the raylet")),
     }

@@ -34,6 +34,7 @@ pub struct Config {
     object_store_memory: Option<u64>,
     local_nodes: Option<u16>,
     transport: Option<crate::fabric::Transport>,
+    spill_dir: Option<std::path::PathBuf>,
     /// Nodes on this machine with their own settings (`add_local_node`).
     per_node: Vec<Config>,
 }
@@ -67,6 +68,26 @@ impl Config {
     pub fn object_store_memory(mut self, bytes: u64) -> Config {
         self.object_store_memory = Some(bytes);
         self
+    }
+
+    /// Where a node spills objects when its store is full (Ray's object
+    /// spilling): each node writes under its own subdirectory of `dir`.
+    /// Default: `RUSTRAY_SPILL_DIR`, else the job's `$TMPDIR` (node-local
+    /// scratch under Slurm, or the burst buffer a site points it at), else
+    /// `/tmp`.
+    ///
+    /// ```
+    /// let cfg = rustray::Config::new().spill_dir("/scratch/spill");
+    /// # let _ = cfg;
+    /// ```
+    pub fn spill_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Config {
+        self.spill_dir = Some(dir.into());
+        self
+    }
+
+    /// The spill directory's parent for this node.
+    pub(crate) fn spill_base(&self) -> std::path::PathBuf {
+        crate::object_store::spill_base(self.spill_dir.as_deref())
     }
 
     /// Start this many nodes on this machine, each with its own raylet and
@@ -401,6 +422,11 @@ impl Session {
     /// name (`/dev/shm/<name>`, with the provider's own suffixes): a
     /// raylet killed with SIGKILL, or one whose endpoint got stuck, cannot
     /// close it, so the cluster's cleanup removes it with the arena.
+    /// This node's spill directory.
+    pub(crate) fn spill_dir(&self) -> crate::object_store::SpillDir {
+        crate::object_store::SpillDir::new(&self.config.spill_base(), &self.cluster, &self.node)
+    }
+
     pub(crate) fn remove_fabric_files(&self) {
         let name = self.fabric_name();
         let Ok(rd) = std::fs::read_dir("/dev/shm") else {

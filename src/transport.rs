@@ -559,6 +559,8 @@ pub(crate) enum Msg {
         used: u64,
         capacity: u64,
         objects: u64,
+        spilled_objects: u64,
+        spilled_bytes: u64,
     },
 
     // ---- between core workers ----

@@ -292,16 +292,21 @@ fn test_object_too_large_and_store_full() {
     common::cluster(2.0, Some(8 << 20));
     let e = rustray::put(vec![0u8; 16 << 20]).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ObjectTooLarge, "{e}");
+    // A full store spills (tests/spill.rs); one whose every object is in
+    // use cannot.
     let a = rustray::put(vec![1u8; 5 << 20]).unwrap();
+    let view = rustray::get_view(&a).unwrap();
     let e = rustray::put(vec![2u8; 5 << 20]).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::StoreFull, "{e}");
     // dropping the only ref frees the space
+    drop(view);
     drop(a);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match rustray::put(vec![3u8; 5 << 20]) {
             Ok(r) => {
                 assert_eq!(rustray::get_view(&r).unwrap()[123], 3);
+                assert_eq!(rustray::store_stats().unwrap().spilled_objects, 0);
                 break;
             }
             Err(e) if Instant::now() < deadline && e.kind() == ErrorKind::StoreFull => {

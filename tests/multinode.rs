@@ -690,6 +690,42 @@ fn test_object_directory_serves_copies_after_primary_loss() {
     assert_eq!(local_checksum(&v), local_checksum(&pattern(6 << 20, 4)));
 }
 
+/// Ray's `test_spill_remote_object`: objects spilled on one node are read
+/// by tasks on another: the pull makes the source read them back from its
+/// disk (over TCP, or pinned for the RDMA read under the fabric transport).
+fn test_spill_remote_object() {
+    if common::launched() {
+        return; // needs stores of its own sizes
+    }
+    rustray::init_with(
+        Config::new()
+            .num_cpus(1.0)
+            .add_local_node(Config::new().object_store_memory(48 << 20))
+            .add_local_node(Config::new().num_cpus(2.0).object_store_memory(256 << 20)),
+    )
+    .expect("two nodes");
+    let nodes = rustray::nodes().expect("nodes");
+    let refs: Vec<_> = (0..8u8)
+        .map(|i| rustray::put(pattern(12 << 20, i)).expect("put spills on node 0"))
+        .collect();
+    let s = rustray::store_stats().expect("stats");
+    assert!(s.spilled_objects >= 4, "{s:?}");
+    let sums: Vec<_> = refs
+        .iter()
+        .map(|r| {
+            checksum::options()
+                .resource(&pin(&nodes[1]), 0.01)
+                .remote(r)
+        })
+        .collect();
+    for (i, r) in sums.iter().enumerate() {
+        let (sum, len, node) = rustray::get_timeout(r, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("task {i}: {e}"));
+        assert_eq!((len, node.as_str()), (12 << 20, nodes[1].name.as_str()));
+        assert_eq!(sum, expected_sum(12 << 20, i as u8), "task {i}: corrupted");
+    }
+}
+
 /// `checksum`'s sum of `pattern(n, seed)`, computed here.
 fn expected_sum(n: usize, seed: u8) -> u64 {
     pattern(n, seed)
@@ -1012,6 +1048,7 @@ fn test_fabric_provider_cannot_open() {
 fn main() {
     common::enter_cluster_role();
     common::run(&[
+        ("test_spill_remote_object", test_spill_remote_object),
         (
             "test_fabric_transfer_verified",
             test_fabric_transfer_verified,

@@ -49,6 +49,11 @@ struct Cli {
     /// Object store size per node, in bytes.
     #[arg(long, value_name = "BYTES")]
     object_store_memory: Option<u64>,
+    /// Where each node spills objects when its store is full (default:
+    /// RUSTRAY_SPILL_DIR, else the job's $TMPDIR, else /tmp); every node
+    /// writes under its own subdirectory.
+    #[arg(long, value_name = "DIR")]
+    spill_dir: Option<PathBuf>,
     /// How objects move between nodes: `fabric` (libfabric RDMA reads;
     /// FI_PROVIDER picks the provider), `tcp` (built in), or `auto`
     /// (fabric when a hardware provider is there, else tcp).
@@ -162,6 +167,9 @@ fn run(cli: Cli) -> rustray::Result<i32> {
     }
     if let Some(t) = cli.transport {
         config = config.transport(t);
+    }
+    if let Some(d) = cli.spill_dir {
+        config = config.spill_dir(d);
     }
     let mut local_nodes = cli.local_nodes;
     if !cli.local_node.is_empty() {

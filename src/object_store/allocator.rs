@@ -47,12 +47,9 @@ impl Allocator {
         self.capacity
     }
 
+    #[cfg(test)]
     pub(crate) fn used(&self) -> u64 {
         self.used_bytes
-    }
-
-    pub(crate) fn live_blocks(&self) -> usize {
-        self.used.len()
     }
 
     /// Allocates `size` bytes (rounded up to the alignment); returns the offset.

@@ -5,34 +5,36 @@
 //! register it with the network card once, and because mapping it once per
 //! process makes every later read a pointer offset (zero copy).
 //!
-//! Ownership of the bytes: the raylet holds the [`Store`] (the allocator and
-//! which owner each block belongs to) and is the only one that allocates or
-//! frees. A writer asks the raylet for a block, fills it through its own
-//! mapping, and only then publishes the location (the "seal"): after that the
-//! bytes are immutable, so readers need no lock. A block is freed when its
-//! owner says no reference remains, or when the owner process exits (objects
+//! Ownership of the bytes: the raylet holds the [`Store`] (the allocator,
+//! which owner each block belongs to, which blocks are spilled) and is the
+//! only one that allocates or frees. A writer asks the raylet for a block
+//! (pinned for it until it is written), fills it through its own mapping,
+//! and only then publishes the location (the "seal"): after that the bytes
+//! are immutable, so readers need no lock. A block is freed when its owner
+//! says no reference remains, or when the owner process exits (objects
 //! fate-share with their owner, as in Ray).
 //!
-//! A process other than the owner that reads a block in place (a borrower's
-//! `get` or view, a task's argument) first pins it at the raylet, naming the
-//! object's random tag so a reused block is never mistaken for it. A free
-//! of a pinned block only dooms it: the allocator gets it back at the last
-//! unpin, so no block is reused, and rewritten, under a live reader,
-//! whatever became of its owner.
+//! Every process that reads a block in place (a `get` or view, the owner's
+//! included, a task's argument, a transfer to another node) first pins it
+//! at the raylet, naming the object's random tag so a reused block is never
+//! mistaken for it. A free of a pinned block only dooms it: the allocator
+//! gets it back at the last unpin, so no block is reused, and rewritten,
+//! under a live reader, whatever became of its owner. Unpinned blocks are
+//! what spilling may move to disk (see [`table`]); a pin brings them back.
 //!
 //! The arena file lives in `/dev/shm` under a name carrying the cluster id and
 //! node name; tmpfs pages are only allocated when first touched, so a large
 //! arena costs nothing until used.
 
 mod allocator;
+mod spill;
+mod table;
 
-pub(crate) use allocator::AllocError;
-use allocator::Allocator;
+pub(crate) use spill::{spill_base, SpillDir};
+pub(crate) use table::{Pin, Store, COPY_OWNER, SPACE_PER_MEMORY};
 
-use crate::codec::ALIGN;
-use crate::error::{Error, ErrorKind, Result};
-use crate::ids::WorkerId;
-use std::collections::{HashMap, HashSet};
+use crate::error::{Error, Result};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// A mapping of the node's arena into this process.
@@ -41,6 +43,8 @@ pub(crate) struct Arena {
     ptr: *mut u8,
     len: usize,
     path: PathBuf,
+    /// Kept open to release the pages of spilled blocks.
+    file: std::fs::File,
 }
 
 // SAFETY: the arena is plain shared memory; concurrent access is coordinated
@@ -79,7 +83,6 @@ impl Arena {
     }
 
     fn map(file: std::fs::File, len: usize, path: &Path) -> Result<Arena> {
-        use std::os::fd::AsRawFd;
         if len == 0 {
             return Err(Error::invalid("object store size must be > 0"));
         }
@@ -105,6 +108,7 @@ impl Arena {
             ptr: ptr.cast(),
             len,
             path: path.to_path_buf(),
+            file,
         })
     }
 
@@ -143,8 +147,10 @@ impl Arena {
     /// # Safety
     /// `offset..offset + len` must be a block the raylet allocated to the
     /// caller (`CreateObject`, or a pulled copy's block) and not yet
-    /// published, so that no other reference into it exists: the raylet
-    /// hands out only blocks that no view or pin on the node still holds.
+    /// published, or a spilled block the raylet is restoring, so that no
+    /// other reference into it exists: the raylet hands out only blocks
+    /// that no view or pin on the node still holds, and takes no pin on a
+    /// block being restored.
     #[allow(clippy::mut_from_ref)]
     // SAFETY: callers promise what `# Safety` says; the bounds are checked
     // here.
@@ -152,6 +158,39 @@ impl Arena {
         let (o, l) = self.check(offset, len)?;
         // SAFETY: in bounds (checked); exclusive by the caller's contract.
         Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr.add(o), l) })
+    }
+
+    /// Gives the memory of the whole pages inside `offset..offset + len`
+    /// back to the system (a spilled block's): the range reads as zeros
+    /// until written again. Only a block nobody reads or writes may be
+    /// released (the store evicts only blocks no pin holds).
+    pub(crate) fn release_pages(&self, offset: u64, len: u64) -> Result<()> {
+        let (o, l) = self.check(offset, len)?;
+        let page = 4096usize;
+        let start = o.div_ceil(page) * page;
+        let end = (o + l) / page * page;
+        if end <= start {
+            return Ok(());
+        }
+        // SAFETY: fallocate on the arena's own open fd, over a range inside
+        // the file (checked above); punching a hole frees the tmpfs pages
+        // of that range and keeps the file's size. No memory is touched
+        // through the mapping here.
+        let r = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                start as libc::off_t,
+                (end - start) as libc::off_t,
+            )
+        };
+        if r != 0 {
+            return Err(Error::io(
+                "releasing a spilled object's memory",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
     }
 
     /// Removes the arena's name; mappings stay valid until unmapped.
@@ -166,123 +205,6 @@ impl Drop for Arena {
         unsafe {
             libc::munmap(self.ptr.cast(), self.len);
         }
-    }
-}
-
-/// The raylet's bookkeeping of the arena.
-#[derive(Debug)]
-pub(crate) struct Store {
-    alloc: Allocator,
-    /// Live blocks: their owner and their object's tag.
-    blocks: HashMap<u64, (WorkerId, u64)>,
-    /// Readers' pins, by block (live or doomed).
-    pins: HashMap<u64, u32>,
-    /// Blocks freed while pinned: back to the allocator at the last unpin.
-    doomed: HashSet<u64>,
-}
-
-impl Store {
-    pub(crate) fn new(capacity: u64) -> Store {
-        Store {
-            alloc: Allocator::new(capacity, ALIGN as u64),
-            blocks: HashMap::new(),
-            pins: HashMap::new(),
-            doomed: HashSet::new(),
-        }
-    }
-
-    /// Allocates a block for an object owned by `owner`, tagged `tag`.
-    pub(crate) fn create(&mut self, size: u64, owner: WorkerId, tag: u64) -> Result<u64> {
-        match self.alloc.alloc(size) {
-            Ok(off) => {
-                self.blocks.insert(off, (owner, tag));
-                Ok(off)
-            }
-            Err(AllocError::TooLarge { size, capacity }) => Err(Error::new(
-                ErrorKind::ObjectTooLarge,
-                format!(
-                    "object of {size} bytes is larger than the object store ({capacity} bytes); start the cluster with a larger object_store_memory"
-                ),
-            )),
-            Err(AllocError::Full { size, free }) => Err(Error::new(
-                ErrorKind::StoreFull,
-                format!(
-                    "no room for an object of {size} bytes: {free} of {} bytes free (in fragments) and spilling is not supported yet; drop references to free objects",
-                    self.alloc.capacity()
-                ),
-            )),
-        }
-    }
-
-    /// Frees a block, or, while readers pin it, dooms it (its object is
-    /// gone at once; its bytes stay until the last unpin). False if no such
-    /// block is live.
-    pub(crate) fn free(&mut self, offset: u64) -> bool {
-        if self.blocks.remove(&offset).is_none() {
-            return false;
-        }
-        if self.pins.contains_key(&offset) {
-            self.doomed.insert(offset);
-            return true;
-        }
-        self.alloc.free(offset)
-    }
-
-    /// Pins the live block at `offset` if it still holds the object tagged
-    /// `tag`.
-    pub(crate) fn pin(&mut self, offset: u64, tag: u64) -> Result<()> {
-        match self.blocks.get(&offset) {
-            Some((_, t)) if *t == tag => {
-                *self.pins.entry(offset).or_insert(0) += 1;
-                Ok(())
-            }
-            _ => Err(Error::new(
-                ErrorKind::ObjectLost,
-                format!(
-                    "the object at {offset} in this node's store was released (its owner freed it or died)"
-                ),
-            )),
-        }
-    }
-
-    /// Drops one pin; the last one of a doomed block frees it.
-    pub(crate) fn unpin(&mut self, offset: u64) {
-        let Some(n) = self.pins.get_mut(&offset) else {
-            return;
-        };
-        *n -= 1;
-        if *n == 0 {
-            self.pins.remove(&offset);
-            if self.doomed.remove(&offset) {
-                self.alloc.free(offset);
-            }
-        }
-    }
-
-    /// Frees every block owned by a process that exited.
-    pub(crate) fn free_owned_by(&mut self, owner: WorkerId) -> usize {
-        let offs: Vec<u64> = self
-            .blocks
-            .iter()
-            .filter(|(_, (o, _))| *o == owner)
-            .map(|(off, _)| *off)
-            .collect();
-        for off in &offs {
-            self.free(*off);
-        }
-        offs.len()
-    }
-
-    pub(crate) fn used(&self) -> u64 {
-        self.alloc.used()
-    }
-
-    pub(crate) fn capacity(&self) -> u64 {
-        self.alloc.capacity()
-    }
-
-    pub(crate) fn live_objects(&self) -> usize {
-        self.alloc.live_blocks()
     }
 }
 
@@ -312,46 +234,24 @@ mod tests {
     }
 
     #[test]
-    fn store_errors_name_the_problem_and_owner_exit_frees() {
-        let mut s = Store::new(1 << 16);
-        let e = s.create(1 << 20, WorkerId(1), 1).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::ObjectTooLarge);
-        let _a = s.create(40_000, WorkerId(1), 7).unwrap();
-        let e = s.create(40_000, WorkerId(2), 8).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::StoreFull);
-        assert_eq!(s.free_owned_by(WorkerId(1)), 1);
-        assert_eq!(s.used(), 0);
-        s.create(40_000, WorkerId(2), 9).unwrap();
-    }
-
-    #[test]
-    fn a_pinned_block_outlives_its_owner_and_is_never_reused_under_a_reader() {
-        let mut s = Store::new(1 << 16);
-        let a = s.create(40_000, WorkerId(1), 7).unwrap();
-        // Only the object it holds can be pinned.
-        assert_eq!(s.pin(a, 8).unwrap_err().kind(), ErrorKind::ObjectLost);
-        s.pin(a, 7).unwrap();
-        s.pin(a, 7).unwrap();
-        // The owner dies: the object is gone, its bytes are not.
-        assert_eq!(s.free_owned_by(WorkerId(1)), 1);
-        assert!(s.pin(a, 7).is_err(), "a doomed block takes no new pins");
-        assert_eq!(
-            s.create(40_000, WorkerId(2), 9).unwrap_err().kind(),
-            ErrorKind::StoreFull
-        );
-        s.unpin(a);
-        assert!(s.used() >= 40_000);
-        s.unpin(a);
-        assert_eq!(s.used(), 0);
-        assert_eq!(s.create(40_000, WorkerId(2), 9).unwrap(), a);
-        // An explicit free of a pinned block waits the same way; unpins of
-        // blocks never pinned change nothing.
-        s.pin(a, 9).unwrap();
-        assert!(s.free(a));
-        assert!(!s.free(a), "freed once");
-        s.unpin(a + 64);
-        assert!(s.used() >= 40_000);
-        s.unpin(a);
-        assert_eq!(s.used(), 0);
+    fn released_pages_are_given_back_and_neighbours_kept() {
+        let path = PathBuf::from(format!("/dev/shm/rustray-test-rel-{}", std::process::id()));
+        let a = Arena::create(&path, 1 << 20).unwrap();
+        let blocks = |f: &std::fs::File| {
+            use std::os::unix::fs::MetadataExt;
+            f.metadata().unwrap().blocks()
+        };
+        // SAFETY: a test arena nobody else writes or reads meanwhile.
+        unsafe { a.write(0, 1 << 20) }.unwrap().fill(7);
+        let full = blocks(&a.file);
+        // A block from 100 to 3 pages + 100: only its two whole pages go.
+        a.release_pages(100, 3 * 4096).unwrap();
+        assert_eq!(blocks(&a.file), full - 2 * 4096 / 512);
+        let r = a.read(0, 5 * 4096).unwrap();
+        assert!(r[..4096].iter().all(|b| *b == 7));
+        assert!(r[4096..3 * 4096].iter().all(|b| *b == 0));
+        assert!(r[3 * 4096..].iter().all(|b| *b == 7));
+        assert!(a.release_pages(1 << 20, 1).is_err());
+        a.unlink();
     }
 }

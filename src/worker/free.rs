@@ -14,8 +14,11 @@
 //!
 //! That covers frees by the owner. A reader that is not the owner cannot
 //! stop the owner's death from freeing the block (the raylet frees a dead
-//! process's blocks), so it pins the block at the raylet first
-//! ([`BlockPins`]): the raylet then keeps the bytes until the pin goes.
+//! process's blocks), and nobody else could stop the raylet spilling an
+//! unpinned block to disk, so every in-place read, the owner's included,
+//! pins the block at the raylet first ([`BlockPins`]): the raylet then
+//! keeps the bytes in memory until the pin goes (reading a spilled object
+//! back first).
 
 use super::{CoreWorker, Effects, State};
 use crate::codec;
@@ -32,8 +35,8 @@ pub(crate) struct ReadGuard {
     _pins: Option<BlockPins>,
 }
 
-/// Pins at this node's raylet on blocks this process reads in place but
-/// does not own, released when dropped (or when the process ends).
+/// Pins at this node's raylet on blocks this process reads in place,
+/// released when dropped (or when the process ends).
 pub(crate) struct BlockPins {
     raylet: Arc<crate::transport::Conn>,
     offsets: Vec<u64>,
@@ -106,9 +109,10 @@ impl CoreWorker {
             match st.objects.get_mut(&id) {
                 Some(e) if !e.freed => {
                     e.views += 1;
-                    // Another process's block on this node (a pulled copy
-                    // is pinned already).
-                    !e.owned && e.local_copy.is_none()
+                    // A block on this node, the owner's own included: the
+                    // raylet may spill what nobody pins. A pulled copy is
+                    // pinned already.
+                    e.local_copy.is_none()
                 }
                 _ => return Err(freed_error(id)),
             }

@@ -1497,7 +1497,13 @@ impl CoreWorker {
         };
         // SAFETY: the raylet just allocated this block to us; its location
         // is published (returned) only once it is written.
-        enc.write_to(unsafe { self.arena.write(offset, len as u64) }?);
+        let written = unsafe { self.arena.write(offset, len as u64) }.map(|b| enc.write_to(b));
+        // Sealed: the raylet pinned it for this write (so it could not be
+        // spilled half-written); from now on readers pin it themselves.
+        let _ = self.raylet.post(&Msg::UnpinObjects {
+            offsets: vec![offset],
+        });
+        written?;
         Ok(Payload::Store {
             node: self.session.node_index,
             tag,

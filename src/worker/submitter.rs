@@ -841,9 +841,14 @@ impl CoreWorker {
                     .and_then(|t| t.retry_exceptions.clone())
             };
             filter.is_some_and(|f| {
+                // A stored error always travels inline; a store block is a
+                // value (and is not read here, unpinned).
                 returns
                     .first()
-                    .and_then(|p| self.payload_bytes(p).ok())
+                    .and_then(|p| match p {
+                        Payload::Inline(b) => Some(b),
+                        Payload::Store { .. } => None,
+                    })
                     .is_some_and(|b| (f.0)(b))
             })
         };

@@ -26,9 +26,11 @@
 //! a dedicated TCP connection, reading straight into the arena; copies are
 //! shared by every reader on the node and freed when the last unpins.
 
+mod store;
+
 use crate::error::{Error, Result};
 use crate::ids::WorkerId;
-use crate::object_store::{Arena, Store};
+use crate::object_store::{Arena, SpillDir, Store, COPY_OWNER, SPACE_PER_MEMORY};
 use crate::scheduler::{Action, ClientId, LeaseManager, PeerNode};
 use crate::session::{log, Session, ENV_ROLE, ENV_SESSION};
 use crate::transport::{self, Conn, Listener, Msg, NodeInfo, Stream};
@@ -93,9 +95,6 @@ const WEDGED_AFTER: Duration = Duration::from_secs(3);
 const TRANSFER_STALL: Duration = Duration::from_secs(30);
 /// Bound on registering with the GCS.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
-/// The owner recorded for pulled copies: they are freed by unpinning, not
-/// by an owner's death.
-const COPY_OWNER: WorkerId = WorkerId(0);
 
 /// A block of another node's store, copied into this one.
 enum CopyState {
@@ -165,6 +164,8 @@ struct State {
     drivers_seen: u32,
     /// Set when shutting down: no more workers are started.
     stopping: bool,
+    /// A spill batch is being written (one at a time).
+    spilling: bool,
 }
 
 struct Raylet {
@@ -187,6 +188,10 @@ struct Raylet {
     fabric_wedged: std::sync::atomic::AtomicBool,
     /// The connection to the GCS, once registered.
     gcs: std::sync::OnceLock<Arc<Conn>>,
+    /// Signalled (with `state`'s lock) when a spill or restore ends.
+    room: std::sync::Condvar,
+    /// Where this node's spilled objects go.
+    spill: SpillDir,
 }
 
 /// Drops one pin of a pulled copy; the last frees its block.
@@ -301,7 +306,10 @@ fn run(session: Session) -> Result<()> {
     raise_fd_limit();
     let resources = session.config.node_resources()?;
     let store_bytes = session.config.store_bytes()?;
-    let arena = Arc::new(Arena::create(&session.arena_path(), store_bytes)?);
+    // Address space for spilled objects beside the memory (see
+    // `object_store::table`): sparse, so it costs nothing until written.
+    let space = store_bytes.saturating_mul(SPACE_PER_MEMORY);
+    let arena = Arc::new(Arena::create(&session.arena_path(), space)?);
     let cpus = resources.get(crate::scheduler::CPU).ceil().max(1.0) as usize;
     let mut leases = LeaseManager::new(resources.clone(), cpus.max(2), cpus.max(2));
     leases.set_node(session.node_index);
@@ -314,7 +322,7 @@ fn run(session: Session) -> Result<()> {
         env: session.to_process_env()?,
         state: Mutex::new(State {
             leases,
-            store: Store::new(arena.len() as u64),
+            store: Store::new(store_bytes, arena.len() as u64),
             clients: HashMap::new(),
             pids: HashMap::new(),
             registered: HashMap::new(),
@@ -324,6 +332,7 @@ fn run(session: Session) -> Result<()> {
             nodes: HashMap::new(),
             drivers_seen: 0,
             stopping: false,
+            spilling: false,
         }),
         next_client: AtomicU64::new(1),
         arena,
@@ -333,6 +342,8 @@ fn run(session: Session) -> Result<()> {
         fabric_forced: session.config.transport_choice()? == crate::fabric::Transport::Fabric,
         fabric_wedged: Default::default(),
         gcs: std::sync::OnceLock::new(),
+        room: std::sync::Condvar::new(),
+        spill: session.spill_dir(),
         session,
     });
     let gcs = raylet.register(&resources, tcp.port(), fabric.map(|(_, a)| a))?;
@@ -405,7 +416,7 @@ impl Raylet {
                 available: resources.clone(),
                 alive: true,
                 store_used: 0,
-                store_capacity: self.arena.len() as u64,
+                store_capacity: self.lock().store.capacity(),
                 drivers: 0,
                 drivers_seen: 0,
                 fabric,
@@ -670,17 +681,27 @@ impl Raylet {
                 owner,
                 tag,
             } => {
-                let result = st.store.create(size, owner, tag);
+                // Room first (spilling others if need be); the block is
+                // pinned for its writer until it unpins it, written.
+                let (mut st, room) = self.make_room(st, size);
+                let result = room.and_then(|()| st.store.create(size, owner, tag));
+                if let Ok(offset) = result {
+                    let _ = st.store.pin(offset, tag);
+                    st.pins.entry(client).or_default().push(offset);
+                }
                 if let Some(c) = st.clients.get(&client) {
                     let _ = c.conn.post(&Msg::ObjectCreated { req, result });
                 }
             }
             Msg::GetStoreStats { req } => {
+                let (spilled_objects, spilled_bytes) = st.store.spilled();
                 let reply = Msg::StoreStats {
                     req,
                     used: st.store.used(),
                     capacity: st.store.capacity(),
                     objects: st.store.live_objects() as u64,
+                    spilled_objects,
+                    spilled_bytes,
                 };
                 if let Some(c) = st.clients.get(&client) {
                     let _ = c.conn.post(&reply);
@@ -690,6 +711,7 @@ impl Raylet {
                 for o in offsets {
                     st.store.free(o);
                 }
+                drop(self.delete_dead_files(st));
             }
             Msg::KillWorker { worker } => self.execute(&mut st, vec![Action::KillWorker(worker)]),
             Msg::RetireRefused => {
@@ -713,24 +735,11 @@ impl Raylet {
                 tag,
             } => unpin_copy(&mut st, (node, offset, len, tag)),
             Msg::PinObjects { req, blocks } => {
-                let st = &mut *st;
-                let mut done = Vec::with_capacity(blocks.len());
-                let mut result = Ok(());
-                for (offset, tag) in blocks {
-                    match st.store.pin(offset, tag) {
-                        Ok(()) => done.push(offset),
-                        Err(e) => {
-                            result = Err(e);
-                            break;
-                        }
-                    }
-                }
+                // Spilled blocks are read back first.
+                let (mut st, result) = self.pin_blocks(st, &blocks);
                 if result.is_ok() {
-                    st.pins.entry(client).or_default().extend(done);
-                } else {
-                    for offset in done {
-                        st.store.unpin(offset);
-                    }
+                    let held = st.pins.entry(client).or_default();
+                    held.extend(blocks.iter().map(|(o, _)| *o));
                 }
                 if let Some(c) = st.clients.get(&client) {
                     let _ = c.conn.post(&Msg::ObjectsPinned { req, result });
@@ -759,10 +768,13 @@ impl Raylet {
             } => {
                 let key = (node, offset, len, tag);
                 let conn = st.clients.get(&client).map(|c| c.conn.clone());
-                // The primary block, or this node's copy (pinned while it
-                // is sent, so it cannot be freed and reused meanwhile).
+                // The primary block (read back first if it was spilled), or
+                // this node's copy, pinned while it is sent, so it cannot be
+                // freed and reused meanwhile.
                 let base = if node == self.session.node_index {
-                    st.store.pin(offset, tag).map(|()| (offset, true))
+                    let (s, r) = self.pin_blocks(st, &[(offset, tag)]);
+                    st = s;
+                    r.map(|()| (offset, true))
                 } else {
                     match st.copies.get_mut(&key) {
                         Some(Copy {
@@ -814,9 +826,9 @@ impl Raylet {
     }
 
     /// A local process wants a block of another node's store.
-    fn pull(
-        self: &Arc<Self>,
-        mut st: std::sync::MutexGuard<'_, State>,
+    fn pull<'a>(
+        self: &'a Arc<Self>,
+        mut st: std::sync::MutexGuard<'a, State>,
         client: ClientId,
         req: u64,
         key: CopyKey,
@@ -857,7 +869,14 @@ impl Raylet {
             reply(&st, Err(e));
             return;
         }
-        let local = match st.store.create(len, COPY_OWNER, key.3) {
+        // Room for the copy, spilling objects here if need be; another
+        // pull of the same object may have started meanwhile: join it.
+        let (s, room) = self.make_room(st, len);
+        st = s;
+        if st.copies.contains_key(&key) {
+            return self.pull(st, client, req, key, Vec::new());
+        }
+        let local = match room.and_then(|()| st.store.create(len, COPY_OWNER, key.3)) {
             Ok(o) => o,
             Err(e) => {
                 reply(&st, Err(e));
@@ -886,6 +905,17 @@ impl Raylet {
                 let mut local_dirty = false;
                 for source in &sources {
                     if let Some(addr) = r.fabric_peer(*source, key) {
+                        // One-sided reads bypass the source's CPU: the block
+                        // is pinned there first (read back if spilled), held
+                        // by this connection until the read is done.
+                        let _hold = match r.hold_at_source(*source, key) {
+                            Ok(h) => h,
+                            Err(e) => {
+                                log!("pull of {len} bytes from node {source} failed: {e}");
+                                result = Err(e);
+                                continue;
+                            }
+                        };
                         match r.fetch_fabric(&addr, *source, key, local) {
                             Ok(()) => {
                                 result = Ok(());
@@ -902,7 +932,8 @@ impl Raylet {
                                     .insert(*source);
                                 if e.dirty {
                                     log!("block at {local} ({len} bytes) abandoned to the failed read");
-                                    match r.lock().store.create(len, COPY_OWNER, key.3) {
+                                    let (mut st, room) = r.make_room(r.lock(), len);
+                                    match room.and_then(|()| st.store.create(len, COPY_OWNER, key.3)) {
                                         Ok(o) => local = o,
                                         Err(e) => {
                                             local_dirty = true;
@@ -1063,6 +1094,41 @@ impl Raylet {
         fabric.read(addr, &label, offset, dst, TRANSFER_STALL, &lost)
     }
 
+    /// Pins the primary block of `key` at node `source` for a one-sided
+    /// read, so it is neither freed nor spilled under the read (a spilled
+    /// block is read back into memory first); the pin lasts as long as the
+    /// returned connection.
+    fn hold_at_source(&self, source: u16, key: CopyKey) -> Result<Stream> {
+        let (_, offset, _, tag) = key;
+        let lost = |e: String| {
+            Error::new(
+                crate::error::ErrorKind::ObjectLost,
+                format!("node {source} cannot pin the object for an RDMA read: {e}"),
+            )
+        };
+        let ep = self.node_endpoint(source)?;
+        let mut stream = ep
+            .connect(&self.session.secret)
+            .map_err(|e| lost(e.to_string()))?;
+        if let Stream::Tcp(t) = &stream {
+            t.set_read_timeout(Some(TRANSFER_STALL))
+                .map_err(|e| lost(e.to_string()))?;
+        }
+        Conn::new(&stream)?
+            .send(&Msg::PinObjects {
+                req: 0,
+                blocks: vec![(offset, tag)],
+            })
+            .map_err(|e| lost(e.to_string()))?;
+        let mut frame = Vec::new();
+        match transport::read_frame(&mut stream, &mut frame) {
+            Ok(Some(Msg::ObjectsPinned { result: Ok(()), .. })) => Ok(stream),
+            Ok(Some(Msg::ObjectsPinned { result: Err(e), .. })) => Err(e),
+            Ok(_) => Err(lost("unexpected answer".into())),
+            Err(e) => Err(lost(e.to_string())),
+        }
+    }
+
     /// Node `node`'s raylet, waiting (bounded) for a cluster view that has
     /// it: a node that just joined may not be in this raylet's view yet.
     fn node_endpoint(&self, node: u16) -> Result<transport::Endpoint> {
@@ -1184,6 +1250,7 @@ impl Raylet {
         for offset in st.pins.remove(&client).unwrap_or_default() {
             st.store.unpin(offset);
         }
+        let mut st = self.delete_dead_files(st);
         let a = st.leases.client_gone(client);
         self.execute(&mut st, a);
         drop(st);
@@ -1209,6 +1276,7 @@ impl Raylet {
             let worker = slot.filter(|w| st.registered.remove(w).is_some());
             if let Some(worker) = worker {
                 let freed = st.store.free_owned_by(worker);
+                st = self.delete_dead_files(st);
                 let _ = std::fs::remove_file(self.session.worker_socket(worker));
                 log!("worker {worker} (pid {pid}) exited with status {status}; freed {freed} objects");
             }
@@ -1266,6 +1334,7 @@ impl Raylet {
             f.close();
         }
         let _ = std::fs::remove_file(self.session.arena_path());
+        self.spill.remove_all();
         self.session.remove_fabric_files();
         self.session.remove_sockets();
         std::process::exit(0);
