@@ -11,9 +11,13 @@
 //! connection closes.
 //!
 //! Workers are started by re-executing the application binary with
-//! `RUSTRAY_ROLE=worker`; a single reaper thread collects exited children
+//! `RUSTRAY_ROLE=worker`, on a spawner thread (never under the state lock:
+//! the lock is held for bookkeeping only, and socket writes made under it
+//! are non-blocking posts); a single reaper thread collects exited children
 //! and reports them to the lease manager and the store (objects fate-share
 //! with their owner).
+//!
+//! The store's IO shell (spilling to disk, restoring) is in [`store`].
 //!
 //! Across nodes: the raylet registers with the GCS at start-up (an
 //! unreachable GCS fails the start with an error naming it), reports its free
@@ -114,6 +118,9 @@ type CopyKey = (u16, u64, u64, u64);
 /// Workers that exit before registering this many times in a row mean the
 /// binary does not call `rustray::init()` first: stop retrying.
 const MAX_START_FAILURES: u32 = 5;
+/// Bound on registrations waiting for the spawner to record their pid (a
+/// peer cannot grow the table past it with made-up pids).
+const MAX_UNCLAIMED: usize = 1024;
 
 struct Client {
     conn: Arc<Conn>,
@@ -166,6 +173,12 @@ struct State {
     stopping: bool,
     /// A spill batch is being written (one at a time).
     spilling: bool,
+    /// Children reaped before the spawner recorded their pid (pid ->
+    /// status): the spawner takes them as exits when it does.
+    early_exits: HashMap<u32, i32>,
+    /// Workers that registered before the spawner recorded their pid
+    /// (pid -> their client and id): claimed when it does.
+    unclaimed: HashMap<u32, (ClientId, WorkerId)>,
 }
 
 struct Raylet {
@@ -192,6 +205,9 @@ struct Raylet {
     room: std::sync::Condvar,
     /// Where this node's spilled objects go.
     spill: SpillDir,
+    /// Worker starts asked for, one message each, done by the spawner
+    /// thread without the state lock (a slow exec stalls no client).
+    spawns: std::sync::mpsc::Sender<()>,
 }
 
 /// Drops one pin of a pulled copy; the last frees its block.
@@ -317,6 +333,7 @@ fn run(session: Session) -> Result<()> {
     leases.note_prestarted(prestart);
     let fabric = open_fabric(&session, &arena)?;
     let unix = Listener::bind_unix(&session.raylet_socket())?;
+    let (spawns, spawn_rx) = std::sync::mpsc::channel();
     let tcp = Listener::bind_tcp(session.ip)?;
     let raylet = Arc::new(Raylet {
         env: session.to_process_env()?,
@@ -333,6 +350,8 @@ fn run(session: Session) -> Result<()> {
             drivers_seen: 0,
             stopping: false,
             spilling: false,
+            early_exits: HashMap::new(),
+            unclaimed: HashMap::new(),
         }),
         next_client: AtomicU64::new(1),
         arena,
@@ -344,6 +363,7 @@ fn run(session: Session) -> Result<()> {
         gcs: std::sync::OnceLock::new(),
         room: std::sync::Condvar::new(),
         spill: session.spill_dir(),
+        spawns,
         session,
     });
     let gcs = raylet.register(&resources, tcp.port(), fabric.map(|(_, a)| a))?;
@@ -375,6 +395,8 @@ fn run(session: Session) -> Result<()> {
     crate::signals::on_terminate(move |sig| r.shutdown(&format!("signal {sig}")));
     let r = raylet.clone();
     spawn("raylet-reaper", Box::new(move || r.reap()))?;
+    let r = raylet.clone();
+    spawn("raylet-spawner", Box::new(move || r.spawner(spawn_rx)))?;
     let r = raylet.clone();
     spawn("raylet-report", Box::new(move || r.report(gcs)))?;
     let r = raylet.clone();
@@ -543,28 +565,70 @@ impl Raylet {
         self.client_gone(id);
     }
 
+    /// Takes a worker's registration if `pid` is an unclaimed process this
+    /// raylet started.
+    fn claim_worker(&self, st: &mut State, worker: WorkerId, pid: u32) {
+        if !claim_pid(&mut st.pids, worker, pid) {
+            // A pid this raylet did not start (or one already claimed): a
+            // bug or a forged message. Signalling it later could hit any
+            // process of the user.
+            log!("worker {worker} registered with pid {pid}, which is not an unclaimed worker process of this raylet; ignored");
+            return;
+        }
+        st.registered.insert(worker, pid);
+        st.start_failures = 0;
+        let a = st.leases.worker_registered(worker);
+        self.execute(st, a);
+    }
+
+    /// Asks the spawner thread for a worker process.
     fn start_worker(&self, st: &mut State) {
         if st.stopping {
             // A worker started now would outlive the kill below and find
             // the store gone.
             return;
         }
-        let child = std::process::Command::new(&self.session.exe)
-            .args(&self.session.args)
-            .env(ENV_ROLE, "worker")
-            .env(ENV_SESSION, &self.env)
-            .stdin(std::process::Stdio::null())
-            .spawn();
-        match child {
-            Ok(c) => {
-                st.pids.insert(c.id(), None);
-                // The reaper thread collects it with waitpid.
-                drop(c);
+        let _ = self.spawns.send(());
+    }
+
+    /// Starts the worker processes asked for, one at a time, with the state
+    /// lock held only to record them.
+    fn spawner(&self, asks: std::sync::mpsc::Receiver<()>) {
+        for () in asks {
+            if self.lock().stopping {
+                continue;
             }
-            Err(e) => {
-                log!("cannot start a worker: {e}");
-                let actions = st.leases.worker_start_failed();
-                self.execute(st, actions);
+            let child = std::process::Command::new(&self.session.exe)
+                .args(&self.session.args)
+                .env(ENV_ROLE, "worker")
+                .env(ENV_SESSION, &self.env)
+                .stdin(std::process::Stdio::null())
+                .spawn();
+            let mut st = self.lock();
+            match child {
+                Ok(mut c) if st.stopping => {
+                    // Shutdown began meanwhile and will not see this one.
+                    let _ = c.kill();
+                }
+                Ok(c) => {
+                    let pid = c.id();
+                    st.pids.insert(pid, None);
+                    if let Some((client, worker)) = st.unclaimed.remove(&pid) {
+                        if st.clients.contains_key(&client) {
+                            self.claim_worker(&mut st, worker, pid);
+                        }
+                    }
+                    // The reaper thread collects it with waitpid; if it
+                    // already did, this is its exit.
+                    if let Some(status) = st.early_exits.remove(&pid) {
+                        self.child_exited(st, pid, status);
+                    }
+                }
+                Err(e) => {
+                    log!("cannot start a worker: {e}");
+                    let actions = st.leases.worker_start_failed();
+                    self.execute(&mut st, actions);
+                }
             }
         }
     }
@@ -634,17 +698,13 @@ impl Raylet {
                     st.drivers_seen += 1;
                 }
                 if !is_driver {
-                    if !claim_pid(&mut st.pids, worker, pid) {
-                        // A pid this raylet did not start (or one already
-                        // claimed): a bug or a forged message. Signalling it
-                        // later could hit any process of the user.
-                        log!("worker {worker} registered with pid {pid}, which is not an unclaimed worker process of this raylet; ignored");
+                    if !st.pids.contains_key(&pid) && st.unclaimed.len() < MAX_UNCLAIMED {
+                        // Started so fast that the spawner has not recorded
+                        // it yet: it completes the registration when it does.
+                        st.unclaimed.insert(pid, (client, worker));
                         return;
                     }
-                    st.registered.insert(worker, pid);
-                    st.start_failures = 0;
-                    let a = st.leases.worker_registered(worker);
-                    self.execute(&mut st, a);
+                    self.claim_worker(&mut st, worker, pid);
                 }
             }
             Msg::RequestLease { req, shape, spill } => {
@@ -1250,6 +1310,7 @@ impl Raylet {
         for offset in st.pins.remove(&client).unwrap_or_default() {
             st.store.unpin(offset);
         }
+        st.unclaimed.retain(|_, (c, _)| *c != client);
         let mut st = self.delete_dead_files(st);
         let a = st.leases.client_gone(client);
         self.execute(&mut st, a);
@@ -1270,28 +1331,43 @@ impl Raylet {
                 continue;
             }
             let mut st = self.lock();
-            let Some(slot) = st.pids.remove(&(pid as u32)) else {
-                continue;
-            };
-            let worker = slot.filter(|w| st.registered.remove(w).is_some());
-            if let Some(worker) = worker {
-                let freed = st.store.free_owned_by(worker);
-                st = self.delete_dead_files(st);
-                let _ = std::fs::remove_file(self.session.worker_socket(worker));
-                log!("worker {worker} (pid {pid}) exited with status {status}; freed {freed} objects");
-            }
-            let a = if let Some(worker) = worker {
-                st.leases.worker_died(worker)
-            } else {
-                st.start_failures += 1;
-                if st.start_failures >= MAX_START_FAILURES {
-                    log!("workers keep exiting before registering; giving up on starting more");
-                    continue;
+            if !st.pids.contains_key(&(pid as u32)) {
+                // Not recorded yet (the spawner records a child after
+                // starting it), or not a worker: kept for the spawner,
+                // bounded.
+                if st.early_exits.len() >= 1024 {
+                    st.early_exits.clear();
                 }
-                st.leases.worker_start_failed()
-            };
-            self.execute(&mut st, a);
+                st.early_exits.insert(pid as u32, status);
+                continue;
+            }
+            self.child_exited(st, pid as u32, status);
         }
+    }
+
+    /// A worker process this raylet started exited.
+    fn child_exited<'a>(&'a self, mut st: std::sync::MutexGuard<'a, State>, pid: u32, status: i32) {
+        let Some(slot) = st.pids.remove(&pid) else {
+            return;
+        };
+        let worker = slot.filter(|w| st.registered.remove(w).is_some());
+        if let Some(worker) = worker {
+            let freed = st.store.free_owned_by(worker);
+            st = self.delete_dead_files(st);
+            let _ = std::fs::remove_file(self.session.worker_socket(worker));
+            log!("worker {worker} (pid {pid}) exited with status {status}; freed {freed} objects");
+        }
+        let a = if let Some(worker) = worker {
+            st.leases.worker_died(worker)
+        } else {
+            st.start_failures += 1;
+            if st.start_failures >= MAX_START_FAILURES {
+                log!("workers keep exiting before registering; giving up on starting more");
+                return;
+            }
+            st.leases.worker_start_failed()
+        };
+        self.execute(&mut st, a);
     }
 
     /// Kills every worker, removes the node's files, and exits.
