@@ -676,6 +676,69 @@ fn test_multinode_suite_on_fabric_slurm() {
     assert!(!t.contains(" 0 passed;"), "{t}");
 }
 
+/// The chaos suite (tests/chaos.rs) as the driver of a 3-node Slurm step:
+/// random SIGKILLs of workers, actors and one node's raylet under srun;
+/// every result is right or a clear error, and once the step is over no
+/// process of the job and no shared-memory file is left on any node (the
+/// emulated nodes share one process table and one /dev/shm).
+fn test_chaos_suite_on_slurm() {
+    if !slurm_wanted() {
+        return;
+    }
+    let shm = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir("/dev/shm")
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("rustray-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = shm();
+    let chaos = test_binary("chaos");
+    let mut c = Command::new("srun");
+    c.args(["-N", "3", "--ntasks-per-node=1", "--kill-on-bad-exit=1"])
+        .arg(launcher())
+        .args(["--num-cpus", "2"])
+        .args(["--object-store-memory", &(512u64 << 20).to_string()])
+        .arg("--")
+        .arg(&chaos);
+    slurm_env(&mut c, "none");
+    c.env_remove("APP_MODE").env("CHAOS_SECONDS", "8");
+    let out = run_bounded(c, Duration::from_secs(240));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("chaos: ") && t.contains(" kills, "), "{t}");
+    assert!(t.contains("test result: ok. 1 passed"), "{t}");
+    // Nothing of the job is left: no process running the chaos binary (the
+    // raylets and workers re-execute it), no store or endpoint file.
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left: Vec<String> = std::fs::read_dir("/proc")
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+                        let argv0 = cmd.split(|b| *b == 0).next()?;
+                        (argv0 == chaos.as_os_str().as_encoded_bytes())
+                            .then(|| e.file_name().to_string_lossy().into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let files: Vec<String> = shm().difference(&before).cloned().collect();
+        if left.is_empty() && files.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "left after the step: processes {left:?}, /dev/shm files {files:?}\n{t}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn slurm_wanted() -> bool {
     std::env::var_os("RUSTRAY_SKIP_SLURM").is_none()
 }
@@ -1068,6 +1131,7 @@ fn main() {
             "test_multinode_suite_on_fabric_slurm",
             test_multinode_suite_on_fabric_slurm,
         ),
+        ("test_chaos_suite_on_slurm", test_chaos_suite_on_slurm),
         (
             "test_sigterm_leaves_nothing_behind",
             test_sigterm_leaves_nothing_behind,

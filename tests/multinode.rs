@@ -6,7 +6,7 @@ mod common;
 
 use rustray::{Config, ErrorKind, SchedulingStrategy};
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[rustray::remote]
 fn where_am_i(ms: u64) -> String {
@@ -25,6 +25,13 @@ fn checksum(data: Vec<u8>) -> (u64, usize, String) {
 #[rustray::remote]
 fn make_bytes(n: usize, seed: u8) -> Vec<u8> {
     pattern(n, seed)
+}
+
+/// Puts a block from inside a task: its worker owns it.
+#[rustray::remote]
+fn put_and_own(n: usize, seed: u8) -> (rustray::ObjectRef<Vec<u8>>, u32) {
+    let r = rustray::put(pattern(n, seed)).expect("put in a task");
+    (r, std::process::id())
 }
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
@@ -690,6 +697,49 @@ fn test_object_directory_serves_copies_after_primary_loss() {
     assert_eq!(local_checksum(&v), local_checksum(&pattern(6 << 20, 4)));
 }
 
+/// Objects fate-share with their owner, copies included: a borrower's copy
+/// of an object, pulled into its node's store, is freed when the owner
+/// dies, although the borrower still holds the ref (whose `get` now fails
+/// with `OwnerDied`).
+fn test_owner_killed_frees_borrowed_copies() {
+    let nodes = three_nodes();
+    let me = rustray::node_name().expect("node");
+    let other = nodes.iter().find(|n| n.name != me).expect("another node");
+    let (inner, pid) = rustray::get_timeout(
+        &put_and_own::options()
+            .resource(&pin(other), 0.01)
+            .remote(16usize << 20, 3u8),
+        Duration::from_secs(30),
+    )
+    .expect("a task puts and returns the ref");
+    let v = rustray::get(&inner).expect("a borrowed read pulls a copy here");
+    assert_eq!(local_checksum(&v), local_checksum(&pattern(16 << 20, 3)));
+    drop(v);
+    let with_copy = rustray::store_stats().expect("stats").used_bytes;
+    assert!(with_copy >= 16 << 20, "{with_copy}");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = rustray::get_timeout(&inner, Duration::from_secs(1)).err();
+        let used = rustray::store_stats().expect("stats").used_bytes;
+        if e.as_ref().is_some_and(|e| e.kind() == ErrorKind::OwnerDied)
+            && used + (16 << 20) <= with_copy
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the copy outlived its owner: get {e:?}, store {used} bytes of {with_copy} with it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(inner);
+}
+
 /// Ray's `test_spill_remote_object`: objects spilled on one node are read
 /// by tasks on another: the pull makes the source read them back from its
 /// disk (over TCP, or pinned for the RDMA read under the fabric transport).
@@ -1049,6 +1099,10 @@ fn main() {
     common::enter_cluster_role();
     common::run(&[
         ("test_spill_remote_object", test_spill_remote_object),
+        (
+            "test_owner_killed_frees_borrowed_copies",
+            test_owner_killed_frees_borrowed_copies,
+        ),
         (
             "test_fabric_transfer_verified",
             test_fabric_transfer_verified,

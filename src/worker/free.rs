@@ -137,8 +137,29 @@ impl CoreWorker {
                 e.views = e.views.saturating_sub(1);
             }
             self.release_freed(&mut st, id, &mut fx);
+            self.release_dead_copy(&mut st, id, &mut fx);
         }
         self.apply(fx);
+    }
+
+    /// A borrowed object whose value is gone (its owner died, or it was
+    /// freed): this node's pulled copy of it is unpinned, so the store gets
+    /// the memory back, as soon as no read of it is in progress here.
+    pub(crate) fn release_dead_copy(&self, st: &mut State, id: ObjectId, fx: &mut Effects) {
+        let Some(e) = st.objects.get_mut(&id) else {
+            return;
+        };
+        if e.owned || e.views > 0 || e.local_copy.is_none() {
+            return;
+        }
+        let Some(original) = e.replaced.clone() else {
+            return;
+        };
+        e.local_copy = None;
+        fx.unpins.push(original);
+        let node = self.session.node_index;
+        fx.to_owner
+            .push((id.owner, Msg::RemoveLocation { id, node }));
     }
 
     /// `rustray::free` of one object, from any process holding a ref: a
@@ -165,6 +186,7 @@ impl CoreWorker {
                 self.release_freed(&mut st, id, &mut fx);
             } else {
                 fx.to_owner.push((id.owner, Msg::FreeObject { id }));
+                self.release_dead_copy(&mut st, id, &mut fx);
             }
         }
         self.apply(fx);

@@ -831,18 +831,23 @@ impl CoreWorker {
                     self.set_value(&mut st, id, Payload::Inline(blob.clone()), &mut fx);
                 }
                 // Objects fate-share with their owner (as in Ray): one read
-                // before fails from now on too. A copy pulled here stays
-                // pinned (views of it stay valid) until the ref is dropped.
+                // before fails from now on too. A copy pulled here is
+                // unpinned once no view of it is left.
                 let died = Error::new(
                     ErrorKind::OwnerDied,
                     format!("the owner of this object (worker {worker}) died; objects share their owner's fate"),
                 );
                 let died = codec::encode_error(&died);
+                let mut dead = Vec::new();
                 for (id, e) in st.objects.iter_mut() {
                     if id.owner == worker && !e.owned && e.replaced.is_none() && e.value.is_some() {
                         e.replaced = e.value.replace(Payload::Inline(died.clone()));
                         fx.notify = true;
+                        dead.push(*id);
                     }
+                }
+                for id in dead {
+                    self.release_dead_copy(&mut st, id, &mut fx);
                 }
                 self.worker_lost(&mut st, worker, &mut fx);
             }
