@@ -338,6 +338,20 @@ fn count_run(marker: &str) {
     f.write_all(b"x").expect("marker write");
 }
 
+/// Makes blocks on demand, counting its runs in a marker file.
+pub struct Producer;
+
+#[rustray::actor]
+impl Producer {
+    pub fn new() -> Self {
+        Producer
+    }
+    pub fn make(&mut self, marker: String, n: usize, seed: u8) -> (Vec<u8>, String) {
+        count_run(&marker);
+        (pattern(n, seed), rustray::node_name().expect("node name"))
+    }
+}
+
 fn runs(marker: &str) -> usize {
     std::fs::read(marker).map(|b| b.len()).unwrap_or(0)
 }
@@ -695,6 +709,67 @@ fn test_object_directory_serves_copies_after_primary_loss() {
     );
     let v = rustray::get_view(&x).expect("served from the copy on the holder's node");
     assert_eq!(local_checksum(&v), local_checksum(&pattern(6 << 20, 4)));
+}
+
+/// test_reconstruction.py's actor case: a result of an actor call whose
+/// only copy was on a lost node is recomputed, when the call has
+/// `max_task_retries`, by calling the method again on the actor restarted
+/// elsewhere; without it the result stays `ObjectLost`.
+fn test_actor_task_reconstruction_after_node_loss() {
+    let nodes = three_nodes();
+    let victim = &nodes[2];
+    let raylet = raylet_pid_of(victim);
+    let dir = std::env::temp_dir();
+    let marker = |k: &str| {
+        let m = dir.join(format!("rustray-actor-recon-{k}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&m);
+        m.display().to_string()
+    };
+    let (ma, mb) = (marker("a"), marker("b"));
+    let there = SchedulingStrategy::NodeAffinity {
+        node: victim.name.clone(),
+        soft: true,
+    };
+    // (Retries: the recomputing call may first reach the dying actor.)
+    let retried = Producer::options()
+        .max_restarts(1)
+        .max_task_retries(5)
+        .scheduling_strategy(there.clone())
+        .remote(())
+        .expect("actor");
+    let plain = Producer::options()
+        .max_restarts(1)
+        .scheduling_strategy(there)
+        .remote(())
+        .expect("actor");
+    // Where they run (a small, inline result).
+    for h in [&retried, &plain] {
+        let (_, node) =
+            rustray::get_timeout(&h.make(marker("probe"), 8, 0), Duration::from_secs(30))
+                .expect("a call");
+        assert_eq!(node, victim.name, "the actor runs on the node to lose");
+    }
+    let a = retried.make(ma.clone(), 1 << 20, 9);
+    let b = plain.make(mb.clone(), 1 << 20, 8);
+    // Ready, and not copied here: the lost node's blocks are the only ones.
+    let (ready, _) = rustray::wait_with(
+        &[a.clone(), b.clone()],
+        2,
+        Some(Duration::from_secs(30)),
+        false,
+    )
+    .expect("wait");
+    assert_eq!(ready.len(), 2);
+    assert_eq!((runs(&ma), runs(&mb)), (1, 1));
+    kill9(raylet);
+    let (bytes, node) =
+        rustray::get_timeout(&a, Duration::from_secs(60)).expect("a recomputed by the actor");
+    assert!(bytes == pattern(1 << 20, 9), "a's bytes");
+    assert_ne!(node, victim.name, "the restarted actor made it");
+    assert_eq!(runs(&ma), 2, "the method ran again");
+    let e = rustray::get_timeout(&b, Duration::from_secs(60)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ObjectLost, "{e}");
+    assert_eq!(runs(&mb), 1);
 }
 
 /// Objects fate-share with their owner, copies included: a borrower's copy
@@ -1099,6 +1174,10 @@ fn main() {
     common::enter_cluster_role();
     common::run(&[
         ("test_spill_remote_object", test_spill_remote_object),
+        (
+            "test_actor_task_reconstruction_after_node_loss",
+            test_actor_task_reconstruction_after_node_loss,
+        ),
         (
             "test_owner_killed_frees_borrowed_copies",
             test_owner_killed_frees_borrowed_copies,

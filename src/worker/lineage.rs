@@ -17,8 +17,14 @@
 //! fails at once: a `put` object, or a result of a task without retries,
 //! stays `ObjectLost`; a task out of retries, or whose by-ref argument was
 //! already released (the lineage does not keep arguments alive, unlike
-//! Ray's lineage pinning), is `ReconstructionFailed`. Actor results are not
-//! recomputed (Ray does so only with `max_task_retries`).
+//! Ray's lineage pinning), is `ReconstructionFailed`.
+//!
+//! Actor results are recomputed as Ray does, only for calls with
+//! `max_task_retries`: the method is called again on the actor as it is
+//! now (restarted elsewhere if its node was lost), at the back of this
+//! caller's queue for it, holding a count on the actor's handle as the
+//! first call did; once no handle of the actor is left, the call cannot
+//! run again (`ReconstructionFailed`).
 
 use super::submitter::{Status, Target, TaskEntry};
 use super::{CoreWorker, Effects, RawRef, State};
@@ -44,6 +50,8 @@ pub(crate) struct Lineage {
     retries_left: u32,
     max_retries: u32,
     retry_exceptions: Option<RetryFilter>,
+    /// An actor call's actor handle token (see `TaskEntry::handle`).
+    handle: Option<ObjectId>,
     /// Objects in the table that this task made.
     live: u32,
     bytes: usize,
@@ -82,7 +90,7 @@ impl CoreWorker {
     /// A task finished with results in the store: keep how to run it again
     /// while any of them lives.
     pub(super) fn record_lineage(&self, st: &mut State, t: &TaskEntry) {
-        if t.spec.actor.is_some() || t.max_retries == 0 || t.cancelled {
+        if t.max_retries == 0 || t.cancelled {
             return;
         }
         let tid = t.spec.id;
@@ -125,6 +133,7 @@ impl CoreWorker {
                 retries_left: t.retries_left,
                 max_retries: t.max_retries,
                 retry_exceptions: t.retry_exceptions.clone(),
+                handle: t.handle,
                 live: new,
                 bytes,
             },
@@ -233,6 +242,27 @@ impl CoreWorker {
                 l.spec.function
             )));
         }
+        // An actor call runs again through a handle of its actor, counted
+        // as the first run's was; with none left the actor is gone.
+        let handle = match (l.spec.actor, l.handle) {
+            (Some(actor), token) => {
+                match token.and_then(|h| st.objects.get_mut(&h).map(|e| (h, e))) {
+                    Some((h, e)) => {
+                        e.local += 1;
+                        Some(h)
+                    }
+                    None if token.is_none() => None,
+                    None => {
+                        return Err(failed(format!(
+                            "object {id} was lost ({}) and actor {actor} that made it with `{}` has no handle left to call it again",
+                            why.message(),
+                            l.spec.function
+                        )))
+                    }
+                }
+            }
+            (None, _) => None,
+        };
         if l.retries_left != crate::task::RETRY_FOREVER {
             l.retries_left -= 1;
         }
@@ -291,13 +321,14 @@ impl CoreWorker {
                 fx.free_offsets.push((node, offset));
             }
         }
+        let actor = spec.actor;
         st.sub.tasks.insert(
             tid,
             TaskEntry {
                 spec,
                 deps: Vec::new(),
                 keep,
-                handle: None,
+                handle,
                 target,
                 key: None,
                 retries_left,
@@ -309,6 +340,9 @@ impl CoreWorker {
                 arg_ids: arg_ids.clone(),
             },
         );
+        if let Some(a) = actor {
+            st.sub.queue_actor_call(a, tid);
+        }
         self.resolve_deps(st, tid, arg_ids, fx);
         Ok(())
     }

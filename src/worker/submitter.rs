@@ -188,6 +188,15 @@ impl Submitter {
         self.by_worker.keys().copied()
     }
 
+    /// Puts actor call `task` at the back of its actor's queue.
+    pub(super) fn queue_actor_call(&mut self, actor: ActorId, task: TaskId) {
+        self.actors
+            .entry(actor)
+            .or_default()
+            .pending
+            .push_back(task);
+    }
+
     /// Some task not finished yet takes `id` as an argument (its worker may
     /// be reading the block in place).
     pub(crate) fn uses_argument(&self, id: ObjectId) -> bool {
