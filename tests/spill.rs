@@ -115,6 +115,42 @@ fn test_spill_objects_automatically() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Ray's `object_spilling_threshold`: a store filled past 80% of its
+/// memory spills its oldest objects down to it in the background, with no
+/// put waiting for it (and no put having failed to fit).
+fn test_spill_past_the_threshold_in_the_background() {
+    if common::launched() {
+        return;
+    }
+    let dir = spill_dir("threshold");
+    rustray::init_with(
+        Config::new()
+            .num_cpus(1.0)
+            .object_store_memory(64 << 20)
+            .spill_dir(&dir),
+    )
+    .expect("cluster starts");
+    // 56 MiB of 64: every put fits, the store ends 87% full.
+    let refs: Vec<_> = (0..4u8)
+        .map(|i| rustray::put(pattern(14 << 20, i)).expect("put"))
+        .collect();
+    eventually("a background spill", || {
+        let s = rustray::store_stats().expect("stats");
+        s.spilled_objects >= 1 && s.used_bytes <= s.capacity_bytes / 100 * 80
+    });
+    for (i, r) in refs.iter().enumerate() {
+        assert_eq!(
+            sum(&rustray::get(r).expect("get")),
+            sum(&pattern(14 << 20, i as u8))
+        );
+    }
+    drop(refs);
+    rustray::shutdown();
+    let left = spill_files(&dir);
+    assert_eq!(left, 0, "spill files left after shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Ray's `test_spilling_not_done_for_pinned_object`: an object being read
 /// (a live view) is not spilled, so a put that only it could make room for
 /// fails with `StoreFull`; once the view is gone the same put spills it,
@@ -221,6 +257,10 @@ fn main() {
         (
             "test_spill_objects_automatically",
             test_spill_objects_automatically,
+        ),
+        (
+            "test_spill_past_the_threshold_in_the_background",
+            test_spill_past_the_threshold_in_the_background,
         ),
         (
             "test_spilling_not_done_for_pinned_object",

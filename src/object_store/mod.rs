@@ -31,7 +31,7 @@ mod spill;
 mod table;
 
 pub(crate) use spill::{spill_base, SpillDir};
-pub(crate) use table::{Pin, Store, COPY_OWNER, SPACE_PER_MEMORY};
+pub(crate) use table::{Batch, Pin, Store, COPY_OWNER, SPACE_PER_MEMORY};
 
 use crate::error::{Error, Result};
 use std::os::fd::AsRawFd;

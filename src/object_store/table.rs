@@ -35,7 +35,8 @@ use std::collections::HashMap;
 pub(crate) const SPACE_PER_MEMORY: u64 = 16;
 /// Spilling makes room down to this share of the memory budget (Ray's
 /// `object_spilling_threshold`), so that one spill batch serves several
-/// creates instead of one object per create.
+/// creates instead of one object per create; a store past it spills in the
+/// background.
 const SPILL_TARGET_PERCENT: u64 = 80;
 /// The owner recorded for copies pulled from other nodes: freed by
 /// unpinning, never spilled (the primary is elsewhere).
@@ -142,6 +143,12 @@ impl Store {
     /// Whether `size` bytes could never fit, however much is spilled.
     pub(crate) fn too_large(&self, size: u64) -> bool {
         Self::rounded(size) > self.memory
+    }
+
+    /// Whether the bytes in memory passed the spill target: a background
+    /// spill should bring them back under it.
+    pub(crate) fn past_threshold(&self) -> bool {
+        self.resident > self.memory / 100 * SPILL_TARGET_PERCENT
     }
 
     /// Whether `size` more bytes fit in memory now.

@@ -173,6 +173,8 @@ struct State {
     stopping: bool,
     /// A spill batch is being written (one at a time).
     spilling: bool,
+    /// A background spill (past the threshold) is about to start.
+    spill_pending: bool,
     /// Children reaped before the spawner recorded their pid (pid ->
     /// status): the spawner takes them as exits when it does.
     early_exits: HashMap<u32, i32>,
@@ -350,6 +352,7 @@ fn run(session: Session) -> Result<()> {
             drivers_seen: 0,
             stopping: false,
             spilling: false,
+            spill_pending: false,
             early_exits: HashMap::new(),
             unclaimed: HashMap::new(),
         }),
@@ -748,6 +751,7 @@ impl Raylet {
                 if let Ok(offset) = result {
                     let _ = st.store.pin(offset, tag);
                     st.pins.entry(client).or_default().push(offset);
+                    self.spill_past_threshold(&mut st);
                 }
                 if let Some(c) = st.clients.get(&client) {
                     let _ = c.conn.post(&Msg::ObjectCreated { req, result });

@@ -2,17 +2,19 @@
 //! ([`Store`](crate::object_store::Store), no IO): making room by spilling
 //! objects to disk, and restoring them when a reader pins them.
 //!
-//! Spill and restore IO runs on the thread that needs it (the requesting
-//! client's, or a transfer's), with the state lock dropped; one spill batch
-//! runs at a time (`State::spilling`), and threads that find a batch in
+//! A create that does not fit spills at once; a store past the spill
+//! threshold (80% of its memory) spills down to it in the background. Spill
+//! and restore IO runs on the thread that needs it (the requesting client's,
+//! a transfer's, or the background spill's), with the state lock dropped;
+//! one spill batch runs at a time (`State::spilling`), and threads that find a batch in
 //! flight or a block moving wait on [`Raylet::room`], a condvar of the state
 //! lock, for a bounded time ([`ROOM_WAIT`]).
 
 use super::{Raylet, State};
 use crate::error::{Error, ErrorKind, Result};
-use crate::object_store::Pin;
+use crate::object_store::{Batch, Pin};
 use crate::session::log;
-use std::sync::MutexGuard;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Bound on waiting for another thread's spill or restore to finish.
@@ -61,46 +63,83 @@ impl Raylet {
                 let e = st.store.full_error(size);
                 return (st, Err(e));
             }
-            st.spilling = true;
-            drop(st);
-            let bytes: u64 = batch.blocks.iter().map(|(_, l)| l).sum();
-            let started = Instant::now();
-            let written = self
-                .spill
-                .write_batch(batch.file, &self.arena, &batch.blocks);
-            st = self.lock();
-            let ats = match written {
-                Ok(ats) => ats,
-                Err(e) => {
-                    log!("spilling {bytes} bytes failed: {e}");
-                    st.store.spill_failed(&batch);
-                    st.spilling = false;
-                    self.room.notify_all();
-                    let st = self.delete_dead_files(st);
-                    return (st, Err(e));
-                }
-            };
-            let evict = st.store.spill_written(&batch, &ats);
-            drop(st);
-            for &(off, len) in &evict {
-                if let Err(e) = self.arena.release_pages(off, len) {
-                    // The bytes are on disk either way; only the memory
-                    // is not given back early.
-                    log!("{e}");
-                }
+            let (s, r) = self.spill_batch(st, batch);
+            st = s;
+            if let Err(e) = r {
+                return (st, Err(e));
             }
-            st = self.lock();
-            st.store.evicted(&evict);
-            st.spilling = false;
-            self.room.notify_all();
-            log!(
-                "spilled {} objects ({} bytes) to {} in {:?}",
-                evict.len(),
-                evict.iter().map(|(_, l)| l).sum::<u64>(),
-                self.spill.path().display(),
-                started.elapsed()
-            );
-            st = self.delete_dead_files(st);
+        }
+    }
+
+    /// Writes a batch of blocks (marked spilling) to a spill file and
+    /// releases their memory; on a write error they stay in memory.
+    fn spill_batch<'a>(&'a self, mut st: Guard<'a>, batch: Batch) -> (Guard<'a>, Result<()>) {
+        st.spilling = true;
+        drop(st);
+        let bytes: u64 = batch.blocks.iter().map(|(_, l)| l).sum();
+        let started = Instant::now();
+        let written = self
+            .spill
+            .write_batch(batch.file, &self.arena, &batch.blocks);
+        st = self.lock();
+        let ats = match written {
+            Ok(ats) => ats,
+            Err(e) => {
+                log!("spilling {bytes} bytes failed: {e}");
+                st.store.spill_failed(&batch);
+                st.spilling = false;
+                self.room.notify_all();
+                let st = self.delete_dead_files(st);
+                return (st, Err(e));
+            }
+        };
+        let evict = st.store.spill_written(&batch, &ats);
+        drop(st);
+        for &(off, len) in &evict {
+            if let Err(e) = self.arena.release_pages(off, len) {
+                // The bytes are on disk either way; only the memory is not
+                // given back early.
+                log!("{e}");
+            }
+        }
+        st = self.lock();
+        st.store.evicted(&evict);
+        st.spilling = false;
+        self.room.notify_all();
+        log!(
+            "spilled {} objects ({} bytes) to {} in {:?}",
+            evict.len(),
+            evict.iter().map(|(_, l)| l).sum::<u64>(),
+            self.spill.path().display(),
+            started.elapsed()
+        );
+        (self.delete_dead_files(st), Ok(()))
+    }
+
+    /// Past the spill threshold (Ray's `object_spilling_threshold`): spills
+    /// down to it on a thread of its own, so that later creates find room
+    /// without waiting for a spill.
+    pub(super) fn spill_past_threshold(self: &Arc<Self>, st: &mut State) {
+        if st.spilling || st.spill_pending || !st.store.past_threshold() {
+            return;
+        }
+        st.spill_pending = true;
+        let r = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("raylet-spill".into())
+            .spawn(move || {
+                let mut st = r.lock();
+                st.spill_pending = false;
+                if st.spilling || !st.store.past_threshold() {
+                    return;
+                }
+                let batch = st.store.pick_victims(0);
+                if !batch.blocks.is_empty() {
+                    drop(r.spill_batch(st, batch));
+                }
+            });
+        if spawned.is_err() {
+            st.spill_pending = false;
         }
     }
 
