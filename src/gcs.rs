@@ -382,6 +382,10 @@ pub(crate) struct Gcs {
     heartbeats: Mutex<HashMap<u16, (Arc<Conn>, std::time::Instant)>>,
     /// Round-robin position for spread actors.
     spread_next: AtomicU64,
+    /// The connection watching each actor's worker (see `create_and_watch`),
+    /// closed when the worker's node is lost: a hung node's TCP connections
+    /// stay open, and its actors must restart all the same.
+    watches: Mutex<HashMap<ActorId, (WorkerId, Arc<Conn>)>>,
 }
 
 impl Gcs {
@@ -402,6 +406,7 @@ impl Gcs {
             stop_requested: (Mutex::new(false), std::sync::Condvar::new()),
             heartbeats: Mutex::new(HashMap::new()),
             spread_next: AtomicU64::new(0),
+            watches: Mutex::new(HashMap::new()),
         });
         log!("GCS listening on {addr}");
         let g = gcs.clone();
@@ -580,9 +585,21 @@ impl Gcs {
             c.close();
         }
         // The node's processes are gone with it: so are the actors they
-        // owned (wherever those run).
+        // owned (wherever those run), and the actors running there restart
+        // elsewhere (their watches end as if their process had died).
         let (actions, waiters) = self.table().owner_died(|o| o.node() == index);
         self.finish(actions, waiters);
+        let watched: Vec<Arc<Conn>> = self
+            .watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|(w, _)| w.node() == index)
+            .map(|(_, c)| c.clone())
+            .collect();
+        for c in watched {
+            c.close();
+        }
     }
 
     fn answer(waiters: Vec<(Waiter, ActorInfo)>) {
@@ -999,12 +1016,12 @@ impl Gcs {
                     let node = self.node_info(worker.node())?;
                     let stream = Endpoint::Tcp(SocketAddr::new(node.ip, worker.port()))
                         .connect(&self.session.secret)?;
-                    let conn = Conn::new(&stream)?;
+                    let conn = Arc::new(Conn::new(&stream)?);
                     conn.send(&Msg::Hello { from: GCS_ID })?;
                     conn.send(&Msg::CreateActor { spec: spec.clone() })?;
                     Ok((lease, worker, stream, conn))
                 });
-            let (lease, worker, stream, _conn) = match created {
+            let (lease, worker, stream, conn) = match created {
                 Ok(c) => c,
                 Err(e) => {
                     log!("actor {} could not be created: {e}", spec.class);
@@ -1013,6 +1030,14 @@ impl Gcs {
                     return;
                 }
             };
+            self.watches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, (worker, conn.clone()));
+            // Lost while this was being set up: the watch ends at once.
+            if self.node_info(worker.node()).is_err() {
+                conn.close();
+            }
             let mut first = true;
             let me = self.clone();
             let _ = transport::read_loop(stream, |m| {
@@ -1030,6 +1055,10 @@ impl Gcs {
                     }
                 }
             });
+            self.watches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
             if self.stopping.load(Ordering::Relaxed) {
                 return;
             }

@@ -492,6 +492,70 @@ fn test_hung_node_is_lost_everywhere() {
     assert!(!dead.alive);
 }
 
+/// An actor whose constructor takes a while.
+pub struct SlowStart;
+
+#[rustray::actor]
+impl SlowStart {
+    pub fn new(ms: u64) -> Self {
+        std::thread::sleep(Duration::from_millis(ms));
+        SlowStart
+    }
+    pub fn node(&self) -> String {
+        rustray::node_name().expect("node name")
+    }
+}
+
+/// test_actor_failures.py's node-failure cases, on a hung node (its raylet
+/// and workers stopped, their connections open): an actor running there,
+/// and one whose constructor was running there, restart on a live node
+/// once the node is declared lost, within `max_restarts`; calls made
+/// meanwhile reach the new incarnation (`max_task_retries`).
+fn test_actors_restart_when_their_node_is_lost_hung() {
+    let nodes = three_nodes();
+    let victim = &nodes[2];
+    let raylet = raylet_pid_of(victim);
+    let there = SchedulingStrategy::NodeAffinity {
+        node: victim.name.clone(),
+        soft: true,
+    };
+    let up = Where::options()
+        .max_restarts(1)
+        .max_task_retries(1)
+        .scheduling_strategy(there.clone())
+        .remote(())
+        .expect("actor");
+    let (_, node) = rustray::get_timeout(&up.call(), Duration::from_secs(30)).expect("call");
+    assert_eq!(node, victim.name);
+    let starting = SlowStart::options()
+        .max_restarts(1)
+        .max_task_retries(1)
+        .scheduling_strategy(there)
+        .remote(3000u64)
+        .expect("actor");
+    // Its constructor is running on the victim when the node hangs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tree(raylet).len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the second actor's worker never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let hung = tree(raylet);
+    signal(&hung, "-STOP");
+    let t0 = Instant::now();
+    let call = rustray::get_timeout(&up.call(), Duration::from_secs(40));
+    let built = rustray::get_timeout(&starting.node(), Duration::from_secs(40));
+    signal(&hung, "-KILL");
+    let (_, node) = call.expect("the running actor restarted on a live node");
+    assert_ne!(node, victim.name);
+    let node = built.expect("the constructor ran again on a live node");
+    assert_ne!(node, victim.name);
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+}
+
 fn kill9(pid: u32) {
     let ok = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -1174,6 +1238,10 @@ fn main() {
     common::enter_cluster_role();
     common::run(&[
         ("test_spill_remote_object", test_spill_remote_object),
+        (
+            "test_actors_restart_when_their_node_is_lost_hung",
+            test_actors_restart_when_their_node_is_lost_hung,
+        ),
         (
             "test_actor_task_reconstruction_after_node_loss",
             test_actor_task_reconstruction_after_node_loss,
