@@ -151,6 +151,35 @@ fn test_spill_past_the_threshold_in_the_background() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Puts a block from a task (another process than the driver) and sums it.
+#[rustray::remote]
+fn put_in_task(n: usize, seed: u8) -> u64 {
+    let r = rustray::put(pattern(n, seed)).expect("put in a task");
+    sum(&rustray::get(&r).expect("get in a task"))
+}
+
+/// A driver's put that nothing reads is spillable for other processes'
+/// puts soon after (the owner gives back the block's write pin it keeps
+/// for a read right after the put within 100 ms).
+fn test_a_put_nobody_reads_is_spilled_for_another_process() {
+    if common::launched() {
+        return;
+    }
+    common::cluster(1.0, Some(16 << 20));
+    let a = rustray::put(pattern(10 << 20, 1)).expect("put");
+    std::thread::sleep(Duration::from_millis(400));
+    let got = rustray::get_timeout(
+        &put_in_task::remote(10usize << 20, 2u8),
+        Duration::from_secs(30),
+    )
+    .expect("the task's put spills the driver's");
+    assert_eq!(got, sum(&pattern(10 << 20, 2)));
+    assert_eq!(
+        sum(&rustray::get(&a).expect("a reads back")),
+        sum(&pattern(10 << 20, 1))
+    );
+}
+
 /// Ray's `test_spilling_not_done_for_pinned_object`: an object being read
 /// (a live view) is not spilled, so a put that only it could make room for
 /// fails with `StoreFull`; once the view is gone the same put spills it,
@@ -261,6 +290,10 @@ fn main() {
         (
             "test_spill_past_the_threshold_in_the_background",
             test_spill_past_the_threshold_in_the_background,
+        ),
+        (
+            "test_a_put_nobody_reads_is_spilled_for_another_process",
+            test_a_put_nobody_reads_is_spilled_for_another_process,
         ),
         (
             "test_spilling_not_done_for_pinned_object",

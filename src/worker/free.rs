@@ -50,6 +50,54 @@ impl Drop for BlockPins {
 }
 
 impl CoreWorker {
+    /// Gives back the write pins of puts that no read holds (`held_pin`):
+    /// `older_than` those put that long ago, or all. Returns when the next
+    /// one is due, for the housekeeping thread.
+    pub(crate) fn release_held_pins(
+        &self,
+        st: &mut State,
+        older_than: Option<std::time::Duration>,
+        fx: &mut Effects,
+    ) -> Option<std::time::Instant> {
+        let now = std::time::Instant::now();
+        let mut held = std::mem::take(&mut st.held);
+        let mut next = None::<std::time::Instant>;
+        held.retain(|(id, at)| match st.objects.get_mut(id) {
+            Some(e) if e.held_pin && e.views > 0 => true,
+            Some(e) if e.held_pin => {
+                if let Some(due) = older_than.map(|d| *at + d).filter(|due| *due > now) {
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                    return true;
+                }
+                e.held_pin = false;
+                fx.unpin_blocks
+                    .extend(super::held_block(e, self.session.node_index));
+                false
+            }
+            _ => false,
+        });
+        st.held = held;
+        next
+    }
+
+    /// Gives back every idle held write pin now (before asking the raylet
+    /// for room: a put, or a read that may restore a spilled object).
+    pub(crate) fn give_back_held_pins(&self) {
+        let mut fx = Effects::default();
+        {
+            let mut st = self.lock();
+            if st.held.is_empty() {
+                return;
+            }
+            self.release_held_pins(&mut st, None, &mut fx);
+        }
+        if !fx.unpin_blocks.is_empty() {
+            let _ = self.raylet.post(&Msg::UnpinObjects {
+                offsets: fx.unpin_blocks,
+            });
+        }
+    }
+
     /// Pins the blocks of this node's store among `payloads` (all or
     /// none); `None` when there are none. Fails when one was released
     /// meanwhile (its owner freed it or died).
@@ -66,6 +114,9 @@ impl CoreWorker {
         if blocks.is_empty() {
             return Ok(None);
         }
+        // A pinned block may have to be read back from disk: this
+        // process's idle write pins must not stand in the way.
+        self.give_back_held_pins();
         let offsets = blocks.iter().map(|(o, _)| *o).collect();
         match self.raylet_call(
             |req| Msg::PinObjects { req, blocks },
@@ -110,9 +161,10 @@ impl CoreWorker {
                 Some(e) if !e.freed => {
                     e.views += 1;
                     // A block on this node, the owner's own included: the
-                    // raylet may spill what nobody pins. A pulled copy is
+                    // raylet may spill what nobody pins. A pulled copy, or
+                    // a put's block whose write pin is still held, is
                     // pinned already.
-                    e.local_copy.is_none()
+                    e.local_copy.is_none() && !e.held_pin
                 }
                 _ => return Err(freed_error(id)),
             }
@@ -135,6 +187,12 @@ impl CoreWorker {
             let mut st = self.lock();
             if let Some(e) = st.objects.get_mut(&id) {
                 e.views = e.views.saturating_sub(1);
+                // A put's write pin covered the first read: given back.
+                if e.views == 0 && e.held_pin {
+                    e.held_pin = false;
+                    fx.unpin_blocks
+                        .extend(super::held_block(e, self.session.node_index));
+                }
             }
             self.release_freed(&mut st, id, &mut fx);
             self.release_dead_copy(&mut st, id, &mut fx);
@@ -212,6 +270,13 @@ impl CoreWorker {
         };
         if e.local_copy.take().is_some() {
             fx.unpins.push(old.clone());
+        }
+        if std::mem::take(&mut e.held_pin) {
+            if let Payload::Store { node, offset, .. } = old {
+                if node == self.session.node_index {
+                    fx.unpin_blocks.push(offset);
+                }
+            }
         }
         if let Payload::Store { node, offset, .. } = old {
             fx.free_offsets.push((node, offset));

@@ -49,6 +49,9 @@ pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a pull with no deadline of its own (a task's argument) waits
 /// for room in this node's store before failing with `StoreFull`.
 pub(crate) const PULL_ROOM_WAIT: Duration = Duration::from_secs(60);
+/// How long a put's write pin is kept for a read right after the put
+/// (`Entry::held_pin`) while nothing reads it.
+const HELD_PIN_FOR: Duration = Duration::from_millis(100);
 /// How long `get` spins for a value before it sleeps (and, in a worker,
 /// reports itself blocked).
 const SPIN: Duration = Duration::from_micros(50);
@@ -92,6 +95,12 @@ pub(crate) struct Entry {
     pub(crate) actor: Option<ActorId>,
     /// Owner side: the finished task whose lineage can make it again.
     pub(crate) made_by: Option<TaskId>,
+    /// Owner side, a `put`'s block: this process still holds the pin its
+    /// raylet gave the block for writing, so a read right after the put
+    /// (the common case) needs no pin round trip. Given back at the end of
+    /// the first read, at the next put, or when the object goes, so the
+    /// block becomes spillable.
+    pub(crate) held_pin: bool,
 }
 
 /// Side effects computed under the state lock, performed after it.
@@ -104,6 +113,9 @@ pub(crate) struct Effects {
     pub(crate) free_offsets: Vec<(u16, u64)>,
     /// Pulled copies to unpin locally, by their original block.
     pub(crate) unpins: Vec<Payload>,
+    /// Blocks of this node's store whose pin this process gives back (see
+    /// `Entry::held_pin`).
+    pub(crate) unpin_blocks: Vec<u64>,
     pub(crate) notify: bool,
     pub(crate) lease_requests: Vec<submitter::LeaseRequest>,
     pub(crate) return_leases: Vec<(LeaseId, bool)>,
@@ -121,6 +133,9 @@ pub(crate) struct Effects {
 pub(crate) struct State {
     pub(crate) objects: HashMap<ObjectId, Entry>,
     pub(crate) sub: submitter::Submitter,
+    /// Objects whose entry holds its block's write pin (`Entry::held_pin`),
+    /// with when they were put.
+    pub(crate) held: Vec<(ObjectId, Instant)>,
 }
 
 /// The core worker of this process.
@@ -868,6 +883,11 @@ impl CoreWorker {
         for (owner, msg) in fx.to_owner {
             self.send_to(owner, msg);
         }
+        if !fx.unpin_blocks.is_empty() {
+            let _ = self.raylet.post(&Msg::UnpinObjects {
+                offsets: fx.unpin_blocks,
+            });
+        }
         if !fx.free_offsets.is_empty() {
             let mut by_node: HashMap<u16, Vec<u64>> = HashMap::new();
             for (node, offset) in fx.free_offsets {
@@ -1045,6 +1065,10 @@ impl CoreWorker {
                 fx.to_owner
                     .push((id.owner, Msg::RemoveLocation { id, node }));
             }
+        }
+        if e.held_pin {
+            fx.unpin_blocks
+                .extend(held_block(&e, self.session.node_index));
         }
         if e.owned {
             if let Some(Payload::Store { node, offset, .. }) = e.value {
@@ -1478,8 +1502,14 @@ impl CoreWorker {
         }
     }
 
-    /// Stores an encoded value: inline when small, else in the arena.
-    pub(crate) fn store_value(&self, enc: &codec::Encoded<'_>, owner: WorkerId) -> Result<Payload> {
+    /// Stores an encoded value: inline when small, else in the arena. With
+    /// `keep_pin`, the block's write pin is kept (see `Entry::held_pin`).
+    pub(crate) fn store_value(
+        &self,
+        enc: &codec::Encoded<'_>,
+        owner: WorkerId,
+        keep_pin: bool,
+    ) -> Result<Payload> {
         let len = enc.len();
         if len <= INLINE_MAX {
             let mut v = vec![0u8; len];
@@ -1505,9 +1535,11 @@ impl CoreWorker {
         let written = unsafe { self.arena.write(offset, len as u64) }.map(|b| enc.write_to(b));
         // Sealed: the raylet pinned it for this write (so it could not be
         // spilled half-written); from now on readers pin it themselves.
-        let _ = self.raylet.post(&Msg::UnpinObjects {
-            offsets: vec![offset],
-        });
+        if !keep_pin || written.is_err() {
+            let _ = self.raylet.post(&Msg::UnpinObjects {
+                offsets: vec![offset],
+            });
+        }
         written?;
         Ok(Payload::Store {
             node: self.session.node_index,
@@ -1529,7 +1561,9 @@ impl CoreWorker {
         while !self.shutting_down.load(Ordering::Relaxed) {
             let (fx, next_due) = {
                 let mut st = self.lock();
-                self.return_idle_leases(&mut st)
+                let (mut fx, due) = self.return_idle_leases(&mut st);
+                let held_due = self.release_held_pins(&mut st, Some(HELD_PIN_FOR), &mut fx);
+                (fx, due.into_iter().chain(held_due).min())
             };
             if !fx.is_empty() {
                 self.apply(fx);
@@ -1599,6 +1633,7 @@ impl Effects {
             && self.drops.is_empty()
             && self.free_offsets.is_empty()
             && self.unpins.is_empty()
+            && self.unpin_blocks.is_empty()
             && !self.notify
             && self.lease_requests.is_empty()
             && self.return_leases.is_empty()
@@ -1665,4 +1700,15 @@ pub(crate) fn note_serialized(r: &RawRef) {
             v.push(r.clone());
         }
     });
+}
+
+/// The block of this node's store whose write pin an entry holds.
+pub(crate) fn held_block(e: &Entry, node_index: u16) -> Option<u64> {
+    [e.value.as_ref(), e.replaced.as_ref()]
+        .into_iter()
+        .flatten()
+        .find_map(|p| match p {
+            Payload::Store { node, offset, .. } if *node == node_index => Some(*offset),
+            _ => None,
+        })
 }

@@ -499,12 +499,22 @@ impl CoreWorker {
         enc: &codec::Encoded<'_>,
         contained: Vec<RawRef>,
     ) -> Result<RawRef> {
-        let payload = self.store_value(enc, self.id)?;
+        // The previous puts' idle write pins go back first: this put may
+        // need their blocks spilled to fit.
+        self.give_back_held_pins();
+        let payload = self.store_value(enc, self.id, true)?;
+        let stored = matches!(payload, Payload::Store { .. });
         let mut st = self.lock();
         let r = self.new_owned(&mut st, None);
         if let Some(e) = st.objects.get_mut(&r.id) {
             e.value = Some(payload);
             e.contained = contained;
+            e.held_pin = stored;
+        }
+        if stored {
+            st.held.push((r.id, Instant::now()));
+            drop(st);
+            self.wake_housekeeping();
         }
         Ok(r)
     }
