@@ -159,6 +159,12 @@ impl ActorTable {
             .collect()
     }
 
+    /// Whether the actor ended (killed, out of scope, or its owner died):
+    /// a creation still waiting for a worker is then cancelled.
+    pub(crate) fn ended(&self, id: ActorId) -> bool {
+        self.actors.get(&id).is_none_or(|a| a.killed)
+    }
+
     /// The constructor ran on `worker`. A kill that raced the creation wins.
     pub(crate) fn created(
         &mut self,
@@ -1010,17 +1016,25 @@ impl Gcs {
             let Some(spec) = self.table().spec(id) else {
                 return;
             };
-            let created = self
-                .lease(&spec.placement, spec.shape.clone(), &spec.strategy)
-                .and_then(|(lease, worker)| {
-                    let node = self.node_info(worker.node())?;
-                    let stream = Endpoint::Tcp(SocketAddr::new(node.ip, worker.port()))
-                        .connect(&self.session.secret)?;
-                    let conn = Arc::new(Conn::new(&stream)?);
-                    conn.send(&Msg::Hello { from: GCS_ID })?;
-                    conn.send(&Msg::CreateActor { spec: spec.clone() })?;
-                    Ok((lease, worker, stream, conn))
-                });
+            let leased = self.lease(&spec.placement, spec.shape.clone(), &spec.strategy);
+            if let Ok((lease, _)) = &leased {
+                if self.table().ended(id) {
+                    // Cancelled while it waited for a worker (its creator
+                    // died, or it was killed): the constructor never runs,
+                    // and the worker goes back.
+                    self.finish(vec![ActorAction::ReleaseWorker(*lease)], Vec::new());
+                    return;
+                }
+            }
+            let created = leased.and_then(|(lease, worker)| {
+                let node = self.node_info(worker.node())?;
+                let stream = Endpoint::Tcp(SocketAddr::new(node.ip, worker.port()))
+                    .connect(&self.session.secret)?;
+                let conn = Arc::new(Conn::new(&stream)?);
+                conn.send(&Msg::Hello { from: GCS_ID })?;
+                conn.send(&Msg::CreateActor { spec: spec.clone() })?;
+                Ok((lease, worker, stream, conn))
+            });
             let (lease, worker, stream, conn) = match created {
                 Ok(c) => c,
                 Err(e) => {

@@ -177,6 +177,12 @@ fn node_and_assigned() -> (String, Vec<(String, f64)>) {
     (c.node_name, c.assigned_resources.into_iter().collect())
 }
 
+/// The worker id of the process running the task.
+#[rustray::remote]
+fn worker_id_here() -> String {
+    rustray::get_runtime_context().expect("context").worker_id
+}
+
 /// The runtime context inside a task: (task id, actor id, is_driver, node).
 #[rustray::remote]
 fn task_context() -> (Option<String>, Option<String>, bool, String) {
@@ -845,6 +851,94 @@ fn test_kill_with_restart() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// An actor that leaves a mark when it is constructed.
+pub struct Marked;
+
+#[rustray::actor]
+impl Marked {
+    pub fn new(marker: String) -> Self {
+        let _ = std::fs::write(&marker, b"x");
+        Marked
+    }
+    pub fn ping(&self) -> u32 {
+        1
+    }
+}
+
+/// Writes its pid to `pid_file`, then creates an actor of one CPU (which
+/// waits for a CPU while the caller keeps them busy).
+#[rustray::remote]
+fn create_marked(pid_file: String, marker: String) -> u32 {
+    let _ = std::fs::write(&pid_file, std::process::id().to_string());
+    let a = Marked::options()
+        .num_cpus(1.0)
+        .remote(marker)
+        .expect("actor created");
+    rustray::get(&a.ping()).expect("ping")
+}
+
+/// test_actor_failures.py's pending-creation case: an actor whose creator
+/// dies while it waits to be placed is cancelled: it is never created, and
+/// holds nothing once the CPUs it waited for come free.
+fn test_pending_actor_cancelled_when_its_creator_dies() {
+    if common::launched() {
+        return; // needs to keep every CPU of the cluster busy
+    }
+    one_node(2.0);
+    let dir = std::env::temp_dir();
+    let pid_file = dir.join(format!("rustray-pending-pid-{}", std::process::id()));
+    let marker = dir.join(format!("rustray-pending-made-{}", std::process::id()));
+    let (pid_file, marker) = (pid_file.display().to_string(), marker.display().to_string());
+    let _ = (
+        std::fs::remove_file(&pid_file),
+        std::fs::remove_file(&marker),
+    );
+    // One CPU busy for 3 s, the other held by the creator, waiting in
+    // `remote()` for its actor's CPU.
+    let hog = sleep_ms::options().num_cpus(1.0).remote(3000u64);
+    let creator = create_marked::options()
+        .num_cpus(1.0)
+        .max_retries(0)
+        .remote(pid_file.clone(), marker.clone());
+    let end = Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        if let Some(p) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+        {
+            break p;
+        }
+        assert!(Instant::now() < end, "the creator never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let e = rustray::get_timeout(&creator, Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerDied, "{e}");
+    rustray::get_timeout(&hog, Duration::from_secs(30)).expect("hog");
+    // The CPUs are free now: a live creation would run; a cancelled one
+    // does not, and nothing stays held.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !std::path::Path::new(&marker).exists(),
+        "the pending actor was created after its creator died"
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while rustray::available_resources()
+        .expect("available")
+        .get("CPU")
+        != Some(&2.0)
+    {
+        assert!(Instant::now() < end, "CPUs stay held");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_file(&pid_file);
 }
 
 /// test_actor_failures.py's owner-death cases: an actor fate-shares with
@@ -1599,6 +1693,11 @@ fn test_runtime_context() {
     );
     assert_eq!(d.node_name, rustray::node_name().unwrap());
     assert!(d.log_dir.is_dir(), "{d:?}");
+    // test_runtime_context.py::test_get_worker_id: every process has its
+    // own worker id, the driver included.
+    assert!(!d.worker_id.is_empty(), "{d:?}");
+    let w = rustray::get_timeout(&worker_id_here::remote(), Duration::from_secs(30)).expect("task");
+    assert!(!w.is_empty() && w != d.worker_id, "{w} vs {}", d.worker_id);
     let (task, actor, is_driver, node) =
         rustray::get_timeout(&task_context::remote(), Duration::from_secs(30)).expect("task");
     assert!(
@@ -1693,6 +1792,21 @@ fn test_cluster_and_available_resources() {
         .sum();
     let c = rustray::cluster_resources().expect("cluster resources");
     assert_eq!(c.get("CPU").copied(), Some(total), "{c:?}");
+    // A task holding a CPU shows in what is available while it runs.
+    let busy = sleep_ms::remote(3000u64);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = rustray::available_resources().expect("available");
+        if a.get("CPU").copied().unwrap_or(total) <= total - 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "available never showed the running task's CPU: {a:?} of {total}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rustray::get_timeout(&busy, Duration::from_secs(30)).expect("task");
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         let a = rustray::available_resources().expect("available");
@@ -1821,6 +1935,10 @@ fn main() {
         ("test_retry_exceptions", test_retry_exceptions),
         ("test_max_calls", test_max_calls),
         ("test_runtime_context", test_runtime_context),
+        (
+            "test_pending_actor_cancelled_when_its_creator_dies",
+            test_pending_actor_cancelled_when_its_creator_dies,
+        ),
         (
             "test_nodes_with_their_own_resources",
             test_nodes_with_their_own_resources,

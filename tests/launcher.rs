@@ -65,6 +65,19 @@ fn second_driver() -> ! {
     let e = rustray::get_timeout(&boom::remote(), Duration::from_secs(30)).unwrap_err();
     assert_eq!(e.kind(), rustray::ErrorKind::TaskFailed, "{e}");
     let held = rustray::put(vec![1u8; 8 << 20]).expect("put");
+    // Its actors: one that ends with it, one detached that outlives it.
+    let own = Tally::options()
+        .name("second_owned")
+        .remote(())
+        .expect("actor");
+    let kept = Tally::options()
+        .name("second_detached")
+        .lifetime_detached()
+        .remote(())
+        .expect("actor");
+    for a in [&own, &kept] {
+        rustray::get_timeout(&a.add(1), Duration::from_secs(30)).expect("actor call");
+    }
     let node = rustray::get(&where_am_i::remote(0u64)).expect("task");
     println!(
         "second driver: tally {n}, task ran on {node}, holds {} bytes",
@@ -169,6 +182,18 @@ fn app_main(mode: &str) -> ! {
                     "the second driver's object was not freed"
                 );
                 std::thread::sleep(Duration::from_millis(20));
+            }
+            // Its detached actor outlives it; the other ended with it
+            // (Ray's non-detached actors fate-share with their driver).
+            let kept = rustray::get_actor::<Tally>("second_detached").expect("detached actor");
+            assert_eq!(rustray::get(&kept.add(1)).expect("call"), 2);
+            let end = Instant::now() + Duration::from_secs(10);
+            while rustray::get_actor::<Tally>("second_owned").is_ok() {
+                assert!(
+                    Instant::now() < end,
+                    "the second driver's actor outlived it"
+                );
+                std::thread::sleep(Duration::from_millis(50));
             }
             print!("{text}");
             println!("two drivers shared the cluster");
