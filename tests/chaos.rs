@@ -176,7 +176,7 @@ fn test_chaos_kills_workers_actors_and_a_raylet() {
     println!("chaos: {seconds} s, seed {seed} (CHAOS_SEED replays the kill order)");
     let marker = marker();
     let _ = std::fs::remove_file(&marker);
-    let shm_before = shm_files();
+    let shm_before = common::shm_files();
     rustray::init_with(
         Config::new()
             .local_nodes(3)
@@ -346,20 +346,11 @@ fn test_chaos_kills_workers_actors_and_a_raylet() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let left: Vec<String> = shm_files().difference(&shm_before).cloned().collect();
+    let left: Vec<String> = common::shm_files()
+        .difference(&shm_before)
+        .cloned()
+        .collect();
     assert!(left.is_empty(), "shared-memory files left: {left:?}");
-}
-
-/// rustray's files in /dev/shm (stores, fabric endpoints).
-fn shm_files() -> std::collections::BTreeSet<String> {
-    std::fs::read_dir("/dev/shm")
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("rustray-"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn main() {

@@ -710,16 +710,7 @@ fn test_chaos_suite_on_slurm() {
     if !slurm_wanted() {
         return;
     }
-    let shm = || -> std::collections::BTreeSet<String> {
-        std::fs::read_dir("/dev/shm")
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with("rustray-"))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let shm = common::shm_files;
     let before = shm();
     let chaos = test_binary("chaos");
     let mut c = Command::new("srun");

@@ -34,17 +34,7 @@ fn put_and_own(n: usize, seed: u8) -> (rustray::ObjectRef<Vec<u8>>, u32) {
     (r, std::process::id())
 }
 
-fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
-        .collect()
-}
-
-fn local_checksum(data: &[u8]) -> u64 {
-    data.iter().enumerate().fold(0u64, |acc, (i, b)| {
-        acc.wrapping_mul(31).wrapping_add(*b as u64 ^ i as u64)
-    })
-}
+use common::{checksum_of as local_checksum, pattern};
 
 pub struct Where {
     calls: u64,

@@ -17,17 +17,7 @@ fn checksum(data: Vec<u8>) -> (u64, usize, String) {
     )
 }
 
-fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
-        .collect()
-}
-
-fn sum(data: &[u8]) -> u64 {
-    data.iter().enumerate().fold(0u64, |acc, (i, b)| {
-        acc.wrapping_mul(31).wrapping_add(*b as u64 ^ i as u64)
-    })
-}
+use common::{checksum_of as sum, pattern};
 
 /// A fresh directory for one test's spill files.
 fn spill_dir(test: &str) -> PathBuf {

@@ -138,3 +138,29 @@ fn parents() -> std::collections::HashMap<u32, u32> {
     }
     parent
 }
+
+/// rustray's files in /dev/shm (stores, fabric endpoints).
+pub fn shm_files() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("rustray-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `n` bytes of a pattern that differs with `seed`, for checked transfers.
+pub fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
+        .collect()
+}
+
+/// A position-sensitive checksum of `data`.
+pub fn checksum_of(data: &[u8]) -> u64 {
+    data.iter().enumerate().fold(0u64, |acc, (i, b)| {
+        acc.wrapping_mul(31).wrapping_add(*b as u64 ^ i as u64)
+    })
+}
