@@ -200,6 +200,38 @@ fn app_main(mode: &str) -> ! {
             rustray::shutdown();
             std::process::exit(0);
         }
+        "spill" => {
+            // The launcher's store is 64 MiB here: 96 MiB of objects spill
+            // under the --spill-dir it was given (SPILL_DIR).
+            let dir = std::env::var("SPILL_DIR").expect("SPILL_DIR");
+            let refs: Vec<_> = (0..6u8)
+                .map(|i| rustray::put(vec![i; 16 << 20]).expect("put spills"))
+                .collect();
+            let s = rustray::store_stats().expect("stats");
+            let here = std::fs::read_dir(&dir)
+                .expect("spill dir")
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("rustray-spill-")
+                })
+                .count();
+            assert!(
+                s.spilled_objects >= 2 && here >= 1,
+                "{s:?}, {here} dirs in {dir}"
+            );
+            for (i, r) in refs.iter().enumerate() {
+                let v = rustray::get_view(r).expect("read back");
+                assert!(v.iter().all(|b| *b == i as u8), "object {i} corrupted");
+            }
+            println!(
+                "spilled {} objects under the --spill-dir",
+                s.spilled_objects
+            );
+            rustray::shutdown();
+            std::process::exit(0);
+        }
         "exit3" => std::process::exit(3),
         "wait" => {
             println!("waiting");
@@ -306,6 +338,33 @@ fn launch_local(nodes: u16, mode: &str) -> Command {
         .env("APP_MODE", mode)
         .env("RUSTRAY_RENDEZVOUS_DIR", rdv_dir());
     c
+}
+
+/// `rust-ray-launch --spill-dir DIR`: a full store spills there, and the
+/// node's spill directory is gone with the cluster.
+fn test_launch_spill_dir() {
+    let dir = std::env::temp_dir().join(format!("rustray-launch-spill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut c = Command::new(launcher());
+    c.args(["--local-nodes", "1", "--num-cpus", "1"])
+        .args(["--object-store-memory", &(64u64 << 20).to_string()])
+        .arg("--spill-dir")
+        .arg(&dir)
+        .arg("--")
+        .arg(me())
+        .env("APP_MODE", "spill")
+        .env("SPILL_DIR", &dir)
+        .env("RUSTRAY_RENDEZVOUS_DIR", rdv_dir());
+    let out = run_bounded(c, Duration::from_secs(60));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("under the --spill-dir"), "{t}");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in the spill dir: {left:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn test_launch_local_nodes() {
@@ -1148,6 +1207,7 @@ fn main() {
             test_multinode_suite_on_fabric_slurm,
         ),
         ("test_chaos_suite_on_slurm", test_chaos_suite_on_slurm),
+        ("test_launch_spill_dir", test_launch_spill_dir),
         (
             "test_sigterm_leaves_nothing_behind",
             test_sigterm_leaves_nothing_behind,
