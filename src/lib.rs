@@ -297,7 +297,16 @@ pub fn nodes() -> Result<Vec<Node>> {
         "reading the node table",
     )?;
     match reply {
-        transport::Msg::Nodes { nodes, .. } => Ok(nodes.into_iter().map(Node::from).collect()),
+        transport::Msg::Nodes { nodes, .. } => {
+            // A death read here is acted on at once, not only when this
+            // node's raylet relays it with its next view: what this
+            // process decides next (where a task's arguments are, which
+            // raylet to ask) already leaves the node out.
+            for index in cw.refresh_nodes(&nodes) {
+                cw.node_died(index);
+            }
+            Ok(nodes.into_iter().map(Node::from).collect())
+        }
         _ => Err(Error::unavailable("unexpected reply from the GCS")),
     }
 }

@@ -77,7 +77,8 @@ struct Block {
     tag: u64,
     /// Bytes it takes (its size rounded up to the alignment).
     len: u64,
-    /// Creation order: the oldest objects spill first.
+    /// Last use (creation, a pin, a restore): the least recently used
+    /// objects spill first.
     seq: u64,
     pins: u32,
     /// Freed while pinned: released at the last unpin.
@@ -259,6 +260,8 @@ impl Store {
             Some(b) if b.tag == tag && !b.doomed => match b.loc {
                 Loc::Memory | Loc::Spilling => {
                     b.pins += 1;
+                    self.next_seq += 1;
+                    b.seq = self.next_seq;
                     Ok(Pin::Pinned)
                 }
                 Loc::Disk { .. } => Ok(Pin::OnDisk { len: b.len }),
@@ -302,8 +305,8 @@ impl Store {
     }
 
     /// Chooses primary copies to spill so that `size` more bytes fit (down
-    /// to the spill target when there is that much to spill), oldest
-    /// first, among those in memory that nobody pins; marks them spilling
+    /// to the spill target when there is that much to spill), least
+    /// recently used first, among those in memory that nobody pins; marks them spilling
     /// (pinned by the spill). Empty when nothing can be spilled.
     pub(crate) fn pick_victims(&mut self, size: u64) -> Batch {
         let want = self.resident.saturating_add(Self::rounded(size));
@@ -427,6 +430,8 @@ impl Store {
         };
         if ok {
             b.loc = Loc::Memory;
+            self.next_seq += 1;
+            b.seq = self.next_seq;
             self.file_lost_one(file);
         } else {
             b.loc = Loc::Disk { file, at };
@@ -549,6 +554,23 @@ mod tests {
         assert_eq!(s.live_objects(), 4);
         assert!(s.take_dead_files().is_empty());
         let _ = c;
+    }
+
+    #[test]
+    fn the_least_recently_used_object_spills_first() {
+        let mut s = Store::new(10 * MB, 160 * MB);
+        let a = s.create(3 * MB, WorkerId(1), 1).unwrap();
+        let b = s.create(3 * MB, WorkerId(1), 2).unwrap();
+        let c = s.create(3 * MB, WorkerId(1), 3).unwrap();
+        // a was read last: b, the least recently used, goes.
+        s.pin(a, 1).unwrap();
+        s.unpin(a);
+        assert_eq!(spill(&mut s, MB), vec![b]);
+        // Read back, b is the most recently used: c goes next, then a.
+        s.begin_restore(b, 2).unwrap();
+        s.restored(b, true);
+        assert_eq!(spill(&mut s, MB), vec![c]);
+        assert_eq!(spill(&mut s, 3 * MB), vec![a]);
     }
 
     #[test]

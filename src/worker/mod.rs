@@ -500,6 +500,23 @@ impl CoreWorker {
             .is_some_and(|i| !i.alive)
     }
 
+    /// Refreshes the node cache from the GCS's table (a node known dead
+    /// stays dead); returns the nodes it shows dead that this process did
+    /// not know of.
+    pub(crate) fn refresh_nodes(&self, table: &[NodeInfo]) -> Vec<u16> {
+        let mut cache = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut newly_dead = Vec::new();
+        for n in table {
+            match cache.get(&n.index) {
+                Some(c) if !c.alive => continue,
+                _ if !n.alive => newly_dead.push(n.index),
+                _ => {}
+            }
+            cache.insert(n.index, n.clone());
+        }
+        newly_dead
+    }
+
     pub(crate) fn mark_node_lost(&self, node: u16) {
         if let Some(n) = self
             .nodes
@@ -603,7 +620,7 @@ impl CoreWorker {
     /// raylet's unanswered lease requests go elsewhere; its core workers
     /// count as gone: objects they own fail with `OwnerDied`, tasks and
     /// calls running there are retried or failed, their borrows end.
-    fn node_died(self: &Arc<Self>, node: u16) {
+    pub(crate) fn node_died(self: &Arc<Self>, node: u16) {
         if node == self.session.node_index || self.shutting_down.load(Ordering::Relaxed) {
             return;
         }
