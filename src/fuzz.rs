@@ -404,10 +404,207 @@ fn messages() -> Vec<Msg> {
             }),
             wait: true,
         },
+        // Every other message once, so each variant's layout is mutated
+        // from a valid start.
+        Msg::ReturnLease {
+            lease: LeaseId::new(1, 9),
+            kill: true,
+        },
+        Msg::Blocked,
+        Msg::Unblocked,
+        Msg::UnpinObjects {
+            offsets: vec![0, 4096, 1 << 30],
+        },
+        Msg::Retire,
+        Msg::RetireRefused,
+        Msg::KillWorker { worker: wid(6) },
+        Msg::UnpinObject {
+            node: 1,
+            offset: 4096,
+            len: 1 << 20,
+            tag: 77,
+        },
+        Msg::ReadObject {
+            node: 1,
+            offset: 4096,
+            len: 1 << 20,
+            tag: 77,
+            start: 8 << 20,
+            count: 1 << 20,
+        },
+        Msg::Shutdown,
+        Msg::LeaseSpillback { req: 13, node: 2 },
+        Msg::ObjectBytes {
+            result: Ok(1 << 20),
+        },
+        Msg::ObjectCreated {
+            req: 14,
+            result: Err(err.clone()),
+        },
+        Msg::ObjectsPinned {
+            req: 15,
+            result: Ok(()),
+        },
+        Msg::GetStoreStats { req: 16 },
+        Msg::StoreStats {
+            req: 17,
+            used: 1 << 20,
+            capacity: 1 << 30,
+            objects: 3,
+            spilled_objects: 2,
+            spilled_bytes: 2 << 20,
+        },
+        Msg::Hello { from: wid(8) },
+        Msg::CancelTask {
+            task: TaskId {
+                owner: wid(7),
+                seq: 3,
+            },
+        },
+        Msg::CancelObject { id: oid(5) },
+        Msg::FreeObject { id: oid(6) },
+        Msg::WorkerUnblocked,
+        Msg::TasksReturned {
+            tasks: vec![
+                TaskId {
+                    owner: wid(7),
+                    seq: 4,
+                },
+                TaskId {
+                    owner: wid(7),
+                    seq: 5,
+                },
+            ],
+        },
+        Msg::GetObject { id: oid(7) },
+        Msg::AddLocation {
+            id: oid(8),
+            node: 2,
+        },
+        Msg::RemoveLocation {
+            id: oid(8),
+            node: 2,
+        },
+        Msg::AddBorrow {
+            req: 18,
+            id: oid(9),
+        },
+        Msg::BorrowAdded { req: 18, ok: true },
+        Msg::RemoveBorrow { id: oid(9) },
+        Msg::NodeRegistered {
+            req: 19,
+            result: Err(err.clone()),
+        },
+        Msg::GetNodes { req: 20 },
+        Msg::Nodes {
+            req: 20,
+            nodes: (0..3).map(node).collect(),
+        },
+        Msg::ActorLookedUp {
+            req: 21,
+            result: Err(err.clone()),
+        },
+        Msg::KillActor {
+            req: 22,
+            id: ActorId(9),
+            no_restart: false,
+        },
+        Msg::ExitActor {
+            req: 23,
+            id: ActorId(9),
+        },
+        Msg::ActorKilled { req: 22 },
+        Msg::ActorOutOfScope { id: ActorId(9) },
+        Msg::OwnerGone { worker: wid(4) },
         Msg::CreateActor { spec: actor_spec() },
         Msg::ActorCreated { result: Err(err) },
         Msg::StopCluster,
     ]
+}
+
+/// Messages by variant, through an exhaustive match: a new variant does not
+/// compile until it is numbered here, and then
+/// `every_message_variant_has_a_fuzz_seed` wants a seed of it.
+const VARIANTS: usize = 62;
+
+fn variant(m: &Msg) -> usize {
+    match m {
+        Msg::Register { .. } => 0,
+        Msg::RequestLease { .. } => 1,
+        Msg::ReturnLease { .. } => 2,
+        Msg::Blocked => 3,
+        Msg::Unblocked => 4,
+        Msg::CreateObject { .. } => 5,
+        Msg::PinObjects { .. } => 6,
+        Msg::UnpinObjects { .. } => 7,
+        Msg::FreeObjects { .. } => 8,
+        Msg::Retire => 9,
+        Msg::RetireRefused => 10,
+        Msg::KillWorker { .. } => 11,
+        Msg::PullObject { .. } => 12,
+        Msg::UnpinObject { .. } => 13,
+        Msg::ReadObject { .. } => 14,
+        Msg::Shutdown => 15,
+        Msg::LeaseGranted { .. } => 16,
+        Msg::LeaseFailed { .. } => 17,
+        Msg::LeaseSpillback { .. } => 18,
+        Msg::ObjectPulled { .. } => 19,
+        Msg::ObjectBytes { .. } => 20,
+        Msg::ObjectCreated { .. } => 21,
+        Msg::ObjectsPinned { .. } => 22,
+        Msg::NodeDied { .. } => 23,
+        Msg::GetStoreStats { .. } => 24,
+        Msg::StoreStats { .. } => 25,
+        Msg::Hello { .. } => 26,
+        Msg::PushTask(..) => 27,
+        Msg::CancelTask { .. } => 28,
+        Msg::CancelObject { .. } => 29,
+        Msg::FreeObject { .. } => 30,
+        Msg::TaskDone { .. } => 31,
+        Msg::ObjectLost { .. } => 32,
+        Msg::TasksReturned { .. } => 33,
+        Msg::WorkerUnblocked => 34,
+        Msg::GetObject { .. } => 35,
+        Msg::ObjectReady { .. } => 36,
+        Msg::AddLocation { .. } => 37,
+        Msg::RemoveLocation { .. } => 38,
+        Msg::AddBorrow { .. } => 39,
+        Msg::BorrowAdded { .. } => 40,
+        Msg::RemoveBorrow { .. } => 41,
+        Msg::RegisterNode { .. } => 42,
+        Msg::NodeRegistered { .. } => 43,
+        Msg::ReportResources { .. } => 44,
+        Msg::StopCluster => 45,
+        Msg::ClusterView { .. } => 46,
+        Msg::GetNodes { .. } => 47,
+        Msg::Nodes { .. } => 48,
+        Msg::RegisterActor { .. } => 49,
+        Msg::ActorRegistered { .. } => 50,
+        Msg::ListNamedActors { .. } => 51,
+        Msg::NamedActors { .. } => 52,
+        Msg::LookupActor { .. } => 53,
+        Msg::ActorLookedUp { .. } => 54,
+        Msg::KillActor { .. } => 55,
+        Msg::ExitActor { .. } => 56,
+        Msg::ActorKilled { .. } => 57,
+        Msg::ActorOutOfScope { .. } => 58,
+        Msg::OwnerGone { .. } => 59,
+        Msg::CreateActor { .. } => 60,
+        Msg::ActorCreated { .. } => 61,
+    }
+}
+
+#[test]
+fn every_message_variant_has_a_fuzz_seed() {
+    let mut seen = [false; VARIANTS];
+    for m in messages() {
+        seen[variant(&m)] = true;
+    }
+    let missing: Vec<usize> = (0..VARIANTS).filter(|i| !seen[*i]).collect();
+    assert!(
+        missing.is_empty(),
+        "message variants without a seed in messages(): {missing:?}"
+    );
 }
 
 /// A message as it travels: length prefix and body.
