@@ -154,14 +154,6 @@ fn assert_clean(dir: &Path) {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn test_worker_output_reaches_driver_with_pid_prefix() {
     let dir = tmpdir("print");
     let out = child("--child-print", &dir)
@@ -214,12 +206,12 @@ fn test_driver_sigkill_leaves_nothing() {
     );
     c.kill().unwrap();
     c.wait().unwrap();
-    wait_until(
+    common::wait_until(
         "raylet and workers to exit",
         Duration::from_secs(10),
         || procs.iter().all(|p| !alive(*p)),
     );
-    wait_until("cleanup", Duration::from_secs(10), || {
+    common::wait_until("cleanup", Duration::from_secs(10), || {
         leftovers(&dir).is_empty()
     });
     let _ = std::fs::remove_dir_all(&dir);
@@ -239,7 +231,7 @@ fn test_shutdown_while_workers_start_is_quiet() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(!text.contains("failed to start"), "{text}");
-        wait_until("cleanup", Duration::from_secs(10), || {
+        common::wait_until("cleanup", Duration::from_secs(10), || {
             leftovers(&dir).is_empty()
         });
         // A worker's own log says it if it started too late (its terminal
@@ -269,7 +261,7 @@ fn test_end_of_main_without_shutdown_cleans_up() {
         .status()
         .unwrap();
     assert!(status.success());
-    wait_until("cleanup", Duration::from_secs(10), || {
+    common::wait_until("cleanup", Duration::from_secs(10), || {
         leftovers(&dir).is_empty()
     });
     let _ = std::fs::remove_dir_all(&dir);

@@ -846,11 +846,7 @@ fn test_owner_killed_frees_borrowed_copies() {
     drop(v);
     let with_copy = rustray::store_stats().expect("stats").used_bytes;
     assert!(with_copy >= 16 << 20, "{with_copy}");
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    kill9(pid);
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         let e = rustray::get_timeout(&inner, Duration::from_secs(1)).err();

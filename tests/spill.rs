@@ -44,11 +44,7 @@ fn spill_files(dir: &Path) -> usize {
 
 /// Waits (bounded) for `f`.
 fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until(what, Duration::from_secs(10), f);
 }
 
 /// Ray's `test_spill_objects_automatically`: three times the store's worth
@@ -83,7 +79,7 @@ fn test_spill_objects_automatically() {
     // Views too: the bytes stay in memory while the view lives.
     let view = rustray::get_view(&refs[5]).expect("view");
     // Tasks read them as arguments.
-    let sums: Vec<_> = refs.iter().map(|r| checksum::remote(r)).collect();
+    let sums: Vec<_> = refs.iter().map(checksum::remote).collect();
     for (i, r) in sums.iter().enumerate() {
         let (got, len, _) = rustray::get_timeout(r, Duration::from_secs(60)).expect("task");
         assert_eq!(len, 16 << 20);

@@ -164,3 +164,12 @@ pub fn checksum_of(data: &[u8]) -> u64 {
         acc.wrapping_mul(31).wrapping_add(*b as u64 ^ i as u64)
     })
 }
+
+/// Waits for `f` (every 20 ms), failing the test after `limit`.
+pub fn wait_until(what: &str, limit: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
