@@ -288,6 +288,14 @@ impl SlowRestart {
     pub fn exit(&self) -> u32 {
         std::process::exit(0)
     }
+
+    /// Ends the first incarnation's process; later ones answer their run.
+    pub fn exit_first(&self) -> u32 {
+        if self.runs == 1 {
+            std::process::exit(0)
+        }
+        self.runs
+    }
 }
 
 /// Ray's actor_restart.py example: exits its process after 10 calls.
@@ -1026,6 +1034,24 @@ fn test_actor_unavailable_while_restarting() {
         }
     };
     assert_eq!(runs, 2, "the second incarnation answers");
+    let _ = std::fs::remove_file(&marker);
+}
+
+/// test_actor_failures.py's max_task_retries cases, with one retry: a call
+/// whose process dies under it spends its retry on the restarted actor,
+/// waiting for the restart; it does not fail fast as an unretryable call
+/// would, since it was made with `max_task_retries`.
+fn test_actor_call_with_one_retry_waits_for_the_restart() {
+    one_node(2.0);
+    let marker = std::env::temp_dir().join(format!("rustray-oneretry-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let a = SlowRestart::options()
+        .max_restarts(1)
+        .max_task_retries(1)
+        .remote((marker.display().to_string(), 1500))
+        .expect("actor");
+    let r = rustray::get_timeout(&a.exit_first(), Duration::from_secs(60));
+    assert_eq!(r.expect("the retry reaches the restarted actor"), 2);
     let _ = std::fs::remove_file(&marker);
 }
 
@@ -1898,6 +1924,10 @@ fn main() {
             test_actor_unavailable_while_restarting,
         ),
         ("test_actor_max_task_retries", test_actor_max_task_retries),
+        (
+            "test_actor_call_with_one_retry_waits_for_the_restart",
+            test_actor_call_with_one_retry_waits_for_the_restart,
+        ),
         (
             "test_calls_to_an_actor_being_created_wait",
             test_calls_to_an_actor_being_created_wait,

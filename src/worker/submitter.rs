@@ -145,6 +145,8 @@ struct LeaseState {
     /// When its last task finished (service time of pipelined tasks
     /// starts there, not at their push).
     last_done: Option<Instant>,
+    /// The GPUs the lease holds: every task pushed on it carries them.
+    gpus: Vec<u32>,
 }
 
 #[derive(Default)]
@@ -404,6 +406,7 @@ impl CoreWorker {
             // is also the scheduling key's.
             resources: shape.unwrap_or_default(),
             arg_copies: Vec::new(),
+            gpus: Vec::new(),
         };
         if let Some(e) = failure {
             self.fail_returns(&mut st, &spec, &e, &mut fx);
@@ -643,8 +646,9 @@ impl CoreWorker {
             task.pushed = Some(now);
             lease.inflight.push(tid);
             lease.idle_since = None;
-            fx.sends
-                .push((lease.conn.clone(), Msg::PushTask(task.spec.clone())));
+            let mut spec = task.spec.clone();
+            spec.gpus.clone_from(&lease.gpus);
+            fx.sends.push((lease.conn.clone(), Msg::PushTask(spec)));
         }
         let usable = cq
             .leases
@@ -696,7 +700,13 @@ impl CoreWorker {
         }
     }
 
-    pub(crate) fn lease_granted(self: &Arc<Self>, req: u64, lease: LeaseId, worker: WorkerId) {
+    pub(crate) fn lease_granted(
+        self: &Arc<Self>,
+        req: u64,
+        lease: LeaseId,
+        worker: WorkerId,
+        gpus: Vec<u32>,
+    ) {
         let conn = self.peer(worker);
         let mut fx = Effects::default();
         let mut st = self.lock();
@@ -724,6 +734,7 @@ impl CoreWorker {
                         blocked: false,
                         idle_since: Some(Instant::now()),
                         last_done: None,
+                        gpus,
                     },
                 );
             }
@@ -1383,6 +1394,10 @@ impl CoreWorker {
 
     /// The actor is restarting: its queued calls that may not be retried
     /// fail at once (Ray's `ActorUnavailableError`) instead of waiting.
+    /// Whether a call may be retried is what it was made with, not what is
+    /// left: a call that already spent its last retry on the lost process
+    /// is that retry, queued for the restarted actor (Ray fails fast only
+    /// where `max_task_retries` is 0).
     fn fail_unretryable(self: &Arc<Self>, st: &mut State, actor: ActorId, fx: &mut Effects) {
         let Some(q) = st.sub.actors.get_mut(&actor) else {
             return;
@@ -1390,7 +1405,7 @@ impl CoreWorker {
         let mut failed = Vec::new();
         let tasks = &st.sub.tasks;
         q.pending.retain(|t| match tasks.get(t) {
-            Some(e) if e.retries_left == 0 => {
+            Some(e) if e.max_retries == 0 => {
                 failed.push((*t, e.spec.function.clone()));
                 false
             }
