@@ -289,6 +289,7 @@ fn task_spec() -> TaskSpec {
         max_calls: 0,
         resources: shape(),
         arg_copies: vec![(1, vec![0, 2])],
+        gpus: vec![2],
     }
 }
 
@@ -330,6 +331,7 @@ fn messages() -> Vec<Msg> {
             req: 4,
             lease: LeaseId::new(1, 8),
             worker: wid(9),
+            gpus: vec![0, 3],
         },
         Msg::LeaseFailed {
             req: 5,
@@ -516,7 +518,10 @@ fn messages() -> Vec<Msg> {
         Msg::ActorKilled { req: 22 },
         Msg::ActorOutOfScope { id: ActorId(9) },
         Msg::OwnerGone { worker: wid(4) },
-        Msg::CreateActor { spec: actor_spec() },
+        Msg::CreateActor {
+            spec: actor_spec(),
+            gpus: vec![1],
+        },
         Msg::ActorCreated { result: Err(err) },
         Msg::StopCluster,
     ]

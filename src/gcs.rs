@@ -945,7 +945,7 @@ impl Gcs {
         placement: &ResourceSet,
         shape: ResourceSet,
         strategy: &crate::SchedulingStrategy,
-    ) -> Result<(LeaseId, WorkerId)> {
+    ) -> Result<(LeaseId, WorkerId, Vec<u32>)> {
         let deadline = std::time::Instant::now() + LEASE_WAIT;
         let timeout = || {
             Error::new(
@@ -999,7 +999,12 @@ impl Gcs {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&req);
             match reply {
-                Some(Msg::LeaseGranted { lease, worker, .. }) => return Ok((lease, worker)),
+                Some(Msg::LeaseGranted {
+                    lease,
+                    worker,
+                    gpus,
+                    ..
+                }) => return Ok((lease, worker, gpus)),
                 Some(Msg::LeaseFailed { error, .. }) => return Err(error),
                 Some(Msg::LeaseSpillback { node: n, .. }) => target = Some((n, Spill::Never)),
                 Some(_) => return Err(Error::unavailable("unexpected reply from the raylet")),
@@ -1017,7 +1022,7 @@ impl Gcs {
                 return;
             };
             let leased = self.lease(&spec.placement, spec.shape.clone(), &spec.strategy);
-            if let Ok((lease, _)) = &leased {
+            if let Ok((lease, _, _)) = &leased {
                 if self.table().ended(id) {
                     // Cancelled while it waited for a worker (its creator
                     // died, or it was killed): the constructor never runs,
@@ -1026,13 +1031,16 @@ impl Gcs {
                     return;
                 }
             }
-            let created = leased.and_then(|(lease, worker)| {
+            let created = leased.and_then(|(lease, worker, gpus)| {
                 let node = self.node_info(worker.node())?;
                 let stream = Endpoint::Tcp(SocketAddr::new(node.ip, worker.port()))
                     .connect(&self.session.secret)?;
                 let conn = Arc::new(Conn::new(&stream)?);
                 conn.send(&Msg::Hello { from: GCS_ID })?;
-                conn.send(&Msg::CreateActor { spec: spec.clone() })?;
+                conn.send(&Msg::CreateActor {
+                    spec: spec.clone(),
+                    gpus,
+                })?;
                 Ok((lease, worker, stream, conn))
             });
             let (lease, worker, stream, conn) = match created {

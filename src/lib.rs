@@ -382,6 +382,32 @@ pub fn get_runtime_context() -> Result<RuntimeContext> {
     })
 }
 
+/// The GPUs the calling task or actor holds, by device id in its node's
+/// numbering (Ray's `ray.get_gpu_ids()`): as many as it asked for with
+/// `num_gpus` (one, shared, for a fraction), and exactly the devices its
+/// `CUDA_VISIBLE_DEVICES` lists. Empty in a driver and for work that asked
+/// for no GPU.
+///
+/// ```no_run
+/// #[rustray::remote]
+/// fn which_gpus() -> Vec<u32> {
+///     rustray::get_gpu_ids()
+/// }
+///
+/// # fn main() -> rustray::Result<()> {
+/// rustray::init_with(rustray::Config::new().num_gpus(2.0))?;
+/// let ids = rustray::get(&which_gpus::options().num_gpus(1.0).remote())?;
+/// assert_eq!(ids.len(), 1);
+/// # Ok(())
+/// # }
+/// ```
+pub fn get_gpu_ids() -> Vec<u32> {
+    match worker::current() {
+        Ok(cw) if !cw.is_driver => cw.exec.gpu_ids(),
+        _ => Vec::new(),
+    }
+}
+
 /// This node's object store, as [`store_stats`] reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreStats {

@@ -87,7 +87,7 @@ pub(crate) fn step_env<C: Communicator>(comm: &C) -> Result<SlurmEnv> {
         tasks: size,
         node_name: me.clone(),
         cpus: None,
-        gpus: None,
+        gpu_ids: None,
         memory: None,
     });
     env.rank = rank;

@@ -30,6 +30,9 @@ pub(crate) const ENV_SESSION: &str = "RUSTRAY_SESSION";
 pub struct Config {
     num_cpus: Option<f64>,
     num_gpus: Option<f64>,
+    /// The node's GPUs by device id, when known from the environment (a
+    /// Slurm step's GRES); otherwise `CUDA_VISIBLE_DEVICES` or 0 up.
+    gpu_ids: Option<Vec<u32>>,
     resources: Vec<(String, f64)>,
     object_store_memory: Option<u64>,
     local_nodes: Option<u16>,
@@ -52,10 +55,70 @@ impl Config {
         self
     }
 
-    /// GPUs the node offers (default 0).
+    /// GPUs the node offers: a whole number of devices (default: those
+    /// `CUDA_VISIBLE_DEVICES` lists, or Slurm's GRES under `srun`, else
+    /// none). With `CUDA_VISIBLE_DEVICES` set, the node's devices are the
+    /// first `n` it lists; otherwise they are numbered from 0. A task or
+    /// actor granted GPUs sees exactly its own devices (see
+    /// [`get_gpu_ids`](crate::get_gpu_ids)).
     pub fn num_gpus(mut self, n: f64) -> Config {
         self.num_gpus = Some(n);
         self
+    }
+
+    /// The node's GPUs are these devices (from Slurm's GRES).
+    pub(crate) fn gpu_ids(mut self, ids: Vec<u32>) -> Config {
+        self.gpu_ids = Some(ids);
+        self
+    }
+
+    pub(crate) fn has_gpu_ids(&self) -> bool {
+        self.gpu_ids.is_some()
+    }
+
+    /// The node's GPUs by device id, in the node's own numbering (what
+    /// `CUDA_VISIBLE_DEVICES` means on it): those Slurm allocated, or
+    /// those `CUDA_VISIBLE_DEVICES` lists, the first `num_gpus` of them
+    /// when that is set; without a list, `num_gpus` devices from 0.
+    pub(crate) fn node_gpu_ids(&self) -> Result<Vec<u32>> {
+        let listed = match &self.gpu_ids {
+            Some(ids) => Some(ids.clone()),
+            None => match std::env::var(crate::scheduler::CUDA_VISIBLE_DEVICES) {
+                Ok(v) => Some(crate::scheduler::parse_device_list(
+                    crate::scheduler::CUDA_VISIBLE_DEVICES,
+                    &v,
+                )?),
+                Err(_) => None,
+            },
+        };
+        let Some(n) = self.num_gpus else {
+            return Ok(listed.unwrap_or_default());
+        };
+        if !n.is_finite() || n < 0.0 || n.fract() != 0.0 {
+            return Err(Error::invalid(format!(
+                "num_gpus must be a whole number of devices, got {n}"
+            )));
+        }
+        if n > crate::scheduler::MAX_DEVICES as f64 {
+            return Err(Error::invalid(format!(
+                "num_gpus({n}) is more than the {} devices a node may have",
+                crate::scheduler::MAX_DEVICES
+            )));
+        }
+        let n = n as usize;
+        match listed {
+            Some(ids) if ids.len() >= n => Ok(ids[..n].to_vec()),
+            Some(ids) => Err(Error::invalid(format!(
+                "num_gpus({n}) but the node's device list has only {} ({ids:?}, from {})",
+                ids.len(),
+                if self.gpu_ids.is_some() {
+                    "Slurm's GRES"
+                } else {
+                    "CUDA_VISIBLE_DEVICES"
+                }
+            ))),
+            None => Ok((0..n as u32).collect()),
+        }
     }
 
     /// A custom resource the node offers, as Ray's `resources={...}`.
@@ -136,6 +199,7 @@ impl Config {
             }
             c.num_cpus = own.num_cpus.or(c.num_cpus);
             c.num_gpus = own.num_gpus.or(c.num_gpus);
+            c.gpu_ids = own.gpu_ids.clone().or(c.gpu_ids);
             c.object_store_memory = own.object_store_memory.or(c.object_store_memory);
             for (k, v) in &own.resources {
                 c.resources.retain(|(name, _)| name != k);
@@ -176,10 +240,6 @@ impl Config {
         self.num_cpus.is_some()
     }
 
-    pub(crate) fn has_num_gpus(&self) -> bool {
-        self.num_gpus.is_some()
-    }
-
     pub(crate) fn has_resource(&self, name: &str) -> bool {
         self.resources.iter().any(|(k, _)| k == name)
     }
@@ -206,7 +266,7 @@ impl Config {
         });
         let mut r = ResourceSet::new();
         r.set(CPU, cpus)?;
-        r.set(GPU, self.num_gpus.unwrap_or(0.0))?;
+        r.set(GPU, self.node_gpu_ids()?.len() as f64)?;
         for (k, v) in &self.resources {
             if k.is_empty() {
                 return Err(Error::invalid("a resource name must not be empty"));

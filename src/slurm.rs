@@ -6,7 +6,9 @@
 //! Nothing is configured by hand. Slurm says which task is rank 0
 //! (`SLURM_PROCID`), which node this is (`SLURM_NODEID`), how many nodes
 //! there are and what they were given (`SLURM_CPUS_ON_NODE`,
-//! `SLURM_GPUS_ON_NODE`, `CUDA_VISIBLE_DEVICES`). The node advertises its
+//! GRES GPUs by device id from `CUDA_VISIBLE_DEVICES`, `SLURM_STEP_GPUS`
+//! or `SLURM_JOB_GPUS`, counted by `SLURM_GPUS_ON_NODE`). The node
+//! advertises its
 //! own non-loopback address (a hostname that resolves to 127.0.0.1 is
 //! ignored), ports are picked by the OS, and the GCS's address reaches the
 //! other ranks through a file named after the job and step, readable by the
@@ -39,7 +41,8 @@ pub(crate) struct SlurmEnv {
     pub(crate) tasks: u32,
     pub(crate) node_name: String,
     pub(crate) cpus: Option<f64>,
-    pub(crate) gpus: Option<f64>,
+    /// The GPUs Slurm gave the node, by device id (GRES).
+    pub(crate) gpu_ids: Option<Vec<u32>>,
     /// Memory allocated on the node, in bytes (`--mem`).
     pub(crate) memory: Option<f64>,
 }
@@ -87,12 +90,31 @@ impl SlurmEnv {
             .num::<u16>("SLURM_STEP_NUM_NODES")?
             .or(v.num::<u16>("SLURM_NNODES")?)
             .unwrap_or(1);
-        let gpus = match v.num::<f64>("SLURM_GPUS_ON_NODE")? {
-            Some(g) => Some(g),
-            None => v
-                .text("CUDA_VISIBLE_DEVICES")
-                .map(|d| d.split(',').filter(|x| !x.trim().is_empty()).count() as f64),
-        };
+        // The devices, in the numbering the step's processes use: what
+        // Slurm put in CUDA_VISIBLE_DEVICES for GRES, else the step's or
+        // the job's GPU list; SLURM_GPUS_ON_NODE says how many (devices
+        // 0 up when nothing lists them).
+        let mut gpu_ids = None;
+        for name in [
+            crate::scheduler::CUDA_VISIBLE_DEVICES,
+            "SLURM_STEP_GPUS",
+            "SLURM_JOB_GPUS",
+        ] {
+            if let Some(list) = v.text(name) {
+                gpu_ids = Some(crate::scheduler::parse_device_list(name, &list)?);
+                break;
+            }
+        }
+        if let Some(n) = v.num::<u32>("SLURM_GPUS_ON_NODE")? {
+            let n = n.min(crate::scheduler::MAX_DEVICES as u32);
+            gpu_ids = Some(match gpu_ids {
+                Some(mut ids) => {
+                    ids.truncate(n as usize);
+                    ids
+                }
+                None => (0..n).collect(),
+            });
+        }
         Ok(Some(SlurmEnv {
             job,
             step: v.text("SLURM_STEP_ID").unwrap_or_else(|| "batch".into()),
@@ -108,7 +130,7 @@ impl SlurmEnv {
                 .text("SLURMD_NODENAME")
                 .unwrap_or_else(crate::session::node_name),
             cpus: v.num("SLURM_CPUS_ON_NODE")?,
-            gpus,
+            gpu_ids,
             // Exported when memory is a consumable resource of the cluster.
             memory: v
                 .num::<f64>("SLURM_MEM_PER_NODE")?
@@ -122,8 +144,8 @@ impl SlurmEnv {
         if let (false, Some(c)) = (config.has_num_cpus(), self.cpus) {
             config = config.num_cpus(c);
         }
-        if let (false, Some(g)) = (config.has_num_gpus(), self.gpus) {
-            config = config.num_gpus(g);
+        if let (false, Some(ids)) = (config.has_gpu_ids(), &self.gpu_ids) {
+            config = config.gpu_ids(ids.clone());
         }
         // Ray's `memory` resource, in bytes: what the allocation granted.
         if let (false, Some(m)) = (config.has_resource(MEMORY), self.memory) {
@@ -311,7 +333,35 @@ mod tests {
         ])
         .unwrap()
         .unwrap();
-        assert_eq!(e.gpus, Some(2.0));
+        assert_eq!(e.gpu_ids, Some(vec![0, 1]));
+        // The step's devices keep Slurm's numbering; --num-gpus takes the
+        // first of them, and cannot ask for more than were allocated.
+        let e = env(&[
+            ("SLURM_JOB_ID", "1"),
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NODEID", "0"),
+            ("SLURM_STEP_GPUS", "2,5,7"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(e.gpu_ids, Some(vec![2, 5, 7]));
+        let c = e.node_config(Config::new());
+        assert_eq!(c.node_gpu_ids().unwrap(), vec![2, 5, 7]);
+        let c = e.node_config(Config::new().num_gpus(2.0));
+        assert_eq!(c.node_gpu_ids().unwrap(), vec![2, 5]);
+        let err = e
+            .node_config(Config::new().num_gpus(4.0))
+            .node_resources()
+            .unwrap_err();
+        assert!(err.message().contains("only 3"), "{err}");
+        let bad = env(&[
+            ("SLURM_JOB_ID", "1"),
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NODEID", "0"),
+            ("SLURM_JOB_GPUS", "0,x"),
+        ])
+        .unwrap_err();
+        assert!(bad.message().contains("SLURM_JOB_GPUS"), "{bad}");
     }
 
     #[test]

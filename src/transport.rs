@@ -345,6 +345,9 @@ pub(crate) struct TaskSpec {
     /// Other nodes holding a copy of a store argument, by argument index:
     /// the worker reads from one of them when the primary's node is gone.
     pub(crate) arg_copies: Vec<(u32, Vec<u16>)>,
+    /// The GPUs of the lease it runs on, by the node's device ids (set at
+    /// push, as Ray's `resource_mapping`; empty for actor calls).
+    pub(crate) gpus: Vec<u32>,
 }
 
 /// The nodes holding other copies of argument `i`, from a task's
@@ -518,6 +521,8 @@ pub(crate) enum Msg {
         req: u64,
         lease: LeaseId,
         worker: WorkerId,
+        /// The GPUs the lease holds, by the node's device ids.
+        gpus: Vec<u32>,
     },
     LeaseFailed {
         req: u64,
@@ -731,6 +736,8 @@ pub(crate) enum Msg {
     // ---- GCS to the worker hosting an actor ----
     CreateActor {
         spec: ActorSpec,
+        /// The GPUs its lease holds (for its whole life).
+        gpus: Vec<u32>,
     },
     ActorCreated {
         result: std::result::Result<(), Error>,

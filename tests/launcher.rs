@@ -18,6 +18,17 @@ fn where_am_i(ms: u64) -> String {
     rustray::node_name().expect("node name")
 }
 
+/// The GPUs a task holds, as it sees them, after a pause (so that tasks
+/// sent together hold their devices at once).
+#[rustray::remote]
+fn gpus_seen(ms: u64) -> (Vec<u32>, String) {
+    std::thread::sleep(Duration::from_millis(ms));
+    (
+        rustray::get_gpu_ids(),
+        std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default(),
+    )
+}
+
 #[rustray::remote]
 fn where_and_raylet(ms: u64) -> (String, u32) {
     std::thread::sleep(Duration::from_millis(ms));
@@ -133,6 +144,36 @@ fn app_main(mode: &str) -> ! {
                     mem.unwrap_or(0.0)
                 );
             }
+            rustray::shutdown();
+            std::process::exit(0);
+        }
+        "gpus" => {
+            // Every node's GRES devices are held by two 1-GPU tasks at
+            // once: each gets one, and its CUDA_VISIBLE_DEVICES says so.
+            for n in &nodes {
+                let pin = format!("node:{}", n.name);
+                let refs: Vec<_> = (0..2)
+                    .map(|_| {
+                        gpus_seen::options()
+                            .num_gpus(1.0)
+                            .resource(&pin, 0.01)
+                            .remote(500u64)
+                    })
+                    .collect();
+                let mut ids = Vec::new();
+                for r in &refs {
+                    let (got, env) = rustray::get(r).expect("a GPU task");
+                    assert_eq!(got.len(), 1, "{got:?}");
+                    assert_eq!(env, got[0].to_string());
+                    ids.extend(got);
+                }
+                ids.sort_unstable();
+                println!("gpus of {}: {ids:?}", n.name);
+            }
+            println!(
+                "slurm gave CUDA_VISIBLE_DEVICES={}",
+                std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default()
+            );
             rustray::shutdown();
             std::process::exit(0);
         }
@@ -900,6 +941,22 @@ fn test_slurm_allocation_becomes_resources() {
     assert_eq!(t.matches("cpu=2").count(), 2, "{t}");
 }
 
+/// GRES GPUs are devices with ids: on every node of the step, two 1-GPU
+/// tasks at once hold the two devices Slurm allocated there, each seeing
+/// its own in CUDA_VISIBLE_DEVICES (the emulated cluster's fake GPUs are
+/// /dev/null-backed device files).
+fn test_slurm_gres_gpus_are_device_ids() {
+    if !slurm_wanted() {
+        return;
+    }
+    let out = srun(2, &["--gpus-per-node=2", "-c", "2"], "gpus");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("slurm gave CUDA_VISIBLE_DEVICES=0,1"), "{t}");
+    assert_eq!(t.matches("gpus of ").count(), 2, "{t}");
+    assert_eq!(t.matches(": [0, 1]").count(), 2, "{t}");
+}
+
 /// Submits `slurm/rust-ray.sbatch -N 3 <app>` and returns the job's output
 /// once it has left the queue.
 fn sbatch(app: &std::path::Path, mode: &str, sbatch_args: &[&str]) -> String {
@@ -1217,6 +1274,10 @@ fn main() {
             test_stop_only_stops_its_own_cluster,
         ),
         ("test_slurm_srun_three_nodes", test_slurm_srun_three_nodes),
+        (
+            "test_slurm_gres_gpus_are_device_ids",
+            test_slurm_gres_gpus_are_device_ids,
+        ),
         (
             "test_slurm_allocation_becomes_resources",
             test_slurm_allocation_becomes_resources,

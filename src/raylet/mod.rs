@@ -323,13 +323,15 @@ fn slurm_multi_node() -> bool {
 fn run(session: Session) -> Result<()> {
     raise_fd_limit();
     let resources = session.config.node_resources()?;
+    let gpu_ids = session.config.node_gpu_ids()?;
     let store_bytes = session.config.store_bytes()?;
     // Address space for spilled objects beside the memory (see
     // `object_store::table`): sparse, so it costs nothing until written.
     let space = store_bytes.saturating_mul(SPACE_PER_MEMORY);
     let arena = Arc::new(Arena::create(&session.arena_path(), space)?);
     let cpus = resources.get(crate::scheduler::CPU).ceil().max(1.0) as usize;
-    let mut leases = LeaseManager::new(resources.clone(), cpus.max(2), cpus.max(2));
+    let mut leases =
+        LeaseManager::new(resources.clone(), cpus.max(2), cpus.max(2)).with_gpu_ids(&gpu_ids)?;
     leases.set_node(session.node_index);
     let prestart = cpus.min(8);
     leases.note_prestarted(prestart);
@@ -644,9 +646,15 @@ impl Raylet {
                     req,
                     lease,
                     worker,
+                    gpus,
                 } => {
                     if let Some(c) = st.clients.get(&client) {
-                        let _ = c.conn.post(&Msg::LeaseGranted { req, lease, worker });
+                        let _ = c.conn.post(&Msg::LeaseGranted {
+                            req,
+                            lease,
+                            worker,
+                            gpus,
+                        });
                     }
                 }
                 Action::Reject { client, req, error } => {

@@ -27,17 +27,25 @@
 //! - a task blocked in `get`/`wait` lends its CPUs back, which is what lets
 //!   deep nesting make progress on a small node; on unblocking it takes them
 //!   back even if that oversubscribes the node for a while, as Ray does.
+//! - GPUs are devices with ids ([`devices`]): a grant names the devices
+//!   it holds, and a worker that held some devices is reused only for
+//!   leases of the same devices (a process keeps its `CUDA_VISIBLE_DEVICES`
+//!   once CUDA is initialised in it); other requests get fresh workers.
 //!
-//! Amounts are fixed point (1/10000 of a unit) so that shapes can be hashed
-//! and compared exactly, as Ray's `FixedPoint`.
+//! Amounts are fixed point ([`resources`]).
 
 use crate::error::{Error, ErrorKind};
 use crate::ids::{LeaseId, WorkerId};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
-use std::fmt;
 
-const SCALE: f64 = 10_000.0;
+mod devices;
+mod resources;
+
+pub(crate) use devices::{parse_device_list, Devices, CUDA_VISIBLE_DEVICES, MAX_DEVICES};
+pub(crate) use resources::ResourceSet;
+use resources::UNIT;
+use std::collections::{HashMap, VecDeque};
+
 /// Cluster views a request that fits no node waits through before it is
 /// rejected as infeasible.
 pub(crate) const INFEASIBLE_AFTER_VIEWS: u32 = 2;
@@ -73,157 +81,6 @@ pub enum SchedulingStrategy {
     },
 }
 
-/// A set of named resource amounts (a task's shape or a node's capacity).
-#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize)]
-pub(crate) struct ResourceSet {
-    // sorted by name, no zero amounts: equal shapes compare equal
-    items: Vec<(String, i64)>,
-}
-
-/// The largest amount one resource may hold, in fixed-point units (about
-/// 1.15e14 of the resource: bytes of memory on the largest nodes fit), so
-/// that sums within a node cannot overflow.
-const MAX_FIXED: i64 = 1 << 60;
-/// The longest resource name accepted from the wire.
-const MAX_NAME: usize = 1024;
-
-/// A set decoded from another process is checked (names sorted, unique,
-/// bounded; amounts bounded): a corrupt or forged report cannot inflate or
-/// overflow a node's resources, or break the binary searches. Amounts may
-/// be zero (a node's free CPUs when all are leased) or negative (they dip
-/// below zero while a blocked worker's lent CPUs are taken back).
-impl<'de> Deserialize<'de> for ResourceSet {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let items = Vec::<(String, i64)>::deserialize(d)?;
-        ResourceSet::checked(items).map_err(serde::de::Error::custom)
-    }
-}
-
-impl ResourceSet {
-    fn checked(items: Vec<(String, i64)>) -> Result<ResourceSet, String> {
-        for (i, (name, amount)) in items.iter().enumerate() {
-            if name.is_empty() || name.len() > MAX_NAME {
-                return Err(format!(
-                    "a resource name of {} bytes (1 to {MAX_NAME} allowed)",
-                    name.len()
-                ));
-            }
-            if amount.unsigned_abs() > MAX_FIXED as u64 {
-                return Err(format!("resource `{name}` has an invalid amount {amount}"));
-            }
-            if i > 0 && items[i - 1].0 >= *name {
-                return Err(format!("resource `{name}` is out of order or repeated"));
-            }
-        }
-        Ok(ResourceSet { items })
-    }
-}
-
-impl fmt::Debug for ResourceSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{{")?;
-        for (i, (k, v)) in self.items.iter().enumerate() {
-            if i > 0 {
-                write!(f, ", ")?;
-            }
-            write!(f, "{k}: {}", *v as f64 / SCALE)?;
-        }
-        write!(f, "}}")
-    }
-}
-
-impl ResourceSet {
-    pub(crate) fn new() -> ResourceSet {
-        ResourceSet::default()
-    }
-
-    /// Nothing asked for.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
-    /// Sets `name` to `amount`; rejects negative or non-finite amounts.
-    pub(crate) fn set(&mut self, name: &str, amount: f64) -> Result<(), Error> {
-        if !amount.is_finite() || amount < 0.0 {
-            return Err(Error::invalid(format!(
-                "resource `{name}` must be a finite amount >= 0, got {amount}"
-            )));
-        }
-        let fixed = ((amount * SCALE).round() as i64).min(MAX_FIXED);
-        match self.items.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
-            Ok(i) if fixed == 0 => {
-                self.items.remove(i);
-            }
-            Ok(i) => self.items[i].1 = fixed,
-            Err(_) if fixed == 0 => {}
-            Err(i) => self.items.insert(i, (name.to_string(), fixed)),
-        }
-        Ok(())
-    }
-
-    /// Sets an amount a task or actor asks for: as [`ResourceSet::set`],
-    /// and, as Ray, a unit-instance resource (a GPU is a device: it can be
-    /// shared as a fraction of one, never split across two) is a whole
-    /// number or a fraction below 1.
-    pub(crate) fn set_request(&mut self, name: &str, amount: f64) -> Result<(), Error> {
-        if name == GPU && amount > 1.0 && amount.fract() != 0.0 {
-            return Err(Error::invalid(format!(
-                "resource `{name}` must be a whole number or a fraction below 1, got {amount}"
-            )));
-        }
-        self.set(name, amount)
-    }
-
-    pub(crate) fn with(mut self, name: &str, amount: f64) -> Result<ResourceSet, Error> {
-        self.set(name, amount)?;
-        Ok(self)
-    }
-
-    pub(crate) fn get(&self, name: &str) -> f64 {
-        self.fixed(name) as f64 / SCALE
-    }
-
-    fn fixed(&self, name: &str) -> i64 {
-        self.items
-            .binary_search_by(|(k, _)| k.as_str().cmp(name))
-            .map(|i| self.items[i].1)
-            .unwrap_or(0)
-    }
-
-    /// The amounts by name.
-    pub(crate) fn to_vec(&self) -> Vec<(String, f64)> {
-        self.items
-            .iter()
-            .map(|(k, v)| (k.clone(), *v as f64 / SCALE))
-            .collect()
-    }
-
-    /// True when every amount in `self` is available in `avail`.
-    pub(crate) fn fits(&self, avail: &ResourceSet) -> bool {
-        self.items.iter().all(|(k, v)| avail.fixed(k) >= *v)
-    }
-
-    fn add_signed(&mut self, other: &ResourceSet, sign: i64) {
-        for (k, v) in &other.items {
-            let cur = self.fixed(k) + sign * v;
-            match self.items.binary_search_by(|(n, _)| n.as_str().cmp(k)) {
-                Ok(i) => self.items[i].1 = cur,
-                Err(i) => self.items.insert(i, (k.clone(), cur)),
-            }
-        }
-    }
-
-    /// Only the CPU part of the shape (what a blocked task lends back).
-    fn cpu_only(&self) -> ResourceSet {
-        let mut r = ResourceSet::new();
-        let cpu = self.fixed(CPU);
-        if cpu != 0 {
-            r.items.push((CPU.to_string(), cpu));
-        }
-        r
-    }
-}
-
 /// Who asked for a lease: one connection to the raylet.
 pub(crate) type ClientId = u64;
 
@@ -235,6 +92,8 @@ pub(crate) enum Action {
         req: u64,
         lease: LeaseId,
         worker: WorkerId,
+        /// The GPUs it holds, by the node's device ids.
+        gpus: Vec<u32>,
     },
     Reject {
         client: ClientId,
@@ -303,6 +162,8 @@ struct Lease {
     client: ClientId,
     worker: WorkerId,
     shape: ResourceSet,
+    /// Its share of the GPUs.
+    gpus: devices::Share,
     blocked: bool,
 }
 
@@ -324,13 +185,21 @@ pub(crate) struct LeaseManager {
     peers: Vec<PeerNode>,
     /// Requests that fit no node of the view (yet).
     infeasible: Vec<Pending>,
+    gpus: Devices,
+    /// The GPUs each worker that has held a lease was given (empty for
+    /// none), on a node with GPUs: it is reused only for the same set.
+    device_sets: HashMap<WorkerId, Vec<u32>>,
 }
 
 impl LeaseManager {
     /// A node with `total` resources; at most `max_starting` workers start at
     /// once and at most `max_idle` idle workers are kept.
+    /// Its GPUs are numbered 0 up (see [`LeaseManager::with_gpu_ids`]).
     pub(crate) fn new(total: ResourceSet, max_starting: usize, max_idle: usize) -> LeaseManager {
+        let gpus = (total.fixed(GPU) / UNIT) as u32;
         LeaseManager {
+            gpus: Devices::new(&(0..gpus).collect::<Vec<_>>()),
+            device_sets: HashMap::new(),
             available: total.clone(),
             total,
             queue: VecDeque::new(),
@@ -345,6 +214,19 @@ impl LeaseManager {
             peers: Vec::new(),
             infeasible: Vec::new(),
         }
+    }
+
+    /// The node's GPUs are these devices (as many as its total has).
+    pub(crate) fn with_gpu_ids(mut self, ids: &[u32]) -> Result<LeaseManager, Error> {
+        if ids.len() as i64 * UNIT != self.total.fixed(GPU) {
+            return Err(Error::invalid(format!(
+                "the node has {} GPUs but {} device ids ({ids:?})",
+                self.total.get(GPU),
+                ids.len()
+            )));
+        }
+        self.gpus = Devices::new(ids);
+        Ok(self)
     }
 
     /// This node's index (lease ids carry it).
@@ -566,6 +448,7 @@ impl LeaseManager {
             l.shape.clone()
         };
         self.available.add_signed(&held, 1);
+        self.gpus.give_back(&l.gpus);
         Some(l)
     }
 
@@ -581,6 +464,7 @@ impl LeaseManager {
     /// A worker process exited (crash, kill, or shutdown).
     pub(crate) fn worker_died(&mut self, worker: WorkerId) -> Vec<Action> {
         self.idle.retain(|w| *w != worker);
+        self.device_sets.remove(&worker);
         if let Some(lease) = self.by_worker.get(&worker).copied() {
             self.release(lease);
         }
@@ -653,6 +537,24 @@ impl LeaseManager {
         self.idle.len()
     }
 
+    /// The idle worker to run a lease of GPUs `ids` on: the most recently
+    /// idle one that held the same devices, else one that never held a
+    /// lease (on a node without GPUs, simply the most recently idle).
+    fn idle_for(&self, ids: &[u32]) -> Option<usize> {
+        if self.gpus.count() == 0 {
+            return self.idle.len().checked_sub(1);
+        }
+        let mut fresh = None;
+        for (i, w) in self.idle.iter().enumerate().rev() {
+            match self.device_sets.get(w) {
+                Some(set) if set == ids => return Some(i),
+                None if fresh.is_none() => fresh = Some(i),
+                _ => {}
+            }
+        }
+        fresh
+    }
+
     fn schedule(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
         let mut waiting_for_worker = 0usize;
@@ -668,23 +570,36 @@ impl LeaseManager {
                 i += 1;
                 continue;
             }
-            let Some(worker) = self.idle.pop() else {
+            // The devices it would hold: none free may serve it although
+            // the amount is (fractions spread over several devices).
+            let Some(share) = self.gpus.pick(self.queue[i].shape.fixed(GPU)) else {
+                i += 1;
+                continue;
+            };
+            let ids = self.gpus.ids(&share);
+            let Some(at) = self.idle_for(&ids) else {
                 waiting_for_worker += 1;
                 unclaimed.add_signed(&self.queue[i].shape, -1);
                 i += 1;
                 continue;
             };
             let Some(p) = self.queue.remove(i) else { break };
+            let worker = self.idle.remove(at);
             let lease = LeaseId::new(self.node, self.next_lease);
             self.next_lease += 1;
             self.available.add_signed(&p.shape, -1);
             unclaimed.add_signed(&p.shape, -1);
+            self.gpus.take(&share);
+            if self.gpus.count() > 0 {
+                self.device_sets.insert(worker, ids.clone());
+            }
             self.leases.insert(
                 lease,
                 Lease {
                     client: p.client,
                     worker,
                     shape: p.shape,
+                    gpus: share,
                     blocked: false,
                 },
             );
@@ -694,6 +609,7 @@ impl LeaseManager {
                 req: p.req,
                 lease,
                 worker,
+                gpus: ids,
             });
         }
         while self.starting < waiting_for_worker.min(self.max_starting) {
@@ -705,380 +621,4 @@ impl LeaseManager {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cpus(n: f64) -> ResourceSet {
-        ResourceSet::new().with(CPU, n).unwrap()
-    }
-
-    fn w(n: u64) -> WorkerId {
-        WorkerId(n)
-    }
-
-    fn grants(actions: &[Action]) -> Vec<(u64, WorkerId)> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Grant { req, worker, .. } => Some((*req, *worker)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn lease_of(actions: &[Action]) -> LeaseId {
-        actions
-            .iter()
-            .find_map(|a| match a {
-                Action::Grant { lease, .. } => Some(*lease),
-                _ => None,
-            })
-            .expect("a grant")
-    }
-
-    #[test]
-    fn shapes_compare_exactly() {
-        let a = ResourceSet::new()
-            .with("GPU", 0.5)
-            .unwrap()
-            .with("CPU", 1.0)
-            .unwrap();
-        let b = ResourceSet::new()
-            .with("CPU", 1.0)
-            .unwrap()
-            .with("GPU", 0.5)
-            .unwrap();
-        assert_eq!(a, b);
-        assert!(ResourceSet::new().set("CPU", -1.0).is_err());
-        assert!(ResourceSet::new().set("CPU", f64::NAN).is_err());
-        assert_eq!(cpus(0.0), ResourceSet::new());
-    }
-
-    #[test]
-    fn request_starts_a_worker_then_grants() {
-        let mut m = LeaseManager::new(cpus(2.0), 4, 4);
-        assert_eq!(
-            m.request(1, 10, cpus(1.0), Spill::Now),
-            vec![Action::StartWorker]
-        );
-        let a = m.worker_registered(w(7));
-        assert_eq!(grants(&a), vec![(10, w(7))]);
-        assert_eq!(m.available().get(CPU), 1.0);
-    }
-
-    #[test]
-    fn infeasible_is_rejected_after_the_view_confirms_it() {
-        let mut m = LeaseManager::new(cpus(2.0), 4, 4);
-        assert!(m
-            .request(1, 1, ResourceSet::new().with(GPU, 1.0).unwrap(), Spill::Now)
-            .is_empty());
-        assert!(m.set_view(Vec::new()).is_empty());
-        let a = m.set_view(Vec::new());
-        match &a[..] {
-            [Action::Reject { error, .. }] => assert_eq!(error.kind(), ErrorKind::Infeasible),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn full_node_queues_until_lease_returns_and_reuses_worker() {
-        let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.request(1, 1, cpus(1.0), Spill::Now);
-        let l1 = lease_of(&m.worker_registered(w(1)));
-        // second request does not fit: no worker is started for it
-        assert!(m.request(2, 2, cpus(1.0), Spill::Now).is_empty());
-        let a = m.return_lease(l1, false);
-        assert_eq!(grants(&a), vec![(2, w(1))]);
-    }
-
-    #[test]
-    fn blocked_task_lends_its_cpu_for_nesting() {
-        let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.request(1, 1, cpus(1.0), Spill::Now);
-        m.worker_registered(w(1));
-        assert!(m.request(1, 2, cpus(1.0), Spill::Now).is_empty());
-        // the parent blocks in get: its CPU goes to the child
-        assert_eq!(m.blocked(w(1)), vec![Action::StartWorker]);
-        let a = m.worker_registered(w(2));
-        let child = lease_of(&a);
-        assert_eq!(grants(&a), vec![(2, w(2))]);
-        m.return_lease(child, false);
-        m.unblocked(w(1));
-        assert_eq!(m.available().get(CPU), 0.0);
-    }
-
-    #[test]
-    fn unblock_may_oversubscribe_then_recovers() {
-        let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.request(1, 1, cpus(1.0), Spill::Now);
-        let parent = lease_of(&m.worker_registered(w(1)));
-        m.request(1, 2, cpus(1.0), Spill::Now);
-        m.blocked(w(1));
-        let child = lease_of(&m.worker_registered(w(2)));
-        m.unblocked(w(1));
-        assert_eq!(m.available().get(CPU), -1.0);
-        m.return_lease(child, false);
-        m.return_lease(parent, false);
-        assert_eq!(m.available().get(CPU), 1.0);
-    }
-
-    #[test]
-    fn worker_death_releases_its_lease() {
-        let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.request(1, 1, cpus(1.0), Spill::Now);
-        m.worker_registered(w(1));
-        m.request(1, 2, cpus(1.0), Spill::Now);
-        let a = m.worker_died(w(1));
-        assert_eq!(a, vec![Action::StartWorker]);
-        assert_eq!(m.lease_count(), 0);
-        assert_eq!(grants(&m.worker_registered(w(2))), vec![(2, w(2))]);
-    }
-
-    #[test]
-    fn gone_client_loses_queue_and_leased_workers() {
-        let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.request(5, 1, cpus(1.0), Spill::Now);
-        m.worker_registered(w(1));
-        m.request(5, 2, cpus(1.0), Spill::Now);
-        let a = m.client_gone(5);
-        assert_eq!(a, vec![Action::KillWorker(w(1))]);
-        assert_eq!(m.available().get(CPU), 1.0);
-        assert_eq!(m.lease_count(), 0);
-    }
-
-    #[test]
-    fn resource_sets_from_the_wire_are_checked() {
-        let enc = |items: Vec<(String, i64)>| crate::codec::encode(&items).unwrap();
-        let dec = |b: Vec<u8>| crate::codec::decode::<ResourceSet>(&b, "a resource set");
-        let good = cpus(2.0).with("GPU", 1.0).unwrap();
-        assert_eq!(dec(crate::codec::encode(&good).unwrap()).unwrap(), good);
-        let n = |s: &str| s.to_string();
-        for bad in [
-            vec![(n("CPU"), 10_000), (n("CPU"), 10_000)],
-            vec![(n("b"), 1), (n("a"), 1)],
-            vec![(n("CPU"), i64::MAX)],
-            vec![(n("CPU"), i64::MIN)],
-            vec![(String::new(), 1)],
-            vec![("x".repeat(2000), 1)],
-        ] {
-            assert!(dec(enc(bad.clone())).is_err(), "{bad:?} was accepted");
-        }
-        // Free amounts at or below zero (all leased, CPUs lent back) are valid.
-        assert!(dec(enc(vec![(n("CPU"), -10_000)])).is_ok());
-        assert!(dec(enc(vec![(n("CPU"), 0)])).is_ok());
-    }
-
-    #[test]
-    fn surplus_idle_workers_are_killed() {
-        let mut m = LeaseManager::new(cpus(4.0), 4, 1);
-        m.request(1, 1, cpus(1.0), Spill::Now);
-        m.request(1, 2, cpus(1.0), Spill::Now);
-        let l1 = lease_of(&m.worker_registered(w(1)));
-        let l2 = lease_of(&m.worker_registered(w(2)));
-        assert!(m.return_lease(l1, false).is_empty());
-        assert_eq!(m.return_lease(l2, false), vec![Action::RetireWorker(w(2))]);
-        assert_eq!(m.idle_count(), 1);
-        // One that owns objects others use stays, and can be leased again.
-        assert!(m.worker_kept(w(2)).is_empty());
-        assert_eq!(m.idle_count(), 2);
-        m.request(1, 3, cpus(1.0), Spill::Now);
-        m.request(1, 4, cpus(1.0), Spill::Now);
-        assert_eq!(m.idle_count(), 0);
-    }
-
-    #[test]
-    fn zero_cpu_actor_leases_need_only_a_worker() {
-        let mut m = LeaseManager::new(cpus(1.0), 2, 4);
-        for r in 0..3 {
-            m.request(1, r, ResourceSet::new(), Spill::Now);
-        }
-        let mut granted = 0;
-        for i in 0..3 {
-            granted += grants(&m.worker_registered(w(i))).len();
-        }
-        assert_eq!(granted, 3);
-        assert_eq!(m.available().get(CPU), 1.0);
-    }
-
-    fn peer(index: u16, total: f64, free: f64) -> PeerNode {
-        PeerNode {
-            index,
-            total: cpus(total),
-            available: cpus(free),
-        }
-    }
-
-    #[test]
-    fn full_node_spills_back_to_a_node_with_room() {
-        let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.worker_registered(w(1));
-        m.set_view(vec![peer(1, 2.0, 0.0), peer(2, 2.0, 2.0)]);
-        assert_eq!(grants(&m.request(1, 1, cpus(1.0), Spill::Now)).len(), 1);
-        // Full here: node 2 has room, node 1 has none.
-        let a = m.request(1, 2, cpus(1.0), Spill::Now);
-        assert_eq!(
-            a,
-            vec![Action::Spillback {
-                client: 1,
-                req: 2,
-                node: 2
-            }]
-        );
-        // Booked against the view: the third goes to node 2 again, the
-        // fourth finds no room anywhere and queues here.
-        let a = m.request(1, 3, cpus(1.0), Spill::Now);
-        assert_eq!(
-            a,
-            vec![Action::Spillback {
-                client: 1,
-                req: 3,
-                node: 2
-            }]
-        );
-        assert!(m.request(1, 4, cpus(1.0), Spill::Now).is_empty());
-        // A spilled request is never spilled again.
-        assert!(m.request(2, 5, cpus(1.0), Spill::Never).is_empty());
-        // When node 1 frees up, the spillable queued request moves there.
-        let a = m.set_view(vec![peer(1, 2.0, 2.0), peer(2, 2.0, 0.0)]);
-        assert_eq!(
-            a,
-            vec![Action::Spillback {
-                client: 1,
-                req: 4,
-                node: 1
-            }]
-        );
-    }
-
-    #[test]
-    fn default_requests_pack_a_node_to_half_then_spread() {
-        // Two nodes of 4 CPUs; four long 1-CPU tasks go 2 and 2.
-        let mut m = LeaseManager::new(cpus(4.0), 4, 4);
-        m.set_view(vec![peer(1, 4.0, 4.0)]);
-        for i in 0..4 {
-            m.worker_registered(w(i));
-        }
-        assert_eq!(grants(&m.request(1, 1, cpus(1.0), Spill::Now)).len(), 1);
-        assert_eq!(grants(&m.request(1, 2, cpus(1.0), Spill::Now)).len(), 1);
-        for req in [3, 4] {
-            assert_eq!(
-                m.request(1, req, cpus(1.0), Spill::Now),
-                vec![Action::Spillback {
-                    client: 1,
-                    req,
-                    node: 1
-                }]
-            );
-        }
-        // The other node is at half now (booked against the view): with
-        // every node at the threshold, work stays here.
-        assert_eq!(grants(&m.request(1, 5, cpus(1.0), Spill::Now)).len(), 1);
-        // Preferred-here and pinned requests are not spread.
-        assert_eq!(grants(&m.request(1, 6, cpus(1.0), Spill::Later)).len(), 1);
-        let mut m = LeaseManager::new(cpus(4.0), 4, 4);
-        m.set_view(vec![peer(1, 4.0, 4.0)]);
-        m.worker_registered(w(0));
-        m.worker_registered(w(1));
-        assert_eq!(grants(&m.request(1, 1, cpus(3.0), Spill::Never)).len(), 1);
-        assert_eq!(grants(&m.request(1, 2, cpus(1.0), Spill::Never)).len(), 1);
-    }
-
-    #[test]
-    fn a_flood_of_fractional_requests_starts_only_the_workers_that_fit() {
-        // 4 CPUs, requests of 0.25: at most 16 run at once, so at most 16
-        // workers are ever started however many requests queue.
-        let mut m = LeaseManager::new(cpus(4.0), 64, 64);
-        let mut started = 0;
-        for req in 0..100 {
-            started += m
-                .request(1, req, cpus(0.25), Spill::Now)
-                .iter()
-                .filter(|a| **a == Action::StartWorker)
-                .count();
-        }
-        assert_eq!(started, 16);
-        let mut granted = 0;
-        for i in 0..16 {
-            granted += grants(&m.worker_registered(w(i))).len();
-        }
-        assert_eq!(granted, 16);
-        assert_eq!(m.available().get(CPU), 0.0);
-    }
-
-    #[test]
-    fn shapes_too_big_here_go_where_they_fit_or_are_infeasible() {
-        let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.set_view(vec![peer(3, 8.0, 0.0)]);
-        let a = m.request(1, 1, cpus(4.0), Spill::Now);
-        assert_eq!(
-            a,
-            vec![Action::Spillback {
-                client: 1,
-                req: 1,
-                node: 3
-            }]
-        );
-        // Fits no node of the view: held while the view may still grow.
-        assert!(m.request(1, 2, cpus(16.0), Spill::Now).is_empty());
-        let a = m.set_view(vec![peer(3, 8.0, 0.0), peer(4, 16.0, 16.0)]);
-        assert_eq!(
-            a,
-            vec![Action::Spillback {
-                client: 1,
-                req: 2,
-                node: 4
-            }]
-        );
-        assert!(m.request(1, 3, cpus(32.0), Spill::Now).is_empty());
-        assert!(m.set_view(vec![peer(3, 8.0, 0.0)]).is_empty());
-        let a = m.set_view(vec![peer(3, 8.0, 0.0)]);
-        assert!(
-            matches!(&a[..], [Action::Reject { error, .. }] if error.kind() == ErrorKind::Infeasible)
-        );
-    }
-
-    #[test]
-    fn preferred_here_requests_wait_then_move() {
-        let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.worker_registered(w(1));
-        m.set_view(vec![peer(1, 2.0, 2.0)]);
-        let l1 = lease_of(&m.request(1, 1, cpus(1.0), Spill::Now));
-        // Full here, room on node 1: a preferred-here request queues...
-        assert!(m.request(1, 2, cpus(1.0), Spill::Later).is_empty());
-        assert!(m.set_view(vec![peer(1, 2.0, 2.0)]).is_empty());
-        // ...and is granted here when the CPU frees up soon.
-        assert_eq!(grants(&m.return_lease(l1, false)), vec![(2, w(1))]);
-        // One that keeps waiting moves after the views.
-        assert!(m.request(1, 3, cpus(1.0), Spill::Later).is_empty());
-        assert!(m.set_view(vec![peer(1, 2.0, 2.0)]).is_empty());
-        let a = m.set_view(vec![peer(1, 2.0, 2.0)]);
-        assert_eq!(
-            a,
-            vec![Action::Spillback {
-                client: 1,
-                req: 3,
-                node: 1
-            }]
-        );
-    }
-
-    #[test]
-    fn lease_ids_name_their_node() {
-        let mut m = LeaseManager::new(cpus(1.0), 4, 4);
-        m.set_node(7);
-        m.worker_registered(w(1));
-        let l = lease_of(&m.request(1, 1, cpus(1.0), Spill::Now));
-        assert_eq!(l.node(), 7);
-    }
-
-    #[test]
-    fn big_request_does_not_block_small_ones() {
-        let mut m = LeaseManager::new(cpus(2.0), 4, 4);
-        m.request(1, 1, cpus(1.0), Spill::Now);
-        m.worker_registered(w(1));
-        m.request(1, 2, cpus(2.0), Spill::Now);
-        let a = m.request(1, 3, cpus(1.0), Spill::Now);
-        assert_eq!(a, vec![Action::StartWorker]);
-        assert_eq!(grants(&m.worker_registered(w(2))), vec![(3, w(2))]);
-    }
-}
+mod tests;

@@ -40,7 +40,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 enum Item {
     Task(TaskSpec, Arc<Conn>),
-    Create(ActorSpec, Arc<Conn>),
+    /// An actor to construct, with the GPUs its lease holds.
+    Create(ActorSpec, Vec<u32>, Arc<Conn>),
     /// Write out what a connection thread's `try_send` left behind.
     Flush(Arc<Conn>),
 }
@@ -74,8 +75,9 @@ pub(crate) struct ExecShared {
     call_ns: std::sync::atomic::AtomicU64,
     /// Tasks run here, by function, for those with `max_calls`.
     calls: Mutex<std::collections::HashMap<String, u32>>,
-    /// What the running task (or the hosted actor) holds.
-    assigned: Mutex<crate::scheduler::ResourceSet>,
+    /// What the running task (or the hosted actor) holds: amounts, and
+    /// the GPUs by device id.
+    assigned: Mutex<(crate::scheduler::ResourceSet, Option<Vec<u32>>)>,
     /// A threaded actor (`max_concurrency` > 1) is hosted: its calls go
     /// to `pool` and run on its threads, not on the main thread.
     threaded: std::sync::atomic::AtomicBool,
@@ -127,13 +129,34 @@ impl ExecShared {
         self.assigned
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .0
             .to_vec()
     }
 
-    fn assign(&self, r: &crate::scheduler::ResourceSet) {
+    /// The GPUs the running task (or the hosted actor) holds.
+    pub(crate) fn gpu_ids(&self) -> Vec<u32> {
+        let a = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+        a.1.clone().unwrap_or_default()
+    }
+
+    /// Records what the next task holds and, before its code runs, makes
+    /// its GPUs the only ones CUDA shows it (Ray's `CUDA_VISIBLE_DEVICES`,
+    /// in the node's numbering; empty for none, so `num_gpus(0)` sees no
+    /// GPU). The raylet reuses a worker only for leases of the same devices
+    /// (CUDA reads the variable once, at its initialisation), so in a
+    /// worker that has run GPU code the value never changes.
+    fn assign(&self, r: &crate::scheduler::ResourceSet, gpus: &[u32]) {
         let mut a = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
-        if *a != *r {
-            *a = r.clone();
+        if a.0 != *r {
+            a.0 = r.clone();
+        }
+        if a.1.as_deref() != Some(gpus) {
+            let list: Vec<String> = gpus.iter().map(|g| g.to_string()).collect();
+            // Set from the thread about to run user code, under std's
+            // environment lock; the worker's other threads do not read the
+            // environment through libc.
+            std::env::set_var(crate::scheduler::CUDA_VISIBLE_DEVICES, list.join(","));
+            a.1 = Some(gpus.to_vec());
         }
     }
 
@@ -243,11 +266,16 @@ impl CoreWorker {
         }
     }
 
-    pub(crate) fn exec_create_actor(self: &Arc<Self>, conn: &Arc<Conn>, spec: ActorSpec) {
+    pub(crate) fn exec_create_actor(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        spec: ActorSpec,
+        gpus: Vec<u32>,
+    ) {
         self.exec
             .lock()
             .items
-            .push_back(Item::Create(spec, conn.clone()));
+            .push_back(Item::Create(spec, gpus, conn.clone()));
         self.exec.cv.notify_one();
     }
 
@@ -407,9 +435,9 @@ pub(crate) fn main(session: Session) -> ! {
             Item::Flush(conn) => {
                 let _ = conn.flush();
             }
-            Item::Create(spec, conn) => {
+            Item::Create(spec, gpus, conn) => {
                 *cw.exec.actor_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(spec.id);
-                cw.exec.assign(&spec.shape);
+                cw.exec.assign(&spec.shape, &gpus);
                 let result = construct(&cw, &spec).and_then(|state| {
                     if spec.max_concurrency > 1 {
                         let shared = share(&spec, state)?;
@@ -610,7 +638,7 @@ fn run(
     shared: Option<&SharedActor>,
 ) -> Outcome {
     if spec.actor.is_none() {
-        cw.exec.assign(&spec.resources);
+        cw.exec.assign(&spec.resources, &spec.gpus);
     }
     let local = match LocalArgs::new(cw, &spec.args, &spec.arg_copies) {
         Ok(l) => l,

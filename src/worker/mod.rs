@@ -605,7 +605,12 @@ impl CoreWorker {
 
     fn handle_raylet(self: &Arc<Self>, msg: Msg) {
         match msg {
-            Msg::LeaseGranted { req, lease, worker } => self.lease_granted(req, lease, worker),
+            Msg::LeaseGranted {
+                req,
+                lease,
+                worker,
+                gpus,
+            } => self.lease_granted(req, lease, worker, gpus),
             Msg::LeaseFailed { req, error } => self.lease_failed(req, error),
             Msg::LeaseSpillback { req, node } => self.lease_spilled(req, node),
             Msg::Retire => self.retire(),
@@ -721,7 +726,7 @@ impl CoreWorker {
     fn handle_peer(self: &Arc<Self>, from: WorkerId, conn: &Arc<Conn>, msg: Msg) {
         match msg {
             Msg::PushTask(spec) => self.exec_push(conn, spec),
-            Msg::CreateActor { spec } => self.exec_create_actor(conn, spec),
+            Msg::CreateActor { spec, gpus } => self.exec_create_actor(conn, spec, gpus),
             Msg::CancelTask { task } => self.exec_cancel(conn, task),
             Msg::FreeObject { id } => self.free_object(id),
             Msg::CancelObject { id } => {

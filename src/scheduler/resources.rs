@@ -1,0 +1,165 @@
+//! Named resource amounts in fixed point: a task's shape, a node's total
+//! and what it has free. Amounts are 1/10000 of a unit so that shapes can
+//! be hashed and compared exactly, as Ray's `FixedPoint`; a set decoded
+//! from the wire is checked as the constructor checks it.
+
+use super::{CPU, GPU};
+use crate::error::Error;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Fixed-point units per unit of a resource.
+pub(crate) const SCALE: f64 = 10_000.0;
+/// One unit (one GPU, one CPU) in fixed point.
+pub(crate) const UNIT: i64 = 10_000;
+
+/// A set of named resource amounts (a task's shape or a node's capacity).
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize)]
+pub(crate) struct ResourceSet {
+    // sorted by name, no zero amounts: equal shapes compare equal
+    pub(super) items: Vec<(String, i64)>,
+}
+
+/// The largest amount one resource may hold, in fixed-point units (about
+/// 1.15e14 of the resource: bytes of memory on the largest nodes fit), so
+/// that sums within a node cannot overflow.
+const MAX_FIXED: i64 = 1 << 60;
+/// The longest resource name accepted from the wire.
+const MAX_NAME: usize = 1024;
+
+/// A set decoded from another process is checked (names sorted, unique,
+/// bounded; amounts bounded): a corrupt or forged report cannot inflate or
+/// overflow a node's resources, or break the binary searches. Amounts may
+/// be zero (a node's free CPUs when all are leased) or negative (they dip
+/// below zero while a blocked worker's lent CPUs are taken back).
+impl<'de> Deserialize<'de> for ResourceSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let items = Vec::<(String, i64)>::deserialize(d)?;
+        ResourceSet::checked(items).map_err(serde::de::Error::custom)
+    }
+}
+
+impl ResourceSet {
+    fn checked(items: Vec<(String, i64)>) -> Result<ResourceSet, String> {
+        for (i, (name, amount)) in items.iter().enumerate() {
+            if name.is_empty() || name.len() > MAX_NAME {
+                return Err(format!(
+                    "a resource name of {} bytes (1 to {MAX_NAME} allowed)",
+                    name.len()
+                ));
+            }
+            if amount.unsigned_abs() > MAX_FIXED as u64 {
+                return Err(format!("resource `{name}` has an invalid amount {amount}"));
+            }
+            if i > 0 && items[i - 1].0 >= *name {
+                return Err(format!("resource `{name}` is out of order or repeated"));
+            }
+        }
+        Ok(ResourceSet { items })
+    }
+}
+
+impl fmt::Debug for ResourceSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{{")?;
+        for (i, (k, v)) in self.items.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{k}: {}", *v as f64 / SCALE)?;
+        }
+        write!(f, "}}")
+    }
+}
+
+impl ResourceSet {
+    pub(crate) fn new() -> ResourceSet {
+        ResourceSet::default()
+    }
+
+    /// Nothing asked for.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Sets `name` to `amount`; rejects negative or non-finite amounts.
+    pub(crate) fn set(&mut self, name: &str, amount: f64) -> Result<(), Error> {
+        if !amount.is_finite() || amount < 0.0 {
+            return Err(Error::invalid(format!(
+                "resource `{name}` must be a finite amount >= 0, got {amount}"
+            )));
+        }
+        let fixed = ((amount * SCALE).round() as i64).min(MAX_FIXED);
+        match self.items.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
+            Ok(i) if fixed == 0 => {
+                self.items.remove(i);
+            }
+            Ok(i) => self.items[i].1 = fixed,
+            Err(_) if fixed == 0 => {}
+            Err(i) => self.items.insert(i, (name.to_string(), fixed)),
+        }
+        Ok(())
+    }
+
+    /// Sets an amount a task or actor asks for: as [`ResourceSet::set`],
+    /// and, as Ray, a unit-instance resource (a GPU is a device: it can be
+    /// shared as a fraction of one, never split across two) is a whole
+    /// number or a fraction below 1.
+    pub(crate) fn set_request(&mut self, name: &str, amount: f64) -> Result<(), Error> {
+        if name == GPU && amount > 1.0 && amount.fract() != 0.0 {
+            return Err(Error::invalid(format!(
+                "resource `{name}` must be a whole number or a fraction below 1, got {amount}"
+            )));
+        }
+        self.set(name, amount)
+    }
+
+    pub(crate) fn with(mut self, name: &str, amount: f64) -> Result<ResourceSet, Error> {
+        self.set(name, amount)?;
+        Ok(self)
+    }
+
+    pub(crate) fn get(&self, name: &str) -> f64 {
+        self.fixed(name) as f64 / SCALE
+    }
+
+    pub(super) fn fixed(&self, name: &str) -> i64 {
+        self.items
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .map(|i| self.items[i].1)
+            .unwrap_or(0)
+    }
+
+    /// The amounts by name.
+    pub(crate) fn to_vec(&self) -> Vec<(String, f64)> {
+        self.items
+            .iter()
+            .map(|(k, v)| (k.clone(), *v as f64 / SCALE))
+            .collect()
+    }
+
+    /// True when every amount in `self` is available in `avail`.
+    pub(crate) fn fits(&self, avail: &ResourceSet) -> bool {
+        self.items.iter().all(|(k, v)| avail.fixed(k) >= *v)
+    }
+
+    pub(super) fn add_signed(&mut self, other: &ResourceSet, sign: i64) {
+        for (k, v) in &other.items {
+            let cur = self.fixed(k) + sign * v;
+            match self.items.binary_search_by(|(n, _)| n.as_str().cmp(k)) {
+                Ok(i) => self.items[i].1 = cur,
+                Err(i) => self.items.insert(i, (k.clone(), cur)),
+            }
+        }
+    }
+
+    /// Only the CPU part of the shape (what a blocked task lends back).
+    pub(super) fn cpu_only(&self) -> ResourceSet {
+        let mut r = ResourceSet::new();
+        let cpu = self.fixed(CPU);
+        if cpu != 0 {
+            r.items.push((CPU.to_string(), cpu));
+        }
+        r
+    }
+}
