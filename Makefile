@@ -17,9 +17,10 @@ deps:
 	bash slurm/install-test-deps.sh
 
 # make test builds and tests with the MPI bootstrap (--bootstrap mpi,
-# init_with_mpi, examples/insitu_mpi); make run and a plain cargo build
-# need no MPI.
-TEST_FEATURES ?= --features rustray/mpi,rust-ray-launch/mpi
+# init_with_mpi, examples/insitu_mpi) and the CUDA layer (rustray::cuda,
+# loaded at run time: no toolkit or driver needed); make run and a plain
+# cargo build need neither.
+TEST_FEATURES ?= --features rustray/mpi,rustray/cuda,rust-ray-launch/mpi
 
 # Every test, including the multi-node ones on a 3-node emulated Slurm
 # cluster (network and UTS namespaces on this machine, root needed), which

@@ -69,6 +69,9 @@ pub enum ErrorKind {
     InvalidArgument,
     /// An operating-system error (sockets, shared memory, processes).
     Io,
+    /// A GPU call failed: no CUDA driver on the node, no such device, or
+    /// the driver refused (the message names the call).
+    Gpu,
 }
 
 /// An error from a rustray call: a kind plus a message naming the problem.
@@ -143,6 +146,7 @@ impl fmt::Display for Error {
             ErrorKind::ClusterUnavailable => "cluster unavailable",
             ErrorKind::InvalidArgument => "invalid argument",
             ErrorKind::Io => "I/O error",
+            ErrorKind::Gpu => "GPU error",
         };
         write!(f, "{label}: {}", self.repr.message)
     }

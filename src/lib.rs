@@ -51,6 +51,8 @@ mod actor;
 mod chaos;
 mod cluster;
 mod codec;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod error;
 mod fabric;
 #[cfg(test)]

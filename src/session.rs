@@ -20,6 +20,16 @@ use std::sync::Mutex;
 pub(crate) const ENV_ROLE: &str = "RUSTRAY_ROLE";
 pub(crate) const ENV_SESSION: &str = "RUSTRAY_SESSION";
 
+/// The node's GPUs when nothing says how many: what the CUDA driver
+/// reports (feature `cuda`), numbered from 0.
+fn detected_gpus() -> Vec<u32> {
+    #[cfg(feature = "cuda")]
+    let n = crate::cuda::detected_gpus() as u32;
+    #[cfg(not(feature = "cuda"))]
+    let n = 0;
+    (0..n).collect()
+}
+
 /// Settings for [`init_with`](crate::init_with).
 ///
 /// ```
@@ -92,7 +102,7 @@ impl Config {
             },
         };
         let Some(n) = self.num_gpus else {
-            return Ok(listed.unwrap_or_default());
+            return Ok(listed.unwrap_or_else(detected_gpus));
         };
         if !n.is_finite() || n < 0.0 || n.fract() != 0.0 {
             return Err(Error::invalid(format!(

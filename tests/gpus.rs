@@ -206,6 +206,50 @@ fn test_node_gpus_must_be_whole() {
     assert!(e.message().contains("whole number"), "{e}");
 }
 
+/// Round-trips `n` values through device 0 of the task.
+#[cfg(feature = "cuda")]
+#[rustray::remote]
+fn on_device(n: u32) -> Result<(usize, Vec<u32>, u64), String> {
+    let seen = rustray::cuda::device_count().map_err(|e| e.to_string())?;
+    let host: Vec<u32> = (0..n).collect();
+    let buf = rustray::cuda::to_device(0, &host).map_err(|e| e.to_string())?;
+    let back = rustray::cuda::to_host(&buf).map_err(|e| e.to_string())?;
+    Ok((
+        seen,
+        rustray::get_gpu_ids(),
+        back.iter().map(|&x| x as u64).sum(),
+    ))
+}
+
+/// On a machine with a GPU (run by `cuda/gpu-check.sh`): the node finds
+/// its devices through the driver, and a 1-GPU task sees exactly one
+/// device, round-trips data through it, and reports its id. Without a
+/// driver the node offers no GPU and the task's CUDA calls are clear errors.
+#[cfg(feature = "cuda")]
+fn test_gpu_tasks_use_their_device() {
+    rustray::init_with(Config::new().num_cpus(2.0)).expect("cluster starts");
+    let gpus = rustray::cluster_resources()
+        .expect("view")
+        .get("GPU")
+        .copied()
+        .unwrap_or(0.0);
+    if !rustray::cuda::driver_present() {
+        assert_eq!(gpus, 0.0, "no driver, no detected GPU");
+        let e = get(&on_device::remote(4)).unwrap_err();
+        assert!(e.contains("no CUDA driver"), "{e}");
+        println!("no CUDA driver here: the GPU half of this test did not run");
+        return;
+    }
+    let count = rustray::cuda::device_count().expect("driver answers");
+    assert_eq!(gpus, count as f64, "the driver's devices are the node's");
+    let (seen, ids, sum) =
+        get(&on_device::options().num_gpus(1.0).remote(1 << 20)).expect("runs on its GPU");
+    assert_eq!(seen, 1, "a 1-GPU task sees one device");
+    assert_eq!(ids.len(), 1);
+    assert_eq!(sum, (0..1u64 << 20).sum::<u64>());
+    println!("ran on a GPU: {count} devices, task held {ids:?}");
+}
+
 fn main() {
     common::enter_cluster_role();
     if common::launched() {
@@ -221,5 +265,10 @@ fn main() {
             test_fractional_gpu_accounting,
         ),
         ("test_node_gpus_must_be_whole", test_node_gpus_must_be_whole),
+        #[cfg(feature = "cuda")]
+        (
+            "test_gpu_tasks_use_their_device",
+            test_gpu_tasks_use_their_device,
+        ),
     ]);
 }
