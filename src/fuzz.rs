@@ -524,13 +524,21 @@ fn messages() -> Vec<Msg> {
         },
         Msg::ActorCreated { result: Err(err) },
         Msg::StopCluster,
+        Msg::StageDeviceObject {
+            req: 31,
+            id: oid(8),
+        },
+        Msg::DeviceObjectStaged {
+            req: 31,
+            result: Ok(oid(9)),
+        },
     ]
 }
 
 /// Messages by variant, through an exhaustive match: a new variant does not
 /// compile until it is numbered here, and then
 /// `every_message_variant_has_a_fuzz_seed` wants a seed of it.
-const VARIANTS: usize = 62;
+const VARIANTS: usize = 64;
 
 fn variant(m: &Msg) -> usize {
     match m {
@@ -596,6 +604,8 @@ fn variant(m: &Msg) -> usize {
         Msg::OwnerGone { .. } => 59,
         Msg::CreateActor { .. } => 60,
         Msg::ActorCreated { .. } => 61,
+        Msg::StageDeviceObject { .. } => 62,
+        Msg::DeviceObjectStaged { .. } => 63,
     }
 }
 

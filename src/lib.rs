@@ -275,6 +275,9 @@ pub fn shutdown() {
     let Some(c) = CLUSTER.lock().unwrap_or_else(|p| p.into_inner()).take() else {
         return;
     };
+    // Device objects go with the cluster that counted their references.
+    #[cfg(feature = "cuda")]
+    cuda::release_all();
     worker::set_current(None);
     c.cw.stop();
     if let Some(l) = c.local {

@@ -645,6 +645,18 @@ pub(crate) enum Msg {
     RemoveBorrow {
         id: ObjectId,
     },
+    /// Reader to the owner of a GPU-resident object it cannot open in
+    /// place (another node, or no such device): make a host copy of it
+    /// (once; it lives as long as the object) and say which object holds
+    /// it.
+    StageDeviceObject {
+        req: u64,
+        id: ObjectId,
+    },
+    DeviceObjectStaged {
+        req: u64,
+        result: std::result::Result<ObjectId, Error>,
+    },
 
     // ---- to and from the GCS ----
     /// A raylet joins the cluster.

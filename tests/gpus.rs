@@ -250,6 +250,70 @@ fn test_gpu_tasks_use_their_device() {
     println!("ran on a GPU: {count} devices, task held {ids:?}");
 }
 
+/// Reads a device object passed as an argument: its values through host
+/// memory, and its copy on the task's GPU; and where the task ran.
+#[cfg(feature = "cuda")]
+#[rustray::remote]
+fn read_device_object(obj: rustray::cuda::DeviceRef<u32>) -> Result<(u64, u64, String), String> {
+    let host = obj.to_host().map_err(|e| e.to_string())?;
+    let dev = obj.get().map_err(|e| e.to_string())?;
+    let again = dev.to_host().map_err(|e| e.to_string())?;
+    let sum = |v: &[u32]| v.iter().map(|&x| x as u64).sum::<u64>();
+    Ok((
+        sum(&host),
+        sum(&again),
+        rustray::node_name().map_err(|e| e.to_string())?,
+    ))
+}
+
+/// GPU-resident objects (run by `cuda/gpu-check.sh` on a GPU machine): a
+/// put keeps the bytes on the device; the owner reads its own buffer,
+/// a task on the node opens it by CUDA IPC, a task on another node gets
+/// it staged through host memory; the device memory counts against the
+/// GPU and comes back when the last reference goes. Without a driver the
+/// calls are clear errors.
+#[cfg(feature = "cuda")]
+fn test_device_objects() {
+    if !rustray::cuda::driver_present() {
+        let e = rustray::cuda::to_device(0, &[1u32]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Gpu, "{e}");
+        println!("no CUDA driver here: device objects did not run");
+        return;
+    }
+    rustray::init_with(Config::new().local_nodes(2).num_cpus(2.0)).expect("cluster starts");
+    let n = 1u32 << 22; // 16 MiB
+    let want: u64 = (0..n as u64).sum();
+    let buf = rustray::cuda::to_device(0, &(0..n).collect::<Vec<u32>>()).expect("on the GPU");
+    let obj = rustray::cuda::put(&buf).expect("put");
+    drop(buf); // the object is its own copy
+    assert_eq!(rustray::cuda::device_object_usage(0), (1, 4 * n as u64));
+    // The owner: its own buffer, no copy.
+    let mine = obj.get().expect("owner's get");
+    assert_eq!(mine.len(), n as usize);
+    assert_eq!(mine.to_host().expect("to host").len(), n as usize);
+    let nodes = rustray::nodes().expect("nodes");
+    for node in &nodes {
+        let r = read_device_object::options()
+            .num_gpus(1.0)
+            .scheduling_strategy(rustray::SchedulingStrategy::NodeAffinity {
+                node: node.name.clone(),
+                soft: false,
+            })
+            .remote(obj.clone());
+        let (host, dev, ran) = get(&r).expect("a task reads the device object");
+        assert_eq!((host, dev), (want, want), "on {ran}");
+        assert_eq!(ran, node.name);
+    }
+    drop(mine);
+    drop(obj);
+    common::wait_until(
+        "the device memory is freed",
+        Duration::from_secs(20),
+        || rustray::cuda::device_object_usage(0) == (0, 0),
+    );
+    println!("device objects ran on a GPU");
+}
+
 fn main() {
     common::enter_cluster_role();
     if common::launched() {
@@ -270,5 +334,7 @@ fn main() {
             "test_gpu_tasks_use_their_device",
             test_gpu_tasks_use_their_device,
         ),
+        #[cfg(feature = "cuda")]
+        ("test_device_objects", test_device_objects),
     ]);
 }

@@ -14,11 +14,19 @@
 //! `CUDA_VISIBLE_DEVICES` shows from 0); rustray's scheduler speaks in the
 //! node's device ids, which is what `CUDA_VISIBLE_DEVICES` lists.
 
+mod buffer;
+
+pub use buffer::{
+    copy_to_host, copy_to_slice, device_uuid, ordinal_of, DeviceBuffer, IpcMapping,
+    IPC_HANDLE_BYTES,
+};
+pub use cudarc::driver::sys::CUdeviceptr;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 
-pub use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr};
+pub use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr};
 
 /// What went wrong with a GPU call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,7 +60,7 @@ impl std::error::Error for Error {}
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-fn driver_error(call: &'static str, e: cudarc::driver::DriverError) -> Error {
+pub(crate) fn driver_error(call: &'static str, e: cudarc::driver::DriverError) -> Error {
     Error::Driver {
         call,
         message: format!("{e:?}"),

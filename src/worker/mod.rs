@@ -101,6 +101,9 @@ pub(crate) struct Entry {
     /// the first read, at the next put, or when the object goes, so the
     /// block becomes spillable.
     pub(crate) held_pin: bool,
+    /// The descriptor of a GPU-resident object this process owns: when it
+    /// goes, so does the device memory (see `crate::cuda`).
+    pub(crate) device: bool,
 }
 
 /// Side effects computed under the state lock, performed after it.
@@ -123,6 +126,8 @@ pub(crate) struct Effects {
     pub(crate) resolve_actors: Vec<ActorId>,
     /// Actors none of whose handles remain, for the GCS to end.
     pub(crate) actors_out_of_scope: Vec<ActorId>,
+    /// GPU-resident objects that went: their device memory is freed.
+    pub(crate) device_frees: Vec<ObjectId>,
     /// Tasks whose worker on another node died, to fail once it is known
     /// whether the node went with it.
     pub(crate) worker_deaths: Vec<(TaskId, WorkerId, Error)>,
@@ -580,6 +585,7 @@ impl CoreWorker {
             | Msg::ActorLookedUp { req, .. }
             | Msg::NamedActors { req, .. }
             | Msg::StoreStats { req, .. }
+            | Msg::DeviceObjectStaged { req, .. }
             | Msg::ActorKilled { req } => *req,
             _ => return,
         };
@@ -616,6 +622,54 @@ impl CoreWorker {
             Msg::Retire => self.retire(),
             Msg::NodeDied { node } => self.node_died(node),
             other => self.handle_reply(other),
+        }
+    }
+
+    /// As the owner of device object `id`: its host copy (see
+    /// `crate::cuda`).
+    fn stage_device_object(self: &Arc<Self>, id: ObjectId) -> Result<ObjectId> {
+        #[cfg(feature = "cuda")]
+        return crate::cuda::stage(id);
+        #[cfg(not(feature = "cuda"))]
+        Err(Error::new(
+            ErrorKind::Gpu,
+            format!("object {id}'s owner was built without rustray's cuda feature"),
+        ))
+    }
+
+    /// The host copy of device object `id`, made by its owner: a ref this
+    /// process holds.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn staged_copy(self: &Arc<Self>, id: ObjectId) -> Result<RawRef> {
+        let copy = if id.owner == self.id {
+            self.stage_device_object(id)?
+        } else {
+            let conn = self.peer(id.owner).map_err(|_| {
+                Error::new(
+                    ErrorKind::OwnerDied,
+                    format!(
+                        "the owner of device object {id} (worker {}) is gone",
+                        id.owner
+                    ),
+                )
+            })?;
+            match self.call(
+                &conn,
+                |req| Msg::StageDeviceObject { req, id },
+                "copying a device object to host memory",
+            )? {
+                Msg::DeviceObjectStaged { result, .. } => result?,
+                _ => return Err(Error::unavailable("unexpected reply to a staging request")),
+            }
+        };
+        self.adopt_ref(copy)
+    }
+
+    /// Marks owned object `id` as a GPU-resident object's descriptor.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn mark_device(&self, id: ObjectId) {
+        if let Some(e) = self.lock().objects.get_mut(&id) {
+            e.device = true;
         }
     }
 
@@ -811,6 +865,10 @@ impl CoreWorker {
                 };
                 self.apply(fx);
             }
+            Msg::StageDeviceObject { req, id } => {
+                let result = self.stage_device_object(id);
+                let _ = conn.send(&Msg::DeviceObjectStaged { req, result });
+            }
             other => self.handle_reply(other),
         }
     }
@@ -978,6 +1036,10 @@ impl CoreWorker {
         for worker in fx.kill_workers {
             let _ = self.raylet.send(&Msg::KillWorker { worker });
         }
+        #[cfg(feature = "cuda")]
+        for id in fx.device_frees {
+            crate::cuda::release(id);
+        }
         for id in fx.actors_out_of_scope {
             match self.gcs_conn() {
                 Ok(c) => {
@@ -1100,6 +1162,9 @@ impl CoreWorker {
                 fx.free_offsets.push((node, offset));
             }
             fx.actors_out_of_scope.extend(e.actor);
+            if e.device {
+                fx.device_frees.push(id);
+            }
         } else {
             fx.to_owner.push((id.owner, Msg::RemoveBorrow { id }));
         }
@@ -1662,6 +1727,7 @@ impl Effects {
             && self.kill_workers.is_empty()
             && self.resolve_actors.is_empty()
             && self.actors_out_of_scope.is_empty()
+            && self.device_frees.is_empty()
     }
 }
 

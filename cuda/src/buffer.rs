@@ -1,0 +1,275 @@
+//! Device memory that other processes of the node can open: the storage of
+//! a GPU-resident object.
+//!
+//! Why not a `CudaSlice`: cudarc allocates from the stream-ordered pool
+//! (`cuMemAllocAsync`) wherever the device supports it, and pool memory
+//! cannot be exported with `cuIpcGetMemHandle`. A [`DeviceBuffer`] is a
+//! plain `cuMemAlloc` allocation, so its IPC handle opens in any process
+//! of the node that sees the device ([`IpcMapping`], no copy), and it is
+//! freed when the buffer drops (the object's owner drops it when the
+//! object goes out of scope, or CUDA frees it when the owner dies).
+//!
+//! Every raw driver call is here, each after [`driver`](crate::driver)
+//! said the library is loaded (cudarc panics otherwise).
+
+use crate::{driver, Error, Result};
+use cudarc::driver::sys::{self, CUdeviceptr};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr};
+use std::sync::Arc;
+
+/// The bytes of a CUDA IPC memory handle.
+pub const IPC_HANDLE_BYTES: usize = 64;
+
+fn check(call: &'static str, r: sys::CUresult) -> Result<()> {
+    r.result().map_err(|e| crate::driver_error(call, e))
+}
+
+/// A device allocation other processes can open by IPC handle.
+pub struct DeviceBuffer {
+    ctx: Arc<CudaContext>,
+    ptr: CUdeviceptr,
+    bytes: usize,
+}
+
+impl std::fmt::Debug for DeviceBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "DeviceBuffer {{ device {}, {} bytes }}",
+            self.ctx.ordinal(),
+            self.bytes
+        )
+    }
+}
+
+impl DeviceBuffer {
+    /// `bytes` of device memory on `ctx`'s device, contents unset.
+    pub fn alloc(ctx: &Arc<CudaContext>, bytes: usize) -> Result<DeviceBuffer> {
+        driver()?;
+        ctx.bind_to_thread()
+            .map_err(|e| crate::driver_error("cuCtxSetCurrent", e))?;
+        // SAFETY: the context is current on this thread; the allocation
+        // (at least one byte: a zero-byte cuMemAlloc is an error) is owned
+        // by the returned buffer, which frees it once.
+        let ptr = unsafe { cudarc::driver::result::malloc_sync(bytes.max(1)) }
+            .map_err(|e| crate::driver_error("cuMemAlloc", e))?;
+        Ok(DeviceBuffer {
+            ctx: ctx.clone(),
+            ptr,
+            bytes,
+        })
+    }
+
+    /// A copy of `src` in a new buffer on the same device.
+    pub fn copy_of<T: DeviceRepr>(src: &CudaSlice<T>) -> Result<DeviceBuffer> {
+        let stream = src.stream().clone();
+        let out = DeviceBuffer::alloc(stream.context(), src.num_bytes())?;
+        {
+            let (from, _done) = src.device_ptr(&stream);
+            // SAFETY: `from` holds `src.num_bytes()` bytes and `out` as
+            // many; the copy is ordered on the stream that wrote `src`,
+            // and synchronised before `src` can be dropped or reused.
+            check("cuMemcpyDtoDAsync", unsafe {
+                sys::cuMemcpyDtoDAsync_v2(out.ptr, from, out.bytes, stream.cu_stream())
+            })?;
+        }
+        stream
+            .synchronize()
+            .map_err(|e| crate::driver_error("cuStreamSynchronize", e))?;
+        Ok(out)
+    }
+
+    /// The device address.
+    pub fn ptr(&self) -> CUdeviceptr {
+        self.ptr
+    }
+
+    /// Its size in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The context it lives in.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The handle another process of the node opens it with.
+    pub fn ipc_handle(&self) -> Result<[u8; IPC_HANDLE_BYTES]> {
+        driver()?;
+        let mut h = std::mem::MaybeUninit::<sys::CUipcMemHandle>::uninit();
+        // SAFETY: `h` is written by the call before it is read; `ptr` is a
+        // live cuMemAlloc allocation of this buffer.
+        check("cuIpcGetMemHandle", unsafe {
+            sys::cuIpcGetMemHandle(h.as_mut_ptr(), self.ptr)
+        })?;
+        // SAFETY: initialised by the successful call above.
+        let h = unsafe { h.assume_init() };
+        let mut out = [0u8; IPC_HANDLE_BYTES];
+        for (o, b) in out.iter_mut().zip(h.reserved.iter()) {
+            *o = *b as u8;
+        }
+        Ok(out)
+    }
+
+    /// Copies the whole buffer into `dst` (host memory of the same size).
+    pub fn copy_to_host(&self, dst: &mut [u8]) -> Result<()> {
+        copy_to_host(&self.ctx, self.ptr, self.bytes, dst)
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: the buffer owns `ptr`, allocated by cuMemAlloc in
+            // this context, and frees it exactly once, here.
+            let _ = unsafe { cudarc::driver::result::free_sync(self.ptr) };
+        }
+    }
+}
+
+/// Copies `bytes` at device address `ptr` (in `ctx`) into `dst`.
+pub fn copy_to_host(
+    ctx: &Arc<CudaContext>,
+    ptr: CUdeviceptr,
+    bytes: usize,
+    dst: &mut [u8],
+) -> Result<()> {
+    driver()?;
+    if dst.len() != bytes {
+        return Err(Error::Driver {
+            call: "cuMemcpyDtoH",
+            message: format!("{} bytes on the device, {} on the host", bytes, dst.len()),
+        });
+    }
+    ctx.bind_to_thread()
+        .map_err(|e| crate::driver_error("cuCtxSetCurrent", e))?;
+    // SAFETY: `ptr` is live device memory of `bytes` bytes (the caller's
+    // buffer or mapping holds it) and `dst` has exactly `bytes` bytes.
+    check("cuMemcpyDtoH", unsafe {
+        sys::cuMemcpyDtoH_v2(dst.as_mut_ptr().cast(), ptr, bytes)
+    })
+}
+
+/// Copies `bytes` at device address `src` into a new `CudaSlice<T>` of
+/// `stream`'s device (another device of the node too: the driver copies
+/// between devices through unified addressing).
+///
+/// # Safety
+/// `src` must hold `bytes` bytes written as values of `T`, live until
+/// this returns, and `bytes` must be a multiple of `size_of::<T>()`.
+pub unsafe fn copy_to_slice<T: DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    src: CUdeviceptr,
+    bytes: usize,
+) -> Result<CudaSlice<T>> {
+    driver()?;
+    let len = bytes / std::mem::size_of::<T>().max(1);
+    // SAFETY: the contents are written below, before anyone reads them.
+    let mut out =
+        unsafe { stream.alloc::<T>(len) }.map_err(|e| crate::driver_error("cuMemAlloc", e))?;
+    {
+        let (dst, _done) = cudarc::driver::DevicePtrMut::device_ptr_mut(&mut out, stream);
+        // SAFETY: both ranges hold `bytes` bytes (the caller's promise for
+        // `src`); ordered on `stream`, synchronised before returning.
+        check("cuMemcpyAsync", unsafe {
+            sys::cuMemcpyAsync(dst, src, bytes, stream.cu_stream())
+        })?;
+    }
+    stream
+        .synchronize()
+        .map_err(|e| crate::driver_error("cuStreamSynchronize", e))?;
+    Ok(out)
+}
+
+/// Another process's [`DeviceBuffer`], opened in this one by its IPC
+/// handle: the same device memory, no copy. Closed when dropped.
+pub struct IpcMapping {
+    ctx: Arc<CudaContext>,
+    ptr: CUdeviceptr,
+    bytes: usize,
+}
+
+impl IpcMapping {
+    /// Opens `handle` (of a buffer of `bytes` bytes) in `ctx`, which must
+    /// be a context on the buffer's device or a peer of it.
+    pub fn open(
+        ctx: &Arc<CudaContext>,
+        handle: &[u8; IPC_HANDLE_BYTES],
+        bytes: usize,
+    ) -> Result<IpcMapping> {
+        driver()?;
+        ctx.bind_to_thread()
+            .map_err(|e| crate::driver_error("cuCtxSetCurrent", e))?;
+        let mut h = sys::CUipcMemHandle {
+            reserved: [0; IPC_HANDLE_BYTES],
+        };
+        for (o, b) in h.reserved.iter_mut().zip(handle.iter()) {
+            *o = *b as std::ffi::c_char;
+        }
+        let mut ptr: CUdeviceptr = 0;
+        // SAFETY: `ptr` is written by the call; the handle is plain bytes
+        // (a stale or forged one makes the driver return an error).
+        check("cuIpcOpenMemHandle", unsafe {
+            sys::cuIpcOpenMemHandle_v2(
+                &mut ptr,
+                h,
+                sys::CUipcMem_flags_enum::CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS as u32,
+            )
+        })?;
+        Ok(IpcMapping {
+            ctx: ctx.clone(),
+            ptr,
+            bytes,
+        })
+    }
+
+    /// The device address in this process.
+    pub fn ptr(&self) -> CUdeviceptr {
+        self.ptr
+    }
+
+    /// Its size in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The context it is open in.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+}
+
+impl Drop for IpcMapping {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: `ptr` came from cuIpcOpenMemHandle in this context
+            // and is closed exactly once, here.
+            let _ = unsafe { sys::cuIpcCloseMemHandle(self.ptr) };
+        }
+    }
+}
+
+/// The device's UUID (stable across processes, whatever each one's
+/// `CUDA_VISIBLE_DEVICES` numbering).
+pub fn device_uuid(ordinal: usize) -> Result<[u8; 16]> {
+    let ctx = crate::context(ordinal)?;
+    let u = ctx
+        .uuid()
+        .map_err(|e| crate::driver_error("cuDeviceGetUuid", e))?;
+    let mut out = [0u8; 16];
+    for (o, b) in out.iter_mut().zip(u.bytes.iter()) {
+        *o = *b as u8;
+    }
+    Ok(out)
+}
+
+/// The ordinal under which this process sees the device with `uuid`.
+pub fn ordinal_of(uuid: &[u8; 16]) -> Result<Option<usize>> {
+    for i in 0..crate::device_count()? {
+        if device_uuid(i)? == *uuid {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
+}
