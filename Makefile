@@ -57,7 +57,8 @@ build:
 # bash slurm/emu-up.sh 3). It needs rust-ray-launch next to the bench binary,
 # hence the build. BENCH_ARGS=--quick for a smoke run; set BENCH_MULTINODE=
 # (empty) to leave the multi-node rows out. The bench's exit status is kept
-# (pipefail) while tee writes the jsonl.
+# (pipefail) while tee writes the jsonl. Then the GPU rows (benches/gpu.rs),
+# only where a CUDA driver and a device are.
 BENCH_MULTINODE ?= --multinode
 BENCH_OUT ?= target/bench-rustray.jsonl
 RAY_BENCH_OUT ?= target/bench-ray.jsonl
@@ -70,6 +71,7 @@ bench:
 	$(CARGO) build --release -p rust-ray-launch $(BENCH_LAUNCH_FEATURES)
 	@mkdir -p $(dir $(BENCH_OUT))
 	set -o pipefail; $(CARGO) bench --bench microbench -- $(BENCH_ARGS) $(BENCH_MULTINODE) | tee $(BENCH_OUT)
+	set -o pipefail; $(CARGO) bench --bench gpu --features rustray/cuda | tee -a $(BENCH_OUT)
 
 # Ray 2.60 in a venv, same scenarios, same machine. bench.py --multinode runs
 # the single-node scenarios and then internode_transfer_gb_per_s in one go.

@@ -38,5 +38,8 @@ for needle in "ran on a GPU" "device objects ran on a GPU"; do
     failed=$((failed + 1)); echo "FAILED  $needle (no GPU seen)"
   fi
 done
+# The GPU benchmark rows (one JSON line each).
+cargo bench --bench gpu $FEATURES 2>/tmp/gpu-check-bench.log | grep '^{' || {
+  failed=$((failed + 1)); echo "FAILED  gpu benchmark"; tail -20 /tmp/gpu-check-bench.log; }
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
