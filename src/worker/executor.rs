@@ -594,6 +594,7 @@ impl Drop for LocalArgs<'_> {
 }
 
 fn construct(cw: &Arc<CoreWorker>, spec: &ActorSpec) -> Result<Box<dyn Any + Send>> {
+    hold_if_exiting();
     let entry = registry_actor(&spec.class).ok_or_else(|| {
         Error::new(
             ErrorKind::TaskFailed,
@@ -637,6 +638,7 @@ fn run(
     actor: Option<&mut (String, Box<dyn Any + Send>)>,
     shared: Option<&SharedActor>,
 ) -> Outcome {
+    hold_if_exiting();
     if spec.actor.is_none() {
         cw.exec.assign(&spec.resources, &spec.gpus);
     }
@@ -851,6 +853,20 @@ fn forward_output(session: &Session) {
 
 /// Ends when the output forwarder has copied everything (it drops its
 /// sender at the pipe's end).
+/// Set once the process has decided to exit: no task starts after that.
+static EXITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// In a worker that is exiting (its raylet is gone, say), a task that was
+/// about to start never does: its thread waits for the exit, which comes
+/// within the output flush's bound. Running it would repeat its side
+/// effects for nothing (its result cannot be stored), and its owner
+/// retries it elsewhere once this process is gone.
+fn hold_if_exiting() {
+    while EXITING.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 static OUTPUT_DONE: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>> =
     std::sync::Mutex::new(None);
 
@@ -858,6 +874,7 @@ static OUTPUT_DONE: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>> =
 /// log (bounded: a stuck terminal does not keep it alive).
 pub(crate) fn exit_flushing_output(code: i32) -> ! {
     use std::io::Write;
+    EXITING.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     // Pointing stdout and stderr at /dev/null closes the pipe's only write
