@@ -28,7 +28,9 @@ FEATURES="--features rustray/cuda"
 cargo build --release --workspace --tests $FEATURES 2>&1 | tail -3
 check device-layer cargo test --release -p rustray-cuda
 check rustray-cuda-module cargo test --release $FEATURES --lib cuda
-check gpu-scheduling cargo test --release $FEATURES --test gpus
+# The scheduling tests declare their own nodes' GPUs (ten of them, say):
+# a CUDA_VISIBLE_DEVICES from the machine's environment would bound them.
+check gpu-scheduling env -u CUDA_VISIBLE_DEVICES cargo test --release $FEATURES --test gpus
 # The GPU half of test_gpu_tasks_use_their_device must have run here.
 # The GPU halves of the GPU tests must have run here.
 for needle in "ran on a GPU" "device objects ran on a GPU"; do

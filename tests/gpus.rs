@@ -233,14 +233,16 @@ fn test_gpu_tasks_use_their_device() {
         .get("GPU")
         .copied()
         .unwrap_or(0.0);
-    if !rustray::cuda::driver_present() {
-        assert_eq!(gpus, 0.0, "no driver, no detected GPU");
+    let count = rustray::cuda::device_count().unwrap_or(0);
+    if count == 0 {
+        assert_eq!(gpus, 0.0, "no usable GPU, none detected");
         let e = get(&on_device::remote(4)).unwrap_err();
-        assert!(e.contains("no CUDA driver"), "{e}");
-        println!("no CUDA driver here: the GPU half of this test did not run");
+        if !rustray::cuda::driver_present() {
+            assert!(e.contains("no CUDA driver"), "{e}");
+        }
+        println!("no CUDA device here: the GPU half of this test did not run");
         return;
     }
-    let count = rustray::cuda::device_count().expect("driver answers");
     assert_eq!(gpus, count as f64, "the driver's devices are the node's");
     let (seen, ids, sum) =
         get(&on_device::options().num_gpus(1.0).remote(1 << 20)).expect("runs on its GPU");
@@ -274,10 +276,10 @@ fn read_device_object(obj: rustray::cuda::DeviceRef<u32>) -> Result<(u64, u64, S
 /// calls are clear errors.
 #[cfg(feature = "cuda")]
 fn test_device_objects() {
-    if !rustray::cuda::driver_present() {
+    if rustray::cuda::device_count().unwrap_or(0) == 0 {
         let e = rustray::cuda::to_device(0, &[1u32]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Gpu, "{e}");
-        println!("no CUDA driver here: device objects did not run");
+        println!("no CUDA device here: device objects did not run");
         return;
     }
     rustray::init_with(Config::new().local_nodes(2).num_cpus(2.0)).expect("cluster starts");

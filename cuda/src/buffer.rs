@@ -46,8 +46,7 @@ impl DeviceBuffer {
     /// `bytes` of device memory on `ctx`'s device, contents unset.
     pub fn alloc(ctx: &Arc<CudaContext>, bytes: usize) -> Result<DeviceBuffer> {
         driver()?;
-        ctx.bind_to_thread()
-            .map_err(|e| crate::driver_error("cuCtxSetCurrent", e))?;
+        bind(ctx)?;
         // SAFETY: the context is current on this thread; the allocation
         // (at least one byte: a zero-byte cuMemAlloc is an error) is owned
         // by the returned buffer, which frees it once.
@@ -97,6 +96,7 @@ impl DeviceBuffer {
     /// The handle another process of the node opens it with.
     pub fn ipc_handle(&self) -> Result<[u8; IPC_HANDLE_BYTES]> {
         driver()?;
+        bind(&self.ctx)?;
         let mut h = std::mem::MaybeUninit::<sys::CUipcMemHandle>::uninit();
         // SAFETY: `h` is written by the call before it is read; `ptr` is a
         // live cuMemAlloc allocation of this buffer.
@@ -118,13 +118,21 @@ impl DeviceBuffer {
     }
 }
 
+/// Makes `ctx` current on this thread. Not `bind_to_thread`, which first
+/// returns (and clears) an error an earlier asynchronous call recorded on
+/// the context: a free or close must not be skipped for that.
+fn bind(ctx: &Arc<CudaContext>) -> Result<()> {
+    // SAFETY: the context is alive (`ctx` holds it).
+    unsafe { cudarc::driver::result::ctx::set_current(ctx.cu_ctx()) }
+        .map_err(|e| crate::driver_error("cuCtxSetCurrent", e))
+}
+
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        if self.ctx.bind_to_thread().is_ok() {
-            // SAFETY: the buffer owns `ptr`, allocated by cuMemAlloc in
-            // this context, and frees it exactly once, here.
-            let _ = unsafe { cudarc::driver::result::free_sync(self.ptr) };
-        }
+        let _ = bind(&self.ctx);
+        // SAFETY: the buffer owns `ptr`, allocated by cuMemAlloc in this
+        // context, and frees it exactly once, here.
+        let _ = unsafe { cudarc::driver::result::free_sync(self.ptr) };
     }
 }
 
@@ -142,8 +150,7 @@ pub fn copy_to_host(
             message: format!("{} bytes on the device, {} on the host", bytes, dst.len()),
         });
     }
-    ctx.bind_to_thread()
-        .map_err(|e| crate::driver_error("cuCtxSetCurrent", e))?;
+    bind(ctx)?;
     // SAFETY: `ptr` is live device memory of `bytes` bytes (the caller's
     // buffer or mapping holds it) and `dst` has exactly `bytes` bytes.
     check("cuMemcpyDtoH", unsafe {
@@ -165,6 +172,8 @@ pub unsafe fn copy_to_slice<T: DeviceRepr>(
 ) -> Result<CudaSlice<T>> {
     driver()?;
     let len = bytes / std::mem::size_of::<T>().max(1);
+    // Whole elements only (a forged size cannot overflow the allocation).
+    let bytes = len * std::mem::size_of::<T>();
     // SAFETY: the contents are written below, before anyone reads them.
     let mut out =
         unsafe { stream.alloc::<T>(len) }.map_err(|e| crate::driver_error("cuMemAlloc", e))?;
@@ -199,8 +208,7 @@ impl IpcMapping {
         bytes: usize,
     ) -> Result<IpcMapping> {
         driver()?;
-        ctx.bind_to_thread()
-            .map_err(|e| crate::driver_error("cuCtxSetCurrent", e))?;
+        bind(ctx)?;
         let mut h = sys::CUipcMemHandle {
             reserved: [0; IPC_HANDLE_BYTES],
         };
@@ -242,20 +250,24 @@ impl IpcMapping {
 
 impl Drop for IpcMapping {
     fn drop(&mut self) {
-        if self.ctx.bind_to_thread().is_ok() {
-            // SAFETY: `ptr` came from cuIpcOpenMemHandle in this context
-            // and is closed exactly once, here.
-            let _ = unsafe { sys::cuIpcCloseMemHandle(self.ptr) };
-        }
+        let _ = bind(&self.ctx);
+        // SAFETY: `ptr` came from cuIpcOpenMemHandle in this context and is
+        // closed exactly once, here.
+        let _ = unsafe { sys::cuIpcCloseMemHandle(self.ptr) };
     }
 }
 
 /// The device's UUID (stable across processes, whatever each one's
-/// `CUDA_VISIBLE_DEVICES` numbering).
+/// `CUDA_VISIBLE_DEVICES` numbering). Needs no context: looking a device
+/// up must not set up every GPU of the node.
 pub fn device_uuid(ordinal: usize) -> Result<[u8; 16]> {
-    let ctx = crate::context(ordinal)?;
-    let u = ctx
-        .uuid()
+    let count = crate::device_count()?;
+    if ordinal >= count {
+        return Err(Error::NoSuchDevice { ordinal, count });
+    }
+    let dev = cudarc::driver::result::device::get(ordinal as i32)
+        .map_err(|e| crate::driver_error("cuDeviceGet", e))?;
+    let u = cudarc::driver::result::device::get_uuid(dev)
         .map_err(|e| crate::driver_error("cuDeviceGetUuid", e))?;
     let mut out = [0u8; 16];
     for (o, b) in out.iter_mut().zip(u.bytes.iter()) {

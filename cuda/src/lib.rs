@@ -67,14 +67,29 @@ pub(crate) fn driver_error(call: &'static str, e: cudarc::driver::DriverError) -
     }
 }
 
-/// Whether the CUDA driver library can be loaded here (tried once).
+/// The oldest driver API accepted: CUDA 12.0, the version this build's
+/// bindings were generated for.
+const MIN_DRIVER_API: i32 = 12000;
+
+/// Whether a CUDA driver of at least CUDA 12.0's API can be loaded here
+/// (tried once).
 pub fn driver_present() -> bool {
     static PRESENT: OnceLock<bool> = OnceLock::new();
     *PRESENT.get_or_init(|| {
         // SAFETY: is_culib_present only tries to dlopen the library names
         // and closes what it opened; it calls no driver function and has
         // no preconditions.
-        unsafe { cudarc::driver::sys::is_culib_present() }
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return false;
+        }
+        // An older driver than the API this build speaks would hit
+        // cudarc's "missing symbol" panic on some later call: refuse it
+        // here. cuDriverGetVersion exists in every driver.
+        let mut version = 0;
+        // SAFETY: the library loads (checked above); the call writes one
+        // int and needs no context.
+        let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
+        r.result().is_ok() && version >= MIN_DRIVER_API
     })
 }
 
@@ -90,8 +105,13 @@ pub fn driver() -> Result<()> {
 /// The GPUs this process sees (those `CUDA_VISIBLE_DEVICES` lets through).
 pub fn device_count() -> Result<usize> {
     driver()?;
-    let n = CudaContext::device_count().map_err(|e| driver_error("cuDeviceGetCount", e))?;
-    Ok(usize::try_from(n).unwrap_or(0))
+    match CudaContext::device_count() {
+        Ok(n) => Ok(usize::try_from(n).unwrap_or(0)),
+        // cuInit says so when CUDA_VISIBLE_DEVICES hides every device (a
+        // task granted no GPU): none, not a failure.
+        Err(e) if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_NO_DEVICE => Ok(0),
+        Err(e) => Err(driver_error("cuDeviceGetCount", e)),
+    }
 }
 
 /// This process's context on device `ordinal` (the primary context,
@@ -109,7 +129,7 @@ pub fn context(ordinal: usize) -> Result<Arc<CudaContext>> {
     if let Some(c) = contexts.get(&ordinal) {
         return Ok(c.clone());
     }
-    let c = CudaContext::new(ordinal).map_err(|e| driver_error("cuCtxCreate", e))?;
+    let c = CudaContext::new(ordinal).map_err(|e| driver_error("cuDevicePrimaryCtxRetain", e))?;
     contexts.insert(ordinal, c.clone());
     Ok(c)
 }

@@ -278,6 +278,9 @@ pub(crate) fn stage(id: ObjectId) -> Result<ObjectId> {
 pub struct DeviceObject<T> {
     held: Held<T>,
     len: usize,
+    /// A reference to the object, so its owner keeps the device memory
+    /// while this view (an IPC mapping, say) lives.
+    _object: ObjectRef<Descriptor>,
 }
 
 enum Held<T> {
@@ -347,14 +350,32 @@ fn cudarc_ptr<'a, T>(
     s.device_ptr(stream)
 }
 
-/// Host bytes, as values of `T`: `fill` writes `bytes` bytes.
+/// Host values of `T`, written straight into the vector's memory by
+/// `fill` (`bytes` bytes: one copy from the device, none after).
 fn host_values<T: DeviceRepr>(
     fill: impl FnOnce(&mut [u8]) -> rustray_cuda::Result<()>,
     bytes: usize,
 ) -> Result<Vec<T>> {
-    let mut raw = vec![0u8; bytes];
-    fill(&mut raw).map_err(gpu_error)?;
-    values_from_bytes(&raw)
+    let size = std::mem::size_of::<T>();
+    if size == 0 || bytes % size != 0 {
+        return Err(Error::new(
+            ErrorKind::TypeMismatch,
+            format!(
+                "{bytes} bytes are not a whole number of {}",
+                std::any::type_name::<T>()
+            ),
+        ));
+    }
+    let len = bytes / size;
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    // SAFETY: the capacity holds `bytes` bytes; the slice is only written
+    // (by the device copy) before the length is set.
+    let dst = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), bytes) };
+    fill(dst).map_err(gpu_error)?;
+    // SAFETY: `fill` succeeded, so all `len` values were written, with the
+    // bytes of values of `T` (the descriptor's element type was checked).
+    unsafe { out.set_len(len) };
+    Ok(out)
 }
 
 /// Bytes copied out of a device buffer of `T` back into values of `T`.
@@ -430,9 +451,18 @@ impl<T: DeviceRepr> DeviceRef<T> {
         };
         let mut handle = [0u8; IPC_HANDLE_BYTES];
         handle.copy_from_slice(&d.handle);
-        let m =
-            IpcMapping::open(&context(ordinal)?, &handle, d.bytes as usize).map_err(gpu_error)?;
-        Ok(Some(Open::Mapped(m)))
+        // Where IPC is refused (an exclusive-process GPU, a container
+        // without it, MIG), the owner's host copy serves instead.
+        match IpcMapping::open(&context(ordinal)?, &handle, d.bytes as usize) {
+            Ok(m) => Ok(Some(Open::Mapped(m))),
+            Err(e) => {
+                crate::session::log!(
+                    "device object {}: CUDA IPC open failed ({e}); reading the owner's host copy",
+                    self.desc.id()
+                );
+                Ok(None)
+            }
+        }
     }
 
     /// The host copy its owner makes (once), read through the store.
@@ -457,6 +487,7 @@ impl<T: DeviceRepr> DeviceRef<T> {
                 return Ok(DeviceObject {
                     held: open.into(),
                     len,
+                    _object: self.desc.clone(),
                 })
             }
             // On another device of the node: one device-to-device copy.
@@ -472,15 +503,22 @@ impl<T: DeviceRepr> DeviceRef<T> {
                 return Ok(DeviceObject {
                     held: Held::Copied(s),
                     len,
+                    _object: self.desc.clone(),
                 });
             }
             None => {}
         }
         let host: Vec<T> = values_from_bytes(&self.staged_bytes()?)?;
         let s = to_device(0, &host)?;
+        // From pageable memory the copy may return before it lands; a raw
+        // pointer handed out now must see the bytes.
+        s.stream()
+            .synchronize()
+            .map_err(|e| Error::new(ErrorKind::Gpu, format!("cuStreamSynchronize: {e:?}")))?;
         Ok(DeviceObject {
             held: Held::Copied(s),
             len,
+            _object: self.desc.clone(),
         })
     }
 
@@ -492,6 +530,7 @@ impl<T: DeviceRepr> DeviceRef<T> {
             Some(open) => DeviceObject {
                 held: open.into(),
                 len: Self::len_of(&d),
+                _object: self.desc.clone(),
             }
             .to_host(),
             None => values_from_bytes(&self.staged_bytes()?),
