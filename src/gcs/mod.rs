@@ -11,27 +11,32 @@
 //! restarting it up to `max_restarts`, and answering "where is actor X"
 //! lookups, holding the answer back while the actor is being (re)created.
 //!
-//! [`ActorTable`] is the state machine (no IO, unit-tested below); [`Gcs`]
-//! is its IO shell.
+//! The state lives in two state machines with no IO, each unit-tested on
+//! its own: [`actors::ActorTable`] and [`nodes::NodeTable`] (the node
+//! table, health checks and resource view, on a simulated clock). [`Gcs`]
+//! is their IO shell: one thread per connection, the health-check thread,
+//! and the threads creating actors; connections are opaque ids to the
+//! tables, mapped to sockets here.
+
+mod actors;
+mod nodes;
+
+use actors::{ActorAction, ActorTable, ConnId, Waiter};
+use nodes::{NodeTable, Report, NODE_TIMEOUT};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, LeaseId, WorkerId};
 use crate::scheduler::{ResourceSet, Spill};
 use crate::session::{log, Session};
 use crate::transport::{
-    self, ActorInfo, ActorLookup, ActorSpec, ActorState, Conn, Endpoint, Listener, Msg, NamedActor,
-    NodeInfo, Stream,
+    self, ActorInfo, ActorState, Conn, Endpoint, Listener, Msg, NodeInfo, Stream,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-/// A node whose raylet has not reported for this long is declared lost
-/// (a raylet that dies is noticed at once, by its connection closing; this
-/// catches one that hangs or whose node stops answering).
-const NODE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an actor that no node can host waits for one to join.
 const PLACE_WAIT: Duration = Duration::from_secs(2);
 /// How long actor creation may wait for a worker lease.
@@ -39,343 +44,15 @@ const LEASE_WAIT: Duration = Duration::from_secs(120);
 /// The id the GCS introduces itself with to workers.
 const GCS_ID: WorkerId = WorkerId(0);
 
-struct ActorRecord {
-    spec: ActorSpec,
-    state: ActorState,
-    worker: Option<WorkerId>,
-    lease: Option<LeaseId>,
-    incarnation: u32,
-    restarts: u32,
-    killed: bool,
-    death: Option<Error>,
-}
-
-/// A lookup waiting for an actor to settle.
-pub(crate) type Waiter = (Arc<Conn>, u64);
-
-/// What the shell must do after a transition.
-#[derive(Debug, PartialEq)]
-pub(crate) enum ActorAction {
-    /// (Re)create the actor: lease a worker and run the constructor.
-    Create(ActorId),
-    /// Give the worker back to the raylet, killing it.
-    ReleaseWorker(LeaseId),
-}
-
-/// The actor table (no IO).
-#[derive(Default)]
-pub(crate) struct ActorTable {
-    actors: HashMap<ActorId, ActorRecord>,
-    /// Live named actors, by (namespace, name).
-    names: HashMap<(String, String), ActorId>,
-    waiters: HashMap<ActorId, Vec<Waiter>>,
-}
-
-impl ActorTable {
-    /// Registers an actor to create; answers the actor the creator gets
-    /// (with `get_if_exists`, the live one already holding the name) and
-    /// what to do.
-    pub(crate) fn register(&mut self, spec: ActorSpec) -> Result<(ActorId, Vec<ActorAction>)> {
-        if let Some(name) = &spec.name {
-            let key = (spec.namespace.clone(), name.clone());
-            if let Some(&existing) = self.names.get(&key) {
-                let class = self.actors.get(&existing).map(|a| a.spec.class.as_str());
-                return match class {
-                    Some(c) if spec.get_if_exists && c == spec.class => Ok((existing, Vec::new())),
-                    Some(c) if spec.get_if_exists => Err(Error::new(
-                        ErrorKind::TypeMismatch,
-                        format!("actor `{name}` is a `{c}`, not a `{}`", spec.class),
-                    )),
-                    _ => Err(Error::invalid(format!(
-                        "an actor named `{name}` already exists{}",
-                        in_namespace(&spec.namespace)
-                    ))),
-                };
-            }
-            self.names.insert(key, spec.id);
-        }
-        let id = spec.id;
-        self.actors.insert(
-            id,
-            ActorRecord {
-                spec,
-                state: ActorState::PendingCreation,
-                worker: None,
-                lease: None,
-                incarnation: 0,
-                restarts: 0,
-                killed: false,
-                death: None,
-            },
-        );
-        Ok((id, vec![ActorAction::Create(id)]))
-    }
-
-    /// The live named actors, in `namespace` or in all, sorted.
-    pub(crate) fn named(&self, namespace: Option<&str>) -> Vec<NamedActor> {
-        let mut out: Vec<NamedActor> = self
-            .names
-            .keys()
-            .filter(|(ns, _)| namespace.is_none_or(|want| want == ns))
-            .map(|(ns, name)| NamedActor {
-                namespace: ns.clone(),
-                name: name.clone(),
-            })
-            .collect();
-        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        out
-    }
-
-    pub(crate) fn spec(&self, id: ActorId) -> Option<ActorSpec> {
-        self.actors.get(&id).map(|a| a.spec.clone())
-    }
-
-    fn info(a: &ActorRecord) -> ActorInfo {
-        ActorInfo {
-            id: a.spec.id,
-            class: a.spec.class.clone(),
-            state: a.state,
-            worker: a.worker,
-            incarnation: a.incarnation,
-            death: a.death.clone(),
-            max_task_retries: a.spec.max_task_retries,
-        }
-    }
-
-    /// Settled actors answer their waiters.
-    fn settle(&mut self, id: ActorId) -> Vec<(Waiter, ActorInfo)> {
-        let Some(a) = self.actors.get(&id) else {
-            return Vec::new();
-        };
-        if !matches!(a.state, ActorState::Alive | ActorState::Dead) {
-            return Vec::new();
-        }
-        let info = Self::info(a);
-        self.waiters
-            .remove(&id)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|w| (w, info.clone()))
-            .collect()
-    }
-
-    /// Whether the actor ended (killed, out of scope, or its owner died):
-    /// a creation still waiting for a worker is then cancelled.
-    pub(crate) fn ended(&self, id: ActorId) -> bool {
-        self.actors.get(&id).is_none_or(|a| a.killed)
-    }
-
-    /// The constructor ran on `worker`. A kill that raced the creation wins.
-    pub(crate) fn created(
-        &mut self,
-        id: ActorId,
-        worker: WorkerId,
-        lease: LeaseId,
-    ) -> (Vec<ActorAction>, Vec<(Waiter, ActorInfo)>) {
-        let Some(a) = self.actors.get_mut(&id) else {
-            return (vec![ActorAction::ReleaseWorker(lease)], Vec::new());
-        };
-        if a.killed {
-            return (vec![ActorAction::ReleaseWorker(lease)], self.settle(id));
-        }
-        a.state = ActorState::Alive;
-        a.worker = Some(worker);
-        a.lease = Some(lease);
-        (Vec::new(), self.settle(id))
-    }
-
-    /// Creation failed for good (constructor panicked, no worker, ...).
-    pub(crate) fn creation_failed(&mut self, id: ActorId, err: Error) -> Vec<(Waiter, ActorInfo)> {
-        if let Some(a) = self.actors.get_mut(&id) {
-            a.state = ActorState::Dead;
-            a.worker = None;
-            a.lease = None;
-            a.death = Some(err);
-            Self::release_name(&mut self.names, a);
-        }
-        self.settle(id)
-    }
-
-    /// The actor's process died: restart it or declare it dead.
-    pub(crate) fn worker_died(
-        &mut self,
-        id: ActorId,
-    ) -> (Vec<ActorAction>, Vec<(Waiter, ActorInfo)>) {
-        let Some(a) = self.actors.get_mut(&id) else {
-            return (Vec::new(), Vec::new());
-        };
-        a.worker = None;
-        a.lease = None;
-        if a.state == ActorState::Dead {
-            return (Vec::new(), self.settle(id));
-        }
-        if !a.killed && a.restarts < a.spec.max_restarts {
-            a.restarts += 1;
-            a.incarnation += 1;
-            a.state = ActorState::Restarting;
-            return (vec![ActorAction::Create(id)], Vec::new());
-        }
-        a.state = ActorState::Dead;
-        a.death = Some(Error::new(
-            ErrorKind::ActorDied,
-            format!(
-                "actor `{}` died: its process exited and it was restarted {} of max_restarts = {} times",
-                a.spec.class, a.restarts, a.spec.max_restarts
-            ),
-        ));
-        Self::release_name(&mut self.names, a);
-        (Vec::new(), self.settle(id))
-    }
-
-    /// `kill(handle)`: dead for good, whatever its restarts.
-    pub(crate) fn kill(&mut self, id: ActorId) -> (Vec<ActorAction>, Vec<(Waiter, ActorInfo)>) {
-        self.end(id, |class| {
-            format!("actor `{class}` was killed with rustray::kill")
-        })
-    }
-
-    /// `kill(no_restart = false)`: end the actor's process only; its death
-    /// is then handled as a crash (restarted while `max_restarts` allows).
-    pub(crate) fn end_process(&mut self, id: ActorId) -> Vec<ActorAction> {
-        match self.actors.get_mut(&id) {
-            Some(a) if a.state == ActorState::Alive => a
-                .lease
-                .take()
-                .map(ActorAction::ReleaseWorker)
-                .into_iter()
-                .collect(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// The actor called `exit_actor()`: dead for good, not restarted.
-    pub(crate) fn exited(&mut self, id: ActorId) -> (Vec<ActorAction>, Vec<(Waiter, ActorInfo)>) {
-        self.end(id, |class| {
-            format!("actor `{class}` exited by calling rustray::exit_actor()")
-        })
-    }
-
-    /// Every handle to the actor was dropped (its owner's reference count
-    /// reached zero, borrowers included): it ends as if killed, and its
-    /// worker and resources go back to its node (Ray's out-of-scope actor).
-    pub(crate) fn out_of_scope(
-        &mut self,
-        id: ActorId,
-    ) -> (Vec<ActorAction>, Vec<(Waiter, ActorInfo)>) {
-        self.end(id, |class| {
-            format!("actor `{class}` ended because every handle to it was dropped")
-        })
-    }
-
-    /// The processes `owner` accepts are gone (one worker, or every
-    /// process of a lost node): the actors they created end with them,
-    /// pending ones included (they then hold nothing), except detached
-    /// ones.
-    pub(crate) fn owner_died(
-        &mut self,
-        owner: impl Fn(WorkerId) -> bool,
-    ) -> (Vec<ActorAction>, Vec<(Waiter, ActorInfo)>) {
-        let doomed: Vec<(ActorId, WorkerId)> = self
-            .actors
-            .values()
-            .filter(|a| !a.spec.detached && a.state != ActorState::Dead && owner(a.spec.owner))
-            .map(|a| (a.spec.id, a.spec.owner))
-            .collect();
-        let (mut actions, mut waiters) = (Vec::new(), Vec::new());
-        for (id, w) in doomed {
-            let (a, ws) = self.end(id, |class| {
-                format!("actor `{class}` ended because its owner (worker {w}, which created it) died; create it with lifetime_detached() to outlive its creator")
-            });
-            actions.extend(a);
-            waiters.extend(ws);
-        }
-        (actions, waiters)
-    }
-
-    /// A name is freed when its actor is dead for good.
-    fn release_name(names: &mut HashMap<(String, String), ActorId>, a: &ActorRecord) {
-        if let Some(name) = &a.spec.name {
-            let key = (a.spec.namespace.clone(), name.clone());
-            if names.get(&key) == Some(&a.spec.id) {
-                names.remove(&key);
-            }
-        }
-    }
-
-    fn end(
-        &mut self,
-        id: ActorId,
-        why: impl FnOnce(&str) -> String,
-    ) -> (Vec<ActorAction>, Vec<(Waiter, ActorInfo)>) {
-        let Some(a) = self.actors.get_mut(&id) else {
-            return (Vec::new(), Vec::new());
-        };
-        a.killed = true;
-        a.state = ActorState::Dead;
-        a.death = Some(Error::new(ErrorKind::ActorDied, why(&a.spec.class)));
-        Self::release_name(&mut self.names, a);
-        let actions = a
-            .lease
-            .take()
-            .map(ActorAction::ReleaseWorker)
-            .into_iter()
-            .collect();
-        (actions, self.settle(id))
-    }
-
-    /// Answers now, or registers a waiter (returns `None`).
-    pub(crate) fn lookup(
-        &mut self,
-        by: &ActorLookup,
-        wait: Option<Waiter>,
-    ) -> Option<Result<ActorInfo>> {
-        let id = match by {
-            ActorLookup::Id(id) => *id,
-            ActorLookup::Name(n) => match self.names.get(&(n.namespace.clone(), n.name.clone())) {
-                Some(id) => *id,
-                None => {
-                    return Some(Err(Error::new(
-                        ErrorKind::ActorNotFound,
-                        format!(
-                            "no actor is named `{}`{}",
-                            n.name,
-                            in_namespace(&n.namespace)
-                        ),
-                    )))
-                }
-            },
-        };
-        let Some(a) = self.actors.get(&id) else {
-            return Some(Err(Error::new(
-                ErrorKind::ActorNotFound,
-                format!("unknown {id:?}"),
-            )));
-        };
-        match (a.state, wait) {
-            (ActorState::Alive | ActorState::Dead, _) | (_, None) => Some(Ok(Self::info(a))),
-            (_, Some(w)) => {
-                self.waiters.entry(id).or_default().push(w);
-                None
-            }
-        }
-    }
-}
-
-/// " in namespace `x`" for messages (nothing for the default one).
-fn in_namespace(ns: &str) -> String {
-    if ns.is_empty() {
-        String::new()
-    } else {
-        format!(" in namespace `{ns}`")
-    }
-}
-
 /// The GCS service.
 pub(crate) struct Gcs {
     session: Session,
     table: Mutex<ActorTable>,
     /// The node table and cluster resource view.
-    nodes: Mutex<BTreeMap<u16, NodeInfo>>,
+    nodes: Mutex<NodeTable>,
+    /// Every open client connection, by the id the tables know it by.
+    clients: Mutex<HashMap<ConnId, Arc<Conn>>>,
+    next_conn: AtomicU64,
     /// Connections to raylets, for actor leases.
     raylets: Mutex<HashMap<u16, Arc<Conn>>>,
     replies: Mutex<HashMap<u64, mpsc::Sender<Msg>>>,
@@ -384,8 +61,6 @@ pub(crate) struct Gcs {
     addr: SocketAddr,
     /// Set by `rust-ray-launch stop`; the launcher waits on it.
     stop_requested: (Mutex<bool>, std::sync::Condvar),
-    /// Each registered raylet's connection and its last report.
-    heartbeats: Mutex<HashMap<u16, (Arc<Conn>, std::time::Instant)>>,
     /// Round-robin position for spread actors.
     spread_next: AtomicU64,
     /// The connection watching each actor's worker (see `create_and_watch`),
@@ -403,14 +78,15 @@ impl Gcs {
         let gcs = Arc::new(Gcs {
             session,
             table: Mutex::new(ActorTable::default()),
-            nodes: Mutex::new(BTreeMap::new()),
+            nodes: Mutex::new(NodeTable::default()),
+            clients: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
             raylets: Mutex::new(HashMap::new()),
             replies: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
             addr,
             stop_requested: (Mutex::new(false), std::sync::Condvar::new()),
-            heartbeats: Mutex::new(HashMap::new()),
             spread_next: AtomicU64::new(0),
             watches: Mutex::new(HashMap::new()),
         });
@@ -462,14 +138,21 @@ impl Gcs {
         }
     }
 
-    /// The live nodes, in index order.
+    /// Every node the cluster has had (dead ones marked), in index order.
     pub(crate) fn nodes(&self) -> Vec<NodeInfo> {
-        self.nodes
+        self.node_table().all()
+    }
+
+    fn node_table(&self) -> std::sync::MutexGuard<'_, NodeTable> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn client(&self, id: ConnId) -> Option<Arc<Conn>> {
+        self.clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .values()
+            .get(&id)
             .cloned()
-            .collect()
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, ActorTable> {
@@ -509,6 +192,11 @@ impl Gcs {
         }
         let Ok(conn) = Conn::new(&stream) else { return };
         let conn = Arc::new(conn);
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, conn.clone());
         let mut node = None;
         let peer = stream.peer();
         transport::guarded("gcs-client", &peer, || {
@@ -517,40 +205,39 @@ impl Gcs {
                     Msg::RegisterNode { info, .. } => Some(info.index),
                     _ => None,
                 };
-                self.handle(&conn, m);
+                self.handle(id, &conn, m);
                 // Only a registration that succeeded makes this the node's
                 // connection (a refused duplicate must not take the node
                 // down).
-                if let Some(i) = registering.filter(|i| self.is_node_conn(*i, &conn)) {
+                if let Some(i) = registering.filter(|i| self.node_table().is_node_conn(*i, id)) {
                     node = Some(i);
                 }
             })
         });
-        if let Some(n) = node.filter(|n| self.is_node_conn(*n, &conn)) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some(n) = node.filter(|n| self.node_table().is_node_conn(*n, id)) {
             self.node_lost(n);
         }
     }
 
-    fn is_node_conn(&self, index: u16, conn: &Arc<Conn>) -> bool {
-        self.heartbeats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&index)
-            .is_some_and(|(c, _)| Arc::ptr_eq(c, conn))
-    }
-
-    /// Declares lost every node that stopped reporting.
+    /// Declares lost every node that stopped reporting, waking when the
+    /// first one could fall silent (at most a fifth of the timeout apart,
+    /// so a stop is seen soon).
     fn health_checks(self: &Arc<Self>) {
         while !self.stopping.load(Ordering::Relaxed) {
-            std::thread::sleep(NODE_TIMEOUT / 5);
-            let silent: Vec<u16> = self
-                .heartbeats
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .filter(|(_, (_, t))| t.elapsed() > NODE_TIMEOUT)
-                .map(|(n, _)| *n)
-                .collect();
+            let now = std::time::Instant::now();
+            let next = self
+                .node_table()
+                .next_deadline()
+                .unwrap_or(now + NODE_TIMEOUT);
+            let wait = next
+                .saturating_duration_since(now)
+                .clamp(Duration::from_millis(10), NODE_TIMEOUT / 5);
+            std::thread::sleep(wait);
+            let silent = self.node_table().silent(std::time::Instant::now());
             for n in silent {
                 log!("GCS: node {n} sent no report for {NODE_TIMEOUT:?}");
                 self.node_lost(n);
@@ -565,21 +252,14 @@ impl Gcs {
         if self.stopping.load(Ordering::Relaxed) {
             return;
         }
-        if let Some((c, _)) = self
-            .heartbeats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&index)
-        {
+        let conn = self.node_table().lost(index);
+        let Some(conn) = conn else {
+            return; // lost already
+        };
+        if let Some(c) = self.client(conn) {
             c.close();
         }
-        if let Some(n) = self
-            .nodes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&index)
-        {
-            n.alive = false;
+        if let Some(n) = self.node_table().get(index) {
             log!("GCS: node {} ({}) is gone", n.index, n.name);
         }
         if let Some(c) = self
@@ -608,42 +288,19 @@ impl Gcs {
         }
     }
 
-    fn answer(waiters: Vec<(Waiter, ActorInfo)>) {
-        for ((conn, req), info) in waiters {
-            let _ = conn.send(&Msg::ActorLookedUp {
-                req,
-                result: Ok(info),
-            });
-        }
-    }
-
-    fn handle(self: &Arc<Self>, conn: &Arc<Conn>, m: Msg) {
+    fn handle(self: &Arc<Self>, id: ConnId, conn: &Arc<Conn>, m: Msg) {
         match m {
             Msg::RegisterNode { req, info } => {
-                let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-                let result = match nodes.get(&info.index) {
-                    Some(n) if n.alive => Err(Error::invalid(format!(
-                        "node index {} is already taken by node {}",
-                        info.index, n.name
-                    ))),
-                    _ => {
-                        log!(
-                            "GCS node table: node {} ({}) at {}:{} {:?}",
-                            info.index,
-                            info.name,
-                            info.ip,
-                            info.raylet_port,
-                            info.total
-                        );
-                        self.heartbeats
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(info.index, (conn.clone(), std::time::Instant::now()));
-                        nodes.insert(info.index, info);
-                        Ok(())
-                    }
-                };
-                drop(nodes);
+                let line = format!(
+                    "GCS node table: node {} ({}) at {}:{} {:?}",
+                    info.index, info.name, info.ip, info.raylet_port, info.total
+                );
+                let result = self
+                    .node_table()
+                    .register(info, id, std::time::Instant::now());
+                if result.is_ok() {
+                    log!("{line}");
+                }
                 let _ = conn.send(&Msg::NodeRegistered { req, result });
             }
             Msg::ReportResources {
@@ -654,24 +311,17 @@ impl Gcs {
                 drivers,
                 drivers_seen,
             } => {
-                if let Some((_, t)) = self
-                    .heartbeats
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_mut(&node)
-                {
-                    *t = std::time::Instant::now();
-                }
+                let report = Report {
+                    available,
+                    store_used,
+                    store_capacity,
+                    drivers,
+                    drivers_seen,
+                };
                 let view = {
-                    let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(n) = nodes.get_mut(&node) {
-                        n.available = available;
-                        n.store_used = store_used;
-                        n.store_capacity = store_capacity;
-                        n.drivers = drivers;
-                        n.drivers_seen = drivers_seen;
-                    }
-                    nodes.values().cloned().collect()
+                    let mut nodes = self.node_table();
+                    nodes.report(node, report, std::time::Instant::now());
+                    nodes.all()
                 };
                 let _ = conn.send(&Msg::ClusterView { nodes: view });
             }
@@ -688,16 +338,12 @@ impl Gcs {
             Msg::RegisterActor { req, spec } => {
                 let r = self.table().register(spec);
                 match r {
-                    Ok((id, actions)) => {
-                        // Answer the creator once the constructor has run.
-                        self.table()
-                            .waiters
-                            .entry(id)
-                            .or_default()
-                            .push((conn.clone(), u64::MAX - req));
-                        // An existing actor (get_if_exists) may be settled
-                        // already: answer at once then.
-                        let settled = self.table().settle(id);
+                    Ok((actor, actions)) => {
+                        // Answer the creator once the constructor has run
+                        // (at once for an existing, settled actor).
+                        let settled = self
+                            .table()
+                            .wait_for_creation(actor, Waiter::Creator { conn: id, req });
                         self.finish(actions, settled);
                     }
                     Err(e) => {
@@ -713,7 +359,7 @@ impl Gcs {
                 let _ = conn.send(&Msg::NamedActors { req, actors });
             }
             Msg::LookupActor { req, by, wait } => {
-                let w = wait.then(|| (conn.clone(), req));
+                let w = wait.then_some(Waiter::Lookup { conn: id, req });
                 if let Some(result) = self.table().lookup(&by, w) {
                     let _ = conn.send(&Msg::ActorLookedUp { req, result });
                 }
@@ -754,23 +400,32 @@ impl Gcs {
         }
     }
 
+    /// Answers the waiters of settled actors, then carries out `actions`.
     fn finish(self: &Arc<Self>, actions: Vec<ActorAction>, waiters: Vec<(Waiter, ActorInfo)>) {
-        let (creators, lookups): (Vec<_>, Vec<_>) = waiters
-            .into_iter()
-            .partition(|((_, req), _)| *req > u64::MAX / 2);
-        for ((conn, req), info) in creators {
-            let result = match info.state {
-                ActorState::Alive => Ok(info),
-                _ => Err(info
-                    .death
-                    .unwrap_or_else(|| Error::new(ErrorKind::ActorDied, "actor died"))),
+        for (w, info) in waiters {
+            let (conn, msg) = match w {
+                Waiter::Creator { conn, req } => {
+                    let result = match info.state {
+                        ActorState::Alive => Ok(info),
+                        _ => Err(info
+                            .death
+                            .unwrap_or_else(|| Error::new(ErrorKind::ActorDied, "actor died"))),
+                    };
+                    (conn, Msg::ActorRegistered { req, result })
+                }
+                Waiter::Lookup { conn, req } => (
+                    conn,
+                    Msg::ActorLookedUp {
+                        req,
+                        result: Ok(info),
+                    },
+                ),
             };
-            let _ = conn.send(&Msg::ActorRegistered {
-                req: u64::MAX - req,
-                result,
-            });
+            // A waiter whose connection closed is answered by nobody.
+            if let Some(c) = self.client(conn) {
+                let _ = c.send(&msg);
+            }
         }
-        Self::answer(lookups);
         self.run(actions);
     }
 
@@ -793,11 +448,8 @@ impl Gcs {
     }
 
     fn node_info(&self, index: u16) -> Result<NodeInfo> {
-        self.nodes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&index)
-            .filter(|n| n.alive)
+        self.node_table()
+            .live(index)
             .cloned()
             .ok_or_else(|| Error::unavailable(format!("node {index} is not in the cluster")))
     }
@@ -1102,228 +754,5 @@ impl Gcs {
                 return;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(name: Option<&str>, max_restarts: u32) -> ActorSpec {
-        ActorSpec {
-            id: ActorId::random(),
-            class: "m::Counter".into(),
-            args: Vec::new(),
-            name: name.map(String::from),
-            max_restarts,
-            shape: ResourceSet::new(),
-            placement: ResourceSet::new(),
-            strategy: crate::SchedulingStrategy::Default,
-            owner: WorkerId(1),
-            detached: false,
-            namespace: String::new(),
-            get_if_exists: false,
-            max_task_retries: 0,
-            max_concurrency: 1,
-        }
-    }
-
-    fn named(name: &str) -> ActorLookup {
-        ActorLookup::Name(NamedActor {
-            namespace: String::new(),
-            name: name.into(),
-        })
-    }
-
-    #[test]
-    fn names_live_in_namespaces_and_get_if_exists_finds_the_holder() {
-        let mut t = ActorTable::default();
-        let a = spec(Some("x"), 0);
-        let id = a.id;
-        t.register(a).unwrap();
-        let mut other_ns = spec(Some("x"), 0);
-        other_ns.namespace = "ns2".into();
-        let id2 = other_ns.id;
-        assert_eq!(
-            t.register(other_ns).unwrap(),
-            (id2, vec![ActorAction::Create(id2)])
-        );
-        let mut again = spec(Some("x"), 0);
-        again.get_if_exists = true;
-        assert_eq!(
-            t.register(again).unwrap(),
-            (id, Vec::new()),
-            "the holder, nothing to create"
-        );
-        let mut wrong = spec(Some("x"), 0);
-        wrong.get_if_exists = true;
-        wrong.class = "m::Other".into();
-        assert_eq!(
-            t.register(wrong).unwrap_err().kind(),
-            ErrorKind::TypeMismatch
-        );
-        let names = |t: &ActorTable, ns: Option<&str>| -> Vec<String> {
-            t.named(ns)
-                .into_iter()
-                .map(|n| format!("{}/{}", n.namespace, n.name))
-                .collect()
-        };
-        assert_eq!(names(&t, None), vec!["/x", "ns2/x"]);
-        assert_eq!(names(&t, Some("ns2")), vec!["ns2/x"]);
-        t.kill(id);
-        assert_eq!(names(&t, None), vec!["ns2/x"]);
-        let e = t.lookup(&named("x"), None).unwrap().unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::ActorNotFound);
-    }
-
-    #[test]
-    fn names_are_unique_and_freed_by_kill() {
-        let mut t = ActorTable::default();
-        let a = spec(Some("x"), 0);
-        let id = a.id;
-        t.register(a).unwrap();
-        assert!(t.register(spec(Some("x"), 0)).is_err());
-        t.kill(id);
-        t.register(spec(Some("x"), 0)).unwrap();
-    }
-
-    #[test]
-    fn names_are_freed_when_the_actor_dies_or_goes_out_of_scope() {
-        let mut t = ActorTable::default();
-        let a = spec(Some("d"), 0);
-        let id = a.id;
-        t.register(a).unwrap();
-        t.created(id, WorkerId(5), LeaseId(1));
-        t.worker_died(id);
-        let b = spec(Some("d"), 0);
-        let id_b = b.id;
-        t.register(b).unwrap();
-        let (act, _) = t.out_of_scope(id_b);
-        assert!(act.is_empty(), "not created yet: no worker to release");
-        let info = t.lookup(&ActorLookup::Id(id_b), None).unwrap().unwrap();
-        assert_eq!(info.state, ActorState::Dead);
-        assert!(info.death.unwrap().message().contains("dropped"));
-        // The old actor's death does not free the new actor's name.
-        let c = spec(Some("d"), 0);
-        t.register(c).unwrap();
-        t.worker_died(id);
-        assert!(t.register(spec(Some("d"), 0)).is_err());
-    }
-
-    #[test]
-    fn actors_end_with_their_owner_unless_detached() {
-        let mut t = ActorTable::default();
-        let mut alive = spec(Some("o"), 3);
-        alive.owner = WorkerId(7);
-        let mut pending = spec(None, 0);
-        pending.owner = WorkerId(7);
-        let mut detached = spec(None, 0);
-        detached.owner = WorkerId(7);
-        detached.detached = true;
-        let other = spec(None, 0);
-        let ids = [alive.id, pending.id, detached.id, other.id];
-        for s in [alive, pending, detached, other] {
-            t.register(s).unwrap();
-        }
-        t.created(ids[0], WorkerId(5), LeaseId(1));
-        let (act, _) = t.owner_died(|w| w == WorkerId(7));
-        assert_eq!(act, vec![ActorAction::ReleaseWorker(LeaseId(1))]);
-        let state = |t: &mut ActorTable, id| t.lookup(&ActorLookup::Id(id), None).unwrap().unwrap();
-        assert_eq!(state(&mut t, ids[0]).state, ActorState::Dead);
-        assert!(state(&mut t, ids[0])
-            .death
-            .unwrap()
-            .message()
-            .contains("owner"));
-        // A pending actor is cancelled: the worker that comes late is
-        // released, not used.
-        assert_eq!(state(&mut t, ids[1]).state, ActorState::Dead);
-        let (act, _) = t.created(ids[1], WorkerId(6), LeaseId(2));
-        assert_eq!(act, vec![ActorAction::ReleaseWorker(LeaseId(2))]);
-        assert_eq!(state(&mut t, ids[2]).state, ActorState::PendingCreation);
-        assert_eq!(state(&mut t, ids[3]).state, ActorState::PendingCreation);
-        // Its name is free again.
-        t.register(spec(Some("o"), 0)).unwrap();
-    }
-
-    #[test]
-    fn a_kill_that_allows_restarts_only_ends_the_process() {
-        let mut t = ActorTable::default();
-        let a = spec(None, 1);
-        let id = a.id;
-        t.register(a).unwrap();
-        assert!(t.end_process(id).is_empty(), "not created yet");
-        t.created(id, WorkerId(5), LeaseId(1));
-        assert_eq!(
-            t.end_process(id),
-            vec![ActorAction::ReleaseWorker(LeaseId(1))]
-        );
-        let (act, _) = t.worker_died(id);
-        assert_eq!(act, vec![ActorAction::Create(id)], "restarted");
-        t.created(id, WorkerId(6), LeaseId(2));
-        let (act, _) = t.exited(id);
-        assert_eq!(act, vec![ActorAction::ReleaseWorker(LeaseId(2))]);
-        let (act, _) = t.worker_died(id);
-        assert!(act.is_empty(), "an actor that exited is not restarted");
-    }
-
-    #[test]
-    fn restarts_are_counted_then_actor_dies() {
-        let mut t = ActorTable::default();
-        let a = spec(None, 1);
-        let id = a.id;
-        t.register(a).unwrap();
-        t.created(id, WorkerId(5), LeaseId(1));
-        let (act, _) = t.worker_died(id);
-        assert_eq!(act, vec![ActorAction::Create(id)]);
-        assert_eq!(t.actors[&id].state, ActorState::Restarting);
-        t.created(id, WorkerId(6), LeaseId(2));
-        assert_eq!(t.actors[&id].incarnation, 1);
-        let (act, _) = t.worker_died(id);
-        assert!(act.is_empty());
-        let info = t.lookup(&ActorLookup::Id(id), None).unwrap().unwrap();
-        assert_eq!(info.state, ActorState::Dead);
-        assert_eq!(info.death.unwrap().kind(), ErrorKind::ActorDied);
-    }
-
-    #[test]
-    fn killed_actor_is_not_restarted() {
-        let mut t = ActorTable::default();
-        let a = spec(None, 5);
-        let id = a.id;
-        t.register(a).unwrap();
-        t.created(id, WorkerId(5), LeaseId(1));
-        let (act, _) = t.kill(id);
-        assert_eq!(act, vec![ActorAction::ReleaseWorker(LeaseId(1))]);
-        let (act, _) = t.worker_died(id);
-        assert!(act.is_empty());
-        assert_eq!(t.actors[&id].state, ActorState::Dead);
-    }
-
-    #[test]
-    fn lookups_wait_while_restarting_and_unknown_names_fail() {
-        let mut t = ActorTable::default();
-        let a = spec(Some("c"), 1);
-        let id = a.id;
-        t.register(a).unwrap();
-        let (x, _y) = std::os::unix::net::UnixStream::pair().unwrap();
-        let w = (Arc::new(Conn::new(&Stream::Unix(x)).unwrap()), 9);
-        assert!(t.lookup(&named("c"), Some(w)).is_none());
-        let (_, answered) = t.created(id, WorkerId(1), LeaseId(1));
-        assert_eq!(answered.len(), 1);
-        assert_eq!(answered[0].1.state, ActorState::Alive);
-        let e = t.lookup(&named("nope"), None).unwrap().unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::ActorNotFound);
-    }
-
-    #[test]
-    fn kill_during_creation_releases_the_late_worker() {
-        let mut t = ActorTable::default();
-        let a = spec(None, 3);
-        let id = a.id;
-        t.register(a).unwrap();
-        t.kill(id);
-        let (act, _) = t.created(id, WorkerId(2), LeaseId(7));
-        assert_eq!(act, vec![ActorAction::ReleaseWorker(LeaseId(7))]);
     }
 }
