@@ -106,7 +106,7 @@ impl LocalCluster {
             base.exe = exe;
             base.args = args;
         }
-        let host = session::node_name();
+        let host = crate::host::node_name();
         let name = |i: u16| {
             if n == 1 {
                 host.clone()
@@ -459,7 +459,7 @@ fn join_step(
     args: &[String],
     share: &Share<'_>,
 ) -> Result<(Session, Option<Arc<Gcs>>, Option<PathBuf>)> {
-    let ip = slurm::node_ip()?;
+    let ip = crate::host::node_ip()?;
     let config = env.node_config(config);
     let (base, gcs) = if env.rank == 0 {
         let mut base = Session::new_cluster(config.clone(), false)?;
@@ -667,7 +667,7 @@ pub(crate) fn locate(address: &str) -> Result<Session> {
         }
     };
     // This host's node (local nodes are named `<host>-<i>`).
-    let host = session::node_name();
+    let host = crate::host::node_name();
     let local_prefix = format!("{host}-");
     let node = nodes
         .iter()

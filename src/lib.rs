@@ -58,12 +58,15 @@ mod fabric;
 #[cfg(test)]
 mod fuzz;
 mod gcs;
+mod host;
 mod ids;
+mod log;
 #[cfg(feature = "mpi")]
 mod mpi_boot;
 mod object_ref;
 mod object_store;
 mod raylet;
+mod resources;
 mod scheduler;
 mod session;
 mod signals;

@@ -63,7 +63,7 @@ pub(crate) fn step_env<C: Communicator>(comm: &C) -> Result<SlurmEnv> {
             )));
         }
     }
-    let me = crate::session::node_name();
+    let me = crate::host::node_name();
     let mut mine = [0u8; NAME];
     let n = me.len().min(NAME);
     mine[..n].copy_from_slice(&me.as_bytes()[..n]);

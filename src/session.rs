@@ -12,23 +12,11 @@ use crate::ids::WorkerId;
 use crate::scheduler::{ResourceSet, CPU, GPU};
 use crate::transport::{Endpoint, Secret};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 pub(crate) const ENV_ROLE: &str = "RUSTRAY_ROLE";
 pub(crate) const ENV_SESSION: &str = "RUSTRAY_SESSION";
-
-/// The node's GPUs when nothing says how many: what the CUDA driver
-/// reports (feature `cuda`), numbered from 0.
-fn detected_gpus() -> Vec<u32> {
-    #[cfg(feature = "cuda")]
-    let n = crate::cuda::detected_gpus() as u32;
-    #[cfg(not(feature = "cuda"))]
-    let n = 0;
-    (0..n).collect()
-}
 
 /// Settings for [`init_with`](crate::init_with).
 ///
@@ -91,6 +79,12 @@ impl Config {
     /// those `CUDA_VISIBLE_DEVICES` lists, the first `num_gpus` of them
     /// when that is set; without a list, `num_gpus` devices from 0.
     pub(crate) fn node_gpu_ids(&self) -> Result<Vec<u32>> {
+        self.node_gpu_ids_or(Vec::new)
+    }
+
+    /// As [`Config::node_gpu_ids`], with `detect` giving the devices when
+    /// nothing says how many (the raylet asks the CUDA driver).
+    pub(crate) fn node_gpu_ids_or(&self, detect: impl FnOnce() -> Vec<u32>) -> Result<Vec<u32>> {
         let listed = match &self.gpu_ids {
             Some(ids) => Some(ids.clone()),
             None => match std::env::var(crate::scheduler::CUDA_VISIBLE_DEVICES) {
@@ -102,7 +96,7 @@ impl Config {
             },
         };
         let Some(n) = self.num_gpus else {
-            return Ok(listed.unwrap_or_else(detected_gpus));
+            return Ok(listed.unwrap_or_else(detect));
         };
         if !n.is_finite() || n < 0.0 || n.fract() != 0.0 {
             return Err(Error::invalid(format!(
@@ -269,6 +263,11 @@ impl Config {
     }
 
     pub(crate) fn node_resources(&self) -> Result<ResourceSet> {
+        self.node_resources_with(self.node_gpu_ids()?.len())
+    }
+
+    /// The node's resources, with `gpus` devices.
+    pub(crate) fn node_resources_with(&self, gpus: usize) -> Result<ResourceSet> {
         let cpus = self.num_cpus.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get() as f64)
@@ -276,7 +275,7 @@ impl Config {
         });
         let mut r = ResourceSet::new();
         r.set(CPU, cpus)?;
-        r.set(GPU, self.node_gpu_ids()?.len() as f64)?;
+        r.set(GPU, gpus as f64)?;
         for (k, v) in &self.resources {
             if k.is_empty() {
                 return Err(Error::invalid("a resource name must not be empty"));
@@ -534,38 +533,6 @@ impl Session {
     }
 }
 
-/// This node's name: the short hostname, made safe for file names.
-pub(crate) fn node_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into the buffer.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let raw = if rc == 0 {
-        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        "node".to_string()
-    };
-    let short: String = raw
-        .split('.')
-        .next()
-        .unwrap_or("node")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(24)
-        .collect();
-    if short.is_empty() {
-        "node".to_string()
-    } else {
-        short
-    }
-}
-
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -580,36 +547,12 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-static LOG: Mutex<Option<std::fs::File>> = Mutex::new(None);
-
 /// Opens this process's log file in the session's log directory.
 pub(crate) fn open_log(session: &Session, name: &str) {
-    let path = session.log_dir().join(format!("{name}.log"));
-    if let Ok(f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        *LOG.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
-    }
+    crate::log::open(&session.log_dir().join(format!("{name}.log")));
 }
 
-/// Appends one line to this process's log file.
-pub(crate) fn log_line(msg: std::fmt::Arguments<'_>) {
-    let mut g = LOG.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(f) = g.as_mut() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        let _ = writeln!(f, "{t:.6} [{}] {msg}", std::process::id());
-    }
-}
-
-macro_rules! log {
-    ($($t:tt)*) => { $crate::session::log_line(format_args!($($t)*)) };
-}
-pub(crate) use log;
+pub(crate) use crate::log::log;
 
 #[cfg(test)]
 mod tests {
@@ -670,14 +613,5 @@ mod tests {
         let e = Config::new().num_cpus(-1.0).node_resources().unwrap_err();
         assert!(e.to_string().contains("CPU"), "{e}");
         assert!(Config::new().object_store_memory(10).store_bytes().is_err());
-    }
-
-    #[test]
-    fn node_name_is_file_safe() {
-        let n = node_name();
-        assert!(!n.is_empty() && n.len() <= 24);
-        assert!(n
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
     }
 }

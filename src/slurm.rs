@@ -18,7 +18,6 @@
 
 use crate::error::{Error, Result};
 use crate::session::{Config, Session};
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -128,7 +127,7 @@ impl SlurmEnv {
                 .unwrap_or(1),
             node_name: v
                 .text("SLURMD_NODENAME")
-                .unwrap_or_else(crate::session::node_name),
+                .unwrap_or_else(crate::host::node_name),
             cpus: v.num("SLURM_CPUS_ON_NODE")?,
             gpu_ids,
             // Exported when memory is a consumable resource of the cluster.
@@ -219,64 +218,6 @@ pub(crate) fn await_rendezvous(path: &std::path::Path, timeout: Duration) -> Res
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// This node's address for other nodes: `RUSTRAY_NODE_IP` if set, else the
-/// hostname's address unless it is loopback, else the first address of an
-/// interface that is up and not loopback.
-pub(crate) fn node_ip() -> Result<IpAddr> {
-    if let Some(v) = var("RUSTRAY_NODE_IP") {
-        return v
-            .parse()
-            .map_err(|_| Error::invalid(format!("RUSTRAY_NODE_IP={v} is not an IP address")));
-    }
-    let host = crate::session::node_name();
-    if let Ok(addrs) = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), 0)) {
-        if let Some(a) = addrs
-            .map(|a| a.ip())
-            .find(|ip| ip.is_ipv4() && !ip.is_loopback())
-        {
-            return Ok(a);
-        }
-    }
-    interface_ip().ok_or_else(|| {
-        Error::unavailable(format!(
-            "node {host} has no non-loopback IPv4 address to advertise (set RUSTRAY_NODE_IP)"
-        ))
-    })
-}
-
-fn interface_ip() -> Option<IpAddr> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return None;
-    }
-    let mut found = None;
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        let up = ifa.ifa_flags & libc::IFF_UP as u32 != 0;
-        let lo = ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
-        if !up || lo || ifa.ifa_addr.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_addr is non-null and points to a sockaddr.
-        if unsafe { (*ifa.ifa_addr).sa_family } as i32 != libc::AF_INET {
-            continue;
-        }
-        // SAFETY: family AF_INET means the sockaddr is a sockaddr_in.
-        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-        found = Some(IpAddr::from(
-            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-        ));
-        break;
-    }
-    // SAFETY: freeing the list getifaddrs allocated, once.
-    unsafe { libc::freeifaddrs(head) };
-    found
 }
 
 #[cfg(test)]
@@ -397,12 +338,5 @@ mod tests {
         let e = await_rendezvous(&dir.join("job-8.0"), Duration::from_millis(50)).unwrap_err();
         assert!(e.to_string().contains("rank 0 did not publish"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn node_ip_is_never_loopback() {
-        if let Ok(ip) = node_ip() {
-            assert!(!ip.is_loopback(), "{ip}");
-        }
     }
 }

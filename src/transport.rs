@@ -24,7 +24,7 @@
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::ids::{ActorId, LeaseId, ObjectId, TaskId, WorkerId};
-use crate::scheduler::ResourceSet;
+use crate::resources::ResourceSet;
 use serde::{Deserialize, Serialize};
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -191,7 +191,7 @@ impl Stream {
             && secret.matches(&got)
             && self.set_read_timeout(None).is_ok();
         if !ok {
-            crate::session::log!(
+            crate::log::log!(
                 "refused a connection from {} that did not present the cluster secret",
                 self.peer()
             );
@@ -341,7 +341,7 @@ pub(crate) struct TaskSpec {
     pub(crate) max_calls: u32,
     /// What the task holds while it runs (empty for actor calls: the
     /// actor's own resources apply), for the runtime context.
-    pub(crate) resources: crate::scheduler::ResourceSet,
+    pub(crate) resources: crate::resources::ResourceSet,
     /// Other nodes holding a copy of a store argument, by argument index:
     /// the worker reads from one of them when the primary's node is gone.
     pub(crate) arg_copies: Vec<(u32, Vec<u16>)>,
@@ -374,7 +374,7 @@ pub(crate) struct ActorSpec {
     /// an actor that asked for no resources at all, 1 CPU (Ray's default
     /// actor: 1 CPU to be placed, 0 to run).
     pub(crate) placement: ResourceSet,
-    pub(crate) strategy: crate::SchedulingStrategy,
+    pub(crate) strategy: crate::resources::SchedulingStrategy,
     /// The process that created it: the actor fate-shares with it unless
     /// `detached` (Ray's owner-based actor lifetime).
     pub(crate) owner: WorkerId,
@@ -446,7 +446,7 @@ pub(crate) enum Msg {
     RequestLease {
         req: u64,
         shape: ResourceSet,
-        spill: crate::scheduler::Spill,
+        spill: crate::resources::Spill,
     },
     ReturnLease {
         lease: LeaseId,
@@ -857,7 +857,7 @@ impl Conn {
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
             ) {
                 // Part of a frame may be out: nothing more can follow it.
-                crate::session::log!(
+                crate::log::log!(
                     "{} took nothing sent to it for the send timeout: closing the connection",
                     stream.peer()
                 );
@@ -896,7 +896,7 @@ impl Conn {
         self.take_deferred(&mut w);
         let Writer { stream, buf, tail } = &mut *w;
         if tail.len() + buf.len() > MAX_OUTBOX {
-            crate::session::log!(
+            crate::log::log!(
                 "{} left {} bytes unread: closing the connection",
                 stream.peer(),
                 tail.len()
@@ -1112,7 +1112,7 @@ pub(crate) fn guarded(thread: &str, peer: &str, serve: impl FnOnce() -> std::io:
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(serve)) {
         Ok(Ok(())) => {}
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-            crate::session::log!("{thread}: malformed input from {peer} ({e}); connection closed");
+            crate::log::log!("{thread}: malformed input from {peer} ({e}); connection closed");
         }
         Ok(Err(_)) => {}
         Err(p) => {
@@ -1121,7 +1121,7 @@ pub(crate) fn guarded(thread: &str, peer: &str, serve: impl FnOnce() -> std::io:
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            crate::session::log!(
+            crate::log::log!(
                 "{thread}: a message handler panicked on input from {peer} ({what}); connection closed"
             );
         }
@@ -1152,7 +1152,7 @@ pub(crate) fn accept_each(
         use std::sync::atomic::Ordering;
         if live.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
             live.fetch_sub(1, Ordering::AcqRel);
-            crate::session::log!(
+            crate::log::log!(
                 "{name}: {MAX_CONNECTIONS} connections already served; refused one from {}",
                 stream.peer()
             );
@@ -1168,7 +1168,7 @@ pub(crate) fn accept_each(
             });
         if let Err(e) = r {
             live.fetch_sub(1, Ordering::AcqRel);
-            crate::session::log!("{name}: cannot start a connection thread ({e}); refused one");
+            crate::log::log!("{name}: cannot start a connection thread ({e}); refused one");
         }
     }
 }

@@ -178,6 +178,7 @@ fn registry() -> MutexGuard<'static, Registry> {
 /// ```
 pub fn put<T: DeviceRepr>(buf: &CudaSlice<T>) -> Result<DeviceRef<T>> {
     let cw = worker::current()?;
+    worker::DEVICE_HOOKS.get_or_init(|| worker::DeviceHooks { release, stage });
     let gpu = buf.ordinal();
     let bytes = buf.num_bytes() as u64;
     {

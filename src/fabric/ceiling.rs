@@ -123,7 +123,7 @@ pub fn raw_fi_read_slurm_app(
         .ok()
         .and_then(|v| v.parse().ok())
         .ok_or("SLURM_PROCID is not set: run under srun -N 2")?;
-    let ip = crate::slurm::node_ip().map_err(|e| e.to_string())?;
+    let ip = crate::host::node_ip().map_err(|e| e.to_string())?;
     let f = std::sync::Arc::new(open(false, ip)?);
     let region = leaked_region(bytes);
     let (addr_file, done_file) = (dir.join("addr"), dir.join("done"));

@@ -320,10 +320,20 @@ fn slurm_multi_node() -> bool {
         .is_some_and(|n| n > 1)
 }
 
+/// The node's GPUs when nothing says how many: those the CUDA driver
+/// reports (feature `cuda`), numbered from 0.
+fn detected_gpus() -> Vec<u32> {
+    #[cfg(feature = "cuda")]
+    let n = crate::cuda::detected_gpus() as u32;
+    #[cfg(not(feature = "cuda"))]
+    let n = 0;
+    (0..n).collect()
+}
+
 fn run(session: Session) -> Result<()> {
     raise_fd_limit();
-    let resources = session.config.node_resources()?;
-    let gpu_ids = session.config.node_gpu_ids()?;
+    let gpu_ids = session.config.node_gpu_ids_or(detected_gpus)?;
+    let resources = session.config.node_resources_with(gpu_ids.len())?;
     let store_bytes = session.config.store_bytes()?;
     // Address space for spilled objects beside the memory (see
     // `object_store::table`): sparse, so it costs nothing until written.

@@ -32,54 +32,22 @@
 //!   leases of the same devices (a process keeps its `CUDA_VISIBLE_DEVICES`
 //!   once CUDA is initialised in it); other requests get fresh workers.
 //!
-//! Amounts are fixed point ([`resources`]).
+//! Amounts are fixed point ([`ResourceSet`]).
 
 use crate::error::{Error, ErrorKind};
 use crate::ids::{LeaseId, WorkerId};
-use serde::{Deserialize, Serialize};
 
 mod devices;
-mod resources;
 
+pub use crate::resources::SchedulingStrategy;
+use crate::resources::UNIT;
+pub(crate) use crate::resources::{ResourceSet, Spill, CPU, GPU};
 pub(crate) use devices::{parse_device_list, Devices, CUDA_VISIBLE_DEVICES, MAX_DEVICES};
-pub(crate) use resources::ResourceSet;
-use resources::UNIT;
 use std::collections::{HashMap, VecDeque};
 
 /// Cluster views a request that fits no node waits through before it is
 /// rejected as infeasible.
 pub(crate) const INFEASIBLE_AFTER_VIEWS: u32 = 2;
-/// The CPU resource's name.
-pub(crate) const CPU: &str = "CPU";
-/// The GPU resource's name.
-pub(crate) const GPU: &str = "GPU";
-
-/// Where a task or an actor runs, as Ray's scheduling strategies.
-///
-/// ```
-/// use rustray::SchedulingStrategy;
-/// let s = SchedulingStrategy::NodeAffinity { node: "node3".into(), soft: true };
-/// # let _ = s;
-/// ```
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub enum SchedulingStrategy {
-    /// Ray's default: on the node that holds most of the task's argument
-    /// bytes when they are elsewhere (1 MiB or more), else on the caller's
-    /// node, spilling to other nodes when it is full.
-    #[default]
-    Default,
-    /// Spread over the nodes: leases are asked of each live node in turn.
-    Spread,
-    /// On the named node (see [`nodes`](crate::nodes)). With `soft`, on
-    /// another node when that one is full or lost; without, the task
-    /// fails if the node is lost or cannot fit it.
-    NodeAffinity {
-        /// The node's name.
-        node: String,
-        /// Fall back to other nodes.
-        soft: bool,
-    },
-}
 
 /// Who asked for a lease: one connection to the raylet.
 pub(crate) type ClientId = u64;
@@ -115,19 +83,6 @@ pub(crate) enum Action {
         req: u64,
         node: u16,
     },
-}
-
-/// Whether a lease request may go to another node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum Spill {
-    /// Never (it was spilled here already, or it has a hard affinity).
-    Never,
-    /// At once, when it does not fit here now.
-    Now,
-    /// This node is preferred (the task's data is here, or a soft
-    /// affinity): it queues here, and moves only if it is still waiting
-    /// after [`PREFER_HERE_VIEWS`] cluster views and another node has room.
-    Later,
 }
 
 /// Ray's hybrid policy: a node keeps default work while it is less busy

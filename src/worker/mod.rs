@@ -106,6 +106,17 @@ pub(crate) struct Entry {
     pub(crate) device: bool,
 }
 
+/// What the GPU object layer (`crate::cuda`, feature `cuda`) does when a
+/// device object's descriptor goes, and when a reader asks its owner for a
+/// host copy. Set once by that layer (on its first put), so the core
+/// worker does not depend on it.
+pub(crate) struct DeviceHooks {
+    pub(crate) release: fn(ObjectId),
+    pub(crate) stage: fn(ObjectId) -> Result<ObjectId>,
+}
+
+pub(crate) static DEVICE_HOOKS: std::sync::OnceLock<DeviceHooks> = std::sync::OnceLock::new();
+
 /// Side effects computed under the state lock, performed after it.
 #[derive(Default)]
 pub(crate) struct Effects {
@@ -628,13 +639,13 @@ impl CoreWorker {
     /// As the owner of device object `id`: its host copy (see
     /// `crate::cuda`).
     fn stage_device_object(self: &Arc<Self>, id: ObjectId) -> Result<ObjectId> {
-        #[cfg(feature = "cuda")]
-        return crate::cuda::stage(id);
-        #[cfg(not(feature = "cuda"))]
-        Err(Error::new(
-            ErrorKind::Gpu,
-            format!("object {id}'s owner was built without rustray's cuda feature"),
-        ))
+        match DEVICE_HOOKS.get() {
+            Some(h) => (h.stage)(id),
+            None => Err(Error::new(
+                ErrorKind::Gpu,
+                format!("object {id}'s owner holds no device objects (is it built with rustray's cuda feature?)"),
+            )),
+        }
     }
 
     /// The host copy of device object `id`, made by its owner: a ref this
@@ -1036,9 +1047,10 @@ impl CoreWorker {
         for worker in fx.kill_workers {
             let _ = self.raylet.send(&Msg::KillWorker { worker });
         }
-        #[cfg(feature = "cuda")]
-        for id in fx.device_frees {
-            crate::cuda::release(id);
+        if let (false, Some(h)) = (fx.device_frees.is_empty(), DEVICE_HOOKS.get()) {
+            for id in fx.device_frees {
+                (h.release)(id);
+            }
         }
         for id in fx.actors_out_of_scope {
             match self.gcs_conn() {

@@ -1,12 +1,59 @@
-//! Named resource amounts in fixed point: a task's shape, a node's total
-//! and what it has free. Amounts are 1/10000 of a unit so that shapes can
-//! be hashed and compared exactly, as Ray's `FixedPoint`; a set decoded
-//! from the wire is checked as the constructor checks it.
+//! What a task or actor asks for, in the types the wire carries: named
+//! resource amounts in fixed point (a task's shape, a node's total and
+//! what it has free), where it may run ([`SchedulingStrategy`]) and
+//! whether a lease request may move ([`Spill`]). Amounts are 1/10000 of a
+//! unit so that shapes can be hashed and compared exactly, as Ray's
+//! `FixedPoint`; a set decoded from the wire is checked as the constructor
+//! checks it.
 
-use super::{CPU, GPU};
 use crate::error::Error;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+
+/// Where a task or an actor runs, as Ray's scheduling strategies.
+///
+/// ```
+/// use rustray::SchedulingStrategy;
+/// let s = SchedulingStrategy::NodeAffinity { node: "node3".into(), soft: true };
+/// # let _ = s;
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub enum SchedulingStrategy {
+    /// Ray's default: on the node that holds most of the task's argument
+    /// bytes when they are elsewhere (1 MiB or more), else on the caller's
+    /// node, spilling to other nodes when it is full.
+    #[default]
+    Default,
+    /// Spread over the nodes: leases are asked of each live node in turn.
+    Spread,
+    /// On the named node (see [`nodes`](crate::nodes)). With `soft`, on
+    /// another node when that one is full or lost; without, the task
+    /// fails if the node is lost or cannot fit it.
+    NodeAffinity {
+        /// The node's name.
+        node: String,
+        /// Fall back to other nodes.
+        soft: bool,
+    },
+}
+
+/// Whether a lease request may go to another node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Spill {
+    /// Never (it was spilled here already, or it has a hard affinity).
+    Never,
+    /// At once, when it does not fit here now.
+    Now,
+    /// This node is preferred (the task's data is here, or a soft
+    /// affinity): it queues here, and moves only if it is still waiting
+    /// after a few cluster views (the scheduler's `PREFER_HERE_VIEWS`) and another node has room.
+    Later,
+}
+
+/// The CPU resource's name.
+pub(crate) const CPU: &str = "CPU";
+/// The GPU resource's name.
+pub(crate) const GPU: &str = "GPU";
 
 /// Fixed-point units per unit of a resource.
 pub(crate) const SCALE: f64 = 10_000.0;
@@ -17,7 +64,7 @@ pub(crate) const UNIT: i64 = 10_000;
 #[derive(Clone, Default, PartialEq, Eq, Hash, Serialize)]
 pub(crate) struct ResourceSet {
     // sorted by name, no zero amounts: equal shapes compare equal
-    pub(super) items: Vec<(String, i64)>,
+    pub(crate) items: Vec<(String, i64)>,
 }
 
 /// The largest amount one resource may hold, in fixed-point units (about
@@ -123,7 +170,7 @@ impl ResourceSet {
         self.fixed(name) as f64 / SCALE
     }
 
-    pub(super) fn fixed(&self, name: &str) -> i64 {
+    pub(crate) fn fixed(&self, name: &str) -> i64 {
         self.items
             .binary_search_by(|(k, _)| k.as_str().cmp(name))
             .map(|i| self.items[i].1)
@@ -143,7 +190,7 @@ impl ResourceSet {
         self.items.iter().all(|(k, v)| avail.fixed(k) >= *v)
     }
 
-    pub(super) fn add_signed(&mut self, other: &ResourceSet, sign: i64) {
+    pub(crate) fn add_signed(&mut self, other: &ResourceSet, sign: i64) {
         for (k, v) in &other.items {
             let cur = self.fixed(k) + sign * v;
             match self.items.binary_search_by(|(n, _)| n.as_str().cmp(k)) {
@@ -154,7 +201,7 @@ impl ResourceSet {
     }
 
     /// Only the CPU part of the shape (what a blocked task lends back).
-    pub(super) fn cpu_only(&self) -> ResourceSet {
+    pub(crate) fn cpu_only(&self) -> ResourceSet {
         let mut r = ResourceSet::new();
         let cpu = self.fixed(CPU);
         if cpu != 0 {
