@@ -14,6 +14,7 @@ run:
 # libfabric and MPI (for the `mpi` feature) by slurm/install-test-deps.sh.
 deps:
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup)"; exit 1; }
+	@cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 	bash slurm/install-test-deps.sh
 
 # make test builds and tests with the MPI bootstrap (--bootstrap mpi,
@@ -22,12 +23,15 @@ deps:
 # cargo build need neither.
 TEST_FEATURES ?= --features rustray/mpi,rustray/cuda,rust-ray-launch/mpi
 
-# Every test, including the multi-node ones on a 3-node emulated Slurm
+# Lints (clippy, warnings as errors) and the API docs (no broken links)
+# first; then every test, including the multi-node ones on a 3-node emulated Slurm
 # cluster (network and UTS namespaces on this machine, root needed), which
 # is brought up first and torn down after, pass or fail.
 test: deps
 	@date +%s > target/.test-start 2>/dev/null || { mkdir -p target && date +%s > target/.test-start; }
 	$(CARGO) build --release --workspace --bins $(TEST_FEATURES)
+	$(CARGO) clippy --release --workspace --all-targets $(TEST_FEATURES) -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p rustray --features cuda
 	bash slurm/emu-up.sh 3
 	status=0; $(CARGO) test --workspace --release --no-fail-fast $(TEST_FEATURES) || status=$$?; \
 	bash slurm/emu-down.sh; \

@@ -235,9 +235,12 @@ pub fn wait<T>(
     refs: &[ObjectRef<T>],
     num_returns: usize,
     timeout: Option<Duration>,
-) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+) -> Result<Split<T>> {
     wait_with(refs, num_returns, timeout, true)
 }
+
+/// What [`wait`] answers: the ready refs, then the others.
+type Split<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
 
 /// [`wait`] with Ray's `fetch_local` argument: with `false`, an object is
 /// ready once it exists anywhere in the cluster, and is not copied here.
@@ -246,7 +249,7 @@ pub fn wait_with<T>(
     num_returns: usize,
     timeout: Option<Duration>,
     fetch_local: bool,
-) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+) -> Result<Split<T>> {
     if refs.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }

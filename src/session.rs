@@ -213,7 +213,7 @@ impl Config {
         Ok(c)
     }
 
-    /// How objects move between nodes (default [`Transport::Auto`], or
+    /// How objects move between nodes (default [`Transport::Auto`](crate::Transport::Auto), or
     /// `RUSTRAY_TRANSPORT=auto|fabric|tcp` in the environment): libfabric
     /// one-sided reads, or the built-in TCP path. See
     /// [`Transport`](crate::Transport).

@@ -100,7 +100,10 @@ pub(crate) fn retry_budget(r: Retries) -> u32 {
 /// Which application errors (a task's `Err`) are retried: a test run on
 /// the owner over the encoded result.
 #[derive(Clone)]
-pub(crate) struct RetryFilter(pub(crate) Arc<dyn Fn(&[u8]) -> bool + Send + Sync>);
+pub(crate) struct RetryFilter(pub(crate) RetryTest);
+
+/// A test over a task's encoded result: retry it?
+pub(crate) type RetryTest = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for RetryFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -195,10 +198,7 @@ impl TaskOptions {
     /// encoded result; the typed form is the generated
     /// `f::options().retry_exceptions_if(|e: &E| ..)`.
     #[doc(hidden)]
-    pub fn retry_exceptions_filter(
-        mut self,
-        retry: Arc<dyn Fn(&[u8]) -> bool + Send + Sync>,
-    ) -> TaskOptions {
+    pub fn retry_exceptions_filter(mut self, retry: RetryTest) -> TaskOptions {
         self.retry_exceptions = Some(RetryFilter(retry));
         self
     }

@@ -1478,13 +1478,13 @@ fn test_internal_free() {
     let base = settled_store();
     let big = rustray::put(vec![1u8; 8 << 20]).expect("put");
     assert!(rustray::store_stats().unwrap().used_bytes >= base + (8 << 20));
-    rustray::free(&[big.clone()]).expect("free");
+    rustray::free(std::slice::from_ref(&big)).expect("free");
     let e = rustray::get(&big).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ObjectFreed, "{e}");
     store_back_to(base, "freed while its ref lives");
 
     let small = rustray::put(7u64).expect("put");
-    rustray::free(&[small.clone()]).expect("free");
+    rustray::free(std::slice::from_ref(&small)).expect("free");
     assert_eq!(
         rustray::get(&small).unwrap_err().kind(),
         ErrorKind::ObjectFreed
@@ -1493,7 +1493,7 @@ fn test_internal_free() {
     // A view keeps the block until it is dropped.
     let viewed = rustray::put(vec![2u8; 8 << 20]).expect("put");
     let view = rustray::get_view(&viewed).expect("view");
-    rustray::free(&[viewed.clone()]).expect("free");
+    rustray::free(std::slice::from_ref(&viewed)).expect("free");
     assert!(
         rustray::get_view(&viewed).is_err(),
         "no new view of a freed object"
@@ -1542,7 +1542,7 @@ fn test_internal_free() {
     let arg = rustray::put(vec![5u8; 8 << 20]).expect("put");
     let len = len_after::remote(300u64, &arg);
     std::thread::sleep(Duration::from_millis(100));
-    rustray::free(&[arg.clone()]).expect("free");
+    rustray::free(std::slice::from_ref(&arg)).expect("free");
     match rustray::get_timeout(&len, Duration::from_secs(30)) {
         Ok(n) => assert_eq!(n, 8 << 20),
         Err(e) => assert_eq!(e.kind(), ErrorKind::ObjectFreed, "{e}"),
@@ -1552,7 +1552,7 @@ fn test_internal_free() {
 
     // A result still being computed: freed when it arrives.
     let pending = big_after::remote(200u64, 4 << 20);
-    rustray::free(&[pending.clone()]).expect("free");
+    rustray::free(std::slice::from_ref(&pending)).expect("free");
     assert_eq!(
         rustray::get(&pending).unwrap_err().kind(),
         ErrorKind::ObjectFreed

@@ -483,11 +483,14 @@ fn status_in(dir: &std::path::Path) -> Output {
 
 /// Starts a 2-node launcher whose driver waits, in its own rendezvous
 /// directory; returns it once `status` shows both nodes, with the report.
+// The launcher is the caller's to wait for (it is returned); if a check
+// in between panics, the test binary's end takes it down.
+#[allow(clippy::zombie_processes)]
 fn start_waiting_cluster(dir: &std::path::Path) -> (std::process::Child, String) {
     let _ = std::fs::remove_dir_all(dir);
     let mut c = launch_local(2, "wait");
     c.env("RUSTRAY_RENDEZVOUS_DIR", dir);
-    let child = c
+    let mut child = c
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -499,11 +502,11 @@ fn start_waiting_cluster(dir: &std::path::Path) -> (std::process::Child, String)
         if o.status.success() && t.matches(" alive ").count() == 2 {
             return (child, t);
         }
-        assert!(
-            Instant::now() < deadline,
-            "status never showed 2 nodes: {}",
-            text(&o)
-        );
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("status never showed 2 nodes: {}", text(&o));
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }

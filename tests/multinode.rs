@@ -389,7 +389,7 @@ fn test_lineage_reconstruction_of_lost_results() {
     .expect("wait");
     assert_eq!(ready.len(), 3);
     rustray::wait_with(
-        &[lost_for_good.clone()],
+        std::slice::from_ref(&lost_for_good),
         1,
         Some(Duration::from_secs(30)),
         false,
@@ -570,7 +570,7 @@ fn test_node_lost_mid_job() {
         .max_retries(0)
         .remote(1 << 20, 9u8);
     let (ready, _) = rustray::wait_with(
-        &[only_there.clone()],
+        std::slice::from_ref(&only_there),
         1,
         Some(Duration::from_secs(20)),
         false,
@@ -1027,7 +1027,7 @@ fn test_locality_counts_cached_copies() {
         rustray::get(&holder.hold(vec![x.clone()])).expect("hold"),
         8 << 20
     );
-    rustray::wait(&[y.clone()], 1, Some(Duration::from_secs(30))).expect("y made");
+    rustray::wait(std::slice::from_ref(&y), 1, Some(Duration::from_secs(30))).expect("y made");
     for _ in 0..3 {
         let (len, node) = rustray::get(&two_len_where::remote(&x, &y)).expect("consumer");
         assert_eq!(len, 10 << 20);
@@ -1115,7 +1115,13 @@ fn killed_mid_read(kill_source: bool) {
         .resource(&pin(source), 0.01)
         .remote(n, 6u8);
     // Made on the source and not copied to this node.
-    rustray::wait_with(&[big.clone()], 1, Some(Duration::from_secs(60)), false).expect("made");
+    rustray::wait_with(
+        std::slice::from_ref(&big),
+        1,
+        Some(Duration::from_secs(60)),
+        false,
+    )
+    .expect("made");
     let read = checksum::options()
         .resource(&pin(reader), 0.01)
         .max_retries(0)

@@ -29,6 +29,11 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     let extra = generate(&imp, &mut errors);
     // `#[rustray::method(..)]` is read here; the compiled impl goes without.
     let mut imp = imp;
+    // An actor's `fn new()` is its remote constructor (`Type::remote()`):
+    // a `Default` beside it would never be called, so clippy's advice to
+    // add one does not apply.
+    imp.attrs
+        .push(syn::parse_quote!(#[allow(clippy::new_without_default)]));
     for item in &mut imp.items {
         if let ImplItem::Fn(f) = item {
             f.attrs.retain(|a| !is_method_attr(a));

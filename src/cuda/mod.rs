@@ -13,7 +13,7 @@
 //! tasks and actors, borrowed across processes; when its last reference
 //! goes, its owner frees the device memory, and when the owner dies CUDA
 //! frees it with the process. Device memory is counted per GPU against the
-//! device's size ([`table`]): a full GPU is a clear `StoreFull` error.
+//! device's size (see `table.rs`): a full GPU is a clear `StoreFull` error.
 //!
 //! Reading ([`DeviceRef::get`], [`DeviceRef::to_host`]) takes the cheapest
 //! path the reader has: the owner's own buffer in the owner's process (no

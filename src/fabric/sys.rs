@@ -415,22 +415,30 @@ pub(crate) struct fid_ep {
     pub collective: *mut c_void,
 }
 
-/// The five exported functions, resolved from the library found at run time.
+type GetinfoFn = unsafe extern "C" fn(
+    u32,
+    *const c_char,
+    *const c_char,
+    u64,
+    *const fi_info,
+    *mut *mut fi_info,
+) -> c_int;
+type FreeinfoFn = unsafe extern "C" fn(*mut fi_info);
+type DupinfoFn = unsafe extern "C" fn(*const fi_info) -> *mut fi_info;
+type FabricFn =
+    unsafe extern "C" fn(*mut fi_fabric_attr, *mut *mut fid_fabric, *mut c_void) -> c_int;
+type StrerrorFn = unsafe extern "C" fn(c_int) -> *const c_char;
+type VersionFn = unsafe extern "C" fn() -> u32;
+
+/// The exported functions used, resolved from the library found at run
+/// time.
 pub(crate) struct Lib {
-    pub getinfo: unsafe extern "C" fn(
-        u32,
-        *const c_char,
-        *const c_char,
-        u64,
-        *const fi_info,
-        *mut *mut fi_info,
-    ) -> c_int,
-    pub freeinfo: unsafe extern "C" fn(*mut fi_info),
-    pub dupinfo: unsafe extern "C" fn(*const fi_info) -> *mut fi_info,
-    pub fabric:
-        unsafe extern "C" fn(*mut fi_fabric_attr, *mut *mut fid_fabric, *mut c_void) -> c_int,
-    pub strerror: unsafe extern "C" fn(c_int) -> *const c_char,
-    pub version: unsafe extern "C" fn() -> u32,
+    pub getinfo: GetinfoFn,
+    pub freeinfo: FreeinfoFn,
+    pub dupinfo: DupinfoFn,
+    pub fabric: FabricFn,
+    pub strerror: StrerrorFn,
+    pub version: VersionFn,
 }
 
 /// Library names tried in order: the ABI-versioned name first (what a
@@ -473,12 +481,12 @@ fn open() -> Result<Lib, String> {
     // never closed, so the pointers stay valid for the process's life.
     unsafe {
         Ok(Lib {
-            getinfo: std::mem::transmute::<*mut c_void, _>(sym("fi_getinfo")?),
-            freeinfo: std::mem::transmute::<*mut c_void, _>(sym("fi_freeinfo")?),
-            dupinfo: std::mem::transmute::<*mut c_void, _>(sym("fi_dupinfo")?),
-            fabric: std::mem::transmute::<*mut c_void, _>(sym("fi_fabric")?),
-            strerror: std::mem::transmute::<*mut c_void, _>(sym("fi_strerror")?),
-            version: std::mem::transmute::<*mut c_void, _>(sym("fi_version")?),
+            getinfo: std::mem::transmute::<*mut c_void, GetinfoFn>(sym("fi_getinfo")?),
+            freeinfo: std::mem::transmute::<*mut c_void, FreeinfoFn>(sym("fi_freeinfo")?),
+            dupinfo: std::mem::transmute::<*mut c_void, DupinfoFn>(sym("fi_dupinfo")?),
+            fabric: std::mem::transmute::<*mut c_void, FabricFn>(sym("fi_fabric")?),
+            strerror: std::mem::transmute::<*mut c_void, StrerrorFn>(sym("fi_strerror")?),
+            version: std::mem::transmute::<*mut c_void, VersionFn>(sym("fi_version")?),
         })
     }
 }

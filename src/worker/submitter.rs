@@ -333,6 +333,9 @@ impl CoreWorker {
     /// Submits a task (or, with `actor`, an actor method call) and returns
     /// refs to its results. Submission never blocks on the cluster: any
     /// failure becomes the value of the returned refs.
+    // The arguments are the task's, as each submitting API has them; a
+    // struct for them would only be built here and taken apart below.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn submit(
         self: &Arc<Self>,
         function: &str,
