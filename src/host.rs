@@ -8,15 +8,9 @@ use std::net::IpAddr;
 
 /// This node's name: the short hostname, made safe for file names.
 pub(crate) fn node_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into the buffer.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let raw = if rc == 0 {
-        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        "node".to_string()
-    };
+    let raw = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "node".to_string());
     let short: String = raw
         .split('.')
         .next()
@@ -67,36 +61,14 @@ pub(crate) fn node_ip() -> Result<IpAddr> {
 }
 
 fn interface_ip() -> Option<IpAddr> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return None;
-    }
-    let mut found = None;
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        let up = ifa.ifa_flags & libc::IFF_UP as u32 != 0;
-        let lo = ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
-        if !up || lo || ifa.ifa_addr.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_addr is non-null and points to a sockaddr.
-        if unsafe { (*ifa.ifa_addr).sa_family } as i32 != libc::AF_INET {
-            continue;
-        }
-        // SAFETY: family AF_INET means the sockaddr is a sockaddr_in.
-        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-        found = Some(IpAddr::from(
-            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-        ));
-        break;
-    }
-    // SAFETY: freeing the list getifaddrs allocated, once.
-    unsafe { libc::freeifaddrs(head) };
-    found
+    use nix::net::if_::InterfaceFlags;
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter(|a| {
+            a.flags.contains(InterfaceFlags::IFF_UP)
+                && !a.flags.contains(InterfaceFlags::IFF_LOOPBACK)
+        })
+        .find_map(|a| a.address?.as_sockaddr_in().map(|sin| IpAddr::V4(sin.ip())))
 }
 
 #[cfg(test)]

@@ -294,10 +294,10 @@ impl Config {
             }
             return Ok(b);
         }
-        // SAFETY: sysconf has no preconditions.
-        let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) }.max(0) as u64;
-        // SAFETY: as above.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+        use nix::unistd::{sysconf, SysconfVar};
+        let conf = |v| sysconf(v).ok().flatten().unwrap_or(0).max(0) as u64;
+        let pages = conf(SysconfVar::_PHYS_PAGES);
+        let page = conf(SysconfVar::PAGE_SIZE);
         let mut bytes = pages * page * 3 / 10;
         if let Some(shm) = shm_free_bytes() {
             bytes = bytes.min(shm * 9 / 10);
@@ -333,14 +333,8 @@ pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<String> {
 }
 
 fn shm_free_bytes() -> Option<u64> {
-    let path = std::ffi::CString::new("/dev/shm").ok()?;
-    // SAFETY: statvfs is plain data, fully written on success.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid NUL-terminated path and out pointer.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
+    let st = nix::sys::statvfs::statvfs("/dev/shm").ok()?;
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
 /// What every process of a node's session knows, passed in the environment.

@@ -243,12 +243,10 @@ pub(crate) fn main(session: Session) -> ! {
 
 fn raise_fd_limit() {
     // Deep nesting starts one worker per blocked task: many connections.
-    // SAFETY: getrlimit/setrlimit on a valid struct.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
         }
     }
 }
@@ -690,13 +688,13 @@ impl Raylet {
                     }
                 }
                 Action::KillWorker(w) => {
+                    // A child this raylet started and has not reaped (so its
+                    // pid is not reused), positive (not a process group).
                     if let Some(pid) = kill_target(&st.pids, &st.registered, w) {
-                        // SAFETY: kill has no memory preconditions; the pid is
-                        // a child this raylet started and has not reaped (so
-                        // not reused), positive (not a process group).
-                        unsafe {
-                            libc::kill(pid, libc::SIGKILL);
-                        }
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
                     }
                 }
             }
@@ -1345,13 +1343,18 @@ impl Raylet {
 
     fn reap(&self) {
         loop {
-            let mut status = 0;
-            // SAFETY: waitpid writes the status into a valid int.
-            let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-            if pid <= 0 {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                continue;
-            }
+            use nix::sys::wait::{waitpid, WaitStatus};
+            // The exit code, or 128 + the signal (as a shell reports it).
+            let (pid, status) = match waitpid(None, None) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), code),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid.as_raw(), 128 + sig as i32),
+                Ok(_) => continue,
+                Err(_) => {
+                    // No child now (ECHILD), or interrupted.
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+            };
             let mut st = self.lock();
             if !st.pids.contains_key(&(pid as u32)) {
                 // Not recorded yet (the spawner records a child after
@@ -1408,20 +1411,20 @@ impl Raylet {
         // SIGTERM first: a worker then writes out what its tasks printed
         // and is still in its output pipe (a SIGKILL would lose it); what
         // has not exited a moment later is killed.
-        let signal_all = |sig: libc::c_int| {
+        // Our own (unreaped) children.
+        let signal_all = |sig: nix::sys::signal::Signal| {
             for pid in &pids {
-                // SAFETY: signalling our own (unreaped) children.
-                unsafe {
-                    libc::kill(*pid as i32, sig);
+                if let Ok(p) = i32::try_from(*pid) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
                 }
             }
         };
-        signal_all(libc::SIGTERM);
+        signal_all(nix::sys::signal::Signal::SIGTERM);
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
         while std::time::Instant::now() < deadline && pids.iter().any(|p| process_running(*p)) {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        signal_all(libc::SIGKILL);
+        signal_all(nix::sys::signal::Signal::SIGKILL);
         // Wait (bounded) until they are gone, so none creates a file after
         // the cleanup below.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);

@@ -797,22 +797,16 @@ fn invoke(
 /// with this worker's pid, to the inherited terminal and to the log file.
 fn forward_output(session: &Session) {
     let pid = std::process::id();
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe writes two fds into the array; dup/dup2 on valid fds.
-    let term = unsafe {
-        if libc::pipe(fds.as_mut_ptr()) != 0 {
-            return;
-        }
-        let term = libc::dup(1);
-        libc::dup2(fds[1], 1);
-        libc::dup2(fds[1], 2);
-        libc::close(fds[1]);
-        term
-    };
-    if term < 0 {
+    let Ok((read_end, write_end)) = nix::unistd::pipe() else {
         return;
-    }
-    let read_fd = fds[0];
+    };
+    // The terminal, kept before stdout is pointed at the pipe.
+    let Ok(term) = nix::unistd::dup(std::io::stdout()) else {
+        return;
+    };
+    let _ = nix::unistd::dup2_stdout(&write_end);
+    let _ = nix::unistd::dup2_stderr(&write_end);
+    drop(write_end);
     let log_path = session.log_dir().join(format!("worker-{pid}.out"));
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     *OUTPUT_DONE.lock().unwrap_or_else(|p| p.into_inner()) = Some(done_rx);
@@ -820,14 +814,7 @@ fn forward_output(session: &Session) {
         .name("rustray-output".into())
         .spawn(move || {
             use std::io::{BufRead, Write};
-            use std::os::fd::FromRawFd;
-            // SAFETY: read_fd and term are fds this thread now owns alone.
-            let (input, mut out) = unsafe {
-                (
-                    std::fs::File::from_raw_fd(read_fd),
-                    std::fs::File::from_raw_fd(term),
-                )
-            };
+            let (input, mut out) = (std::fs::File::from(read_end), std::fs::File::from(term));
             let mut logf = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -880,12 +867,8 @@ pub(crate) fn exit_flushing_output(code: i32) -> ! {
     // Pointing stdout and stderr at /dev/null closes the pipe's only write
     // ends, so the forwarder reads to its end and stops.
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
-        use std::os::fd::AsRawFd;
-        // SAFETY: dup2 of a valid fd onto fds 1 and 2.
-        unsafe {
-            libc::dup2(null.as_raw_fd(), 1);
-            libc::dup2(null.as_raw_fd(), 2);
-        }
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
     }
     let rx = OUTPUT_DONE.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(rx) = rx {
