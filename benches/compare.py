@@ -28,6 +28,10 @@ ratio = rustray value / Ray value.  Targets (from the issue):
 Rows only rustray has (tcp_copy_gb_per_s, cluster_start_3node_s,
 spill_throughput_per_s, cluster_start_slurm_3node_s, tcp_copy_slurm_gb_per_s,
 internode_transfer_slurm_gb_per_s) show "-" for Ray.
+The machine's floor (the performance issue): task_sync_latency_us at most
+2.5x and actor_call_sync_latency_us at most 1.5x uds_roundtrip_us (a bare
+Unix-socket round trip between two processes, same run), printed after
+the table.
 Scenarios without a target show "-"; a target that cannot be judged because
 a value is missing shows "n/a".  Python 3 standard library only.
 """
@@ -39,6 +43,7 @@ import sys
 ORDER = [
     "cluster_start_s",
     "idle_rss_mb",
+    "uds_roundtrip_us",
     "task_sync_latency_us",
     "task_async_throughput_per_s",
     "task_chain_per_s",
@@ -69,6 +74,9 @@ VS_TCP = {
     "internode_transfer_gb_per_s": "tcp_copy_gb_per_s",
     "internode_transfer_slurm_gb_per_s": "tcp_copy_slurm_gb_per_s",
 }
+
+# Sync latencies against the bare Unix-socket round trip of the same run.
+VS_FLOOR = {"task_sync_latency_us": 2.5, "actor_call_sync_latency_us": 1.5}
 
 LOWER_20 = {"task_sync_latency_us", "actor_call_sync_latency_us", "wait_1000_ms"}
 HIGHER_20 = {
@@ -229,6 +237,15 @@ def main(argv):
               f"| {target} | {mark} |")
     print()
     print(f"targets met: {met_n}, missed: {missed_n}")
+    floor = num(rust.get("uds_roundtrip_us"))
+    if floor:
+        for name, most in VS_FLOOR.items():
+            v = num(rust.get(name))
+            if v is not None:
+                x = v / floor
+                verdict = "met" if x <= most else "missed"
+                print(f"floor: {name} = {fmt(v)} us = {x:.2f}x uds_roundtrip_us "
+                      f"({fmt(floor)} us; target <= {most}x): {verdict}")
     return 0
 
 

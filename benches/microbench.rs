@@ -60,6 +60,8 @@ use rustray::{ActorHandle, ActorOptions, ObjectRef};
 
 #[path = "microbench_parts/fabric.rs"]
 mod fabric;
+#[path = "microbench_parts/floor.rs"]
+mod floor;
 
 const MIB: usize = 1 << 20;
 const GB: f64 = 1e9;
@@ -74,6 +76,8 @@ const IMPL: &str = concat!("rustray-", env!("CARGO_PKG_VERSION"));
 const SCENARIOS: &[&str] = &[
     "cluster_start_s",
     "idle_rss_mb",
+    // the machine's floor (microbench_parts/floor.rs)
+    "uds_roundtrip_us",
     "task_sync_latency_us",
     "task_async_throughput_per_s",
     "task_chain_per_s",
@@ -2644,6 +2648,8 @@ struct Args {
     num_cpus: u32,
     multinode: bool,
     start_app: bool,
+    /// `--uds-echo <path>`: the echo side of uds_roundtrip_us
+    uds_echo: Option<String>,
     /// `--transfer-app <bytes> <warmups> <reps>`
     transfer_app: Option<(usize, usize, usize)>,
     /// `--tcp-app <dir> <bytes> <warmups> <reps>`
@@ -2662,6 +2668,7 @@ fn parse_args() -> Args {
         num_cpus: 2,
         multinode: false,
         start_app: false,
+        uds_echo: None,
         transfer_app: None,
         tcp_app: None,
         raw_fabric_app: None,
@@ -2692,6 +2699,7 @@ fn parse_args() -> Args {
             "--list" => a.list = true,
             "--multinode" => a.multinode = true,
             "--start-app" => a.start_app = true,
+            "--uds-echo" => a.uds_echo = Some(value(&mut i)),
             "--transfer-app" | "--tcp-app" | "--raw-fabric-app" => {
                 // Positional values: [dir] bytes warmups reps.
                 let num = |i: &mut usize| -> usize {
@@ -2760,6 +2768,10 @@ fn main() {
         start_app();
         return;
     }
+    if let Some(path) = &args.uds_echo {
+        floor::uds_echo(path);
+        return;
+    }
     if let Some((n, w, r)) = args.transfer_app {
         transfer_app(n, w, r);
         return;
@@ -2822,6 +2834,9 @@ fn main() {
             sc_cluster_start(&cfg, &c, w("cluster_start_s"), args.num_cpus);
             if w("idle_rss_mb") {
                 sc_idle_rss(&c);
+            }
+            if w("uds_roundtrip_us") {
+                timed_step("uds_roundtrip_us", || floor::sc_uds_roundtrip(&c));
             }
             let steps: [(&str, ScenarioFn); 7] = [
                 ("task_sync_latency_us", sc_task_sync_latency),
