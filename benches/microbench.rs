@@ -89,6 +89,8 @@ const SCENARIOS: &[&str] = &[
     "get_small_per_s",
     "memcpy_gb_per_s",
     "put_large_gb_per_s",
+    // the first large put of the cluster's store (pages never touched)
+    "put_large_cold_gb_per_s",
     "get_large_gb_per_s",
     "task_large_arg_gb_per_s",
     "wait_1000_ms",
@@ -1141,7 +1143,13 @@ fn sc_memcpy(c: &Sizes, want: bool) -> f64 {
     med
 }
 
-fn sc_large_put_get(c: &Sizes, want_put: bool, want_get: bool, memcpy: Option<f64>) {
+fn sc_large_put_get(
+    c: &Sizes,
+    want_put: bool,
+    want_cold: bool,
+    want_get: bool,
+    memcpy: Option<f64>,
+) {
     let nbytes = c.large_put_bytes;
     // Warm-up put/get/drop cycles (store pages get faulted in); the very first
     // (cold) put is reported as first_put_gb_per_s. The source array is built
@@ -1191,6 +1199,16 @@ fn sc_large_put_get(c: &Sizes, want_put: bool, want_get: bool, memcpy: Option<f6
         drop(v);
         drop(r);
         std::thread::sleep(FREE_PAUSE);
+    }
+    if want_cold {
+        // The first put of a 512 MiB object in this cluster: the store's
+        // pages are touched for the first time (the cold put).
+        let mut extra = vec![("put_ms", rnd(nbytes as f64 / GB / cold[0] * 1e3, 2).into())];
+        if let Some(m) = memcpy {
+            extra.push(("memcpy_gb_per_s", rnd(m, 3).into()));
+            extra.push(("vs_memcpy", rnd(cold[0] / m, 3).into()));
+        }
+        emit("put_large_cold_gb_per_s", "GB/s", cold[0], nbytes, 1, extra);
     }
     if want_put {
         let med = median(&put_rates);
@@ -2858,14 +2876,15 @@ fn main() {
                 });
             }
             let want_put = w("put_large_gb_per_s");
-            let memcpy = if want_put || w("memcpy_gb_per_s") {
+            let want_cold = w("put_large_cold_gb_per_s");
+            let memcpy = if want_put || want_cold || w("memcpy_gb_per_s") {
                 Some(sc_memcpy(&c, w("memcpy_gb_per_s")))
             } else {
                 None
             };
-            if want_put || w("get_large_gb_per_s") {
+            if want_put || want_cold || w("get_large_gb_per_s") {
                 timed_step("put/get_large", || {
-                    sc_large_put_get(&c, want_put, w("get_large_gb_per_s"), memcpy)
+                    sc_large_put_get(&c, want_put, want_cold, w("get_large_gb_per_s"), memcpy)
                 });
             }
             if w("task_large_arg_gb_per_s") {
