@@ -53,6 +53,12 @@ pub struct ActorCore {
     max_task_retries: u32,
 }
 
+impl std::fmt::Debug for ActorCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ActorCore({} {})", self.class, self.id)
+    }
+}
+
 impl ActorCore {
     /// Calls a method; the result is an `ObjectRef` owned by the caller.
     pub fn call<R: 'static>(&self, method: &'static str, args: Vec<Arg>) -> ObjectRef<R> {
@@ -179,6 +185,16 @@ pub struct ActorOptions<A: ActorClass> {
     max_concurrency: u32,
     strategy: crate::SchedulingStrategy,
     _a: PhantomData<fn() -> A>,
+}
+
+impl<A: ActorClass> std::fmt::Debug for ActorOptions<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActorOptions")
+            .field("class", &A::NAME)
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<A: ActorClass> Default for ActorOptions<A> {

@@ -80,11 +80,24 @@ pub struct Error {
     repr: Box<Repr>,
 }
 
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Repr {
     kind: ErrorKind,
     message: String,
+    /// The operating-system error behind an `Io` error, for
+    /// [`std::error::Error::source`] (in this process only: it does not
+    /// travel, and errors compare by kind and message).
+    #[serde(skip)]
+    source: Option<std::sync::Arc<std::io::Error>>,
 }
+
+impl PartialEq for Repr {
+    fn eq(&self, other: &Repr) -> bool {
+        self.kind == other.kind && self.message == other.message
+    }
+}
+
+impl Eq for Repr {}
 
 /// `Result` with rustray's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
@@ -95,6 +108,7 @@ impl Error {
             repr: Box::new(Repr {
                 kind,
                 message: message.into(),
+                source: None,
             }),
         }
     }
@@ -110,7 +124,9 @@ impl Error {
     }
 
     pub(crate) fn io(context: &str, e: std::io::Error) -> Error {
-        Error::new(ErrorKind::Io, format!("{context}: {e}"))
+        let mut err = Error::new(ErrorKind::Io, format!("{context}: {e}"));
+        err.repr.source = Some(std::sync::Arc::new(e));
+        err
     }
 
     pub(crate) fn unavailable(what: impl Into<String>) -> Error {
@@ -158,11 +174,38 @@ impl fmt::Debug for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.repr
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_io_error_keeps_its_cause_as_source() {
+        use std::error::Error as _;
+        let e = Error::io(
+            "opening x",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
+        let src = e.source().expect("a source");
+        let io = src.downcast_ref::<std::io::Error>().expect("an io::Error");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        assert!(e.message().starts_with("opening x: "), "{e}");
+        // It does not travel: a decoded error has none, and still compares
+        // equal by kind and message.
+        let back: Error =
+            crate::codec::decode(&crate::codec::encode(&e).unwrap(), "an error").unwrap();
+        assert!(back.source().is_none());
+        assert_eq!(back, e);
+        assert!(Error::invalid("x").source().is_none());
+    }
 
     #[test]
     fn display_names_kind_and_message() {

@@ -42,7 +42,7 @@
 //! lease policy), `transport` (messages and framing) and `codec` (byte
 //! formats).
 
-#![warn(missing_docs, unreachable_pub)]
+#![deny(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 extern crate self as rustray;

@@ -278,6 +278,18 @@ pub struct ArgReader<'a> {
     function: &'a str,
 }
 
+impl std::fmt::Debug for ArgReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ArgReader(`{}`, argument {} of {})",
+            self.function,
+            self.next + 1,
+            self.args.len()
+        )
+    }
+}
+
 impl<'a> ArgReader<'a> {
     pub(crate) fn new(args: &'a [&'a [u8]], function: &'a str) -> ArgReader<'a> {
         ArgReader {
@@ -317,6 +329,18 @@ pub struct Returns {
     pub(crate) app_error: bool,
 }
 
+impl std::fmt::Debug for Returns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Returns({} results, {} refs{})",
+            self.blobs.len(),
+            self.refs.len(),
+            if self.app_error { ", an Err" } else { "" }
+        )
+    }
+}
+
 impl Returns {
     /// No results yet.
     pub fn new() -> Returns {
@@ -346,6 +370,12 @@ pub struct RemoteFunction {
     pub name: &'static str,
     /// Its entry point.
     pub invoke: InvokeFn,
+}
+
+impl std::fmt::Debug for RemoteFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RemoteFunction({})", self.name)
+    }
 }
 
 inventory::collect!(RemoteFunction);
@@ -382,12 +412,24 @@ pub struct ActorClassEntry {
     pub dispatch_shared: DispatchSharedFn,
 }
 
+impl std::fmt::Debug for ActorClassEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ActorClassEntry({})", self.name)
+    }
+}
+
 /// How the generated `share` tells a `Sync` actor type from another
 /// without naming the bound: `(&Sharer(..)).__rustray_share()` finds
 /// [`ShareSync`]'s impl when `T: Sync`, else [`ShareNotSync`]'s (one
 /// reference deeper).
 #[doc(hidden)]
 pub struct Sharer<T>(pub std::cell::Cell<Option<T>>);
+
+impl<T> std::fmt::Debug for Sharer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sharer<{}>", std::any::type_name::<T>())
+    }
+}
 
 #[doc(hidden)]
 pub trait ShareSync {

@@ -284,6 +284,22 @@ pub struct DeviceObject<T> {
     _object: ObjectRef<Descriptor>,
 }
 
+impl<T> std::fmt::Debug for DeviceObject<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = match self.held {
+            Held::Local(_) => "the owner's buffer",
+            Held::Mapped(_) => "opened by CUDA IPC",
+            Held::Copied(_) => "a copy on this device",
+        };
+        write!(
+            f,
+            "DeviceObject<{}>({} elements, {how})",
+            std::any::type_name::<T>(),
+            self.len
+        )
+    }
+}
+
 enum Held<T> {
     /// The owner's own buffer (the owner's process).
     Local(Arc<DeviceBuffer>),
