@@ -21,7 +21,7 @@ use crate::scheduler::{ResourceSet, Spill};
 use crate::session::{Config, Session};
 use crate::transport::{
     self, ActorInfo, ActorLookup, ActorSpec, ActorState, Msg, NamedActor, NodeInfo, Payload,
-    TaskSpec,
+    ResourceReport, TaskSpec,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -362,13 +362,17 @@ fn messages() -> Vec<Msg> {
         },
         Msg::ReportResources {
             node: 1,
-            available: shape(),
-            store_used: 10,
-            store_capacity: 20,
-            drivers: 1,
-            drivers_seen: 1,
+            report: Some(ResourceReport {
+                available: shape(),
+                store_used: 10,
+                store_capacity: 20,
+                drivers: 1,
+                drivers_seen: 1,
+            }),
+            view_version: 41,
         },
         Msg::ClusterView {
+            version: 42,
             nodes: (0..4).map(node).collect(),
         },
         Msg::RegisterActor {
@@ -810,6 +814,7 @@ fn every_valid_message_decodes() {
             offsets: vec![1; n],
         });
         msgs.push(Msg::ClusterView {
+            version: n as u64,
             nodes: (0..(n / 100).max(1) as u16).map(node).collect(),
         });
         msgs.push(Msg::TasksReturned {

@@ -286,6 +286,18 @@ pub(crate) enum Payload {
     },
 }
 
+/// What a raylet reports about its node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ResourceReport {
+    pub(crate) available: ResourceSet,
+    /// Object store bytes in use and in total.
+    pub(crate) store_used: u64,
+    pub(crate) store_capacity: u64,
+    /// Drivers connected to the node now, and ever.
+    pub(crate) drivers: u32,
+    pub(crate) drivers_seen: u32,
+}
+
 /// A node as the GCS's node table records it; the table, with each node's
 /// last reported free resources, is also the cluster resource view.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -668,18 +680,21 @@ pub(crate) enum Msg {
         req: u64,
         result: std::result::Result<(), Error>,
     },
-    /// A raylet's periodic report, answered with the cluster view.
+    /// A raylet's periodic report: what its node has now, or `None` (a
+    /// heartbeat) when that has not changed since its last report; with
+    /// the version of the cluster view it holds, answered with the entries
+    /// changed since (the whole view for version 0).
     ReportResources {
         node: u16,
-        available: ResourceSet,
-        store_used: u64,
-        store_capacity: u64,
-        drivers: u32,
-        drivers_seen: u32,
+        report: Option<ResourceReport>,
+        view_version: u64,
     },
     /// `rust-ray-launch stop`: end the cluster's driver and the cluster.
     StopCluster,
+    /// The nodes changed since the asker's view version, and the version
+    /// the view is at now.
     ClusterView {
+        version: u64,
         nodes: Vec<NodeInfo>,
     },
     GetNodes {

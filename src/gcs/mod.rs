@@ -22,7 +22,7 @@ mod actors;
 mod nodes;
 
 use actors::{ActorAction, ActorTable, ConnId, Waiter};
-use nodes::{NodeTable, Report, NODE_TIMEOUT};
+use nodes::{NodeTable, NODE_TIMEOUT};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, LeaseId, WorkerId};
@@ -305,25 +305,15 @@ impl Gcs {
             }
             Msg::ReportResources {
                 node,
-                available,
-                store_used,
-                store_capacity,
-                drivers,
-                drivers_seen,
+                report,
+                view_version,
             } => {
-                let report = Report {
-                    available,
-                    store_used,
-                    store_capacity,
-                    drivers,
-                    drivers_seen,
+                let (version, nodes) = {
+                    let mut table = self.node_table();
+                    table.report(node, report, std::time::Instant::now());
+                    table.since(view_version)
                 };
-                let view = {
-                    let mut nodes = self.node_table();
-                    nodes.report(node, report, std::time::Instant::now());
-                    nodes.all()
-                };
-                let _ = conn.send(&Msg::ClusterView { nodes: view });
+                let _ = conn.send(&Msg::ClusterView { version, nodes });
             }
             Msg::StopCluster => {
                 log!("GCS: stop requested");

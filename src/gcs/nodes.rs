@@ -7,11 +7,18 @@
 //! is one whose raylet's connection closes. A lost node stays in the table
 //! (marked dead, as Ray's node table keeps dead nodes) and its index can be
 //! registered again.
+//!
+//! The view travels as deltas: every change (a node joins, reports
+//! different resources, is lost) takes the next version, each node
+//! remembers the version of its last change, and a raylet holding version
+//! `v` is sent only the nodes changed since `v` ([`NodeTable::since`]).
+//! A raylet whose resources did not change sends a heartbeat without them.
+//! So the GCS's traffic grows with what changes, not with the square of
+//! the allocation.
 
 use super::actors::ConnId;
 use crate::error::{Error, Result};
-use crate::scheduler::ResourceSet;
-use crate::transport::NodeInfo;
+use crate::transport::{NodeInfo, ResourceReport};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -27,21 +34,15 @@ struct Heartbeat {
     last: Instant,
 }
 
-/// What a raylet reports about its node.
-#[derive(Debug)]
-pub(crate) struct Report {
-    pub(crate) available: ResourceSet,
-    pub(crate) store_used: u64,
-    pub(crate) store_capacity: u64,
-    pub(crate) drivers: u32,
-    pub(crate) drivers_seen: u32,
-}
-
 /// The node table (no IO).
 #[derive(Debug, Default)]
 pub(crate) struct NodeTable {
     nodes: BTreeMap<u16, NodeInfo>,
     live: HashMap<u16, Heartbeat>,
+    /// The view's version: bumped by every change.
+    version: u64,
+    /// The version of each node's last change.
+    changed: HashMap<u16, u64>,
 }
 
 impl NodeTable {
@@ -55,26 +56,56 @@ impl NodeTable {
             )));
         }
         self.live.insert(info.index, Heartbeat { conn, last: now });
+        self.touch(info.index);
         self.nodes.insert(info.index, info);
         Ok(())
     }
 
-    /// Node `index` reported at `now`; false for a node not live here (a
-    /// report that arrives after the node was declared lost changes
-    /// nothing).
-    pub(crate) fn report(&mut self, index: u16, r: Report, now: Instant) -> bool {
+    /// Node `index` reported at `now` (`None`: a heartbeat, nothing
+    /// changed); false for a node not live here (a report that arrives
+    /// after the node was declared lost changes nothing).
+    pub(crate) fn report(&mut self, index: u16, r: Option<ResourceReport>, now: Instant) -> bool {
         let Some(h) = self.live.get_mut(&index) else {
             return false;
         };
         h.last = now;
-        if let Some(n) = self.nodes.get_mut(&index) {
+        let Some(r) = r else { return true };
+        let Some(n) = self.nodes.get_mut(&index) else {
+            return true;
+        };
+        let same = n.available == r.available
+            && n.store_used == r.store_used
+            && n.store_capacity == r.store_capacity
+            && n.drivers == r.drivers
+            && n.drivers_seen == r.drivers_seen;
+        if !same {
             n.available = r.available;
             n.store_used = r.store_used;
             n.store_capacity = r.store_capacity;
             n.drivers = r.drivers;
             n.drivers_seen = r.drivers_seen;
+            self.touch(index);
         }
         true
+    }
+
+    /// Node `index` changed: it takes the next version.
+    fn touch(&mut self, index: u16) {
+        self.version += 1;
+        self.changed.insert(index, self.version);
+    }
+
+    /// The view's version now, and the nodes changed since `version` (all
+    /// of them for 0, or for a version this table never gave out).
+    pub(crate) fn since(&self, version: u64) -> (u64, Vec<NodeInfo>) {
+        let from = if version > self.version { 0 } else { version };
+        let nodes = self
+            .nodes
+            .values()
+            .filter(|n| self.changed.get(&n.index).is_some_and(|c| *c > from))
+            .cloned()
+            .collect();
+        (self.version, nodes)
     }
 
     /// Whether `conn` is live node `index`'s raylet connection.
@@ -107,6 +138,7 @@ impl NodeTable {
         if let Some(n) = self.nodes.get_mut(&index) {
             n.alive = false;
         }
+        self.touch(index);
         Some(h.conn)
     }
 
@@ -130,6 +162,7 @@ impl NodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheduler::ResourceSet;
     use std::net::{IpAddr, Ipv4Addr};
 
     fn node(index: u16) -> NodeInfo {
@@ -149,14 +182,14 @@ mod tests {
         }
     }
 
-    fn report(cpus: f64) -> Report {
-        Report {
+    fn report(cpus: f64) -> Option<ResourceReport> {
+        Some(ResourceReport {
             available: ResourceSet::new().with("CPU", cpus).unwrap(),
             store_used: 0,
             store_capacity: 1 << 20,
             drivers: 1,
             drivers_seen: 1,
-        }
+        })
     }
 
     #[test]
@@ -214,5 +247,52 @@ mod tests {
         t.register(node(0), 1, Instant::now()).unwrap();
         t.lost(0);
         assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn raylets_get_only_what_changed_since_their_version() {
+        let t0 = Instant::now();
+        let mut t = NodeTable::default();
+        for i in 0..4 {
+            t.register(node(i), u64::from(i), t0).unwrap();
+        }
+        // A raylet with nothing gets everything.
+        let (v, all) = t.since(0);
+        assert_eq!(all.len(), 4);
+        // Heartbeats and unchanged reports change nothing.
+        assert!(t.report(1, None, t0));
+        assert!(t.report(
+            2,
+            report(4.0).map(|mut r| {
+                r.drivers = 0;
+                r.drivers_seen = 0;
+                r.store_capacity = 1 << 20;
+                r
+            }),
+            t0
+        ));
+        let (v2, none) = t.since(v);
+        assert!(none.is_empty(), "{none:?}");
+        assert_eq!(v2, v);
+        // One node's resources change: only it travels.
+        assert!(t.report(3, report(1.0), t0));
+        let (v3, one) = t.since(v);
+        assert_eq!(one.iter().map(|n| n.index).collect::<Vec<_>>(), vec![3]);
+        assert!(v3 > v);
+        // A loss travels too, marked dead.
+        t.lost(0);
+        let (v4, lost) = t.since(v3);
+        assert_eq!(lost.len(), 1);
+        assert!(!lost[0].alive && lost[0].index == 0);
+        // Applying the deltas in turn rebuilds the full view.
+        let mut view: BTreeMap<u16, NodeInfo> = all.into_iter().map(|n| (n.index, n)).collect();
+        for n in one.into_iter().chain(lost) {
+            view.insert(n.index, n);
+        }
+        let full: Vec<NodeInfo> = view.into_values().collect();
+        let (_, truth) = t.since(0);
+        assert_eq!(format!("{full:?}"), format!("{truth:?}"));
+        // A version from nowhere (a restarted GCS) gets the whole view.
+        assert_eq!(t.since(v4 + 100).1.len(), 4);
     }
 }

@@ -37,7 +37,7 @@ use crate::ids::WorkerId;
 use crate::object_store::{Arena, SpillDir, Store, COPY_OWNER, SPACE_PER_MEMORY};
 use crate::scheduler::{Action, ClientId, LeaseManager, PeerNode};
 use crate::session::{log, Session, ENV_ROLE, ENV_SESSION};
-use crate::transport::{self, Conn, Listener, Msg, NodeInfo, Stream};
+use crate::transport::{self, Conn, Listener, Msg, NodeInfo, ResourceReport, Stream};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -167,6 +167,8 @@ struct State {
     pins: HashMap<ClientId, Vec<u64>>,
     /// The node table, from the GCS's cluster view.
     nodes: HashMap<u16, NodeInfo>,
+    /// The version of the cluster view `nodes` holds (0: none yet).
+    view_version: u64,
     /// Drivers that ever registered here.
     drivers_seen: u32,
     /// Set when shutting down: no more workers are started.
@@ -359,6 +361,7 @@ fn run(session: Session) -> Result<()> {
             copies: HashMap::new(),
             pins: HashMap::new(),
             nodes: HashMap::new(),
+            view_version: 0,
             drivers_seen: 0,
             stopping: false,
             spilling: false,
@@ -478,8 +481,8 @@ impl Raylet {
             "raylet-gcs".into(),
             stream,
             move |m| {
-                if let Msg::ClusterView { nodes } = m {
-                    r.cluster_view(nodes);
+                if let Msg::ClusterView { version, nodes } = m {
+                    r.cluster_view(version, nodes);
                 }
             },
             move || r2.shutdown("the GCS connection closed"),
@@ -487,18 +490,29 @@ impl Raylet {
         Ok(conn)
     }
 
-    /// Reports free resources to the GCS until the connection fails.
+    /// Reports to the GCS until the connection fails: what changed since
+    /// the last report (a bare heartbeat when nothing did), and the view
+    /// version this node holds (the GCS answers with what changed since).
     fn report(&self, gcs: Arc<Conn>) {
+        let mut last: Option<ResourceReport> = None;
         loop {
             let msg = {
                 let st = self.lock();
-                Msg::ReportResources {
-                    node: self.session.node_index,
+                let now = ResourceReport {
                     available: st.leases.available().clone(),
                     store_used: st.store.used(),
                     store_capacity: st.store.capacity(),
                     drivers: st.clients.values().filter(|c| c.is_driver).count() as u32,
                     drivers_seen: st.drivers_seen,
+                };
+                let report = (last.as_ref() != Some(&now)).then(|| {
+                    last = Some(now.clone());
+                    now
+                });
+                Msg::ReportResources {
+                    node: self.session.node_index,
+                    report,
+                    view_version: st.view_version,
                 }
             };
             if gcs.send(&msg).is_err() {
@@ -508,10 +522,27 @@ impl Raylet {
         }
     }
 
-    fn cluster_view(&self, nodes: Vec<NodeInfo>) {
+    /// The nodes changed since this node's view version, up to `version`:
+    /// merged into the view this node holds.
+    fn cluster_view(&self, version: u64, changed: Vec<NodeInfo>) {
         let me = self.session.node_index;
-        let peers = nodes
+        let mut st = self.lock();
+        // Nodes the view declares dead for the first time: this node's
+        // processes hear it from here (O(nodes) GCS connections, not one
+        // per process), and give up on everything of those nodes.
+        let died: Vec<u16> = changed
             .iter()
+            .filter(|n| !n.alive && n.index != me)
+            .filter(|n| st.nodes.get(&n.index).is_none_or(|old| old.alive))
+            .map(|n| n.index)
+            .collect();
+        for n in changed {
+            st.nodes.insert(n.index, n);
+        }
+        st.view_version = st.view_version.max(version);
+        let mut peers: Vec<PeerNode> = st
+            .nodes
+            .values()
             .filter(|n| n.alive && n.index != me)
             .map(|n| PeerNode {
                 index: n.index,
@@ -519,17 +550,9 @@ impl Raylet {
                 available: n.available.clone(),
             })
             .collect();
-        let mut st = self.lock();
-        // Nodes the view declares dead for the first time: this node's
-        // processes hear it from here (O(nodes) GCS connections, not one
-        // per process), and give up on everything of those nodes.
-        let died: Vec<u16> = nodes
-            .iter()
-            .filter(|n| !n.alive && n.index != me)
-            .filter(|n| st.nodes.get(&n.index).is_none_or(|old| old.alive))
-            .map(|n| n.index)
-            .collect();
-        st.nodes = nodes.into_iter().map(|n| (n.index, n)).collect();
+        // In index order, as the whole view came: ties in placement break
+        // the same way on every node.
+        peers.sort_by_key(|p| p.index);
         let a = st.leases.set_view(peers);
         self.execute(&mut st, a);
         if died.is_empty() {
