@@ -820,7 +820,14 @@ fn test_actor_task_reconstruction_after_node_loss() {
         rustray::get_timeout(&a, Duration::from_secs(60)).expect("a recomputed by the actor");
     assert!(bytes == pattern(1 << 20, 9), "a's bytes");
     assert_ne!(node, victim.name, "the restarted actor made it");
-    assert_eq!(runs(&ma), 2, "the method ran again");
+    // Ran again: on the restarted actor, and possibly once more on the
+    // dying one first, when the recomputing call reached it before its
+    // process saw its raylet go (a method runs at least once, as in Ray).
+    let again = runs(&ma);
+    assert!(
+        (2..=3).contains(&again),
+        "the method ran again: {again} runs"
+    );
     let e = rustray::get_timeout(&b, Duration::from_secs(60)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ObjectLost, "{e}");
     assert_eq!(runs(&mb), 1);
