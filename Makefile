@@ -14,7 +14,7 @@ run:
 # libfabric and MPI (for the `mpi` feature) by slurm/install-test-deps.sh.
 deps:
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup)"; exit 1; }
-	@cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+	@cargo clippy --version >/dev/null 2>&1 || rustup component add clippy 2>/dev/null || apt-get install -y -qq rust-clippy
 	bash slurm/install-test-deps.sh
 
 # make test builds and tests with the MPI bootstrap (--bootstrap mpi,

@@ -189,17 +189,9 @@ pub fn put<T: DeviceRepr>(buf: &CudaSlice<T>) -> Result<DeviceRef<T>> {
             })?;
             r.table.set_capacity(gpu, total as u64);
         }
-        let u = r.table.usage(gpu);
-        if u.used.saturating_add(bytes) > u.capacity {
-            // The same error admit gives, before any allocation.
-            let probe = ObjectId {
-                owner: cw.id,
-                seq: u64::MAX,
-            };
-            return Err(r.table.admit(probe, gpu, bytes).err().unwrap_or_else(|| {
-                Error::new(ErrorKind::StoreFull, format!("GPU {gpu} is full"))
-            }));
-        }
+        // Before any allocation: a full GPU is a clear error, not an
+        // out-of-memory from the driver.
+        r.table.fits(gpu, bytes)?;
     }
     let copy = DeviceBuffer::copy_of(buf).map_err(gpu_error)?;
     let desc = Descriptor {

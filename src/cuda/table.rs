@@ -58,21 +58,13 @@ impl DeviceTable {
 
     /// Counts object `id` of `bytes` against GPU `gpu`, or says why not.
     pub(crate) fn admit(&mut self, id: ObjectId, gpu: usize, bytes: u64) -> Result<()> {
-        let u = self.gpus.entry(gpu).or_default();
         if self.objects.contains_key(&id) {
             return Err(Error::invalid(format!(
                 "device object {id} is already stored"
             )));
         }
-        if u.used.saturating_add(bytes) > u.capacity {
-            return Err(Error::new(
-                ErrorKind::StoreFull,
-                format!(
-                    "GPU {gpu} is full: {bytes} bytes do not fit beside the {} bytes of its {} device objects ({} bytes in all)",
-                    u.used, u.objects, u.capacity
-                ),
-            ));
-        }
+        self.fits(gpu, bytes)?;
+        let u = self.gpus.entry(gpu).or_default();
         u.used += bytes;
         u.objects += 1;
         self.objects.insert(
@@ -83,6 +75,22 @@ impl DeviceTable {
                 staged: None,
             },
         );
+        Ok(())
+    }
+
+    /// Whether an object of `bytes` fits on GPU `gpu` now, or why not (asked
+    /// before allocating, and again when admitting).
+    pub(crate) fn fits(&self, gpu: usize, bytes: u64) -> Result<()> {
+        let u = self.usage(gpu);
+        if u.used.saturating_add(bytes) > u.capacity {
+            return Err(Error::new(
+                ErrorKind::StoreFull,
+                format!(
+                    "GPU {gpu} is full: {bytes} bytes do not fit beside the {} bytes of its {} device objects ({} bytes in all)",
+                    u.used, u.objects, u.capacity
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -150,6 +158,7 @@ mod tests {
         t.admit(oid(1), 0, 600).unwrap();
         t.admit(oid(2), 1, 500).unwrap();
         // GPU 0 has 400 left; GPU 1 none.
+        assert!(t.fits(0, 400).is_ok() && t.fits(0, 401).is_err());
         let e = t.admit(oid(3), 0, 401).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::StoreFull);
         assert!(e.message().contains("GPU 0 is full"), "{e}");
