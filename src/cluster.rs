@@ -48,6 +48,8 @@ const DRIVER_GRACE: Duration = Duration::from_secs(5);
 /// In a process started by rustray as a raylet or a worker, runs that role
 /// and never returns; otherwise returns at once.
 pub fn serve_role_if_any() {
+    #[cfg(feature = "cuda")]
+    crate::cuda::install_hooks();
     if let Ok(spec) = std::env::var(crate::fabric::ceiling::ENV_PEER) {
         crate::fabric::ceiling::peer_main(&spec);
     }

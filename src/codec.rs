@@ -163,6 +163,43 @@ fn pod_bytes<T: 'static>(value: &T) -> Option<(u8, &[u8])> {
         .or_else(|| raw::<i8>(any))
 }
 
+/// The blob of a `Vec<E>` of the [`Pod`] type named `elem`
+/// (`std::any::type_name::<E>()`), whose `bytes` raw elements `fill`
+/// writes in place (one copy, straight into the blob). `None` when `elem`
+/// names no `Pod` type or `bytes` is not a whole number of elements.
+#[cfg(feature = "cuda")]
+pub(crate) fn pod_blob_with<F>(elem: &str, bytes: usize, fill: F) -> Option<Result<Vec<u8>>>
+where
+    F: FnOnce(&mut [u8]) -> Result<()>,
+{
+    fn shape<E: Pod>(elem: &str) -> Option<(u8, &'static str, usize)> {
+        (std::any::type_name::<E>() == elem).then(|| {
+            (
+                E::CODE,
+                std::any::type_name::<Vec<E>>(),
+                std::mem::size_of::<E>(),
+            )
+        })
+    }
+    let (code, type_name, size) = shape::<u8>(elem)
+        .or_else(|| shape::<i8>(elem))
+        .or_else(|| shape::<u16>(elem))
+        .or_else(|| shape::<i16>(elem))
+        .or_else(|| shape::<u32>(elem))
+        .or_else(|| shape::<i32>(elem))
+        .or_else(|| shape::<u64>(elem))
+        .or_else(|| shape::<i64>(elem))
+        .or_else(|| shape::<f32>(elem))
+        .or_else(|| shape::<f64>(elem))?;
+    if bytes % size != 0 {
+        return None;
+    }
+    let h = header_len(type_name);
+    let mut out = vec![0u8; h + bytes];
+    write_header(&mut out[..h], KIND_POD, code, type_name, bytes);
+    Some(fill(&mut out[h..]).map(|()| out))
+}
+
 fn header_len(type_name: &str) -> usize {
     (FIXED + type_name.len()).div_ceil(ALIGN) * ALIGN
 }
@@ -488,6 +525,27 @@ pub(crate) fn is_pod_vec<T: 'static>() -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// Host values of a device object come out as an ordinary blob of
+    /// `Vec<E>`, written in place; only plain numeric whole elements.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn pod_blob_from_raw_elements() {
+        let v = [1.5f32, -2.0];
+        let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let blob = pod_blob_with("f32", raw.len(), |dst| {
+            dst.copy_from_slice(&raw);
+            Ok(())
+        })
+        .expect("f32 is plain")
+        .expect("filled");
+        assert_eq!(decode_value::<Vec<f32>>(&blob).unwrap(), v.to_vec());
+        let e = decode_value::<Vec<u32>>(&blob).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TypeMismatch, "{e}");
+        assert!(pod_blob_with("f32", 7, |_| Ok(())).is_none(), "not whole");
+        assert!(pod_blob_with("my::Point", 8, |_| Ok(())).is_none());
+        let failed = pod_blob_with("u8", 3, |_| Err(Error::invalid("device gone")));
+        assert!(matches!(failed, Some(Err(_))));
+    }
     use super::*;
 
     #[test]

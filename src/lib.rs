@@ -227,6 +227,8 @@ fn start(
     share: &cluster::Share<'_>,
     joined: Option<Session>,
 ) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    cuda::install_hooks();
     let mut slot = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
     if slot.is_some() {
         return Err(Error::invalid(

@@ -125,7 +125,20 @@ fn get_inner<T: DeserializeOwned + 'static>(
     let payload = cw.wait_local(r.raw.id, deadline(timeout))?;
     // A block read in place is not released under the decoder by `free`.
     let _reading = cw.begin_read(r.raw.id, &payload)?;
-    codec::decode_value::<T>(cw.payload_bytes(&payload)?)
+    let bytes = cw.payload_bytes(&payload)?;
+    match codec::decode_value::<T>(bytes) {
+        // A GPU-resident object read as host values (`Vec<E>`): copied
+        // from the device, so code that does not care where the bytes are
+        // still works (feature `cuda`).
+        Err(e) if e.kind() == ErrorKind::TypeMismatch => match crate::worker::DEVICE_HOOKS.get() {
+            Some(h) => match (h.host_blob)(r.raw.id, bytes)? {
+                Some(host) => codec::decode_value::<T>(&host),
+                None => Err(e),
+            },
+            None => Err(e),
+        },
+        other => other,
+    }
 }
 
 /// Ray's `free` (`ray._private.internal_api.free`): the objects are gone

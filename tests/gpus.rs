@@ -253,17 +253,22 @@ fn test_gpu_tasks_use_their_device() {
 }
 
 /// Reads a device object passed as an argument: its values through host
-/// memory, and its copy on the task's GPU; and where the task ran.
+/// memory, its copy on the task's GPU, and its values as a plain
+/// `rustray::get` of host values gives them; and where the task ran.
 #[cfg(feature = "cuda")]
 #[rustray::remote]
-fn read_device_object(obj: rustray::cuda::DeviceRef<u32>) -> Result<(u64, u64, String), String> {
+fn read_device_object(
+    obj: rustray::cuda::DeviceRef<u32>,
+) -> Result<(u64, u64, u64, String), String> {
     let host = obj.to_host().map_err(|e| e.to_string())?;
     let dev = obj.get().map_err(|e| e.to_string())?;
     let again = dev.to_host().map_err(|e| e.to_string())?;
+    let plain = rustray::get(&obj.host_ref()).map_err(|e| e.to_string())?;
     let sum = |v: &[u32]| v.iter().map(|&x| x as u64).sum::<u64>();
     Ok((
         sum(&host),
         sum(&again),
+        sum(&plain),
         rustray::node_name().map_err(|e| e.to_string())?,
     ))
 }
@@ -293,6 +298,10 @@ fn test_device_objects() {
     let mine = obj.get().expect("owner's get");
     assert_eq!(mine.len(), n as usize);
     assert_eq!(mine.to_host().expect("to host").len(), n as usize);
+    // Code that does not care where the bytes are: a plain get of host
+    // values copies them from the device.
+    let plain: Vec<u32> = rustray::get(&obj.host_ref()).expect("get as host values");
+    assert_eq!(plain.iter().map(|&x| x as u64).sum::<u64>(), want);
     let nodes = rustray::nodes().expect("nodes");
     for node in &nodes {
         let r = read_device_object::options()
@@ -302,8 +311,8 @@ fn test_device_objects() {
                 soft: false,
             })
             .remote(obj.clone());
-        let (host, dev, ran) = get(&r).expect("a task reads the device object");
-        assert_eq!((host, dev), (want, want), "on {ran}");
+        let (host, dev, plain, ran) = get(&r).expect("a task reads the device object");
+        assert_eq!((host, dev, plain), (want, want, want), "on {ran}");
         assert_eq!(ran, node.name);
     }
     drop(mine);

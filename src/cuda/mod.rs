@@ -106,8 +106,13 @@ struct Descriptor {
 /// A GPU-resident object: a reference-counted handle to bytes that stay in
 /// device memory (see the module notes). Cheap to clone; can be passed to
 /// tasks and actors like an [`ObjectRef`].
+///
+/// The handle carries a copy of the object's descriptor (it is immutable
+/// and small), so a reader opens the device memory without first asking
+/// the owner for it.
 pub struct DeviceRef<T> {
     desc: ObjectRef<Descriptor>,
+    inline: Arc<Descriptor>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -115,8 +120,35 @@ impl<T> Clone for DeviceRef<T> {
     fn clone(&self) -> Self {
         DeviceRef {
             desc: self.desc.clone(),
+            inline: self.inline.clone(),
             _t: PhantomData,
         }
+    }
+}
+
+impl<T> DeviceRef<T> {
+    /// The same object as an [`ObjectRef`] of host values: `rustray::get`
+    /// on it copies the values from the device to host memory (`E` must be
+    /// one of the plain numeric types [`Pod`](crate::Pod) names), so code
+    /// that does not care where the bytes are still works.
+    ///
+    /// ```no_run
+    /// # fn main() -> rustray::Result<()> {
+    /// rustray::init()?;
+    /// let buf = rustray::cuda::to_device(0, &[1.0f32, 2.0])?;
+    /// let obj = rustray::cuda::put(&buf)?;
+    /// assert_eq!(rustray::get(&obj.host_ref())?, vec![1.0f32, 2.0]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn host_ref(&self) -> ObjectRef<Vec<T>> {
+        ObjectRef::from_raw(self.desc.raw().clone())
+    }
+}
+
+impl<T> From<DeviceRef<T>> for ObjectRef<Vec<T>> {
+    fn from(d: DeviceRef<T>) -> Self {
+        d.host_ref()
     }
 }
 
@@ -133,14 +165,16 @@ impl<T> std::fmt::Debug for DeviceRef<T> {
 
 impl<T> Serialize for DeviceRef<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.desc.serialize(s)
+        (&self.desc, &*self.inline).serialize(s)
     }
 }
 
 impl<'de, T> Deserialize<'de> for DeviceRef<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (desc, inline) = <(ObjectRef<Descriptor>, Descriptor)>::deserialize(d)?;
         Ok(DeviceRef {
-            desc: ObjectRef::deserialize(d)?,
+            desc,
+            inline: Arc::new(inline),
             _t: PhantomData,
         })
     }
@@ -178,7 +212,7 @@ fn registry() -> MutexGuard<'static, Registry> {
 /// ```
 pub fn put<T: DeviceRepr>(buf: &CudaSlice<T>) -> Result<DeviceRef<T>> {
     let cw = worker::current()?;
-    worker::DEVICE_HOOKS.get_or_init(|| worker::DeviceHooks { release, stage });
+    install_hooks();
     let gpu = buf.ordinal();
     let bytes = buf.num_bytes() as u64;
     {
@@ -202,6 +236,7 @@ pub fn put<T: DeviceRepr>(buf: &CudaSlice<T>) -> Result<DeviceRef<T>> {
         bytes,
         elem: std::any::type_name::<T>().to_string(),
     };
+    let inline = Arc::new(desc.clone());
     let desc = crate::put(desc)?;
     let id = desc.raw().id;
     {
@@ -212,8 +247,69 @@ pub fn put<T: DeviceRepr>(buf: &CudaSlice<T>) -> Result<DeviceRef<T>> {
     cw.mark_device(id);
     Ok(DeviceRef {
         desc,
+        inline,
         _t: PhantomData,
     })
+}
+
+/// Makes the core worker call into this layer (device objects' release
+/// and staging, `get` of their host values). Every process calls it when
+/// rustray starts in it.
+pub(crate) fn install_hooks() {
+    worker::DEVICE_HOOKS.get_or_init(|| worker::DeviceHooks {
+        release,
+        stage,
+        host_blob,
+    });
+}
+
+/// `rustray::get::<Vec<E>>` of device object `id` (`bytes`: its blob):
+/// the values copied to host memory, written as a `Vec<E>`'s blob; `None`
+/// when the object is not a device object.
+fn host_blob(id: ObjectId, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
+    let Ok(d) = crate::codec::decode_value::<Descriptor>(bytes) else {
+        return Ok(None);
+    };
+    check_handle(id, &d)?;
+    let bytes = usize::try_from(d.bytes)
+        .map_err(|_| Error::invalid(format!("device object {id} claims {} bytes", d.bytes)))?;
+    let open = open_here(id, &d)?;
+    let blob = crate::codec::pod_blob_with(&d.elem, bytes, |dst| match &open {
+        Some(o) => o.copy_to_host(dst),
+        None => {
+            let staged = staged_bytes(id)?;
+            if staged.len() != dst.len() {
+                return Err(Error::invalid(format!(
+                    "device object {id}: a host copy of {} bytes for {} on the device",
+                    staged.len(),
+                    dst.len()
+                )));
+            }
+            dst.copy_from_slice(&staged);
+            Ok(())
+        }
+    });
+    match blob {
+        Some(b) => b.map(Some),
+        None => Err(Error::new(
+            ErrorKind::TypeMismatch,
+            format!(
+                "device object {id} holds {} values, which `get` cannot return as host values \
+                 (only plain numeric elements); read it with DeviceRef::to_host",
+                d.elem
+            ),
+        )),
+    }
+}
+
+fn check_handle(id: ObjectId, d: &Descriptor) -> Result<()> {
+    if d.handle.len() != IPC_HANDLE_BYTES {
+        return Err(Error::invalid(format!(
+            "device object {id} has a {}-byte IPC handle",
+            d.handle.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Device object `id`, owned here, went: its memory and host copy go.
@@ -414,8 +510,8 @@ fn values_from_bytes<T: DeviceRepr>(raw: &[u8]) -> Result<Vec<T>> {
 }
 
 impl<T: DeviceRepr> DeviceRef<T> {
-    fn descriptor(&self) -> Result<Descriptor> {
-        let d = crate::get(&self.desc)?;
+    fn descriptor(&self) -> Result<&Descriptor> {
+        let d = &*self.inline;
         if d.elem != std::any::type_name::<T>() {
             return Err(Error::new(
                 ErrorKind::TypeMismatch,
@@ -427,58 +523,12 @@ impl<T: DeviceRepr> DeviceRef<T> {
                 ),
             ));
         }
-        if d.handle.len() != IPC_HANDLE_BYTES {
-            return Err(Error::invalid(format!(
-                "device object {} has a {}-byte IPC handle",
-                self.desc.id(),
-                d.handle.len()
-            )));
-        }
+        check_handle(self.desc.raw().id, d)?;
         Ok(d)
     }
 
     fn len_of(d: &Descriptor) -> usize {
         d.bytes as usize / std::mem::size_of::<T>().max(1)
-    }
-
-    /// The owner's device memory opened in this process, if it can be: the
-    /// owner's own buffer, or an IPC mapping on the device's ordinal here.
-    fn open_here(&self, d: &Descriptor) -> Result<Option<Open>> {
-        let cw = worker::current()?;
-        if d.node != cw.session.node_index {
-            return Ok(None);
-        }
-        if d.owner_pid == std::process::id() {
-            let b = registry().buffers.get(&self.desc.raw().id).cloned();
-            return Ok(b.map(Open::Local));
-        }
-        if !driver_present() {
-            return Ok(None);
-        }
-        let Some(ordinal) = rustray_cuda::ordinal_of(&d.uuid).map_err(gpu_error)? else {
-            return Ok(None);
-        };
-        let mut handle = [0u8; IPC_HANDLE_BYTES];
-        handle.copy_from_slice(&d.handle);
-        // Where IPC is refused (an exclusive-process GPU, a container
-        // without it, MIG), the owner's host copy serves instead.
-        match IpcMapping::open(&context(ordinal)?, &handle, d.bytes as usize) {
-            Ok(m) => Ok(Some(Open::Mapped(m))),
-            Err(e) => {
-                crate::session::log!(
-                    "device object {}: CUDA IPC open failed ({e}); reading the owner's host copy",
-                    self.desc.id()
-                );
-                Ok(None)
-            }
-        }
-    }
-
-    /// The host copy its owner makes (once), read through the store.
-    fn staged_bytes(&self) -> Result<Vec<u8>> {
-        let cw = worker::current()?;
-        let copy: ObjectRef<Vec<u8>> = ObjectRef::from_raw(cw.staged_copy(self.desc.raw().id)?);
-        crate::get(&copy)
     }
 
     /// The object on this process's first GPU (ordinal 0: the first of a
@@ -487,10 +537,10 @@ impl<T: DeviceRepr> DeviceRef<T> {
     /// another node).
     pub fn get(&self) -> Result<DeviceObject<T>> {
         let d = self.descriptor()?;
-        let len = Self::len_of(&d);
+        let len = Self::len_of(d);
         let here = context(0)?;
         let here_uuid = rustray_cuda::device_uuid(0).map_err(gpu_error)?;
-        match self.open_here(&d)? {
+        match open_here(self.desc.raw().id, d)? {
             // On this process's first device already: no copy.
             Some(open) if d.uuid == here_uuid => {
                 return Ok(DeviceObject {
@@ -517,7 +567,7 @@ impl<T: DeviceRepr> DeviceRef<T> {
             }
             None => {}
         }
-        let host: Vec<T> = values_from_bytes(&self.staged_bytes()?)?;
+        let host: Vec<T> = values_from_bytes(&staged_bytes(self.desc.raw().id)?)?;
         let s = to_device(0, &host)?;
         // From pageable memory the copy may return before it lands; a raw
         // pointer handed out now must see the bytes.
@@ -535,16 +585,56 @@ impl<T: DeviceRepr> DeviceRef<T> {
     /// does not care where the bytes are still works.
     pub fn to_host(&self) -> Result<Vec<T>> {
         let d = self.descriptor()?;
-        match self.open_here(&d)? {
+        match open_here(self.desc.raw().id, d)? {
             Some(open) => DeviceObject {
                 held: open.into(),
-                len: Self::len_of(&d),
+                len: Self::len_of(d),
                 _object: self.desc.clone(),
             }
             .to_host(),
-            None => values_from_bytes(&self.staged_bytes()?),
+            None => values_from_bytes(&staged_bytes(self.desc.raw().id)?),
         }
     }
+}
+
+/// Device object `id`'s memory opened in this process, if it can be: the
+/// owner's own buffer, or an IPC mapping on the device's ordinal here.
+fn open_here(id: ObjectId, d: &Descriptor) -> Result<Option<Open>> {
+    let cw = worker::current()?;
+    if d.node != cw.session.node_index {
+        return Ok(None);
+    }
+    if d.owner_pid == std::process::id() {
+        let b = registry().buffers.get(&id).cloned();
+        return Ok(b.map(Open::Local));
+    }
+    if !driver_present() {
+        return Ok(None);
+    }
+    let Some(ordinal) = rustray_cuda::ordinal_of(&d.uuid).map_err(gpu_error)? else {
+        return Ok(None);
+    };
+    let mut handle = [0u8; IPC_HANDLE_BYTES];
+    handle.copy_from_slice(&d.handle);
+    // Where IPC is refused (an exclusive-process GPU, a container
+    // without it, MIG), the owner's host copy serves instead.
+    match IpcMapping::open(&context(ordinal)?, &handle, d.bytes as usize) {
+        Ok(m) => Ok(Some(Open::Mapped(m))),
+        Err(e) => {
+            crate::session::log!(
+                "device object {id}: CUDA IPC open failed ({e}); reading the owner's host copy"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// The host copy of device object `id` its owner makes (once), read
+/// through the store.
+fn staged_bytes(id: ObjectId) -> Result<Vec<u8>> {
+    let cw = worker::current()?;
+    let copy: ObjectRef<Vec<u8>> = ObjectRef::from_raw(cw.staged_copy(id)?);
+    crate::get(&copy)
 }
 
 /// The owner's device memory, as a process of its node can reach it.
@@ -561,6 +651,14 @@ impl Open {
             Open::Local(b) => b.ptr(),
             Open::Mapped(m) => m.ptr(),
         }
+    }
+
+    fn copy_to_host(&self, dst: &mut [u8]) -> Result<()> {
+        match self {
+            Open::Local(b) => b.copy_to_host(dst),
+            Open::Mapped(m) => rustray_cuda::copy_to_host(m.context(), m.ptr(), m.bytes(), dst),
+        }
+        .map_err(gpu_error)
     }
 }
 

@@ -108,12 +108,18 @@ pub(crate) struct Entry {
 
 /// What the GPU object layer (`crate::cuda`, feature `cuda`) does when a
 /// device object's descriptor goes, and when a reader asks its owner for a
-/// host copy. Set once by that layer (on its first put), so the core
-/// worker does not depend on it.
+/// host copy, and how `get` reads one as host values. Set once by that
+/// layer (when a process starts), so the core worker does not depend on it.
 pub(crate) struct DeviceHooks {
     pub(crate) release: fn(ObjectId),
     pub(crate) stage: fn(ObjectId) -> Result<ObjectId>,
+    /// Object `id`'s blob (`bytes`) as the blob of host values when it is
+    /// a device object's descriptor; `None` when it is not one.
+    pub(crate) host_blob: HostBlobHook,
 }
+
+/// See [`DeviceHooks::host_blob`].
+pub(crate) type HostBlobHook = fn(ObjectId, &[u8]) -> Result<Option<Vec<u8>>>;
 
 pub(crate) static DEVICE_HOOKS: std::sync::OnceLock<DeviceHooks> = std::sync::OnceLock::new();
 
