@@ -65,6 +65,7 @@ mod log;
 mod mpi_boot;
 mod object_ref;
 mod object_store;
+mod protocol;
 mod raylet;
 mod resources;
 mod scheduler;

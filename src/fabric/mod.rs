@@ -100,22 +100,7 @@ fn is_software(provider: &str) -> bool {
         .all(|p| SOFTWARE_PROVIDERS.contains(&p) || p.starts_with("ofi_"))
 }
 
-/// What a node publishes so that others can read its arena.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct FabricAddr {
-    /// The provider, as libfabric names it (`tcp;ofi_rxm`, `shm`, `verbs;ofi_rxm`).
-    pub(crate) provider: String,
-    /// The endpoint's name (`fi_getname`), raw.
-    pub(crate) name: Vec<u8>,
-    /// Remote address of arena offset 0: its virtual address under
-    /// `FI_MR_VIRT_ADDR`, else 0.
-    pub(crate) base: u64,
-    /// The arena registration's key.
-    pub(crate) key: u64,
-    /// Bytes registered: reads beyond are refused before reaching the
-    /// provider (some check bounds and keys, shared memory does not).
-    pub(crate) len: u64,
-}
+pub(crate) use crate::protocol::FabricAddr;
 
 /// The largest endpoint name accepted from a peer (a node-table entry is
 /// untrusted input): far above any provider's (shm's are ~100 bytes).
