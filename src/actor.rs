@@ -7,13 +7,13 @@
 //! the actor up to `max_restarts` times if its process dies). Method calls go
 //! straight from the caller to the actor's worker.
 
+use crate::core_worker::submitter::PreparedArg;
+use crate::core_worker::{self, CoreWorker, RawRef};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, ObjectId};
 use crate::scheduler::{ResourceSet, CPU, GPU};
 use crate::task::Arg;
 use crate::transport::{ActorLookup, ActorSpec, Msg, NamedActor, Payload};
-use crate::worker::submitter::PreparedArg;
-use crate::worker::{self, CoreWorker, RawRef};
 use crate::ObjectRef;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::marker::PhantomData;
@@ -71,7 +71,7 @@ impl ActorCore {
     /// Calls a method with `num_returns` results (Ray's
     /// `@ray.method(num_returns=N)`), one ref each.
     pub fn call_n(&self, method: &'static str, args: Vec<Arg>, num_returns: usize) -> Vec<RawRef> {
-        let cw = match worker::current() {
+        let cw = match core_worker::current() {
             Ok(cw) => cw,
             Err(e) => panic!("cannot call `{}::{method}`: {e}", self.class),
         };
@@ -141,7 +141,7 @@ impl<A: ActorClass> Serialize for ActorHandle<A> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let core = self.core();
         if let Some(t) = &core.token {
-            worker::note_serialized(t);
+            core_worker::note_serialized(t);
         }
         (
             core.id,
@@ -157,7 +157,7 @@ impl<'de, A: ActorClass> Deserialize<'de> for ActorHandle<A> {
         let (id, token, max_task_retries) = <(ActorId, Option<ObjectId>, u32)>::deserialize(d)?;
         // A creator already gone cannot count this handle; the actor's
         // calls then report whatever became of it.
-        let token = match (token, worker::current()) {
+        let token = match (token, core_worker::current()) {
             (Some(t), Ok(cw)) => cw.adopt_ref(t).ok(),
             _ => None,
         };
@@ -317,7 +317,7 @@ impl<A: ActorClass> ActorOptions<A> {
 
     /// Creates the actor; returns once its constructor has run.
     pub fn remote(self, args: A::CtorArgs) -> Result<ActorHandle<A>> {
-        let cw = worker::current()?;
+        let cw = core_worker::current()?;
         let shape = self.shape?;
         if self.name.as_deref() == Some("") {
             return Err(Error::invalid("an actor name must not be empty"));
@@ -403,7 +403,7 @@ pub fn get_actor<A: ActorClass>(name: &str) -> Result<ActorHandle<A>> {
 /// Finds a named actor in `namespace` (Ray's
 /// `ray.get_actor(name, namespace=...)`).
 pub fn get_actor_in<A: ActorClass>(name: &str, namespace: &str) -> Result<ActorHandle<A>> {
-    let cw = worker::current()?;
+    let cw = core_worker::current()?;
     let by = ActorLookup::Name(NamedActor {
         namespace: namespace.to_string(),
         name: name.to_string(),
@@ -438,7 +438,7 @@ pub fn get_actor_in<A: ActorClass>(name: &str, namespace: &str) -> Result<ActorH
 /// the default namespace as `(namespace, name)` pairs, or, with
 /// `all_namespaces`, those of every namespace; sorted.
 pub fn list_named_actors(all_namespaces: bool) -> Result<Vec<(String, String)>> {
-    let cw = worker::current()?;
+    let cw = core_worker::current()?;
     let namespace = (!all_namespaces).then(String::new);
     match cw.gcs_call(
         |req| Msg::ListNamedActors { req, namespace },
@@ -461,7 +461,7 @@ pub fn kill<A: ActorClass>(h: &ActorHandle<A>) -> Result<()> {
 /// without, only the actor's process is ended, and the actor restarts as
 /// after a crash if `max_restarts` allows (else it is dead).
 pub fn kill_with<A: ActorClass>(h: &ActorHandle<A>, no_restart: bool) -> Result<()> {
-    let cw = worker::current()?;
+    let cw = core_worker::current()?;
     let id = h.core().id;
     let msg = |req| Msg::KillActor {
         req,
@@ -488,7 +488,7 @@ pub fn kill_with<A: ActorClass>(h: &ActorHandle<A>, no_restart: bool) -> Result<
 /// [`ActorDied`](ErrorKind::ActorDied). Outside an actor it returns an
 /// error and nothing happens.
 pub fn exit_actor() -> Error {
-    let cw = match worker::current() {
+    let cw = match core_worker::current() {
         Ok(cw) => cw,
         Err(e) => return e,
     };
@@ -498,7 +498,7 @@ pub fn exit_actor() -> Error {
     match cw.gcs_call(|req| Msg::ExitActor { req, id }, "exiting the actor") {
         Ok(_) => {
             crate::session::log!("actor {id:?} exits (exit_actor)");
-            crate::worker::executor::exit_flushing_output(0)
+            crate::core_worker::executor::exit_flushing_output(0)
         }
         Err(e) => e,
     }

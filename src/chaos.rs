@@ -31,7 +31,7 @@ pub enum Peer {
 /// waits (bounded) for the peer to close the connection or go quiet.
 /// Returns the number of connections made.
 pub fn send_raw(to: Peer, frames: &[Vec<u8>]) -> Result<usize> {
-    let cw = crate::worker::current()?;
+    let cw = crate::core_worker::current()?;
     let s = &cw.session;
     let endpoints: Vec<Endpoint> = match to {
         Peer::Gcs => vec![Endpoint::Tcp(s.gcs)],
@@ -80,7 +80,7 @@ fn wait_closed(conn: &mut Stream, quiet: Duration) {
 /// answers, holding the connection open for `hold` (on a thread of its
 /// own; returns at once). The raylet must go on serving everyone else.
 pub fn flood_raylet(requests: usize, hold: Duration) -> Result<()> {
-    let cw = crate::worker::current()?;
+    let cw = crate::core_worker::current()?;
     let s = &cw.session;
     let mut conn = Endpoint::Unix(s.raylet_socket()).connect(&s.secret)?;
     let mut frames = Vec::new();

@@ -66,7 +66,7 @@ pub fn serve_role_if_any() {
     };
     match role.as_str() {
         "raylet" => crate::raylet::main(session),
-        "worker" => crate::worker::executor::main(session),
+        "worker" => crate::core_worker::executor::main(session),
         other => {
             eprintln!("rustray: unknown {ENV_ROLE}={other}");
             std::process::exit(1);

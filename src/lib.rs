@@ -37,10 +37,11 @@
 //!
 //! The pieces are named after Ray's components: [`gcs`](crate) (cluster
 //! state and actors), `raylet` (leases and the node's store), `object_store`,
-//! `worker` (the core worker in every process: ownership, reference
-//! counting, submission, execution), `scheduler` (resource accounting and
-//! lease policy), `transport` (messages and framing) and `codec` (byte
-//! formats).
+//! `core_worker` (in every process: `ownership` for the object table and
+//! reference counting, `memory_store` for values, `submitter`, `executor`,
+//! `peers` for connections, `events` for what arrives), `scheduler`
+//! (resource accounting and lease policy), `protocol` (every message),
+//! `transport` (framing and streams) and `codec` (byte formats).
 
 #![deny(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -51,6 +52,7 @@ mod actor;
 mod chaos;
 mod cluster;
 mod codec;
+mod core_worker;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod error;
@@ -74,7 +76,6 @@ mod signals;
 mod slurm;
 mod task;
 mod transport;
-mod worker;
 
 /// Test builds count allocations, so the fuzz harness can bound what a
 /// decoder allocates for the bytes it is given.
@@ -113,13 +114,13 @@ pub mod __private {
     pub use crate::cluster::{
         launcher_main, serve_role_if_any, status_report, stop_clusters, Bootstrap, LaunchOptions,
     };
+    pub use crate::core_worker::RawRef;
     pub use crate::fabric::ceiling::{raw_fi_read_gb_per_s, raw_fi_read_slurm_app};
     pub use crate::task::{
         error_matches, submit_task, ActorClassEntry, ArgReader, ConstructFn, DispatchFn,
         DispatchSharedFn, InvokeFn, IsAppError, NotAppError, RemoteFunction, Returns, ShareFn,
         ShareNotSync, ShareSync, Sharer,
     };
-    pub use crate::worker::RawRef;
     pub use inventory;
 }
 
@@ -130,7 +131,7 @@ struct Cluster {
     local: Option<cluster::LocalCluster>,
     /// This rank's part in a cluster of a Slurm step's ranks.
     insitu: Option<cluster::InSitu>,
-    cw: Arc<worker::CoreWorker>,
+    cw: Arc<core_worker::CoreWorker>,
 }
 
 static CLUSTER: Mutex<Option<Cluster>> = Mutex::new(None);
@@ -251,7 +252,7 @@ fn start(
         }
     };
     session::open_log(&session, &format!("driver-{}", std::process::id()));
-    let cw = match worker::CoreWorker::start(session.clone(), true) {
+    let cw = match core_worker::CoreWorker::start(session.clone(), true) {
         Ok(cw) => cw,
         Err(e) => {
             if let Some(l) = local {
@@ -268,7 +269,7 @@ fn start(
         session.cluster,
         session.dir.display()
     );
-    worker::set_current(Some(cw.clone()));
+    core_worker::set_current(Some(cw.clone()));
     *slot = Some(Cluster { local, insitu, cw });
     Ok(())
 }
@@ -284,7 +285,7 @@ pub fn shutdown() {
     // Device objects go with the cluster that counted their references.
     #[cfg(feature = "cuda")]
     cuda::release_all();
-    worker::set_current(None);
+    core_worker::set_current(None);
     c.cw.stop();
     if let Some(l) = c.local {
         l.stop();
@@ -297,12 +298,12 @@ pub fn shutdown() {
 
 /// The name of the node this process runs on.
 pub fn node_name() -> Result<String> {
-    Ok(worker::current()?.session.node.clone())
+    Ok(core_worker::current()?.session.node.clone())
 }
 
 /// The nodes of the cluster, as Ray's `ray.nodes()`.
 pub fn nodes() -> Result<Vec<Node>> {
-    let cw = worker::current()?;
+    let cw = core_worker::current()?;
     let reply = cw.gcs_call(
         |req| transport::Msg::GetNodes { req },
         "reading the node table",
@@ -375,7 +376,7 @@ pub struct RuntimeContext {
 
 /// The calling code's [`RuntimeContext`].
 pub fn get_runtime_context() -> Result<RuntimeContext> {
-    let cw = worker::current()?;
+    let cw = core_worker::current()?;
     let actor = *cw.exec.actor_id.lock().unwrap_or_else(|p| p.into_inner());
     Ok(RuntimeContext {
         node_name: cw.session.node.clone(),
@@ -413,7 +414,7 @@ pub fn get_runtime_context() -> Result<RuntimeContext> {
 /// # }
 /// ```
 pub fn get_gpu_ids() -> Vec<u32> {
-    match worker::current() {
+    match core_worker::current() {
         Ok(cw) if !cw.is_driver => cw.exec.gpu_ids(),
         _ => Vec::new(),
     }
@@ -439,7 +440,7 @@ pub struct StoreStats {
 /// for one node). Small objects live in their owner's process and are not
 /// counted.
 pub fn store_stats() -> Result<StoreStats> {
-    let cw = worker::current()?;
+    let cw = core_worker::current()?;
     match cw.raylet_call(
         |req| transport::Msg::GetStoreStats { req },
         "reading the store's usage",

@@ -2,10 +2,10 @@
 //! zero-copy views.
 
 use crate::codec::{self, Pod};
+use crate::core_worker::{self, Effects, RawRef};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::ObjectId;
 use crate::transport::Payload;
-use crate::worker::{self, Effects, RawRef};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::marker::PhantomData;
@@ -76,7 +76,7 @@ impl<T> std::fmt::Debug for ObjectRef<T> {
 
 impl<T> Serialize for ObjectRef<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        worker::note_serialized(&self.raw);
+        core_worker::note_serialized(&self.raw);
         self.raw.id.serialize(s)
     }
 }
@@ -84,7 +84,7 @@ impl<T> Serialize for ObjectRef<T> {
 impl<'de, T> Deserialize<'de> for ObjectRef<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let id = ObjectId::deserialize(d)?;
-        let cw = worker::current().map_err(serde::de::Error::custom)?;
+        let cw = core_worker::current().map_err(serde::de::Error::custom)?;
         cw.adopt_ref(id)
             .map(ObjectRef::from_raw)
             .map_err(serde::de::Error::custom)
@@ -97,10 +97,10 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
 /// node's shared arena (plain numeric vectors such as `Vec<u8>` or
 /// `Vec<f64>` with a single `memcpy`).
 pub fn put<T: Serialize + Send + 'static>(value: T) -> Result<ObjectRef<T>> {
-    let cw = worker::current()?;
-    let (enc, refs) = worker::capturing(|| codec::encode_value(&value));
+    let cw = core_worker::current()?;
+    let (enc, refs) = core_worker::capturing(|| codec::encode_value(&value));
     let enc = enc?;
-    let big = enc.len() > worker::INLINE_MAX;
+    let big = enc.len() > core_worker::INLINE_MAX;
     let raw = cw.put_encoded(&enc, refs)?;
     drop(enc);
     // Freeing a large source buffer is not the caller's wait.
@@ -130,13 +130,15 @@ fn get_inner<T: DeserializeOwned + 'static>(
         // A GPU-resident object read as host values (`Vec<E>`): copied
         // from the device, so code that does not care where the bytes are
         // still works (feature `cuda`).
-        Err(e) if e.kind() == ErrorKind::TypeMismatch => match crate::worker::DEVICE_HOOKS.get() {
-            Some(h) => match (h.host_blob)(r.raw.id, bytes)? {
-                Some(host) => codec::decode_value::<T>(&host),
+        Err(e) if e.kind() == ErrorKind::TypeMismatch => {
+            match crate::core_worker::DEVICE_HOOKS.get() {
+                Some(h) => match (h.host_blob)(r.raw.id, bytes)? {
+                    Some(host) => codec::decode_value::<T>(&host),
+                    None => Err(e),
+                },
                 None => Err(e),
-            },
-            None => Err(e),
-        },
+            }
+        }
         other => other,
     }
 }
@@ -225,7 +227,7 @@ fn first_failure<T>(refs: &[ObjectRef<T>]) -> Option<Error> {
         for r in refs {
             match cw.poll_value(&mut st, r.raw.id, &mut fx) {
                 Ok(None) => continue,
-                Ok(Some(p)) => failed = worker::submitter::payload_error(cw, &p),
+                Ok(Some(p)) => failed = core_worker::submitter::payload_error(cw, &p),
                 Err(e) => failed = Some(e),
             }
             if failed.is_some() {
@@ -389,7 +391,7 @@ pub struct ObjectView<E: Pod> {
     ptr: *const E,
     len: usize,
     // Dropped before `_keep`: the read ends before the ref does.
-    _read: Option<crate::worker::free::ReadGuard>,
+    _read: Option<crate::core_worker::free::ReadGuard>,
     _keep: Option<RawRef>,
     _owned: Option<Vec<E>>,
 }

@@ -6,10 +6,10 @@
 //! module path, and a task names its function by that string.
 
 use crate::codec;
+use crate::core_worker::submitter::PreparedArg;
+use crate::core_worker::{self, RawRef};
 use crate::error::{Error, Result};
 use crate::scheduler::{ResourceSet, CPU, GPU};
-use crate::worker::submitter::PreparedArg;
-use crate::worker::{self, RawRef};
 use crate::ObjectRef;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -57,7 +57,7 @@ impl<T> IntoArg<T> for &ObjectRef<T> {
 }
 
 pub(crate) fn encode_arg<T: Serialize + 'static>(v: &T) -> PreparedArg {
-    let (enc, refs) = worker::capturing(|| codec::encode_value(v).map(|e| e.into_vec()));
+    let (enc, refs) = core_worker::capturing(|| codec::encode_value(v).map(|e| e.into_vec()));
     match enc {
         Ok(blob) => PreparedArg::Value(blob, refs),
         Err(e) => PreparedArg::Failed(e),
@@ -354,7 +354,8 @@ impl Returns {
 
     /// Appends one result.
     pub fn push<T: Serialize + 'static>(&mut self, value: &T) -> Result<()> {
-        let (enc, refs) = worker::capturing(|| codec::encode_value(value).map(|e| e.into_vec()));
+        let (enc, refs) =
+            core_worker::capturing(|| codec::encode_value(value).map(|e| e.into_vec()));
         self.blobs.push(enc?);
         self.refs.extend(refs);
         Ok(())
@@ -507,7 +508,7 @@ pub fn submit_task(
     args: Vec<Arg>,
     num_returns: usize,
 ) -> Vec<RawRef> {
-    let cw = match worker::current() {
+    let cw = match core_worker::current() {
         Ok(cw) => cw,
         Err(e) => panic!("cannot submit `{name}`: {e}"),
     };
@@ -520,7 +521,7 @@ pub fn submit_task(
         num_returns,
         None,
         None,
-        super::worker::submitter::Extra {
+        super::core_worker::submitter::Extra {
             retry_exceptions: opts.retry_exceptions.clone(),
             max_calls: opts.max_calls,
         },

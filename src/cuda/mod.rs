@@ -46,10 +46,10 @@
 
 mod table;
 
+use crate::core_worker::{self, RawRef};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::ObjectId;
 use crate::object_ref::ObjectRef;
-use crate::worker::{self, RawRef};
 use rustray_cuda::{DeviceBuffer, IpcMapping, IPC_HANDLE_BYTES};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::HashMap;
@@ -211,7 +211,7 @@ fn registry() -> MutexGuard<'static, Registry> {
 /// # }
 /// ```
 pub fn put<T: DeviceRepr>(buf: &CudaSlice<T>) -> Result<DeviceRef<T>> {
-    let cw = worker::current()?;
+    let cw = core_worker::current()?;
     install_hooks();
     let gpu = buf.ordinal();
     let bytes = buf.num_bytes() as u64;
@@ -256,7 +256,7 @@ pub fn put<T: DeviceRepr>(buf: &CudaSlice<T>) -> Result<DeviceRef<T>> {
 /// and staging, `get` of their host values). Every process calls it when
 /// rustray starts in it.
 pub(crate) fn install_hooks() {
-    worker::DEVICE_HOOKS.get_or_init(|| worker::DeviceHooks {
+    core_worker::DEVICE_HOOKS.get_or_init(|| core_worker::DeviceHooks {
         release,
         stage,
         host_blob,
@@ -600,7 +600,7 @@ impl<T: DeviceRepr> DeviceRef<T> {
 /// Device object `id`'s memory opened in this process, if it can be: the
 /// owner's own buffer, or an IPC mapping on the device's ordinal here.
 fn open_here(id: ObjectId, d: &Descriptor) -> Result<Option<Open>> {
-    let cw = worker::current()?;
+    let cw = core_worker::current()?;
     if d.node != cw.session.node_index {
         return Ok(None);
     }
@@ -632,7 +632,7 @@ fn open_here(id: ObjectId, d: &Descriptor) -> Result<Option<Open>> {
 /// The host copy of device object `id` its owner makes (once), read
 /// through the store.
 fn staged_bytes(id: ObjectId) -> Result<Vec<u8>> {
-    let cw = worker::current()?;
+    let cw = core_worker::current()?;
     let copy: ObjectRef<Vec<u8>> = ObjectRef::from_raw(cw.staged_copy(id)?);
     crate::get(&copy)
 }

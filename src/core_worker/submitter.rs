@@ -32,13 +32,13 @@
 
 use super::{CoreWorker, Effects, State};
 use crate::codec;
+use crate::core_worker::RawRef;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, LeaseId, ObjectId, TaskId, WorkerId};
 use crate::log;
 use crate::scheduler::{ResourceSet, Spill};
 use crate::task::RetryFilter;
 use crate::transport::{ActorLookup, ActorState, Conn, Msg, Payload, TaskSpec};
-use crate::worker::RawRef;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,0 +1,335 @@
+//! Reading and storing values (Ray's `memory_store`, and the client side
+//! of its plasma store): waiting for a value with a bound (spinning
+//! briefly before sleeping), inline payloads, blocks of this node's store
+//! read in place, pulls of other nodes' blocks into it (pinned while a
+//! local entry holds them), and new values written to the store.
+
+use super::{CoreWorker, Effects, State, INLINE_MAX, PULL_ROOM_WAIT, SPIN};
+use crate::codec;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::{ObjectId, WorkerId};
+use crate::transport::{Msg, Payload};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+impl CoreWorker {
+    /// The payload if ready; otherwise asks the owner (once) for it.
+    pub(crate) fn poll_value(
+        &self,
+        st: &mut State,
+        id: ObjectId,
+        fx: &mut Effects,
+    ) -> Result<Option<Payload>> {
+        let Some(e) = st.objects.get_mut(&id) else {
+            return Err(Error::new(
+                ErrorKind::OwnerDied,
+                format!("object {id} is not known to this process"),
+            ));
+        };
+        if let Some(v) = &e.value {
+            return Ok(Some(v.clone()));
+        }
+        if !e.owned && !e.requested {
+            e.requested = true;
+            fx.to_owner.push((id.owner, Msg::GetObject { id }));
+        }
+        Ok(None)
+    }
+
+    /// Waits until `id` has a value or the deadline passes.
+    pub(crate) fn wait_value(
+        self: &Arc<Self>,
+        id: ObjectId,
+        deadline: Option<Instant>,
+    ) -> Result<Payload> {
+        let mut fx = Effects::default();
+        let mut st = self.lock();
+        if let Some(v) = self.poll_value(&mut st, id, &mut fx)? {
+            return Ok(v);
+        }
+        drop(st);
+        let epoch = self.value_epoch.load(Ordering::Acquire);
+        self.apply(std::mem::take(&mut fx));
+        // Most round trips on a node finish within tens of microseconds:
+        // spinning that long avoids a sleep and wake-up on each side and,
+        // in a worker, the blocked/unblocked exchange with the raylet.
+        if self.spin_for_value(epoch) {
+            let mut st = self.lock();
+            if let Some(v) = self.poll_value(&mut st, id, &mut fx)? {
+                return Ok(v);
+            }
+        }
+        let _blocked = self.block_guard();
+        let mut st = self.lock();
+        loop {
+            if let Some(v) = self.poll_value(&mut st, id, &mut fx)? {
+                return Ok(v);
+            }
+            if self.shutting_down.load(Ordering::Relaxed) {
+                return Err(Error::unavailable("rustray was shut down"));
+            }
+            let wait = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "object {id} was not ready in time; it can still be fetched later"
+                            ),
+                        ));
+                    }
+                    d - now
+                }
+                None => Duration::from_millis(500),
+            };
+            st = self
+                .cond
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Spins up to [`SPIN`] for a value to arrive after `epoch`.
+    pub(super) fn spin_for_value(&self, epoch: u64) -> bool {
+        self.spin_until(|| self.value_epoch.load(Ordering::Acquire) != epoch)
+    }
+
+    /// Spins up to [`SPIN`] until `done()`; true if it became true. Only
+    /// on machines with a core to spare for the spinner.
+    pub(super) fn spin_until(&self, done: impl Fn() -> bool) -> bool {
+        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let cores = *CORES.get_or_init(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        if cores < 2 {
+            return false;
+        }
+        let start = Instant::now();
+        loop {
+            if done() {
+                return true;
+            }
+            if start.elapsed() > SPIN {
+                return false;
+            }
+            // Yield rather than spin: on a small node the thread that will
+            // deliver the value may need this very core.
+            std::thread::yield_now();
+        }
+    }
+
+    /// The bytes of a payload: inline, or mapped from this node's arena.
+    /// A block of another node's store must be pulled first
+    /// ([`CoreWorker::wait_local`], [`CoreWorker::pull`]).
+    pub(crate) fn payload_bytes<'a>(&'a self, p: &'a Payload) -> Result<&'a [u8]> {
+        match p {
+            Payload::Inline(b) => Ok(b),
+            Payload::Store {
+                node, offset, len, ..
+            } if *node == self.session.node_index => self.arena.read(*offset, *len),
+            Payload::Store { node, .. } => Err(Error::unavailable(format!(
+                "internal: object on node {node} read without pulling it to this node"
+            ))),
+        }
+    }
+
+    /// True if the payload's bytes are in another node's store.
+    pub(crate) fn is_remote(&self, p: &Payload) -> bool {
+        matches!(p, Payload::Store { node, .. } if *node != self.session.node_index)
+    }
+
+    /// Copies a block of another node's store into this node's (the local
+    /// raylet reuses a copy it already has); pinned until unpinned.
+    ///
+    /// A store without room for the copy is waited on (other copies and
+    /// objects are freed as their readers finish) until `deadline`, or
+    /// for [`PULL_ROOM_WAIT`] without one.
+    pub(crate) fn pull(
+        &self,
+        p: &Payload,
+        copies: &[u16],
+        deadline: Option<Instant>,
+    ) -> Result<Payload> {
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + PULL_ROOM_WAIT);
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match self.pull_once(p, copies) {
+                Err(e) if e.kind() == ErrorKind::StoreFull && Instant::now() < deadline => {
+                    std::thread::sleep(
+                        pause.min(deadline.saturating_duration_since(Instant::now())),
+                    );
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    pub(super) fn pull_once(&self, p: &Payload, copies: &[u16]) -> Result<Payload> {
+        let Payload::Store {
+            node,
+            offset,
+            len,
+            tag,
+        } = *p
+        else {
+            return Ok(p.clone());
+        };
+        let reply = self.raylet_call(
+            |req| Msg::PullObject {
+                req,
+                node,
+                offset,
+                len,
+                tag,
+                copies: copies.to_vec(),
+            },
+            "pulling an object from another node",
+        )?;
+        match reply {
+            Msg::ObjectPulled { result, .. } => Ok(Payload::Store {
+                node: self.session.node_index,
+                offset: result?,
+                len,
+                tag,
+            }),
+            _ => Err(Error::unavailable("unexpected reply from the raylet")),
+        }
+    }
+
+    /// Unpins a copy made by [`CoreWorker::pull`] of the block `original`.
+    pub(crate) fn unpin(&self, original: &Payload) {
+        if let Payload::Store {
+            node,
+            offset,
+            len,
+            tag,
+        } = *original
+        {
+            let _ = self.raylet.send(&Msg::UnpinObject {
+                node,
+                offset,
+                len,
+                tag,
+            });
+        }
+    }
+
+    /// [`CoreWorker::wait_value`], then, for an object in another node's
+    /// store, a local copy kept (pinned) as long as this process holds the
+    /// object.
+    pub(crate) fn wait_local(
+        self: &Arc<Self>,
+        id: ObjectId,
+        deadline: Option<Instant>,
+    ) -> Result<Payload> {
+        let p = self.wait_value(id, deadline)?;
+        if !self.is_remote(&p) {
+            return Ok(p);
+        }
+        let copies = match self.lock().objects.get(&id) {
+            Some(e) => match &e.local_copy {
+                Some(c) => return Ok(c.clone()),
+                None => e.copies.clone(),
+            },
+            None => Vec::new(),
+        };
+        let local = match self.pull(&p, &copies, deadline) {
+            Ok(local) => local,
+            Err(e) if e.kind() == ErrorKind::ObjectLost => {
+                // Recovered from its lineage (or by its owner), else the
+                // reason it cannot be.
+                let mut fx = Effects::default();
+                let r = self.object_lost(&mut self.lock(), id, &p, &e, &mut fx);
+                self.apply(fx);
+                r?;
+                return self.wait_local(id, deadline);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut st = self.lock();
+        match st.objects.get_mut(&id) {
+            Some(e) if e.local_copy.is_none() => {
+                e.local_copy = Some(local.clone());
+                // Tell the directory: this node now holds a copy.
+                let node = self.session.node_index;
+                if e.owned {
+                    if !e.copies.contains(&node) {
+                        e.copies.push(node);
+                    }
+                } else {
+                    drop(st);
+                    self.send_to(id.owner, Msg::AddLocation { id, node });
+                }
+                Ok(local)
+            }
+            Some(e) => {
+                // Another thread pulled it meanwhile: keep one pin.
+                let c = e.local_copy.clone().unwrap_or(local);
+                drop(st);
+                self.unpin(&p);
+                Ok(c)
+            }
+            None => {
+                drop(st);
+                self.unpin(&p);
+                Err(Error::new(
+                    ErrorKind::OwnerDied,
+                    format!("object {id} was released while it was being read"),
+                ))
+            }
+        }
+    }
+
+    /// Stores an encoded value: inline when small, else in the arena. With
+    /// `keep_pin`, the block's write pin is kept (see `Entry::held_pin`).
+    pub(crate) fn store_value(
+        &self,
+        enc: &codec::Encoded<'_>,
+        owner: WorkerId,
+        keep_pin: bool,
+    ) -> Result<Payload> {
+        let len = enc.len();
+        if len <= INLINE_MAX {
+            let mut v = vec![0u8; len];
+            enc.write_to(&mut v);
+            return Ok(Payload::Inline(v));
+        }
+        let tag = crate::ids::random_u64();
+        let reply = self.raylet_call(
+            |req| Msg::CreateObject {
+                req,
+                size: len as u64,
+                owner,
+                tag,
+            },
+            "allocating in the object store",
+        )?;
+        let offset = match reply {
+            Msg::ObjectCreated { result, .. } => result?,
+            _ => return Err(Error::unavailable("unexpected reply from the raylet")),
+        };
+        // SAFETY: the raylet just allocated this block to us; its location
+        // is published (returned) only once it is written.
+        let written = unsafe { self.arena.write(offset, len as u64) }.map(|b| enc.write_to(b));
+        // Sealed: the raylet pinned it for this write (so it could not be
+        // spilled half-written); from now on readers pin it themselves.
+        if !keep_pin || written.is_err() {
+            let _ = self.raylet.post(&Msg::UnpinObjects {
+                offsets: vec![offset],
+            });
+        }
+        written?;
+        Ok(Payload::Store {
+            node: self.session.node_index,
+            tag,
+            offset,
+            len: len as u64,
+        })
+    }
+}

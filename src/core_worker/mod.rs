@@ -1,0 +1,563 @@
+//! The core worker: the part of rustray inside every driver and worker
+//! process (Ray's `CoreWorker`).
+//!
+//! It owns, for its process:
+//! - the **object table**: objects this process owns (it `put` them or
+//!   submitted the task that returns them) and objects it borrows (refs that
+//!   reached it from elsewhere). Small values live here inline; large ones are
+//!   locations in the node's shared arena, mapped once per process;
+//! - **reference counting** (Ray's ownership model): an owned object is freed
+//!   when no `ObjectRef` remains in this process and no borrower holds one.
+//!   A process that deserializes a ref it does not own registers itself with
+//!   the owner (acknowledged before use, so the owner cannot free the object
+//!   in between) and deregisters when its last copy drops. Refs nested inside
+//!   a value are kept alive by the value's entry (see `contained`);
+//! - **task submission** ([`submitter`]): leases, lease reuse, pipelining,
+//!   retries and actor call ordering;
+//! - **task execution** in worker processes ([`executor`]);
+//! - its **connections**: to its raylet (and, for leases spilled there or
+//!   objects stored there, other nodes' raylets), to the GCS, and to other
+//!   core workers: each listens on a Unix socket named after its worker id
+//!   for its own node and on the TCP port its id embeds for other nodes.
+//!
+//! Where each part lives: [`ownership`] (object table, reference
+//! counting), [`memory_store`] (waiting for, reading and storing values),
+//! [`submitter`] and [`lineage`] (submission, retries, reconstruction),
+//! [`executor`] (running tasks), [`free`] (`rustray::free` and blocks
+//! still being read), [`peers`] (connections, the node table cache,
+//! bounded calls) and [`events`] (what arrives on them). This file holds
+//! the state they share, starting a core worker, performing [`Effects`],
+//! housekeeping and `RawRef`.
+//!
+//! All mutable state sits behind one mutex. Work that must not happen under
+//! it (socket writes that could block, dropping refs whose `Drop` locks
+//! again) is collected in an [`Effects`] and done after unlocking.
+
+mod events;
+pub(crate) mod executor;
+pub(crate) mod free;
+pub(crate) mod lineage;
+mod memory_store;
+mod ownership;
+mod peers;
+pub(crate) mod submitter;
+
+use crate::error::{Error, Result};
+use crate::ids::{ActorId, LeaseId, ObjectId, TaskId, WorkerId};
+use crate::object_store::Arena;
+use crate::session::{log, Session};
+use crate::transport::{self, Conn, Listener, Msg, NodeInfo, Payload};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+/// Values up to this size travel inline in messages instead of the store
+/// (Ray's `max_direct_call_object_size`).
+pub(crate) const INLINE_MAX: usize = 100 * 1024;
+/// Bound on a request/reply exchange with a cluster process.
+pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a pull with no deadline of its own (a task's argument) waits
+/// for room in this node's store before failing with `StoreFull`.
+pub(crate) const PULL_ROOM_WAIT: Duration = Duration::from_secs(60);
+/// How long a put's write pin is kept for a read right after the put
+/// (`Entry::held_pin`) while nothing reads it.
+const HELD_PIN_FOR: Duration = Duration::from_millis(100);
+/// How long `get` spins for a value before it sleeps (and, in a worker,
+/// reports itself blocked).
+const SPIN: Duration = Duration::from_micros(50);
+
+/// One object in this process's table.
+#[derive(Default)]
+pub(crate) struct Entry {
+    /// The value, once it exists (a stored error blob when its task failed).
+    pub(crate) value: Option<Payload>,
+    /// `ObjectRef`s (and internal holds) in this process.
+    pub(crate) local: u32,
+    pub(crate) owned: bool,
+    /// Owner side: other processes holding refs, with counts.
+    pub(crate) borrowers: HashMap<WorkerId, u32>,
+    /// Owner side: processes waiting for the value.
+    pub(crate) remote_waiters: Vec<WorkerId>,
+    /// Borrower side: the value was requested from the owner.
+    pub(crate) requested: bool,
+    /// Refs serialized inside the value: alive as long as the value is.
+    pub(crate) contained: Vec<RawRef>,
+    /// Owner side: the task producing the value, while pending.
+    pub(crate) task: Option<TaskId>,
+    /// A copy pulled from another node's store into this node's, pinned in
+    /// the local raylet while this entry lives.
+    pub(crate) local_copy: Option<Payload>,
+    /// The value an `OwnerDied` or `ObjectFreed` error replaced: the block
+    /// `local_copy` is pinned under, and, for a freed owned object, the
+    /// block still to free (see `free.rs`).
+    pub(crate) replaced: Option<Payload>,
+    /// `rustray::free` was called on it.
+    pub(crate) freed: bool,
+    /// Reads of its store block in place in this process (`get` decoding,
+    /// live `ObjectView`s): a freed block waits for them.
+    pub(crate) views: u32,
+    /// The object directory: nodes other than the primary's holding a copy
+    /// (owner side: reported by borrowers; borrower side: as last told).
+    pub(crate) copies: Vec<u16>,
+    /// Owner side: this object stands for the handles of an actor this
+    /// process created (Ray counts actor handles as it counts object refs):
+    /// when it is freed, no handle remains anywhere and the actor ends.
+    pub(crate) actor: Option<ActorId>,
+    /// Owner side: the finished task whose lineage can make it again.
+    pub(crate) made_by: Option<TaskId>,
+    /// Owner side, a `put`'s block: this process still holds the pin its
+    /// raylet gave the block for writing, so a read right after the put
+    /// (the common case) needs no pin round trip. Given back at the end of
+    /// the first read, at the next put, or when the object goes, so the
+    /// block becomes spillable.
+    pub(crate) held_pin: bool,
+    /// The descriptor of a GPU-resident object this process owns: when it
+    /// goes, so does the device memory (see `crate::cuda`).
+    pub(crate) device: bool,
+}
+
+/// What the GPU object layer (`crate::cuda`, feature `cuda`) does when a
+/// device object's descriptor goes, and when a reader asks its owner for a
+/// host copy, and how `get` reads one as host values. Set once by that
+/// layer (when a process starts), so the core worker does not depend on it.
+pub(crate) struct DeviceHooks {
+    pub(crate) release: fn(ObjectId),
+    pub(crate) stage: fn(ObjectId) -> Result<ObjectId>,
+    /// Object `id`'s blob (`bytes`) as the blob of host values when it is
+    /// a device object's descriptor; `None` when it is not one.
+    pub(crate) host_blob: HostBlobHook,
+}
+
+/// See [`DeviceHooks::host_blob`].
+pub(crate) type HostBlobHook = fn(ObjectId, &[u8]) -> Result<Option<Vec<u8>>>;
+
+pub(crate) static DEVICE_HOOKS: std::sync::OnceLock<DeviceHooks> = std::sync::OnceLock::new();
+
+/// Side effects computed under the state lock, performed after it.
+#[derive(Default)]
+pub(crate) struct Effects {
+    pub(crate) sends: Vec<(Arc<Conn>, Msg)>,
+    pub(crate) to_owner: Vec<(WorkerId, Msg)>,
+    pub(crate) drops: Vec<RawRef>,
+    /// Store blocks to free, by node.
+    pub(crate) free_offsets: Vec<(u16, u64)>,
+    /// Pulled copies to unpin locally, by their original block.
+    pub(crate) unpins: Vec<Payload>,
+    /// Blocks of this node's store whose pin this process gives back (see
+    /// `Entry::held_pin`).
+    pub(crate) unpin_blocks: Vec<u64>,
+    pub(crate) notify: bool,
+    pub(crate) lease_requests: Vec<submitter::LeaseRequest>,
+    pub(crate) return_leases: Vec<(LeaseId, bool)>,
+    pub(crate) kill_workers: Vec<WorkerId>,
+    pub(crate) resolve_actors: Vec<ActorId>,
+    /// Actors none of whose handles remain, for the GCS to end.
+    pub(crate) actors_out_of_scope: Vec<ActorId>,
+    /// GPU-resident objects that went: their device memory is freed.
+    pub(crate) device_frees: Vec<ObjectId>,
+    /// Tasks whose worker on another node died, to fail once it is known
+    /// whether the node went with it.
+    pub(crate) worker_deaths: Vec<(TaskId, WorkerId, Error)>,
+}
+
+/// Everything behind the core worker's lock.
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) objects: HashMap<ObjectId, Entry>,
+    pub(crate) sub: submitter::Submitter,
+    /// Objects whose entry holds its block's write pin (`Entry::held_pin`),
+    /// with when they were put.
+    pub(crate) held: Vec<(ObjectId, Instant)>,
+}
+
+/// The core worker of this process.
+pub(crate) struct CoreWorker {
+    pub(crate) id: WorkerId,
+    pub(crate) is_driver: bool,
+    pub(crate) session: Session,
+    pub(crate) arena: Arena,
+    pub(crate) raylet: Arc<Conn>,
+    pub(crate) state: Mutex<State>,
+    pub(crate) cond: Condvar,
+    /// Bumped whenever a value arrives (before `cond` is notified), so a
+    /// waiter can spin on it briefly instead of sleeping at once.
+    value_epoch: AtomicU64,
+    next_seq: AtomicU64,
+    next_req: AtomicU64,
+    /// Pending requests: the connection they went out on (its address, so
+    /// a closing connection fails them at once) and where the reply goes.
+    replies: Mutex<HashMap<u64, (usize, mpsc::Sender<Msg>)>>,
+    peers: Mutex<HashMap<WorkerId, Arc<Conn>>>,
+    gcs: Mutex<Option<Arc<Conn>>>,
+    /// Connections to other nodes' raylets (leases there, frees there).
+    remote_raylets: Mutex<HashMap<u16, Arc<Conn>>>,
+    /// The node table, fetched from the GCS when a node is first needed.
+    nodes: Mutex<HashMap<u16, NodeInfo>>,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) exec: executor::ExecShared,
+    lease_wake: (Mutex<bool>, Condvar),
+}
+
+static CURRENT: RwLock<Option<Arc<CoreWorker>>> = RwLock::new(None);
+
+/// The running core worker of this process.
+pub(crate) fn current() -> Result<Arc<CoreWorker>> {
+    CURRENT
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .ok_or_else(|| Error::unavailable("rustray is not initialized: call rustray::init() first"))
+}
+
+pub(crate) fn set_current(cw: Option<Arc<CoreWorker>>) {
+    *CURRENT.write().unwrap_or_else(|p| p.into_inner()) = cw;
+}
+
+impl CoreWorker {
+    /// Connects to the node's raylet, maps the arena and starts listening:
+    /// on a Unix socket for processes of this node and on TCP for others.
+    /// The TCP port becomes part of this process's id (its address).
+    pub(crate) fn start(session: Session, is_driver: bool) -> Result<Arc<CoreWorker>> {
+        let arena = Arena::open(&session.arena_path())?;
+        let raylet_stream = session.raylet_endpoint().connect(&session.secret)?;
+        let raylet = Arc::new(Conn::new(&raylet_stream)?);
+        let tcp = Listener::bind_tcp(session.ip)?;
+        let id = WorkerId::new(session.node_index, tcp.port());
+        let unix = Listener::bind_unix(&session.worker_socket(id))?;
+        let cw = Arc::new(CoreWorker {
+            id,
+            is_driver,
+            session,
+            arena,
+            raylet,
+            state: Mutex::new(State::default()),
+            cond: Condvar::new(),
+            value_epoch: AtomicU64::new(0),
+            next_seq: AtomicU64::new(1),
+            next_req: AtomicU64::new(1),
+            replies: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            gcs: Mutex::new(None),
+            remote_raylets: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+            exec: executor::ExecShared::default(),
+            lease_wake: (Mutex::new(false), Condvar::new()),
+        });
+        // The listener is bound before registering, so a lease granted to
+        // this worker can be connected to at once.
+        cw.raylet.send(&Msg::Register {
+            worker: id,
+            pid: std::process::id(),
+            is_driver,
+        })?;
+        let me = cw.clone();
+        transport::spawn_reader(
+            "rustray-raylet".into(),
+            raylet_stream,
+            move |m| me.handle_raylet(m),
+            {
+                let me = cw.clone();
+                move || me.raylet_lost()
+            },
+        )?;
+        for listener in [unix, tcp] {
+            let me = cw.clone();
+            std::thread::Builder::new()
+                .name("rustray-accept".into())
+                .spawn(move || me.accept_loop(listener))
+                .map_err(|e| Error::io("spawning the accept thread", e))?;
+        }
+        let me = cw.clone();
+        std::thread::Builder::new()
+            .name("rustray-leases".into())
+            .spawn(move || me.housekeeping())
+            .map_err(|e| Error::io("spawning the housekeeping thread", e))?;
+        Ok(cw)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn next_req(&self) -> u64 {
+        self.next_req.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Performs the effects collected under the lock.
+    pub(crate) fn apply(self: &Arc<Self>, fx: Effects) {
+        if fx.notify {
+            self.value_epoch.fetch_add(1, Ordering::Release);
+            self.cond.notify_all();
+        }
+        for (conn, msg) in fx.sends {
+            let _ = conn.send(&msg);
+        }
+        for (owner, msg) in fx.to_owner {
+            self.send_to(owner, msg);
+        }
+        if !fx.unpin_blocks.is_empty() {
+            let _ = self.raylet.post(&Msg::UnpinObjects {
+                offsets: fx.unpin_blocks,
+            });
+        }
+        if !fx.free_offsets.is_empty() {
+            let mut by_node: HashMap<u16, Vec<u64>> = HashMap::new();
+            for (node, offset) in fx.free_offsets {
+                by_node.entry(node).or_default().push(offset);
+            }
+            for (node, offsets) in by_node {
+                if let Ok(c) = self.raylet_of(node) {
+                    let _ = c.send(&Msg::FreeObjects { offsets });
+                }
+            }
+        }
+        for original in fx.unpins {
+            self.unpin(&original);
+        }
+        if !fx.worker_deaths.is_empty() {
+            // Probing a node may take up to a connect timeout: not on the
+            // thread that reads the connections.
+            let me = self.clone();
+            let deaths = fx.worker_deaths;
+            let spawned = std::thread::Builder::new()
+                .name("rustray-node-check".into())
+                .spawn(move || me.fail_worker_deaths(deaths));
+            if let Err(e) = spawned {
+                log!("could not check whether a node was lost: {e}");
+            }
+        }
+        for r in fx.lease_requests {
+            let submitter::LeaseRequest {
+                req,
+                shape,
+                node,
+                spill,
+                fallback,
+            } = r;
+            let local = node == self.session.node_index;
+            let sent = self.raylet_of(node).and_then(|c| {
+                c.send(&Msg::RequestLease {
+                    req,
+                    shape: shape.clone(),
+                    spill,
+                })
+            });
+            match sent {
+                Ok(()) => {}
+                // The local raylet cannot be reached: it died.
+                Err(_) if local => self.lease_failed(req, self.local_raylet_died()),
+                Err(e) if !fallback => self.lease_failed(req, e),
+                Err(e) => {
+                    // The node the request was spilled to is unreachable
+                    // (lost since the view was taken): queue it here.
+                    log!("lease request spilled to node {node} failed ({e}); asking the local raylet");
+                    self.mark_node_lost(node);
+                    let _ = self.raylet.send(&Msg::RequestLease {
+                        req,
+                        shape,
+                        spill: crate::scheduler::Spill::Never,
+                    });
+                }
+            }
+        }
+        for (lease, kill) in fx.return_leases {
+            if let Ok(c) = self.raylet_of(lease.node()) {
+                let _ = c.send(&Msg::ReturnLease { lease, kill });
+            }
+        }
+        for worker in fx.kill_workers {
+            let _ = self.raylet.send(&Msg::KillWorker { worker });
+        }
+        if let (false, Some(h)) = (fx.device_frees.is_empty(), DEVICE_HOOKS.get()) {
+            for id in fx.device_frees {
+                (h.release)(id);
+            }
+        }
+        for id in fx.actors_out_of_scope {
+            match self.gcs_conn() {
+                Ok(c) => {
+                    let _ = c.send(&Msg::ActorOutOfScope { id });
+                }
+                Err(e) => log!("cannot end actor {id:?}, out of scope: {e}"),
+            }
+        }
+        for actor in fx.resolve_actors {
+            let me = self.clone();
+            let _ = std::thread::Builder::new()
+                .name("rustray-actor-resolve".into())
+                .spawn(move || me.reconnect_actor(actor));
+        }
+        drop(fx.drops);
+    }
+
+    /// Marks this process blocked while the guard lives (workers only).
+    pub(crate) fn block_guard(self: &Arc<Self>) -> executor::BlockGuard {
+        executor::BlockGuard::new(self)
+    }
+
+    /// Returns idle leases. Sleeps on a condvar while this process holds no
+    /// lease: with a thousand workers blocked in nested `get`s, periodic
+    /// wake-ups in every process would starve the node.
+    fn housekeeping(self: Arc<Self>) {
+        while !self.shutting_down.load(Ordering::Relaxed) {
+            let (fx, next_due) = {
+                let mut st = self.lock();
+                let (mut fx, due) = self.return_idle_leases(&mut st);
+                let held_due = self.release_held_pins(&mut st, Some(HELD_PIN_FOR), &mut fx);
+                (fx, due.into_iter().chain(held_due).min())
+            };
+            if !fx.is_empty() {
+                self.apply(fx);
+            }
+            // Sleep until the next idle lease is due, or until woken because
+            // a lease became idle; busy leases need no ticking.
+            let wait = next_due
+                .map(|d| {
+                    d.saturating_duration_since(Instant::now())
+                        .max(Duration::from_micros(200))
+                })
+                .unwrap_or(Duration::from_secs(1));
+            let g = self.lease_wake.0.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = self
+                .lease_wake
+                .1
+                .wait_timeout_while(g, wait, |woken| !*woken)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            *g = false;
+        }
+    }
+
+    /// Wakes the housekeeping thread: a lease was granted.
+    pub(crate) fn wake_housekeeping(&self) {
+        *self.lease_wake.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.lease_wake.1.notify_one();
+    }
+
+    /// Stops this core worker's threads and connections.
+    pub(crate) fn stop(self: &Arc<Self>) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        self.cond.notify_all();
+        self.wake_housekeeping();
+        // Wake the accept loops so they see the flag.
+        let _ = std::os::unix::net::UnixStream::connect(self.session.worker_socket(self.id));
+        let _ = std::net::TcpStream::connect((self.session.ip, self.id.port()));
+        let _ = std::fs::remove_file(self.session.worker_socket(self.id));
+        for (_, c) in self
+            .remote_raylets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            c.close();
+        }
+        for (_, c) in self.peers.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            c.close();
+        }
+        if let Some(c) = self.gcs.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            c.close();
+        }
+        self.raylet.close();
+        let drops: Vec<Entry> = {
+            let mut st = self.lock();
+            st.sub = submitter::Submitter::default();
+            st.objects.drain().map(|(_, e)| e).collect()
+        };
+        drop(drops);
+    }
+}
+
+impl Effects {
+    fn is_empty(&self) -> bool {
+        self.sends.is_empty()
+            && self.to_owner.is_empty()
+            && self.drops.is_empty()
+            && self.free_offsets.is_empty()
+            && self.unpins.is_empty()
+            && self.unpin_blocks.is_empty()
+            && !self.notify
+            && self.lease_requests.is_empty()
+            && self.return_leases.is_empty()
+            && self.kill_workers.is_empty()
+            && self.resolve_actors.is_empty()
+            && self.actors_out_of_scope.is_empty()
+            && self.device_frees.is_empty()
+    }
+}
+
+/// An untyped, counted reference to an object: the core of `ObjectRef<T>`.
+pub struct RawRef {
+    pub(crate) id: ObjectId,
+    pub(crate) cw: Arc<CoreWorker>,
+}
+
+impl RawRef {
+    /// Gives the reference its type.
+    pub fn typed<T>(self) -> crate::ObjectRef<T> {
+        crate::ObjectRef::from_raw(self)
+    }
+}
+
+impl Clone for RawRef {
+    fn clone(&self) -> RawRef {
+        self.cw.inc_local(self.id);
+        RawRef {
+            id: self.id,
+            cw: self.cw.clone(),
+        }
+    }
+}
+
+impl Drop for RawRef {
+    fn drop(&mut self) {
+        if !self.cw.shutting_down.load(Ordering::Relaxed) {
+            self.cw.dec_local(self.id);
+        }
+    }
+}
+
+impl std::fmt::Debug for RawRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectRef({})", self.id)
+    }
+}
+
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<Vec<RawRef>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (a serialization) collecting the refs serialized inside it, so
+/// the container can keep them alive.
+pub(crate) fn capturing<R>(f: impl FnOnce() -> R) -> (R, Vec<RawRef>) {
+    let prev = CAPTURE.with(|c| c.borrow_mut().replace(Vec::new()));
+    let r = f();
+    let got = CAPTURE.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
+    (r, got.unwrap_or_default())
+}
+
+/// Called by `ObjectRef`'s `Serialize`.
+pub(crate) fn note_serialized(r: &RawRef) {
+    CAPTURE.with(|c| {
+        if let Some(v) = c.borrow_mut().as_mut() {
+            v.push(r.clone());
+        }
+    });
+}
+
+/// The block of this node's store whose write pin an entry holds.
+pub(crate) fn held_block(e: &Entry, node_index: u16) -> Option<u64> {
+    [e.value.as_ref(), e.replaced.as_ref()]
+        .into_iter()
+        .flatten()
+        .find_map(|p| match p {
+            Payload::Store { node, offset, .. } if *node == node_index => Some(*offset),
+            _ => None,
+        })
+}
