@@ -60,24 +60,7 @@ impl CoreWorker {
         fx: &mut Effects,
     ) -> Option<std::time::Instant> {
         let now = std::time::Instant::now();
-        let mut held = std::mem::take(&mut st.held);
-        let mut next = None::<std::time::Instant>;
-        held.retain(|(id, at)| match st.objects.get_mut(id) {
-            Some(e) if e.held_pin && e.views > 0 => true,
-            Some(e) if e.held_pin => {
-                if let Some(due) = older_than.map(|d| *at + d).filter(|due| *due > now) {
-                    next = Some(next.map_or(due, |n| n.min(due)));
-                    return true;
-                }
-                e.held_pin = false;
-                fx.unpin_blocks
-                    .extend(super::held_block(e, self.session.node_index));
-                false
-            }
-            _ => false,
-        });
-        st.held = held;
-        next
+        st.release_held_pins(self.session.node_index, now, older_than, fx)
     }
 
     /// Gives back every idle held write pin now (before asking the raylet
@@ -253,34 +236,7 @@ impl CoreWorker {
     /// Releases a freed object's store block (and this node's pinned copy
     /// of it) once nothing can be reading it in place.
     pub(crate) fn release_freed(&self, st: &mut State, id: ObjectId, fx: &mut Effects) {
-        let in_use = match st.objects.get(&id) {
-            Some(e) if e.freed && e.owned => {
-                e.views > 0 || !e.borrowers.is_empty() || st.sub.uses_argument(id)
-            }
-            _ => return,
-        };
-        if in_use {
-            return;
-        }
-        let Some(e) = st.objects.get_mut(&id) else {
-            return;
-        };
-        let Some(old) = e.replaced.take() else {
-            return;
-        };
-        if e.local_copy.take().is_some() {
-            fx.unpins.push(old.clone());
-        }
-        if std::mem::take(&mut e.held_pin) {
-            if let Payload::Store { node, offset, .. } = old {
-                if node == self.session.node_index {
-                    fx.unpin_blocks.push(offset);
-                }
-            }
-        }
-        if let Payload::Store { node, offset, .. } = old {
-            fx.free_offsets.push((node, offset));
-        }
+        st.release_freed(self.session.node_index, id, fx);
     }
 }
 
