@@ -63,9 +63,22 @@ impl fmt::Display for WorkerId {
     }
 }
 
-/// An object: its owner plus a sequence number unique within the owner.
+/// An object's id (Ray's `ObjectID`): its owner (the process that put it
+/// or submitted the task returning it) plus a sequence number unique
+/// within the owner. [`ObjectRef::id`](crate::ObjectRef::id) gives it;
+/// ids compare, hash and print (`owner/seq`).
+///
+/// ```no_run
+/// # fn main() -> rustray::Result<()> {
+/// rustray::init()?;
+/// let a = rustray::put(1u32)?;
+/// assert_eq!(a.id(), a.clone().id());
+/// assert_ne!(a.id(), rustray::put(1u32)?.id());
+/// println!("{}", a.id());
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub(crate) struct ObjectId {
+pub struct ObjectId {
     pub(crate) owner: WorkerId,
     pub(crate) seq: u64,
 }

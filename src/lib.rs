@@ -90,6 +90,7 @@ pub use actor::{
 pub use codec::Pod;
 pub use error::{Error, ErrorKind, Result};
 pub use fabric::Transport;
+pub use ids::ObjectId;
 #[cfg(feature = "mpi")]
 pub use mpi;
 pub use object_ref::{
@@ -114,13 +115,13 @@ pub mod __private {
     pub use crate::cluster::{
         launcher_main, serve_role_if_any, status_report, stop_clusters, Bootstrap, LaunchOptions,
     };
+    pub use crate::core_worker::function_manager::{
+        ActorClassEntry, ArgReader, ConstructFn, DispatchFn, DispatchSharedFn, InvokeFn,
+        RemoteFunction, Returns, ShareFn, ShareNotSync, ShareSync, Sharer,
+    };
     pub use crate::core_worker::RawRef;
     pub use crate::fabric::ceiling::{raw_fi_read_gb_per_s, raw_fi_read_slurm_app};
-    pub use crate::task::{
-        error_matches, submit_task, ActorClassEntry, ArgReader, ConstructFn, DispatchFn,
-        DispatchSharedFn, InvokeFn, IsAppError, NotAppError, RemoteFunction, Returns, ShareFn,
-        ShareNotSync, ShareSync, Sharer,
-    };
+    pub use crate::task::{error_matches, submit_task, IsAppError, NotAppError};
     pub use inventory;
 }
 

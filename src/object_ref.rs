@@ -36,9 +36,9 @@ impl<T> ObjectRef<T> {
         self.raw
     }
 
-    /// The object's id, printable.
-    pub fn id(&self) -> String {
-        self.raw.id.to_string()
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.raw.id
     }
 }
 

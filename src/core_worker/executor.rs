@@ -29,10 +29,10 @@
 
 use super::CoreWorker;
 use crate::codec;
+use crate::core_worker::function_manager::{registry_actor, registry_function, ArgReader, Returns};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::TaskId;
 use crate::session::{log, Session};
-use crate::task::{registry_actor, registry_function, ArgReader, Returns};
 use crate::transport::{ActorSpec, Conn, Msg, Payload, TaskSpec};
 use std::any::Any;
 use std::collections::VecDeque;

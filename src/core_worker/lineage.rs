@@ -29,10 +29,10 @@
 use super::submitter::{Status, Target, TaskEntry};
 use super::{CoreWorker, Effects, RawRef, State};
 use crate::codec;
+use crate::core_worker::function_manager::RetryFilter;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ObjectId, TaskId};
 use crate::log;
-use crate::task::RetryFilter;
 use crate::transport::{Msg, Payload, TaskSpec};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -263,7 +263,7 @@ impl CoreWorker {
             }
             (None, _) => None,
         };
-        if l.retries_left != crate::task::RETRY_FOREVER {
+        if l.retries_left != crate::core_worker::function_manager::RETRY_FOREVER {
             l.retries_left -= 1;
         }
         let mut spec = l.spec.clone();

@@ -36,6 +36,7 @@
 mod events;
 pub(crate) mod executor;
 pub(crate) mod free;
+pub(crate) mod function_manager;
 pub(crate) mod lineage;
 mod memory_store;
 mod ownership;

@@ -32,12 +32,12 @@
 
 use super::{CoreWorker, Effects, State};
 use crate::codec;
+use crate::core_worker::function_manager::RetryFilter;
 use crate::core_worker::RawRef;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, LeaseId, ObjectId, TaskId, WorkerId};
 use crate::log;
 use crate::scheduler::{ResourceSet, Spill};
-use crate::task::RetryFilter;
 use crate::transport::{ActorLookup, ActorState, Conn, Msg, Payload, TaskSpec};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -949,7 +949,7 @@ impl CoreWorker {
                     fx.free_offsets.push((node, offset));
                 }
             }
-            if t.retries_left != crate::task::RETRY_FOREVER {
+            if t.retries_left != crate::core_worker::function_manager::RETRY_FOREVER {
                 t.retries_left -= 1;
             }
             t.status = Status::Queued;
@@ -1151,7 +1151,7 @@ impl CoreWorker {
                         );
                         self.finish_failed(st, *t, &err, fx);
                     } else if e.retries_left > 0 {
-                        if e.retries_left != crate::task::RETRY_FOREVER {
+                        if e.retries_left != crate::core_worker::function_manager::RETRY_FOREVER {
                             e.retries_left -= 1;
                         }
                         e.status = Status::Queued;
@@ -1203,7 +1203,7 @@ impl CoreWorker {
             for t in inflight.into_iter().rev() {
                 match st.sub.tasks.get_mut(&t) {
                     Some(e) if e.retries_left > 0 => {
-                        if e.retries_left != crate::task::RETRY_FOREVER {
+                        if e.retries_left != crate::core_worker::function_manager::RETRY_FOREVER {
                             e.retries_left -= 1;
                         }
                         e.status = Status::Queued;
