@@ -84,8 +84,8 @@ mod transport;
 static ALLOCATOR: fuzz::Counting = fuzz::Counting;
 
 pub use actor::{
-    exit_actor, get_actor, get_actor_in, kill, kill_with, list_named_actors, ActorClass,
-    ActorHandle, ActorOptions,
+    exit_actor, get_actor, get_actor_in, kill, kill_with, list_named_actors, ActorHandle,
+    ActorOptions,
 };
 pub use codec::Pod;
 pub use error::{Error, ErrorKind, Result};
@@ -99,7 +99,7 @@ pub use object_ref::{
 pub use rustray_macros::{actor, method, remote};
 pub use scheduler::SchedulingStrategy;
 pub use session::Config;
-pub use task::{Arg, IntoArg, Retries, TaskOptions, TaskResult};
+pub use task::{IntoArg, Retries, TaskOptions, TaskResult};
 
 use session::{log, Session};
 use std::sync::{Arc, Mutex};
@@ -109,7 +109,7 @@ use std::sync::{Arc, Mutex};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::actor::{
-        needs_exclusive, unknown_method, wrong_actor_state, ActorCore, ActorMethods,
+        needs_exclusive, unknown_method, wrong_actor_state, ActorClass, ActorCore, ActorMethods,
     };
     pub use crate::chaos::{flood_raylet, send_raw, Peer};
     pub use crate::cluster::{
@@ -121,7 +121,7 @@ pub mod __private {
     };
     pub use crate::core_worker::RawRef;
     pub use crate::fabric::ceiling::{raw_fi_read_gb_per_s, raw_fi_read_slurm_app};
-    pub use crate::task::{error_matches, submit_task, IsAppError, NotAppError};
+    pub use crate::task::{error_matches, submit_task, Arg, IsAppError, NotAppError};
     pub use inventory;
 }
 

@@ -343,7 +343,7 @@ fn generate(imp: &ItemImpl, errors: &mut Errors) -> TokenStream {
             #cfgs
             #name => {
                 return ::core::result::Result::Err(::rustray::__private::needs_exclusive(
-                    <#self_ty as ::rustray::ActorClass>::NAME,
+                    <#self_ty as ::rustray::__private::ActorClass>::NAME,
                     __method,
                 ))
             }
@@ -434,11 +434,11 @@ fn generate(imp: &ItemImpl, errors: &mut Errors) -> TokenStream {
 
         #impl_cfgs
         #[allow(private_interfaces, private_bounds)]
-        impl ::rustray::ActorClass for #self_ty {
+        impl ::rustray::__private::ActorClass for #self_ty {
             const NAME: &'static str = ::core::concat!(::core::module_path!(), #name_suffix);
             type Methods = #methods_struct;
             type CtorArgs = #ctor_args_ty;
-            fn ctor_args(__args: Self::CtorArgs) -> ::std::vec::Vec<::rustray::Arg> {
+            fn ctor_args(__args: Self::CtorArgs) -> ::std::vec::Vec<::rustray::__private::Arg> {
                 #ctor_args_vec
             }
         }
@@ -489,7 +489,7 @@ fn generate(imp: &ItemImpl, errors: &mut Errors) -> TokenStream {
 
             ::rustray::__private::inventory::submit! {
                 ::rustray::__private::ActorClassEntry {
-                    name: <#self_ty as ::rustray::ActorClass>::NAME,
+                    name: <#self_ty as ::rustray::__private::ActorClass>::NAME,
                     construct: __construct,
                     dispatch: __dispatch,
                     share: __share,
@@ -557,7 +557,7 @@ fn dispatch_fn(
                 ::core::option::Option::Some(t) => t,
                 ::core::option::Option::None => {
                     return ::core::result::Result::Err(::rustray::__private::wrong_actor_state(
-                        <#self_ty as ::rustray::ActorClass>::NAME,
+                        <#self_ty as ::rustray::__private::ActorClass>::NAME,
                     ))
                 }
             };
@@ -566,7 +566,7 @@ fn dispatch_fn(
                 #arms
                 _ => {
                     return ::core::result::Result::Err(::rustray::__private::unknown_method(
-                        <#self_ty as ::rustray::ActorClass>::NAME,
+                        <#self_ty as ::rustray::__private::ActorClass>::NAME,
                         __method,
                     ))
                 }

@@ -159,7 +159,7 @@ pub type DispatchSharedFn =
 
 /// An actor class registered by `#[rustray::actor]`.
 pub struct ActorClassEntry {
-    /// The class name ([`ActorClass::NAME`](crate::ActorClass::NAME)).
+    /// The class name (`ActorClass::NAME`).
     pub name: &'static str,
     /// Runs the constructor.
     pub construct: ConstructFn,
