@@ -4,7 +4,7 @@
 CARGO ?= cargo
 RAY_VENV ?= .venv-ray
 
-.PHONY: run test deps fuzz chaos build bench bench-ray bench-compare clean
+.PHONY: run test deps fuzz chaos build bench bench-ray bench-compare scale clean
 
 run:
 	$(CARGO) run --release --example quickstart
@@ -75,7 +75,12 @@ bench:
 	$(CARGO) build --release -p rust-ray-launch $(BENCH_LAUNCH_FEATURES)
 	@mkdir -p $(dir $(BENCH_OUT))
 	set -o pipefail; $(CARGO) bench --bench microbench -- $(BENCH_ARGS) $(BENCH_MULTINODE) | tee $(BENCH_OUT)
+	set -o pipefail; $(CARGO) bench --bench scale | tee -a $(BENCH_OUT)
 	set -o pipefail; $(CARGO) bench --bench gpu --features rustray/cuda | tee -a $(BENCH_OUT)
+
+# The control plane at 256, 1,024 and 4,096 simulated nodes (benches/scale.rs).
+scale:
+	$(CARGO) bench --bench scale -- --large
 
 # Ray 2.60 in a venv, same scenarios, same machine. bench.py --multinode runs
 # the single-node scenarios and then internode_transfer_gb_per_s in one go.

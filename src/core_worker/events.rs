@@ -4,7 +4,9 @@
 //! object staging), and the end of a connection: a peer or its raylet
 //! gone, with what fails or is recovered because of it.
 
-use super::{executor, CoreWorker, Effects, RawRef, DEVICE_HOOKS};
+#[cfg(feature = "cuda")]
+use super::RawRef;
+use super::{executor, CoreWorker, Effects, DEVICE_HOOKS};
 use crate::codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ObjectId, WorkerId};

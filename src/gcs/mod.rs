@@ -20,6 +20,7 @@
 
 mod actors;
 mod nodes;
+pub(crate) mod sim;
 
 use actors::{ActorAction, ActorTable, ConnId, Waiter};
 use nodes::{NodeTable, NODE_TIMEOUT};

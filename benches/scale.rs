@@ -1,0 +1,71 @@
+//! The control plane at scale, on simulated nodes (issue 13): a real GCS
+//! in this process, N raylets played over real sockets by a few threads
+//! (`rustray::__private::run_node_sim`; see `src/gcs/sim.rs`). One JSON
+//! object per line, in microbench's shape, `n` being the node count:
+//!
+//! - `gcs_report_cpu_pct`: CPU time of the GCS's threads per wall second
+//!   (percent of one core) while every node reports every 100 ms and half
+//!   of them change their free resources each period (tasks starting and
+//!   finishing); target at 4,096 nodes: under 50;
+//! - `gcs_bytes_out_mb_per_s`: what the GCS sends meanwhile (target at
+//!   4,096: under 50);
+//! - `cluster_register_1024_s`: registering 1,024 nodes (target: under 2 s);
+//! - `node_death_propagation_ms`: a hung node's last report until every
+//!   other of 1,024 nodes sees it dead (target: the 5 s health-check bound
+//!   plus 100 ms).
+//!
+//! `cargo bench --bench scale` runs 256 and 1,024 nodes (in `make bench`);
+//! `-- --large` adds 4,096 (`make scale`).
+
+use rustray::__private::{run_node_sim, NodeSimReport};
+
+const CHURN: f64 = 0.5;
+const SECONDS: f64 = 3.0;
+
+fn row(scenario: &str, unit: &str, value: f64, n: usize) {
+    println!(
+        "{{\"scenario\": \"{scenario}\", \"unit\": \"{unit}\", \"value\": {value:.4}, \"n\": {n}, \"reps\": 1, \"impl\": \"rustray-{}\", \"extra\": {{\"simulated_nodes\": {n}, \"churn\": {CHURN}}}}}",
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
+fn main() {
+    if std::env::var_os("RUSTRAY_ROLE").is_some() {
+        let _ = rustray::init();
+        return;
+    }
+    let large = std::env::args().any(|a| a == "--large");
+    let mut sizes = vec![256, 1024];
+    if large {
+        sizes.push(4096);
+    }
+    let mut failed = false;
+    for n in sizes {
+        let death = n == 1024;
+        let r: NodeSimReport = match run_node_sim(n, SECONDS, CHURN, death) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("[bench-scale] {n} simulated nodes: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        eprintln!("[bench-scale] {r:?}");
+        row("gcs_report_cpu_pct", "%", r.gcs_cpu_pct, n);
+        row(
+            "gcs_bytes_out_mb_per_s",
+            "MB/s",
+            r.gcs_bytes_out_mb_per_s,
+            n,
+        );
+        if n == 1024 {
+            row("cluster_register_1024_s", "s", r.register_s, n);
+        }
+        if let Some(ms) = r.death_propagation_ms {
+            row("node_death_propagation_ms", "ms", ms, n);
+        }
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}
