@@ -320,7 +320,13 @@ fn nested_parent(c: u64) -> u64 {
 fn array_sum(a: ObjectRef<Vec<u8>>) -> (u64, f64) {
     let view = rustray::get_view(&a).expect("array_sum: get_view of the argument");
     let t0 = Instant::now();
-    let s: u64 = view.iter().map(|&b| b as u64).sum();
+    // Summed in u32 per 64 KiB (no overflow: 65,536 x 255 < 2^32), which
+    // the compiler vectorises well; widening every byte to u64 ran at half
+    // numpy's speed and made the row measure the loop, not the runtime.
+    let s: u64 = view
+        .chunks(1 << 16)
+        .map(|c| c.iter().map(|&b| b as u32).sum::<u32>() as u64)
+        .sum();
     (s, t0.elapsed().as_secs_f64())
 }
 
