@@ -712,6 +712,45 @@ pub(crate) fn spawn_reader(
         .map_err(|e| Error::io("spawning a connection thread", e))
 }
 
+/// An outgoing connection, secret presented, not yet served: the one way
+/// every component opens a connection to another (connect, present the
+/// cluster secret, wrap the sending half, then a reader thread for what
+/// comes back). Two steps, so a caller can register the connection (or
+/// send a first message) before anything that arrives on it is handled.
+#[derive(Debug)]
+pub(crate) struct Dialed {
+    /// The sending half.
+    pub(crate) conn: std::sync::Arc<Conn>,
+    stream: Stream,
+}
+
+/// Connects to `to` and presents `secret` (see [`Dialed`]).
+pub(crate) fn dial(to: &Endpoint, secret: &Secret) -> Result<Dialed> {
+    let stream = to.connect(secret)?;
+    let conn = std::sync::Arc::new(Conn::new(&stream)?);
+    Ok(Dialed { conn, stream })
+}
+
+impl Dialed {
+    /// Serves what arrives on a reader thread named `thread` (`handle` per
+    /// message, `on_close` once when the connection ends); the sending half.
+    pub(crate) fn serve(
+        self,
+        thread: &str,
+        handle: impl FnMut(Msg) + Send + 'static,
+        on_close: impl FnOnce() + Send + 'static,
+    ) -> Result<std::sync::Arc<Conn>> {
+        spawn_reader(thread.into(), self.stream, handle, on_close)?;
+        Ok(self.conn)
+    }
+
+    /// The receiving half, for a caller that reads a reply itself before
+    /// serving (a registration).
+    pub(crate) fn stream_mut(&mut self) -> &mut Stream {
+        &mut self.stream
+    }
+}
+
 /// Runs a connection's serving loop, reporting how it ended badly: a
 /// malformed frame, or a panic in a handler (a bug, or data a peer sent
 /// that the handler trusted), ends that one connection with a log line

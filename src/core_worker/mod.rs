@@ -222,8 +222,8 @@ impl CoreWorker {
     /// The TCP port becomes part of this process's id (its address).
     pub(crate) fn start(session: Session, is_driver: bool) -> Result<Arc<CoreWorker>> {
         let arena = Arena::open(&session.arena_path())?;
-        let raylet_stream = session.raylet_endpoint().connect(&session.secret)?;
-        let raylet = Arc::new(Conn::new(&raylet_stream)?);
+        let raylet_dialed = transport::dial(&session.raylet_endpoint(), &session.secret)?;
+        let raylet = raylet_dialed.conn.clone();
         let tcp = Listener::bind_tcp(session.ip)?;
         let id = WorkerId::new(session.node_index, tcp.port());
         let unix = Listener::bind_unix(&session.worker_socket(id))?;
@@ -254,15 +254,11 @@ impl CoreWorker {
             pid: std::process::id(),
             is_driver,
         })?;
-        let me = cw.clone();
-        transport::spawn_reader(
-            "rustray-raylet".into(),
-            raylet_stream,
+        let (me, me2) = (cw.clone(), cw.clone());
+        raylet_dialed.serve(
+            "rustray-raylet",
             move |m| me.handle_raylet(m),
-            {
-                let me = cw.clone();
-                move || me.raylet_lost()
-            },
+            move || me2.raylet_lost(),
         )?;
         for listener in [unix, tcp] {
             let me = cw.clone();

@@ -62,10 +62,8 @@ impl CoreWorker {
                 format!("worker {worker} was on node {}, which died", worker.node()),
             ));
         }
-        let stream = self
-            .worker_endpoint(worker)?
-            .connect(&self.session.secret)?;
-        let conn = Arc::new(Conn::new(&stream)?);
+        let dialed = transport::dial(&self.worker_endpoint(worker)?, &self.session.secret)?;
+        let conn = dialed.conn.clone();
         conn.send(&Msg::Hello { from: self.id })?;
         {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
@@ -75,16 +73,12 @@ impl CoreWorker {
             }
             peers.insert(worker, conn.clone());
         }
-        let me = self.clone();
-        let c2 = conn.clone();
-        let me2 = self.clone();
-        transport::spawn_reader(
-            "rustray-peer-out".into(),
-            stream,
+        let (me, me2, c2) = (self.clone(), self.clone(), conn.clone());
+        dialed.serve(
+            "rustray-peer-out",
             move |m| me.handle_peer(worker, &c2, m),
             move || me2.peer_gone(worker, true),
-        )?;
-        Ok(conn)
+        )
     }
 
     /// Sends to another core worker, ignoring a dead peer (its death is
@@ -100,14 +94,10 @@ impl CoreWorker {
         if let Some(c) = g.as_ref() {
             return Ok(c.clone());
         }
-        let stream = self.session.gcs_endpoint().connect(&self.session.secret)?;
-        let conn = Arc::new(Conn::new(&stream)?);
-        let me = self.clone();
-        let me2 = self.clone();
-        let c2 = conn.clone();
-        transport::spawn_reader(
-            "rustray-gcs".into(),
-            stream,
+        let dialed = transport::dial(&self.session.gcs_endpoint(), &self.session.secret)?;
+        let (me, me2, c2) = (self.clone(), self.clone(), dialed.conn.clone());
+        let conn = dialed.serve(
+            "rustray-gcs",
             move |m| me.handle_reply(m),
             move || {
                 *me2.gcs.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -211,13 +201,9 @@ impl CoreWorker {
             }
             info
         };
-        let stream = info.raylet().connect(&self.session.secret)?;
-        let conn = Arc::new(Conn::new(&stream)?);
-        let me = self.clone();
-        let me2 = self.clone();
-        transport::spawn_reader(
-            "rustray-raylet-remote".into(),
-            stream,
+        let (me, me2) = (self.clone(), self.clone());
+        let conn = transport::dial(&info.raylet(), &self.session.secret)?.serve(
+            "rustray-raylet-remote",
             move |m| me.handle_raylet(m),
             move || {
                 me2.remote_raylets

@@ -456,13 +456,9 @@ impl Gcs {
             return Ok(c.clone());
         }
         let info = self.node_info(index)?;
-        let stream = info.raylet().connect(&self.session.secret)?;
-        let conn = Arc::new(Conn::new(&stream)?);
-        let g = self.clone();
-        let g2 = self.clone();
-        transport::spawn_reader(
-            "gcs-raylet".into(),
-            stream,
+        let (g, g2) = (self.clone(), self.clone());
+        let conn = transport::dial(&info.raylet(), &self.session.secret)?.serve(
+            "gcs-raylet",
             move |m| g.reply(m),
             move || {
                 g2.raylets

@@ -441,8 +441,8 @@ impl Raylet {
                 s.node, s.gcs
             ))
         };
-        let mut stream = s.gcs_endpoint().connect(&s.secret).map_err(gcs_err)?;
-        let conn = Arc::new(Conn::new(&stream).map_err(gcs_err)?);
+        let mut dialed = transport::dial(&s.gcs_endpoint(), &s.secret).map_err(gcs_err)?;
+        let conn = dialed.conn.clone();
         conn.send(&Msg::RegisterNode {
             req: 1,
             info: NodeInfo {
@@ -462,24 +462,19 @@ impl Raylet {
         })
         .map_err(gcs_err)?;
         let io_err = |e: std::io::Error| gcs_err(Error::unavailable(e.to_string()));
-        let t = match &stream {
-            Stream::Tcp(t) => t.try_clone().map_err(io_err)?,
-            Stream::Unix(_) => {
-                return Err(gcs_err(Error::invalid("the GCS must be reached over TCP")))
-            }
-        };
-        t.set_read_timeout(Some(REGISTER_TIMEOUT)).map_err(io_err)?;
-        let reply = transport::read_frame(&mut stream, &mut Vec::new()).map_err(io_err)?;
-        t.set_read_timeout(None).map_err(io_err)?;
+        let stream = dialed.stream_mut();
+        stream
+            .set_read_timeout(Some(REGISTER_TIMEOUT))
+            .map_err(io_err)?;
+        let reply = transport::read_frame(stream, &mut Vec::new()).map_err(io_err)?;
+        stream.set_read_timeout(None).map_err(io_err)?;
         match reply {
             Some(Msg::NodeRegistered { result, .. }) => result.map_err(gcs_err)?,
             _ => return Err(gcs_err(Error::unavailable("no answer to the registration"))),
         }
-        let r = self.clone();
-        let r2 = self.clone();
-        transport::spawn_reader(
-            "raylet-gcs".into(),
-            stream,
+        let (r, r2) = (self.clone(), self.clone());
+        dialed.serve(
+            "raylet-gcs",
             move |m| {
                 if let Msg::ClusterView { version, nodes } = m {
                     r.cluster_view(version, nodes);
