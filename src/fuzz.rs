@@ -373,7 +373,10 @@ fn messages() -> Vec<Msg> {
         },
         Msg::ClusterView {
             version: 42,
-            nodes: (0..4).map(node).collect(),
+            joined: (0..4).map(node).collect(),
+            changed: (4..8)
+                .map(|i| crate::gcs::nodes::load_of(&node(i)))
+                .collect(),
         },
         Msg::RegisterActor {
             req: 8,
@@ -815,7 +818,10 @@ fn every_valid_message_decodes() {
         });
         msgs.push(Msg::ClusterView {
             version: n as u64,
-            nodes: (0..(n / 100).max(1) as u16).map(node).collect(),
+            joined: (0..(n / 100).max(1) as u16).map(node).collect(),
+            changed: (0..(n / 50).max(1) as u16)
+                .map(|i| crate::gcs::nodes::load_of(&node(i)))
+                .collect(),
         });
         msgs.push(Msg::TasksReturned {
             tasks: vec![

@@ -85,6 +85,15 @@ pub(crate) struct NodeInfo {
     pub(crate) fabric: Option<FabricAddr>,
 }
 
+/// What changes about a node while it runs (its load, and whether it is
+/// alive): a view delta carries this alone for a node the receiver knows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct NodeLoad {
+    pub(crate) index: u16,
+    pub(crate) alive: bool,
+    pub(crate) load: ResourceReport,
+}
+
 /// A task (or actor method call) as pushed to the worker that runs it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct TaskSpec {
@@ -431,11 +440,13 @@ pub(crate) enum Msg {
     },
     /// `rust-ray-launch stop`: end the cluster's driver and the cluster.
     StopCluster,
-    /// The nodes changed since the asker's view version, and the version
-    /// the view is at now.
+    /// The view changed since the asker's view version, and the version
+    /// the view is at now: nodes it has not seen yet (joined since, or all
+    /// of them for version 0) in full, the others' load alone.
     ClusterView {
         version: u64,
-        nodes: Vec<NodeInfo>,
+        joined: Vec<NodeInfo>,
+        changed: Vec<NodeLoad>,
     },
     GetNodes {
         req: u64,

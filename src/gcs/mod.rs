@@ -19,7 +19,7 @@
 //! tables, mapped to sockets here.
 
 mod actors;
-mod nodes;
+pub(crate) mod nodes;
 pub(crate) mod sim;
 
 use actors::{ActorAction, ActorTable, ConnId, Waiter};
@@ -309,12 +309,16 @@ impl Gcs {
                 report,
                 view_version,
             } => {
-                let (version, nodes) = {
+                let (version, joined, changed) = {
                     let mut table = self.node_table();
                     table.report(node, report, std::time::Instant::now());
                     table.since(view_version)
                 };
-                let _ = conn.send(&Msg::ClusterView { version, nodes });
+                let _ = conn.send(&Msg::ClusterView {
+                    version,
+                    joined,
+                    changed,
+                });
             }
             Msg::StopCluster => {
                 log!("GCS: stop requested");

@@ -10,15 +10,18 @@
 //!
 //! The view travels as deltas: every change (a node joins, reports
 //! different resources, is lost) takes the next version, each node
-//! remembers the version of its last change, and a raylet holding version
-//! `v` is sent only the nodes changed since `v` ([`NodeTable::since`]).
+//! remembers the version of its last change (and a log by version lets a
+//! delta visit only what changed), and a raylet holding version `v` is
+//! sent only the nodes changed since `v` ([`NodeTable::since`]): in full
+//! those that joined since, the others' load alone ([`apply_delta`] is
+//! the raylet's side).
 //! A raylet whose resources did not change sends a heartbeat without them.
 //! So the GCS's traffic grows with what changes, not with the square of
 //! the allocation.
 
 use super::actors::ConnId;
 use crate::error::{Error, Result};
-use crate::transport::{NodeInfo, ResourceReport};
+use crate::transport::{NodeInfo, NodeLoad, ResourceReport};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -43,6 +46,11 @@ pub(crate) struct NodeTable {
     version: u64,
     /// The version of each node's last change.
     changed: HashMap<u16, u64>,
+    /// The same, by version: a delta visits only what changed.
+    log: BTreeMap<u64, u16>,
+    /// The version at which each node (last) joined: a raylet whose view
+    /// is older is sent the node in full.
+    joined: HashMap<u16, u64>,
 }
 
 impl NodeTable {
@@ -57,6 +65,7 @@ impl NodeTable {
         }
         self.live.insert(info.index, Heartbeat { conn, last: now });
         self.touch(info.index);
+        self.joined.insert(info.index, self.version);
         self.nodes.insert(info.index, info);
         Ok(())
     }
@@ -92,20 +101,32 @@ impl NodeTable {
     /// Node `index` changed: it takes the next version.
     fn touch(&mut self, index: u16) {
         self.version += 1;
-        self.changed.insert(index, self.version);
+        if let Some(old) = self.changed.insert(index, self.version) {
+            self.log.remove(&old);
+        }
+        self.log.insert(self.version, index);
     }
 
-    /// The view's version now, and the nodes changed since `version` (all
-    /// of them for 0, or for a version this table never gave out).
-    pub(crate) fn since(&self, version: u64) -> (u64, Vec<NodeInfo>) {
-        let from = if version > self.version { 0 } else { version };
-        let nodes = self
-            .nodes
-            .values()
-            .filter(|n| self.changed.get(&n.index).is_some_and(|c| *c > from))
-            .cloned()
-            .collect();
-        (self.version, nodes)
+    /// The view's version now, and what changed since `version`: nodes
+    /// that joined since in full, the others' load alone (every node in
+    /// full for 0, or for a version this table never gave out). Visits
+    /// only the changed nodes.
+    pub(crate) fn since(&self, version: u64) -> (u64, Vec<NodeInfo>, Vec<NodeLoad>) {
+        if version == 0 || version > self.version {
+            return (self.version, self.all(), Vec::new());
+        }
+        let (mut joined, mut changed) = (Vec::new(), Vec::new());
+        for index in self.log.range(version + 1..).map(|(_, i)| *i) {
+            let Some(n) = self.nodes.get(&index) else {
+                continue;
+            };
+            if self.joined.get(&index).is_some_and(|j| *j > version) {
+                joined.push(n.clone());
+            } else {
+                changed.push(load_of(n));
+            }
+        }
+        (self.version, joined, changed)
     }
 
     /// Whether `conn` is live node `index`'s raylet connection.
@@ -157,6 +178,52 @@ impl NodeTable {
     pub(crate) fn all(&self) -> Vec<NodeInfo> {
         self.nodes.values().cloned().collect()
     }
+}
+
+/// What a view delta carries for a node the receiver knows.
+pub(crate) fn load_of(n: &NodeInfo) -> NodeLoad {
+    NodeLoad {
+        index: n.index,
+        alive: n.alive,
+        load: ResourceReport {
+            available: n.available.clone(),
+            store_used: n.store_used,
+            store_capacity: n.store_capacity,
+            drivers: n.drivers,
+            drivers_seen: n.drivers_seen,
+        },
+    }
+}
+
+/// Applies a view delta to a raylet's view of the nodes: the nodes it
+/// shows dead for the first time, or `None` when a change names a node
+/// the view does not know (the view's version is then wrong, and the
+/// whole view must be asked for).
+pub(crate) fn apply_delta(
+    view: &mut HashMap<u16, NodeInfo>,
+    joined: Vec<NodeInfo>,
+    changed: Vec<NodeLoad>,
+) -> Option<Vec<u16>> {
+    let mut died = Vec::new();
+    for n in joined {
+        if !n.alive && view.get(&n.index).is_none_or(|old| old.alive) {
+            died.push(n.index);
+        }
+        view.insert(n.index, n);
+    }
+    for c in changed {
+        let n = view.get_mut(&c.index)?;
+        if n.alive && !c.alive {
+            died.push(c.index);
+        }
+        n.alive = c.alive;
+        n.available = c.load.available;
+        n.store_used = c.load.store_used;
+        n.store_capacity = c.load.store_capacity;
+        n.drivers = c.load.drivers;
+        n.drivers_seen = c.load.drivers_seen;
+    }
+    Some(died)
 }
 
 #[cfg(test)]
@@ -256,9 +323,12 @@ mod tests {
         for i in 0..4 {
             t.register(node(i), u64::from(i), t0).unwrap();
         }
-        // A raylet with nothing gets everything.
-        let (v, all) = t.since(0);
+        // A raylet with nothing gets everything, in full.
+        let (v, all, none) = t.since(0);
         assert_eq!(all.len(), 4);
+        assert!(none.is_empty());
+        let mut view: HashMap<u16, NodeInfo> = HashMap::new();
+        assert_eq!(apply_delta(&mut view, all, none), Some(vec![]));
         // Heartbeats and unchanged reports change nothing.
         assert!(t.report(1, None, t0));
         assert!(t.report(
@@ -271,28 +341,35 @@ mod tests {
             }),
             t0
         ));
-        let (v2, none) = t.since(v);
-        assert!(none.is_empty(), "{none:?}");
+        let (v2, j, c) = t.since(v);
+        assert!(j.is_empty() && c.is_empty(), "{j:?} {c:?}");
         assert_eq!(v2, v);
-        // One node's resources change: only it travels.
+        // One node's resources change: only its load travels.
         assert!(t.report(3, report(1.0), t0));
-        let (v3, one) = t.since(v);
+        let (v3, j, one) = t.since(v);
+        assert!(j.is_empty());
         assert_eq!(one.iter().map(|n| n.index).collect::<Vec<_>>(), vec![3]);
         assert!(v3 > v);
-        // A loss travels too, marked dead.
+        assert_eq!(apply_delta(&mut view, j, one), Some(vec![]));
+        // A node joins and another is lost: the new one in full, the loss
+        // as a load marked dead, seen dead once.
+        t.register(node(7), 7, t0).unwrap();
         t.lost(0);
-        let (v4, lost) = t.since(v3);
+        let (v4, j, lost) = t.since(v3);
+        assert_eq!(j.iter().map(|n| n.index).collect::<Vec<_>>(), vec![7]);
         assert_eq!(lost.len(), 1);
         assert!(!lost[0].alive && lost[0].index == 0);
-        // Applying the deltas in turn rebuilds the full view.
-        let mut view: BTreeMap<u16, NodeInfo> = all.into_iter().map(|n| (n.index, n)).collect();
-        for n in one.into_iter().chain(lost) {
-            view.insert(n.index, n);
-        }
-        let full: Vec<NodeInfo> = view.into_values().collect();
-        let (_, truth) = t.since(0);
+        assert_eq!(apply_delta(&mut view, j, lost.clone()), Some(vec![0]));
+        assert_eq!(apply_delta(&mut view, vec![], lost), Some(vec![]), "once");
+        // Applying the deltas in turn rebuilt the full view.
+        let mut full: Vec<NodeInfo> = view.into_values().collect();
+        full.sort_by_key(|n| n.index);
+        let (_, truth, _) = t.since(0);
         assert_eq!(format!("{full:?}"), format!("{truth:?}"));
+        // A change to a node the view does not know: ask for everything.
+        let (_, _, c) = t.since(v3);
+        assert_eq!(apply_delta(&mut HashMap::new(), vec![], c), None);
         // A version from nowhere (a restarted GCS) gets the whole view.
-        assert_eq!(t.since(v4 + 100).1.len(), 4);
+        assert_eq!(t.since(v4 + 100).1.len(), 5);
     }
 }

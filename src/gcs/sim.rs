@@ -345,9 +345,18 @@ fn period(
         let (m, len) = read(&mut n.reader)?;
         t.bytes_out += len as u64;
         t.reports += 1;
-        if let Msg::ClusterView { version, nodes } = m {
+        if let Msg::ClusterView {
+            version,
+            joined,
+            changed,
+        } = m
+        {
             n.version = n.version.max(version);
-            if n.saw_death.is_none() && nodes.iter().any(|x| Some(x.index) == victim && !x.alive) {
+            let dead = |i: u16, alive: bool| Some(i) == victim && !alive;
+            if n.saw_death.is_none()
+                && (joined.iter().any(|x| dead(x.index, x.alive))
+                    || changed.iter().any(|x| dead(x.index, x.alive)))
+            {
                 n.saw_death = Some(Instant::now());
             }
         }

@@ -37,7 +37,7 @@ use crate::ids::WorkerId;
 use crate::object_store::{Arena, SpillDir, Store, COPY_OWNER, SPACE_PER_MEMORY};
 use crate::scheduler::{Action, ClientId, LeaseManager, PeerNode};
 use crate::session::{log, Session, ENV_ROLE, ENV_SESSION};
-use crate::transport::{self, Conn, Listener, Msg, NodeInfo, ResourceReport, Stream};
+use crate::transport::{self, Conn, Listener, Msg, NodeInfo, NodeLoad, ResourceReport, Stream};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -476,8 +476,13 @@ impl Raylet {
         dialed.serve(
             "raylet-gcs",
             move |m| {
-                if let Msg::ClusterView { version, nodes } = m {
-                    r.cluster_view(version, nodes);
+                if let Msg::ClusterView {
+                    version,
+                    joined,
+                    changed,
+                } = m
+                {
+                    r.cluster_view(version, joined, changed);
                 }
             },
             move || r2.shutdown("the GCS connection closed"),
@@ -519,22 +524,24 @@ impl Raylet {
 
     /// The nodes changed since this node's view version, up to `version`:
     /// merged into the view this node holds.
-    fn cluster_view(&self, version: u64, changed: Vec<NodeInfo>) {
+    fn cluster_view(&self, version: u64, joined: Vec<NodeInfo>, changed: Vec<NodeLoad>) {
         let me = self.session.node_index;
         let mut st = self.lock();
         // Nodes the view declares dead for the first time: this node's
         // processes hear it from here (O(nodes) GCS connections, not one
         // per process), and give up on everything of those nodes.
-        let died: Vec<u16> = changed
-            .iter()
-            .filter(|n| !n.alive && n.index != me)
-            .filter(|n| st.nodes.get(&n.index).is_none_or(|old| old.alive))
-            .map(|n| n.index)
-            .collect();
-        for n in changed {
-            st.nodes.insert(n.index, n);
-        }
-        st.view_version = st.view_version.max(version);
+        let died: Vec<u16> = match crate::gcs::nodes::apply_delta(&mut st.nodes, joined, changed) {
+            Some(died) => {
+                st.view_version = st.view_version.max(version);
+                died.into_iter().filter(|n| *n != me).collect()
+            }
+            None => {
+                // A change to a node this view never had: its version is
+                // wrong (a restarted GCS); the next report asks for all.
+                st.view_version = 0;
+                Vec::new()
+            }
+        };
         let mut peers: Vec<PeerNode> = st
             .nodes
             .values()
