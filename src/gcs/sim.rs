@@ -42,6 +42,9 @@ pub struct NodeSimReport {
     pub nodes: usize,
     /// Seconds until every node was registered.
     pub register_s: f64,
+    /// Seconds from then until every node had its first answer (the whole
+    /// view): the join's cost, which grows with the square of the nodes.
+    pub join_settle_s: f64,
     /// CPU time of the GCS's threads per wall second, in percent of one
     /// core, while every node reports.
     pub gcs_cpu_pct: f64,
@@ -54,6 +57,9 @@ pub struct NodeSimReport {
     /// From a hung node's last report until every other node's view shows
     /// it dead, when measured.
     pub death_propagation_ms: Option<f64>,
+    /// Nodes whose connection the GCS closed (declared dead) during the run,
+    /// the victim aside: reports that came too late, a GCS overloaded.
+    pub nodes_lost: usize,
 }
 
 /// One simulated raylet.
@@ -65,6 +71,8 @@ struct SimNode {
     available: f64,
     /// When this node's view first showed the victim dead.
     saw_death: Option<Instant>,
+    /// Its connection closed (the GCS declared it dead): it reports no more.
+    lost: bool,
 }
 
 /// Counts of one driving thread's period.
@@ -75,26 +83,180 @@ struct Traffic {
     reports: u64,
 }
 
-/// Runs `nodes` simulated raylets against a GCS started in this process
-/// for `seconds` of reporting, `churn` (0 to 1) of them changing their
-/// resources each period; then, with `death`, stops one node's reports and
-/// waits until every other node sees it dead.
-pub fn run_node_sim(nodes: usize, seconds: f64, churn: f64, death: bool) -> Result<NodeSimReport> {
+/// Runs `nodes` simulated raylets against a GCS for `seconds` of
+/// reporting, `churn` (0 to 1) of them changing their resources each
+/// period; then, with `death`, stops one node's reports and waits until
+/// every other node sees it dead. The GCS runs in this process, or with
+/// `apart` in a child process (this same program, which must call
+/// [`serve_sim_gcs_if_asked`] first thing in `main`): each process then
+/// has its own open-file limit, and the GCS's CPU time is its process's.
+pub fn run_node_sim(
+    nodes: usize,
+    seconds: f64,
+    churn: f64,
+    death: bool,
+    apart: bool,
+) -> Result<NodeSimReport> {
     if !(1..=u16::MAX as usize).contains(&nodes) || !(0.0..=1.0).contains(&churn) {
         return Err(Error::invalid(format!(
             "node simulation: {nodes} nodes and churn {churn} (1 to 65535 nodes, churn 0 to 1)"
         )));
     }
-    ensure_descriptors(nodes)?;
+    if apart {
+        ensure_descriptors(nodes, 2)?;
+        let mut child = ChildGcs::spawn(nodes)?;
+        let (endpoint, secret) = (child.endpoint.clone(), child.secret);
+        let result = drive(
+            &endpoint,
+            &secret,
+            nodes,
+            seconds,
+            churn,
+            death,
+            &mut || (child.cpu_seconds(), false),
+        );
+        child.stop();
+        return result;
+    }
+    ensure_descriptors(nodes, 6)?;
     let base = Session::new_cluster(Config::new(), true)?;
     let gcs = Gcs::start(base.for_node(0, "sim-gcs")?)?;
     let endpoint = Endpoint::Tcp(gcs.addr());
     let secret = base.secret;
-    let result = drive(&endpoint, &secret, nodes, seconds, churn, death);
+    let result = drive(
+        &endpoint,
+        &secret,
+        nodes,
+        seconds,
+        churn,
+        death,
+        &mut || (cpu_seconds(UsageWho::RUSAGE_SELF), true),
+    );
     gcs.stop();
     result
 }
 
+/// The variable that makes a process the simulation's GCS (its value:
+/// the node count, for the open-file limit).
+const ENV_SIM_GCS: &str = "RUSTRAY_SIM_GCS";
+
+/// In the child process [`run_node_sim`] starts with `apart`: serves as
+/// the simulation's GCS and exits (printing its address and secret, then
+/// answering `cpu` lines with its CPU seconds until its input closes).
+/// Elsewhere returns at once.
+pub fn serve_sim_gcs_if_asked() {
+    let Ok(n) = std::env::var(ENV_SIM_GCS) else {
+        return;
+    };
+    let code = match serve_sim_gcs(n.parse().unwrap_or(1)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("simulation GCS: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn serve_sim_gcs(nodes: usize) -> Result<()> {
+    use std::io::{BufRead, Write};
+    ensure_descriptors(nodes, 4)?;
+    let base = Session::new_cluster(Config::new(), true)?;
+    let session = base.for_node(0, "sim-gcs")?;
+    crate::log::open(&session.dir.join("logs").join("gcs.log"));
+    let gcs = Gcs::start(session)?;
+    let hex: String = base.secret.0.iter().map(|b| format!("{b:02x}")).collect();
+    let mut out = std::io::stdout().lock();
+    let say = |out: &mut std::io::StdoutLock<'_>, line: String| {
+        writeln!(out, "{line}").and_then(|()| out.flush())
+    };
+    say(&mut out, format!("{} {hex}", gcs.addr())).map_err(|e| Error::io("writing", e))?;
+    for line in std::io::stdin().lock().lines() {
+        match line.as_deref() {
+            Ok("cpu") => say(&mut out, cpu_seconds(UsageWho::RUSAGE_SELF).to_string())
+                .map_err(|e| Error::io("writing", e))?,
+            _ => break,
+        }
+    }
+    gcs.stop();
+    Ok(())
+}
+
+/// The simulation's GCS in a child process.
+struct ChildGcs {
+    child: std::process::Child,
+    input: Option<std::process::ChildStdin>,
+    output: BufReader<std::process::ChildStdout>,
+    endpoint: Endpoint,
+    secret: crate::transport::Secret,
+}
+
+impl ChildGcs {
+    fn spawn(nodes: usize) -> Result<ChildGcs> {
+        use std::io::{BufRead, Read};
+        use std::process::{Command, Stdio};
+        let exe = std::env::current_exe().map_err(|e| Error::io("locating this program", e))?;
+        let mut child = Command::new(exe)
+            .env(ENV_SIM_GCS, nodes.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::io("starting the simulation's GCS", e))?;
+        let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(Error::invalid("the simulation's GCS has no pipes"));
+        };
+        let mut output = BufReader::new(output);
+        let mut line = String::new();
+        output
+            .by_ref()
+            .take(256)
+            .read_line(&mut line)
+            .map_err(|e| Error::io("reading the simulation GCS's address", e))?;
+        let bad = || {
+            Error::invalid(format!(
+                "the simulation's GCS answered {line:?} (does main call serve_sim_gcs_if_asked?)"
+            ))
+        };
+        let mut parts = line.split_whitespace();
+        let addr: std::net::SocketAddr =
+            parts.next().and_then(|a| a.parse().ok()).ok_or_else(bad)?;
+        let hex = parts.next().filter(|h| h.len() == 32).ok_or_else(bad)?;
+        let mut secret = [0u8; 16];
+        for (i, b) in secret.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(ChildGcs {
+            child,
+            input: Some(input),
+            output,
+            endpoint: Endpoint::Tcp(addr),
+            secret: crate::transport::Secret(secret),
+        })
+    }
+
+    /// The child's CPU seconds so far (0 if it cannot say).
+    fn cpu_seconds(&mut self) -> f64 {
+        use std::io::{BufRead, Read, Write};
+        let Some(input) = self.input.as_mut() else {
+            return 0.0;
+        };
+        if writeln!(input, "cpu").and_then(|()| input.flush()).is_err() {
+            return 0.0;
+        }
+        let mut line = String::new();
+        let _ = self.output.by_ref().take(64).read_line(&mut line);
+        line.trim().parse().unwrap_or(0.0)
+    }
+
+    fn stop(&mut self) {
+        drop(self.input.take()); // its input closes: it stops and exits
+        let _ = self.child.wait();
+    }
+}
+
+/// Drives the simulated nodes; `cpu` reads the GCS's CPU seconds so far,
+/// and whether the simulating threads' own time is to be taken off (a
+/// GCS in this process).
 fn drive(
     endpoint: &Endpoint,
     secret: &crate::transport::Secret,
@@ -102,96 +264,60 @@ fn drive(
     seconds: f64,
     churn: f64,
     death: bool,
+    cpu: &mut dyn FnMut() -> (f64, bool),
 ) -> Result<NodeSimReport> {
     let drivers = DRIVERS.min(nodes);
+    let victim = death.then_some(nodes as u16 - 1).filter(|_| nodes > 1);
     let t0 = Instant::now();
-    // Register in parallel, each thread its share of the nodes.
-    let groups: Vec<Vec<SimNode>> = std::thread::scope(|s| {
+    // Every thread registers its share of the nodes; once all are in, the
+    // main thread sets the phases: the join settles (each node's first
+    // answer is the whole view), then the steady phase is measured, then
+    // the victim hangs.
+    let registered = std::sync::Barrier::new(drivers + 1);
+    let phases: std::sync::OnceLock<Phases> = std::sync::OnceLock::new();
+    let settled = std::sync::atomic::AtomicUsize::new(0);
+    let (mut register_s, mut join_s, mut cpu_steady, mut shared) = (0.0, 0.0, 0.0, false);
+    type Outcome = Result<(Vec<SimNode>, Traffic, f64, usize)>;
+    let outcome: Vec<Outcome> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..drivers)
             .map(|d| {
-                s.spawn(move || -> Result<Vec<SimNode>> {
-                    (d..nodes)
+                let (registered, phases, settled) = (&registered, &phases, &settled);
+                s.spawn(move || -> Outcome {
+                    let group: Result<Vec<SimNode>> = (d..nodes)
                         .step_by(drivers)
                         .map(|i| register(endpoint, secret, i as u16))
-                        .collect()
+                        .collect();
+                    registered.wait();
+                    let mut group = group?;
+                    run_group(&mut group, phases, settled, churn, victim)
+                        .map(|(t, c, lost)| (group, t, c, lost))
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Error::invalid("a simulation thread panicked")))
-            })
-            .collect::<Result<Vec<_>>>()
-    })?;
-    let register_s = t0.elapsed().as_secs_f64();
-    // Joining: each node's first answer is the whole view; not counted as
-    // the steady traffic.
-    let groups: Vec<Vec<SimNode>> = groups
-        .into_iter()
-        .map(|mut g| {
-            let mut rng = 1;
-            period(&mut g, 0.0, &mut rng, None, true).map(|_| g)
-        })
-        .collect::<Result<_>>()?;
-
-    let victim = death.then_some(nodes as u16 - 1).filter(|_| nodes > 1);
-    // The GCS's CPU time: the process's, less the simulating threads' own.
-    let cpu0 = cpu_seconds(UsageWho::RUSAGE_SELF);
-    let wall0 = Instant::now();
-    let mut cpu_steady = 0.0;
-    let steady_until = wall0 + Duration::from_secs_f64(seconds);
-    // The victim's last report: the steady phase's end.
-    let death_deadline = steady_until + super::NODE_TIMEOUT + Duration::from_secs(3);
-    type Outcome = Result<(Vec<SimNode>, Traffic, f64)>;
-    let outcome: Vec<Outcome> = std::thread::scope(|s| {
-        let handles: Vec<_> = groups
-            .into_iter()
-            .map(|mut group| {
-                s.spawn(move || -> Outcome {
-                    let mut rng = random_u64() | 1;
-                    let mut steady = Traffic::default();
-                    let mut after = Traffic::default();
-                    let my_cpu0 = cpu_seconds(UsageWho::RUSAGE_THREAD);
-                    let mut my_cpu = None;
-                    let mut next = Instant::now();
-                    loop {
-                        let now = Instant::now();
-                        let in_steady = now < steady_until;
-                        if !in_steady && my_cpu.is_none() {
-                            my_cpu = Some(cpu_seconds(UsageWho::RUSAGE_THREAD) - my_cpu0);
-                        }
-                        let done = match victim {
-                            _ if in_steady => false,
-                            None => true,
-                            Some(v) => {
-                                now >= death_deadline
-                                    || group.iter().all(|n| n.index == v || n.saw_death.is_some())
-                            }
-                        };
-                        if done {
-                            return Ok((group, steady, my_cpu.unwrap_or(0.0)));
-                        }
-                        let t = period(&mut group, churn, &mut rng, victim, in_steady)?;
-                        let into = if in_steady { &mut steady } else { &mut after };
-                        into.bytes_in += t.bytes_in;
-                        into.bytes_out += t.bytes_out;
-                        into.reports += t.reports;
-                        next += REPORT_PERIOD;
-                        let now = Instant::now();
-                        if next > now {
-                            std::thread::sleep(next - now);
-                        } else {
-                            next = now; // behind: report again at once
-                        }
-                    }
-                })
-            })
-            .collect();
-        // The GCS's CPU time over the steady phase, read as it ends.
-        std::thread::sleep(steady_until.saturating_duration_since(Instant::now()));
-        cpu_steady = cpu_seconds(UsageWho::RUSAGE_SELF) - cpu0;
+        registered.wait();
+        register_s = t0.elapsed().as_secs_f64();
+        // The join settles once every node has had its first answer (the
+        // whole view), at most SETTLE_MAX; then the steady phase.
+        let joined = Instant::now();
+        while settled.load(std::sync::atomic::Ordering::Acquire) < drivers
+            && joined.elapsed() < SETTLE_MAX
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        join_s = joined.elapsed().as_secs_f64();
+        let settle_end = Instant::now() + REPORT_PERIOD;
+        let steady_end = settle_end + Duration::from_secs_f64(seconds);
+        let _ = phases.set(Phases {
+            settle_end,
+            steady_end,
+            death_deadline: steady_end + super::NODE_TIMEOUT + Duration::from_secs(3),
+        });
+        // The GCS's CPU time over the steady phase.
+        std::thread::sleep(settle_end.saturating_duration_since(Instant::now()));
+        let (c0, s0) = cpu();
+        std::thread::sleep(steady_end.saturating_duration_since(Instant::now()));
+        cpu_steady = cpu().0 - c0;
+        shared = s0;
         handles
             .into_iter()
             .map(|h| {
@@ -200,17 +326,27 @@ fn drive(
             })
             .collect()
     });
+    let p = phases
+        .get()
+        .copied()
+        .ok_or_else(|| Error::invalid("node simulation: no phases"))?;
     let wall = seconds.max(1e-9);
-    let mut cpu = cpu_steady;
-    let mut steady = Traffic::default();
+    let (mut cpu, mut steady, mut lost) = (cpu_steady, Traffic::default(), 0);
     let mut seen = Vec::new();
     for o in outcome {
-        let (group, t, sim_cpu) = o?;
-        cpu -= sim_cpu;
+        let (group, t, sim_cpu, l) = o?;
+        if shared {
+            cpu -= sim_cpu;
+        }
         steady.bytes_in += t.bytes_in;
         steady.bytes_out += t.bytes_out;
         steady.reports += t.reports;
-        seen.extend(group.into_iter().filter(|n| Some(n.index) != victim));
+        lost += l;
+        seen.extend(
+            group
+                .into_iter()
+                .filter(|n| Some(n.index) != victim && !n.lost),
+        );
     }
     let death_propagation_ms = match victim {
         None => None,
@@ -219,24 +355,107 @@ fn drive(
             let Some(times) = last else {
                 return Err(Error::invalid(format!(
                     "node simulation: some nodes never saw node {v} dead within {:?}",
-                    death_deadline - steady_until
+                    p.death_deadline - p.steady_end
                 )));
             };
             times
                 .into_iter()
                 .max()
-                .map(|t| t.saturating_duration_since(steady_until).as_secs_f64() * 1e3)
+                .map(|t| t.saturating_duration_since(p.steady_end).as_secs_f64() * 1e3)
         }
     };
     Ok(NodeSimReport {
         nodes,
         register_s,
+        join_settle_s: join_s,
         gcs_cpu_pct: cpu.max(0.0) / wall * 100.0,
         gcs_bytes_out_mb_per_s: steady.bytes_out as f64 / wall / 1e6,
         gcs_bytes_in_mb_per_s: steady.bytes_in as f64 / wall / 1e6,
         reports_per_s: steady.reports as f64 / wall,
         death_propagation_ms,
+        nodes_lost: lost,
     })
+}
+
+/// The longest the join may take to settle before the steady phase.
+const SETTLE_MAX: Duration = Duration::from_secs(60);
+
+/// The phases of a run, set once every node is registered.
+#[derive(Clone, Copy)]
+struct Phases {
+    settle_end: Instant,
+    steady_end: Instant,
+    death_deadline: Instant,
+}
+
+/// One thread's nodes reporting through the phases: its steady traffic,
+/// its own CPU time over the steady phase, and the nodes it lost (their
+/// connection closed: the GCS declared them dead, say).
+fn run_group(
+    group: &mut [SimNode],
+    phases: &std::sync::OnceLock<Phases>,
+    settled: &std::sync::atomic::AtomicUsize,
+    churn: f64,
+    victim: Option<u16>,
+) -> Result<(Traffic, f64, usize)> {
+    let mut rng = random_u64() | 1;
+    let mut steady = Traffic::default();
+    let (mut cpu_at_start, mut cpu) = (None, None);
+    let mut next = Instant::now();
+    // Joining: the first period's answers are the whole view.
+    period(group, churn, &mut rng, victim, true)?;
+    settled.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    loop {
+        let now = Instant::now();
+        let Some(&p) = phases.get() else {
+            // Still settling: report as usual, count nothing.
+            period(group, churn, &mut rng, victim, true)?;
+            next = pace(next);
+            continue;
+        };
+        let in_steady = now >= p.settle_end && now < p.steady_end;
+        let hung = now >= p.steady_end;
+        if in_steady && cpu_at_start.is_none() {
+            cpu_at_start = Some(cpu_seconds(UsageWho::RUSAGE_THREAD));
+        }
+        if hung && cpu.is_none() {
+            cpu = cpu_at_start.map(|c| cpu_seconds(UsageWho::RUSAGE_THREAD) - c);
+        }
+        let done = hung
+            && match victim {
+                None => true,
+                Some(v) => {
+                    now >= p.death_deadline
+                        || group
+                            .iter()
+                            .all(|n| n.index == v || n.lost || n.saw_death.is_some())
+                }
+            };
+        if done {
+            let lost = group.iter().filter(|n| n.lost).count();
+            return Ok((steady, cpu.unwrap_or(0.0), lost));
+        }
+        let t = period(group, churn, &mut rng, victim, !hung)?;
+        if in_steady {
+            steady.bytes_in += t.bytes_in;
+            steady.bytes_out += t.bytes_out;
+            steady.reports += t.reports;
+        }
+        next = pace(next);
+    }
+}
+
+/// Sleeps until a period after `next`: the next period's start (at once
+/// when behind).
+fn pace(next: Instant) -> Instant {
+    let next = next + REPORT_PERIOD;
+    let now = Instant::now();
+    if next > now {
+        std::thread::sleep(next - now);
+        next
+    } else {
+        now
+    }
 }
 
 /// Connects node `index` and registers it, as a raylet does.
@@ -281,6 +500,7 @@ fn register(endpoint: &Endpoint, secret: &crate::transport::Secret, index: u16) 
         version: 0,
         available: NODE_CPUS,
         saw_death: None,
+        lost: false,
     })
 }
 
@@ -302,12 +522,12 @@ fn period(
     churn: f64,
     rng: &mut u64,
     victim: Option<u16>,
-    in_steady: bool,
+    victim_reports: bool,
 ) -> Result<Traffic> {
     let mut t = Traffic::default();
     let mut asked = Vec::with_capacity(group.len());
     for (i, n) in group.iter_mut().enumerate() {
-        if !in_steady && Some(n.index) == victim {
+        if n.lost || (!victim_reports && Some(n.index) == victim) {
             continue; // hung: its connection stays open, its reports stop
         }
         *rng ^= *rng << 13;
@@ -337,12 +557,18 @@ fn period(
             view_version: n.version,
         };
         t.bytes_in += 4 + crate::codec::encode(&msg)?.len() as u64;
-        n.conn.send(&msg)?;
+        if n.conn.send(&msg).is_err() {
+            n.lost = true;
+            continue;
+        }
         asked.push(i);
     }
     for i in asked {
         let n = &mut group[i];
-        let (m, len) = read(&mut n.reader)?;
+        let Ok((m, len)) = read(&mut n.reader) else {
+            n.lost = true;
+            continue;
+        };
         t.bytes_out += len as u64;
         t.reports += 1;
         if let Msg::ClusterView {
@@ -374,10 +600,11 @@ fn cpu_seconds(who: UsageWho) -> f64 {
 }
 
 /// Raises this process's open-file limit to what `nodes` simulated nodes
-/// need (both ends of each connection, each cloned for writing and
-/// reading: eight descriptors a node leaves room), or says why it cannot.
-fn ensure_descriptors(nodes: usize) -> Result<()> {
-    let need = (nodes as u64) * 8 + 256;
+/// need here, `per_node` descriptors each (a connection's end is two: the
+/// socket and its clone for writing; a GCS in this process holds both
+/// ends, three or more on its side), or says why it cannot.
+fn ensure_descriptors(nodes: usize, per_node: u64) -> Result<()> {
+    let need = (nodes as u64) * per_node + 256;
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
         .map_err(|e| Error::io("reading the open-file limit", e.into()))?;
     if soft >= need {
@@ -402,7 +629,7 @@ mod tests {
     /// health-check bound plus a report period or two.
     #[test]
     fn simulated_nodes_report_and_see_a_hung_node_die() {
-        let quiet = run_node_sim(16, 1.0, 0.0, false).expect("simulation runs");
+        let quiet = run_node_sim(16, 1.0, 0.0, false, false).expect("simulation runs");
         assert_eq!(quiet.nodes, 16);
         assert!(quiet.reports_per_s > 16.0 * 5.0, "{quiet:?}");
         // Nothing changes: each answer is an empty delta.
@@ -410,7 +637,7 @@ mod tests {
             quiet.gcs_bytes_out_mb_per_s * 1e6 / quiet.reports_per_s < 40.0,
             "{quiet:?}"
         );
-        let busy = run_node_sim(16, 1.0, 1.0, true).expect("simulation runs");
+        let busy = run_node_sim(16, 1.0, 1.0, true, false).expect("simulation runs");
         let ms = busy.death_propagation_ms.expect("measured");
         let bound = super::super::NODE_TIMEOUT.as_secs_f64() * 1e3;
         assert!(ms >= bound - 50.0 && ms < bound + 1500.0, "{busy:?}");
