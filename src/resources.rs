@@ -186,6 +186,15 @@ impl ResourceSet {
     }
 
     /// True when every amount in `self` is available in `avail`.
+    /// The first amount below zero, if any: valid in free amounts (all
+    /// leased, CPUs lent back), never in a request or a node's total.
+    pub(crate) fn negative(&self) -> Option<(&str, f64)> {
+        self.items
+            .iter()
+            .find(|(_, v)| *v < 0)
+            .map(|(k, v)| (k.as_str(), *v as f64 / SCALE))
+    }
+
     pub(crate) fn fits(&self, avail: &ResourceSet) -> bool {
         self.items.iter().all(|(k, v)| avail.fixed(k) >= *v)
     }

@@ -266,6 +266,14 @@ impl LeaseManager {
         shape: ResourceSet,
         spill: Spill,
     ) -> Vec<Action> {
+        // A negative amount would fit anywhere and, granted, add to the
+        // node's free resources: a bug or a hostile peer, refused.
+        if let Some((name, amount)) = shape.negative() {
+            let error = Error::invalid(format!(
+                "a lease request for {amount} of `{name}`: amounts cannot be negative"
+            ));
+            return vec![Action::Reject { client, req, error }];
+        }
         self.place(Pending {
             client,
             req,

@@ -163,6 +163,26 @@ fn resource_sets_from_the_wire_are_checked() {
     assert!(dec(enc(vec![(n("CPU"), 0)])).is_ok());
 }
 
+/// A request with a negative amount (from a buggy or hostile peer) is
+/// refused: granted, it would add to the node's free resources.
+#[test]
+fn negative_requests_are_refused_and_change_nothing() {
+    let mut m = LeaseManager::new(cpus(4.0), 4, 1);
+    let n = |s: &str| s.to_string();
+    let enc = crate::codec::encode(&vec![(n("CPU"), -20_000i64)]).unwrap();
+    let shape: ResourceSet = crate::codec::decode(&enc, "a resource set").unwrap();
+    let before = m.available.clone();
+    let a = m.request(1, 1, shape, Spill::Now);
+    assert!(
+        matches!(a.as_slice(), [Action::Reject { req: 1, error, .. }] if error.message().contains("negative")),
+        "{a:?}"
+    );
+    assert_eq!(m.available, before);
+    // A good request still gets the node's four CPUs.
+    m.request(1, 2, cpus(4.0), Spill::Now);
+    assert!(!m.worker_registered(w(1)).is_empty());
+}
+
 #[test]
 fn surplus_idle_workers_are_killed() {
     let mut m = LeaseManager::new(cpus(4.0), 4, 1);
