@@ -34,12 +34,14 @@ pub(crate) use spill::{spill_base, SpillDir};
 pub(crate) use table::{Batch, Pin, Store, COPY_OWNER, SPACE_PER_MEMORY};
 
 use crate::error::{Error, Result};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// A mapping of the node's arena into this process.
 #[derive(Debug)]
 pub(crate) struct Arena {
+    /// The shared mapping, held to unmap it when the arena drops. Raw:
+    /// blocks are handed out as slices one at a time, never the whole map.
+    _map: memmap2::MmapRaw,
     ptr: *mut u8,
     len: usize,
     path: PathBuf,
@@ -86,26 +88,13 @@ impl Arena {
         if len == 0 {
             return Err(Error::invalid("object store size must be > 0"));
         }
-        // SAFETY: mapping a regular file we opened read-write, length checked
-        // non-zero; the result is checked against MAP_FAILED.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Error::io(
-                "mapping the object store",
-                std::io::Error::last_os_error(),
-            ));
-        }
+        let map = memmap2::MmapOptions::new()
+            .len(len)
+            .map_raw(&file)
+            .map_err(|e| Error::io("mapping the object store", e))?;
         Ok(Arena {
-            ptr: ptr.cast(),
+            ptr: map.as_mut_ptr(),
+            _map: map,
             len,
             path: path.to_path_buf(),
             file,
@@ -172,39 +161,22 @@ impl Arena {
         if end <= start {
             return Ok(());
         }
-        // SAFETY: fallocate on the arena's own open fd, over a range inside
-        // the file (checked above); punching a hole frees the tmpfs pages
-        // of that range and keeps the file's size. No memory is touched
-        // through the mapping here.
-        let r = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                start as libc::off_t,
-                (end - start) as libc::off_t,
-            )
-        };
-        if r != 0 {
-            return Err(Error::io(
-                "releasing a spilled object's memory",
-                std::io::Error::last_os_error(),
-            ));
-        }
+        // Punching a hole frees the tmpfs pages of that range and keeps the
+        // file's size; no memory is touched through the mapping here.
+        nix::fcntl::fallocate(
+            &self.file,
+            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            start as libc::off_t,
+            (end - start) as libc::off_t,
+        )
+        .map_err(|e| Error::io("releasing a spilled object's memory", e.into()))?;
         Ok(())
     }
 
     /// Removes the arena's name; mappings stay valid until unmapped.
     pub(crate) fn unlink(&self) {
         let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-impl Drop for Arena {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len came from a successful mmap and are unmapped once.
-        unsafe {
-            libc::munmap(self.ptr.cast(), self.len);
-        }
     }
 }
 
