@@ -405,6 +405,18 @@ impl Writer {
     }
 }
 
+/// `msg` as one frame (length prefix and body), for [`Conn::send_frame`].
+pub(crate) fn encode_frame(msg: &Msg) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; 4];
+    codec::encode_append(msg, &mut buf)?;
+    let len = u32::try_from(buf.len() - 4)
+        .ok()
+        .filter(|n| (*n as usize) <= MAX_FRAME)
+        .ok_or_else(|| Error::invalid("a message too large for one frame"))?;
+    buf[..4].copy_from_slice(&len.to_le_bytes());
+    Ok(buf)
+}
+
 fn lost(e: std::io::Error) -> Error {
     Error::unavailable(format!("peer connection lost: {e}"))
 }
@@ -445,8 +457,21 @@ impl Conn {
     /// Sends one message followed by raw bytes outside the framing (a block
     /// of the store, written straight from the mapping without a copy).
     pub(crate) fn send_with_bytes(&self, msg: &Msg, bytes: &[u8]) -> Result<()> {
+        self.send_parts(Some(msg), bytes)
+    }
+
+    /// Sends a frame [`encode_frame`] made: one message encoded once and
+    /// sent to many peers (the GCS's whole-view answer to joining raylets).
+    pub(crate) fn send_frame(&self, frame: &[u8]) -> Result<()> {
+        self.send_parts(None, frame)
+    }
+
+    fn send_parts(&self, msg: Option<&Msg>, bytes: &[u8]) -> Result<()> {
         let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        w.frame(msg)?;
+        match msg {
+            Some(m) => w.frame(m)?,
+            None => w.buf.clear(),
+        }
         self.take_deferred(&mut w);
         let mut r = w.flush_tail();
         let Writer { stream, buf, .. } = &mut *w;
@@ -855,6 +880,30 @@ mod tests {
             fp(r#"const A: &str = "a//b";"#),
             fp(r#"const A: &str = "a//c";"#)
         );
+    }
+
+    /// A frame encoded once reads back as the message, whoever it is sent
+    /// to (the GCS's shared whole-view answer).
+    #[test]
+    fn an_encoded_frame_reads_back_as_its_message() {
+        let msg = Msg::ClusterView {
+            version: 7,
+            joined: Vec::new(),
+            changed: Vec::new(),
+        };
+        let frame = encode_frame(&msg).unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let conn = Conn::new(&Stream::Unix(a)).unwrap();
+        conn.send_frame(&frame).unwrap();
+        conn.send_frame(&frame).unwrap();
+        let mut r = b;
+        for _ in 0..2 {
+            let got = read_frame(&mut r, &mut Vec::new()).unwrap();
+            assert!(
+                matches!(got, Some(Msg::ClusterView { version: 7, .. })),
+                "{got:?}"
+            );
+        }
     }
 
     /// protocol.rs holds type definitions only (their code lives with the

@@ -42,6 +42,8 @@ use std::time::Duration;
 const PLACE_WAIT: Duration = Duration::from_secs(2);
 /// How long actor creation may wait for a worker lease.
 const LEASE_WAIT: Duration = Duration::from_secs(120);
+/// How long an encoded whole view is given to raylets that ask for one.
+const WHOLE_VIEW_REUSE: Duration = Duration::from_millis(100);
 /// The id the GCS introduces itself with to workers.
 const GCS_ID: WorkerId = WorkerId(0);
 
@@ -64,6 +66,10 @@ pub(crate) struct Gcs {
     stop_requested: (Mutex<bool>, std::sync::Condvar),
     /// Round-robin position for spread actors.
     spread_next: AtomicU64,
+    /// The whole view, encoded once for every raylet that asks for it
+    /// within [`WHOLE_VIEW_REUSE`] (all of them at once when an allocation
+    /// starts), with when it was made.
+    whole: Mutex<Option<(std::time::Instant, Arc<Vec<u8>>)>>,
     /// The connection watching each actor's worker (see `create_and_watch`),
     /// closed when the worker's node is lost: a hung node's TCP connections
     /// stay open, and its actors must restart all the same.
@@ -89,6 +95,7 @@ impl Gcs {
             addr,
             stop_requested: (Mutex::new(false), std::sync::Condvar::new()),
             spread_next: AtomicU64::new(0),
+            whole: Mutex::new(None),
             watches: Mutex::new(HashMap::new()),
         });
         log!("GCS listening on {addr}");
@@ -289,6 +296,27 @@ impl Gcs {
         }
     }
 
+    /// The whole cluster view as one encoded frame: made at most once per
+    /// [`WHOLE_VIEW_REUSE`], so a thousand raylets joining at once cost
+    /// one encoding, not a thousand. A raylet given a view a little older
+    /// than the table is sent what changed since at its next report.
+    fn whole_view(&self, now: std::time::Instant) -> Result<Arc<Vec<u8>>> {
+        let mut w = self.whole.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((made, frame)) = w.as_ref() {
+            if now.saturating_duration_since(*made) < WHOLE_VIEW_REUSE {
+                return Ok(frame.clone());
+            }
+        }
+        let (version, joined, changed) = self.node_table().since(0);
+        let frame = Arc::new(transport::encode_frame(&Msg::ClusterView {
+            version,
+            joined,
+            changed,
+        })?);
+        *w = Some((now, frame.clone()));
+        Ok(frame)
+    }
+
     fn handle(self: &Arc<Self>, id: ConnId, conn: &Arc<Conn>, m: Msg) {
         match m {
             Msg::RegisterNode { req, info } => {
@@ -309,16 +337,26 @@ impl Gcs {
                 report,
                 view_version,
             } => {
-                let (version, joined, changed) = {
+                let now = std::time::Instant::now();
+                let delta = {
                     let mut table = self.node_table();
-                    table.report(node, report, std::time::Instant::now());
-                    table.since(view_version)
+                    table.report(node, report, now);
+                    (!table.wants_whole_view(view_version)).then(|| table.since(view_version))
                 };
-                let _ = conn.send(&Msg::ClusterView {
-                    version,
-                    joined,
-                    changed,
-                });
+                match delta {
+                    Some((version, joined, changed)) => {
+                        let _ = conn.send(&Msg::ClusterView {
+                            version,
+                            joined,
+                            changed,
+                        });
+                    }
+                    None => {
+                        if let Ok(frame) = self.whole_view(now) {
+                            let _ = conn.send_frame(&frame);
+                        }
+                    }
+                }
             }
             Msg::StopCluster => {
                 log!("GCS: stop requested");

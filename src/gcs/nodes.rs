@@ -107,12 +107,18 @@ impl NodeTable {
         self.log.insert(self.version, index);
     }
 
+    /// Whether a raylet holding `version` needs the whole view: it has
+    /// none yet, or a version this table never gave out (a restarted GCS).
+    pub(crate) fn wants_whole_view(&self, version: u64) -> bool {
+        version == 0 || version > self.version
+    }
+
     /// The view's version now, and what changed since `version`: nodes
     /// that joined since in full, the others' load alone (every node in
     /// full for 0, or for a version this table never gave out). Visits
     /// only the changed nodes.
     pub(crate) fn since(&self, version: u64) -> (u64, Vec<NodeInfo>, Vec<NodeLoad>) {
-        if version == 0 || version > self.version {
+        if self.wants_whole_view(version) {
             return (self.version, self.all(), Vec::new());
         }
         let (mut joined, mut changed) = (Vec::new(), Vec::new());
