@@ -16,10 +16,19 @@
 //!   other of 1,024 nodes sees it dead (target: the 5 s health-check bound
 //!   plus 100 ms).
 //!
-//! `cargo bench --bench scale` runs 256 and 1,024 nodes (in `make bench`);
-//! `-- --large` adds 4,096 (`make scale`); `-- 2048` runs 2,048 alone.
+//! - `sched_sim_placements_per_s`: the scheduler alone, sans IO on a
+//!   simulated clock (`run_sched_sim`: one lease manager per node, the
+//!   cluster view every 100 ms): a burst of one-CPU tasks from 64 owners
+//!   (a million at 4,096 nodes, 200,000 at 1,024), two nodes failing
+//!   mid-burst; grants per wall second, with
+//!   spillbacks, hops and balance in `extra`.
+//!
+//! `cargo bench --bench scale` runs 256 and 1,024 nodes and the scheduler
+//! on 1,024 (in `make bench`); `-- --large` adds 4,096 nodes and runs the
+//! scheduler on 4,096 (`make scale`); `-- 2048` runs 2,048 alone,
+//! `-- --sched-only` the scheduler on 4,096 alone.
 
-use rustray::__private::{run_node_sim, serve_sim_gcs_if_asked, NodeSimReport};
+use rustray::__private::{run_node_sim, run_sched_sim, serve_sim_gcs_if_asked, NodeSimReport};
 
 const CHURN: f64 = 0.5;
 const SECONDS: f64 = 3.0;
@@ -51,6 +60,15 @@ fn main() {
             sizes.push(4096);
         }
     }
+    // The scheduler simulation: 1,024 nodes, or 4,096 with --large.
+    let sched_sizes: Vec<usize> = if args.iter().any(|a| a == "--sched-only" || a == "--large") {
+        vec![4096]
+    } else {
+        vec![1024]
+    };
+    if args.iter().any(|a| a == "--sched-only") {
+        sizes.clear();
+    }
     let mut failed = false;
     for n in sizes {
         let death = n == 1024;
@@ -76,6 +94,33 @@ fn main() {
         row("cluster_join_view_s", "s", r.join_settle_s, &r);
         if let Some(ms) = r.death_propagation_ms {
             row("node_death_propagation_ms", "ms", ms, &r);
+        }
+    }
+    // The scheduler alone (sans IO, simulated clock): a burst of one-CPU
+    // tasks of 10 ms from 64 owners, two nodes failing mid-burst.
+    for n in sched_sizes {
+        // A million at 4,096 nodes (about a minute here: each spill scans
+        // every peer); a fifth of that in make bench.
+        let tasks = if n >= 4096 { 1_000_000 } else { 200_000 };
+        match run_sched_sim(n, tasks, 64.min(n), 10, 2) {
+            Ok(r) => {
+                eprintln!("[bench-scale] {r:?}");
+                println!(
+                    "{{\"scenario\": \"sched_sim_placements_per_s\", \"unit\": \"1/s\", \"value\": {:.1}, \"n\": {tasks}, \"reps\": 1, \"impl\": \"rustray-{}\", \"extra\": {{\"simulated_nodes\": {n}, \"spillbacks\": {}, \"max_hops\": {}, \"resubmitted\": {}, \"imbalance\": {:.3}, \"sim_s\": {:.3}, \"wall_s\": {:.3}}}}}",
+                    r.placements_per_s,
+                    env!("CARGO_PKG_VERSION"),
+                    r.spillbacks,
+                    r.max_hops,
+                    r.resubmitted,
+                    r.imbalance,
+                    r.sim_s,
+                    r.wall_s
+                );
+            }
+            Err(e) => {
+                eprintln!("[bench-scale] scheduler simulation on {n} nodes: {e}");
+                failed = true;
+            }
         }
     }
     if failed {

@@ -122,6 +122,7 @@ pub mod __private {
     pub use crate::core_worker::RawRef;
     pub use crate::fabric::ceiling::{raw_fi_read_gb_per_s, raw_fi_read_slurm_app};
     pub use crate::gcs::sim::{run_node_sim, serve_sim_gcs_if_asked, NodeSimReport};
+    pub use crate::scheduler::sim::{run_sched_sim, SchedSimReport};
     pub use crate::task::{error_matches, submit_task, Arg, IsAppError, NotAppError};
     pub use inventory;
 }

@@ -38,6 +38,7 @@ use crate::error::{Error, ErrorKind};
 use crate::ids::{LeaseId, WorkerId};
 
 mod devices;
+pub(crate) mod sim;
 
 pub use crate::resources::SchedulingStrategy;
 use crate::resources::UNIT;
