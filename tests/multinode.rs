@@ -872,6 +872,45 @@ fn test_owner_killed_frees_borrowed_copies() {
     drop(inner);
 }
 
+/// Ray fate-shares objects with their owner's node
+/// (test_failure*.py's owner-node cases): an object owned by a worker on a
+/// node that hangs (its connections stay open, so only the node's loss is
+/// heard, not a closed connection) fails `get` with `OwnerDied` once the
+/// node is declared lost, even where it was read before.
+fn test_objects_owned_on_a_lost_node_fail_with_owner_died() {
+    let nodes = three_nodes();
+    let victim = &nodes[2];
+    let raylet = raylet_pid_of(victim);
+    let (inner, _) = rustray::get_timeout(
+        &put_and_own::options()
+            .resource(&pin(victim), 0.01)
+            .remote(1usize << 20, 5u8),
+        Duration::from_secs(30),
+    )
+    .expect("a task on the victim puts and returns the ref");
+    let v = rustray::get(&inner).expect("read while its owner lives");
+    assert_eq!(local_checksum(&v), local_checksum(&pattern(1 << 20, 5)));
+    drop(v);
+    let hung = tree(raylet);
+    signal(&hung, "-STOP");
+    let t0 = Instant::now();
+    let seen = loop {
+        match rustray::get_timeout(&inner, Duration::from_millis(500)) {
+            Err(e) if e.kind() == ErrorKind::OwnerDied => break Ok(e),
+            other if t0.elapsed() > Duration::from_secs(20) => break Err(format!("{other:?}")),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    signal(&hung, "-KILL");
+    let e = seen.expect("OwnerDied once the owner's node is lost");
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "{:?}: {e}",
+        t0.elapsed()
+    );
+    drop(inner);
+}
+
 /// Ray's `test_spill_remote_object`: objects spilled on one node are read
 /// by tasks on another: the pull makes the source read them back from its
 /// disk (over TCP, or pinned for the RDMA read under the fabric transport).
@@ -1248,6 +1287,10 @@ fn main() {
         (
             "test_owner_killed_frees_borrowed_copies",
             test_owner_killed_frees_borrowed_copies,
+        ),
+        (
+            "test_objects_owned_on_a_lost_node_fail_with_owner_died",
+            test_objects_owned_on_a_lost_node_fail_with_owner_died,
         ),
         (
             "test_fabric_transfer_verified",
