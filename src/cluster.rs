@@ -932,6 +932,11 @@ impl InSitu {
             // The step fails, saying why, rather than ending as if whole.
             log!("rank 0: {why}");
             eprintln!("rustray: {why}; the step fails");
+            // srun forwards a task's output asynchronously, and a task that
+            // fails (with --kill-on-bad-exit) ends the step: leave the line
+            // time to reach the user before the step is torn down (seen
+            // lost under load).
+            std::thread::sleep(Duration::from_millis(500));
             std::process::exit(1);
         }
     }
