@@ -911,6 +911,44 @@ fn test_objects_owned_on_a_lost_node_fail_with_owner_died() {
     drop(inner);
 }
 
+/// Doubles its argument (a result big enough for the store).
+#[rustray::remote]
+fn doubled(v: Vec<u8>) -> Vec<u8> {
+    let mut out = v.clone();
+    out.extend_from_slice(&v);
+    out
+}
+
+/// test_reconstruction*.py's unreconstructable case: a result whose every
+/// copy was lost with its node cannot be made again once the by-ref
+/// argument of the task that made it was released (the lineage does not
+/// pin arguments): `get` fails with `ReconstructionFailed` naming why,
+/// rather than hanging or running the task without its input.
+fn test_lost_result_whose_argument_was_released_fails_reconstruction() {
+    let nodes = three_nodes();
+    let victim = &nodes[2];
+    let raylet = raylet_pid_of(victim);
+    let arg = rustray::put(pattern(1 << 20, 9)).expect("put the argument");
+    let r = doubled::options()
+        .resource(&pin(victim), 0.01)
+        .max_retries(3)
+        .remote(arg.clone());
+    // Ready, its only copy on the victim (not fetched here).
+    let (ready, _) = rustray::wait_with(
+        std::slice::from_ref(&r),
+        1,
+        Some(Duration::from_secs(30)),
+        false,
+    )
+    .expect("wait");
+    assert_eq!(ready.len(), 1, "the task finished");
+    drop(arg);
+    signal(&tree(raylet), "-KILL");
+    let e = rustray::get_timeout(&r, Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ReconstructionFailed, "{e}");
+    assert!(e.message().contains("was released"), "{e}");
+}
+
 /// Ray's `test_spill_remote_object`: objects spilled on one node are read
 /// by tasks on another: the pull makes the source read them back from its
 /// disk (over TCP, or pinned for the RDMA read under the fabric transport).
@@ -1291,6 +1329,10 @@ fn main() {
         (
             "test_objects_owned_on_a_lost_node_fail_with_owner_died",
             test_objects_owned_on_a_lost_node_fail_with_owner_died,
+        ),
+        (
+            "test_lost_result_whose_argument_was_released_fails_reconstruction",
+            test_lost_result_whose_argument_was_released_fails_reconstruction,
         ),
         (
             "test_fabric_transfer_verified",
