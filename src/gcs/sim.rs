@@ -102,27 +102,19 @@ pub fn run_node_sim(
             "node simulation: {nodes} nodes and churn {churn} (1 to 65535 nodes, churn 0 to 1)"
         )));
     }
-    if apart {
+    let mut gcs = if apart {
         ensure_descriptors(nodes, 2)?;
-        let mut child = ChildGcs::spawn(nodes)?;
-        let (endpoint, secret) = (child.endpoint.clone(), child.secret);
-        let result = drive(
-            &endpoint,
-            &secret,
-            nodes,
-            seconds,
-            churn,
-            death,
-            &mut || (child.cpu_seconds(), false),
-        );
-        child.stop();
-        return result;
-    }
-    ensure_descriptors(nodes, 6)?;
-    let base = Session::new_cluster(Config::new(), true)?;
-    let gcs = Gcs::start(base.for_node(0, "sim-gcs")?)?;
-    let endpoint = Endpoint::Tcp(gcs.addr());
-    let secret = base.secret;
+        SimGcs::Child(ChildGcs::spawn(nodes)?)
+    } else {
+        ensure_descriptors(nodes, 6)?;
+        let base = Session::new_cluster(Config::new(), true)?;
+        let gcs = Gcs::start(base.for_node(0, "sim-gcs")?)?;
+        SimGcs::Here(Endpoint::Tcp(gcs.addr()), base.secret, gcs)
+    };
+    let (endpoint, secret) = match &gcs {
+        SimGcs::Child(c) => (c.endpoint.clone(), c.secret),
+        SimGcs::Here(e, s, _) => (e.clone(), *s),
+    };
     let result = drive(
         &endpoint,
         &secret,
@@ -130,10 +122,23 @@ pub fn run_node_sim(
         seconds,
         churn,
         death,
-        &mut || (cpu_seconds(UsageWho::RUSAGE_SELF), true),
+        &mut || match &mut gcs {
+            SimGcs::Child(c) => (c.cpu_seconds(), false),
+            SimGcs::Here(..) => (cpu_seconds(UsageWho::RUSAGE_SELF), true),
+        },
     );
-    gcs.stop();
+    match &mut gcs {
+        SimGcs::Child(c) => c.stop(),
+        SimGcs::Here(_, _, g) => g.stop(),
+    }
     result
+}
+
+/// The GCS a simulation runs against: in a child process, or in this one
+/// (its address, the cluster's secret, the service).
+enum SimGcs {
+    Child(ChildGcs),
+    Here(Endpoint, crate::transport::Secret, std::sync::Arc<Gcs>),
 }
 
 /// The variable that makes a process the simulation's GCS (its value:
