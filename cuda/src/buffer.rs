@@ -325,11 +325,27 @@ impl IpcMapping {
                 sys::CUipcMem_flags_enum::CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS as u32,
             )
         })?;
-        Ok(IpcMapping {
+        let mapping = IpcMapping {
             ctx: ctx.clone(),
             ptr,
             bytes,
-        })
+        };
+        // `bytes` is what a peer's descriptor claims: readers size host
+        // and device buffers by it, so it must not exceed what was mapped.
+        let (mut base, mut size) = (0, 0usize);
+        // SAFETY: writes two values; `ptr` is the live mapping just opened
+        // (closed by `mapping`'s drop if this fails).
+        check("cuMemGetAddressRange", unsafe {
+            sys::cuMemGetAddressRange_v2(&mut base, &mut size, ptr)
+        })?;
+        let mapped = size.saturating_sub((ptr - base) as usize);
+        if bytes > mapped {
+            return Err(Error::Driver {
+                call: "cuIpcOpenMemHandle",
+                message: format!("the handle maps {mapped} bytes, {bytes} were claimed"),
+            });
+        }
+        Ok(mapping)
     }
 
     /// The device address in this process.

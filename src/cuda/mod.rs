@@ -271,24 +271,19 @@ fn host_blob(id: ObjectId, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
         return Ok(None);
     };
     check_handle(id, &d)?;
-    let bytes = usize::try_from(d.bytes)
-        .map_err(|_| Error::invalid(format!("device object {id} claims {} bytes", d.bytes)))?;
-    let open = open_here(id, &d)?;
-    let blob = crate::codec::pod_blob_with(&d.elem, bytes, |dst| match &open {
-        Some(o) => o.copy_to_host(dst),
+    // Sized by what is really there (an open mapping checked against its
+    // allocation, or the host copy itself), never by the descriptor's
+    // claim alone.
+    let blob = match open_here(id, &d)? {
+        Some(o) => crate::codec::pod_blob_with(&d.elem, o.bytes(), |dst| o.copy_to_host(dst)),
         None => {
             let staged = staged_bytes(id)?;
-            if staged.len() != dst.len() {
-                return Err(Error::invalid(format!(
-                    "device object {id}: a host copy of {} bytes for {} on the device",
-                    staged.len(),
-                    dst.len()
-                )));
-            }
-            dst.copy_from_slice(&staged);
-            Ok(())
+            crate::codec::pod_blob_with(&d.elem, staged.len(), |dst| {
+                dst.copy_from_slice(&staged);
+                Ok(())
+            })
         }
-    });
+    };
     match blob {
         Some(b) => b.map(Some),
         None => Err(Error::new(
@@ -527,41 +522,38 @@ impl<T: DeviceRepr> DeviceRef<T> {
         Ok(d)
     }
 
-    fn len_of(d: &Descriptor) -> usize {
-        d.bytes as usize / std::mem::size_of::<T>().max(1)
-    }
-
     /// The object on this process's first GPU (ordinal 0: the first of a
     /// task's own devices): no copy where it already lives there, else one
     /// copy (device to device on the node, through host memory from
     /// another node).
     pub fn get(&self) -> Result<DeviceObject<T>> {
         let d = self.descriptor()?;
-        let len = Self::len_of(d);
+        // Lengths come from what is really there, not the descriptor.
+        let elems = |bytes: usize| bytes / std::mem::size_of::<T>().max(1);
         let here = context(0)?;
         let here_uuid = rustray_cuda::device_uuid(0).map_err(gpu_error)?;
         match open_here(self.desc.raw().id, d)? {
             // On this process's first device already: no copy.
             Some(open) if d.uuid == here_uuid => {
                 return Ok(DeviceObject {
+                    len: elems(open.bytes()),
                     held: open.into(),
-                    len,
                     _object: self.desc.clone(),
                 })
             }
             // On another device of the node: one device-to-device copy.
             Some(open) => {
-                let src = open.ptr();
+                let (src, bytes) = (open.ptr(), open.bytes());
                 // SAFETY: `open` keeps the source alive during the copy;
-                // it holds `d.bytes` bytes written as values of `T`.
-                let s = unsafe {
-                    rustray_cuda::copy_to_slice::<T>(&here.default_stream(), src, d.bytes as usize)
-                }
-                .map_err(gpu_error)?;
+                // it holds `bytes` bytes (the real buffer's, or a mapping
+                // checked against its allocation) written as values of `T`.
+                let s =
+                    unsafe { rustray_cuda::copy_to_slice::<T>(&here.default_stream(), src, bytes) }
+                        .map_err(gpu_error)?;
                 drop(open);
                 return Ok(DeviceObject {
                     held: Held::Copied(s),
-                    len,
+                    len: elems(bytes),
                     _object: self.desc.clone(),
                 });
             }
@@ -576,7 +568,7 @@ impl<T: DeviceRepr> DeviceRef<T> {
             .map_err(|e| Error::new(ErrorKind::Gpu, format!("cuStreamSynchronize: {e:?}")))?;
         Ok(DeviceObject {
             held: Held::Copied(s),
-            len,
+            len: host.len(),
             _object: self.desc.clone(),
         })
     }
@@ -587,8 +579,8 @@ impl<T: DeviceRepr> DeviceRef<T> {
         let d = self.descriptor()?;
         match open_here(self.desc.raw().id, d)? {
             Some(open) => DeviceObject {
+                len: open.bytes() / std::mem::size_of::<T>().max(1),
                 held: open.into(),
-                len: Self::len_of(d),
                 _object: self.desc.clone(),
             }
             .to_host(),
@@ -650,6 +642,15 @@ impl Open {
         match self {
             Open::Local(b) => b.ptr(),
             Open::Mapped(m) => m.ptr(),
+        }
+    }
+
+    /// Its size: the owner's real buffer's, or the mapping's (checked
+    /// against the allocation when opened).
+    fn bytes(&self) -> usize {
+        match self {
+            Open::Local(b) => b.bytes(),
+            Open::Mapped(m) => m.bytes(),
         }
     }
 

@@ -153,7 +153,9 @@ pub fn serve_sim_gcs_if_asked() {
     let Ok(n) = std::env::var(ENV_SIM_GCS) else {
         return;
     };
-    let code = match serve_sim_gcs(n.parse().unwrap_or(1)) {
+    // The node count only sizes the open-file limit; a bad value is one.
+    let nodes = n.parse().unwrap_or(1).min(u16::MAX as usize);
+    let code = match serve_sim_gcs(nodes) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("simulation GCS: {e}");
@@ -255,7 +257,15 @@ impl ChildGcs {
 
     fn stop(&mut self) {
         drop(self.input.take()); // its input closes: it stops and exits
-        let _ = self.child.wait();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -609,7 +619,7 @@ fn cpu_seconds(who: UsageWho) -> f64 {
 /// socket and its clone for writing; a GCS in this process holds both
 /// ends, three or more on its side), or says why it cannot.
 fn ensure_descriptors(nodes: usize, per_node: u64) -> Result<()> {
-    let need = (nodes as u64) * per_node + 256;
+    let need = (nodes as u64).saturating_mul(per_node).saturating_add(256);
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
         .map_err(|e| Error::io("reading the open-file limit", e.into()))?;
     if soft >= need {
