@@ -9,6 +9,9 @@
 
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::ids::{ActorId, LeaseId, ObjectId, TaskId, WorkerId};
+use crate::protocol::{ActorLookup, NamedActor, Payload, TaskSpec};
+use crate::scheduler::ResourceSet;
 use crate::transport::Endpoint;
 use crate::transport::Msg;
 use crate::transport::Stream;
@@ -61,6 +64,226 @@ pub fn send_raw(to: Peer, frames: &[Vec<u8>]) -> Result<usize> {
         }
     }
     Ok(made)
+}
+
+/// Well-formed frames of real messages carrying what no honest peer sends,
+/// for `to`: ids nobody made, a pid that is no worker's, offsets and
+/// lengths past any store, amounts past any node, node indices past the
+/// cluster. Each entry (one frame, or a few meant to arrive in order) goes
+/// on a connection of its own ([`send_raw`]). `not_a_worker`: a live
+/// process that is no worker of the cluster: the raylet is told it is one
+/// (its pid in a `Register`), then asked to kill that worker.
+pub fn hostile_frames(to: Peer, not_a_worker: u32) -> Result<Vec<Vec<u8>>> {
+    let frame = |msgs: &[Msg]| -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for m in msgs {
+            let body = codec::encode(m)?;
+            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            out.extend_from_slice(&body);
+        }
+        Ok(out)
+    };
+    let stranger = WorkerId(crate::ids::random_u64());
+    let nobody = ObjectId {
+        owner: stranger,
+        seq: 7,
+    };
+    let far = u64::MAX - 7;
+    let huge = ResourceSet::new().with("CPU", 1e15)?;
+    let sets: Vec<Vec<Msg>> = match to {
+        Peer::Raylet => vec![
+            vec![
+                Msg::Register {
+                    worker: stranger,
+                    pid: not_a_worker,
+                    is_driver: false,
+                    rank: Some(u32::MAX),
+                },
+                Msg::KillWorker { worker: stranger },
+            ],
+            vec![
+                Msg::Register {
+                    worker: stranger,
+                    pid: u32::MAX,
+                    is_driver: true,
+                    rank: Some(u32::MAX),
+                },
+                Msg::KillWorker { worker: stranger },
+            ],
+            vec![Msg::RequestLease {
+                req: 1,
+                shape: huge,
+                spill: crate::resources::Spill::Now,
+            }],
+            vec![Msg::ReturnLease {
+                lease: LeaseId::new(u16::MAX, far),
+                kill: true,
+            }],
+            vec![Msg::Blocked, Msg::Unblocked, Msg::RetireRefused],
+            vec![Msg::CreateObject {
+                req: 2,
+                size: u64::MAX,
+                owner: stranger,
+                tag: 1,
+            }],
+            vec![Msg::CreateObject {
+                req: 3,
+                size: 1 << 50,
+                owner: stranger,
+                tag: 1,
+            }],
+            vec![Msg::PinObjects {
+                req: 4,
+                blocks: vec![(far, 1), (0, 0), (4096, u64::MAX)],
+            }],
+            vec![
+                Msg::UnpinObjects {
+                    offsets: vec![far, 0, 4096],
+                },
+                Msg::FreeObjects {
+                    offsets: vec![far, 1 << 50],
+                },
+            ],
+            vec![Msg::PullObject {
+                req: 5,
+                node: u16::MAX,
+                offset: far,
+                len: u64::MAX,
+                tag: 1,
+                copies: vec![u16::MAX - 1; 64],
+            }],
+            vec![Msg::UnpinObject {
+                node: u16::MAX,
+                offset: far,
+                len: u64::MAX,
+                tag: 1,
+            }],
+            vec![Msg::ReadObject {
+                node: 0,
+                offset: far,
+                len: u64::MAX,
+                tag: 1,
+                start: u64::MAX - 1,
+                count: u64::MAX,
+            }],
+        ],
+        Peer::Gcs => vec![
+            vec![Msg::ReportResources {
+                node: u16::MAX,
+                report: None,
+                view_version: u64::MAX,
+            }],
+            vec![Msg::LookupActor {
+                req: 1,
+                by: ActorLookup::Id(ActorId(far)),
+                wait: true,
+            }],
+            vec![Msg::LookupActor {
+                req: 2,
+                by: ActorLookup::Name(NamedActor {
+                    namespace: "\u{0}".repeat(64),
+                    name: "x".repeat(4096),
+                }),
+                wait: false,
+            }],
+            vec![Msg::KillActor {
+                req: 3,
+                id: ActorId(far),
+                no_restart: true,
+            }],
+            vec![Msg::ExitActor {
+                req: 4,
+                id: ActorId(far),
+            }],
+            vec![
+                Msg::ActorOutOfScope { id: ActorId(far) },
+                Msg::OwnerGone { worker: stranger },
+            ],
+            vec![Msg::ListNamedActors {
+                req: 5,
+                namespace: Some(String::new()),
+            }],
+        ],
+        Peer::Workers => vec![
+            vec![
+                Msg::Hello { from: stranger },
+                Msg::PushTask(TaskSpec {
+                    id: TaskId {
+                        owner: stranger,
+                        seq: 1,
+                    },
+                    function: "no::such::function".into(),
+                    args: vec![Payload::Store {
+                        node: u16::MAX,
+                        offset: far,
+                        len: u64::MAX,
+                        tag: 1,
+                    }],
+                    returns: vec![nobody],
+                    actor: Some(ActorId(far)),
+                    alone: true,
+                    max_calls: 0,
+                    resources: ResourceSet::new(),
+                    arg_copies: vec![(9, vec![u16::MAX])],
+                    gpus: vec![u32::MAX],
+                }),
+            ],
+            vec![
+                Msg::Hello { from: stranger },
+                Msg::CancelTask {
+                    task: TaskId {
+                        owner: stranger,
+                        seq: far,
+                    },
+                },
+                Msg::CancelObject { id: nobody },
+                Msg::FreeObject { id: nobody },
+                Msg::GetObject { id: nobody },
+                Msg::AddLocation {
+                    id: nobody,
+                    node: u16::MAX,
+                },
+                Msg::RemoveLocation {
+                    id: nobody,
+                    node: u16::MAX,
+                },
+                Msg::AddBorrow { req: 1, id: nobody },
+                Msg::RemoveBorrow { id: nobody },
+                Msg::ObjectLost { id: nobody, tag: 1 },
+            ],
+            vec![
+                Msg::Hello { from: stranger },
+                Msg::TaskDone {
+                    task: TaskId {
+                        owner: stranger,
+                        seq: far,
+                    },
+                    returns: vec![Payload::Store {
+                        node: u16::MAX,
+                        offset: far,
+                        len: u64::MAX,
+                        tag: 1,
+                    }],
+                    app_error: false,
+                    exiting: true,
+                    lost_args: vec![u32::MAX, 0],
+                },
+                Msg::TasksReturned {
+                    tasks: vec![TaskId {
+                        owner: stranger,
+                        seq: far,
+                    }],
+                },
+                Msg::ObjectReady {
+                    id: nobody,
+                    payload: Payload::Inline(vec![0xff; 64]),
+                    copies: vec![u16::MAX; 16],
+                },
+                Msg::WorkerUnblocked,
+            ],
+        ],
+    };
+    sets.iter().map(|m| frame(m)).collect()
 }
 
 /// Reads (and drops) what the peer sends until it closes the connection

@@ -235,6 +235,7 @@ fn node(i: u16) -> NodeInfo {
         store_capacity: 1 << 30,
         drivers: 1,
         drivers_seen: 2,
+        ranks: vec![0, 3],
         fabric: Some(crate::fabric::FabricAddr {
             provider: "shm".into(),
             name: vec![1, 2, 3, 4, 5, 6, 7, 8],
@@ -300,6 +301,7 @@ fn messages() -> Vec<Msg> {
             worker: wid(5),
             pid: 1234,
             is_driver: false,
+            rank: Some(3),
         },
         Msg::RequestLease {
             req: 1,
@@ -368,6 +370,7 @@ fn messages() -> Vec<Msg> {
                 store_capacity: 20,
                 drivers: 1,
                 drivers_seen: 1,
+                ranks: vec![7],
             }),
             view_version: 41,
         },

@@ -111,7 +111,7 @@ pub mod __private {
     pub use crate::actor::{
         needs_exclusive, unknown_method, wrong_actor_state, ActorClass, ActorCore, ActorMethods,
     };
-    pub use crate::chaos::{flood_raylet, send_raw, Peer};
+    pub use crate::chaos::{flood_raylet, hostile_frames, send_raw, Peer};
     pub use crate::cluster::{
         launcher_main, serve_role_if_any, status_report, stop_clusters, Bootstrap, LaunchOptions,
     };
@@ -120,6 +120,14 @@ pub mod __private {
         RemoteFunction, Returns, ShareFn, ShareNotSync, ShareSync, Sharer,
     };
     pub use crate::core_worker::RawRef;
+
+    /// This process's (retries, lineage reconstructions) of the tasks and
+    /// actor calls it owns, since it started: the chaos suite's counts.
+    pub fn fault_counts() -> (u64, u64) {
+        use crate::core_worker::submitter::{RECONSTRUCTIONS, RETRIES};
+        use std::sync::atomic::Ordering::Relaxed;
+        (RETRIES.load(Relaxed), RECONSTRUCTIONS.load(Relaxed))
+    }
     pub use crate::fabric::ceiling::{raw_fi_read_gb_per_s, raw_fi_read_slurm_app};
     pub use crate::gcs::sim::{run_node_sim, serve_sim_gcs_if_asked, NodeSimReport};
     pub use crate::scheduler::sim::{run_sched_sim, SchedSimReport};
@@ -255,7 +263,11 @@ fn start(
         }
     };
     session::open_log(&session, &format!("driver-{}", std::process::id()));
-    let cw = match core_worker::CoreWorker::start(session.clone(), true) {
+    let cw = match core_worker::CoreWorker::start(
+        session.clone(),
+        true,
+        insitu.as_ref().map(|i| i.rank()),
+    ) {
         Ok(cw) => cw,
         Err(e) => {
             if let Some(l) = local {

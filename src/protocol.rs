@@ -60,6 +60,9 @@ pub(crate) struct ResourceReport {
     /// Drivers connected to the node now, and ever.
     pub(crate) drivers: u32,
     pub(crate) drivers_seen: u32,
+    /// The in-situ ranks (Slurm or MPI) whose drivers ever registered here,
+    /// sorted: how rank 0 names the ranks that never joined.
+    pub(crate) ranks: Vec<u32>,
 }
 
 /// A node as the GCS's node table records it; the table, with each node's
@@ -80,6 +83,8 @@ pub(crate) struct NodeInfo {
     /// Drivers connected to the node now, and ever.
     pub(crate) drivers: u32,
     pub(crate) drivers_seen: u32,
+    /// The in-situ ranks whose drivers ever registered here, sorted.
+    pub(crate) ranks: Vec<u32>,
     /// How other nodes read this node's store: its fabric endpoint and
     /// arena registration, or None for the built-in TCP path.
     pub(crate) fabric: Option<FabricAddr>,
@@ -201,6 +206,8 @@ pub(crate) enum Msg {
         worker: WorkerId,
         pid: u32,
         is_driver: bool,
+        /// A driver's rank in an in-situ step (Slurm or MPI).
+        rank: Option<u32>,
     },
     /// `spill`: whether the raylet may redirect the request to another
     /// node (never once a request has been spilled, so it never bounces).

@@ -252,6 +252,20 @@ impl Stream {
         }
     }
 
+    /// The pid of the process at the other end of a Unix connection, as the
+    /// kernel saw it connect (`SO_PEERCRED`): unlike a pid a message
+    /// claims, one no peer can forge. None over TCP.
+    pub(crate) fn peer_pid(&self) -> Option<u32> {
+        match self {
+            Stream::Unix(s) => {
+                nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials)
+                    .ok()
+                    .and_then(|c| u32::try_from(c.pid()).ok())
+            }
+            Stream::Tcp(_) => None,
+        }
+    }
+
     /// Server side of the handshake: true if the peer presented `secret`
     /// within the time limit.
     pub(crate) fn accept_secret(&mut self, secret: &Secret) -> bool {
@@ -813,6 +827,17 @@ pub(crate) fn accept_each(
     stopped: impl Fn() -> bool,
     serve: impl Fn(Stream) + Send + Sync + 'static,
 ) {
+    accept_capped(listener, name, MAX_CONNECTIONS, stopped, serve)
+}
+
+/// [`accept_each`], serving at most `cap` connections at once.
+fn accept_capped(
+    listener: Listener,
+    name: &'static str,
+    cap: usize,
+    stopped: impl Fn() -> bool,
+    serve: impl Fn(Stream) + Send + Sync + 'static,
+) {
     let serve = std::sync::Arc::new(serve);
     let live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
@@ -822,10 +847,10 @@ pub(crate) fn accept_each(
         }
         let Ok(stream) = s else { continue };
         use std::sync::atomic::Ordering;
-        if live.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+        if live.fetch_add(1, Ordering::AcqRel) >= cap {
             live.fetch_sub(1, Ordering::AcqRel);
             crate::log::log!(
-                "{name}: {MAX_CONNECTIONS} connections already served; refused one from {}",
+                "{name}: {cap} connections already served; refused one from {}",
                 stream.peer()
             );
             stream.shutdown();
@@ -994,6 +1019,58 @@ mod tests {
             conn.send(&Msg::Blocked).is_err(),
             "sends after the close fail"
         );
+    }
+
+    /// Past the cap a new connection is closed at once (its peer reads the
+    /// end); one served connection ending makes room for the next.
+    #[test]
+    fn connections_past_the_cap_are_closed_and_room_comes_back() {
+        let listener = Listener::bind_tcp("127.0.0.1".parse().unwrap()).unwrap();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], listener.port()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = stop.clone();
+        let server = std::thread::spawn(move || {
+            accept_capped(
+                listener,
+                "test-accept",
+                2,
+                move || st.load(std::sync::atomic::Ordering::SeqCst),
+                // Served until the peer closes.
+                |mut s| {
+                    let mut b = [0u8; 64];
+                    while matches!(s.read(&mut b), Ok(n) if n > 0) {}
+                },
+            )
+        });
+        let open = || {
+            let c = TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            c
+        };
+        // Closed by the server: the read sees the end (Ok(0)) or a reset.
+        let closed = |c: &mut TcpStream| !matches!(c.read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut);
+        let (mut a, mut b) = (open(), open());
+        std::thread::sleep(Duration::from_millis(100));
+        let mut c = open();
+        assert!(
+            closed(&mut c),
+            "a third connection past a cap of 2 was served"
+        );
+        assert!(
+            !closed(&mut a) && !closed(&mut b),
+            "served connections were closed"
+        );
+        drop(a);
+        std::thread::sleep(Duration::from_millis(200));
+        let mut d = open();
+        assert!(
+            !closed(&mut d),
+            "the room a closed connection left was not given back"
+        );
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(open());
+        server.join().unwrap();
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! calls and large objects runs on a 3-node cluster. Every result is the
 //! right value or a clear error of an expected kind; nothing waits past its
 //! bound; after shutdown no process of the cluster and no shared-memory
-//! file is left. The counts (kills, re-executions, errors by kind) are
-//! printed.
+//! file is left. The counts (kills, retries, lineage reconstructions, errors
+//! by kind) are printed.
 //!
 //! It runs on `--local-nodes`-style local nodes, and as the driver of a
 //! 3-node emulated Slurm step (`tests/launcher.rs`,
@@ -317,8 +317,9 @@ fn test_chaos_kills_workers_actors_and_a_raylet() {
     stop.store(true, Ordering::Relaxed);
     let _ = killer.join();
     let runs = std::fs::read(&marker).map(|b| b.len() as u64).unwrap_or(0);
+    let (retries, reconstructions) = rustray::__private::fault_counts();
     println!(
-        "chaos: {round} rounds, {tasks} tasks, {} results right, errors {:?}, {} kills, {} re-executions (retries and reconstructions)",
+        "chaos: {round} rounds, {tasks} tasks, {} results right, errors {:?}, {} kills, {retries} retries, {reconstructions} reconstructions, {} runs past the first",
         tally.ok,
         tally.errors,
         kills.load(Ordering::Relaxed),

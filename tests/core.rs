@@ -374,9 +374,15 @@ fn test_worker_killed_task_retried() {
     common::cluster(2.0, None);
     let marker = std::env::temp_dir().join(format!("rustray-die-once-{}", std::process::id()));
     let _ = std::fs::remove_file(&marker);
+    let (retries, _) = rustray::__private::fault_counts();
     let r = die_once::remote(marker.display().to_string());
     assert_eq!(rustray::get(&r).unwrap(), "survived");
     let _ = std::fs::remove_file(&marker);
+    assert_eq!(
+        rustray::__private::fault_counts().0,
+        retries + 1,
+        "the retry was not counted"
+    );
     // with no retries left: a worker-died error, never a hang
     let r = die_always::options().max_retries(0).remote();
     let e = rustray::get_timeout(&r, Duration::from_secs(30)).unwrap_err();

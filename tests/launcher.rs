@@ -100,12 +100,18 @@ fn second_driver() -> ! {
 
 /// A rank of an in-situ step (every rank calls `init`) in which rank 2
 /// never does: it hangs instead, as a rank stuck before `init` would.
+/// Rank 0 stays at work for a minute, so the step can fail in time only
+/// if rank 0 watches the join while its `main` runs.
 fn insitu_straggler() -> ! {
-    if std::env::var("SLURM_PROCID").as_deref() == Ok("2") {
+    let rank = std::env::var("SLURM_PROCID").unwrap_or_default();
+    if rank == "2" {
         std::thread::sleep(Duration::from_secs(90));
         std::process::exit(0);
     }
     rustray::init().expect("an in-situ rank joins");
+    if rank == "0" {
+        std::thread::sleep(Duration::from_secs(60));
+    }
     rustray::shutdown();
     println!(
         "rank {} left",
@@ -1073,10 +1079,10 @@ fn test_slurm_insitu_ranks() {
     );
 }
 
-/// An in-situ step with a rank that never calls `init`: once the ranks
-/// that came have left and the join timeout has passed, rank 0 fails the
-/// step, saying how many ranks never joined and which nodes had none
-/// (before, rank 0 waited 600 s).
+/// An in-situ step with a rank that never calls `init`: once the join
+/// timeout has passed, rank 0 fails the step though its own `main` is still
+/// at work, saying how many ranks never joined, which, and which nodes had
+/// none (before, rank 0 waited 600 s).
 fn test_slurm_insitu_rank_that_never_joins_fails_the_step() {
     if !slurm_wanted() {
         return;
@@ -1091,6 +1097,7 @@ fn test_slurm_insitu_rank_that_never_joins_fails_the_step() {
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
     assert!(t.contains("1 of 3 ranks never joined the cluster"), "{t}");
+    assert!(t.contains("(RUSTRAY_JOIN_TIMEOUT_S): rank 2"), "{t}");
     assert!(t.contains("nodes with no rank: "), "{t}");
     assert!(
         t0.elapsed() < Duration::from_secs(45),

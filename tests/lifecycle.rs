@@ -370,6 +370,59 @@ fn test_malformed_frames_cost_only_their_connection() {
     );
 }
 
+/// Issue 9: well-formed messages with what no honest peer sends (ids
+/// nobody made, offsets and lengths past any store, a resource amount past
+/// any node, node indices past the cluster, a `Register` claiming the pid
+/// of a process that is no worker followed by a `KillWorker` of it), sent
+/// to the GCS, the raylet and every core worker of the node: no component
+/// falls over or acts on the lie (the process survives), and the same
+/// actor, tasks and new actors run on after.
+fn test_hostile_messages_harm_no_one() {
+    common::cluster(2.0, None);
+    let tally = Tally::remote().expect("actor");
+    let (n, actor_pid) = rustray::get_timeout(&tally.bump(), Duration::from_secs(30)).unwrap();
+    assert_eq!(n, 1);
+    let mut bystander = Command::new("sleep").arg("60").spawn().expect("sleep");
+    for peer in [
+        rustray::__private::Peer::Gcs,
+        rustray::__private::Peer::Raylet,
+        rustray::__private::Peer::Workers,
+    ] {
+        let frames = rustray::__private::hostile_frames(peer, bystander.id()).expect("frames");
+        let made = rustray::__private::send_raw(peer, &frames).expect("sent");
+        assert!(made >= frames.len(), "{peer:?}: {made} connections");
+    }
+    assert!(
+        matches!(bystander.try_wait(), Ok(None)),
+        "the raylet killed a process that is not its worker"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    assert_eq!(
+        rustray::get_timeout(&tally.bump(), Duration::from_secs(30)).unwrap(),
+        (2, actor_pid),
+        "the actor's process or state was lost"
+    );
+    let nodes = rustray::nodes().expect("the GCS still answers");
+    assert!(nodes.iter().all(|n| n.alive), "{nodes:?}");
+    for i in 0..4 {
+        rustray::get_timeout(
+            &shout::remote(format!("after {i}")),
+            Duration::from_secs(30),
+        )
+        .expect("tasks still run");
+    }
+    let big = rustray::put(vec![5u8; 4 << 20]).expect("a large put");
+    assert_eq!(rustray::get(&big).expect("read back").len(), 4 << 20);
+    let fresh = Tally::remote().expect("a new actor");
+    assert_eq!(
+        rustray::get_timeout(&fresh.bump(), Duration::from_secs(30))
+            .unwrap()
+            .0,
+        1
+    );
+}
+
 /// Issue 9: a local process that asks the raylet many questions and never
 /// reads the answers stalls nobody else: the raylet answers without
 /// blocking under its lock (a thread of the connection's own writes what
@@ -413,6 +466,10 @@ fn main() {
         (
             "test_malformed_frames_cost_only_their_connection",
             test_malformed_frames_cost_only_their_connection,
+        ),
+        (
+            "test_hostile_messages_harm_no_one",
+            test_hostile_messages_harm_no_one,
         ),
         (
             "test_a_client_that_never_reads_stalls_no_one",

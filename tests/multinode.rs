@@ -396,6 +396,7 @@ fn test_lineage_reconstruction_of_lost_results() {
     )
     .expect("wait");
     assert_eq!((runs(&ma), runs(&mb)), (1, 1));
+    let (_, reconstructions) = rustray::__private::fault_counts();
     kill9(raylet);
     let (bytes, node) = rustray::get_timeout(&b, Duration::from_secs(60)).expect("b recomputed");
     let mut want = pattern(1 << 20, 3);
@@ -404,6 +405,11 @@ fn test_lineage_reconstruction_of_lost_results() {
     assert_ne!(node, victim.name);
     assert_eq!(runs(&mb), 2, "b ran again");
     assert_eq!(runs(&ma), 2, "its lost argument a ran again first");
+    assert_eq!(
+        rustray::__private::fault_counts().1,
+        reconstructions + 2,
+        "b's and a's reconstructions were not counted as such"
+    );
     let (bytes, _) = rustray::get_timeout(&a, Duration::from_secs(60)).expect("a");
     assert!(bytes == pattern(1 << 20, 3), "a's bytes");
     assert_eq!(runs(&ma), 2, "a recomputed once");
@@ -921,9 +927,9 @@ fn doubled(v: Vec<u8>) -> Vec<u8> {
 
 /// test_reconstruction*.py's unreconstructable case: a result whose every
 /// copy was lost with its node cannot be made again once the by-ref
-/// argument of the task that made it was released (the lineage does not
-/// pin arguments): `get` fails with `ReconstructionFailed` naming why,
-/// rather than hanging or running the task without its input.
+/// argument of the task that made it, a `put` object (which no lineage can
+/// remake), was released: `get` fails with `ReconstructionFailed` naming
+/// why, rather than hanging or running the task without its input.
 fn test_lost_result_whose_argument_was_released_fails_reconstruction() {
     let nodes = three_nodes();
     let victim = &nodes[2];
@@ -947,6 +953,51 @@ fn test_lost_result_whose_argument_was_released_fails_reconstruction() {
     let e = rustray::get_timeout(&r, Duration::from_secs(30)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ReconstructionFailed, "{e}");
     assert!(e.message().contains("was released"), "{e}");
+}
+
+/// Ray's lineage pinning: a lost result is remade though the by-ref
+/// argument of the task that made it was released meanwhile (its last
+/// `ObjectRef` dropped, its block freed): the argument's entry outlives it
+/// for the lineage, and the argument is made again first, from its own
+/// lineage. Fails if the lineage did not pin its arguments.
+fn test_lost_result_is_remade_through_an_argument_since_released() {
+    let nodes = three_nodes();
+    let victim = &nodes[2];
+    let raylet = raylet_pid_of(victim);
+    let dir = std::env::temp_dir();
+    let ma = dir.join(format!("rustray-pin-a-{}", std::process::id()));
+    let mb = dir.join(format!("rustray-pin-b-{}", std::process::id()));
+    let (ma, mb) = (ma.display().to_string(), mb.display().to_string());
+    let _ = (std::fs::remove_file(&ma), std::fs::remove_file(&mb));
+    let there = SchedulingStrategy::NodeAffinity {
+        node: victim.name.clone(),
+        soft: true,
+    };
+    let a = counted_bytes::options()
+        .scheduling_strategy(there.clone())
+        .remote(ma.clone(), 1 << 20, 6u8);
+    let b = counted_reverse::options()
+        .scheduling_strategy(there)
+        .remote(mb.clone(), &a);
+    let (ready, _) = rustray::wait_with(
+        std::slice::from_ref(&b),
+        1,
+        Some(Duration::from_secs(30)),
+        false,
+    )
+    .expect("wait");
+    assert_eq!(ready.len(), 1);
+    assert_eq!((runs(&ma), runs(&mb)), (1, 1));
+    drop(a);
+    kill9(raylet);
+    let (bytes, node) = rustray::get_timeout(&b, Duration::from_secs(60))
+        .expect("b remade through its released argument");
+    let mut want = pattern(1 << 20, 6);
+    want.reverse();
+    assert!(bytes == want, "b's bytes");
+    assert_ne!(node, victim.name);
+    assert_eq!((runs(&ma), runs(&mb)), (2, 2), "a, then b, ran again");
+    let _ = (std::fs::remove_file(&ma), std::fs::remove_file(&mb));
 }
 
 /// Ray's `test_spill_remote_object`: objects spilled on one node are read
@@ -1333,6 +1384,10 @@ fn main() {
         (
             "test_lost_result_whose_argument_was_released_fails_reconstruction",
             test_lost_result_whose_argument_was_released_fails_reconstruction,
+        ),
+        (
+            "test_lost_result_is_remade_through_an_argument_since_released",
+            test_lost_result_is_remade_through_an_argument_since_released,
         ),
         (
             "test_fabric_transfer_verified",

@@ -401,7 +401,7 @@ pub(crate) fn main(session: Session) -> ! {
     // printed may still sit in the output pipe, and are written out before
     // the process goes.
     crate::signals::on_terminate(|_| exit_flushing_output(0));
-    let cw = match CoreWorker::start(session, false) {
+    let cw = match CoreWorker::start(session, false, None) {
         Ok(cw) => cw,
         Err(e) => {
             log!("worker failed to start: {e}");

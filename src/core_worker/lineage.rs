@@ -13,11 +13,17 @@
 //! worker reports it (`TaskDone::lost_args`), so recovery recurses through
 //! the lineage. Each run counts against the task's `max_retries`.
 //!
+//! The lineage pins the entries of its tasks' by-ref arguments (Ray's
+//! lineage pinning): an argument whose last reference went keeps its entry
+//! (not its value, whose block is freed) while a lineage record needs it,
+//! and is made again first, the same way, when a result that needs it is.
+//! Records and pinned entries go together when the last result goes.
+//!
 //! What cannot be recovered gets a value that says why, so every waiter
 //! fails at once: a `put` object, or a result of a task without retries,
 //! stays `ObjectLost`; a task out of retries, or whose by-ref argument was
-//! already released (the lineage does not keep arguments alive, unlike
-//! Ray's lineage pinning), is `ReconstructionFailed`.
+//! a released `put` object (not reconstructable), is
+//! `ReconstructionFailed`.
 //!
 //! Actor results are recomputed as Ray does, only for calls with
 //! `max_task_retries`: the method is called again on the actor as it is
@@ -124,6 +130,12 @@ impl CoreWorker {
             return;
         }
         table.bytes += bytes;
+        for (_, a) in &t.arg_ids {
+            if let Some(e) = st.objects.get_mut(a).filter(|e| e.owned) {
+                e.lineage += 1;
+            }
+        }
+        let table = &mut st.sub.lineage;
         table.tasks.insert(
             tid,
             Lineage {
@@ -140,14 +152,34 @@ impl CoreWorker {
         );
     }
 
-    /// An object made by `tid` left the table.
+    /// An object made by `tid` left the table. The last one takes the
+    /// task's record, and with it the pins on its arguments: an argument
+    /// kept for the lineage alone goes too, and so, in turn, may its own.
     pub(super) fn release_lineage(st: &mut State, tid: TaskId) {
-        let table = &mut st.sub.lineage;
-        if let Some(l) = table.tasks.get_mut(&tid) {
+        let mut work = vec![tid];
+        while let Some(tid) = work.pop() {
+            let table = &mut st.sub.lineage;
+            let Some(l) = table.tasks.get_mut(&tid) else {
+                continue;
+            };
             l.live = l.live.saturating_sub(1);
-            if l.live == 0 {
-                table.bytes -= l.bytes;
-                table.tasks.remove(&tid);
+            if l.live > 0 {
+                continue;
+            }
+            table.bytes -= l.bytes;
+            let Some(l) = table.tasks.remove(&tid) else {
+                continue;
+            };
+            for (_, a) in &l.arg_ids {
+                let Some(e) = st.objects.get_mut(a).filter(|e| e.owned) else {
+                    continue;
+                };
+                e.lineage = e.lineage.saturating_sub(1);
+                if e.lineage == 0 && e.lineage_only {
+                    if let Some(t) = st.objects.remove(a).and_then(|e| e.made_by) {
+                        work.push(t);
+                    }
+                }
             }
         }
     }
@@ -242,6 +274,33 @@ impl CoreWorker {
                 l.spec.function
             )));
         }
+        // Arguments kept for the lineage alone are made again first.
+        let function = l.spec.function.clone();
+        let pinned: Vec<ObjectId> = l
+            .arg_ids
+            .iter()
+            .map(|(_, a)| *a)
+            .filter(|a| st.objects.get(a).is_some_and(|e| e.lineage_only))
+            .collect();
+        for a in pinned {
+            let need = Error::new(
+                ErrorKind::ObjectLost,
+                format!("its value was freed, and task `{function}` needs it to remake {id}"),
+            );
+            if let Err(e) = self.reconstruct(st, a, &Payload::Inline(Vec::new()), &need, fx) {
+                return Err(failed(format!(
+                    "object {id} was lost ({}) and argument {a} of task `{function}` that made it cannot be made again: {}",
+                    why.message(),
+                    e.message()
+                )));
+            }
+        }
+        let Some(l) = st.sub.lineage.tasks.get_mut(&tid) else {
+            return Err(failed(format!(
+                "object {id} was lost ({}) and the lineage of the task that made it is gone",
+                why.message()
+            )));
+        };
         // An actor call runs again through a handle of its actor, counted
         // as the first run's was; with none left the actor is gone.
         let handle = match (l.spec.actor, l.handle) {
@@ -263,6 +322,7 @@ impl CoreWorker {
             }
             (None, _) => None,
         };
+        super::submitter::RECONSTRUCTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if l.retries_left != crate::core_worker::function_manager::RETRY_FOREVER {
             l.retries_left -= 1;
         }
@@ -308,6 +368,12 @@ impl CoreWorker {
             let Some(e) = st.objects.get_mut(r) else {
                 continue;
             };
+            if e.lineage_only {
+                // Its value was freed already: pending again, and in use.
+                e.lineage_only = false;
+                e.task = Some(tid);
+                continue;
+            }
             let Some(old @ Payload::Store { node, offset, .. }) = e.value.clone() else {
                 continue;
             };

@@ -108,6 +108,15 @@ pub(crate) struct Entry {
     pub(crate) actor: Option<ActorId>,
     /// Owner side: the finished task whose lineage can make it again.
     pub(crate) made_by: Option<TaskId>,
+    /// Owner side: lineage records (of tasks whose results are in the
+    /// table) that take this object as a by-ref argument. While any does,
+    /// the entry outlives its last reference, value freed
+    /// (`lineage_only`), so those results can be remade through it (Ray's
+    /// lineage pinning).
+    pub(crate) lineage: u32,
+    /// Kept for the lineage alone: no reference left, value freed; made
+    /// again (from `made_by`) only to remake a result that needs it.
+    pub(crate) lineage_only: bool,
     /// Owner side, a `put`'s block: this process still holds the pin its
     /// raylet gave the block for writing, so a read right after the put
     /// (the common case) needs no pin round trip. Given back at the end of
@@ -220,7 +229,12 @@ impl CoreWorker {
     /// Connects to the node's raylet, maps the arena and starts listening:
     /// on a Unix socket for processes of this node and on TCP for others.
     /// The TCP port becomes part of this process's id (its address).
-    pub(crate) fn start(session: Session, is_driver: bool) -> Result<Arc<CoreWorker>> {
+    /// `rank`: a driver's rank in an in-situ step.
+    pub(crate) fn start(
+        session: Session,
+        is_driver: bool,
+        rank: Option<u32>,
+    ) -> Result<Arc<CoreWorker>> {
         let arena = Arena::open(&session.arena_path())?;
         let raylet_dialed = transport::dial(&session.raylet_endpoint(), &session.secret)?;
         let raylet = raylet_dialed.conn.clone();
@@ -253,6 +267,7 @@ impl CoreWorker {
             worker: id,
             pid: std::process::id(),
             is_driver,
+            rank,
         })?;
         let (me, me2) = (cw.clone(), cw.clone());
         raylet_dialed.serve(

@@ -97,6 +97,7 @@ impl CoreWorker {
             return;
         }
         e.task = None;
+        e.lineage_only = false;
         for w in std::mem::take(&mut e.remote_waiters) {
             fx.to_owner.push((
                 w,
@@ -268,7 +269,20 @@ impl State {
         let Some(e) = self.objects.remove(&id) else {
             return;
         };
-        if let Some(t) = e.made_by {
+        if e.owned && e.lineage > 0 && e.made_by.is_some() && e.actor.is_none() && !e.device {
+            // An argument of a task whose results may need remaking: the
+            // value goes, the entry and its own lineage stay.
+            self.objects.insert(
+                id,
+                Entry {
+                    owned: true,
+                    made_by: e.made_by,
+                    lineage: e.lineage,
+                    lineage_only: true,
+                    ..Entry::default()
+                },
+            );
+        } else if let Some(t) = e.made_by {
             CoreWorker::release_lineage(self, t);
         }
         // A pulled copy is pinned under the original block's coordinates.

@@ -43,6 +43,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Runs of this process's tasks and actor calls started again after a
+/// failure (a worker or node lost, or a retried exception), counted for
+/// the chaos suite's report (lineage reconstructions are counted apart, in
+/// [`RECONSTRUCTIONS`]).
+pub(crate) static RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Runs of this process's finished tasks started again to remake a lost
+/// result (lineage reconstruction).
+pub(crate) static RECONSTRUCTIONS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
 /// Tasks in flight per leased worker.
 pub(crate) const PIPELINE: usize = 16;
 /// How long an idle lease is kept for reuse before it goes back.
@@ -949,6 +959,7 @@ impl CoreWorker {
                     fx.free_offsets.push((node, offset));
                 }
             }
+            RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if t.retries_left != crate::core_worker::function_manager::RETRY_FOREVER {
                 t.retries_left -= 1;
             }
@@ -1151,6 +1162,7 @@ impl CoreWorker {
                         );
                         self.finish_failed(st, *t, &err, fx);
                     } else if e.retries_left > 0 {
+                        RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if e.retries_left != crate::core_worker::function_manager::RETRY_FOREVER {
                             e.retries_left -= 1;
                         }
@@ -1203,6 +1215,7 @@ impl CoreWorker {
             for t in inflight.into_iter().rev() {
                 match st.sub.tasks.get_mut(&t) {
                     Some(e) if e.retries_left > 0 => {
+                        RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if e.retries_left != crate::core_worker::function_manager::RETRY_FOREVER {
                             e.retries_left -= 1;
                         }

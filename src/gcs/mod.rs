@@ -74,7 +74,14 @@ pub(crate) struct Gcs {
     /// closed when the worker's node is lost: a hung node's TCP connections
     /// stay open, and its actors must restart all the same.
     watches: Mutex<HashMap<ActorId, (WorkerId, Arc<Conn>)>>,
+    /// Actor threads running (`create_and_watch`), at most [`ACTOR_THREADS`].
+    actor_threads: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Actors the GCS creates and watches at once, at most (one thread each,
+/// for the actor's life): past it a creation fails with an error that says
+/// so, rather than the GCS starting threads without end.
+const ACTOR_THREADS: usize = 10_000;
 
 impl Gcs {
     /// Starts the GCS threads listening on TCP at the session's address, on
@@ -92,6 +99,7 @@ impl Gcs {
             replies: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
+            actor_threads: Default::default(),
             addr,
             stop_requested: (Mutex::new(false), std::sync::Condvar::new()),
             spread_next: AtomicU64::new(0),
@@ -465,18 +473,44 @@ impl Gcs {
     fn run(self: &Arc<Self>, actions: Vec<ActorAction>) {
         for a in actions {
             match a {
-                ActorAction::Create(id) => {
-                    let g = self.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("gcs-actor".into())
-                        .spawn(move || g.create_and_watch(id));
-                }
+                ActorAction::Create(id) => self.start_actor_thread(id),
                 ActorAction::ReleaseWorker(lease) => {
                     if let Ok(c) = self.raylet(lease.node()) {
                         let _ = c.send(&Msg::ReturnLease { lease, kill: true });
                     }
                 }
             }
+        }
+    }
+
+    /// Creates and then watches actor `id` on a thread of its own, within
+    /// [`ACTOR_THREADS`]; a creation that cannot have one fails, saying why
+    /// (its creator is answered, never left waiting).
+    fn start_actor_thread(self: &Arc<Self>, id: ActorId) {
+        let threads = self.actor_threads.clone();
+        let refused = if threads.fetch_add(1, Ordering::AcqRel) >= ACTOR_THREADS {
+            Some(format!(
+                "the GCS already creates and watches {ACTOR_THREADS} actors, its most at once"
+            ))
+        } else {
+            let g = self.clone();
+            let count = threads.clone();
+            std::thread::Builder::new()
+                .name("gcs-actor".into())
+                .spawn(move || {
+                    g.create_and_watch(id);
+                    count.fetch_sub(1, Ordering::AcqRel);
+                })
+                .err()
+                .map(|e| format!("the GCS cannot start a thread for it ({e})"))
+        };
+        if let Some(why) = refused {
+            threads.fetch_sub(1, Ordering::AcqRel);
+            log!("actor {id} not created: {why}");
+            let w = self
+                .table()
+                .creation_failed(id, Error::unavailable(format!("actor not created: {why}")));
+            self.finish(Vec::new(), w);
         }
     }
 

@@ -86,13 +86,15 @@ impl NodeTable {
             && n.store_used == r.store_used
             && n.store_capacity == r.store_capacity
             && n.drivers == r.drivers
-            && n.drivers_seen == r.drivers_seen;
+            && n.drivers_seen == r.drivers_seen
+            && n.ranks == r.ranks;
         if !same {
             n.available = r.available;
             n.store_used = r.store_used;
             n.store_capacity = r.store_capacity;
             n.drivers = r.drivers;
             n.drivers_seen = r.drivers_seen;
+            n.ranks = r.ranks;
             self.touch(index);
         }
         true
@@ -197,6 +199,7 @@ pub(crate) fn load_of(n: &NodeInfo) -> NodeLoad {
             store_capacity: n.store_capacity,
             drivers: n.drivers,
             drivers_seen: n.drivers_seen,
+            ranks: n.ranks.clone(),
         },
     }
 }
@@ -228,6 +231,7 @@ pub(crate) fn apply_delta(
         n.store_capacity = c.load.store_capacity;
         n.drivers = c.load.drivers;
         n.drivers_seen = c.load.drivers_seen;
+        n.ranks = c.load.ranks.clone();
     }
     Some(died)
 }
@@ -251,6 +255,7 @@ mod tests {
             store_capacity: 1 << 20,
             drivers: 0,
             drivers_seen: 0,
+            ranks: Vec::new(),
             fabric: None,
         }
     }
@@ -262,6 +267,7 @@ mod tests {
             store_capacity: 1 << 20,
             drivers: 1,
             drivers_seen: 1,
+            ranks: vec![0],
         })
     }
 
@@ -342,6 +348,7 @@ mod tests {
             report(4.0).map(|mut r| {
                 r.drivers = 0;
                 r.drivers_seen = 0;
+                r.ranks.clear();
                 r.store_capacity = 1 << 20;
                 r
             }),

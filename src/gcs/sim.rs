@@ -495,6 +495,7 @@ fn register(endpoint: &Endpoint, secret: &crate::transport::Secret, index: u16) 
             store_capacity: 1 << 30,
             drivers: 0,
             drivers_seen: 0,
+            ranks: Vec::new(),
             fabric: None,
         },
     })?;
@@ -562,6 +563,7 @@ fn period(
                 store_capacity: 1 << 30,
                 drivers: 0,
                 drivers_seen: 0,
+                ranks: Vec::new(),
             })
         } else {
             None

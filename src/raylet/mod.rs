@@ -17,7 +17,8 @@
 //! and reports them to the lease manager and the store (objects fate-share
 //! with their owner).
 //!
-//! The store's IO shell (spilling to disk, restoring) is in [`store`].
+//! The store's IO shell (spilling to disk, restoring) is in [`store`];
+//! pulls from other nodes (their bounds: bytes, threads, time) in [`pull`].
 //!
 //! Across nodes: the raylet registers with the GCS at start-up (an
 //! unreachable GCS fails the start with an error naming it), reports its free
@@ -30,14 +31,16 @@
 //! a dedicated TCP connection, reading straight into the arena; copies are
 //! shared by every reader on the node and freed when the last unpins.
 
+mod pull;
 mod store;
 
 use crate::error::{Error, Result};
 use crate::ids::WorkerId;
-use crate::object_store::{Arena, SpillDir, Store, COPY_OWNER, SPACE_PER_MEMORY};
+use crate::object_store::{Arena, SpillDir, Store, SPACE_PER_MEMORY};
 use crate::scheduler::{Action, ClientId, LeaseManager, PeerNode};
 use crate::session::{log, Session, ENV_ROLE, ENV_SESSION};
 use crate::transport::{self, Conn, Listener, Msg, NodeInfo, NodeLoad, ResourceReport, Stream};
+use pull::{PullBudget, PullJob, WorkPool};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,58 +48,6 @@ use std::time::Duration;
 
 /// How often the raylet reports its free resources to the GCS.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
-/// Pulls move objects in pieces of this size...
-const PULL_CHUNK: u64 = 8 << 20;
-/// ...over this many connections at once per object.
-const PULL_STREAMS: usize = 4;
-/// Bytes being pulled into one node at once: more pulls wait their turn,
-/// so a burst of large pulls cannot take the whole store (or the network)
-/// at once.
-const PULL_BUDGET: u64 = 1 << 30;
-
-/// Bytes in flight of the node's pulls.
-#[derive(Default)]
-struct PullBudget {
-    inflight: Mutex<u64>,
-    freed: std::sync::Condvar,
-}
-
-/// A share of the pull budget, given back on drop.
-struct PullShare<'a> {
-    budget: &'a PullBudget,
-    bytes: u64,
-}
-
-impl PullBudget {
-    fn acquire(budget: &PullBudget, bytes: u64) -> PullShare<'_> {
-        let mut g = budget.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        // A pull bigger than the budget goes alone; waits end as pulls
-        // finish, and every pull is bounded by TRANSFER_STALL.
-        while *g > 0 && *g + bytes > PULL_BUDGET {
-            g = budget.freed.wait(g).unwrap_or_else(|p| p.into_inner());
-        }
-        *g += bytes;
-        PullShare { budget, bytes }
-    }
-}
-
-impl Drop for PullShare<'_> {
-    fn drop(&mut self) {
-        let mut g = self
-            .budget
-            .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        *g -= self.bytes;
-        self.budget.freed.notify_all();
-    }
-}
-
-/// A call into the fabric provider that has not returned after this long
-/// never will: the endpoint is given up.
-const WEDGED_AFTER: Duration = Duration::from_secs(3);
-/// A transfer that makes no progress for this long has failed.
-const TRANSFER_STALL: Duration = Duration::from_secs(30);
 /// Bound on registering with the GCS.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -118,6 +69,9 @@ type CopyKey = (u16, u64, u64, u64);
 /// Workers that exit before registering this many times in a row mean the
 /// binary does not call `rustray::init()` first: stop retrying.
 const MAX_START_FAILURES: u32 = 5;
+/// In-situ ranks one node records, at most (more would be a peer's lie:
+/// no node runs this many ranks).
+const MAX_RANKS: usize = 4096;
 /// Bound on registrations waiting for the spawner to record their pid (a
 /// peer cannot grow the table past it with made-up pids).
 const MAX_UNCLAIMED: usize = 1024;
@@ -126,6 +80,8 @@ struct Client {
     conn: Arc<Conn>,
     worker: Option<WorkerId>,
     is_driver: bool,
+    /// The connecting process, as the kernel tells it (Unix clients).
+    pid: Option<u32>,
 }
 
 /// A worker's `Register` names its pid: it is taken only when it is a
@@ -171,6 +127,13 @@ struct State {
     view_version: u64,
     /// Drivers that ever registered here.
     drivers_seen: u32,
+    /// An embedded cluster's driver: the first client of the process that
+    /// started this raylet to register as a driver (the kernel says who
+    /// connected). Its leaving ends the cluster; no other client's does.
+    own_driver: Option<ClientId>,
+    /// In-situ ranks whose drivers registered here, sorted (at most
+    /// [`MAX_RANKS`]).
+    ranks: Vec<u32>,
     /// Set when shutting down: no more workers are started.
     stopping: bool,
     /// A spill batch is being written (one at a time).
@@ -192,6 +155,11 @@ struct Raylet {
     env: String,
     arena: Arc<Arena>,
     pulls: PullBudget,
+    /// The pull threads and the transfers queued for them.
+    pull_pool: WorkPool<PullJob>,
+    /// The process that started this raylet (read at start, before it can
+    /// be reparented): an embedded cluster's driver.
+    starter: u32,
     /// The node's fabric endpoint, when objects move by RDMA.
     fabric: Option<Arc<crate::fabric::Fabric>>,
     /// Nodes whose fabric reads failed: pulled over TCP from then on (a
@@ -363,6 +331,8 @@ fn run(session: Session) -> Result<()> {
             nodes: HashMap::new(),
             view_version: 0,
             drivers_seen: 0,
+            ranks: Vec::new(),
+            own_driver: None,
             stopping: false,
             spilling: false,
             spill_pending: false,
@@ -372,6 +342,8 @@ fn run(session: Session) -> Result<()> {
         next_client: AtomicU64::new(1),
         arena,
         pulls: PullBudget::default(),
+        pull_pool: WorkPool::new("raylet-pull", pull::PULL_THREADS),
+        starter: std::os::unix::process::parent_id(),
         fabric: fabric.as_ref().map(|(f, _)| f.clone()),
         fabric_broken: Mutex::new(Default::default()),
         fabric_forced: session.config.transport_choice()? == crate::fabric::Transport::Fabric,
@@ -457,6 +429,7 @@ impl Raylet {
                 store_capacity: self.lock().store.capacity(),
                 drivers: 0,
                 drivers_seen: 0,
+                ranks: Vec::new(),
                 fabric,
             },
         })
@@ -504,6 +477,7 @@ impl Raylet {
                     store_capacity: st.store.capacity(),
                     drivers: st.clients.values().filter(|c| c.is_driver).count() as u32,
                     drivers_seen: st.drivers_seen,
+                    ranks: st.ranks.clone(),
                 };
                 let report = (last.as_ref() != Some(&now)).then(|| {
                     last = Some(now.clone());
@@ -594,6 +568,7 @@ impl Raylet {
                 conn: Arc::new(conn),
                 worker: None,
                 is_driver: false,
+                pid: stream.peer_pid(),
             },
         );
         let peer = stream.peer();
@@ -733,13 +708,31 @@ impl Raylet {
                 worker,
                 pid,
                 is_driver,
+                rank,
             } => {
+                let sender = st.clients.get(&client).and_then(|c| c.pid);
                 if let Some(c) = st.clients.get_mut(&client) {
                     c.worker = Some(worker);
                     c.is_driver = is_driver;
                 }
                 if is_driver {
                     st.drivers_seen += 1;
+                    if st.own_driver.is_none() && sender == Some(self.starter) {
+                        st.own_driver = Some(client);
+                    }
+                    if let Some(r) = rank {
+                        if let Err(at) = st.ranks.binary_search(&r) {
+                            if st.ranks.len() < MAX_RANKS {
+                                st.ranks.insert(at, r);
+                            }
+                        }
+                    }
+                }
+                if !is_driver && sender.is_some_and(|p| p != pid) {
+                    // The kernel says who connected: a registration for
+                    // another process is a lie (or a bug), never taken.
+                    log!("a process (pid {sender:?}) registered worker {worker} as pid {pid}; ignored");
+                    return;
                 }
                 if !is_driver {
                     if !st.pids.contains_key(&pid) && st.unclaimed.len() < MAX_UNCLAIMED {
@@ -930,420 +923,15 @@ impl Raylet {
         }
     }
 
-    /// A local process wants a block of another node's store.
-    fn pull<'a>(
-        self: &'a Arc<Self>,
-        mut st: std::sync::MutexGuard<'a, State>,
-        client: ClientId,
-        req: u64,
-        key: CopyKey,
-        copies: Vec<u16>,
-    ) {
-        let reply = |st: &State, result: std::result::Result<u64, Error>| {
-            if let Some(c) = st.clients.get(&client) {
-                let _ = c.conn.post(&Msg::ObjectPulled { req, result });
-            }
-        };
-        if let Some(c) = st.copies.get_mut(&key) {
-            c.pins += 1;
-            match &mut c.state {
-                CopyState::Ready(local) => {
-                    let local = *local;
-                    reply(&st, Ok(local));
-                }
-                CopyState::Pulling(waiters) => waiters.push((client, req)),
-            }
-            return;
-        }
-        let (node, _, len, _) = key;
-        // Where to read it: the primary's node, then the nodes with copies,
-        // skipping nodes known to be lost.
-        let me = self.session.node_index;
-        let mut sources = vec![node];
-        for c in copies {
-            if c != me && !sources.contains(&c) {
-                sources.push(c);
-            }
-        }
-        sources.retain(|n| st.nodes.get(n).is_none_or(|i| i.alive));
-        if sources.is_empty() {
-            let e = Error::new(
-                crate::error::ErrorKind::ObjectLost,
-                format!("every copy of the object is gone: its node {node} was lost and no other node holds one"),
-            );
-            reply(&st, Err(e));
-            return;
-        }
-        // Room for the copy, spilling objects here if need be; another
-        // pull of the same object may have started meanwhile: join it.
-        let (s, room) = self.make_room(st, len);
-        st = s;
-        if st.copies.contains_key(&key) {
-            return self.pull(st, client, req, key, Vec::new());
-        }
-        let local = match room.and_then(|()| st.store.create(len, COPY_OWNER, key.3)) {
-            Ok(o) => o,
-            Err(e) => {
-                reply(&st, Err(e));
-                return;
-            }
-        };
-        st.copies.insert(
-            key,
-            Copy {
-                state: CopyState::Pulling(vec![(client, req)]),
-                pins: 1,
-            },
-        );
-        drop(st);
-        let r = self.clone();
-        let _ = std::thread::Builder::new()
-            .name("raylet-pull".into())
-            .spawn(move || {
-                let mut result = Err(Error::new(
-                    crate::error::ErrorKind::ObjectLost,
-                    "no node could serve the object",
-                ));
-                let mut local = local;
-                // True while `local` may still be written by an abandoned
-                // RDMA read: it is then never freed (nor reused).
-                let mut local_dirty = false;
-                for source in &sources {
-                    if let Some(addr) = r.fabric_peer(*source, key) {
-                        // One-sided reads bypass the source's CPU: the block
-                        // is pinned there first (read back if spilled), held
-                        // by this connection until the read is done.
-                        let _hold = match r.hold_at_source(*source, key) {
-                            Ok(h) => h,
-                            Err(e) => {
-                                log!("pull of {len} bytes from node {source} failed: {e}");
-                                result = Err(e);
-                                continue;
-                            }
-                        };
-                        match r.fetch_fabric(&addr, *source, key, local) {
-                            Ok(()) => {
-                                result = Ok(());
-                                break;
-                            }
-                            Err(e) => {
-                                log!(
-                                    "{e}; node {source} is read {} from now on",
-                                    if r.fabric_forced && !r.fabric_wedged.load(Ordering::Relaxed) { "from copies only" } else { "over TCP" }
-                                );
-                                r.fabric_broken
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .insert(*source);
-                                if e.dirty {
-                                    log!("block at {local} ({len} bytes) abandoned to the failed read");
-                                    let (mut st, room) = r.make_room(r.lock(), len);
-                                    match room.and_then(|()| st.store.create(len, COPY_OWNER, key.3)) {
-                                        Ok(o) => local = o,
-                                        Err(e) => {
-                                            local_dirty = true;
-                                            result = Err(e);
-                                            break;
-                                        }
-                                    }
-                                }
-                                if r.fabric_forced && !r.fabric_wedged.load(Ordering::Relaxed) {
-                                    // --transport fabric: no TCP retry from
-                                    // this node; a copy elsewhere may serve.
-                                    result = Err(Error::new(
-                                        crate::error::ErrorKind::ObjectLost,
-                                        e.message,
-                                    ));
-                                    continue;
-                                }
-                            }
-                        }
-                    }
-                    result = r
-                        .node_endpoint(*source)
-                        .and_then(|ep| r.fetch(&ep, key, local));
-                    match &result {
-                        Ok(()) => break,
-                        Err(e) => log!("pull of {len} bytes from node {source} failed: {e}"),
-                    }
-                }
-                let mut st = r.lock();
-                let waiters = match st.copies.get_mut(&key) {
-                    Some(c) => match std::mem::replace(&mut c.state, CopyState::Ready(local)) {
-                        CopyState::Pulling(w) => w,
-                        CopyState::Ready(_) => Vec::new(),
-                    },
-                    None => Vec::new(),
-                };
-                if result.is_err() {
-                    st.copies.remove(&key);
-                    if !local_dirty {
-                        st.store.free(local);
-                    }
-                }
-                for (client, req) in waiters {
-                    if let Some(c) = st.clients.get(&client) {
-                        let _ = c.conn.post(&Msg::ObjectPulled {
-                            req,
-                            result: result.clone().map(|_| local),
-                        });
-                    }
-                }
-            });
-    }
-
-    /// The fabric address to read `key` from `source` with, if both nodes
-    /// use the same provider and `source` holds the primary block (whose
-    /// offset the key names; a copy's offset is known only to its node,
-    /// so copies are read over TCP).
-    fn fabric_peer(&self, source: u16, key: CopyKey) -> Option<crate::fabric::FabricAddr> {
-        let mine = self.fabric.as_ref()?;
-        if self.fabric_wedged.load(Ordering::Relaxed) {
-            return None;
-        }
-        if source != key.0
-            || self
-                .fabric_broken
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&source)
-        {
-            return None;
-        }
-        let deadline = std::time::Instant::now() + REPORT_EVERY * 20;
-        loop {
-            if let Some(n) = self.lock().nodes.get(&source) {
-                return n.fabric.clone().filter(|a| a.provider == mine.provider);
-            }
-            if std::time::Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(REPORT_EVERY / 10);
-        }
-    }
-
-    /// Reads the primary block of `key` from `source`'s arena into local
-    /// block `local` by one-sided RDMA reads: no work for the remote CPU
-    /// beyond its provider's progress. Same pull budget as TCP pulls.
-    ///
-    /// The read runs on a thread of its own, watched: a provider call that
-    /// never returns (see [`Fabric::wedged`](crate::fabric::Fabric::wedged))
-    /// loses the endpoint, not the pull: the block is abandoned and the
-    /// caller reads over TCP.
-    fn fetch_fabric(
-        self: &Arc<Self>,
-        addr: &crate::fabric::FabricAddr,
-        source: u16,
-        key: CopyKey,
-        local: u64,
-    ) -> std::result::Result<(), crate::fabric::FabricError> {
-        let fabric = self.fabric.clone().ok_or_else(no_fabric)?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (r, a) = (self.clone(), addr.clone());
-        std::thread::Builder::new()
-            .name("raylet-rdma".into())
-            .spawn(move || {
-                let _ = tx.send(r.fetch_fabric_here(&a, source, key, local));
-            })
-            .map_err(|e| crate::fabric::FabricError {
-                message: format!("spawning a read thread: {e}"),
-                dirty: false,
-            })?;
-        loop {
-            match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(r) => return r,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(crate::fabric::FabricError {
-                        message: "the RDMA read thread panicked".into(),
-                        dirty: true,
-                    })
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if fabric.wedged(WEDGED_AFTER) {
-                        self.fabric_wedged.store(true, Ordering::Relaxed);
-                        return Err(crate::fabric::FabricError {
-                            message: format!(
-                                "the fabric endpoint is stuck: a call into provider {} has not returned for {WEDGED_AFTER:?} (a peer process killed while holding the provider's shared state?); this node moves objects over TCP from now on",
-                                fabric.provider
-                            ),
-                            dirty: true,
-                        });
-                    }
-                }
-            }
-        }
-    }
-
-    fn fetch_fabric_here(
-        &self,
-        addr: &crate::fabric::FabricAddr,
-        source: u16,
-        key: CopyKey,
-        local: u64,
-    ) -> std::result::Result<(), crate::fabric::FabricError> {
-        let (_, offset, len, _) = key;
-        let fabric = self.fabric.as_ref().ok_or_else(no_fabric)?;
-        let _budget = PullBudget::acquire(&self.pulls, len);
-        // SAFETY: `local` is the block this pull allocated for the copy; its
-        // location is published (ObjectPulled) only once it is filled.
-        let dst =
-            unsafe { self.arena.write(local, len) }.map_err(|e| crate::fabric::FabricError {
-                message: e.to_string(),
-                dirty: false,
-            })?;
-        let label = match self.lock().nodes.get(&source) {
-            Some(n) => format!("node {} ({})", n.name, n.ip),
-            None => format!("node {source}"),
-        };
-        let lost = || self.lock().nodes.get(&source).is_none_or(|n| !n.alive);
-        fabric.read(addr, &label, offset, dst, TRANSFER_STALL, &lost)
-    }
-
-    /// Pins the primary block of `key` at node `source` for a one-sided
-    /// read, so it is neither freed nor spilled under the read (a spilled
-    /// block is read back into memory first); the pin lasts as long as the
-    /// returned connection.
-    fn hold_at_source(&self, source: u16, key: CopyKey) -> Result<Stream> {
-        let (_, offset, _, tag) = key;
-        let lost = |e: String| {
-            Error::new(
-                crate::error::ErrorKind::ObjectLost,
-                format!("node {source} cannot pin the object for an RDMA read: {e}"),
-            )
-        };
-        let ep = self.node_endpoint(source)?;
-        let mut stream = ep
-            .connect(&self.session.secret)
-            .map_err(|e| lost(e.to_string()))?;
-        if let Stream::Tcp(t) = &stream {
-            t.set_read_timeout(Some(TRANSFER_STALL))
-                .map_err(|e| lost(e.to_string()))?;
-        }
-        Conn::new(&stream)?
-            .send(&Msg::PinObjects {
-                req: 0,
-                blocks: vec![(offset, tag)],
-            })
-            .map_err(|e| lost(e.to_string()))?;
-        let mut frame = Vec::new();
-        match transport::read_frame(&mut stream, &mut frame) {
-            Ok(Some(Msg::ObjectsPinned { result: Ok(()), .. })) => Ok(stream),
-            Ok(Some(Msg::ObjectsPinned { result: Err(e), .. })) => Err(e),
-            Ok(_) => Err(lost("unexpected answer".into())),
-            Err(e) => Err(lost(e.to_string())),
-        }
-    }
-
-    /// Node `node`'s raylet, waiting (bounded) for a cluster view that has
-    /// it: a node that just joined may not be in this raylet's view yet.
-    fn node_endpoint(&self, node: u16) -> Result<transport::Endpoint> {
-        let deadline = std::time::Instant::now() + REPORT_EVERY * 20;
-        loop {
-            if let Some(n) = self.lock().nodes.get(&node) {
-                return Ok(n.raylet());
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(Error::new(
-                    crate::error::ErrorKind::ObjectLost,
-                    format!("the object's node {node} is not in the cluster"),
-                ));
-            }
-            std::thread::sleep(REPORT_EVERY / 10);
-        }
-    }
-
-    /// Reads a block of another node's store into local block `local`:
-    /// in [`PULL_CHUNK`] pieces over up to [`PULL_STREAMS`] connections,
-    /// each with all its requests sent at once (pipelined), read straight
-    /// into the arena. At most [`PULL_BUDGET`] bytes are in flight per node
-    /// (one larger object at a time goes alone).
-    fn fetch(&self, source: &transport::Endpoint, key: CopyKey, local: u64) -> Result<()> {
-        let len = key.2;
-        let _budget = PullBudget::acquire(&self.pulls, len);
-        // SAFETY: `local` is the block this pull allocated for the copy; its
-        // location is published (ObjectPulled) only once it is filled.
-        let dst = unsafe { self.arena.write(local, len) }?;
-        let mut groups: Vec<Vec<(u64, &mut [u8])>> = Vec::new();
-        let n = (len.div_ceil(PULL_CHUNK) as usize).clamp(1, PULL_STREAMS);
-        groups.resize_with(n, Vec::new);
-        for (i, c) in dst.chunks_mut(PULL_CHUNK as usize).enumerate() {
-            groups[i % n].push((i as u64 * PULL_CHUNK, c));
-        }
-        std::thread::scope(|s| {
-            let handles: Vec<_> = groups
-                .into_iter()
-                .map(|g| s.spawn(move || self.fetch_chunks(source, key, g)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(Error::unavailable("a transfer thread panicked")))
-                })
-                .collect::<Result<Vec<()>>>()
-        })
-        .map(|_| ())
-    }
-
-    /// One connection's share of a pull.
-    fn fetch_chunks(
-        &self,
-        source: &transport::Endpoint,
-        key: CopyKey,
-        chunks: Vec<(u64, &mut [u8])>,
-    ) -> Result<()> {
-        let (node, offset, len, tag) = key;
-        let lost = |e: std::io::Error| {
-            Error::new(
-                crate::error::ErrorKind::ObjectLost,
-                format!("the transfer from {source} broke off: {e}"),
-            )
-        };
-        let unreachable = |e: Error| {
-            Error::new(
-                crate::error::ErrorKind::ObjectLost,
-                format!("the node holding the object cannot be reached: {e}"),
-            )
-        };
-        let mut stream = source.connect(&self.session.secret).map_err(unreachable)?;
-        if let Stream::Tcp(t) = &stream {
-            // A node that stops answering mid-transfer fails the pull
-            // instead of hanging it.
-            t.set_read_timeout(Some(TRANSFER_STALL)).map_err(lost)?;
-        }
-        let conn = Conn::new(&stream)?;
-        for (start, c) in &chunks {
-            conn.send(&Msg::ReadObject {
-                node,
-                offset,
-                len,
-                tag,
-                start: *start,
-                count: c.len() as u64,
-            })
-            .map_err(unreachable)?;
-        }
-        let mut frame = Vec::new();
-        for (_, c) in chunks {
-            match transport::read_frame(&mut stream, &mut frame).map_err(lost)? {
-                Some(Msg::ObjectBytes { result: Ok(n) }) if n == c.len() as u64 => {}
-                Some(Msg::ObjectBytes { result: Err(e) }) => return Err(e),
-                _ => return Err(Error::unavailable("unexpected answer to a read")),
-            }
-            // Straight into the arena: the bytes are copied once, by the kernel.
-            std::io::Read::read_exact(&mut stream, c).map_err(lost)?;
-        }
-        Ok(())
-    }
-
     fn client_gone(&self, client: ClientId) {
         let mut st = self.lock();
         let Some(c) = st.clients.remove(&client) else {
             return;
         };
-        // An embedded cluster ends with its driver; a launched one serves
-        // drivers that come and go (every rank of a simulation, say).
-        if c.is_driver && self.session.embedded {
+        // An embedded cluster ends with its own driver (see `own_driver`:
+        // another connection registering as a driver is not it); a launched
+        // one serves drivers that come and go (every rank of a simulation).
+        if self.session.embedded && st.own_driver == Some(client) {
             drop(st);
             self.shutdown("the driver disconnected");
         }
@@ -1464,13 +1052,6 @@ impl Raylet {
         self.session.remove_fabric_files();
         self.session.remove_sockets();
         std::process::exit(0);
-    }
-}
-
-fn no_fabric() -> crate::fabric::FabricError {
-    crate::fabric::FabricError {
-        message: "no fabric on this node".into(),
-        dirty: false,
     }
 }
 
