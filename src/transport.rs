@@ -790,6 +790,25 @@ impl Dialed {
     }
 }
 
+/// Runs the body of a thread its process cannot do without (an accept
+/// loop, the raylet's reaper or reports, the GCS's health checks, a core
+/// worker's housekeeping). A panic in it is a bug that would otherwise end
+/// the component silently (a node that never reports, a dead worker never
+/// reaped): the process says so and exits, so that the cluster sees a dead
+/// process and recovers from it as from any other.
+pub(crate) fn vital(thread: &'static str, body: impl FnOnce()) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        crate::log::log!("{thread} panicked ({what}); this process cannot go on without it");
+        eprintln!("rustray: internal thread {thread} panicked ({what}); exiting");
+        std::process::exit(101);
+    }
+}
+
 /// Runs a connection's serving loop, reporting how it ended badly: a
 /// malformed frame, or a panic in a handler (a bug, or data a peer sent
 /// that the handler trusted), ends that one connection with a log line
@@ -1018,6 +1037,34 @@ mod tests {
         assert!(
             conn.send(&Msg::Blocked).is_err(),
             "sends after the close fail"
+        );
+    }
+
+    /// A panic in a vital thread ends its process, loudly (exit 101 and a
+    /// line naming the thread), rather than leaving it running without
+    /// the thread. Runs itself as a child to see the exit.
+    #[test]
+    fn a_panic_in_a_vital_thread_ends_the_process_saying_so() {
+        if std::env::var("RUSTRAY_TEST_VITAL_CHILD").is_ok() {
+            let t = std::thread::spawn(|| vital("test-vital", || panic!("on purpose")));
+            let _ = t.join();
+            // Not reached: the panic ended the process.
+            std::process::exit(0);
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "transport::tests::a_panic_in_a_vital_thread_ends_the_process_saying_so",
+                "--exact",
+                "--nocapture",
+            ])
+            .env("RUSTRAY_TEST_VITAL_CHILD", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(101), "{err}");
+        assert!(
+            err.contains("internal thread test-vital panicked (on purpose)"),
+            "{err}"
         );
     }
 

@@ -279,13 +279,13 @@ impl CoreWorker {
             let me = cw.clone();
             std::thread::Builder::new()
                 .name("rustray-accept".into())
-                .spawn(move || me.accept_loop(listener))
+                .spawn(move || transport::vital("rustray-accept", || me.accept_loop(listener)))
                 .map_err(|e| Error::io("spawning the accept thread", e))?;
         }
         let me = cw.clone();
         std::thread::Builder::new()
             .name("rustray-leases".into())
-            .spawn(move || me.housekeeping())
+            .spawn(move || transport::vital("rustray-leases", || me.housekeeping()))
             .map_err(|e| Error::io("spawning the housekeeping thread", e))?;
         Ok(cw)
     }

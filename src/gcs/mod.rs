@@ -110,12 +110,12 @@ impl Gcs {
         let g = gcs.clone();
         std::thread::Builder::new()
             .name("gcs-health".into())
-            .spawn(move || g.health_checks())
+            .spawn(move || transport::vital("gcs-health", || g.health_checks()))
             .map_err(|e| Error::io("spawning the GCS health thread", e))?;
         let g = gcs.clone();
         std::thread::Builder::new()
             .name("gcs".into())
-            .spawn(move || g.accept(listener))
+            .spawn(move || transport::vital("gcs", || g.accept(listener)))
             .map_err(|e| Error::io("spawning the GCS thread", e))?;
         Ok(gcs)
     }

@@ -372,10 +372,10 @@ fn run(session: Session) -> Result<()> {
             raylet.start_worker(&mut st);
         }
     }
-    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+    let spawn = |name: &'static str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(f)
+            .spawn(move || transport::vital(name, f))
             .map(|_| ())
             .map_err(|e| Error::io("spawning a raylet thread", e))
     };
@@ -389,7 +389,7 @@ fn run(session: Session) -> Result<()> {
     spawn("raylet-report", Box::new(move || r.report(gcs)))?;
     let r = raylet.clone();
     spawn("raylet-tcp", Box::new(move || r.accept(tcp)))?;
-    raylet.accept(unix);
+    transport::vital("raylet-unix", || raylet.accept(unix));
     Ok(())
 }
 
