@@ -144,6 +144,23 @@ pub fn hostile_frames(to: Peer, not_a_worker: u32) -> Result<Vec<Vec<u8>>> {
                     offsets: vec![far, 1 << 50],
                 },
             ],
+            // Every block in the store's first 16 MiB, freed by a process
+            // that owns none of them (unregistered, then as a made-up
+            // worker).
+            vec![Msg::FreeObjects {
+                offsets: (0..16u64 << 20).step_by(codec::ALIGN).collect(),
+            }],
+            vec![
+                Msg::Register {
+                    worker: stranger,
+                    pid: std::process::id(),
+                    is_driver: true,
+                    rank: None,
+                },
+                Msg::FreeObjects {
+                    offsets: (0..16u64 << 20).step_by(codec::ALIGN).collect(),
+                },
+            ],
             vec![Msg::PullObject {
                 req: 5,
                 node: u16::MAX,

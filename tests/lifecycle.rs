@@ -373,7 +373,8 @@ fn test_malformed_frames_cost_only_their_connection() {
 /// Issue 9: well-formed messages with what no honest peer sends (ids
 /// nobody made, offsets and lengths past any store, a resource amount past
 /// any node, node indices past the cluster, a `Register` claiming the pid
-/// of a process that is no worker followed by a `KillWorker` of it), sent
+/// of a process that is no worker followed by a `KillWorker` of it, frees of
+/// every block in the store by a process that owns none of them), sent
 /// to the GCS, the raylet and every core worker of the node: no component
 /// falls over or acts on the lie (the process survives), and the same
 /// actor, tasks and new actors run on after.
@@ -382,6 +383,14 @@ fn test_hostile_messages_harm_no_one() {
     let tally = Tally::remote().expect("actor");
     let (n, actor_pid) = rustray::get_timeout(&tally.bump(), Duration::from_secs(30)).unwrap();
     assert_eq!(n, 1);
+    // Objects in the store before: a lie that freed their blocks would
+    // let the puts below overwrite them.
+    let early: Vec<_> = (0..4u8)
+        .map(|i| rustray::put(vec![i; 1 << 20]).expect("put"))
+        .collect();
+    for (i, r) in early.iter().enumerate() {
+        assert!(rustray::get(r).expect("read").iter().all(|b| *b == i as u8));
+    }
     let mut bystander = Command::new("sleep").arg("60").spawn().expect("sleep");
     for peer in [
         rustray::__private::Peer::Gcs,
@@ -412,8 +421,17 @@ fn test_hostile_messages_harm_no_one() {
         )
         .expect("tasks still run");
     }
-    let big = rustray::put(vec![5u8; 4 << 20]).expect("a large put");
-    assert_eq!(rustray::get(&big).expect("read back").len(), 4 << 20);
+    let big: Vec<_> = (0..4)
+        .map(|_| rustray::put(vec![0xeeu8; 4 << 20]).expect("a large put"))
+        .collect();
+    assert_eq!(rustray::get(&big[0]).expect("read back").len(), 4 << 20);
+    for (i, r) in early.iter().enumerate() {
+        let v = rustray::get(r).expect("an object put before");
+        assert!(
+            v.len() == 1 << 20 && v.iter().all(|b| *b == i as u8),
+            "object {i}, put before, was freed and overwritten"
+        );
+    }
     let fresh = Tally::remote().expect("a new actor");
     assert_eq!(
         rustray::get_timeout(&fresh.bump(), Duration::from_secs(30))

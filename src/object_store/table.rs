@@ -291,6 +291,11 @@ impl Store {
     }
 
     /// Frees every block owned by a process that exited.
+    /// The owner of the block at `offset`, if one is there.
+    pub(crate) fn owner_of(&self, offset: u64) -> Option<WorkerId> {
+        self.blocks.get(&offset).map(|b| b.owner)
+    }
+
     pub(crate) fn free_owned_by(&mut self, owner: WorkerId) -> usize {
         let offs: Vec<u64> = self
             .blocks

@@ -806,8 +806,23 @@ impl Raylet {
                 }
             }
             Msg::FreeObjects { offsets } => {
+                // A process of this node frees only blocks it owns (by its
+                // registration): a bug or a lie cannot free another's
+                // object under its readers. Other nodes' owners free theirs
+                // over TCP, where no registration says who they are.
+                let local = st.clients.get(&client).map(|c| (c.pid.is_some(), c.worker));
+                let mut refused = 0usize;
                 for o in offsets {
+                    if let Some((true, who)) = local {
+                        if st.store.owner_of(o).is_some_and(|owner| Some(owner) != who) {
+                            refused += 1;
+                            continue;
+                        }
+                    }
                     st.store.free(o);
+                }
+                if refused > 0 {
+                    log!("a local process (worker {:?}) asked to free {refused} blocks it does not own; refused", local.and_then(|l| l.1));
                 }
                 drop(self.delete_dead_files(st));
             }
