@@ -208,6 +208,12 @@ pub(crate) struct CoreWorker {
     pub(crate) shutting_down: AtomicBool,
     pub(crate) exec: executor::ExecShared,
     lease_wake: (Mutex<bool>, Condvar),
+    /// When the housekeeping thread will wake next on its own, in
+    /// microseconds since `born` (0: it is awake, or it will not on its
+    /// own soon): a lease going idle before then needs no wake-up call.
+    /// Written and read under the state lock.
+    housekeeping_at: AtomicU64,
+    born: Instant,
 }
 
 static CURRENT: RwLock<Option<Arc<CoreWorker>>> = RwLock::new(None);
@@ -260,6 +266,8 @@ impl CoreWorker {
             shutting_down: AtomicBool::new(false),
             exec: executor::ExecShared::default(),
             lease_wake: (Mutex::new(false), Condvar::new()),
+            housekeeping_at: AtomicU64::new(0),
+            born: Instant::now(),
         });
         // The listener is bound before registering, so a lease granted to
         // this worker can be connected to at once.
@@ -423,7 +431,11 @@ impl CoreWorker {
                 let mut st = self.lock();
                 let (mut fx, due) = self.return_idle_leases(&mut st);
                 let held_due = self.release_held_pins(&mut st, Some(HELD_PIN_FOR), &mut fx);
-                (fx, due.into_iter().chain(held_due).min())
+                let next = due.into_iter().chain(held_due).min();
+                // Under the lock, so a lease going idle after this sees it.
+                let at = next.map_or(0, |d| self.micros_since_born(d).max(1));
+                self.housekeeping_at.store(at, Ordering::Relaxed);
+                (fx, next)
             };
             if !fx.is_empty() {
                 self.apply(fx);
@@ -444,6 +456,21 @@ impl CoreWorker {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
             *g = false;
+        }
+    }
+
+    fn micros_since_born(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.born).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// A lease went idle (under the state lock), due back at `due`: wakes
+    /// the housekeeping thread unless it wakes by then anyway (after every
+    /// task of a run of sync calls, a wake-up would cost a thread switch
+    /// and the state lock on a path that waits on both).
+    pub(crate) fn housekeeping_due(&self, due: Instant) {
+        let at = self.housekeeping_at.load(Ordering::Relaxed);
+        if at == 0 || at > self.micros_since_born(due) {
+            self.wake_housekeeping();
         }
     }
 

@@ -925,7 +925,7 @@ impl CoreWorker {
                 l.last_done = Some(now);
                 if l.inflight.is_empty() {
                     l.idle_since = Some(now);
-                    self.wake_housekeeping();
+                    self.housekeeping_due(now + LEASE_IDLE);
                 }
                 let c = l.class.clone();
                 if let (Some(s), Some(cq)) = (started, st.sub.classes.get_mut(&c)) {
