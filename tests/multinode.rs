@@ -342,6 +342,21 @@ impl Producer {
     }
 }
 
+/// A fresh run-counting marker file for `runs` (removed if left over).
+fn marker(name: &str) -> String {
+    let m = std::env::temp_dir().join(format!("rustray-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&m);
+    m.display().to_string()
+}
+
+/// Prefer `node`, and run elsewhere once it is lost.
+fn soft_on(node: &rustray::Node) -> SchedulingStrategy {
+    SchedulingStrategy::NodeAffinity {
+        node: node.name.clone(),
+        soft: true,
+    }
+}
+
 fn runs(marker: &str) -> usize {
     std::fs::read(marker).map(|b| b.len()).unwrap_or(0)
 }
@@ -355,24 +370,15 @@ fn test_lineage_reconstruction_of_lost_results() {
     let nodes = three_nodes();
     let victim = &nodes[2];
     let raylet = raylet_pid_of(victim);
-    let dir = std::env::temp_dir();
-    let ma = dir.join(format!("rustray-recon-a-{}", std::process::id()));
-    let mb = dir.join(format!("rustray-recon-b-{}", std::process::id()));
-    let (ma, mb) = (ma.display().to_string(), mb.display().to_string());
-    let _ = (std::fs::remove_file(&ma), std::fs::remove_file(&mb));
-    let there = SchedulingStrategy::NodeAffinity {
-        node: victim.name.clone(),
-        soft: true,
-    };
+    let (ma, mb) = (marker("recon-a"), marker("recon-b"));
+    let there = soft_on(victim);
     let a = counted_bytes::options()
         .scheduling_strategy(there.clone())
         .remote(ma.clone(), 1 << 20, 3u8);
     let b = counted_reverse::options()
         .scheduling_strategy(there.clone())
         .remote(mb.clone(), &a);
-    let mc = dir.join(format!("rustray-recon-c-{}", std::process::id()));
-    let mc = mc.display().to_string();
-    let _ = std::fs::remove_file(&mc);
+    let mc = marker("recon-c");
     let c = counted_bytes::options()
         .scheduling_strategy(there.clone())
         .remote(mc.clone(), 1 << 20, 5u8);
@@ -511,10 +517,7 @@ fn test_actors_restart_when_their_node_is_lost_hung() {
     let nodes = three_nodes();
     let victim = &nodes[2];
     let raylet = raylet_pid_of(victim);
-    let there = SchedulingStrategy::NodeAffinity {
-        node: victim.name.clone(),
-        soft: true,
-    };
+    let there = soft_on(victim);
     let up = Where::options()
         .max_restarts(1)
         .max_task_retries(1)
@@ -779,17 +782,8 @@ fn test_actor_task_reconstruction_after_node_loss() {
     let nodes = three_nodes();
     let victim = &nodes[2];
     let raylet = raylet_pid_of(victim);
-    let dir = std::env::temp_dir();
-    let marker = |k: &str| {
-        let m = dir.join(format!("rustray-actor-recon-{k}-{}", std::process::id()));
-        let _ = std::fs::remove_file(&m);
-        m.display().to_string()
-    };
-    let (ma, mb) = (marker("a"), marker("b"));
-    let there = SchedulingStrategy::NodeAffinity {
-        node: victim.name.clone(),
-        soft: true,
-    };
+    let (ma, mb) = (marker("actor-recon-a"), marker("actor-recon-b"));
+    let there = soft_on(victim);
     // (Retries: the recomputing call may first reach the dying actor.)
     let retried = Producer::options()
         .max_restarts(1)
@@ -964,15 +958,8 @@ fn test_lost_result_is_remade_through_an_argument_since_released() {
     let nodes = three_nodes();
     let victim = &nodes[2];
     let raylet = raylet_pid_of(victim);
-    let dir = std::env::temp_dir();
-    let ma = dir.join(format!("rustray-pin-a-{}", std::process::id()));
-    let mb = dir.join(format!("rustray-pin-b-{}", std::process::id()));
-    let (ma, mb) = (ma.display().to_string(), mb.display().to_string());
-    let _ = (std::fs::remove_file(&ma), std::fs::remove_file(&mb));
-    let there = SchedulingStrategy::NodeAffinity {
-        node: victim.name.clone(),
-        soft: true,
-    };
+    let (ma, mb) = (marker("pin-a"), marker("pin-b"));
+    let there = soft_on(victim);
     let a = counted_bytes::options()
         .scheduling_strategy(there.clone())
         .remote(ma.clone(), 1 << 20, 6u8);
