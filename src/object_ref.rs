@@ -357,12 +357,18 @@ fn wait_ready<T>(
             cw.apply(fx);
             return Ok(ready);
         }
-        drop(st);
-        cw.apply(fx);
-        if guard.is_none() {
-            guard = Some(cw.block_guard());
+        // Whatever needs the lock dropped (messages to owners, telling the
+        // raylet this worker blocks) is followed by polling again before
+        // any wait: a value that arrived meanwhile woke nobody.
+        if !fx.is_empty() || guard.is_none() {
+            drop(st);
+            cw.apply(fx);
+            if guard.is_none() {
+                guard = Some(cw.block_guard());
+            }
+            st = cw.lock();
+            continue;
         }
-        st = cw.lock();
         if cw.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Error::unavailable("rustray was shut down"));
         }

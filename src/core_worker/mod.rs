@@ -514,7 +514,7 @@ impl CoreWorker {
 }
 
 impl Effects {
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.sends.is_empty()
             && self.to_owner.is_empty()
             && self.drops.is_empty()
