@@ -349,15 +349,13 @@ impl Gcs {
                 let delta = {
                     let mut table = self.node_table();
                     table.report(node, report, now);
-                    (!table.wants_whole_view(view_version)).then(|| table.since(view_version))
+                    (!table.wants_whole_view(view_version)).then(|| table.since_frame(view_version))
                 };
                 match delta {
-                    Some((version, joined, changed)) => {
-                        let _ = conn.send(&Msg::ClusterView {
-                            version,
-                            joined,
-                            changed,
-                        });
+                    Some(frame) => {
+                        if let Ok(frame) = frame {
+                            let _ = conn.send_frame(&frame);
+                        }
                     }
                     None => {
                         if let Ok(frame) = self.whole_view(now) {

@@ -16,12 +16,15 @@
 //! those that joined since, the others' load alone ([`apply_delta`] is
 //! the raylet's side).
 //! A raylet whose resources did not change sends a heartbeat without them.
+//! Each node's load is encoded once when it changes, and a delta's frame is
+//! those bytes laid end to end ([`NodeTable::since_frame`]): an answer
+//! costs a copy per changed node, not a clone and an encoding.
 //! So the GCS's traffic grows with what changes, not with the square of
 //! the allocation.
 
 use super::actors::ConnId;
 use crate::error::{Error, Result};
-use crate::transport::{NodeInfo, NodeLoad, ResourceReport};
+use crate::transport::{Msg, NodeInfo, NodeLoad, ResourceReport};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -51,6 +54,8 @@ pub(crate) struct NodeTable {
     /// The version at which each node (last) joined: a raylet whose view
     /// is older is sent the node in full.
     joined: HashMap<u16, u64>,
+    /// Each node's load as a delta carries it, encoded at its last change.
+    loads: HashMap<u16, Vec<u8>>,
 }
 
 impl NodeTable {
@@ -66,7 +71,9 @@ impl NodeTable {
         self.live.insert(info.index, Heartbeat { conn, last: now });
         self.touch(info.index);
         self.joined.insert(info.index, self.version);
-        self.nodes.insert(info.index, info);
+        let index = info.index;
+        self.nodes.insert(index, info);
+        self.encode_load(index);
         Ok(())
     }
 
@@ -107,6 +114,58 @@ impl NodeTable {
             self.log.remove(&old);
         }
         self.log.insert(self.version, index);
+        self.encode_load(index);
+    }
+
+    fn encode_load(&mut self, index: u16) {
+        if let Some(bytes) = self
+            .nodes
+            .get(&index)
+            .and_then(|n| crate::codec::encode(&load_of(n)).ok())
+        {
+            self.loads.insert(index, bytes);
+        }
+    }
+
+    /// [`NodeTable::since`] as the frame of a `ClusterView` message, built
+    /// from the loads encoded when they changed (for a raylet that holds a
+    /// view: see [`NodeTable::wants_whole_view`]).
+    pub(crate) fn since_frame(&self, version: u64) -> Result<Vec<u8>> {
+        let (mut joined, mut changed) = (Vec::new(), Vec::new());
+        for index in self.log.range(version + 1..).map(|(_, i)| *i) {
+            let Some(n) = self.nodes.get(&index) else {
+                continue;
+            };
+            if self.joined.get(&index).is_some_and(|j| *j > version) {
+                joined.push(n.clone());
+            } else {
+                changed.push(index);
+            }
+        }
+        let mut frame = crate::transport::encode_frame(&Msg::ClusterView {
+            version: self.version,
+            joined,
+            changed: Vec::new(),
+        })?;
+        // `changed` is the message's last field: bincode writes its length
+        // (an empty one is the single byte 0), then its items.
+        if frame.pop() != Some(0) {
+            return Err(Error::invalid(
+                "a cluster view frame not laid out as expected",
+            ));
+        }
+        crate::codec::encode_append(&(changed.len() as u64), &mut frame)?;
+        for index in changed {
+            match (self.loads.get(&index), self.nodes.get(&index)) {
+                (Some(b), _) => frame.extend_from_slice(b),
+                (None, Some(n)) => crate::codec::encode_append(&load_of(n), &mut frame)?,
+                (None, None) => {}
+            }
+        }
+        let len = u32::try_from(frame.len() - 4)
+            .map_err(|_| Error::invalid("a cluster view too large for one frame"))?;
+        frame[..4].copy_from_slice(&len.to_le_bytes());
+        Ok(frame)
     }
 
     /// Whether a raylet holding `version` needs the whole view: it has
@@ -326,6 +385,39 @@ mod tests {
         t.register(node(0), 1, Instant::now()).unwrap();
         t.lost(0);
         assert_eq!(t.next_deadline(), None);
+    }
+
+    /// The frame laid out from loads encoded at their change is the very
+    /// frame encoding the delta would give, for every version a raylet may
+    /// hold, through joins, reports, heartbeats and a loss.
+    #[test]
+    fn a_delta_frame_is_the_encoded_delta() {
+        let t0 = Instant::now();
+        let mut t = NodeTable::default();
+        let check = |t: &NodeTable| {
+            for v in 1..=t.version {
+                let (version, joined, changed) = t.since(v);
+                let want = crate::transport::encode_frame(&Msg::ClusterView {
+                    version,
+                    joined,
+                    changed,
+                })
+                .unwrap();
+                assert_eq!(t.since_frame(v).unwrap(), want, "since {v}");
+            }
+        };
+        for i in 0..300u16 {
+            t.register(node(i), u64::from(i), t0).unwrap();
+        }
+        check(&t);
+        for i in 0..300u16 {
+            assert!(t.report(i, report(f64::from(i % 7)), t0));
+        }
+        assert!(t.report(5, None, t0));
+        check(&t);
+        t.lost(7);
+        t.register(node(7), 999, t0).unwrap();
+        check(&t);
     }
 
     #[test]
