@@ -40,22 +40,67 @@ struct Heartbeat {
     last: Instant,
 }
 
+/// A map by node index, as a vector (indices are small and dense): the
+/// lookups every report and every delta make need no hashing or tree walk.
+#[derive(Debug)]
+struct ByIndex<T>(Vec<Option<T>>);
+
+impl<T> Default for ByIndex<T> {
+    fn default() -> Self {
+        ByIndex(Vec::new())
+    }
+}
+
+impl<T> ByIndex<T> {
+    fn get(&self, i: &u16) -> Option<&T> {
+        self.0.get(usize::from(*i)).and_then(Option::as_ref)
+    }
+
+    fn get_mut(&mut self, i: &u16) -> Option<&mut T> {
+        self.0.get_mut(usize::from(*i)).and_then(Option::as_mut)
+    }
+
+    fn insert(&mut self, i: u16, v: T) -> Option<T> {
+        let i = usize::from(i);
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, || None);
+        }
+        self.0[i].replace(v)
+    }
+
+    fn remove(&mut self, i: &u16) -> Option<T> {
+        self.0.get_mut(usize::from(*i)).and_then(Option::take)
+    }
+
+    /// In index order.
+    fn iter(&self) -> impl Iterator<Item = (u16, &T)> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| Some((u16::try_from(i).ok()?, v.as_ref()?)))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().flatten()
+    }
+}
+
 /// The node table (no IO).
 #[derive(Debug, Default)]
 pub(crate) struct NodeTable {
-    nodes: BTreeMap<u16, NodeInfo>,
-    live: HashMap<u16, Heartbeat>,
+    nodes: ByIndex<NodeInfo>,
+    live: ByIndex<Heartbeat>,
     /// The view's version: bumped by every change.
     version: u64,
     /// The version of each node's last change.
-    changed: HashMap<u16, u64>,
+    changed: ByIndex<u64>,
     /// The same, by version: a delta visits only what changed.
     log: BTreeMap<u64, u16>,
     /// The version at which each node (last) joined: a raylet whose view
     /// is older is sent the node in full.
-    joined: HashMap<u16, u64>,
+    joined: ByIndex<u64>,
     /// Each node's load as a delta carries it, encoded at its last change.
-    loads: HashMap<u16, Vec<u8>>,
+    loads: ByIndex<Vec<u8>>,
 }
 
 impl NodeTable {
@@ -207,7 +252,7 @@ impl NodeTable {
             .live
             .iter()
             .filter(|(_, h)| now.saturating_duration_since(h.last) > NODE_TIMEOUT)
-            .map(|(i, _)| *i)
+            .map(|(i, _)| i)
             .collect();
         out.sort_unstable();
         out
