@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::any::{Any, TypeId};
 
-fn config() -> bincode::config::Configuration {
+pub(crate) fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 

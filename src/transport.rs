@@ -723,10 +723,21 @@ pub(crate) fn more_input_pending() -> bool {
 
 /// Reads one frame; `None` at a clean end-of-stream.
 pub(crate) fn read_frame(r: &mut impl Read, body: &mut Vec<u8>) -> std::io::Result<Option<Msg>> {
+    if !read_frame_bytes(r, body)? {
+        return Ok(None);
+    }
+    codec::decode(body, "message")
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// Reads one frame's body into `body`, undecoded; false at the end of the
+/// stream.
+pub(crate) fn read_frame_bytes(r: &mut impl Read, body: &mut Vec<u8>) -> std::io::Result<bool> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
         Err(e) => return Err(e),
     }
     let n = u32::from_le_bytes(len) as usize;
@@ -751,9 +762,7 @@ pub(crate) fn read_frame(r: &mut impl Read, body: &mut Vec<u8>) -> std::io::Resu
             ));
         }
     }
-    codec::decode(body, "message")
-        .map(Some)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+    Ok(true)
 }
 
 /// Runs [`read_loop`] on a named thread, then `on_close`.

@@ -522,13 +522,56 @@ fn register(endpoint: &Endpoint, secret: &crate::transport::Secret, index: u16) 
 
 fn read(r: &mut BufReader<Stream>) -> Result<(Msg, usize)> {
     let mut body = Vec::new();
-    match transport::read_frame(r, &mut body) {
-        Ok(Some(m)) => Ok((m, 4 + body.len())),
-        Ok(None) => Err(Error::unavailable(
-            "node simulation: the GCS closed a connection",
-        )),
-        Err(e) => Err(Error::io("node simulation: reading from the GCS", e)),
+    match transport::read_frame_bytes(r, &mut body) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(Error::unavailable(
+                "node simulation: the GCS closed a connection",
+            ))
+        }
+        Err(e) => return Err(Error::io("node simulation: reading from the GCS", e)),
     }
+    let len = 4 + body.len();
+    if let Some(version) = whole_view_version(&body) {
+        // A joining node's whole view: what a raylet decodes once, on its
+        // own machine. Decoding thousands of them here, on this machine's
+        // cores, would measure the simulation rather than the GCS (and
+        // keep the simulated nodes from reporting in time); its version is
+        // what the node holds from then on. Deltas are decoded in full.
+        return Ok((
+            Msg::ClusterView {
+                version,
+                joined: Vec::new(),
+                changed: Vec::new(),
+            },
+            len,
+        ));
+    }
+    let m = crate::codec::decode(&body, "message")?;
+    Ok((m, len))
+}
+
+/// Bodies this long are whole views (a delta of a 0.5 churn is far less).
+const WHOLE_VIEW_BYTES: usize = 64 << 10;
+
+/// The version of a large `ClusterView` body, read from its head alone.
+fn whole_view_version(body: &[u8]) -> Option<u64> {
+    if body.len() < WHOLE_VIEW_BYTES {
+        return None;
+    }
+    // The head of a `ClusterView`: its variant tag, then the version.
+    let empty = crate::codec::encode(&Msg::ClusterView {
+        version: 0,
+        joined: Vec::new(),
+        changed: Vec::new(),
+    })
+    .ok()?;
+    // The empty one ends with the version (0) and two empty lengths.
+    let tag = empty.get(..empty.len().checked_sub(3)?)?;
+    let rest = body.strip_prefix(tag)?;
+    let (version, _) =
+        bincode::serde::decode_from_slice::<u64, _>(rest, crate::codec::config()).ok()?;
+    Some(version)
 }
 
 /// One report period of a group of nodes: every report sent, then every
@@ -639,6 +682,52 @@ fn ensure_descriptors(nodes: usize, per_node: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A whole view's version is read from its head; deltas and other
+    /// messages are left to the full decode.
+    #[test]
+    fn a_whole_views_version_is_read_from_its_head() {
+        let node = |i: u16| NodeInfo {
+            index: i,
+            name: format!("node-{i}"),
+            ip: std::net::IpAddr::from([10, 0, 0, 1]),
+            raylet_port: 9,
+            total: ResourceSet::new(),
+            available: ResourceSet::new(),
+            alive: true,
+            store_used: 0,
+            store_capacity: 1 << 30,
+            drivers: 0,
+            drivers_seen: 0,
+            ranks: Vec::new(),
+            fabric: None,
+        };
+        let whole = Msg::ClusterView {
+            version: 123_456_789,
+            joined: (0..4096).map(node).collect(),
+            changed: Vec::new(),
+        };
+        let body = crate::codec::encode(&whole).unwrap();
+        assert!(body.len() >= WHOLE_VIEW_BYTES);
+        assert_eq!(whole_view_version(&body), Some(123_456_789));
+        let small = Msg::ClusterView {
+            version: 7,
+            joined: (0..3).map(node).collect(),
+            changed: Vec::new(),
+        };
+        assert_eq!(
+            whole_view_version(&crate::codec::encode(&small).unwrap()),
+            None
+        );
+        let mut other = crate::codec::encode(&Msg::Nodes {
+            req: 1,
+            nodes: (0..4096).map(node).collect(),
+        })
+        .unwrap();
+        assert_eq!(whole_view_version(&other), None);
+        other.truncate(2);
+        assert_eq!(whole_view_version(&other), None);
+    }
 
     /// A small simulated cluster: every node registers, every report is
     /// answered, a quiet cluster's answers are heartbeats (no node sent
