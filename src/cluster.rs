@@ -856,7 +856,8 @@ fn missing_ranks(nodes: &[NodeInfo], tasks: u32, env: &SlurmEnv) -> Option<Strin
 /// Ends an in-situ cluster from rank 0: every raylet is asked to shut
 /// down, the GCS stops, the rendezvous file goes.
 fn end_insitu(gcs: &Gcs, session: &Session, rendezvous: Option<&Path>) {
-    for n in gcs.nodes() {
+    // Not the dead: each would cost a connect timeout.
+    for n in gcs.nodes().into_iter().filter(|n| n.alive) {
         send_shutdown(&n.raylet(), session);
     }
     gcs.stop();
@@ -900,6 +901,12 @@ fn watch_join(
                 .min(Duration::from_millis(100)),
         );
     }
+    if missing_ranks(&gcs.nodes(), tasks, &env).is_none() {
+        return;
+    }
+    // Ranks are reported with their node's load, every 100 ms: one that
+    // joined just now may not be in the table yet.
+    std::thread::sleep(Duration::from_millis(500));
     let Some(why) = missing_ranks(&gcs.nodes(), tasks, &env) else {
         return;
     };
@@ -1009,9 +1016,10 @@ impl InSitu {
         let deadline = Instant::now() + wait;
         let join_by = self.started + join_timeout();
         if self.ending.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            // The join watchdog is failing the step: it ends the process.
-            std::thread::sleep(STOP_TIMEOUT * 2);
-            return;
+            // The join watchdog is failing the step and ends the process;
+            // should it not have by then, this rank does, failing too.
+            std::thread::sleep(STOP_TIMEOUT * 4);
+            std::process::exit(1);
         }
         let mut quiet = 0;
         let mut never_joined = None;

@@ -348,9 +348,6 @@ impl Listener {
     }
 }
 
-/// Bytes [`Conn::queue`] keeps back at most before it sends.
-const QUEUED_MAX: usize = 16 << 10;
-
 /// Frames larger than this are a protocol error (a peer sending garbage).
 const MAX_FRAME: usize = 1 << 30;
 /// Frames up to this size are read into a buffer sized from their length
@@ -520,25 +517,6 @@ impl Conn {
             }
         }
         r.map_err(lost)
-    }
-
-    /// Keeps one message back, to go out with the next [`Conn::send`] (or
-    /// [`Conn::flush`]) in one write: for a sender that knows it will send
-    /// again soon (a worker with more of the same caller's short tasks
-    /// queued batches their results). Sends at once when
-    /// [`QUEUED_MAX`] bytes are already kept.
-    pub(crate) fn queue(&self, msg: &Msg) -> Result<()> {
-        {
-            let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            if w.tail.len() < QUEUED_MAX {
-                w.frame(msg)?;
-                self.take_deferred(&mut w);
-                let Writer { buf, tail, .. } = &mut *w;
-                tail.extend_from_slice(buf);
-                return Ok(());
-            }
-        }
-        self.send(msg)
     }
 
     /// Sends one message without ever blocking: what the socket does not

@@ -246,7 +246,8 @@ impl CoreWorker {
                 let ok = {
                     let mut st = self.lock();
                     match st.objects.get_mut(&id) {
-                        Some(e) if e.owned => {
+                        // An entry kept for the lineage alone is no object.
+                        Some(e) if e.owned && !e.lineage_only => {
                             *e.borrowers.entry(from).or_insert(0) += 1;
                             true
                         }

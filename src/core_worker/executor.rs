@@ -49,10 +49,6 @@ enum Item {
 /// Actor calls shorter than this on average may run on their connection
 /// thread (longer ones would keep it from reading the caller's messages).
 const INLINE_MAX: std::time::Duration = std::time::Duration::from_micros(500);
-/// A task that ran for less than this, with a task of the same function
-/// from the same caller queued behind it, has its result sent with the
-/// next one's (see `run_current`).
-const BATCH_UNDER: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// An actor's class name and state.
 type ActorState = (String, Box<dyn Any + Send>);
@@ -234,13 +230,10 @@ impl CoreWorker {
             let old = avg.load(std::sync::atomic::Ordering::Relaxed);
             avg.store((old / 4) * 3 + t / 4, std::sync::atomic::Ordering::Relaxed);
         }
-        let ran = t0.elapsed();
-        let (more, same_next) = {
+        let more = {
             let mut q = self.exec.lock();
             q.current = None;
-            let same = matches!(q.items.front(),
-                Some(Item::Task(s, c)) if Arc::ptr_eq(c, conn) && s.function == spec.function);
-            (!q.items.is_empty(), same)
+            !q.items.is_empty()
         };
         let done = Msg::TaskDone {
             task: spec.id,
@@ -262,17 +255,7 @@ impl CoreWorker {
             exit_flushing_output(0);
         }
         if !inline {
-            // A run of the same caller's short calls of one function: this
-            // result goes out with the next one's (or with anything else
-            // sent on the connection first, a `TasksReturned` when the next
-            // blocks included), one write and one wake-up of the caller's
-            // reader for several results. The next is of the same function
-            // and this one was short, so the wait is short too.
-            if same_next && ran < BATCH_UNDER {
-                let _ = conn.queue(&done);
-            } else {
-                let _ = conn.send(&done);
-            }
+            let _ = conn.send(&done);
         } else if let Ok(false) = conn.try_send(&done) {
             self.exec.lock().items.push_back(Item::Flush(conn.clone()));
             self.exec.cv.notify_one();

@@ -231,7 +231,11 @@ impl CoreWorker {
         }
     }
 
-    /// Submits again the task that made owned object `id`.
+    /// Submits again the task that made owned object `id`, then, the same
+    /// way, the arguments kept for the lineage alone that it needs (and
+    /// theirs): a worklist, not recursion, as a chain of tasks can be
+    /// thousands long. An argument that cannot be made again gets the
+    /// error as its value, so the task waiting for it fails with why.
     fn reconstruct(
         self: &Arc<Self>,
         st: &mut State,
@@ -240,6 +244,41 @@ impl CoreWorker {
         why: &Error,
         fx: &mut Effects,
     ) -> Result<()> {
+        let mut work = self.reconstruct_one(st, id, lost, why, fx)?;
+        while let Some(a) = work.pop() {
+            let need = Error::new(
+                ErrorKind::ObjectLost,
+                format!("its value was freed, and the remaking of lost object {id} needs it"),
+            );
+            match self.reconstruct_one(st, a, &Payload::Inline(Vec::new()), &need, fx) {
+                Ok(more) => work.extend(more),
+                Err(e) => {
+                    let e = Error::new(
+                        ErrorKind::ReconstructionFailed,
+                        format!(
+                            "object {id} was lost and its lineage's argument {a} cannot be made again: {}",
+                            e.message()
+                        ),
+                    );
+                    self.set_value(st, a, Payload::Inline(codec::encode_error(&e)), fx);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Submits again the task that made owned object `id` (`lost`: its
+    /// block that is gone, or an empty inline payload when nothing was lost
+    /// but a value freed). Returns its by-ref arguments kept for the
+    /// lineage alone, to be made again too.
+    fn reconstruct_one(
+        self: &Arc<Self>,
+        st: &mut State,
+        id: ObjectId,
+        lost: &Payload,
+        why: &Error,
+        fx: &mut Effects,
+    ) -> Result<Vec<ObjectId>> {
         let Some(tid) = st.objects.get(&id).and_then(|e| e.made_by) else {
             return Err(Error::new(
                 ErrorKind::ObjectLost,
@@ -250,7 +289,7 @@ impl CoreWorker {
             ));
         };
         if st.sub.tasks.contains_key(&tid) {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let failed = |msg: String| Error::new(ErrorKind::ReconstructionFailed, msg);
         let Some(l) = st.sub.lineage.tasks.get_mut(&tid) else {
@@ -274,33 +313,14 @@ impl CoreWorker {
                 l.spec.function
             )));
         }
-        // Arguments kept for the lineage alone are made again first.
-        let function = l.spec.function.clone();
+        // Arguments kept for the lineage alone are made again after (this
+        // task waits for them as for any pending argument).
         let pinned: Vec<ObjectId> = l
             .arg_ids
             .iter()
             .map(|(_, a)| *a)
             .filter(|a| st.objects.get(a).is_some_and(|e| e.lineage_only))
             .collect();
-        for a in pinned {
-            let need = Error::new(
-                ErrorKind::ObjectLost,
-                format!("its value was freed, and task `{function}` needs it to remake {id}"),
-            );
-            if let Err(e) = self.reconstruct(st, a, &Payload::Inline(Vec::new()), &need, fx) {
-                return Err(failed(format!(
-                    "object {id} was lost ({}) and argument {a} of task `{function}` that made it cannot be made again: {}",
-                    why.message(),
-                    e.message()
-                )));
-            }
-        }
-        let Some(l) = st.sub.lineage.tasks.get_mut(&tid) else {
-            return Err(failed(format!(
-                "object {id} was lost ({}) and the lineage of the task that made it is gone",
-                why.message()
-            )));
-        };
         // An actor call runs again through a handle of its actor, counted
         // as the first run's was; with none left the actor is gone.
         let handle = match (l.spec.actor, l.handle) {
@@ -374,6 +394,12 @@ impl CoreWorker {
                 e.task = Some(tid);
                 continue;
             }
+            if lost_node.is_none() && e.value.is_some() {
+                // Nothing was lost (a freed argument is being remade): a
+                // result that is there stays (the run's copy of it is
+                // freed as a duplicate when it comes).
+                continue;
+            }
             let Some(old @ Payload::Store { node, offset, .. }) = e.value.clone() else {
                 continue;
             };
@@ -410,7 +436,7 @@ impl CoreWorker {
             st.sub.queue_actor_call(a, tid);
         }
         self.resolve_deps(st, tid, arg_ids, fx);
-        Ok(())
+        Ok(pinned)
     }
 
     /// A worker could not start `t`: the arguments at `lost_args` had lost
@@ -452,5 +478,139 @@ impl CoreWorker {
         t.key = None;
         st.sub.tasks.insert(id, t);
         self.resolve_deps(st, id, deps, fx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Lineage pinning on its own: no socket, no process.
+    use super::*;
+    use crate::core_worker::Entry;
+    use crate::ids::WorkerId;
+
+    const NODE: u16 = 0;
+
+    fn me() -> WorkerId {
+        WorkerId(0x0000_0fa0_0000_0001)
+    }
+
+    fn block(offset: u64) -> Payload {
+        Payload::Store {
+            node: NODE,
+            offset,
+            len: 4096,
+            tag: 7,
+        }
+    }
+
+    /// An owned object in the store, made by task `made_by`, with one ref.
+    fn made(st: &mut State, seq: u64, made_by: TaskId) -> ObjectId {
+        let id = ObjectId { owner: me(), seq };
+        st.objects.insert(
+            id,
+            Entry {
+                local: 1,
+                owned: true,
+                value: Some(block(seq * 4096)),
+                made_by: Some(made_by),
+                ..Entry::default()
+            },
+        );
+        id
+    }
+
+    /// Task `tid`'s lineage: it made `result` from the by-ref `args`.
+    fn record(st: &mut State, tid: TaskId, result: ObjectId, args: &[ObjectId]) {
+        for a in args {
+            if let Some(e) = st.objects.get_mut(a) {
+                e.lineage += 1;
+            }
+        }
+        st.sub.lineage.tasks.insert(
+            tid,
+            Lineage {
+                spec: TaskSpec {
+                    id: tid,
+                    function: "f".into(),
+                    args: args.iter().map(|_| Payload::Inline(Vec::new())).collect(),
+                    returns: vec![result],
+                    actor: None,
+                    alone: false,
+                    max_calls: 0,
+                    resources: crate::resources::ResourceSet::new(),
+                    arg_copies: Vec::new(),
+                    gpus: Vec::new(),
+                },
+                arg_ids: args.iter().copied().enumerate().collect(),
+                target: Target::Default,
+                retries_left: 3,
+                max_retries: 3,
+                retry_exceptions: None,
+                handle: None,
+                live: 1,
+                bytes: 300,
+            },
+        );
+        st.sub.lineage.bytes += 300;
+    }
+
+    fn task(seq: u64) -> TaskId {
+        TaskId { owner: me(), seq }
+    }
+
+    /// `a = f()`, `b = g(a)`, `c = h(b)`: dropping the refs to `a` and `b`
+    /// frees their blocks but keeps their entries for `c`'s lineage (and
+    /// nothing else sees them: no object, no borrow); dropping `c` lets the
+    /// whole chain go, lineage records included.
+    #[test]
+    fn released_arguments_stay_for_the_lineage_then_go_with_it() {
+        let mut st = State::default();
+        let a = made(&mut st, 1, task(1));
+        let b = made(&mut st, 2, task(2));
+        let c = made(&mut st, 3, task(3));
+        record(&mut st, task(1), a, &[]);
+        record(&mut st, task(2), b, &[a]);
+        record(&mut st, task(3), c, &[b]);
+        let mut fx = Effects::default();
+        st.drop_local(NODE, a, &mut fx);
+        st.drop_local(NODE, b, &mut fx);
+        assert_eq!(fx.free_offsets, vec![(NODE, 4096), (NODE, 8192)]);
+        for id in [a, b] {
+            let e = &st.objects[&id];
+            assert!(e.lineage_only && e.value.is_none(), "{id}");
+        }
+        assert_eq!(st.sub.lineage.tasks.len(), 3, "every record stays");
+        let mut fx = Effects::default();
+        st.drop_local(NODE, c, &mut fx);
+        assert_eq!(fx.free_offsets, vec![(NODE, 12288)]);
+        assert!(st.objects.is_empty(), "{:?}", st.objects.keys());
+        assert!(st.sub.lineage.tasks.is_empty());
+        assert_eq!(st.sub.lineage.bytes, 0);
+    }
+
+    /// A put object is no lineage's to remake: its entry goes with its last
+    /// ref, whatever lineage takes it as an argument.
+    #[test]
+    fn a_released_put_argument_is_not_kept() {
+        let mut st = State::default();
+        let p = ObjectId {
+            owner: me(),
+            seq: 9,
+        };
+        st.objects.insert(
+            p,
+            Entry {
+                local: 1,
+                owned: true,
+                value: Some(block(0)),
+                ..Entry::default()
+            },
+        );
+        let r = made(&mut st, 10, task(10));
+        record(&mut st, task(10), r, &[p]);
+        let mut fx = Effects::default();
+        st.drop_local(NODE, p, &mut fx);
+        assert!(!st.objects.contains_key(&p));
+        assert_eq!(fx.free_offsets, vec![(NODE, 0)]);
     }
 }

@@ -116,7 +116,9 @@ impl CoreWorker {
 
     pub(super) fn remote_get(self: &Arc<Self>, from: WorkerId, conn: &Arc<Conn>, id: ObjectId) {
         let mut st = self.lock();
-        match st.objects.get_mut(&id) {
+        // An entry kept for the lineage alone is no object: answered as
+        // one already freed.
+        match st.objects.get_mut(&id).filter(|e| !e.lineage_only) {
             Some(e) => match &e.value {
                 Some(p) => {
                     let msg = Msg::ObjectReady {
@@ -168,7 +170,9 @@ impl CoreWorker {
     pub(crate) fn adopt_ref(self: &Arc<Self>, id: ObjectId) -> Result<RawRef> {
         {
             let mut st = self.lock();
-            if let Some(e) = st.objects.get_mut(&id) {
+            // An entry kept for the lineage alone is no object (its value
+            // was freed): a ref arriving for it is one to a freed object.
+            if let Some(e) = st.objects.get_mut(&id).filter(|e| !e.lineage_only) {
                 e.local += 1;
                 return Ok(RawRef {
                     id,

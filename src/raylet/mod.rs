@@ -711,6 +711,21 @@ impl Raylet {
                 rank,
             } => {
                 let sender = st.clients.get(&client).and_then(|c| c.pid);
+                // One registration per connection, under an id no other
+                // connection holds, for the process that connected (the
+                // kernel says which): what a registration claims is what
+                // this client may free and be killed as.
+                let taken = st
+                    .clients
+                    .iter()
+                    .any(|(id, c)| *id != client && c.worker == Some(worker));
+                let again = st.clients.get(&client).is_some_and(|c| c.worker.is_some());
+                let lie = !is_driver && sender.is_some_and(|p| p != pid);
+                if taken || again || lie {
+                    log!("a process (pid {sender:?}) registered as worker {worker} (pid {pid}), which {}; ignored",
+                        if taken { "another connection holds" } else if again { "follows its own registration" } else { "is not its pid" });
+                    return;
+                }
                 if let Some(c) = st.clients.get_mut(&client) {
                     c.worker = Some(worker);
                     c.is_driver = is_driver;
@@ -727,12 +742,6 @@ impl Raylet {
                             }
                         }
                     }
-                }
-                if !is_driver && sender.is_some_and(|p| p != pid) {
-                    // The kernel says who connected: a registration for
-                    // another process is a lie (or a bug), never taken.
-                    log!("a process (pid {sender:?}) registered worker {worker} as pid {pid}; ignored");
-                    return;
                 }
                 if !is_driver {
                     if !st.pids.contains_key(&pid) && st.unclaimed.len() < MAX_UNCLAIMED {

@@ -136,7 +136,16 @@ impl<J: Send + 'static> WorkPool<J> {
             .spawn(move || {
                 let Ok(mut job) = rx.recv() else { return };
                 loop {
-                    run(&o, job);
+                    // A panic in one job (a bug) must not take the thread
+                    // and its count with it: the queue would stall.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&o, job)))
+                        .is_err()
+                    {
+                        log!(
+                            "a {} job panicked; its waiters get no answer",
+                            pool(&o).name
+                        );
+                    }
                     let mut st = pool(&o).state.lock().unwrap_or_else(|p| p.into_inner());
                     match st.1.pop_front() {
                         Some(next) => job = next,
@@ -519,17 +528,34 @@ impl Raylet {
             groups[i % n].push((i as u64 * PULL_CHUNK, c));
         }
         std::thread::scope(|s| {
-            let handles: Vec<_> = groups
+            // A stream whose thread cannot be started is read on this one.
+            let mut here = Vec::new();
+            let mut handles = Vec::new();
+            for g in groups {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let spawned = std::thread::Builder::new()
+                    .name("raylet-pull-stream".into())
+                    .spawn_scoped(s, move || {
+                        let Ok(g) = rx.recv() else { return Ok(()) };
+                        self.fetch_chunks(source, key, g)
+                    });
+                match spawned {
+                    Ok(h) => {
+                        let _ = tx.send(g);
+                        handles.push(h);
+                    }
+                    Err(_) => here.push(g),
+                }
+            }
+            let mut results: Vec<Result<()>> = here
                 .into_iter()
-                .map(|g| s.spawn(move || self.fetch_chunks(source, key, g)))
+                .map(|g| self.fetch_chunks(source, key, g))
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(Error::unavailable("a transfer thread panicked")))
-                })
-                .collect::<Result<Vec<()>>>()
+            results.extend(handles.into_iter().map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::unavailable("a transfer thread panicked")))
+            }));
+            results.into_iter().collect::<Result<Vec<()>>>()
         })
         .map(|_| ())
     }
