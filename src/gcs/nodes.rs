@@ -172,10 +172,9 @@ impl NodeTable {
         }
     }
 
-    /// [`NodeTable::since`] as the frame of a `ClusterView` message, built
-    /// from the loads encoded when they changed (for a raylet that holds a
-    /// view: see [`NodeTable::wants_whole_view`]).
-    pub(crate) fn since_frame(&self, version: u64) -> Result<Vec<u8>> {
+    /// The nodes changed since `version`, in the order of their changes:
+    /// those that joined since, in full, and the others' indices.
+    fn changed_since(&self, version: u64) -> (Vec<NodeInfo>, Vec<u16>) {
         let (mut joined, mut changed) = (Vec::new(), Vec::new());
         for index in self.log.range(version + 1..).map(|(_, i)| *i) {
             let Some(n) = self.nodes.get(&index) else {
@@ -187,6 +186,14 @@ impl NodeTable {
                 changed.push(index);
             }
         }
+        (joined, changed)
+    }
+
+    /// [`NodeTable::since`] as the frame of a `ClusterView` message, built
+    /// from the loads encoded when they changed (for a raylet that holds a
+    /// view: see [`NodeTable::wants_whole_view`]).
+    pub(crate) fn since_frame(&self, version: u64) -> Result<Vec<u8>> {
+        let (joined, changed) = self.changed_since(version);
         let mut frame = crate::transport::encode_frame(&Msg::ClusterView {
             version: self.version,
             joined,
@@ -227,17 +234,11 @@ impl NodeTable {
         if self.wants_whole_view(version) {
             return (self.version, self.all(), Vec::new());
         }
-        let (mut joined, mut changed) = (Vec::new(), Vec::new());
-        for index in self.log.range(version + 1..).map(|(_, i)| *i) {
-            let Some(n) = self.nodes.get(&index) else {
-                continue;
-            };
-            if self.joined.get(&index).is_some_and(|j| *j > version) {
-                joined.push(n.clone());
-            } else {
-                changed.push(load_of(n));
-            }
-        }
+        let (joined, changed) = self.changed_since(version);
+        let changed = changed
+            .iter()
+            .filter_map(|i| self.nodes.get(i).map(load_of))
+            .collect();
         (self.version, joined, changed)
     }
 

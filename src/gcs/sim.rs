@@ -473,6 +473,25 @@ fn pace(next: Instant) -> Instant {
     }
 }
 
+/// What simulated node `index` registers as.
+fn sim_node(index: u16, total: ResourceSet) -> NodeInfo {
+    NodeInfo {
+        index,
+        name: format!("sim-{index}"),
+        ip: std::net::IpAddr::from([127, 0, 0, 1]),
+        raylet_port: 9,
+        available: total.clone(),
+        total,
+        alive: true,
+        store_used: 0,
+        store_capacity: 1 << 30,
+        drivers: 0,
+        drivers_seen: 0,
+        ranks: Vec::new(),
+        fabric: None,
+    }
+}
+
 /// Connects node `index` and registers it, as a raylet does.
 fn register(endpoint: &Endpoint, secret: &crate::transport::Secret, index: u16) -> Result<SimNode> {
     let stream = endpoint.connect(secret)?;
@@ -483,21 +502,7 @@ fn register(endpoint: &Endpoint, secret: &crate::transport::Secret, index: u16) 
     let total = ResourceSet::new().with("CPU", NODE_CPUS)?;
     conn.send(&Msg::RegisterNode {
         req: index as u64,
-        info: NodeInfo {
-            index,
-            name: format!("sim-{index}"),
-            ip: std::net::IpAddr::from([127, 0, 0, 1]),
-            raylet_port: 9,
-            available: total.clone(),
-            total,
-            alive: true,
-            store_used: 0,
-            store_capacity: 1 << 30,
-            drivers: 0,
-            drivers_seen: 0,
-            ranks: Vec::new(),
-            fabric: None,
-        },
+        info: sim_node(index, total),
     })?;
     let mut reader = BufReader::new(stream);
     match read(&mut reader)?.0 {
@@ -687,21 +692,7 @@ mod tests {
     /// messages are left to the full decode.
     #[test]
     fn a_whole_views_version_is_read_from_its_head() {
-        let node = |i: u16| NodeInfo {
-            index: i,
-            name: format!("node-{i}"),
-            ip: std::net::IpAddr::from([10, 0, 0, 1]),
-            raylet_port: 9,
-            total: ResourceSet::new(),
-            available: ResourceSet::new(),
-            alive: true,
-            store_used: 0,
-            store_capacity: 1 << 30,
-            drivers: 0,
-            drivers_seen: 0,
-            ranks: Vec::new(),
-            fabric: None,
-        };
+        let node = |i: u16| sim_node(i, ResourceSet::new());
         let whole = Msg::ClusterView {
             version: 123_456_789,
             joined: (0..4096).map(node).collect(),
