@@ -544,12 +544,11 @@ impl<T: DeviceRepr> DeviceRef<T> {
             // On another device of the node: one device-to-device copy.
             Some(open) => {
                 let (src, bytes) = (open.ptr(), open.bytes());
-                // SAFETY: `open` keeps the source alive during the copy;
-                // it holds `bytes` bytes (the real buffer's, or a mapping
-                // checked against its allocation) written as values of `T`.
-                let s =
-                    unsafe { rustray_cuda::copy_to_slice::<T>(&here.default_stream(), src, bytes) }
-                        .map_err(gpu_error)?;
+                let stream = here.default_stream();
+                // SAFETY: `open` keeps the source (checked against its
+                // allocation) alive for the copy: `bytes` bytes of `T`s.
+                let copied = unsafe { rustray_cuda::copy_to_slice::<T>(&stream, src, bytes) };
+                let s = copied.map_err(gpu_error)?;
                 drop(open);
                 return Ok(DeviceObject {
                     held: Held::Copied(s),

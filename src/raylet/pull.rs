@@ -444,11 +444,11 @@ impl Raylet {
         let _budget = PullBudget::acquire(&self.pulls, len);
         // SAFETY: `local` is the block this pull allocated for the copy; its
         // location is published (ObjectPulled) only once it is filled.
-        let dst =
-            unsafe { self.arena.write(local, len) }.map_err(|e| crate::fabric::FabricError {
-                message: e.to_string(),
-                dirty: false,
-            })?;
+        let dst = unsafe { self.arena.write(local, len) };
+        let dst = dst.map_err(|e| crate::fabric::FabricError {
+            message: e.to_string(),
+            dirty: false,
+        })?;
         let label = match self.lock().nodes.get(&source) {
             Some(n) => format!("node {} ({})", n.name, n.ip),
             None => format!("node {source}"),
