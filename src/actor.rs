@@ -11,9 +11,10 @@ use crate::core_worker::submitter::PreparedArg;
 use crate::core_worker::{self, CoreWorker, RawRef};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, ObjectId};
+use crate::protocol::{FromGcs, ToGcs};
 use crate::scheduler::{ResourceSet, CPU, GPU};
 use crate::task::Arg;
-use crate::transport::{ActorLookup, ActorSpec, Msg, NamedActor, Payload};
+use crate::transport::{ActorLookup, ActorSpec, NamedActor, Payload};
 use crate::ObjectRef;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::marker::PhantomData;
@@ -351,8 +352,11 @@ impl<A: ActorClass> ActorOptions<A> {
             max_task_retries: self.max_task_retries,
             max_concurrency: self.max_concurrency,
         };
-        let info = match cw.gcs_call(|req| Msg::RegisterActor { req, spec }, "creating an actor")? {
-            Msg::ActorRegistered { result, .. } => result?,
+        let info = match cw.gcs_call(
+            |req| ToGcs::RegisterActor { req, spec },
+            "creating an actor",
+        )? {
+            FromGcs::ActorRegistered { result, .. } => result?,
             _ => return Err(Error::unavailable("unexpected reply from the GCS")),
         };
         if info.id != id {
@@ -409,7 +413,7 @@ pub fn get_actor_in<A: ActorClass>(name: &str, namespace: &str) -> Result<ActorH
         name: name.to_string(),
     });
     let reply = cw.gcs_call(
-        |req| Msg::LookupActor {
+        |req| ToGcs::LookupActor {
             req,
             by,
             wait: false,
@@ -417,7 +421,7 @@ pub fn get_actor_in<A: ActorClass>(name: &str, namespace: &str) -> Result<ActorH
         "looking up a named actor",
     )?;
     let info = match reply {
-        Msg::ActorLookedUp { result, .. } => result?,
+        FromGcs::ActorLookedUp { result, .. } => result?,
         _ => return Err(Error::unavailable("unexpected reply from the GCS")),
     };
     if info.class != A::NAME {
@@ -441,10 +445,10 @@ pub fn list_named_actors(all_namespaces: bool) -> Result<Vec<(String, String)>> 
     let cw = core_worker::current()?;
     let namespace = (!all_namespaces).then(String::new);
     match cw.gcs_call(
-        |req| Msg::ListNamedActors { req, namespace },
+        |req| ToGcs::ListNamedActors { req, namespace },
         "listing named actors",
     )? {
-        Msg::NamedActors { actors, .. } => {
+        FromGcs::NamedActors { actors, .. } => {
             Ok(actors.into_iter().map(|a| (a.namespace, a.name)).collect())
         }
         _ => Err(Error::unavailable("unexpected reply from the GCS")),
@@ -463,14 +467,14 @@ pub fn kill<A: ActorClass>(h: &ActorHandle<A>) -> Result<()> {
 pub fn kill_with<A: ActorClass>(h: &ActorHandle<A>, no_restart: bool) -> Result<()> {
     let cw = core_worker::current()?;
     let id = h.core().id;
-    let msg = |req| Msg::KillActor {
+    let msg = |req| ToGcs::KillActor {
         req,
         id,
         no_restart,
     };
     match cw.gcs_call(msg, "killing an actor")? {
-        Msg::ActorKilled { .. } if !no_restart => Ok(()),
-        Msg::ActorKilled { .. } => {
+        FromGcs::ActorKilled { .. } if !no_restart => Ok(()),
+        FromGcs::ActorKilled { .. } => {
             let err = Error::new(
                 ErrorKind::ActorDied,
                 format!("actor `{}` was killed with rustray::kill", A::NAME),
@@ -495,7 +499,7 @@ pub fn exit_actor() -> Error {
     let Some(id) = *cw.exec.actor_id.lock().unwrap_or_else(|p| p.into_inner()) else {
         return Error::invalid("exit_actor() was called outside an actor");
     };
-    match cw.gcs_call(|req| Msg::ExitActor { req, id }, "exiting the actor") {
+    match cw.gcs_call(|req| ToGcs::ExitActor { req, id }, "exiting the actor") {
         Ok(_) => {
             crate::session::log!("actor {id:?} exits (exit_actor)");
             crate::core_worker::executor::exit_flushing_output(0)

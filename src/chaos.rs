@@ -11,6 +11,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::ids::{ActorId, LeaseId, ObjectId, TaskId, WorkerId};
 use crate::protocol::{ActorLookup, NamedActor, Payload, TaskSpec};
+use crate::protocol::{Message, PeerMsg, ToGcs, ToRaylet, Transfer};
 use crate::scheduler::ResourceSet;
 use crate::transport::Endpoint;
 use crate::transport::Msg;
@@ -93,138 +94,142 @@ pub fn hostile_frames(to: Peer, not_a_worker: u32) -> Result<Vec<Vec<u8>>> {
     let sets: Vec<Vec<Msg>> = match to {
         Peer::Raylet => vec![
             vec![
-                Msg::Register {
+                Msg::ToRaylet(ToRaylet::Register {
                     worker: stranger,
                     pid: not_a_worker,
                     is_driver: false,
                     rank: Some(u32::MAX),
-                },
-                Msg::KillWorker { worker: stranger },
+                }),
+                Msg::ToRaylet(ToRaylet::KillWorker { worker: stranger }),
             ],
             vec![
-                Msg::Register {
+                Msg::ToRaylet(ToRaylet::Register {
                     worker: stranger,
                     pid: u32::MAX,
                     is_driver: true,
                     rank: Some(u32::MAX),
-                },
-                Msg::KillWorker { worker: stranger },
+                }),
+                Msg::ToRaylet(ToRaylet::KillWorker { worker: stranger }),
             ],
-            vec![Msg::RequestLease {
+            vec![Msg::ToRaylet(ToRaylet::RequestLease {
                 req: 1,
                 shape: huge,
                 spill: crate::resources::Spill::Now,
-            }],
-            vec![Msg::ReturnLease {
+            })],
+            vec![Msg::ToRaylet(ToRaylet::ReturnLease {
                 lease: LeaseId::new(u16::MAX, far),
                 kill: true,
-            }],
-            vec![Msg::Blocked, Msg::Unblocked, Msg::RetireRefused],
-            vec![Msg::CreateObject {
+            })],
+            vec![
+                Msg::ToRaylet(ToRaylet::Blocked),
+                Msg::ToRaylet(ToRaylet::Unblocked),
+                Msg::ToRaylet(ToRaylet::RetireRefused),
+            ],
+            vec![Msg::ToRaylet(ToRaylet::CreateObject {
                 req: 2,
                 size: u64::MAX,
                 owner: stranger,
                 tag: 1,
-            }],
-            vec![Msg::CreateObject {
+            })],
+            vec![Msg::ToRaylet(ToRaylet::CreateObject {
                 req: 3,
                 size: 1 << 50,
                 owner: stranger,
                 tag: 1,
-            }],
-            vec![Msg::PinObjects {
+            })],
+            vec![Msg::ToRaylet(ToRaylet::PinObjects {
                 req: 4,
                 blocks: vec![(far, 1), (0, 0), (4096, u64::MAX)],
-            }],
+            })],
             vec![
-                Msg::UnpinObjects {
+                Msg::ToRaylet(ToRaylet::UnpinObjects {
                     offsets: vec![far, 0, 4096],
-                },
-                Msg::FreeObjects {
+                }),
+                Msg::ToRaylet(ToRaylet::FreeObjects {
                     offsets: vec![far, 1 << 50],
-                },
+                }),
             ],
             // Every block in the store's first 16 MiB, freed by a process
             // that owns none of them (unregistered, then as a made-up
             // worker).
-            vec![Msg::FreeObjects {
+            vec![Msg::ToRaylet(ToRaylet::FreeObjects {
                 offsets: (0..16u64 << 20).step_by(codec::ALIGN).collect(),
-            }],
+            })],
             vec![
-                Msg::Register {
+                Msg::ToRaylet(ToRaylet::Register {
                     worker: stranger,
                     pid: std::process::id(),
                     is_driver: true,
                     rank: None,
-                },
-                Msg::FreeObjects {
+                }),
+                Msg::ToRaylet(ToRaylet::FreeObjects {
                     offsets: (0..16u64 << 20).step_by(codec::ALIGN).collect(),
-                },
+                }),
             ],
-            vec![Msg::PullObject {
+            vec![Msg::ToRaylet(ToRaylet::PullObject {
                 req: 5,
                 node: u16::MAX,
                 offset: far,
                 len: u64::MAX,
                 tag: 1,
                 copies: vec![u16::MAX - 1; 64],
-            }],
-            vec![Msg::UnpinObject {
+            })],
+            vec![Msg::ToRaylet(ToRaylet::UnpinObject {
                 node: u16::MAX,
                 offset: far,
                 len: u64::MAX,
                 tag: 1,
-            }],
-            vec![Msg::ReadObject {
+            })],
+            vec![Msg::Transfer(Transfer::ReadObject {
                 node: 0,
                 offset: far,
                 len: u64::MAX,
                 tag: 1,
                 start: u64::MAX - 1,
                 count: u64::MAX,
-            }],
+            })],
         ],
         Peer::Gcs => vec![
-            vec![Msg::ReportResources {
+            vec![Msg::ToGcs(ToGcs::ReportResources {
                 node: u16::MAX,
                 report: None,
                 view_version: u64::MAX,
-            }],
-            vec![Msg::LookupActor {
+            })],
+            vec![Msg::ToGcs(ToGcs::LookupActor {
                 req: 1,
                 by: ActorLookup::Id(ActorId(far)),
                 wait: true,
-            }],
-            vec![Msg::LookupActor {
+            })],
+            vec![Msg::ToGcs(ToGcs::LookupActor {
                 req: 2,
                 by: ActorLookup::Name(NamedActor {
                     namespace: "\u{0}".repeat(64),
                     name: "x".repeat(4096),
                 }),
                 wait: false,
-            }],
-            vec![Msg::KillActor {
+            })],
+            vec![Msg::ToGcs(ToGcs::KillActor {
                 req: 3,
                 id: ActorId(far),
                 no_restart: true,
-            }],
-            vec![Msg::ExitActor {
+            })],
+            vec![Msg::ToGcs(ToGcs::ExitActor {
                 req: 4,
                 id: ActorId(far),
-            }],
+            })],
             vec![
-                Msg::ActorOutOfScope { id: ActorId(far) },
-                Msg::OwnerGone { worker: stranger },
+                Msg::ToGcs(ToGcs::ActorOutOfScope { id: ActorId(far) }),
+                Msg::ToGcs(ToGcs::OwnerGone { worker: stranger }),
             ],
-            vec![Msg::ListNamedActors {
+            vec![Msg::ToGcs(ToGcs::ListNamedActors {
                 req: 5,
                 namespace: Some(String::new()),
-            }],
+            })],
         ],
         Peer::Workers => vec![
             vec![
-                Msg::Hello { from: stranger },
-                Msg::PushTask(TaskSpec {
+                Msg::Peer(PeerMsg::Hello { from: stranger }),
+                Msg::Peer(PeerMsg::PushTask(TaskSpec {
                     id: TaskId {
                         owner: stranger,
                         seq: 1,
@@ -243,34 +248,34 @@ pub fn hostile_frames(to: Peer, not_a_worker: u32) -> Result<Vec<Vec<u8>>> {
                     resources: ResourceSet::new(),
                     arg_copies: vec![(9, vec![u16::MAX])],
                     gpus: vec![u32::MAX],
-                }),
+                })),
             ],
             vec![
-                Msg::Hello { from: stranger },
-                Msg::CancelTask {
+                Msg::Peer(PeerMsg::Hello { from: stranger }),
+                Msg::Peer(PeerMsg::CancelTask {
                     task: TaskId {
                         owner: stranger,
                         seq: far,
                     },
-                },
-                Msg::CancelObject { id: nobody },
-                Msg::FreeObject { id: nobody },
-                Msg::GetObject { id: nobody },
-                Msg::AddLocation {
+                }),
+                Msg::Peer(PeerMsg::CancelObject { id: nobody }),
+                Msg::Peer(PeerMsg::FreeObject { id: nobody }),
+                Msg::Peer(PeerMsg::GetObject { id: nobody }),
+                Msg::Peer(PeerMsg::AddLocation {
                     id: nobody,
                     node: u16::MAX,
-                },
-                Msg::RemoveLocation {
+                }),
+                Msg::Peer(PeerMsg::RemoveLocation {
                     id: nobody,
                     node: u16::MAX,
-                },
-                Msg::AddBorrow { req: 1, id: nobody },
-                Msg::RemoveBorrow { id: nobody },
-                Msg::ObjectLost { id: nobody, tag: 1 },
+                }),
+                Msg::Peer(PeerMsg::AddBorrow { req: 1, id: nobody }),
+                Msg::Peer(PeerMsg::RemoveBorrow { id: nobody }),
+                Msg::Peer(PeerMsg::ObjectLost { id: nobody, tag: 1 }),
             ],
             vec![
-                Msg::Hello { from: stranger },
-                Msg::TaskDone {
+                Msg::Peer(PeerMsg::Hello { from: stranger }),
+                Msg::Peer(PeerMsg::TaskDone {
                     task: TaskId {
                         owner: stranger,
                         seq: far,
@@ -284,19 +289,19 @@ pub fn hostile_frames(to: Peer, not_a_worker: u32) -> Result<Vec<Vec<u8>>> {
                     app_error: false,
                     exiting: true,
                     lost_args: vec![u32::MAX, 0],
-                },
-                Msg::TasksReturned {
+                }),
+                Msg::Peer(PeerMsg::TasksReturned {
                     tasks: vec![TaskId {
                         owner: stranger,
                         seq: far,
                     }],
-                },
-                Msg::ObjectReady {
+                }),
+                Msg::Peer(PeerMsg::ObjectReady {
                     id: nobody,
                     payload: Payload::Inline(vec![0xff; 64]),
                     copies: vec![u16::MAX; 16],
-                },
-                Msg::WorkerUnblocked,
+                }),
+                Msg::Peer(PeerMsg::WorkerUnblocked),
             ],
         ],
     };
@@ -325,7 +330,7 @@ pub fn flood_raylet(requests: usize, hold: Duration) -> Result<()> {
     let mut conn = Endpoint::Unix(s.raylet_socket()).connect(&s.secret)?;
     let mut frames = Vec::new();
     for i in 0..requests {
-        let body = codec::encode(&Msg::GetStoreStats { req: i as u64 })?;
+        let body = codec::encode(&ToRaylet::GetStoreStats { req: i as u64 }.wire())?;
         frames.extend_from_slice(&(body.len() as u32).to_le_bytes());
         frames.extend_from_slice(&body);
     }

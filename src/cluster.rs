@@ -17,9 +17,10 @@
 
 use crate::error::{Error, Result};
 use crate::gcs::Gcs;
+use crate::protocol::{FromGcs, ToGcs, ToRaylet};
 use crate::session::{self, log, Config, Session, ENV_ROLE, ENV_SESSION};
 use crate::slurm::{self, SlurmEnv};
-use crate::transport::{Conn, Msg, NodeInfo};
+use crate::transport::{Conn, NodeInfo};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::Arc;
@@ -208,7 +209,7 @@ fn spawn_raylet(exe: &Path, s: &Session, args: &[String]) -> Result<Child> {
 fn send_shutdown(to: &crate::transport::Endpoint, s: &Session) {
     if let Ok(stream) = to.connect(&s.secret) {
         if let Ok(c) = Conn::new(&stream) {
-            let _ = c.send(&Msg::Shutdown);
+            let _ = c.send(&ToRaylet::Shutdown);
         }
     }
 }
@@ -648,7 +649,9 @@ pub(crate) fn locate(address: &str) -> Result<Session> {
     };
     let mut live = Vec::new();
     for (name, s) in candidates {
-        if let Ok(Some(Msg::Nodes { nodes, .. })) = ask_gcs(&s, &Msg::GetNodes { req: 1 }, true) {
+        if let Ok(Some(FromGcs::Nodes { nodes, .. })) =
+            ask_gcs(&s, &ToGcs::GetNodes { req: 1 }, true)
+        {
             live.push((name, s, nodes));
         }
     }
@@ -695,7 +698,7 @@ fn await_cluster(path: &Path, timeout: Duration) -> Result<Session> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let s = slurm::await_rendezvous(path, left)?;
-        if let Ok(Some(Msg::Nodes { .. })) = ask_gcs(&s, &Msg::GetNodes { req: 1 }, true) {
+        if let Ok(Some(FromGcs::Nodes { .. })) = ask_gcs(&s, &ToGcs::GetNodes { req: 1 }, true) {
             return Ok(s);
         }
         if Instant::now() > deadline {
@@ -709,7 +712,7 @@ fn await_cluster(path: &Path, timeout: Duration) -> Result<Session> {
 }
 
 /// One request to a cluster's GCS, without joining the cluster.
-fn ask_gcs(s: &Session, msg: &Msg, reply: bool) -> Result<Option<Msg>> {
+fn ask_gcs(s: &Session, msg: &ToGcs, reply: bool) -> Result<Option<FromGcs>> {
     let mut stream = s.gcs_endpoint().connect(&s.secret)?;
     Conn::new(&stream)?.send(msg)?;
     if !reply {
@@ -718,16 +721,27 @@ fn ask_gcs(s: &Session, msg: &Msg, reply: bool) -> Result<Option<Msg>> {
     if let crate::transport::Stream::Tcp(t) = &stream {
         let _ = t.set_read_timeout(Some(Duration::from_secs(10)));
     }
-    crate::transport::read_frame(&mut stream, &mut Vec::new())
-        .map_err(|e| Error::unavailable(format!("the GCS at {} did not answer: {e}", s.gcs)))
+    let answer = crate::transport::read_frame(&mut stream, &mut Vec::new())
+        .map_err(|e| Error::unavailable(format!("the GCS at {} did not answer: {e}", s.gcs)))?;
+    answer
+        .map(|m| {
+            FromGcs::try_from(m).map_err(|m| {
+                Error::unavailable(format!(
+                    "the GCS at {} answered with {}",
+                    s.gcs,
+                    m.service()
+                ))
+            })
+        })
+        .transpose()
 }
 
 /// `rust-ray-launch status`: each node's resources, use and object store.
 pub fn status_report(job: Option<&str>) -> Result<String> {
     let mut out = String::new();
     for (name, s) in find_clusters(job)? {
-        let reply = ask_gcs(&s, &Msg::GetNodes { req: 1 }, true)?;
-        let Some(Msg::Nodes { nodes, .. }) = reply else {
+        let reply = ask_gcs(&s, &ToGcs::GetNodes { req: 1 }, true)?;
+        let Some(FromGcs::Nodes { nodes, .. }) = reply else {
             return Err(Error::unavailable("unexpected answer from the GCS"));
         };
         out.push_str(&format!(
@@ -767,7 +781,7 @@ fn node_line(n: &NodeInfo) -> String {
 pub fn stop_clusters(job: Option<&str>) -> Result<usize> {
     let found = find_clusters(job)?;
     for (_, s) in &found {
-        ask_gcs(s, &Msg::StopCluster, false)?;
+        ask_gcs(s, &ToGcs::StopCluster, false)?;
     }
     Ok(found.len())
 }
@@ -943,8 +957,8 @@ impl InSitu {
         // first rank) to have joined the cluster, bounded.
         let deadline = Instant::now() + join_timeout();
         loop {
-            let joined = || match ask_gcs(&s, &Msg::GetNodes { req: 1 }, true) {
-                Ok(Some(Msg::Nodes { nodes, .. })) => {
+            let joined = || match ask_gcs(&s, &ToGcs::GetNodes { req: 1 }, true) {
+                Ok(Some(FromGcs::Nodes { nodes, .. })) => {
                     nodes.iter().any(|n| n.index == s.node_index && n.alive)
                 }
                 _ => false,

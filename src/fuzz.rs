@@ -17,6 +17,7 @@
 use crate::codec;
 use crate::error::{Error, ErrorKind};
 use crate::ids::{ActorId, LeaseId, ObjectId, TaskId, WorkerId};
+use crate::protocol::{FromGcs, FromRaylet, PeerMsg, ToGcs, ToRaylet, Transfer};
 use crate::scheduler::{ResourceSet, Spill};
 use crate::session::{Config, Session};
 use crate::transport::{
@@ -297,72 +298,72 @@ fn task_spec() -> TaskSpec {
 fn messages() -> Vec<Msg> {
     let err = Error::new(ErrorKind::TaskFailed, "it failed: a message of some length");
     vec![
-        Msg::Register {
+        Msg::ToRaylet(ToRaylet::Register {
             worker: wid(5),
             pid: 1234,
             is_driver: false,
             rank: Some(3),
-        },
-        Msg::RequestLease {
+        }),
+        Msg::ToRaylet(ToRaylet::RequestLease {
             req: 1,
             shape: shape(),
             spill: Spill::Later,
-        },
-        Msg::CreateObject {
+        }),
+        Msg::ToRaylet(ToRaylet::CreateObject {
             req: 2,
             size: 1 << 20,
             owner: wid(5),
             tag: 99,
-        },
-        Msg::PinObjects {
+        }),
+        Msg::ToRaylet(ToRaylet::PinObjects {
             req: 3,
             blocks: vec![(64, 99), (4096, 100)],
-        },
-        Msg::FreeObjects {
+        }),
+        Msg::ToRaylet(ToRaylet::FreeObjects {
             offsets: vec![0, 4096, 1 << 20],
-        },
-        Msg::PullObject {
+        }),
+        Msg::ToRaylet(ToRaylet::PullObject {
             req: 3,
             node: 2,
             offset: 64,
             len: 1 << 20,
             tag: 5,
             copies: vec![1, 2],
-        },
-        Msg::LeaseGranted {
+        }),
+        Msg::FromRaylet(FromRaylet::LeaseGranted {
             req: 4,
             lease: LeaseId::new(1, 8),
             worker: wid(9),
             gpus: vec![0, 3],
-        },
-        Msg::LeaseFailed {
+        }),
+        Msg::FromRaylet(FromRaylet::LeaseFailed {
             req: 5,
             error: err.clone(),
-        },
-        Msg::ObjectPulled {
+        }),
+        Msg::FromRaylet(FromRaylet::ObjectPulled {
             req: 6,
             result: Ok(4096),
-        },
-        Msg::PushTask(task_spec()),
-        Msg::TaskDone {
+        }),
+        Msg::Peer(PeerMsg::PushTask(task_spec())),
+        Msg::Peer(PeerMsg::TaskDone {
             task: task_spec().id,
             returns: vec![Payload::Inline(codec::encode_error(&err))],
             app_error: true,
             exiting: false,
             lost_args: vec![1],
-        },
-        Msg::ObjectLost { id: oid(4), tag: 5 },
-        Msg::NodeDied { node: 3 },
-        Msg::ObjectReady {
+        }),
+        Msg::Peer(PeerMsg::ObjectLost { id: oid(4), tag: 5 }),
+        Msg::FromRaylet(FromRaylet::NodeDied { node: 3 }),
+        Msg::Peer(PeerMsg::ObjectReady {
             id: oid(3),
             payload: Payload::Inline(vec![0; 200]),
             copies: vec![0, 1, 2],
-        },
-        Msg::RegisterNode {
+        }),
+        Msg::ToGcs(ToGcs::RegisterNode {
             req: 7,
             info: node(1),
-        },
-        Msg::ReportResources {
+        }),
+        Msg::ToGcs(ToGcs::ReportResources {
             node: 1,
             report: Some(ResourceReport {
                 available: shape(),
@@ -373,19 +374,19 @@ fn messages() -> Vec<Msg> {
                 ranks: vec![7],
             }),
             view_version: 41,
-        },
-        Msg::ClusterView {
+        }),
+        Msg::FromGcs(FromGcs::ClusterView {
             version: 42,
             joined: (0..4).map(node).collect(),
             changed: (4..8)
                 .map(|i| crate::gcs::nodes::load_of(&node(i)))
                 .collect(),
-        },
-        Msg::RegisterActor {
+        }),
+        Msg::ToGcs(ToGcs::RegisterActor {
             req: 8,
             spec: actor_spec(),
-        },
-        Msg::ActorRegistered {
+        }),
+        Msg::FromGcs(FromGcs::ActorRegistered {
             req: 9,
             result: Ok(ActorInfo {
                 id: ActorId(9),
@@ -396,87 +397,87 @@ fn messages() -> Vec<Msg> {
                 death: Some(err.clone()),
                 max_task_retries: 0,
             }),
-        },
-        Msg::ListNamedActors {
+        }),
+        Msg::ToGcs(ToGcs::ListNamedActors {
             req: 10,
             namespace: Some("ns".into()),
-        },
-        Msg::NamedActors {
+        }),
+        Msg::FromGcs(FromGcs::NamedActors {
             req: 11,
             actors: vec![NamedActor {
                 namespace: "ns".into(),
                 name: "counter".into(),
             }],
-        },
-        Msg::LookupActor {
+        }),
+        Msg::ToGcs(ToGcs::LookupActor {
             req: 12,
             by: ActorLookup::Name(NamedActor {
                 namespace: String::new(),
                 name: "x".into(),
             }),
             wait: true,
-        },
+        }),
         // Every other message once, so each variant's layout is mutated
         // from a valid start.
-        Msg::ReturnLease {
+        Msg::ToRaylet(ToRaylet::ReturnLease {
             lease: LeaseId::new(1, 9),
             kill: true,
-        },
-        Msg::Blocked,
-        Msg::Unblocked,
-        Msg::UnpinObjects {
+        }),
+        Msg::ToRaylet(ToRaylet::Blocked),
+        Msg::ToRaylet(ToRaylet::Unblocked),
+        Msg::ToRaylet(ToRaylet::UnpinObjects {
             offsets: vec![0, 4096, 1 << 30],
-        },
-        Msg::Retire,
-        Msg::RetireRefused,
-        Msg::KillWorker { worker: wid(6) },
-        Msg::UnpinObject {
+        }),
+        Msg::FromRaylet(FromRaylet::Retire),
+        Msg::ToRaylet(ToRaylet::RetireRefused),
+        Msg::ToRaylet(ToRaylet::KillWorker { worker: wid(6) }),
+        Msg::ToRaylet(ToRaylet::UnpinObject {
             node: 1,
             offset: 4096,
             len: 1 << 20,
             tag: 77,
-        },
-        Msg::ReadObject {
+        }),
+        Msg::Transfer(Transfer::ReadObject {
             node: 1,
             offset: 4096,
             len: 1 << 20,
             tag: 77,
             start: 8 << 20,
             count: 1 << 20,
-        },
-        Msg::Shutdown,
-        Msg::LeaseSpillback { req: 13, node: 2 },
-        Msg::ObjectBytes {
+        }),
+        Msg::ToRaylet(ToRaylet::Shutdown),
+        Msg::FromRaylet(FromRaylet::LeaseSpillback { req: 13, node: 2 }),
+        Msg::Transfer(Transfer::ObjectBytes {
             result: Ok(1 << 20),
-        },
-        Msg::ObjectCreated {
+        }),
+        Msg::FromRaylet(FromRaylet::ObjectCreated {
             req: 14,
             result: Err(err.clone()),
-        },
-        Msg::ObjectsPinned {
+        }),
+        Msg::FromRaylet(FromRaylet::ObjectsPinned {
             req: 15,
             result: Ok(()),
-        },
-        Msg::GetStoreStats { req: 16 },
-        Msg::StoreStats {
+        }),
+        Msg::ToRaylet(ToRaylet::GetStoreStats { req: 16 }),
+        Msg::FromRaylet(FromRaylet::StoreStats {
             req: 17,
             used: 1 << 20,
             capacity: 1 << 30,
             objects: 3,
             spilled_objects: 2,
             spilled_bytes: 2 << 20,
-        },
-        Msg::Hello { from: wid(8) },
-        Msg::CancelTask {
+        }),
+        Msg::Peer(PeerMsg::Hello { from: wid(8) }),
+        Msg::Peer(PeerMsg::CancelTask {
             task: TaskId {
                 owner: wid(7),
                 seq: 3,
             },
-        },
-        Msg::CancelObject { id: oid(5) },
-        Msg::FreeObject { id: oid(6) },
-        Msg::WorkerUnblocked,
-        Msg::TasksReturned {
+        }),
+        Msg::Peer(PeerMsg::CancelObject { id: oid(5) }),
+        Msg::Peer(PeerMsg::FreeObject { id: oid(6) }),
+        Msg::Peer(PeerMsg::WorkerUnblocked),
+        Msg::Peer(PeerMsg::TasksReturned {
             tasks: vec![
                 TaskId {
                     owner: wid(7),
@@ -487,61 +488,61 @@ fn messages() -> Vec<Msg> {
                     seq: 5,
                 },
             ],
-        },
-        Msg::GetObject { id: oid(7) },
-        Msg::AddLocation {
+        }),
+        Msg::Peer(PeerMsg::GetObject { id: oid(7) }),
+        Msg::Peer(PeerMsg::AddLocation {
             id: oid(8),
             node: 2,
-        },
-        Msg::RemoveLocation {
+        }),
+        Msg::Peer(PeerMsg::RemoveLocation {
             id: oid(8),
             node: 2,
-        },
-        Msg::AddBorrow {
+        }),
+        Msg::Peer(PeerMsg::AddBorrow {
             req: 18,
             id: oid(9),
-        },
-        Msg::BorrowAdded { req: 18, ok: true },
-        Msg::RemoveBorrow { id: oid(9) },
-        Msg::NodeRegistered {
+        }),
+        Msg::Peer(PeerMsg::BorrowAdded { req: 18, ok: true }),
+        Msg::Peer(PeerMsg::RemoveBorrow { id: oid(9) }),
+        Msg::FromGcs(FromGcs::NodeRegistered {
             req: 19,
             result: Err(err.clone()),
-        },
-        Msg::GetNodes { req: 20 },
-        Msg::Nodes {
+        }),
+        Msg::ToGcs(ToGcs::GetNodes { req: 20 }),
+        Msg::FromGcs(FromGcs::Nodes {
             req: 20,
             nodes: (0..3).map(node).collect(),
-        },
-        Msg::ActorLookedUp {
+        }),
+        Msg::FromGcs(FromGcs::ActorLookedUp {
             req: 21,
             result: Err(err.clone()),
-        },
-        Msg::KillActor {
+        }),
+        Msg::ToGcs(ToGcs::KillActor {
             req: 22,
             id: ActorId(9),
             no_restart: false,
-        },
-        Msg::ExitActor {
+        }),
+        Msg::ToGcs(ToGcs::ExitActor {
             req: 23,
             id: ActorId(9),
-        },
-        Msg::ActorKilled { req: 22 },
-        Msg::ActorOutOfScope { id: ActorId(9) },
-        Msg::OwnerGone { worker: wid(4) },
-        Msg::CreateActor {
+        }),
+        Msg::FromGcs(FromGcs::ActorKilled { req: 22 }),
+        Msg::ToGcs(ToGcs::ActorOutOfScope { id: ActorId(9) }),
+        Msg::ToGcs(ToGcs::OwnerGone { worker: wid(4) }),
+        Msg::Peer(PeerMsg::CreateActor {
             spec: actor_spec(),
             gpus: vec![1],
-        },
-        Msg::ActorCreated { result: Err(err) },
-        Msg::StopCluster,
-        Msg::StageDeviceObject {
+        }),
+        Msg::Peer(PeerMsg::ActorCreated { result: Err(err) }),
+        Msg::ToGcs(ToGcs::StopCluster),
+        Msg::Peer(PeerMsg::StageDeviceObject {
             req: 31,
             id: oid(8),
-        },
-        Msg::DeviceObjectStaged {
+        }),
+        Msg::Peer(PeerMsg::DeviceObjectStaged {
             req: 31,
             result: Ok(oid(9)),
-        },
+        }),
     ]
 }
 
@@ -552,70 +553,70 @@ const VARIANTS: usize = 64;
 
 fn variant(m: &Msg) -> usize {
     match m {
-        Msg::Register { .. } => 0,
-        Msg::RequestLease { .. } => 1,
-        Msg::ReturnLease { .. } => 2,
-        Msg::Blocked => 3,
-        Msg::Unblocked => 4,
-        Msg::CreateObject { .. } => 5,
-        Msg::PinObjects { .. } => 6,
-        Msg::UnpinObjects { .. } => 7,
-        Msg::FreeObjects { .. } => 8,
-        Msg::Retire => 9,
-        Msg::RetireRefused => 10,
-        Msg::KillWorker { .. } => 11,
-        Msg::PullObject { .. } => 12,
-        Msg::UnpinObject { .. } => 13,
-        Msg::ReadObject { .. } => 14,
-        Msg::Shutdown => 15,
-        Msg::LeaseGranted { .. } => 16,
-        Msg::LeaseFailed { .. } => 17,
-        Msg::LeaseSpillback { .. } => 18,
-        Msg::ObjectPulled { .. } => 19,
-        Msg::ObjectBytes { .. } => 20,
-        Msg::ObjectCreated { .. } => 21,
-        Msg::ObjectsPinned { .. } => 22,
-        Msg::NodeDied { .. } => 23,
-        Msg::GetStoreStats { .. } => 24,
-        Msg::StoreStats { .. } => 25,
-        Msg::Hello { .. } => 26,
-        Msg::PushTask(..) => 27,
-        Msg::CancelTask { .. } => 28,
-        Msg::CancelObject { .. } => 29,
-        Msg::FreeObject { .. } => 30,
-        Msg::TaskDone { .. } => 31,
-        Msg::ObjectLost { .. } => 32,
-        Msg::TasksReturned { .. } => 33,
-        Msg::WorkerUnblocked => 34,
-        Msg::GetObject { .. } => 35,
-        Msg::ObjectReady { .. } => 36,
-        Msg::AddLocation { .. } => 37,
-        Msg::RemoveLocation { .. } => 38,
-        Msg::AddBorrow { .. } => 39,
-        Msg::BorrowAdded { .. } => 40,
-        Msg::RemoveBorrow { .. } => 41,
-        Msg::RegisterNode { .. } => 42,
-        Msg::NodeRegistered { .. } => 43,
-        Msg::ReportResources { .. } => 44,
-        Msg::StopCluster => 45,
-        Msg::ClusterView { .. } => 46,
-        Msg::GetNodes { .. } => 47,
-        Msg::Nodes { .. } => 48,
-        Msg::RegisterActor { .. } => 49,
-        Msg::ActorRegistered { .. } => 50,
-        Msg::ListNamedActors { .. } => 51,
-        Msg::NamedActors { .. } => 52,
-        Msg::LookupActor { .. } => 53,
-        Msg::ActorLookedUp { .. } => 54,
-        Msg::KillActor { .. } => 55,
-        Msg::ExitActor { .. } => 56,
-        Msg::ActorKilled { .. } => 57,
-        Msg::ActorOutOfScope { .. } => 58,
-        Msg::OwnerGone { .. } => 59,
-        Msg::CreateActor { .. } => 60,
-        Msg::ActorCreated { .. } => 61,
-        Msg::StageDeviceObject { .. } => 62,
-        Msg::DeviceObjectStaged { .. } => 63,
+        Msg::ToRaylet(ToRaylet::Register { .. }) => 0,
+        Msg::ToRaylet(ToRaylet::RequestLease { .. }) => 1,
+        Msg::ToRaylet(ToRaylet::ReturnLease { .. }) => 2,
+        Msg::ToRaylet(ToRaylet::Blocked) => 3,
+        Msg::ToRaylet(ToRaylet::Unblocked) => 4,
+        Msg::ToRaylet(ToRaylet::CreateObject { .. }) => 5,
+        Msg::ToRaylet(ToRaylet::PinObjects { .. }) => 6,
+        Msg::ToRaylet(ToRaylet::UnpinObjects { .. }) => 7,
+        Msg::ToRaylet(ToRaylet::FreeObjects { .. }) => 8,
+        Msg::FromRaylet(FromRaylet::Retire) => 9,
+        Msg::ToRaylet(ToRaylet::RetireRefused) => 10,
+        Msg::ToRaylet(ToRaylet::KillWorker { .. }) => 11,
+        Msg::ToRaylet(ToRaylet::PullObject { .. }) => 12,
+        Msg::ToRaylet(ToRaylet::UnpinObject { .. }) => 13,
+        Msg::Transfer(Transfer::ReadObject { .. }) => 14,
+        Msg::ToRaylet(ToRaylet::Shutdown) => 15,
+        Msg::FromRaylet(FromRaylet::LeaseGranted { .. }) => 16,
+        Msg::FromRaylet(FromRaylet::LeaseFailed { .. }) => 17,
+        Msg::FromRaylet(FromRaylet::LeaseSpillback { .. }) => 18,
+        Msg::FromRaylet(FromRaylet::ObjectPulled { .. }) => 19,
+        Msg::Transfer(Transfer::ObjectBytes { .. }) => 20,
+        Msg::FromRaylet(FromRaylet::ObjectCreated { .. }) => 21,
+        Msg::FromRaylet(FromRaylet::ObjectsPinned { .. }) => 22,
+        Msg::FromRaylet(FromRaylet::NodeDied { .. }) => 23,
+        Msg::ToRaylet(ToRaylet::GetStoreStats { .. }) => 24,
+        Msg::FromRaylet(FromRaylet::StoreStats { .. }) => 25,
+        Msg::Peer(PeerMsg::Hello { .. }) => 26,
+        Msg::Peer(PeerMsg::PushTask(..)) => 27,
+        Msg::Peer(PeerMsg::CancelTask { .. }) => 28,
+        Msg::Peer(PeerMsg::CancelObject { .. }) => 29,
+        Msg::Peer(PeerMsg::FreeObject { .. }) => 30,
+        Msg::Peer(PeerMsg::TaskDone { .. }) => 31,
+        Msg::Peer(PeerMsg::ObjectLost { .. }) => 32,
+        Msg::Peer(PeerMsg::TasksReturned { .. }) => 33,
+        Msg::Peer(PeerMsg::WorkerUnblocked) => 34,
+        Msg::Peer(PeerMsg::GetObject { .. }) => 35,
+        Msg::Peer(PeerMsg::ObjectReady { .. }) => 36,
+        Msg::Peer(PeerMsg::AddLocation { .. }) => 37,
+        Msg::Peer(PeerMsg::RemoveLocation { .. }) => 38,
+        Msg::Peer(PeerMsg::AddBorrow { .. }) => 39,
+        Msg::Peer(PeerMsg::BorrowAdded { .. }) => 40,
+        Msg::Peer(PeerMsg::RemoveBorrow { .. }) => 41,
+        Msg::ToGcs(ToGcs::RegisterNode { .. }) => 42,
+        Msg::FromGcs(FromGcs::NodeRegistered { .. }) => 43,
+        Msg::ToGcs(ToGcs::ReportResources { .. }) => 44,
+        Msg::ToGcs(ToGcs::StopCluster) => 45,
+        Msg::FromGcs(FromGcs::ClusterView { .. }) => 46,
+        Msg::ToGcs(ToGcs::GetNodes { .. }) => 47,
+        Msg::FromGcs(FromGcs::Nodes { .. }) => 48,
+        Msg::ToGcs(ToGcs::RegisterActor { .. }) => 49,
+        Msg::FromGcs(FromGcs::ActorRegistered { .. }) => 50,
+        Msg::ToGcs(ToGcs::ListNamedActors { .. }) => 51,
+        Msg::FromGcs(FromGcs::NamedActors { .. }) => 52,
+        Msg::ToGcs(ToGcs::LookupActor { .. }) => 53,
+        Msg::FromGcs(FromGcs::ActorLookedUp { .. }) => 54,
+        Msg::ToGcs(ToGcs::KillActor { .. }) => 55,
+        Msg::ToGcs(ToGcs::ExitActor { .. }) => 56,
+        Msg::FromGcs(FromGcs::ActorKilled { .. }) => 57,
+        Msg::ToGcs(ToGcs::ActorOutOfScope { .. }) => 58,
+        Msg::ToGcs(ToGcs::OwnerGone { .. }) => 59,
+        Msg::Peer(PeerMsg::CreateActor { .. }) => 60,
+        Msg::Peer(PeerMsg::ActorCreated { .. }) => 61,
+        Msg::Peer(PeerMsg::StageDeviceObject { .. }) => 62,
+        Msg::Peer(PeerMsg::DeviceObjectStaged { .. }) => 63,
     }
 }
 
@@ -816,17 +817,17 @@ fn fuzz_decoders() {
 fn every_valid_message_decodes() {
     let mut msgs = messages();
     for n in [10usize, 500, 4_000, 20_000, 100_000] {
-        msgs.push(Msg::FreeObjects {
+        msgs.push(Msg::ToRaylet(ToRaylet::FreeObjects {
             offsets: vec![1; n],
-        });
-        msgs.push(Msg::ClusterView {
+        }));
+        msgs.push(Msg::FromGcs(FromGcs::ClusterView {
             version: n as u64,
             joined: (0..(n / 100).max(1) as u16).map(node).collect(),
             changed: (0..(n / 50).max(1) as u16)
                 .map(|i| crate::gcs::nodes::load_of(&node(i)))
                 .collect(),
-        });
-        msgs.push(Msg::TasksReturned {
+        }));
+        msgs.push(Msg::Peer(PeerMsg::TasksReturned {
             tasks: vec![
                 TaskId {
                     owner: wid(0),
@@ -834,7 +835,7 @@ fn every_valid_message_decodes() {
                 };
                 n
             ],
-        });
+        }));
     }
     for m in &msgs {
         let body = codec::encode(m).expect("encodes");

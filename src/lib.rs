@@ -38,9 +38,11 @@
 //! The pieces are named after Ray's components: [`gcs`](crate) (cluster
 //! state and actors), `raylet` (leases and the node's store), `object_store`,
 //! `core_worker` (in every process: `ownership` for the object table and
-//! reference counting, `memory_store` for values, `submitter`, `executor`,
-//! `peers` for connections, `events` for what arrives), `scheduler`
-//! (resource accounting and lease policy), `protocol` (every message),
+//! reference counting, `memory_store` for values, `submitter` with its
+//! sans-IO `leasing` state and `actors` queues, `executor`, `peers` for
+//! connections, `events` for what arrives), `scheduler` (resource
+//! accounting and lease policy), `protocol` (every message, one module
+//! per service: `raylet`, `gcs`, `peer`, `transfer`),
 //! `transport` (framing and streams) and `codec` (byte formats).
 
 #![deny(missing_docs, unreachable_pub, missing_debug_implementations)]
@@ -320,11 +322,11 @@ pub fn node_name() -> Result<String> {
 pub fn nodes() -> Result<Vec<Node>> {
     let cw = core_worker::current()?;
     let reply = cw.gcs_call(
-        |req| transport::Msg::GetNodes { req },
+        |req| transport::ToGcs::GetNodes { req },
         "reading the node table",
     )?;
     match reply {
-        transport::Msg::Nodes { nodes, .. } => {
+        transport::FromGcs::Nodes { nodes, .. } => {
             // A death read here is acted on at once, not only when this
             // node's raylet relays it with its next view: what this
             // process decides next (where a task's arguments are, which
@@ -457,10 +459,10 @@ pub struct StoreStats {
 pub fn store_stats() -> Result<StoreStats> {
     let cw = core_worker::current()?;
     match cw.raylet_call(
-        |req| transport::Msg::GetStoreStats { req },
+        |req| transport::ToRaylet::GetStoreStats { req },
         "reading the store's usage",
     )? {
-        transport::Msg::StoreStats {
+        transport::FromRaylet::StoreStats {
             used,
             capacity,
             objects,

@@ -20,7 +20,7 @@
 //! sharing a node cannot reach each other's processes.
 //!
 //! The first message on a connection to a core worker's listener is
-//! [`Msg::Hello`], naming the connecting process, so that the listener can
+//! [`PeerMsg::Hello`], naming the connecting process, so that the listener can
 //! attribute borrows and detect that process's death by end-of-stream.
 
 use crate::codec;
@@ -35,14 +35,18 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Fingerprint of the protocol: a hash of what the messages are, the
-/// type definitions in `protocol.rs` and the files defining the wire types
+/// type definitions in `protocol/` and the files defining the wire types
 /// they nest (ids, resource sets, errors), read as tokens: comments and
 /// layout do not count. Processes built from sources whose messages differ
 /// refuse to join one cluster with a clear error (see
 /// `Session::from_env_str`).
 pub(crate) const PROTOCOL: u64 = {
     let mut h = FNV_OFFSET;
-    h = schema_hash(h, include_str!("protocol.rs").as_bytes());
+    h = schema_hash(h, include_str!("protocol/mod.rs").as_bytes());
+    h = schema_hash(h, include_str!("protocol/raylet.rs").as_bytes());
+    h = schema_hash(h, include_str!("protocol/gcs.rs").as_bytes());
+    h = schema_hash(h, include_str!("protocol/peer.rs").as_bytes());
+    h = schema_hash(h, include_str!("protocol/transfer.rs").as_bytes());
     h = schema_hash(h, include_str!("ids.rs").as_bytes());
     h = schema_hash(h, include_str!("resources.rs").as_bytes());
     schema_hash(h, include_str!("error.rs").as_bytes())
@@ -378,9 +382,29 @@ pub(crate) fn copies_of(arg_copies: &[(u32, Vec<u16>)], i: usize) -> &[u16] {
         .unwrap_or_default()
 }
 
+/// A connection's identity, unique in the process for its life: what
+/// state that must not hold the connection itself (a request waiting for
+/// its answer, a lease) keeps to name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct ConnId(u64);
+
+impl ConnId {
+    fn next() -> ConnId {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        ConnId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// An id no connection has, for state tested without one.
+    #[cfg(test)]
+    pub(crate) fn for_test(n: u64) -> ConnId {
+        ConnId(u64::MAX - n)
+    }
+}
+
 /// The sending half of a connection.
 #[derive(Debug)]
 pub(crate) struct Conn {
+    id: ConnId,
     inner: Mutex<Writer>,
     /// Frames from [`Conn::try_send`] while another thread held `inner`
     /// (perhaps blocked writing): they go out, in order, before the next
@@ -401,10 +425,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn frame(&mut self, msg: &Msg) -> Result<()> {
+    fn frame(&mut self, msg: Wire<'_>) -> Result<()> {
         self.buf.clear();
         self.buf.extend_from_slice(&[0u8; 4]);
-        codec::encode_append(msg, &mut self.buf)?;
+        codec::encode_append(&msg, &mut self.buf)?;
         let len = (self.buf.len() - 4) as u32;
         self.buf[..4].copy_from_slice(&len.to_le_bytes());
         Ok(())
@@ -420,9 +444,9 @@ impl Writer {
 }
 
 /// `msg` as one frame (length prefix and body), for [`Conn::send_frame`].
-pub(crate) fn encode_frame(msg: &Msg) -> Result<Vec<u8>> {
+pub(crate) fn encode_frame(msg: &impl Message) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; 4];
-    codec::encode_append(msg, &mut buf)?;
+    codec::encode_append(&msg.wire(), &mut buf)?;
     let len = u32::try_from(buf.len() - 4)
         .ok()
         .filter(|n| (*n as usize) <= MAX_FRAME)
@@ -452,6 +476,7 @@ impl Conn {
             .try_clone()
             .map_err(|e| Error::io("cloning socket", e))?;
         Ok(Conn {
+            id: ConnId::next(),
             inner: Mutex::new(Writer {
                 stream: w,
                 buf: Vec::with_capacity(256),
@@ -463,15 +488,20 @@ impl Conn {
         })
     }
 
+    /// This connection's identity.
+    pub(crate) fn id(&self) -> ConnId {
+        self.id
+    }
+
     /// Sends one message as one frame.
-    pub(crate) fn send(&self, msg: &Msg) -> Result<()> {
+    pub(crate) fn send(&self, msg: &impl Message) -> Result<()> {
         self.send_with_bytes(msg, &[])
     }
 
     /// Sends one message followed by raw bytes outside the framing (a block
     /// of the store, written straight from the mapping without a copy).
-    pub(crate) fn send_with_bytes(&self, msg: &Msg, bytes: &[u8]) -> Result<()> {
-        self.send_parts(Some(msg), bytes)
+    pub(crate) fn send_with_bytes(&self, msg: &impl Message, bytes: &[u8]) -> Result<()> {
+        self.send_parts(Some(msg.wire()), bytes)
     }
 
     /// Sends a frame [`encode_frame`] made: one message encoded once and
@@ -480,7 +510,7 @@ impl Conn {
         self.send_parts(None, frame)
     }
 
-    fn send_parts(&self, msg: Option<&Msg>, bytes: &[u8]) -> Result<()> {
+    fn send_parts(&self, msg: Option<Wire<'_>>, bytes: &[u8]) -> Result<()> {
         let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match msg {
             Some(m) => w.frame(m)?,
@@ -525,7 +555,7 @@ impl Conn {
     /// must see that a flush happens). For threads that must keep reading
     /// their own socket: blocking there on a write to a peer that is itself
     /// blocked writing to us would deadlock both.
-    pub(crate) fn try_send(&self, msg: &Msg) -> Result<bool> {
+    pub(crate) fn try_send(&self, msg: &impl Message) -> Result<bool> {
         let mut w = match self.inner.try_lock() {
             Ok(w) => w,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
@@ -534,7 +564,7 @@ impl Conn {
                 // for it.
                 let mut frame = Vec::new();
                 frame.extend_from_slice(&[0u8; 4]);
-                codec::encode_append(msg, &mut frame)?;
+                codec::encode_append(&msg.wire(), &mut frame)?;
                 let len = (frame.len() - 4) as u32;
                 frame[..4].copy_from_slice(&len.to_le_bytes());
                 self.deferred
@@ -544,7 +574,7 @@ impl Conn {
                 return Ok(false);
             }
         };
-        w.frame(msg)?;
+        w.frame(msg.wire())?;
         self.take_deferred(&mut w);
         let Writer { stream, buf, tail } = &mut *w;
         if tail.len() + buf.len() > MAX_OUTBOX {
@@ -597,7 +627,7 @@ impl Conn {
     /// thread of its own, at most one per connection, so a peer that stops
     /// reading costs only its own connection (closed after the send
     /// timeout).
-    pub(crate) fn post(self: &std::sync::Arc<Self>, msg: &Msg) -> Result<()> {
+    pub(crate) fn post(self: &std::sync::Arc<Self>, msg: &impl Message) -> Result<()> {
         use std::sync::atomic::Ordering;
         if self.try_send(msg)? {
             return Ok(());
@@ -944,7 +974,7 @@ mod tests {
     /// to (the GCS's shared whole-view answer).
     #[test]
     fn an_encoded_frame_reads_back_as_its_message() {
-        let msg = Msg::ClusterView {
+        let msg = FromGcs::ClusterView {
             version: 7,
             joined: Vec::new(),
             changed: Vec::new(),
@@ -958,24 +988,35 @@ mod tests {
         for _ in 0..2 {
             let got = read_frame(&mut r, &mut Vec::new()).unwrap();
             assert!(
-                matches!(got, Some(Msg::ClusterView { version: 7, .. })),
+                matches!(
+                    got,
+                    Some(Msg::FromGcs(FromGcs::ClusterView { version: 7, .. }))
+                ),
                 "{got:?}"
             );
         }
     }
 
-    /// protocol.rs holds type definitions only (their code lives with the
-    /// components), so the fingerprint changes with the messages, not with
-    /// code that happens to sit beside them.
+    /// The files the fingerprint reads hold type definitions only (their
+    /// code lives with the components, and in `protocol/envelope.rs`), so
+    /// the fingerprint changes with the messages, not with code that
+    /// happens to sit beside them.
     #[test]
-    fn protocol_file_is_types_only() {
-        let src = include_str!("protocol.rs");
-        for line in src.lines().map(str::trim_start) {
-            if line.starts_with("//") {
-                continue;
-            }
-            for word in ["fn ", "impl ", "impl<", "static ", "const "] {
-                assert!(!line.contains(word), "protocol.rs has code: {line}");
+    fn protocol_files_are_types_only() {
+        for (file, src) in [
+            ("mod.rs", include_str!("protocol/mod.rs")),
+            ("raylet.rs", include_str!("protocol/raylet.rs")),
+            ("gcs.rs", include_str!("protocol/gcs.rs")),
+            ("peer.rs", include_str!("protocol/peer.rs")),
+            ("transfer.rs", include_str!("protocol/transfer.rs")),
+        ] {
+            for line in src.lines().map(str::trim_start) {
+                if line.starts_with("//") {
+                    continue;
+                }
+                for word in ["fn ", "impl ", "impl<", "static ", "const ", "macro_rules"] {
+                    assert!(!line.contains(word), "protocol/{file} has code: {line}");
+                }
             }
         }
     }
@@ -1006,7 +1047,7 @@ mod tests {
                 assert!(rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok());
                 drop(raw);
             } else {
-                Conn::new(&a).unwrap().send(&Msg::Blocked).unwrap();
+                Conn::new(&a).unwrap().send(&ToRaylet::Blocked).unwrap();
                 assert!(rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok());
             }
         }
@@ -1018,7 +1059,7 @@ mod tests {
         let (a, b) = (Stream::Unix(a), Stream::Unix(b));
         let conn =
             std::sync::Arc::new(Conn::with_send_timeout(&a, Duration::from_millis(200)).unwrap());
-        let big = Msg::FreeObjects {
+        let big = ToRaylet::FreeObjects {
             offsets: (0..50_000).collect(),
         };
         // b never reads: the socket buffer fills, then a send times out
@@ -1049,7 +1090,7 @@ mod tests {
         }
         assert!(whole >= 1 && whole <= sent, "{whole} of {sent}");
         assert!(
-            conn.send(&Msg::Blocked).is_err(),
+            conn.send(&ToRaylet::Blocked).is_err(),
             "sends after the close fail"
         );
     }
@@ -1143,7 +1184,7 @@ mod tests {
         // every post returns at once.
         let t0 = std::time::Instant::now();
         for i in 0..400u64 {
-            conn.post(&Msg::FreeObjects {
+            conn.post(&ToRaylet::FreeObjects {
                 offsets: vec![i; 1000],
             })
             .unwrap();
@@ -1154,7 +1195,7 @@ mod tests {
         let mut body = Vec::new();
         for i in 0..400u64 {
             match read_frame(&mut r, &mut body).unwrap() {
-                Some(Msg::FreeObjects { offsets }) => assert_eq!(offsets[0], i),
+                Some(Msg::ToRaylet(ToRaylet::FreeObjects { offsets })) => assert_eq!(offsets[0], i),
                 other => panic!("frame {i}: {other:?}"),
             }
         }
@@ -1167,7 +1208,7 @@ mod tests {
         let conn = Conn::new(&a).unwrap();
         // Nobody reads: the socket fills, try_send keeps the rest instead of
         // blocking.
-        let big = Msg::FreeObjects {
+        let big = ToRaylet::FreeObjects {
             offsets: (0..4096).collect(),
         };
         let mut sent = 0u64;
@@ -1178,11 +1219,14 @@ mod tests {
         // A later send must come after what was kept.
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
-            read_loop(b, |m| got.push(matches!(m, Msg::Blocked))).unwrap();
+            read_loop(b, |m| {
+                got.push(matches!(m, Msg::ToRaylet(ToRaylet::Blocked)))
+            })
+            .unwrap();
             got
         });
         conn.flush().unwrap();
-        conn.send(&Msg::Blocked).unwrap();
+        conn.send(&ToRaylet::Blocked).unwrap();
         conn.close();
         drop(a);
         let got = reader.join().unwrap();
@@ -1200,11 +1244,11 @@ mod tests {
         let c = ep.connect(&secret).unwrap();
         let mut s = l.accept().unwrap();
         assert!(s.accept_secret(&secret));
-        Conn::new(&c).unwrap().send(&Msg::Blocked).unwrap();
+        Conn::new(&c).unwrap().send(&ToRaylet::Blocked).unwrap();
         drop(c);
         let mut got = Vec::new();
         read_loop(s, |m| got.push(format!("{m:?}"))).unwrap();
-        assert_eq!(got, vec!["Blocked"]);
+        assert_eq!(got, vec!["ToRaylet(Blocked)"]);
         // Wrong secret: refused and closed.
         let c = ep.connect(&Secret::random()).unwrap();
         let mut s = l.accept().unwrap();
@@ -1219,8 +1263,8 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let (a, b) = (Stream::Unix(a), Stream::Unix(b));
         let conn = Conn::new(&a).unwrap();
-        conn.send(&Msg::Blocked).unwrap();
-        conn.send(&Msg::FreeObjects {
+        conn.send(&ToRaylet::Blocked).unwrap();
+        conn.send(&ToRaylet::FreeObjects {
             offsets: vec![1, 2, 3],
         })
         .unwrap();
@@ -1228,7 +1272,13 @@ mod tests {
         drop(a);
         let mut got = Vec::new();
         read_loop(b, |m| got.push(format!("{m:?}"))).unwrap();
-        assert_eq!(got, vec!["Blocked", "FreeObjects { offsets: [1, 2, 3] }"]);
+        assert_eq!(
+            got,
+            vec![
+                "ToRaylet(Blocked)",
+                "ToRaylet(FreeObjects { offsets: [1, 2, 3] })"
+            ]
+        );
     }
 
     #[test]

@@ -10,25 +10,32 @@ use super::{executor, CoreWorker, Effects, DEVICE_HOOKS};
 use crate::codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ObjectId, WorkerId};
+use crate::protocol::{FromRaylet, PeerMsg, ToRaylet};
 use crate::session::log;
 use crate::transport::{Conn, Msg, Payload};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl CoreWorker {
+    /// What a raylet (this node's, or another node's asked for a lease)
+    /// sends: only that service's messages are taken.
     pub(super) fn handle_raylet(self: &Arc<Self>, msg: Msg) {
+        let msg = match FromRaylet::try_from(msg) {
+            Ok(m) => m,
+            Err(other) => return log!("ignored {} on a raylet connection", other.service()),
+        };
         match msg {
-            Msg::LeaseGranted {
+            FromRaylet::LeaseGranted {
                 req,
                 lease,
                 worker,
                 gpus,
             } => self.lease_granted(req, lease, worker, gpus),
-            Msg::LeaseFailed { req, error } => self.lease_failed(req, error),
-            Msg::LeaseSpillback { req, node } => self.lease_spilled(req, node),
-            Msg::Retire => self.retire(),
-            Msg::NodeDied { node } => self.node_died(node),
-            other => self.handle_reply(other),
+            FromRaylet::LeaseFailed { req, error } => self.lease_failed(req, error),
+            FromRaylet::LeaseSpillback { req, node } => self.lease_spilled(req, node),
+            FromRaylet::Retire => self.retire(),
+            FromRaylet::NodeDied { node } => self.node_died(node),
+            other => self.handle_reply(other.into()),
         }
     }
 
@@ -62,10 +69,10 @@ impl CoreWorker {
             })?;
             match self.call(
                 &conn,
-                |req| Msg::StageDeviceObject { req, id },
+                |req| PeerMsg::StageDeviceObject { req, id },
                 "copying a device object to host memory",
             )? {
-                Msg::DeviceObjectStaged { result, .. } => result?,
+                PeerMsg::DeviceObjectStaged { result, .. } => result?,
                 _ => return Err(Error::unavailable("unexpected reply to a staging request")),
             }
         };
@@ -151,7 +158,7 @@ impl CoreWorker {
             .unwrap_or_else(|p| p.into_inner())
             .is_some();
         if owns || hosts_actor || self.is_driver {
-            let _ = self.raylet.send(&Msg::RetireRefused);
+            let _ = self.raylet.send(&ToRaylet::RetireRefused);
             return;
         }
         log!("idle worker retires (the raylet keeps fewer idle workers)");
@@ -184,25 +191,25 @@ impl CoreWorker {
         self.arena.unlink();
     }
 
-    pub(super) fn handle_peer(self: &Arc<Self>, from: WorkerId, conn: &Arc<Conn>, msg: Msg) {
+    pub(super) fn handle_peer(self: &Arc<Self>, from: WorkerId, conn: &Arc<Conn>, msg: PeerMsg) {
         match msg {
-            Msg::PushTask(spec) => self.exec_push(conn, spec),
-            Msg::CreateActor { spec, gpus } => self.exec_create_actor(conn, spec, gpus),
-            Msg::CancelTask { task } => self.exec_cancel(conn, task),
-            Msg::FreeObject { id } => self.free_object(id),
-            Msg::CancelObject { id } => {
+            PeerMsg::PushTask(spec) => self.exec_push(conn, spec),
+            PeerMsg::CreateActor { spec, gpus } => self.exec_create_actor(conn, spec, gpus),
+            PeerMsg::CancelTask { task } => self.exec_cancel(conn, task),
+            PeerMsg::FreeObject { id } => self.free_object(id),
+            PeerMsg::CancelObject { id } => {
                 if let Err(e) = self.cancel(id) {
                     log!("cancel of {id} forwarded by {from} failed: {e}");
                 }
             }
-            Msg::TaskDone {
+            PeerMsg::TaskDone {
                 task,
                 returns,
                 app_error,
                 exiting,
                 lost_args,
             } => self.task_done(from, task, returns, app_error, exiting, lost_args),
-            Msg::ObjectLost { id, tag } => {
+            PeerMsg::ObjectLost { id, tag } => {
                 let mut fx = Effects::default();
                 {
                     let mut st = self.lock();
@@ -222,27 +229,27 @@ impl CoreWorker {
                 }
                 self.apply(fx);
             }
-            Msg::TasksReturned { tasks } => self.tasks_returned(from, tasks),
-            Msg::WorkerUnblocked => self.worker_unblocked(from),
-            Msg::GetObject { id } => self.remote_get(from, conn, id),
-            Msg::ObjectReady {
+            PeerMsg::TasksReturned { tasks } => self.tasks_returned(from, tasks),
+            PeerMsg::WorkerUnblocked => self.worker_unblocked(from),
+            PeerMsg::GetObject { id } => self.remote_get(from, conn, id),
+            PeerMsg::ObjectReady {
                 id,
                 payload,
                 copies,
             } => self.object_ready_remote(id, payload, copies),
-            Msg::AddLocation { id, node } => {
+            PeerMsg::AddLocation { id, node } => {
                 if let Some(e) = self.lock().objects.get_mut(&id).filter(|e| e.owned) {
                     if !e.copies.contains(&node) {
                         e.copies.push(node);
                     }
                 }
             }
-            Msg::RemoveLocation { id, node } => {
+            PeerMsg::RemoveLocation { id, node } => {
                 if let Some(e) = self.lock().objects.get_mut(&id) {
                     e.copies.retain(|n| *n != node);
                 }
             }
-            Msg::AddBorrow { req, id } => {
+            PeerMsg::AddBorrow { req, id } => {
                 let ok = {
                     let mut st = self.lock();
                     match st.objects.get_mut(&id) {
@@ -254,9 +261,9 @@ impl CoreWorker {
                         _ => false,
                     }
                 };
-                let _ = conn.send(&Msg::BorrowAdded { req, ok });
+                let _ = conn.send(&PeerMsg::BorrowAdded { req, ok });
             }
-            Msg::RemoveBorrow { id } => {
+            PeerMsg::RemoveBorrow { id } => {
                 let fx = {
                     let mut st = self.lock();
                     let mut fx = Effects::default();
@@ -273,11 +280,11 @@ impl CoreWorker {
                 };
                 self.apply(fx);
             }
-            Msg::StageDeviceObject { req, id } => {
+            PeerMsg::StageDeviceObject { req, id } => {
                 let result = self.stage_device_object(id);
-                let _ = conn.send(&Msg::DeviceObjectStaged { req, result });
+                let _ = conn.send(&PeerMsg::DeviceObjectStaged { req, result });
             }
-            other => self.handle_reply(other),
+            other => self.handle_reply(other.into()),
         }
     }
 

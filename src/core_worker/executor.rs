@@ -32,8 +32,9 @@ use crate::codec;
 use crate::core_worker::function_manager::{registry_actor, registry_function, ArgReader, Returns};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::TaskId;
+use crate::protocol::{PeerMsg, ToRaylet};
 use crate::session::{log, Session};
-use crate::transport::{ActorSpec, Conn, Msg, Payload, TaskSpec};
+use crate::transport::{ActorSpec, Conn, Payload, TaskSpec};
 use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
@@ -188,7 +189,7 @@ impl CoreWorker {
         let mut q = self.exec.lock();
         if q.blocked > 0 && spec.actor.is_none() {
             drop(q);
-            let _ = conn.send(&Msg::TasksReturned {
+            let _ = conn.send(&PeerMsg::TasksReturned {
                 tasks: vec![spec.id],
             });
             return;
@@ -235,7 +236,7 @@ impl CoreWorker {
             q.current = None;
             !q.items.is_empty()
         };
-        let done = Msg::TaskDone {
+        let done = PeerMsg::TaskDone {
             task: spec.id,
             returns: out.returns,
             app_error: out.app_error,
@@ -300,7 +301,7 @@ impl CoreWorker {
                 ErrorKind::Cancelled,
                 format!("task `{}` was cancelled", spec.function),
             );
-            let _ = conn.send(&Msg::TaskDone {
+            let _ = conn.send(&PeerMsg::TaskDone {
                 task,
                 returns: error_returns(&spec, &err),
                 app_error: false,
@@ -351,7 +352,7 @@ impl BlockGuard {
         for it in q.items.drain(..) {
             match it {
                 Item::Task(s, c) if s.actor.is_none() => {
-                    match returned.iter_mut().find(|(rc, _)| Arc::ptr_eq(rc, &c)) {
+                    match returned.iter_mut().find(|(rc, _)| rc.id() == c.id()) {
                         Some((_, v)) => v.push(s.id),
                         None => returned.push((c, vec![s.id])),
                     }
@@ -361,15 +362,15 @@ impl BlockGuard {
         }
         q.items = keep;
         drop(q);
-        if !is_actor && !returned.iter().any(|(c, _)| Arc::ptr_eq(c, &conn)) {
+        if !is_actor && !returned.iter().any(|(c, _)| c.id() == conn.id()) {
             // Tell the lease holder we are blocked even with nothing queued,
             // so it stops pipelining onto us.
             returned.push((conn, Vec::new()));
         }
         for (c, tasks) in returned {
-            let _ = c.send(&Msg::TasksReturned { tasks });
+            let _ = c.send(&PeerMsg::TasksReturned { tasks });
         }
-        let _ = cw.raylet.send(&Msg::Blocked);
+        let _ = cw.raylet.send(&ToRaylet::Blocked);
         BlockGuard {
             cw: Some(cw.clone()),
         }
@@ -386,9 +387,9 @@ impl Drop for BlockGuard {
         }
         let current = q.current.clone();
         drop(q);
-        let _ = cw.raylet.send(&Msg::Unblocked);
+        let _ = cw.raylet.send(&ToRaylet::Unblocked);
         if let Some((_, conn, false)) = current {
-            let _ = conn.send(&Msg::WorkerUnblocked);
+            let _ = conn.send(&PeerMsg::WorkerUnblocked);
         }
     }
 }
@@ -451,7 +452,7 @@ pub(crate) fn main(session: Session) -> ! {
                 if let Err(e) = &result {
                     log!("actor {} failed to construct: {e}", spec.class);
                 }
-                let _ = conn.send(&Msg::ActorCreated { result });
+                let _ = conn.send(&PeerMsg::ActorCreated { result });
             }
         }
     }
@@ -514,7 +515,7 @@ fn pool_thread(cw: &Arc<CoreWorker>, shared: &SharedActor) -> ! {
         POOL_TASK.with(|t| t.set(Some(spec.id)));
         let out = run(cw, &spec, None, Some(shared));
         POOL_TASK.with(|t| t.set(None));
-        let _ = conn.send(&Msg::TaskDone {
+        let _ = conn.send(&PeerMsg::TaskDone {
             task: spec.id,
             returns: out.returns,
             app_error: out.app_error,

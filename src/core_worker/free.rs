@@ -24,7 +24,8 @@ use super::{CoreWorker, Effects, State};
 use crate::codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::ObjectId;
-use crate::transport::{Msg, Payload};
+use crate::protocol::{FromRaylet, PeerMsg, ToRaylet};
+use crate::transport::Payload;
 use std::sync::Arc;
 
 /// Counts a read of an object's store block in place, for as long as it
@@ -45,7 +46,7 @@ pub(crate) struct BlockPins {
 impl Drop for BlockPins {
     fn drop(&mut self) {
         let offsets = std::mem::take(&mut self.offsets);
-        let _ = self.raylet.send(&Msg::UnpinObjects { offsets });
+        let _ = self.raylet.send(&ToRaylet::UnpinObjects { offsets });
     }
 }
 
@@ -75,7 +76,7 @@ impl CoreWorker {
             self.release_held_pins(&mut st, None, &mut fx);
         }
         if !fx.unpin_blocks.is_empty() {
-            let _ = self.raylet.post(&Msg::UnpinObjects {
+            let _ = self.raylet.post(&ToRaylet::UnpinObjects {
                 offsets: fx.unpin_blocks,
             });
         }
@@ -102,10 +103,10 @@ impl CoreWorker {
         self.give_back_held_pins();
         let offsets = blocks.iter().map(|(o, _)| *o).collect();
         match self.raylet_call(
-            |req| Msg::PinObjects { req, blocks },
+            |req| ToRaylet::PinObjects { req, blocks },
             "pinning objects to read",
         )? {
-            Msg::ObjectsPinned { result, .. } => result.map_err(|e| {
+            FromRaylet::ObjectsPinned { result, .. } => result.map_err(|e| {
                 Error::new(
                     ErrorKind::OwnerDied,
                     format!("{} (it cannot be read)", e.message()),
@@ -200,7 +201,7 @@ impl CoreWorker {
         fx.unpins.push(original);
         let node = self.session.node_index;
         fx.to_owner
-            .push((id.owner, Msg::RemoveLocation { id, node }));
+            .push((id.owner, PeerMsg::RemoveLocation { id, node }));
     }
 
     /// `rustray::free` of one object, from any process holding a ref: a
@@ -226,7 +227,7 @@ impl CoreWorker {
             if owned {
                 self.release_freed(&mut st, id, &mut fx);
             } else {
-                fx.to_owner.push((id.owner, Msg::FreeObject { id }));
+                fx.to_owner.push((id.owner, PeerMsg::FreeObject { id }));
                 self.release_dead_copy(&mut st, id, &mut fx);
             }
         }

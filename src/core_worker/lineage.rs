@@ -39,7 +39,8 @@ use crate::core_worker::function_manager::RetryFilter;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ObjectId, TaskId};
 use crate::log;
-use crate::transport::{Msg, Payload, TaskSpec};
+use crate::protocol::PeerMsg;
+use crate::transport::{Payload, TaskSpec};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -211,7 +212,8 @@ impl CoreWorker {
                 fx.unpins.push(lost.clone());
             }
             if let Some(tag) = tag_of(lost) {
-                fx.to_owner.push((id.owner, Msg::ObjectLost { id, tag }));
+                fx.to_owner
+                    .push((id.owner, PeerMsg::ObjectLost { id, tag }));
             }
             return Ok(());
         }

@@ -8,7 +8,8 @@ use super::{CoreWorker, Effects, State, INLINE_MAX, PULL_ROOM_WAIT, SPIN};
 use crate::codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ObjectId, WorkerId};
-use crate::transport::{Msg, Payload};
+use crate::protocol::{FromRaylet, PeerMsg, ToRaylet};
+use crate::transport::Payload;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +33,7 @@ impl CoreWorker {
         }
         if !e.owned && !e.requested {
             e.requested = true;
-            fx.to_owner.push((id.owner, Msg::GetObject { id }));
+            fx.to_owner.push((id.owner, PeerMsg::GetObject { id }));
         }
         Ok(None)
     }
@@ -181,7 +182,7 @@ impl CoreWorker {
             return Ok(p.clone());
         };
         let reply = self.raylet_call(
-            |req| Msg::PullObject {
+            |req| ToRaylet::PullObject {
                 req,
                 node,
                 offset,
@@ -192,7 +193,7 @@ impl CoreWorker {
             "pulling an object from another node",
         )?;
         match reply {
-            Msg::ObjectPulled { result, .. } => Ok(Payload::Store {
+            FromRaylet::ObjectPulled { result, .. } => Ok(Payload::Store {
                 node: self.session.node_index,
                 offset: result?,
                 len,
@@ -211,7 +212,7 @@ impl CoreWorker {
             tag,
         } = *original
         {
-            let _ = self.raylet.send(&Msg::UnpinObject {
+            let _ = self.raylet.send(&ToRaylet::UnpinObject {
                 node,
                 offset,
                 len,
@@ -264,7 +265,7 @@ impl CoreWorker {
                     }
                 } else {
                     drop(st);
-                    self.send_to(id.owner, Msg::AddLocation { id, node });
+                    self.send_to(id.owner, PeerMsg::AddLocation { id, node });
                 }
                 Ok(local)
             }
@@ -302,7 +303,7 @@ impl CoreWorker {
         }
         let tag = crate::ids::random_u64();
         let reply = self.raylet_call(
-            |req| Msg::CreateObject {
+            |req| ToRaylet::CreateObject {
                 req,
                 size: len as u64,
                 owner,
@@ -311,7 +312,7 @@ impl CoreWorker {
             "allocating in the object store",
         )?;
         let offset = match reply {
-            Msg::ObjectCreated { result, .. } => result?,
+            FromRaylet::ObjectCreated { result, .. } => result?,
             _ => return Err(Error::unavailable("unexpected reply from the raylet")),
         };
         // SAFETY: the raylet just allocated this block to us; its location
@@ -320,7 +321,7 @@ impl CoreWorker {
         // Sealed: the raylet pinned it for this write (so it could not be
         // spilled half-written); from now on readers pin it themselves.
         if !keep_pin || written.is_err() {
-            let _ = self.raylet.post(&Msg::UnpinObjects {
+            let _ = self.raylet.post(&ToRaylet::UnpinObjects {
                 offsets: vec![offset],
             });
         }

@@ -46,8 +46,9 @@ pub(crate) mod submitter;
 use crate::error::{Error, Result};
 use crate::ids::{ActorId, LeaseId, ObjectId, TaskId, WorkerId};
 use crate::object_store::Arena;
+use crate::protocol::{PeerMsg, ToGcs, ToRaylet};
 use crate::session::{log, Session};
-use crate::transport::{self, Conn, Listener, Msg, NodeInfo, Payload};
+use crate::transport::{self, Conn, ConnId, Listener, Msg, NodeInfo, Payload};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -148,8 +149,10 @@ pub(crate) static DEVICE_HOOKS: std::sync::OnceLock<DeviceHooks> = std::sync::On
 /// Side effects computed under the state lock, performed after it.
 #[derive(Default)]
 pub(crate) struct Effects {
-    pub(crate) sends: Vec<(Arc<Conn>, Msg)>,
-    pub(crate) to_owner: Vec<(WorkerId, Msg)>,
+    /// Messages to other core workers, each on the connection named (and
+    /// dropped if that connection is gone).
+    pub(crate) sends: Vec<(WorkerId, ConnId, PeerMsg)>,
+    pub(crate) to_owner: Vec<(WorkerId, PeerMsg)>,
     pub(crate) drops: Vec<RawRef>,
     /// Store blocks to free, by node.
     pub(crate) free_offsets: Vec<(u16, u64)>,
@@ -196,9 +199,9 @@ pub(crate) struct CoreWorker {
     value_epoch: AtomicU64,
     next_seq: AtomicU64,
     next_req: AtomicU64,
-    /// Pending requests: the connection they went out on (its address, so
+    /// Pending requests: the connection they went out on (its id, so
     /// a closing connection fails them at once) and where the reply goes.
-    replies: Mutex<HashMap<u64, (usize, mpsc::Sender<Msg>)>>,
+    replies: Mutex<HashMap<u64, (ConnId, mpsc::Sender<Msg>)>>,
     peers: Mutex<HashMap<WorkerId, Arc<Conn>>>,
     gcs: Mutex<Option<Arc<Conn>>>,
     /// Connections to other nodes' raylets (leases there, frees there).
@@ -271,7 +274,7 @@ impl CoreWorker {
         });
         // The listener is bound before registering, so a lease granted to
         // this worker can be connected to at once.
-        cw.raylet.send(&Msg::Register {
+        cw.raylet.send(&ToRaylet::Register {
             worker: id,
             pid: std::process::id(),
             is_driver,
@@ -316,14 +319,16 @@ impl CoreWorker {
             self.value_epoch.fetch_add(1, Ordering::Release);
             self.cond.notify_all();
         }
-        for (conn, msg) in fx.sends {
-            let _ = conn.send(&msg);
+        for (worker, conn, msg) in fx.sends {
+            if let Some(c) = self.peer_conn(worker, conn) {
+                let _ = c.send(&msg);
+            }
         }
         for (owner, msg) in fx.to_owner {
             self.send_to(owner, msg);
         }
         if !fx.unpin_blocks.is_empty() {
-            let _ = self.raylet.post(&Msg::UnpinObjects {
+            let _ = self.raylet.post(&ToRaylet::UnpinObjects {
                 offsets: fx.unpin_blocks,
             });
         }
@@ -334,7 +339,7 @@ impl CoreWorker {
             }
             for (node, offsets) in by_node {
                 if let Ok(c) = self.raylet_of(node) {
-                    let _ = c.send(&Msg::FreeObjects { offsets });
+                    let _ = c.send(&ToRaylet::FreeObjects { offsets });
                 }
             }
         }
@@ -363,7 +368,7 @@ impl CoreWorker {
             } = r;
             let local = node == self.session.node_index;
             let sent = self.raylet_of(node).and_then(|c| {
-                c.send(&Msg::RequestLease {
+                c.send(&ToRaylet::RequestLease {
                     req,
                     shape: shape.clone(),
                     spill,
@@ -379,7 +384,7 @@ impl CoreWorker {
                     // (lost since the view was taken): queue it here.
                     log!("lease request spilled to node {node} failed ({e}); asking the local raylet");
                     self.mark_node_lost(node);
-                    let _ = self.raylet.send(&Msg::RequestLease {
+                    let _ = self.raylet.send(&ToRaylet::RequestLease {
                         req,
                         shape,
                         spill: crate::scheduler::Spill::Never,
@@ -389,11 +394,11 @@ impl CoreWorker {
         }
         for (lease, kill) in fx.return_leases {
             if let Ok(c) = self.raylet_of(lease.node()) {
-                let _ = c.send(&Msg::ReturnLease { lease, kill });
+                let _ = c.send(&ToRaylet::ReturnLease { lease, kill });
             }
         }
         for worker in fx.kill_workers {
-            let _ = self.raylet.send(&Msg::KillWorker { worker });
+            let _ = self.raylet.send(&ToRaylet::KillWorker { worker });
         }
         if let (false, Some(h)) = (fx.device_frees.is_empty(), DEVICE_HOOKS.get()) {
             for id in fx.device_frees {
@@ -403,7 +408,7 @@ impl CoreWorker {
         for id in fx.actors_out_of_scope {
             match self.gcs_conn() {
                 Ok(c) => {
-                    let _ = c.send(&Msg::ActorOutOfScope { id });
+                    let _ = c.send(&ToGcs::ActorOutOfScope { id });
                 }
                 Err(e) => log!("cannot end actor {id:?}, out of scope: {e}"),
             }
@@ -429,7 +434,8 @@ impl CoreWorker {
         while !self.shutting_down.load(Ordering::Relaxed) {
             let (fx, next_due) = {
                 let mut st = self.lock();
-                let (mut fx, due) = self.return_idle_leases(&mut st);
+                let mut fx = Effects::default();
+                let due = st.sub.return_idle_leases(Instant::now(), &mut fx);
                 let held_due = self.release_held_pins(&mut st, Some(HELD_PIN_FOR), &mut fx);
                 let next = due.into_iter().chain(held_due).min();
                 // Under the lock, so a lease going idle after this sees it.

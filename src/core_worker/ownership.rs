@@ -9,7 +9,8 @@ use super::{held_block, CoreWorker, Effects, Entry, RawRef, State};
 use crate::codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, ObjectId, TaskId, WorkerId};
-use crate::transport::{Conn, Msg, Payload};
+use crate::protocol::PeerMsg;
+use crate::transport::{Conn, Payload};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,7 +102,7 @@ impl CoreWorker {
         for w in std::mem::take(&mut e.remote_waiters) {
             fx.to_owner.push((
                 w,
-                Msg::ObjectReady {
+                PeerMsg::ObjectReady {
                     id,
                     payload: payload.clone(),
                     copies: e.copies.clone(),
@@ -121,7 +122,7 @@ impl CoreWorker {
         match st.objects.get_mut(&id).filter(|e| !e.lineage_only) {
             Some(e) => match &e.value {
                 Some(p) => {
-                    let msg = Msg::ObjectReady {
+                    let msg = PeerMsg::ObjectReady {
                         id,
                         payload: p.clone(),
                         copies: e.copies.clone(),
@@ -139,7 +140,7 @@ impl CoreWorker {
                         "object {id} was already freed by its owner (no reference was registered)"
                     ),
                 );
-                let _ = conn.send(&Msg::ObjectReady {
+                let _ = conn.send(&PeerMsg::ObjectReady {
                     id,
                     payload: Payload::Inline(codec::encode_error(&err)),
                     copies: Vec::new(),
@@ -194,10 +195,10 @@ impl CoreWorker {
         })?;
         let reply = self.call(
             &conn,
-            |req| Msg::AddBorrow { req, id },
+            |req| PeerMsg::AddBorrow { req, id },
             "registering a borrowed reference",
         )?;
-        if !matches!(reply, Msg::BorrowAdded { ok: true, .. }) {
+        if !matches!(reply, PeerMsg::BorrowAdded { ok: true, .. }) {
             return Err(Error::new(
                 ErrorKind::OwnerDied,
                 format!("object {id} no longer exists at its owner"),
@@ -209,7 +210,7 @@ impl CoreWorker {
                 // Raced with another adoption: keep one borrow registered.
                 e.local += 1;
                 drop(st);
-                self.send_to(id.owner, Msg::RemoveBorrow { id });
+                self.send_to(id.owner, PeerMsg::RemoveBorrow { id });
             }
             None => {
                 st.objects.insert(
@@ -295,7 +296,7 @@ impl State {
             fx.unpins.push(original.clone());
             if !e.owned {
                 fx.to_owner
-                    .push((id.owner, Msg::RemoveLocation { id, node }));
+                    .push((id.owner, PeerMsg::RemoveLocation { id, node }));
             }
         }
         if e.held_pin {
@@ -313,7 +314,7 @@ impl State {
                 fx.device_frees.push(id);
             }
         } else {
-            fx.to_owner.push((id.owner, Msg::RemoveBorrow { id }));
+            fx.to_owner.push((id.owner, PeerMsg::RemoveBorrow { id }));
         }
         fx.drops.extend(e.contained);
     }

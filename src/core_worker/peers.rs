@@ -8,7 +8,8 @@
 use super::{CoreWorker, RPC_TIMEOUT};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::WorkerId;
-use crate::transport::{self, Conn, Endpoint, Listener, Msg, NodeInfo, Stream};
+use crate::protocol::{FromGcs, FromRaylet, PeerMsg, ToGcs, ToRaylet};
+use crate::transport::{self, Conn, ConnId, Endpoint, Listener, Message, Msg, NodeInfo, Stream};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -36,9 +37,11 @@ impl CoreWorker {
         let peer = stream.peer();
         transport::guarded("rustray-peer-in", &peer, || {
             transport::read_loop(stream, |msg| match (&from, msg) {
-                (None, Msg::Hello { from: f }) => from = Some(f),
-                (Some(f), msg) => me.handle_peer(*f, &conn, msg),
-                (None, _) => conn.close(),
+                (None, Msg::Peer(PeerMsg::Hello { from: f })) => from = Some(f),
+                (Some(f), Msg::Peer(msg)) => me.handle_peer(*f, &conn, msg),
+                // Only core worker messages come to a core worker's
+                // listener, after a `Hello`.
+                _ => conn.close(),
             })
         });
         if let Some(f) = from {
@@ -64,7 +67,7 @@ impl CoreWorker {
         }
         let dialed = transport::dial(&self.worker_endpoint(worker)?, &self.session.secret)?;
         let conn = dialed.conn.clone();
-        conn.send(&Msg::Hello { from: self.id })?;
+        conn.send(&PeerMsg::Hello { from: self.id })?;
         {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(c) = peers.get(&worker) {
@@ -76,14 +79,29 @@ impl CoreWorker {
         let (me, me2, c2) = (self.clone(), self.clone(), conn.clone());
         dialed.serve(
             "rustray-peer-out",
-            move |m| me.handle_peer(worker, &c2, m),
+            move |m| match m {
+                Msg::Peer(m) => me.handle_peer(worker, &c2, m),
+                // A core worker answers with core worker messages only.
+                _ => c2.close(),
+            },
             move || me2.peer_gone(worker, true),
         )
     }
 
+    /// The open connection `id` to `worker`, if it is still the one this
+    /// process uses for it (state names connections by id: see `Effects`).
+    pub(crate) fn peer_conn(&self, worker: WorkerId, id: ConnId) -> Option<Arc<Conn>> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&worker)
+            .filter(|c| c.id() == id)
+            .cloned()
+    }
+
     /// Sends to another core worker, ignoring a dead peer (its death is
     /// handled when its connection closes).
-    pub(crate) fn send_to(self: &Arc<Self>, worker: WorkerId, msg: Msg) {
+    pub(crate) fn send_to(self: &Arc<Self>, worker: WorkerId, msg: PeerMsg) {
         if let Ok(c) = self.peer(worker) {
             let _ = c.send(&msg);
         }
@@ -143,8 +161,8 @@ impl CoreWorker {
         if let Some(n) = cached(&self.nodes.lock().unwrap_or_else(|p| p.into_inner())) {
             return Ok(Some(n));
         }
-        let reply = self.gcs_call(|req| Msg::GetNodes { req }, "reading the node table")?;
-        let Msg::Nodes { nodes, .. } = reply else {
+        let reply = self.gcs_call(|req| ToGcs::GetNodes { req }, "reading the node table")?;
+        let FromGcs::Nodes { nodes, .. } = reply else {
             return Err(Error::unavailable("unexpected reply from the GCS"));
         };
         let mut table = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
@@ -273,19 +291,19 @@ impl CoreWorker {
     }
 
     /// Sends a request built around a fresh request number and waits for the
-    /// reply carrying it.
-    pub(super) fn call(
+    /// reply carrying it, an answer of service `R`.
+    pub(super) fn call<Q: Message, R: TryFrom<Msg, Error = Msg>>(
         &self,
         conn: &Conn,
-        build: impl FnOnce(u64) -> Msg,
+        build: impl FnOnce(u64) -> Q,
         what: &str,
-    ) -> Result<Msg> {
+    ) -> Result<R> {
         let req = self.next_req();
         let (tx, rx) = mpsc::channel();
         self.replies
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(req, (conn as *const Conn as usize, tx));
+            .insert(req, (conn.id(), tx));
         let sent = conn.send(&build(req));
         let r = sent.and_then(|_| {
             rx.recv_timeout(RPC_TIMEOUT).map_err(|e| match e {
@@ -302,37 +320,31 @@ impl CoreWorker {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&req);
-        r
+        R::try_from(r?)
+            .map_err(|m| Error::invalid(format!("{what}: answered with {}", m.service())))
     }
 
     pub(crate) fn gcs_call(
         self: &Arc<Self>,
-        build: impl FnOnce(u64) -> Msg,
+        build: impl FnOnce(u64) -> ToGcs,
         what: &str,
-    ) -> Result<Msg> {
+    ) -> Result<FromGcs> {
         let conn = self.gcs_conn()?;
         self.call(&conn, build, what)
     }
 
-    pub(crate) fn raylet_call(&self, build: impl FnOnce(u64) -> Msg, what: &str) -> Result<Msg> {
+    pub(crate) fn raylet_call(
+        &self,
+        build: impl FnOnce(u64) -> ToRaylet,
+        what: &str,
+    ) -> Result<FromRaylet> {
         self.call(&self.raylet, build, what)
     }
 
+    /// An answer to one of [`CoreWorker::call`]'s requests goes to the
+    /// thread waiting for it; anything else is dropped.
     pub(super) fn handle_reply(&self, msg: Msg) {
-        let req = match &msg {
-            Msg::ObjectCreated { req, .. }
-            | Msg::ObjectPulled { req, .. }
-            | Msg::ObjectsPinned { req, .. }
-            | Msg::Nodes { req, .. }
-            | Msg::BorrowAdded { req, .. }
-            | Msg::ActorRegistered { req, .. }
-            | Msg::ActorLookedUp { req, .. }
-            | Msg::NamedActors { req, .. }
-            | Msg::StoreStats { req, .. }
-            | Msg::DeviceObjectStaged { req, .. }
-            | Msg::ActorKilled { req } => *req,
-            _ => return,
-        };
+        let Some(req) = msg.answers() else { return };
         if let Some((_, tx)) = self
             .replies
             .lock()
@@ -346,7 +358,7 @@ impl CoreWorker {
     /// A connection closed: requests waiting on it fail now ("connection
     /// lost") instead of at their timeout.
     pub(super) fn fail_pending(&self, conn: &Conn) {
-        let key = conn as *const Conn as usize;
+        let key = conn.id();
         self.replies
             .lock()
             .unwrap_or_else(|p| p.into_inner())

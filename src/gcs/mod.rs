@@ -22,6 +22,7 @@ mod actors;
 pub(crate) mod nodes;
 pub(crate) mod sim;
 
+use crate::protocol::{FromGcs, FromRaylet, PeerMsg, ToGcs, ToRaylet};
 use actors::{ActorAction, ActorTable, ConnId, Waiter};
 use nodes::{NodeTable, NODE_TIMEOUT};
 
@@ -58,7 +59,7 @@ pub(crate) struct Gcs {
     next_conn: AtomicU64,
     /// Connections to raylets, for actor leases.
     raylets: Mutex<HashMap<u16, Arc<Conn>>>,
-    replies: Mutex<HashMap<u64, mpsc::Sender<Msg>>>,
+    replies: Mutex<HashMap<u64, mpsc::Sender<FromRaylet>>>,
     next_req: AtomicU64,
     stopping: AtomicBool,
     addr: SocketAddr,
@@ -176,10 +177,13 @@ impl Gcs {
     }
 
     fn reply(&self, m: Msg) {
+        let Ok(m) = FromRaylet::try_from(m) else {
+            return;
+        };
         let req = match &m {
-            Msg::LeaseGranted { req, .. }
-            | Msg::LeaseFailed { req, .. }
-            | Msg::LeaseSpillback { req, .. } => *req,
+            FromRaylet::LeaseGranted { req, .. }
+            | FromRaylet::LeaseFailed { req, .. }
+            | FromRaylet::LeaseSpillback { req, .. } => *req,
             _ => return,
         };
         if let Some(tx) = self
@@ -217,8 +221,10 @@ impl Gcs {
         let peer = stream.peer();
         transport::guarded("gcs-client", &peer, || {
             transport::read_loop(stream, |m| {
+                // Only this service's requests are served here.
+                let Ok(m) = ToGcs::try_from(m) else { return };
                 let registering = match &m {
-                    Msg::RegisterNode { info, .. } => Some(info.index),
+                    ToGcs::RegisterNode { info, .. } => Some(info.index),
                     _ => None,
                 };
                 self.handle(id, &conn, m);
@@ -316,7 +322,7 @@ impl Gcs {
             }
         }
         let (version, joined, changed) = self.node_table().since(0);
-        let frame = Arc::new(transport::encode_frame(&Msg::ClusterView {
+        let frame = Arc::new(transport::encode_frame(&FromGcs::ClusterView {
             version,
             joined,
             changed,
@@ -325,9 +331,9 @@ impl Gcs {
         Ok(frame)
     }
 
-    fn handle(self: &Arc<Self>, id: ConnId, conn: &Arc<Conn>, m: Msg) {
+    fn handle(self: &Arc<Self>, id: ConnId, conn: &Arc<Conn>, m: ToGcs) {
         match m {
-            Msg::RegisterNode { req, info } => {
+            ToGcs::RegisterNode { req, info } => {
                 let line = format!(
                     "GCS node table: node {} ({}) at {}:{} {:?}",
                     info.index, info.name, info.ip, info.raylet_port, info.total
@@ -338,9 +344,9 @@ impl Gcs {
                 if result.is_ok() {
                     log!("{line}");
                 }
-                let _ = conn.send(&Msg::NodeRegistered { req, result });
+                let _ = conn.send(&FromGcs::NodeRegistered { req, result });
             }
-            Msg::ReportResources {
+            ToGcs::ReportResources {
                 node,
                 report,
                 view_version,
@@ -364,17 +370,17 @@ impl Gcs {
                     }
                 }
             }
-            Msg::StopCluster => {
+            ToGcs::StopCluster => {
                 log!("GCS: stop requested");
                 self.request_stop();
             }
-            Msg::GetNodes { req } => {
-                let _ = conn.send(&Msg::Nodes {
+            ToGcs::GetNodes { req } => {
+                let _ = conn.send(&FromGcs::Nodes {
                     req,
                     nodes: self.nodes(),
                 });
             }
-            Msg::RegisterActor { req, spec } => {
+            ToGcs::RegisterActor { req, spec } => {
                 let r = self.table().register(spec);
                 match r {
                     Ok((actor, actions)) => {
@@ -386,24 +392,24 @@ impl Gcs {
                         self.finish(actions, settled);
                     }
                     Err(e) => {
-                        let _ = conn.send(&Msg::ActorRegistered {
+                        let _ = conn.send(&FromGcs::ActorRegistered {
                             req,
                             result: Err(e),
                         });
                     }
                 }
             }
-            Msg::ListNamedActors { req, namespace } => {
+            ToGcs::ListNamedActors { req, namespace } => {
                 let actors = self.table().named(namespace.as_deref());
-                let _ = conn.send(&Msg::NamedActors { req, actors });
+                let _ = conn.send(&FromGcs::NamedActors { req, actors });
             }
-            Msg::LookupActor { req, by, wait } => {
+            ToGcs::LookupActor { req, by, wait } => {
                 let w = wait.then_some(Waiter::Lookup { conn: id, req });
                 if let Some(result) = self.table().lookup(&by, w) {
-                    let _ = conn.send(&Msg::ActorLookedUp { req, result });
+                    let _ = conn.send(&FromGcs::ActorLookedUp { req, result });
                 }
             }
-            Msg::KillActor {
+            ToGcs::KillActor {
                 req,
                 id,
                 no_restart,
@@ -414,28 +420,27 @@ impl Gcs {
                     (self.table().end_process(id), Vec::new())
                 };
                 self.finish(actions, waiters);
-                let _ = conn.send(&Msg::ActorKilled { req });
+                let _ = conn.send(&FromGcs::ActorKilled { req });
             }
-            Msg::ExitActor { req, id } => {
+            ToGcs::ExitActor { req, id } => {
                 let (actions, waiters) = self.table().exited(id);
                 // The worker is released after the answer: the process
                 // exits by itself once it has it.
                 self.finish(Vec::new(), waiters);
-                let _ = conn.send(&Msg::ActorKilled { req });
+                let _ = conn.send(&FromGcs::ActorKilled { req });
                 self.run(actions);
             }
-            Msg::ActorOutOfScope { id } => {
+            ToGcs::ActorOutOfScope { id } => {
                 let (actions, waiters) = self.table().out_of_scope(id);
                 self.finish(actions, waiters);
             }
-            Msg::OwnerGone { worker } => {
+            ToGcs::OwnerGone { worker } => {
                 let (actions, waiters) = self.table().owner_died(|o| o == worker);
                 if !waiters.is_empty() || !actions.is_empty() {
                     log!("GCS: worker {worker} is gone; its actors end with it");
                 }
                 self.finish(actions, waiters);
             }
-            _ => {}
         }
     }
 
@@ -450,11 +455,11 @@ impl Gcs {
                             .death
                             .unwrap_or_else(|| Error::new(ErrorKind::ActorDied, "actor died"))),
                     };
-                    (conn, Msg::ActorRegistered { req, result })
+                    (conn, FromGcs::ActorRegistered { req, result })
                 }
                 Waiter::Lookup { conn, req } => (
                     conn,
-                    Msg::ActorLookedUp {
+                    FromGcs::ActorLookedUp {
                         req,
                         result: Ok(info),
                     },
@@ -474,7 +479,7 @@ impl Gcs {
                 ActorAction::Create(id) => self.start_actor_thread(id),
                 ActorAction::ReleaseWorker(lease) => {
                     if let Ok(c) = self.raylet(lease.node()) {
-                        let _ = c.send(&Msg::ReturnLease { lease, kill: true });
+                        let _ = c.send(&ToRaylet::ReturnLease { lease, kill: true });
                     }
                 }
             }
@@ -682,7 +687,7 @@ impl Gcs {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(req, tx);
             let sent = self.raylet(node).and_then(|c| {
-                c.send(&Msg::RequestLease {
+                c.send(&ToRaylet::RequestLease {
                     req,
                     shape: shape.clone(),
                     spill,
@@ -712,14 +717,16 @@ impl Gcs {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&req);
             match reply {
-                Some(Msg::LeaseGranted {
+                Some(FromRaylet::LeaseGranted {
                     lease,
                     worker,
                     gpus,
                     ..
                 }) => return Ok((lease, worker, gpus)),
-                Some(Msg::LeaseFailed { error, .. }) => return Err(error),
-                Some(Msg::LeaseSpillback { node: n, .. }) => target = Some((n, Spill::Never)),
+                Some(FromRaylet::LeaseFailed { error, .. }) => return Err(error),
+                Some(FromRaylet::LeaseSpillback { node: n, .. }) => {
+                    target = Some((n, Spill::Never))
+                }
                 Some(_) => return Err(Error::unavailable("unexpected reply from the raylet")),
                 // The node was lost or unreachable: place again.
                 None => target = None,
@@ -749,8 +756,8 @@ impl Gcs {
                 let stream = Endpoint::Tcp(SocketAddr::new(node.ip, worker.port()))
                     .connect(&self.session.secret)?;
                 let conn = Arc::new(Conn::new(&stream)?);
-                conn.send(&Msg::Hello { from: GCS_ID })?;
-                conn.send(&Msg::CreateActor {
+                conn.send(&PeerMsg::Hello { from: GCS_ID })?;
+                conn.send(&PeerMsg::CreateActor {
                     spec: spec.clone(),
                     gpus,
                 })?;
@@ -776,7 +783,7 @@ impl Gcs {
             let mut first = true;
             let me = self.clone();
             let _ = transport::read_loop(stream, |m| {
-                if let (true, Msg::ActorCreated { result }) = (first, m) {
+                if let (true, Msg::Peer(PeerMsg::ActorCreated { result })) = (first, m) {
                     first = false;
                     match result {
                         Ok(()) => {

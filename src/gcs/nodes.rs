@@ -24,7 +24,8 @@
 
 use super::actors::ConnId;
 use crate::error::{Error, Result};
-use crate::transport::{Msg, NodeInfo, NodeLoad, ResourceReport};
+use crate::protocol::FromGcs;
+use crate::transport::{NodeInfo, NodeLoad, ResourceReport};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -194,7 +195,7 @@ impl NodeTable {
     /// view: see [`NodeTable::wants_whole_view`]).
     pub(crate) fn since_frame(&self, version: u64) -> Result<Vec<u8>> {
         let (joined, changed) = self.changed_since(version);
-        let mut frame = crate::transport::encode_frame(&Msg::ClusterView {
+        let mut frame = crate::transport::encode_frame(&FromGcs::ClusterView {
             version: self.version,
             joined,
             changed: Vec::new(),
@@ -443,7 +444,7 @@ mod tests {
         let check = |t: &NodeTable| {
             for v in 1..=t.version {
                 let (version, joined, changed) = t.since(v);
-                let want = crate::transport::encode_frame(&Msg::ClusterView {
+                let want = crate::transport::encode_frame(&FromGcs::ClusterView {
                     version,
                     joined,
                     changed,

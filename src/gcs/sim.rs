@@ -21,6 +21,7 @@
 use super::Gcs;
 use crate::error::{Error, Result};
 use crate::ids::random_u64;
+use crate::protocol::{FromGcs, ToGcs};
 use crate::resources::ResourceSet;
 use crate::session::{Config, Session};
 use crate::transport::{self, Conn, Endpoint, Msg, NodeInfo, ResourceReport, Stream};
@@ -500,14 +501,14 @@ fn register(endpoint: &Endpoint, secret: &crate::transport::Secret, index: u16) 
         .map_err(|e| Error::io("setting a simulated node's read timeout", e))?;
     let conn = Conn::new(&stream)?;
     let total = ResourceSet::new().with("CPU", NODE_CPUS)?;
-    conn.send(&Msg::RegisterNode {
+    conn.send(&ToGcs::RegisterNode {
         req: index as u64,
         info: sim_node(index, total),
     })?;
     let mut reader = BufReader::new(stream);
     match read(&mut reader)?.0 {
-        Msg::NodeRegistered { result: Ok(()), .. } => {}
-        Msg::NodeRegistered { result: Err(e), .. } => return Err(e),
+        Msg::FromGcs(FromGcs::NodeRegistered { result: Ok(()), .. }) => {}
+        Msg::FromGcs(FromGcs::NodeRegistered { result: Err(e), .. }) => return Err(e),
         other => {
             return Err(Error::invalid(format!(
                 "node simulation: {other:?} in answer to a registration"
@@ -544,11 +545,11 @@ fn read(r: &mut BufReader<Stream>) -> Result<(Msg, usize)> {
         // keep the simulated nodes from reporting in time); its version is
         // what the node holds from then on. Deltas are decoded in full.
         return Ok((
-            Msg::ClusterView {
+            Msg::FromGcs(FromGcs::ClusterView {
                 version,
                 joined: Vec::new(),
                 changed: Vec::new(),
-            },
+            }),
             len,
         ));
     }
@@ -564,12 +565,13 @@ fn whole_view_version(body: &[u8]) -> Option<u64> {
     if body.len() < WHOLE_VIEW_BYTES {
         return None;
     }
-    // The head of a `ClusterView`: its variant tag, then the version.
-    let empty = crate::codec::encode(&Msg::ClusterView {
+    // The head of a `ClusterView`: its envelope's and its variant tags,
+    // then the version.
+    let empty = crate::codec::encode(&Msg::FromGcs(FromGcs::ClusterView {
         version: 0,
         joined: Vec::new(),
         changed: Vec::new(),
-    })
+    }))
     .ok()?;
     // The empty one ends with the version (0) and two empty lengths.
     let tag = empty.get(..empty.len().checked_sub(3)?)?;
@@ -616,7 +618,7 @@ fn period(
         } else {
             None
         };
-        let msg = Msg::ReportResources {
+        let msg = ToGcs::ReportResources {
             node: n.index,
             report,
             view_version: n.version,
@@ -636,11 +638,11 @@ fn period(
         };
         t.bytes_out += len as u64;
         t.reports += 1;
-        if let Msg::ClusterView {
+        if let Msg::FromGcs(FromGcs::ClusterView {
             version,
             joined,
             changed,
-        } = m
+        }) = m
         {
             n.version = n.version.max(version);
             let dead = |i: u16, alive: bool| Some(i) == victim && !alive;
@@ -687,33 +689,37 @@ fn ensure_descriptors(nodes: usize, per_node: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Message;
 
     /// A whole view's version is read from its head; deltas and other
     /// messages are left to the full decode.
     #[test]
     fn a_whole_views_version_is_read_from_its_head() {
         let node = |i: u16| sim_node(i, ResourceSet::new());
-        let whole = Msg::ClusterView {
+        let whole = FromGcs::ClusterView {
             version: 123_456_789,
             joined: (0..4096).map(node).collect(),
             changed: Vec::new(),
         };
-        let body = crate::codec::encode(&whole).unwrap();
+        let body = crate::codec::encode(&whole.wire()).unwrap();
         assert!(body.len() >= WHOLE_VIEW_BYTES);
         assert_eq!(whole_view_version(&body), Some(123_456_789));
-        let small = Msg::ClusterView {
+        let small = FromGcs::ClusterView {
             version: 7,
             joined: (0..3).map(node).collect(),
             changed: Vec::new(),
         };
         assert_eq!(
-            whole_view_version(&crate::codec::encode(&small).unwrap()),
+            whole_view_version(&crate::codec::encode(&small.wire()).unwrap()),
             None
         );
-        let mut other = crate::codec::encode(&Msg::Nodes {
-            req: 1,
-            nodes: (0..4096).map(node).collect(),
-        })
+        let mut other = crate::codec::encode(
+            &FromGcs::Nodes {
+                req: 1,
+                nodes: (0..4096).map(node).collect(),
+            }
+            .wire(),
+        )
         .unwrap();
         assert_eq!(whole_view_version(&other), None);
         other.truncate(2);

@@ -37,6 +37,7 @@ mod store;
 use crate::error::{Error, Result};
 use crate::ids::WorkerId;
 use crate::object_store::{Arena, SpillDir, Store, SPACE_PER_MEMORY};
+use crate::protocol::{FromGcs, FromRaylet, ToGcs, ToRaylet, Transfer};
 use crate::scheduler::{Action, ClientId, LeaseManager, PeerNode};
 use crate::session::{log, Session, ENV_ROLE, ENV_SESSION};
 use crate::transport::{self, Conn, Listener, Msg, NodeInfo, NodeLoad, ResourceReport, Stream};
@@ -415,7 +416,7 @@ impl Raylet {
         };
         let mut dialed = transport::dial(&s.gcs_endpoint(), &s.secret).map_err(gcs_err)?;
         let conn = dialed.conn.clone();
-        conn.send(&Msg::RegisterNode {
+        conn.send(&ToGcs::RegisterNode {
             req: 1,
             info: NodeInfo {
                 index: s.node_index,
@@ -442,18 +443,20 @@ impl Raylet {
         let reply = transport::read_frame(stream, &mut Vec::new()).map_err(io_err)?;
         stream.set_read_timeout(None).map_err(io_err)?;
         match reply {
-            Some(Msg::NodeRegistered { result, .. }) => result.map_err(gcs_err)?,
+            Some(Msg::FromGcs(FromGcs::NodeRegistered { result, .. })) => {
+                result.map_err(gcs_err)?
+            }
             _ => return Err(gcs_err(Error::unavailable("no answer to the registration"))),
         }
         let (r, r2) = (self.clone(), self.clone());
         dialed.serve(
             "raylet-gcs",
             move |m| {
-                if let Msg::ClusterView {
+                if let Msg::FromGcs(FromGcs::ClusterView {
                     version,
                     joined,
                     changed,
-                } = m
+                }) = m
                 {
                     r.cluster_view(version, joined, changed);
                 }
@@ -483,7 +486,7 @@ impl Raylet {
                     last = Some(now.clone());
                     now
                 });
-                Msg::ReportResources {
+                ToGcs::ReportResources {
                     node: self.session.node_index,
                     report,
                     view_version: st.view_version,
@@ -539,7 +542,7 @@ impl Raylet {
         for node in died {
             log!("node {node} is dead in the cluster view: telling this node's processes");
             for c in &clients {
-                let _ = c.try_send(&Msg::NodeDied { node });
+                let _ = c.try_send(&FromRaylet::NodeDied { node });
             }
         }
     }
@@ -657,7 +660,7 @@ impl Raylet {
                     gpus,
                 } => {
                     if let Some(c) = st.clients.get(&client) {
-                        let _ = c.conn.post(&Msg::LeaseGranted {
+                        let _ = c.conn.post(&FromRaylet::LeaseGranted {
                             req,
                             lease,
                             worker,
@@ -667,13 +670,13 @@ impl Raylet {
                 }
                 Action::Reject { client, req, error } => {
                     if let Some(c) = st.clients.get(&client) {
-                        let _ = c.conn.post(&Msg::LeaseFailed { req, error });
+                        let _ = c.conn.post(&FromRaylet::LeaseFailed { req, error });
                     }
                 }
                 Action::StartWorker => self.start_worker(st),
                 Action::Spillback { client, req, node } => {
                     if let Some(c) = st.clients.get(&client) {
-                        let _ = c.conn.post(&Msg::LeaseSpillback { req, node });
+                        let _ = c.conn.post(&FromRaylet::LeaseSpillback { req, node });
                     }
                 }
                 Action::RetireWorker(w) => {
@@ -684,7 +687,7 @@ impl Raylet {
                         .map(|c| c.conn.clone());
                     // Not connected: it is exiting anyway.
                     if let Some(c) = conn {
-                        let _ = c.post(&Msg::Retire);
+                        let _ = c.post(&FromRaylet::Retire);
                     }
                 }
                 Action::KillWorker(w) => {
@@ -702,9 +705,14 @@ impl Raylet {
     }
 
     fn handle(self: &Arc<Self>, client: ClientId, m: Msg) {
+        let m = match m {
+            Msg::ToRaylet(m) => m,
+            Msg::Transfer(read) => return self.serve_read(client, read),
+            other => return log!("raylet ignores {} from a client", other.service()),
+        };
         let mut st = self.lock();
         match m {
-            Msg::Register {
+            ToRaylet::Register {
                 worker,
                 pid,
                 is_driver,
@@ -753,35 +761,35 @@ impl Raylet {
                     self.claim_worker(&mut st, worker, pid);
                 }
             }
-            Msg::RequestLease { req, shape, spill } => {
+            ToRaylet::RequestLease { req, shape, spill } => {
                 if st.start_failures >= MAX_START_FAILURES {
                     let error = crate::error::Error::unavailable(
                         "worker processes exit before registering: the program must call rustray::init() at the start of main, before anything else",
                     );
                     if let Some(c) = st.clients.get(&client) {
-                        let _ = c.conn.post(&Msg::LeaseFailed { req, error });
+                        let _ = c.conn.post(&FromRaylet::LeaseFailed { req, error });
                     }
                     return;
                 }
                 let a = st.leases.request(client, req, shape, spill);
                 self.execute(&mut st, a);
             }
-            Msg::ReturnLease { lease, kill } => {
+            ToRaylet::ReturnLease { lease, kill } => {
                 let a = st.leases.return_lease(lease, kill);
                 self.execute(&mut st, a);
             }
-            Msg::Blocked => {
+            ToRaylet::Blocked => {
                 if let Some(w) = st.clients.get(&client).and_then(|c| c.worker) {
                     let a = st.leases.blocked(w);
                     self.execute(&mut st, a);
                 }
             }
-            Msg::Unblocked => {
+            ToRaylet::Unblocked => {
                 if let Some(w) = st.clients.get(&client).and_then(|c| c.worker) {
                     st.leases.unblocked(w);
                 }
             }
-            Msg::CreateObject {
+            ToRaylet::CreateObject {
                 req,
                 size,
                 owner,
@@ -797,12 +805,12 @@ impl Raylet {
                     self.spill_past_threshold(&mut st);
                 }
                 if let Some(c) = st.clients.get(&client) {
-                    let _ = c.conn.post(&Msg::ObjectCreated { req, result });
+                    let _ = c.conn.post(&FromRaylet::ObjectCreated { req, result });
                 }
             }
-            Msg::GetStoreStats { req } => {
+            ToRaylet::GetStoreStats { req } => {
                 let (spilled_objects, spilled_bytes) = st.store.spilled();
-                let reply = Msg::StoreStats {
+                let reply = FromRaylet::StoreStats {
                     req,
                     used: st.store.used(),
                     capacity: st.store.capacity(),
@@ -814,7 +822,7 @@ impl Raylet {
                     let _ = c.conn.post(&reply);
                 }
             }
-            Msg::FreeObjects { offsets } => {
+            ToRaylet::FreeObjects { offsets } => {
                 // A process of this node frees only blocks it owns (by its
                 // registration): a bug or a lie cannot free another's
                 // object under its readers. Other nodes' owners free theirs
@@ -835,14 +843,16 @@ impl Raylet {
                 }
                 drop(self.delete_dead_files(st));
             }
-            Msg::KillWorker { worker } => self.execute(&mut st, vec![Action::KillWorker(worker)]),
-            Msg::RetireRefused => {
+            ToRaylet::KillWorker { worker } => {
+                self.execute(&mut st, vec![Action::KillWorker(worker)])
+            }
+            ToRaylet::RetireRefused => {
                 if let Some(w) = st.clients.get(&client).and_then(|c| c.worker) {
                     let a = st.leases.worker_kept(w);
                     self.execute(&mut st, a);
                 }
             }
-            Msg::PullObject {
+            ToRaylet::PullObject {
                 req,
                 node,
                 offset,
@@ -850,13 +860,13 @@ impl Raylet {
                 tag,
                 copies,
             } => self.pull(st, client, req, (node, offset, len, tag), copies),
-            Msg::UnpinObject {
+            ToRaylet::UnpinObject {
                 node,
                 offset,
                 len,
                 tag,
             } => unpin_copy(&mut st, (node, offset, len, tag)),
-            Msg::PinObjects { req, blocks } => {
+            ToRaylet::PinObjects { req, blocks } => {
                 // Spilled blocks are read back first.
                 let (mut st, result) = self.pin_blocks(st, &blocks);
                 if result.is_ok() {
@@ -864,10 +874,10 @@ impl Raylet {
                     held.extend(blocks.iter().map(|(o, _)| *o));
                 }
                 if let Some(c) = st.clients.get(&client) {
-                    let _ = c.conn.post(&Msg::ObjectsPinned { req, result });
+                    let _ = c.conn.post(&FromRaylet::ObjectsPinned { req, result });
                 }
             }
-            Msg::UnpinObjects { offsets } => {
+            ToRaylet::UnpinObjects { offsets } => {
                 let st = &mut *st;
                 // Only pins this client holds: a confused one cannot
                 // release another reader's.
@@ -880,70 +890,78 @@ impl Raylet {
                     }
                 }
             }
-            Msg::ReadObject {
-                node,
-                offset,
-                len,
-                tag,
-                start,
-                count,
-            } => {
-                let key = (node, offset, len, tag);
-                let conn = st.clients.get(&client).map(|c| c.conn.clone());
-                // The primary block (read back first if it was spilled), or
-                // this node's copy, pinned while it is sent, so it cannot be
-                // freed and reused meanwhile.
-                let base = if node == self.session.node_index {
-                    let (s, r) = self.pin_blocks(st, &[(offset, tag)]);
-                    st = s;
-                    r.map(|()| (offset, true))
-                } else {
-                    match st.copies.get_mut(&key) {
-                        Some(Copy {
-                            state: CopyState::Ready(local),
-                            pins,
-                        }) => {
-                            *pins += 1;
-                            Ok((*local, true))
-                        }
-                        _ => Err(Error::new(
-                            crate::error::ErrorKind::ObjectLost,
-                            format!("node {} holds no copy of that object", self.session.node),
-                        )),
-                    }
-                };
-                drop(st);
-                let range = base.clone().and_then(|(b, pinned)| {
-                    let in_object = start.checked_add(count).is_some_and(|e| e <= len);
-                    if !in_object {
-                        return Err(Error::invalid("read outside the object"));
-                    }
-                    Ok((b + start, pinned))
-                });
-                if let Some(conn) = conn {
-                    // Written straight from the mapping: no copy on this side.
-                    let bytes = range.clone().and_then(|(at, _)| self.arena.read(at, count));
-                    let _ = match bytes {
-                        Ok(bytes) => {
-                            conn.send_with_bytes(&Msg::ObjectBytes { result: Ok(count) }, bytes)
-                        }
-                        Err(e) => conn.send(&Msg::ObjectBytes { result: Err(e) }),
-                    };
-                }
-                if let Ok((_, true)) = base {
-                    let mut st = self.lock();
-                    if node == self.session.node_index {
-                        st.store.unpin(offset);
-                    } else {
-                        unpin_copy(&mut st, key);
-                    }
-                }
-            }
-            Msg::Shutdown => {
+            ToRaylet::Shutdown => {
                 drop(st);
                 self.shutdown("the driver asked for shutdown");
             }
-            other => log!("raylet ignores unexpected message {other:?}"),
+        }
+    }
+
+    /// Serves another node's read of an object's bytes (a data connection
+    /// of a pull, [`Transfer`]): from the primary block or this node's
+    /// copy, pinned while it is sent.
+    fn serve_read(self: &Arc<Self>, client: ClientId, read: Transfer) {
+        let Transfer::ReadObject {
+            node,
+            offset,
+            len,
+            tag,
+            start,
+            count,
+        } = read
+        else {
+            return;
+        };
+        let mut st = self.lock();
+        let key = (node, offset, len, tag);
+        let conn = st.clients.get(&client).map(|c| c.conn.clone());
+        // The primary block (read back first if it was spilled), or
+        // this node's copy, pinned while it is sent, so it cannot be
+        // freed and reused meanwhile.
+        let base = if node == self.session.node_index {
+            let (s, r) = self.pin_blocks(st, &[(offset, tag)]);
+            st = s;
+            r.map(|()| (offset, true))
+        } else {
+            match st.copies.get_mut(&key) {
+                Some(Copy {
+                    state: CopyState::Ready(local),
+                    pins,
+                }) => {
+                    *pins += 1;
+                    Ok((*local, true))
+                }
+                _ => Err(Error::new(
+                    crate::error::ErrorKind::ObjectLost,
+                    format!("node {} holds no copy of that object", self.session.node),
+                )),
+            }
+        };
+        drop(st);
+        let range = base.clone().and_then(|(b, pinned)| {
+            let in_object = start.checked_add(count).is_some_and(|e| e <= len);
+            if !in_object {
+                return Err(Error::invalid("read outside the object"));
+            }
+            Ok((b + start, pinned))
+        });
+        if let Some(conn) = conn {
+            // Written straight from the mapping: no copy on this side.
+            let bytes = range.clone().and_then(|(at, _)| self.arena.read(at, count));
+            let _ = match bytes {
+                Ok(bytes) => {
+                    conn.send_with_bytes(&Transfer::ObjectBytes { result: Ok(count) }, bytes)
+                }
+                Err(e) => conn.send(&Transfer::ObjectBytes { result: Err(e) }),
+            };
+        }
+        if let Ok((_, true)) = base {
+            let mut st = self.lock();
+            if node == self.session.node_index {
+                st.store.unpin(offset);
+            } else {
+                unpin_copy(&mut st, key);
+            }
         }
     }
 
@@ -974,7 +992,7 @@ impl Raylet {
         drop(st);
         // The actors it created end with it (the GCS knows which).
         if let (Some(w), Some(gcs)) = (c.worker, self.gcs.get()) {
-            let _ = gcs.send(&Msg::OwnerGone { worker: w });
+            let _ = gcs.send(&ToGcs::OwnerGone { worker: w });
         }
     }
 

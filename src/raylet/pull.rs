@@ -18,6 +18,7 @@
 use super::{Copy, CopyKey, CopyState, Raylet, State, REPORT_EVERY};
 use crate::error::{Error, Result};
 use crate::object_store::COPY_OWNER;
+use crate::protocol::{FromRaylet, ToRaylet, Transfer};
 use crate::scheduler::ClientId;
 use crate::session::log;
 use crate::transport::{self, Conn, Msg, Stream};
@@ -181,7 +182,7 @@ impl Raylet {
     ) {
         let reply = |st: &State, result: std::result::Result<u64, Error>| {
             if let Some(c) = st.clients.get(&client) {
-                let _ = c.conn.post(&Msg::ObjectPulled { req, result });
+                let _ = c.conn.post(&FromRaylet::ObjectPulled { req, result });
             }
         };
         if let Some(c) = st.copies.get_mut(&key) {
@@ -342,7 +343,7 @@ impl Raylet {
         }
         for (client, req) in waiters {
             if let Some(c) = st.clients.get(&client) {
-                let _ = c.conn.post(&Msg::ObjectPulled {
+                let _ = c.conn.post(&FromRaylet::ObjectPulled {
                     req,
                     result: result.clone().map(|_| local),
                 });
@@ -478,15 +479,17 @@ impl Raylet {
                 .map_err(|e| lost(e.to_string()))?;
         }
         Conn::new(&stream)?
-            .send(&Msg::PinObjects {
+            .send(&ToRaylet::PinObjects {
                 req: 0,
                 blocks: vec![(offset, tag)],
             })
             .map_err(|e| lost(e.to_string()))?;
         let mut frame = Vec::new();
         match transport::read_frame(&mut stream, &mut frame) {
-            Ok(Some(Msg::ObjectsPinned { result: Ok(()), .. })) => Ok(stream),
-            Ok(Some(Msg::ObjectsPinned { result: Err(e), .. })) => Err(e),
+            Ok(Some(Msg::FromRaylet(FromRaylet::ObjectsPinned { result: Ok(()), .. }))) => {
+                Ok(stream)
+            }
+            Ok(Some(Msg::FromRaylet(FromRaylet::ObjectsPinned { result: Err(e), .. }))) => Err(e),
             Ok(_) => Err(lost("unexpected answer".into())),
             Err(e) => Err(lost(e.to_string())),
         }
@@ -588,7 +591,7 @@ impl Raylet {
         }
         let conn = Conn::new(&stream)?;
         for (start, c) in &chunks {
-            conn.send(&Msg::ReadObject {
+            conn.send(&Transfer::ReadObject {
                 node,
                 offset,
                 len,
@@ -601,8 +604,9 @@ impl Raylet {
         let mut frame = Vec::new();
         for (_, c) in chunks {
             match transport::read_frame(&mut stream, &mut frame).map_err(lost)? {
-                Some(Msg::ObjectBytes { result: Ok(n) }) if n == c.len() as u64 => {}
-                Some(Msg::ObjectBytes { result: Err(e) }) => return Err(e),
+                Some(Msg::Transfer(Transfer::ObjectBytes { result: Ok(n) }))
+                    if n == c.len() as u64 => {}
+                Some(Msg::Transfer(Transfer::ObjectBytes { result: Err(e) })) => return Err(e),
                 _ => return Err(Error::unavailable("unexpected answer to a read")),
             }
             // Straight into the arena: the bytes are copied once, by the kernel.

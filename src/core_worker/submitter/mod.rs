@@ -9,7 +9,7 @@
 //! leases per key and, once granted, pushes
 //! tasks straight to the leased worker, reusing the lease for every queued
 //! task of the same class ("caching scheduling decisions"). Short tasks are
-//! pipelined, up to [`PIPELINE`] per worker, to hide the round trip; tasks
+//! pipelined, up to [`leasing::PIPELINE`] per worker, to hide the round trip; tasks
 //! of a class whose service time is unknown yet or long go one per worker,
 //! so a burst of long tasks asks for more leases (which the raylet may
 //! spill to other nodes) instead of queueing behind one worker. A lease
@@ -37,11 +37,31 @@ use crate::core_worker::RawRef;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, LeaseId, ObjectId, TaskId, WorkerId};
 use crate::log;
+use crate::protocol::PeerMsg;
 use crate::scheduler::{ResourceSet, Spill};
-use crate::transport::{ActorLookup, ActorState, Conn, Msg, Payload, TaskSpec};
-use std::collections::{HashMap, VecDeque};
+use crate::transport::{Payload, TaskSpec};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+mod actors;
+mod leasing;
+
+use actors::ActorQueue;
+pub(crate) use leasing::LEASE_IDLE;
+use leasing::{ClassQueue, Env, LeaseState};
+
+impl Env for CoreWorker {
+    fn local_node(&self) -> u16 {
+        self.session.node_index
+    }
+    fn live_nodes(&self) -> Vec<u16> {
+        CoreWorker::live_nodes(self)
+    }
+    fn next_req(&self) -> u64 {
+        CoreWorker::next_req(self)
+    }
+}
 
 /// Runs of this process's tasks and actor calls started again after a
 /// failure (a worker or node lost, or a retried exception), counted for
@@ -53,14 +73,6 @@ pub(crate) static RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::Ato
 pub(crate) static RECONSTRUCTIONS: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 
-/// Tasks in flight per leased worker.
-pub(crate) const PIPELINE: usize = 16;
-/// How long an idle lease is kept for reuse before it goes back.
-pub(crate) const LEASE_IDLE: Duration = Duration::from_millis(10);
-/// Outstanding lease requests per scheduling class.
-const MAX_PENDING_LEASES: usize = 4;
-/// Tasks whose measured service time is below this are pipelined.
-const SHORT_TASK: Duration = Duration::from_millis(1);
 /// A task whose arguments hold at least this many bytes in another node's
 /// store is leased on that node (Ray's locality-aware leasing): moving the
 /// task is cheaper than moving the data.
@@ -124,54 +136,6 @@ pub(crate) struct Extra {
     pub(crate) retry_exceptions: Option<RetryFilter>,
     /// Ray's `max_calls` (tasks only; 0: no limit).
     pub(crate) max_calls: u32,
-}
-
-#[derive(Default)]
-struct ClassQueue {
-    queue: VecDeque<TaskId>,
-    leases: Vec<LeaseId>,
-    pending_requests: usize,
-    /// Moving average of the class's task service time, once measured.
-    service: Option<Duration>,
-}
-
-impl ClassQueue {
-    /// Tasks in flight per leased worker.
-    fn depth(&self) -> usize {
-        match self.service {
-            Some(t) if t < SHORT_TASK => PIPELINE,
-            _ => 1,
-        }
-    }
-}
-
-struct LeaseState {
-    worker: WorkerId,
-    class: SchedKey,
-    conn: Arc<Conn>,
-    inflight: Vec<TaskId>,
-    blocked: bool,
-    idle_since: Option<Instant>,
-    /// When its last task finished (service time of pipelined tasks
-    /// starts there, not at their push).
-    last_done: Option<Instant>,
-    /// The GPUs the lease holds: every task pushed on it carries them.
-    gpus: Vec<u32>,
-}
-
-#[derive(Default)]
-struct ActorQueue {
-    conn: Option<(WorkerId, Arc<Conn>)>,
-    pending: VecDeque<TaskId>,
-    inflight: Vec<TaskId>,
-    resolving: bool,
-    /// The GCS said the actor is restarting (until it is reached again).
-    restarting: bool,
-    /// The actor's worker whose connection closed: never connected to
-    /// again, even while the GCS has not noticed its death yet (its
-    /// socket may still accept for a moment while the process exits).
-    lost: Option<WorkerId>,
-    dead: Option<Error>,
 }
 
 /// The owner-side submission state (inside the core worker's lock).
@@ -631,86 +595,9 @@ impl CoreWorker {
     }
 
     /// Pushes queued tasks of a class to its leased workers, and asks for
-    /// more leases when the queue outgrows them.
+    /// more leases when the queue outgrows them (see `leasing`).
     fn dispatch(self: &Arc<Self>, st: &mut State, class: &SchedKey, fx: &mut Effects) {
-        let sub = &mut st.sub;
-        let Some(cq) = sub.classes.get_mut(class) else {
-            return;
-        };
-        let depth = cq.depth();
-        let now = Instant::now();
-        while !cq.queue.is_empty() {
-            let best = cq
-                .leases
-                .iter()
-                .filter_map(|l| sub.leases.get(l).map(|s| (*l, s)))
-                .filter(|(_, s)| !s.blocked && s.inflight.len() < depth)
-                .min_by_key(|(_, s)| s.inflight.len())
-                .map(|(l, _)| l);
-            let Some(lid) = best else { break };
-            let Some(tid) = cq.queue.pop_front() else {
-                break;
-            };
-            let (Some(lease), Some(task)) = (sub.leases.get_mut(&lid), sub.tasks.get_mut(&tid))
-            else {
-                continue;
-            };
-            task.status = Status::Running(lease.worker);
-            task.pushed = Some(now);
-            lease.inflight.push(tid);
-            lease.idle_since = None;
-            let mut spec = task.spec.clone();
-            spec.gpus.clone_from(&lease.gpus);
-            fx.sends.push((lease.conn.clone(), Msg::PushTask(spec)));
-        }
-        let usable = cq
-            .leases
-            .iter()
-            .filter(|l| sub.leases.get(l).is_some_and(|s| !s.blocked))
-            .count();
-        let want = if cq.queue.is_empty() {
-            0
-        } else if usable == 0 {
-            cq.queue.len().min(MAX_PENDING_LEASES)
-        } else {
-            cq.queue.len().div_ceil(depth).min(MAX_PENDING_LEASES)
-        };
-        while cq.pending_requests < want {
-            cq.pending_requests += 1;
-            let req = self.next_req();
-            sub.lease_reqs.insert(req, class.clone());
-            let node = match class.node {
-                Some(n) => n,
-                None if class.spread => {
-                    let live = self.live_nodes();
-                    sub.spread_next = sub.spread_next.wrapping_add(1);
-                    live.get(sub.spread_next % live.len().max(1))
-                        .copied()
-                        .unwrap_or(self.session.node_index)
-                }
-                None => self.session.node_index,
-            };
-            let fallback = class.node.is_none() || class.soft;
-            if node != self.session.node_index {
-                sub.remote_reqs.insert(req, (node, fallback));
-            }
-            fx.lease_requests.push(LeaseRequest {
-                req,
-                shape: class.shape.clone(),
-                node,
-                spill: match (class.node, class.soft) {
-                    // A spread request waits a little on the node chosen
-                    // for it before it may spill (a momentarily busy node
-                    // would otherwise send its share to its neighbours and
-                    // get none).
-                    (None, _) if class.spread => Spill::Later,
-                    (None, _) => Spill::Now,
-                    (Some(_), true) => Spill::Later,
-                    (Some(_), false) => Spill::Never,
-                },
-                fallback,
-            });
-        }
+        st.sub.dispatch(class, Instant::now(), &**self, fx);
     }
 
     pub(crate) fn lease_granted(
@@ -720,41 +607,16 @@ impl CoreWorker {
         worker: WorkerId,
         gpus: Vec<u32>,
     ) {
-        let conn = self.peer(worker);
+        let conn = self.peer(worker).ok().map(|c| c.id());
         let mut fx = Effects::default();
         let mut st = self.lock();
-        st.sub.remote_reqs.remove(&req);
-        let Some(class) = st.sub.lease_reqs.remove(&req) else {
-            fx.return_leases.push((lease, false));
-            drop(st);
-            self.apply(fx);
-            return;
-        };
-        let cq = st.sub.classes.entry(class.clone()).or_default();
-        cq.pending_requests = cq.pending_requests.saturating_sub(1);
-        match conn {
-            Ok(conn) if !cq.queue.is_empty() => {
-                self.wake_housekeeping();
-                cq.leases.push(lease);
-                st.sub.by_worker.insert(worker, lease);
-                st.sub.leases.insert(
-                    lease,
-                    LeaseState {
-                        worker,
-                        class: class.clone(),
-                        conn,
-                        inflight: Vec::new(),
-                        blocked: false,
-                        idle_since: Some(Instant::now()),
-                        last_done: None,
-                        gpus,
-                    },
-                );
-            }
-            Ok(_) => fx.return_leases.push((lease, false)),
-            Err(_) => fx.return_leases.push((lease, true)),
+        let now = Instant::now();
+        if st
+            .sub
+            .lease_granted(req, lease, worker, conn, gpus, now, &**self, &mut fx)
+        {
+            self.wake_housekeeping();
         }
-        self.dispatch(&mut st, &class, &mut fx);
         drop(st);
         self.apply(fx);
     }
@@ -1245,40 +1107,6 @@ impl CoreWorker {
         }
     }
 
-    /// Gives back leases idle for longer than [`LEASE_IDLE`]; also says
-    /// when the next idle lease falls due.
-    pub(crate) fn return_idle_leases(&self, st: &mut State) -> (Effects, Option<Instant>) {
-        let mut fx = Effects::default();
-        let now = Instant::now();
-        let sub = &mut st.sub;
-        let mut next_due: Option<Instant> = None;
-        let mut idle = Vec::new();
-        for (id, l) in &sub.leases {
-            let Some(since) = l.idle_since.filter(|_| l.inflight.is_empty()) else {
-                continue;
-            };
-            if !sub.classes.get(&l.class).is_none_or(|c| c.queue.is_empty()) {
-                continue;
-            }
-            let due = since + LEASE_IDLE;
-            if due <= now {
-                idle.push(*id);
-            } else {
-                next_due = Some(next_due.map_or(due, |d| d.min(due)));
-            }
-        }
-        for lid in idle {
-            if let Some(l) = sub.leases.remove(&lid) {
-                sub.by_worker.remove(&l.worker);
-                if let Some(cq) = sub.classes.get_mut(&l.class) {
-                    cq.leases.retain(|x| *x != lid);
-                }
-                fx.return_leases.push((lid, false));
-            }
-        }
-        (fx, next_due)
-    }
-
     /// Fails every pending task (the cluster went away).
     pub(crate) fn fail_all(self: &Arc<Self>, st: &mut State, err: &Error) -> Effects {
         let mut fx = Effects::default();
@@ -1302,7 +1130,7 @@ impl CoreWorker {
             // Only the owner knows the task (Ray forwards the cancel to the
             // owner too): a ref a task returned is owned by that task's worker.
             drop(guard);
-            self.send_to(id.owner, Msg::CancelObject { id });
+            self.send_to(id.owner, PeerMsg::CancelObject { id });
             return Ok(());
         }
         let Some(task) = st.objects.get(&id).and_then(|e| e.task) else {
@@ -1344,220 +1172,13 @@ impl CoreWorker {
                     .get(&worker)
                     .and_then(|l| st.sub.leases.get(l))
                 {
-                    fx.sends.push((l.conn.clone(), Msg::CancelTask { task }));
+                    fx.sends
+                        .push((l.worker, l.conn, PeerMsg::CancelTask { task }));
                 }
             }
         }
         drop(guard);
         self.apply(fx);
         Ok(())
-    }
-
-    // ------------------------------------------------------------------
-    // Actors
-    // ------------------------------------------------------------------
-
-    /// Sends the actor's queued calls, in order, as far as their arguments
-    /// are resolved.
-    fn flush_actor(self: &Arc<Self>, st: &mut State, actor: ActorId, fx: &mut Effects) {
-        let Some(q) = st.sub.actors.get_mut(&actor) else {
-            return;
-        };
-        if let Some(err) = q.dead.clone() {
-            let ids: Vec<TaskId> = q.pending.drain(..).collect();
-            for t in ids {
-                self.finish_failed(st, t, &err, fx);
-            }
-            return;
-        }
-        let Some((_, conn)) = q.conn.clone() else {
-            // Known to be restarting while a lookup waits for it: calls
-            // that may not wait fail now. Otherwise the lookup below asks
-            // the GCS afresh.
-            if q.restarting && q.resolving {
-                self.fail_unretryable(st, actor, fx);
-            }
-            let Some(q) = st.sub.actors.get_mut(&actor) else {
-                return;
-            };
-            if !q.resolving && !q.pending.is_empty() {
-                q.resolving = true;
-                fx.resolve_actors.push(actor);
-            }
-            return;
-        };
-        while let Some(t) = q.pending.front().copied() {
-            let Some(e) = st.sub.tasks.get_mut(&t) else {
-                q.pending.pop_front();
-                continue;
-            };
-            if !e.deps.is_empty() {
-                break;
-            }
-            q.pending.pop_front();
-            e.status = Status::Running(WorkerId(0));
-            let mut spec = e.spec.clone();
-            spec.alone = q.inflight.is_empty();
-            q.inflight.push(t);
-            // Sent under the lock: two threads flushing the same actor must
-            // not reorder its calls on the wire. The actor's connection
-            // thread drains the socket (it runs a call itself only for a
-            // caller with nothing else in flight), so this cannot block for
-            // long.
-            let _ = conn.send(&Msg::PushTask(spec));
-        }
-    }
-
-    /// The actor is restarting: its queued calls that may not be retried
-    /// fail at once (Ray's `ActorUnavailableError`) instead of waiting.
-    /// Whether a call may be retried is what it was made with, not what is
-    /// left: a call that already spent its last retry on the lost process
-    /// is that retry, queued for the restarted actor (Ray fails fast only
-    /// where `max_task_retries` is 0).
-    fn fail_unretryable(self: &Arc<Self>, st: &mut State, actor: ActorId, fx: &mut Effects) {
-        let Some(q) = st.sub.actors.get_mut(&actor) else {
-            return;
-        };
-        let mut failed = Vec::new();
-        let tasks = &st.sub.tasks;
-        q.pending.retain(|t| match tasks.get(t) {
-            Some(e) if e.max_retries == 0 => {
-                failed.push((*t, e.spec.function.clone()));
-                false
-            }
-            _ => true,
-        });
-        for (t, name) in failed {
-            let err = Error::new(
-                ErrorKind::ActorUnavailable,
-                format!("the actor is restarting (its process died), so `{name}` was not sent; calls made once it is back reach it, and calls with max_task_retries wait for it"),
-            );
-            self.finish_failed(st, t, &err, fx);
-        }
-    }
-
-    /// `kill` succeeded: calls from this process fail at once from now on.
-    pub(crate) fn actor_killed(self: &Arc<Self>, actor: ActorId, err: Error) {
-        let mut fx = Effects::default();
-        let mut st = self.lock();
-        let q = st.sub.actors.entry(actor).or_default();
-        q.dead = Some(err.clone());
-        q.conn = None;
-        let inflight = std::mem::take(&mut q.inflight);
-        for t in inflight {
-            self.finish_failed(&mut st, t, &err, &mut fx);
-        }
-        self.flush_actor(&mut st, actor, &mut fx);
-        drop(st);
-        self.apply(fx);
-    }
-
-    /// Finds the actor's current worker through the GCS (waiting while it
-    /// is being created or restarted) and connects to it.
-    pub(crate) fn reconnect_actor(self: &Arc<Self>, actor: ActorId) {
-        // The GCS may not have noticed yet that the worker we lost is dead:
-        // retry (bounded) while the reported worker cannot be reached.
-        let deadline = Instant::now() + super::RPC_TIMEOUT;
-        let lost = self.lock().sub.actors.get(&actor).and_then(|q| q.lost);
-        // First ask without waiting: a restarting actor fails the calls that
-        // may not be retried at once; the rest wait for it.
-        let mut wait = false;
-        let outcome: Result<(WorkerId, Arc<Conn>)> = loop {
-            let info = self.gcs_call(
-                |req| Msg::LookupActor {
-                    req,
-                    by: ActorLookup::Id(actor),
-                    wait,
-                },
-                "looking up an actor",
-            );
-            if let Ok(Msg::ActorLookedUp {
-                result: Ok(info), ..
-            }) = &info
-            {
-                if info.state == ActorState::PendingCreation {
-                    wait = true;
-                    continue;
-                }
-                // Only a restart: calls to an actor still being created
-                // (a handle found by name early) wait for it, as in Ray.
-                if info.state == ActorState::Restarting {
-                    let mut fx = Effects::default();
-                    let mut st = self.lock();
-                    let Some(q) = st.sub.actors.get_mut(&actor) else {
-                        return;
-                    };
-                    q.restarting = true;
-                    self.fail_unretryable(&mut st, actor, &mut fx);
-                    let idle = st
-                        .sub
-                        .actors
-                        .get(&actor)
-                        .is_none_or(|q| q.pending.is_empty());
-                    if idle {
-                        if let Some(q) = st.sub.actors.get_mut(&actor) {
-                            q.resolving = false;
-                        }
-                    }
-                    drop(st);
-                    self.apply(fx);
-                    if idle {
-                        return;
-                    }
-                    wait = true;
-                    continue;
-                }
-            }
-            let r = match info {
-                Ok(Msg::ActorLookedUp {
-                    result: Ok(info), ..
-                }) => match (info.state, info.worker) {
-                    (ActorState::Alive, Some(w))
-                        if Some(w) == lost && Instant::now() < deadline =>
-                    {
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue;
-                    }
-                    (ActorState::Alive, Some(w)) => match self.peer(w) {
-                        Ok(c) => Ok((w, c)),
-                        Err(e) if Instant::now() < deadline => {
-                            let _ = e;
-                            std::thread::sleep(Duration::from_millis(10));
-                            continue;
-                        }
-                        Err(e) => Err(e),
-                    },
-                    _ => Err(info
-                        .death
-                        .unwrap_or_else(|| Error::new(ErrorKind::ActorDied, "the actor is dead"))),
-                },
-                Ok(Msg::ActorLookedUp { result: Err(e), .. }) => Err(e),
-                Ok(_) => Err(Error::unavailable("unexpected reply from the GCS")),
-                Err(e) => Err(e),
-            };
-            break r;
-        };
-        let mut fx = Effects::default();
-        let mut st = self.lock();
-        if let Some(q) = st.sub.actors.get_mut(&actor) {
-            q.resolving = false;
-            q.restarting = false;
-            match outcome {
-                Ok(c) => q.conn = Some(c),
-                Err(e) => {
-                    if e.kind() == ErrorKind::ActorDied {
-                        q.dead = Some(e);
-                    } else {
-                        let ids: Vec<TaskId> = q.pending.drain(..).collect();
-                        for t in ids {
-                            self.finish_failed(&mut st, t, &e, &mut fx);
-                        }
-                    }
-                }
-            }
-            self.flush_actor(&mut st, actor, &mut fx);
-        }
-        drop(st);
-        self.apply(fx);
     }
 }

@@ -1,0 +1,238 @@
+//! Actor calls from the caller's side (Ray's `ActorTaskSubmitter`): each
+//! actor's queue in submission order, sent in that order over this
+//! process's one connection to the actor's worker; finding the actor (and
+//! finding it again after a restart) through the GCS; failing or keeping
+//! the calls of an actor that restarts or dies.
+
+use super::{Effects, State, Status};
+use crate::core_worker::CoreWorker;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::{ActorId, TaskId, WorkerId};
+use crate::protocol::{FromGcs, PeerMsg, ToGcs};
+use crate::transport::{ActorLookup, ActorState, ConnId};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+pub(super) struct ActorQueue {
+    /// The actor's worker, and the connection its calls go on.
+    pub(super) conn: Option<(WorkerId, ConnId)>,
+    pub(super) pending: VecDeque<TaskId>,
+    pub(super) inflight: Vec<TaskId>,
+    pub(super) resolving: bool,
+    /// The GCS said the actor is restarting (until it is reached again).
+    pub(super) restarting: bool,
+    /// The actor's worker whose connection closed: never connected to
+    /// again, even while the GCS has not noticed its death yet (its
+    /// socket may still accept for a moment while the process exits).
+    pub(super) lost: Option<WorkerId>,
+    pub(super) dead: Option<Error>,
+}
+
+impl CoreWorker {
+    /// Sends the actor's queued calls, in order, as far as their arguments
+    /// are resolved.
+    pub(super) fn flush_actor(self: &Arc<Self>, st: &mut State, actor: ActorId, fx: &mut Effects) {
+        let Some(q) = st.sub.actors.get_mut(&actor) else {
+            return;
+        };
+        if let Some(err) = q.dead.clone() {
+            let ids: Vec<TaskId> = q.pending.drain(..).collect();
+            for t in ids {
+                self.finish_failed(st, t, &err, fx);
+            }
+            return;
+        }
+        let conn = q.conn.and_then(|(w, c)| self.peer_conn(w, c));
+        let Some(conn) = conn else {
+            // Known to be restarting while a lookup waits for it: calls
+            // that may not wait fail now. Otherwise the lookup below asks
+            // the GCS afresh.
+            if q.restarting && q.resolving {
+                self.fail_unretryable(st, actor, fx);
+            }
+            let Some(q) = st.sub.actors.get_mut(&actor) else {
+                return;
+            };
+            if !q.resolving && !q.pending.is_empty() {
+                q.resolving = true;
+                fx.resolve_actors.push(actor);
+            }
+            return;
+        };
+        while let Some(t) = q.pending.front().copied() {
+            let Some(e) = st.sub.tasks.get_mut(&t) else {
+                q.pending.pop_front();
+                continue;
+            };
+            if !e.deps.is_empty() {
+                break;
+            }
+            q.pending.pop_front();
+            e.status = Status::Running(WorkerId(0));
+            let mut spec = e.spec.clone();
+            spec.alone = q.inflight.is_empty();
+            q.inflight.push(t);
+            // Sent under the lock: two threads flushing the same actor must
+            // not reorder its calls on the wire. The actor's connection
+            // thread drains the socket (it runs a call itself only for a
+            // caller with nothing else in flight), so this cannot block for
+            // long.
+            let _ = conn.send(&PeerMsg::PushTask(spec));
+        }
+    }
+
+    /// The actor is restarting: its queued calls that may not be retried
+    /// fail at once (Ray's `ActorUnavailableError`) instead of waiting.
+    /// Whether a call may be retried is what it was made with, not what is
+    /// left: a call that already spent its last retry on the lost process
+    /// is that retry, queued for the restarted actor (Ray fails fast only
+    /// where `max_task_retries` is 0).
+    fn fail_unretryable(self: &Arc<Self>, st: &mut State, actor: ActorId, fx: &mut Effects) {
+        let Some(q) = st.sub.actors.get_mut(&actor) else {
+            return;
+        };
+        let mut failed = Vec::new();
+        let tasks = &st.sub.tasks;
+        q.pending.retain(|t| match tasks.get(t) {
+            Some(e) if e.max_retries == 0 => {
+                failed.push((*t, e.spec.function.clone()));
+                false
+            }
+            _ => true,
+        });
+        for (t, name) in failed {
+            let err = Error::new(
+                ErrorKind::ActorUnavailable,
+                format!("the actor is restarting (its process died), so `{name}` was not sent; calls made once it is back reach it, and calls with max_task_retries wait for it"),
+            );
+            self.finish_failed(st, t, &err, fx);
+        }
+    }
+
+    /// `kill` succeeded: calls from this process fail at once from now on.
+    pub(crate) fn actor_killed(self: &Arc<Self>, actor: ActorId, err: Error) {
+        let mut fx = Effects::default();
+        let mut st = self.lock();
+        let q = st.sub.actors.entry(actor).or_default();
+        q.dead = Some(err.clone());
+        q.conn = None;
+        let inflight = std::mem::take(&mut q.inflight);
+        for t in inflight {
+            self.finish_failed(&mut st, t, &err, &mut fx);
+        }
+        self.flush_actor(&mut st, actor, &mut fx);
+        drop(st);
+        self.apply(fx);
+    }
+
+    /// Finds the actor's current worker through the GCS (waiting while it
+    /// is being created or restarted) and connects to it.
+    pub(crate) fn reconnect_actor(self: &Arc<Self>, actor: ActorId) {
+        // The GCS may not have noticed yet that the worker we lost is dead:
+        // retry (bounded) while the reported worker cannot be reached.
+        let deadline = Instant::now() + crate::core_worker::RPC_TIMEOUT;
+        let lost = self.lock().sub.actors.get(&actor).and_then(|q| q.lost);
+        // First ask without waiting: a restarting actor fails the calls that
+        // may not be retried at once; the rest wait for it.
+        let mut wait = false;
+        let outcome: Result<(WorkerId, ConnId)> = loop {
+            let info = self.gcs_call(
+                |req| ToGcs::LookupActor {
+                    req,
+                    by: ActorLookup::Id(actor),
+                    wait,
+                },
+                "looking up an actor",
+            );
+            if let Ok(FromGcs::ActorLookedUp {
+                result: Ok(info), ..
+            }) = &info
+            {
+                if info.state == ActorState::PendingCreation {
+                    wait = true;
+                    continue;
+                }
+                // Only a restart: calls to an actor still being created
+                // (a handle found by name early) wait for it, as in Ray.
+                if info.state == ActorState::Restarting {
+                    let mut fx = Effects::default();
+                    let mut st = self.lock();
+                    let Some(q) = st.sub.actors.get_mut(&actor) else {
+                        return;
+                    };
+                    q.restarting = true;
+                    self.fail_unretryable(&mut st, actor, &mut fx);
+                    let idle = st
+                        .sub
+                        .actors
+                        .get(&actor)
+                        .is_none_or(|q| q.pending.is_empty());
+                    if idle {
+                        if let Some(q) = st.sub.actors.get_mut(&actor) {
+                            q.resolving = false;
+                        }
+                    }
+                    drop(st);
+                    self.apply(fx);
+                    if idle {
+                        return;
+                    }
+                    wait = true;
+                    continue;
+                }
+            }
+            let r = match info {
+                Ok(FromGcs::ActorLookedUp {
+                    result: Ok(info), ..
+                }) => match (info.state, info.worker) {
+                    (ActorState::Alive, Some(w))
+                        if Some(w) == lost && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    (ActorState::Alive, Some(w)) => match self.peer(w) {
+                        Ok(c) => Ok((w, c.id())),
+                        Err(e) if Instant::now() < deadline => {
+                            let _ = e;
+                            std::thread::sleep(Duration::from_millis(10));
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    },
+                    _ => Err(info
+                        .death
+                        .unwrap_or_else(|| Error::new(ErrorKind::ActorDied, "the actor is dead"))),
+                },
+                Ok(FromGcs::ActorLookedUp { result: Err(e), .. }) => Err(e),
+                Ok(_) => Err(Error::unavailable("unexpected reply from the GCS")),
+                Err(e) => Err(e),
+            };
+            break r;
+        };
+        let mut fx = Effects::default();
+        let mut st = self.lock();
+        if let Some(q) = st.sub.actors.get_mut(&actor) {
+            q.resolving = false;
+            q.restarting = false;
+            match outcome {
+                Ok(c) => q.conn = Some(c),
+                Err(e) => {
+                    if e.kind() == ErrorKind::ActorDied {
+                        q.dead = Some(e);
+                    } else {
+                        let ids: Vec<TaskId> = q.pending.drain(..).collect();
+                        for t in ids {
+                            self.finish_failed(&mut st, t, &e, &mut fx);
+                        }
+                    }
+                }
+            }
+            self.flush_actor(&mut st, actor, &mut fx);
+        }
+        drop(st);
+        self.apply(fx);
+    }
+}

@@ -1,0 +1,518 @@
+//! Leasing, the sans-IO half of task submission: each scheduling class's
+//! queue, the leases held for it, which task goes to which leased worker
+//! (pipelining short tasks), how many leases to ask for, and when an idle
+//! lease goes back. Its transitions live on [`Submitter`], take the time
+//! as a parameter and what they need of the process through [`Env`], and
+//! return what to send as [`Effects`] (a push names its connection by id),
+//! so they are tested here without a socket or a clock. The IO shell is
+//! the rest of `submitter` (on `CoreWorker`): it takes the lock, calls a
+//! transition, and applies its effects.
+
+use super::super::Effects;
+use super::{LeaseRequest, SchedKey, Status, Submitter};
+use crate::ids::{LeaseId, TaskId, WorkerId};
+use crate::protocol::PeerMsg;
+use crate::scheduler::Spill;
+use crate::transport::ConnId;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Tasks in flight per leased worker.
+pub(crate) const PIPELINE: usize = 16;
+/// How long an idle lease is kept for reuse before it goes back.
+pub(crate) const LEASE_IDLE: Duration = Duration::from_millis(10);
+/// Outstanding lease requests per scheduling class.
+pub(super) const MAX_PENDING_LEASES: usize = 4;
+/// Tasks whose measured service time is below this are pipelined.
+pub(super) const SHORT_TASK: Duration = Duration::from_millis(1);
+
+/// What leasing needs of the process it runs in.
+pub(crate) trait Env {
+    /// This process's node.
+    fn local_node(&self) -> u16;
+    /// The nodes alive now, as this process knows them (asked only for
+    /// spread requests).
+    fn live_nodes(&self) -> Vec<u16>;
+    /// A request number not used before.
+    fn next_req(&self) -> u64;
+}
+
+#[derive(Default)]
+pub(super) struct ClassQueue {
+    pub(super) queue: VecDeque<TaskId>,
+    pub(super) leases: Vec<LeaseId>,
+    pub(super) pending_requests: usize,
+    /// Moving average of the class's task service time, once measured.
+    pub(super) service: Option<Duration>,
+}
+
+impl ClassQueue {
+    /// Tasks in flight per leased worker.
+    pub(super) fn depth(&self) -> usize {
+        match self.service {
+            Some(t) if t < SHORT_TASK => PIPELINE,
+            _ => 1,
+        }
+    }
+}
+
+pub(super) struct LeaseState {
+    pub(super) worker: WorkerId,
+    pub(super) class: SchedKey,
+    /// The connection to the worker the lease was granted with: pushes go
+    /// on it alone, never on a later one to the same address.
+    pub(super) conn: ConnId,
+    pub(super) inflight: Vec<TaskId>,
+    pub(super) blocked: bool,
+    pub(super) idle_since: Option<Instant>,
+    /// When its last task finished (service time of pipelined tasks
+    /// starts there, not at their push).
+    pub(super) last_done: Option<Instant>,
+    /// The GPUs the lease holds: every task pushed on it carries them.
+    pub(super) gpus: Vec<u32>,
+}
+
+impl Submitter {
+    /// Pushes queued tasks of a class to its leased workers, and asks for
+    /// more leases when the queue outgrows them.
+    pub(super) fn dispatch(
+        &mut self,
+        class: &SchedKey,
+        now: Instant,
+        env: &impl Env,
+        fx: &mut Effects,
+    ) {
+        let Some(cq) = self.classes.get_mut(class) else {
+            return;
+        };
+        let depth = cq.depth();
+        while !cq.queue.is_empty() {
+            let best = cq
+                .leases
+                .iter()
+                .filter_map(|l| self.leases.get(l).map(|s| (*l, s)))
+                .filter(|(_, s)| !s.blocked && s.inflight.len() < depth)
+                .min_by_key(|(_, s)| s.inflight.len())
+                .map(|(l, _)| l);
+            let Some(lid) = best else { break };
+            let Some(tid) = cq.queue.pop_front() else {
+                break;
+            };
+            let (Some(lease), Some(task)) = (self.leases.get_mut(&lid), self.tasks.get_mut(&tid))
+            else {
+                continue;
+            };
+            task.status = Status::Running(lease.worker);
+            task.pushed = Some(now);
+            lease.inflight.push(tid);
+            lease.idle_since = None;
+            let mut spec = task.spec.clone();
+            spec.gpus.clone_from(&lease.gpus);
+            fx.sends
+                .push((lease.worker, lease.conn, PeerMsg::PushTask(spec)));
+        }
+        let usable = cq
+            .leases
+            .iter()
+            .filter(|l| self.leases.get(l).is_some_and(|s| !s.blocked))
+            .count();
+        let want = if cq.queue.is_empty() {
+            0
+        } else if usable == 0 {
+            cq.queue.len().min(MAX_PENDING_LEASES)
+        } else {
+            cq.queue.len().div_ceil(depth).min(MAX_PENDING_LEASES)
+        };
+        while cq.pending_requests < want {
+            cq.pending_requests += 1;
+            let req = env.next_req();
+            self.lease_reqs.insert(req, class.clone());
+            let node = match class.node {
+                Some(n) => n,
+                None if class.spread => {
+                    let live = env.live_nodes();
+                    self.spread_next = self.spread_next.wrapping_add(1);
+                    live.get(self.spread_next % live.len().max(1))
+                        .copied()
+                        .unwrap_or(env.local_node())
+                }
+                None => env.local_node(),
+            };
+            let fallback = class.node.is_none() || class.soft;
+            if node != env.local_node() {
+                self.remote_reqs.insert(req, (node, fallback));
+            }
+            fx.lease_requests.push(LeaseRequest {
+                req,
+                shape: class.shape.clone(),
+                node,
+                spill: match (class.node, class.soft) {
+                    // A spread request waits a little on the node chosen
+                    // for it before it may spill (a momentarily busy node
+                    // would otherwise send its share to its neighbours and
+                    // get none).
+                    (None, _) if class.spread => Spill::Later,
+                    (None, _) => Spill::Now,
+                    (Some(_), true) => Spill::Later,
+                    (Some(_), false) => Spill::Never,
+                },
+                fallback,
+            });
+        }
+    }
+
+    /// A lease was granted for request `req`: kept for its class if tasks
+    /// still wait there and its worker could be reached (`conn`), else
+    /// given back (and its worker killed when it could not be reached).
+    /// True when a lease was kept (idle leases then need watching).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn lease_granted(
+        &mut self,
+        req: u64,
+        lease: LeaseId,
+        worker: WorkerId,
+        conn: Option<ConnId>,
+        gpus: Vec<u32>,
+        now: Instant,
+        env: &impl Env,
+        fx: &mut Effects,
+    ) -> bool {
+        self.remote_reqs.remove(&req);
+        let Some(class) = self.lease_reqs.remove(&req) else {
+            fx.return_leases.push((lease, false));
+            return false;
+        };
+        let cq = self.classes.entry(class.clone()).or_default();
+        cq.pending_requests = cq.pending_requests.saturating_sub(1);
+        let kept = match conn {
+            Some(conn) if !cq.queue.is_empty() => {
+                cq.leases.push(lease);
+                self.by_worker.insert(worker, lease);
+                self.leases.insert(
+                    lease,
+                    LeaseState {
+                        worker,
+                        class: class.clone(),
+                        conn,
+                        inflight: Vec::new(),
+                        blocked: false,
+                        idle_since: Some(now),
+                        last_done: None,
+                        gpus,
+                    },
+                );
+                true
+            }
+            Some(_) => {
+                fx.return_leases.push((lease, false));
+                false
+            }
+            None => {
+                fx.return_leases.push((lease, true));
+                false
+            }
+        };
+        self.dispatch(&class, now, env, fx);
+        kept
+    }
+
+    /// Gives back leases idle for longer than [`LEASE_IDLE`]; also says
+    /// when the next idle lease falls due.
+    pub(crate) fn return_idle_leases(&mut self, now: Instant, fx: &mut Effects) -> Option<Instant> {
+        let mut next_due: Option<Instant> = None;
+        let mut idle = Vec::new();
+        for (id, l) in &self.leases {
+            let Some(since) = l.idle_since.filter(|_| l.inflight.is_empty()) else {
+                continue;
+            };
+            if !self
+                .classes
+                .get(&l.class)
+                .is_none_or(|c| c.queue.is_empty())
+            {
+                continue;
+            }
+            let due = since + LEASE_IDLE;
+            if due <= now {
+                idle.push(*id);
+            } else {
+                next_due = Some(next_due.map_or(due, |d| d.min(due)));
+            }
+        }
+        for lid in idle {
+            if let Some(l) = self.leases.remove(&lid) {
+                self.by_worker.remove(&l.worker);
+                if let Some(cq) = self.classes.get_mut(&l.class) {
+                    cq.leases.retain(|x| *x != lid);
+                }
+                fx.return_leases.push((lid, false));
+            }
+        }
+        next_due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Target, TaskEntry};
+    use super::*;
+    use crate::resources::ResourceSet;
+    use crate::transport::TaskSpec;
+    use std::cell::Cell;
+
+    const OWNER: WorkerId = WorkerId(0x0001_0000_1234);
+
+    /// The process as leasing sees it: node 0 of nodes 0, 1 and 2.
+    struct TestEnv {
+        live: Vec<u16>,
+        req: Cell<u64>,
+    }
+
+    impl Env for TestEnv {
+        fn local_node(&self) -> u16 {
+            0
+        }
+        fn live_nodes(&self) -> Vec<u16> {
+            self.live.clone()
+        }
+        fn next_req(&self) -> u64 {
+            self.req.set(self.req.get() + 1);
+            self.req.get()
+        }
+    }
+
+    fn env() -> TestEnv {
+        TestEnv {
+            live: vec![0, 1, 2],
+            req: Cell::new(0),
+        }
+    }
+
+    fn class(spread: bool) -> SchedKey {
+        SchedKey {
+            shape: ResourceSet::new(),
+            node: None,
+            soft: false,
+            spread,
+        }
+    }
+
+    /// `n` tasks queued in `class`, their ids in order.
+    fn queue(sub: &mut Submitter, class: &SchedKey, n: u64) -> Vec<TaskId> {
+        (0..n)
+            .map(|seq| {
+                let id = TaskId { owner: OWNER, seq };
+                let spec = TaskSpec {
+                    id,
+                    function: "f".into(),
+                    args: Vec::new(),
+                    returns: Vec::new(),
+                    actor: None,
+                    alone: false,
+                    max_calls: 0,
+                    resources: ResourceSet::new(),
+                    arg_copies: Vec::new(),
+                    gpus: Vec::new(),
+                };
+                sub.tasks.insert(
+                    id,
+                    TaskEntry {
+                        spec,
+                        deps: Vec::new(),
+                        keep: Vec::new(),
+                        handle: None,
+                        target: Target::Default,
+                        key: Some(class.clone()),
+                        retries_left: 0,
+                        max_retries: 0,
+                        status: Status::Queued,
+                        cancelled: false,
+                        pushed: None,
+                        retry_exceptions: None,
+                        arg_ids: Vec::new(),
+                    },
+                );
+                sub.classes
+                    .entry(class.clone())
+                    .or_default()
+                    .queue
+                    .push_back(id);
+                id
+            })
+            .collect()
+    }
+
+    /// The tasks pushed, in order, with the worker and connection each went to.
+    fn pushed(fx: &Effects) -> Vec<(WorkerId, ConnId, TaskId)> {
+        fx.sends
+            .iter()
+            .map(|(w, c, m)| match m {
+                PeerMsg::PushTask(spec) => (*w, *c, spec.id),
+                other => panic!("not a push: {other:?}"),
+            })
+            .collect()
+    }
+
+    /// A class whose tasks' service time is not known yet runs one task
+    /// per leased worker, so a burst asks for more leases (up to
+    /// `MAX_PENDING_LEASES` at once) instead of queueing behind one.
+    #[test]
+    fn an_unmeasured_class_runs_one_task_per_lease_and_asks_for_more() {
+        let (env, class, now) = (env(), class(false), Instant::now());
+        let mut sub = Submitter::default();
+        let tasks = queue(&mut sub, &class, 6);
+        let mut fx = Effects::default();
+        sub.dispatch(&class, now, &env, &mut fx);
+        assert!(fx.sends.is_empty(), "no lease yet");
+        let reqs: Vec<u64> = fx.lease_requests.iter().map(|r| r.req).collect();
+        assert_eq!(reqs.len(), MAX_PENDING_LEASES);
+        assert!(fx
+            .lease_requests
+            .iter()
+            .all(|r| r.node == 0 && r.spill == Spill::Now && r.fallback));
+
+        let (worker, conn) = (WorkerId::new(0, 4000), ConnId::for_test(1));
+        let lease = LeaseId::new(0, 1);
+        let mut fx = Effects::default();
+        let kept = sub.lease_granted(
+            reqs[0],
+            lease,
+            worker,
+            Some(conn),
+            vec![3],
+            now,
+            &env,
+            &mut fx,
+        );
+        assert!(kept);
+        assert_eq!(pushed(&fx), vec![(worker, conn, tasks[0])]);
+        assert!(matches!(&fx.sends[0].2, PeerMsg::PushTask(s) if s.gpus == vec![3]));
+        assert_eq!(sub.tasks[&tasks[0]].status, Status::Running(worker));
+        // Five still wait, one lease each: requests are topped up to the
+        // cap again.
+        assert_eq!(fx.lease_requests.len(), 1);
+        assert_eq!(sub.classes[&class].pending_requests, MAX_PENDING_LEASES);
+    }
+
+    /// Once its tasks are known to be short, a class pipelines up to
+    /// `PIPELINE` of them on each leased worker, and asks for leases only
+    /// for what exceeds that.
+    #[test]
+    fn short_tasks_are_pipelined_up_to_the_depth() {
+        let (env, class, now) = (env(), class(false), Instant::now());
+        let mut sub = Submitter::default();
+        let tasks = queue(&mut sub, &class, PIPELINE as u64 + 4);
+        sub.classes.get_mut(&class).unwrap().service = Some(Duration::from_micros(50));
+        let mut fx = Effects::default();
+        sub.dispatch(&class, now, &env, &mut fx);
+        let req = fx.lease_requests[0].req;
+        let mut fx = Effects::default();
+        let (worker, conn) = (WorkerId::new(0, 4001), ConnId::for_test(2));
+        sub.lease_granted(
+            req,
+            LeaseId::new(0, 2),
+            worker,
+            Some(conn),
+            Vec::new(),
+            now,
+            &env,
+            &mut fx,
+        );
+        let got: Vec<TaskId> = pushed(&fx).into_iter().map(|(_, _, t)| t).collect();
+        assert_eq!(got, tasks[..PIPELINE].to_vec(), "in submission order");
+        assert_eq!(sub.classes[&class].queue.len(), 4);
+    }
+
+    /// A lease kept after its tasks finish goes back after `LEASE_IDLE`;
+    /// until then the state says when it falls due (the housekeeping
+    /// thread's timer).
+    #[test]
+    fn an_idle_lease_goes_back_after_lease_idle_and_says_when() {
+        let (env, class, t0) = (env(), class(false), Instant::now());
+        let mut sub = Submitter::default();
+        let tasks = queue(&mut sub, &class, 1);
+        let mut fx = Effects::default();
+        sub.dispatch(&class, t0, &env, &mut fx);
+        let req = fx.lease_requests[0].req;
+        let (worker, lease) = (WorkerId::new(0, 4002), LeaseId::new(0, 3));
+        let mut fx = Effects::default();
+        sub.lease_granted(
+            req,
+            lease,
+            worker,
+            Some(ConnId::for_test(3)),
+            Vec::new(),
+            t0,
+            &env,
+            &mut fx,
+        );
+        assert_eq!(pushed(&fx).len(), 1);
+        let mut fx = Effects::default();
+        assert_eq!(sub.return_idle_leases(t0, &mut fx), None, "busy: not idle");
+        // The task finishes (what `task_done` records).
+        let l = sub.leases.get_mut(&lease).unwrap();
+        l.inflight.retain(|t| *t != tasks[0]);
+        l.idle_since = Some(t0);
+        let soon = t0 + LEASE_IDLE / 2;
+        assert_eq!(sub.return_idle_leases(soon, &mut fx), Some(t0 + LEASE_IDLE));
+        assert!(fx.return_leases.is_empty());
+        assert_eq!(sub.return_idle_leases(t0 + LEASE_IDLE, &mut fx), None);
+        assert_eq!(fx.return_leases, vec![(lease, false)]);
+        assert!(sub.leases.is_empty() && sub.by_worker.is_empty());
+        assert!(sub.classes[&class].leases.is_empty());
+    }
+
+    /// A grant nobody waits for goes back at once; one whose worker could
+    /// not be reached goes back with the worker killed; neither is kept.
+    #[test]
+    fn unwanted_or_unreachable_grants_go_back() {
+        let (env, class, now) = (env(), class(false), Instant::now());
+        let mut sub = Submitter::default();
+        let mut fx = Effects::default();
+        let w = WorkerId::new(0, 4003);
+        assert!(!sub.lease_granted(
+            99,
+            LeaseId::new(0, 4),
+            w,
+            Some(ConnId::for_test(4)),
+            Vec::new(),
+            now,
+            &env,
+            &mut fx
+        ));
+        assert_eq!(fx.return_leases, vec![(LeaseId::new(0, 4), false)]);
+        queue(&mut sub, &class, 1);
+        let mut fx = Effects::default();
+        sub.dispatch(&class, now, &env, &mut fx);
+        let req = fx.lease_requests[0].req;
+        let mut fx = Effects::default();
+        assert!(!sub.lease_granted(
+            req,
+            LeaseId::new(0, 5),
+            w,
+            None,
+            Vec::new(),
+            now,
+            &env,
+            &mut fx
+        ));
+        assert_eq!(fx.return_leases[0], (LeaseId::new(0, 5), true));
+        assert!(fx.sends.is_empty() && sub.leases.is_empty());
+    }
+
+    /// Spread requests go to the live nodes in turn (a request for another
+    /// node is remembered, so that node's loss can redirect it), and wait
+    /// a little there before they may spill.
+    #[test]
+    fn spread_requests_go_round_the_live_nodes() {
+        let (env, class, now) = (env(), class(true), Instant::now());
+        let mut sub = Submitter::default();
+        queue(&mut sub, &class, 4);
+        let mut fx = Effects::default();
+        sub.dispatch(&class, now, &env, &mut fx);
+        let nodes: Vec<u16> = fx.lease_requests.iter().map(|r| r.node).collect();
+        assert_eq!(nodes, vec![1, 2, 0, 1]);
+        assert!(fx.lease_requests.iter().all(|r| r.spill == Spill::Later));
+        assert_eq!(sub.remote_reqs.len(), 3, "requests sent to nodes 1 and 2");
+    }
+}
