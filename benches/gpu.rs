@@ -106,7 +106,10 @@ fn main() {
     };
     let mut opens = Vec::new();
     let get = timed(|| {
-        let r = ipc_get_copy::options().num_gpus(1.0).remote(obj.clone());
+        let r = ipc_get_copy::options()
+            .num_gpus(1.0)
+            .remote(obj.clone())
+            .unwrap();
         let (dt, open) = rustray::get_timeout(&r, Duration::from_secs(120))
             .expect("task")
             .expect("GPU read in the task");
@@ -126,7 +129,12 @@ fn main() {
             median(opens) * 1e6
         ),
     );
-    let host = in_task(&|| ipc_to_host::options().num_gpus(1.0).remote(obj.clone()));
+    let host = in_task(&|| {
+        ipc_to_host::options()
+            .num_gpus(1.0)
+            .remote(obj.clone())
+            .unwrap()
+    });
     row(
         "gpu_to_host_other_process_gb_per_s",
         "GB/s",

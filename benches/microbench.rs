@@ -307,7 +307,7 @@ fn chain_step(x: u64) -> u64 {
 /// Submits `c` trivial tasks from inside a task, gets them all.
 #[rustray::remote]
 fn nested_parent(c: u64) -> u64 {
-    let refs: Vec<ObjectRef<u64>> = (0..c).map(noop::remote).collect();
+    let refs: Vec<ObjectRef<u64>> = (0..c).map(|i| noop::remote(i).unwrap()).collect();
     rustray::get_all(&refs)
         .expect("nested_parent: inner noop tasks")
         .iter()
@@ -426,7 +426,8 @@ fn sc_cluster_start(cfg: &rustray::Config, c: &Sizes, want: bool, num_cpus: u32)
     for r in 0..reps {
         let t0 = Instant::now();
         rustray::init_with(cfg.clone()).expect("cluster_start_s: rustray::init_with");
-        let v = rustray::get(&noop::remote(7u64)).expect("cluster_start_s: first noop task");
+        let v =
+            rustray::get(&noop::remote(7u64).unwrap()).expect("cluster_start_s: first noop task");
         let dt = secs(t0);
         assert_eq!(v, 7, "cluster_start_s: noop(7) returned {v}");
         samples.push(dt);

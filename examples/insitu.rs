@@ -103,7 +103,7 @@ fn main() -> rustray::Result<()> {
     let mut recorded = Vec::new();
     for step in 0..STEPS {
         let slab = rustray::put(simulate(rank, step))?;
-        let stats = analyze::remote(&slab);
+        let stats = analyze::remote(&slab)?;
         recorded.push(collector.record(rank, step, stats, node.clone()));
     }
     // Every record reached the collector (a failed one is an error here,

@@ -86,7 +86,7 @@ fn main() -> rustray::Result<()> {
         let data = simulate(rank, step);
         my_max = data.iter().copied().fold(my_max, f64::max);
         let slab = rustray::put(data)?;
-        let m = rustray::get(&slab_max::remote(&slab))?;
+        let m = rustray::get(&slab_max::remote(&slab)?)?;
         rustray::get(&collector.record(rank, step, m, node.clone()))?;
     }
     // Every rank's results are in once every rank has passed this barrier.

@@ -50,9 +50,9 @@ fn main() -> rustray::Result<()> {
     // 1. A task graph: id1 = read_array.remote(f1); id2 = read_array.remote(f2);
     //    id = add.remote(id1, id2); sum = ray.get(id)
     let t = Instant::now();
-    let id1 = read_array::remote(1u64);
-    let id2 = read_array::remote(2u64);
-    let id = add::remote(id1, id2);
+    let id1 = read_array::remote(1u64)?;
+    let id2 = read_array::remote(2u64)?;
+    let id = add::remote(id1, id2)?;
     let sum = rustray::get(&id)?;
     println!(
         "add(read_array(1), read_array(2)): first {} last {} ({} elements) in {:.2} ms",
@@ -74,7 +74,9 @@ fn main() -> rustray::Result<()> {
 
     // 3. Many small tasks: submit 10,000, then fetch every result.
     let t = Instant::now();
-    let refs: Vec<_> = (0..10_000u64).map(double::remote).collect();
+    let refs = (0..10_000u64)
+        .map(double::remote)
+        .collect::<rustray::Result<Vec<_>>>()?;
     let results = rustray::get_all(&refs)?;
     let secs = t.elapsed().as_secs_f64();
     assert!(results.iter().enumerate().all(|(i, r)| *r == 2 * i as u64));

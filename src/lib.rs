@@ -24,7 +24,7 @@
 //! fn main() -> rustray::Result<()> {
 //!     rustray::init()?;
 //!     let x = rustray::put(vec![1.0, 2.0])?;
-//!     let sum = add::remote(&x, vec![10.0, 20.0]);     // a value or a ref per argument
+//!     let sum = add::remote(&x, vec![10.0, 20.0])?;    // a value or a ref per argument
 //!     assert_eq!(rustray::get(&sum)?, vec![11.0, 22.0]);
 //!
 //!     let c = Counter::remote(0)?;
@@ -425,7 +425,7 @@ pub fn get_runtime_context() -> Result<RuntimeContext> {
 ///
 /// # fn main() -> rustray::Result<()> {
 /// rustray::init_with(rustray::Config::new().num_gpus(2.0))?;
-/// let ids = rustray::get(&which_gpus::options().num_gpus(1.0).remote())?;
+/// let ids = rustray::get(&which_gpus::options().num_gpus(1.0).remote()?)?;
 /// assert_eq!(ids.len(), 1);
 /// # Ok(())
 /// # }

@@ -9,7 +9,7 @@ use crate::codec;
 use crate::core_worker::function_manager::{RetryFilter, RetryTest, RETRY_FOREVER};
 use crate::core_worker::submitter::PreparedArg;
 use crate::core_worker::{self, RawRef};
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::scheduler::{ResourceSet, CPU, GPU};
 use crate::ObjectRef;
 use serde::de::DeserializeOwned;
@@ -255,21 +255,17 @@ impl<T: ?Sized> NotAppError for &T {
 }
 
 /// Submits a task by registered name; used by `#[rustray::remote]`.
-///
-/// # Panics
-/// If rustray is not initialized: submitting before `init()` is a bug in the
-/// program, like calling `.remote()` before `ray.init()`.
+/// Fails, as actor creation and `put` do, when rustray is not initialized
+/// (before `init()` or after `shutdown()`).
 pub fn submit_task(
     name: &'static str,
     opts: &TaskOptions,
     args: Vec<Arg>,
     num_returns: usize,
-) -> Vec<RawRef> {
-    let cw = match core_worker::current() {
-        Ok(cw) => cw,
-        Err(e) => panic!("cannot submit `{name}`: {e}"),
-    };
-    cw.submit(
+) -> Result<Vec<RawRef>> {
+    let cw = core_worker::current()
+        .map_err(|e| Error::new(e.kind(), format!("cannot submit `{name}`: {}", e.message())))?;
+    Ok(cw.submit(
         name,
         opts.shape.clone(),
         &opts.strategy,
@@ -282,5 +278,5 @@ pub fn submit_task(
             retry_exceptions: opts.retry_exceptions.clone(),
             max_calls: opts.max_calls,
         },
-    )
+    ))
 }

@@ -195,7 +195,8 @@ fn test_chaos_kills_workers_actors_and_a_raylet() {
                     node: n.name.clone(),
                     soft: false,
                 })
-                .remote(),
+                .remote()
+                .unwrap(),
             BOUND,
         )
         .expect("probe");
@@ -272,17 +273,16 @@ fn test_chaos_kills_workers_actors_and_a_raylet() {
                 } else {
                     opts
                 };
-                opts.remote(marker.clone(), round * 10 + i, 20u64)
+                opts.remote(marker.clone(), round * 10 + i, 20u64).unwrap()
             })
             .collect();
         let reductions: Vec<_> = leaves
             .chunks(2)
             .map(|p| {
-                reduce::options().max_retries(Retries::Infinite).remote(
-                    marker.clone(),
-                    &p[0],
-                    &p[1],
-                )
+                reduce::options()
+                    .max_retries(Retries::Infinite)
+                    .remote(marker.clone(), &p[0], &p[1])
+                    .unwrap()
             })
             .collect();
         let checks: Vec<_> = (0..3)
@@ -290,6 +290,7 @@ fn test_chaos_kills_workers_actors_and_a_raylet() {
                 checksum::options()
                     .max_retries(Retries::Infinite)
                     .remote(marker.clone(), &big)
+                    .unwrap()
             })
             .collect();
         let calls: Vec<_> = (0..10).map(|i| (i, echo.echo(round * 100 + i))).collect();

@@ -35,7 +35,7 @@ fn inc(x: u64) -> u64 {
 /// worker that ran this task, not by the driver.
 #[rustray::remote]
 fn spawn_sleeper(ms: u64) -> rustray::ObjectRef<u64> {
-    sleep_ms::remote(ms)
+    sleep_ms::remote(ms).unwrap()
 }
 
 #[rustray::remote]
@@ -495,8 +495,8 @@ fn test_wait_empty_list() {
 /// and `num_returns` 0 are `ValueError`s in Ray.
 fn test_wait_invalid_arguments() {
     one_node(1.0);
-    let a = inc::remote(1u64);
-    let b = inc::remote(2u64);
+    let a = inc::remote(1u64).unwrap();
+    let b = inc::remote(2u64).unwrap();
     let e = rustray::wait(&[a.clone(), b.clone(), a.clone()], 1, None).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     assert!(e.message().contains("unique"), "{e}");
@@ -518,7 +518,8 @@ fn test_wait_fetch_local() {
     const N: usize = 8 << 20;
     let r = bytes_here::options()
         .scheduling_strategy(on(&there))
-        .remote(N);
+        .remote(N)
+        .unwrap();
     // With fetch_local off, ready there is ready: nothing is copied here.
     let before = rustray::store_stats().expect("store stats");
     let (ready, _) = rustray::wait_with(
@@ -555,8 +556,8 @@ fn test_wait_fetch_local() {
 /// elements before it.
 fn test_get_throws_quickly_when_found_exception() {
     one_node(2.0);
-    let slow = sleep_ms::remote(20_000u64);
-    let bad = fails::remote("boom".to_string());
+    let slow = sleep_ms::remote(20_000u64).unwrap();
+    let bad = fails::remote("boom".to_string()).unwrap();
     let t = Instant::now();
     let e = rustray::get_all(&[slow.clone(), bad]).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TaskFailed, "{e}");
@@ -576,7 +577,7 @@ fn test_get_throws_quickly_when_found_exception() {
 /// the owner and cancels the task.
 fn test_remote_cancel() {
     one_node(2.0);
-    let outer = spawn_sleeper::remote(60_000u64);
+    let outer = spawn_sleeper::remote(60_000u64).unwrap();
     let inner = rustray::get_timeout(&outer, Duration::from_secs(30)).expect("inner ref");
     // Let the inner task start running.
     std::thread::sleep(Duration::from_millis(300));
@@ -593,13 +594,13 @@ fn test_remote_cancel() {
 /// a whole number or a fraction below one.
 fn test_fractional_gpus_above_one_rejected() {
     one_node(1.0);
-    let r = inc::options().num_gpus(1.5).remote(1u64);
+    let r = inc::options().num_gpus(1.5).remote(1u64).unwrap();
     let e = rustray::get_timeout(&r, Duration::from_secs(10)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     assert!(e.message().contains("whole number"), "{e}");
     // 2 GPUs and half a GPU are valid requests (infeasible here: no GPUs).
     let e = rustray::get_timeout(
-        &inc::options().num_gpus(2.0).remote(1u64),
+        &inc::options().num_gpus(2.0).remote(1u64).unwrap(),
         Duration::from_secs(30),
     )
     .unwrap_err();
@@ -618,7 +619,12 @@ fn test_fractional_flood_starts_only_the_workers_that_fit() {
     // the next requests arrive), short enough for 10,000 to take seconds.
     const FLOOD_TASK_MS: u64 = 2;
     let refs: Vec<_> = (0..10_000)
-        .map(|_| pid_after::options().num_cpus(0.25).remote(FLOOD_TASK_MS))
+        .map(|_| {
+            pid_after::options()
+                .num_cpus(0.25)
+                .remote(FLOOD_TASK_MS)
+                .unwrap()
+        })
         .collect();
     let pids: std::collections::HashSet<u32> = rustray::get_all(&refs)
         .expect("tasks")
@@ -655,7 +661,9 @@ fn test_hybrid_policy() {
     rustray::init_with(Config::new().local_nodes(2).num_cpus(4.0)).expect("cluster starts");
     // Let each raylet see the other in its cluster view.
     std::thread::sleep(Duration::from_millis(300));
-    let refs: Vec<_> = (0..4).map(|_| node_after::remote(1500u64)).collect();
+    let refs: Vec<_> = (0..4)
+        .map(|_| node_after::remote(1500u64).unwrap())
+        .collect();
     let mut per_node = std::collections::HashMap::<String, usize>::new();
     for n in rustray::get_all(&refs).expect("tasks") {
         *per_node.entry(n).or_default() += 1;
@@ -684,7 +692,7 @@ fn test_actor_deletion() {
     wait_process_gone(pid, Duration::from_secs(10));
     if !common::launched() {
         // The actor's CPU is free again: a 1-CPU task runs on this 1-CPU node.
-        let r = inc::remote(1u64);
+        let r = inc::remote(1u64).unwrap();
         assert_eq!(
             rustray::get_timeout(&r, Duration::from_secs(30)).expect("task"),
             2
@@ -699,7 +707,7 @@ fn test_actor_deletion_after_borrowed_handle() {
     one_node(2.0);
     let a = Holder::remote().expect("actor");
     let pid = rustray::get_timeout(&a.pid(), Duration::from_secs(30)).expect("pid");
-    let r = call_later::remote(a.clone(), 500u64);
+    let r = call_later::remote(a.clone(), 500u64).unwrap();
     drop(a);
     assert_eq!(
         rustray::get_timeout(&r, Duration::from_secs(30))
@@ -905,11 +913,12 @@ fn test_pending_actor_cancelled_when_its_creator_dies() {
     );
     // One CPU busy for 3 s, the other held by the creator, waiting in
     // `remote()` for its actor's CPU.
-    let hog = sleep_ms::options().num_cpus(1.0).remote(3000u64);
+    let hog = sleep_ms::options().num_cpus(1.0).remote(3000u64).unwrap();
     let creator = create_marked::options()
         .num_cpus(1.0)
         .max_retries(0)
-        .remote(pid_file.clone(), marker.clone());
+        .remote(pid_file.clone(), marker.clone())
+        .unwrap();
     let end = Instant::now() + Duration::from_secs(10);
     let pid = loop {
         if let Some(p) = std::fs::read_to_string(&pid_file)
@@ -1202,7 +1211,7 @@ fn test_actor_method_num_returns() {
     );
     // A result passes to a task like any other ref.
     assert_eq!(
-        rustray::get_timeout(&inc::remote(&x), Duration::from_secs(30)).unwrap(),
+        rustray::get_timeout(&inc::remote(&x).unwrap(), Duration::from_secs(30)).unwrap(),
         43
     );
 }
@@ -1310,13 +1319,17 @@ fn test_infinite_retries() {
     let _ = std::fs::remove_file(&marker);
     let r = dies_n_times::options()
         .max_retries(rustray::Retries::Infinite)
-        .remote(m.clone(), 6u32);
+        .remote(m.clone(), 6u32)
+        .unwrap();
     assert_eq!(
         rustray::get_timeout(&r, Duration::from_secs(60)).expect("retried"),
         7
     );
     let _ = std::fs::remove_file(&marker);
-    let r = dies_n_times::options().max_retries(2).remote(m, 6u32);
+    let r = dies_n_times::options()
+        .max_retries(2)
+        .remote(m, 6u32)
+        .unwrap();
     let e = rustray::get_timeout(&r, Duration::from_secs(60)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::WorkerDied, "{e}");
     let _ = std::fs::remove_file(&marker);
@@ -1334,14 +1347,16 @@ fn test_node_affinity_unschedulable() {
     };
     let r = inc::options()
         .scheduling_strategy(hard("no-such-node"))
-        .remote(1u64);
+        .remote(1u64)
+        .unwrap();
     let e = rustray::get_timeout(&r, Duration::from_secs(30)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unschedulable, "{e}");
     assert!(e.message().contains("no-such-node"), "{e}");
     let r = inc::options()
         .num_cpus(512.0)
         .scheduling_strategy(hard(&here))
-        .remote(1u64);
+        .remote(1u64)
+        .unwrap();
     let e = rustray::get_timeout(&r, Duration::from_secs(30)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unschedulable, "{e}");
     let e = Holder::options()
@@ -1354,13 +1369,14 @@ fn test_node_affinity_unschedulable() {
             node: "no-such-node".into(),
             soft: true,
         })
-        .remote(1u64);
+        .remote(1u64)
+        .unwrap();
     assert_eq!(
         rustray::get_timeout(&r, Duration::from_secs(30)).unwrap(),
         2
     );
     // Without an affinity the same request is infeasible, as before.
-    let r = inc::options().num_cpus(512.0).remote(1u64);
+    let r = inc::options().num_cpus(512.0).remote(1u64).unwrap();
     let e = rustray::get_timeout(&r, Duration::from_secs(30)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Infeasible, "{e}");
 }
@@ -1515,7 +1531,7 @@ fn test_internal_free() {
     let lent = rustray::put(vec![4u8; 1 << 20]).expect("put");
     assert_eq!(
         rustray::get_timeout(
-            &frees_them::remote(vec![lent.clone()]),
+            &frees_them::remote(vec![lent.clone()]).unwrap(),
             Duration::from_secs(30)
         )
         .unwrap(),
@@ -1540,7 +1556,7 @@ fn test_internal_free() {
     // The argument of a task in flight: kept while the task may read it,
     // released when the task ends though refs to it live on.
     let arg = rustray::put(vec![5u8; 8 << 20]).expect("put");
-    let len = len_after::remote(300u64, &arg);
+    let len = len_after::remote(300u64, &arg).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     rustray::free(std::slice::from_ref(&arg)).expect("free");
     match rustray::get_timeout(&len, Duration::from_secs(30)) {
@@ -1551,7 +1567,7 @@ fn test_internal_free() {
     drop(arg);
 
     // A result still being computed: freed when it arrives.
-    let pending = big_after::remote(200u64, 4 << 20);
+    let pending = big_after::remote(200u64, 4 << 20).unwrap();
     rustray::free(std::slice::from_ref(&pending)).expect("free");
     assert_eq!(
         rustray::get(&pending).unwrap_err().kind(),
@@ -1567,9 +1583,9 @@ fn test_internal_free() {
 /// stays readable.
 fn test_idle_owner_worker_is_kept() {
     one_node(1.0);
-    let owner = owns_one::options().num_cpus(0.25).remote(400u64);
+    let owner = owns_one::options().num_cpus(0.25).remote(400u64).unwrap();
     let others: Vec<_> = (0..3)
-        .map(|_| sleep_ms::options().num_cpus(0.25).remote(100u64))
+        .map(|_| sleep_ms::options().num_cpus(0.25).remote(100u64).unwrap())
         .collect();
     for r in &others {
         rustray::get_timeout(r, Duration::from_secs(30)).expect("sleeper");
@@ -1604,7 +1620,7 @@ fn marker(tag: &str) -> String {
 fn test_retry_exceptions() {
     one_node(2.0);
     let m = marker("appres");
-    let r = app_result::remote(m.clone(), 2u32, false);
+    let r = app_result::remote(m.clone(), 2u32, false).unwrap();
     let got = rustray::get_timeout(&r, Duration::from_secs(30)).expect("a value, not a failure");
     assert_eq!(
         got,
@@ -1616,7 +1632,8 @@ fn test_retry_exceptions() {
     let r = app_result::options()
         .retry_exceptions(true)
         .max_retries(3)
-        .remote(m, 2u32, false);
+        .remote(m, 2u32, false)
+        .unwrap();
     assert_eq!(
         rustray::get_timeout(&r, Duration::from_secs(30)).unwrap(),
         Ok(3)
@@ -1626,7 +1643,8 @@ fn test_retry_exceptions() {
     let r = app_result::options()
         .retry_exceptions(true)
         .max_retries(1)
-        .remote(m, 5u32, false);
+        .remote(m, 5u32, false)
+        .unwrap();
     assert_eq!(
         rustray::get_timeout(&r, Duration::from_secs(30)).unwrap(),
         Err(AppError::Transient { attempt: 2 }),
@@ -1637,7 +1655,8 @@ fn test_retry_exceptions() {
     let m = marker("appres4");
     let r = app_result::options()
         .retry_exceptions_if(transient_only)
-        .remote(m, 2u32, false);
+        .remote(m, 2u32, false)
+        .unwrap();
     assert_eq!(
         rustray::get_timeout(&r, Duration::from_secs(30)).unwrap(),
         Ok(3)
@@ -1645,7 +1664,8 @@ fn test_retry_exceptions() {
     let m = marker("appres5");
     let r = app_result::options()
         .retry_exceptions_if(transient_only)
-        .remote(m, 2u32, true);
+        .remote(m, 2u32, true)
+        .unwrap();
     assert_eq!(
         rustray::get_timeout(&r, Duration::from_secs(30)).unwrap(),
         Err(AppError::Fatal("run 1".into())),
@@ -1655,14 +1675,18 @@ fn test_retry_exceptions() {
     let m = marker("panics");
     let r = panics_then_ok::options()
         .retry_exceptions(true)
-        .remote(m.clone(), 2u32);
+        .remote(m.clone(), 2u32)
+        .unwrap();
     assert_eq!(
         rustray::get_timeout(&r, Duration::from_secs(30)).unwrap(),
         3
     );
     let m = marker("panics2");
-    let e = rustray::get_timeout(&panics_then_ok::remote(m, 2u32), Duration::from_secs(30))
-        .unwrap_err();
+    let e = rustray::get_timeout(
+        &panics_then_ok::remote(m, 2u32).unwrap(),
+        Duration::from_secs(30),
+    )
+    .unwrap_err();
     assert_eq!(
         e.kind(),
         ErrorKind::TaskFailed,
@@ -1682,7 +1706,7 @@ fn test_max_calls() {
     one_node(1.0);
     let mut pids = Vec::new();
     for _ in 0..3 {
-        let r = my_pid::options().max_calls(1).remote();
+        let r = my_pid::options().max_calls(1).remote().unwrap();
         pids.push(rustray::get_timeout(&r, Duration::from_secs(30)).expect("task"));
     }
     pids.dedup();
@@ -1691,7 +1715,7 @@ fn test_max_calls() {
         wait_process_gone(p, Duration::from_secs(10));
     }
     let refs: Vec<_> = (0..20)
-        .map(|_| my_pid::options().max_calls(2).remote())
+        .map(|_| my_pid::options().max_calls(2).remote().unwrap())
         .collect();
     let got = rustray::get_all(&refs).expect("every task completes");
     let mut per_pid = std::collections::HashMap::new();
@@ -1701,8 +1725,8 @@ fn test_max_calls() {
     assert!(per_pid.values().all(|&n| n <= 2), "{per_pid:?}");
     assert!(per_pid.len() >= 10, "{per_pid:?}");
     // Tasks without the option still reuse their worker.
-    let a = rustray::get_timeout(&my_pid::remote(), Duration::from_secs(30)).unwrap();
-    let b = rustray::get_timeout(&my_pid::remote(), Duration::from_secs(30)).unwrap();
+    let a = rustray::get_timeout(&my_pid::remote().unwrap(), Duration::from_secs(30)).unwrap();
+    let b = rustray::get_timeout(&my_pid::remote().unwrap(), Duration::from_secs(30)).unwrap();
     assert_eq!(a, b);
 }
 
@@ -1722,10 +1746,12 @@ fn test_runtime_context() {
     // test_runtime_context.py::test_get_worker_id: every process has its
     // own worker id, the driver included.
     assert!(!d.worker_id.is_empty(), "{d:?}");
-    let w = rustray::get_timeout(&worker_id_here::remote(), Duration::from_secs(30)).expect("task");
+    let w = rustray::get_timeout(&worker_id_here::remote().unwrap(), Duration::from_secs(30))
+        .expect("task");
     assert!(!w.is_empty() && w != d.worker_id, "{w} vs {}", d.worker_id);
     let (task, actor, is_driver, node) =
-        rustray::get_timeout(&task_context::remote(), Duration::from_secs(30)).expect("task");
+        rustray::get_timeout(&task_context::remote().unwrap(), Duration::from_secs(30))
+            .expect("task");
     assert!(
         task.is_some() && actor.is_none() && !is_driver,
         "{task:?} {actor:?}"
@@ -1739,7 +1765,7 @@ fn test_runtime_context() {
     // test_runtime_context.py::test_get_assigned_resources: what the task
     // or actor holds; nothing in a driver.
     assert!(d.assigned_resources.is_empty(), "{d:?}");
-    let r = assigned::options().num_cpus(0.5).remote();
+    let r = assigned::options().num_cpus(0.5).remote().unwrap();
     let got = rustray::get_timeout(&r, Duration::from_secs(30)).expect("task");
     assert_eq!(got, vec![("CPU".to_string(), 0.5)]);
     let b = Holder::options().num_cpus(1.0).remote(()).expect("actor");
@@ -1784,6 +1810,7 @@ fn test_nodes_with_their_own_resources() {
             node_and_assigned::options()
                 .resource("special", 1.0)
                 .remote()
+                .unwrap()
         })
         .collect();
     for r in &refs {
@@ -1819,7 +1846,7 @@ fn test_cluster_and_available_resources() {
     let c = rustray::cluster_resources().expect("cluster resources");
     assert_eq!(c.get("CPU").copied(), Some(total), "{c:?}");
     // A task holding a CPU shows in what is available while it runs.
-    let busy = sleep_ms::remote(3000u64);
+    let busy = sleep_ms::remote(3000u64).unwrap();
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         let a = rustray::available_resources().expect("available");
@@ -1867,7 +1894,8 @@ fn test_many_custom_resources() {
     assert_eq!(custom, 10_000);
     let r = inc::options()
         .resource("custom_resource_09999", 1.0)
-        .remote(1u64);
+        .remote(1u64)
+        .unwrap();
     assert_eq!(
         rustray::get_timeout(&r, Duration::from_secs(30)).expect("task"),
         2

@@ -51,7 +51,7 @@ fn nest(depth: u64) -> u64 {
     if depth == 0 {
         return 0;
     }
-    rustray::get(&nest::remote(depth - 1)).expect("inner level") + 1
+    rustray::get(&nest::remote(depth - 1).unwrap()).expect("inner level") + 1
 }
 
 /// Kills its own worker process the first time it runs for `marker`.
@@ -171,9 +171,9 @@ impl Other {
 
 fn test_task_graph() {
     common::cluster(2.0, None);
-    let id1 = read_array::remote(1u64);
-    let id2 = read_array::remote(2u64);
-    let id = add::remote(id1, id2);
+    let id1 = read_array::remote(1u64).unwrap();
+    let id2 = read_array::remote(2u64).unwrap();
+    let id = add::remote(id1, id2).unwrap();
     let sum = rustray::get(&id).unwrap();
     assert_eq!(sum.len(), 100);
     assert_eq!(sum[0], 100.0 + 200.0);
@@ -184,29 +184,29 @@ fn test_put_get_and_get_many() {
     common::cluster(2.0, None);
     let r = rustray::put("hello".to_string()).unwrap();
     assert_eq!(rustray::get(&r).unwrap(), "hello");
-    let refs: Vec<_> = (0..100u64).map(inc::remote).collect();
+    let refs: Vec<_> = (0..100u64).map(|i| inc::remote(i).unwrap()).collect();
     let got = rustray::get_all(&refs).unwrap();
     assert_eq!(got, (1..=100).collect::<Vec<u64>>());
     // a value and a ref may be mixed per argument
     let x = rustray::put(vec![1.0, 2.0]).unwrap();
     assert_eq!(
-        rustray::get(&add::remote(&x, vec![1.0, 1.0])).unwrap(),
+        rustray::get(&add::remote(&x, vec![1.0, 1.0]).unwrap()).unwrap(),
         vec![2.0, 3.0]
     );
 }
 
 fn test_task_chain() {
     common::cluster(2.0, None);
-    let mut r = inc::remote(0u64);
+    let mut r = inc::remote(0u64).unwrap();
     for _ in 1..200 {
-        r = inc::remote(r);
+        r = inc::remote(r).unwrap();
     }
     assert_eq!(rustray::get(&r).unwrap(), 200);
 }
 
 fn test_get_timeout() {
     common::cluster(2.0, None);
-    let r = sleep_ms::remote(400u64);
+    let r = sleep_ms::remote(400u64).unwrap();
     let t = Instant::now();
     let e = rustray::get_timeout(&r, Duration::from_millis(50)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
@@ -217,8 +217,8 @@ fn test_get_timeout() {
 
 fn test_wait_timeout() {
     common::cluster(2.0, None);
-    let fast = inc::remote(1u64);
-    let slow = sleep_ms::remote(2_000u64);
+    let fast = inc::remote(1u64).unwrap();
+    let slow = sleep_ms::remote(2_000u64).unwrap();
     rustray::get(&fast).unwrap();
     let t = Instant::now();
     let (ready, not_ready) = rustray::wait(
@@ -233,37 +233,37 @@ fn test_wait_timeout() {
     assert_eq!(rustray::get(&ready[0]).unwrap(), 2);
     let (ready, _) = rustray::wait(&[fast, slow], 1, None).unwrap();
     assert_eq!(ready.len(), 1);
-    assert!(rustray::wait(&[inc::remote(1u64)], 2, None).is_err());
+    assert!(rustray::wait(&[inc::remote(1u64).unwrap()], 2, None).is_err());
 }
 
 fn test_wait_all() {
     common::cluster(2.0, None);
-    let refs: Vec<_> = (0..500u64).map(inc::remote).collect();
+    let refs: Vec<_> = (0..500u64).map(|i| inc::remote(i).unwrap()).collect();
     let (ready, not_ready) = rustray::wait(&refs, 500, Some(Duration::from_secs(30))).unwrap();
     assert_eq!((ready.len(), not_ready.len()), (500, 0));
 }
 
 fn test_num_returns() {
     common::cluster(2.0, None);
-    let (a, b) = split::remote(21u64);
+    let (a, b) = split::remote(21u64).unwrap();
     assert_eq!(rustray::get(&a).unwrap(), 42);
     assert_eq!(rustray::get(&b).unwrap(), "n=21");
 }
 
 fn test_task_panic_is_reported() {
     common::cluster(2.0, None);
-    let r = fails::remote("boom on purpose".to_string());
+    let r = fails::remote("boom on purpose".to_string()).unwrap();
     let e = rustray::get(&r).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TaskFailed);
     assert!(e.message().contains("fails"), "{e}");
     assert!(e.message().contains("boom on purpose"), "{e}");
     // a failure in a dependency propagates to the dependent task
-    let dep = inc::remote(fails::remote("upstream".to_string()));
+    let dep = inc::remote(fails::remote("upstream".to_string()).unwrap()).unwrap();
     let e = rustray::get(&dep).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TaskFailed);
     assert!(e.message().contains("upstream"), "{e}");
     // the cluster still works
-    assert_eq!(rustray::get(&inc::remote(1u64)).unwrap(), 2);
+    assert_eq!(rustray::get(&inc::remote(1u64).unwrap()).unwrap(), 2);
 }
 
 fn test_get_wrong_type() {
@@ -331,7 +331,7 @@ fn test_large_objects_zero_copy() {
     let owned: Vec<f64> = rustray::get(&r).unwrap();
     assert_eq!(owned[12345], 12345.0);
     // a task receives the large argument through the store
-    let s = add::remote(&r, vec![1.0; 4_000_000]);
+    let s = add::remote(&r, vec![1.0; 4_000_000]).unwrap();
     assert_eq!(rustray::get_view(&s).unwrap()[10], 11.0);
 }
 
@@ -343,31 +343,31 @@ fn test_refs_inside_values() {
         inner: inner.clone(),
     };
     drop(inner);
-    let r = sum_boxed::remote(b);
+    let r = sum_boxed::remote(b).unwrap();
     assert_eq!(rustray::get(&r).unwrap(), ("x".to_string(), 7 * 300_000));
     // a ref created and owned by a worker, returned inside a value
-    let outer = make_inner::remote(4u64);
+    let outer = make_inner::remote(4u64).unwrap();
     let inner: ObjectRef<u64> = rustray::get(&outer).unwrap();
     assert_eq!(rustray::get(&inner).unwrap(), 40);
 }
 
 fn test_cancel() {
     common::cluster(1.0, None);
-    let blocker = sleep_ms::remote(300u64);
-    let queued = inc::options().max_retries(0).remote(1u64);
+    let blocker = sleep_ms::remote(300u64).unwrap();
+    let queued = inc::options().max_retries(0).remote(1u64).unwrap();
     rustray::cancel(&queued).unwrap();
     let e = rustray::get(&queued).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
     assert_eq!(rustray::get(&blocker).unwrap(), 300);
     // a running task: its worker is stopped
-    let running = sleep_ms::remote(10_000u64);
+    let running = sleep_ms::remote(10_000u64).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
     rustray::cancel(&running).unwrap();
     let e = rustray::get_timeout(&running, Duration::from_secs(5)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
     assert!(t.elapsed() < Duration::from_secs(5));
-    assert_eq!(rustray::get(&inc::remote(1u64)).unwrap(), 2);
+    assert_eq!(rustray::get(&inc::remote(1u64).unwrap()).unwrap(), 2);
 }
 
 fn test_worker_killed_task_retried() {
@@ -375,7 +375,7 @@ fn test_worker_killed_task_retried() {
     let marker = std::env::temp_dir().join(format!("rustray-die-once-{}", std::process::id()));
     let _ = std::fs::remove_file(&marker);
     let (retries, _) = rustray::__private::fault_counts();
-    let r = die_once::remote(marker.display().to_string());
+    let r = die_once::remote(marker.display().to_string()).unwrap();
     assert_eq!(rustray::get(&r).unwrap(), "survived");
     let _ = std::fs::remove_file(&marker);
     assert_eq!(
@@ -384,11 +384,11 @@ fn test_worker_killed_task_retried() {
         "the retry was not counted"
     );
     // with no retries left: a worker-died error, never a hang
-    let r = die_always::options().max_retries(0).remote();
+    let r = die_always::options().max_retries(0).remote().unwrap();
     let e = rustray::get_timeout(&r, Duration::from_secs(30)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::WorkerDied, "{e}");
     assert!(e.message().contains("die_always"), "{e}");
-    let r = die_always::options().max_retries(2).remote();
+    let r = die_always::options().max_retries(2).remote().unwrap();
     let e = rustray::get_timeout(&r, Duration::from_secs(30)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::WorkerDied, "{e}");
     assert!(e.message().contains("3 time"), "{e}");
@@ -396,7 +396,7 @@ fn test_worker_killed_task_retried() {
 
 fn test_nested_tasks_deep_on_one_cpu() {
     common::cluster(1.0, None);
-    let r = nest::remote(1000u64);
+    let r = nest::remote(1000u64).unwrap();
     assert_eq!(
         rustray::get_timeout(&r, Duration::from_secs(300)).unwrap(),
         1000
@@ -405,23 +405,24 @@ fn test_nested_tasks_deep_on_one_cpu() {
 
 fn test_infeasible_and_bad_options() {
     common::cluster(2.0, None);
-    let r = gpu_task::options().num_gpus(1.0).remote();
+    let r = gpu_task::options().num_gpus(1.0).remote().unwrap();
     let e = rustray::get_timeout(&r, Duration::from_secs(10)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Infeasible, "{e}");
-    let r = gpu_task::options().num_cpus(-1.0).remote();
+    let r = gpu_task::options().num_cpus(-1.0).remote().unwrap();
     let e = rustray::get(&r).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     let r = gpu_task::options()
         .num_cpus(2.0)
         .resource("custom", 0.0)
-        .remote();
+        .remote()
+        .unwrap();
     assert_eq!(rustray::get(&r).unwrap(), 1);
 }
 
 fn test_tasks_run_in_worker_processes() {
     common::cluster(2.0, None);
     let pids: Vec<u32> =
-        rustray::get_all(&(0..20).map(|_| pid::remote()).collect::<Vec<_>>()).unwrap();
+        rustray::get_all(&(0..20).map(|_| pid::remote().unwrap()).collect::<Vec<_>>()).unwrap();
     assert!(pids.iter().all(|p| *p != std::process::id()));
 }
 
@@ -478,7 +479,7 @@ fn test_actor_state_and_handles_in_tasks() {
     c.incr(1);
     assert_eq!(rustray::get(&c.incr(1)).unwrap(), 12);
     let c2 = c.clone();
-    let r = call_counter::remote(c2, 5u64);
+    let r = call_counter::remote(c2, 5u64).unwrap();
     assert_eq!(rustray::get(&r).unwrap(), 17);
     assert_eq!(rustray::get(&c.incr(0)).unwrap(), 17);
     let e = rustray::get(&c.fail()).unwrap_err();
@@ -547,6 +548,18 @@ fn test_many_actors() {
 
 fn test_not_initialized_is_an_error() {
     let e = rustray::put(1u8).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ClusterUnavailable, "{e}");
+    // Submitting a task or creating an actor fails the same way, with
+    // what was being submitted named.
+    let e = inc::remote(1u64).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ClusterUnavailable, "{e}");
+    assert!(
+        e.message().contains("inc") && e.message().contains("init()"),
+        "{e}"
+    );
+    let e = inc::options().num_cpus(1.0).remote(1u64).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ClusterUnavailable, "{e}");
+    let e = Counter::remote(0).map(|_| ()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ClusterUnavailable, "{e}");
     common::cluster(2.0, None);
     let e = rustray::init().unwrap_err();

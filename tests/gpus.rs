@@ -75,7 +75,7 @@ fn test_gpu_ids() {
     let all: Vec<u32> = (0..10).collect();
     // Ten 1-GPU tasks at once: each id once.
     let refs: Vec<_> = (0..10)
-        .map(|_| gpu_view::options().num_gpus(1.0).remote(1500))
+        .map(|_| gpu_view::options().num_gpus(1.0).remote(1500).unwrap())
         .collect();
     let mut seen = Vec::new();
     for r in &refs {
@@ -89,7 +89,7 @@ fn test_gpu_ids() {
     // 2, 4 and 4 at once cover all ten.
     let refs: Vec<_> = [2.0, 4.0, 4.0]
         .iter()
-        .map(|&k| gpu_view::options().num_gpus(k).remote(1500))
+        .map(|&k| gpu_view::options().num_gpus(k).remote(1500).unwrap())
         .collect();
     let mut seen = Vec::new();
     for (r, k) in refs.iter().zip([2, 4, 4]) {
@@ -102,12 +102,15 @@ fn test_gpu_ids() {
     assert_eq!(seen, all);
     // No GPU asked: none seen, also on a reused worker.
     for _ in 0..3 {
-        assert_eq!(get(&gpu_view::remote(0)), (Vec::new(), String::new()));
+        assert_eq!(
+            get(&gpu_view::remote(0).unwrap()),
+            (Vec::new(), String::new())
+        );
     }
     // Alternating requests on reused workers: the variable always matches.
     for i in 0..20 {
         let k = [0.0, 1.0, 0.5, 2.0][i % 4];
-        let (ids, env) = get(&gpu_view::options().num_gpus(k).remote(0));
+        let (ids, env) = get(&gpu_view::options().num_gpus(k).remote(0).unwrap());
         assert_eq!(ids.len(), k.ceil() as usize, "{k}: {ids:?}");
         assert_eq!(env, joined(&ids), "{k}");
     }
@@ -183,7 +186,7 @@ fn test_fractional_gpu_accounting() {
             rng ^= rng >> 7;
             rng ^= rng << 17;
             let k = shapes[(rng % shapes.len() as u64) as usize];
-            (k, gpu_view::options().num_gpus(k).remote(5))
+            (k, gpu_view::options().num_gpus(k).remote(5).unwrap())
         })
         .collect();
     for (k, r) in &refs {
@@ -236,7 +239,7 @@ fn test_gpu_tasks_use_their_device() {
     let count = rustray::cuda::device_count().unwrap_or(0);
     if count == 0 {
         assert_eq!(gpus, 0.0, "no usable GPU, none detected");
-        let e = get(&on_device::remote(4)).unwrap_err();
+        let e = get(&on_device::remote(4).unwrap()).unwrap_err();
         if !rustray::cuda::driver_present() {
             assert!(e.contains("no CUDA driver"), "{e}");
         }
@@ -245,7 +248,7 @@ fn test_gpu_tasks_use_their_device() {
     }
     assert_eq!(gpus, count as f64, "the driver's devices are the node's");
     let (seen, ids, sum) =
-        get(&on_device::options().num_gpus(1.0).remote(1 << 20)).expect("runs on its GPU");
+        get(&on_device::options().num_gpus(1.0).remote(1 << 20).unwrap()).expect("runs on its GPU");
     assert_eq!(seen, 1, "a 1-GPU task sees one device");
     assert_eq!(ids.len(), 1);
     assert_eq!(sum, (0..1u64 << 20).sum::<u64>());
@@ -310,7 +313,8 @@ fn test_device_objects() {
                 node: node.name.clone(),
                 soft: false,
             })
-            .remote(obj.clone());
+            .remote(obj.clone())
+            .unwrap();
         let (host, dev, plain, ran) = get(&r).expect("a task reads the device object");
         assert_eq!((host, dev, plain), (want, want, want), "on {ran}");
         assert_eq!(ran, node.name);

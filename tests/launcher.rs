@@ -73,7 +73,7 @@ fn second_driver() -> ! {
     rustray::init_address("auto").expect("joins the running cluster");
     let t = rustray::get_actor::<Tally>("tally").expect("the first driver's actor");
     let n = rustray::get_timeout(&t.add(5), Duration::from_secs(30)).expect("actor call");
-    let e = rustray::get_timeout(&boom::remote(), Duration::from_secs(30)).unwrap_err();
+    let e = rustray::get_timeout(&boom::remote().unwrap(), Duration::from_secs(30)).unwrap_err();
     assert_eq!(e.kind(), rustray::ErrorKind::TaskFailed, "{e}");
     let held = rustray::put(vec![1u8; 8 << 20]).expect("put");
     // Its actors: one that ends with it, one detached that outlives it.
@@ -89,7 +89,7 @@ fn second_driver() -> ! {
     for a in [&own, &kept] {
         rustray::get_timeout(&a.add(1), Duration::from_secs(30)).expect("actor call");
     }
-    let node = rustray::get(&where_am_i::remote(0u64)).expect("task");
+    let node = rustray::get(&where_am_i::remote(0u64).unwrap()).expect("task");
     println!(
         "second driver: tally {n}, task ran on {node}, holds {} bytes",
         rustray::get_view(&held).expect("view").len()
@@ -128,11 +128,17 @@ fn app_main(mode: &str) -> ! {
         "app" => {
             for n in &nodes {
                 let pin = format!("node:{}", n.name);
-                let r = where_am_i::options().resource(&pin, 0.01).remote(0u64);
+                let r = where_am_i::options()
+                    .resource(&pin, 0.01)
+                    .remote(0u64)
+                    .unwrap();
                 let got = rustray::get(&r).expect("a task on every node");
                 assert_eq!(got, n.name);
                 // An object made on that node, read here.
-                let big = fill::options().resource(&pin, 0.01).remote(4 << 20, 7u8);
+                let big = fill::options()
+                    .resource(&pin, 0.01)
+                    .remote(4 << 20, 7u8)
+                    .unwrap();
                 let v = rustray::get(&big).expect("object from that node");
                 assert!(v.iter().enumerate().all(|(i, b)| *b == (i as u8) ^ 7));
             }
@@ -164,6 +170,7 @@ fn app_main(mode: &str) -> ! {
                             .num_gpus(1.0)
                             .resource(&pin, 0.01)
                             .remote(500u64)
+                            .unwrap()
                     })
                     .collect();
                 let mut ids = Vec::new();
@@ -190,9 +197,12 @@ fn app_main(mode: &str) -> ! {
             let pin = format!("node:{victim}");
             let probe = where_and_raylet::options()
                 .resource(&pin, 0.01)
-                .remote(0u64);
+                .remote(0u64)
+                .unwrap();
             let (_, raylet) = rustray::get(&probe).expect("probe");
-            let refs: Vec<_> = (0..6).map(|_| where_and_raylet::remote(1500u64)).collect();
+            let refs: Vec<_> = (0..6)
+                .map(|_| where_and_raylet::remote(1500u64).unwrap())
+                .collect();
             std::thread::sleep(Duration::from_millis(500));
             let killed = Command::new("kill")
                 .args(["-9", &raylet.to_string()])

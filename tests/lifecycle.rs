@@ -56,12 +56,12 @@ fn child_main(mode: &str) {
     rustray::init_with(rustray::Config::new().num_cpus(2.0)).expect("init");
     match mode {
         "--child-print" => {
-            let pid = rustray::get(&shout::remote("abc".to_string())).expect("task");
+            let pid = rustray::get(&shout::remote("abc".to_string()).unwrap()).expect("task");
             println!("task pid {pid}");
             rustray::shutdown();
         }
         "--child-hang" => {
-            let _r = forever::remote();
+            let _r = forever::remote().unwrap();
             let _big = rustray::put(vec![1u8; 1 << 20]).expect("put");
             println!("ready");
             std::thread::sleep(Duration::from_secs(3600));
@@ -70,7 +70,7 @@ fn child_main(mode: &str) {
             // Many small-CPU tasks make the raylet start workers; shut down
             // while they are still starting.
             let refs: Vec<_> = (0..200)
-                .map(|_| nap::options().num_cpus(0.01).remote(50))
+                .map(|_| nap::options().num_cpus(0.01).remote(50).unwrap())
                 .collect();
             std::thread::sleep(Duration::from_millis(30));
             drop(refs);
@@ -78,8 +78,8 @@ fn child_main(mode: &str) {
         }
         "--child-raylet-dies" => {
             // A task on this node: its worker's parent is the raylet.
-            let raylet = rustray::get(&parent_pid::remote()).expect("task");
-            let pending = nap::remote(10_000);
+            let raylet = rustray::get(&parent_pid::remote().unwrap()).expect("task");
+            let pending = nap::remote(10_000).unwrap();
             std::thread::sleep(Duration::from_millis(200));
             let ok = Command::new("kill")
                 .args(["-9", &raylet.to_string()])
@@ -91,7 +91,7 @@ fn child_main(mode: &str) {
             rustray::shutdown();
         }
         "--child-no-shutdown" => {
-            rustray::get(&shout::remote("x".to_string())).expect("task");
+            rustray::get(&shout::remote("x".to_string()).unwrap()).expect("task");
             // returns from main without calling shutdown
         }
         _ => unreachable!(),
@@ -330,7 +330,7 @@ fn test_malformed_frames_cost_only_their_connection() {
     let (n, actor_pid) = rustray::get_timeout(&tally.bump(), Duration::from_secs(30)).unwrap();
     assert_eq!(n, 1);
     assert!(rustray::get_timeout(
-        &shout::remote("before".to_string()),
+        &shout::remote("before".to_string()).unwrap(),
         Duration::from_secs(30)
     )
     .is_ok());
@@ -354,7 +354,7 @@ fn test_malformed_frames_cost_only_their_connection() {
     let pids: Vec<u32> = (0..4)
         .map(|i| {
             rustray::get_timeout(
-                &shout::remote(format!("after {i}")),
+                &shout::remote(format!("after {i}")).unwrap(),
                 Duration::from_secs(30),
             )
         })
@@ -416,7 +416,7 @@ fn test_hostile_messages_harm_no_one() {
     assert!(nodes.iter().all(|n| n.alive), "{nodes:?}");
     for i in 0..4 {
         rustray::get_timeout(
-            &shout::remote(format!("after {i}")),
+            &shout::remote(format!("after {i}")).unwrap(),
             Duration::from_secs(30),
         )
         .expect("tasks still run");
@@ -466,7 +466,7 @@ fn test_a_client_that_never_reads_stalls_no_one() {
 fn test_shutdown_then_init_again() {
     for _ in 0..3 {
         common::cluster(2.0, None);
-        assert!(rustray::get(&shout::remote("again".to_string())).unwrap() > 0);
+        assert!(rustray::get(&shout::remote("again".to_string()).unwrap()).unwrap() > 0);
         rustray::shutdown();
     }
 }

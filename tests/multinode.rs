@@ -76,7 +76,9 @@ fn pin(node: &rustray::Node) -> String {
 /// the other nodes, and every node runs some.
 fn test_tasks_spill_to_every_node() {
     three_nodes();
-    let refs: Vec<_> = (0..24).map(|_| where_am_i::remote(150u64)).collect();
+    let refs: Vec<_> = (0..24)
+        .map(|_| where_am_i::remote(150u64).unwrap())
+        .collect();
     let seen: BTreeSet<String> = rustray::get_all(&refs)
         .expect("all tasks finish")
         .into_iter()
@@ -88,7 +90,10 @@ fn test_tasks_spill_to_every_node() {
 fn test_node_affinity_by_resource() {
     let nodes = three_nodes();
     for n in &nodes {
-        let r = where_am_i::options().resource(&pin(n), 0.01).remote(0u64);
+        let r = where_am_i::options()
+            .resource(&pin(n), 0.01)
+            .remote(0u64)
+            .unwrap();
         assert_eq!(rustray::get(&r).expect("pinned task"), n.name);
     }
 }
@@ -109,7 +114,8 @@ fn test_object_transfer_between_nodes() {
         for _ in 0..2 {
             let r = checksum::options()
                 .resource(&pin(&nodes[2]), 0.01)
-                .remote(&obj);
+                .remote(&obj)
+                .unwrap();
             let (sum, len, node) = rustray::get(&r).expect("checksum on node 2");
             assert_eq!(
                 (sum, len),
@@ -121,7 +127,8 @@ fn test_object_transfer_between_nodes() {
         // Made on node 1, read here on node 0.
         let made = make_bytes::options()
             .resource(&pin(&nodes[1]), 0.01)
-            .remote(n, i as u8);
+            .remote(n, i as u8)
+            .unwrap();
         let back = rustray::get(&made).expect("result from node 1");
         assert_eq!(
             local_checksum(&back),
@@ -142,10 +149,14 @@ fn test_every_copy_freed_when_no_ref_remains() {
         // Made on node n, read on the driver's node and on the other node.
         let x = make_bytes::options()
             .resource(&pin(n), 0.01)
-            .remote(8 << 20, 1u8);
+            .remote(8 << 20, 1u8)
+            .unwrap();
         assert_eq!(rustray::get(&x).expect("pull to node 0").len(), 8 << 20);
         for m in &nodes[1..] {
-            let r = checksum::options().resource(&pin(m), 0.01).remote(&x);
+            let r = checksum::options()
+                .resource(&pin(m), 0.01)
+                .remote(&x)
+                .unwrap();
             rustray::get(&r).expect("read on another node");
         }
         keep.push(x);
@@ -205,10 +216,12 @@ fn test_reused_store_blocks_never_serve_stale_copies() {
     for seed in 0..6u8 {
         let x = make_bytes::options()
             .resource(&pin(&nodes[1]), 0.01)
-            .remote(4 << 20, seed);
+            .remote(4 << 20, seed)
+            .unwrap();
         let r = boxed_checksum::options()
             .resource(&pin(&nodes[2]), 0.01)
-            .remote(vec![x.clone()]);
+            .remote(vec![x.clone()])
+            .unwrap();
         let got = rustray::get(&r).expect("read on node 2");
         assert_eq!(
             got,
@@ -234,7 +247,8 @@ fn test_one_gib_transfer() {
     let n = 1usize << 30;
     let made = make_bytes::options()
         .resource(&pin(&nodes[1]), 0.01)
-        .remote(n, 5u8);
+        .remote(n, 5u8)
+        .unwrap();
     let view = rustray::get_view(&made).expect("1 GiB pulled to node 0");
     assert_eq!(view.len(), n);
     assert_eq!(
@@ -247,12 +261,13 @@ fn test_one_gib_transfer() {
 /// A request no node can ever satisfy fails at once with a clear error.
 fn test_infeasible_across_nodes() {
     three_nodes();
-    let r = where_am_i::options().num_cpus(2.0).remote(0u64);
+    let r = where_am_i::options().num_cpus(2.0).remote(0u64).unwrap();
     let e = rustray::get_timeout(&r, Duration::from_secs(20)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Infeasible, "{e}");
     let r = where_am_i::options()
         .resource("node:nowhere", 1.0)
-        .remote(0u64);
+        .remote(0u64)
+        .unwrap();
     let e = rustray::get_timeout(&r, Duration::from_secs(20)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Infeasible, "{e}");
 }
@@ -287,7 +302,8 @@ fn raylet_pid_of(node: &rustray::Node) -> u32 {
     rustray::get(
         &where_and_raylet::options()
             .resource(&pin(node), 0.01)
-            .remote(0u64),
+            .remote(0u64)
+            .unwrap(),
     )
     .expect("a probe task on the node")
     .1
@@ -374,18 +390,22 @@ fn test_lineage_reconstruction_of_lost_results() {
     let there = soft_on(victim);
     let a = counted_bytes::options()
         .scheduling_strategy(there.clone())
-        .remote(ma.clone(), 1 << 20, 3u8);
+        .remote(ma.clone(), 1 << 20, 3u8)
+        .unwrap();
     let b = counted_reverse::options()
         .scheduling_strategy(there.clone())
-        .remote(mb.clone(), &a);
+        .remote(mb.clone(), &a)
+        .unwrap();
     let mc = marker("recon-c");
     let c = counted_bytes::options()
         .scheduling_strategy(there.clone())
-        .remote(mc.clone(), 1 << 20, 5u8);
+        .remote(mc.clone(), 1 << 20, 5u8)
+        .unwrap();
     let lost_for_good = make_bytes::options()
         .scheduling_strategy(there)
         .max_retries(0)
-        .remote(1 << 20, 4u8);
+        .remote(1 << 20, 4u8)
+        .unwrap();
     let (ready, _) = rustray::wait_with(
         &[a.clone(), b.clone(), c.clone()],
         3,
@@ -422,7 +442,7 @@ fn test_lineage_reconstruction_of_lost_results() {
     // A borrower that finds every copy gone asks the owner, which
     // recomputes the object for it.
     let (len, _) = rustray::get_timeout(
-        &borrowed_len::remote(vec![c.clone()]),
+        &borrowed_len::remote(vec![c.clone()]).unwrap(),
         Duration::from_secs(60),
     )
     .expect("a borrower's get of a lost object");
@@ -472,7 +492,8 @@ fn test_hung_node_is_lost_everywhere() {
             node: victim.name.clone(),
             soft: true,
         })
-        .remote(3000u64);
+        .remote(3000u64)
+        .unwrap();
     std::thread::sleep(Duration::from_millis(700));
     let hung = tree(raylet);
     assert!(
@@ -577,7 +598,8 @@ fn test_node_lost_mid_job() {
     let only_there = make_bytes::options()
         .resource(&pin(victim), 0.01)
         .max_retries(0)
-        .remote(1 << 20, 9u8);
+        .remote(1 << 20, 9u8)
+        .unwrap();
     let (ready, _) = rustray::wait_with(
         std::slice::from_ref(&only_there),
         1,
@@ -600,7 +622,9 @@ fn test_node_lost_mid_job() {
     let (_, actor_node) = rustray::get(&a.call()).expect("actor call");
     assert_eq!(actor_node, victim.name);
     // Long tasks over every node.
-    let refs: Vec<_> = (0..6).map(|_| where_and_raylet::remote(1500u64)).collect();
+    let refs: Vec<_> = (0..6)
+        .map(|_| where_and_raylet::remote(1500u64).unwrap())
+        .collect();
     std::thread::sleep(Duration::from_millis(500));
     kill9(raylet);
     let t0 = std::time::Instant::now();
@@ -640,7 +664,8 @@ fn test_scheduling_strategies() {
                 node: n.name.clone(),
                 soft: false,
             })
-            .remote(0u64);
+            .remote(0u64)
+            .unwrap();
         assert_eq!(rustray::get(&r).expect("hard affinity"), n.name);
     }
     let hard_nowhere = where_am_i::options()
@@ -648,7 +673,8 @@ fn test_scheduling_strategies() {
             node: "no-such-node".into(),
             soft: false,
         })
-        .remote(0u64);
+        .remote(0u64)
+        .unwrap();
     let e = rustray::get(&hard_nowhere).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unschedulable, "{e}");
     assert!(e.message().contains("no-such-node"), "{e}");
@@ -657,7 +683,8 @@ fn test_scheduling_strategies() {
             node: "no-such-node".into(),
             soft: true,
         })
-        .remote(0u64);
+        .remote(0u64)
+        .unwrap();
     rustray::get(&soft_nowhere).expect("soft affinity falls back");
     // Long enough that no task finishes before every node's first worker
     // has started, even on a loaded machine: a lease freed early would
@@ -668,6 +695,7 @@ fn test_scheduling_strategies() {
             where_am_i::options()
                 .scheduling_strategy(SchedulingStrategy::Spread)
                 .remote(1500u64)
+                .unwrap()
         })
         .collect();
     let seen: BTreeSet<String> = rustray::get_all(&spread)
@@ -684,9 +712,10 @@ fn test_locality_runs_tasks_where_their_data_is() {
     for n in &nodes[1..] {
         let x = make_bytes::options()
             .resource(&pin(n), 0.01)
-            .remote(32 << 20, 3u8);
+            .remote(32 << 20, 3u8)
+            .unwrap();
         for _ in 0..3 {
-            let (len, node) = rustray::get(&len_where::remote(&x)).expect("consumer");
+            let (len, node) = rustray::get(&len_where::remote(&x).unwrap()).expect("consumer");
             assert_eq!(len, 32 << 20);
             assert_eq!(node, n.name, "the consumer did not run where its data is");
         }
@@ -728,7 +757,8 @@ fn test_object_directory_serves_copies_after_primary_loss() {
     let (primary, holder_node) = (&nodes[1], &nodes[2]);
     let x = make_bytes::options()
         .resource(&pin(primary), 0.01)
-        .remote(6 << 20, 4u8);
+        .remote(6 << 20, 4u8)
+        .unwrap();
     let primary_raylet = raylet_pid_of(primary);
     let holder = Holder::options()
         .scheduling_strategy(SchedulingStrategy::NodeAffinity {
@@ -762,8 +792,9 @@ fn test_object_directory_serves_copies_after_primary_loss() {
     // A task reading x gets it from the copy too (Ray resolves task
     // arguments from any live location), and runs where the copy is: the
     // lost primary's node does not count.
-    let (sum, len, ran_on) = rustray::get_timeout(&checksum::remote(&x), Duration::from_secs(60))
-        .expect("a task's argument served from the copy");
+    let (sum, len, ran_on) =
+        rustray::get_timeout(&checksum::remote(&x).unwrap(), Duration::from_secs(60))
+            .expect("a task's argument served from the copy");
     assert_eq!(len, 6 << 20);
     assert_eq!(sum, expected_sum(6 << 20, 4), "corrupted");
     assert_eq!(
@@ -844,7 +875,8 @@ fn test_owner_killed_frees_borrowed_copies() {
     let (inner, pid) = rustray::get_timeout(
         &put_and_own::options()
             .resource(&pin(other), 0.01)
-            .remote(16usize << 20, 3u8),
+            .remote(16usize << 20, 3u8)
+            .unwrap(),
         Duration::from_secs(30),
     )
     .expect("a task puts and returns the ref");
@@ -884,7 +916,8 @@ fn test_objects_owned_on_a_lost_node_fail_with_owner_died() {
     let (inner, _) = rustray::get_timeout(
         &put_and_own::options()
             .resource(&pin(victim), 0.01)
-            .remote(1usize << 20, 5u8),
+            .remote(1usize << 20, 5u8)
+            .unwrap(),
         Duration::from_secs(30),
     )
     .expect("a task on the victim puts and returns the ref");
@@ -932,7 +965,8 @@ fn test_lost_result_whose_argument_was_released_fails_reconstruction() {
     let r = doubled::options()
         .resource(&pin(victim), 0.01)
         .max_retries(3)
-        .remote(arg.clone());
+        .remote(arg.clone())
+        .unwrap();
     // Ready, its only copy on the victim (not fetched here).
     let (ready, _) = rustray::wait_with(
         std::slice::from_ref(&r),
@@ -962,10 +996,12 @@ fn test_lost_result_is_remade_through_an_argument_since_released() {
     let there = soft_on(victim);
     let a = counted_bytes::options()
         .scheduling_strategy(there.clone())
-        .remote(ma.clone(), 1 << 20, 6u8);
+        .remote(ma.clone(), 1 << 20, 6u8)
+        .unwrap();
     let b = counted_reverse::options()
         .scheduling_strategy(there)
-        .remote(mb.clone(), &a);
+        .remote(mb.clone(), &a)
+        .unwrap();
     let (ready, _) = rustray::wait_with(
         std::slice::from_ref(&b),
         1,
@@ -1013,6 +1049,7 @@ fn test_spill_remote_object() {
             checksum::options()
                 .resource(&pin(&nodes[1]), 0.01)
                 .remote(r)
+                .unwrap()
         })
         .collect();
     for (i, r) in sums.iter().enumerate() {
@@ -1043,7 +1080,8 @@ fn test_task_lost_with_its_node_names_the_node() {
     let doomed = where_and_raylet::options()
         .resource(&pin(victim), 0.01)
         .max_retries(0)
-        .remote(5000u64);
+        .remote(5000u64)
+        .unwrap();
     // An actor call running there fails as the actor's death, its node named.
     let actor = Sleeper::options()
         .scheduling_strategy(SchedulingStrategy::NodeAffinity {
@@ -1065,7 +1103,8 @@ fn test_task_lost_with_its_node_names_the_node() {
     let crash = exits_now::options()
         .resource(&pin(other), 0.01)
         .max_retries(0)
-        .remote();
+        .remote()
+        .unwrap();
     let e = rustray::get_timeout(&crash, Duration::from_secs(30)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::WorkerDied, "{e}");
 }
@@ -1114,6 +1153,7 @@ fn test_task_args_wait_for_room_in_the_store() {
                 .resource(&pin(small), 0.01)
                 .max_retries(0)
                 .remote(a)
+                .unwrap()
         })
         .collect();
     for (i, r) in refs.iter().enumerate() {
@@ -1134,10 +1174,12 @@ fn test_locality_counts_cached_copies() {
     let (n1, n2) = (&nodes[1], &nodes[2]);
     let x = make_bytes::options()
         .resource(&pin(n1), 0.01)
-        .remote(8 << 20, 1u8);
+        .remote(8 << 20, 1u8)
+        .unwrap();
     let y = make_bytes::options()
         .resource(&pin(n2), 0.01)
-        .remote(2 << 20, 2u8);
+        .remote(2 << 20, 2u8)
+        .unwrap();
     let holder = Holder::options()
         .scheduling_strategy(SchedulingStrategy::NodeAffinity {
             node: n2.name.clone(),
@@ -1151,7 +1193,7 @@ fn test_locality_counts_cached_copies() {
     );
     rustray::wait(std::slice::from_ref(&y), 1, Some(Duration::from_secs(30))).expect("y made");
     for _ in 0..3 {
-        let (len, node) = rustray::get(&two_len_where::remote(&x, &y)).expect("consumer");
+        let (len, node) = rustray::get(&two_len_where::remote(&x, &y).unwrap()).expect("consumer");
         assert_eq!(len, 10 << 20);
         assert_eq!(
             node, n2.name,
@@ -1189,13 +1231,15 @@ fn test_fabric_transfer_verified() {
         let obj = rustray::put(data).expect("put");
         let r = checksum::options()
             .resource(&pin(&nodes[2]), 0.01)
-            .remote(&obj);
+            .remote(&obj)
+            .unwrap();
         let (sum, len, node) = rustray::get(&r).expect("checksum on node 2");
         assert_eq!((sum, len), (want, n), "{n} bytes corrupted by fabric");
         assert_eq!(node, nodes[2].name);
         let made = make_bytes::options()
             .resource(&pin(&nodes[1]), 0.01)
-            .remote(n, i as u8);
+            .remote(n, i as u8)
+            .unwrap();
         let back = rustray::get_view(&made).expect("result from node 1");
         assert_eq!(
             local_checksum(&back),
@@ -1212,6 +1256,7 @@ fn test_fabric_transfer_verified() {
             checksum::options()
                 .resource(&pin(&nodes[i % 3]), 0.01)
                 .remote(&obj)
+                .unwrap()
         })
         .collect();
     for (sum, len, _) in rustray::get_all(&readers).expect("8 readers") {
@@ -1235,7 +1280,8 @@ fn killed_mid_read(kill_source: bool) {
     let n = 200 << 20;
     let big = make_bytes::options()
         .resource(&pin(source), 0.01)
-        .remote(n, 6u8);
+        .remote(n, 6u8)
+        .unwrap();
     // Made on the source and not copied to this node.
     rustray::wait_with(
         std::slice::from_ref(&big),
@@ -1247,7 +1293,8 @@ fn killed_mid_read(kill_source: bool) {
     let read = checksum::options()
         .resource(&pin(reader), 0.01)
         .max_retries(0)
-        .remote(&big);
+        .remote(&big)
+        .unwrap();
     std::thread::sleep(Duration::from_millis(30));
     kill9(victim_raylet);
     let t0 = std::time::Instant::now();
@@ -1268,7 +1315,8 @@ fn killed_mid_read(kill_source: bool) {
         let (sum, _, _) = rustray::get(
             &checksum::options()
                 .resource(&pin(reader), 0.01)
-                .remote(&obj),
+                .remote(&obj)
+                .unwrap(),
         )
         .expect("after the loss");
         assert_eq!(sum, want);
@@ -1278,7 +1326,8 @@ fn killed_mid_read(kill_source: bool) {
         let (sum, len, node) = rustray::get(
             &checksum::options()
                 .resource(&pin(&nodes[0]), 0.01)
-                .remote(&big),
+                .remote(&big)
+                .unwrap(),
         )
         .expect("the source still serves");
         assert_eq!((sum, len, node.as_str()), (want, n, nodes[0].name.as_str()));
@@ -1307,7 +1356,8 @@ fn test_fabric_pull_racing_free() {
         let obj = rustray::put(data).expect("put");
         let r = checksum::options()
             .resource(&pin(&nodes[1 + i % 2]), 0.01)
-            .remote(&obj);
+            .remote(&obj)
+            .unwrap();
         drop(obj);
         reads.push((r, want, n));
     }

@@ -79,7 +79,7 @@ fn test_spill_objects_automatically() {
     // Views too: the bytes stay in memory while the view lives.
     let view = rustray::get_view(&refs[5]).expect("view");
     // Tasks read them as arguments.
-    let sums: Vec<_> = refs.iter().map(checksum::remote).collect();
+    let sums: Vec<_> = refs.iter().map(|r| checksum::remote(r).unwrap()).collect();
     for (i, r) in sums.iter().enumerate() {
         let (got, len, _) = rustray::get_timeout(r, Duration::from_secs(60)).expect("task");
         assert_eq!(len, 16 << 20);
@@ -155,7 +155,7 @@ fn test_a_put_nobody_reads_is_spilled_for_another_process() {
     let a = rustray::put(pattern(10 << 20, 1)).expect("put");
     std::thread::sleep(Duration::from_millis(400));
     let got = rustray::get_timeout(
-        &put_in_task::remote(10usize << 20, 2u8),
+        &put_in_task::remote(10usize << 20, 2u8).unwrap(),
         Duration::from_secs(30),
     )
     .expect("the task's put spills the driver's");

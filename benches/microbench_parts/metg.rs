@@ -12,7 +12,7 @@ pub(super) fn metg_tasks(c: &Sizes, p: u64, d_us: u64) -> u64 {
 /// E = n*d / (P*W), W = wall time including submission.
 pub(super) fn metg_run(p: u64, d_us: u64, n: u64) -> (f64, f64) {
     let t0 = Instant::now();
-    let refs: Vec<ObjectRef<u64>> = (0..n).map(|_| busy::remote(d_us)).collect();
+    let refs: Vec<ObjectRef<u64>> = (0..n).map(|_| busy::remote(d_us).unwrap()).collect();
     let out = rustray::get_all(&refs).expect("metg_us: get_all of busy tasks");
     let w = secs(t0);
     assert_eq!(

@@ -39,7 +39,7 @@ pub(super) fn sc_cluster_start_3node(c: &Sizes, want: bool) {
     for r in 0..reps {
         let t0 = Instant::now();
         rustray::init_with(mn_config()).expect("cluster_start_3node_s: init_with(local_nodes(3))");
-        let v = rustray::get_timeout(&noop::remote(7u64), MN_TIMEOUT)
+        let v = rustray::get_timeout(&noop::remote(7u64).unwrap(), MN_TIMEOUT)
             .expect("cluster_start_3node_s: first noop task");
         let dt = secs(t0);
         assert_eq!(v, 7, "cluster_start_3node_s: noop(7) returned {v}");
@@ -231,7 +231,8 @@ pub(super) fn transfer_once(
     assert_ne!(a.name, b.name, "{what}: node A == node B");
     let r: ObjectRef<Vec<u8>> = make_on_a::options()
         .resource(&pin(a), 0.01)
-        .remote(nbytes, seed);
+        .remote(nbytes, seed)
+        .unwrap();
     // Wait until it exists on A, without pulling it here (fetch_local off).
     let (ready, _) = rustray::wait_with(std::slice::from_ref(&r), 1, Some(MN_TIMEOUT), false)
         .unwrap_or_else(|e| panic!("{what}: wait for make_on_a: {e}"));
@@ -244,7 +245,8 @@ pub(super) fn transfer_once(
     let t1 = Instant::now();
     let res = pull_on_b::options()
         .resource(&pin(b), 0.01)
-        .remote(vec![r.clone()]);
+        .remote(vec![r.clone()])
+        .unwrap();
     let (dt, sum, len, node) =
         rustray::get_timeout(&res, MN_TIMEOUT).unwrap_or_else(|e| panic!("{what}: pull_on_b: {e}"));
     let e2e = secs(t1);
@@ -384,7 +386,7 @@ pub(super) fn sc_spill(c: &Sizes) {
     let batch = || -> (f64, BTreeMap<String, usize>) {
         let t0 = Instant::now();
         let refs: Vec<ObjectRef<String>> = (0..n)
-            .map(|_| sleep_where::remote(SPILL_SLEEP_MS))
+            .map(|_| sleep_where::remote(SPILL_SLEEP_MS).unwrap())
             .collect();
         let mut per: BTreeMap<String, usize> = BTreeMap::new();
         for r in &refs {

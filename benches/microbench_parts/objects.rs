@@ -235,14 +235,17 @@ pub(super) fn sc_task_large_arg(c: &Sizes) {
     let r: ObjectRef<Vec<u8>> =
         rustray::put(vec![1u8; nbytes]).expect("task_large_arg_gb_per_s: put of the array");
     // warm-up
-    let refs: Vec<ObjectRef<(u64, f64)>> = (0..2).map(|_| array_sum::remote(r.clone())).collect();
+    let refs: Vec<ObjectRef<(u64, f64)>> = (0..2)
+        .map(|_| array_sum::remote(r.clone()).unwrap())
+        .collect();
     let out = rustray::get_all(&refs).expect("task_large_arg_gb_per_s: warm-up get_all");
     check_large_arg(&out, 2, nbytes);
     let (mut rates, mut inner) = (Vec::new(), Vec::new());
     for _ in 0..c.reps {
         let t0 = Instant::now();
-        let refs: Vec<ObjectRef<(u64, f64)>> =
-            (0..k).map(|_| array_sum::remote(r.clone())).collect();
+        let refs: Vec<ObjectRef<(u64, f64)>> = (0..k)
+            .map(|_| array_sum::remote(r.clone()).unwrap())
+            .collect();
         let out = rustray::get_all(&refs).expect("task_large_arg_gb_per_s: get_all");
         let dt = secs(t0);
         check_large_arg(&out, k, nbytes);
@@ -272,7 +275,7 @@ pub(super) fn sc_task_large_arg(c: &Sizes) {
 }
 
 pub(super) fn submit_noops(n: usize) -> Vec<ObjectRef<u64>> {
-    (0..n as u64).map(noop::remote).collect()
+    (0..n as u64).map(|i| noop::remote(i).unwrap()).collect()
 }
 
 pub(super) fn sc_wait(c: &Sizes, want_pending: bool, want_ready: bool) {

@@ -212,7 +212,8 @@ pub(super) fn sc_cluster_start_slurm(c: &Sizes, mpi: bool) {
 pub(super) fn start_app() {
     let t0 = Instant::now();
     rustray::init().expect("start-app: rustray::init");
-    let v = rustray::get_timeout(&noop::remote(7u64), MN_TIMEOUT).expect("start-app: noop task");
+    let v = rustray::get_timeout(&noop::remote(7u64).unwrap(), MN_TIMEOUT)
+        .expect("start-app: noop task");
     let dt = secs(t0);
     assert_eq!(v, 7, "start-app: noop(7) returned {v}");
     let nodes = alive_nodes();
@@ -279,7 +280,8 @@ pub(super) fn transfer_app(nbytes: usize, warmup: usize, reps: usize) {
     let tcp_once = || -> f64 {
         let r = tcp_pull_on_b::options()
             .resource(&pin_b, 0.01)
-            .remote(srv.to_string(), nbytes);
+            .remote(srv.to_string(), nbytes)
+            .unwrap();
         let (dt, sum, node) = rustray::get_timeout(&r, MN_TIMEOUT)
             .unwrap_or_else(|e| panic!("{WHAT}: tcp_pull_on_b: {e}"));
         let want = nbytes.div_ceil(4096) as u64 * 7;

@@ -4,13 +4,13 @@ use super::*;
 
 pub(super) fn sc_task_sync_latency(c: &Sizes) {
     for i in 0..c.sync_warmup as u64 {
-        let v = rustray::get(&noop::remote(i)).expect("task_sync_latency_us: warm-up get");
+        let v = rustray::get(&noop::remote(i).unwrap()).expect("task_sync_latency_us: warm-up get");
         assert_eq!(v, i, "task_sync_latency_us: warm-up noop({i}) returned {v}");
     }
     let mut lat = Vec::with_capacity(c.sync_n);
     for i in 0..c.sync_n as u64 {
         let t0 = Instant::now();
-        let v = rustray::get(&noop::remote(i)).expect("task_sync_latency_us: get");
+        let v = rustray::get(&noop::remote(i).unwrap()).expect("task_sync_latency_us: get");
         lat.push(secs(t0) * 1e6);
         assert_eq!(v, i, "task_sync_latency_us: noop({i}) returned {v}");
     }
@@ -26,7 +26,7 @@ pub(super) fn sc_task_sync_latency(c: &Sizes) {
 
 /// Submit n noop tasks, then one get of the whole list; returns the results.
 pub(super) fn async_tasks(n: usize) -> Vec<u64> {
-    let refs: Vec<ObjectRef<u64>> = (0..n as u64).map(noop::remote).collect();
+    let refs: Vec<ObjectRef<u64>> = (0..n as u64).map(|i| noop::remote(i).unwrap()).collect();
     rustray::get_all(&refs).expect("task_async_throughput_per_s: get_all")
 }
 
@@ -69,9 +69,9 @@ pub(super) fn sc_task_async(c: &Sizes) {
 
 /// A chain of n links, all submitted up front; returns the final value.
 pub(super) fn chain(n: usize) -> u64 {
-    let mut r: ObjectRef<u64> = chain_step::remote(0u64);
+    let mut r: ObjectRef<u64> = chain_step::remote(0u64).unwrap();
     for _ in 0..n - 1 {
-        r = chain_step::remote(r);
+        r = chain_step::remote(r).unwrap();
     }
     rustray::get(&r).expect("task_chain_per_s: get of the last link")
 }
@@ -102,7 +102,7 @@ pub(super) fn sc_task_chain(c: &Sizes) {
 }
 
 pub(super) fn nested(p: usize, ch: u64) -> Vec<u64> {
-    let refs: Vec<ObjectRef<u64>> = (0..p).map(|_| nested_parent::remote(ch)).collect();
+    let refs: Vec<ObjectRef<u64>> = (0..p).map(|_| nested_parent::remote(ch).unwrap()).collect();
     rustray::get_all(&refs).expect("nested_tasks_per_s: get_all of the parents")
 }
 

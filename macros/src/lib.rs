@@ -13,7 +13,8 @@
 //! and `add::remote(..)` coexist and the remote API reads like Ray's
 //! `add.remote(..)`. The module contains:
 //!
-//! * `remote(args..) -> ObjectRef<R>`: submits the task with default options.
+//! * `remote(args..) -> Result<ObjectRef<R>>`: submits the task with default
+//!   options (an error only when there is no runtime to submit to).
 //!   Each parameter is `impl IntoArg<T>`, so callers pass either a value or an
 //!   `ObjectRef<T>` (Ray's "pass a ref to a dependent task").
 //! * `options() -> Options` and a by-value builder `Options` (`num_cpus`,

@@ -215,7 +215,9 @@ fn emit(
     ));
     let remote_doc = util::doc(format!(
         "Submits `{name_str}` as a task with default options and returns a reference to its \
-         result without waiting. Each argument may be a value or an `ObjectRef` to one."
+         result without waiting. Each argument may be a value or an `ObjectRef` to one. \
+         Fails only when there is no runtime to submit to (before `rustray::init()`, or \
+         after `shutdown()`); what the task itself meets is in its result."
     ));
     let options_doc = util::doc(format!(
         "Starts a builder for submitting `{name_str}` with explicit resources or retries."
@@ -261,7 +263,7 @@ fn emit(
             }
 
             #remote_doc
-            pub fn remote(#(#publics: impl ::rustray::IntoArg<#tys>),*) -> #out_ty {
+            pub fn remote(#(#publics: impl ::rustray::IntoArg<#tys>),*) -> ::rustray::Result<#out_ty> {
                 // `self::` so that a parameter named `options` cannot shadow it.
                 self::options().remote(#(#publics),*)
             }
@@ -321,20 +323,20 @@ fn emit(
                     Options(self.0.max_calls(n))
                 }
                 #opts_remote_doc
-                pub fn remote(self, #(#publics: impl ::rustray::IntoArg<#tys>),*) -> #out_ty {
+                pub fn remote(self, #(#publics: impl ::rustray::IntoArg<#tys>),*) -> ::rustray::Result<#out_ty> {
                     let __refs = ::rustray::__private::submit_task(
                         ::core::module_path!(),
                         &self.0,
                         ::std::vec![#(::rustray::IntoArg::<#tys>::into_arg(#publics)),*],
                         #n,
-                    );
+                    )?;
                     let mut __refs = ::core::iter::IntoIterator::into_iter(__refs);
                     let mut __next = move || {
                         __refs
                             .next()
                             .expect("runtime returned num_returns refs")
                     };
-                    #build_out
+                    ::core::result::Result::Ok(#build_out)
                 }
             }
         }
