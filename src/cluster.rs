@@ -552,10 +552,11 @@ fn run_driver(gcs: &Gcs, app: &Path, args: &[String], s: &Session) -> Result<i32
         match stop_at {
             None if gcs.wait_stop_request(Duration::from_millis(50)) => {
                 log!("launcher: stop requested; sending SIGTERM to the driver");
-                // SAFETY: signalling our own child, not yet reaped.
-                unsafe {
-                    libc::kill(child.id() as i32, libc::SIGTERM);
-                }
+                // Our own child, not yet reaped: the pid is still its.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
                 stop_at = Some(Instant::now() + DRIVER_GRACE);
             }
             Some(t) if Instant::now() > t => {

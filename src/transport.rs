@@ -26,6 +26,7 @@
 use crate::codec;
 use crate::error::{Error, Result};
 pub(crate) use crate::protocol::*;
+use nix::sys::socket::MsgFlags;
 use serde::{Deserialize, Serialize};
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -595,28 +596,17 @@ impl Conn {
         let fd = stream.raw_fd();
         let mut off = 0;
         while off < buf.len() {
-            // SAFETY: send(2) reads `len - off` initialized bytes of `buf`
-            // from a live socket fd; MSG_DONTWAIT makes it return at once.
-            let n = unsafe {
-                libc::send(
-                    fd,
-                    buf[off..].as_ptr().cast(),
-                    buf.len() - off,
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-            if n > 0 {
-                off += n as usize;
-                continue;
-            }
-            let e = std::io::Error::last_os_error();
-            match e.kind() {
-                std::io::ErrorKind::Interrupted => continue,
-                std::io::ErrorKind::WouldBlock => {
+            // MSG_DONTWAIT: return at once rather than wait for room.
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+            match nix::sys::socket::send(fd, &buf[off..], flags) {
+                Ok(n) if n > 0 => off += n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => {
                     tail.extend_from_slice(&buf[off..]);
                     return Ok(false);
                 }
-                _ => return Err(lost(e)),
+                Ok(_) => return Err(lost(std::io::ErrorKind::WriteZero.into())),
+                Err(e) => return Err(lost(e.into())),
             }
         }
         Ok(true)

@@ -216,6 +216,62 @@ impl Submitter {
         kept
     }
 
+    /// Task `task`, pushed at `pushed`, finished on `worker`'s lease at
+    /// `now`: the lease's pipeline frees a place, and the class's service
+    /// time (a moving average, from when the worker could start the task:
+    /// its push, or the previous task's end) learns of it. Returns the
+    /// lease's class, and when the lease is due back if it is idle now.
+    pub(super) fn finished_on_lease(
+        &mut self,
+        worker: WorkerId,
+        task: TaskId,
+        pushed: Option<Instant>,
+        now: Instant,
+    ) -> Option<(SchedKey, Option<Instant>)> {
+        let l = self.leases.get_mut(self.by_worker.get(&worker)?)?;
+        l.inflight.retain(|x| *x != task);
+        let started = match (pushed, l.last_done) {
+            (Some(p), Some(d)) => Some(p.max(d)),
+            (p, _) => p,
+        };
+        l.last_done = Some(now);
+        let mut idle_due = None;
+        if l.inflight.is_empty() {
+            l.idle_since = Some(now);
+            idle_due = Some(now + LEASE_IDLE);
+        }
+        let class = l.class.clone();
+        if let (Some(s), Some(cq)) = (started, self.classes.get_mut(&class)) {
+            let t = now.saturating_duration_since(s);
+            cq.service = Some(match cq.service {
+                Some(avg) => (avg * 3 + t) / 4,
+                None => t,
+            });
+        }
+        Some((class, idle_due))
+    }
+
+    /// The lease's worker ends it (it exits: `max_calls` reached): the
+    /// tasks still in flight on it never started and go back to the front
+    /// of their class's queue, in order.
+    pub(super) fn lease_ended_by_worker(&mut self, worker: WorkerId) {
+        let Some(lid) = self.by_worker.remove(&worker) else {
+            return;
+        };
+        let Some(l) = self.leases.remove(&lid) else {
+            return;
+        };
+        let cq = self.classes.entry(l.class.clone()).or_default();
+        cq.leases.retain(|x| *x != lid);
+        for t in l.inflight.iter().rev() {
+            if let Some(e) = self.tasks.get_mut(t) {
+                e.status = Status::Queued;
+                e.pushed = None;
+                cq.queue.push_front(*t);
+            }
+        }
+    }
+
     /// Gives back leases idle for longer than [`LEASE_IDLE`]; also says
     /// when the next idle lease falls due.
     pub(crate) fn return_idle_leases(&mut self, now: Instant, fx: &mut Effects) -> Option<Instant> {
@@ -460,6 +516,52 @@ mod tests {
         assert_eq!(fx.return_leases, vec![(lease, false)]);
         assert!(sub.leases.is_empty() && sub.by_worker.is_empty());
         assert!(sub.classes[&class].leases.is_empty());
+    }
+
+    /// A class learns its tasks' service time as they finish: once short,
+    /// the lease takes a pipeline of them instead of one at a time. A
+    /// worker that ends its lease (`max_calls`) hands its unstarted tasks
+    /// back to the front of the queue, in order.
+    #[test]
+    fn short_service_starts_pipelining_and_an_ended_lease_requeues_its_tasks() {
+        let (env, class, t0) = (env(), class(false), Instant::now());
+        let mut sub = Submitter::default();
+        let tasks = queue(&mut sub, &class, 5);
+        let mut fx = Effects::default();
+        sub.dispatch(&class, t0, &env, &mut fx);
+        let req = fx.lease_requests[0].req;
+        let (worker, lease) = (WorkerId::new(0, 4004), LeaseId::new(0, 6));
+        let mut fx = Effects::default();
+        sub.lease_granted(
+            req,
+            lease,
+            worker,
+            Some(ConnId::for_test(5)),
+            Vec::new(),
+            t0,
+            &env,
+            &mut fx,
+        );
+        assert_eq!(pushed(&fx).len(), 1, "service time unknown: one at a time");
+        let done = t0 + Duration::from_micros(80);
+        let (c, idle_due) = sub
+            .finished_on_lease(worker, tasks[0], Some(t0), done)
+            .expect("on a lease");
+        assert_eq!(c, class);
+        assert_eq!(idle_due, Some(done + LEASE_IDLE));
+        assert_eq!(sub.classes[&class].service, Some(Duration::from_micros(80)));
+        sub.tasks.remove(&tasks[0]);
+        let mut fx = Effects::default();
+        sub.dispatch(&class, done, &env, &mut fx);
+        let got: Vec<TaskId> = pushed(&fx).into_iter().map(|(_, _, t)| t).collect();
+        assert_eq!(got, tasks[1..].to_vec(), "the rest at once, in order");
+        sub.lease_ended_by_worker(worker);
+        let queued: Vec<TaskId> = sub.classes[&class].queue.iter().copied().collect();
+        assert_eq!(queued, tasks[1..].to_vec());
+        assert!(sub.leases.is_empty() && sub.by_worker.is_empty());
+        assert!(tasks[1..]
+            .iter()
+            .all(|t| sub.tasks[t].status == Status::Queued));
     }
 
     /// A grant nobody waits for goes back at once; one whose worker could

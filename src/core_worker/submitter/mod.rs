@@ -13,7 +13,7 @@
 //! of a class whose service time is unknown yet or long go one per worker,
 //! so a burst of long tasks asks for more leases (which the raylet may
 //! spill to other nodes) instead of queueing behind one worker. A lease
-//! idle for [`LEASE_IDLE`] goes back to the raylet.
+//! idle for [`leasing::LEASE_IDLE`] goes back to the raylet.
 //!
 //! A worker whose task blocks in `get` hands its not-yet-started tasks back
 //! (they are re-queued here and may get another lease), so pipelining never
@@ -48,7 +48,6 @@ mod actors;
 mod leasing;
 
 use actors::ActorQueue;
-pub(crate) use leasing::LEASE_IDLE;
 use leasing::{ClassQueue, Env, LeaseState};
 
 impl Env for CoreWorker {
@@ -776,31 +775,16 @@ impl CoreWorker {
             if let Some(q) = st.sub.actors.get_mut(&a) {
                 q.inflight.retain(|x| *x != task);
             }
-        } else if let Some(lid) = st.sub.by_worker.get(&from).copied() {
-            if let Some(l) = st.sub.leases.get_mut(&lid) {
-                l.inflight.retain(|x| *x != task);
-                let now = Instant::now();
-                let started = match (t.pushed, l.last_done) {
-                    (Some(p), Some(d)) => Some(p.max(d)),
-                    (p, _) => p,
-                };
-                l.last_done = Some(now);
-                if l.inflight.is_empty() {
-                    l.idle_since = Some(now);
-                    self.housekeeping_due(now + LEASE_IDLE);
-                }
-                let c = l.class.clone();
-                if let (Some(s), Some(cq)) = (started, st.sub.classes.get_mut(&c)) {
-                    let t = now - s;
-                    cq.service = Some(match cq.service {
-                        Some(avg) => (avg * 3 + t) / 4,
-                        None => t,
-                    });
+        } else if st.sub.by_worker.contains_key(&from) {
+            let now = Instant::now();
+            if let Some((c, idle_due)) = st.sub.finished_on_lease(from, task, t.pushed, now) {
+                if let Some(due) = idle_due {
+                    self.housekeeping_due(due);
                 }
                 class = Some(c);
             }
             if exiting {
-                self.lease_ended_by_worker(&mut st, from);
+                st.sub.lease_ended_by_worker(from);
             }
         }
         if !lost_args.is_empty() && !t.cancelled {
@@ -930,28 +914,6 @@ impl CoreWorker {
             Err(_) => {
                 self.mark_node_lost(node);
                 Some(info.name)
-            }
-        }
-    }
-
-    /// The leased worker `from` exits by itself (Ray's `max_calls`): its
-    /// lease ends with it (its raylet frees it when the process is gone),
-    /// and the tasks still in flight to it, which it never started, are
-    /// queued again without spending a retry.
-    fn lease_ended_by_worker(self: &Arc<Self>, st: &mut State, from: WorkerId) {
-        let Some(lid) = st.sub.by_worker.remove(&from) else {
-            return;
-        };
-        let Some(l) = st.sub.leases.remove(&lid) else {
-            return;
-        };
-        let cq = st.sub.classes.entry(l.class.clone()).or_default();
-        cq.leases.retain(|x| *x != lid);
-        for t in l.inflight.iter().rev() {
-            if let Some(e) = st.sub.tasks.get_mut(t) {
-                e.status = Status::Queued;
-                e.pushed = None;
-                cq.queue.push_front(*t);
             }
         }
     }
