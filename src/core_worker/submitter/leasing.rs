@@ -272,6 +272,47 @@ impl Submitter {
         }
     }
 
+    /// The lease's worker blocked in `get`/`wait` and handed back `tasks`
+    /// it had not started: the lease takes no more pushes until it
+    /// unblocks, and those tasks go back to the front of their queue, in
+    /// order, to run elsewhere. Returns the class to dispatch.
+    pub(super) fn lease_blocked(&mut self, worker: WorkerId, tasks: &[TaskId]) -> Option<SchedKey> {
+        let l = self.leases.get_mut(self.by_worker.get(&worker)?)?;
+        l.blocked = true;
+        l.inflight.retain(|t| !tasks.contains(t));
+        let class = l.class.clone();
+        for t in tasks.iter().rev() {
+            if let Some(e) = self.tasks.get_mut(t) {
+                e.status = Status::Queued;
+                self.classes
+                    .entry(class.clone())
+                    .or_default()
+                    .queue
+                    .push_front(*t);
+            }
+        }
+        Some(class)
+    }
+
+    /// The lease's worker is running again: it takes pushes again.
+    pub(super) fn lease_unblocked(&mut self, worker: WorkerId) -> Option<SchedKey> {
+        let l = self.leases.get_mut(self.by_worker.get(&worker)?)?;
+        l.blocked = false;
+        Some(l.class.clone())
+    }
+
+    /// The lease's worker is gone: the lease ends; returns its class and
+    /// the tasks that were in flight on it, in push order (for the shell
+    /// to retry or fail).
+    pub(super) fn lease_lost(&mut self, worker: WorkerId) -> Option<(SchedKey, Vec<TaskId>)> {
+        let lid = self.by_worker.remove(&worker)?;
+        let l = self.leases.remove(&lid)?;
+        if let Some(cq) = self.classes.get_mut(&l.class) {
+            cq.leases.retain(|x| *x != lid);
+        }
+        Some((l.class, l.inflight))
+    }
+
     /// Gives back leases idle for longer than [`LEASE_IDLE`]; also says
     /// when the next idle lease falls due.
     pub(crate) fn return_idle_leases(&mut self, now: Instant, fx: &mut Effects) -> Option<Instant> {
@@ -562,6 +603,51 @@ mod tests {
         assert!(tasks[1..]
             .iter()
             .all(|t| sub.tasks[t].status == Status::Queued));
+    }
+
+    /// A worker blocked in `get` hands back what it had not started: those
+    /// tasks go to the front of the queue, and its lease takes no pushes
+    /// until it unblocks (so nothing waits behind a task that waits). A
+    /// lost worker's lease ends with its in-flight tasks handed over.
+    #[test]
+    fn a_blocked_lease_takes_no_pushes_until_it_unblocks() {
+        let (env, class, now) = (env(), class(false), Instant::now());
+        let mut sub = Submitter::default();
+        let tasks = queue(&mut sub, &class, 4);
+        sub.classes.get_mut(&class).unwrap().service = Some(Duration::from_micros(10));
+        let mut fx = Effects::default();
+        sub.dispatch(&class, now, &env, &mut fx);
+        let req = fx.lease_requests[0].req;
+        let worker = WorkerId::new(0, 4005);
+        let mut fx = Effects::default();
+        sub.lease_granted(
+            req,
+            LeaseId::new(0, 7),
+            worker,
+            Some(ConnId::for_test(6)),
+            Vec::new(),
+            now,
+            &env,
+            &mut fx,
+        );
+        assert_eq!(pushed(&fx).len(), 4, "pipelined");
+        let c = sub.lease_blocked(worker, &tasks[1..]).expect("leased");
+        let queued: Vec<TaskId> = sub.classes[&c].queue.iter().copied().collect();
+        assert_eq!(queued, tasks[1..].to_vec(), "handed back, in order");
+        let mut fx = Effects::default();
+        sub.dispatch(&class, now, &env, &mut fx);
+        assert!(fx.sends.is_empty(), "a blocked lease takes nothing");
+        // They wait for the other leases already asked for (three of the
+        // first four requests are still out).
+        assert_eq!(sub.classes[&class].pending_requests, 3);
+        sub.lease_unblocked(worker).expect("leased");
+        let mut fx = Effects::default();
+        sub.dispatch(&class, now, &env, &mut fx);
+        assert_eq!(pushed(&fx).len(), 3);
+        let (c, inflight) = sub.lease_lost(worker).expect("leased");
+        assert_eq!((c, inflight), (class.clone(), tasks.clone()));
+        assert!(sub.leases.is_empty() && sub.classes[&class].leases.is_empty());
+        assert_eq!(sub.lease_unblocked(worker), None, "gone");
     }
 
     /// A grant nobody waits for goes back at once; one whose worker could

@@ -922,27 +922,9 @@ impl CoreWorker {
     pub(crate) fn tasks_returned(self: &Arc<Self>, from: WorkerId, tasks: Vec<TaskId>) {
         let mut fx = Effects::default();
         let mut st = self.lock();
-        let Some(lid) = st.sub.by_worker.get(&from).copied() else {
-            return;
-        };
-        let Some(l) = st.sub.leases.get_mut(&lid) else {
-            return;
-        };
-        l.blocked = true;
-        l.inflight.retain(|t| !tasks.contains(t));
-        let class = l.class.clone();
-        for t in tasks.iter().rev() {
-            if let Some(e) = st.sub.tasks.get_mut(t) {
-                e.status = Status::Queued;
-                st.sub
-                    .classes
-                    .entry(class.clone())
-                    .or_default()
-                    .queue
-                    .push_front(*t);
-            }
+        if let Some(class) = st.sub.lease_blocked(from, &tasks) {
+            self.dispatch(&mut st, &class, &mut fx);
         }
-        self.dispatch(&mut st, &class, &mut fx);
         drop(st);
         self.apply(fx);
     }
@@ -950,15 +932,9 @@ impl CoreWorker {
     pub(crate) fn worker_unblocked(self: &Arc<Self>, from: WorkerId) {
         let mut fx = Effects::default();
         let mut st = self.lock();
-        let Some(lid) = st.sub.by_worker.get(&from).copied() else {
-            return;
-        };
-        let Some(l) = st.sub.leases.get_mut(&lid) else {
-            return;
-        };
-        l.blocked = false;
-        let class = l.class.clone();
-        self.dispatch(&mut st, &class, &mut fx);
+        if let Some(class) = st.sub.lease_unblocked(from) {
+            self.dispatch(&mut st, &class, &mut fx);
+        }
         drop(st);
         self.apply(fx);
     }
@@ -970,54 +946,49 @@ impl CoreWorker {
         worker: WorkerId,
         fx: &mut Effects,
     ) {
-        if let Some(lid) = st.sub.by_worker.remove(&worker) {
-            if let Some(l) = st.sub.leases.remove(&lid) {
-                if let Some(cq) = st.sub.classes.get_mut(&l.class) {
-                    cq.leases.retain(|x| *x != lid);
-                }
-                for t in l.inflight.iter().rev() {
-                    let Some(e) = st.sub.tasks.get_mut(t) else {
-                        continue;
-                    };
-                    if e.cancelled {
-                        let err = Error::new(
-                            ErrorKind::Cancelled,
-                            format!("task `{}` was cancelled", e.spec.function),
-                        );
+        if let Some((class, inflight)) = st.sub.lease_lost(worker) {
+            for t in inflight.iter().rev() {
+                let Some(e) = st.sub.tasks.get_mut(t) else {
+                    continue;
+                };
+                if e.cancelled {
+                    let err = Error::new(
+                        ErrorKind::Cancelled,
+                        format!("task `{}` was cancelled", e.spec.function),
+                    );
+                    self.finish_failed(st, *t, &err, fx);
+                } else if e.retries_left > 0 {
+                    RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if e.retries_left != crate::core_worker::function_manager::RETRY_FOREVER {
+                        e.retries_left -= 1;
+                    }
+                    e.status = Status::Queued;
+                    st.sub
+                        .classes
+                        .entry(class.clone())
+                        .or_default()
+                        .queue
+                        .push_front(*t);
+                } else {
+                    let err = Error::new(
+                        ErrorKind::WorkerDied,
+                        format!(
+                            "the worker process running task `{}` died (worker {worker}); it was tried {} time(s) (max_retries = {})",
+                            e.spec.function,
+                            e.max_retries + 1,
+                            e.max_retries
+                        ),
+                    );
+                    if worker.node() == self.session.node_index {
                         self.finish_failed(st, *t, &err, fx);
-                    } else if e.retries_left > 0 {
-                        RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if e.retries_left != crate::core_worker::function_manager::RETRY_FOREVER {
-                            e.retries_left -= 1;
-                        }
-                        e.status = Status::Queued;
-                        st.sub
-                            .classes
-                            .entry(l.class.clone())
-                            .or_default()
-                            .queue
-                            .push_front(*t);
                     } else {
-                        let err = Error::new(
-                            ErrorKind::WorkerDied,
-                            format!(
-                                "the worker process running task `{}` died (worker {worker}); it was tried {} time(s) (max_retries = {})",
-                                e.spec.function,
-                                e.max_retries + 1,
-                                e.max_retries
-                            ),
-                        );
-                        if worker.node() == self.session.node_index {
-                            self.finish_failed(st, *t, &err, fx);
-                        } else {
-                            // On another node: whether that node is gone
-                            // (NodeDied) is found out after the lock.
-                            fx.worker_deaths.push((*t, worker, err));
-                        }
+                        // On another node: whether that node is gone
+                        // (NodeDied) is found out after the lock.
+                        fx.worker_deaths.push((*t, worker, err));
                     }
                 }
-                self.dispatch(st, &l.class, fx);
             }
+            self.dispatch(st, &class, fx);
         }
         let actors: Vec<ActorId> = st
             .sub
