@@ -39,9 +39,11 @@ impl CoreWorker {
             transport::read_loop(stream, |msg| match (&from, msg) {
                 (None, Msg::Peer(PeerMsg::Hello { from: f })) => from = Some(f),
                 (Some(f), Msg::Peer(msg)) => me.handle_peer(*f, &conn, msg),
-                // Only core worker messages come to a core worker's
-                // listener, after a `Hello`.
-                _ => conn.close(),
+                // Only core worker messages are served here (another
+                // service's is ignored, as an unexpected one always was);
+                // nothing is, before a `Hello`.
+                (Some(_), _) => {}
+                (None, _) => conn.close(),
             })
         });
         if let Some(f) = from {
@@ -81,8 +83,9 @@ impl CoreWorker {
             "rustray-peer-out",
             move |m| match m {
                 Msg::Peer(m) => me.handle_peer(worker, &c2, m),
-                // A core worker answers with core worker messages only.
-                _ => c2.close(),
+                // A core worker answers with core worker messages only:
+                // another service's is ignored.
+                _ => {}
             },
             move || me2.peer_gone(worker, true),
         )

@@ -21,7 +21,7 @@
 use super::Gcs;
 use crate::error::{Error, Result};
 use crate::ids::random_u64;
-use crate::protocol::{FromGcs, ToGcs};
+use crate::protocol::{FromGcs, Message, ToGcs};
 use crate::resources::ResourceSet;
 use crate::session::{Config, Session};
 use crate::transport::{self, Conn, Endpoint, Msg, NodeInfo, ResourceReport, Stream};
@@ -623,7 +623,7 @@ fn period(
             report,
             view_version: n.version,
         };
-        t.bytes_in += 4 + crate::codec::encode(&msg)?.len() as u64;
+        t.bytes_in += 4 + crate::codec::encode(&msg.wire())?.len() as u64;
         if n.conn.send(&msg).is_err() {
             n.lost = true;
             continue;
@@ -689,7 +689,6 @@ fn ensure_descriptors(nodes: usize, per_node: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Message;
 
     /// A whole view's version is read from its head; deltas and other
     /// messages are left to the full decode.
