@@ -15,6 +15,11 @@
 //! - `node_death_propagation_ms`: a hung node's last report until every
 //!   other of 1,024 nodes sees it dead (target: the 5 s health-check bound
 //!   plus 100 ms).
+//! - `actor_create_per_s`: actors created per second by 8 simulated core
+//!   workers (one at a time each) while 1,024 simulated nodes report: the
+//!   GCS places each, leases a worker from the node's raylet (played by
+//!   the simulation) and has the constructor's round trip; `n` is the
+//!   actors created (at most 2,000).
 //!
 //! - `sched_sim_placements_per_s`: the scheduler alone, sans IO on a
 //!   simulated clock (`run_sched_sim`: one lease manager per node, the
@@ -70,9 +75,10 @@ fn main() {
         sizes.clear();
     }
     let mut failed = false;
+    let sizes_for_actors = sizes.clone();
     for n in sizes {
         let death = n == 1024;
-        let r: NodeSimReport = match run_node_sim(n, SECONDS, CHURN, death, true) {
+        let r: NodeSimReport = match run_node_sim(n, SECONDS, CHURN, death, false, true) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("[bench-scale] {n} simulated nodes: {e}");
@@ -94,6 +100,29 @@ fn main() {
         row("cluster_join_view_s", "s", r.join_settle_s, &r);
         if let Some(ms) = r.death_propagation_ms {
             row("node_death_propagation_ms", "ms", ms, &r);
+        }
+    }
+    // Actor creation at 1,024 simulated nodes: simulated core workers ask
+    // the GCS for actors while every node reports (a run of its own, so
+    // the rows above measure the reports alone).
+    if sizes_for_actors.contains(&1024) {
+        match run_node_sim(1024, SECONDS, CHURN, false, true, true) {
+            Ok(r) => {
+                eprintln!("[bench-scale] {r:?}");
+                println!(
+                    "{{\"scenario\": \"actor_create_per_s\", \"unit\": \"actors/s\", \"value\": {:.1}, \"n\": {}, \"reps\": 1, \"impl\": \"rustray-{}\", \"extra\": {{\"simulated_nodes\": 1024, \"churn\": {CHURN}, \"median_ms\": {:.3}, \"gcs_cpu_pct\": {:.1}, \"nodes_lost\": {}, \"note\": \"the GCS's side: placement on the view, a lease from the node's raylet, the constructor's round trip (simulated hosts: no worker process starts)\"}}}}",
+                    r.actor_create_per_s.unwrap_or(0.0),
+                    r.actors_created,
+                    env!("CARGO_PKG_VERSION"),
+                    r.actor_create_median_ms.unwrap_or(0.0),
+                    r.gcs_cpu_pct,
+                    r.nodes_lost
+                );
+            }
+            Err(e) => {
+                eprintln!("[bench-scale] actor creation on 1024 simulated nodes: {e}");
+                failed = true;
+            }
         }
     }
     // The scheduler alone (sans IO, simulated clock): a burst of one-CPU

@@ -18,6 +18,8 @@
 //! asked, how long a hung node (its connection open, its reports stopped)
 //! takes to be seen dead by every other node.
 
+mod actors;
+
 use super::Gcs;
 use crate::error::{Error, Result};
 use crate::ids::random_u64;
@@ -61,6 +63,13 @@ pub struct NodeSimReport {
     /// Nodes whose connection the GCS closed (declared dead) during the run,
     /// the victim aside: reports that came too late, a GCS overloaded.
     pub nodes_lost: usize,
+    /// With actors: actors created per second during the steady phase
+    /// (see `sim/actors.rs`), how many, and the median creation latency.
+    pub actor_create_per_s: Option<f64>,
+    /// Actors created.
+    pub actors_created: usize,
+    /// Median time from asking for an actor to its answer, ms.
+    pub actor_create_median_ms: Option<f64>,
 }
 
 /// One simulated raylet.
@@ -87,7 +96,9 @@ struct Traffic {
 /// Runs `nodes` simulated raylets against a GCS for `seconds` of
 /// reporting, `churn` (0 to 1) of them changing their resources each
 /// period; then, with `death`, stops one node's reports and waits until
-/// every other node sees it dead. The GCS runs in this process, or with
+/// every other node sees it dead; with `actors`, simulated core workers
+/// create actors during the steady phase (so the GCS's CPU figures then
+/// include that work). The GCS runs in this process, or with
 /// `apart` in a child process (this same program, which must call
 /// [`serve_sim_gcs_if_asked`] first thing in `main`): each process then
 /// has its own open-file limit, and the GCS's CPU time is its process's.
@@ -96,6 +107,7 @@ pub fn run_node_sim(
     seconds: f64,
     churn: f64,
     death: bool,
+    actors: bool,
     apart: bool,
 ) -> Result<NodeSimReport> {
     if !(1..=u16::MAX as usize).contains(&nodes) || !(0.0..=1.0).contains(&churn) {
@@ -123,6 +135,7 @@ pub fn run_node_sim(
         seconds,
         churn,
         death,
+        actors,
         &mut || match &mut gcs {
             SimGcs::Child(c) => (c.cpu_seconds(), false),
             SimGcs::Here(..) => (cpu_seconds(UsageWho::RUSAGE_SELF), true),
@@ -280,9 +293,17 @@ fn drive(
     seconds: f64,
     churn: f64,
     death: bool,
+    actors: bool,
     cpu: &mut dyn FnMut() -> (f64, bool),
 ) -> Result<NodeSimReport> {
     let drivers = DRIVERS.min(nodes);
+    // The nodes' raylet port, where the GCS leases workers for actors
+    // (a port nothing listens on without actors).
+    let hosts = actors
+        .then(|| actors::ActorHosts::start(*secret, nodes))
+        .transpose()?;
+    let raylet_port = hosts.as_ref().map_or(9, |h| h.raylet_port);
+    let mut created = None;
     let victim = death.then_some(nodes as u16 - 1).filter(|_| nodes > 1);
     let t0 = Instant::now();
     // Every thread registers its share of the nodes; once all are in, the
@@ -301,7 +322,7 @@ fn drive(
                 s.spawn(move || -> Outcome {
                     let group: Result<Vec<SimNode>> = (d..nodes)
                         .step_by(drivers)
-                        .map(|i| register(endpoint, secret, i as u16))
+                        .map(|i| register(endpoint, secret, i as u16, raylet_port))
                         .collect();
                     registered.wait();
                     let mut group = group?;
@@ -331,6 +352,9 @@ fn drive(
         // The GCS's CPU time over the steady phase.
         std::thread::sleep(settle_end.saturating_duration_since(Instant::now()));
         let (c0, s0) = cpu();
+        if actors {
+            created = Some(actors::create_actors(endpoint, secret, steady_end));
+        }
         std::thread::sleep(steady_end.saturating_duration_since(Instant::now()));
         cpu_steady = cpu().0 - c0;
         shared = s0;
@@ -342,6 +366,8 @@ fn drive(
             })
             .collect()
     });
+    let made = created.transpose()?;
+    drop(hosts);
     let p = phases
         .get()
         .copied()
@@ -390,6 +416,9 @@ fn drive(
         reports_per_s: steady.reports as f64 / wall,
         death_propagation_ms,
         nodes_lost: lost,
+        actor_create_per_s: made.map(|c| c.actors as f64 / c.seconds.max(1e-9)),
+        actors_created: made.map_or(0, |c| c.actors),
+        actor_create_median_ms: made.map(|c| c.median_ms),
     })
 }
 
@@ -475,12 +504,12 @@ fn pace(next: Instant) -> Instant {
 }
 
 /// What simulated node `index` registers as.
-fn sim_node(index: u16, total: ResourceSet) -> NodeInfo {
+fn sim_node(index: u16, total: ResourceSet, raylet_port: u16) -> NodeInfo {
     NodeInfo {
         index,
         name: format!("sim-{index}"),
         ip: std::net::IpAddr::from([127, 0, 0, 1]),
-        raylet_port: 9,
+        raylet_port,
         available: total.clone(),
         total,
         alive: true,
@@ -494,7 +523,12 @@ fn sim_node(index: u16, total: ResourceSet) -> NodeInfo {
 }
 
 /// Connects node `index` and registers it, as a raylet does.
-fn register(endpoint: &Endpoint, secret: &crate::transport::Secret, index: u16) -> Result<SimNode> {
+fn register(
+    endpoint: &Endpoint,
+    secret: &crate::transport::Secret,
+    index: u16,
+    raylet_port: u16,
+) -> Result<SimNode> {
     let stream = endpoint.connect(secret)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -503,7 +537,7 @@ fn register(endpoint: &Endpoint, secret: &crate::transport::Secret, index: u16) 
     let total = ResourceSet::new().with("CPU", NODE_CPUS)?;
     conn.send(&ToGcs::RegisterNode {
         req: index as u64,
-        info: sim_node(index, total),
+        info: sim_node(index, total, raylet_port),
     })?;
     let mut reader = BufReader::new(stream);
     match read(&mut reader)?.0 {
@@ -694,7 +728,7 @@ mod tests {
     /// messages are left to the full decode.
     #[test]
     fn a_whole_views_version_is_read_from_its_head() {
-        let node = |i: u16| sim_node(i, ResourceSet::new());
+        let node = |i: u16| sim_node(i, ResourceSet::new(), 9);
         let whole = FromGcs::ClusterView {
             version: 123_456_789,
             joined: (0..4096).map(node).collect(),
@@ -731,7 +765,7 @@ mod tests {
     /// health-check bound plus a report period or two.
     #[test]
     fn simulated_nodes_report_and_see_a_hung_node_die() {
-        let quiet = run_node_sim(16, 1.0, 0.0, false, false).expect("simulation runs");
+        let quiet = run_node_sim(16, 1.0, 0.0, false, false, false).expect("simulation runs");
         assert_eq!(quiet.nodes, 16);
         assert!(quiet.reports_per_s > 16.0 * 5.0, "{quiet:?}");
         // Nothing changes: each answer is an empty delta.
@@ -739,7 +773,7 @@ mod tests {
             quiet.gcs_bytes_out_mb_per_s * 1e6 / quiet.reports_per_s < 40.0,
             "{quiet:?}"
         );
-        let busy = run_node_sim(16, 1.0, 1.0, true, false).expect("simulation runs");
+        let busy = run_node_sim(16, 1.0, 1.0, true, false, false).expect("simulation runs");
         let ms = busy.death_propagation_ms.expect("measured");
         let bound = super::super::NODE_TIMEOUT.as_secs_f64() * 1e3;
         assert!(ms >= bound - 50.0 && ms < bound + 1500.0, "{busy:?}");
@@ -747,5 +781,21 @@ mod tests {
             busy.gcs_bytes_out_mb_per_s > quiet.gcs_bytes_out_mb_per_s * 4.0,
             "churn sends deltas: {busy:?} against {quiet:?}"
         );
+    }
+
+    /// Simulated core workers create actors on simulated nodes while the
+    /// nodes report: the GCS places each on its view, leases a worker from
+    /// the node's (simulated) raylet and has the constructor run there;
+    /// every creation is answered, and the nodes stay alive meanwhile.
+    #[test]
+    fn simulated_core_workers_create_actors() {
+        let r = run_node_sim(16, 1.0, 0.5, false, true, false).expect("simulation runs");
+        assert!(r.actors_created >= 20, "{r:?}");
+        assert!(r.actors_created <= actors::ACTORS_MAX, "{r:?}");
+        assert!(r.actor_create_per_s.is_some_and(|x| x > 0.0), "{r:?}");
+        assert!(r.actor_create_median_ms.is_some_and(|x| x > 0.0), "{r:?}");
+        assert_eq!(r.nodes_lost, 0, "{r:?}");
+        let none = run_node_sim(4, 0.3, 0.0, false, false, false).expect("simulation runs");
+        assert_eq!((none.actors_created, none.actor_create_per_s), (0, None));
     }
 }
