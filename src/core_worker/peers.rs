@@ -81,11 +81,12 @@ impl CoreWorker {
         let (me, me2, c2) = (self.clone(), self.clone(), conn.clone());
         dialed.serve(
             "rustray-peer-out",
-            move |m| match m {
-                Msg::Peer(m) => me.handle_peer(worker, &c2, m),
+            move |m| {
                 // A core worker answers with core worker messages only:
                 // another service's is ignored.
-                _ => {}
+                if let Msg::Peer(m) = m {
+                    me.handle_peer(worker, &c2, m);
+                }
             },
             move || me2.peer_gone(worker, true),
         )

@@ -286,6 +286,7 @@ impl ChildGcs {
 /// Drives the simulated nodes; `cpu` reads the GCS's CPU seconds so far,
 /// and whether the simulating threads' own time is to be taken off (a
 /// GCS in this process).
+#[allow(clippy::too_many_arguments)]
 fn drive(
     endpoint: &Endpoint,
     secret: &crate::transport::Secret,
