@@ -93,6 +93,18 @@ pub fn hostile_frames(to: Peer, not_a_worker: u32) -> Result<Vec<Vec<u8>>> {
     let huge = ResourceSet::new().with("CPU", 1e15)?;
     let sets: Vec<Vec<Msg>> = match to {
         Peer::Raylet => vec![
+            // Through the raylet, what only a raylet or the launcher may
+            // tell the GCS: stopping the cluster, a process gone, a node
+            // joining again.
+            vec![
+                Msg::ToRaylet(ToRaylet::Gcs(ToGcs::StopCluster)),
+                Msg::ToRaylet(ToRaylet::Gcs(ToGcs::OwnerGone { worker: stranger })),
+                Msg::ToRaylet(ToRaylet::Gcs(ToGcs::ReportResources {
+                    node: 0,
+                    report: None,
+                    view_version: u64::MAX,
+                })),
+            ],
             vec![
                 Msg::ToRaylet(ToRaylet::Register {
                     worker: stranger,

@@ -543,13 +543,22 @@ fn messages() -> Vec<Msg> {
             req: 31,
             result: Ok(oid(9)),
         }),
+        Msg::ToRaylet(ToRaylet::Gcs(ToGcs::LookupActor {
+            req: 32,
+            by: ActorLookup::Name(NamedActor {
+                namespace: "ns".into(),
+                name: "forwarded".into(),
+            }),
+            wait: true,
+        })),
+        Msg::FromRaylet(FromRaylet::Gcs(FromGcs::ActorKilled { req: 33 })),
     ]
 }
 
 /// Messages by variant, through an exhaustive match: a new variant does not
 /// compile until it is numbered here, and then
 /// `every_message_variant_has_a_fuzz_seed` wants a seed of it.
-const VARIANTS: usize = 64;
+const VARIANTS: usize = 66;
 
 fn variant(m: &Msg) -> usize {
     match m {
@@ -617,6 +626,8 @@ fn variant(m: &Msg) -> usize {
         Msg::Peer(PeerMsg::ActorCreated { .. }) => 61,
         Msg::Peer(PeerMsg::StageDeviceObject { .. }) => 62,
         Msg::Peer(PeerMsg::DeviceObjectStaged { .. }) => 63,
+        Msg::ToRaylet(ToRaylet::Gcs(_)) => 64,
+        Msg::FromRaylet(FromRaylet::Gcs(_)) => 65,
     }
 }
 

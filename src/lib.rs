@@ -130,6 +130,11 @@ pub mod __private {
         use std::sync::atomic::Ordering::Relaxed;
         (RETRIES.load(Relaxed), RECONSTRUCTIONS.load(Relaxed))
     }
+    /// The address of this cluster's GCS (for tests that count its
+    /// connections).
+    pub fn gcs_address() -> crate::Result<std::net::SocketAddr> {
+        Ok(crate::core_worker::current()?.session.gcs)
+    }
     pub use crate::fabric::ceiling::{raw_fi_read_gb_per_s, raw_fi_read_slurm_app};
     pub use crate::gcs::sim::{run_node_sim, serve_sim_gcs_if_asked, NodeSimReport};
     pub use crate::scheduler::sim::{run_sched_sim, SchedSimReport};

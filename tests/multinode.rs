@@ -68,6 +68,60 @@ fn three_nodes_with(cfg: Config) -> Vec<rustray::Node> {
     nodes
 }
 
+/// Connections established to `port` on this host, counted at the
+/// listening end (IPv4 and IPv6 tables).
+fn connections_to(port: u16) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local address, remote address, state (01: established)
+            f.len() > 3
+                && f[3] == "01"
+                && f[1].rsplit(':').next() == Some(&format!("{port:04X}"))
+        })
+        .count()
+}
+
+#[rustray::remote]
+fn node_table_size(_i: u64) -> usize {
+    rustray::nodes().expect("node table").len()
+}
+
+/// Ray's GCS scaling concern: core workers reach the GCS through their
+/// node's raylet, so the GCS holds one connection per node however many
+/// processes ask it things (the node table, from workers on every node,
+/// and the driver's own calls).
+fn test_gcs_holds_one_connection_per_node() {
+    let nodes = three_nodes();
+    let gcs = rustray::__private::gcs_address().expect("gcs address");
+    let refs: Vec<_> = (0..9u64)
+        .map(|i| {
+            node_table_size::options()
+                .num_cpus(0.25)
+                .scheduling_strategy(SchedulingStrategy::Spread)
+                .remote(i)
+                .unwrap()
+        })
+        .collect();
+    let sizes = rustray::get_all(&refs).expect("node tables");
+    assert!(sizes.iter().all(|n| *n == nodes.len()), "{sizes:?}");
+    let w = Where::options()
+        .name("gcs-connections")
+        .remote(())
+        .expect("named actor");
+    let found = rustray::get_actor::<Where>("gcs-connections").expect("by name");
+    rustray::get(&found.call()).expect("call");
+    drop(w);
+    assert_eq!(
+        connections_to(gcs.port()),
+        nodes.len(),
+        "connections to the GCS at {gcs}"
+    );
+}
+
 fn pin(node: &rustray::Node) -> String {
     format!("node:{}", node.name)
 }
@@ -1401,6 +1455,10 @@ fn test_fabric_provider_cannot_open() {
 fn main() {
     common::enter_cluster_role();
     common::run(&[
+        (
+            "test_gcs_holds_one_connection_per_node",
+            test_gcs_holds_one_connection_per_node,
+        ),
         ("test_spill_remote_object", test_spill_remote_object),
         (
             "test_actors_restart_when_their_node_is_lost_hung",

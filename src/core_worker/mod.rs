@@ -203,6 +203,7 @@ pub(crate) struct CoreWorker {
     /// a closing connection fails them at once) and where the reply goes.
     replies: Mutex<HashMap<u64, (ConnId, mpsc::Sender<Msg>)>>,
     peers: Mutex<HashMap<WorkerId, Arc<Conn>>>,
+    /// The connection for GCS requests (to this node's raylet).
     gcs: Mutex<Option<Arc<Conn>>>,
     /// Connections to other nodes' raylets (leases there, frees there).
     remote_raylets: Mutex<HashMap<u16, Arc<Conn>>>,
@@ -406,11 +407,11 @@ impl CoreWorker {
             }
         }
         for id in fx.actors_out_of_scope {
-            match self.gcs_conn() {
-                Ok(c) => {
-                    let _ = c.send(&ToGcs::ActorOutOfScope { id });
-                }
-                Err(e) => log!("cannot end actor {id:?}, out of scope: {e}"),
+            let sent = self
+                .gcs_conn()
+                .and_then(|c| c.send(&ToRaylet::Gcs(ToGcs::ActorOutOfScope { id })));
+            if let Err(e) = sent {
+                log!("cannot end actor {id:?}, out of scope: {e}");
             }
         }
         for actor in fx.resolve_actors {

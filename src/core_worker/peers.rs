@@ -111,12 +111,19 @@ impl CoreWorker {
         }
     }
 
+    /// The connection for requests to the GCS: to this node's raylet, which
+    /// forwards them on the node's one GCS connection (see
+    /// `raylet::gcs_proxy`). A connection of its own, read by a thread of
+    /// its own: a GCS request made while handling the raylet's messages
+    /// (a spillback to a node not in the cache yet) must not wait for an
+    /// answer that would arrive behind it on the same connection.
     pub(super) fn gcs_conn(self: &Arc<Self>) -> Result<Arc<Conn>> {
         let mut g = self.gcs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = g.as_ref() {
             return Ok(c.clone());
         }
-        let dialed = transport::dial(&self.session.gcs_endpoint(), &self.session.secret)?;
+        let raylet = Endpoint::Unix(self.session.raylet_socket());
+        let dialed = transport::dial(&raylet, &self.session.secret)?;
         let (me, me2, c2) = (self.clone(), self.clone(), dialed.conn.clone());
         let conn = dialed.serve(
             "rustray-gcs",
@@ -328,13 +335,20 @@ impl CoreWorker {
             .map_err(|m| Error::invalid(format!("{what}: answered with {}", m.service())))
     }
 
+    /// A request to the GCS, through this node's raylet (see
+    /// [`CoreWorker::gcs_conn`]).
     pub(crate) fn gcs_call(
         self: &Arc<Self>,
         build: impl FnOnce(u64) -> ToGcs,
         what: &str,
     ) -> Result<FromGcs> {
         let conn = self.gcs_conn()?;
-        self.call(&conn, build, what)
+        match self.call(&conn, |req| ToRaylet::Gcs(build(req)), what)? {
+            FromRaylet::Gcs(answer) => Ok(answer),
+            other => Err(Error::invalid(format!(
+                "{what}: the raylet answered {other:?}"
+            ))),
+        }
     }
 
     pub(crate) fn raylet_call(

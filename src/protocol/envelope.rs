@@ -76,23 +76,84 @@ impl Msg {
     /// The request number an answer echoes, when it is one.
     pub(crate) fn answers(&self) -> Option<u64> {
         match self {
+            Msg::FromRaylet(FromRaylet::Gcs(m)) => m.req(),
             Msg::FromRaylet(
                 FromRaylet::ObjectCreated { req, .. }
                 | FromRaylet::ObjectPulled { req, .. }
                 | FromRaylet::ObjectsPinned { req, .. }
                 | FromRaylet::StoreStats { req, .. },
             ) => Some(*req),
-            Msg::FromGcs(
-                FromGcs::Nodes { req, .. }
-                | FromGcs::ActorRegistered { req, .. }
-                | FromGcs::ActorLookedUp { req, .. }
-                | FromGcs::NamedActors { req, .. }
-                | FromGcs::ActorKilled { req },
-            ) => Some(*req),
+            Msg::FromGcs(m) => m.req(),
             Msg::Peer(
                 PeerMsg::BorrowAdded { req, .. } | PeerMsg::DeviceObjectStaged { req, .. },
             ) => Some(*req),
             _ => None,
+        }
+    }
+}
+
+impl ToGcs {
+    /// Whether a raylet forwards this request for one of its core workers
+    /// ([`ToRaylet::Gcs`]): what a core worker asks of the GCS, not what
+    /// only a raylet or the launcher may say (joining, reporting, a
+    /// process gone, stopping the cluster).
+    pub(crate) fn forwardable(&self) -> bool {
+        matches!(
+            self,
+            ToGcs::GetNodes { .. }
+                | ToGcs::RegisterActor { .. }
+                | ToGcs::ListNamedActors { .. }
+                | ToGcs::LookupActor { .. }
+                | ToGcs::KillActor { .. }
+                | ToGcs::ExitActor { .. }
+                | ToGcs::ActorOutOfScope { .. }
+        )
+    }
+
+    /// The request's number, when it expects an answer (a forwarding
+    /// raylet gives it one of its own).
+    pub(crate) fn req_mut(&mut self) -> Option<&mut u64> {
+        match self {
+            ToGcs::RegisterNode { req, .. }
+            | ToGcs::GetNodes { req }
+            | ToGcs::RegisterActor { req, .. }
+            | ToGcs::ListNamedActors { req, .. }
+            | ToGcs::LookupActor { req, .. }
+            | ToGcs::KillActor { req, .. }
+            | ToGcs::ExitActor { req, .. } => Some(req),
+            ToGcs::ReportResources { .. }
+            | ToGcs::StopCluster
+            | ToGcs::ActorOutOfScope { .. }
+            | ToGcs::OwnerGone { .. } => None,
+        }
+    }
+}
+
+impl FromGcs {
+    /// The request number the answer echoes (none for a view update).
+    pub(crate) fn req(&self) -> Option<u64> {
+        match self {
+            FromGcs::NodeRegistered { req, .. }
+            | FromGcs::Nodes { req, .. }
+            | FromGcs::ActorRegistered { req, .. }
+            | FromGcs::ActorLookedUp { req, .. }
+            | FromGcs::NamedActors { req, .. }
+            | FromGcs::ActorKilled { req } => Some(*req),
+            FromGcs::ClusterView { .. } => None,
+        }
+    }
+
+    /// [`FromGcs::req`], to set (a forwarding raylet restores the
+    /// asker's number).
+    pub(crate) fn req_mut(&mut self) -> Option<&mut u64> {
+        match self {
+            FromGcs::NodeRegistered { req, .. }
+            | FromGcs::Nodes { req, .. }
+            | FromGcs::ActorRegistered { req, .. }
+            | FromGcs::ActorLookedUp { req, .. }
+            | FromGcs::NamedActors { req, .. }
+            | FromGcs::ActorKilled { req } => Some(req),
+            FromGcs::ClusterView { .. } => None,
         }
     }
 }

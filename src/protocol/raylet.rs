@@ -1,7 +1,9 @@
 //! The raylet's service: what a node's core workers ask of their raylet
 //! (leases, store blocks, pulls from other nodes, pins) and what it sends
 //! back (grants, spillbacks, answers, retirement, node deaths). The GCS
-//! uses the same requests when it leases a worker for an actor.
+//! uses the same requests when it leases a worker for an actor. A core
+//! worker's requests for the GCS go through its raylet too ([`ToRaylet::Gcs`]),
+//! so the GCS holds one connection per node, not one per process.
 
 use super::*;
 
@@ -81,12 +83,19 @@ pub(crate) enum ToRaylet {
     },
     /// The driver asks for an orderly shutdown of the node.
     Shutdown,
+    /// A request for the GCS, forwarded on the raylet's own GCS connection
+    /// (the requests a core worker makes: the node table, actors, names);
+    /// its answer comes back as [`FromRaylet::Gcs`], with the sender's
+    /// `req`.
+    Gcs(ToGcs),
 }
 
 /// A raylet's answers to [`ToRaylet`] requests, and what it tells its
 /// core workers unasked.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum FromRaylet {
+    /// The GCS's answer to a forwarded [`ToRaylet::Gcs`] request.
+    Gcs(FromGcs),
     LeaseGranted {
         req: u64,
         lease: LeaseId,

@@ -31,6 +31,7 @@
 //! a dedicated TCP connection, reading straight into the arena; copies are
 //! shared by every reader on the node and freed when the last unpins.
 
+mod gcs_proxy;
 mod pull;
 mod store;
 
@@ -174,6 +175,8 @@ struct Raylet {
     fabric_wedged: std::sync::atomic::AtomicBool,
     /// The connection to the GCS, once registered.
     gcs: std::sync::OnceLock<Arc<Conn>>,
+    /// Core workers' requests forwarded to the GCS, waiting for answers.
+    gcs_proxy: gcs_proxy::GcsProxy,
     /// Signalled (with `state`'s lock) when a spill or restore ends.
     room: std::sync::Condvar,
     /// Where this node's spilled objects go.
@@ -350,6 +353,7 @@ fn run(session: Session) -> Result<()> {
         fabric_forced: session.config.transport_choice()? == crate::fabric::Transport::Fabric,
         fabric_wedged: Default::default(),
         gcs: std::sync::OnceLock::new(),
+        gcs_proxy: gcs_proxy::GcsProxy::default(),
         room: std::sync::Condvar::new(),
         spill: session.spill_dir(),
         spawns,
@@ -451,15 +455,14 @@ impl Raylet {
         let (r, r2) = (self.clone(), self.clone());
         dialed.serve(
             "raylet-gcs",
-            move |m| {
-                if let Msg::FromGcs(FromGcs::ClusterView {
+            move |m| match m {
+                Msg::FromGcs(FromGcs::ClusterView {
                     version,
                     joined,
                     changed,
-                }) = m
-                {
-                    r.cluster_view(version, joined, changed);
-                }
+                }) => r.cluster_view(version, joined, changed),
+                Msg::FromGcs(answer) => r.gcs_answered(answer),
+                _ => {}
             },
             move || r2.shutdown("the GCS connection closed"),
         )?;
@@ -894,6 +897,10 @@ impl Raylet {
                 drop(st);
                 self.shutdown("the driver asked for shutdown");
             }
+            ToRaylet::Gcs(m) => {
+                drop(st);
+                self.forward_to_gcs(client, m);
+            }
         }
     }
 
@@ -965,7 +972,44 @@ impl Raylet {
         }
     }
 
+    /// A core worker's request for the GCS goes out on this raylet's GCS
+    /// connection (see `gcs_proxy`).
+    fn forward_to_gcs(&self, client: ClientId, mut m: ToGcs) {
+        let Some(gcs) = self.gcs.get() else {
+            return; // not registered yet: no core worker is either
+        };
+        match self.gcs_proxy.outgoing(client, &mut m) {
+            Ok(mine) => {
+                if gcs.send(&m).is_err() {
+                    if let Some(r) = mine {
+                        self.gcs_proxy.unsent(r);
+                    }
+                }
+            }
+            Err(gcs_proxy::Refused::NotForwardable) => {
+                log!("raylet: a client's request not forwarded to the GCS (only a raylet may send it)");
+            }
+            Err(gcs_proxy::Refused::Full) => log!(
+                "raylet: {} requests already wait for the GCS; one more refused",
+                gcs_proxy::MAX_FORWARDED
+            ),
+        }
+    }
+
+    /// The GCS answered a forwarded request: back to its asker, without
+    /// blocking this connection's reader (cluster views come on it too).
+    fn gcs_answered(&self, answer: FromGcs) {
+        let Some((client, answer)) = self.gcs_proxy.incoming(answer) else {
+            return;
+        };
+        let conn = self.lock().clients.get(&client).map(|c| c.conn.clone());
+        if let Some(c) = conn {
+            let _ = c.post(&FromRaylet::Gcs(answer));
+        }
+    }
+
     fn client_gone(&self, client: ClientId) {
+        self.gcs_proxy.client_gone(client);
         let mut st = self.lock();
         let Some(c) = st.clients.remove(&client) else {
             return;
