@@ -415,29 +415,14 @@ impl CoreWorker {
                 fx.free_offsets.push((node, offset));
             }
         }
-        let actor = spec.actor;
-        st.sub.tasks.insert(
-            tid,
-            TaskEntry {
-                spec,
-                deps: Vec::new(),
-                keep,
-                handle,
-                target,
-                key: None,
-                retries_left,
-                max_retries,
-                status: Status::WaitingDeps,
-                cancelled: false,
-                pushed: None,
-                retry_exceptions,
-                arg_ids: arg_ids.clone(),
-            },
-        );
-        if let Some(a) = actor {
-            st.sub.queue_actor_call(a, tid);
-        }
-        self.resolve_deps(st, tid, arg_ids, fx);
+        let entry = TaskEntry {
+            retries_left,
+            max_retries,
+            retry_exceptions,
+            arg_ids,
+            ..TaskEntry::waiting(spec, keep, handle, target)
+        };
+        self.enqueue(st, tid, entry, fx);
         Ok(pinned)
     }
 

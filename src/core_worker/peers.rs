@@ -112,8 +112,8 @@ impl CoreWorker {
     }
 
     /// The connection for requests to the GCS: to this node's raylet, which
-    /// forwards them on the node's one GCS connection (see
-    /// `raylet::gcs_proxy`). A connection of its own, read by a thread of
+    /// forwards them (see `raylet::gcs_proxy`): the GCS holds connections
+    /// per node, not per process. A connection of its own, read by a thread of
     /// its own: a GCS request made while handling the raylet's messages
     /// (a spillback to a node not in the cache yet) must not wait for an
     /// answer that would arrive behind it on the same connection.

@@ -115,11 +115,17 @@ pub fn run_node_sim(
             "node simulation: {nodes} nodes and churn {churn} (1 to 65535 nodes, churn 0 to 1)"
         )));
     }
+    // Each actor: its host's connections here, the GCS's watch there.
+    let per_actor = if actors {
+        actors::ACTORS_MAX as u64 * 4
+    } else {
+        0
+    };
     let mut gcs = if apart {
-        ensure_descriptors(nodes, 2)?;
+        ensure_descriptors(nodes, 3, per_actor)?;
         SimGcs::Child(ChildGcs::spawn(nodes)?)
     } else {
-        ensure_descriptors(nodes, 6)?;
+        ensure_descriptors(nodes, 6, 2 * per_actor)?;
         let base = Session::new_cluster(Config::new(), true)?;
         let gcs = Gcs::start(base.for_node(0, "sim-gcs")?)?;
         SimGcs::Here(Endpoint::Tcp(gcs.addr()), base.secret, gcs)
@@ -181,7 +187,7 @@ pub fn serve_sim_gcs_if_asked() {
 
 fn serve_sim_gcs(nodes: usize) -> Result<()> {
     use std::io::{BufRead, Write};
-    ensure_descriptors(nodes, 4)?;
+    ensure_descriptors(nodes, 4, actors::ACTORS_MAX as u64 * 2)?;
     let base = Session::new_cluster(Config::new(), true)?;
     let session = base.for_node(0, "sim-gcs")?;
     crate::log::open(&session.dir.join("logs").join("gcs.log"));
@@ -705,8 +711,11 @@ fn cpu_seconds(who: UsageWho) -> f64 {
 /// need here, `per_node` descriptors each (a connection's end is two: the
 /// socket and its clone for writing; a GCS in this process holds both
 /// ends, three or more on its side), or says why it cannot.
-fn ensure_descriptors(nodes: usize, per_node: u64) -> Result<()> {
-    let need = (nodes as u64).saturating_mul(per_node).saturating_add(256);
+fn ensure_descriptors(nodes: usize, per_node: u64, more: u64) -> Result<()> {
+    let need = (nodes as u64)
+        .saturating_mul(per_node)
+        .saturating_add(more)
+        .saturating_add(256);
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
         .map_err(|e| Error::io("reading the open-file limit", e.into()))?;
     if soft >= need {

@@ -129,32 +129,32 @@ impl ToGcs {
     }
 }
 
+/// `$on` applied to the request number of a [`FromGcs`] answer (by
+/// reference or by mutable reference), `None` for a view update.
+macro_rules! from_gcs_req {
+    ($m:expr, $req:ident => $on:expr) => {
+        match $m {
+            FromGcs::NodeRegistered { $req, .. }
+            | FromGcs::Nodes { $req, .. }
+            | FromGcs::ActorRegistered { $req, .. }
+            | FromGcs::ActorLookedUp { $req, .. }
+            | FromGcs::NamedActors { $req, .. }
+            | FromGcs::ActorKilled { $req } => Some($on),
+            FromGcs::ClusterView { .. } => None,
+        }
+    };
+}
+
 impl FromGcs {
     /// The request number the answer echoes (none for a view update).
     pub(crate) fn req(&self) -> Option<u64> {
-        match self {
-            FromGcs::NodeRegistered { req, .. }
-            | FromGcs::Nodes { req, .. }
-            | FromGcs::ActorRegistered { req, .. }
-            | FromGcs::ActorLookedUp { req, .. }
-            | FromGcs::NamedActors { req, .. }
-            | FromGcs::ActorKilled { req } => Some(*req),
-            FromGcs::ClusterView { .. } => None,
-        }
+        from_gcs_req!(self, req => *req)
     }
 
     /// [`FromGcs::req`], to set (a forwarding raylet restores the
     /// asker's number).
     pub(crate) fn req_mut(&mut self) -> Option<&mut u64> {
-        match self {
-            FromGcs::NodeRegistered { req, .. }
-            | FromGcs::Nodes { req, .. }
-            | FromGcs::ActorRegistered { req, .. }
-            | FromGcs::ActorLookedUp { req, .. }
-            | FromGcs::NamedActors { req, .. }
-            | FromGcs::ActorKilled { req } => Some(req),
-            FromGcs::ClusterView { .. } => None,
-        }
+        from_gcs_req!(self, req => req)
     }
 }
 

@@ -3,7 +3,7 @@
 //! back (grants, spillbacks, answers, retirement, node deaths). The GCS
 //! uses the same requests when it leases a worker for an actor. A core
 //! worker's requests for the GCS go through its raylet too ([`ToRaylet::Gcs`]),
-//! so the GCS holds one connection per node, not one per process.
+//! so the GCS holds connections per node, not per process.
 
 use super::*;
 

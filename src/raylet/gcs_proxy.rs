@@ -1,8 +1,9 @@
-//! The raylet forwards its core workers' requests to the GCS on its own
-//! GCS connection ([`ToRaylet::Gcs`](crate::protocol::ToRaylet::Gcs)), so
-//! rank 0 holds one connection per node rather than one per process (at
-//! 1,024 nodes of 64 workers, 1,024 connections and their threads rather
-//! than 65,000).
+//! The raylet forwards its core workers' requests to the GCS on a GCS
+//! connection of its own ([`ToRaylet::Gcs`](crate::protocol::ToRaylet::Gcs)),
+//! beside the one it registered and reports on (so the GCS serves them on
+//! another thread than the node's heartbeats): rank 0 holds two
+//! connections per node rather than one per process (at 1,024 nodes of 64
+//! workers, 2,048 connections and their threads rather than 65,000).
 //!
 //! Request numbers are the asker's own, so two workers may use the same:
 //! a forwarded request gets a number of the raylet's, and the answer gets
@@ -83,6 +84,11 @@ impl GcsProxy {
         let (client, theirs) = self.lock().waiting.remove(req)?;
         *req = theirs;
         Some((client, m))
+    }
+
+    /// The connection they went on closed: no answer is coming.
+    pub(super) fn forget_all(&self) {
+        self.lock().waiting.clear();
     }
 
     /// `client` is gone: its requests' answers go nowhere.

@@ -177,6 +177,10 @@ struct Raylet {
     gcs: std::sync::OnceLock<Arc<Conn>>,
     /// Core workers' requests forwarded to the GCS, waiting for answers.
     gcs_proxy: gcs_proxy::GcsProxy,
+    /// The connection they go on: apart from `gcs`, so that the GCS
+    /// serves them on another thread than this node's reports (a slow
+    /// request never delays a heartbeat).
+    gcs_forward: Mutex<Option<Arc<Conn>>>,
     /// Signalled (with `state`'s lock) when a spill or restore ends.
     room: std::sync::Condvar,
     /// Where this node's spilled objects go.
@@ -354,6 +358,7 @@ fn run(session: Session) -> Result<()> {
         fabric_wedged: Default::default(),
         gcs: std::sync::OnceLock::new(),
         gcs_proxy: gcs_proxy::GcsProxy::default(),
+        gcs_forward: Mutex::new(None),
         room: std::sync::Condvar::new(),
         spill: session.spill_dir(),
         spawns,
@@ -455,14 +460,15 @@ impl Raylet {
         let (r, r2) = (self.clone(), self.clone());
         dialed.serve(
             "raylet-gcs",
-            move |m| match m {
-                Msg::FromGcs(FromGcs::ClusterView {
+            move |m| {
+                if let Msg::FromGcs(FromGcs::ClusterView {
                     version,
                     joined,
                     changed,
-                }) => r.cluster_view(version, joined, changed),
-                Msg::FromGcs(answer) => r.gcs_answered(answer),
-                _ => {}
+                }) = m
+                {
+                    r.cluster_view(version, joined, changed);
+                }
             },
             move || r2.shutdown("the GCS connection closed"),
         )?;
@@ -974,9 +980,10 @@ impl Raylet {
 
     /// A core worker's request for the GCS goes out on this raylet's GCS
     /// connection (see `gcs_proxy`).
-    fn forward_to_gcs(&self, client: ClientId, mut m: ToGcs) {
-        let Some(gcs) = self.gcs.get() else {
-            return; // not registered yet: no core worker is either
+    fn forward_to_gcs(self: &Arc<Self>, client: ClientId, mut m: ToGcs) {
+        let gcs = match self.forward_conn() {
+            Ok(c) => c,
+            Err(e) => return log!("raylet: cannot forward a request to the GCS: {e}"),
         };
         match self.gcs_proxy.outgoing(client, &mut m) {
             Ok(mine) => {
@@ -994,6 +1001,33 @@ impl Raylet {
                 gcs_proxy::MAX_FORWARDED
             ),
         }
+    }
+
+    /// The connection forwarded requests go on, opened on first use; when
+    /// it closes, the answers it owed are given up (their askers time
+    /// out) and the next request opens another.
+    fn forward_conn(self: &Arc<Self>) -> Result<Arc<Conn>> {
+        let mut f = self.gcs_forward.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = f.as_ref() {
+            return Ok(c.clone());
+        }
+        let s = &self.session;
+        let dialed = transport::dial(&s.gcs_endpoint(), &s.secret)?;
+        let (r, r2) = (self.clone(), self.clone());
+        let conn = dialed.serve(
+            "raylet-gcs-forward",
+            move |m| {
+                if let Msg::FromGcs(answer) = m {
+                    r.gcs_answered(answer);
+                }
+            },
+            move || {
+                *r2.gcs_forward.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                r2.gcs_proxy.forget_all();
+            },
+        )?;
+        *f = Some(conn.clone());
+        Ok(conn)
     }
 
     /// The GCS answered a forwarded request: back to its asker, without

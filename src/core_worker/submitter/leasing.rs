@@ -411,24 +411,12 @@ mod tests {
                     arg_copies: Vec::new(),
                     gpus: Vec::new(),
                 };
-                sub.tasks.insert(
-                    id,
-                    TaskEntry {
-                        spec,
-                        deps: Vec::new(),
-                        keep: Vec::new(),
-                        handle: None,
-                        target: Target::Default,
-                        key: Some(class.clone()),
-                        retries_left: 0,
-                        max_retries: 0,
-                        status: Status::Queued,
-                        cancelled: false,
-                        pushed: None,
-                        retry_exceptions: None,
-                        arg_ids: Vec::new(),
-                    },
-                );
+                let entry = TaskEntry {
+                    key: Some(class.clone()),
+                    status: Status::Queued,
+                    ..TaskEntry::waiting(spec, Vec::new(), None, Target::Default)
+                };
+                sub.tasks.insert(id, entry);
                 sub.classes
                     .entry(class.clone())
                     .or_default()

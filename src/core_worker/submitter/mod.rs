@@ -128,6 +128,33 @@ pub(super) struct TaskEntry {
     pub(super) arg_ids: Vec<(usize, ObjectId)>,
 }
 
+impl TaskEntry {
+    /// A task just submitted or to be run again, waiting for its
+    /// arguments: no retries, no arguments by ref, until set.
+    pub(super) fn waiting(
+        spec: TaskSpec,
+        keep: Vec<RawRef>,
+        handle: Option<ObjectId>,
+        target: Target,
+    ) -> TaskEntry {
+        TaskEntry {
+            spec,
+            deps: Vec::new(),
+            keep,
+            handle,
+            target,
+            key: None,
+            retries_left: 0,
+            max_retries: 0,
+            status: Status::WaitingDeps,
+            cancelled: false,
+            pushed: None,
+            retry_exceptions: None,
+            arg_ids: Vec::new(),
+        }
+    }
+}
+
 /// Submission options beyond the common ones.
 #[derive(Default)]
 pub(crate) struct Extra {
@@ -401,31 +428,35 @@ impl CoreWorker {
             e.local += 1;
             Some(h.id)
         });
-        st.sub.tasks.insert(
-            id,
-            TaskEntry {
-                spec,
-                deps: Vec::new(),
-                keep,
-                handle,
-                target,
-                key: None,
-                retries_left: max_retries,
-                max_retries,
-                status: Status::WaitingDeps,
-                cancelled: false,
-                pushed: None,
-                retry_exceptions: extra.retry_exceptions,
-                arg_ids: dep_refs.clone(),
-            },
-        );
-        if let Some(a) = actor {
-            st.sub.actors.entry(a).or_default().pending.push_back(id);
-        }
-        self.resolve_deps(&mut st, id, dep_refs, &mut fx);
+        let entry = TaskEntry {
+            retries_left: max_retries,
+            max_retries,
+            retry_exceptions: extra.retry_exceptions,
+            arg_ids: dep_refs,
+            ..TaskEntry::waiting(spec, keep, handle, target)
+        };
+        self.enqueue(&mut st, id, entry, &mut fx);
         drop(st);
         self.apply(fx);
         refs
+    }
+
+    /// Takes task `id` in: an actor call joins its actor's queue, and its
+    /// arguments by ref are waited for (it is queued for a lease once they
+    /// are all there).
+    pub(super) fn enqueue(
+        self: &Arc<Self>,
+        st: &mut State,
+        id: TaskId,
+        entry: TaskEntry,
+        fx: &mut Effects,
+    ) {
+        let (actor, deps) = (entry.spec.actor, entry.arg_ids.clone());
+        st.sub.tasks.insert(id, entry);
+        if let Some(a) = actor {
+            st.sub.queue_actor_call(a, id);
+        }
+        self.resolve_deps(st, id, deps, fx);
     }
 
     /// Fills task `id`'s by-ref arguments `deps` that are ready, waits for

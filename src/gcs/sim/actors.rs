@@ -39,6 +39,9 @@ pub(super) struct ActorHosts {
     pub(super) raylet_port: u16,
     worker_port: u16,
     stop: Arc<AtomicBool>,
+    /// Every connection served, closed when the simulation ends (so the
+    /// GCS's watches of the actors end too, in a GCS run in-process).
+    served: Arc<std::sync::Mutex<Vec<Stream>>>,
 }
 
 impl ActorHosts {
@@ -48,32 +51,40 @@ impl ActorHosts {
         let (raylets, workers) = (Listener::bind_tcp(loopback)?, Listener::bind_tcp(loopback)?);
         let (raylet_port, worker_port) = (raylets.port(), workers.port());
         let stop = Arc::new(AtomicBool::new(false));
+        let served: Arc<std::sync::Mutex<Vec<Stream>>> = Arc::default();
         let leases = Arc::new(AtomicU64::new(0));
         let nodes = nodes.clamp(1, u16::MAX as usize) as u64;
-        let s = stop.clone();
+        let (s, kept) = (stop.clone(), served.clone());
         spawn("sim-raylets", move || {
             let stopped = s.clone();
             transport::accept_each(
                 raylets,
                 "sim-raylet",
                 move || stopped.load(Ordering::Relaxed),
-                move |stream| grant_leases(stream, &secret, &leases, nodes, worker_port),
+                move |stream| {
+                    keep(&kept, &stream);
+                    grant_leases(stream, &secret, &leases, nodes, worker_port)
+                },
             )
         })?;
-        let s = stop.clone();
+        let (s, kept) = (stop.clone(), served.clone());
         spawn("sim-workers", move || {
             let stopped = s.clone();
             transport::accept_each(
                 workers,
                 "sim-worker",
                 move || stopped.load(Ordering::Relaxed),
-                move |stream| host_actor(stream, &secret),
+                move |stream| {
+                    keep(&kept, &stream);
+                    host_actor(stream, &secret)
+                },
             )
         })?;
         Ok(ActorHosts {
             raylet_port,
             worker_port,
             stop,
+            served,
         })
     }
 }
@@ -85,6 +96,21 @@ impl Drop for ActorHosts {
         for port in [self.raylet_port, self.worker_port] {
             let _ = std::net::TcpStream::connect(("127.0.0.1", port));
         }
+        for s in self
+            .served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            s.shutdown();
+        }
+    }
+}
+
+/// Keeps a handle on a served connection, to close it at the end.
+fn keep(served: &std::sync::Mutex<Vec<Stream>>, stream: &Stream) {
+    if let Ok(s) = stream.try_clone() {
+        served.lock().unwrap_or_else(|p| p.into_inner()).push(s);
     }
 }
 
