@@ -45,6 +45,9 @@ const PLACE_WAIT: Duration = Duration::from_secs(2);
 const LEASE_WAIT: Duration = Duration::from_secs(120);
 /// How long an encoded whole view is given to raylets that ask for one.
 const WHOLE_VIEW_REUSE: Duration = Duration::from_millis(100);
+/// How long an actor that called `exit_actor` has to exit by itself
+/// before its worker is killed (its lease ends when it exits).
+const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// The id the GCS introduces itself with to workers.
 const GCS_ID: WorkerId = WorkerId(0);
 
@@ -424,11 +427,13 @@ impl Gcs {
             }
             ToGcs::ExitActor { req, id } => {
                 let (actions, waiters) = self.table().exited(id);
-                // The worker is released after the answer: the process
-                // exits by itself once it has it.
+                // The process exits by itself once it has the answer (its
+                // lease ends with it): the worker is released, killed if
+                // still there, only after a grace, since the answer goes
+                // by way of its raylet and must not lose the race.
                 self.finish(Vec::new(), waiters);
                 let _ = conn.send(&FromGcs::ActorKilled { req });
-                self.run(actions);
+                self.run_after(actions, EXIT_GRACE);
             }
             ToGcs::ActorOutOfScope { id } => {
                 let (actions, waiters) = self.table().out_of_scope(id);
@@ -471,6 +476,27 @@ impl Gcs {
             }
         }
         self.run(actions);
+    }
+
+    /// [`Gcs::run`] after `grace`, on a thread of its own (at once if none
+    /// can be had).
+    fn run_after(self: &Arc<Self>, actions: Vec<ActorAction>, grace: Duration) {
+        let g = self.clone();
+        let (tx, rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("gcs-grace".into())
+            .spawn(move || {
+                if let Ok(actions) = rx.recv() {
+                    std::thread::sleep(grace);
+                    g.run(actions);
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = tx.send(actions);
+            }
+            Err(_) => self.run(actions),
+        }
     }
 
     fn run(self: &Arc<Self>, actions: Vec<ActorAction>) {
