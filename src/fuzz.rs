@@ -552,13 +552,14 @@ fn messages() -> Vec<Msg> {
             wait: true,
         })),
         Msg::FromRaylet(FromRaylet::Gcs(FromGcs::ActorKilled { req: 33 })),
+        Msg::FromGcs(FromGcs::NodeLost { node: 7 }),
     ]
 }
 
 /// Messages by variant, through an exhaustive match: a new variant does not
 /// compile until it is numbered here, and then
 /// `every_message_variant_has_a_fuzz_seed` wants a seed of it.
-const VARIANTS: usize = 66;
+const VARIANTS: usize = 67;
 
 fn variant(m: &Msg) -> usize {
     match m {
@@ -628,6 +629,7 @@ fn variant(m: &Msg) -> usize {
         Msg::Peer(PeerMsg::DeviceObjectStaged { .. }) => 63,
         Msg::ToRaylet(ToRaylet::Gcs(_)) => 64,
         Msg::FromRaylet(FromRaylet::Gcs(_)) => 65,
+        Msg::FromGcs(FromGcs::NodeLost { .. }) => 66,
     }
 }
 

@@ -287,6 +287,12 @@ impl Gcs {
         if let Some(n) = self.node_table().get(index) {
             log!("GCS: node {} ({}) is gone", n.index, n.name);
         }
+        // Every live node hears it now rather than with its next report's
+        // answer: one message each, never blocking on a slow one.
+        let live = self.node_table().live_conns();
+        for c in live.into_iter().filter_map(|id| self.client(id)) {
+            let _ = c.post(&FromGcs::NodeLost { node: index });
+        }
         if let Some(c) = self
             .raylets
             .lock()

@@ -277,6 +277,11 @@ impl NodeTable {
         Some(h.conn)
     }
 
+    /// The connections of the live nodes (each its raylet's).
+    pub(crate) fn live_conns(&self) -> Vec<ConnId> {
+        self.live.values().map(|h| h.conn).collect()
+    }
+
     /// A live node.
     pub(crate) fn live(&self, index: u16) -> Option<&NodeInfo> {
         self.nodes.get(&index).filter(|n| n.alive)
@@ -328,7 +333,13 @@ pub(crate) fn apply_delta(
     }
     for c in changed {
         let n = view.get_mut(&c.index)?;
-        if n.alive && !c.alive {
+        if !n.alive {
+            // Dead for good (the GCS never revives a node; one that
+            // registers again comes back in `joined`): an older delta
+            // arriving after a pushed death changes nothing.
+            continue;
+        }
+        if !c.alive {
             died.push(c.index);
         }
         n.alive = c.alive;
@@ -513,6 +524,12 @@ mod tests {
         assert!(!lost[0].alive && lost[0].index == 0);
         assert_eq!(apply_delta(&mut view, j, lost.clone()), Some(vec![0]));
         assert_eq!(apply_delta(&mut view, vec![], lost), Some(vec![]), "once");
+        // A death pushed ahead of an older delta (one that still shows the
+        // node alive) stays: only a registration brings a node back.
+        let mut stale = load_of(view.get(&0).unwrap());
+        stale.alive = true;
+        assert_eq!(apply_delta(&mut view, vec![], vec![stale]), Some(vec![]));
+        assert!(!view[&0].alive, "not revived by an older delta");
         // Applying the deltas in turn rebuilt the full view.
         let mut full: Vec<NodeInfo> = view.into_values().collect();
         full.sort_by_key(|n| n.index);

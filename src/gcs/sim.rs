@@ -673,10 +673,25 @@ fn period(
     }
     for i in asked {
         let n = &mut group[i];
-        let Ok((m, len)) = read(&mut n.reader) else {
+        let Ok((mut m, mut len)) = read(&mut n.reader) else {
             n.lost = true;
             continue;
         };
+        // A death pushed ahead of the answer: seen now; the answer follows.
+        while let Msg::FromGcs(FromGcs::NodeLost { node }) = m {
+            if Some(node) == victim && n.saw_death.is_none() {
+                n.saw_death = Some(Instant::now());
+            }
+            t.bytes_out += len as u64;
+            let Ok((next, l)) = read(&mut n.reader) else {
+                n.lost = true;
+                break;
+            };
+            (m, len) = (next, l);
+        }
+        if n.lost {
+            continue;
+        }
         t.bytes_out += len as u64;
         t.reports += 1;
         if let Msg::FromGcs(FromGcs::ClusterView {

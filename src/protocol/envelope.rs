@@ -140,7 +140,7 @@ macro_rules! from_gcs_req {
             | FromGcs::ActorLookedUp { $req, .. }
             | FromGcs::NamedActors { $req, .. }
             | FromGcs::ActorKilled { $req } => Some($on),
-            FromGcs::ClusterView { .. } => None,
+            FromGcs::ClusterView { .. } | FromGcs::NodeLost { .. } => None,
         }
     };
 }

@@ -102,4 +102,10 @@ pub(crate) enum FromGcs {
     ActorKilled {
         req: u64,
     },
+    /// Pushed to every live node the moment the GCS declares `node` lost
+    /// (one message per node per death): what the next view delta says
+    /// too, a report period sooner.
+    NodeLost {
+        node: u16,
+    },
 }

@@ -460,15 +460,14 @@ impl Raylet {
         let (r, r2) = (self.clone(), self.clone());
         dialed.serve(
             "raylet-gcs",
-            move |m| {
-                if let Msg::FromGcs(FromGcs::ClusterView {
+            move |m| match m {
+                Msg::FromGcs(FromGcs::ClusterView {
                     version,
                     joined,
                     changed,
-                }) = m
-                {
-                    r.cluster_view(version, joined, changed);
-                }
+                }) => r.cluster_view(version, joined, changed),
+                Msg::FromGcs(FromGcs::NodeLost { node }) => r.node_lost_pushed(node),
+                _ => {}
             },
             move || r2.shutdown("the GCS connection closed"),
         )?;
@@ -510,6 +509,21 @@ impl Raylet {
 
     /// The nodes changed since this node's view version, up to `version`:
     /// merged into the view this node holds.
+    /// The GCS declared `node` lost: the view says so now (as the next
+    /// delta will), without changing the view's version.
+    fn node_lost_pushed(&self, node: u16) {
+        let load = {
+            let st = self.lock();
+            st.nodes.get(&node).filter(|n| n.alive).map(|n| NodeLoad {
+                alive: false,
+                ..crate::gcs::nodes::load_of(n)
+            })
+        };
+        if let Some(l) = load {
+            self.cluster_view(0, Vec::new(), vec![l]);
+        }
+    }
+
     fn cluster_view(&self, version: u64, joined: Vec<NodeInfo>, changed: Vec<NodeLoad>) {
         let me = self.session.node_index;
         let mut st = self.lock();
