@@ -57,8 +57,8 @@ build:
 # One JSON line per scenario, as ../shared/peers/ray/bench.py prints them.
 # --multinode adds, after the single-node run, the multi-node rows on a local
 # 3-node cluster (internode transfer + its TCP reference, 3-node start,
-# spill), and cluster_start_slurm_3node_s when sinfo answers (emulated Slurm:
-# bash slurm/emu-up.sh 3). It needs rust-ray-launch next to the bench binary,
+# spill), and the Slurm rows (cluster_start_slurm_3node_s and others) on the
+# Slurm sinfo answers, else on the emulated one (below). It needs rust-ray-launch next to the bench binary,
 # hence the build. BENCH_ARGS=--quick for a smoke run; set BENCH_MULTINODE=
 # (empty) to leave the multi-node rows out. The bench's exit status is kept
 # (pipefail) while tee writes the jsonl. Then the GPU rows (benches/gpu.rs),
@@ -71,10 +71,16 @@ bench bench-ray: SHELL := /bin/bash
 # The launcher gets the MPI bootstrap where an MPI library is installed
 # (for cluster_start_slurm_3node_mpi_s).
 BENCH_LAUNCH_FEATURES ?= $(if $(shell command -v mpicc),--features mpi)
+# Where no Slurm answers, the Slurm rows run on the emulated cluster, brought
+# up for the run and taken down after (make test takes it down at its end).
 bench:
 	$(CARGO) build --release -p rust-ray-launch $(BENCH_LAUNCH_FEATURES)
 	@mkdir -p $(dir $(BENCH_OUT))
-	set -o pipefail; $(CARGO) bench --bench microbench -- $(BENCH_ARGS) $(BENCH_MULTINODE) | tee $(BENCH_OUT)
+	@rm -f target/.bench-emu; if [ -n "$(BENCH_MULTINODE)" ] && ! sinfo >/dev/null 2>&1; then \
+	  if bash slurm/emu-up.sh 3 >target/bench-emu.log 2>&1; then touch target/.bench-emu; \
+	  else echo "make bench: no Slurm, and the emulated one did not start (target/bench-emu.log): the Slurm rows are skipped"; fi; fi
+	set -o pipefail; $(CARGO) bench --bench microbench -- $(BENCH_ARGS) $(BENCH_MULTINODE) | tee $(BENCH_OUT); \
+	  status=$$?; if [ -f target/.bench-emu ]; then bash slurm/emu-down.sh >/dev/null 2>&1; rm -f target/.bench-emu; fi; exit $$status
 	set -o pipefail; $(CARGO) bench --bench scale | tee -a $(BENCH_OUT)
 	set -o pipefail; $(CARGO) bench --bench gpu --features rustray/cuda | tee -a $(BENCH_OUT)
 
