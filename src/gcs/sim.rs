@@ -60,6 +60,9 @@ pub struct NodeSimReport {
     /// From a hung node's last report until every other node's view shows
     /// it dead, when measured.
     pub death_propagation_ms: Option<f64>,
+    /// Of the nodes that saw the hung node dead, how many heard it pushed
+    /// (`NodeLost`) before any delta said it.
+    pub deaths_pushed: usize,
     /// Nodes whose connection the GCS closed (declared dead) during the run,
     /// the victim aside: reports that came too late, a GCS overloaded.
     pub nodes_lost: usize,
@@ -81,6 +84,8 @@ struct SimNode {
     available: f64,
     /// When this node's view first showed the victim dead.
     saw_death: Option<Instant>,
+    /// It heard of the victim's death pushed (`NodeLost`), not in a delta.
+    death_pushed: bool,
     /// Its connection closed (the GCS declared it dead): it reports no more.
     lost: bool,
 }
@@ -397,6 +402,7 @@ fn drive(
                 .filter(|n| Some(n.index) != victim && !n.lost),
         );
     }
+    let deaths_pushed = seen.iter().filter(|n| n.death_pushed).count();
     let death_propagation_ms = match victim {
         None => None,
         Some(v) => {
@@ -422,6 +428,7 @@ fn drive(
         gcs_bytes_in_mb_per_s: steady.bytes_in as f64 / wall / 1e6,
         reports_per_s: steady.reports as f64 / wall,
         death_propagation_ms,
+        deaths_pushed,
         nodes_lost: lost,
         actor_create_per_s: made.map(|c| c.actors as f64 / c.seconds.max(1e-9)),
         actors_created: made.map_or(0, |c| c.actors),
@@ -563,6 +570,7 @@ fn register(
         version: 0,
         available: NODE_CPUS,
         saw_death: None,
+        death_pushed: false,
         lost: false,
     })
 }
@@ -681,6 +689,7 @@ fn period(
         while let Msg::FromGcs(FromGcs::NodeLost { node }) = m {
             if Some(node) == victim && n.saw_death.is_none() {
                 n.saw_death = Some(Instant::now());
+                n.death_pushed = true;
             }
             t.bytes_out += len as u64;
             let Ok((next, l)) = read(&mut n.reader) else {
@@ -802,6 +811,9 @@ mod tests {
         let ms = busy.death_propagation_ms.expect("measured");
         let bound = super::super::NODE_TIMEOUT.as_secs_f64() * 1e3;
         assert!(ms >= bound - 50.0 && ms < bound + 1500.0, "{busy:?}");
+        // Pushed the moment the GCS declared it (FromGcs::NodeLost), not
+        // only in the next report's delta.
+        assert!(busy.deaths_pushed > 0, "{busy:?}");
         assert!(
             busy.gcs_bytes_out_mb_per_s > quiet.gcs_bytes_out_mb_per_s * 4.0,
             "churn sends deltas: {busy:?} against {quiet:?}"
