@@ -27,6 +27,7 @@
 //! the worker's log file and to the terminal prefixed with `(pid=N)`, as
 //! Ray's driver prints worker output.
 
+use super::exec_queue::{Admit, Cancelled};
 use super::CoreWorker;
 use crate::codec;
 use crate::core_worker::function_manager::{registry_actor, registry_function, ArgReader, Returns};
@@ -39,13 +40,8 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 
-enum Item {
-    Task(TaskSpec, Arc<Conn>),
-    /// An actor to construct, with the GPUs its lease holds.
-    Create(ActorSpec, Vec<u32>, Arc<Conn>),
-    /// Write out what a connection thread's `try_send` left behind.
-    Flush(Arc<Conn>),
-}
+type Item = super::exec_queue::Item<Arc<Conn>>;
+type Queue = super::exec_queue::Queue<Arc<Conn>>;
 
 /// Actor calls shorter than this on average may run on their connection
 /// thread (longer ones would keep it from reading the caller's messages).
@@ -53,13 +49,6 @@ const INLINE_MAX: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// An actor's class name and state.
 type ActorState = (String, Box<dyn Any + Send>);
-
-#[derive(Default)]
-struct Queue {
-    items: VecDeque<Item>,
-    blocked: u32,
-    current: Option<(TaskId, Arc<Conn>, bool)>,
-}
 
 /// The execution queue shared between connection threads and the main thread.
 pub(crate) struct ExecShared {
@@ -121,7 +110,7 @@ impl ExecShared {
         if let Some(t) = POOL_TASK.with(|t| t.get()) {
             return Some(t);
         }
-        self.lock().current.as_ref().map(|(t, _, _)| *t)
+        self.lock().current()
     }
 
     /// What the running task or the hosted actor holds (Ray's
@@ -186,33 +175,23 @@ impl CoreWorker {
             self.exec.pool_cv.notify_one();
             return;
         }
-        let mut q = self.exec.lock();
-        if q.blocked > 0 && spec.actor.is_none() {
-            drop(q);
-            let _ = conn.send(&PeerMsg::TasksReturned {
-                tasks: vec![spec.id],
-            });
-            return;
-        }
         let short = self.exec.call_ns.load(std::sync::atomic::Ordering::Relaxed)
             < INLINE_MAX.as_nanos() as u64;
-        let idle = q.items.is_empty() && q.current.is_none() && q.blocked == 0;
         // A caller with more calls already on the way (pipelining) gets the
         // queue: reading and running then overlap.
-        if spec.actor.is_some()
-            && spec.alone
-            && idle
-            && short
-            && !crate::transport::more_input_pending()
-        {
-            q.current = Some((spec.id, conn.clone(), true));
-            drop(q);
-            self.run_current(conn, &spec, true);
-            return;
+        let (admit, spec) = self
+            .exec
+            .lock()
+            .admit(spec, conn, short, || crate::transport::more_input_pending());
+        match (admit, spec) {
+            (Admit::HandBack, Some(spec)) => {
+                let _ = conn.send(&PeerMsg::TasksReturned {
+                    tasks: vec![spec.id],
+                });
+            }
+            (Admit::Inline, Some(spec)) => self.run_current(conn, &spec, true),
+            _ => self.exec.cv.notify_one(),
         }
-        q.items.push_back(Item::Task(spec, conn.clone()));
-        drop(q);
-        self.exec.cv.notify_one();
     }
 
     /// Runs the task whose `current` slot this thread holds, reports it,
@@ -231,11 +210,7 @@ impl CoreWorker {
             let old = avg.load(std::sync::atomic::Ordering::Relaxed);
             avg.store((old / 4) * 3 + t / 4, std::sync::atomic::Ordering::Relaxed);
         }
-        let more = {
-            let mut q = self.exec.lock();
-            q.current = None;
-            !q.items.is_empty()
-        };
+        let more = self.exec.lock().finish();
         let done = PeerMsg::TaskDone {
             task: spec.id,
             returns: out.returns,
@@ -258,7 +233,7 @@ impl CoreWorker {
         if !inline {
             let _ = conn.send(&done);
         } else if let Ok(false) = conn.try_send(&done) {
-            self.exec.lock().items.push_back(Item::Flush(conn.clone()));
+            self.exec.lock().push(Item::Flush(conn.clone()));
             self.exec.cv.notify_one();
             return;
         }
@@ -275,28 +250,13 @@ impl CoreWorker {
     ) {
         self.exec
             .lock()
-            .items
-            .push_back(Item::Create(spec, gpus, conn.clone()));
+            .push(Item::Create(spec, gpus, conn.clone()));
         self.exec.cv.notify_one();
     }
 
     pub(crate) fn exec_cancel(self: &Arc<Self>, conn: &Arc<Conn>, task: TaskId) {
-        let mut q = self.exec.lock();
-        let before = q.items.len();
-        let mut removed = None;
-        q.items.retain(|it| match it {
-            Item::Task(s, _) if s.id == task => {
-                removed = Some(s.clone());
-                false
-            }
-            _ => true,
-        });
-        let running = q
-            .current
-            .as_ref()
-            .is_some_and(|(t, _, actor)| *t == task && !actor);
-        drop(q);
-        if let Some(spec) = removed.filter(|_| before > 0) {
+        let found = self.exec.lock().cancel(task);
+        if let Cancelled::Queued(spec) = found {
             let err = Error::new(
                 ErrorKind::Cancelled,
                 format!("task `{}` was cancelled", spec.function),
@@ -308,7 +268,7 @@ impl CoreWorker {
                 exiting: false,
                 lost_args: Vec::new(),
             });
-        } else if running {
+        } else if let Cancelled::Running = found {
             // A running task cannot be interrupted safely from outside, so,
             // as Ray's force-cancel, the worker process ends; its owner
             // fails the cancelled task and retries the others it had queued.
@@ -336,37 +296,16 @@ impl BlockGuard {
         if cw.is_driver {
             return BlockGuard { cw: None };
         }
-        let mut q = cw.exec.lock();
-        let Some((_, conn, is_actor)) = q.current.clone() else {
-            return BlockGuard { cw: None };
-        };
-        q.blocked += 1;
-        if q.blocked > 1 {
-            return BlockGuard {
-                cw: Some(cw.clone()),
-            };
-        }
-        // Hand back normal tasks queued behind the blocked one.
-        let mut returned: Vec<(Arc<Conn>, Vec<TaskId>)> = Vec::new();
-        let mut keep = VecDeque::new();
-        for it in q.items.drain(..) {
-            match it {
-                Item::Task(s, c) if s.actor.is_none() => {
-                    match returned.iter_mut().find(|(rc, _)| rc.id() == c.id()) {
-                        Some((_, v)) => v.push(s.id),
-                        None => returned.push((c, vec![s.id])),
-                    }
+        let blocked = cw.exec.lock().block();
+        let returned = match blocked {
+            None => return BlockGuard { cw: None },
+            Some(None) => {
+                return BlockGuard {
+                    cw: Some(cw.clone()),
                 }
-                other => keep.push_back(other),
             }
-        }
-        q.items = keep;
-        drop(q);
-        if !is_actor && !returned.iter().any(|(c, _)| c.id() == conn.id()) {
-            // Tell the lease holder we are blocked even with nothing queued,
-            // so it stops pipelining onto us.
-            returned.push((conn, Vec::new()));
-        }
+            Some(Some(returned)) => returned,
+        };
         for (c, tasks) in returned {
             let _ = c.send(&PeerMsg::TasksReturned { tasks });
         }
@@ -380,15 +319,11 @@ impl BlockGuard {
 impl Drop for BlockGuard {
     fn drop(&mut self) {
         let Some(cw) = self.cw.take() else { return };
-        let mut q = cw.exec.lock();
-        q.blocked = q.blocked.saturating_sub(1);
-        if q.blocked > 0 {
+        let Some(lease_holder) = cw.exec.lock().unblock() else {
             return;
-        }
-        let current = q.current.clone();
-        drop(q);
+        };
         let _ = cw.raylet.send(&ToRaylet::Unblocked);
-        if let Some((_, conn, false)) = current {
+        if let Some(conn) = lease_holder {
             let _ = conn.send(&PeerMsg::WorkerUnblocked);
         }
     }
@@ -418,14 +353,7 @@ pub(crate) fn main(session: Session) -> ! {
             loop {
                 // One task at a time: wait while a connection thread runs
                 // an actor call.
-                let next = match q.current {
-                    None => q.items.pop_front(),
-                    Some(_) => None,
-                };
-                if let Some(it) = next {
-                    if let Item::Task(s, c) = &it {
-                        q.current = Some((s.id, c.clone(), s.actor.is_some()));
-                    }
+                if let Some(it) = q.next() {
                     break it;
                 }
                 q = cw.exec.cv.wait(q).unwrap_or_else(|p| p.into_inner());

@@ -34,6 +34,7 @@
 //! again) is collected in an [`Effects`] and done after unlocking.
 
 mod events;
+mod exec_queue;
 pub(crate) mod executor;
 pub(crate) mod free;
 pub(crate) mod function_manager;

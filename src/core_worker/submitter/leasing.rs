@@ -350,17 +350,17 @@ impl Submitter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::{Target, TaskEntry};
     use super::*;
     use crate::resources::ResourceSet;
     use crate::transport::TaskSpec;
     use std::cell::Cell;
 
-    const OWNER: WorkerId = WorkerId(0x0001_0000_1234);
+    pub(crate) const OWNER: WorkerId = WorkerId(0x0001_0000_1234);
 
     /// The process as leasing sees it: node 0 of nodes 0, 1 and 2.
-    struct TestEnv {
+    pub(crate) struct TestEnv {
         live: Vec<u16>,
         req: Cell<u64>,
     }
@@ -378,14 +378,14 @@ mod tests {
         }
     }
 
-    fn env() -> TestEnv {
+    pub(crate) fn env() -> TestEnv {
         TestEnv {
             live: vec![0, 1, 2],
             req: Cell::new(0),
         }
     }
 
-    fn class(spread: bool) -> SchedKey {
+    pub(crate) fn class(spread: bool) -> SchedKey {
         SchedKey {
             shape: ResourceSet::new(),
             node: None,
@@ -395,7 +395,7 @@ mod tests {
     }
 
     /// `n` tasks queued in `class`, their ids in order.
-    fn queue(sub: &mut Submitter, class: &SchedKey, n: u64) -> Vec<TaskId> {
+    pub(crate) fn queue(sub: &mut Submitter, class: &SchedKey, n: u64) -> Vec<TaskId> {
         (0..n)
             .map(|seq| {
                 let id = TaskId { owner: OWNER, seq };
@@ -428,7 +428,7 @@ mod tests {
     }
 
     /// The tasks pushed, in order, with the worker and connection each went to.
-    fn pushed(fx: &Effects) -> Vec<(WorkerId, ConnId, TaskId)> {
+    pub(crate) fn pushed(fx: &Effects) -> Vec<(WorkerId, ConnId, TaskId)> {
         fx.sends
             .iter()
             .map(|(w, c, m)| match m {

@@ -46,9 +46,11 @@ use std::time::Instant;
 
 mod actors;
 mod leasing;
+mod lifecycle;
 
 use actors::ActorQueue;
 use leasing::{ClassQueue, Env, LeaseState};
+use lifecycle::{Cancel, Outcome, Report};
 
 impl Env for CoreWorker {
     fn local_node(&self) -> u16 {
@@ -544,15 +546,9 @@ impl CoreWorker {
 
     /// Removes a task and stores `err` as each of its results.
     fn finish_failed(self: &Arc<Self>, st: &mut State, id: TaskId, err: &Error, fx: &mut Effects) {
-        let Some(t) = st.sub.tasks.remove(&id) else {
+        let Some(t) = st.sub.take_failed(id) else {
             return;
         };
-        if let Some(a) = t.spec.actor {
-            if let Some(q) = st.sub.actors.get_mut(&a) {
-                q.pending.retain(|x| *x != id);
-                q.inflight.retain(|x| *x != id);
-            }
-        }
         self.fail_returns(st, &t.spec, err, fx);
         self.release_handle(st, t.handle, fx);
         fx.drops.extend(t.keep);
@@ -654,20 +650,11 @@ impl CoreWorker {
     /// The local raylet redirected a lease request to another node's.
     pub(crate) fn lease_spilled(self: &Arc<Self>, req: u64, node: u16) {
         let mut fx = Effects::default();
-        let mut st = self.lock();
-        if let Some(class) = st.sub.lease_reqs.get(&req).cloned() {
-            if node != self.session.node_index {
-                st.sub.remote_reqs.insert(req, (node, true));
-            }
-            drop(st);
-            fx.lease_requests.push(LeaseRequest {
-                req,
-                shape: class.shape,
-                node,
-                spill: Spill::Never,
-                fallback: true,
-            });
-        }
+        let again = self
+            .lock()
+            .sub
+            .lease_spilled(req, node, self.session.node_index);
+        fx.lease_requests.extend(again);
         self.apply(fx);
     }
 
@@ -675,40 +662,14 @@ impl CoreWorker {
     /// answered go to the local raylet, or fail when they may not.
     pub(crate) fn remote_raylet_lost(self: &Arc<Self>, node: u16) {
         let mut fx = Effects::default();
-        let mut failed = Vec::new();
-        {
-            let mut st = self.lock();
-            let reqs: Vec<(u64, bool)> = st
-                .sub
-                .remote_reqs
-                .iter()
-                .filter(|(_, (n, _))| *n == node)
-                .map(|(r, (_, f))| (*r, *f))
-                .collect();
-            for (req, fallback) in reqs {
-                st.sub.remote_reqs.remove(&req);
-                let Some(class) = st.sub.lease_reqs.get(&req) else {
-                    continue;
-                };
-                if fallback {
-                    fx.lease_requests.push(LeaseRequest {
-                        req,
-                        shape: class.shape.clone(),
-                        node: self.session.node_index,
-                        spill: Spill::Never,
-                        fallback: false,
-                    });
-                } else {
-                    failed.push(req);
-                }
-            }
-        }
-        if !fx.lease_requests.is_empty() {
+        let (again, failed) = self.lock().sub.raylet_lost(node, self.session.node_index);
+        if !again.is_empty() {
             log!(
                 "node {node}'s raylet is gone with {} lease requests unanswered; asking the local raylet",
-                fx.lease_requests.len()
+                again.len()
             );
         }
+        fx.lease_requests = again;
         self.apply(fx);
         for req in failed {
             self.lease_failed(
@@ -726,36 +687,15 @@ impl CoreWorker {
     pub(crate) fn lease_failed(self: &Arc<Self>, req: u64, error: Error) {
         let mut fx = Effects::default();
         let mut st = self.lock();
-        st.sub.remote_reqs.remove(&req);
-        if let Some(class) = st.sub.lease_reqs.remove(&req) {
-            // A hard affinity to a node that can never fit the request is
-            // unschedulable there (it may not go elsewhere).
-            let error = match class.node {
-                Some(n) if !class.soft && error.kind() == ErrorKind::Infeasible => Error::new(
-                    ErrorKind::Unschedulable,
-                    format!("hard node affinity to node {n}: {}", error.message()),
-                ),
-                _ => error,
-            };
-            let queued: Vec<TaskId> = match st.sub.classes.get_mut(&class) {
-                Some(cq) => {
-                    cq.pending_requests = cq.pending_requests.saturating_sub(1);
-                    if cq.pending_requests == 0 && cq.leases.is_empty() {
-                        cq.queue.drain(..).collect()
-                    } else {
-                        Vec::new()
-                    }
-                }
-                None => Vec::new(),
-            };
-            for t in queued {
-                self.finish_failed(&mut st, t, &error, &mut fx);
-            }
+        let (error, failed) = st.sub.lease_failed(req, error);
+        for t in failed {
+            self.finish_failed(&mut st, t, &error, &mut fx);
         }
         drop(st);
         self.apply(fx);
     }
 
+    /// Task `task` ended on worker `from` (see `lifecycle::Report`).
     pub(crate) fn task_done(
         self: &Arc<Self>,
         from: WorkerId,
@@ -787,81 +727,45 @@ impl CoreWorker {
                     .is_some_and(|b| (f.0)(b))
             })
         };
+        let report = Report {
+            exiting,
+            args_lost: !lost_args.is_empty(),
+            retry,
+        };
         let mut fx = Effects::default();
         let mut st = self.lock();
-        let Some(mut t) = st.sub.tasks.remove(&task) else {
-            // Already failed (cancelled or its worker was given up on): the
-            // store copies of its results are not referenced by anyone.
-            for p in returns {
-                if let Payload::Store { node, offset, .. } = p {
-                    fx.free_offsets.push((node, offset));
-                }
-            }
-            drop(st);
-            self.apply(fx);
-            return;
-        };
-        let mut class = None;
-        if let Some(a) = t.spec.actor {
-            if let Some(q) = st.sub.actors.get_mut(&a) {
-                q.inflight.retain(|x| *x != task);
-            }
-        } else if st.sub.by_worker.contains_key(&from) {
-            let now = Instant::now();
-            if let Some((c, idle_due)) = st.sub.finished_on_lease(from, task, t.pushed, now) {
-                if let Some(due) = idle_due {
-                    self.housekeeping_due(due);
-                }
-                class = Some(c);
-            }
-            if exiting {
-                st.sub.lease_ended_by_worker(from);
-            }
+        let ended = st
+            .sub
+            .task_finished(from, task, returns, report, Instant::now(), &mut fx);
+        if let Some(due) = ended.idle_due {
+            self.housekeeping_due(due);
         }
-        if !lost_args.is_empty() && !t.cancelled {
-            // It never started: its lost arguments come back first.
-            self.args_lost(&mut st, t, &lost_args, &mut fx);
-            if let Some(c) = class {
-                self.dispatch(&mut st, &c, &mut fx);
-            }
-            drop(st);
-            self.apply(fx);
-            return;
+        match ended.outcome {
+            Outcome::Unknown | Outcome::Retried => {}
+            Outcome::ArgsLost(t) => self.args_lost(&mut st, t, &lost_args, &mut fx),
+            Outcome::Done(t, returns) => self.store_results(&mut st, t, returns, &mut fx),
         }
-        if retry && t.retries_left > 0 && !t.cancelled {
-            // Ray's retry_exceptions: this attempt's results are dropped and
-            // the task queued again, as after a worker death.
-            for p in returns {
-                if let Payload::Store { node, offset, .. } = p {
-                    fx.free_offsets.push((node, offset));
-                }
-            }
-            RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if t.retries_left != crate::core_worker::function_manager::RETRY_FOREVER {
-                t.retries_left -= 1;
-            }
-            t.status = Status::Queued;
-            t.pushed = None;
-            let key = t.key.clone();
-            st.sub.tasks.insert(task, t);
-            if let Some(k) = key {
-                st.sub
-                    .classes
-                    .entry(k.clone())
-                    .or_default()
-                    .queue
-                    .push_front(task);
-                self.dispatch(&mut st, &k, &mut fx);
-            }
-            drop(st);
-            self.apply(fx);
-            return;
+        if let Some(c) = ended.dispatch {
+            self.dispatch(&mut st, &c, &mut fx);
         }
+        drop(st);
+        self.apply(fx);
+    }
+
+    /// Stores a finished task's results as its return objects (an error
+    /// when their number is wrong) and lets go of what it held.
+    fn store_results(
+        self: &Arc<Self>,
+        st: &mut State,
+        t: TaskEntry,
+        returns: Vec<Payload>,
+        fx: &mut Effects,
+    ) {
         if returns.len() == t.spec.returns.len() {
             for (id, p) in t.spec.returns.iter().zip(returns) {
-                self.set_value(&mut st, *id, p, &mut fx);
+                self.set_value(st, *id, p, fx);
             }
-            self.record_lineage(&mut st, &t);
+            self.record_lineage(st, &t);
         } else {
             let e = Error::new(
                 ErrorKind::TaskFailed,
@@ -872,15 +776,10 @@ impl CoreWorker {
                     t.spec.returns.len()
                 ),
             );
-            self.fail_returns(&mut st, &t.spec, &e, &mut fx);
+            self.fail_returns(st, &t.spec, &e, fx);
         }
-        self.release_handle(&mut st, t.handle, &mut fx);
+        self.release_handle(st, t.handle, fx);
         fx.drops.extend(t.keep);
-        if let Some(c) = class {
-            self.dispatch(&mut st, &c, &mut fx);
-        }
-        drop(st);
-        self.apply(fx);
     }
 
     /// Tasks whose worker on another node died with no retries left: they
@@ -977,171 +876,47 @@ impl CoreWorker {
         worker: WorkerId,
         fx: &mut Effects,
     ) {
-        if let Some((class, inflight)) = st.sub.lease_lost(worker) {
-            for t in inflight.iter().rev() {
-                let Some(e) = st.sub.tasks.get_mut(t) else {
-                    continue;
-                };
-                if e.cancelled {
-                    let err = Error::new(
-                        ErrorKind::Cancelled,
-                        format!("task `{}` was cancelled", e.spec.function),
-                    );
-                    self.finish_failed(st, *t, &err, fx);
-                } else if e.retries_left > 0 {
-                    RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if e.retries_left != crate::core_worker::function_manager::RETRY_FOREVER {
-                        e.retries_left -= 1;
-                    }
-                    e.status = Status::Queued;
-                    st.sub
-                        .classes
-                        .entry(class.clone())
-                        .or_default()
-                        .queue
-                        .push_front(*t);
-                } else {
-                    let err = Error::new(
-                        ErrorKind::WorkerDied,
-                        format!(
-                            "the worker process running task `{}` died (worker {worker}); it was tried {} time(s) (max_retries = {})",
-                            e.spec.function,
-                            e.max_retries + 1,
-                            e.max_retries
-                        ),
-                    );
-                    if worker.node() == self.session.node_index {
-                        self.finish_failed(st, *t, &err, fx);
-                    } else {
-                        // On another node: whether that node is gone
-                        // (NodeDied) is found out after the lock.
-                        fx.worker_deaths.push((*t, worker, err));
-                    }
-                }
-            }
+        let lost = st.sub.worker_lost(worker, self.session.node_index, fx);
+        for (t, err) in lost.fail {
+            self.finish_failed(st, t, &err, fx);
+        }
+        if let Some(class) = lost.dispatch {
             self.dispatch(st, &class, fx);
         }
-        let actors: Vec<ActorId> = st
-            .sub
-            .actors
-            .iter()
-            .filter(|(_, q)| q.conn.as_ref().is_some_and(|(w, _)| *w == worker))
-            .map(|(a, _)| *a)
-            .collect();
-        for a in actors {
-            let Some(q) = st.sub.actors.get_mut(&a) else {
-                continue;
-            };
-            q.conn = None;
-            q.lost = Some(worker);
-            // Calls that may be retried (Ray's max_task_retries) go back to
-            // the front of the queue, in order, for the restarted actor.
-            let inflight = std::mem::take(&mut q.inflight);
-            let mut failed = Vec::new();
-            for t in inflight.into_iter().rev() {
-                match st.sub.tasks.get_mut(&t) {
-                    Some(e) if e.retries_left > 0 => {
-                        RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if e.retries_left != crate::core_worker::function_manager::RETRY_FOREVER {
-                            e.retries_left -= 1;
-                        }
-                        e.status = Status::Queued;
-                        q.pending.push_front(t);
-                    }
-                    Some(e) => failed.push((t, e.spec.function.clone())),
-                    None => {}
-                }
-            }
-            let more = !q.pending.is_empty();
-            for (t, name) in failed.into_iter().rev() {
-                let err = Error::new(
-                    ErrorKind::ActorDied,
-                    format!("the actor's process died while running `{name}` (the actor restarts if it has restarts left; this call is not retried: see max_task_retries)"),
-                );
-                if worker.node() == self.session.node_index {
-                    self.finish_failed(st, t, &err, fx);
-                } else {
-                    // Named with its node if that went too (after the lock).
-                    fx.worker_deaths.push((t, worker, err));
-                }
-            }
-            if more {
-                self.flush_actor(st, a, fx);
-            }
+        for a in lost.flush {
+            self.flush_actor(st, a, fx);
         }
     }
 
     /// Fails every pending task (the cluster went away).
     pub(crate) fn fail_all(self: &Arc<Self>, st: &mut State, err: &Error) -> Effects {
         let mut fx = Effects::default();
-        let ids: Vec<TaskId> = st.sub.tasks.keys().copied().collect();
-        for t in ids {
+        for t in st.sub.abandon() {
             self.finish_failed(st, t, err, &mut fx);
         }
-        st.sub.leases.clear();
-        st.sub.by_worker.clear();
-        st.sub.classes.clear();
         fx
     }
 
     /// Cancels the task producing `id` (Ray's `ray.cancel(force=True)` for
     /// a running task: its worker is killed and the task is not retried).
     pub(crate) fn cancel(self: &Arc<Self>, id: ObjectId) -> Result<()> {
-        let mut fx = Effects::default();
-        let mut guard = self.lock();
-        let st = &mut *guard;
         if id.owner != self.id {
             // Only the owner knows the task (Ray forwards the cancel to the
             // owner too): a ref a task returned is owned by that task's worker.
-            drop(guard);
             self.send_to(id.owner, PeerMsg::CancelObject { id });
             return Ok(());
         }
+        let mut fx = Effects::default();
+        let mut st = self.lock();
         let Some(task) = st.objects.get(&id).and_then(|e| e.task) else {
             return Ok(()); // finished already, or not a task result
         };
-        let Some(t) = st.sub.tasks.get_mut(&task) else {
-            return Ok(());
-        };
-        let err = Error::new(
-            ErrorKind::Cancelled,
-            format!("task `{}` was cancelled", t.spec.function),
-        );
-        match t.status {
-            Status::WaitingDeps | Status::Queued => {
-                if let Some(cq) = t.key.clone().and_then(|k| st.sub.classes.get_mut(&k)) {
-                    cq.queue.retain(|x| *x != task);
-                }
-                for w in st.sub.dep_waiters.values_mut() {
-                    w.retain(|x| *x != task);
-                }
-                if let Some(a) = t.spec.actor {
-                    // Sent calls keep their order; an unsent one can go.
-                    if let Some(q) = st.sub.actors.get_mut(&a) {
-                        q.pending.retain(|x| *x != task);
-                    }
-                }
-                self.finish_failed(st, task, &err, &mut fx);
-            }
-            Status::Running(worker) => {
-                if t.spec.actor.is_some() {
-                    return Err(Error::invalid(
-                        "an actor call that already reached the actor cannot be cancelled",
-                    ));
-                }
-                t.cancelled = true;
-                if let Some(l) = st
-                    .sub
-                    .by_worker
-                    .get(&worker)
-                    .and_then(|l| st.sub.leases.get(l))
-                {
-                    fx.sends
-                        .push((l.worker, l.conn, PeerMsg::CancelTask { task }));
-                }
-            }
+        match st.sub.cancel(task, &mut fx) {
+            Cancel::Unknown | Cancel::Signalled => {}
+            Cancel::Fail(err) => self.finish_failed(&mut st, task, &err, &mut fx),
+            Cancel::Refused(err) => return Err(err),
         }
-        drop(guard);
+        drop(st);
         self.apply(fx);
         Ok(())
     }

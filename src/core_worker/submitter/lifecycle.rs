@@ -1,0 +1,711 @@
+//! A task's life after it is queued, the sans-IO half: what its end, its
+//! worker's loss, a lease request's failure or redirection, a cancel and
+//! the cluster's loss do to the submission state. As in `leasing`, each
+//! transition lives on [`Submitter`], takes what it needs as parameters
+//! (the time, this node) and returns what the shell must do next: results
+//! to store and tasks to fail (the ownership side, behind the same lock),
+//! classes to dispatch, actor queues to flush. Messages to other processes
+//! go out as [`Effects`]. The shell (the rest of `submitter`, on
+//! `CoreWorker`) takes the lock, calls one of these, and carries out what
+//! it returns; the tests below drive them without a socket or a clock.
+//!
+//! Retry rules are Ray's: a task whose worker dies runs again while it has
+//! `max_retries` left, else fails with `WorkerDied` (named `NodeDied` by
+//! the shell when the node went too); an application error is retried
+//! only when its `retry_exceptions` filter accepts it; an actor call in
+//! flight when the actor's process dies goes back to the front of its
+//! queue within `max_task_retries`, else fails with `ActorDied`; a
+//! cancelled task is never retried.
+
+use super::super::Effects;
+use super::{LeaseRequest, SchedKey, Status, Submitter, TaskEntry, RETRIES};
+use crate::core_worker::function_manager::RETRY_FOREVER;
+use crate::error::{Error, ErrorKind};
+use crate::ids::{ActorId, TaskId, WorkerId};
+use crate::protocol::PeerMsg;
+use crate::scheduler::Spill;
+use crate::transport::Payload;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// How a task's attempt ended, as its worker reported it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Report {
+    /// The worker reached its `max_calls` and exits: its lease ends.
+    pub(super) exiting: bool,
+    /// The task never ran: some of its arguments were lost.
+    pub(super) args_lost: bool,
+    /// It raised an application error its `retry_exceptions` filter accepts
+    /// (the filter is user code: the shell runs it outside the lock).
+    pub(super) retry: bool,
+}
+
+/// What the shell does after a task's attempt ended.
+pub(super) enum Outcome {
+    /// Nobody waits for it any more (it was failed already: cancelled, or
+    /// its worker given up on); its results' store blocks are freed.
+    Unknown,
+    /// Queued again for another attempt; this one's results are freed.
+    Retried,
+    /// It never started: its lost arguments are made again first.
+    ArgsLost(TaskEntry),
+    /// Finished: its results are to be stored as its return objects.
+    Done(TaskEntry, Vec<Payload>),
+}
+
+/// A task's end, as [`Submitter::task_finished`] decides it.
+pub(super) struct Ended {
+    pub(super) outcome: Outcome,
+    /// The class to dispatch once the outcome is carried out (a pipeline
+    /// place came free, or the task was queued again).
+    pub(super) dispatch: Option<SchedKey>,
+    /// When the lease it ran on falls due back, if it is idle now.
+    pub(super) idle_due: Option<Instant>,
+}
+
+/// What the shell does after a worker this process pushed to is lost.
+#[derive(Default)]
+pub(super) struct Lost {
+    /// Tasks to fail now, with their error (a task that ran on another
+    /// node goes to `Effects::worker_deaths` instead, to be named after
+    /// that node's fate).
+    pub(super) fail: Vec<(TaskId, Error)>,
+    /// The lease's class, to dispatch its tasks queued again.
+    pub(super) dispatch: Option<SchedKey>,
+    /// Actors whose calls were queued again for the restarted actor.
+    pub(super) flush: Vec<ActorId>,
+}
+
+/// What a cancel does to a task of this process.
+#[derive(Debug)]
+pub(super) enum Cancel {
+    /// Not a task still pending here: nothing to do.
+    Unknown,
+    /// It had not been sent: taken out of its queues; fail it with this.
+    Fail(Error),
+    /// It is running: its worker was asked to stop it (`Effects::sends`).
+    Signalled,
+    /// An actor call the actor has already received cannot be cancelled.
+    Refused(Error),
+}
+
+impl Submitter {
+    /// Task `task` ended on worker `from` at `now`, as `report` says, with
+    /// `returns` as its results.
+    pub(super) fn task_finished(
+        &mut self,
+        from: WorkerId,
+        task: TaskId,
+        returns: Vec<Payload>,
+        report: Report,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> Ended {
+        let mut ended = Ended {
+            outcome: Outcome::Unknown,
+            dispatch: None,
+            idle_due: None,
+        };
+        let Some(mut t) = self.tasks.remove(&task) else {
+            free_blocks(returns, fx);
+            return ended;
+        };
+        if let Some(a) = t.spec.actor {
+            if let Some(q) = self.actors.get_mut(&a) {
+                q.inflight.retain(|x| *x != task);
+            }
+        } else if self.by_worker.contains_key(&from) {
+            if let Some((class, due)) = self.finished_on_lease(from, task, t.pushed, now) {
+                ended.idle_due = due;
+                ended.dispatch = Some(class);
+            }
+            if report.exiting {
+                self.lease_ended_by_worker(from);
+            }
+        }
+        if report.args_lost && !t.cancelled {
+            ended.outcome = Outcome::ArgsLost(t);
+        } else if report.retry && t.retries_left > 0 && !t.cancelled {
+            free_blocks(returns, fx);
+            spend_retry(&mut t);
+            t.status = Status::Queued;
+            t.pushed = None;
+            ended.dispatch.clone_from(&t.key);
+            if let Some(k) = &t.key {
+                self.classes
+                    .entry(k.clone())
+                    .or_default()
+                    .queue
+                    .push_front(task);
+            }
+            self.tasks.insert(task, t);
+            ended.outcome = Outcome::Retried;
+        } else {
+            ended.outcome = Outcome::Done(t, returns);
+        }
+        ended
+    }
+
+    /// The worker this process pushed tasks (or actor calls) to is gone:
+    /// each task on its lease runs again or fails, and so does each call in
+    /// flight to an actor it hosted. `local` is this process's node.
+    pub(super) fn worker_lost(&mut self, worker: WorkerId, local: u16, fx: &mut Effects) -> Lost {
+        let mut lost = Lost::default();
+        let mut fail = |t: TaskId, err: Error, lost: &mut Lost| {
+            if worker.node() == local {
+                lost.fail.push((t, err));
+            } else {
+                // Whether that node went too is found out after the lock.
+                fx.worker_deaths.push((t, worker, err));
+            }
+        };
+        if let Some((class, inflight)) = self.lease_lost(worker) {
+            for t in inflight.iter().rev() {
+                let Some(e) = self.tasks.get_mut(t) else {
+                    continue;
+                };
+                if e.cancelled {
+                    let err = Error::new(
+                        ErrorKind::Cancelled,
+                        format!("task `{}` was cancelled", e.spec.function),
+                    );
+                    lost.fail.push((*t, err));
+                } else if e.retries_left > 0 {
+                    spend_retry(e);
+                    e.status = Status::Queued;
+                    self.classes
+                        .entry(class.clone())
+                        .or_default()
+                        .queue
+                        .push_front(*t);
+                } else {
+                    let err = Error::new(
+                        ErrorKind::WorkerDied,
+                        format!(
+                            "the worker process running task `{}` died (worker {worker}); it was tried {} time(s) (max_retries = {})",
+                            e.spec.function,
+                            e.max_retries + 1,
+                            e.max_retries
+                        ),
+                    );
+                    fail(*t, err, &mut lost);
+                }
+            }
+            lost.dispatch = Some(class);
+        }
+        for (a, q) in self.actors.iter_mut() {
+            if q.conn.is_none_or(|(w, _)| w != worker) {
+                continue;
+            }
+            q.conn = None;
+            q.lost = Some(worker);
+            // Calls that may be retried (Ray's max_task_retries) go back to
+            // the front of the queue, in order, for the restarted actor.
+            let mut failed = Vec::new();
+            for t in std::mem::take(&mut q.inflight).into_iter().rev() {
+                match self.tasks.get_mut(&t) {
+                    Some(e) if e.retries_left > 0 => {
+                        spend_retry(e);
+                        e.status = Status::Queued;
+                        q.pending.push_front(t);
+                    }
+                    Some(e) => failed.push((t, e.spec.function.clone())),
+                    None => {}
+                }
+            }
+            for (t, name) in failed.into_iter().rev() {
+                let err = Error::new(
+                    ErrorKind::ActorDied,
+                    format!("the actor's process died while running `{name}` (the actor restarts if it has restarts left; this call is not retried: see max_task_retries)"),
+                );
+                fail(t, err, &mut lost);
+            }
+            if !q.pending.is_empty() {
+                lost.flush.push(*a);
+            }
+        }
+        lost
+    }
+
+    /// Takes failed task `id` out of the state (and out of its actor's
+    /// queues), for the shell to store its error as each result.
+    pub(super) fn take_failed(&mut self, id: TaskId) -> Option<TaskEntry> {
+        let t = self.tasks.remove(&id)?;
+        if let Some(a) = t.spec.actor {
+            if let Some(q) = self.actors.get_mut(&a) {
+                q.pending.retain(|x| *x != id);
+                q.inflight.retain(|x| *x != id);
+            }
+        }
+        Some(t)
+    }
+
+    /// A raylet answered lease request `req` with `error`: the class's
+    /// queued tasks fail with it when no other lease or request is left to
+    /// run them. Returns the error (a hard affinity's infeasibility is
+    /// `Unschedulable`) and those tasks.
+    pub(super) fn lease_failed(&mut self, req: u64, error: Error) -> (Error, Vec<TaskId>) {
+        self.remote_reqs.remove(&req);
+        let Some(class) = self.lease_reqs.remove(&req) else {
+            return (error, Vec::new());
+        };
+        // A hard affinity to a node that can never fit the request is
+        // unschedulable there (it may not go elsewhere).
+        let error = match class.node {
+            Some(n) if !class.soft && error.kind() == ErrorKind::Infeasible => Error::new(
+                ErrorKind::Unschedulable,
+                format!("hard node affinity to node {n}: {}", error.message()),
+            ),
+            _ => error,
+        };
+        let failed = match self.classes.get_mut(&class) {
+            Some(cq) => {
+                cq.pending_requests = cq.pending_requests.saturating_sub(1);
+                if cq.pending_requests == 0 && cq.leases.is_empty() {
+                    cq.queue.drain(..).collect()
+                } else {
+                    Vec::new()
+                }
+            }
+            None => Vec::new(),
+        };
+        (error, failed)
+    }
+
+    /// The local raylet redirected lease request `req` to `node`'s: the
+    /// request to send there (which may fall back to the local raylet).
+    pub(super) fn lease_spilled(
+        &mut self,
+        req: u64,
+        node: u16,
+        local: u16,
+    ) -> Option<LeaseRequest> {
+        let class = self.lease_reqs.get(&req)?;
+        let shape = class.shape.clone();
+        if node != local {
+            self.remote_reqs.insert(req, (node, true));
+        }
+        Some(LeaseRequest {
+            req,
+            shape,
+            node,
+            spill: Spill::Never,
+            fallback: true,
+        })
+    }
+
+    /// Node `node`'s raylet is gone with lease requests unanswered: those
+    /// that may fall back go to the local raylet (`local`); the others are
+    /// returned, to fail.
+    pub(super) fn raylet_lost(&mut self, node: u16, local: u16) -> (Vec<LeaseRequest>, Vec<u64>) {
+        let reqs: Vec<(u64, bool)> = self
+            .remote_reqs
+            .iter()
+            .filter(|(_, (n, _))| *n == node)
+            .map(|(r, (_, f))| (*r, *f))
+            .collect();
+        let (mut again, mut failed) = (Vec::new(), Vec::new());
+        for (req, fallback) in reqs {
+            self.remote_reqs.remove(&req);
+            let Some(class) = self.lease_reqs.get(&req) else {
+                continue;
+            };
+            if fallback {
+                again.push(LeaseRequest {
+                    req,
+                    shape: class.shape.clone(),
+                    node: local,
+                    spill: Spill::Never,
+                    fallback: false,
+                });
+            } else {
+                failed.push(req);
+            }
+        }
+        (again, failed)
+    }
+
+    /// Cancels task `task` (Ray's `ray.cancel(force=True)`): one not sent
+    /// yet leaves its queues; a running one is marked (never retried) and
+    /// its worker told to stop it.
+    pub(super) fn cancel(&mut self, task: TaskId, fx: &mut Effects) -> Cancel {
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return Cancel::Unknown;
+        };
+        let err = Error::new(
+            ErrorKind::Cancelled,
+            format!("task `{}` was cancelled", t.spec.function),
+        );
+        match t.status {
+            Status::WaitingDeps | Status::Queued => {
+                if let Some(cq) = t.key.as_ref().and_then(|k| self.classes.get_mut(k)) {
+                    cq.queue.retain(|x| *x != task);
+                }
+                for w in self.dep_waiters.values_mut() {
+                    w.retain(|x| *x != task);
+                }
+                if let Some(a) = t.spec.actor {
+                    // Sent calls keep their order; an unsent one can go.
+                    if let Some(q) = self.actors.get_mut(&a) {
+                        q.pending.retain(|x| *x != task);
+                    }
+                }
+                Cancel::Fail(err)
+            }
+            Status::Running(_) if t.spec.actor.is_some() => Cancel::Refused(Error::invalid(
+                "an actor call that already reached the actor cannot be cancelled",
+            )),
+            Status::Running(worker) => {
+                t.cancelled = true;
+                if let Some(l) = self.by_worker.get(&worker).and_then(|l| self.leases.get(l)) {
+                    fx.sends
+                        .push((l.worker, l.conn, PeerMsg::CancelTask { task }));
+                }
+                Cancel::Signalled
+            }
+        }
+    }
+
+    /// The cluster went away: every lease is dropped; returns every task
+    /// still pending, to fail.
+    pub(super) fn abandon(&mut self) -> Vec<TaskId> {
+        self.leases.clear();
+        self.by_worker.clear();
+        self.classes.clear();
+        self.tasks.keys().copied().collect()
+    }
+}
+
+/// A task attempt's results nobody will read: their store blocks go back.
+fn free_blocks(returns: Vec<Payload>, fx: &mut Effects) {
+    for p in returns {
+        if let Payload::Store { node, offset, .. } = p {
+            fx.free_offsets.push((node, offset));
+        }
+    }
+}
+
+/// One of the task's retries is used (none is counted for a task retried
+/// without end).
+fn spend_retry(t: &mut TaskEntry) {
+    RETRIES.fetch_add(1, Ordering::Relaxed);
+    if t.retries_left != RETRY_FOREVER {
+        t.retries_left -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::actors::ActorQueue;
+    use super::super::leasing::tests::{class, env, pushed, queue, TestEnv, OWNER};
+    use super::*;
+    use crate::ids::LeaseId;
+    use crate::transport::ConnId;
+    use std::time::Duration;
+
+    /// The first lease request of `class` granted to `worker` at `now`,
+    /// with the class's tasks known to be short (so they are pipelined).
+    fn leased(sub: &mut Submitter, env: &TestEnv, class: &SchedKey, worker: WorkerId) -> Effects {
+        let now = Instant::now();
+        sub.classes.get_mut(class).unwrap().service = Some(Duration::from_micros(20));
+        let mut fx = Effects::default();
+        sub.dispatch(class, now, env, &mut fx);
+        // Any request out for the class (one asked for earlier will do).
+        let req = sub
+            .lease_reqs
+            .iter()
+            .filter(|(_, c)| *c == class)
+            .map(|(r, _)| *r)
+            .min()
+            .expect("a lease request out");
+        let mut fx = Effects::default();
+        let conn = ConnId::for_test(worker.0);
+        let lease = LeaseId::new(0, worker.0);
+        assert!(sub.lease_granted(
+            req,
+            lease,
+            worker,
+            Some(conn),
+            Vec::new(),
+            now,
+            env,
+            &mut fx
+        ));
+        fx
+    }
+
+    fn store(offset: u64) -> Payload {
+        Payload::Store {
+            node: 0,
+            offset,
+            len: 8,
+            tag: 1,
+        }
+    }
+
+    /// A lost worker's tasks run again while they have retries (at the
+    /// front of their queue, in order), else fail with `WorkerDied` here,
+    /// or go to `worker_deaths` when the worker was on another node (to be
+    /// named after that node's fate); a cancelled one is never retried.
+    #[test]
+    fn a_lost_workers_tasks_run_again_within_their_retries_then_fail() {
+        let (env, class) = (env(), class(false));
+        let mut sub = Submitter::default();
+        let tasks = queue(&mut sub, &class, 4);
+        for (t, r) in tasks.iter().zip([1, 0, 3, 2]) {
+            let e = sub.tasks.get_mut(t).unwrap();
+            (e.retries_left, e.max_retries) = (r, r);
+        }
+        sub.tasks.get_mut(&tasks[3]).unwrap().cancelled = true;
+        let worker = WorkerId::new(0, 4100);
+        assert_eq!(pushed(&leased(&mut sub, &env, &class, worker)).len(), 4);
+        let mut fx = Effects::default();
+        let lost = sub.worker_lost(worker, 0, &mut fx);
+        assert_eq!(lost.dispatch, Some(class.clone()));
+        let failed: Vec<(TaskId, ErrorKind)> =
+            lost.fail.iter().map(|(t, e)| (*t, e.kind())).collect();
+        assert_eq!(
+            failed,
+            vec![
+                (tasks[3], ErrorKind::Cancelled),
+                (tasks[1], ErrorKind::WorkerDied)
+            ]
+        );
+        assert!(lost.fail[1].1.message().contains("max_retries = 0"));
+        let queued: Vec<TaskId> = sub.classes[&class].queue.iter().copied().collect();
+        assert_eq!(queued, vec![tasks[0], tasks[2]], "retried, in order");
+        assert_eq!(sub.tasks[&tasks[0]].retries_left, 0);
+        assert_eq!(sub.tasks[&tasks[2]].retries_left, 2);
+        assert!(fx.worker_deaths.is_empty() && sub.leases.is_empty());
+
+        // The same loss on another node: the failure waits for the verdict
+        // on that node.
+        let remote = WorkerId::new(1, 4101);
+        sub.classes.get_mut(&class).unwrap().queue.clear();
+        sub.classes
+            .get_mut(&class)
+            .unwrap()
+            .queue
+            .push_back(tasks[0]);
+        leased(&mut sub, &env, &class, remote);
+        let mut fx = Effects::default();
+        let lost = sub.worker_lost(remote, 0, &mut fx);
+        assert!(lost.fail.is_empty());
+        assert_eq!(fx.worker_deaths.len(), 1);
+        assert_eq!(fx.worker_deaths[0].0, tasks[0]);
+        assert_eq!(fx.worker_deaths[0].2.kind(), ErrorKind::WorkerDied);
+    }
+
+    /// A task's end frees its pipeline place (the class is dispatched) and,
+    /// when the lease empties, says when it falls due; the results go to
+    /// the shell. An exception its filter retries goes back to the front
+    /// of the queue with that attempt's blocks freed; a report for a task
+    /// nobody waits for only frees its blocks.
+    #[test]
+    fn a_finished_task_is_stored_retried_or_dropped() {
+        let (env, class) = (env(), class(false));
+        let mut sub = Submitter::default();
+        let tasks = queue(&mut sub, &class, 2);
+        sub.tasks.get_mut(&tasks[1]).unwrap().retries_left = 1;
+        let worker = WorkerId::new(0, 4102);
+        leased(&mut sub, &env, &class, worker);
+        let now = Instant::now();
+        let mut fx = Effects::default();
+        let report = Report::default();
+        let ended = sub.task_finished(worker, tasks[0], vec![store(64)], report, now, &mut fx);
+        assert!(
+            matches!(&ended.outcome, Outcome::Done(t, r) if t.spec.id == tasks[0] && r.len() == 1)
+        );
+        assert_eq!(ended.dispatch, Some(class.clone()));
+        assert_eq!(ended.idle_due, None, "one task still runs there");
+        assert!(fx.free_offsets.is_empty());
+
+        let retry = Report {
+            retry: true,
+            ..Report::default()
+        };
+        let ended = sub.task_finished(worker, tasks[1], vec![store(128)], retry, now, &mut fx);
+        assert!(matches!(ended.outcome, Outcome::Retried));
+        assert_eq!(ended.dispatch, Some(class.clone()));
+        assert_eq!(
+            ended.idle_due,
+            Some(now + super::super::leasing::LEASE_IDLE)
+        );
+        assert_eq!(fx.free_offsets, vec![(0, 128)]);
+        let e = &sub.tasks[&tasks[1]];
+        assert_eq!((e.retries_left, e.status), (0, Status::Queued));
+        assert_eq!(sub.classes[&class].queue.front(), Some(&tasks[1]));
+
+        sub.tasks.remove(&tasks[1]);
+        let ended = sub.task_finished(worker, tasks[1], vec![store(192)], retry, now, &mut fx);
+        assert!(matches!(ended.outcome, Outcome::Unknown));
+        assert_eq!(fx.free_offsets, vec![(0, 128), (0, 192)]);
+    }
+
+    /// A task whose arguments were lost never ran: it comes back whole for
+    /// the shell to remake them, unless it was cancelled (then it is done,
+    /// and fails as cancelled when its results are stored).
+    #[test]
+    fn a_task_that_lost_its_arguments_comes_back_to_the_shell() {
+        let (env, class) = (env(), class(false));
+        let mut sub = Submitter::default();
+        let tasks = queue(&mut sub, &class, 1);
+        let worker = WorkerId::new(0, 4103);
+        leased(&mut sub, &env, &class, worker);
+        let mut fx = Effects::default();
+        let lost = Report {
+            args_lost: true,
+            exiting: true,
+            ..Report::default()
+        };
+        let ended = sub.task_finished(worker, tasks[0], Vec::new(), lost, Instant::now(), &mut fx);
+        assert!(matches!(&ended.outcome, Outcome::ArgsLost(t) if t.spec.id == tasks[0]));
+        assert!(sub.leases.is_empty(), "the worker exits: its lease ends");
+    }
+
+    /// Cancelling a task not sent yet takes it out of its queue; a running
+    /// one is marked and its worker told; a call an actor already has
+    /// cannot be cancelled.
+    #[test]
+    fn cancel_takes_a_queued_task_out_and_signals_a_running_one() {
+        let (env, class) = (env(), class(false));
+        let mut sub = Submitter::default();
+        let tasks = queue(&mut sub, &class, 2);
+        let mut fx = Effects::default();
+        assert!(
+            matches!(sub.cancel(tasks[1], &mut fx), Cancel::Fail(e) if e.kind() == ErrorKind::Cancelled)
+        );
+        assert_eq!(sub.classes[&class].queue.len(), 1);
+        let worker = WorkerId::new(0, 4104);
+        leased(&mut sub, &env, &class, worker);
+        let mut fx = Effects::default();
+        assert!(matches!(sub.cancel(tasks[0], &mut fx), Cancel::Signalled));
+        assert!(sub.tasks[&tasks[0]].cancelled);
+        assert!(matches!(
+            &fx.sends[..],
+            [(w, c, PeerMsg::CancelTask { task })] if *w == worker && *c == ConnId::for_test(worker.0) && *task == tasks[0]
+        ));
+        sub.tasks.get_mut(&tasks[0]).unwrap().spec.actor = Some(ActorId(7));
+        assert!(matches!(sub.cancel(tasks[0], &mut fx), Cancel::Refused(_)));
+        assert!(matches!(
+            sub.cancel(
+                TaskId {
+                    owner: OWNER,
+                    seq: 99
+                },
+                &mut fx
+            ),
+            Cancel::Unknown
+        ));
+    }
+
+    /// A failed lease request fails its class's queued tasks only when no
+    /// lease or other request is left to run them; a hard affinity's
+    /// infeasible answer is `Unschedulable`.
+    #[test]
+    fn a_failed_lease_request_fails_the_class_when_nothing_else_can_run_it() {
+        let env = env();
+        let hard = SchedKey {
+            node: Some(2),
+            ..class(false)
+        };
+        let mut sub = Submitter::default();
+        let tasks = queue(&mut sub, &hard, 2);
+        let mut fx = Effects::default();
+        sub.dispatch(&hard, Instant::now(), &env, &mut fx);
+        let reqs: Vec<u64> = fx.lease_requests.iter().map(|r| r.req).collect();
+        assert_eq!(reqs.len(), 2);
+        let infeasible = || Error::new(ErrorKind::Infeasible, "no node has 9 GPUs");
+        let (_, failed) = sub.lease_failed(reqs[0], infeasible());
+        assert!(failed.is_empty(), "another request is out");
+        let (err, failed) = sub.lease_failed(reqs[1], infeasible());
+        assert_eq!(failed, tasks);
+        assert_eq!(err.kind(), ErrorKind::Unschedulable);
+        assert!(err.message().contains("node 2"));
+        let (err, failed) = sub.lease_failed(reqs[1], infeasible());
+        assert!(
+            failed.is_empty() && err.kind() == ErrorKind::Infeasible,
+            "answered once"
+        );
+    }
+
+    /// A request the local raylet spilled goes to the node named (and may
+    /// fall back); when that node's raylet is lost, its requests that may
+    /// fall back go to the local raylet, and those bound to it fail.
+    #[test]
+    fn a_lost_raylets_requests_fall_back_to_the_local_one_or_fail() {
+        let env = env();
+        let (any, bound) = (
+            class(false),
+            SchedKey {
+                node: Some(1),
+                ..class(false)
+            },
+        );
+        let mut sub = Submitter::default();
+        queue(&mut sub, &any, 1);
+        let mut fx = Effects::default();
+        sub.dispatch(&any, Instant::now(), &env, &mut fx);
+        let spilled = fx.lease_requests[0].req;
+        let again = sub.lease_spilled(spilled, 1, 0).expect("a request");
+        assert_eq!((again.node, again.fallback), (1, true));
+        assert_eq!(sub.lease_spilled(12345, 1, 0).map(|r| r.req), None);
+        sub.tasks.clear();
+        queue(&mut sub, &bound, 1);
+        let mut fx = Effects::default();
+        sub.dispatch(&bound, Instant::now(), &env, &mut fx);
+        let pinned = fx.lease_requests[0].req;
+        let (again, failed) = sub.raylet_lost(2, 0);
+        assert!(again.is_empty() && failed.is_empty(), "not node 2's");
+        let (again, failed) = sub.raylet_lost(1, 0);
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            (again[0].req, again[0].node, again[0].fallback),
+            (spilled, 0, false)
+        );
+        assert_eq!(failed, vec![pinned]);
+        assert!(sub.remote_reqs.is_empty());
+    }
+
+    /// Calls in flight to an actor whose process died go back to the front
+    /// of its queue, in order, within their retries (the actor is to be
+    /// flushed once it is back); the others fail with `ActorDied`.
+    #[test]
+    fn an_actors_calls_in_flight_are_requeued_or_fail_when_its_process_dies() {
+        let mut sub = Submitter::default();
+        let calls = queue(&mut sub, &class(false), 3);
+        sub.classes.clear();
+        let (actor, worker) = (ActorId(5), WorkerId::new(0, 4105));
+        for (t, r) in calls.iter().zip([2, 0, 1]) {
+            let e = sub.tasks.get_mut(t).unwrap();
+            e.spec.actor = Some(actor);
+            e.retries_left = r;
+            e.status = Status::Running(WorkerId(0));
+        }
+        sub.actors.insert(
+            actor,
+            ActorQueue {
+                conn: Some((worker, ConnId::for_test(9))),
+                inflight: calls.clone(),
+                ..ActorQueue::default()
+            },
+        );
+        let mut fx = Effects::default();
+        let lost = sub.worker_lost(worker, 0, &mut fx);
+        assert_eq!(lost.flush, vec![actor]);
+        assert_eq!(lost.dispatch, None);
+        assert_eq!(lost.fail.len(), 1);
+        assert_eq!(lost.fail[0].0, calls[1]);
+        assert_eq!(lost.fail[0].1.kind(), ErrorKind::ActorDied);
+        let q = &sub.actors[&actor];
+        assert_eq!(
+            q.pending.iter().copied().collect::<Vec<_>>(),
+            vec![calls[0], calls[2]]
+        );
+        assert!(q.conn.is_none() && q.inflight.is_empty());
+        assert_eq!(q.lost, Some(worker), "never reconnected to");
+        let t = sub.take_failed(calls[0]).expect("pending");
+        assert_eq!(t.spec.id, calls[0]);
+        assert_eq!(sub.actors[&actor].pending.len(), 1, "out of its queue too");
+    }
+}
