@@ -179,10 +179,10 @@ impl CoreWorker {
             < INLINE_MAX.as_nanos() as u64;
         // A caller with more calls already on the way (pipelining) gets the
         // queue: reading and running then overlap.
-        let (admit, spec) = self
-            .exec
-            .lock()
-            .admit(spec, conn, short, || crate::transport::more_input_pending());
+        let (admit, spec) =
+            self.exec
+                .lock()
+                .admit(spec, conn, short, crate::transport::more_input_pending);
         match (admit, spec) {
             (Admit::HandBack, Some(spec)) => {
                 let _ = conn.send(&PeerMsg::TasksReturned {

@@ -24,10 +24,13 @@
 //! than misread. Requests that expect an answer carry a `req` number that
 //! the answer echoes.
 
+mod fingerprint;
 mod gcs;
 mod peer;
 mod raylet;
 mod transfer;
+
+pub(crate) use fingerprint::PROTOCOL;
 
 pub(crate) use gcs::{FromGcs, ToGcs};
 pub(crate) use peer::PeerMsg;

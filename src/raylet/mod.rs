@@ -18,11 +18,14 @@
 //! with their owner).
 //!
 //! The store's IO shell (spilling to disk, restoring) is in [`store`];
+//! the worker processes (start, registration, reaping) in [`worker_pool`];
+//! the GCS side (registration, reports, the view, forwarded requests) in
+//! [`gcs_link`];
 //! pulls from other nodes (their bounds: bytes, threads, time) in [`pull`].
 //!
 //! Across nodes: the raylet registers with the GCS at start-up (an
 //! unreachable GCS fails the start with an error naming it), reports its free
-//! resources every [`REPORT_EVERY`] and gets the cluster resource view back,
+//! resources every `REPORT_EVERY` (100 ms) and gets the cluster resource view back,
 //! which the lease manager uses to spill requests back to other nodes. When
 //! the GCS connection closes the cluster is over and the raylet shuts down.
 //! It listens on a Unix socket for its node's processes and on TCP for other
@@ -31,27 +34,24 @@
 //! a dedicated TCP connection, reading straight into the arena; copies are
 //! shared by every reader on the node and freed when the last unpins.
 
+mod gcs_link;
 mod gcs_proxy;
 mod pull;
 mod store;
+mod worker_pool;
 
 use crate::error::{Error, Result};
 use crate::ids::WorkerId;
 use crate::object_store::{Arena, SpillDir, Store, SPACE_PER_MEMORY};
-use crate::protocol::{FromGcs, FromRaylet, ToGcs, ToRaylet, Transfer};
-use crate::scheduler::{Action, ClientId, LeaseManager, PeerNode};
-use crate::session::{log, Session, ENV_ROLE, ENV_SESSION};
-use crate::transport::{self, Conn, Listener, Msg, NodeInfo, NodeLoad, ResourceReport, Stream};
+use crate::protocol::{FromRaylet, ToGcs, ToRaylet, Transfer};
+use crate::scheduler::{Action, ClientId, LeaseManager};
+use crate::session::{log, Session};
+use crate::transport::{self, Conn, Listener, Msg, NodeInfo, Stream};
 use pull::{PullBudget, PullJob, WorkPool};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-/// How often the raylet reports its free resources to the GCS.
-const REPORT_EVERY: Duration = Duration::from_millis(100);
-/// Bound on registering with the GCS.
-const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
+use worker_pool::{kill_target, process_running, MAX_START_FAILURES, MAX_UNCLAIMED};
 
 /// A block of another node's store, copied into this one.
 enum CopyState {
@@ -68,15 +68,9 @@ struct Copy {
 /// (node, offset, len, tag) of the original block.
 type CopyKey = (u16, u64, u64, u64);
 
-/// Workers that exit before registering this many times in a row mean the
-/// binary does not call `rustray::init()` first: stop retrying.
-const MAX_START_FAILURES: u32 = 5;
 /// In-situ ranks one node records, at most (more would be a peer's lie:
 /// no node runs this many ranks).
 const MAX_RANKS: usize = 4096;
-/// Bound on registrations waiting for the spawner to record their pid (a
-/// peer cannot grow the table past it with made-up pids).
-const MAX_UNCLAIMED: usize = 1024;
 
 struct Client {
     conn: Arc<Conn>,
@@ -84,31 +78,6 @@ struct Client {
     is_driver: bool,
     /// The connecting process, as the kernel tells it (Unix clients).
     pid: Option<u32>,
-}
-
-/// A worker's `Register` names its pid: it is taken only when it is a
-/// process this raylet started and no worker has claimed yet.
-fn claim_pid(pids: &mut HashMap<u32, Option<WorkerId>>, worker: WorkerId, pid: u32) -> bool {
-    match pids.get_mut(&pid) {
-        Some(slot @ None) => {
-            *slot = Some(worker);
-            true
-        }
-        _ => false,
-    }
-}
-
-/// The pid to signal for `worker`: only a live child of this raylet that
-/// registered as that worker, and a valid positive pid (never 0 or a
-/// negative process-group id, which `kill` would take as "many").
-fn kill_target(
-    pids: &HashMap<u32, Option<WorkerId>>,
-    registered: &HashMap<WorkerId, u32>,
-    worker: WorkerId,
-) -> Option<i32> {
-    let pid = *registered.get(&worker)?;
-    let signed = i32::try_from(pid).ok().filter(|p| *p > 0)?;
-    (pids.get(&pid) == Some(&Some(worker))).then_some(signed)
 }
 
 struct State {
@@ -408,168 +377,6 @@ impl Raylet {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Joins the cluster: registers this node with the GCS and returns the
-    /// connection for reports.
-    fn register(
-        self: &Arc<Self>,
-        resources: &crate::scheduler::ResourceSet,
-        port: u16,
-        fabric: Option<crate::fabric::FabricAddr>,
-    ) -> Result<Arc<Conn>> {
-        let s = &self.session;
-        let gcs_err = |e: Error| {
-            Error::unavailable(format!(
-                "node {} cannot register with the GCS at {}: {e}",
-                s.node, s.gcs
-            ))
-        };
-        let mut dialed = transport::dial(&s.gcs_endpoint(), &s.secret).map_err(gcs_err)?;
-        let conn = dialed.conn.clone();
-        conn.send(&ToGcs::RegisterNode {
-            req: 1,
-            info: NodeInfo {
-                index: s.node_index,
-                name: s.node.clone(),
-                ip: s.ip,
-                raylet_port: port,
-                total: resources.clone(),
-                available: resources.clone(),
-                alive: true,
-                store_used: 0,
-                store_capacity: self.lock().store.capacity(),
-                drivers: 0,
-                drivers_seen: 0,
-                ranks: Vec::new(),
-                fabric,
-            },
-        })
-        .map_err(gcs_err)?;
-        let io_err = |e: std::io::Error| gcs_err(Error::unavailable(e.to_string()));
-        let stream = dialed.stream_mut();
-        stream
-            .set_read_timeout(Some(REGISTER_TIMEOUT))
-            .map_err(io_err)?;
-        let reply = transport::read_frame(stream, &mut Vec::new()).map_err(io_err)?;
-        stream.set_read_timeout(None).map_err(io_err)?;
-        match reply {
-            Some(Msg::FromGcs(FromGcs::NodeRegistered { result, .. })) => {
-                result.map_err(gcs_err)?
-            }
-            _ => return Err(gcs_err(Error::unavailable("no answer to the registration"))),
-        }
-        let (r, r2) = (self.clone(), self.clone());
-        dialed.serve(
-            "raylet-gcs",
-            move |m| match m {
-                Msg::FromGcs(FromGcs::ClusterView {
-                    version,
-                    joined,
-                    changed,
-                }) => r.cluster_view(version, joined, changed),
-                Msg::FromGcs(FromGcs::NodeLost { node }) => r.node_lost_pushed(node),
-                _ => {}
-            },
-            move || r2.shutdown("the GCS connection closed"),
-        )?;
-        Ok(conn)
-    }
-
-    /// Reports to the GCS until the connection fails: what changed since
-    /// the last report (a bare heartbeat when nothing did), and the view
-    /// version this node holds (the GCS answers with what changed since).
-    fn report(&self, gcs: Arc<Conn>) {
-        let mut last: Option<ResourceReport> = None;
-        loop {
-            let msg = {
-                let st = self.lock();
-                let now = ResourceReport {
-                    available: st.leases.available().clone(),
-                    store_used: st.store.used(),
-                    store_capacity: st.store.capacity(),
-                    drivers: st.clients.values().filter(|c| c.is_driver).count() as u32,
-                    drivers_seen: st.drivers_seen,
-                    ranks: st.ranks.clone(),
-                };
-                let report = (last.as_ref() != Some(&now)).then(|| {
-                    last = Some(now.clone());
-                    now
-                });
-                ToGcs::ReportResources {
-                    node: self.session.node_index,
-                    report,
-                    view_version: st.view_version,
-                }
-            };
-            if gcs.send(&msg).is_err() {
-                return;
-            }
-            std::thread::sleep(REPORT_EVERY);
-        }
-    }
-
-    /// The nodes changed since this node's view version, up to `version`:
-    /// merged into the view this node holds.
-    /// The GCS declared `node` lost: the view says so now (as the next
-    /// delta will), without changing the view's version.
-    fn node_lost_pushed(&self, node: u16) {
-        let load = {
-            let st = self.lock();
-            st.nodes.get(&node).filter(|n| n.alive).map(|n| NodeLoad {
-                alive: false,
-                ..crate::gcs::nodes::load_of(n)
-            })
-        };
-        if let Some(l) = load {
-            self.cluster_view(0, Vec::new(), vec![l]);
-        }
-    }
-
-    fn cluster_view(&self, version: u64, joined: Vec<NodeInfo>, changed: Vec<NodeLoad>) {
-        let me = self.session.node_index;
-        let mut st = self.lock();
-        // Nodes the view declares dead for the first time: this node's
-        // processes hear it from here (O(nodes) GCS connections, not one
-        // per process), and give up on everything of those nodes.
-        let died: Vec<u16> = match crate::gcs::nodes::apply_delta(&mut st.nodes, joined, changed) {
-            Some(died) => {
-                st.view_version = st.view_version.max(version);
-                died.into_iter().filter(|n| *n != me).collect()
-            }
-            None => {
-                // A change to a node this view never had: its version is
-                // wrong (a restarted GCS); the next report asks for all.
-                st.view_version = 0;
-                Vec::new()
-            }
-        };
-        let mut peers: Vec<PeerNode> = st
-            .nodes
-            .values()
-            .filter(|n| n.alive && n.index != me)
-            .map(|n| PeerNode {
-                index: n.index,
-                total: n.total.clone(),
-                available: n.available.clone(),
-            })
-            .collect();
-        // In index order, as the whole view came: ties in placement break
-        // the same way on every node.
-        peers.sort_by_key(|p| p.index);
-        let a = st.leases.set_view(peers);
-        self.execute(&mut st, a);
-        if died.is_empty() {
-            return;
-        }
-        let clients: Vec<Arc<Conn>> = st.clients.values().map(|c| c.conn.clone()).collect();
-        drop(st);
-        for node in died {
-            log!("node {node} is dead in the cluster view: telling this node's processes");
-            for c in &clients {
-                let _ = c.try_send(&FromRaylet::NodeDied { node });
-            }
-        }
-    }
-
     fn accept(self: &Arc<Self>, listener: Listener) {
         let r = self.clone();
         transport::accept_each(
@@ -602,74 +409,6 @@ impl Raylet {
             transport::read_loop(stream, |m| self.handle(id, m))
         });
         self.client_gone(id);
-    }
-
-    /// Takes a worker's registration if `pid` is an unclaimed process this
-    /// raylet started.
-    fn claim_worker(&self, st: &mut State, worker: WorkerId, pid: u32) {
-        if !claim_pid(&mut st.pids, worker, pid) {
-            // A pid this raylet did not start (or one already claimed): a
-            // bug or a forged message. Signalling it later could hit any
-            // process of the user.
-            log!("worker {worker} registered with pid {pid}, which is not an unclaimed worker process of this raylet; ignored");
-            return;
-        }
-        st.registered.insert(worker, pid);
-        st.start_failures = 0;
-        let a = st.leases.worker_registered(worker);
-        self.execute(st, a);
-    }
-
-    /// Asks the spawner thread for a worker process.
-    fn start_worker(&self, st: &mut State) {
-        if st.stopping {
-            // A worker started now would outlive the kill below and find
-            // the store gone.
-            return;
-        }
-        let _ = self.spawns.send(());
-    }
-
-    /// Starts the worker processes asked for, one at a time, with the state
-    /// lock held only to record them.
-    fn spawner(&self, asks: std::sync::mpsc::Receiver<()>) {
-        for () in asks {
-            if self.lock().stopping {
-                continue;
-            }
-            let child = std::process::Command::new(&self.session.exe)
-                .args(&self.session.args)
-                .env(ENV_ROLE, "worker")
-                .env(ENV_SESSION, &self.env)
-                .stdin(std::process::Stdio::null())
-                .spawn();
-            let mut st = self.lock();
-            match child {
-                Ok(mut c) if st.stopping => {
-                    // Shutdown began meanwhile and will not see this one.
-                    let _ = c.kill();
-                }
-                Ok(c) => {
-                    let pid = c.id();
-                    st.pids.insert(pid, None);
-                    if let Some((client, worker)) = st.unclaimed.remove(&pid) {
-                        if st.clients.contains_key(&client) {
-                            self.claim_worker(&mut st, worker, pid);
-                        }
-                    }
-                    // The reaper thread collects it with waitpid; if it
-                    // already did, this is its exit.
-                    if let Some(status) = st.early_exits.remove(&pid) {
-                        self.child_exited(st, pid, status);
-                    }
-                }
-                Err(e) => {
-                    log!("cannot start a worker: {e}");
-                    let actions = st.leases.worker_start_failed();
-                    self.execute(&mut st, actions);
-                }
-            }
-        }
     }
 
     fn execute(&self, st: &mut State, actions: Vec<Action>) {
@@ -992,70 +731,6 @@ impl Raylet {
         }
     }
 
-    /// A core worker's request for the GCS goes out on this raylet's GCS
-    /// connection (see `gcs_proxy`).
-    fn forward_to_gcs(self: &Arc<Self>, client: ClientId, mut m: ToGcs) {
-        let gcs = match self.forward_conn() {
-            Ok(c) => c,
-            Err(e) => return log!("raylet: cannot forward a request to the GCS: {e}"),
-        };
-        match self.gcs_proxy.outgoing(client, &mut m) {
-            Ok(mine) => {
-                if gcs.send(&m).is_err() {
-                    if let Some(r) = mine {
-                        self.gcs_proxy.unsent(r);
-                    }
-                }
-            }
-            Err(gcs_proxy::Refused::NotForwardable) => {
-                log!("raylet: a client's request not forwarded to the GCS (only a raylet may send it)");
-            }
-            Err(gcs_proxy::Refused::Full) => log!(
-                "raylet: {} requests already wait for the GCS; one more refused",
-                gcs_proxy::MAX_FORWARDED
-            ),
-        }
-    }
-
-    /// The connection forwarded requests go on, opened on first use; when
-    /// it closes, the answers it owed are given up (their askers time
-    /// out) and the next request opens another.
-    fn forward_conn(self: &Arc<Self>) -> Result<Arc<Conn>> {
-        let mut f = self.gcs_forward.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = f.as_ref() {
-            return Ok(c.clone());
-        }
-        let s = &self.session;
-        let dialed = transport::dial(&s.gcs_endpoint(), &s.secret)?;
-        let (r, r2) = (self.clone(), self.clone());
-        let conn = dialed.serve(
-            "raylet-gcs-forward",
-            move |m| {
-                if let Msg::FromGcs(answer) = m {
-                    r.gcs_answered(answer);
-                }
-            },
-            move || {
-                *r2.gcs_forward.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                r2.gcs_proxy.forget_all();
-            },
-        )?;
-        *f = Some(conn.clone());
-        Ok(conn)
-    }
-
-    /// The GCS answered a forwarded request: back to its asker, without
-    /// blocking this connection's reader (cluster views come on it too).
-    fn gcs_answered(&self, answer: FromGcs) {
-        let Some((client, answer)) = self.gcs_proxy.incoming(answer) else {
-            return;
-        };
-        let conn = self.lock().clients.get(&client).map(|c| c.conn.clone());
-        if let Some(c) = conn {
-            let _ = c.post(&FromRaylet::Gcs(answer));
-        }
-    }
-
     fn client_gone(&self, client: ClientId) {
         self.gcs_proxy.client_gone(client);
         let mut st = self.lock();
@@ -1086,60 +761,6 @@ impl Raylet {
         if let (Some(w), Some(gcs)) = (c.worker, self.gcs.get()) {
             let _ = gcs.send(&ToGcs::OwnerGone { worker: w });
         }
-    }
-
-    fn reap(&self) {
-        loop {
-            use nix::sys::wait::{waitpid, WaitStatus};
-            // The exit code, or 128 + the signal (as a shell reports it).
-            let (pid, status) = match waitpid(None, None) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), code),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid.as_raw(), 128 + sig as i32),
-                Ok(_) => continue,
-                Err(_) => {
-                    // No child now (ECHILD), or interrupted.
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                    continue;
-                }
-            };
-            let mut st = self.lock();
-            if !st.pids.contains_key(&(pid as u32)) {
-                // Not recorded yet (the spawner records a child after
-                // starting it), or not a worker: kept for the spawner,
-                // bounded.
-                if st.early_exits.len() >= 1024 {
-                    st.early_exits.clear();
-                }
-                st.early_exits.insert(pid as u32, status);
-                continue;
-            }
-            self.child_exited(st, pid as u32, status);
-        }
-    }
-
-    /// A worker process this raylet started exited.
-    fn child_exited<'a>(&'a self, mut st: std::sync::MutexGuard<'a, State>, pid: u32, status: i32) {
-        let Some(slot) = st.pids.remove(&pid) else {
-            return;
-        };
-        let worker = slot.filter(|w| st.registered.remove(w).is_some());
-        if let Some(worker) = worker {
-            let freed = st.store.free_owned_by(worker);
-            st = self.delete_dead_files(st);
-            let _ = std::fs::remove_file(self.session.worker_socket(worker));
-            log!("worker {worker} (pid {pid}) exited with status {status}; freed {freed} objects");
-        }
-        let a = if let Some(worker) = worker {
-            st.leases.worker_died(worker)
-        } else {
-            st.start_failures += 1;
-            if st.start_failures >= MAX_START_FAILURES {
-                log!("workers keep exiting before registering; giving up on starting more");
-                return;
-            }
-            st.leases.worker_start_failed()
-        };
-        self.execute(&mut st, a);
     }
 
     /// Kills every worker, removes the node's files, and exits.
@@ -1186,47 +807,5 @@ impl Raylet {
         self.session.remove_fabric_files();
         self.session.remove_sockets();
         std::process::exit(0);
-    }
-}
-
-/// True while `pid` exists and is not a zombie.
-fn process_running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_children_this_raylet_started_are_claimed_and_signalled() {
-        let mut pids: HashMap<u32, Option<WorkerId>> = HashMap::new();
-        pids.insert(4242, None);
-        let (a, b) = (WorkerId(7), WorkerId(8));
-        assert!(
-            !claim_pid(&mut pids, a, 1),
-            "a pid this raylet did not start"
-        );
-        assert!(
-            !claim_pid(&mut pids, a, u32::MAX),
-            "kill(-1) must be impossible"
-        );
-        assert!(claim_pid(&mut pids, a, 4242));
-        assert!(!claim_pid(&mut pids, b, 4242), "claimed already");
-        let mut registered = HashMap::new();
-        registered.insert(a, 4242);
-        registered.insert(b, u32::MAX);
-        assert_eq!(kill_target(&pids, &registered, a), Some(4242));
-        assert_eq!(kill_target(&pids, &registered, b), None);
-        pids.remove(&4242); // reaped: the pid may be reused
-        assert_eq!(kill_target(&pids, &registered, a), None);
     }
 }

@@ -15,7 +15,8 @@
 //! - time ([`TRANSFER_STALL`] without progress, [`WEDGED_AFTER`] for a
 //!   provider call): a pull that stalls fails, and its waiters are told.
 
-use super::{Copy, CopyKey, CopyState, Raylet, State, REPORT_EVERY};
+use super::gcs_link::REPORT_EVERY;
+use super::{Copy, CopyKey, CopyState, Raylet, State};
 use crate::error::{Error, Result};
 use crate::object_store::COPY_OWNER;
 use crate::protocol::{FromRaylet, ToRaylet, Transfer};

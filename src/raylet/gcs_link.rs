@@ -1,0 +1,248 @@
+//! The raylet's side of the GCS: joining the cluster (registration, bounded
+//! by `REGISTER_TIMEOUT`), reporting what changed every `REPORT_EVERY`, the
+//! cluster view it gets back as versioned deltas (and node deaths pushed
+//! the moment the GCS declares them), and the core workers' requests it
+//! forwards on a second connection (see `gcs_proxy`).
+
+use super::{gcs_proxy, Raylet};
+use crate::error::{Error, Result};
+use crate::protocol::{FromGcs, FromRaylet, ToGcs};
+use crate::scheduler::{ClientId, PeerNode};
+use crate::session::log;
+use crate::transport::{self, Conn, Msg, NodeInfo, NodeLoad, ResourceReport};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the raylet reports its free resources to the GCS.
+pub(super) const REPORT_EVERY: Duration = Duration::from_millis(100);
+
+/// Bound on registering with the GCS.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Raylet {
+    /// Joins the cluster: registers this node with the GCS and returns the
+    /// connection for reports.
+    pub(super) fn register(
+        self: &Arc<Self>,
+        resources: &crate::scheduler::ResourceSet,
+        port: u16,
+        fabric: Option<crate::fabric::FabricAddr>,
+    ) -> Result<Arc<Conn>> {
+        let s = &self.session;
+        let gcs_err = |e: Error| {
+            Error::unavailable(format!(
+                "node {} cannot register with the GCS at {}: {e}",
+                s.node, s.gcs
+            ))
+        };
+        let mut dialed = transport::dial(&s.gcs_endpoint(), &s.secret).map_err(gcs_err)?;
+        let conn = dialed.conn.clone();
+        conn.send(&ToGcs::RegisterNode {
+            req: 1,
+            info: NodeInfo {
+                index: s.node_index,
+                name: s.node.clone(),
+                ip: s.ip,
+                raylet_port: port,
+                total: resources.clone(),
+                available: resources.clone(),
+                alive: true,
+                store_used: 0,
+                store_capacity: self.lock().store.capacity(),
+                drivers: 0,
+                drivers_seen: 0,
+                ranks: Vec::new(),
+                fabric,
+            },
+        })
+        .map_err(gcs_err)?;
+        let io_err = |e: std::io::Error| gcs_err(Error::unavailable(e.to_string()));
+        let stream = dialed.stream_mut();
+        stream
+            .set_read_timeout(Some(REGISTER_TIMEOUT))
+            .map_err(io_err)?;
+        let reply = transport::read_frame(stream, &mut Vec::new()).map_err(io_err)?;
+        stream.set_read_timeout(None).map_err(io_err)?;
+        match reply {
+            Some(Msg::FromGcs(FromGcs::NodeRegistered { result, .. })) => {
+                result.map_err(gcs_err)?
+            }
+            _ => return Err(gcs_err(Error::unavailable("no answer to the registration"))),
+        }
+        let (r, r2) = (self.clone(), self.clone());
+        dialed.serve(
+            "raylet-gcs",
+            move |m| match m {
+                Msg::FromGcs(FromGcs::ClusterView {
+                    version,
+                    joined,
+                    changed,
+                }) => r.cluster_view(version, joined, changed),
+                Msg::FromGcs(FromGcs::NodeLost { node }) => r.node_lost_pushed(node),
+                _ => {}
+            },
+            move || r2.shutdown("the GCS connection closed"),
+        )?;
+        Ok(conn)
+    }
+
+    /// Reports to the GCS until the connection fails: what changed since
+    /// the last report (a bare heartbeat when nothing did), and the view
+    /// version this node holds (the GCS answers with what changed since).
+    pub(super) fn report(&self, gcs: Arc<Conn>) {
+        let mut last: Option<ResourceReport> = None;
+        loop {
+            let msg = {
+                let st = self.lock();
+                let now = ResourceReport {
+                    available: st.leases.available().clone(),
+                    store_used: st.store.used(),
+                    store_capacity: st.store.capacity(),
+                    drivers: st.clients.values().filter(|c| c.is_driver).count() as u32,
+                    drivers_seen: st.drivers_seen,
+                    ranks: st.ranks.clone(),
+                };
+                let report = (last.as_ref() != Some(&now)).then(|| {
+                    last = Some(now.clone());
+                    now
+                });
+                ToGcs::ReportResources {
+                    node: self.session.node_index,
+                    report,
+                    view_version: st.view_version,
+                }
+            };
+            if gcs.send(&msg).is_err() {
+                return;
+            }
+            std::thread::sleep(REPORT_EVERY);
+        }
+    }
+
+    /// The GCS declared `node` lost: the view says so now (as the next
+    /// delta will), without changing the view's version.
+    fn node_lost_pushed(&self, node: u16) {
+        let load = {
+            let st = self.lock();
+            st.nodes.get(&node).filter(|n| n.alive).map(|n| NodeLoad {
+                alive: false,
+                ..crate::gcs::nodes::load_of(n)
+            })
+        };
+        if let Some(l) = load {
+            self.cluster_view(0, Vec::new(), vec![l]);
+        }
+    }
+
+    /// The nodes changed since this node's view version, up to `version`:
+    /// merged into the view this node holds.
+    fn cluster_view(&self, version: u64, joined: Vec<NodeInfo>, changed: Vec<NodeLoad>) {
+        let me = self.session.node_index;
+        let mut st = self.lock();
+        // Nodes the view declares dead for the first time: this node's
+        // processes hear it from here (O(nodes) GCS connections, not one
+        // per process), and give up on everything of those nodes.
+        let died: Vec<u16> = match crate::gcs::nodes::apply_delta(&mut st.nodes, joined, changed) {
+            Some(died) => {
+                st.view_version = st.view_version.max(version);
+                died.into_iter().filter(|n| *n != me).collect()
+            }
+            None => {
+                // A change to a node this view never had: its version is
+                // wrong (a restarted GCS); the next report asks for all.
+                st.view_version = 0;
+                Vec::new()
+            }
+        };
+        let mut peers: Vec<PeerNode> = st
+            .nodes
+            .values()
+            .filter(|n| n.alive && n.index != me)
+            .map(|n| PeerNode {
+                index: n.index,
+                total: n.total.clone(),
+                available: n.available.clone(),
+            })
+            .collect();
+        // In index order, as the whole view came: ties in placement break
+        // the same way on every node.
+        peers.sort_by_key(|p| p.index);
+        let a = st.leases.set_view(peers);
+        self.execute(&mut st, a);
+        if died.is_empty() {
+            return;
+        }
+        let clients: Vec<Arc<Conn>> = st.clients.values().map(|c| c.conn.clone()).collect();
+        drop(st);
+        for node in died {
+            log!("node {node} is dead in the cluster view: telling this node's processes");
+            for c in &clients {
+                let _ = c.try_send(&FromRaylet::NodeDied { node });
+            }
+        }
+    }
+
+    /// A core worker's request for the GCS goes out on this raylet's GCS
+    /// connection (see `gcs_proxy`).
+    pub(super) fn forward_to_gcs(self: &Arc<Self>, client: ClientId, mut m: ToGcs) {
+        let gcs = match self.forward_conn() {
+            Ok(c) => c,
+            Err(e) => return log!("raylet: cannot forward a request to the GCS: {e}"),
+        };
+        match self.gcs_proxy.outgoing(client, &mut m) {
+            Ok(mine) => {
+                if gcs.send(&m).is_err() {
+                    if let Some(r) = mine {
+                        self.gcs_proxy.unsent(r);
+                    }
+                }
+            }
+            Err(gcs_proxy::Refused::NotForwardable) => {
+                log!("raylet: a client's request not forwarded to the GCS (only a raylet may send it)");
+            }
+            Err(gcs_proxy::Refused::Full) => log!(
+                "raylet: {} requests already wait for the GCS; one more refused",
+                gcs_proxy::MAX_FORWARDED
+            ),
+        }
+    }
+
+    /// The connection forwarded requests go on, opened on first use; when
+    /// it closes, the answers it owed are given up (their askers time
+    /// out) and the next request opens another.
+    fn forward_conn(self: &Arc<Self>) -> Result<Arc<Conn>> {
+        let mut f = self.gcs_forward.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = f.as_ref() {
+            return Ok(c.clone());
+        }
+        let s = &self.session;
+        let dialed = transport::dial(&s.gcs_endpoint(), &s.secret)?;
+        let (r, r2) = (self.clone(), self.clone());
+        let conn = dialed.serve(
+            "raylet-gcs-forward",
+            move |m| {
+                if let Msg::FromGcs(answer) = m {
+                    r.gcs_answered(answer);
+                }
+            },
+            move || {
+                *r2.gcs_forward.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                r2.gcs_proxy.forget_all();
+            },
+        )?;
+        *f = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// The GCS answered a forwarded request: back to its asker, without
+    /// blocking this connection's reader (cluster views come on it too).
+    fn gcs_answered(&self, answer: FromGcs) {
+        let Some((client, answer)) = self.gcs_proxy.incoming(answer) else {
+            return;
+        };
+        let conn = self.lock().clients.get(&client).map(|c| c.conn.clone());
+        if let Some(c) = conn {
+            let _ = c.post(&FromRaylet::Gcs(answer));
+        }
+    }
+}

@@ -1,0 +1,642 @@
+//! Framed connections: length-prefixed messages on a [`Stream`], sent
+//! under one writer lock per connection (or posted without blocking),
+//! read by one thread per connection with every length bounded before it
+//! is allocated, and [`dial`], the one way a component opens a
+//! connection to another.
+
+use super::{guarded, Endpoint, Secret, Stream};
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::protocol::{Message, Msg, Wire};
+use nix::sys::socket::MsgFlags;
+use std::io::{BufReader, Read, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// A peer that takes no byte of what is sent to it for this long has
+/// stopped reading (hung, stopped, or a bug): its connection is closed, as
+/// if it had left, so it cannot stall the sender, nor whatever the sender
+/// holds while it writes.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes [`Conn::try_send`] may keep for a peer that is not reading before
+/// the connection is closed as above.
+const MAX_OUTBOX: usize = 256 << 20;
+
+/// Frames larger than this are a protocol error (a peer sending garbage).
+const MAX_FRAME: usize = 1 << 30;
+/// Frames up to this size are read into a buffer sized from their length
+/// prefix; larger ones grow it as their bytes arrive.
+const FRAME_PREALLOC: usize = 1 << 20;
+
+/// A connection's identity, unique in the process for its life: what
+/// state that must not hold the connection itself (a request waiting for
+/// its answer, a lease) keeps to name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct ConnId(u64);
+
+impl ConnId {
+    fn next() -> ConnId {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        ConnId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// An id no connection has, for state tested without one.
+    #[cfg(test)]
+    pub(crate) fn for_test(n: u64) -> ConnId {
+        ConnId(u64::MAX - n)
+    }
+}
+
+/// The sending half of a connection.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    id: ConnId,
+    inner: Mutex<Writer>,
+    /// Frames from [`Conn::try_send`] while another thread held `inner`
+    /// (perhaps blocked writing): they go out, in order, before the next
+    /// frame written under `inner`. This lock is never held across IO.
+    deferred: Mutex<Vec<u8>>,
+    shutdown: Stream,
+    /// A [`Conn::post`] flusher thread runs for this connection.
+    flushing: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug)]
+struct Writer {
+    stream: Stream,
+    buf: Vec<u8>,
+    /// Bytes a [`Conn::try_send`] could not write without blocking: they go
+    /// out first, before any later frame ([`Conn::flush`] or the next send).
+    tail: Vec<u8>,
+}
+
+impl Writer {
+    fn frame(&mut self, msg: Wire<'_>) -> Result<()> {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0u8; 4]);
+        codec::encode_append(&msg, &mut self.buf)?;
+        let len = (self.buf.len() - 4) as u32;
+        self.buf[..4].copy_from_slice(&len.to_le_bytes());
+        Ok(())
+    }
+
+    fn flush_tail(&mut self) -> std::io::Result<()> {
+        if !self.tail.is_empty() {
+            self.stream.write_all(&self.tail)?;
+            self.tail = Vec::new();
+        }
+        Ok(())
+    }
+}
+
+/// `msg` as one frame (length prefix and body), for [`Conn::send_frame`].
+pub(crate) fn encode_frame(msg: &impl Message) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; 4];
+    codec::encode_append(&msg.wire(), &mut buf)?;
+    let len = u32::try_from(buf.len() - 4)
+        .ok()
+        .filter(|n| (*n as usize) <= MAX_FRAME)
+        .ok_or_else(|| Error::invalid("a message too large for one frame"))?;
+    buf[..4].copy_from_slice(&len.to_le_bytes());
+    Ok(buf)
+}
+
+fn lost(e: std::io::Error) -> Error {
+    Error::unavailable(format!("peer connection lost: {e}"))
+}
+
+impl Conn {
+    pub(crate) fn new(stream: &Stream) -> Result<Conn> {
+        Self::with_send_timeout(stream, SEND_TIMEOUT)
+    }
+
+    /// A connection whose peer is given up on when it takes no byte for
+    /// `timeout` (see [`SEND_TIMEOUT`]).
+    pub(crate) fn with_send_timeout(stream: &Stream, timeout: Duration) -> Result<Conn> {
+        let w = stream
+            .try_clone()
+            .map_err(|e| Error::io("cloning socket", e))?;
+        w.set_write_timeout(Some(timeout))
+            .map_err(|e| Error::io("setting a socket's send timeout", e))?;
+        let s = stream
+            .try_clone()
+            .map_err(|e| Error::io("cloning socket", e))?;
+        Ok(Conn {
+            id: ConnId::next(),
+            inner: Mutex::new(Writer {
+                stream: w,
+                buf: Vec::with_capacity(256),
+                tail: Vec::new(),
+            }),
+            deferred: Mutex::new(Vec::new()),
+            shutdown: s,
+            flushing: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// This connection's identity.
+    pub(crate) fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Sends one message as one frame.
+    pub(crate) fn send(&self, msg: &impl Message) -> Result<()> {
+        self.send_with_bytes(msg, &[])
+    }
+
+    /// Sends one message followed by raw bytes outside the framing (a block
+    /// of the store, written straight from the mapping without a copy).
+    pub(crate) fn send_with_bytes(&self, msg: &impl Message, bytes: &[u8]) -> Result<()> {
+        self.send_parts(Some(msg.wire()), bytes)
+    }
+
+    /// Sends a frame [`encode_frame`] made: one message encoded once and
+    /// sent to many peers (the GCS's whole-view answer to joining raylets).
+    pub(crate) fn send_frame(&self, frame: &[u8]) -> Result<()> {
+        self.send_parts(None, frame)
+    }
+
+    fn send_parts(&self, msg: Option<Wire<'_>>, bytes: &[u8]) -> Result<()> {
+        let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match msg {
+            Some(m) => w.frame(m)?,
+            None => w.buf.clear(),
+        }
+        self.take_deferred(&mut w);
+        let Writer { stream, buf, tail } = &mut *w;
+        // Frames kept back go out with this one, in one write.
+        let mut r = if tail.is_empty() {
+            stream.write_all(buf)
+        } else {
+            tail.extend_from_slice(buf);
+            let r = stream.write_all(tail);
+            *tail = Vec::new();
+            r
+        };
+        if r.is_ok() && !bytes.is_empty() {
+            r = stream.write_all(bytes);
+        }
+        if buf.capacity() > 1 << 20 {
+            *buf = Vec::with_capacity(256);
+        }
+        if let Err(e) = &r {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                // Part of a frame may be out: nothing more can follow it.
+                crate::log::log!(
+                    "{} took nothing sent to it for the send timeout: closing the connection",
+                    stream.peer()
+                );
+                self.close();
+            }
+        }
+        r.map_err(lost)
+    }
+
+    /// Sends one message without ever blocking: what the socket does not
+    /// take now is kept and goes out first on the next [`Conn::send`] or
+    /// [`Conn::flush`]. Returns false when something was kept (the caller
+    /// must see that a flush happens). For threads that must keep reading
+    /// their own socket: blocking there on a write to a peer that is itself
+    /// blocked writing to us would deadlock both.
+    pub(crate) fn try_send(&self, msg: &impl Message) -> Result<bool> {
+        let mut w = match self.inner.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                // Another thread is writing (maybe blocked): never wait
+                // for it.
+                let mut frame = Vec::new();
+                frame.extend_from_slice(&[0u8; 4]);
+                codec::encode_append(&msg.wire(), &mut frame)?;
+                let len = (frame.len() - 4) as u32;
+                frame[..4].copy_from_slice(&len.to_le_bytes());
+                self.deferred
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&frame);
+                return Ok(false);
+            }
+        };
+        w.frame(msg.wire())?;
+        self.take_deferred(&mut w);
+        let Writer { stream, buf, tail } = &mut *w;
+        if tail.len() + buf.len() > MAX_OUTBOX {
+            crate::log::log!(
+                "{} left {} bytes unread: closing the connection",
+                stream.peer(),
+                tail.len()
+            );
+            self.close();
+            return Err(Error::unavailable(
+                "peer connection closed: the peer stopped reading",
+            ));
+        }
+        if !tail.is_empty() {
+            tail.extend_from_slice(buf);
+            return Ok(false);
+        }
+        let fd = stream.raw_fd();
+        let mut off = 0;
+        while off < buf.len() {
+            // MSG_DONTWAIT: return at once rather than wait for room.
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+            match nix::sys::socket::send(fd, &buf[off..], flags) {
+                Ok(n) if n > 0 => off += n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => {
+                    tail.extend_from_slice(&buf[off..]);
+                    return Ok(false);
+                }
+                Ok(_) => return Err(lost(std::io::ErrorKind::WriteZero.into())),
+                Err(e) => return Err(lost(e.into())),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sends without ever blocking the caller (who may hold a lock others
+    /// need): what the socket does not take now goes out, in order, from a
+    /// thread of its own, at most one per connection, so a peer that stops
+    /// reading costs only its own connection (closed after the send
+    /// timeout).
+    pub(crate) fn post(self: &std::sync::Arc<Self>, msg: &impl Message) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.try_send(msg)? {
+            return Ok(());
+        }
+        if self.flushing.swap(true, Ordering::AcqRel) {
+            // The running flusher sees these bytes (it checks again after
+            // it clears the flag).
+            return Ok(());
+        }
+        let c = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("conn-flush".into())
+            .spawn(move || loop {
+                let ok = c.flush().is_ok();
+                c.flushing.store(false, Ordering::Release);
+                // Bytes posted after the flush took its share and before
+                // the flag dropped were left to this thread: go again,
+                // unless another flusher has started (or the peer is gone).
+                if !ok || !c.pending() || c.flushing.swap(true, Ordering::AcqRel) {
+                    break;
+                }
+            });
+        if spawned.is_err() {
+            self.flushing.store(false, Ordering::Release);
+            return self.flush();
+        }
+        Ok(())
+    }
+
+    /// Bytes [`Conn::try_send`] kept are still to go out.
+    fn pending(&self) -> bool {
+        let w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        !w.tail.is_empty()
+            || !self
+                .deferred
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+    }
+
+    /// Writes what [`Conn::try_send`] kept (blocking).
+    pub(crate) fn flush(&self) -> Result<()> {
+        let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        self.take_deferred(&mut w);
+        w.flush_tail().map_err(lost)
+    }
+
+    /// Moves deferred frames to the writer's tail (under `inner`).
+    fn take_deferred(&self, w: &mut Writer) {
+        let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        if !d.is_empty() {
+            w.tail.append(&mut d);
+        }
+    }
+
+    /// Closes both directions; the peer's reader sees end-of-stream.
+    pub(crate) fn close(&self) {
+        self.shutdown.shutdown();
+    }
+}
+
+/// Reads frames until end-of-stream or a protocol error, calling `handle`
+/// for each message.
+pub(crate) fn read_loop(stream: Stream, mut handle: impl FnMut(Msg)) -> std::io::Result<()> {
+    let fd = stream.raw_fd();
+    let mut r = BufReader::with_capacity(64 * 1024, stream);
+    let mut body = Vec::new();
+    while let Some(msg) = read_frame(&mut r, &mut body)? {
+        INPUT.with(|i| i.set((!r.buffer().is_empty(), fd)));
+        handle(msg);
+        INPUT.with(|i| i.set((false, -1)));
+        if body.capacity() > 1 << 20 {
+            body = Vec::new();
+        }
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// In a connection thread's handler: whether more input was already
+    /// buffered after the message being handled, and the socket.
+    static INPUT: std::cell::Cell<(bool, std::os::fd::RawFd)> = const { std::cell::Cell::new((false, -1)) };
+}
+
+/// Called from a message handler: true if more messages from the same peer
+/// are already waiting (buffered, or in the socket). A pipelining peer is
+/// better served by queueing than by handling each message inline.
+pub(crate) fn more_input_pending() -> bool {
+    let (buffered, fd) = INPUT.with(|i| i.get());
+    if buffered {
+        return true;
+    }
+    if fd < 0 {
+        return false;
+    }
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes the number of readable bytes into `n`.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    rc == 0 && n > 0
+}
+
+/// Reads one frame; `None` at a clean end-of-stream.
+pub(crate) fn read_frame(r: &mut impl Read, body: &mut Vec<u8>) -> std::io::Result<Option<Msg>> {
+    if !read_frame_bytes(r, body)? {
+        return Ok(None);
+    }
+    codec::decode(body, "message")
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// Reads one frame's body into `body`, undecoded; false at the end of the
+/// stream.
+pub(crate) fn read_frame_bytes(r: &mut impl Read, body: &mut Vec<u8>) -> std::io::Result<bool> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let n = u32::from_le_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {n} bytes exceeds the limit"),
+        ));
+    }
+    if n <= FRAME_PREALLOC.max(body.capacity()) {
+        body.resize(n, 0);
+        r.read_exact(body)?;
+    } else {
+        // A length prefix is a claim, not bytes: the buffer grows with what
+        // actually arrives, so a 5-byte frame cannot allocate a gigabyte.
+        body.clear();
+        let got = r.by_ref().take(n as u64).read_to_end(body)?;
+        if got < n {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("frame of {n} bytes ended after {got}"),
+            ));
+        }
+    }
+    Ok(true)
+}
+
+/// Runs [`read_loop`] on a named thread, then `on_close`.
+pub(crate) fn spawn_reader(
+    name: String,
+    stream: Stream,
+    handle: impl FnMut(Msg) + Send + 'static,
+    on_close: impl FnOnce() + Send + 'static,
+) -> Result<()> {
+    let thread = name.clone();
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            // A panic in a handler (a bug, or data a peer sent that the
+            // handler trusted) ends this one connection, reported, not the
+            // component silently: on_close runs as for any closed peer.
+            let peer = stream.peer();
+            guarded(&thread, &peer, || read_loop(stream, handle));
+            on_close();
+        })
+        .map(|_| ())
+        .map_err(|e| Error::io("spawning a connection thread", e))
+}
+
+/// An outgoing connection, secret presented, not yet served: the one way
+/// every component opens a connection to another (connect, present the
+/// cluster secret, wrap the sending half, then a reader thread for what
+/// comes back). Two steps, so a caller can register the connection (or
+/// send a first message) before anything that arrives on it is handled.
+#[derive(Debug)]
+pub(crate) struct Dialed {
+    /// The sending half.
+    pub(crate) conn: std::sync::Arc<Conn>,
+    stream: Stream,
+}
+
+/// Connects to `to` and presents `secret` (see [`Dialed`]).
+pub(crate) fn dial(to: &Endpoint, secret: &Secret) -> Result<Dialed> {
+    let stream = to.connect(secret)?;
+    let conn = std::sync::Arc::new(Conn::new(&stream)?);
+    Ok(Dialed { conn, stream })
+}
+
+impl Dialed {
+    /// Serves what arrives on a reader thread named `thread` (`handle` per
+    /// message, `on_close` once when the connection ends); the sending half.
+    pub(crate) fn serve(
+        self,
+        thread: &str,
+        handle: impl FnMut(Msg) + Send + 'static,
+        on_close: impl FnOnce() + Send + 'static,
+    ) -> Result<std::sync::Arc<Conn>> {
+        spawn_reader(thread.into(), self.stream, handle, on_close)?;
+        Ok(self.conn)
+    }
+
+    /// The receiving half, for a caller that reads a reply itself before
+    /// serving (a registration).
+    pub(crate) fn stream_mut(&mut self) -> &mut Stream {
+        &mut self.stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{FromGcs, ToRaylet};
+    use std::os::unix::net::UnixStream;
+
+    /// A frame encoded once reads back as the message, whoever it is sent
+    /// to (the GCS's shared whole-view answer).
+    #[test]
+    fn an_encoded_frame_reads_back_as_its_message() {
+        let msg = FromGcs::ClusterView {
+            version: 7,
+            joined: Vec::new(),
+            changed: Vec::new(),
+        };
+        let frame = encode_frame(&msg).unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let conn = Conn::new(&Stream::Unix(a)).unwrap();
+        conn.send_frame(&frame).unwrap();
+        conn.send_frame(&frame).unwrap();
+        let mut r = b;
+        for _ in 0..2 {
+            let got = read_frame(&mut r, &mut Vec::new()).unwrap();
+            assert!(
+                matches!(
+                    got,
+                    Some(Msg::FromGcs(FromGcs::ClusterView { version: 7, .. }))
+                ),
+                "{got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_peer_that_stops_reading_is_disconnected_not_waited_for() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Stream::Unix(a), Stream::Unix(b));
+        let conn =
+            std::sync::Arc::new(Conn::with_send_timeout(&a, Duration::from_millis(200)).unwrap());
+        let big = ToRaylet::FreeObjects {
+            offsets: (0..50_000).collect(),
+        };
+        // b never reads: the socket buffer fills, then a send times out
+        // (on a thread, so that a send that blocks for good fails the test
+        // rather than hanging it).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = conn.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0;
+            let err = loop {
+                match c.send(&big) {
+                    Ok(()) => sent += 1,
+                    Err(e) => break e,
+                }
+            };
+            let _ = tx.send((sent, err));
+        });
+        let (sent, err) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a send to a peer that never reads gave up");
+        assert!(sent >= 1, "{err}");
+        // Closed: the reader gets what was sent whole, then the end.
+        let mut r = BufReader::new(b);
+        let mut body = Vec::new();
+        let mut whole = 0;
+        while let Ok(Some(_)) = read_frame(&mut r, &mut body) {
+            whole += 1;
+        }
+        assert!(whole >= 1 && whole <= sent, "{whole} of {sent}");
+        assert!(
+            conn.send(&ToRaylet::Blocked).is_err(),
+            "sends after the close fail"
+        );
+    }
+
+    #[test]
+    fn post_never_blocks_and_delivers_everything_in_order() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Stream::Unix(a), Stream::Unix(b));
+        let conn = std::sync::Arc::new(Conn::new(&a).unwrap());
+        // Far more than the socket buffer holds, posted while nobody reads:
+        // every post returns at once.
+        let t0 = std::time::Instant::now();
+        for i in 0..400u64 {
+            conn.post(&ToRaylet::FreeObjects {
+                offsets: vec![i; 1000],
+            })
+            .unwrap();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        // Then read: all of it, in order.
+        let mut r = BufReader::new(b);
+        let mut body = Vec::new();
+        for i in 0..400u64 {
+            match read_frame(&mut r, &mut body).unwrap() {
+                Some(Msg::ToRaylet(ToRaylet::FreeObjects { offsets })) => assert_eq!(offsets[0], i),
+                other => panic!("frame {i}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn try_send_never_blocks_and_keeps_order() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Stream::Unix(a), Stream::Unix(b));
+        let conn = Conn::new(&a).unwrap();
+        // Nobody reads: the socket fills, try_send keeps the rest instead of
+        // blocking.
+        let big = ToRaylet::FreeObjects {
+            offsets: (0..4096).collect(),
+        };
+        let mut sent = 0u64;
+        while conn.try_send(&big).unwrap() {
+            sent += 1;
+            assert!(sent < 100_000, "the socket never filled");
+        }
+        // A later send must come after what was kept.
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            read_loop(b, |m| {
+                got.push(matches!(m, Msg::ToRaylet(ToRaylet::Blocked)))
+            })
+            .unwrap();
+            got
+        });
+        conn.flush().unwrap();
+        conn.send(&ToRaylet::Blocked).unwrap();
+        conn.close();
+        drop(a);
+        let got = reader.join().unwrap();
+        assert_eq!(got.len() as u64, sent + 2, "every frame arrives whole");
+        assert_eq!(got.iter().filter(|b| **b).count(), 1);
+        assert!(got[got.len() - 1], "the later frame came last");
+    }
+
+    #[test]
+    fn frames_roundtrip_and_eof_ends_the_reader() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Stream::Unix(a), Stream::Unix(b));
+        let conn = Conn::new(&a).unwrap();
+        conn.send(&ToRaylet::Blocked).unwrap();
+        conn.send(&ToRaylet::FreeObjects {
+            offsets: vec![1, 2, 3],
+        })
+        .unwrap();
+        conn.close();
+        drop(a);
+        let mut got = Vec::new();
+        read_loop(b, |m| got.push(format!("{m:?}"))).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                "ToRaylet(Blocked)",
+                "ToRaylet(FreeObjects { offsets: [1, 2, 3] })"
+            ]
+        );
+    }
+
+    #[test]
+    fn oversized_or_garbage_frames_are_errors() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        drop(a);
+        assert!(read_loop(Stream::Unix(b), |_| {}).is_err());
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(&3u32.to_le_bytes()).unwrap();
+        a.write_all(&[0xff, 0xff, 0xff]).unwrap();
+        drop(a);
+        assert!(read_loop(Stream::Unix(b), |_| {}).is_err());
+    }
+}
