@@ -103,6 +103,7 @@ pub fn hostile_frames(to: Peer, not_a_worker: u32) -> Result<Vec<Vec<u8>>> {
                     node: 0,
                     report: None,
                     view_version: u64::MAX,
+                    spill_demand: u32::MAX,
                 })),
             ],
             vec![
@@ -206,6 +207,7 @@ pub fn hostile_frames(to: Peer, not_a_worker: u32) -> Result<Vec<Vec<u8>>> {
                 node: u16::MAX,
                 report: None,
                 view_version: u64::MAX,
+                spill_demand: u32::MAX,
             })],
             vec![Msg::ToGcs(ToGcs::LookupActor {
                 req: 1,

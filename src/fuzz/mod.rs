@@ -403,6 +403,11 @@ fn every_valid_message_decodes() {
             changed: (0..(n / 50).max(1) as u16)
                 .map(|i| crate::gcs::nodes::load_of(&node(i)))
                 .collect(),
+            candidates: Some(
+                (0..(n / 200).max(1) as u16)
+                    .map(|i| crate::gcs::nodes::load_of(&node(i)))
+                    .collect(),
+            ),
         }));
         msgs.push(Msg::Peer(PeerMsg::TasksReturned {
             tasks: vec![

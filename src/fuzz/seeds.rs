@@ -171,6 +171,7 @@ pub(super) fn messages() -> Vec<Msg> {
                 ranks: vec![7],
             }),
             view_version: 41,
+            spill_demand: 12,
         }),
         Msg::FromGcs(FromGcs::ClusterView {
             version: 42,
@@ -178,6 +179,11 @@ pub(super) fn messages() -> Vec<Msg> {
             changed: (4..8)
                 .map(|i| crate::gcs::nodes::load_of(&node(i)))
                 .collect(),
+            candidates: Some(
+                (1..3)
+                    .map(|i| crate::gcs::nodes::load_of(&node(i)))
+                    .collect(),
+            ),
         }),
         Msg::ToGcs(ToGcs::RegisterActor {
             req: 8,

@@ -319,20 +319,18 @@ impl Gcs {
     /// The whole cluster view as one encoded frame: made at most once per
     /// [`WHOLE_VIEW_REUSE`], so a thousand raylets joining at once cost
     /// one encoding, not a thousand. A raylet given a view a little older
-    /// than the table is sent what changed since at its next report.
-    fn whole_view(&self, now: std::time::Instant) -> Result<Arc<Vec<u8>>> {
+    /// than the table is sent what changed since at its next report. The
+    /// spill candidates in it are those of the raylet it was made for (a
+    /// joining raylet is sent its own with the next ranking).
+    fn whole_view(&self, now: std::time::Instant, asker: u16) -> Result<Arc<Vec<u8>>> {
         let mut w = self.whole.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((made, frame)) = w.as_ref() {
             if now.saturating_duration_since(*made) < WHOLE_VIEW_REUSE {
                 return Ok(frame.clone());
             }
         }
-        let (version, joined, changed) = self.node_table().since(0);
-        let frame = Arc::new(transport::encode_frame(&FromGcs::ClusterView {
-            version,
-            joined,
-            changed,
-        })?);
+        let whole = self.node_table().since(0, asker);
+        let frame = Arc::new(transport::encode_frame(&whole)?);
         *w = Some((now, frame.clone()));
         Ok(frame)
     }
@@ -356,12 +354,16 @@ impl Gcs {
                 node,
                 report,
                 view_version,
+                spill_demand,
             } => {
                 let now = std::time::Instant::now();
                 let delta = {
                     let mut table = self.node_table();
                     table.report(node, report, now);
-                    (!table.wants_whole_view(view_version)).then(|| table.since_frame(view_version))
+                    table.spill_demand(node, spill_demand);
+                    table.refresh_candidates(now);
+                    (!table.wants_whole_view(view_version))
+                        .then(|| table.since_frame(view_version, node))
                 };
                 match delta {
                     Some(frame) => {
@@ -370,7 +372,7 @@ impl Gcs {
                         }
                     }
                     None => {
-                        if let Ok(frame) = self.whole_view(now) {
+                        if let Ok(frame) = self.whole_view(now, node) {
                             let _ = conn.send_frame(&frame);
                         }
                     }

@@ -9,22 +9,26 @@
 //! registered again.
 //!
 //! The view travels as deltas: every change (a node joins, reports
-//! different resources, is lost) takes the next version, each node
-//! remembers the version of its last change (and a log by version lets a
-//! delta visit only what changed), and a raylet holding version `v` is
-//! sent only the nodes changed since `v` ([`NodeTable::since`]): in full
-//! those that joined since, the others' load alone ([`apply_delta`] is
-//! the raylet's side).
+//! different resources, is lost) takes the next version, and a raylet
+//! holding version `v` is sent what changed since `v`
+//! ([`NodeTable::since`]; [`apply_delta`] is the raylet's side): nodes that
+//! joined since, in full; nodes lost since (a log of joins and losses by
+//! version lets an answer visit only those); and the spill candidates
+//! (`scheduler::candidates`), when they were chosen again since: the few
+//! nodes with the most free resources and a window of the ranking of the
+//! raylet's own, ranked at most every [`CANDIDATES_REFRESH`], each node's
+//! load encoded once when it changes, which replace those the raylet
+//! held. Other nodes' loads do not travel: half of 4,096 nodes changing
+//! every period would make every answer thousands of entries long.
 //! A raylet whose resources did not change sends a heartbeat without them.
-//! Each node's load is encoded once when it changes, and a delta's frame is
-//! those bytes laid end to end ([`NodeTable::since_frame`]): an answer
-//! costs a copy per changed node, not a clone and an encoding.
-//! So the GCS's traffic grows with what changes, not with the square of
-//! the allocation.
+//! So the GCS's traffic per answer is bounded by the candidates, and what
+//! else it sends grows with joins and losses, not with the allocation.
 
 use super::actors::ConnId;
 use crate::error::{Error, Result};
 use crate::protocol::FromGcs;
+use crate::scheduler::candidates::{window, WINDOW};
+use crate::scheduler::{Ranking, ResourceSet};
 use crate::transport::{NodeInfo, NodeLoad, ResourceReport};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -33,6 +37,9 @@ use std::time::{Duration, Instant};
 /// (a raylet that dies is noticed at once, by its connection closing; this
 /// catches one that hangs or whose node stops answering).
 pub(crate) const NODE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The spill candidates are chosen again at most this often while loads
+/// change (a choice visits every node; reports come by the thousand).
+pub(crate) const CANDIDATES_REFRESH: Duration = Duration::from_millis(20);
 
 /// A live node's raylet: its connection and when it last reported.
 #[derive(Debug)]
@@ -93,15 +100,36 @@ pub(crate) struct NodeTable {
     live: ByIndex<Heartbeat>,
     /// The view's version: bumped by every change.
     version: u64,
-    /// The version of each node's last change.
-    changed: ByIndex<u64>,
-    /// The same, by version: a delta visits only what changed.
-    log: BTreeMap<u64, u16>,
+    /// The version of each node's last join or loss.
+    member_at: ByIndex<u64>,
+    /// The same, by version: an answer visits only the joins and losses
+    /// since the version its raylet holds.
+    members: BTreeMap<u64, u16>,
     /// The version at which each node (last) joined: a raylet whose view
     /// is older is sent the node in full.
     joined: ByIndex<u64>,
-    /// Each node's load as a delta carries it, encoded at its last change.
+    /// Each node's load as an answer carries it, encoded at its change.
     loads: ByIndex<Vec<u8>>,
+    /// The ranking the spill candidates are read from.
+    cand: Candidates,
+    /// Each raylet's spill demand, as last reported.
+    demand: ByIndex<u32>,
+    /// The window of candidates each raylet was last sent.
+    sent_window: ByIndex<usize>,
+}
+
+/// The ranking of the live nodes the spill candidates are read from (see
+/// `scheduler::candidates`).
+#[derive(Debug, Default)]
+struct Candidates {
+    /// When it was made (none: never).
+    at: Option<Instant>,
+    /// The table's version then: a raylet holding it, or a later one, has
+    /// its candidates from this ranking.
+    version: u64,
+    /// Rankings made so far: each raylet's window moves on with each.
+    round: u64,
+    ranking: Ranking,
 }
 
 impl NodeTable {
@@ -114,11 +142,11 @@ impl NodeTable {
                 info.index, n.name
             )));
         }
-        self.live.insert(info.index, Heartbeat { conn, last: now });
-        self.touch(info.index);
-        self.joined.insert(info.index, self.version);
         let index = info.index;
+        self.live.insert(index, Heartbeat { conn, last: now });
         self.nodes.insert(index, info);
+        self.member_changed(index);
+        self.joined.insert(index, self.version);
         self.encode_load(index);
         Ok(())
     }
@@ -148,19 +176,24 @@ impl NodeTable {
             n.drivers = r.drivers;
             n.drivers_seen = r.drivers_seen;
             n.ranks = r.ranks;
-            self.touch(index);
+            self.touch();
+            self.encode_load(index);
         }
         true
     }
 
-    /// Node `index` changed: it takes the next version.
-    fn touch(&mut self, index: u16) {
+    /// A node's load changed: the view takes the next version.
+    fn touch(&mut self) {
         self.version += 1;
-        if let Some(old) = self.changed.insert(index, self.version) {
-            self.log.remove(&old);
+    }
+
+    /// Node `index` joined or was lost: the next version, logged.
+    fn member_changed(&mut self, index: u16) {
+        self.touch();
+        if let Some(old) = self.member_at.insert(index, self.version) {
+            self.members.remove(&old);
         }
-        self.log.insert(self.version, index);
-        self.encode_load(index);
+        self.members.insert(self.version, index);
     }
 
     fn encode_load(&mut self, index: u16) {
@@ -173,51 +206,99 @@ impl NodeTable {
         }
     }
 
-    /// The nodes changed since `version`, in the order of their changes:
-    /// those that joined since, in full, and the others' indices.
-    fn changed_since(&self, version: u64) -> (Vec<NodeInfo>, Vec<u16>) {
-        let (mut joined, mut changed) = (Vec::new(), Vec::new());
-        for index in self.log.range(version + 1..).map(|(_, i)| *i) {
+    /// Ranks the live nodes again if loads changed since the last ranking,
+    /// at most every [`CANDIDATES_REFRESH`] (`now`).
+    pub(crate) fn refresh_candidates(&mut self, now: Instant) {
+        if self.cand.version == self.version
+            || self
+                .cand
+                .at
+                .is_some_and(|at| now.saturating_duration_since(at) < CANDIDATES_REFRESH)
+        {
+            return;
+        }
+        let live: Vec<(u16, &ResourceSet, &ResourceSet)> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.alive)
+            .map(|(i, n)| (i, &n.total, &n.available))
+            .collect();
+        self.cand.ranking = Ranking::new(&live);
+        self.cand.at = Some(now);
+        self.cand.version = self.version;
+        self.cand.round += 1;
+    }
+
+    /// Node `index`'s raylet has `demand` requests waiting that could run
+    /// elsewhere: the window of candidates it is sent follows it.
+    pub(crate) fn spill_demand(&mut self, index: u16, demand: u32) {
+        if self.live.get(&index).is_some() {
+            self.demand.insert(index, demand);
+        }
+    }
+
+    /// Node `asker`'s spill candidates from the last ranking, and the
+    /// window they were read with, if the ranking was made since `version`
+    /// or its demand outgrew the window it was last sent (never with the
+    /// whole view, whose every load is fresh).
+    fn candidates_for(&self, asker: u16, version: u64) -> Option<(Vec<u16>, usize)> {
+        if self.wants_whole_view(version) {
+            return None;
+        }
+        let w = window(self.demand.get(&asker).copied().unwrap_or(0));
+        let grown = w > self.sent_window.get(&asker).copied().unwrap_or(WINDOW);
+        (self.cand.version > version || grown)
+            .then(|| (self.cand.ranking.for_node(asker, self.cand.round, w), w))
+    }
+
+    /// The joins and losses since `version`: the nodes that joined since,
+    /// in full, and those lost since (and not back), their last load.
+    fn members_since(&self, version: u64) -> (Vec<NodeInfo>, Vec<NodeLoad>) {
+        let (mut joined, mut lost) = (Vec::new(), Vec::new());
+        for index in self.members.range(version + 1..).map(|(_, i)| *i) {
             let Some(n) = self.nodes.get(&index) else {
                 continue;
             };
             if self.joined.get(&index).is_some_and(|j| *j > version) {
                 joined.push(n.clone());
-            } else {
-                changed.push(index);
+            } else if !n.alive {
+                lost.push(load_of(n));
             }
         }
-        (joined, changed)
+        (joined, lost)
     }
 
-    /// [`NodeTable::since`] as the frame of a `ClusterView` message, built
-    /// from the loads encoded when they changed (for a raylet that holds a
-    /// view: see [`NodeTable::wants_whole_view`]).
-    pub(crate) fn since_frame(&self, version: u64) -> Result<Vec<u8>> {
-        let (joined, changed) = self.changed_since(version);
+    /// [`NodeTable::since`] as the frame of a `ClusterView` message, the
+    /// candidates' loads laid out from their encodings (for a raylet that
+    /// holds a view: see [`NodeTable::wants_whole_view`]).
+    pub(crate) fn since_frame(&mut self, version: u64, asker: u16) -> Result<Vec<u8>> {
+        let (joined, changed) = self.members_since(version);
         let mut frame = crate::transport::encode_frame(&FromGcs::ClusterView {
             version: self.version,
             joined,
-            changed: Vec::new(),
+            changed,
+            candidates: None,
         })?;
-        // `changed` is the message's last field: bincode writes its length
-        // (an empty one is the single byte 0), then its items.
-        if frame.pop() != Some(0) {
-            return Err(Error::invalid(
-                "a cluster view frame not laid out as expected",
-            ));
-        }
-        crate::codec::encode_append(&(changed.len() as u64), &mut frame)?;
-        for index in changed {
-            match (self.loads.get(&index), self.nodes.get(&index)) {
-                (Some(b), _) => frame.extend_from_slice(b),
-                (None, Some(n)) => crate::codec::encode_append(&load_of(n), &mut frame)?,
-                (None, None) => {}
+        if let Some((list, w)) = self.candidates_for(asker, version) {
+            self.sent_window.insert(asker, w);
+            // `candidates` is the message's last field: `None` is the
+            // single byte 0, `Some` the byte 1 and the list (its length,
+            // then its items).
+            if frame.pop() != Some(0) {
+                return Err(Error::invalid(
+                    "a cluster view frame not laid out as expected",
+                ));
             }
+            frame.push(1);
+            let loads: Vec<&Vec<u8>> = list.iter().filter_map(|i| self.loads.get(i)).collect();
+            crate::codec::encode_append(&(loads.len() as u64), &mut frame)?;
+            for l in loads {
+                frame.extend_from_slice(l);
+            }
+            let len = u32::try_from(frame.len() - 4)
+                .map_err(|_| Error::invalid("a cluster view too large for one frame"))?;
+            frame[..4].copy_from_slice(&len.to_le_bytes());
         }
-        let len = u32::try_from(frame.len() - 4)
-            .map_err(|_| Error::invalid("a cluster view too large for one frame"))?;
-        frame[..4].copy_from_slice(&len.to_le_bytes());
         Ok(frame)
     }
 
@@ -227,20 +308,28 @@ impl NodeTable {
         version == 0 || version > self.version
     }
 
-    /// The view's version now, and what changed since `version`: nodes
-    /// that joined since in full, the others' load alone (every node in
-    /// full for 0, or for a version this table never gave out). Visits
-    /// only the changed nodes.
-    pub(crate) fn since(&self, version: u64) -> (u64, Vec<NodeInfo>, Vec<NodeLoad>) {
-        if self.wants_whole_view(version) {
-            return (self.version, self.all(), Vec::new());
+    /// The answer to node `asker`'s raylet holding `version`: the view's
+    /// version now, the joins and losses since, and its spill candidates
+    /// if the nodes were ranked again since (every node in full, loads
+    /// included, for 0 or for a version this table never gave out).
+    /// Visits only what changed.
+    pub(crate) fn since(&self, version: u64, asker: u16) -> FromGcs {
+        let candidates = self.candidates_for(asker, version).map(|(list, _)| {
+            list.iter()
+                .filter_map(|i| self.nodes.get(i).map(load_of))
+                .collect()
+        });
+        let (joined, changed) = if self.wants_whole_view(version) {
+            (self.all(), Vec::new())
+        } else {
+            self.members_since(version)
+        };
+        FromGcs::ClusterView {
+            version: self.version,
+            joined,
+            changed,
+            candidates,
         }
-        let (joined, changed) = self.changed_since(version);
-        let changed = changed
-            .iter()
-            .filter_map(|i| self.nodes.get(i).map(load_of))
-            .collect();
-        (self.version, joined, changed)
     }
 
     /// Whether `conn` is live node `index`'s raylet connection.
@@ -273,7 +362,8 @@ impl NodeTable {
         if let Some(n) = self.nodes.get_mut(&index) {
             n.alive = false;
         }
-        self.touch(index);
+        self.member_changed(index);
+        self.encode_load(index);
         Some(h.conn)
     }
 
@@ -356,7 +446,7 @@ pub(crate) fn apply_delta(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::ResourceSet;
+    use crate::protocol::Msg;
     use std::net::{IpAddr, Ipv4Addr};
 
     fn node(index: u16) -> NodeInfo {
@@ -445,37 +535,132 @@ mod tests {
         assert_eq!(t.next_deadline(), None);
     }
 
-    /// The frame laid out from loads encoded at their change is the very
-    /// frame encoding the delta would give, for every version a raylet may
-    /// hold, through joins, reports, heartbeats and a loss.
+    type Parts = (u64, Vec<NodeInfo>, Vec<NodeLoad>, Option<Vec<NodeLoad>>);
+
+    fn parts(m: FromGcs) -> Parts {
+        match m {
+            FromGcs::ClusterView {
+                version,
+                joined,
+                changed,
+                candidates,
+            } => (version, joined, changed, candidates),
+            other => panic!("not a view: {other:?}"),
+        }
+    }
+
+    /// The frame laid out with the candidates encoded when they were
+    /// chosen is the very frame encoding the answer would give, for every
+    /// version a raylet may hold, through joins, reports, heartbeats, a
+    /// loss and a return.
     #[test]
     fn a_delta_frame_is_the_encoded_delta() {
         let t0 = Instant::now();
         let mut t = NodeTable::default();
-        let check = |t: &NodeTable| {
+        let check = |t: &mut NodeTable| {
             for v in 1..=t.version {
-                let (version, joined, changed) = t.since(v);
-                let want = crate::transport::encode_frame(&FromGcs::ClusterView {
-                    version,
-                    joined,
-                    changed,
-                })
-                .unwrap();
-                assert_eq!(t.since_frame(v).unwrap(), want, "since {v}");
+                let want = crate::transport::encode_frame(&t.since(v, 2)).unwrap();
+                assert_eq!(t.since_frame(v, 2).unwrap(), want, "since {v}");
             }
         };
         for i in 0..300u16 {
             t.register(node(i), u64::from(i), t0).unwrap();
         }
-        check(&t);
+        t.refresh_candidates(t0);
+        check(&mut t);
         for i in 0..300u16 {
             assert!(t.report(i, report(f64::from(i % 7)), t0));
         }
         assert!(t.report(5, None, t0));
-        check(&t);
+        t.refresh_candidates(t0 + CANDIDATES_REFRESH);
+        check(&mut t);
         t.lost(7);
         t.register(node(7), 999, t0).unwrap();
-        check(&t);
+        check(&mut t);
+    }
+
+    /// However many nodes change, an answer carries the joins and losses
+    /// since the raylet's version and at most the candidates: the nodes
+    /// with the most free CPU, chosen again at most every
+    /// `CANDIDATES_REFRESH` and sent only when they changed.
+    #[test]
+    fn an_answer_is_bounded_by_the_candidates_whatever_changed() {
+        let t0 = Instant::now();
+        let mut t = NodeTable::default();
+        for i in 0..1000u16 {
+            t.register(node(i), u64::from(i), t0).unwrap();
+        }
+        t.refresh_candidates(t0);
+        let (v, all, _, cands) = parts(t.since(0, 2));
+        assert_eq!(all.len(), 1000, "joining: every node in full");
+        assert!(cands.is_none(), "every load is in the whole view");
+        // Half the nodes change: they fill up, but for node 10.
+        for i in (0..1000u16).step_by(2) {
+            let cpus = if i == 10 { 4.0 } else { 0.0 };
+            assert!(t.report(i, report(cpus), t0));
+        }
+        t.refresh_candidates(t0 + Duration::from_millis(1));
+        let (_, j, c, none) = parts(t.since(v, 2));
+        assert!(
+            j.is_empty() && c.is_empty() && none.is_none(),
+            "not ranked again yet"
+        );
+        let t1 = t0 + CANDIDATES_REFRESH;
+        t.refresh_candidates(t1);
+        let (v2, j, c, cands) = parts(t.since(v, 2));
+        assert!(j.is_empty() && c.is_empty());
+        let cands = cands.expect("ranked again");
+        assert_eq!(cands.len(), WINDOW);
+        // A slice of the nodes with room: none of the full ones.
+        let idx: Vec<u16> = cands.iter().map(|l| l.index).collect();
+        assert!(idx.iter().all(|i| i % 2 == 1 || *i == 10), "{idx:?}");
+        assert!(t.since_frame(v, 2).unwrap().len() < 1024, "bounded");
+        // Another raylet's slice is elsewhere.
+        let other: Vec<u16> = parts(t.since(v, 3))
+            .3
+            .unwrap()
+            .iter()
+            .map(|l| l.index)
+            .collect();
+        assert_ne!(idx, other);
+        // Nothing new until the nodes are ranked again, which takes a
+        // change and the refresh period.
+        t.refresh_candidates(t1 + CANDIDATES_REFRESH);
+        assert!(parts(t.since(v2, 2)).3.is_none(), "nothing changed");
+        for i in &idx {
+            assert!(t.report(*i, report(0.0), t1), "a candidate fills up");
+        }
+        t.refresh_candidates(t1 + CANDIDATES_REFRESH / 2);
+        assert!(parts(t.since(v2, 2)).3.is_none(), "within the period");
+        t.refresh_candidates(t1 + 2 * CANDIDATES_REFRESH);
+        let (_, _, _, cands) = parts(t.since(v2, 2));
+        let cands = cands.expect("ranked again");
+        assert!(
+            !cands.iter().any(|l| idx.contains(&l.index)),
+            "no longer with room"
+        );
+        // A raylet whose spill demand outgrows its window is sent a wider
+        // one at once, within the ranking.
+        t.spill_demand(2, 300);
+        let (_, _, _, wide) = parts(t.since(v2 + 1_000_000, 2));
+        assert!(
+            wide.is_none(),
+            "a version from nowhere: the whole view instead"
+        );
+        let (v3, ..) = parts(t.since(v2, 2));
+        let f = t.since_frame(v3, 2).unwrap();
+        let Ok(Msg::FromGcs(FromGcs::ClusterView {
+            candidates: Some(wide),
+            ..
+        })) = crate::codec::decode::<Msg>(&f[4..], "view")
+        else {
+            panic!("candidates for the wider window")
+        };
+        assert!(wide.len() >= 300, "{}", wide.len());
+        assert!(
+            t.since_frame(v3, 2).unwrap().len() < 64,
+            "sent once: the window is held"
+        );
     }
 
     #[test]
@@ -485,10 +670,12 @@ mod tests {
         for i in 0..4 {
             t.register(node(i), u64::from(i), t0).unwrap();
         }
+        t.refresh_candidates(t0);
         // A raylet with nothing gets everything, in full.
-        let (v, all, none) = t.since(0);
+        let (v, all, none, cands) = parts(t.since(0, 2));
         assert_eq!(all.len(), 4);
         assert!(none.is_empty());
+        assert!(cands.is_none(), "every load is in the whole view");
         let mut view: HashMap<u16, NodeInfo> = HashMap::new();
         assert_eq!(apply_delta(&mut view, all, none), Some(vec![]));
         // Heartbeats and unchanged reports change nothing.
@@ -504,21 +691,30 @@ mod tests {
             }),
             t0
         ));
-        let (v2, j, c) = t.since(v);
-        assert!(j.is_empty() && c.is_empty(), "{j:?} {c:?}");
+        t.refresh_candidates(t0 + CANDIDATES_REFRESH);
+        let (v2, j, c, cands) = parts(t.since(v, 2));
+        assert!(
+            j.is_empty() && c.is_empty() && cands.is_none(),
+            "{j:?} {c:?}"
+        );
         assert_eq!(v2, v);
-        // One node's resources change: only its load travels.
+        // One node's resources change: the candidates travel again, with
+        // its new load.
         assert!(t.report(3, report(1.0), t0));
-        let (v3, j, one) = t.since(v);
-        assert!(j.is_empty());
-        assert_eq!(one.iter().map(|n| n.index).collect::<Vec<_>>(), vec![3]);
+        t.refresh_candidates(t0 + 2 * CANDIDATES_REFRESH);
+        let (v3, j, none, cands) = parts(t.since(v, 2));
+        assert!(j.is_empty() && none.is_empty());
+        let cands = cands.expect("ranked again");
+        assert!(cands
+            .iter()
+            .any(|l| l.index == 3 && l.load.available.get("CPU") == 1.0));
         assert!(v3 > v);
-        assert_eq!(apply_delta(&mut view, j, one), Some(vec![]));
+        assert_eq!(apply_delta(&mut view, j, cands), Some(vec![]));
         // A node joins and another is lost: the new one in full, the loss
         // as a load marked dead, seen dead once.
         t.register(node(7), 7, t0).unwrap();
         t.lost(0);
-        let (v4, j, lost) = t.since(v3);
+        let (v4, j, lost, _) = parts(t.since(v3, 2));
         assert_eq!(j.iter().map(|n| n.index).collect::<Vec<_>>(), vec![7]);
         assert_eq!(lost.len(), 1);
         assert!(!lost[0].alive && lost[0].index == 0);
@@ -530,15 +726,16 @@ mod tests {
         stale.alive = true;
         assert_eq!(apply_delta(&mut view, vec![], vec![stale]), Some(vec![]));
         assert!(!view[&0].alive, "not revived by an older delta");
-        // Applying the deltas in turn rebuilt the full view.
+        // Applying the answers in turn gave every node, and the loads of
+        // those that changed.
         let mut full: Vec<NodeInfo> = view.into_values().collect();
         full.sort_by_key(|n| n.index);
-        let (_, truth, _) = t.since(0);
+        let (_, truth, _, _) = parts(t.since(0, 2));
         assert_eq!(format!("{full:?}"), format!("{truth:?}"));
         // A change to a node the view does not know: ask for everything.
-        let (_, _, c) = t.since(v3);
+        let (_, _, c, _) = parts(t.since(v3, 2));
         assert_eq!(apply_delta(&mut HashMap::new(), vec![], c), None);
         // A version from nowhere (a restarted GCS) gets the whole view.
-        assert_eq!(t.since(v4 + 100).1.len(), 5);
+        assert_eq!(parts(t.since(v4 + 100, 2)).1.len(), 5);
     }
 }

@@ -15,11 +15,14 @@ pub(crate) enum ToGcs {
     /// A raylet's periodic report: what its node has now, or `None` (a
     /// heartbeat) when that has not changed since its last report; with
     /// the version of the cluster view it holds, answered with the entries
-    /// changed since (the whole view for version 0).
+    /// changed since (the whole view for version 0), and its spill demand:
+    /// the requests waiting there that could run elsewhere (the spill
+    /// candidates it is sent grow with it, within bounds).
     ReportResources {
         node: u16,
         report: Option<ResourceReport>,
         view_version: u64,
+        spill_demand: u32,
     },
     GetNodes {
         req: u64,
@@ -75,11 +78,16 @@ pub(crate) enum FromGcs {
     },
     /// The view changed since the asker's view version, and the version
     /// the view is at now: nodes it has not seen yet (joined since, or all
-    /// of them for version 0) in full, the others' load alone.
+    /// of them for version 0) in full; nodes lost since, their last load
+    /// marked dead; and, when they changed since, the spill candidates with
+    /// their loads (at most a few dozen nodes, whatever the cluster's size:
+    /// they replace those held, and every other node counts as having
+    /// nothing free; see `scheduler::candidates`).
     ClusterView {
         version: u64,
         joined: Vec<NodeInfo>,
         changed: Vec<NodeLoad>,
+        candidates: Option<Vec<NodeLoad>>,
     },
     Nodes {
         req: u64,

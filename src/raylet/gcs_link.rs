@@ -15,6 +15,9 @@ use std::time::Duration;
 
 /// How often the raylet reports its free resources to the GCS.
 pub(super) const REPORT_EVERY: Duration = Duration::from_millis(100);
+/// Reports asked for early (a spill demand that outgrew the candidates)
+/// come at most this often.
+const REPORT_SOONEST: Duration = Duration::from_millis(5);
 
 /// Bound on registering with the GCS.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -77,7 +80,8 @@ impl Raylet {
                     version,
                     joined,
                     changed,
-                }) => r.cluster_view(version, joined, changed),
+                    candidates,
+                }) => r.cluster_view(version, joined, changed, candidates),
                 Msg::FromGcs(FromGcs::NodeLost { node }) => r.node_lost_pushed(node),
                 _ => {}
             },
@@ -89,11 +93,13 @@ impl Raylet {
     /// Reports to the GCS until the connection fails: what changed since
     /// the last report (a bare heartbeat when nothing did), and the view
     /// version this node holds (the GCS answers with what changed since).
-    pub(super) fn report(&self, gcs: Arc<Conn>) {
+    pub(super) fn report(&self, gcs: Arc<Conn>, wake: std::sync::mpsc::Receiver<()>) {
         let mut last: Option<ResourceReport> = None;
         loop {
             let msg = {
-                let st = self.lock();
+                let mut st = self.lock();
+                let spill_demand = st.leases.spill_demand();
+                st.demand_reported = spill_demand;
                 let now = ResourceReport {
                     available: st.leases.available().clone(),
                     store_used: st.store.used(),
@@ -110,12 +116,21 @@ impl Raylet {
                     node: self.session.node_index,
                     report,
                     view_version: st.view_version,
+                    spill_demand,
                 }
             };
             if gcs.send(&msg).is_err() {
                 return;
             }
-            std::thread::sleep(REPORT_EVERY);
+            let sent = std::time::Instant::now();
+            // The next report at the period's end, or sooner when the
+            // spill demand outgrows the candidates (but not more often
+            // than REPORT_SOONEST).
+            match wake.recv_timeout(REPORT_EVERY) {
+                Ok(()) => std::thread::sleep(REPORT_SOONEST.saturating_sub(sent.elapsed())),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
         }
     }
 
@@ -130,15 +145,40 @@ impl Raylet {
             })
         };
         if let Some(l) = load {
-            self.cluster_view(0, Vec::new(), vec![l]);
+            self.cluster_view(0, Vec::new(), vec![l], None);
         }
     }
 
-    /// The nodes changed since this node's view version, up to `version`:
-    /// merged into the view this node holds.
-    fn cluster_view(&self, version: u64, joined: Vec<NodeInfo>, changed: Vec<NodeLoad>) {
+    /// What changed since this node's view version, up to `version`:
+    /// merged into the view this node holds. New spill candidates replace
+    /// the old: only they count as having anything free (a node that was
+    /// a candidate and is no more may have filled up since).
+    fn cluster_view(
+        &self,
+        version: u64,
+        joined: Vec<NodeInfo>,
+        mut changed: Vec<NodeLoad>,
+        candidates: Option<Vec<NodeLoad>>,
+    ) {
         let me = self.session.node_index;
         let mut st = self.lock();
+        if st.view_version == 0 {
+            // The whole view (on joining, or after losing track): every
+            // node's load, fresh, so every node counts until the next
+            // candidates come.
+            st.candidates = joined
+                .iter()
+                .filter(|n| n.alive)
+                .map(|n| (n.index, n.available.clone()))
+                .collect();
+        } else if let Some(c) = candidates {
+            st.candidates = c
+                .iter()
+                .filter(|l| l.alive)
+                .map(|l| (l.index, l.load.available.clone()))
+                .collect();
+            changed.extend(c);
+        }
         // Nodes the view declares dead for the first time: this node's
         // processes hear it from here (O(nodes) GCS connections, not one
         // per process), and give up on everything of those nodes.
@@ -161,7 +201,7 @@ impl Raylet {
             .map(|n| PeerNode {
                 index: n.index,
                 total: n.total.clone(),
-                available: n.available.clone(),
+                available: st.candidates.get(&n.index).cloned().unwrap_or_default(),
             })
             .collect();
         // In index order, as the whole view came: ties in placement break

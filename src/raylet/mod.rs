@@ -96,6 +96,11 @@ struct State {
     nodes: HashMap<u16, NodeInfo>,
     /// The version of the cluster view `nodes` holds (0: none yet).
     view_version: u64,
+    /// The spill candidates of the last view that had them, with their
+    /// free resources: the only nodes counted as having any.
+    candidates: HashMap<u16, crate::scheduler::ResourceSet>,
+    /// The spill demand last reported (the GCS sent candidates for it).
+    demand_reported: u32,
     /// Drivers that ever registered here.
     drivers_seen: u32,
     /// An embedded cluster's driver: the first client of the process that
@@ -157,6 +162,9 @@ struct Raylet {
     /// Worker starts asked for, one message each, done by the spawner
     /// thread without the state lock (a slow exec stalls no client).
     spawns: std::sync::mpsc::Sender<()>,
+    /// Wakes the report thread before its period ends: the spill demand
+    /// outgrew the candidates this node was sent.
+    report_wake: std::sync::mpsc::SyncSender<()>,
 }
 
 /// Drops one pin of a pulled copy; the last frees its block.
@@ -293,6 +301,7 @@ fn run(session: Session) -> Result<()> {
     let fabric = open_fabric(&session, &arena)?;
     let unix = Listener::bind_unix(&session.raylet_socket())?;
     let (spawns, spawn_rx) = std::sync::mpsc::channel();
+    let (report_wake, wake_rx) = std::sync::mpsc::sync_channel(1);
     let tcp = Listener::bind_tcp(session.ip)?;
     let raylet = Arc::new(Raylet {
         env: session.to_process_env()?,
@@ -307,6 +316,8 @@ fn run(session: Session) -> Result<()> {
             pins: HashMap::new(),
             nodes: HashMap::new(),
             view_version: 0,
+            candidates: HashMap::new(),
+            demand_reported: 0,
             drivers_seen: 0,
             ranks: Vec::new(),
             own_driver: None,
@@ -331,6 +342,7 @@ fn run(session: Session) -> Result<()> {
         room: std::sync::Condvar::new(),
         spill: session.spill_dir(),
         spawns,
+        report_wake,
         session,
     });
     let gcs = raylet.register(&resources, tcp.port(), fabric.map(|(_, a)| a))?;
@@ -365,7 +377,7 @@ fn run(session: Session) -> Result<()> {
     let r = raylet.clone();
     spawn("raylet-spawner", Box::new(move || r.spawner(spawn_rx)))?;
     let r = raylet.clone();
-    spawn("raylet-report", Box::new(move || r.report(gcs)))?;
+    spawn("raylet-report", Box::new(move || r.report(gcs, wake_rx)))?;
     let r = raylet.clone();
     spawn("raylet-tcp", Box::new(move || r.accept(tcp)))?;
     transport::vital("raylet-unix", || raylet.accept(unix));
@@ -412,6 +424,13 @@ impl Raylet {
     }
 
     fn execute(&self, st: &mut State, actions: Vec<Action>) {
+        use crate::scheduler::candidates::window;
+        if window(st.leases.spill_demand()) > window(st.demand_reported) {
+            // More requests wait than the candidates held can take: ask
+            // for more now rather than at the next report (a full channel
+            // means a wake-up is on its way already).
+            let _ = self.report_wake.try_send(());
+        }
         for a in actions {
             match a {
                 Action::Grant {

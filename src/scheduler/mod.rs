@@ -37,12 +37,14 @@
 use crate::error::{Error, ErrorKind};
 use crate::ids::{LeaseId, WorkerId};
 
+pub(crate) mod candidates;
 mod devices;
 pub(crate) mod sim;
 
 pub use crate::resources::SchedulingStrategy;
 use crate::resources::UNIT;
 pub(crate) use crate::resources::{ResourceSet, Spill, CPU, GPU};
+pub(crate) use candidates::Ranking;
 pub(crate) use devices::{parse_device_list, Devices, CUDA_VISIBLE_DEVICES, MAX_DEVICES};
 use std::collections::{HashMap, VecDeque};
 
@@ -194,10 +196,23 @@ impl LeaseManager {
         &self.available
     }
 
+    /// Requests waiting here: how many spill candidates this node asks the
+    /// GCS for (see `candidates::window`), one node each at most. (Those
+    /// spilled here already, which may not move again, are counted too:
+    /// this is read after every transition and must not walk the queue.)
+    pub(crate) fn spill_demand(&self) -> u32 {
+        u32::try_from(self.queue.len() + self.infeasible.len()).unwrap_or(u32::MAX)
+    }
+
     /// A new cluster view (the other live nodes): queued requests that fit
     /// elsewhere now move there.
     pub(crate) fn set_view(&mut self, peers: Vec<PeerNode>) -> Vec<Action> {
         self.peers = peers;
+        self.place_queued()
+    }
+
+    /// Queued requests that fit elsewhere now (by the view) move there.
+    fn place_queued(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
         for mut p in std::mem::take(&mut self.infeasible) {
             p.views += 1;

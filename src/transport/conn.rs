@@ -56,7 +56,12 @@ pub(crate) struct Conn {
     /// (perhaps blocked writing): they go out, in order, before the next
     /// frame written under `inner`. This lock is never held across IO.
     deferred: Mutex<Vec<u8>>,
-    shutdown: Stream,
+    /// The writer's socket, for [`Conn::close`] to shut down without its
+    /// lock (a writer may be blocked in it). Valid while `inner` holds the
+    /// stream, that is, for the connection's life; not a descriptor of its
+    /// own, so a connection costs two descriptors, not three (the GCS of
+    /// thousands of nodes counts them).
+    shutdown_fd: std::os::fd::RawFd,
     /// A [`Conn::post`] flusher thread runs for this connection.
     flushing: std::sync::atomic::AtomicBool,
 }
@@ -118,9 +123,7 @@ impl Conn {
             .map_err(|e| Error::io("cloning socket", e))?;
         w.set_write_timeout(Some(timeout))
             .map_err(|e| Error::io("setting a socket's send timeout", e))?;
-        let s = stream
-            .try_clone()
-            .map_err(|e| Error::io("cloning socket", e))?;
+        let shutdown_fd = w.raw_fd();
         Ok(Conn {
             id: ConnId::next(),
             inner: Mutex::new(Writer {
@@ -129,7 +132,7 @@ impl Conn {
                 tail: Vec::new(),
             }),
             deferred: Mutex::new(Vec::new()),
-            shutdown: s,
+            shutdown_fd,
             flushing: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -320,7 +323,7 @@ impl Conn {
 
     /// Closes both directions; the peer's reader sees end-of-stream.
     pub(crate) fn close(&self) {
-        self.shutdown.shutdown();
+        let _ = nix::sys::socket::shutdown(self.shutdown_fd, nix::sys::socket::Shutdown::Both);
     }
 }
 
@@ -483,6 +486,7 @@ mod tests {
             version: 7,
             joined: Vec::new(),
             changed: Vec::new(),
+            candidates: None,
         };
         let frame = encode_frame(&msg).unwrap();
         let (a, b) = UnixStream::pair().unwrap();

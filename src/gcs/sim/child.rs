@@ -38,7 +38,10 @@ pub fn serve_sim_gcs_if_asked() {
 
 pub(super) fn serve_sim_gcs(nodes: usize) -> Result<()> {
     use std::io::{BufRead, Write};
-    ensure_descriptors(nodes, 4, actors::ACTORS_MAX as u64 * 2)?;
+    // Each node's connection, the raylets actors are placed on, and the
+    // actors' workers.
+    let actors = actors::ACTORS_MAX as u64;
+    ensure_descriptors(nodes, 2, (nodes as u64).min(actors) * 2 + actors * 2)?;
     let base = Session::new_cluster(Config::new(), true)?;
     let session = base.for_node(0, "sim-gcs")?;
     crate::log::open(&session.dir.join("logs").join("gcs.log"));
@@ -152,7 +155,7 @@ pub(super) fn cpu_seconds(who: UsageWho) -> f64 {
 /// Raises this process's open-file limit to what `nodes` simulated nodes
 /// need here, `per_node` descriptors each (a connection's end is two: the
 /// socket and its clone for writing; a GCS in this process holds both
-/// ends, three or more on its side), or says why it cannot.
+/// ends), or says why it cannot.
 pub(super) fn ensure_descriptors(nodes: usize, per_node: u64, more: u64) -> Result<()> {
     let need = (nodes as u64)
         .saturating_mul(per_node)

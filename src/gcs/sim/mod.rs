@@ -131,10 +131,10 @@ pub fn run_node_sim(
         0
     };
     let mut gcs = if apart {
-        ensure_descriptors(nodes, 3, per_actor)?;
+        ensure_descriptors(nodes, 2, per_actor)?;
         SimGcs::Child(ChildGcs::spawn(nodes)?)
     } else {
-        ensure_descriptors(nodes, 6, 2 * per_actor)?;
+        ensure_descriptors(nodes, 4, 2 * per_actor)?;
         let base = Session::new_cluster(Config::new(), true)?;
         let gcs = Gcs::start(base.for_node(0, "sim-gcs")?)?;
         SimGcs::Here(Endpoint::Tcp(gcs.addr()), base.secret, gcs)
@@ -467,6 +467,7 @@ fn read(r: &mut BufReader<Stream>) -> Result<(Msg, usize)> {
                 version,
                 joined: Vec::new(),
                 changed: Vec::new(),
+                candidates: None,
             }),
             len,
         ));
@@ -489,10 +490,12 @@ fn whole_view_version(body: &[u8]) -> Option<u64> {
         version: 0,
         joined: Vec::new(),
         changed: Vec::new(),
+        candidates: None,
     }))
     .ok()?;
-    // The empty one ends with the version (0) and two empty lengths.
-    let tag = empty.get(..empty.len().checked_sub(3)?)?;
+    // The empty one ends with the version (0), two empty lengths and no
+    // candidates.
+    let tag = empty.get(..empty.len().checked_sub(4)?)?;
     let rest = body.strip_prefix(tag)?;
     let (version, _) =
         bincode::serde::decode_from_slice::<u64, _>(rest, crate::codec::config()).ok()?;
@@ -540,6 +543,7 @@ fn period(
             node: n.index,
             report,
             view_version: n.version,
+            spill_demand: 0,
         };
         t.bytes_in += 4 + crate::codec::encode(&msg.wire())?.len() as u64;
         if n.conn.send(&msg).is_err() {
@@ -576,6 +580,7 @@ fn period(
             version,
             joined,
             changed,
+            ..
         }) = m
         {
             n.version = n.version.max(version);
@@ -604,6 +609,7 @@ mod tests {
             version: 123_456_789,
             joined: (0..4096).map(node).collect(),
             changed: Vec::new(),
+            candidates: None,
         };
         let body = crate::codec::encode(&whole.wire()).unwrap();
         assert!(body.len() >= WHOLE_VIEW_BYTES);
@@ -612,6 +618,7 @@ mod tests {
             version: 7,
             joined: (0..3).map(node).collect(),
             changed: Vec::new(),
+            candidates: None,
         };
         assert_eq!(
             whole_view_version(&crate::codec::encode(&small.wire()).unwrap()),
