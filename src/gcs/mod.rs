@@ -14,9 +14,12 @@
 //! The state lives in two state machines with no IO, each unit-tested on
 //! its own: [`actors::ActorTable`] and [`nodes::NodeTable`] (the node
 //! table, health checks and resource view, on a simulated clock). [`Gcs`]
-//! is their IO shell: one thread per connection, the health-check thread,
-//! and the threads creating actors; connections are opaque ids to the
-//! tables, mapped to sockets here.
+//! is their IO shell: one event loop for every connection
+//! (`transport::reactor`: thousands of raylets cost no thread each), the
+//! health-check thread, and the threads creating actors and giving their
+//! workers back (the only work that may wait on a raylet); connections
+//! are opaque ids to the tables, mapped to sockets here. Nothing the event
+//! loop runs blocks: answers are posted.
 
 mod actor_scheduler;
 mod actors;
@@ -31,9 +34,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, LeaseId, WorkerId};
 use crate::scheduler::{ResourceSet, Spill};
 use crate::session::{log, Session};
-use crate::transport::{
-    self, ActorInfo, ActorState, Conn, Endpoint, Listener, Msg, NodeInfo, Stream,
-};
+use crate::transport::{self, ActorInfo, ActorState, Conn, Endpoint, Listener, Msg, NodeInfo};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -116,7 +117,12 @@ impl Gcs {
         let g = gcs.clone();
         std::thread::Builder::new()
             .name("gcs".into())
-            .spawn(move || transport::vital("gcs", || g.accept(listener)))
+            .spawn(move || {
+                transport::vital("gcs", || {
+                    let secret = g.session.secret;
+                    transport::reactor::serve(listener, secret, "gcs", &Served(g));
+                })
+            })
             .map_err(|e| Error::io("spawning the GCS thread", e))?;
         Ok(gcs)
     }
@@ -193,55 +199,6 @@ impl Gcs {
             .remove(&req)
         {
             let _ = tx.send(m);
-        }
-    }
-
-    fn accept(self: Arc<Self>, listener: Listener) {
-        let g = self.clone();
-        transport::accept_each(
-            listener,
-            "gcs-client",
-            move || self.stopping.load(Ordering::Relaxed),
-            move |s| g.clone().serve(s),
-        );
-    }
-
-    fn serve(self: Arc<Self>, mut stream: Stream) {
-        if !stream.accept_secret(&self.session.secret) {
-            return;
-        }
-        let Ok(conn) = Conn::new(&stream) else { return };
-        let conn = Arc::new(conn);
-        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        self.clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, conn.clone());
-        let mut node = None;
-        let peer = stream.peer();
-        transport::guarded("gcs-client", &peer, || {
-            transport::read_loop(stream, |m| {
-                // Only this service's requests are served here.
-                let Ok(m) = ToGcs::try_from(m) else { return };
-                let registering = match &m {
-                    ToGcs::RegisterNode { info, .. } => Some(info.index),
-                    _ => None,
-                };
-                self.handle(id, &conn, m);
-                // Only a registration that succeeded makes this the node's
-                // connection (a refused duplicate must not take the node
-                // down).
-                if let Some(i) = registering.filter(|i| self.node_table().is_node_conn(*i, id)) {
-                    node = Some(i);
-                }
-            })
-        });
-        self.clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        if let Some(n) = node.filter(|n| self.node_table().is_node_conn(*n, id)) {
-            self.node_lost(n);
         }
     }
 
@@ -348,7 +305,7 @@ impl Gcs {
                 if result.is_ok() {
                     log!("{line}");
                 }
-                let _ = conn.send(&FromGcs::NodeRegistered { req, result });
+                let _ = conn.post(&FromGcs::NodeRegistered { req, result });
             }
             ToGcs::ReportResources {
                 node,
@@ -368,12 +325,12 @@ impl Gcs {
                 match delta {
                     Some(frame) => {
                         if let Ok(frame) = frame {
-                            let _ = conn.send_frame(&frame);
+                            let _ = conn.post_frame(&frame);
                         }
                     }
                     None => {
                         if let Ok(frame) = self.whole_view(now, node) {
-                            let _ = conn.send_frame(&frame);
+                            let _ = conn.post_frame(&frame);
                         }
                     }
                 }
@@ -383,7 +340,7 @@ impl Gcs {
                 self.request_stop();
             }
             ToGcs::GetNodes { req } => {
-                let _ = conn.send(&FromGcs::Nodes {
+                let _ = conn.post(&FromGcs::Nodes {
                     req,
                     nodes: self.nodes(),
                 });
@@ -400,7 +357,7 @@ impl Gcs {
                         self.finish(actions, settled);
                     }
                     Err(e) => {
-                        let _ = conn.send(&FromGcs::ActorRegistered {
+                        let _ = conn.post(&FromGcs::ActorRegistered {
                             req,
                             result: Err(e),
                         });
@@ -409,12 +366,12 @@ impl Gcs {
             }
             ToGcs::ListNamedActors { req, namespace } => {
                 let actors = self.table().named(namespace.as_deref());
-                let _ = conn.send(&FromGcs::NamedActors { req, actors });
+                let _ = conn.post(&FromGcs::NamedActors { req, actors });
             }
             ToGcs::LookupActor { req, by, wait } => {
                 let w = wait.then_some(Waiter::Lookup { conn: id, req });
                 if let Some(result) = self.table().lookup(&by, w) {
-                    let _ = conn.send(&FromGcs::ActorLookedUp { req, result });
+                    let _ = conn.post(&FromGcs::ActorLookedUp { req, result });
                 }
             }
             ToGcs::KillActor {
@@ -428,7 +385,7 @@ impl Gcs {
                     (self.table().end_process(id), Vec::new())
                 };
                 self.finish(actions, waiters);
-                let _ = conn.send(&FromGcs::ActorKilled { req });
+                let _ = conn.post(&FromGcs::ActorKilled { req });
             }
             ToGcs::ExitActor { req, id } => {
                 let (actions, waiters) = self.table().exited(id);
@@ -437,7 +394,7 @@ impl Gcs {
                 // still there, only after a grace, since the answer goes
                 // by way of its raylet and must not lose the race.
                 self.finish(Vec::new(), waiters);
-                let _ = conn.send(&FromGcs::ActorKilled { req });
+                let _ = conn.post(&FromGcs::ActorKilled { req });
                 self.run_after(actions, EXIT_GRACE);
             }
             ToGcs::ActorOutOfScope { id } => {
@@ -477,7 +434,7 @@ impl Gcs {
             };
             // A waiter whose connection closed is answered by nobody.
             if let Some(c) = self.client(conn) {
-                let _ = c.send(&msg);
+                let _ = c.post(&msg);
             }
         }
         self.run(actions);
@@ -505,15 +462,70 @@ impl Gcs {
     }
 
     fn run(self: &Arc<Self>, actions: Vec<ActorAction>) {
+        let mut leases = Vec::new();
         for a in actions {
             match a {
                 ActorAction::Create(id) => self.start_actor_thread(id),
-                ActorAction::ReleaseWorker(lease) => {
-                    if let Ok(c) = self.raylet(lease.node()) {
-                        let _ = c.send(&ToRaylet::ReturnLease { lease, kill: true });
-                    }
-                }
+                ActorAction::ReleaseWorker(lease) => leases.push(lease),
             }
         }
+        if leases.is_empty() {
+            return;
+        }
+        // Reaching a raylet may take a connect: never on the event loop.
+        let g = self.clone();
+        let release = move || {
+            for lease in leases {
+                if let Ok(c) = g.raylet(lease.node()) {
+                    let _ = c.send(&ToRaylet::ReturnLease { lease, kill: true });
+                }
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("gcs-release".into())
+            .spawn(release)
+        {
+            log!("GCS: cannot start a thread to give workers back ({e})");
+        }
+    }
+}
+
+/// The GCS as its event loop serves it.
+struct Served(Arc<Gcs>);
+
+impl transport::reactor::Service for Served {
+    fn opened(&self, conn: &Arc<Conn>) -> u64 {
+        let id = self.0.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, conn.clone());
+        id
+    }
+
+    fn message(&self, key: u64, conn: &Arc<Conn>, msg: Msg) {
+        // Only this service's requests are served here.
+        if let Ok(m) = ToGcs::try_from(msg) {
+            self.0.handle(key, conn, m);
+        }
+    }
+
+    fn closed(&self, key: u64) {
+        let g = &self.0;
+        g.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        // A node's raylet connection (only a registration that succeeded
+        // makes it one: a refused duplicate does not take the node down).
+        let node = g.node_table().node_of_conn(key);
+        if let Some(n) = node {
+            g.node_lost(n);
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.0.stopping.load(Ordering::Relaxed)
     }
 }

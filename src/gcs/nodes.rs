@@ -332,9 +332,12 @@ impl NodeTable {
         }
     }
 
-    /// Whether `conn` is live node `index`'s raylet connection.
-    pub(crate) fn is_node_conn(&self, index: u16, conn: ConnId) -> bool {
-        self.live.get(&index).is_some_and(|h| h.conn == conn)
+    /// The live node whose raylet connection `conn` is, if any.
+    pub(crate) fn node_of_conn(&self, conn: ConnId) -> Option<u16> {
+        self.live
+            .iter()
+            .find(|(_, h)| h.conn == conn)
+            .map(|(i, _)| i)
     }
 
     /// The live nodes silent for longer than [`NODE_TIMEOUT`] at `now`.
@@ -518,11 +521,12 @@ mod tests {
         let e = t.register(node(3), 2, t0).unwrap_err();
         assert!(e.message().contains("already taken"), "{e}");
         // The refused connection is not the node's.
-        assert!(t.is_node_conn(3, 1) && !t.is_node_conn(3, 2));
+        assert_eq!(t.node_of_conn(1), Some(3));
+        assert_eq!(t.node_of_conn(2), None);
         t.lost(3);
-        assert!(!t.is_node_conn(3, 1));
+        assert_eq!(t.node_of_conn(1), None);
         t.register(node(3), 2, t0 + NODE_TIMEOUT).unwrap();
-        assert!(t.is_node_conn(3, 2));
+        assert_eq!(t.node_of_conn(2), Some(3));
         assert!(t.live(3).is_some());
     }
 

@@ -23,7 +23,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_OUTBOX: usize = 256 << 20;
 
 /// Frames larger than this are a protocol error (a peer sending garbage).
-const MAX_FRAME: usize = 1 << 30;
+pub(super) const MAX_FRAME: usize = 1 << 30;
 /// Frames up to this size are read into a buffer sized from their length
 /// prefix; larger ones grow it as their bytes arrive.
 const FRAME_PREALLOC: usize = 1 << 20;
@@ -94,7 +94,7 @@ impl Writer {
     }
 }
 
-/// `msg` as one frame (length prefix and body), for [`Conn::send_frame`].
+/// `msg` as one frame (length prefix and body), for [`Conn::post_frame`].
 pub(crate) fn encode_frame(msg: &impl Message) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; 4];
     codec::encode_append(&msg.wire(), &mut buf)?;
@@ -151,12 +151,6 @@ impl Conn {
     /// of the store, written straight from the mapping without a copy).
     pub(crate) fn send_with_bytes(&self, msg: &impl Message, bytes: &[u8]) -> Result<()> {
         self.send_parts(Some(msg.wire()), bytes)
-    }
-
-    /// Sends a frame [`encode_frame`] made: one message encoded once and
-    /// sent to many peers (the GCS's whole-view answer to joining raylets).
-    pub(crate) fn send_frame(&self, frame: &[u8]) -> Result<()> {
-        self.send_parts(None, frame)
     }
 
     fn send_parts(&self, msg: Option<Wire<'_>>, bytes: &[u8]) -> Result<()> {
@@ -266,8 +260,69 @@ impl Conn {
     /// reading costs only its own connection (closed after the send
     /// timeout).
     pub(crate) fn post(self: &std::sync::Arc<Self>, msg: &impl Message) -> Result<()> {
+        let sent = self.try_send(msg)?;
+        self.flush_later(sent)
+    }
+
+    /// [`Conn::post`] for a frame [`encode_frame`] made.
+    pub(crate) fn post_frame(self: &std::sync::Arc<Self>, frame: &[u8]) -> Result<()> {
+        let sent = self.try_send_frame(frame)?;
+        self.flush_later(sent)
+    }
+
+    /// [`Conn::try_send`] for a frame [`encode_frame`] made.
+    fn try_send_frame(&self, frame: &[u8]) -> Result<bool> {
+        let mut w = match self.inner.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.deferred
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(frame);
+                return Ok(false);
+            }
+        };
+        self.take_deferred(&mut w);
+        let Writer { stream, tail, .. } = &mut *w;
+        if tail.len() + frame.len() > MAX_OUTBOX {
+            crate::log::log!(
+                "{} left {} bytes unread: closing the connection",
+                stream.peer(),
+                tail.len()
+            );
+            self.close();
+            return Err(Error::unavailable(
+                "peer connection closed: the peer stopped reading",
+            ));
+        }
+        if !tail.is_empty() {
+            tail.extend_from_slice(frame);
+            return Ok(false);
+        }
+        let fd = stream.raw_fd();
+        let mut off = 0;
+        while off < frame.len() {
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+            match nix::sys::socket::send(fd, &frame[off..], flags) {
+                Ok(n) if n > 0 => off += n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => {
+                    tail.extend_from_slice(&frame[off..]);
+                    return Ok(false);
+                }
+                Ok(_) => return Err(lost(std::io::ErrorKind::WriteZero.into())),
+                Err(e) => return Err(lost(e.into())),
+            }
+        }
+        Ok(true)
+    }
+
+    /// After a non-blocking send: what it kept (`sent` false) goes out from
+    /// a flusher thread, at most one per connection.
+    fn flush_later(self: &std::sync::Arc<Self>, sent: bool) -> Result<()> {
         use std::sync::atomic::Ordering;
-        if self.try_send(msg)? {
+        if sent {
             return Ok(());
         }
         if self.flushing.swap(true, Ordering::AcqRel) {
@@ -490,9 +545,9 @@ mod tests {
         };
         let frame = encode_frame(&msg).unwrap();
         let (a, b) = UnixStream::pair().unwrap();
-        let conn = Conn::new(&Stream::Unix(a)).unwrap();
-        conn.send_frame(&frame).unwrap();
-        conn.send_frame(&frame).unwrap();
+        let conn = std::sync::Arc::new(Conn::new(&Stream::Unix(a)).unwrap());
+        conn.post_frame(&frame).unwrap();
+        conn.post_frame(&frame).unwrap();
         let mut r = b;
         for _ in 0..2 {
             let got = read_frame(&mut r, &mut Vec::new()).unwrap();

@@ -31,6 +31,7 @@
 //! peer or a bug in a handler from ending more than its connection).
 
 mod conn;
+pub(crate) mod reactor;
 mod stream;
 
 pub(crate) use crate::protocol::*;
