@@ -220,7 +220,13 @@ impl Conn {
         w.frame(msg.wire())?;
         self.take_deferred(&mut w);
         let Writer { stream, buf, tail } = &mut *w;
-        if tail.len() + buf.len() > MAX_OUTBOX {
+        self.write_or_keep(stream, tail, buf)
+    }
+
+    /// Writes `bytes` after what is kept (`tail`) without blocking; what
+    /// the socket does not take is kept. False when something was kept.
+    fn write_or_keep(&self, stream: &Stream, tail: &mut Vec<u8>, bytes: &[u8]) -> Result<bool> {
+        if tail.len() + bytes.len() > MAX_OUTBOX {
             crate::log::log!(
                 "{} left {} bytes unread: closing the connection",
                 stream.peer(),
@@ -232,19 +238,19 @@ impl Conn {
             ));
         }
         if !tail.is_empty() {
-            tail.extend_from_slice(buf);
+            tail.extend_from_slice(bytes);
             return Ok(false);
         }
         let fd = stream.raw_fd();
         let mut off = 0;
-        while off < buf.len() {
+        while off < bytes.len() {
             // MSG_DONTWAIT: return at once rather than wait for room.
             let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-            match nix::sys::socket::send(fd, &buf[off..], flags) {
+            match nix::sys::socket::send(fd, &bytes[off..], flags) {
                 Ok(n) if n > 0 => off += n,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EAGAIN) => {
-                    tail.extend_from_slice(&buf[off..]);
+                    tail.extend_from_slice(&bytes[off..]);
                     return Ok(false);
                 }
                 Ok(_) => return Err(lost(std::io::ErrorKind::WriteZero.into())),
@@ -285,37 +291,7 @@ impl Conn {
         };
         self.take_deferred(&mut w);
         let Writer { stream, tail, .. } = &mut *w;
-        if tail.len() + frame.len() > MAX_OUTBOX {
-            crate::log::log!(
-                "{} left {} bytes unread: closing the connection",
-                stream.peer(),
-                tail.len()
-            );
-            self.close();
-            return Err(Error::unavailable(
-                "peer connection closed: the peer stopped reading",
-            ));
-        }
-        if !tail.is_empty() {
-            tail.extend_from_slice(frame);
-            return Ok(false);
-        }
-        let fd = stream.raw_fd();
-        let mut off = 0;
-        while off < frame.len() {
-            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-            match nix::sys::socket::send(fd, &frame[off..], flags) {
-                Ok(n) if n > 0 => off += n,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(nix::errno::Errno::EAGAIN) => {
-                    tail.extend_from_slice(&frame[off..]);
-                    return Ok(false);
-                }
-                Ok(_) => return Err(lost(std::io::ErrorKind::WriteZero.into())),
-                Err(e) => return Err(lost(e.into())),
-            }
-        }
-        Ok(true)
+        self.write_or_keep(stream, tail, frame)
     }
 
     /// After a non-blocking send: what it kept (`sent` false) goes out from
