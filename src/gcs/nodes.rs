@@ -124,8 +124,8 @@ pub(crate) struct NodeTable {
 struct Candidates {
     /// When it was made (none: never).
     at: Option<Instant>,
-    /// The table's version then: a raylet holding it, or a later one, has
-    /// its candidates from this ranking.
+    /// The version it was made at (a version of its own): a raylet holding
+    /// it, or a later one, has its candidates from this ranking.
     version: u64,
     /// Rankings made so far: each raylet's window moves on with each.
     round: u64,
@@ -225,6 +225,10 @@ impl NodeTable {
             .collect();
         self.cand.ranking = Ranking::new(&live);
         self.cand.at = Some(now);
+        // A version of its own, which no raylet holds yet: one that was
+        // answered at the current version (before this ranking, the
+        // refresh period not being over) is sent it at its next report.
+        self.touch();
         self.cand.version = self.version;
         self.cand.round += 1;
     }
@@ -665,6 +669,30 @@ mod tests {
             t.since_frame(v3, 2).unwrap().len() < 64,
             "sent once: the window is held"
         );
+    }
+
+    /// A raylet answered between a change and the ranking that takes it
+    /// in (the refresh period not over) holds a version past the change:
+    /// the ranking has a version of its own, so it is still sent it.
+    #[test]
+    fn a_ranking_made_after_an_answer_still_reaches_that_raylet() {
+        let t0 = Instant::now();
+        let mut t = NodeTable::default();
+        for i in 0..100u16 {
+            t.register(node(i), u64::from(i), t0).unwrap();
+        }
+        t.refresh_candidates(t0);
+        let (v, ..) = parts(t.since(0, 2));
+        assert!(t.report(50, report(1.0), t0));
+        t.refresh_candidates(t0 + CANDIDATES_REFRESH / 2);
+        let (v2, _, _, none) = parts(t.since(v, 2));
+        assert!(
+            none.is_none() && v2 > v,
+            "not ranked yet; the raylet moves on"
+        );
+        t.refresh_candidates(t0 + CANDIDATES_REFRESH);
+        let (_, _, _, cands) = parts(t.since(v2, 2));
+        assert!(cands.is_some(), "the new ranking reaches it");
     }
 
     #[test]

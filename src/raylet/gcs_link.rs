@@ -162,7 +162,7 @@ impl Raylet {
     ) {
         let me = self.session.node_index;
         let mut st = self.lock();
-        if st.view_version == 0 {
+        if st.view_version == 0 && !joined.is_empty() {
             // The whole view (on joining, or after losing track): every
             // node's load, fresh, so every node counts until the next
             // candidates come.

@@ -425,10 +425,11 @@ impl Raylet {
 
     fn execute(&self, st: &mut State, actions: Vec<Action>) {
         use crate::scheduler::candidates::window;
-        if window(st.leases.spill_demand()) > window(st.demand_reported) {
-            // More requests wait than the candidates held can take: ask
-            // for more now rather than at the next report (a full channel
-            // means a wake-up is on its way already).
+        if window(st.leases.spill_demand()) >= 2 * window(st.demand_reported) {
+            // Twice the requests wait that the candidates held were asked
+            // for: ask for more now rather than at the next report (a full
+            // channel means a wake-up is on its way already; doubling
+            // bounds the early reports of a growing queue to a few).
             let _ = self.report_wake.try_send(());
         }
         for a in actions {

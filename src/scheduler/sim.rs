@@ -415,12 +415,13 @@ impl Sim {
         }
     }
 
-    /// A node whose spill demand outgrew the window its view was read
-    /// with reports at once: it has its view a round trip later.
+    /// A node whose spill demand outgrew twice the window its view was
+    /// read with reports at once (as a raylet does): it has its view a
+    /// round trip later.
     fn report_early(&mut self, now: u64, n: usize) {
         if self.full_view
             || self.early[n]
-            || window(self.managers[n].spill_demand()) <= self.asked[n]
+            || window(self.managers[n].spill_demand()) < 2 * self.asked[n]
         {
             return;
         }

@@ -210,11 +210,7 @@ impl Conn {
                 codec::encode_append(&msg.wire(), &mut frame)?;
                 let len = (frame.len() - 4) as u32;
                 frame[..4].copy_from_slice(&len.to_le_bytes());
-                self.deferred
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend_from_slice(&frame);
-                return Ok(false);
+                return self.defer(&frame);
             }
         };
         w.frame(msg.wire())?;
@@ -282,11 +278,7 @@ impl Conn {
             Ok(w) => w,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => {
-                self.deferred
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend_from_slice(frame);
-                return Ok(false);
+                return self.defer(frame);
             }
         };
         self.take_deferred(&mut w);
@@ -319,9 +311,17 @@ impl Conn {
                     break;
                 }
             });
-        if spawned.is_err() {
+        if let Err(e) = spawned {
+            // Writing here could block the caller, which must not wait:
+            // without a thread the peer cannot be waited for at all.
             self.flushing.store(false, Ordering::Release);
-            return self.flush();
+            crate::log::log!(
+                "cannot start a thread to send to a slow peer ({e}); connection closed"
+            );
+            self.close();
+            return Err(Error::unavailable(
+                "peer connection closed: no thread to send what it did not take",
+            ));
         }
         Ok(())
     }
@@ -341,7 +341,32 @@ impl Conn {
     pub(crate) fn flush(&self) -> Result<()> {
         let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         self.take_deferred(&mut w);
-        w.flush_tail().map_err(lost)
+        let r = w.flush_tail();
+        if r.is_err() {
+            // Part of the kept bytes may be out: writing them again from
+            // their start would break the peer's framing. The connection
+            // ends, as a failed send ends it.
+            w.tail = Vec::new();
+            drop(w);
+            self.close();
+        }
+        r.map_err(lost)
+    }
+
+    /// Keeps `frame` for whoever holds the writer next (never waiting for
+    /// it); past [`MAX_OUTBOX`] kept bytes the peer counts as not reading
+    /// and the connection is closed.
+    fn defer(&self, frame: &[u8]) -> Result<bool> {
+        let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        if d.len() + frame.len() > MAX_OUTBOX {
+            drop(d);
+            self.close();
+            return Err(Error::unavailable(
+                "peer connection closed: the peer stopped reading",
+            ));
+        }
+        d.extend_from_slice(frame);
+        Ok(false)
     }
 
     /// Moves deferred frames to the writer's tail (under `inner`).

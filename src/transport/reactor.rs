@@ -32,6 +32,8 @@ use std::time::Instant;
 const READ_BUDGET: usize = 256 << 10;
 /// The epoll token of the listener (connections count up from 0).
 const LISTENER: u64 = u64::MAX;
+/// How long the listener rests after accepting failed.
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What a component served by [`serve`] does with its connections. Every
 /// call is made on the loop's thread: none may block (answer with
@@ -81,21 +83,34 @@ fn run(
         listener.as_fd(),
         EpollEvent::new(EpollFlags::EPOLLIN, LISTENER),
     )?;
-    let mut listening = true;
+    // Taken out of the set for a moment when accepting fails (out of
+    // descriptors: the pending connection would wake the loop at once,
+    // again and again); dropped when stopping, so that connecting fails
+    // rather than waits in the backlog.
+    let mut listener = Some(listener);
+    let mut paused: Option<Instant> = None;
     let mut conns: HashMap<u64, Entry> = HashMap::new();
     let mut handshakes: VecDeque<(Instant, u64)> = VecDeque::new();
     let mut next: u64 = 0;
     let mut events = vec![EpollEvent::empty(); 256];
     let mut chunk = vec![0u8; 64 << 10];
     loop {
-        if listening && svc.stopping() {
-            listening = false;
-            let _ = epoll.delete(listener.as_fd());
+        if listener.is_some() && svc.stopping() {
+            if let Some(l) = listener.take() {
+                let _ = epoll.delete(l.as_fd());
+            }
         }
-        if !listening && conns.is_empty() {
+        if listener.is_none() && conns.is_empty() {
             return Ok(());
         }
-        let n = match epoll.wait(&mut events, EpollTimeout::from(1000u16)) {
+        if let (Some(at), Some(l)) = (paused, &listener) {
+            if at.elapsed() >= ACCEPT_PAUSE {
+                paused = None;
+                let _ = epoll.add(l.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, LISTENER));
+            }
+        }
+        let wait = if paused.is_some() { 20u16 } else { 1000 };
+        let n = match epoll.wait(&mut events, EpollTimeout::from(wait)) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
@@ -103,15 +118,11 @@ fn run(
         for ev in &events[..n] {
             let token = ev.data();
             if token == LISTENER {
-                if listening && !svc.stopping() {
-                    accept_all(
-                        &listener,
-                        &epoll,
-                        &mut conns,
-                        &mut handshakes,
-                        &mut next,
-                        name,
-                    );
+                if let Some(l) = listener.as_ref().filter(|_| !svc.stopping()) {
+                    if !accept_all(l, &epoll, &mut conns, &mut handshakes, &mut next, name) {
+                        let _ = epoll.delete(l.as_fd());
+                        paused = Some(Instant::now());
+                    }
                 }
                 continue;
             }
@@ -130,13 +141,19 @@ fn run(
                 break;
             }
             handshakes.pop_front();
-            if conns.get(&token).is_some_and(|e| e.handshake.is_some()) {
+            if let Some(e) = conns.get(&token).filter(|e| e.handshake.is_some()) {
+                crate::log::log!(
+                    "{name}: {} did not present the cluster secret in time; dropped",
+                    e.peer
+                );
                 close(&epoll, &mut conns, token, svc);
             }
         }
     }
 }
 
+/// Accepts every pending connection; false when accepting failed (out of
+/// descriptors, say), for the loop to stop listening a moment.
 fn accept_all(
     listener: &Listener,
     epoll: &Epoll,
@@ -144,15 +161,17 @@ fn accept_all(
     handshakes: &mut VecDeque<(Instant, u64)>,
     next: &mut u64,
     name: &str,
-) {
+) -> bool {
     loop {
         let stream = match listener.accept() {
             Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            // Out of descriptors, or a connection reset before it was
-            // taken: the others are still served; try again next turn.
-            Err(_) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
+            Err(e) => {
+                crate::log::log!("{name}: cannot accept a connection ({e}); pausing");
+                return false;
+            }
         };
         if conns.len() >= MAX_CONNECTIONS {
             crate::log::log!(
@@ -219,6 +238,10 @@ fn read_ready(
             let mut presented = [0u8; 16];
             presented.copy_from_slice(have);
             if !secret.matches(&presented) {
+                crate::log::log!(
+                    "{name}: {} presented a wrong cluster secret; dropped",
+                    e.peer
+                );
                 return false;
             }
             e.handshake = None;
