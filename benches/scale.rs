@@ -1,6 +1,6 @@
 //! The control plane at scale, on simulated nodes (issue 13): a real GCS
 //! in a child process, N raylets played over real sockets by a few threads
-//! (`rustray::__private::run_node_sim`; see `src/gcs/sim.rs`). One JSON
+//! (`rustray::__private::run_node_sim`; see `src/gcs/sim/`). One JSON
 //! object per line, in microbench's shape, `n` being the node count:
 //!
 //! - `gcs_report_cpu_pct`: CPU time of the GCS's threads per wall second

@@ -276,17 +276,18 @@ impl Gcs {
     /// The whole cluster view as one encoded frame: made at most once per
     /// [`WHOLE_VIEW_REUSE`], so a thousand raylets joining at once cost
     /// one encoding, not a thousand. A raylet given a view a little older
-    /// than the table is sent what changed since at its next report. The
-    /// spill candidates in it are those of the raylet it was made for (a
-    /// joining raylet is sent its own with the next ranking).
-    fn whole_view(&self, now: std::time::Instant, asker: u16) -> Result<Arc<Vec<u8>>> {
+    /// than the table is sent what changed since at its next report. It
+    /// carries every node's load, so no spill candidates (the same frame
+    /// for every raylet).
+    fn whole_view(&self, now: std::time::Instant) -> Result<Arc<Vec<u8>>> {
         let mut w = self.whole.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((made, frame)) = w.as_ref() {
             if now.saturating_duration_since(*made) < WHOLE_VIEW_REUSE {
                 return Ok(frame.clone());
             }
         }
-        let whole = self.node_table().since(0, asker);
+        // The asker does not matter: a whole view names no candidates.
+        let whole = self.node_table().since(0, 0);
         let frame = Arc::new(transport::encode_frame(&whole)?);
         *w = Some((now, frame.clone()));
         Ok(frame)
@@ -329,7 +330,7 @@ impl Gcs {
                         }
                     }
                     None => {
-                        if let Ok(frame) = self.whole_view(now, node) {
+                        if let Ok(frame) = self.whole_view(now) {
                             let _ = conn.post_frame(&frame);
                         }
                     }

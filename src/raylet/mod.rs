@@ -424,12 +424,10 @@ impl Raylet {
     }
 
     fn execute(&self, st: &mut State, actions: Vec<Action>) {
-        use crate::scheduler::candidates::window;
-        if window(st.leases.spill_demand()) >= 2 * window(st.demand_reported) {
-            // Twice the requests wait that the candidates held were asked
-            // for: ask for more now rather than at the next report (a full
-            // channel means a wake-up is on its way already; doubling
-            // bounds the early reports of a growing queue to a few).
+        use crate::scheduler::candidates::{outgrown, window};
+        if outgrown(st.leases.spill_demand(), window(st.demand_reported)) {
+            // Ask for more candidates now rather than at the next report
+            // (a full channel means a wake-up is on its way already).
             let _ = self.report_wake.try_send(());
         }
         for a in actions {

@@ -47,6 +47,15 @@ pub(crate) const WINDOW: usize = 16;
 /// ...and at most, whatever its spill demand.
 pub(crate) const MAX_WINDOW: usize = 1024;
 
+/// Whether a raylet whose candidates were read with a window of `asked`
+/// and has `demand` requests waiting now reports at once, for a wider
+/// window, rather than at its next period: when the window it needs has
+/// doubled (so a growing queue reports early a few times, not at every
+/// request).
+pub(crate) fn outgrown(demand: u32, asked: usize) -> bool {
+    window(demand) >= 2 * asked
+}
+
 /// The window for a raylet with `demand` requests that could spill.
 pub(crate) fn window(demand: u32) -> usize {
     usize::try_from(demand)
@@ -223,6 +232,18 @@ mod tests {
             assert!(l.iter().all(|i| *i < 60), "{l:?}");
             assert_eq!(l.len(), WINDOW);
         }
+    }
+
+    /// A queue reports early when the window it needs has doubled, not at
+    /// every request.
+    #[test]
+    fn a_queue_reports_early_when_its_window_doubles() {
+        assert!(!outgrown(0, WINDOW));
+        assert!(!outgrown(31, WINDOW));
+        assert!(outgrown(32, WINDOW));
+        assert!(!outgrown(63, 32));
+        assert!(outgrown(64, 32));
+        assert!(!outgrown(u32::MAX, MAX_WINDOW), "at the widest: never");
     }
 
     /// Small clusters: everything, each once; nothing from nothing.

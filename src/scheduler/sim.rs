@@ -19,7 +19,7 @@
 //! It checks what the issue asks of placement at scale: every task runs,
 //! none moves more than once (no ping-pong), and the load stays balanced.
 
-use super::candidates::window;
+use super::candidates::{outgrown, window};
 use super::{Action, LeaseManager, PeerNode, Ranking, ResourceSet, Spill, CPU};
 use crate::error::{Error, Result};
 use crate::ids::{LeaseId, WorkerId};
@@ -421,7 +421,7 @@ impl Sim {
     fn report_early(&mut self, now: u64, n: usize) {
         if self.full_view
             || self.early[n]
-            || window(self.managers[n].spill_demand()) < 2 * self.asked[n]
+            || !outgrown(self.managers[n].spill_demand(), self.asked[n])
         {
             return;
         }

@@ -604,6 +604,42 @@ mod tests {
         );
     }
 
+    /// A flush that times out with part of the kept bytes written ends the
+    /// connection and keeps nothing: written again from their start, those
+    /// bytes would break the peer's framing. The peer reads whole frames,
+    /// then the end.
+    #[test]
+    fn a_failed_flush_ends_the_connection_and_keeps_nothing() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Stream::Unix(a), Stream::Unix(b));
+        let conn = Conn::with_send_timeout(&a, Duration::from_millis(200)).unwrap();
+        let big = ToRaylet::FreeObjects {
+            offsets: (0..50_000).collect(),
+        };
+        // b does not read: sends that do not block fill the socket, then
+        // are kept.
+        let mut kept = 0;
+        for _ in 0..64 {
+            if !conn.try_send(&big).unwrap() {
+                kept += 1;
+            }
+        }
+        assert!(kept > 0 && conn.pending());
+        assert!(
+            conn.flush().is_err(),
+            "the peer reads nothing: it times out"
+        );
+        assert!(!conn.pending(), "nothing kept to write again");
+        let mut r = BufReader::new(b);
+        let mut body = Vec::new();
+        let mut whole = 0;
+        while let Ok(Some(_)) = read_frame(&mut r, &mut body) {
+            whole += 1;
+        }
+        assert!(whole >= 1, "whole frames, then the end");
+        assert!(conn.flush().is_ok(), "nothing left to write");
+    }
+
     #[test]
     fn post_never_blocks_and_delivers_everything_in_order() {
         let (a, b) = UnixStream::pair().unwrap();

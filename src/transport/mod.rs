@@ -11,12 +11,15 @@
 //! thread per connection keep the latency path to two syscalls and one thread
 //! wake-up per hop, which is what the sub-100 µs task round trip needs; the
 //! number of connections per process is small (its raylet, the GCS, the
-//! workers it leases, the owners it borrows from).
+//! workers it leases, the owners it borrows from). The GCS, with a
+//! connection or two per node, serves them all from one event loop instead
+//! ([`reactor`]).
 //!
 //! Every connection, Unix or TCP, opens with the cluster's 16-byte secret
 //! (generated when the cluster starts, passed to its processes in their
-//! environment). A listener checks it on the connection's own thread, with a
-//! bounded read, and drops a connection without it: two jobs, or two users,
+//! environment). A listener checks it on the connection's own thread (the
+//! event loop: as its bytes arrive), within a bound, and drops a connection
+//! without it: two jobs, or two users,
 //! sharing a node cannot reach each other's processes.
 //!
 //! The first message on a connection to a core worker's listener is
