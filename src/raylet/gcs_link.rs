@@ -1,5 +1,6 @@
 //! The raylet's side of the GCS: joining the cluster (registration, bounded
-//! by `REGISTER_TIMEOUT`), reporting what changed every `REPORT_EVERY`, the
+//! by `REGISTER_TIMEOUT`), reporting what changed every `REPORT_EVERY` (a
+//! bare heartbeat every `HEARTBEAT_EVERY` when nothing did), the
 //! cluster view it gets back as versioned deltas (and node deaths pushed
 //! the moment the GCS declares them), and the core workers' requests it
 //! forwards on a second connection (see `gcs_proxy`).
@@ -15,6 +16,14 @@ use std::time::Duration;
 
 /// How often the raylet reports its free resources to the GCS.
 pub(super) const REPORT_EVERY: Duration = Duration::from_millis(100);
+/// How often a raylet whose load did not change, and with no request
+/// waiting to spill, reports all the same: the heartbeat that keeps its
+/// node alive at the GCS (well within `gcs::nodes::NODE_TIMEOUT`) and
+/// brings it the joins since. Not every `REPORT_EVERY`: at thousands of
+/// nodes, answering a heartbeat that carries nothing is most of the GCS's
+/// work (a send each), and an idle raylet needs no fresher view: a change,
+/// or a request to spill, has it report at once again.
+pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// Reports asked for early (a spill demand that outgrew the candidates)
 /// come at most this often.
 const REPORT_SOONEST: Duration = Duration::from_millis(5);
@@ -91,10 +100,14 @@ impl Raylet {
     }
 
     /// Reports to the GCS until the connection fails: what changed since
-    /// the last report (a bare heartbeat when nothing did), and the view
-    /// version this node holds (the GCS answers with what changed since).
+    /// the last report, and the view version this node holds (the GCS
+    /// answers with what changed since). Nothing changed, no request
+    /// waiting to spill and a view held: a bare heartbeat, only once per
+    /// [`HEARTBEAT_EVERY`] (see [`heartbeat_due`]).
     pub(super) fn report(&self, gcs: Arc<Conn>, wake: std::sync::mpsc::Receiver<()>) {
         let mut last: Option<ResourceReport> = None;
+        let mut sent_at: Option<std::time::Instant> = None;
+        let mut woken = false;
         loop {
             let msg = {
                 let mut st = self.lock();
@@ -112,25 +125,37 @@ impl Raylet {
                     last = Some(now.clone());
                     now
                 });
-                ToGcs::ReportResources {
+                let now = std::time::Instant::now();
+                let since = sent_at.map(|t| now.saturating_duration_since(t));
+                (report.is_some()
+                    || woken
+                    || st.view_version == 0
+                    || heartbeat_due(spill_demand, since))
+                .then_some(ToGcs::ReportResources {
                     node: self.session.node_index,
                     report,
                     view_version: st.view_version,
                     spill_demand,
-                }
+                })
             };
-            if gcs.send(&msg).is_err() {
-                return;
+            let tick = std::time::Instant::now();
+            if let Some(msg) = msg {
+                if gcs.send(&msg).is_err() {
+                    return;
+                }
+                sent_at = Some(tick);
             }
-            let sent = std::time::Instant::now();
             // The next report at the period's end, or sooner when the
             // spill demand outgrows the candidates (but not more often
             // than REPORT_SOONEST).
-            match wake.recv_timeout(REPORT_EVERY) {
-                Ok(()) => std::thread::sleep(REPORT_SOONEST.saturating_sub(sent.elapsed())),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            woken = match wake.recv_timeout(REPORT_EVERY) {
+                Ok(()) => {
+                    std::thread::sleep(REPORT_SOONEST.saturating_sub(tick.elapsed()));
+                    true
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-            }
+            };
         }
     }
 
@@ -284,5 +309,36 @@ impl Raylet {
         if let Some(c) = conn {
             let _ = c.post(&FromRaylet::Gcs(answer));
         }
+    }
+}
+
+/// Whether a raylet whose load did not change sends a report all the same:
+/// while requests wait to spill (its candidates should stay fresh), on
+/// its first report, and once per [`HEARTBEAT_EVERY`] (`since` the last
+/// report sent).
+pub(super) fn heartbeat_due(spill_demand: u32, since: Option<Duration>) -> bool {
+    spill_demand > 0 || since.is_none_or(|s| s >= HEARTBEAT_EVERY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_raylet_reports_once_per_heartbeat() {
+        assert!(heartbeat_due(0, None), "the first report goes out");
+        assert!(!heartbeat_due(0, Some(REPORT_EVERY)));
+        assert!(!heartbeat_due(
+            0,
+            Some(HEARTBEAT_EVERY - Duration::from_millis(1))
+        ));
+        assert!(heartbeat_due(0, Some(HEARTBEAT_EVERY)));
+        assert!(
+            heartbeat_due(3, Some(REPORT_EVERY)),
+            "requests waiting to spill want fresh candidates every period"
+        );
+        // Several heartbeats fit in the time after which the GCS declares
+        // a silent node lost.
+        assert!(HEARTBEAT_EVERY * 4 <= crate::gcs::nodes::NODE_TIMEOUT);
     }
 }

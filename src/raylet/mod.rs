@@ -25,7 +25,8 @@
 //!
 //! Across nodes: the raylet registers with the GCS at start-up (an
 //! unreachable GCS fails the start with an error naming it), reports its free
-//! resources every `REPORT_EVERY` (100 ms) and gets the cluster resource view back,
+//! resources within `REPORT_EVERY` (100 ms) of a change (a heartbeat every
+//! second otherwise) and gets the cluster resource view back,
 //! which the lease manager uses to spill requests back to other nodes. When
 //! the GCS connection closes the cluster is over and the raylet shuts down.
 //! It listens on a Unix socket for its node's processes and on TCP for other
@@ -35,6 +36,7 @@
 //! shared by every reader on the node and freed when the last unpins.
 
 mod gcs_link;
+pub(crate) use gcs_link::HEARTBEAT_EVERY;
 mod gcs_proxy;
 mod pull;
 mod store;

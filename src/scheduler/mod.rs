@@ -211,19 +211,30 @@ impl LeaseManager {
         self.place_queued()
     }
 
-    /// Queued requests that fit elsewhere now (by the view) move there.
+    /// Queued requests that fit elsewhere now (by the view) move there,
+    /// but for those this node serves first (they fit in what the requests
+    /// ahead of them leave free: no lease holds it yet while workers
+    /// start, so the free amount alone would keep a whole burst here).
     fn place_queued(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
         for mut p in std::mem::take(&mut self.infeasible) {
             p.views += 1;
             out.extend(self.place(p));
         }
+        // What the requests ahead that stay leave free here: a request
+        // that fits in it is served here as soon as a worker is ready; one
+        // behind more than the node holds free moves if it fits elsewhere.
+        let mut free = self.available.clone();
         let mut i = 0;
         while i < self.queue.len() {
             let p = &mut self.queue[i];
             p.views += 1;
             let waited = p.spill == Spill::Now || p.views >= PREFER_HERE_VIEWS;
-            if p.spill == Spill::Never || !waited || p.shape.fits(&self.available) {
+            let fits = p.shape.fits(&free);
+            if fits {
+                free.add_signed(&p.shape, -1);
+            }
+            if p.spill == Spill::Never || !waited || fits {
                 i += 1;
                 continue;
             }
@@ -248,12 +259,20 @@ impl LeaseManager {
     /// those where it fits now; with `by_total`, else any node whose total
     /// fits (it will queue there). Books the shape against that node's view
     /// so a burst of requests spreads instead of all landing on one node.
+    /// Among equals, the first after this node's index: raylets reading the
+    /// same view then start on different nodes, not all on the lowest.
     fn spill_target(&mut self, shape: &ResourceSet, by_total: bool) -> Option<u16> {
+        let me = self.node;
         let now = self
             .peers
             .iter_mut()
             .filter(|n| shape.fits(&n.available))
-            .max_by_key(|n| n.available.fixed(CPU));
+            .max_by_key(|n| {
+                (
+                    n.available.fixed(CPU),
+                    std::cmp::Reverse(n.index.wrapping_sub(me)),
+                )
+            });
         if let Some(n) = now {
             n.available.add_signed(shape, -1);
             return Some(n.index);
@@ -312,26 +331,36 @@ impl LeaseManager {
             .fold(0.0, f64::max)
     }
 
-    /// Under the hybrid policy, the node a default request should go to
-    /// instead of this one: this node is at [`SPREAD_THRESHOLD`] or past
-    /// it, and another, where it fits now, is below (the least busy one).
-    fn spread_target(&mut self, shape: &ResourceSet) -> Option<u16> {
-        // Requests queued here count as busy: they are granted as soon as
-        // workers are ready.
+    /// What is free here once the requests queued here are served: they
+    /// are granted as soon as workers are ready, so they count as busy.
+    fn free_after_queue(&self) -> ResourceSet {
         let mut free = self.available.clone();
         for q in &self.queue {
             free.add_signed(&q.shape, -1);
         }
-        if Self::utilization(&self.total, &free, shape) < SPREAD_THRESHOLD {
+        free
+    }
+
+    /// Under the hybrid policy, the node a default request should go to
+    /// instead of this one: this node (`free` being what its queue leaves)
+    /// is at [`SPREAD_THRESHOLD`] or past it, and another, where it fits
+    /// now, is below (the least busy one; among equals, the first after
+    /// this node's index, as in `spill_target`).
+    fn spread_target(&mut self, shape: &ResourceSet, free: &ResourceSet) -> Option<u16> {
+        if Self::utilization(&self.total, free, shape) < SPREAD_THRESHOLD {
             return None;
         }
+        let me = self.node;
         let best = self
             .peers
             .iter_mut()
             .filter(|n| shape.fits(&n.available))
             .map(|n| (Self::utilization(&n.total, &n.available, shape), n))
             .filter(|(u, _)| *u < SPREAD_THRESHOLD)
-            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .min_by(|a, b| {
+                a.0.total_cmp(&b.0)
+                    .then(a.1.index.wrapping_sub(me).cmp(&b.1.index.wrapping_sub(me)))
+            })
             .map(|(_, n)| n)?;
         // Until the next view arrives, count what was sent there.
         best.available.add_signed(shape, -1);
@@ -342,7 +371,8 @@ impl LeaseManager {
     fn place(&mut self, p: Pending) -> Vec<Action> {
         let fits_here = p.shape.fits(&self.total);
         if p.spill == Spill::Now && fits_here {
-            if let Some(node) = self.spread_target(&p.shape) {
+            let free = self.free_after_queue();
+            if let Some(node) = self.spread_target(&p.shape, &free) {
                 return vec![Action::Spillback {
                     client: p.client,
                     req: p.req,

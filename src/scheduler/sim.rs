@@ -495,9 +495,11 @@ mod tests {
     /// middle of a run is placed through each raylet's window first, then
     /// the wider window its demand asks for a round trip later: on this
     /// model, where every task is a lease request (a real owner holds at
-    /// most four per class), it ends within half again the whole view's
-    /// time (1.39x measured with 32 owners on 256 nodes; equal with 4) and
-    /// no more than a quarter less evenly spread (1.23 against 1.04).
+    /// most four per class), it ends within a quarter of the whole view's
+    /// time and no more than a fifth less evenly spread (measured: 1.19x
+    /// and 1.17 against 1.02 with 32 owners on 256 nodes; 1.07x and 1.11
+    /// against 1.02 with 64 on 1,024; sooner and more even than the whole
+    /// view with 4 owners on 200).
     #[test]
     fn candidates_place_as_well_as_the_whole_view() {
         for (nodes, tasks, owners, start_us) in [
@@ -513,11 +515,8 @@ mod tests {
                 assert!(cand.sim_s <= full.sim_s * 1.1, "{cand:?}\n{full:?}");
                 assert!(cand.imbalance <= full.imbalance * 1.1, "{cand:?}\n{full:?}");
             } else {
-                assert!(cand.sim_s <= full.sim_s * 1.5, "{cand:?}\n{full:?}");
-                assert!(
-                    cand.imbalance <= full.imbalance * 1.25,
-                    "{cand:?}\n{full:?}"
-                );
+                assert!(cand.sim_s <= full.sim_s * 1.25, "{cand:?}\n{full:?}");
+                assert!(cand.imbalance <= full.imbalance * 1.2, "{cand:?}\n{full:?}");
             }
         }
     }

@@ -265,6 +265,74 @@ fn full_node_spills_back_to_a_node_with_room() {
     );
 }
 
+/// A burst queued while the node's workers start (nothing granted yet,
+/// so every request "fits" what is free) is not all kept: at the next
+/// view, those behind more than the node holds move to nodes with room,
+/// and those the node will serve stay.
+#[test]
+fn a_view_moves_what_waits_behind_more_than_the_node_holds() {
+    let mut m = LeaseManager::new(cpus(2.0), 8, 8);
+    m.set_view(vec![peer(1, 4.0, 0.0)]);
+    for req in 1..=6 {
+        m.request(1, req, cpus(1.0), Spill::Now);
+    }
+    assert_eq!(m.spill_demand(), 6, "all queued: workers are starting");
+    let a = m.set_view(vec![peer(1, 4.0, 4.0)]);
+    let moved: Vec<u64> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::Spillback { req, node: 1, .. } => Some(*req),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(moved, vec![3, 4, 5, 6], "{a:?}");
+    assert_eq!(m.spill_demand(), 2);
+    // The two that stayed are granted as the workers come.
+    assert_eq!(grants(&m.worker_registered(w(1))), vec![(1, w(1))]);
+    assert_eq!(grants(&m.worker_registered(w(2))), vec![(2, w(2))]);
+}
+
+/// Raylets that see the same view do not all pick the same node among
+/// equals: each starts after its own index, so a burst from many owners
+/// spreads at once rather than piling onto the lowest index.
+#[test]
+fn equal_nodes_are_chosen_from_after_each_raylets_own() {
+    let view = |me: u16| -> Vec<PeerNode> {
+        (0..8u16)
+            .filter(|i| *i != me)
+            .map(|i| peer(i, 4.0, 4.0))
+            .collect()
+    };
+    let first_spill = |me: u16| -> u16 {
+        let mut m = LeaseManager::new(cpus(4.0), 4, 4);
+        m.set_node(me);
+        m.set_view(view(me));
+        for i in 0..4 {
+            m.worker_registered(w(i));
+        }
+        // Past half here: spread to the least busy (all equal).
+        m.request(1, 1, cpus(1.0), Spill::Now);
+        m.request(1, 2, cpus(1.0), Spill::Now);
+        match &m.request(1, 3, cpus(1.0), Spill::Now)[..] {
+            [Action::Spillback { node, .. }] => *node,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(first_spill(0), 1);
+    assert_eq!(first_spill(3), 4);
+    assert_eq!(first_spill(7), 0, "wraps around");
+    // And the same when a full node sends by most free CPU.
+    let mut m = LeaseManager::new(cpus(1.0), 4, 4);
+    m.set_node(5);
+    m.worker_registered(w(1));
+    m.set_view(view(5));
+    assert_eq!(grants(&m.request(1, 1, cpus(1.0), Spill::Now)).len(), 1);
+    match &m.request(1, 2, cpus(1.0), Spill::Now)[..] {
+        [Action::Spillback { node, .. }] => assert_eq!(*node, 6),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn default_requests_pack_a_node_to_half_then_spread() {
     // Two nodes of 4 CPUs; four long 1-CPU tasks go 2 and 2.

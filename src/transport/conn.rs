@@ -414,11 +414,14 @@ pub(crate) fn more_input_pending() -> bool {
     if buffered {
         return true;
     }
-    if fd < 0 {
-        return false;
-    }
+    fd >= 0 && bytes_waiting(fd)
+}
+
+/// True if bytes wait to be read on socket `fd` (without reading them).
+pub(crate) fn bytes_waiting(fd: std::os::fd::RawFd) -> bool {
     let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes the number of readable bytes into `n`.
+    // SAFETY: FIONREAD writes the number of readable bytes into `n`; a
+    // closed or foreign descriptor makes it fail, which reads as none.
     let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
     rc == 0 && n > 0
 }

@@ -73,7 +73,7 @@ impl Stream {
         };
     }
 
-    pub(super) fn raw_fd(&self) -> std::os::fd::RawFd {
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
         match self {
             Stream::Unix(s) => s.as_raw_fd(),

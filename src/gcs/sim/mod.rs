@@ -3,12 +3,13 @@
 //! so the control plane's cost at hundreds or thousands of nodes can be
 //! measured on one small machine.
 //!
-//! Each simulated node registers as a raylet does, then reports every
-//! [`REPORT_PERIOD`] as a raylet does: its free resources when they
+//! Each simulated node registers as a raylet does, then reports as a
+//! raylet does: every [`REPORT_PERIOD`] in which its free resources
 //! changed (a task started or finished there: `churn` is the share of
-//! nodes whose resources change in a period), a bare heartbeat otherwise,
-//! with the version of the cluster view it holds, and takes in the delta it
-//! is answered with. A few threads drive all the nodes: each sends its
+//! nodes whose resources change in a period), a bare heartbeat once per
+//! `HEARTBEAT_EVERY` otherwise, with the version of the cluster view it
+//! holds, and takes in the delta it is answered with (and node deaths
+//! pushed, as they arrive). A few threads drive all the nodes: each sends its
 //! nodes' reports, then reads their answers, so one slow answer does not
 //! hold the others' reports back.
 //!
@@ -37,6 +38,12 @@ use std::time::{Duration, Instant};
 
 /// How often a raylet reports (as `raylet` does).
 pub(crate) const REPORT_PERIOD: Duration = Duration::from_millis(100);
+/// The periods between an idle raylet's heartbeats (as `raylet` does).
+const HEARTBEAT_PERIODS: u32 =
+    (crate::raylet::HEARTBEAT_EVERY.as_millis() / REPORT_PERIOD.as_millis()) as u32;
+/// How often the simulated nodes take in pushed deaths while waiting for
+/// one.
+const PUSH_POLL: Duration = Duration::from_millis(2);
 /// CPUs each simulated node declares.
 const NODE_CPUS: f64 = 64.0;
 /// Threads driving the simulated nodes.
@@ -92,6 +99,11 @@ struct SimNode {
     death_pushed: bool,
     /// Its connection closed (the GCS declared it dead): it reports no more.
     lost: bool,
+    /// Periods since its last report (an idle raylet reports once per
+    /// heartbeat).
+    quiet: u32,
+    /// When it last sent a report (a hung node's last sign of life).
+    last_sent: Option<Instant>,
 }
 
 /// Counts of one driving thread's period.
@@ -255,7 +267,7 @@ fn drive(
         .ok_or_else(|| Error::invalid("node simulation: no phases"))?;
     let wall = seconds.max(1e-9);
     let (mut cpu, mut steady, mut lost) = (cpu_steady, Traffic::default(), 0);
-    let mut seen = Vec::new();
+    let (mut seen, mut hung_since) = (Vec::new(), None);
     for o in outcome {
         let (group, t, sim_cpu, l) = o?;
         if shared {
@@ -265,12 +277,18 @@ fn drive(
         steady.bytes_out += t.bytes_out;
         steady.reports += t.reports;
         lost += l;
+        if let Some(v) = group.iter().find(|n| Some(n.index) == victim) {
+            hung_since = v.last_sent;
+        }
         seen.extend(
             group
                 .into_iter()
                 .filter(|n| Some(n.index) != victim && !n.lost),
         );
     }
+    // From the hung node's last report (an idle node's heartbeat may have
+    // come up to a second before it hung).
+    let hung_since = hung_since.unwrap_or(p.steady_end).min(p.steady_end);
     let deaths_pushed = seen.iter().filter(|n| n.death_pushed).count();
     let death_propagation_ms = match victim {
         None => None,
@@ -285,7 +303,7 @@ fn drive(
             times
                 .into_iter()
                 .max()
-                .map(|t| t.saturating_duration_since(p.steady_end).as_secs_f64() * 1e3)
+                .map(|t| t.saturating_duration_since(hung_since).as_secs_f64() * 1e3)
         }
     };
     Ok(NodeSimReport {
@@ -369,6 +387,18 @@ fn run_group(
             steady.bytes_out += t.bytes_out;
             steady.reports += t.reports;
         }
+        if hung && victim.is_some() {
+            // Waiting for the death: pushes are taken in as they come (a
+            // raylet's reader does), not at the next period only, which
+            // would add up to a period to what is measured.
+            let until = next + REPORT_PERIOD;
+            while Instant::now() < until {
+                std::thread::sleep(PUSH_POLL.min(until.saturating_duration_since(Instant::now())));
+                for n in group.iter_mut() {
+                    take_pushed(n, victim, &mut Traffic::default());
+                }
+            }
+        }
         next = pace(next);
     }
 }
@@ -441,6 +471,8 @@ fn register(
         saw_death: None,
         death_pushed: false,
         lost: false,
+        quiet: 0,
+        last_sent: None,
     })
 }
 
@@ -502,6 +534,26 @@ fn whole_view_version(body: &[u8]) -> Option<u64> {
     Some(version)
 }
 
+/// Takes in what the GCS pushed to node `n` since (deaths), as its
+/// raylet's reader does when it arrives; never waits for more.
+fn take_pushed(n: &mut SimNode, victim: Option<u16>, t: &mut Traffic) {
+    while !n.lost
+        && (!n.reader.buffer().is_empty() || transport::bytes_waiting(n.reader.get_ref().raw_fd()))
+    {
+        let Ok((m, len)) = read(&mut n.reader) else {
+            n.lost = true;
+            break;
+        };
+        t.bytes_out += len as u64;
+        if let Msg::FromGcs(FromGcs::NodeLost { node }) = m {
+            if Some(node) == victim && n.saw_death.is_none() {
+                n.saw_death = Some(Instant::now());
+                n.death_pushed = true;
+            }
+        }
+    }
+}
+
 /// One report period of a group of nodes: every report sent, then every
 /// answer read.
 fn period(
@@ -521,6 +573,15 @@ fn period(
         *rng ^= *rng >> 7;
         *rng ^= *rng << 17;
         let changed = (*rng % 10_000) as f64 / 10_000.0 < churn;
+        n.quiet += 1;
+        if !changed && n.version != 0 && n.quiet < HEARTBEAT_PERIODS {
+            // Idle, and its heartbeat not yet due: it sends nothing, and
+            // takes in a death pushed meanwhile as its raylet's reader
+            // would, when it arrives.
+            take_pushed(n, victim, &mut t);
+            continue;
+        }
+        n.quiet = 0;
         let report = if changed {
             // A task started or finished there.
             n.available = if n.available >= NODE_CPUS {
@@ -550,6 +611,7 @@ fn period(
             n.lost = true;
             continue;
         }
+        n.last_sent = Some(Instant::now());
         asked.push(i);
     }
     for i in asked {
@@ -638,14 +700,20 @@ mod tests {
     }
 
     /// A small simulated cluster: every node registers, every report is
-    /// answered, a quiet cluster's answers are heartbeats (no node sent
-    /// back), and a hung node is seen dead by every other node within the
-    /// health-check bound plus a report period or two.
+    /// answered, a quiet cluster's nodes send a heartbeat a second, not a
+    /// report a period, and are answered with no node sent back, and a
+    /// hung node is seen dead by every other node within the health-check
+    /// bound plus a report period or two.
     #[test]
     fn simulated_nodes_report_and_see_a_hung_node_die() {
         let quiet = run_node_sim(16, 1.0, 0.0, false, false, false).expect("simulation runs");
         assert_eq!(quiet.nodes, 16);
-        assert!(quiet.reports_per_s > 16.0 * 5.0, "{quiet:?}");
+        let per_node = quiet.reports_per_s / 16.0;
+        let beats = 1.0 / crate::raylet::HEARTBEAT_EVERY.as_secs_f64();
+        assert!(
+            per_node >= beats * 0.5 && per_node <= beats * 2.0,
+            "{quiet:?}"
+        );
         // Nothing changes: each answer is an empty delta.
         assert!(
             quiet.gcs_bytes_out_mb_per_s * 1e6 / quiet.reports_per_s < 40.0,
