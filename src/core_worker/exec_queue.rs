@@ -128,6 +128,14 @@ impl<C: PeerHandle> Queue<C> {
         Some(it)
     }
 
+    /// The task queued next, if the queue's front is a task.
+    pub(crate) fn front_task(&self) -> Option<&TaskSpec> {
+        match self.items.front() {
+            Some(Item::Task(s, _)) => Some(s),
+            _ => None,
+        }
+    }
+
     /// The running task ended; true when more waits in the queue.
     pub(crate) fn finish(&mut self) -> bool {
         self.current = None;

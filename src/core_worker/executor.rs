@@ -73,7 +73,19 @@ pub(crate) struct ExecShared {
     threaded: std::sync::atomic::AtomicBool,
     pool: Mutex<VecDeque<(TaskSpec, Arc<Conn>)>>,
     pool_cv: Condvar,
+    /// Moving average of each function's run time here, in nanoseconds:
+    /// whether the task queued next is short enough to hold a result back
+    /// for (see [`HOLD_SHORT`]).
+    run_ns: Mutex<std::collections::HashMap<String, u64>>,
+    /// The connections results are held back on, and since when.
+    held: Mutex<(Vec<Arc<Conn>>, Option<std::time::Instant>)>,
 }
+
+/// A result is held back (to go out in one write with the next ones)
+/// only while the task queued next takes less than this on average here...
+const HOLD_SHORT: std::time::Duration = std::time::Duration::from_micros(100);
+/// ...and for at most this long.
+const HOLD_MAX: std::time::Duration = std::time::Duration::from_millis(1);
 
 thread_local! {
     /// The call a threaded actor's pool thread is running.
@@ -96,6 +108,8 @@ impl Default for ExecShared {
             threaded: std::sync::atomic::AtomicBool::new(false),
             pool: Mutex::default(),
             pool_cv: Condvar::new(),
+            run_ns: Mutex::default(),
+            held: Mutex::default(),
         }
     }
 }
@@ -148,6 +162,71 @@ impl ExecShared {
             std::env::set_var(crate::scheduler::CUDA_VISIBLE_DEVICES, list.join(","));
             a.1 = Some(gpus.to_vec());
         }
+    }
+
+    /// Records one run of `function` taking `ns`.
+    fn ran(&self, function: &str, ns: u64) {
+        let mut m = self.run_ns.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get_mut(function) {
+            Some(avg) => *avg = (*avg / 4) * 3 + ns / 4,
+            None => {
+                m.insert(function.to_string(), ns);
+            }
+        }
+    }
+
+    /// Whether `function` ran here before, and briefly on average.
+    fn runs_short(&self, function: &str) -> bool {
+        let m = self.run_ns.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(function)
+            .is_some_and(|ns| *ns < HOLD_SHORT.as_nanos() as u64)
+    }
+
+    /// Holds `done` back on `conn` if a short task is queued next (its
+    /// result then goes out with this one) and nothing was held for
+    /// longer than [`HOLD_MAX`]; false when the caller must send it.
+    fn hold_result(&self, conn: &Arc<Conn>, done: &PeerMsg, next_short: bool) -> bool {
+        if !next_short {
+            return false;
+        }
+        let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if h.1
+            .is_some_and(|t| now.saturating_duration_since(t) >= HOLD_MAX)
+        {
+            return false;
+        }
+        if conn.hold(done).is_err() {
+            return false;
+        }
+        if !h.0.iter().any(|c| c.id() == conn.id()) {
+            h.0.push(conn.clone());
+        }
+        h.1.get_or_insert(now);
+        true
+    }
+
+    /// Writes every result held back. Before the main thread waits, before
+    /// a task blocks (it may wait for one of them), before the process
+    /// ends, and with any result sent.
+    pub(crate) fn flush_held(&self) {
+        let held = {
+            let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            h.1 = None;
+            std::mem::take(&mut h.0)
+        };
+        for c in held {
+            let _ = c.flush();
+        }
+    }
+
+    fn any_held(&self) -> bool {
+        !self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .is_empty()
     }
 
     /// Counts one more run of `function` here (for `max_calls`).
@@ -204,13 +283,24 @@ impl CoreWorker {
             run(self, spec, actor.as_mut(), None)
         };
         let exiting = spec.max_calls > 0 && self.exec.count_call(&spec.function) >= spec.max_calls;
+        let t = t0.elapsed().as_nanos().min(u64::MAX as u128) as u64;
         if spec.actor.is_some() {
-            let t = t0.elapsed().as_nanos().min(u64::MAX as u128) as u64;
             let avg = &self.exec.call_ns;
             let old = avg.load(std::sync::atomic::Ordering::Relaxed);
             avg.store((old / 4) * 3 + t / 4, std::sync::atomic::Ordering::Relaxed);
         }
-        let more = self.exec.lock().finish();
+        if !inline {
+            self.exec.ran(&spec.function, t);
+        }
+        let (more, next_short) = {
+            let mut q = self.exec.lock();
+            let more = q.finish();
+            let next = q.front_task();
+            (
+                more,
+                !inline && next.is_some_and(|s| self.exec.runs_short(&s.function)),
+            )
+        };
         let done = PeerMsg::TaskDone {
             task: spec.id,
             returns: out.returns,
@@ -222,6 +312,7 @@ impl CoreWorker {
             // Ray's max_calls: the result goes out, then the process ends
             // (its owner requeues whatever else it had sent here: none of
             // it started).
+            self.exec.flush_held();
             let _ = conn.send(&done);
             log!(
                 "worker exits: `{}` ran max_calls = {} times here",
@@ -231,7 +322,12 @@ impl CoreWorker {
             exit_flushing_output(0);
         }
         if !inline {
-            let _ = conn.send(&done);
+            // Results of short tasks with more queued behind them go out
+            // together: one write, and one wake-up of the owner, for many.
+            if !self.exec.hold_result(conn, &done, next_short) {
+                let _ = conn.send(&done);
+                self.exec.flush_held();
+            }
         } else if let Ok(false) = conn.try_send(&done) {
             self.exec.lock().push(Item::Flush(conn.clone()));
             self.exec.cv.notify_one();
@@ -273,6 +369,7 @@ impl CoreWorker {
             // as Ray's force-cancel, the worker process ends; its owner
             // fails the cancelled task and retries the others it had queued.
             log!("task {task:?} cancelled while running; worker exits");
+            self.exec.flush_held();
             std::process::exit(1);
         }
     }
@@ -296,6 +393,8 @@ impl BlockGuard {
         if cw.is_driver {
             return BlockGuard { cw: None };
         }
+        // The task may wait for a result held back here.
+        cw.exec.flush_held();
         let blocked = cw.exec.lock().block();
         let returned = match blocked {
             None => return BlockGuard { cw: None },
@@ -355,6 +454,13 @@ pub(crate) fn main(session: Session) -> ! {
                 // an actor call.
                 if let Some(it) = q.next() {
                     break it;
+                }
+                if cw.exec.any_held() {
+                    // Nothing to run: what was held back goes out first.
+                    drop(q);
+                    cw.exec.flush_held();
+                    q = cw.exec.lock();
+                    continue;
                 }
                 q = cw.exec.cv.wait(q).unwrap_or_else(|p| p.into_inner());
             }

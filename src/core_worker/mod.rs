@@ -323,7 +323,9 @@ impl CoreWorker {
         }
         for (worker, conn, msg) in fx.sends {
             if let Some(c) = self.peer_conn(worker, conn) {
-                let _ = c.send(&msg);
+                // Batched when handling a batch of results (one write for
+                // the pushes they free).
+                let _ = transport::send_batched(&c, &msg);
             }
         }
         for (owner, msg) in fx.to_owner {

@@ -192,6 +192,15 @@ impl Conn {
         r.map_err(lost)
     }
 
+    /// Keeps one message back, unwritten, to go out with the next write on
+    /// this connection ([`Conn::send`], [`Conn::flush`]): many small frames
+    /// then cost one `write` (and one wake-up of the peer), not one each.
+    /// Whoever holds must see that a flush follows.
+    pub(crate) fn hold(&self, msg: &impl Message) -> Result<()> {
+        let frame = encode_frame(msg)?;
+        self.defer(&frame).map(|_| ())
+    }
+
     /// Sends one message without ever blocking: what the socket does not
     /// take now is kept and goes out first on the next [`Conn::send`] or
     /// [`Conn::flush`]. Returns false when something was kept (the caller
@@ -389,15 +398,60 @@ pub(crate) fn read_loop(stream: Stream, mut handle: impl FnMut(Msg)) -> std::io:
     let fd = stream.raw_fd();
     let mut r = BufReader::with_capacity(64 * 1024, stream);
     let mut body = Vec::new();
-    while let Some(msg) = read_frame(&mut r, &mut body)? {
-        INPUT.with(|i| i.set((!r.buffer().is_empty(), fd)));
+    let out = loop {
+        let msg = match read_frame(&mut r, &mut body) {
+            Ok(Some(m)) => m,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        let more = !r.buffer().is_empty();
+        INPUT.with(|i| i.set((more, fd)));
         handle(msg);
         INPUT.with(|i| i.set((false, -1)));
+        if !more {
+            // All that was read is handled: what the handlers held back
+            // goes out now, before this thread waits for more.
+            flush_held();
+        }
         if body.capacity() > 1 << 20 {
             body = Vec::new();
         }
+    };
+    flush_held();
+    out
+}
+
+thread_local! {
+    /// Connections a handler on this thread held messages back on (see
+    /// [`send_batched`]), flushed once the read buffer is handled.
+    static HELD: std::cell::RefCell<Vec<std::sync::Arc<Conn>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Sends `msg` on `conn`; from a message handler with more messages
+/// already read and waiting to be handled, holds it back instead, to go
+/// out in one write with what the handling of those sends (a batch of task
+/// results read at once answered by a batch of pushes). Held messages wait
+/// only for input already read, never for the peer.
+pub(crate) fn send_batched(conn: &std::sync::Arc<Conn>, msg: &impl Message) -> Result<()> {
+    if !INPUT.with(|i| i.get().0) {
+        return conn.send(msg);
     }
+    conn.hold(msg)?;
+    HELD.with(|h| {
+        let mut h = h.borrow_mut();
+        if !h.iter().any(|c| c.id() == conn.id()) {
+            h.push(conn.clone());
+        }
+    });
     Ok(())
+}
+
+/// Writes what handlers on this thread held back.
+fn flush_held() {
+    let held = HELD.with(|h| std::mem::take(&mut *h.borrow_mut()));
+    for c in held {
+        let _ = c.flush();
+    }
 }
 
 thread_local! {
