@@ -31,6 +31,12 @@ fn sleep_ms(ms: u64) -> u64 {
 }
 
 #[rustray::remote]
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[rustray::remote]
 fn fails(msg: String) -> u64 {
     panic!("{msg}");
 }
@@ -234,6 +240,30 @@ fn test_wait_timeout() {
     let (ready, _) = rustray::wait(&[fast, slow], 1, None).unwrap();
     assert_eq!(ready.len(), 1);
     assert!(rustray::wait(&[inc::remote(1u64).unwrap()], 2, None).is_err());
+}
+
+/// A worker holds a result back while a short task is queued behind it
+/// (to send both in one write), but not for as long as that task takes
+/// when it turns out long: the result comes within the hold bound.
+fn test_results_are_not_held_behind_a_long_task() {
+    common::cluster(1.0, None);
+    // Many quick runs make `sleep_ms` a short function on the one worker
+    // (and pipelining sends the next three there at once).
+    let warm: Vec<_> = (0..200).map(|_| sleep_ms::remote(0u64).unwrap()).collect();
+    rustray::get_all(&warm).unwrap();
+    // `a` and `b` are queued behind `x`; `b` is a short function's call
+    // that sleeps.
+    let x = nap::remote(30u64).unwrap();
+    let a = sleep_ms::remote(0u64).unwrap();
+    let b = sleep_ms::remote(1_000u64).unwrap();
+    let t = Instant::now();
+    assert_eq!(
+        rustray::get_timeout(&a, Duration::from_millis(500)).unwrap(),
+        0
+    );
+    assert!(t.elapsed() < Duration::from_millis(500));
+    assert_eq!(rustray::get(&x).unwrap(), 30);
+    assert_eq!(rustray::get(&b).unwrap(), 1_000);
 }
 
 fn test_wait_all() {
@@ -575,6 +605,10 @@ fn main() {
         ("test_get_timeout", test_get_timeout),
         ("test_wait_timeout", test_wait_timeout),
         ("test_wait_all", test_wait_all),
+        (
+            "test_results_are_not_held_behind_a_long_task",
+            test_results_are_not_held_behind_a_long_task,
+        ),
         ("test_num_returns", test_num_returns),
         ("test_task_panic_is_reported", test_task_panic_is_reported),
         ("test_get_wrong_type", test_get_wrong_type),

@@ -19,6 +19,15 @@
 //! writing to a caller that is itself blocked writing to us would stop
 //! both. What the socket does not take is flushed by the main thread.
 //!
+//! Results of short tasks travel in batches: while the task queued next
+//! ran briefly here on average ([`HOLD_SHORT`]), a finished task's result
+//! is held back to go out in one write with the next ones, which costs
+//! the owner one wake-up for many results rather than one each. A hold
+//! ends when a result is sent, the main thread runs out of work, a task
+//! blocks in `get`/`wait` (it may wait for a held result), the process
+//! ends, or, when the task behind turns out long, [`HOLD_MAX`] after it
+//! began (a watch thread, parked while nothing is held).
+//!
 //! While the running task blocks in `get`/`wait`, the worker tells its raylet
 //! (which lends the task's CPUs to others) and hands the tasks queued behind
 //! it back to their owners, so nothing waits on a blocked worker.
@@ -78,8 +87,33 @@ pub(crate) struct ExecShared {
     /// for (see [`HOLD_SHORT`]).
     run_ns: Mutex<std::collections::HashMap<String, u64>>,
     /// The connections results are held back on, and since when.
-    held: Mutex<(Vec<Arc<Conn>>, Option<std::time::Instant>)>,
+    held: Mutex<Held>,
+    /// Wakes the hold watch (see [`CoreWorker::watch_held`]).
+    held_cv: Condvar,
 }
+
+/// Results held back: on which connections, since when, and whether the
+/// hold watch sleeps until the next hold.
+#[derive(Default)]
+struct Held {
+    conns: Vec<Arc<Conn>>,
+    since: Option<std::time::Instant>,
+    watch: Watch,
+}
+
+#[derive(Default, PartialEq)]
+enum Watch {
+    /// Not started (no result was held yet in this process).
+    #[default]
+    None,
+    /// Checking every [`HOLD_MAX`].
+    Ticking,
+    /// Parked until a result is held.
+    Parked,
+}
+
+/// The hold watch parks after this long with nothing held.
+const WATCH_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A result is held back (to go out in one write with the next ones)
 /// only while the task queued next takes less than this on average here...
@@ -110,6 +144,7 @@ impl Default for ExecShared {
             pool_cv: Condvar::new(),
             run_ns: Mutex::default(),
             held: Mutex::default(),
+            held_cv: Condvar::new(),
         }
     }
 }
@@ -182,38 +217,14 @@ impl ExecShared {
             .is_some_and(|ns| *ns < HOLD_SHORT.as_nanos() as u64)
     }
 
-    /// Holds `done` back on `conn` if a short task is queued next (its
-    /// result then goes out with this one) and nothing was held for
-    /// longer than [`HOLD_MAX`]; false when the caller must send it.
-    fn hold_result(&self, conn: &Arc<Conn>, done: &PeerMsg, next_short: bool) -> bool {
-        if !next_short {
-            return false;
-        }
-        let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        if h.1
-            .is_some_and(|t| now.saturating_duration_since(t) >= HOLD_MAX)
-        {
-            return false;
-        }
-        if conn.hold(done).is_err() {
-            return false;
-        }
-        if !h.0.iter().any(|c| c.id() == conn.id()) {
-            h.0.push(conn.clone());
-        }
-        h.1.get_or_insert(now);
-        true
-    }
-
     /// Writes every result held back. Before the main thread waits, before
     /// a task blocks (it may wait for one of them), before the process
-    /// ends, and with any result sent.
+    /// ends, with any result sent, and by the hold watch past [`HOLD_MAX`].
     pub(crate) fn flush_held(&self) {
         let held = {
             let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            h.1 = None;
-            std::mem::take(&mut h.0)
+            h.since = None;
+            std::mem::take(&mut h.conns)
         };
         for c in held {
             let _ = c.flush();
@@ -225,7 +236,7 @@ impl ExecShared {
             .held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .0
+            .conns
             .is_empty()
     }
 
@@ -324,7 +335,7 @@ impl CoreWorker {
         if !inline {
             // Results of short tasks with more queued behind them go out
             // together: one write, and one wake-up of the owner, for many.
-            if !self.exec.hold_result(conn, &done, next_short) {
+            if !self.hold_result(conn, &done, next_short) {
                 let _ = conn.send(&done);
                 self.exec.flush_held();
             }
@@ -335,6 +346,84 @@ impl CoreWorker {
         }
         if more {
             self.exec.cv.notify_one();
+        }
+    }
+
+    /// Holds `done` back on `conn` if a short task is queued next (its
+    /// result then goes out with this one) and nothing was held for
+    /// longer than [`HOLD_MAX`]; false when the caller must send it. A
+    /// task that turns out long does not keep what was held: the hold
+    /// watch writes it once [`HOLD_MAX`] passed.
+    fn hold_result(self: &Arc<Self>, conn: &Arc<Conn>, done: &PeerMsg, next_short: bool) -> bool {
+        if !next_short {
+            return false;
+        }
+        let mut h = self.exec.held.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if h.since
+            .is_some_and(|t| now.saturating_duration_since(t) >= HOLD_MAX)
+        {
+            return false;
+        }
+        match h.watch {
+            Watch::Ticking => {}
+            Watch::Parked => {
+                h.watch = Watch::Ticking;
+                self.exec.held_cv.notify_one();
+            }
+            Watch::None => {
+                let cw = self.clone();
+                let started = std::thread::Builder::new()
+                    .name("rustray-hold".into())
+                    .spawn(move || cw.watch_held());
+                if started.is_err() {
+                    // Without the watch nothing bounds a hold: none.
+                    return false;
+                }
+                h.watch = Watch::Ticking;
+            }
+        }
+        if conn.hold(done).is_err() {
+            return false;
+        }
+        if !h.conns.iter().any(|c| c.id() == conn.id()) {
+            h.conns.push(conn.clone());
+        }
+        h.since.get_or_insert(now);
+        true
+    }
+
+    /// The hold watch: writes results held back for [`HOLD_MAX`] (the task
+    /// behind them ran long). Ticks while results are being held, parks
+    /// after [`WATCH_IDLE`] without any.
+    fn watch_held(&self) {
+        let mut idle_since = std::time::Instant::now();
+        loop {
+            let wait = {
+                let mut h = self.exec.held.lock().unwrap_or_else(|p| p.into_inner());
+                let now = std::time::Instant::now();
+                match h.since {
+                    Some(t) if now.saturating_duration_since(t) >= HOLD_MAX => {
+                        drop(h);
+                        self.exec.flush_held();
+                        continue;
+                    }
+                    Some(t) => {
+                        idle_since = now;
+                        HOLD_MAX.saturating_sub(now.saturating_duration_since(t))
+                    }
+                    None if now.saturating_duration_since(idle_since) >= WATCH_IDLE => {
+                        h.watch = Watch::Parked;
+                        while h.watch == Watch::Parked {
+                            h = self.exec.held_cv.wait(h).unwrap_or_else(|p| p.into_inner());
+                        }
+                        idle_since = std::time::Instant::now();
+                        continue;
+                    }
+                    None => HOLD_MAX,
+                }
+            };
+            std::thread::sleep(wait);
         }
     }
 

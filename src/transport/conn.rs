@@ -619,6 +619,59 @@ mod tests {
         }
     }
 
+    /// Replies a handler sends while more messages it read wait to be
+    /// handled are held back, then go out together, in order, once all it
+    /// read is handled; a reply to the last message read goes out at once.
+    #[test]
+    fn replies_to_messages_read_together_go_out_together() {
+        let (input, mut feed) = UnixStream::pair().unwrap();
+        let (out, peer) = UnixStream::pair().unwrap();
+        let peer_fd = {
+            use std::os::fd::AsRawFd;
+            peer.as_raw_fd()
+        };
+        let replies = std::sync::Arc::new(Conn::new(&Stream::Unix(out)).unwrap());
+        // Three requests in one write: read at once.
+        let mut frames = Vec::new();
+        for offset in 0..3u64 {
+            frames.extend(
+                encode_frame(&ToRaylet::FreeObjects {
+                    offsets: vec![offset],
+                })
+                .unwrap(),
+            );
+        }
+        feed.write_all(&frames).unwrap();
+        drop(feed);
+        let mut seen = Vec::new();
+        read_loop(Stream::Unix(input), |m| {
+            // What the peer could read when this message came in.
+            seen.push(bytes_waiting(peer_fd));
+            send_batched(&replies, &m).unwrap();
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            vec![false, false, false],
+            "nothing out until all was handled"
+        );
+        let mut r = BufReader::new(peer);
+        for offset in 0..3u64 {
+            let got = read_frame(&mut r, &mut Vec::new()).unwrap();
+            assert!(
+                matches!(&got, Some(Msg::ToRaylet(ToRaylet::FreeObjects { offsets })) if offsets == &vec![offset]),
+                "{got:?}"
+            );
+        }
+        // Outside a batch: sent at once.
+        send_batched(&replies, &ToRaylet::Blocked).unwrap();
+        let got = read_frame(&mut r, &mut Vec::new()).unwrap();
+        assert!(
+            matches!(got, Some(Msg::ToRaylet(ToRaylet::Blocked))),
+            "{got:?}"
+        );
+    }
+
     #[test]
     fn a_peer_that_stops_reading_is_disconnected_not_waited_for() {
         let (a, b) = UnixStream::pair().unwrap();

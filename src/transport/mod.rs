@@ -22,6 +22,11 @@
 //! without it: two jobs, or two users,
 //! sharing a node cannot reach each other's processes.
 //!
+//! A handler that sends while more messages it read wait to be handled
+//! may hold its sends back ([`send_batched`]): they go out in one write
+//! once the reader has handled all it read (a batch of task results
+//! answered by a batch of pushes), never waiting on the peer.
+//!
 //! The first message on a connection to a core worker's listener is
 //! [`PeerMsg::Hello`], naming the connecting process, so that the listener can
 //! attribute borrows and detect that process's death by end-of-stream.
