@@ -15,8 +15,9 @@
 //! - `node_death_propagation_ms`: a hung node's last report until every
 //!   other of 1,024 nodes sees it dead (target: the 5 s health-check bound
 //!   plus 100 ms).
-//! - `actor_create_per_s`: actors created per second by 8 simulated core
-//!   workers (one at a time each) while 1,024 simulated nodes report: the
+//! - `actor_create_per_s`: named actors created per second by 8 simulated
+//!   core workers (one at a time each, each then looked up by its name:
+//!   `lookup_by_name_median_ms`) while 1,024 simulated nodes report: the
 //!   GCS places each, leases a worker from the node's raylet (played by
 //!   the simulation) and has the constructor's round trip; `n` is the
 //!   actors created (at most 2,000).
@@ -24,9 +25,10 @@
 //! - `sched_sim_placements_per_s`: the scheduler alone, sans IO on a
 //!   simulated clock (`run_sched_sim`: one lease manager per node, the
 //!   cluster view every 100 ms): a burst of one-CPU tasks from 64 owners
-//!   (a million at 4,096 nodes, 200,000 at 1,024), two nodes failing
-//!   mid-burst; grants per wall second, with
-//!   spillbacks, hops and balance in `extra`.
+//!   (a million at 4,096 nodes, 200,000 at 1,024; one in four asking the
+//!   node its argument is on), two nodes failing mid-burst; grants per
+//!   wall second, with spillbacks, hops, balance and locality (the share
+//!   of those run on their argument's node) in `extra`.
 //!
 //! `cargo bench --bench scale` runs 256 and 1,024 nodes and the scheduler
 //! on 1,024 (in `make bench`); `-- --large` adds 4,096 nodes and runs the
@@ -110,11 +112,12 @@ fn main() {
             Ok(r) => {
                 eprintln!("[bench-scale] {r:?}");
                 println!(
-                    "{{\"scenario\": \"actor_create_per_s\", \"unit\": \"actors/s\", \"value\": {:.1}, \"n\": {}, \"reps\": 1, \"impl\": \"rustray-{}\", \"extra\": {{\"simulated_nodes\": 1024, \"churn\": {CHURN}, \"median_ms\": {:.3}, \"gcs_cpu_pct\": {:.1}, \"nodes_lost\": {}, \"note\": \"the GCS's side: placement on the view, a lease from the node's raylet, the constructor's round trip (simulated hosts: no worker process starts)\"}}}}",
+                    "{{\"scenario\": \"actor_create_per_s\", \"unit\": \"actors/s\", \"value\": {:.1}, \"n\": {}, \"reps\": 1, \"impl\": \"rustray-{}\", \"extra\": {{\"simulated_nodes\": 1024, \"churn\": {CHURN}, \"median_ms\": {:.3}, \"lookup_by_name_median_ms\": {:.3}, \"gcs_cpu_pct\": {:.1}, \"nodes_lost\": {}, \"note\": \"the GCS's side: placement on the view, a lease from the node's raylet, the constructor's round trip (simulated hosts: no worker process starts)\"}}}}",
                     r.actor_create_per_s.unwrap_or(0.0),
                     r.actors_created,
                     env!("CARGO_PKG_VERSION"),
                     r.actor_create_median_ms.unwrap_or(0.0),
+                    r.actor_lookup_median_ms.unwrap_or(0.0),
                     r.gcs_cpu_pct,
                     r.nodes_lost
                 );
@@ -135,13 +138,14 @@ fn main() {
             Ok(r) => {
                 eprintln!("[bench-scale] {r:?}");
                 println!(
-                    "{{\"scenario\": \"sched_sim_placements_per_s\", \"unit\": \"1/s\", \"value\": {:.1}, \"n\": {tasks}, \"reps\": 1, \"impl\": \"rustray-{}\", \"extra\": {{\"simulated_nodes\": {n}, \"spillbacks\": {}, \"max_hops\": {}, \"resubmitted\": {}, \"imbalance\": {:.3}, \"sim_s\": {:.3}, \"wall_s\": {:.3}}}}}",
+                    "{{\"scenario\": \"sched_sim_placements_per_s\", \"unit\": \"1/s\", \"value\": {:.1}, \"n\": {tasks}, \"reps\": 1, \"impl\": \"rustray-{}\", \"extra\": {{\"simulated_nodes\": {n}, \"spillbacks\": {}, \"max_hops\": {}, \"resubmitted\": {}, \"imbalance\": {:.3}, \"locality\": {:.3}, \"sim_s\": {:.3}, \"wall_s\": {:.3}}}}}",
                     r.placements_per_s,
                     env!("CARGO_PKG_VERSION"),
                     r.spillbacks,
                     r.max_hops,
                     r.resubmitted,
                     r.imbalance,
+                    r.locality,
                     r.sim_s,
                     r.wall_s
                 );

@@ -46,7 +46,8 @@ pub(crate) enum Spill {
     Now,
     /// This node is preferred (the task's data is here, or a soft
     /// affinity): it queues here, and moves only if it is still waiting
-    /// after a few cluster views (the scheduler's `PREFER_HERE_VIEWS`) and another node has room.
+    /// after a few report periods (the scheduler's `PREFER_HERE_PERIODS`)
+    /// and another node has room.
     Later,
 }
 

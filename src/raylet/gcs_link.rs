@@ -108,9 +108,17 @@ impl Raylet {
         let mut last: Option<ResourceReport> = None;
         let mut sent_at: Option<std::time::Instant> = None;
         let mut woken = false;
+        let mut ticked = std::time::Instant::now();
         loop {
             let msg = {
                 let mut st = self.lock();
+                if ticked.elapsed() >= REPORT_EVERY {
+                    // A period passed: waiting lease requests age (early
+                    // reports do not count).
+                    ticked = std::time::Instant::now();
+                    let a = st.leases.tick();
+                    self.execute(&mut st, a);
+                }
                 let spill_demand = st.leases.spill_demand();
                 st.demand_reported = spill_demand;
                 let now = ResourceReport {

@@ -48,9 +48,9 @@ pub(crate) use candidates::Ranking;
 pub(crate) use devices::{parse_device_list, Devices, CUDA_VISIBLE_DEVICES, MAX_DEVICES};
 use std::collections::{HashMap, VecDeque};
 
-/// Cluster views a request that fits no node waits through before it is
-/// rejected as infeasible.
-pub(crate) const INFEASIBLE_AFTER_VIEWS: u32 = 2;
+/// Report periods (see [`LeaseManager::tick`]) a request that fits no
+/// node waits through before it is rejected as infeasible.
+pub(crate) const INFEASIBLE_AFTER_PERIODS: u32 = 2;
 
 /// Who asked for a lease: one connection to the raylet.
 pub(crate) type ClientId = u64;
@@ -94,8 +94,10 @@ pub(crate) enum Action {
 /// packs up to half, then the cluster spreads (Ray's `spread_threshold`).
 const SPREAD_THRESHOLD: f64 = 0.5;
 
-/// Views a preferred-here request waits through before it may move.
-pub(crate) const PREFER_HERE_VIEWS: u32 = 2;
+/// Report periods a preferred-here request waits through before it may
+/// move. Periods, not views: a raylet asking for a wider view gets views
+/// more often, and that must not shorten the wait for a task's data node.
+pub(crate) const PREFER_HERE_PERIODS: u32 = 2;
 
 /// Another node as this raylet sees it in the cluster resource view.
 #[derive(Clone, Debug)]
@@ -111,8 +113,9 @@ struct Pending {
     req: u64,
     shape: ResourceSet,
     spill: Spill,
-    /// Views seen since it arrived (while held as infeasible, or queued).
-    views: u32,
+    /// Report periods since it arrived (while held as infeasible, or
+    /// queued).
+    periods: u32,
 }
 
 #[derive(Debug)]
@@ -208,17 +211,26 @@ impl LeaseManager {
     /// elsewhere now move there.
     pub(crate) fn set_view(&mut self, peers: Vec<PeerNode>) -> Vec<Action> {
         self.peers = peers;
-        self.place_queued()
+        self.place_queued(false)
+    }
+
+    /// A report period passed (the shell calls this every period, whatever
+    /// views came): waiting requests age by one, so preferred-here ones
+    /// may move and infeasible ones are rejected on time.
+    pub(crate) fn tick(&mut self) -> Vec<Action> {
+        self.place_queued(true)
     }
 
     /// Queued requests that fit elsewhere now (by the view) move there,
     /// but for those this node serves first (they fit in what the requests
     /// ahead of them leave free: no lease holds it yet while workers
     /// start, so the free amount alone would keep a whole burst here).
-    fn place_queued(&mut self) -> Vec<Action> {
+    /// `aged`: a report period passed for every request waiting.
+    fn place_queued(&mut self, aged: bool) -> Vec<Action> {
         let mut out = Vec::new();
+        let age = u32::from(aged);
         for mut p in std::mem::take(&mut self.infeasible) {
-            p.views += 1;
+            p.periods += age;
             out.extend(self.place(p));
         }
         // What the requests ahead that stay leave free here: a request
@@ -228,8 +240,8 @@ impl LeaseManager {
         let mut i = 0;
         while i < self.queue.len() {
             let p = &mut self.queue[i];
-            p.views += 1;
-            let waited = p.spill == Spill::Now || p.views >= PREFER_HERE_VIEWS;
+            p.periods += age;
+            let waited = p.spill == Spill::Now || p.periods >= PREFER_HERE_PERIODS;
             let fits = p.shape.fits(&free);
             if fits {
                 free.add_signed(&p.shape, -1);
@@ -314,7 +326,7 @@ impl LeaseManager {
             req,
             shape,
             spill,
-            views: 0,
+            periods: 0,
         })
     }
 
@@ -391,7 +403,7 @@ impl LeaseManager {
             }
         }
         if !fits_here {
-            if p.spill != Spill::Never && p.views < INFEASIBLE_AFTER_VIEWS {
+            if p.spill != Spill::Never && p.periods < INFEASIBLE_AFTER_PERIODS {
                 self.infeasible.push(p);
                 return Vec::new();
             }
@@ -411,7 +423,7 @@ impl LeaseManager {
             }];
         }
         let mut p = p;
-        p.views = 0;
+        p.periods = 0;
         self.queue.push_back(p);
         self.schedule()
     }

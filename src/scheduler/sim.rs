@@ -5,7 +5,11 @@
 //!
 //! Owners (drivers spread over the nodes) submit a burst of one-CPU tasks,
 //! each asking its own node for a lease as a core worker does (a default
-//! task: spill at once when it does not fit, the hybrid policy). The shell
+//! task: spill at once when it does not fit, the hybrid policy), but for
+//! one task in [`LOCALITY_EVERY`], whose argument lives in another node's
+//! store: that one asks the argument's node, preferring it (Ray's
+//! locality-aware leasing: it moves only if it still waits there after a
+//! few views). The shell
 //! here plays what the IO shell does: a started worker registers a few
 //! milliseconds later, a granted task runs for its duration and returns
 //! its lease, a spillback sends the request to the node it names (never
@@ -17,7 +21,8 @@
 //! again, and the view stops listing them.
 //!
 //! It checks what the issue asks of placement at scale: every task runs,
-//! none moves more than once (no ping-pong), and the load stays balanced.
+//! none moves more than once (no ping-pong), the load stays balanced, and
+//! tasks run where their data is.
 
 use super::candidates::{outgrown, window};
 use super::{Action, LeaseManager, PeerNode, Ranking, ResourceSet, Spill, CPU};
@@ -28,6 +33,8 @@ use std::collections::{BinaryHeap, HashMap};
 
 /// How often every node gets the cluster view (as raylets report).
 const VIEW_PERIOD_US: u64 = 100_000;
+/// One task in this many has its argument in another node's store.
+const LOCALITY_EVERY: usize = 4;
 /// How long a worker process takes to start and register.
 const WORKER_START_US: u64 = 5_000;
 /// How long a spillback takes to reach the other node.
@@ -58,6 +65,9 @@ pub struct SchedSimReport {
     pub placements_per_s: f64,
     /// Tasks run by the busiest live node over the mean of the live nodes.
     pub imbalance: f64,
+    /// Of the tasks whose argument is on a node (alive to the end), the
+    /// share that ran there.
+    pub locality: f64,
 }
 
 enum Event {
@@ -133,6 +143,7 @@ pub(crate) fn run_with_view(
         done: vec![false; tasks],
         running: HashMap::new(),
         ran_on: vec![0; nodes],
+        ran_at: vec![None; tasks],
         report: SchedSimReport {
             nodes,
             tasks,
@@ -144,6 +155,7 @@ pub(crate) fn run_with_view(
             wall_s: 0.0,
             placements_per_s: 0.0,
             imbalance: 0.0,
+            locality: 0.0,
         },
         task_us: task_ms * 1000,
         shape,
@@ -158,15 +170,11 @@ pub(crate) fn run_with_view(
     // Raylets hold a view from the start (their registration's answer).
     sim.push(0, Event::View);
     for task in 0..tasks {
-        let node = sim.owner_node[task % owners];
-        sim.push(
-            start_us,
-            Event::Request {
-                task,
-                node,
-                spill: Spill::Now,
-            },
-        );
+        let (node, spill) = match data_node(task, nodes) {
+            Some(n) => (n, Spill::Later),
+            None => (sim.owner_node[task % owners], Spill::Now),
+        };
+        sim.push(start_us, Event::Request { task, node, spill });
     }
     // The failing nodes: the last ones that host no owner.
     let victims: Vec<u16> = (0..nodes as u16)
@@ -236,6 +244,7 @@ pub(crate) fn run_with_view(
                 sim.done[task] = true;
                 sim.last_finish = now;
                 sim.ran_on[node as usize] += 1;
+                sim.ran_at[task] = Some(node);
                 let a = sim.managers[node as usize].return_lease(lease, false);
                 sim.act(now, node, a)?;
             }
@@ -258,6 +267,14 @@ pub(crate) fn run_with_view(
     r.wall_s = wall.elapsed().as_secs_f64();
     r.placements_per_s = r.grants as f64 / r.wall_s.max(1e-9);
     r.imbalance = live.iter().copied().max().unwrap_or(0) as f64 / mean.max(1e-9);
+    let (mut with_data, mut there) = (0usize, 0usize);
+    for (task, ran) in sim.ran_at.iter().enumerate() {
+        if let Some(d) = data_node(task, nodes).filter(|d| sim.alive[*d as usize]) {
+            with_data += 1;
+            there += usize::from(*ran == Some(d));
+        }
+    }
+    r.locality = there as f64 / with_data.max(1) as f64;
     Ok(r)
 }
 
@@ -272,6 +289,8 @@ struct Sim {
     /// Running tasks by node and lease.
     running: HashMap<(u16, LeaseId), usize>,
     ran_on: Vec<usize>,
+    /// The node each task last ran on.
+    ran_at: Vec<Option<u16>>,
     report: SchedSimReport,
     task_us: u64,
     shape: ResourceSet,
@@ -288,6 +307,18 @@ struct Sim {
     last_finish: u64,
     /// The ranking of the last periodic view (none for whole views).
     ranking: Option<Ranking>,
+}
+
+/// The node holding task `task`'s argument, for one task in
+/// [`LOCALITY_EVERY`] (scattered over the nodes).
+fn data_node(task: usize, nodes: usize) -> Option<u16> {
+    (task % LOCALITY_EVERY == LOCALITY_EVERY - 1).then(|| {
+        // splitmix64's finalizer: tasks a stride apart land anywhere.
+        let mut x = (task as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((x ^ (x >> 31)) % nodes as u64) as u16
+    })
 }
 
 /// An event in the heap (ordered by time, then by when it was pushed).
@@ -407,7 +438,12 @@ impl Sim {
                     _ => p.clone(),
                 })
                 .collect();
-            let a = self.managers[n].set_view(mine);
+            let mut a = self.managers[n].set_view(mine);
+            if only.is_none() {
+                // The periodic views come once a report period: waiting
+                // requests age (early views do not count).
+                a.extend(self.managers[n].tick());
+            }
             // A view never rejects what fits somewhere; report it if so.
             if let Err(e) = self.act(now, n as u16, a) {
                 crate::log::log!("{e}");
@@ -472,11 +508,12 @@ mod tests {
     use super::*;
 
     /// A burst from many owners on 64 nodes, two of which die mid-burst:
-    /// every task runs, none moves more than once, and the live nodes
-    /// share the work evenly.
+    /// every task runs, none moves more than once, the live nodes share
+    /// the work evenly, and tasks whose data is on a node run there.
     #[test]
     fn every_task_is_placed_once_without_ping_pong_and_balanced() {
         let r = run_sched_sim(64, 20_000, 16, 10, 2).expect("simulation runs");
+        assert!(r.locality >= 0.9, "{r:?}");
         assert_eq!(r.tasks, 20_000);
         assert!(r.grants >= r.tasks, "{r:?}");
         assert!(
@@ -488,18 +525,16 @@ mod tests {
     }
 
     /// The decisions that use the view, with the spill candidates against
-    /// every node's load, on the same bursts (same owners, tasks,
-    /// failures): every task runs and none moves twice. A burst as the
-    /// cluster starts (the raylets hold the whole view they joined with)
-    /// ends as soon (within a tenth) and as evenly spread. One in the
-    /// middle of a run is placed through each raylet's window first, then
-    /// the wider window its demand asks for a round trip later: on this
-    /// model, where every task is a lease request (a real owner holds at
-    /// most four per class), it ends within a quarter of the whole view's
-    /// time and no more than a fifth less evenly spread (measured: 1.19x
-    /// and 1.17 against 1.02 with 32 owners on 256 nodes; 1.07x and 1.11
-    /// against 1.02 with 64 on 1,024; sooner and more even than the whole
-    /// view with 4 owners on 200).
+    /// every node's load, on the same bursts (same owners, tasks, data
+    /// nodes, failures): every task runs and none moves twice. A burst as
+    /// the cluster starts (the raylets hold the whole view they joined
+    /// with) and one in the middle of a run (placed through each raylet's
+    /// window first, then the wider window its demand asks for a round
+    /// trip later) end as soon, as evenly spread and with as many tasks
+    /// on their data's node (within a tenth; measured: equal at start;
+    /// mid-run 0.125 s both, imbalance 1.17 against 1.15, locality 1.0
+    /// both, with 32 owners on 256 nodes; sooner and more even than the
+    /// whole view with 4 owners on 200).
     #[test]
     fn candidates_place_as_well_as_the_whole_view() {
         for (nodes, tasks, owners, start_us) in [
@@ -511,13 +546,9 @@ mod tests {
             let cand = run_with_view(nodes, tasks, owners, 10, 2, false, start_us).expect("runs");
             eprintln!("full view:  {full:?}\ncandidates: {cand:?}");
             assert!(cand.max_hops <= 1 && cand.grants >= tasks, "{cand:?}");
-            if start_us == 0 {
-                assert!(cand.sim_s <= full.sim_s * 1.1, "{cand:?}\n{full:?}");
-                assert!(cand.imbalance <= full.imbalance * 1.1, "{cand:?}\n{full:?}");
-            } else {
-                assert!(cand.sim_s <= full.sim_s * 1.25, "{cand:?}\n{full:?}");
-                assert!(cand.imbalance <= full.imbalance * 1.2, "{cand:?}\n{full:?}");
-            }
+            assert!(cand.sim_s <= full.sim_s * 1.1, "{cand:?}\n{full:?}");
+            assert!(cand.imbalance <= full.imbalance * 1.1, "{cand:?}\n{full:?}");
+            assert!(cand.locality >= full.locality - 0.05, "{cand:?}\n{full:?}");
         }
     }
 }

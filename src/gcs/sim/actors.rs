@@ -10,8 +10,9 @@
 //!   and `CreateActor` and answers `ActorCreated`, then holds the
 //!   connection open, as an actor's host does for the actor's life.
 //! - Creators: a few threads, each with its own connection to the GCS,
-//!   register actors one after another (`RegisterActor`, answered once the
-//!   actor is alive) until the phase ends or enough exist.
+//!   register named actors one after another (`RegisterActor`, answered
+//!   once the actor is alive), each then looked up by its name
+//!   (`LookupActor`), until the phase ends or enough exist.
 //!
 //! What it measures is the GCS's side of creating actors (placement on
 //! the view of N nodes, the lease, the constructor's round trip, the
@@ -19,7 +20,9 @@
 
 use crate::error::{Error, Result};
 use crate::ids::{ActorId, LeaseId, WorkerId};
-use crate::protocol::{ActorSpec, FromGcs, FromRaylet, Msg, PeerMsg, ToGcs, ToRaylet};
+use crate::protocol::{
+    ActorLookup, ActorSpec, FromGcs, FromRaylet, Msg, NamedActor, PeerMsg, ToGcs, ToRaylet,
+};
 use crate::resources::ResourceSet;
 use crate::transport::{self, Conn, Endpoint, Listener, Secret, Stream};
 use std::io::BufReader;
@@ -163,6 +166,8 @@ pub(super) struct Created {
     pub(super) seconds: f64,
     /// Median time from `RegisterActor` to its answer.
     pub(super) median_ms: f64,
+    /// Median time from looking an actor up by its name to the answer.
+    pub(super) lookup_median_ms: f64,
 }
 
 /// Registers actors from [`CREATORS`] connections until `until` or
@@ -174,7 +179,7 @@ pub(super) fn create_actors(
 ) -> Result<Created> {
     let t0 = Instant::now();
     let made = AtomicU64::new(0);
-    let results: Vec<Result<Vec<f64>>> = std::thread::scope(|s| {
+    let results: Vec<Result<(Vec<f64>, Vec<f64>)>> = std::thread::scope(|s| {
         let made = &made;
         let handles: Vec<_> = (0..CREATORS)
             .map(|c| s.spawn(move || creator(endpoint, secret, c as u16, until, made)))
@@ -188,26 +193,35 @@ pub(super) fn create_actors(
             .collect()
     });
     let seconds = t0.elapsed().as_secs_f64();
-    let mut latencies = Vec::new();
+    let (mut latencies, mut lookups) = (Vec::new(), Vec::new());
     for r in results {
-        latencies.extend(r?);
+        let (c, l) = r?;
+        latencies.extend(c);
+        lookups.extend(l);
     }
-    latencies.sort_by(f64::total_cmp);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
     Ok(Created {
         actors: latencies.len(),
         seconds,
-        median_ms: latencies.get(latencies.len() / 2).copied().unwrap_or(0.0),
+        median_ms: median(&mut latencies),
+        lookup_median_ms: median(&mut lookups),
     })
 }
 
-/// One creator: actors one at a time; their creation latencies in ms.
+/// One creator: named actors one at a time, each then looked up by its
+/// name (as a core worker's `get_actor`); their creation and lookup
+/// latencies in ms. A lookup that does not find the actor just created
+/// fails the run.
 fn creator(
     endpoint: &Endpoint,
     secret: &Secret,
     me: u16,
     until: Instant,
     made: &AtomicU64,
-) -> Result<Vec<f64>> {
+) -> Result<(Vec<f64>, Vec<f64>)> {
     let stream = endpoint.connect(secret)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -215,15 +229,17 @@ fn creator(
     let conn = Conn::new(&stream)?;
     let mut reader = BufReader::new(stream);
     let cpu = ResourceSet::new().with("CPU", 1.0)?;
-    let mut out = Vec::new();
+    let (mut out, mut lookups) = (Vec::new(), Vec::new());
     let mut req = 0u64;
     while Instant::now() < until && made.fetch_add(1, Ordering::Relaxed) < ACTORS_MAX as u64 {
         req += 1;
+        let id = ActorId::random();
+        let name = format!("sim-{me}-{req}");
         let spec = ActorSpec {
-            id: ActorId::random(),
+            id,
             class: "SimActor".into(),
             args: Vec::new(),
-            name: None,
+            name: Some(name.clone()),
             max_restarts: 0,
             shape: ResourceSet::new(),
             placement: cpu.clone(),
@@ -248,6 +264,32 @@ fn creator(
             }
         }
         out.push(sent.elapsed().as_secs_f64() * 1e3);
+        req += 1;
+        let asked = Instant::now();
+        conn.send(&ToGcs::LookupActor {
+            req,
+            by: ActorLookup::Name(NamedActor {
+                namespace: String::new(),
+                name: name.clone(),
+            }),
+            wait: false,
+        })?;
+        loop {
+            match super::read(&mut reader)?.0 {
+                Msg::FromGcs(FromGcs::ActorLookedUp { req: r, result }) if r == req => {
+                    let found = result?;
+                    if found.id != id {
+                        return Err(Error::invalid(format!(
+                            "node simulation: `{name}` looked up as {:?}, created as {id:?}",
+                            found.id
+                        )));
+                    }
+                    break;
+                }
+                _ => continue,
+            }
+        }
+        lookups.push(asked.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(out)
+    Ok((out, lookups))
 }

@@ -84,6 +84,8 @@ pub struct NodeSimReport {
     pub actors_created: usize,
     /// Median time from asking for an actor to its answer, ms.
     pub actor_create_median_ms: Option<f64>,
+    /// Median time from looking an actor up by name to the answer, ms.
+    pub actor_lookup_median_ms: Option<f64>,
 }
 
 /// One simulated raylet.
@@ -320,6 +322,7 @@ fn drive(
         actor_create_per_s: made.map(|c| c.actors as f64 / c.seconds.max(1e-9)),
         actors_created: made.map_or(0, |c| c.actors),
         actor_create_median_ms: made.map(|c| c.median_ms),
+        actor_lookup_median_ms: made.map(|c| c.lookup_median_ms),
     })
 }
 
@@ -732,10 +735,11 @@ mod tests {
         );
     }
 
-    /// Simulated core workers create actors on simulated nodes while the
-    /// nodes report: the GCS places each on its view, leases a worker from
-    /// the node's (simulated) raylet and has the constructor run there;
-    /// every creation is answered, and the nodes stay alive meanwhile.
+    /// Simulated core workers create named actors on simulated nodes while
+    /// the nodes report: the GCS places each on its view, leases a worker
+    /// from the node's (simulated) raylet and has the constructor run
+    /// there; every creation is answered, every actor is found by its name
+    /// right after, and the nodes stay alive meanwhile.
     #[test]
     fn simulated_core_workers_create_actors() {
         let r = run_node_sim(16, 1.0, 0.5, false, true, false).expect("simulation runs");
@@ -743,6 +747,7 @@ mod tests {
         assert!(r.actors_created <= actors::ACTORS_MAX, "{r:?}");
         assert!(r.actor_create_per_s.is_some_and(|x| x > 0.0), "{r:?}");
         assert!(r.actor_create_median_ms.is_some_and(|x| x > 0.0), "{r:?}");
+        assert!(r.actor_lookup_median_ms.is_some_and(|x| x > 0.0), "{r:?}");
         assert_eq!(r.nodes_lost, 0, "{r:?}");
         let none = run_node_sim(4, 0.3, 0.0, false, false, false).expect("simulation runs");
         assert_eq!((none.actors_created, none.actor_create_per_s), (0, None));
