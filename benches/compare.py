@@ -67,6 +67,7 @@ ORDER = [
     "tcp_copy_gb_per_s",
     "internode_transfer_gb_per_s",
     "spill_throughput_per_s",
+    "metg_3node_us",
     "cluster_start_slurm_3node_s",
     "tcp_copy_slurm_gb_per_s",
     "internode_transfer_slurm_gb_per_s",

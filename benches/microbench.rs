@@ -27,8 +27,9 @@
 //! 3-node cluster (`Config::local_nodes(3)`, 1 CPU and a 2 GiB store per
 //! node: a head = the driver's node, node A, node B): cluster_start_3node_s,
 //! tcp_copy_gb_per_s (plain loopback TCP, the reference),
-//! internode_transfer_gb_per_s (bench.py's scenario) and
-//! spill_throughput_per_s; then, if `sinfo` answers with >= 3 nodes,
+//! internode_transfer_gb_per_s (bench.py's scenario),
+//! spill_throughput_per_s and metg_3node_us (the METG sweep across the
+//! three nodes); then, if `sinfo` answers with >= 3 nodes,
 //! cluster_start_slurm_3node_s (`srun -N 3 rust-ray-launch -- <this binary>
 //! --start-app`; rust-ray-launch from $RUSTRAY_LAUNCHER or next to this
 //! binary's target directory); and, if it answers with >= 2 nodes,
@@ -132,6 +133,7 @@ const SCENARIOS: &[&str] = &[
     "tcp_copy_gb_per_s",
     "internode_transfer_gb_per_s",
     "spill_throughput_per_s",
+    "metg_3node_us",
     "cluster_start_slurm_3node_s",
     START_SLURM_MPI,
     "tcp_copy_slurm_gb_per_s",
@@ -154,6 +156,7 @@ const MULTINODE: &[&str] = &[
     "tcp_copy_gb_per_s",
     INTERNODE,
     "spill_throughput_per_s",
+    "metg_3node_us",
     "cluster_start_slurm_3node_s",
     START_SLURM_MPI,
     TCP_SLURM,
@@ -782,7 +785,12 @@ fn main() {
     // One local 3-node cluster (head + A + B) for these, as bench.py's
     // internode Cluster; the tcp_copy reference needs none but runs with
     // internode (same run, same conditions).
-    let on_cluster = ["cluster_start_3node_s", INTERNODE, "spill_throughput_per_s"];
+    let on_cluster = [
+        "cluster_start_3node_s",
+        INTERNODE,
+        "spill_throughput_per_s",
+        "metg_3node_us",
+    ];
     if on_cluster.iter().any(|s| w(s)) {
         let up = step("cluster_start_3node_s", &mut || {
             sc_cluster_start_3node(&c, w("cluster_start_3node_s"))
@@ -795,6 +803,9 @@ fn main() {
             }
             if w("spill_throughput_per_s") {
                 step("spill_throughput_per_s", &mut || sc_spill(&c));
+            }
+            if w("metg_3node_us") {
+                step("metg_3node_us", &mut || sc_metg_3node(&c));
             }
         } else {
             log("multinode scenarios on the local cluster skipped: it did not start");
