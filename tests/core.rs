@@ -251,11 +251,12 @@ fn test_results_are_not_held_behind_a_long_task() {
     // (and pipelining sends the next three there at once).
     let warm: Vec<_> = (0..200).map(|_| sleep_ms::remote(0u64).unwrap()).collect();
     rustray::get_all(&warm).unwrap();
-    // `a` and `b` are queued behind `x`; `b` is a short function's call
-    // that sleeps.
+    // `a`, `b` and `c` are queued behind `x`; `b` is a short function's
+    // call that sleeps (a result is held only with two or more queued).
     let x = nap::remote(30u64).unwrap();
     let a = sleep_ms::remote(0u64).unwrap();
     let b = sleep_ms::remote(1_000u64).unwrap();
+    let c = sleep_ms::remote(0u64).unwrap();
     let t = Instant::now();
     assert_eq!(
         rustray::get_timeout(&a, Duration::from_millis(500)).unwrap(),
@@ -264,6 +265,7 @@ fn test_results_are_not_held_behind_a_long_task() {
     assert!(t.elapsed() < Duration::from_millis(500));
     assert_eq!(rustray::get(&x).unwrap(), 30);
     assert_eq!(rustray::get(&b).unwrap(), 1_000);
+    assert_eq!(rustray::get(&c).unwrap(), 0);
 }
 
 fn test_wait_all() {

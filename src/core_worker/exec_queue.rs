@@ -136,6 +136,11 @@ impl<C: PeerHandle> Queue<C> {
         }
     }
 
+    /// Items queued (not counting the running task).
+    pub(crate) fn queued(&self) -> usize {
+        self.items.len()
+    }
+
     /// The running task ended; true when more waits in the queue.
     pub(crate) fn finish(&mut self) -> bool {
         self.current = None;

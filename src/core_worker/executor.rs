@@ -306,7 +306,10 @@ impl CoreWorker {
         let (more, next_short) = {
             let mut q = self.exec.lock();
             let more = q.finish();
-            let next = q.front_task();
+            // Held only with two or more queued: the owner then has the
+            // batch while the last of them runs, not after (its pipeline
+            // would empty and this worker idle for a round trip).
+            let next = q.front_task().filter(|_| q.queued() >= 2);
             (
                 more,
                 !inline && next.is_some_and(|s| self.exec.runs_short(&s.function)),
@@ -479,10 +482,13 @@ pub(crate) struct BlockGuard {
 
 impl BlockGuard {
     pub(crate) fn new(cw: &Arc<CoreWorker>) -> BlockGuard {
+        // The caller may wait for a push held back on this (connection)
+        // thread...
+        crate::transport::flush_batched();
         if cw.is_driver {
             return BlockGuard { cw: None };
         }
-        // The task may wait for a result held back here.
+        // ...or for a result held back here.
         cw.exec.flush_held();
         let blocked = cw.exec.lock().block();
         let returned = match blocked {

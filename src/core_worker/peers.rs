@@ -316,6 +316,9 @@ impl CoreWorker {
             .unwrap_or_else(|p| p.into_inner())
             .insert(req, (conn.id(), tx));
         let sent = conn.send(&build(req));
+        // Waiting for the answer: sends held back on this (connection)
+        // thread go out first.
+        crate::transport::flush_batched();
         let r = sent.and_then(|_| {
             rx.recv_timeout(RPC_TIMEOUT).map_err(|e| match e {
                 mpsc::RecvTimeoutError::Timeout => Error::new(

@@ -167,6 +167,14 @@ impl Raylet {
         }
     }
 
+    /// Reports now rather than at the next period (or heartbeat): the
+    /// answer brings the nodes that joined since this raylet's view, which
+    /// something here waits for. A full channel means a report is on its
+    /// way already.
+    pub(super) fn ask_for_view(&self) {
+        let _ = self.report_wake.try_send(());
+    }
+
     /// The GCS declared `node` lost: the view says so now (as the next
     /// delta will), without changing the view's version.
     fn node_lost_pushed(&self, node: u16) {

@@ -428,9 +428,8 @@ impl Raylet {
     fn execute(&self, st: &mut State, actions: Vec<Action>) {
         use crate::scheduler::candidates::{outgrown, window};
         if outgrown(st.leases.spill_demand(), window(st.demand_reported)) {
-            // Ask for more candidates now rather than at the next report
-            // (a full channel means a wake-up is on its way already).
-            let _ = self.report_wake.try_send(());
+            // Ask for more candidates now rather than at the next report.
+            self.ask_for_view();
         }
         for a in actions {
             match a {

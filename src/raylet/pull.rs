@@ -371,12 +371,16 @@ impl Raylet {
             return None;
         }
         let deadline = std::time::Instant::now() + REPORT_EVERY * 20;
+        let mut asked = false;
         loop {
             if let Some(n) = self.lock().nodes.get(&source) {
                 return n.fabric.clone().filter(|a| a.provider == mine.provider);
             }
             if std::time::Instant::now() > deadline {
                 return None;
+            }
+            if !std::mem::replace(&mut asked, true) {
+                self.ask_for_view();
             }
             std::thread::sleep(REPORT_EVERY / 10);
         }
@@ -500,9 +504,13 @@ impl Raylet {
     /// it: a node that just joined may not be in this raylet's view yet.
     fn node_endpoint(&self, node: u16) -> Result<transport::Endpoint> {
         let deadline = std::time::Instant::now() + REPORT_EVERY * 20;
+        let mut asked = false;
         loop {
             if let Some(n) = self.lock().nodes.get(&node) {
                 return Ok(n.raylet());
+            }
+            if !std::mem::replace(&mut asked, true) {
+                self.ask_for_view();
             }
             if std::time::Instant::now() > deadline {
                 return Err(Error::new(

@@ -146,6 +146,8 @@ pub(crate) struct LeaseManager {
     peers: Vec<PeerNode>,
     /// Requests that fit no node of the view (yet).
     infeasible: Vec<Pending>,
+    /// A view came since the last [`LeaseManager::tick`].
+    viewed: bool,
     gpus: Devices,
     /// The GPUs each worker that has held a lease was given (empty for
     /// none), on a node with GPUs: it is reused only for the same set.
@@ -174,6 +176,7 @@ impl LeaseManager {
             node: 0,
             peers: Vec::new(),
             infeasible: Vec::new(),
+            viewed: false,
         }
     }
 
@@ -211,26 +214,31 @@ impl LeaseManager {
     /// elsewhere now move there.
     pub(crate) fn set_view(&mut self, peers: Vec<PeerNode>) -> Vec<Action> {
         self.peers = peers;
-        self.place_queued(false)
+        self.viewed = true;
+        self.place_queued(false, false)
     }
 
     /// A report period passed (the shell calls this every period, whatever
-    /// views came): waiting requests age by one, so preferred-here ones
-    /// may move and infeasible ones are rejected on time.
+    /// views came): queued requests age by one, so preferred-here ones may
+    /// move; requests that fit no node age only if a view came in the
+    /// period (a node that just joined may be on its way: a rejection
+    /// needs views of two periods to confirm it).
     pub(crate) fn tick(&mut self) -> Vec<Action> {
-        self.place_queued(true)
+        let viewed = std::mem::take(&mut self.viewed);
+        self.place_queued(true, viewed)
     }
 
     /// Queued requests that fit elsewhere now (by the view) move there,
     /// but for those this node serves first (they fit in what the requests
     /// ahead of them leave free: no lease holds it yet while workers
     /// start, so the free amount alone would keep a whole burst here).
-    /// `aged`: a report period passed for every request waiting.
-    fn place_queued(&mut self, aged: bool) -> Vec<Action> {
+    /// `aged`: a report period passed for the queued requests;
+    /// `confirmed`: one passed, with a view, for those fitting no node.
+    fn place_queued(&mut self, aged: bool, confirmed: bool) -> Vec<Action> {
         let mut out = Vec::new();
         let age = u32::from(aged);
         for mut p in std::mem::take(&mut self.infeasible) {
-            p.periods += age;
+            p.periods = p.periods.saturating_add(u32::from(confirmed));
             out.extend(self.place(p));
         }
         // What the requests ahead that stay leave free here: a request
@@ -240,7 +248,7 @@ impl LeaseManager {
         let mut i = 0;
         while i < self.queue.len() {
             let p = &mut self.queue[i];
-            p.periods += age;
+            p.periods = p.periods.saturating_add(age);
             let waited = p.spill == Spill::Now || p.periods >= PREFER_HERE_PERIODS;
             let fits = p.shape.fits(&free);
             if fits {
@@ -294,7 +302,12 @@ impl LeaseManager {
                 .peers
                 .iter()
                 .filter(|n| shape.fits(&n.total))
-                .max_by_key(|n| n.total.fixed(CPU))
+                .max_by_key(|n| {
+                    (
+                        n.total.fixed(CPU),
+                        std::cmp::Reverse(n.index.wrapping_sub(me)),
+                    )
+                })
                 .map(|n| n.index);
         }
         None

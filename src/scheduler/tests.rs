@@ -71,8 +71,13 @@ fn infeasible_is_rejected_after_the_view_confirms_it() {
     // Views alone do not age it (a raylet may get many in a period)...
     assert!(m.set_view(Vec::new()).is_empty());
     assert!(m.set_view(Vec::new()).is_empty());
-    // ...report periods do.
+    // ...nor periods without a view (a node that joined may be on its
+    // way)...
     assert!(m.tick().is_empty());
+    assert!(m.tick().is_empty());
+    assert!(m.tick().is_empty());
+    // ...but a second period with a view confirms it.
+    assert!(m.set_view(Vec::new()).is_empty());
     let a = m.tick();
     match &a[..] {
         [Action::Reject { error, .. }] => assert_eq!(error.kind(), ErrorKind::Infeasible),
@@ -420,6 +425,7 @@ fn shapes_too_big_here_go_where_they_fit_or_are_infeasible() {
     assert!(m.request(1, 3, cpus(32.0), Spill::Now).is_empty());
     assert!(m.set_view(vec![peer(3, 8.0, 0.0)]).is_empty());
     assert!(m.tick().is_empty());
+    assert!(m.set_view(vec![peer(3, 8.0, 0.0)]).is_empty());
     let a = m.tick();
     assert!(
         matches!(&a[..], [Action::Reject { error, .. }] if error.kind() == ErrorKind::Infeasible)

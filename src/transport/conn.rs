@@ -395,30 +395,48 @@ impl Conn {
 /// Reads frames until end-of-stream or a protocol error, calling `handle`
 /// for each message.
 pub(crate) fn read_loop(stream: Stream, mut handle: impl FnMut(Msg)) -> std::io::Result<()> {
+    /// Whatever ends the loop (the peer, an error, a handler's panic):
+    /// the handler context is cleared and what was held goes out.
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            INPUT.with(|i| i.set((false, -1)));
+            flush_batched();
+        }
+    }
+    let _done = Done;
     let fd = stream.raw_fd();
     let mut r = BufReader::with_capacity(64 * 1024, stream);
     let mut body = Vec::new();
-    let out = loop {
-        let msg = match read_frame(&mut r, &mut body) {
-            Ok(Some(m)) => m,
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(e),
-        };
-        let more = !r.buffer().is_empty();
+    while let Some(msg) = read_frame(&mut r, &mut body)? {
+        // More to handle without reading the socket: a whole frame is
+        // already buffered (part of one would mean waiting for the peer).
+        let more = whole_frame(r.buffer());
+        if !more {
+            // The last message read: what was held for the batch goes out
+            // before its handler runs (which may block, or run a task), and
+            // that handler's own sends go out at once.
+            flush_batched();
+        }
         INPUT.with(|i| i.set((more, fd)));
         handle(msg);
         INPUT.with(|i| i.set((false, -1)));
-        if !more {
-            // All that was read is handled: what the handlers held back
-            // goes out now, before this thread waits for more.
-            flush_held();
-        }
         if body.capacity() > 1 << 20 {
             body = Vec::new();
         }
-    };
-    flush_held();
-    out
+    }
+    Ok(())
+}
+
+/// Whether `buf` starts with a whole frame.
+fn whole_frame(buf: &[u8]) -> bool {
+    match buf.get(..4) {
+        Some(len) => {
+            let n = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            buf.len() - 4 >= n
+        }
+        None => false,
+    }
 }
 
 thread_local! {
@@ -431,7 +449,9 @@ thread_local! {
 /// already read and waiting to be handled, holds it back instead, to go
 /// out in one write with what the handling of those sends (a batch of task
 /// results read at once answered by a batch of pushes). Held messages wait
-/// only for input already read, never for the peer.
+/// only for input already read, never for the peer: they go out before
+/// the last message read is handled, and before this thread blocks
+/// connecting or waiting for an answer ([`flush_batched`]).
 pub(crate) fn send_batched(conn: &std::sync::Arc<Conn>, msg: &impl Message) -> Result<()> {
     if !INPUT.with(|i| i.get().0) {
         return conn.send(msg);
@@ -446,8 +466,9 @@ pub(crate) fn send_batched(conn: &std::sync::Arc<Conn>, msg: &impl Message) -> R
     Ok(())
 }
 
-/// Writes what handlers on this thread held back.
-fn flush_held() {
+/// Writes what handlers on this thread held back ([`send_batched`]):
+/// called before a handler blocks.
+pub(crate) fn flush_batched() {
     let held = HELD.with(|h| std::mem::take(&mut *h.borrow_mut()));
     for c in held {
         let _ = c.flush();
@@ -620,8 +641,9 @@ mod tests {
     }
 
     /// Replies a handler sends while more messages it read wait to be
-    /// handled are held back, then go out together, in order, once all it
-    /// read is handled; a reply to the last message read goes out at once.
+    /// handled are held back, then go out together, in order, before the
+    /// last message read is handled (whose handler may block); the reply
+    /// to that one goes out at once.
     #[test]
     fn replies_to_messages_read_together_go_out_together() {
         let (input, mut feed) = UnixStream::pair().unwrap();
@@ -652,8 +674,8 @@ mod tests {
         .unwrap();
         assert_eq!(
             seen,
-            vec![false, false, false],
-            "nothing out until all was handled"
+            vec![false, false, true],
+            "held while more was read, out before the last is handled"
         );
         let mut r = BufReader::new(peer);
         for offset in 0..3u64 {
@@ -670,6 +692,20 @@ mod tests {
             matches!(got, Some(Msg::ToRaylet(ToRaylet::Blocked))),
             "{got:?}"
         );
+    }
+
+    /// Only a whole frame already read counts as more to handle: part of
+    /// one means the reader must wait for the peer.
+    #[test]
+    fn only_a_whole_frame_counts_as_more_input() {
+        let f = encode_frame(&ToRaylet::Blocked).unwrap();
+        assert!(whole_frame(&f));
+        assert!(!whole_frame(&f[..f.len() - 1]));
+        assert!(!whole_frame(&f[..3]));
+        assert!(!whole_frame(&[]));
+        let mut two = f.clone();
+        two.extend_from_slice(&f[..2]);
+        assert!(whole_frame(&two), "the first of them is whole");
     }
 
     #[test]

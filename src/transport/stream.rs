@@ -35,6 +35,9 @@ impl std::fmt::Display for Endpoint {
 impl Endpoint {
     /// Connects and presents the secret.
     pub(crate) fn connect(&self, secret: &Secret) -> Result<Stream> {
+        // A connection thread's handler about to wait for a peer: what it
+        // held back goes out first.
+        super::flush_batched();
         let unreachable =
             |e: std::io::Error| Error::unavailable(format!("cannot connect to {self}: {e}"));
         let mut s = match self {
