@@ -130,6 +130,11 @@ pub mod __private {
         use std::sync::atomic::Ordering::Relaxed;
         (RETRIES.load(Relaxed), RECONSTRUCTIONS.load(Relaxed))
     }
+    /// Task results this (worker) process held back to send with the
+    /// next ones, since it started: for tests that check the batching ran.
+    pub fn held_results() -> u64 {
+        crate::core_worker::executor::HELD_RESULTS.load(std::sync::atomic::Ordering::Relaxed)
+    }
     /// The address of this cluster's GCS (for tests that count its
     /// connections).
     pub fn gcs_address() -> crate::Result<std::net::SocketAddr> {

@@ -36,6 +36,12 @@ fn nap(ms: u64) -> u64 {
     ms
 }
 
+/// Results this worker held back so far (see `test_results_are_not_held_behind_a_long_task`).
+#[rustray::remote]
+fn held_results() -> u64 {
+    rustray::__private::held_results()
+}
+
 #[rustray::remote]
 fn fails(msg: String) -> u64 {
     panic!("{msg}");
@@ -266,6 +272,13 @@ fn test_results_are_not_held_behind_a_long_task() {
     assert_eq!(rustray::get(&x).unwrap(), 30);
     assert_eq!(rustray::get(&b).unwrap(), 1_000);
     assert_eq!(rustray::get(&c).unwrap(), 0);
+    // And results were held (else this proved nothing): on a cluster of
+    // one CPU, all of these ran on the one worker (the suite also runs on
+    // bigger clusters, where they may spread).
+    let cpus = rustray::cluster_resources().unwrap().get("CPU").copied();
+    if cpus == Some(1.0) {
+        assert!(rustray::get(&held_results::remote().unwrap()).unwrap() > 0);
+    }
 }
 
 fn test_wait_all() {

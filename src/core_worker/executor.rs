@@ -115,6 +115,10 @@ enum Watch {
 /// The hold watch parks after this long with nothing held.
 const WATCH_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Results this worker process held back since it started (see
+/// `rustray::__private::held_results`: tests check the batching ran).
+pub(crate) static HELD_RESULTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A result is held back (to go out in one write with the next ones)
 /// only while the task queued next takes less than this on average here...
 const HOLD_SHORT: std::time::Duration = std::time::Duration::from_micros(100);
@@ -393,6 +397,7 @@ impl CoreWorker {
             h.conns.push(conn.clone());
         }
         h.since.get_or_insert(now);
+        HELD_RESULTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         true
     }
 

@@ -120,7 +120,6 @@ impl Raylet {
                     self.execute(&mut st, a);
                 }
                 let spill_demand = st.leases.spill_demand();
-                st.demand_reported = spill_demand;
                 let now = ResourceReport {
                     available: st.leases.available().clone(),
                     store_used: st.store.used(),
@@ -135,11 +134,14 @@ impl Raylet {
                 });
                 let now = std::time::Instant::now();
                 let since = sent_at.map(|t| now.saturating_duration_since(t));
-                (report.is_some()
+                let send = report.is_some()
                     || woken
                     || st.view_version == 0
-                    || heartbeat_due(spill_demand, since))
-                .then_some(ToGcs::ReportResources {
+                    || heartbeat_due(spill_demand, since);
+                if send {
+                    st.demand_reported = spill_demand;
+                }
+                send.then_some(ToGcs::ReportResources {
                     node: self.session.node_index,
                     report,
                     view_version: st.view_version,
