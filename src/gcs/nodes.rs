@@ -557,6 +557,16 @@ mod tests {
         }
     }
 
+    /// A table of `n` nodes registered at `t0`, ranked once.
+    fn ranked_table(n: u16, t0: Instant) -> NodeTable {
+        let mut t = NodeTable::default();
+        for i in 0..n {
+            t.register(node(i), u64::from(i), t0).unwrap();
+        }
+        t.refresh_candidates(t0);
+        t
+    }
+
     /// The frame laid out with the candidates encoded when they were
     /// chosen is the very frame encoding the answer would give, for every
     /// version a raylet may hold, through joins, reports, heartbeats, a
@@ -594,11 +604,7 @@ mod tests {
     #[test]
     fn an_answer_is_bounded_by_the_candidates_whatever_changed() {
         let t0 = Instant::now();
-        let mut t = NodeTable::default();
-        for i in 0..1000u16 {
-            t.register(node(i), u64::from(i), t0).unwrap();
-        }
-        t.refresh_candidates(t0);
+        let mut t = ranked_table(1000, t0);
         let (v, all, _, cands) = parts(t.since(0, 2));
         assert_eq!(all.len(), 1000, "joining: every node in full");
         assert!(cands.is_none(), "every load is in the whole view");
@@ -677,11 +683,7 @@ mod tests {
     #[test]
     fn a_ranking_made_after_an_answer_still_reaches_that_raylet() {
         let t0 = Instant::now();
-        let mut t = NodeTable::default();
-        for i in 0..100u16 {
-            t.register(node(i), u64::from(i), t0).unwrap();
-        }
-        t.refresh_candidates(t0);
+        let mut t = ranked_table(100, t0);
         let (v, ..) = parts(t.since(0, 2));
         assert!(t.report(50, report(1.0), t0));
         t.refresh_candidates(t0 + CANDIDATES_REFRESH / 2);

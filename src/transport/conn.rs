@@ -694,6 +694,50 @@ mod tests {
         );
     }
 
+    /// A handler about to connect somewhere (which may wait) writes what
+    /// its thread held back first, even with more read to handle.
+    #[test]
+    fn held_sends_go_out_before_a_handler_connects() {
+        let (input, mut feed) = UnixStream::pair().unwrap();
+        let (out, peer) = UnixStream::pair().unwrap();
+        let peer_fd = {
+            use std::os::fd::AsRawFd;
+            peer.as_raw_fd()
+        };
+        let replies = std::sync::Arc::new(Conn::new(&Stream::Unix(out)).unwrap());
+        let mut frames = Vec::new();
+        for offset in 0..2u64 {
+            frames.extend(
+                encode_frame(&ToRaylet::FreeObjects {
+                    offsets: vec![offset],
+                })
+                .unwrap(),
+            );
+        }
+        feed.write_all(&frames).unwrap();
+        drop(feed);
+        let nowhere = Endpoint::Unix(
+            std::env::temp_dir().join(format!("rustray-test-nowhere-{}", std::process::id())),
+        );
+        let mut seen = Vec::new();
+        let mut first = true;
+        read_loop(Stream::Unix(input), |m| {
+            if std::mem::replace(&mut first, false) {
+                send_batched(&replies, &m).unwrap();
+                let held = bytes_waiting(peer_fd);
+                // Fails (nobody listens there), but only after the flush.
+                assert!(nowhere.connect(&Secret::random()).is_err());
+                seen.push((held, bytes_waiting(peer_fd)));
+            }
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            vec![(false, true)],
+            "held, then out before the connect"
+        );
+    }
+
     /// Only a whole frame already read counts as more to handle: part of
     /// one means the reader must wait for the peer.
     #[test]
