@@ -135,6 +135,16 @@ pub mod __private {
     pub fn held_results() -> u64 {
         crate::core_worker::executor::HELD_RESULTS.load(std::sync::atomic::Ordering::Relaxed)
     }
+    /// This process's (sleeps waiting for values, housekeeping passes),
+    /// since it started: for tests that check what wakes them.
+    pub fn wake_counts() -> (u64, u64) {
+        use crate::core_worker::{HOUSEKEEPING_PASSES, VALUE_SLEEPS};
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            VALUE_SLEEPS.load(Relaxed),
+            HOUSEKEEPING_PASSES.load(Relaxed),
+        )
+    }
     /// The address of this cluster's GCS (for tests that count its
     /// connections).
     pub fn gcs_address() -> crate::Result<std::net::SocketAddr> {

@@ -2,7 +2,7 @@
 //! zero-copy views.
 
 use crate::codec::{self, Pod};
-use crate::core_worker::{self, Effects, RawRef};
+use crate::core_worker::{self, CoreWorker, Effects, RawRef};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::ObjectId;
 use crate::transport::Payload;
@@ -338,24 +338,42 @@ fn wait_ready<T>(
     // many refs wakes once per arriving value, and rescanning all of them
     // each time (under the lock that the arriving values need) is quadratic.
     let mut pending: Vec<usize> = (0..refs.len()).collect();
+    // Pending refs are watched (their values wake this thread) from its
+    // first sleep until each is ready or the wait ends.
+    let mut watching = false;
     let mut st = cw.lock();
     loop {
         let mut fx = Effects::default();
         pending.retain(|&i| {
             // An unknown object cannot become ready: count it as ready so
             // that `get` reports the error instead of `wait` hanging.
-            let now_ready = !matches!(cw.poll_value(&mut st, refs[i].raw.id, &mut fx), Ok(None));
+            let id = refs[i].raw.id;
+            let now_ready = !matches!(cw.poll_value(&mut st, id, &mut fx), Ok(None));
             if now_ready {
                 ready[i] = true;
                 n += 1;
+                if watching {
+                    CoreWorker::watch(&mut st, id, false);
+                }
             }
             !now_ready
         });
         let timed_out = end.is_some_and(|d| Instant::now() >= d);
-        if n >= num_returns || timed_out {
+        let shut = cw.shutting_down.load(std::sync::atomic::Ordering::Relaxed);
+        let done = n >= num_returns || timed_out;
+        if watching && (done || shut) {
+            // Returning (below): what is still pending is watched no more.
+            for &i in &pending {
+                CoreWorker::watch(&mut st, refs[i].raw.id, false);
+            }
+        }
+        if done || shut {
             drop(st);
             cw.apply(fx);
-            return Ok(ready);
+            if done {
+                return Ok(ready);
+            }
+            return Err(Error::unavailable("rustray was shut down"));
         }
         // Whatever needs the lock dropped (messages to owners, telling the
         // raylet this worker blocks) is followed by polling again before
@@ -369,18 +387,17 @@ fn wait_ready<T>(
             st = cw.lock();
             continue;
         }
-        if cw.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(Error::unavailable("rustray was shut down"));
+        if !watching {
+            watching = true;
+            for &i in &pending {
+                CoreWorker::watch(&mut st, refs[i].raw.id, true);
+            }
         }
         let wait = end
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_millis(500))
             .min(Duration::from_millis(500));
-        st = cw
-            .cond
-            .wait_timeout(st, wait)
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
+        st = cw.sleep_for_values(st, wait);
     }
 }
 

@@ -281,6 +281,52 @@ fn test_results_are_not_held_behind_a_long_task() {
     }
 }
 
+/// A chain of tasks (each link's argument the one before) sets a value per
+/// link, and its lease goes idle between links: neither may wake the
+/// driver's threads once per link. Its `get` waits for the last link only,
+/// and the housekeeping thread (which returns idle leases) ticks once a
+/// lease period while leases keep going idle, instead of being woken.
+fn test_a_chain_does_not_wake_the_driver_per_link() {
+    common::cluster(1.0, None);
+    const LINKS: u64 = 400;
+    let (sleeps0, passes0) = rustray::__private::wake_counts();
+    let mut r = inc::remote(0u64).unwrap();
+    for _ in 1..LINKS {
+        r = inc::remote(r).unwrap();
+    }
+    assert_eq!(rustray::get(&r).unwrap(), LINKS);
+    let (sleeps, passes) = rustray::__private::wake_counts();
+    let (sleeps, passes) = (sleeps - sleeps0, passes - passes0);
+    // One sleep for the whole chain, plus one per half second it takes.
+    assert!(
+        sleeps < LINKS / 8,
+        "the driver's get slept {sleeps} times for a chain of {LINKS}"
+    );
+    // One pass per 10 ms lease period at most, a chain link taking tens
+    // of microseconds (and a link per pass if woken per link).
+    assert!(
+        passes < LINKS / 8,
+        "the housekeeping thread ran {passes} times for a chain of {LINKS}"
+    );
+    // `wait` on the last link, and on the first of its links (ready
+    // already), sleeps as seldom.
+    let first = inc::remote(0u64).unwrap();
+    let mut r = inc::remote(first.clone()).unwrap();
+    for _ in 2..LINKS {
+        r = inc::remote(r).unwrap();
+    }
+    let (sleeps0, _) = rustray::__private::wake_counts();
+    let (ready, rest) =
+        rustray::wait(&[r.clone(), first], 2, Some(Duration::from_secs(60))).unwrap();
+    assert_eq!((ready.len(), rest.len()), (2, 0));
+    assert_eq!(rustray::get(&r).unwrap(), LINKS);
+    let sleeps = rustray::__private::wake_counts().0 - sleeps0;
+    assert!(
+        sleeps < LINKS / 8,
+        "wait slept {sleeps} times for a chain of {LINKS}"
+    );
+}
+
 fn test_wait_all() {
     common::cluster(2.0, None);
     let refs: Vec<_> = (0..500u64).map(|i| inc::remote(i).unwrap()).collect();
@@ -623,6 +669,10 @@ fn main() {
         (
             "test_results_are_not_held_behind_a_long_task",
             test_results_are_not_held_behind_a_long_task,
+        ),
+        (
+            "test_a_chain_does_not_wake_the_driver_per_link",
+            test_a_chain_does_not_wake_the_driver_per_link,
         ),
         ("test_num_returns", test_num_returns),
         ("test_task_panic_is_reported", test_task_panic_is_reported),

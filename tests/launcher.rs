@@ -707,7 +707,7 @@ const SUITE_STORE: u64 = 256 << 20;
 fn assert_suite_passed(out: &Output) {
     let t = text(out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("test result: ok. 26 passed"), "{t}");
+    assert!(t.contains("test result: ok. 27 passed"), "{t}");
 }
 
 /// The single-node suite, unchanged, on 3 local nodes.
@@ -1026,7 +1026,7 @@ fn test_core_suite_on_slurm_sbatch() {
     }
     // 2 CPUs per node, from the allocation (-c 2), as the suite expects.
     let t = sbatch(&core_suite(), "none", &["-c", "2"]);
-    assert!(t.contains("test result: ok. 26 passed"), "{t}");
+    assert!(t.contains("test result: ok. 27 passed"), "{t}");
 }
 
 /// A rank that never starts its raylet: rank 0 fails the step with an

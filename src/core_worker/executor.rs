@@ -28,6 +28,14 @@
 //! ends, or, when the task behind turns out long, [`HOLD_MAX`] after it
 //! began (a watch thread, parked while nothing is held).
 //!
+//! Round trips with a caller that waits on each answer (a chain of tasks,
+//! one `get` per call) are spent awake: after a task that came alone
+//! (`TaskSpec::alone`), the main thread spins briefly for the next push
+//! before it sleeps, and after an inline actor call the connection thread
+//! spins briefly for the next call ([`crate::transport::expect_input_soon`]).
+//! On a VM, waking a sleeping CPU is most of a socket round trip; a
+//! pipelined caller, whose tasks never come alone, costs no spinning.
+//!
 //! While the running task blocks in `get`/`wait`, the worker tells its raylet
 //! (which lends the task's CPUs to others) and hands the tasks queued behind
 //! it back to their owners, so nothing waits on a blocked worker.
@@ -82,6 +90,9 @@ pub(crate) struct ExecShared {
     threaded: std::sync::atomic::AtomicBool,
     pool: Mutex<VecDeque<(TaskSpec, Arc<Conn>)>>,
     pool_cv: Condvar,
+    /// Items queued for the main thread so far: what it watches while it
+    /// spins before sleeping (see `worker_main`).
+    pushed: std::sync::atomic::AtomicU64,
     /// Moving average of each function's run time here, in nanoseconds:
     /// whether the task queued next is short enough to hold a result back
     /// for (see [`HOLD_SHORT`]).
@@ -146,6 +157,7 @@ impl Default for ExecShared {
             threaded: std::sync::atomic::AtomicBool::new(false),
             pool: Mutex::default(),
             pool_cv: Condvar::new(),
+            pushed: std::sync::atomic::AtomicU64::new(0),
             run_ns: Mutex::default(),
             held: Mutex::default(),
             held_cv: Condvar::new(),
@@ -154,6 +166,14 @@ impl Default for ExecShared {
 }
 
 impl ExecShared {
+    /// Something was queued for the main thread, or its task ended: wakes
+    /// it (its spin sees the count change).
+    fn wake_main(&self) {
+        self.pushed
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.cv.notify_one();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.q.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -284,7 +304,7 @@ impl CoreWorker {
                 });
             }
             (Admit::Inline, Some(spec)) => self.run_current(conn, &spec, true),
-            _ => self.exec.cv.notify_one(),
+            _ => self.exec.wake_main(),
         }
     }
 
@@ -348,11 +368,15 @@ impl CoreWorker {
             }
         } else if let Ok(false) = conn.try_send(&done) {
             self.exec.lock().push(Item::Flush(conn.clone()));
-            self.exec.cv.notify_one();
+            self.exec.wake_main();
             return;
+        } else {
+            // An inline call's caller had nothing else in flight: it waits
+            // for this answer, and its next call follows a round trip on.
+            crate::transport::expect_input_soon();
         }
         if more {
-            self.exec.cv.notify_one();
+            self.exec.wake_main();
         }
     }
 
@@ -444,7 +468,7 @@ impl CoreWorker {
         self.exec
             .lock()
             .push(Item::Create(spec, gpus, conn.clone()));
-        self.exec.cv.notify_one();
+        self.exec.wake_main();
     }
 
     pub(crate) fn exec_cancel(self: &Arc<Self>, conn: &Arc<Conn>, task: TaskId) {
@@ -546,9 +570,13 @@ pub(crate) fn main(session: Session) -> ! {
     };
     log!("worker {} started", cw.id);
     super::set_current(Some(cw.clone()));
+    // The last task run came alone: its caller is likely to push the next
+    // one as soon as it has the result.
+    let mut last_alone = false;
     loop {
         let item = {
             let mut q = cw.exec.lock();
+            let mut spun = !last_alone;
             loop {
                 // One task at a time: wait while a connection thread runs
                 // an actor call.
@@ -562,11 +590,30 @@ pub(crate) fn main(session: Session) -> ! {
                     q = cw.exec.lock();
                     continue;
                 }
+                // Out of work: the next task of a chain, or of a caller
+                // making one call at a time, is usually a round trip away.
+                // Waiting that long awake spares this thread a wake-up
+                // (on a VM, one of an idle CPU) per task.
+                // (Once per time out of work; the queue is looked at again
+                // under the lock after, as a push may land as it ends.)
+                if !spun {
+                    spun = true;
+                    let seen = cw.exec.pushed.load(std::sync::atomic::Ordering::Acquire);
+                    drop(q);
+                    cw.spin_until(|| {
+                        cw.exec.pushed.load(std::sync::atomic::Ordering::Acquire) != seen
+                    });
+                    q = cw.exec.lock();
+                    continue;
+                }
                 q = cw.exec.cv.wait(q).unwrap_or_else(|p| p.into_inner());
             }
         };
         match item {
-            Item::Task(spec, conn) => cw.run_current(&conn, &spec, false),
+            Item::Task(spec, conn) => {
+                last_alone = spec.alone;
+                cw.run_current(&conn, &spec, false)
+            }
             Item::Flush(conn) => {
                 let _ = conn.flush();
             }

@@ -85,11 +85,9 @@ impl CoreWorker {
                 }
                 None => Duration::from_millis(500),
             };
-            st = self
-                .cond
-                .wait_timeout(st, wait)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            Self::watch(&mut st, id, true);
+            st = self.sleep_for_values(st, wait);
+            Self::watch(&mut st, id, false);
         }
     }
 

@@ -71,6 +71,12 @@ const HELD_PIN_FOR: Duration = Duration::from_millis(100);
 /// reports itself blocked).
 const SPIN: Duration = Duration::from_micros(50);
 
+/// Sleeps of this process's threads waiting for values (`get`, `wait`),
+/// and passes of its housekeeping thread, since it started: for tests that
+/// check a chain of tasks does not wake them once per link.
+pub(crate) static VALUE_SLEEPS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static HOUSEKEEPING_PASSES: AtomicU64 = AtomicU64::new(0);
+
 /// One object in this process's table.
 #[derive(Default)]
 pub(crate) struct Entry {
@@ -128,6 +134,10 @@ pub(crate) struct Entry {
     /// The descriptor of a GPU-resident object this process owns: when it
     /// goes, so does the device memory (see `crate::cuda`).
     pub(crate) device: bool,
+    /// Threads of this process asleep until the value arrives (`get`,
+    /// `wait`): only a value someone sleeps on wakes the sleepers (a chain
+    /// of tasks sets a value per link; its one `get` waits for the last).
+    pub(crate) sleepers: u32,
 }
 
 /// What the GPU object layer (`crate::cuda`, feature `cuda`) does when a
@@ -162,7 +172,11 @@ pub(crate) struct Effects {
     /// Blocks of this node's store whose pin this process gives back (see
     /// `Entry::held_pin`).
     pub(crate) unpin_blocks: Vec<u64>,
+    /// Wake the threads asleep on `cond` (a value one of them waits for
+    /// arrived, or values changed for all of them).
     pub(crate) notify: bool,
+    /// A value arrived: ends the spins of waiters not asleep yet.
+    pub(crate) arrived: bool,
     pub(crate) lease_requests: Vec<submitter::LeaseRequest>,
     pub(crate) return_leases: Vec<(LeaseId, bool)>,
     pub(crate) kill_workers: Vec<WorkerId>,
@@ -218,6 +232,11 @@ pub(crate) struct CoreWorker {
     /// own soon): a lease going idle before then needs no wake-up call.
     /// Written and read under the state lock.
     housekeeping_at: AtomicU64,
+    /// Leases gone idle so far (counted under the state lock): while they
+    /// keep going idle, the housekeeping thread ticks every
+    /// [`LEASE_IDLE`](submitter::LEASE_IDLE) instead of being woken for each
+    /// (a chain of tasks idles its lease between every two links).
+    idle_events: AtomicU64,
     born: Instant,
 }
 
@@ -272,6 +291,7 @@ impl CoreWorker {
             exec: executor::ExecShared::default(),
             lease_wake: (Mutex::new(false), Condvar::new()),
             housekeeping_at: AtomicU64::new(0),
+            idle_events: AtomicU64::new(0),
             born: Instant::now(),
         });
         // The listener is bound before registering, so a lease granted to
@@ -303,6 +323,35 @@ impl CoreWorker {
         Ok(cw)
     }
 
+    /// Counts a thread about to sleep until `id` has a value (`on`), or
+    /// no longer (see `Entry::sleepers`): only values someone sleeps on
+    /// wake the sleepers.
+    pub(crate) fn watch(st: &mut State, id: ObjectId, on: bool) {
+        if let Some(e) = st.objects.get_mut(&id) {
+            e.sleepers = if on {
+                e.sleepers + 1
+            } else {
+                e.sleepers.saturating_sub(1)
+            };
+        }
+    }
+
+    /// Sleeps on `cond` (under the state lock) until woken or `wait`
+    /// passes; what it waits for is [`CoreWorker::watch`]ed.
+    pub(crate) fn sleep_for_values<'a>(
+        &'a self,
+        st: MutexGuard<'a, State>,
+        wait: Duration,
+    ) -> MutexGuard<'a, State> {
+        let st = self
+            .cond
+            .wait_timeout(st, wait)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        VALUE_SLEEPS.fetch_add(1, Ordering::Relaxed);
+        st
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -317,8 +366,10 @@ impl CoreWorker {
 
     /// Performs the effects collected under the lock.
     pub(crate) fn apply(self: &Arc<Self>, fx: Effects) {
-        if fx.notify {
+        if fx.notify || fx.arrived {
             self.value_epoch.fetch_add(1, Ordering::Release);
+        }
+        if fx.notify {
             self.cond.notify_all();
         }
         for (worker, conn, msg) in fx.sends {
@@ -435,13 +486,26 @@ impl CoreWorker {
     /// lease: with a thousand workers blocked in nested `get`s, periodic
     /// wake-ups in every process would starve the node.
     fn housekeeping(self: Arc<Self>) {
+        let mut seen_idle = 0;
         while !self.shutting_down.load(Ordering::Relaxed) {
+            HOUSEKEEPING_PASSES.fetch_add(1, Ordering::Relaxed);
             let (fx, next_due) = {
                 let mut st = self.lock();
                 let mut fx = Effects::default();
-                let due = st.sub.return_idle_leases(Instant::now(), &mut fx);
+                let now = Instant::now();
+                let due = st.sub.return_idle_leases(now, &mut fx);
                 let held_due = self.release_held_pins(&mut st, Some(HELD_PIN_FOR), &mut fx);
-                let next = due.into_iter().chain(held_due).min();
+                let mut next = due.into_iter().chain(held_due).min();
+                // Leases went idle since the last pass, and are busy again:
+                // tick once more a lease period on rather than sleep until
+                // woken, so that the next lease going idle (due a full
+                // period after it does) needs no wake-up call. One quiet
+                // period ends the ticking.
+                let idled = self.idle_events.load(Ordering::Relaxed);
+                if next.is_none() && idled != seen_idle {
+                    next = Some(now + submitter::LEASE_IDLE);
+                }
+                seen_idle = idled;
                 // Under the lock, so a lease going idle after this sees it.
                 let at = next.map_or(0, |d| self.micros_since_born(d).max(1));
                 self.housekeeping_at.store(at, Ordering::Relaxed);
@@ -478,6 +542,7 @@ impl CoreWorker {
     /// task of a run of sync calls, a wake-up would cost a thread switch
     /// and the state lock on a path that waits on both).
     pub(crate) fn housekeeping_due(&self, due: Instant) {
+        self.idle_events.fetch_add(1, Ordering::Relaxed);
         let at = self.housekeeping_at.load(Ordering::Relaxed);
         if at == 0 || at > self.micros_since_born(due) {
             self.wake_housekeeping();
@@ -532,6 +597,7 @@ impl Effects {
             && self.unpins.is_empty()
             && self.unpin_blocks.is_empty()
             && !self.notify
+            && !self.arrived
             && self.lease_requests.is_empty()
             && self.return_leases.is_empty()
             && self.kill_workers.is_empty()

@@ -110,7 +110,8 @@ impl CoreWorker {
             ));
         }
         e.value = Some(payload);
-        fx.notify = true;
+        fx.arrived = true;
+        fx.notify |= e.sleepers > 0;
         self.deps_ready(st, id, fx);
         self.maybe_free(st, id, fx);
     }

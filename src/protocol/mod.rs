@@ -140,8 +140,9 @@ pub(crate) struct TaskSpec {
     pub(crate) args: Vec<Payload>,
     pub(crate) returns: Vec<ObjectId>,
     pub(crate) actor: Option<ActorId>,
-    /// An actor call sent while the caller had no other call in flight to
-    /// that actor (a synchronous caller): the actor may run it inline.
+    /// Sent while the caller had nothing else in flight to the worker (a
+    /// synchronous caller, a chain of tasks): an actor may run the call
+    /// inline, and a worker out of work waits awake for the next push.
     pub(crate) alone: bool,
     /// Ray's `max_calls`: the worker exits once it has run this many tasks
     /// of this function (0: no limit).

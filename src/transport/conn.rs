@@ -406,7 +406,7 @@ pub(crate) fn read_loop(stream: Stream, mut handle: impl FnMut(Msg)) -> std::io:
     }
     let _done = Done;
     let fd = stream.raw_fd();
-    let mut r = BufReader::with_capacity(64 * 1024, stream);
+    let mut r = BufReader::with_capacity(64 * 1024, super::stream::Waiting(stream));
     let mut body = Vec::new();
     while let Some(msg) = read_frame(&mut r, &mut body)? {
         // More to handle without reading the socket: a whole frame is
@@ -611,6 +611,35 @@ mod tests {
     use super::*;
     use crate::protocol::{FromGcs, ToRaylet};
     use std::os::unix::net::UnixStream;
+
+    /// A connection thread told to expect input soon spins for it first,
+    /// then blocks as before: input within the spin and input long after
+    /// both arrive, and a read timeout still ends a wait.
+    #[test]
+    fn a_reader_expecting_input_gets_it_early_or_late() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut r = super::super::stream::Waiting(Stream::Unix(a));
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                super::super::stream::expect_input_soon();
+                let mut one = [0u8; 4];
+                r.read_exact(&mut one).unwrap();
+                got.push(one);
+            }
+            r.0.set_read_timeout(Some(std::time::Duration::from_millis(20)))
+                .unwrap();
+            super::super::stream::expect_input_soon();
+            let timed_out = r.read(&mut [0u8; 4]).unwrap_err().kind();
+            (got, timed_out)
+        });
+        b.write_all(b"soon").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        b.write_all(b"late").unwrap();
+        let (got, timed_out) = reader.join().unwrap();
+        assert_eq!(got, vec![*b"soon", *b"late"]);
+        assert_eq!(timed_out, std::io::ErrorKind::WouldBlock);
+    }
 
     /// A frame encoded once reads back as the message, whoever it is sent
     /// to (the GCS's shared whole-view answer).

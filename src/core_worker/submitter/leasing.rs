@@ -104,9 +104,14 @@ impl Submitter {
             };
             task.status = Status::Running(lease.worker);
             task.pushed = Some(now);
+            // Alone: nothing else in flight on the lease or queued behind
+            // (a chain's next link, a caller waiting on each task): the
+            // worker then waits awake for the next one (see `worker_main`).
+            let alone = lease.inflight.is_empty() && cq.queue.is_empty();
             lease.inflight.push(tid);
             lease.idle_since = None;
             let mut spec = task.spec.clone();
+            spec.alone = alone;
             spec.gpus.clone_from(&lease.gpus);
             fx.sends
                 .push((lease.worker, lease.conn, PeerMsg::PushTask(spec)));
@@ -506,6 +511,19 @@ pub(super) mod tests {
         let got: Vec<TaskId> = pushed(&fx).into_iter().map(|(_, _, t)| t).collect();
         assert_eq!(got, tasks[..PIPELINE].to_vec(), "in submission order");
         assert_eq!(sub.classes[&class].queue.len(), 4);
+        assert_eq!(alone(&fx), vec![false; PIPELINE], "others behind each");
+    }
+
+    /// Whether each push went alone (nothing else in flight on its lease
+    /// or queued behind it).
+    fn alone(fx: &Effects) -> Vec<bool> {
+        fx.sends
+            .iter()
+            .filter_map(|(_, _, m)| match m {
+                PeerMsg::PushTask(spec) => Some(spec.alone),
+                _ => None,
+            })
+            .collect()
     }
 
     /// A lease kept after its tasks finish goes back after `LEASE_IDLE`;
@@ -532,6 +550,11 @@ pub(super) mod tests {
             &mut fx,
         );
         assert_eq!(pushed(&fx).len(), 1);
+        assert_eq!(
+            alone(&fx),
+            vec![true],
+            "a lone task says so (the worker waits awake)"
+        );
         let mut fx = Effects::default();
         assert_eq!(sub.return_idle_leases(t0, &mut fx), None, "busy: not idle");
         // The task finishes (what `task_done` records).

@@ -50,6 +50,7 @@ mod leasing;
 mod lifecycle;
 
 use actors::ActorQueue;
+pub(crate) use leasing::LEASE_IDLE;
 use leasing::{ClassQueue, Env, LeaseState};
 use lifecycle::{Cancel, Outcome, Report};
 
