@@ -93,6 +93,8 @@ pub(crate) struct ExecShared {
     /// Items queued for the main thread so far: what it watches while it
     /// spins before sleeping (see `worker_main`).
     pushed: std::sync::atomic::AtomicU64,
+    /// The main thread sleeps on `cv` (written under `q`'s lock).
+    sleeping: std::sync::atomic::AtomicBool,
     /// Moving average of each function's run time here, in nanoseconds:
     /// whether the task queued next is short enough to hold a result back
     /// for (see [`HOLD_SHORT`]).
@@ -158,6 +160,7 @@ impl Default for ExecShared {
             pool: Mutex::default(),
             pool_cv: Condvar::new(),
             pushed: std::sync::atomic::AtomicU64::new(0),
+            sleeping: std::sync::atomic::AtomicBool::new(false),
             run_ns: Mutex::default(),
             held: Mutex::default(),
             held_cv: Condvar::new(),
@@ -169,9 +172,14 @@ impl ExecShared {
     /// Something was queued for the main thread, or its task ended: wakes
     /// it (its spin sees the count change).
     fn wake_main(&self) {
-        self.pushed
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
-        self.cv.notify_one();
+        use std::sync::atomic::Ordering::SeqCst;
+        self.pushed.fetch_add(1, SeqCst);
+        // A notify is a system call even with nobody waiting: only for a
+        // main thread asleep (set under the queue's lock, which the caller
+        // took to queue what it wakes it for, so it is seen here).
+        if self.sleeping.load(SeqCst) {
+            self.cv.notify_one();
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -606,7 +614,13 @@ pub(crate) fn main(session: Session) -> ! {
                     q = cw.exec.lock();
                     continue;
                 }
+                cw.exec
+                    .sleeping
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 q = cw.exec.cv.wait(q).unwrap_or_else(|p| p.into_inner());
+                cw.exec
+                    .sleeping
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
             }
         };
         match item {
