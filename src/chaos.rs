@@ -322,6 +322,44 @@ pub fn hostile_frames(to: Peer, not_a_worker: u32) -> Result<Vec<Vec<u8>>> {
     sets.iter().map(|m| frame(m)).collect()
 }
 
+/// Plays a local process that asks this node's raylet to forward to the
+/// GCS what only a raylet may say (a node joining, numbered `req`), and
+/// returns the answer it gets within `within`, as text (`None`: none came).
+pub fn refused_gcs_request(req: u64, within: Duration) -> Result<Option<String>> {
+    let cw = crate::core_worker::current()?;
+    let s = &cw.session;
+    let mut conn = Endpoint::Unix(s.raylet_socket()).connect(&s.secret)?;
+    let info = crate::transport::NodeInfo {
+        index: u16::MAX,
+        name: "chaos".into(),
+        ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        raylet_port: 0,
+        total: ResourceSet::new(),
+        available: ResourceSet::new(),
+        alive: true,
+        store_used: 0,
+        store_capacity: 0,
+        drivers: 0,
+        drivers_seen: 0,
+        ranks: Vec::new(),
+        fabric: None,
+    };
+    let msg = Msg::ToRaylet(ToRaylet::Gcs(ToGcs::RegisterNode { req, info }));
+    let body = codec::encode(&msg)?;
+    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    conn.write_all(&frame)
+        .map_err(|e| Error::io("writing to the raylet", e))?;
+    let _ = conn.set_read_timeout(Some(within));
+    let mut body = Vec::new();
+    while let Ok(Some(m)) = crate::transport::read_frame(&mut conn, &mut body) {
+        if m.answers() == Some(req) {
+            return Ok(Some(format!("{m:?}")));
+        }
+    }
+    Ok(None)
+}
+
 /// Reads (and drops) what the peer sends until it closes the connection
 /// or `quiet` passes without a byte.
 fn wait_closed(conn: &mut Stream, quiet: Duration) {

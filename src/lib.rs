@@ -113,7 +113,7 @@ pub mod __private {
     pub use crate::actor::{
         needs_exclusive, unknown_method, wrong_actor_state, ActorClass, ActorCore, ActorMethods,
     };
-    pub use crate::chaos::{flood_raylet, hostile_frames, send_raw, Peer};
+    pub use crate::chaos::{flood_raylet, hostile_frames, refused_gcs_request, send_raw, Peer};
     pub use crate::cluster::{
         launcher_main, serve_role_if_any, status_report, stop_clusters, Bootstrap, LaunchOptions,
     };

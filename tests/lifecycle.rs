@@ -441,6 +441,24 @@ fn test_hostile_messages_harm_no_one() {
     );
 }
 
+/// A request the raylet will not forward to the GCS (what only a raylet
+/// may say) is answered at once with why, not left to its asker's
+/// 60-second timeout; the node's own processes go on as before.
+fn test_a_refused_gcs_request_is_answered() {
+    common::cluster(2.0, None);
+    let t0 = Instant::now();
+    let answer = rustray::__private::refused_gcs_request(41, Duration::from_secs(20))
+        .expect("asked")
+        .expect("the raylet answered no refusal");
+    assert!(
+        answer.contains("GcsRefused") && answer.contains("41") && answer.contains("raylet"),
+        "{answer}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    let nodes = rustray::nodes().expect("the GCS still answers");
+    assert!(nodes.iter().all(|n| n.alive), "{nodes:?}");
+}
+
 /// Issue 9: a local process that asks the raylet many questions and never
 /// reads the answers stalls nobody else: the raylet answers without
 /// blocking under its lock (a thread of the connection's own writes what
@@ -484,6 +502,10 @@ fn main() {
         (
             "test_malformed_frames_cost_only_their_connection",
             test_malformed_frames_cost_only_their_connection,
+        ),
+        (
+            "test_a_refused_gcs_request_is_answered",
+            test_a_refused_gcs_request_is_answered,
         ),
         (
             "test_hostile_messages_harm_no_one",

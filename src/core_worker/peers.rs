@@ -348,6 +348,7 @@ impl CoreWorker {
         let conn = self.gcs_conn()?;
         match self.call(&conn, |req| ToRaylet::Gcs(build(req)), what)? {
             FromRaylet::Gcs(answer) => Ok(answer),
+            FromRaylet::GcsRefused { error, .. } => Err(error),
             other => Err(Error::invalid(format!(
                 "{what}: the raylet answered {other:?}"
             ))),

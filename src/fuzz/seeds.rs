@@ -137,6 +137,10 @@ pub(super) fn messages() -> Vec<Msg> {
             req: 5,
             error: err.clone(),
         }),
+        Msg::FromRaylet(FromRaylet::GcsRefused {
+            req: 41,
+            error: err.clone(),
+        }),
         Msg::FromRaylet(FromRaylet::ObjectPulled {
             req: 6,
             result: Ok(4096),
@@ -362,7 +366,7 @@ pub(super) fn messages() -> Vec<Msg> {
 /// Messages by variant, through an exhaustive match: a new variant does not
 /// compile until it is numbered here, and then
 /// `every_message_variant_has_a_fuzz_seed` wants a seed of it.
-const VARIANTS: usize = 67;
+const VARIANTS: usize = 68;
 
 pub(super) fn variant(m: &Msg) -> usize {
     match m {
@@ -433,6 +437,7 @@ pub(super) fn variant(m: &Msg) -> usize {
         Msg::ToRaylet(ToRaylet::Gcs(_)) => 64,
         Msg::FromRaylet(FromRaylet::Gcs(_)) => 65,
         Msg::FromGcs(FromGcs::NodeLost { .. }) => 66,
+        Msg::FromRaylet(FromRaylet::GcsRefused { .. }) => 67,
     }
 }
 

@@ -78,7 +78,8 @@ impl Msg {
         match self {
             Msg::FromRaylet(FromRaylet::Gcs(m)) => m.req(),
             Msg::FromRaylet(
-                FromRaylet::ObjectCreated { req, .. }
+                FromRaylet::GcsRefused { req, .. }
+                | FromRaylet::ObjectCreated { req, .. }
                 | FromRaylet::ObjectPulled { req, .. }
                 | FromRaylet::ObjectsPinned { req, .. }
                 | FromRaylet::StoreStats { req, .. },

@@ -96,6 +96,13 @@ pub(crate) enum ToRaylet {
 pub(crate) enum FromRaylet {
     /// The GCS's answer to a forwarded [`ToRaylet::Gcs`] request.
     Gcs(FromGcs),
+    /// A [`ToRaylet::Gcs`] request numbered `req` that gets no answer from
+    /// the GCS, and why: not a core worker's to make, too many waiting,
+    /// the GCS unreachable, or its connection lost before it answered.
+    GcsRefused {
+        req: u64,
+        error: Error,
+    },
     LeaseGranted {
         req: u64,
         lease: LeaseId,

@@ -266,27 +266,56 @@ impl Raylet {
     }
 
     /// A core worker's request for the GCS goes out on this raylet's GCS
-    /// connection (see `gcs_proxy`).
+    /// connection (see `gcs_proxy`). A request that will get no answer from the GCS is answered here
+    /// with the reason, so its asker fails at once.
     pub(super) fn forward_to_gcs(self: &Arc<Self>, client: ClientId, mut m: ToGcs) {
+        let theirs = m.req_mut().copied();
         let gcs = match self.forward_conn() {
             Ok(c) => c,
-            Err(e) => return log!("raylet: cannot forward a request to the GCS: {e}"),
+            Err(e) => {
+                log!("raylet: cannot forward a request to the GCS: {e}");
+                let e = Error::unavailable(format!("the GCS cannot be reached: {e}"));
+                return self.refuse_forwarded(client, theirs, e);
+            }
         };
         match self.gcs_proxy.outgoing(client, &mut m) {
             Ok(mine) => {
-                if gcs.send(&m).is_err() {
-                    if let Some(r) = mine {
-                        self.gcs_proxy.unsent(r);
+                if let Err(e) = gcs.send(&m) {
+                    if let Some((client, req)) = mine.and_then(|r| self.gcs_proxy.unsent(r)) {
+                        let e = Error::unavailable(format!("sending to the GCS failed: {e}"));
+                        self.refuse_forwarded(client, Some(req), e);
                     }
                 }
             }
             Err(gcs_proxy::Refused::NotForwardable) => {
                 log!("raylet: a client's request not forwarded to the GCS (only a raylet may send it)");
+                let e = Error::invalid(
+                    "this request to the GCS is a raylet's or the launcher's to make, \
+                     not a core worker's: refused",
+                );
+                self.refuse_forwarded(client, theirs, e);
             }
-            Err(gcs_proxy::Refused::Full) => log!(
-                "raylet: {} requests already wait for the GCS; one more refused",
-                gcs_proxy::MAX_FORWARDED
-            ),
+            Err(gcs_proxy::Refused::Full) => {
+                log!(
+                    "raylet: {} requests already wait for the GCS; one more refused",
+                    gcs_proxy::MAX_FORWARDED
+                );
+                let e = Error::unavailable(format!(
+                    "{} requests from this node already wait for the GCS; try again later",
+                    gcs_proxy::MAX_FORWARDED
+                ));
+                self.refuse_forwarded(client, theirs, e);
+            }
+        }
+    }
+
+    /// Tells `client` its request `req` (none: a one-way message) gets no
+    /// answer from the GCS, and why.
+    fn refuse_forwarded(&self, client: ClientId, req: Option<u64>, error: Error) {
+        let Some(req) = req else { return };
+        let conn = self.lock().clients.get(&client).map(|c| c.conn.clone());
+        if let Some(c) = conn {
+            let _ = c.post(&FromRaylet::GcsRefused { req, error });
         }
     }
 
@@ -310,7 +339,12 @@ impl Raylet {
             },
             move || {
                 *r2.gcs_forward.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                r2.gcs_proxy.forget_all();
+                for (client, req) in r2.gcs_proxy.forget_all() {
+                    let e = Error::unavailable(
+                        "the raylet's connection to the GCS closed before the GCS answered",
+                    );
+                    r2.refuse_forwarded(client, Some(req), e);
+                }
             },
         )?;
         *f = Some(conn.clone());

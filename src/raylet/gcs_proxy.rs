@@ -13,8 +13,11 @@
 //! the cluster) is refused, so a local process cannot speak for its node.
 //! A request the GCS never answers (a lookup that waits for an actor that
 //! never comes) leaves an entry until its asker goes; at most
-//! [`MAX_FORWARDED`] wait at once, past which a request is refused with a
-//! log line (its asker times out, as with a GCS that does not answer).
+//! [`MAX_FORWARDED`] wait at once. A request that will get no answer from
+//! the GCS (refused here, not sent, or waiting when the connection to the
+//! GCS closes) is answered by the raylet with the reason
+//! ([`FromRaylet::GcsRefused`](crate::protocol::FromRaylet::GcsRefused)),
+//! so its asker fails at once rather than at its timeout.
 
 use super::ClientId;
 use crate::protocol::{FromGcs, ToGcs};
@@ -72,9 +75,9 @@ impl GcsProxy {
         Ok(Some(mine))
     }
 
-    /// The request numbered `mine` was not sent after all.
-    pub(super) fn unsent(&self, mine: u64) {
-        self.lock().waiting.remove(&mine);
+    /// The request numbered `mine` was not sent after all: whose it was.
+    pub(super) fn unsent(&self, mine: u64) -> Option<(ClientId, u64)> {
+        self.lock().waiting.remove(&mine)
     }
 
     /// An answer from the GCS: whose it is, with the asker's number back
@@ -86,9 +89,10 @@ impl GcsProxy {
         Some((client, m))
     }
 
-    /// The connection they went on closed: no answer is coming.
-    pub(super) fn forget_all(&self) {
-        self.lock().waiting.clear();
+    /// The connection they went on closed: no answer is coming. Returns
+    /// whose they were, with the askers' numbers.
+    pub(super) fn forget_all(&self) -> Vec<(ClientId, u64)> {
+        self.lock().waiting.drain().map(|(_, w)| w).collect()
     }
 
     /// `client` is gone: its requests' answers go nowhere.
@@ -144,6 +148,17 @@ mod tests {
         proxy.client_gone(a);
         assert_eq!(proxy.waiting(), 0);
         assert!(proxy.incoming(FromGcs::ActorKilled { req: ra }).is_none());
+        // Not sent after all, or the GCS connection lost: whose they were
+        // comes back, for the raylet to answer them.
+        let mut mc = ToGcs::GetNodes { req: 9 };
+        let rc = proxy.outgoing(b, &mut mc).unwrap().expect("numbered");
+        assert_eq!(proxy.unsent(rc), Some((b, 9)));
+        assert_eq!(proxy.unsent(rc), None);
+        proxy.outgoing(a, &mut ToGcs::GetNodes { req: 5 }).unwrap();
+        let mut lost = proxy.forget_all();
+        lost.sort_by_key(|(_, req)| *req);
+        assert_eq!(lost, vec![(a, 5)]);
+        assert_eq!(proxy.waiting(), 0);
     }
 
     /// At most MAX_FORWARDED wait at once.
