@@ -8,6 +8,7 @@ use crate::ids::ObjectId;
 use crate::transport::Payload;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
@@ -321,6 +322,12 @@ pub fn wait_with<T>(
 
 /// Waits until `num_returns` of `refs` are ready or the deadline passes;
 /// per ref: ready (or unknown, so that `get` reports it).
+///
+/// Until its first sleep it polls the refs not ready yet; from then on it
+/// watches them (their values wake it) and reads the values that arrived
+/// from the core worker's arrival log, so that a wake-up costs what
+/// arrived, not what is still pending (a wait on many refs wakes once per
+/// batch of values; polling them all each time is quadratic).
 fn wait_ready<T>(
     refs: &[ObjectRef<T>],
     num_returns: usize,
@@ -334,40 +341,60 @@ fn wait_ready<T>(
     let mut guard = None;
     let mut ready = vec![false; refs.len()];
     let mut n = 0;
-    // Only refs not yet ready are polled again after a wake-up: a wait on
-    // many refs wakes once per arriving value, and rescanning all of them
-    // each time (under the lock that the arriving values need) is quadratic.
     let mut pending: Vec<usize> = (0..refs.len()).collect();
-    // Pending refs are watched (their values wake this thread) from its
-    // first sleep until each is ready or the wait ends.
-    let mut watching = false;
+    // Once watching: the pending refs by object (unique: `wait_with`
+    // refuses a ref passed twice), and where this wait stands in the
+    // arrival log.
+    let mut watched: Option<(HashMap<ObjectId, Vec<usize>>, u64)> = None;
     let mut st = cw.lock();
+    let mut slept_out = false;
     loop {
         let mut fx = Effects::default();
-        pending.retain(|&i| {
-            // An unknown object cannot become ready: count it as ready so
-            // that `get` reports the error instead of `wait` hanging.
-            let id = refs[i].raw.id;
-            let now_ready = !matches!(cw.poll_value(&mut st, id, &mut fx), Ok(None));
-            if now_ready {
-                ready[i] = true;
-                n += 1;
-                if watching {
-                    CoreWorker::watch(&mut st, id, false);
+        match &mut watched {
+            None => pending.retain(|&i| {
+                // An unknown object cannot become ready: count it as ready
+                // so that `get` reports the error instead of `wait` hanging.
+                let now_ready =
+                    !matches!(cw.poll_value(&mut st, refs[i].raw.id, &mut fx), Ok(None));
+                if now_ready {
+                    ready[i] = true;
+                    n += 1;
+                }
+                !now_ready
+            }),
+            Some((by_id, cursor)) => {
+                let mut arrived = st.arrivals_since(cursor);
+                if slept_out {
+                    // A whole bound asleep: look at every ref still waited
+                    // for, whatever the log says.
+                    let ids: Vec<ObjectId> = by_id.keys().copied().collect();
+                    arrived
+                        .extend(ids.into_iter().filter(|id| {
+                            !matches!(cw.poll_value(&mut st, *id, &mut fx), Ok(None))
+                        }));
+                }
+                for id in arrived {
+                    for i in by_id.remove(&id).unwrap_or_default() {
+                        ready[i] = true;
+                        n += 1;
+                        CoreWorker::watch(&mut st, id, false, true);
+                    }
                 }
             }
-            !now_ready
-        });
+        }
         let timed_out = end.is_some_and(|d| Instant::now() >= d);
         let shut = cw.shutting_down.load(std::sync::atomic::Ordering::Relaxed);
         let done = n >= num_returns || timed_out;
-        if watching && (done || shut) {
-            // Returning (below): what is still pending is watched no more.
-            for &i in &pending {
-                CoreWorker::watch(&mut st, refs[i].raw.id, false);
-            }
-        }
         if done || shut {
+            if let Some((by_id, _)) = watched.take() {
+                // What is still pending is watched no more.
+                for (id, idx) in by_id {
+                    for _ in idx {
+                        CoreWorker::watch(&mut st, id, false, true);
+                    }
+                }
+                st.unfollow_arrivals();
+            }
             drop(st);
             cw.apply(fx);
             if done {
@@ -387,17 +414,22 @@ fn wait_ready<T>(
             st = cw.lock();
             continue;
         }
-        if !watching {
-            watching = true;
+        if watched.is_none() {
+            // Under the lock the last poll held: nothing arrives between.
+            let mut by_id: HashMap<ObjectId, Vec<usize>> = HashMap::new();
             for &i in &pending {
-                CoreWorker::watch(&mut st, refs[i].raw.id, true);
+                let id = refs[i].raw.id;
+                by_id.entry(id).or_default().push(i);
+                CoreWorker::watch(&mut st, id, true, true);
             }
+            let cursor = st.follow_arrivals();
+            watched = Some((by_id, cursor));
         }
         let wait = end
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_millis(500))
             .min(Duration::from_millis(500));
-        st = cw.sleep_for_values(st, wait);
+        (st, slept_out) = cw.sleep_for_values(st, wait);
     }
 }
 

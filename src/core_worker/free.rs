@@ -222,6 +222,7 @@ impl CoreWorker {
                     if e.replaced.is_none() {
                         e.replaced = old;
                     }
+                    st.arrived(id, &mut fx);
                 }
             }
             if owned {

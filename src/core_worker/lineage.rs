@@ -227,6 +227,7 @@ impl CoreWorker {
                         fx.unpins.push(lost.clone());
                     }
                     fx.notify = true;
+                    st.arrived(id, fx);
                 }
                 Err(err)
             }

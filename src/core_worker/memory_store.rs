@@ -81,13 +81,13 @@ impl CoreWorker {
                             ),
                         ));
                     }
-                    d - now
+                    (d - now).min(Duration::from_millis(500))
                 }
                 None => Duration::from_millis(500),
             };
-            Self::watch(&mut st, id, true);
-            st = self.sleep_for_values(st, wait);
-            Self::watch(&mut st, id, false);
+            Self::watch(&mut st, id, true, false);
+            st = self.sleep_for_values(st, wait).0;
+            Self::watch(&mut st, id, false, false);
         }
     }
 

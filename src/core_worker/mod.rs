@@ -138,6 +138,9 @@ pub(crate) struct Entry {
     /// `wait`): only a value someone sleeps on wakes the sleepers (a chain
     /// of tasks sets a value per link; its one `get` waits for the last).
     pub(crate) sleepers: u32,
+    /// Those of `sleepers` that are `wait`s reading the arrival log
+    /// (`State::arrivals`): only their objects' arrivals are logged.
+    pub(crate) followers: u32,
 }
 
 /// What the GPU object layer (`crate::cuda`, feature `cuda`) does when a
@@ -198,6 +201,52 @@ pub(crate) struct State {
     /// Objects whose entry holds its block's write pin (`Entry::held_pin`),
     /// with when they were put.
     pub(crate) held: Vec<(ObjectId, Instant)>,
+    /// Values that `wait`s reading this log wait for (`Entry::followers`),
+    /// as they arrive: each `wait` reads what arrived since its last look
+    /// instead of polling every ref it still waits for (a `wait` on a
+    /// thousand refs wakes hundreds of times). Numbered from
+    /// `arrivals_base`; emptied when none of the `log_users` is left. At
+    /// most one entry per ref of a `wait` in progress.
+    pub(crate) arrivals: Vec<ObjectId>,
+    pub(crate) arrivals_base: u64,
+    pub(crate) log_users: u32,
+}
+
+impl State {
+    /// Object `id` has a value now (a result, an error in its place):
+    /// wakes the threads asleep on it, if any, and logs it for `wait`s.
+    pub(crate) fn arrived(&mut self, id: ObjectId, fx: &mut Effects) {
+        fx.arrived = true;
+        if let Some(e) = self.objects.get(&id).filter(|e| e.sleepers > 0) {
+            fx.notify = true;
+            if e.followers > 0 {
+                self.arrivals.push(id);
+            }
+        }
+    }
+
+    /// A `wait` starts following the arrival log: where it stands in it.
+    pub(crate) fn follow_arrivals(&mut self) -> u64 {
+        self.log_users += 1;
+        self.arrivals_base + self.arrivals.len() as u64
+    }
+
+    /// What arrived since `cursor`, which moves past it.
+    pub(crate) fn arrivals_since(&self, cursor: &mut u64) -> Vec<ObjectId> {
+        let from = cursor.saturating_sub(self.arrivals_base) as usize;
+        let new = self.arrivals.get(from..).unwrap_or_default().to_vec();
+        *cursor = self.arrivals_base + self.arrivals.len() as u64;
+        new
+    }
+
+    /// A `wait` stops following the log; the last one to empties it.
+    pub(crate) fn unfollow_arrivals(&mut self) {
+        self.log_users = self.log_users.saturating_sub(1);
+        if self.log_users == 0 {
+            self.arrivals_base += self.arrivals.len() as u64;
+            self.arrivals.clear();
+        }
+    }
 }
 
 /// The core worker of this process.
@@ -326,30 +375,32 @@ impl CoreWorker {
     /// Counts a thread about to sleep until `id` has a value (`on`), or
     /// no longer (see `Entry::sleepers`): only values someone sleeps on
     /// wake the sleepers.
-    pub(crate) fn watch(st: &mut State, id: ObjectId, on: bool) {
+    /// `follow`: for a `wait` that reads the arrival log (see
+    /// `State::arrivals`), which then logs this object's arrival.
+    pub(crate) fn watch(st: &mut State, id: ObjectId, on: bool, follow: bool) {
         if let Some(e) = st.objects.get_mut(&id) {
-            e.sleepers = if on {
-                e.sleepers + 1
-            } else {
-                e.sleepers.saturating_sub(1)
-            };
+            let step = |n: u32| if on { n + 1 } else { n.saturating_sub(1) };
+            e.sleepers = step(e.sleepers);
+            if follow {
+                e.followers = step(e.followers);
+            }
         }
     }
 
     /// Sleeps on `cond` (under the state lock) until woken or `wait`
     /// passes; what it waits for is [`CoreWorker::watch`]ed.
+    /// Also says whether it woke because `wait` passed.
     pub(crate) fn sleep_for_values<'a>(
         &'a self,
         st: MutexGuard<'a, State>,
         wait: Duration,
-    ) -> MutexGuard<'a, State> {
-        let st = self
+    ) -> (MutexGuard<'a, State>, bool) {
+        let (st, timeout) = self
             .cond
             .wait_timeout(st, wait)
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
+            .unwrap_or_else(|p| p.into_inner());
         VALUE_SLEEPS.fetch_add(1, Ordering::Relaxed);
-        st
+        (st, timeout.timed_out())
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -558,6 +609,9 @@ impl CoreWorker {
     /// Stops this core worker's threads and connections.
     pub(crate) fn stop(self: &Arc<Self>) {
         self.shutting_down.store(true, Ordering::Relaxed);
+        // Through the state lock: a waiter that saw the flag clear under
+        // it is asleep on `cond` by the time the lock is free.
+        drop(self.lock());
         self.cond.notify_all();
         self.wake_housekeeping();
         // Wake the accept loops so they see the flag.

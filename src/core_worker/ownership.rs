@@ -110,8 +110,7 @@ impl CoreWorker {
             ));
         }
         e.value = Some(payload);
-        fx.arrived = true;
-        fx.notify |= e.sleepers > 0;
+        st.arrived(id, fx);
         self.deps_ready(st, id, fx);
         self.maybe_free(st, id, fx);
     }
@@ -594,5 +593,44 @@ mod tests {
         st.release_if_unreferenced(NODE, id, &mut fx);
         assert_eq!(fx.free_offsets, vec![(NODE, 4096)]);
         assert!(st.objects.contains_key(&id), "its refs live on");
+    }
+
+    /// A value wakes sleepers only when someone sleeps on it; the arrival
+    /// log takes only what a following `wait` watches, each `wait` reads
+    /// from where it stands, and the log empties when the last one stops.
+    #[test]
+    fn arrivals_wake_and_log_only_what_is_waited_for() {
+        let mut st = State::default();
+        let (a, b, c) = (
+            owned(&mut st, 1, None),
+            owned(&mut st, 2, None),
+            owned(&mut st, 3, None),
+        );
+        let mut fx = Effects::default();
+        st.arrived(a, &mut fx);
+        assert!(fx.arrived && !fx.notify, "nobody sleeps on it");
+        CoreWorker::watch(&mut st, b, true, false); // a get
+        CoreWorker::watch(&mut st, c, true, true); // a wait
+        let mut cursor = st.follow_arrivals();
+        let mut fx = Effects::default();
+        st.arrived(b, &mut fx);
+        assert!(fx.notify, "the get's value wakes it");
+        assert!(st.arrivals.is_empty(), "no wait follows b");
+        st.arrived(c, &mut fx);
+        assert_eq!(st.arrivals_since(&mut cursor), vec![c]);
+        assert!(st.arrivals_since(&mut cursor).is_empty(), "read once");
+        let mut late = st.follow_arrivals();
+        CoreWorker::watch(&mut st, c, true, true);
+        st.arrived(c, &mut fx);
+        assert_eq!(
+            st.arrivals_since(&mut late),
+            vec![c],
+            "from where it stands"
+        );
+        st.unfollow_arrivals();
+        assert_eq!(st.arrivals.len(), 2, "one wait still reads it");
+        st.unfollow_arrivals();
+        assert!(st.arrivals.is_empty(), "the last one gone: emptied");
+        assert_eq!(st.arrivals_since(&mut cursor), Vec::<ObjectId>::new());
     }
 }

@@ -280,10 +280,23 @@ impl Raylet {
         };
         match self.gcs_proxy.outgoing(client, &mut m) {
             Ok(mine) => {
-                if let Err(e) = gcs.send(&m) {
+                let sent = gcs.send(&m);
+                // The connection may have closed meanwhile, its waiting
+                // requests answered before this one was among them: then
+                // no answer comes for it either.
+                let current = self
+                    .gcs_forward
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .is_some_and(|c| Arc::ptr_eq(c, &gcs));
+                if sent.is_err() || !current {
                     if let Some((client, req)) = mine.and_then(|r| self.gcs_proxy.unsent(r)) {
-                        let e = Error::unavailable(format!("sending to the GCS failed: {e}"));
-                        self.refuse_forwarded(client, Some(req), e);
+                        let why = match sent {
+                            Err(e) => format!("sending to the GCS failed: {e}"),
+                            Ok(()) => "the raylet's connection to the GCS closed".into(),
+                        };
+                        self.refuse_forwarded(client, Some(req), Error::unavailable(why));
                     }
                 }
             }
