@@ -99,13 +99,7 @@ impl CoreWorker {
     /// Spins up to [`SPIN`] until `done()`; true if it became true. Only
     /// on machines with a core to spare for the spinner.
     pub(super) fn spin_until(&self, done: impl Fn() -> bool) -> bool {
-        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let cores = *CORES.get_or_init(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
-        if cores < 2 {
+        if !crate::transport::spare_core() {
             return false;
         }
         let start = Instant::now();

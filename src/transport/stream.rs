@@ -165,7 +165,7 @@ pub(crate) fn expect_input_soon() {
 }
 
 /// Whether this machine has a core to spare for a spinning thread.
-fn spare_core() -> bool {
+pub(crate) fn spare_core() -> bool {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CORES.get_or_init(|| {
         std::thread::available_parallelism()
