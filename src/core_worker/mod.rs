@@ -71,6 +71,12 @@ const HELD_PIN_FOR: Duration = Duration::from_millis(100);
 /// reports itself blocked).
 const SPIN: Duration = Duration::from_micros(50);
 
+/// The tables a task passes through several times (objects, tasks,
+/// leases, by id): hashed with FxHash rather than SipHash. Their keys are
+/// ids this process or a peer holding the cluster secret made, not
+/// outside input.
+pub(crate) type IdMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
+
 /// Sleeps of this process's threads waiting for values (`get`, `wait`),
 /// and passes of its housekeeping thread, since it started: for tests that
 /// check a chain of tasks does not wake them once per link.
@@ -196,7 +202,7 @@ pub(crate) struct Effects {
 /// Everything behind the core worker's lock.
 #[derive(Default)]
 pub(crate) struct State {
-    pub(crate) objects: HashMap<ObjectId, Entry>,
+    pub(crate) objects: IdMap<ObjectId, Entry>,
     pub(crate) sub: submitter::Submitter,
     /// Objects whose entry holds its block's write pin (`Entry::held_pin`),
     /// with when they were put.
@@ -265,7 +271,7 @@ pub(crate) struct CoreWorker {
     next_req: AtomicU64,
     /// Pending requests: the connection they went out on (its id, so
     /// a closing connection fails them at once) and where the reply goes.
-    replies: Mutex<HashMap<u64, (ConnId, mpsc::Sender<Msg>)>>,
+    replies: Mutex<IdMap<u64, (ConnId, mpsc::Sender<Msg>)>>,
     peers: Mutex<HashMap<WorkerId, Arc<Conn>>>,
     /// The connection for GCS requests (to this node's raylet).
     gcs: Mutex<Option<Arc<Conn>>>,
@@ -331,7 +337,7 @@ impl CoreWorker {
             value_epoch: AtomicU64::new(0),
             next_seq: AtomicU64::new(1),
             next_req: AtomicU64::new(1),
-            replies: Mutex::new(HashMap::new()),
+            replies: Mutex::default(),
             peers: Mutex::new(HashMap::new()),
             gcs: Mutex::new(None),
             remote_raylets: Mutex::new(HashMap::new()),

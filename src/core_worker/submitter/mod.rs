@@ -30,7 +30,7 @@
 //! actor; while it restarts, calls without retries fail at once
 //! (`ActorUnavailable`) and the others wait.
 
-use super::{CoreWorker, Effects, State};
+use super::{CoreWorker, Effects, IdMap, State};
 use crate::codec;
 use crate::core_worker::function_manager::RetryFilter;
 use crate::core_worker::RawRef;
@@ -166,21 +166,21 @@ pub(crate) struct Extra {
 /// The owner-side submission state (inside the core worker's lock).
 #[derive(Default)]
 pub(crate) struct Submitter {
-    pub(super) tasks: HashMap<TaskId, TaskEntry>,
+    pub(super) tasks: IdMap<TaskId, TaskEntry>,
     /// How to run finished tasks again if their results are lost.
     pub(super) lineage: super::lineage::LineageTable,
-    classes: HashMap<SchedKey, ClassQueue>,
-    dep_waiters: HashMap<ObjectId, Vec<TaskId>>,
-    leases: HashMap<LeaseId, LeaseState>,
-    by_worker: HashMap<WorkerId, LeaseId>,
-    lease_reqs: HashMap<u64, SchedKey>,
+    classes: IdMap<SchedKey, ClassQueue>,
+    dep_waiters: IdMap<ObjectId, Vec<TaskId>>,
+    leases: IdMap<LeaseId, LeaseState>,
+    by_worker: IdMap<WorkerId, LeaseId>,
+    lease_reqs: IdMap<u64, SchedKey>,
     /// Lease requests sent to another node's raylet, by request: that node,
     /// and whether the request may fall back to the local raylet. A raylet
     /// that dies answers none of them.
     remote_reqs: HashMap<u64, (u16, bool)>,
     /// Next node for a spread lease request (index into the live nodes).
     spread_next: usize,
-    actors: HashMap<ActorId, ActorQueue>,
+    actors: IdMap<ActorId, ActorQueue>,
 }
 
 impl Submitter {
