@@ -266,8 +266,9 @@ impl Raylet {
     }
 
     /// A core worker's request for the GCS goes out on this raylet's GCS
-    /// connection (see `gcs_proxy`). A request that will get no answer from the GCS is answered here
-    /// with the reason, so its asker fails at once.
+    /// connection (see `gcs_proxy`). A request that will get no answer
+    /// from the GCS is answered here with the reason, so its asker fails
+    /// at once.
     pub(super) fn forward_to_gcs(self: &Arc<Self>, client: ClientId, mut m: ToGcs) {
         let theirs = m.req_mut().copied();
         let gcs = match self.forward_conn() {
