@@ -34,7 +34,8 @@
 //! before it sleeps, and after an inline actor call the connection thread
 //! spins briefly for the next call ([`crate::transport::expect_input_soon`]).
 //! On a VM, waking a sleeping CPU is most of a socket round trip; a
-//! pipelined caller, whose tasks never come alone, costs no spinning.
+//! pipelined caller's tasks come alone only at the end of a burst, so
+//! they cost almost no spinning.
 //!
 //! While the running task blocks in `get`/`wait`, the worker tells its raylet
 //! (which lends the task's CPUs to others) and hands the tasks queued behind
