@@ -19,14 +19,10 @@
 //! writing to a caller that is itself blocked writing to us would stop
 //! both. What the socket does not take is flushed by the main thread.
 //!
-//! Results of short tasks travel in batches: while the task queued next
-//! ran briefly here on average ([`HOLD_SHORT`]), a finished task's result
-//! is held back to go out in one write with the next ones, which costs
-//! the owner one wake-up for many results rather than one each. A hold
-//! ends when a result is sent, the main thread runs out of work, a task
-//! blocks in `get`/`wait` (it may wait for a held result), the process
-//! ends, or, when the task behind turns out long, [`HOLD_MAX`] after it
-//! began (a watch thread, parked while nothing is held).
+//! Results of short tasks travel in batches ([`held`]): while the task
+//! queued next ran briefly here on average, a finished task's result is
+//! held back to go out in one write with the next ones, which costs the
+//! owner one wake-up for many results rather than one each.
 //!
 //! Round trips with a caller that waits on each answer (a chain of tasks,
 //! one `get` per call) are spent awake: after a task that came alone
@@ -41,9 +37,9 @@
 //! (which lends the task's CPUs to others) and hands the tasks queued behind
 //! it back to their owners, so nothing waits on a blocked worker.
 //!
-//! The worker's stdout and stderr go through a pipe: each line is copied to
-//! the worker's log file and to the terminal prefixed with `(pid=N)`, as
-//! Ray's driver prints worker output.
+//! The worker's stdout and stderr go through a pipe ([`output`]): each line
+//! is copied to the worker's log file and to the terminal prefixed with
+//! `(pid=N)`, as Ray's driver prints worker output.
 
 use super::exec_queue::{Admit, Cancelled};
 use super::CoreWorker;
@@ -57,6 +53,13 @@ use crate::transport::{ActorSpec, Conn, Payload, TaskSpec};
 use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
+
+mod held;
+mod output;
+use held::Held;
+pub(crate) use held::HELD_RESULTS;
+pub(crate) use output::exit_flushing_output;
+use output::{forward_output, hold_if_exiting};
 
 type Item = super::exec_queue::Item<Arc<Conn>>;
 type Queue = super::exec_queue::Queue<Arc<Conn>>;
@@ -98,46 +101,13 @@ pub(crate) struct ExecShared {
     sleeping: std::sync::atomic::AtomicBool,
     /// Moving average of each function's run time here, in nanoseconds:
     /// whether the task queued next is short enough to hold a result back
-    /// for (see [`HOLD_SHORT`]).
+    /// for (see [`held::HOLD_SHORT`]).
     run_ns: Mutex<std::collections::HashMap<String, u64>>,
     /// The connections results are held back on, and since when.
     held: Mutex<Held>,
-    /// Wakes the hold watch (see [`CoreWorker::watch_held`]).
+    /// Wakes the hold watch (see `held`).
     held_cv: Condvar,
 }
-
-/// Results held back: on which connections, since when, and whether the
-/// hold watch sleeps until the next hold.
-#[derive(Default)]
-struct Held {
-    conns: Vec<Arc<Conn>>,
-    since: Option<std::time::Instant>,
-    watch: Watch,
-}
-
-#[derive(Default, PartialEq)]
-enum Watch {
-    /// Not started (no result was held yet in this process).
-    #[default]
-    None,
-    /// Checking every [`HOLD_MAX`].
-    Ticking,
-    /// Parked until a result is held.
-    Parked,
-}
-
-/// The hold watch parks after this long with nothing held.
-const WATCH_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Results this worker process held back since it started (see
-/// `rustray::__private::held_results`: tests check the batching ran).
-pub(crate) static HELD_RESULTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// A result is held back (to go out in one write with the next ones)
-/// only while the task queued next takes less than this on average here...
-const HOLD_SHORT: std::time::Duration = std::time::Duration::from_micros(100);
-/// ...and for at most this long.
-const HOLD_MAX: std::time::Duration = std::time::Duration::from_millis(1);
 
 thread_local! {
     /// The call a threaded actor's pool thread is running.
@@ -230,47 +200,6 @@ impl ExecShared {
             std::env::set_var(crate::scheduler::CUDA_VISIBLE_DEVICES, list.join(","));
             a.1 = Some(gpus.to_vec());
         }
-    }
-
-    /// Records one run of `function` taking `ns`.
-    fn ran(&self, function: &str, ns: u64) {
-        let mut m = self.run_ns.lock().unwrap_or_else(|p| p.into_inner());
-        match m.get_mut(function) {
-            Some(avg) => *avg = (*avg / 4) * 3 + ns / 4,
-            None => {
-                m.insert(function.to_string(), ns);
-            }
-        }
-    }
-
-    /// Whether `function` ran here before, and briefly on average.
-    fn runs_short(&self, function: &str) -> bool {
-        let m = self.run_ns.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(function)
-            .is_some_and(|ns| *ns < HOLD_SHORT.as_nanos() as u64)
-    }
-
-    /// Writes every result held back. Before the main thread waits, before
-    /// a task blocks (it may wait for one of them), before the process
-    /// ends, with any result sent, and by the hold watch past [`HOLD_MAX`].
-    pub(crate) fn flush_held(&self) {
-        let held = {
-            let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            h.since = None;
-            std::mem::take(&mut h.conns)
-        };
-        for c in held {
-            let _ = c.flush();
-        }
-    }
-
-    fn any_held(&self) -> bool {
-        !self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .conns
-            .is_empty()
     }
 
     /// Counts one more run of `function` here (for `max_calls`).
@@ -386,85 +315,6 @@ impl CoreWorker {
         }
         if more {
             self.exec.wake_main();
-        }
-    }
-
-    /// Holds `done` back on `conn` if a short task is queued next (its
-    /// result then goes out with this one) and nothing was held for
-    /// longer than [`HOLD_MAX`]; false when the caller must send it. A
-    /// task that turns out long does not keep what was held: the hold
-    /// watch writes it once [`HOLD_MAX`] passed.
-    fn hold_result(self: &Arc<Self>, conn: &Arc<Conn>, done: &PeerMsg, next_short: bool) -> bool {
-        if !next_short {
-            return false;
-        }
-        let mut h = self.exec.held.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        if h.since
-            .is_some_and(|t| now.saturating_duration_since(t) >= HOLD_MAX)
-        {
-            return false;
-        }
-        match h.watch {
-            Watch::Ticking => {}
-            Watch::Parked => {
-                h.watch = Watch::Ticking;
-                self.exec.held_cv.notify_one();
-            }
-            Watch::None => {
-                let cw = self.clone();
-                let started = std::thread::Builder::new()
-                    .name("rustray-hold".into())
-                    .spawn(move || cw.watch_held());
-                if started.is_err() {
-                    // Without the watch nothing bounds a hold: none.
-                    return false;
-                }
-                h.watch = Watch::Ticking;
-            }
-        }
-        if conn.hold(done).is_err() {
-            return false;
-        }
-        if !h.conns.iter().any(|c| c.id() == conn.id()) {
-            h.conns.push(conn.clone());
-        }
-        h.since.get_or_insert(now);
-        HELD_RESULTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        true
-    }
-
-    /// The hold watch: writes results held back for [`HOLD_MAX`] (the task
-    /// behind them ran long). Ticks while results are being held, parks
-    /// after [`WATCH_IDLE`] without any.
-    fn watch_held(&self) {
-        let mut idle_since = std::time::Instant::now();
-        loop {
-            let wait = {
-                let mut h = self.exec.held.lock().unwrap_or_else(|p| p.into_inner());
-                let now = std::time::Instant::now();
-                match h.since {
-                    Some(t) if now.saturating_duration_since(t) >= HOLD_MAX => {
-                        drop(h);
-                        self.exec.flush_held();
-                        continue;
-                    }
-                    Some(t) => {
-                        idle_since = now;
-                        HOLD_MAX.saturating_sub(now.saturating_duration_since(t))
-                    }
-                    None if now.saturating_duration_since(idle_since) >= WATCH_IDLE => {
-                        h.watch = Watch::Parked;
-                        while h.watch == Watch::Parked {
-                            h = self.exec.held_cv.wait(h).unwrap_or_else(|p| p.into_inner());
-                        }
-                        idle_since = std::time::Instant::now();
-                        continue;
-                    }
-                    None => HOLD_MAX,
-                }
-            };
-            std::thread::sleep(wait);
         }
     }
 
@@ -988,88 +838,4 @@ fn invoke(
             ))
         }
     }
-}
-
-/// Redirects stdout/stderr through a pipe whose lines are copied, prefixed
-/// with this worker's pid, to the inherited terminal and to the log file.
-fn forward_output(session: &Session) {
-    let pid = std::process::id();
-    let Ok((read_end, write_end)) = nix::unistd::pipe() else {
-        return;
-    };
-    // The terminal, kept before stdout is pointed at the pipe.
-    let Ok(term) = nix::unistd::dup(std::io::stdout()) else {
-        return;
-    };
-    let _ = nix::unistd::dup2_stdout(&write_end);
-    let _ = nix::unistd::dup2_stderr(&write_end);
-    drop(write_end);
-    let log_path = session.log_dir().join(format!("worker-{pid}.out"));
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    *OUTPUT_DONE.lock().unwrap_or_else(|p| p.into_inner()) = Some(done_rx);
-    let _ = std::thread::Builder::new()
-        .name("rustray-output".into())
-        .spawn(move || {
-            use std::io::{BufRead, Write};
-            let (input, mut out) = (std::fs::File::from(read_end), std::fs::File::from(term));
-            let mut logf = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log_path)
-                .ok();
-            let mut r = std::io::BufReader::new(input);
-            let mut line = Vec::new();
-            while r.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-                if line.last() != Some(&b'\n') {
-                    line.push(b'\n');
-                }
-                let mut prefixed = format!("(pid={pid}) ").into_bytes();
-                prefixed.extend_from_slice(&line);
-                let _ = out.write_all(&prefixed);
-                if let Some(f) = logf.as_mut() {
-                    let _ = f.write_all(&line);
-                }
-                line.clear();
-            }
-            drop(done_tx);
-        });
-}
-
-/// Ends when the output forwarder has copied everything (it drops its
-/// sender at the pipe's end).
-/// Set once the process has decided to exit: no task starts after that.
-static EXITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// In a worker that is exiting (its raylet is gone, say), a task that was
-/// about to start never does: its thread waits for the exit, which comes
-/// within the output flush's bound. Running it would repeat its side
-/// effects for nothing (its result cannot be stored), and its owner
-/// retries it elsewhere once this process is gone.
-fn hold_if_exiting() {
-    while EXITING.load(std::sync::atomic::Ordering::SeqCst) {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
-static OUTPUT_DONE: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>> =
-    std::sync::Mutex::new(None);
-
-/// Exits the worker once what it printed has reached the terminal and its
-/// log (bounded: a stuck terminal does not keep it alive).
-pub(crate) fn exit_flushing_output(code: i32) -> ! {
-    use std::io::Write;
-    EXITING.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-    // Pointing stdout and stderr at /dev/null closes the pipe's only write
-    // ends, so the forwarder reads to its end and stops.
-    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
-        let _ = nix::unistd::dup2_stdout(&null);
-        let _ = nix::unistd::dup2_stderr(&null);
-    }
-    let rx = OUTPUT_DONE.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(rx) = rx {
-        let _ = rx.recv_timeout(std::time::Duration::from_millis(500));
-    }
-    std::process::exit(code)
 }

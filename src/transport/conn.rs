@@ -669,22 +669,25 @@ mod tests {
         }
     }
 
-    /// Replies a handler sends while more messages it read wait to be
-    /// handled are held back, then go out together, in order, before the
-    /// last message read is handled (whose handler may block); the reply
-    /// to that one goes out at once.
-    #[test]
-    fn replies_to_messages_read_together_go_out_together() {
+    /// `n` requests written at once (then end of input) to a reader's
+    /// socket, and a connection for its replies: the reader's side, the
+    /// replies' connection, and its peer (with its descriptor, to see what
+    /// is waiting there).
+    fn requests_read_together(
+        n: u64,
+    ) -> (
+        UnixStream,
+        std::sync::Arc<Conn>,
+        UnixStream,
+        std::os::fd::RawFd,
+    ) {
+        use std::os::fd::AsRawFd;
         let (input, mut feed) = UnixStream::pair().unwrap();
         let (out, peer) = UnixStream::pair().unwrap();
-        let peer_fd = {
-            use std::os::fd::AsRawFd;
-            peer.as_raw_fd()
-        };
+        let peer_fd = peer.as_raw_fd();
         let replies = std::sync::Arc::new(Conn::new(&Stream::Unix(out)).unwrap());
-        // Three requests in one write: read at once.
         let mut frames = Vec::new();
-        for offset in 0..3u64 {
+        for offset in 0..n {
             frames.extend(
                 encode_frame(&ToRaylet::FreeObjects {
                     offsets: vec![offset],
@@ -693,7 +696,17 @@ mod tests {
             );
         }
         feed.write_all(&frames).unwrap();
-        drop(feed);
+        (input, replies, peer, peer_fd)
+    }
+
+    /// Replies a handler sends while more messages it read wait to be
+    /// handled are held back, then go out together, in order, before the
+    /// last message read is handled (whose handler may block); the reply
+    /// to that one goes out at once.
+    #[test]
+    fn replies_to_messages_read_together_go_out_together() {
+        // Three requests in one write: read at once.
+        let (input, replies, peer, peer_fd) = requests_read_together(3);
         let mut seen = Vec::new();
         read_loop(Stream::Unix(input), |m| {
             // What the peer could read when this message came in.
@@ -727,24 +740,7 @@ mod tests {
     /// its thread held back first, even with more read to handle.
     #[test]
     fn held_sends_go_out_before_a_handler_connects() {
-        let (input, mut feed) = UnixStream::pair().unwrap();
-        let (out, peer) = UnixStream::pair().unwrap();
-        let peer_fd = {
-            use std::os::fd::AsRawFd;
-            peer.as_raw_fd()
-        };
-        let replies = std::sync::Arc::new(Conn::new(&Stream::Unix(out)).unwrap());
-        let mut frames = Vec::new();
-        for offset in 0..2u64 {
-            frames.extend(
-                encode_frame(&ToRaylet::FreeObjects {
-                    offsets: vec![offset],
-                })
-                .unwrap(),
-            );
-        }
-        feed.write_all(&frames).unwrap();
-        drop(feed);
+        let (input, replies, _peer, peer_fd) = requests_read_together(2);
         let nowhere = Endpoint::Unix(
             std::env::temp_dir().join(format!("rustray-test-nowhere-{}", std::process::id())),
         );
