@@ -89,6 +89,8 @@ use multinode::*;
 #[path = "microbench_parts/slurm.rs"]
 mod slurm;
 use slurm::*;
+#[path = "microbench_parts/cold.rs"]
+mod cold;
 #[path = "microbench_parts/fabric.rs"]
 mod fabric;
 #[path = "microbench_parts/floor.rs"]
@@ -122,6 +124,10 @@ const SCENARIOS: &[&str] = &[
     "put_large_gb_per_s",
     // the first large put of the cluster's store (pages never touched)
     "put_large_cold_gb_per_s",
+    // its floor: the kernel faulting in a fresh /dev/shm file, no copy
+    cold::FIRST_TOUCH,
+    // the first large put with the store on a huge-page tmpfs (root only)
+    cold::COLD_HUGE,
     "get_large_gb_per_s",
     "task_large_arg_gb_per_s",
     "wait_1000_ms",
@@ -711,6 +717,7 @@ fn main() {
     ));
     let single = want.iter().any(|s| !MULTINODE.contains(s));
     if single {
+        let want_huge = w(cold::COLD_HUGE);
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             sc_cluster_start(&cfg, &c, w("cluster_start_s"), args.num_cpus);
             if w("idle_rss_mb") {
@@ -740,7 +747,7 @@ fn main() {
             }
             let want_put = w("put_large_gb_per_s");
             let want_cold = w("put_large_cold_gb_per_s");
-            let memcpy = if want_put || want_cold || w("memcpy_gb_per_s") {
+            let memcpy = if want_put || want_cold || want_huge || w("memcpy_gb_per_s") {
                 Some(sc_memcpy(&c, w("memcpy_gb_per_s")))
             } else {
                 None
@@ -749,6 +756,9 @@ fn main() {
                 timed_step("put/get_large", || {
                     sc_large_put_get(&c, want_put, want_cold, w("get_large_gb_per_s"), memcpy)
                 });
+            }
+            if w(cold::FIRST_TOUCH) {
+                timed_step(cold::FIRST_TOUCH, || cold::sc_first_touch(&c));
             }
             if w("task_large_arg_gb_per_s") {
                 timed_step("task_large_arg_gb_per_s", || sc_task_large_arg(&c));
@@ -761,10 +771,18 @@ fn main() {
             if w("metg_us") {
                 timed_step("metg_us", || sc_metg(&c, args.num_cpus));
             }
+            memcpy
         }));
         rustray::shutdown();
-        if let Err(e) = res {
-            std::panic::resume_unwind(e);
+        let memcpy = match res {
+            Ok(m) => m,
+            Err(e) => std::panic::resume_unwind(e),
+        };
+        // On clusters of its own, after the single-node cluster is gone.
+        if want_huge {
+            timed_step(cold::COLD_HUGE, || {
+                cold::sc_cold_huge(&c, args.num_cpus as usize, memcpy)
+            });
         }
     }
     // Multi-node: each step on its own, so that a failing one (its panic

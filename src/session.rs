@@ -36,6 +36,7 @@ pub struct Config {
     local_nodes: Option<u16>,
     transport: Option<crate::fabric::Transport>,
     spill_dir: Option<std::path::PathBuf>,
+    store_dir: Option<std::path::PathBuf>,
     /// Nodes on this machine with their own settings (`add_local_node`).
     per_node: Vec<Config>,
 }
@@ -152,6 +153,41 @@ impl Config {
         self
     }
 
+    /// The directory holding each node's object store file (Ray's
+    /// `plasma_directory`): a tmpfs, where pages cost nothing until used.
+    /// Default: `RUSTRAY_STORE_DIR`, else `/dev/shm`. The store's default
+    /// size is bounded by the room left there.
+    ///
+    /// The first large put into a fresh store is bounded by how fast the
+    /// kernel hands out never-touched pages: a 4 KiB page at a time on a
+    /// default `/dev/shm`. A tmpfs mounted with huge pages (`mount -t tmpfs
+    /// -o huge=within_size tmpfs DIR`, as root) hands out 2 MiB at a time,
+    /// still only when used, which is what makes the first put run at
+    /// memory speed. (`hugetlbfs` does not fit: it reserves every page of
+    /// a mapping when mapped, and the store maps address space for spilled
+    /// objects beside its memory.)
+    ///
+    /// ```
+    /// let cfg = rustray::Config::new().store_dir("/dev/shm");
+    /// # let _ = cfg;
+    /// ```
+    pub fn store_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Config {
+        self.store_dir = Some(dir.into());
+        self
+    }
+
+    /// The directory of this node's store file: the setting, else the
+    /// environment, else `/dev/shm`.
+    pub(crate) fn store_base(&self) -> std::path::PathBuf {
+        if let Some(d) = &self.store_dir {
+            return d.clone();
+        }
+        match std::env::var_os("RUSTRAY_STORE_DIR").filter(|v| !v.is_empty()) {
+            Some(v) => std::path::PathBuf::from(v),
+            None => std::path::PathBuf::from("/dev/shm"),
+        }
+    }
+
     /// The spill directory's parent for this node.
     pub(crate) fn spill_base(&self) -> std::path::PathBuf {
         crate::object_store::spill_base(self.spill_dir.as_deref())
@@ -168,8 +204,8 @@ impl Config {
     /// Adds a node on this machine with settings of its own (Ray's
     /// `cluster_utils.Cluster.add_node(num_cpus=.., resources=..)`), so a
     /// test or a trial run can have nodes that differ, as on a real
-    /// allocation. What `node` sets (CPUs, GPUs, store size, custom
-    /// resources by name) replaces the cluster-wide setting for that node;
+    /// allocation. What `node` sets (CPUs, GPUs, store size and directory,
+    /// custom resources by name) replaces the cluster-wide setting for that node;
     /// the rest is inherited. Each call adds one node, in order (node 0
     /// first); [`local_nodes`](Self::local_nodes), if also given, must
     /// equal their number.
@@ -205,6 +241,7 @@ impl Config {
             c.num_gpus = own.num_gpus.or(c.num_gpus);
             c.gpu_ids = own.gpu_ids.clone().or(c.gpu_ids);
             c.object_store_memory = own.object_store_memory.or(c.object_store_memory);
+            c.store_dir = own.store_dir.clone().or(c.store_dir);
             for (k, v) in &own.resources {
                 c.resources.retain(|(name, _)| name != k);
                 c.resources.push((k.clone(), *v));
@@ -286,6 +323,18 @@ impl Config {
     }
 
     pub(crate) fn store_bytes(&self) -> Result<u64> {
+        let dir = self.store_base();
+        if !dir.is_dir() {
+            return Err(Error::invalid(format!(
+                "the object store directory {} {} (store_dir / RUSTRAY_STORE_DIR)",
+                dir.display(),
+                if dir.exists() {
+                    "is not a directory"
+                } else {
+                    "does not exist"
+                }
+            )));
+        }
         if let Some(b) = self.object_store_memory {
             if b < 1 << 20 {
                 return Err(Error::invalid(format!(
@@ -299,7 +348,7 @@ impl Config {
         let pages = conf(SysconfVar::_PHYS_PAGES);
         let page = conf(SysconfVar::PAGE_SIZE);
         let mut bytes = pages * page * 3 / 10;
-        if let Some(shm) = shm_free_bytes() {
+        if let Some(shm) = free_bytes(&dir) {
             bytes = bytes.min(shm * 9 / 10);
         }
         Ok(bytes.max(64 << 20))
@@ -332,8 +381,8 @@ pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<String> {
     Ok(s)
 }
 
-fn shm_free_bytes() -> Option<u64> {
-    let st = nix::sys::statvfs::statvfs("/dev/shm").ok()?;
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
     Some(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
@@ -472,7 +521,7 @@ impl Session {
     }
 
     pub(crate) fn arena_path(&self) -> PathBuf {
-        crate::object_store::arena_path(&self.cluster, &self.node)
+        crate::object_store::arena_path(&self.config.store_base(), &self.cluster, &self.node)
     }
 
     /// The node's fabric endpoint name, for providers that name endpoints

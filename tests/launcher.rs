@@ -282,6 +282,17 @@ fn app_main(mode: &str) -> ! {
                 let v = rustray::get_view(r).expect("read back");
                 assert!(v.iter().all(|b| *b == i as u8), "object {i} corrupted");
             }
+            // The store itself is a file in the --store-dir (STORE_DIR).
+            let store_dir = std::env::var("STORE_DIR").expect("STORE_DIR");
+            let stores: Vec<_> = std::fs::read_dir(&store_dir)
+                .expect("store dir")
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(
+                stores.len() == 1 && stores[0].starts_with("rustray-"),
+                "one store file in the --store-dir {store_dir}: {stores:?}"
+            );
             println!(
                 "spilled {} objects under the --spill-dir",
                 s.spilled_objects
@@ -397,21 +408,29 @@ fn launch_local(nodes: u16, mode: &str) -> Command {
     c
 }
 
-/// `rust-ray-launch --spill-dir DIR`: a full store spills there, and the
-/// node's spill directory is gone with the cluster.
+/// `rust-ray-launch --spill-dir DIR --store-dir SDIR`: a full store spills
+/// to DIR, the store itself is a file in SDIR, and both are gone with the
+/// cluster.
 fn test_launch_spill_dir() {
     let dir = std::env::temp_dir().join(format!("rustray-launch-spill-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
+    let store_dir =
+        std::env::temp_dir().join(format!("rustray-launch-store-{}", std::process::id()));
+    for d in [&dir, &store_dir] {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d).expect("dir");
+    }
     let mut c = Command::new(launcher());
     c.args(["--local-nodes", "1", "--num-cpus", "1"])
         .args(["--object-store-memory", &(64u64 << 20).to_string()])
         .arg("--spill-dir")
         .arg(&dir)
+        .arg("--store-dir")
+        .arg(&store_dir)
         .arg("--")
         .arg(me())
         .env("APP_MODE", "spill")
         .env("SPILL_DIR", &dir)
+        .env("STORE_DIR", &store_dir)
         .env("RUSTRAY_RENDEZVOUS_DIR", rdv_dir());
     let out = run_bounded(c, Duration::from_secs(60));
     let t = text(&out);
@@ -421,7 +440,12 @@ fn test_launch_spill_dir() {
         .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "left in the spill dir: {left:?}");
+    let left: Vec<_> = std::fs::read_dir(&store_dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in the store dir: {left:?}");
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&store_dir);
 }
 
 fn test_launch_local_nodes() {

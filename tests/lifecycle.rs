@@ -30,6 +30,11 @@ fn parent_pid() -> u32 {
 }
 
 #[rustray::remote]
+fn checksum(data: Vec<u8>) -> (u64, usize) {
+    (common::checksum_of(&data), data.len())
+}
+
+#[rustray::remote]
 fn forever() -> u32 {
     std::thread::sleep(Duration::from_secs(3600));
     0
@@ -481,6 +486,137 @@ fn test_a_client_that_never_reads_stalls_no_one() {
     );
 }
 
+/// A tmpfs mounted at a fresh directory for one test, unmounted (and the
+/// directory removed) when dropped. Mounting needs root, as the emulated
+/// Slurm cluster does (`make test` runs as root).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(name: &str, options: &str) -> Tmpfs {
+        let dir = PathBuf::from(format!("/tmp/rustray-{name}-{}", std::process::id()));
+        let _ = Command::new("umount").arg(&dir).status();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("tmpfs mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "rustray-test"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "mount -t tmpfs -o {options} on {} failed: this test needs root (as the emulated Slurm cluster does)",
+            dir.display()
+        );
+        Tmpfs(dir)
+    }
+
+    fn files(&self) -> Vec<String> {
+        std::fs::read_dir(&self.0)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // A failed test's cluster still maps its store here: stop it first,
+        // and detach the mount lazily should anything still hold it.
+        rustray::shutdown();
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Bytes of `path`'s mappings in this process that the kernel maps with
+/// huge pages (smaps' `ShmemPmdMapped`/`FilePmdMapped`).
+fn huge_mapped_bytes(path: &Path) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+    let name = path.to_string_lossy();
+    let mut inside = false;
+    let mut kb = 0;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            inside = line.ends_with(name.as_ref());
+        } else if inside && (first == "ShmemPmdMapped:" || first == "FilePmdMapped:") {
+            kb += words
+                .next()
+                .and_then(|w| w.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    kb << 10
+}
+
+/// `Config::store_dir` (Ray's `plasma_directory`): the node's store file
+/// lives in the directory given, every process of the node maps it there (a
+/// task reads its argument from it), shutdown removes it, and on a tmpfs
+/// mounted with huge pages the store is mapped with them, which is what
+/// lets a first large put run at memory speed. A directory that is not
+/// there is a clear error.
+fn test_store_in_a_directory_of_its_own() {
+    let fs = Tmpfs::mount("storedir", "size=512m,huge=within_size");
+    let shm_before = common::shm_files();
+    rustray::init_with(
+        rustray::Config::new()
+            .num_cpus(1.0)
+            .object_store_memory(128 << 20)
+            .store_dir(&fs.0),
+    )
+    .expect("a cluster whose store is on the huge-page tmpfs");
+    let files = fs.files();
+    assert!(
+        files.len() == 1 && files[0].starts_with("rustray-"),
+        "one store file in the store directory, found {files:?}"
+    );
+    let new_in_shm: Vec<_> = common::shm_files()
+        .difference(&shm_before)
+        .cloned()
+        .collect();
+    assert!(
+        new_in_shm.is_empty(),
+        "nothing of the store in /dev/shm: {new_in_shm:?}"
+    );
+    let data = common::pattern(16 << 20, 3);
+    let want = (common::checksum_of(&data), data.len());
+    let r = rustray::put(data).expect("put");
+    let got = rustray::get(&checksum::remote(r.clone()).unwrap()).expect("task reads its argument");
+    assert_eq!(got, want, "the task's argument read from the store");
+    let back: Vec<u8> = rustray::get(&r).expect("get");
+    assert_eq!((common::checksum_of(&back), back.len()), want);
+    let huge = huge_mapped_bytes(&fs.0.join(&files[0]));
+    assert!(
+        huge >= 2 << 20,
+        "the store is mapped with huge pages on a huge-page tmpfs: {huge} bytes are"
+    );
+    drop(r);
+    rustray::shutdown();
+    assert!(
+        fs.files().is_empty(),
+        "shutdown removes the store file: {:?}",
+        fs.files()
+    );
+
+    let missing = fs.0.join("not-there");
+    let err = rustray::init_with(rustray::Config::new().num_cpus(1.0).store_dir(&missing))
+        .expect_err("a store directory that does not exist");
+    assert!(
+        err.to_string().contains(&*missing.to_string_lossy()),
+        "the error names the directory: {err}"
+    );
+}
+
 fn test_shutdown_then_init_again() {
     for _ in 0..3 {
         common::cluster(2.0, None);
@@ -530,6 +666,10 @@ fn main() {
         (
             "test_shutdown_then_init_again",
             test_shutdown_then_init_again,
+        ),
+        (
+            "test_store_in_a_directory_of_its_own",
+            test_store_in_a_directory_of_its_own,
         ),
         (
             "test_driver_whose_raylet_dies",

@@ -54,6 +54,12 @@ struct Cli {
     /// writes under its own subdirectory.
     #[arg(long, value_name = "DIR")]
     spill_dir: Option<PathBuf>,
+    /// Where each node keeps its object store file (default:
+    /// RUSTRAY_STORE_DIR, else /dev/shm): a tmpfs, node-local; one
+    /// mounted with huge pages (-o huge=within_size) makes first puts run
+    /// at memory speed.
+    #[arg(long, value_name = "DIR")]
+    store_dir: Option<PathBuf>,
     /// How objects move between nodes: `fabric` (libfabric RDMA reads;
     /// FI_PROVIDER picks the provider), `tcp` (built in), or `auto`
     /// (fabric when a hardware provider is there, else tcp).
@@ -170,6 +176,9 @@ fn run(cli: Cli) -> rustray::Result<i32> {
     }
     if let Some(d) = cli.spill_dir {
         config = config.spill_dir(d);
+    }
+    if let Some(d) = cli.store_dir {
+        config = config.store_dir(d);
     }
     let mut local_nodes = cli.local_nodes;
     if !cli.local_node.is_empty() {

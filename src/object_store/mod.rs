@@ -22,9 +22,10 @@
 //! under a live reader, whatever became of its owner. Unpinned blocks are
 //! what spilling may move to disk (see [`table`]); a pin brings them back.
 //!
-//! The arena file lives in `/dev/shm` under a name carrying the cluster id and
-//! node name; tmpfs pages are only allocated when first touched, so a large
-//! arena costs nothing until used.
+//! The arena file lives in `/dev/shm` (or the configured store directory,
+//! `Config::store_dir`) under a name carrying the cluster id and node name;
+//! tmpfs pages are only allocated when first touched, so a large arena
+//! costs nothing until used.
 
 mod allocator;
 mod spill;
@@ -180,9 +181,9 @@ impl Arena {
     }
 }
 
-/// Path of a node's arena.
-pub(crate) fn arena_path(cluster: &str, node: &str) -> PathBuf {
-    PathBuf::from(format!("/dev/shm/rustray-{cluster}-{node}"))
+/// Path of a node's arena in the store directory `dir`.
+pub(crate) fn arena_path(dir: &Path, cluster: &str, node: &str) -> PathBuf {
+    dir.join(format!("rustray-{cluster}-{node}"))
 }
 
 #[cfg(test)]

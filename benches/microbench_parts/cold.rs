@@ -1,0 +1,201 @@
+//! The first large put into a fresh store, beside what bounds it.
+//!
+//! A never-touched page of the store's tmpfs file costs the kernel a page
+//! allocation (and a zeroing) before the put's copy can write it, so the
+//! first put of a fresh cluster (`put_large_cold_gb_per_s`) cannot beat how
+//! fast the kernel hands out such pages. `shm_first_touch_gb_per_s`
+//! measures that floor on its own: a fresh `/dev/shm` file faulted in the
+//! way the store does it (MADV_POPULATE_WRITE, on as many threads as the
+//! store's copy uses), no byte copied. `put_large_cold_huge_gb_per_s` is
+//! the cold put with the store on a tmpfs mounted with huge pages
+//! (`Config::store_dir`), where pages come 2 MiB at a time: mounting one
+//! needs root, so the row is left out (with a log line) where the bench is
+//! not root. In a VM that hands free memory back to its host, the host
+//! faults in every never-touched page anew, huge or not: that cost is the
+//! machine's, and the rows show it.
+
+use super::*;
+use std::process::Command;
+
+pub(super) const FIRST_TOUCH: &str = "shm_first_touch_gb_per_s";
+pub(super) const COLD_HUGE: &str = "put_large_cold_huge_gb_per_s";
+
+/// Fresh clusters (and fresh files) per row: one cold sample each.
+const COLD_REPS: usize = 3;
+
+/// Threads the store's large copy runs on (`codec::parallel_copy`).
+fn copy_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(4)
+}
+
+/// Faults `part` in as the store does: MADV_POPULATE_WRITE, else (an older
+/// kernel) one write per page.
+fn fault_in(part: &mut [u8]) {
+    const MADV_POPULATE_WRITE: libc::c_int = 23;
+    // SAFETY: `part` is a live, writable slice of this process's mapping;
+    // populating faults its pages in and changes no byte.
+    let rc = unsafe {
+        libc::madvise(
+            part.as_mut_ptr() as *mut libc::c_void,
+            part.len(),
+            MADV_POPULATE_WRITE,
+        )
+    };
+    if rc != 0 {
+        for b in part.iter_mut().step_by(4096) {
+            *b = 0;
+        }
+    }
+}
+
+pub(super) fn sc_first_touch(c: &Sizes) {
+    let nbytes = c.large_put_bytes;
+    let threads = copy_threads();
+    let mut rates = Vec::new();
+    for rep in 0..COLD_REPS {
+        let path = format!("/dev/shm/rustray-bench-touch-{}-{rep}", std::process::id());
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .expect("shm_first_touch_gb_per_s: creating the /dev/shm file");
+        let _ = std::fs::remove_file(&path); // the mapping keeps it
+        f.set_len(nbytes as u64)
+            .expect("shm_first_touch_gb_per_s: sizing the /dev/shm file");
+        // SAFETY: a file of this process's own, unlinked: nobody else maps
+        // or resizes it.
+        let mut map = unsafe { memmap2::MmapMut::map_mut(&f) }
+            .expect("shm_first_touch_gb_per_s: mapping the /dev/shm file");
+        // 2 MiB-aligned shares, as the store's copy splits its work.
+        let chunk = nbytes.div_ceil(threads).next_multiple_of(2 << 20);
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            for part in map.chunks_mut(chunk) {
+                s.spawn(move || fault_in(part));
+            }
+        });
+        rates.push(nbytes as f64 / GB / secs(t0));
+    }
+    emit(
+        FIRST_TOUCH,
+        "GB/s",
+        median(&rates),
+        nbytes,
+        rates.len(),
+        vec![
+            ("samples", rnd_all(&rates, 3).into()),
+            ("threads", (threads as f64).into()),
+            (
+                "note",
+                "faulting in a never-touched /dev/shm file as the store does, \
+                 nothing copied: the floor of put_large_cold_gb_per_s"
+                    .into(),
+            ),
+        ],
+    );
+}
+
+/// A tmpfs mounted with huge pages for the row's stores; unmounted when
+/// dropped.
+struct HugeTmpfs(std::path::PathBuf);
+
+impl HugeTmpfs {
+    fn mount(bytes: usize) -> Option<HugeTmpfs> {
+        let dir =
+            std::path::PathBuf::from(format!("/tmp/rustray-bench-huge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={},huge=within_size", bytes))
+            .arg("rustray-bench")
+            .arg(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::fs::remove_dir(&dir);
+            return None;
+        }
+        Some(HugeTmpfs(dir))
+    }
+}
+
+impl Drop for HugeTmpfs {
+    fn drop(&mut self) {
+        rustray::shutdown();
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+pub(super) fn sc_cold_huge(c: &Sizes, num_cpus: usize, memcpy: Option<f64>) {
+    let nbytes = c.large_put_bytes;
+    let store = nbytes as u64 + (64 << 20);
+    let Some(fs) = HugeTmpfs::mount(store as usize * 2) else {
+        log(&format!(
+            "{COLD_HUGE} skipped: mounting a tmpfs with huge pages needs root"
+        ));
+        return;
+    };
+    let mut rates = Vec::new();
+    for _ in 0..COLD_REPS {
+        rustray::init_with(
+            rustray::Config::new()
+                .num_cpus(num_cpus as f64)
+                .object_store_memory(store)
+                .store_dir(&fs.0),
+        )
+        .expect("put_large_cold_huge_gb_per_s: a cluster with its store on the huge-page tmpfs");
+        let arr = vec![1u8; nbytes];
+        let t0 = Instant::now();
+        let r = rustray::put(arr).expect("put_large_cold_huge_gb_per_s: put");
+        rates.push(nbytes as f64 / GB / secs(t0));
+        let v = rustray::get_view(&r).expect("put_large_cold_huge_gb_per_s: get_view");
+        assert_eq!(
+            v.len(),
+            nbytes,
+            "put_large_cold_huge_gb_per_s: view has the wrong length"
+        );
+        drop(v);
+        drop(r);
+        rustray::shutdown();
+    }
+    drop(fs);
+    let med = median(&rates);
+    let mut extra = vec![
+        ("samples", rnd_all(&rates, 3).into()),
+        (
+            "note",
+            "first put of each of 3 fresh clusters whose store is on a tmpfs \
+             mounted with huge=within_size (Config::store_dir)"
+                .into(),
+        ),
+    ];
+    if let Some(m) = memcpy {
+        extra.push(("memcpy_gb_per_s", rnd(m, 3).into()));
+        extra.push(("vs_memcpy", rnd(med / m, 3).into()));
+    }
+    // A VM that reports free memory to its host (virtio-balloon free page
+    // reporting) gives back free blocks of this order and up a few seconds
+    // after they are freed: a huge page (order 9) allocated after that is
+    // backed again by the host, 4 KiB at a time, at a fraction of the
+    // speed of one the guest still holds. Said beside the figure.
+    if let Ok(o) =
+        std::fs::read_to_string("/sys/module/page_reporting/parameters/page_reporting_order")
+    {
+        if let Ok(o) = o.trim().parse::<u32>() {
+            extra.push(("free_page_reporting_order", o.into()));
+        }
+    }
+    emit(COLD_HUGE, "GB/s", med, nbytes, rates.len(), extra);
+}
