@@ -172,7 +172,10 @@ impl Config {
     /// # let _ = cfg;
     /// ```
     pub fn store_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Config {
-        self.store_dir = Some(dir.into());
+        // Absolute here: every process of the node (workers, other nodes'
+        // launchers) must name the same file, whatever its own directory.
+        let dir = dir.into();
+        self.store_dir = Some(std::path::absolute(&dir).unwrap_or(dir));
         self
     }
 
@@ -656,5 +659,28 @@ mod tests {
         let e = Config::new().num_cpus(-1.0).node_resources().unwrap_err();
         assert!(e.to_string().contains("CPU"), "{e}");
         assert!(Config::new().object_store_memory(10).store_bytes().is_err());
+        let e = Config::new()
+            .store_dir("/nonexistent/rustray-store")
+            .store_bytes()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("/nonexistent/rustray-store does not exist"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_store_directory_is_absolute_and_names_the_arena() {
+        let c = Config::new().store_dir("stores");
+        let dir = c.store_base();
+        assert!(dir.is_absolute() && dir.ends_with("stores"), "{dir:?}");
+        let mut s = Session::new_cluster(c, true).unwrap();
+        s.node = "n1".into();
+        let back = Session::from_env_str(&s.to_env().unwrap()).unwrap();
+        assert_eq!(
+            back.arena_path(),
+            dir.join(format!("rustray-{}-n1", s.cluster))
+        );
     }
 }
