@@ -463,11 +463,15 @@ impl CoreWorker {
             // thread that reads the connections.
             let me = self.clone();
             let deaths = fx.worker_deaths;
-            let spawned = std::thread::Builder::new()
-                .name("rustray-node-check".into())
-                .spawn(move || me.fail_worker_deaths(deaths));
-            if let Err(e) = spawned {
-                log!("could not check whether a node was lost: {e}");
+            let spawned = transport::spawn_or_return(
+                std::thread::Builder::new().name("rustray-node-check".into()),
+                move || me.fail_worker_deaths(deaths),
+            );
+            if let Err(check) = spawned {
+                // Without it the tasks would wait forever: better a probe
+                // (bounded by a connect timeout) on this thread.
+                log!("no thread to check whether a node was lost; checking here");
+                check();
             }
         }
         for r in fx.lease_requests {
@@ -527,9 +531,21 @@ impl CoreWorker {
         }
         for actor in fx.resolve_actors {
             let me = self.clone();
-            let _ = std::thread::Builder::new()
-                .name("rustray-actor-resolve".into())
-                .spawn(move || me.reconnect_actor(actor));
+            let spawned = transport::spawn_or_return(
+                std::thread::Builder::new().name("rustray-actor-resolve".into()),
+                move || me.reconnect_actor(actor),
+            );
+            if spawned.is_err() {
+                // Looking the actor up waits on the GCS, maybe on the very
+                // thread that reads its answers: not here. Its calls fail
+                // instead of waiting forever.
+                self.reconnected(
+                    actor,
+                    Err(Error::unavailable(format!(
+                        "no thread could be started to find actor {actor:?} again (a thread limit?)"
+                    ))),
+                );
+            }
         }
         drop(fx.drops);
     }

@@ -482,11 +482,13 @@ impl Gcs {
                 }
             }
         };
-        if let Err(e) = std::thread::Builder::new()
-            .name("gcs-release".into())
-            .spawn(release)
-        {
-            log!("GCS: cannot start a thread to give workers back ({e})");
+        if let Err(release) = transport::spawn_or_return(
+            std::thread::Builder::new().name("gcs-release".into()),
+            release,
+        ) {
+            // Better a connect on the event loop than workers held forever.
+            log!("GCS: no thread to give workers back; doing it here");
+            release();
         }
     }
 }

@@ -121,6 +121,28 @@ pub(crate) fn vital(thread: &'static str, body: impl FnOnce()) {
     }
 }
 
+/// Runs `work` on a new thread from `builder`, or, when no thread can be
+/// had (a process or cgroup thread limit, no memory for a stack), gives it
+/// back so the caller can do the work some other way: `std`'s `spawn`
+/// drops its closure on failure, and with it whatever the work was to
+/// carry out (a lease to give back, calls waiting on an answer).
+pub(crate) fn spawn_or_return<F>(builder: std::thread::Builder, work: F) -> Result<(), F>
+where
+    F: FnOnce() + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel::<F>(1);
+    let spawned = builder.spawn(move || {
+        if let Ok(work) = rx.recv() {
+            work();
+        }
+    });
+    match spawned {
+        // The thread waits for it: the send fails only if it is gone.
+        Ok(_) => tx.send(work).map_err(|e| e.0),
+        Err(_) => Err(work),
+    }
+}
+
 /// Runs a connection's serving loop, reporting how it ended badly: a
 /// malformed frame, or a panic in a handler (a bug, or data a peer sent
 /// that the handler trusted), ends that one connection with a log line
@@ -208,6 +230,30 @@ mod tests {
     use std::net::TcpStream;
     use std::os::unix::net::UnixStream;
     use std::time::Duration;
+
+    #[test]
+    fn work_no_thread_can_take_is_given_back() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx2 = tx.clone();
+        let here = std::thread::current().id();
+        let on_thread = spawn_or_return(std::thread::Builder::new(), move || {
+            let _ = tx2.send(std::thread::current().id());
+        });
+        assert!(on_thread.is_ok());
+        let ran_on = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_ne!(ran_on, here, "ran on a thread of its own");
+        // A stack larger than the address space: no thread can be had.
+        let impossible = std::thread::Builder::new().stack_size(1 << 50);
+        let back = spawn_or_return(impossible, move || {
+            let _ = tx.send(std::thread::current().id());
+        });
+        let Err(work) = back else {
+            panic!("a thread with a 1 PiB stack was started")
+        };
+        assert!(rx.try_recv().is_err(), "not run when given back");
+        work();
+        assert_eq!(rx.try_recv().unwrap(), here);
+    }
 
     #[test]
     fn a_panicking_handler_or_a_malformed_frame_closes_only_its_connection() {

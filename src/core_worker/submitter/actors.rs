@@ -212,6 +212,16 @@ impl CoreWorker {
             };
             break r;
         };
+        self.reconnected(actor, outcome);
+    }
+
+    /// Where the calls to `actor` go now that it was looked up (or that
+    /// looking it up failed: its pending calls fail with that error).
+    pub(crate) fn reconnected(
+        self: &Arc<Self>,
+        actor: ActorId,
+        outcome: Result<(WorkerId, ConnId)>,
+    ) {
         let mut fx = Effects::default();
         let mut st = self.lock();
         if let Some(q) = st.sub.actors.get_mut(&actor) {
