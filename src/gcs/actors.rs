@@ -9,7 +9,14 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, LeaseId, WorkerId};
 use crate::transport::{ActorInfo, ActorLookup, ActorSpec, ActorState, NamedActor};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// Owners remembered as gone, at most (the oldest are forgotten first).
+/// An owner's `RegisterActor` travels through its raylet on another GCS
+/// connection than the raylet's word that the owner is gone, so it may be
+/// served after it: the register must still find the owner gone. A few
+/// seconds' worth of worker exits is all that race needs.
+const GONE_OWNERS_MAX: usize = 65_536;
 
 struct ActorRecord {
     spec: ActorSpec,
@@ -53,6 +60,9 @@ pub(crate) struct ActorTable {
     /// Live named actors, by (namespace, name).
     names: HashMap<(String, String), ActorId>,
     waiters: HashMap<ActorId, Vec<Waiter>>,
+    /// Processes known gone (`owner_gone`), oldest first in `gone_order`.
+    gone: HashSet<WorkerId>,
+    gone_order: VecDeque<WorkerId>,
 }
 
 impl ActorTable {
@@ -60,6 +70,17 @@ impl ActorTable {
     /// (with `get_if_exists`, the live one already holding the name) and
     /// what to do.
     pub(crate) fn register(&mut self, spec: ActorSpec) -> Result<(ActorId, Vec<ActorAction>)> {
+        if !spec.detached && self.gone.contains(&spec.owner) {
+            // It would end with its owner at once: nothing is created, and
+            // no name taken.
+            return Err(Error::new(
+                ErrorKind::ActorDied,
+                format!(
+                    "actor `{}` was not created: its owner (worker {}, which asked for it) is gone",
+                    spec.class, spec.owner
+                ),
+            ));
+        }
         if let Some(name) = &spec.name {
             let key = (spec.namespace.clone(), name.clone());
             if let Some(&existing) = self.names.get(&key) {
@@ -256,6 +277,24 @@ impl ActorTable {
         self.end(id, |class| {
             format!("actor `{class}` ended because every handle to it was dropped")
         })
+    }
+
+    /// The process `worker` is gone: the actors it created end with it
+    /// (see [`ActorTable::owner_died`]), and one it asked for that is
+    /// registered later is refused.
+    pub(crate) fn owner_gone(
+        &mut self,
+        worker: WorkerId,
+    ) -> (Vec<ActorAction>, Vec<(Waiter, ActorInfo)>) {
+        if self.gone.insert(worker) {
+            self.gone_order.push_back(worker);
+            if self.gone_order.len() > GONE_OWNERS_MAX {
+                if let Some(old) = self.gone_order.pop_front() {
+                    self.gone.remove(&old);
+                }
+            }
+        }
+        self.owner_died(|o| o == worker)
     }
 
     /// The processes `owner` accepts are gone (one worker, or every
@@ -501,6 +540,35 @@ mod tests {
         assert_eq!(state(&mut t, ids[3]).state, ActorState::PendingCreation);
         // Its name is free again.
         t.register(spec(Some("o"), 0)).unwrap();
+    }
+
+    /// An owner's register that arrives after the word that the owner is
+    /// gone (they travel on different connections) creates nothing and
+    /// takes no name; a detached actor does not depend on its owner.
+    #[test]
+    fn a_register_after_its_owner_is_gone_creates_nothing() {
+        let mut t = ActorTable::default();
+        let (act, _) = t.owner_gone(WorkerId(9));
+        assert!(act.is_empty());
+        let mut late = spec(Some("late"), 0);
+        late.owner = WorkerId(9);
+        let e = t.register(late).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ActorDied);
+        assert!(e.message().contains("owner"), "{e}");
+        let mut detached = spec(None, 0);
+        detached.owner = WorkerId(9);
+        detached.detached = true;
+        let (_, act) = t.register(detached).unwrap();
+        assert_eq!(act.len(), 1, "a detached actor is created");
+        let mut other = spec(Some("late"), 0);
+        other.owner = WorkerId(10);
+        assert!(t.register(other).is_ok(), "the name was not taken");
+        // The record is bounded: the oldest owners are forgotten first.
+        for w in 0..GONE_OWNERS_MAX as u64 {
+            t.owner_gone(WorkerId(1_000_000 + w));
+        }
+        assert_eq!(t.gone.len(), GONE_OWNERS_MAX);
+        assert!(!t.gone.contains(&WorkerId(9)));
     }
 
     #[test]

@@ -403,7 +403,7 @@ impl Gcs {
                 self.finish(actions, waiters);
             }
             ToGcs::OwnerGone { worker } => {
-                let (actions, waiters) = self.table().owner_died(|o| o == worker);
+                let (actions, waiters) = self.table().owner_gone(worker);
                 if !waiters.is_empty() || !actions.is_empty() {
                     log!("GCS: worker {worker} is gone; its actors end with it");
                 }
