@@ -640,6 +640,27 @@ fn test_many_actors() {
     for (i, a) in actors.iter().enumerate() {
         assert_eq!(rustray::get(&a.incr(0)).unwrap(), i as i64 + 50);
     }
+    // Live actors cost the GCS no thread each: creations end, and one
+    // thread watches every created actor. (It runs in this process unless
+    // a launcher started the cluster.)
+    if !common::launched() {
+        let threads = |name: &str| {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim_end() == name)
+                })
+                .count()
+        };
+        // (A former cluster's watch thread ends within half a second.)
+        common::wait_until(
+            "no GCS thread per actor: the creation threads ended, one watches them all",
+            Duration::from_secs(10),
+            || threads("gcs-actor") == 0 && threads("gcs-actor-watch") == 1,
+        );
+    }
 }
 
 fn test_not_initialized_is_an_error() {

@@ -1,9 +1,9 @@
 //! Creating actors, the GCS's IO side of it (Ray's `GcsActorScheduler`):
 //! choosing a node that fits the actor (waiting a little for one to join),
-//! leasing a worker from that node's raylet, asking the worker to run the
-//! constructor, and watching the actor's process on a thread of its own
-//! for its death, which the actor table (`actors`) turns into a restart
-//! or a final death.
+//! leasing a worker from that node's raylet, and asking the worker to run
+//! the constructor, on a thread per creation; then the actor's connection
+//! goes to the watch thread (`actor_watch`), whose end of it the actor
+//! table (`actors`) turns into a restart or a final death.
 
 use super::*;
 
@@ -14,14 +14,14 @@ const PLACE_WAIT: Duration = Duration::from_secs(2);
 const LEASE_WAIT: Duration = Duration::from_secs(120);
 
 impl Gcs {
-    /// Creates and then watches actor `id` on a thread of its own, within
-    /// [`ACTOR_THREADS`]; a creation that cannot have one fails, saying why
-    /// (its creator is answered, never left waiting).
+    /// Creates actor `id` on a thread of its own, within [`ACTOR_THREADS`]
+    /// creations at once; a creation that cannot have one fails, saying
+    /// why (its creator is answered, never left waiting).
     pub(super) fn start_actor_thread(self: &Arc<Self>, id: ActorId) {
         let threads = self.actor_threads.clone();
         let refused = if threads.fetch_add(1, Ordering::AcqRel) >= ACTOR_THREADS {
             Some(format!(
-                "the GCS already creates and watches {ACTOR_THREADS} actors, its most at once"
+                "the GCS already creates {ACTOR_THREADS} actors, its most at once"
             ))
         } else {
             let g = self.clone();
@@ -29,7 +29,7 @@ impl Gcs {
             std::thread::Builder::new()
                 .name("gcs-actor".into())
                 .spawn(move || {
-                    g.create_and_watch(id);
+                    g.create_actor(id);
                     count.fetch_sub(1, Ordering::AcqRel);
                 })
                 .err()
@@ -265,93 +265,85 @@ impl Gcs {
         }
     }
 
-    /// Creates the actor, then watches its connection: when it closes the
-    /// process died, and the actor restarts or dies.
-    pub(super) fn create_and_watch(self: Arc<Self>, id: ActorId) {
-        loop {
-            let Some(spec) = self.table().spec(id) else {
-                return;
-            };
-            let leased = self.lease(&spec.placement, spec.shape.clone(), &spec.strategy);
-            if let Ok((lease, _, _)) = &leased {
-                if self.table().ended(id) {
-                    // Cancelled while it waited for a worker (its creator
-                    // died, or it was killed): the constructor never runs,
-                    // and the worker goes back.
-                    self.finish(vec![ActorAction::ReleaseWorker(*lease)], Vec::new());
-                    return;
-                }
-            }
-            let created = leased.and_then(|(lease, worker, gpus)| {
-                let node = self.node_info(worker.node())?;
-                let stream = Endpoint::Tcp(SocketAddr::new(node.ip, worker.port()))
-                    .connect(&self.session.secret)?;
-                let conn = Arc::new(Conn::new(&stream)?);
-                conn.send(&PeerMsg::Hello { from: GCS_ID })?;
-                conn.send(&PeerMsg::CreateActor {
-                    spec: spec.clone(),
-                    gpus,
-                })?;
-                Ok((lease, worker, stream, conn))
-            });
-            let (lease, worker, stream, conn) = match created {
-                Ok(c) => c,
-                Err(e) => {
-                    log!("actor {} could not be created: {e}", spec.class);
-                    let w = self.table().creation_failed(id, e);
-                    self.finish(Vec::new(), w);
-                    return;
-                }
-            };
-            self.watches
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id, (worker, conn.clone()));
-            // Lost while this was being set up: the watch ends at once.
-            if self.node_info(worker.node()).is_err() {
-                conn.close();
-            }
-            let mut first = true;
-            let me = self.clone();
-            let _ = transport::read_loop(stream, |m| {
-                if let (true, Msg::Peer(PeerMsg::ActorCreated { result })) = (first, m) {
-                    first = false;
-                    match result {
-                        Ok(()) => {
-                            let (a, w) = me.table().created(id, worker, lease);
-                            me.finish(a, w);
-                        }
-                        Err(e) => {
-                            let w = me.table().creation_failed(id, e);
-                            me.finish(vec![ActorAction::ReleaseWorker(lease)], w);
-                        }
-                    }
-                }
-            });
-            self.watches
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-            if self.stopping.load(Ordering::Relaxed) {
+    /// Creates the actor (on a thread of its own), then hands its
+    /// connection to the watch thread (see `actor_watch`): when it closes
+    /// the process died, and the actor restarts or dies.
+    pub(super) fn create_actor(self: &Arc<Self>, id: ActorId) {
+        let Some(spec) = self.table().spec(id) else {
+            return;
+        };
+        let leased = self.lease(&spec.placement, spec.shape.clone(), &spec.strategy);
+        if let Ok((lease, _, _)) = &leased {
+            if self.table().ended(id) {
+                // Cancelled while it waited for a worker (its creator
+                // died, or it was killed): the constructor never runs,
+                // and the worker goes back.
+                self.finish(vec![ActorAction::ReleaseWorker(*lease)], Vec::new());
                 return;
             }
-            // A process that died in the constructor (first) counts as a
-            // restart too, as in Ray: the creation is retried, on another
-            // node if need be, while restarts remain.
-            let (actions, waiters) = self.table().worker_died(id);
-            log!(
-                "actor {} lost its worker {worker}{}: {:?}",
-                spec.class,
-                if first { " in its constructor" } else { "" },
-                actions
-            );
-            let restart = actions.contains(&ActorAction::Create(id));
-            // The creator, still waiting when the constructor died, is
-            // answered with the death; lookups with the actor's state.
-            self.finish(Vec::new(), waiters);
-            if !restart {
+        }
+        let created = leased.and_then(|(lease, worker, gpus)| {
+            let node = self.node_info(worker.node())?;
+            let stream = Endpoint::Tcp(SocketAddr::new(node.ip, worker.port()))
+                .connect(&self.session.secret)?;
+            let conn = Arc::new(Conn::new(&stream)?);
+            conn.send(&PeerMsg::Hello { from: GCS_ID })?;
+            conn.send(&PeerMsg::CreateActor {
+                spec: spec.clone(),
+                gpus,
+            })?;
+            Ok((lease, worker, stream, conn))
+        });
+        let (lease, worker, mut stream, conn) = match created {
+            Ok(c) => c,
+            Err(e) => {
+                log!("actor {} could not be created: {e}", spec.class);
+                let w = self.table().creation_failed(id, e);
+                self.finish(Vec::new(), w);
                 return;
             }
+        };
+        self.watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (worker, conn.clone()));
+        // Lost while this was being set up: the watch ends at once.
+        if self.node_info(worker.node()).is_err() {
+            conn.close();
+        }
+        // The constructor's outcome is the first thing the worker says
+        // (read unbuffered: what follows is the watch thread's to read).
+        let mut body = Vec::new();
+        let outcome = loop {
+            match transport::read_frame(&mut stream, &mut body) {
+                Ok(Some(Msg::Peer(PeerMsg::ActorCreated { result }))) => break Some(result),
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => break None,
+            }
+        };
+        let Some(result) = outcome else {
+            self.actor_process_ended(id, worker, true);
+            return;
+        };
+        match result {
+            Ok(()) => {
+                let (a, w) = self.table().created(id, worker, lease);
+                self.finish(a, w);
+            }
+            Err(e) => {
+                let w = self.table().creation_failed(id, e);
+                self.finish(vec![ActorAction::ReleaseWorker(lease)], w);
+            }
+        }
+        if self.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = self.watch_actor(id, worker, stream) {
+            // Unwatched, its death would go unseen: it ends now rather
+            // than be an actor that never restarts.
+            log!("actor {} cannot be watched ({e}); it ends", spec.class);
+            conn.close();
+            self.actor_process_ended(id, worker, false);
         }
     }
 }

@@ -22,6 +22,7 @@
 //! loop runs blocks: answers are posted.
 
 mod actor_scheduler;
+mod actor_watch;
 mod actors;
 pub(crate) mod nodes;
 pub(crate) mod sim;
@@ -72,17 +73,20 @@ pub(crate) struct Gcs {
     /// within [`WHOLE_VIEW_REUSE`] (all of them at once when an allocation
     /// starts), with when it was made.
     whole: Mutex<Option<(std::time::Instant, Arc<Vec<u8>>)>>,
-    /// The connection watching each actor's worker (see `create_and_watch`),
-    /// closed when the worker's node is lost: a hung node's TCP connections
-    /// stay open, and its actors must restart all the same.
+    /// The connection to each actor's worker (see `create_actor` and
+    /// `actor_watch`), closed when the worker's node is lost: a hung node's
+    /// TCP connections stay open, and its actors must restart all the same.
     watches: Mutex<HashMap<ActorId, (WorkerId, Arc<Conn>)>>,
-    /// Actor threads running (`create_and_watch`), at most [`ACTOR_THREADS`].
+    /// Actor creations running (`create_actor`), at most [`ACTOR_THREADS`].
     actor_threads: Arc<std::sync::atomic::AtomicUsize>,
+    /// The thread watching created actors' connections, once one is.
+    watcher: Mutex<Option<Arc<actor_watch::Watcher>>>,
 }
 
-/// Actors the GCS creates and watches at once, at most (one thread each,
-/// for the actor's life): past it a creation fails with an error that says
-/// so, rather than the GCS starting threads without end.
+/// Actors the GCS creates at once, at most (one thread each, until the
+/// constructor has run): past it a creation fails with an error that says
+/// so, rather than the GCS starting threads without end. Created actors
+/// cost no thread (one watches them all).
 const ACTOR_THREADS: usize = 10_000;
 
 impl Gcs {
@@ -107,6 +111,7 @@ impl Gcs {
             spread_next: AtomicU64::new(0),
             whole: Mutex::new(None),
             watches: Mutex::new(HashMap::new()),
+            watcher: Mutex::new(None),
         });
         log!("GCS listening on {addr}");
         let g = gcs.clone();
