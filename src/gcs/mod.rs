@@ -93,6 +93,7 @@ impl Gcs {
     /// Starts the GCS threads listening on TCP at the session's address, on
     /// a port the OS picks ([`Gcs::addr`]).
     pub(crate) fn start(session: Session) -> Result<Arc<Gcs>> {
+        transport::raise_fd_limit();
         let listener = Listener::bind_tcp(session.ip)?;
         let addr = SocketAddr::new(session.ip, listener.port());
         let gcs = Arc::new(Gcs {

@@ -198,16 +198,6 @@ pub(crate) fn main(session: Session) -> ! {
     }
 }
 
-fn raise_fd_limit() {
-    // Deep nesting starts one worker per blocked task: many connections.
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
-    }
-}
-
 /// Opens the node's fabric endpoint and registers the whole arena with it,
 /// as the transport setting asks; logs one line saying which data plane
 /// the node uses and why. None: the built-in TCP path.
@@ -286,7 +276,8 @@ fn detected_gpus() -> Vec<u32> {
 }
 
 fn run(session: Session) -> Result<()> {
-    raise_fd_limit();
+    // Deep nesting starts one worker per blocked task: many connections.
+    transport::raise_fd_limit();
     let gpu_ids = session.config.node_gpu_ids_or(detected_gpus)?;
     let resources = session.config.node_resources_with(gpu_ids.len())?;
     let store_bytes = session.config.store_bytes()?;

@@ -121,6 +121,18 @@ pub(crate) fn vital(thread: &'static str, body: impl FnOnce()) {
     }
 }
 
+/// Raises this process's limit on open descriptors to the most it may
+/// have: a raylet holds a connection or two per worker, the GCS two per
+/// node and two per live actor, well past the usual soft limit of 1,024.
+pub(crate) fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 /// Runs `work` on a new thread from `builder`, or, when no thread can be
 /// had (a process or cgroup thread limit, no memory for a stack), gives it
 /// back so the caller can do the work some other way: `std`'s `spawn`
