@@ -3,7 +3,8 @@
 //! per-process log files.
 //!
 //! Everything a node creates is named after the cluster id and the node name
-//! (`/tmp/rustray/<cluster>-<node>/...`, `/dev/shm/rustray-<cluster>-<node>`),
+//! (`/tmp/rustray/<cluster>-<node>/...`, `/dev/shm/rustray-<cluster>-<node>`
+//! or the same name in the configured store directory),
 //! so two clusters on one machine, or emulated nodes sharing a filesystem,
 //! never collide. Socket paths stay well under the 108-byte `sun_path` limit.
 
@@ -43,7 +44,8 @@ pub struct Config {
 
 impl Config {
     /// Defaults: all cores, no GPUs, an object store of 30% of memory
-    /// (bounded by `/dev/shm`).
+    /// (bounded by the room in `/dev/shm`, or in the
+    /// [`store_dir`](Config::store_dir)).
     pub fn new() -> Config {
         Config::default()
     }
@@ -186,7 +188,10 @@ impl Config {
             return d.clone();
         }
         match std::env::var_os("RUSTRAY_STORE_DIR").filter(|v| !v.is_empty()) {
-            Some(v) => std::path::PathBuf::from(v),
+            Some(v) => {
+                let v = std::path::PathBuf::from(v);
+                std::path::absolute(&v).unwrap_or(v)
+            }
             None => std::path::PathBuf::from("/dev/shm"),
         }
     }
@@ -454,10 +459,21 @@ impl Session {
     /// The session as one string for the environment (and rendezvous
     /// files): the protocol fingerprint, then the encoding in hex.
     pub(crate) fn to_env(&self) -> Result<String> {
+        // The store directory travels resolved: whoever reads the session
+        // (a worker, another node's launcher, a driver joining later) may
+        // have another environment or working directory, and must name the
+        // same arena file.
+        let body = if self.config.store_dir.is_some() {
+            crate::codec::encode(self)?
+        } else {
+            let mut s = self.clone();
+            s.config.store_dir = Some(self.config.store_base());
+            crate::codec::encode(&s)?
+        };
         Ok(format!(
             "rr{:016x}-{}",
             crate::transport::PROTOCOL,
-            hex(&crate::codec::encode(self)?)
+            hex(&body)
         ))
     }
 
@@ -682,5 +698,11 @@ mod tests {
             back.arena_path(),
             dir.join(format!("rustray-{}-n1", s.cluster))
         );
+        // Unset, it travels as this process resolves it (the environment's,
+        // else /dev/shm): a reader with another environment names the same
+        // file.
+        let s = Session::new_cluster(Config::new(), true).unwrap();
+        let back = Session::from_env_str(&s.to_env().unwrap()).unwrap();
+        assert_eq!(back.config.store_dir, Some(s.config.store_base()));
     }
 }

@@ -580,8 +580,11 @@ fn test_store_in_a_directory_of_its_own() {
         files.len() == 1 && files[0].starts_with("rustray-"),
         "one store file in the store directory, found {files:?}"
     );
+    // (A shared-memory fabric provider's endpoint files, `...-ep`, may
+    // appear there: they are not the store.)
     let new_in_shm: Vec<_> = common::shm_files()
         .difference(&shm_before)
+        .filter(|f| !f.contains("-ep"))
         .cloned()
         .collect();
     assert!(
@@ -595,11 +598,19 @@ fn test_store_in_a_directory_of_its_own() {
     assert_eq!(got, want, "the task's argument read from the store");
     let back: Vec<u8> = rustray::get(&r).expect("get");
     assert_eq!((common::checksum_of(&back), back.len()), want);
+    // A kernel without transparent huge pages, or with them denied to
+    // tmpfs, gives 4 KiB pages whatever the mount says.
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+        .is_ok_and(|v| !v.contains("[deny]"));
     let huge = huge_mapped_bytes(&fs.0.join(&files[0]));
-    assert!(
-        huge >= 2 << 20,
-        "the store is mapped with huge pages on a huge-page tmpfs: {huge} bytes are"
-    );
+    if thp {
+        assert!(
+            huge >= 2 << 20,
+            "the store is mapped with huge pages on a huge-page tmpfs: {huge} bytes are"
+        );
+    } else {
+        println!("(no transparent huge pages for tmpfs in this kernel: {huge} bytes mapped huge)");
+    }
     drop(r);
     rustray::shutdown();
     assert!(

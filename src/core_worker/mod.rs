@@ -469,7 +469,8 @@ impl CoreWorker {
             );
             if let Err(check) = spawned {
                 // Without it the tasks would wait forever: better a probe
-                // (bounded by a connect timeout) on this thread.
+                // on this thread (bounded: a connect, a GCS call's timeout;
+                // the GCS's answers come on a connection of their own).
                 log!("no thread to check whether a node was lost; checking here");
                 check();
             }

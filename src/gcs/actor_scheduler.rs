@@ -267,11 +267,21 @@ impl Gcs {
 
     /// Creates the actor (on a thread of its own), then hands its
     /// connection to the watch thread (see `actor_watch`): when it closes
-    /// the process died, and the actor restarts or dies.
+    /// the process died, and the actor restarts or dies. A process that
+    /// dies in the constructor is restarted here, on this thread.
     pub(super) fn create_actor(self: &Arc<Self>, id: ActorId) {
-        let Some(spec) = self.table().spec(id) else {
-            return;
-        };
+        while let Some(worker) = self.create_once(id) {
+            if !self.actor_process_ended(id, worker, true) {
+                return;
+            }
+        }
+    }
+
+    /// One attempt at creating `id`: the worker, when its process ended
+    /// before the constructor's outcome came back (None: the attempt is
+    /// settled, created, failed or watched).
+    fn create_once(self: &Arc<Self>, id: ActorId) -> Option<WorkerId> {
+        let spec = self.table().spec(id)?;
         let leased = self.lease(&spec.placement, spec.shape.clone(), &spec.strategy);
         if let Ok((lease, _, _)) = &leased {
             if self.table().ended(id) {
@@ -279,7 +289,7 @@ impl Gcs {
                 // died, or it was killed): the constructor never runs,
                 // and the worker goes back.
                 self.finish(vec![ActorAction::ReleaseWorker(*lease)], Vec::new());
-                return;
+                return None;
             }
         }
         let created = leased.and_then(|(lease, worker, gpus)| {
@@ -300,7 +310,7 @@ impl Gcs {
                 log!("actor {} could not be created: {e}", spec.class);
                 let w = self.table().creation_failed(id, e);
                 self.finish(Vec::new(), w);
-                return;
+                return None;
             }
         };
         self.watches
@@ -314,16 +324,20 @@ impl Gcs {
         // The constructor's outcome is the first thing the worker says
         // (read unbuffered: what follows is the watch thread's to read).
         let mut body = Vec::new();
-        let outcome = loop {
+        let result = loop {
             match transport::read_frame(&mut stream, &mut body) {
-                Ok(Some(Msg::Peer(PeerMsg::ActorCreated { result }))) => break Some(result),
+                Ok(Some(Msg::Peer(PeerMsg::ActorCreated { result }))) => break result,
                 Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => break None,
+                // The process ended (or its node was lost).
+                Ok(None) => return Some(worker),
+                Err(e) => {
+                    // Not an end: the worker may live on, so it goes back
+                    // (killed) before the actor counts as having lost it.
+                    log!("actor {}: bad answer from its worker ({e})", spec.class);
+                    self.finish(vec![ActorAction::ReleaseWorker(lease)], Vec::new());
+                    return Some(worker);
+                }
             }
-        };
-        let Some(result) = outcome else {
-            self.actor_process_ended(id, worker, true);
-            return;
         };
         match result {
             Ok(()) => {
@@ -336,14 +350,16 @@ impl Gcs {
             }
         }
         if self.stopping.load(Ordering::Relaxed) {
-            return;
+            return None;
         }
         if let Err(e) = self.watch_actor(id, worker, stream) {
-            // Unwatched, its death would go unseen: it ends now rather
-            // than be an actor that never restarts.
-            log!("actor {} cannot be watched ({e}); it ends", spec.class);
-            conn.close();
-            self.actor_process_ended(id, worker, false);
+            // Unwatched, its death would go unseen: its worker goes back
+            // (killed) and the actor counts it lost (a restart, if it has
+            // restarts left) rather than live on unwatched.
+            log!("actor {} cannot be watched ({e})", spec.class);
+            self.finish(vec![ActorAction::ReleaseWorker(lease)], Vec::new());
+            return Some(worker);
         }
+        None
     }
 }

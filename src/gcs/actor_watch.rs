@@ -10,8 +10,8 @@
 //! only looks for the end: nothing the worker sends after `ActorCreated`
 //! means anything to the GCS, so it is read and dropped, a bounded amount
 //! per turn, so one talkative worker cannot starve the others. When one
-//! ends, the actor table decides between a restart and a final death
-//! ([`Gcs::actor_process_ended`]).
+//! ends, the actor table decides between a restart (on a creation thread
+//! of its own) and a final death ([`Gcs::actor_process_ended`]).
 
 use super::*;
 use crate::transport::Stream;
@@ -140,10 +140,9 @@ impl Gcs {
             let n = match w.epoll.wait(&mut events, EpollTimeout::from(STOP_CHECK)) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    log!("GCS: the actor watch failed ({e}); actors are no longer watched");
-                    return;
-                }
+                // A bug (the set is this thread's own): unwatched actors
+                // would never restart, so the process ends (see `vital`).
+                Err(e) => panic!("epoll_wait on the actor watch failed: {e}"),
             };
             for ev in &events[..n] {
                 let token = ev.data();
@@ -156,27 +155,31 @@ impl Gcs {
                 }
                 if let Some(gone) = w.remove(token) {
                     drop(gone.stream);
-                    self.actor_process_ended(gone.actor, gone.worker, false);
+                    if self.actor_process_ended(gone.actor, gone.worker, false) {
+                        // (If no thread can be had for it, the creation
+                        // fails and the actor's waiters are told why.)
+                        self.start_actor_thread(gone.actor);
+                    }
                 }
             }
         }
     }
 
     /// The process `worker` of actor `id` is gone (`in_constructor`: before
-    /// it said the constructor had run): the actor restarts, on a creation
-    /// thread of its own, while it has restarts left, else dies for good.
+    /// it said the constructor had run): true when the actor is to be
+    /// created again (it has restarts left), else it is dead for good.
     pub(super) fn actor_process_ended(
         self: &Arc<Self>,
         id: ActorId,
         worker: WorkerId,
         in_constructor: bool,
-    ) {
+    ) -> bool {
         self.watches
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
         if self.stopping.load(Ordering::Relaxed) {
-            return;
+            return false;
         }
         // A process that died in the constructor counts as a restart too,
         // as in Ray: the creation is retried, on another node if need be,
@@ -194,9 +197,7 @@ impl Gcs {
         // The creator, still waiting when the constructor died, is
         // answered with the death; lookups with the actor's state.
         self.finish(Vec::new(), waiters);
-        if actions.contains(&ActorAction::Create(id)) {
-            self.start_actor_thread(id);
-        }
+        actions.contains(&ActorAction::Create(id))
     }
 }
 

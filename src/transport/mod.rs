@@ -124,6 +124,9 @@ pub(crate) fn vital(thread: &'static str, body: impl FnOnce()) {
 /// Raises this process's limit on open descriptors to the most it may
 /// have: a raylet holds a connection or two per worker, the GCS two per
 /// node and two per live actor, well past the usual soft limit of 1,024.
+/// (The GCS of an embedded cluster runs in the driver: its process, and
+/// the processes it starts after, get the raised limit too, as under
+/// `ulimit -n` set to the hard limit.)
 pub(crate) fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
