@@ -486,57 +486,6 @@ fn test_a_client_that_never_reads_stalls_no_one() {
     );
 }
 
-/// A tmpfs mounted at a fresh directory for one test, unmounted (and the
-/// directory removed) when dropped. Mounting needs root, as the emulated
-/// Slurm cluster does (`make test` runs as root).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(name: &str, options: &str) -> Tmpfs {
-        let dir = PathBuf::from(format!("/tmp/rustray-{name}-{}", std::process::id()));
-        let _ = Command::new("umount").arg(&dir).status();
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("tmpfs mount point");
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "rustray-test"])
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            ok,
-            "mount -t tmpfs -o {options} on {} failed: this test needs root (as the emulated Slurm cluster does)",
-            dir.display()
-        );
-        Tmpfs(dir)
-    }
-
-    fn files(&self) -> Vec<String> {
-        std::fs::read_dir(&self.0)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // A failed test's cluster still maps its store here: stop it first,
-        // and detach the mount lazily should anything still hold it.
-        rustray::shutdown();
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 /// Bytes of `path`'s mappings in this process that the kernel maps with
 /// huge pages (smaps' `ShmemPmdMapped`/`FilePmdMapped`).
 fn huge_mapped_bytes(path: &Path) -> u64 {
@@ -566,7 +515,8 @@ fn huge_mapped_bytes(path: &Path) -> u64 {
 /// lets a first large put run at memory speed. A directory that is not
 /// there is a clear error.
 fn test_store_in_a_directory_of_its_own() {
-    let fs = Tmpfs::mount("storedir", "size=512m,huge=within_size");
+    let fs = common::tmpfs::Tmpfs::mount("storedir", "size=512m,huge=within_size")
+        .unwrap_or_else(|e| panic!("{e}: this test mounts a tmpfs, as root"));
     let shm_before = common::shm_files();
     rustray::init_with(
         rustray::Config::new()

@@ -15,7 +15,11 @@
 //! machine's, and the rows show it.
 
 use super::*;
-use std::process::Command;
+use tmpfs::Tmpfs;
+
+#[path = "../../tests/common/tmpfs.rs"]
+#[allow(dead_code)] // shared with the tests, which use all of it
+mod tmpfs;
 
 pub(super) const FIRST_TOUCH: &str = "shm_first_touch_gb_per_s";
 pub(super) const COLD_HUGE: &str = "put_large_cold_huge_gb_per_s";
@@ -99,53 +103,16 @@ pub(super) fn sc_first_touch(c: &Sizes) {
     );
 }
 
-/// A tmpfs mounted with huge pages for the row's stores; unmounted when
-/// dropped.
-struct HugeTmpfs(std::path::PathBuf);
-
-impl HugeTmpfs {
-    fn mount(bytes: usize) -> Option<HugeTmpfs> {
-        let dir =
-            std::path::PathBuf::from(format!("/tmp/rustray-bench-huge-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={},huge=within_size", bytes))
-            .arg("rustray-bench")
-            .arg(&dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = std::fs::remove_dir(&dir);
-            return None;
-        }
-        Some(HugeTmpfs(dir))
-    }
-}
-
-impl Drop for HugeTmpfs {
-    fn drop(&mut self) {
-        rustray::shutdown();
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 pub(super) fn sc_cold_huge(c: &Sizes, num_cpus: usize, memcpy: Option<f64>) {
     let nbytes = c.large_put_bytes;
     let store = nbytes as u64 + (64 << 20);
-    let Some(fs) = HugeTmpfs::mount(store as usize * 2) else {
-        log(&format!(
-            "{COLD_HUGE} skipped: mounting a tmpfs with huge pages needs root"
-        ));
-        return;
+    let options = format!("size={},huge=within_size", store * 2);
+    let fs = match Tmpfs::mount("bench-huge", &options) {
+        Ok(fs) => fs,
+        Err(e) => {
+            log(&format!("{COLD_HUGE} skipped: {e}"));
+            return;
+        }
     };
     let mut rates = Vec::new();
     for _ in 0..COLD_REPS {

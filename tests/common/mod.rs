@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod tmpfs;
+
 use std::time::Instant;
 
 pub type TestFn = fn();
