@@ -431,6 +431,9 @@ impl CoreWorker {
         }
         for (worker, conn, msg) in fx.sends {
             if let Some(c) = self.peer_conn(worker, conn) {
+                if matches!(&msg, PeerMsg::PushTask(spec) if spec.alone) {
+                    c.expect_reply();
+                }
                 // Batched when handling a batch of results (one write for
                 // the pushes they free).
                 let _ = transport::send_batched(&c, &msg);

@@ -64,6 +64,9 @@ pub(crate) struct Conn {
     shutdown_fd: std::os::fd::RawFd,
     /// A [`Conn::post`] flusher thread runs for this connection.
     flushing: std::sync::atomic::AtomicBool,
+    /// Set by [`Conn::expect_reply`], read (and cleared) by this
+    /// connection's reader before it blocks (see `stream::Waiting`).
+    expect: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -134,7 +137,17 @@ impl Conn {
             deferred: Mutex::new(Vec::new()),
             shutdown_fd,
             flushing: std::sync::atomic::AtomicBool::new(false),
+            expect: Default::default(),
         })
+    }
+
+    /// What was just sent waits on an answer that comes a round trip on (a
+    /// lone task, a synchronous actor call): this connection's reader, if
+    /// served with [`Dialed::serve`], spins briefly for it before it blocks
+    /// (a blocked reader costs a wake-up, on a VM most of a round trip).
+    pub(crate) fn expect_reply(&self) {
+        self.expect
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// This connection's identity.
@@ -394,7 +407,17 @@ impl Conn {
 
 /// Reads frames until end-of-stream or a protocol error, calling `handle`
 /// for each message.
-pub(crate) fn read_loop(stream: Stream, mut handle: impl FnMut(Msg)) -> std::io::Result<()> {
+pub(crate) fn read_loop(stream: Stream, handle: impl FnMut(Msg)) -> std::io::Result<()> {
+    read_loop_expecting(stream, None, handle)
+}
+
+/// [`read_loop`], its reader spinning briefly before it blocks whenever
+/// `expect` was set ([`Conn::expect_reply`]).
+fn read_loop_expecting(
+    stream: Stream,
+    expect: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    mut handle: impl FnMut(Msg),
+) -> std::io::Result<()> {
     /// Whatever ends the loop (the peer, an error, a handler's panic):
     /// the handler context is cleared and what was held goes out.
     struct Done;
@@ -406,7 +429,7 @@ pub(crate) fn read_loop(stream: Stream, mut handle: impl FnMut(Msg)) -> std::io:
     }
     let _done = Done;
     let fd = stream.raw_fd();
-    let mut r = BufReader::with_capacity(64 * 1024, super::stream::Waiting(stream));
+    let mut r = BufReader::with_capacity(64 * 1024, super::stream::Waiting(stream, expect));
     let mut body = Vec::new();
     while let Some(msg) = read_frame(&mut r, &mut body)? {
         // More to handle without reading the socket: a whole frame is
@@ -546,9 +569,20 @@ pub(crate) fn read_frame_bytes(r: &mut impl Read, body: &mut Vec<u8>) -> std::io
 }
 
 /// Runs [`read_loop`] on a named thread, then `on_close`.
+#[cfg(test)]
 pub(crate) fn spawn_reader(
     name: String,
     stream: Stream,
+    handle: impl FnMut(Msg) + Send + 'static,
+    on_close: impl FnOnce() + Send + 'static,
+) -> Result<()> {
+    spawn_reader_expecting(name, stream, None, handle, on_close)
+}
+
+fn spawn_reader_expecting(
+    name: String,
+    stream: Stream,
+    expect: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     handle: impl FnMut(Msg) + Send + 'static,
     on_close: impl FnOnce() + Send + 'static,
 ) -> Result<()> {
@@ -560,7 +594,9 @@ pub(crate) fn spawn_reader(
             // handler trusted) ends this one connection, reported, not the
             // component silently: on_close runs as for any closed peer.
             let peer = stream.peer();
-            guarded(&thread, &peer, || read_loop(stream, handle));
+            guarded(&thread, &peer, || {
+                read_loop_expecting(stream, expect, handle)
+            });
             on_close();
         })
         .map(|_| ())
@@ -595,7 +631,8 @@ impl Dialed {
         handle: impl FnMut(Msg) + Send + 'static,
         on_close: impl FnOnce() + Send + 'static,
     ) -> Result<std::sync::Arc<Conn>> {
-        spawn_reader(thread.into(), self.stream, handle, on_close)?;
+        let expect = Some(self.conn.expect.clone());
+        spawn_reader_expecting(thread.into(), self.stream, expect, handle, on_close)?;
         Ok(self.conn)
     }
 
@@ -619,7 +656,7 @@ mod tests {
     fn a_reader_expecting_input_gets_it_early_or_late() {
         let (a, mut b) = UnixStream::pair().unwrap();
         let reader = std::thread::spawn(move || {
-            let mut r = super::super::stream::Waiting(Stream::Unix(a));
+            let mut r = super::super::stream::Waiting(Stream::Unix(a), None);
             let mut got = Vec::new();
             for _ in 0..2 {
                 super::super::stream::expect_input_soon();
@@ -639,6 +676,42 @@ mod tests {
         let (got, timed_out) = reader.join().unwrap();
         assert_eq!(got, vec![*b"soon", *b"late"]);
         assert_eq!(timed_out, std::io::ErrorKind::WouldBlock);
+    }
+
+    /// A reply expected on a dialed connection ([`Conn::expect_reply`]) is
+    /// what its reader thread waits for awake: the reader takes the flag
+    /// (it then spins before it blocks) and the reply, early or late,
+    /// arrives all the same.
+    #[test]
+    fn the_reader_of_a_dialed_connection_takes_an_expected_reply() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let stream = Stream::Unix(a);
+        let conn = std::sync::Arc::new(Conn::new(&stream).unwrap());
+        let dialed = Dialed { conn, stream };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let conn = dialed
+            .serve("test-expect", move |m| drop(tx.send(m)), || {})
+            .unwrap();
+        for late in [false, true] {
+            conn.expect_reply();
+            if late {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            b.write_all(&encode_frame(&ToRaylet::Blocked).unwrap())
+                .unwrap();
+            let got = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+            assert!(matches!(got, Msg::ToRaylet(ToRaylet::Blocked)), "{got:?}");
+            // Taken at the reader's next read at the latest (a reader
+            // blocked already when the flag is set sees it only then).
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while conn.expect.load(std::sync::atomic::Ordering::Acquire) {
+                assert!(
+                    std::time::Instant::now() < until,
+                    "the reader never took the flag"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
     }
 
     /// A frame encoded once reads back as the message, whoever it is sent

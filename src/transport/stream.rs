@@ -144,11 +144,17 @@ impl Stream {
 
 /// A connection thread's side of a stream: reads block as usual, except
 /// after a handler has answered a caller who waits on each answer
-/// ([`expect_input_soon`]). The next read then spins briefly first: the
-/// caller's next message is a round trip away, and a thread awake for it
-/// spares the wake-up of a sleeping CPU (on a VM, the bulk of a round
-/// trip).
-pub(crate) struct Waiting(pub(crate) Stream);
+/// ([`expect_input_soon`]), or after this process sent, on the
+/// connection, something whose answer it waits for (its flag, set by
+/// `Conn::expect_reply`: a lone task, a synchronous actor call). The next
+/// read then spins briefly first: the message is a round trip away, and a
+/// thread awake for it spares the wake-up of a sleeping CPU (on a VM, the
+/// bulk of a round trip).
+pub(crate) struct Waiting(
+    pub(crate) Stream,
+    /// Set from another thread: a reply is due (see `Conn::expect_reply`).
+    pub(crate) Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+);
 
 /// How long a connection thread told to expect input spins for it.
 const EXPECT_SPIN: Duration = Duration::from_micros(50);
@@ -178,7 +184,11 @@ impl Read for Waiting {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         use nix::errno::Errno;
         use nix::sys::socket::{recv, MsgFlags};
-        if EXPECT.with(|e| e.replace(false)) && spare_core() {
+        let due = self
+            .1
+            .as_ref()
+            .is_some_and(|e| e.swap(false, std::sync::atomic::Ordering::AcqRel));
+        if (EXPECT.with(|e| e.replace(false)) || due) && spare_core() {
             let start = std::time::Instant::now();
             while start.elapsed() < EXPECT_SPIN {
                 match recv(self.0.raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
