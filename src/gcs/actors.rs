@@ -66,18 +66,36 @@ pub(crate) struct ActorTable {
 }
 
 impl ActorTable {
+    /// [`ActorTable::register_from`] an owner whose node is not lost.
+    #[cfg(test)]
+    pub(crate) fn register(&mut self, spec: ActorSpec) -> Result<(ActorId, Vec<ActorAction>)> {
+        self.register_from(spec, false)
+    }
+
     /// Registers an actor to create; answers the actor the creator gets
     /// (with `get_if_exists`, the live one already holding the name) and
-    /// what to do.
-    pub(crate) fn register(&mut self, spec: ActorSpec) -> Result<(ActorId, Vec<ActorAction>)> {
-        if !spec.detached && self.gone.contains(&spec.owner) {
+    /// what to do. `owner_node_lost`: the owner's node is one the cluster
+    /// has declared lost (the shell knows the node table), so the owner
+    /// went with it; an owner reported gone itself is remembered here.
+    pub(crate) fn register_from(
+        &mut self,
+        spec: ActorSpec,
+        owner_node_lost: bool,
+    ) -> Result<(ActorId, Vec<ActorAction>)> {
+        if !spec.detached && (owner_node_lost || self.gone.contains(&spec.owner)) {
             // It would end with its owner at once: nothing is created, and
             // no name taken.
             return Err(Error::new(
                 ErrorKind::ActorDied,
                 format!(
-                    "actor `{}` was not created: its owner (worker {}, which asked for it) is gone",
-                    spec.class, spec.owner
+                    "actor `{}` was not created: its owner (worker {}, which asked for it) is gone{}",
+                    spec.class,
+                    spec.owner,
+                    if owner_node_lost {
+                        ", with its node"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }
@@ -562,6 +580,9 @@ mod tests {
         assert_eq!(act.len(), 1, "a detached actor is created");
         let mut other = spec(Some("late"), 0);
         other.owner = WorkerId(10);
+        // An owner whose node was declared lost is gone with it.
+        let e = t.register_from(other.clone(), true).unwrap_err();
+        assert!(e.message().contains("with its node"), "{e}");
         assert!(t.register(other).is_ok(), "the name was not taken");
         // The record is bounded: the oldest owners are forgotten first.
         for w in 0..GONE_OWNERS_MAX as u64 {

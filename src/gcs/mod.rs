@@ -353,7 +353,14 @@ impl Gcs {
                 });
             }
             ToGcs::RegisterActor { req, spec } => {
-                let r = self.table().register(spec);
+                // A node declared lost (not one never seen, nor one that
+                // has joined again since): its processes are gone, and a
+                // register of theirs still on its way must not outlive them.
+                let node_lost = self
+                    .node_table()
+                    .get(spec.owner.node())
+                    .is_some_and(|n| !n.alive);
+                let r = self.table().register_from(spec, node_lost);
                 match r {
                     Ok((actor, actions)) => {
                         // Answer the creator once the constructor has run
