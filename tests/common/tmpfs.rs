@@ -24,7 +24,7 @@ impl Tmpfs {
         if !ok {
             let _ = std::fs::remove_dir(&dir);
             return Err(format!(
-                "mount -t tmpfs -o {options} on {} failed (root needed)",
+                "mount -t tmpfs -o {options} on {} failed (it needs root; `huge=` also needs a kernel with transparent huge pages)",
                 dir.display()
             ));
         }
