@@ -147,8 +147,10 @@ impl ExecShared {
         self.pushed.fetch_add(1, SeqCst);
         // A notify is a system call even with nobody waiting: only for a
         // main thread asleep (set under the queue's lock, which the caller
-        // took to queue what it wakes it for, so it is seen here).
-        if self.sleeping.load(SeqCst) {
+        // took to queue what it wakes it for, so it is seen here), and
+        // only once per sleep: a thread woken takes a while to run, and the
+        // pushes read meanwhile would each notify it again.
+        if self.sleeping.swap(false, SeqCst) {
             self.cv.notify_one();
         }
     }
