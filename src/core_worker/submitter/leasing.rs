@@ -17,14 +17,23 @@ use crate::transport::ConnId;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Tasks in flight per leased worker.
-pub(crate) const PIPELINE: usize = 16;
+/// Tasks in flight per leased worker, at most.
+pub(crate) const PIPELINE: usize = 64;
+/// A leased worker is given about this much work (by its class's service
+/// time) to hold queued: more than the round trip it hides, so the worker
+/// never waits for the owner's next push, and little enough that tasks
+/// pushed to a busy worker do not wait long while another sits idle. Tiny
+/// tasks thus travel [`PIPELINE`] at a time (one write, one wake-up of the
+/// worker for many); a class taking [`SHORT_TASK`] or more goes one at a
+/// time.
+pub(super) const PIPELINE_WORK: Duration = Duration::from_millis(1);
 /// How long an idle lease is kept for reuse before it goes back.
 pub(crate) const LEASE_IDLE: Duration = Duration::from_millis(10);
 /// Outstanding lease requests per scheduling class.
 pub(super) const MAX_PENDING_LEASES: usize = 4;
 /// Tasks whose measured service time is below this are pipelined.
 pub(super) const SHORT_TASK: Duration = Duration::from_millis(1);
+const _: () = assert!(PIPELINE_WORK.as_nanos() <= SHORT_TASK.as_nanos() * PIPELINE as u128);
 
 /// What leasing needs of the process it runs in.
 pub(crate) trait Env {
@@ -47,10 +56,15 @@ pub(super) struct ClassQueue {
 }
 
 impl ClassQueue {
-    /// Tasks in flight per leased worker.
+    /// Tasks in flight per leased worker: [`PIPELINE_WORK`] of them by
+    /// the class's service time (2 at least for a short class, so one
+    /// waits while the other runs), one while it is unknown or long.
     pub(super) fn depth(&self) -> usize {
         match self.service {
-            Some(t) if t < SHORT_TASK => PIPELINE,
+            Some(t) if t < SHORT_TASK => {
+                let n = PIPELINE_WORK.as_nanos() / t.as_nanos().max(1);
+                (n.min(PIPELINE as u128) as usize).max(2)
+            }
             _ => 1,
         }
     }
@@ -492,7 +506,7 @@ pub(super) mod tests {
         let (env, class, now) = (env(), class(false), Instant::now());
         let mut sub = Submitter::default();
         let tasks = queue(&mut sub, &class, PIPELINE as u64 + 4);
-        sub.classes.get_mut(&class).unwrap().service = Some(Duration::from_micros(50));
+        sub.classes.get_mut(&class).unwrap().service = Some(Duration::from_micros(5));
         let mut fx = Effects::default();
         sub.dispatch(&class, now, &env, &mut fx);
         let req = fx.lease_requests[0].req;
@@ -512,6 +526,28 @@ pub(super) mod tests {
         assert_eq!(got, tasks[..PIPELINE].to_vec(), "in submission order");
         assert_eq!(sub.classes[&class].queue.len(), 4);
         assert_eq!(alone(&fx), vec![false; PIPELINE], "others behind each");
+    }
+
+    /// The longer a short class's tasks take, the fewer are pipelined on
+    /// one worker (about a millisecond of work each), two at least; a
+    /// class at or past `SHORT_TASK`, or not measured yet, one at a time.
+    #[test]
+    fn the_pipeline_holds_about_a_millisecond_of_work() {
+        let depth = |us: Option<u64>| {
+            let cq = ClassQueue {
+                service: us.map(Duration::from_micros),
+                ..ClassQueue::default()
+            };
+            cq.depth()
+        };
+        assert_eq!(depth(Some(0)), PIPELINE);
+        assert_eq!(depth(Some(5)), PIPELINE);
+        assert_eq!(depth(Some(50)), 20);
+        assert_eq!(depth(Some(250)), 4);
+        assert_eq!(depth(Some(900)), 2);
+        assert_eq!(depth(Some(1000)), 1);
+        assert_eq!(depth(Some(50_000)), 1);
+        assert_eq!(depth(None), 1);
     }
 
     /// Whether each push went alone (nothing else in flight on its lease
