@@ -203,6 +203,7 @@ pub(super) fn messages() -> Vec<Msg> {
                 incarnation: 1,
                 death: Some(err.clone()),
                 max_task_retries: 0,
+                max_concurrency: 1,
             }),
         }),
         Msg::ToGcs(ToGcs::ListNamedActors {

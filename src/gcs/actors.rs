@@ -169,6 +169,7 @@ impl ActorTable {
             incarnation: a.incarnation,
             death: a.death.clone(),
             max_task_retries: a.spec.max_task_retries,
+            max_concurrency: a.spec.max_concurrency,
         }
     }
 

@@ -213,6 +213,9 @@ pub(crate) struct ActorInfo {
     pub(crate) death: Option<Error>,
     /// Its calls' retry budget (from its spec), for handles found by name.
     pub(crate) max_task_retries: u32,
+    /// Calls it runs at once (from its spec): a caller keeps fewer in
+    /// flight to an actor that runs one at a time.
+    pub(crate) max_concurrency: u32,
 }
 
 /// A named actor, as `list_named_actors` reports it.

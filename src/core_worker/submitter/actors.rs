@@ -4,20 +4,40 @@
 //! finding it again after a restart) through the GCS; failing or keeping
 //! the calls of an actor that restarts or dies.
 
-use super::{Effects, State, Status};
+use super::{Effects, State, Status, Submitter};
 use crate::core_worker::CoreWorker;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, TaskId, WorkerId};
 use crate::protocol::{FromGcs, PeerMsg, ToGcs};
-use crate::transport::{ActorLookup, ActorState, ConnId};
+use crate::transport::{ActorLookup, ActorState, ConnId, TaskSpec};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Calls in flight to an actor that runs one at a time, at most. The rest
+/// wait in the caller's queue and go out as results come back, many in one
+/// write (and one wake-up of the actor's connection thread), as a leased
+/// worker's pipeline does. It changes no order, nor when a call runs: the
+/// actor would run them one after another anyway. An actor running calls
+/// at once (`max_concurrency` > 1) gets every call at once: one of them
+/// may wait for another sent after it.
+pub(super) const ACTOR_PIPELINE: usize = super::leasing::PIPELINE;
+
+/// The actor's worker as its lookup found it.
+pub(crate) struct Reached {
+    pub(crate) worker: WorkerId,
+    pub(crate) conn: ConnId,
+    /// It runs one call at a time (`max_concurrency` 1).
+    pub(crate) sequential: bool,
+}
 
 #[derive(Default)]
 pub(super) struct ActorQueue {
     /// The actor's worker, and the connection its calls go on.
     pub(super) conn: Option<(WorkerId, ConnId)>,
+    /// The actor runs one call at a time: at most [`ACTOR_PIPELINE`] of
+    /// them are in flight.
+    pub(super) sequential: bool,
     pub(super) pending: VecDeque<TaskId>,
     pub(super) inflight: Vec<TaskId>,
     pub(super) resolving: bool,
@@ -28,6 +48,39 @@ pub(super) struct ActorQueue {
     /// socket may still accept for a moment while the process exits).
     pub(super) lost: Option<WorkerId>,
     pub(super) dead: Option<Error>,
+}
+
+impl Submitter {
+    /// The actor's queued calls to send now, in order, as far as their
+    /// arguments are resolved and, for an actor running one call at a
+    /// time, up to [`ACTOR_PIPELINE`] in flight; each counts as in flight
+    /// from here.
+    pub(super) fn next_actor_calls(&mut self, actor: ActorId) -> Vec<TaskSpec> {
+        let mut out = Vec::new();
+        let Some(q) = self.actors.get_mut(&actor) else {
+            return out;
+        };
+        while let Some(t) = q.pending.front().copied() {
+            if q.sequential && q.inflight.len() >= ACTOR_PIPELINE {
+                // Sent as results come back (`task_finished`).
+                break;
+            }
+            let Some(e) = self.tasks.get_mut(&t) else {
+                q.pending.pop_front();
+                continue;
+            };
+            if !e.deps.is_empty() {
+                break;
+            }
+            q.pending.pop_front();
+            e.status = Status::Running(WorkerId(0));
+            let mut spec = e.spec.clone();
+            spec.alone = q.inflight.is_empty();
+            q.inflight.push(t);
+            out.push(spec);
+        }
+        out
+    }
 }
 
 impl CoreWorker {
@@ -61,25 +114,15 @@ impl CoreWorker {
             }
             return;
         };
-        while let Some(t) = q.pending.front().copied() {
-            let Some(e) = st.sub.tasks.get_mut(&t) else {
-                q.pending.pop_front();
-                continue;
-            };
-            if !e.deps.is_empty() {
-                break;
-            }
-            q.pending.pop_front();
-            e.status = Status::Running(WorkerId(0));
-            let mut spec = e.spec.clone();
-            spec.alone = q.inflight.is_empty();
-            q.inflight.push(t);
+        for spec in st.sub.next_actor_calls(actor) {
             // Sent under the lock: two threads flushing the same actor must
-            // not reorder its calls on the wire. The actor's connection
+            // not reorder its calls on the wire (a held frame keeps its
+            // place: a later send writes it first). The actor's connection
             // thread drains the socket (it runs a call itself only for a
             // caller with nothing else in flight), so this cannot block for
-            // long.
-            let _ = conn.send(&PeerMsg::PushTask(spec));
+            // long. From the handler of a batch of results, the calls they
+            // free go out in one write.
+            let _ = crate::transport::send_batched(&conn, &PeerMsg::PushTask(spec));
         }
     }
 
@@ -137,7 +180,7 @@ impl CoreWorker {
         // First ask without waiting: a restarting actor fails the calls that
         // may not be retried at once; the rest wait for it.
         let mut wait = false;
-        let outcome: Result<(WorkerId, ConnId)> = loop {
+        let outcome: Result<Reached> = loop {
             let info = self.gcs_call(
                 |req| ToGcs::LookupActor {
                     req,
@@ -194,7 +237,11 @@ impl CoreWorker {
                         continue;
                     }
                     (ActorState::Alive, Some(w)) => match self.peer(w) {
-                        Ok(c) => Ok((w, c.id())),
+                        Ok(c) => Ok(Reached {
+                            worker: w,
+                            conn: c.id(),
+                            sequential: info.max_concurrency <= 1,
+                        }),
                         Err(e) if Instant::now() < deadline => {
                             let _ = e;
                             std::thread::sleep(Duration::from_millis(10));
@@ -217,18 +264,17 @@ impl CoreWorker {
 
     /// Where the calls to `actor` go now that it was looked up (or that
     /// looking it up failed: its pending calls fail with that error).
-    pub(crate) fn reconnected(
-        self: &Arc<Self>,
-        actor: ActorId,
-        outcome: Result<(WorkerId, ConnId)>,
-    ) {
+    pub(crate) fn reconnected(self: &Arc<Self>, actor: ActorId, outcome: Result<Reached>) {
         let mut fx = Effects::default();
         let mut st = self.lock();
         if let Some(q) = st.sub.actors.get_mut(&actor) {
             q.resolving = false;
             q.restarting = false;
             match outcome {
-                Ok(c) => q.conn = Some(c),
+                Ok(r) => {
+                    q.conn = Some((r.worker, r.conn));
+                    q.sequential = r.sequential;
+                }
                 Err(e) => {
                     if e.kind() == ErrorKind::ActorDied {
                         q.dead = Some(e);

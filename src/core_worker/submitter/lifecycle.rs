@@ -61,6 +61,9 @@ pub(super) struct Ended {
     pub(super) dispatch: Option<SchedKey>,
     /// When the lease it ran on falls due back, if it is idle now.
     pub(super) idle_due: Option<Instant>,
+    /// The actor whose calls to send next (a place in its pipeline came
+    /// free with calls waiting for one).
+    pub(super) flush_actor: Option<ActorId>,
 }
 
 /// What the shell does after a worker this process pushed to is lost.
@@ -105,6 +108,7 @@ impl Submitter {
             outcome: Outcome::Unknown,
             dispatch: None,
             idle_due: None,
+            flush_actor: None,
         };
         let Some(mut t) = self.tasks.remove(&task) else {
             free_blocks(returns, fx);
@@ -113,6 +117,9 @@ impl Submitter {
         if let Some(a) = t.spec.actor {
             if let Some(q) = self.actors.get_mut(&a) {
                 q.inflight.retain(|x| *x != task);
+                if !q.pending.is_empty() {
+                    ended.flush_actor = Some(a);
+                }
             }
         } else if self.by_worker.contains_key(&from) {
             if let Some((class, due)) = self.finished_on_lease(from, task, t.pushed, now) {
@@ -707,5 +714,71 @@ mod tests {
         let t = sub.take_failed(calls[0]).expect("pending");
         assert_eq!(t.spec.id, calls[0]);
         assert_eq!(sub.actors[&actor].pending.len(), 1, "out of its queue too");
+    }
+
+    /// An actor running one call at a time has at most `ACTOR_PIPELINE`
+    /// calls in flight, sent in order; each result frees a place and asks
+    /// for the next call to go out. A threaded actor gets every call.
+    #[test]
+    fn a_sequential_actor_gets_a_pipeline_of_calls_a_threaded_one_all() {
+        use super::super::actors::ACTOR_PIPELINE;
+        for sequential in [true, false] {
+            let mut sub = Submitter::default();
+            let n = ACTOR_PIPELINE as u64 + 10;
+            let calls = queue(&mut sub, &class(false), n);
+            sub.classes.clear();
+            let (actor, worker) = (ActorId(7), WorkerId::new(0, 4107));
+            for t in &calls {
+                sub.tasks.get_mut(t).unwrap().spec.actor = Some(actor);
+            }
+            sub.actors.insert(
+                actor,
+                ActorQueue {
+                    conn: Some((worker, ConnId::for_test(9))),
+                    sequential,
+                    pending: calls.iter().copied().collect(),
+                    ..ActorQueue::default()
+                },
+            );
+            let sent: Vec<TaskId> = sub.next_actor_calls(actor).iter().map(|s| s.id).collect();
+            let report = || Report {
+                exiting: false,
+                args_lost: false,
+                retry: false,
+            };
+            let mut fx = Effects::default();
+            if !sequential {
+                assert_eq!(sent, calls, "a threaded actor: every call at once");
+                let ended = sub.task_finished(
+                    worker,
+                    calls[0],
+                    Vec::new(),
+                    report(),
+                    Instant::now(),
+                    &mut fx,
+                );
+                assert_eq!(ended.flush_actor, None, "nothing left to send");
+                continue;
+            }
+            assert_eq!(
+                sent,
+                calls[..ACTOR_PIPELINE].to_vec(),
+                "in order, a pipeline's worth"
+            );
+            assert!(sub.next_actor_calls(actor).is_empty(), "no place free");
+            let ended = sub.task_finished(
+                worker,
+                calls[0],
+                Vec::new(),
+                report(),
+                Instant::now(),
+                &mut fx,
+            );
+            assert_eq!(ended.flush_actor, Some(actor), "a place came free");
+            let next: Vec<TaskId> = sub.next_actor_calls(actor).iter().map(|s| s.id).collect();
+            assert_eq!(next, vec![calls[ACTOR_PIPELINE]]);
+            assert_eq!(sub.actors[&actor].inflight.len(), ACTOR_PIPELINE);
+            assert_eq!(sub.actors[&actor].pending.len(), 9);
+        }
     }
 }

@@ -9,7 +9,8 @@
 //! leases per key and, once granted, pushes
 //! tasks straight to the leased worker, reusing the lease for every queued
 //! task of the same class ("caching scheduling decisions"). Short tasks are
-//! pipelined, up to [`leasing::PIPELINE`] per worker, to hide the round trip; tasks
+//! pipelined, about a millisecond of work and up to [`leasing::PIPELINE`] per
+//! worker, to hide the round trip; tasks
 //! of a class whose service time is unknown yet or long go one per worker,
 //! so a burst of long tasks asks for more leases (which the raylet may
 //! spill to other nodes) instead of queueing behind one worker. A lease
@@ -581,6 +582,9 @@ impl CoreWorker {
         }
         if let Some(c) = ended.dispatch {
             self.dispatch(&mut st, &c, &mut fx);
+        }
+        if let Some(a) = ended.flush_actor {
+            self.flush_actor(&mut st, a, &mut fx);
         }
         drop(st);
         self.apply(fx);
