@@ -172,6 +172,8 @@ pub(crate) struct Effects {
     /// Messages to other core workers, each on the connection named (and
     /// dropped if that connection is gone).
     pub(crate) sends: Vec<(WorkerId, ConnId, PeerMsg)>,
+    /// Task pushes, likewise (see [`Push`]).
+    pub(crate) pushes: Vec<Push>,
     pub(crate) to_owner: Vec<(WorkerId, PeerMsg)>,
     pub(crate) drops: Vec<RawRef>,
     /// Store blocks to free, by node.
@@ -197,6 +199,35 @@ pub(crate) struct Effects {
     /// Tasks whose worker on another node died, to fail once it is known
     /// whether the node went with it.
     pub(crate) worker_deaths: Vec<(TaskId, WorkerId, Error)>,
+}
+
+/// A task pushed to a worker: its frame, encoded from the spec the owner
+/// keeps (no copy of the spec is made to send it).
+pub(crate) struct Push {
+    pub(crate) worker: WorkerId,
+    pub(crate) conn: ConnId,
+    /// As the spec's `alone`: the caller waits awake for the answer.
+    pub(crate) alone: bool,
+    pub(crate) frame: Vec<u8>,
+}
+
+impl Push {
+    /// `spec` pushed to `worker` on `conn`; none if it cannot be encoded
+    /// (larger than a frame: its arguments are bounded well below).
+    pub(crate) fn new(worker: WorkerId, conn: ConnId, spec: &transport::TaskSpec) -> Option<Push> {
+        match transport::push_frame(spec) {
+            Ok(frame) => Some(Push {
+                worker,
+                conn,
+                alone: spec.alone,
+                frame,
+            }),
+            Err(e) => {
+                log!("task `{}` cannot be pushed: {e}", spec.function);
+                None
+            }
+        }
+    }
 }
 
 /// Everything behind the core worker's lock.
@@ -431,12 +462,17 @@ impl CoreWorker {
         }
         for (worker, conn, msg) in fx.sends {
             if let Some(c) = self.peer_conn(worker, conn) {
-                if matches!(&msg, PeerMsg::PushTask(spec) if spec.alone) {
+                let _ = transport::send_batched(&c, &msg);
+            }
+        }
+        for p in fx.pushes {
+            if let Some(c) = self.peer_conn(p.worker, p.conn) {
+                if p.alone {
                     c.expect_reply();
                 }
                 // Batched when handling a batch of results (one write for
                 // the pushes they free).
-                let _ = transport::send_batched(&c, &msg);
+                let _ = transport::send_frame_batched(&c, &p.frame);
             }
         }
         for (owner, msg) in fx.to_owner {
@@ -671,6 +707,7 @@ impl CoreWorker {
 impl Effects {
     pub(crate) fn is_empty(&self) -> bool {
         self.sends.is_empty()
+            && self.pushes.is_empty()
             && self.to_owner.is_empty()
             && self.drops.is_empty()
             && self.free_offsets.is_empty()

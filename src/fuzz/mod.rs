@@ -14,7 +14,7 @@
 //! `make fuzz` runs ten million (`RUSTRAY_FUZZ_INPUTS`). The seed of the
 //! random stream is printed, and `RUSTRAY_FUZZ_SEED` replays one.
 
-mod seeds;
+pub(crate) mod seeds;
 use seeds::{messages, node, shape, wid};
 
 use crate::codec;

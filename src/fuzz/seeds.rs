@@ -66,7 +66,7 @@ pub(super) fn actor_spec() -> ActorSpec {
     }
 }
 
-pub(super) fn task_spec() -> TaskSpec {
+pub(crate) fn task_spec() -> TaskSpec {
     TaskSpec {
         id: TaskId {
             owner: wid(7),

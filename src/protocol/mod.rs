@@ -40,7 +40,7 @@ pub(crate) use transfer::Transfer;
 // The code that goes with the types (sending, conversions), apart so that
 // the files the fingerprint reads stay types only.
 mod envelope;
-pub(crate) use envelope::Message;
+pub(crate) use envelope::{Message, PushRef};
 
 use crate::error::Error;
 use crate::ids::{ActorId, LeaseId, ObjectId, TaskId, WorkerId};

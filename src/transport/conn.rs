@@ -7,7 +7,7 @@
 use super::{guarded, Endpoint, Secret, Stream};
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::protocol::{Message, Msg, Wire};
+use crate::protocol::{Message, Msg, PushRef, TaskSpec, Wire};
 use nix::sys::socket::MsgFlags;
 use std::io::{BufReader, Read, Write};
 use std::sync::Mutex;
@@ -99,8 +99,20 @@ impl Writer {
 
 /// `msg` as one frame (length prefix and body), for [`Conn::post_frame`].
 pub(crate) fn encode_frame(msg: &impl Message) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; 4];
-    codec::encode_append(&msg.wire(), &mut buf)?;
+    encode_frame_of(&msg.wire())
+}
+
+/// A task push as one frame, encoded from the spec its owner keeps (see
+/// [`PushRef`]), for [`send_frame_batched`].
+pub(crate) fn push_frame(spec: &TaskSpec) -> Result<Vec<u8>> {
+    encode_frame_of(&PushRef(spec))
+}
+
+/// `value` (a message in its envelope) as one frame.
+fn encode_frame_of(value: &impl serde::Serialize) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(&[0u8; 4]);
+    codec::encode_append(value, &mut buf)?;
     let len = u32::try_from(buf.len() - 4)
         .ok()
         .filter(|n| (*n as usize) <= MAX_FRAME)
@@ -480,13 +492,29 @@ pub(crate) fn send_batched(conn: &std::sync::Arc<Conn>, msg: &impl Message) -> R
         return conn.send(msg);
     }
     conn.hold(msg)?;
+    held_on(conn);
+    Ok(())
+}
+
+/// [`send_batched`] for a frame already encoded ([`push_frame`]).
+pub(crate) fn send_frame_batched(conn: &std::sync::Arc<Conn>, frame: &[u8]) -> Result<()> {
+    if !INPUT.with(|i| i.get().0) {
+        return conn.send_parts(None, frame);
+    }
+    conn.defer(frame)?;
+    held_on(conn);
+    Ok(())
+}
+
+/// Notes that this thread held a message back on `conn` (to be flushed
+/// by [`flush_batched`]).
+fn held_on(conn: &std::sync::Arc<Conn>) {
     HELD.with(|h| {
         let mut h = h.borrow_mut();
         if !h.iter().any(|c| c.id() == conn.id()) {
             h.push(conn.clone());
         }
     });
-    Ok(())
 }
 
 /// Writes what handlers on this thread held back ([`send_batched`]):

@@ -6,10 +6,11 @@
 
 use super::{Effects, State, Status, Submitter};
 use crate::core_worker::CoreWorker;
+use crate::core_worker::Push;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ActorId, TaskId, WorkerId};
-use crate::protocol::{FromGcs, PeerMsg, ToGcs};
-use crate::transport::{ActorLookup, ActorState, ConnId, TaskSpec};
+use crate::protocol::{FromGcs, ToGcs};
+use crate::transport::{ActorLookup, ActorState, ConnId};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,10 +55,13 @@ impl Submitter {
     /// The actor's queued calls to send now, in order, as far as their
     /// arguments are resolved and, for an actor running one call at a
     /// time, up to [`ACTOR_PIPELINE`] in flight; each counts as in flight
-    /// from here.
-    pub(super) fn next_actor_calls(&mut self, actor: ActorId) -> Vec<TaskSpec> {
+    /// from here. None without a connection to the actor.
+    pub(super) fn next_actor_calls(&mut self, actor: ActorId) -> Vec<Push> {
         let mut out = Vec::new();
         let Some(q) = self.actors.get_mut(&actor) else {
+            return out;
+        };
+        let Some((worker, conn)) = q.conn else {
             return out;
         };
         while let Some(t) = q.pending.front().copied() {
@@ -74,10 +78,9 @@ impl Submitter {
             }
             q.pending.pop_front();
             e.status = Status::Running(WorkerId(0));
-            let mut spec = e.spec.clone();
-            spec.alone = q.inflight.is_empty();
+            e.spec.alone = q.inflight.is_empty();
             q.inflight.push(t);
-            out.push(spec);
+            out.extend(Push::new(worker, conn, &e.spec));
         }
         out
     }
@@ -114,7 +117,7 @@ impl CoreWorker {
             }
             return;
         };
-        for spec in st.sub.next_actor_calls(actor) {
+        for p in st.sub.next_actor_calls(actor) {
             // Sent under the lock: two threads flushing the same actor must
             // not reorder its calls on the wire (a held frame keeps its
             // place: a later send writes it first). The actor's connection
@@ -122,7 +125,7 @@ impl CoreWorker {
             // caller with nothing else in flight), so this cannot block for
             // long. From the handler of a batch of results, the calls they
             // free go out in one write.
-            let _ = crate::transport::send_batched(&conn, &PeerMsg::PushTask(spec));
+            let _ = crate::transport::send_frame_batched(&conn, &p.frame);
         }
     }
 

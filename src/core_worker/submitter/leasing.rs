@@ -8,10 +8,9 @@
 //! the rest of `submitter` (on `CoreWorker`): it takes the lock, calls a
 //! transition, and applies its effects.
 
-use super::super::Effects;
+use super::super::{Effects, Push};
 use super::{LeaseRequest, SchedKey, Status, Submitter};
 use crate::ids::{LeaseId, TaskId, WorkerId};
-use crate::protocol::PeerMsg;
 use crate::scheduler::Spill;
 use crate::transport::ConnId;
 use std::collections::VecDeque;
@@ -124,11 +123,10 @@ impl Submitter {
             let alone = lease.inflight.is_empty() && cq.queue.is_empty();
             lease.inflight.push(tid);
             lease.idle_since = None;
-            let mut spec = task.spec.clone();
-            spec.alone = alone;
-            spec.gpus.clone_from(&lease.gpus);
-            fx.sends
-                .push((lease.worker, lease.conn, PeerMsg::PushTask(spec)));
+            task.spec.alone = alone;
+            task.spec.gpus.clone_from(&lease.gpus);
+            fx.pushes
+                .extend(Push::new(lease.worker, lease.conn, &task.spec));
         }
         let usable = cq
             .leases
@@ -372,6 +370,7 @@ impl Submitter {
 pub(super) mod tests {
     use super::super::{Target, TaskEntry};
     use super::*;
+    use crate::protocol::PeerMsg;
     use crate::resources::ResourceSet;
     use crate::transport::TaskSpec;
     use std::cell::Cell;
@@ -448,13 +447,18 @@ pub(super) mod tests {
 
     /// The tasks pushed, in order, with the worker and connection each went to.
     pub(crate) fn pushed(fx: &Effects) -> Vec<(WorkerId, ConnId, TaskId)> {
-        fx.sends
+        fx.pushes
             .iter()
-            .map(|(w, c, m)| match m {
-                PeerMsg::PushTask(spec) => (*w, *c, spec.id),
-                other => panic!("not a push: {other:?}"),
-            })
+            .map(|p| (p.worker, p.conn, spec_of(p).id))
             .collect()
+    }
+
+    /// The spec a push's frame carries.
+    pub(crate) fn spec_of(p: &Push) -> crate::transport::TaskSpec {
+        match crate::codec::decode(&p.frame[4..], "push") {
+            Ok(crate::protocol::Msg::Peer(PeerMsg::PushTask(spec))) => spec,
+            other => panic!("not a push: {other:?}"),
+        }
     }
 
     /// A class whose tasks' service time is not known yet runs one task
@@ -467,7 +471,7 @@ pub(super) mod tests {
         let tasks = queue(&mut sub, &class, 6);
         let mut fx = Effects::default();
         sub.dispatch(&class, now, &env, &mut fx);
-        assert!(fx.sends.is_empty(), "no lease yet");
+        assert!(fx.pushes.is_empty(), "no lease yet");
         let reqs: Vec<u64> = fx.lease_requests.iter().map(|r| r.req).collect();
         assert_eq!(reqs.len(), MAX_PENDING_LEASES);
         assert!(fx
@@ -490,7 +494,7 @@ pub(super) mod tests {
         );
         assert!(kept);
         assert_eq!(pushed(&fx), vec![(worker, conn, tasks[0])]);
-        assert!(matches!(&fx.sends[0].2, PeerMsg::PushTask(s) if s.gpus == vec![3]));
+        assert_eq!(spec_of(&fx.pushes[0]).gpus, vec![3]);
         assert_eq!(sub.tasks[&tasks[0]].status, Status::Running(worker));
         // Five still wait, one lease each: requests are topped up to the
         // cap again.
@@ -553,11 +557,11 @@ pub(super) mod tests {
     /// Whether each push went alone (nothing else in flight on its lease
     /// or queued behind it).
     fn alone(fx: &Effects) -> Vec<bool> {
-        fx.sends
+        fx.pushes
             .iter()
-            .filter_map(|(_, _, m)| match m {
-                PeerMsg::PushTask(spec) => Some(spec.alone),
-                _ => None,
+            .map(|p| {
+                assert_eq!(spec_of(p).alone, p.alone);
+                p.alone
             })
             .collect()
     }
@@ -683,7 +687,7 @@ pub(super) mod tests {
         assert_eq!(queued, tasks[1..].to_vec(), "handed back, in order");
         let mut fx = Effects::default();
         sub.dispatch(&class, now, &env, &mut fx);
-        assert!(fx.sends.is_empty(), "a blocked lease takes nothing");
+        assert!(fx.pushes.is_empty(), "a blocked lease takes nothing");
         // They wait for the other leases already asked for (three of the
         // first four requests are still out).
         assert_eq!(sub.classes[&class].pending_requests, 3);
@@ -732,7 +736,7 @@ pub(super) mod tests {
             &mut fx
         ));
         assert_eq!(fx.return_leases[0], (LeaseId::new(0, 5), true));
-        assert!(fx.sends.is_empty() && sub.leases.is_empty());
+        assert!(fx.pushes.is_empty() && sub.leases.is_empty());
     }
 
     /// Spread requests go to the live nodes in turn (a request for another

@@ -404,7 +404,7 @@ fn spend_retry(t: &mut TaskEntry) {
 #[cfg(test)]
 mod tests {
     use super::super::actors::ActorQueue;
-    use super::super::leasing::tests::{class, env, pushed, queue, TestEnv, OWNER};
+    use super::super::leasing::tests::{class, env, pushed, queue, spec_of, TestEnv, OWNER};
     use super::*;
     use crate::ids::LeaseId;
     use crate::transport::ConnId;
@@ -740,7 +740,11 @@ mod tests {
                     ..ActorQueue::default()
                 },
             );
-            let sent: Vec<TaskId> = sub.next_actor_calls(actor).iter().map(|s| s.id).collect();
+            let sent: Vec<TaskId> = sub
+                .next_actor_calls(actor)
+                .iter()
+                .map(|p| spec_of(p).id)
+                .collect();
             let report = || Report {
                 exiting: false,
                 args_lost: false,
@@ -775,7 +779,11 @@ mod tests {
                 &mut fx,
             );
             assert_eq!(ended.flush_actor, Some(actor), "a place came free");
-            let next: Vec<TaskId> = sub.next_actor_calls(actor).iter().map(|s| s.id).collect();
+            let next: Vec<TaskId> = sub
+                .next_actor_calls(actor)
+                .iter()
+                .map(|p| spec_of(p).id)
+                .collect();
             assert_eq!(next, vec![calls[ACTOR_PIPELINE]]);
             assert_eq!(sub.actors[&actor].inflight.len(), ACTOR_PIPELINE);
             assert_eq!(sub.actors[&actor].pending.len(), 9);
