@@ -532,6 +532,12 @@ thread_local! {
     static INPUT: std::cell::Cell<(bool, std::os::fd::RawFd)> = const { std::cell::Cell::new((false, -1)) };
 }
 
+/// Whether this thread is handling a message read from a connection (as
+/// opposed to running user code or submitting).
+pub(crate) fn in_handler() -> bool {
+    INPUT.with(|i| i.get().1 >= 0)
+}
+
 /// Called from a message handler: true if more messages from the same peer
 /// are already waiting (buffered, or in the socket). A pipelining peer is
 /// better served by queueing than by handling each message inline.

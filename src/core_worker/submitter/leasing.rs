@@ -43,7 +43,19 @@ pub(crate) trait Env {
     fn live_nodes(&self) -> Vec<u16>;
     /// A request number not used before.
     fn next_req(&self) -> u64;
+    /// The caller submits tasks (it is not handling a batch of results):
+    /// it gives a lease with tasks in flight at most [`SUBMIT_DEPTH`], and
+    /// leaves the rest of its pipeline to be filled as results come back.
+    fn submitting(&self) -> bool;
 }
+
+/// Tasks in flight per leased worker that a submitting thread pushes
+/// (see [`Env::submitting`]): one to run and one queued behind it, so the
+/// worker never waits for the owner while its results come back. The rest
+/// of a deep pipeline goes from the thread handling those results, many
+/// pushes in one write, where each push from a submitting thread is a write
+/// of its own (and a wake-up of the worker's reader).
+pub(crate) const SUBMIT_DEPTH: usize = 2;
 
 #[derive(Default)]
 pub(super) struct ClassQueue {
@@ -98,7 +110,11 @@ impl Submitter {
         let Some(cq) = self.classes.get_mut(class) else {
             return;
         };
-        let depth = cq.depth();
+        let depth = if env.submitting() {
+            cq.depth().min(SUBMIT_DEPTH)
+        } else {
+            cq.depth()
+        };
         while !cq.queue.is_empty() {
             let best = cq
                 .leases
@@ -381,6 +397,7 @@ pub(super) mod tests {
     pub(crate) struct TestEnv {
         live: Vec<u16>,
         req: Cell<u64>,
+        pub(crate) submitting: Cell<bool>,
     }
 
     impl Env for TestEnv {
@@ -394,12 +411,16 @@ pub(super) mod tests {
             self.req.set(self.req.get() + 1);
             self.req.get()
         }
+        fn submitting(&self) -> bool {
+            self.submitting.get()
+        }
     }
 
     pub(crate) fn env() -> TestEnv {
         TestEnv {
             live: vec![0, 1, 2],
             req: Cell::new(0),
+            submitting: Cell::new(false),
         }
     }
 
@@ -530,6 +551,64 @@ pub(super) mod tests {
         assert_eq!(got, tasks[..PIPELINE].to_vec(), "in submission order");
         assert_eq!(sub.classes[&class].queue.len(), 4);
         assert_eq!(alone(&fx), vec![false; PIPELINE], "others behind each");
+    }
+
+    /// A submitting thread gives a busy lease only `SUBMIT_DEPTH` tasks;
+    /// the thread handling its results fills the rest of the pipeline.
+    #[test]
+    fn a_submitting_thread_leaves_the_pipeline_to_the_results() {
+        let (env, class, now) = (env(), class(false), Instant::now());
+        let mut sub = Submitter::default();
+        let tasks = queue(&mut sub, &class, 10);
+        sub.classes.get_mut(&class).unwrap().service = Some(Duration::from_micros(5));
+        let mut fx = Effects::default();
+        sub.dispatch(&class, now, &env, &mut fx);
+        let req = fx.lease_requests[0].req;
+        let (worker, conn) = (WorkerId::new(0, 4001), ConnId::for_test(2));
+        let mut fx = Effects::default();
+        sub.lease_granted(
+            req,
+            LeaseId::new(0, 2),
+            worker,
+            Some(conn),
+            Vec::new(),
+            now,
+            &env,
+            &mut fx,
+        );
+        assert_eq!(pushed(&fx).len(), 10, "granted on a handler thread: all");
+
+        let mut sub = Submitter::default();
+        let tasks2 = queue(&mut sub, &class, 10);
+        sub.classes.get_mut(&class).unwrap().service = Some(Duration::from_micros(5));
+        let mut fx = Effects::default();
+        sub.dispatch(&class, now, &env, &mut fx);
+        let req = fx.lease_requests[0].req;
+        let mut fx = Effects::default();
+        env.submitting.set(true);
+        sub.lease_granted(
+            req,
+            LeaseId::new(0, 2),
+            worker,
+            Some(conn),
+            Vec::new(),
+            now,
+            &env,
+            &mut fx,
+        );
+        let got: Vec<TaskId> = pushed(&fx).into_iter().map(|(_, _, t)| t).collect();
+        assert_eq!(got, tasks2[..SUBMIT_DEPTH].to_vec(), "submitting: two");
+        env.submitting.set(false);
+        let mut fx = Effects::default();
+        sub.finished_on_lease(worker, tasks2[0], Some(now), now);
+        sub.dispatch(&class, now, &env, &mut fx);
+        let got: Vec<TaskId> = pushed(&fx).into_iter().map(|(_, _, t)| t).collect();
+        assert_eq!(
+            got,
+            tasks2[SUBMIT_DEPTH..].to_vec(),
+            "the results' thread: the rest"
+        );
+        assert_eq!(tasks.len(), 10);
     }
 
     /// The longer a short class's tasks take, the fewer are pipelined on

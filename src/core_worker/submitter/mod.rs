@@ -65,6 +65,9 @@ impl Env for CoreWorker {
     fn next_req(&self) -> u64 {
         CoreWorker::next_req(self)
     }
+    fn submitting(&self) -> bool {
+        !crate::transport::in_handler()
+    }
 }
 
 /// Runs of this process's tasks and actor calls started again after a
