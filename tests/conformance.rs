@@ -1242,6 +1242,21 @@ fn test_threaded_actor_max_concurrency() {
         names.iter().all(|n| n.starts_with("rustray-actor-")),
         "{names:?}"
     );
+    // More calls waiting at once than a caller keeps in flight to an actor
+    // that runs one call at a time: a threaded actor is sent them all, and
+    // the call that opens the latch behind them.
+    let wide = Latch::options()
+        .max_concurrency(80)
+        .remote(1)
+        .expect("threaded actor");
+    let waits: Vec<_> = (0..72).map(|_| wide.wait(20_000)).collect();
+    wide.count_down();
+    for w in &waits {
+        assert!(
+            rustray::get_timeout(w, Duration::from_secs(30)).expect("wait"),
+            "a call behind 72 waiting ones did not reach the threaded actor"
+        );
+    }
     let e = rustray::get_timeout(&l.reset(1), Duration::from_secs(30)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TaskFailed, "{e}");
     assert!(e.message().contains("&mut self"), "{e}");
