@@ -841,3 +841,24 @@ fn invoke(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    /// Work queued while the main thread sleeps wakes it once: the first
+    /// push takes the flag, and those read before it runs again make no
+    /// system call of their own.
+    #[test]
+    fn a_sleeping_main_thread_is_woken_once() {
+        let exec = ExecShared::default();
+        exec.wake_main();
+        assert!(!exec.sleeping.load(SeqCst), "awake: nothing to notify");
+        exec.sleeping.store(true, SeqCst);
+        exec.wake_main();
+        assert!(!exec.sleeping.load(SeqCst), "the flag is taken by the wake");
+        exec.wake_main();
+        assert_eq!(exec.pushed.load(SeqCst), 3, "every push is counted");
+    }
+}
