@@ -135,6 +135,12 @@ pub mod __private {
     pub fn held_results() -> u64 {
         crate::core_worker::executor::HELD_RESULTS.load(std::sync::atomic::Ordering::Relaxed)
     }
+    /// Task results this process took in as part of a batch read together,
+    /// since it started: for tests that check the batching ran.
+    pub fn results_taken_together() -> u64 {
+        use crate::core_worker::submitter::RESULTS_TAKEN_TOGETHER;
+        RESULTS_TAKEN_TOGETHER.load(std::sync::atomic::Ordering::Relaxed)
+    }
     /// This process's (sleeps waiting for values, housekeeping passes),
     /// since it started: for tests that check what wakes them.
     pub fn wake_counts() -> (u64, u64) {

@@ -286,6 +286,21 @@ fn test_results_are_not_held_behind_a_long_task() {
 /// driver's threads once per link. Its `get` waits for the last link only,
 /// and the housekeeping thread (which returns idle leases) ticks once a
 /// lease period while leases keep going idle, instead of being woken.
+/// A worker's pipelined results arrive many to a read: the owner takes
+/// them in together (one lock of its state, one refill of the pipeline),
+/// and every value is right.
+fn test_results_read_together_are_taken_in_together() {
+    common::cluster(1.0, None);
+    let before = rustray::__private::results_taken_together();
+    let refs: Vec<_> = (0..2_000u64).map(|i| inc::remote(i).unwrap()).collect();
+    let out = rustray::get_all(&refs).unwrap();
+    assert_eq!(out, (1..=2_000).collect::<Vec<u64>>());
+    assert!(
+        rustray::__private::results_taken_together() > before,
+        "no results were taken in together"
+    );
+}
+
 fn test_a_chain_does_not_wake_the_driver_per_link() {
     common::cluster(1.0, None);
     const LINKS: u64 = 400;
@@ -695,6 +710,10 @@ fn main() {
         (
             "test_results_are_not_held_behind_a_long_task",
             test_results_are_not_held_behind_a_long_task,
+        ),
+        (
+            "test_results_read_together_are_taken_in_together",
+            test_results_read_together_are_taken_in_together,
         ),
         (
             "test_a_chain_does_not_wake_the_driver_per_link",

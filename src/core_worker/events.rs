@@ -4,6 +4,7 @@
 //! object staging), and the end of a connection: a peer or its raylet
 //! gone, with what fails or is recovered because of it.
 
+use super::submitter::Done;
 #[cfg(feature = "cuda")]
 use super::RawRef;
 use super::{executor, CoreWorker, Effects, DEVICE_HOOKS};
@@ -208,7 +209,16 @@ impl CoreWorker {
                 app_error,
                 exiting,
                 lost_args,
-            } => self.task_done(from, task, returns, app_error, exiting, lost_args),
+            } => self.tasks_done(
+                from,
+                vec![Done {
+                    task,
+                    returns,
+                    app_error,
+                    exiting,
+                    lost_args,
+                }],
+            ),
             PeerMsg::ObjectLost { id, tag } => {
                 let mut fx = Effects::default();
                 {

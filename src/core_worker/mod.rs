@@ -465,14 +465,27 @@ impl CoreWorker {
                 let _ = transport::send_batched(&c, &msg);
             }
         }
+        // The pushes to one worker go out in one write (in their order),
+        // or are held with what a batch of results being handled frees.
+        let mut by_conn: Vec<(WorkerId, ConnId, bool, Vec<u8>)> = Vec::new();
         for p in fx.pushes {
-            if let Some(c) = self.peer_conn(p.worker, p.conn) {
-                if p.alone {
+            match by_conn
+                .iter_mut()
+                .find(|(w, c, ..)| *w == p.worker && *c == p.conn)
+            {
+                Some((_, _, alone, frames)) => {
+                    *alone |= p.alone;
+                    frames.extend_from_slice(&p.frame);
+                }
+                None => by_conn.push((p.worker, p.conn, p.alone, p.frame)),
+            }
+        }
+        for (worker, conn, alone, frames) in by_conn {
+            if let Some(c) = self.peer_conn(worker, conn) {
+                if alone {
                     c.expect_reply();
                 }
-                // Batched when handling a batch of results (one write for
-                // the pushes they free).
-                let _ = transport::send_frame_batched(&c, &p.frame);
+                let _ = transport::send_frame_batched(&c, &frames);
             }
         }
         for (owner, msg) in fx.to_owner {

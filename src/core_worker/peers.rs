@@ -5,6 +5,7 @@
 //! table those connections are found with; and request/reply calls, each
 //! bounded, failed at once when their connection closes.
 
+use super::submitter::Done;
 use super::{CoreWorker, RPC_TIMEOUT};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::WorkerId;
@@ -13,7 +14,7 @@ use crate::transport::{self, Conn, ConnId, Endpoint, Listener, Message, Msg, Nod
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 impl CoreWorker {
     pub(super) fn accept_loop(self: Arc<Self>, listener: Listener) {
@@ -79,16 +80,56 @@ impl CoreWorker {
             peers.insert(worker, conn.clone());
         }
         let (me, me2, c2) = (self.clone(), self.clone(), conn.clone());
+        // Results read together (a pipelined worker's batch) are taken in
+        // together: kept while another whole frame is already read, then
+        // handed over as one, before any other message of the peer's and
+        // before its end.
+        let batch: Arc<Mutex<Vec<Done>>> = Arc::default();
+        let batch2 = batch.clone();
+        let take = |b: &Mutex<Vec<Done>>| {
+            std::mem::take(&mut *b.lock().unwrap_or_else(|p| p.into_inner()))
+        };
         dialed.serve(
             "rustray-peer-out",
             move |m| {
                 // A core worker answers with core worker messages only:
                 // another service's is ignored.
-                if let Msg::Peer(m) = m {
-                    me.handle_peer(worker, &c2, m);
+                let Msg::Peer(m) = m else { return };
+                match m {
+                    PeerMsg::TaskDone {
+                        task,
+                        returns,
+                        app_error,
+                        exiting,
+                        lost_args,
+                    } => {
+                        batch.lock().unwrap_or_else(|p| p.into_inner()).push(Done {
+                            task,
+                            returns,
+                            app_error,
+                            exiting,
+                            lost_args,
+                        });
+                        if !transport::more_buffered() {
+                            me.tasks_done(worker, take(&batch));
+                        }
+                    }
+                    other => {
+                        let done = take(&batch);
+                        if !done.is_empty() {
+                            me.tasks_done(worker, done);
+                        }
+                        me.handle_peer(worker, &c2, other);
+                    }
                 }
             },
-            move || me2.peer_gone(worker, true),
+            move || {
+                let done = take(&batch2);
+                if !done.is_empty() {
+                    me2.tasks_done(worker, done);
+                }
+                me2.peer_gone(worker, true)
+            },
         )
     }
 

@@ -496,12 +496,13 @@ pub(crate) fn send_batched(conn: &std::sync::Arc<Conn>, msg: &impl Message) -> R
     Ok(())
 }
 
-/// [`send_batched`] for a frame already encoded ([`push_frame`]).
-pub(crate) fn send_frame_batched(conn: &std::sync::Arc<Conn>, frame: &[u8]) -> Result<()> {
+/// [`send_batched`] for frames already encoded ([`push_frame`]), one or
+/// more back to back.
+pub(crate) fn send_frame_batched(conn: &std::sync::Arc<Conn>, frames: &[u8]) -> Result<()> {
     if !INPUT.with(|i| i.get().0) {
-        return conn.send_parts(None, frame);
+        return conn.send_parts(None, frames);
     }
-    conn.defer(frame)?;
+    conn.defer(frames)?;
     held_on(conn);
     Ok(())
 }
@@ -530,6 +531,12 @@ thread_local! {
     /// In a connection thread's handler: whether more input was already
     /// buffered after the message being handled, and the socket.
     static INPUT: std::cell::Cell<(bool, std::os::fd::RawFd)> = const { std::cell::Cell::new((false, -1)) };
+}
+
+/// Called from a message handler: true if another whole frame is already
+/// read after this one (it is handled next, without waiting for the peer).
+pub(crate) fn more_buffered() -> bool {
+    INPUT.with(|i| i.get().0)
 }
 
 /// Whether this thread is handling a message read from a connection (as

@@ -70,6 +70,12 @@ impl Env for CoreWorker {
     }
 }
 
+/// Task results this process took in as part of a batch of two or more
+/// read together (see `tasks_done`), since it started: for tests that
+/// check the batching ran.
+pub(crate) static RESULTS_TAKEN_TOGETHER: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
 /// Runs of this process's tasks and actor calls started again after a
 /// failure (a worker or node lost, or a retried exception), counted for
 /// the chaos suite's report (lineage reconstructions are counted apart, in
@@ -225,6 +231,15 @@ pub(crate) fn payload_error(cw: &CoreWorker, p: &Payload) -> Option<Error> {
     }
     let bytes = cw.payload_bytes(p).ok()?;
     codec::parse(bytes).ok()?.error()
+}
+
+/// A task's end as its worker reported it (`PeerMsg::TaskDone`).
+pub(crate) struct Done {
+    pub(crate) task: TaskId,
+    pub(crate) returns: Vec<Payload>,
+    pub(crate) app_error: bool,
+    pub(crate) exiting: bool,
+    pub(crate) lost_args: Vec<u32>,
 }
 
 /// A lease request to send: to `node`'s raylet; `fallback` allows asking
@@ -533,64 +548,84 @@ impl CoreWorker {
         self.apply(fx);
     }
 
-    /// Task `task` ended on worker `from` (see `lifecycle::Report`).
-    pub(crate) fn task_done(
-        self: &Arc<Self>,
-        from: WorkerId,
-        task: TaskId,
-        returns: Vec<Payload>,
-        app_error: bool,
-        exiting: bool,
-        lost_args: Vec<u32>,
-    ) {
+    /// Tasks ended on worker `from` (see `lifecycle::Report`): results
+    /// read together are taken in together, under one lock of the state,
+    /// and each class or actor whose pipeline they free is refilled once.
+    pub(crate) fn tasks_done(self: &Arc<Self>, from: WorkerId, done: Vec<Done>) {
+        if done.len() > 1 {
+            RESULTS_TAKEN_TOGETHER
+                .fetch_add(done.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         // retry_exceptions: the filter is user code, run outside the lock.
-        let retry = app_error && {
-            let filter = {
-                let st = self.lock();
-                st.sub
-                    .tasks
-                    .get(&task)
-                    .filter(|t| t.retries_left > 0 && !t.cancelled)
-                    .and_then(|t| t.retry_exceptions.clone())
-            };
-            filter.is_some_and(|f| {
-                // A stored error always travels inline; a store block is a
-                // value (and is not read here, unpinned).
-                returns
-                    .first()
-                    .and_then(|p| match p {
-                        Payload::Inline(b) => Some(b),
-                        Payload::Store { .. } => None,
-                    })
-                    .is_some_and(|b| (f.0)(b))
-            })
-        };
-        let report = Report {
-            exiting,
-            args_lost: !lost_args.is_empty(),
-            retry,
-        };
+        let retry: Vec<bool> = done.iter().map(|d| self.retried(d)).collect();
         let mut fx = Effects::default();
         let mut st = self.lock();
-        let ended = st
-            .sub
-            .task_finished(from, task, returns, report, Instant::now(), &mut fx);
-        if let Some(due) = ended.idle_due {
-            self.housekeeping_due(due);
+        let now = Instant::now();
+        let mut classes: Vec<SchedKey> = Vec::new();
+        let mut actors: Vec<ActorId> = Vec::new();
+        for (d, retry) in done.into_iter().zip(retry) {
+            let report = Report {
+                exiting: d.exiting,
+                args_lost: !d.lost_args.is_empty(),
+                retry,
+            };
+            let ended = st
+                .sub
+                .task_finished(from, d.task, d.returns, report, now, &mut fx);
+            if let Some(due) = ended.idle_due {
+                self.housekeeping_due(due);
+            }
+            match ended.outcome {
+                Outcome::Unknown | Outcome::Retried => {}
+                Outcome::ArgsLost(t) => self.args_lost(&mut st, t, &d.lost_args, &mut fx),
+                Outcome::Done(t, returns) => self.store_results(&mut st, t, returns, &mut fx),
+            }
+            if let Some(c) = ended.dispatch {
+                if !classes.contains(&c) {
+                    classes.push(c);
+                }
+            }
+            if let Some(a) = ended.flush_actor {
+                if !actors.contains(&a) {
+                    actors.push(a);
+                }
+            }
         }
-        match ended.outcome {
-            Outcome::Unknown | Outcome::Retried => {}
-            Outcome::ArgsLost(t) => self.args_lost(&mut st, t, &lost_args, &mut fx),
-            Outcome::Done(t, returns) => self.store_results(&mut st, t, returns, &mut fx),
+        for c in &classes {
+            self.dispatch(&mut st, c, &mut fx);
         }
-        if let Some(c) = ended.dispatch {
-            self.dispatch(&mut st, &c, &mut fx);
-        }
-        if let Some(a) = ended.flush_actor {
+        for a in actors {
             self.flush_actor(&mut st, a, &mut fx);
         }
         drop(st);
         self.apply(fx);
+    }
+
+    /// Whether an ended task's application error is one its
+    /// `retry_exceptions` filter retries (with retries left).
+    fn retried(&self, d: &Done) -> bool {
+        if !d.app_error {
+            return false;
+        }
+        let filter = {
+            let st = self.lock();
+            st.sub
+                .tasks
+                .get(&d.task)
+                .filter(|t| t.retries_left > 0 && !t.cancelled)
+                .and_then(|t| t.retry_exceptions.clone())
+        };
+        filter.is_some_and(|f| {
+            // A stored error always travels inline; a store block is a
+            // value (and is not read here, unpinned).
+            d.returns
+                .first()
+                .and_then(|p| match p {
+                    Payload::Inline(b) => Some(b),
+                    Payload::Store { .. } => None,
+                })
+                .is_some_and(|b| (f.0)(b))
+        })
     }
 
     /// Stores a finished task's results as its return objects (an error
