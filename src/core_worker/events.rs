@@ -203,22 +203,11 @@ impl CoreWorker {
                     log!("cancel of {id} forwarded by {from} failed: {e}");
                 }
             }
-            PeerMsg::TaskDone {
-                task,
-                returns,
-                app_error,
-                exiting,
-                lost_args,
-            } => self.tasks_done(
-                from,
-                vec![Done {
-                    task,
-                    returns,
-                    app_error,
-                    exiting,
-                    lost_args,
-                }],
-            ),
+            m @ PeerMsg::TaskDone { .. } => {
+                if let Ok(d) = Done::try_from(m) {
+                    self.tasks_done(from, vec![d]);
+                }
+            }
             PeerMsg::ObjectLost { id, tag } => {
                 let mut fx = Effects::default();
                 {

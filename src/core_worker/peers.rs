@@ -95,26 +95,14 @@ impl CoreWorker {
                 // A core worker answers with core worker messages only:
                 // another service's is ignored.
                 let Msg::Peer(m) = m else { return };
-                match m {
-                    PeerMsg::TaskDone {
-                        task,
-                        returns,
-                        app_error,
-                        exiting,
-                        lost_args,
-                    } => {
-                        batch.lock().unwrap_or_else(|p| p.into_inner()).push(Done {
-                            task,
-                            returns,
-                            app_error,
-                            exiting,
-                            lost_args,
-                        });
+                match Done::try_from(m) {
+                    Ok(d) => {
+                        batch.lock().unwrap_or_else(|p| p.into_inner()).push(d);
                         if !transport::more_buffered() {
                             me.tasks_done(worker, take(&batch));
                         }
                     }
-                    other => {
+                    Err(other) => {
                         let done = take(&batch);
                         if !done.is_empty() {
                             me.tasks_done(worker, done);

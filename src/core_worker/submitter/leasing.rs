@@ -528,12 +528,27 @@ pub(super) mod tests {
     /// for what exceeds that.
     #[test]
     fn short_tasks_are_pipelined_up_to_the_depth() {
-        let (env, class, now) = (env(), class(false), Instant::now());
+        let (env, class) = (env(), class(false));
+        let (sub, tasks, fx) = short_class_leased(&env, &class, PIPELINE + 4);
+        let got: Vec<TaskId> = pushed(&fx).into_iter().map(|(_, _, t)| t).collect();
+        assert_eq!(got, tasks[..PIPELINE].to_vec(), "in submission order");
+        assert_eq!(sub.classes[&class].queue.len(), 4);
+        assert_eq!(alone(&fx), vec![false; PIPELINE], "others behind each");
+    }
+
+    /// `n` tasks of a class known to be short (5 us), queued, then a lease
+    /// granted for them (to worker 4001): what the grant pushed.
+    fn short_class_leased(
+        env: &TestEnv,
+        class: &SchedKey,
+        n: usize,
+    ) -> (Submitter, Vec<TaskId>, Effects) {
+        let now = Instant::now();
         let mut sub = Submitter::default();
-        let tasks = queue(&mut sub, &class, PIPELINE as u64 + 4);
-        sub.classes.get_mut(&class).unwrap().service = Some(Duration::from_micros(5));
+        let tasks = queue(&mut sub, class, n as u64);
+        sub.classes.get_mut(class).unwrap().service = Some(Duration::from_micros(5));
         let mut fx = Effects::default();
-        sub.dispatch(&class, now, &env, &mut fx);
+        sub.dispatch(class, now, env, &mut fx);
         let req = fx.lease_requests[0].req;
         let mut fx = Effects::default();
         let (worker, conn) = (WorkerId::new(0, 4001), ConnId::for_test(2));
@@ -544,13 +559,10 @@ pub(super) mod tests {
             Some(conn),
             Vec::new(),
             now,
-            &env,
+            env,
             &mut fx,
         );
-        let got: Vec<TaskId> = pushed(&fx).into_iter().map(|(_, _, t)| t).collect();
-        assert_eq!(got, tasks[..PIPELINE].to_vec(), "in submission order");
-        assert_eq!(sub.classes[&class].queue.len(), 4);
-        assert_eq!(alone(&fx), vec![false; PIPELINE], "others behind each");
+        (sub, tasks, fx)
     }
 
     /// A submitting thread gives a busy lease only `SUBMIT_DEPTH` tasks;
@@ -558,57 +570,23 @@ pub(super) mod tests {
     #[test]
     fn a_submitting_thread_leaves_the_pipeline_to_the_results() {
         let (env, class, now) = (env(), class(false), Instant::now());
-        let mut sub = Submitter::default();
-        let tasks = queue(&mut sub, &class, 10);
-        sub.classes.get_mut(&class).unwrap().service = Some(Duration::from_micros(5));
-        let mut fx = Effects::default();
-        sub.dispatch(&class, now, &env, &mut fx);
-        let req = fx.lease_requests[0].req;
-        let (worker, conn) = (WorkerId::new(0, 4001), ConnId::for_test(2));
-        let mut fx = Effects::default();
-        sub.lease_granted(
-            req,
-            LeaseId::new(0, 2),
-            worker,
-            Some(conn),
-            Vec::new(),
-            now,
-            &env,
-            &mut fx,
-        );
+        let (_, _, fx) = short_class_leased(&env, &class, 10);
         assert_eq!(pushed(&fx).len(), 10, "granted on a handler thread: all");
 
-        let mut sub = Submitter::default();
-        let tasks2 = queue(&mut sub, &class, 10);
-        sub.classes.get_mut(&class).unwrap().service = Some(Duration::from_micros(5));
-        let mut fx = Effects::default();
-        sub.dispatch(&class, now, &env, &mut fx);
-        let req = fx.lease_requests[0].req;
-        let mut fx = Effects::default();
         env.submitting.set(true);
-        sub.lease_granted(
-            req,
-            LeaseId::new(0, 2),
-            worker,
-            Some(conn),
-            Vec::new(),
-            now,
-            &env,
-            &mut fx,
-        );
+        let (mut sub, tasks, fx) = short_class_leased(&env, &class, 10);
         let got: Vec<TaskId> = pushed(&fx).into_iter().map(|(_, _, t)| t).collect();
-        assert_eq!(got, tasks2[..SUBMIT_DEPTH].to_vec(), "submitting: two");
+        assert_eq!(got, tasks[..SUBMIT_DEPTH].to_vec(), "submitting: two");
         env.submitting.set(false);
         let mut fx = Effects::default();
-        sub.finished_on_lease(worker, tasks2[0], Some(now), now);
+        sub.finished_on_lease(WorkerId::new(0, 4001), tasks[0], Some(now), now);
         sub.dispatch(&class, now, &env, &mut fx);
         let got: Vec<TaskId> = pushed(&fx).into_iter().map(|(_, _, t)| t).collect();
         assert_eq!(
             got,
-            tasks2[SUBMIT_DEPTH..].to_vec(),
+            tasks[SUBMIT_DEPTH..].to_vec(),
             "the results' thread: the rest"
         );
-        assert_eq!(tasks.len(), 10);
     }
 
     /// The longer a short class's tasks take, the fewer are pipelined on

@@ -745,23 +745,26 @@ mod tests {
                 .iter()
                 .map(|p| spec_of(p).id)
                 .collect();
-            let report = || Report {
-                exiting: false,
-                args_lost: false,
-                retry: false,
-            };
             let mut fx = Effects::default();
-            if !sequential {
-                assert_eq!(sent, calls, "a threaded actor: every call at once");
-                let ended = sub.task_finished(
+            let mut first_done = |sub: &mut Submitter| {
+                let report = Report {
+                    exiting: false,
+                    args_lost: false,
+                    retry: false,
+                };
+                sub.task_finished(
                     worker,
                     calls[0],
                     Vec::new(),
-                    report(),
+                    report,
                     Instant::now(),
                     &mut fx,
-                );
-                assert_eq!(ended.flush_actor, None, "nothing left to send");
+                )
+                .flush_actor
+            };
+            if !sequential {
+                assert_eq!(sent, calls, "a threaded actor: every call at once");
+                assert_eq!(first_done(&mut sub), None, "nothing left to send");
                 continue;
             }
             assert_eq!(
@@ -770,15 +773,7 @@ mod tests {
                 "in order, a pipeline's worth"
             );
             assert!(sub.next_actor_calls(actor).is_empty(), "no place free");
-            let ended = sub.task_finished(
-                worker,
-                calls[0],
-                Vec::new(),
-                report(),
-                Instant::now(),
-                &mut fx,
-            );
-            assert_eq!(ended.flush_actor, Some(actor), "a place came free");
+            assert_eq!(first_done(&mut sub), Some(actor), "a place came free");
             let next: Vec<TaskId> = sub
                 .next_actor_calls(actor)
                 .iter()

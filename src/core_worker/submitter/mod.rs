@@ -242,6 +242,29 @@ pub(crate) struct Done {
     pub(crate) lost_args: Vec<u32>,
 }
 
+impl TryFrom<PeerMsg> for Done {
+    /// Another message.
+    type Error = PeerMsg;
+    fn try_from(m: PeerMsg) -> std::result::Result<Done, PeerMsg> {
+        match m {
+            PeerMsg::TaskDone {
+                task,
+                returns,
+                app_error,
+                exiting,
+                lost_args,
+            } => Ok(Done {
+                task,
+                returns,
+                app_error,
+                exiting,
+                lost_args,
+            }),
+            other => Err(other),
+        }
+    }
+}
+
 /// A lease request to send: to `node`'s raylet; `fallback` allows asking
 /// the local raylet instead when that node cannot be reached.
 pub(crate) struct LeaseRequest {
