@@ -281,11 +281,6 @@ fn test_results_are_not_held_behind_a_long_task() {
     }
 }
 
-/// A chain of tasks (each link's argument the one before) sets a value per
-/// link, and its lease goes idle between links: neither may wake the
-/// driver's threads once per link. Its `get` waits for the last link only,
-/// and the housekeeping thread (which returns idle leases) ticks once a
-/// lease period while leases keep going idle, instead of being woken.
 /// A worker's pipelined results arrive many to a read: the owner takes
 /// them in together (one lock of its state, one refill of the pipeline),
 /// and every value is right.
@@ -301,6 +296,11 @@ fn test_results_read_together_are_taken_in_together() {
     );
 }
 
+/// A chain of tasks (each link's argument the one before) sets a value per
+/// link, and its lease goes idle between links: neither may wake the
+/// driver's threads once per link. Its `get` waits for the last link only,
+/// and the housekeeping thread (which returns idle leases) ticks once a
+/// lease period while leases keep going idle, instead of being woken.
 fn test_a_chain_does_not_wake_the_driver_per_link() {
     common::cluster(1.0, None);
     const LINKS: u64 = 400;

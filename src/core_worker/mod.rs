@@ -174,6 +174,9 @@ pub(crate) struct Effects {
     pub(crate) sends: Vec<(WorkerId, ConnId, PeerMsg)>,
     /// Task pushes, likewise (see [`Push`]).
     pub(crate) pushes: Vec<Push>,
+    /// Connections with frames queued on them under the lock
+    /// ([`crate::transport::Conn::hold_frames`]), to write once it is let go.
+    pub(crate) flushes: Vec<(WorkerId, ConnId)>,
     pub(crate) to_owner: Vec<(WorkerId, PeerMsg)>,
     pub(crate) drops: Vec<RawRef>,
     /// Store blocks to free, by node.
@@ -488,6 +491,11 @@ impl CoreWorker {
                 let _ = transport::send_frame_batched(&c, &frames);
             }
         }
+        for (worker, conn) in fx.flushes {
+            if let Some(c) = self.peer_conn(worker, conn) {
+                transport::flush_batched_later(&c);
+            }
+        }
         for (owner, msg) in fx.to_owner {
             self.send_to(owner, msg);
         }
@@ -721,6 +729,7 @@ impl Effects {
     pub(crate) fn is_empty(&self) -> bool {
         self.sends.is_empty()
             && self.pushes.is_empty()
+            && self.flushes.is_empty()
             && self.to_owner.is_empty()
             && self.drops.is_empty()
             && self.free_offsets.is_empty()

@@ -93,8 +93,17 @@ impl CoreWorker {
             "rustray-peer-out",
             move |m| {
                 // A core worker answers with core worker messages only:
-                // another service's is ignored.
-                let Msg::Peer(m) = m else { return };
+                // another service's is ignored (the results before it are
+                // not: they are taken in if nothing else is read).
+                let Msg::Peer(m) = m else {
+                    if !transport::more_buffered() {
+                        let done = take(&batch);
+                        if !done.is_empty() {
+                            me.tasks_done(worker, done);
+                        }
+                    }
+                    return;
+                };
                 match Done::try_from(m) {
                     Ok(d) => {
                         batch.lock().unwrap_or_else(|p| p.into_inner()).push(d);

@@ -226,6 +226,12 @@ impl Conn {
         self.defer(&frame).map(|_| ())
     }
 
+    /// Queues frames already encoded to go out, unwritten, with the next
+    /// write on this connection (see [`Conn::hold`]); never blocks.
+    pub(crate) fn hold_frames(&self, frames: &[u8]) -> Result<()> {
+        self.defer(frames).map(|_| ())
+    }
+
     /// Sends one message without ever blocking: what the socket does not
     /// take now is kept and goes out first on the next [`Conn::send`] or
     /// [`Conn::flush`]. Returns false when something was kept (the caller
@@ -505,6 +511,17 @@ pub(crate) fn send_frame_batched(conn: &std::sync::Arc<Conn>, frames: &[u8]) -> 
     conn.defer(frames)?;
     held_on(conn);
     Ok(())
+}
+
+/// Writes what is held on `conn` ([`Conn::hold_frames`]) now, or, from a
+/// handler with more messages already read, with what handling them holds
+/// ([`flush_batched`]).
+pub(crate) fn flush_batched_later(conn: &std::sync::Arc<Conn>) {
+    if INPUT.with(|i| i.get().0) {
+        held_on(conn);
+    } else {
+        let _ = conn.flush();
+    }
 }
 
 /// Notes that this thread held a message back on `conn` (to be flushed

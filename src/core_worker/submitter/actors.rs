@@ -100,8 +100,9 @@ impl CoreWorker {
             }
             return;
         }
-        let conn = q.conn.and_then(|(w, c)| self.peer_conn(w, c));
-        let Some(conn) = conn else {
+        let q_conn = q.conn;
+        let conn = q_conn.and_then(|(w, c)| self.peer_conn(w, c));
+        let (Some(conn), Some(q_conn)) = (conn, q_conn) else {
             // Known to be restarting while a lookup waits for it: calls
             // that may not wait fail now. Otherwise the lookup below asks
             // the GCS afresh.
@@ -117,15 +118,22 @@ impl CoreWorker {
             }
             return;
         };
-        for p in st.sub.next_actor_calls(actor) {
-            // Sent under the lock: two threads flushing the same actor must
-            // not reorder its calls on the wire (a held frame keeps its
-            // place: a later send writes it first). The actor's connection
-            // thread drains the socket (it runs a call itself only for a
-            // caller with nothing else in flight), so this cannot block for
-            // long. From the handler of a batch of results, the calls they
-            // free go out in one write.
-            let _ = crate::transport::send_frame_batched(&conn, &p.frame);
+        let calls = st.sub.next_actor_calls(actor);
+        if calls.is_empty() {
+            return;
+        }
+        if calls.iter().any(|p| p.alone) {
+            // A synchronous caller's: the answer is a round trip away.
+            conn.expect_reply();
+        }
+        let frames: Vec<u8> = calls.into_iter().flat_map(|p| p.frame).collect();
+        // Queued on the connection under the lock, so that two threads
+        // flushing the same actor cannot reorder its calls on the wire
+        // (whatever writes on it next writes these first), and written
+        // once the lock is let go (never blocking under it, on a thread
+        // that may be the one reading the actor's answers).
+        if conn.hold_frames(&frames).is_ok() {
+            fx.flushes.push(q_conn);
         }
     }
 

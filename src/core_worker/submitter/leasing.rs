@@ -110,10 +110,11 @@ impl Submitter {
         let Some(cq) = self.classes.get_mut(class) else {
             return;
         };
+        let full = cq.depth();
         let depth = if env.submitting() {
-            cq.depth().min(SUBMIT_DEPTH)
+            full.min(SUBMIT_DEPTH)
         } else {
-            cq.depth()
+            full
         };
         while !cq.queue.is_empty() {
             let best = cq
@@ -144,17 +145,26 @@ impl Submitter {
             fx.pushes
                 .extend(Push::new(lease.worker, lease.conn, &task.spec));
         }
-        let usable = cq
+        let usable: Vec<&LeaseState> = cq
             .leases
             .iter()
-            .filter(|l| self.leases.get(l).is_some_and(|s| !s.blocked))
-            .count();
-        let want = if cq.queue.is_empty() {
+            .filter_map(|l| self.leases.get(l))
+            .filter(|s| !s.blocked)
+            .collect();
+        // What the leases held will take as their results come back (a
+        // submitting thread left their pipelines part empty) needs no
+        // lease of its own.
+        let room: usize = usable
+            .iter()
+            .map(|s| full.saturating_sub(s.inflight.len()))
+            .sum();
+        let left = cq.queue.len().saturating_sub(room);
+        let want = if left == 0 {
             0
-        } else if usable == 0 {
-            cq.queue.len().min(MAX_PENDING_LEASES)
+        } else if usable.is_empty() {
+            left.min(MAX_PENDING_LEASES)
         } else {
-            cq.queue.len().div_ceil(depth).min(MAX_PENDING_LEASES)
+            left.div_ceil(full).min(MAX_PENDING_LEASES)
         };
         while cq.pending_requests < want {
             cq.pending_requests += 1;
@@ -577,6 +587,10 @@ pub(super) mod tests {
         let (mut sub, tasks, fx) = short_class_leased(&env, &class, 10);
         let got: Vec<TaskId> = pushed(&fx).into_iter().map(|(_, _, t)| t).collect();
         assert_eq!(got, tasks[..SUBMIT_DEPTH].to_vec(), "submitting: two");
+        assert!(
+            fx.lease_requests.is_empty(),
+            "the lease's pipeline has room for the rest: no more leases asked for"
+        );
         env.submitting.set(false);
         let mut fx = Effects::default();
         sub.finished_on_lease(WorkerId::new(0, 4001), tasks[0], Some(now), now);

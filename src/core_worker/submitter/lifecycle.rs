@@ -206,6 +206,20 @@ impl Submitter {
             }
             q.conn = None;
             q.lost = Some(worker);
+            // Calls held back only by the in-flight bound (ready, at the
+            // queue's front) count as sent: without the bound they would
+            // have been, so they fare as the calls in flight do, and no
+            // later call runs on the restarted actor while an earlier one
+            // failed with the lost one.
+            if q.sequential {
+                while let Some(t) = q.pending.front().copied() {
+                    if !self.tasks.get(&t).is_some_and(|e| e.deps.is_empty()) {
+                        break;
+                    }
+                    q.pending.pop_front();
+                    q.inflight.push(t);
+                }
+            }
             // Calls that may be retried (Ray's max_task_retries) go back to
             // the front of the queue, in order, for the restarted actor.
             let mut failed = Vec::new();
@@ -782,6 +796,16 @@ mod tests {
             assert_eq!(next, vec![calls[ACTOR_PIPELINE]]);
             assert_eq!(sub.actors[&actor].inflight.len(), ACTOR_PIPELINE);
             assert_eq!(sub.actors[&actor].pending.len(), 9);
+            // The actor's process dies: the calls held back by the bound
+            // fail with those in flight (none has retries), none is left
+            // to run on a restarted actor.
+            let lost = sub.worker_lost(worker, 0, &mut fx);
+            assert_eq!(lost.fail.len(), ACTOR_PIPELINE + 9);
+            assert!(lost
+                .fail
+                .iter()
+                .all(|(_, e)| e.kind() == ErrorKind::ActorDied));
+            assert!(sub.actors[&actor].pending.is_empty());
         }
     }
 }
