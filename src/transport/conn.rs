@@ -227,9 +227,21 @@ impl Conn {
     }
 
     /// Queues frames already encoded to go out, unwritten, with the next
-    /// write on this connection (see [`Conn::hold`]); never blocks.
+    /// write on this connection (see [`Conn::hold`]); never blocks. The
+    /// caller flushes them next, so however many they are, they are no
+    /// sign of a peer that stopped reading: only a backlog already over
+    /// [`MAX_OUTBOX`] is.
     pub(crate) fn hold_frames(&self, frames: &[u8]) -> Result<()> {
-        self.defer(frames).map(|_| ())
+        let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        if d.len() > MAX_OUTBOX {
+            drop(d);
+            self.close();
+            return Err(Error::unavailable(
+                "peer connection closed: the peer stopped reading",
+            ));
+        }
+        d.extend_from_slice(frames);
+        Ok(())
     }
 
     /// Sends one message without ever blocking: what the socket does not

@@ -211,7 +211,7 @@ impl Submitter {
             // have been, so they fare as the calls in flight do, and no
             // later call runs on the restarted actor while an earlier one
             // failed with the lost one.
-            if q.sequential {
+            if q.sequential && q.inflight.len() >= super::actors::ACTOR_PIPELINE {
                 while let Some(t) = q.pending.front().copied() {
                     if !self.tasks.get(&t).is_some_and(|e| e.deps.is_empty()) {
                         break;
@@ -728,6 +728,41 @@ mod tests {
         let t = sub.take_failed(calls[0]).expect("pending");
         assert_eq!(t.spec.id, calls[0]);
         assert_eq!(sub.actors[&actor].pending.len(), 1, "out of its queue too");
+    }
+
+    /// Below the in-flight bound, calls still queued when an actor's
+    /// process dies were not held back by it (they were not sent for
+    /// another reason): they wait for the restarted actor, as before.
+    #[test]
+    fn calls_queued_below_the_bound_wait_for_the_restart() {
+        let mut sub = Submitter::default();
+        let calls = queue(&mut sub, &class(false), 5);
+        sub.classes.clear();
+        let (actor, worker) = (ActorId(8), WorkerId::new(0, 4108));
+        for t in &calls {
+            let e = sub.tasks.get_mut(t).unwrap();
+            e.spec.actor = Some(actor);
+        }
+        sub.actors.insert(
+            actor,
+            ActorQueue {
+                conn: Some((worker, ConnId::for_test(9))),
+                sequential: true,
+                inflight: calls[..3].to_vec(),
+                pending: calls[3..].iter().copied().collect(),
+                ..ActorQueue::default()
+            },
+        );
+        let mut fx = Effects::default();
+        let lost = sub.worker_lost(worker, 0, &mut fx);
+        let failed: Vec<TaskId> = lost.fail.iter().map(|(t, _)| *t).collect();
+        assert_eq!(failed, calls[..3].to_vec(), "those in flight");
+        let q = &sub.actors[&actor];
+        assert_eq!(
+            q.pending.iter().copied().collect::<Vec<_>>(),
+            calls[3..].to_vec()
+        );
+        assert_eq!(lost.flush, vec![actor], "they wait for the restarted actor");
     }
 
     /// An actor running one call at a time has at most `ACTOR_PIPELINE`
