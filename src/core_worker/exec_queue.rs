@@ -217,6 +217,15 @@ impl<C: PeerHandle> Queue<C> {
     }
 }
 
+/// Whether a connection thread, handed normal task `spec` after one that
+/// came alone or not (`prev_alone`), should wait awake for the next push:
+/// two lone pushes in a row are a caller waiting on each task (a sync
+/// loop, a chain), whose next push is a round trip away; the first push of
+/// a burst comes alone too, and no other follows it alone.
+pub(crate) fn caller_waits_on_each(prev_alone: bool, spec: &TaskSpec) -> bool {
+    spec.actor.is_none() && prev_alone && spec.alone
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +257,18 @@ mod tests {
             arg_copies: Vec::new(),
             gpus: Vec::new(),
         }
+    }
+
+    /// Only a lone normal task after another lone one makes the reader
+    /// wait awake (actor calls have their own rule: they may run inline).
+    #[test]
+    fn a_reader_waits_awake_only_for_a_caller_waiting_on_each_task() {
+        let mut s = spec(1, false);
+        assert!(caller_waits_on_each(true, &s), "a sync loop");
+        assert!(!caller_waits_on_each(false, &s), "the first of a burst");
+        s.alone = false;
+        assert!(!caller_waits_on_each(true, &s), "pipelined");
+        assert!(!caller_waits_on_each(true, &spec(2, true)), "an actor call");
     }
 
     fn task_ids(q: &Queue<Peer>) -> Vec<u64> {

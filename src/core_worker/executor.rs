@@ -27,11 +27,12 @@
 //! Round trips with a caller that waits on each answer (a chain of tasks,
 //! one `get` per call) are spent awake: after a task that came alone
 //! (`TaskSpec::alone`), the main thread spins briefly for the next push
-//! before it sleeps, and after an inline actor call the connection thread
-//! spins briefly for the next call ([`crate::transport::expect_input_soon`]).
-//! On a VM, waking a sleeping CPU is most of a socket round trip; a
-//! pipelined caller's tasks come alone only at the end of a burst, so
-//! they cost almost no spinning.
+//! before it sleeps, and the connection thread spins briefly for the next
+//! push after an inline actor call or a second lone task in a row
+//! ([`crate::transport::expect_input_soon`]). On a VM, waking a sleeping
+//! CPU is most of a socket round trip; a pipelined caller's tasks come
+//! alone only at the start and end of a burst, so they cost almost no
+//! spinning.
 //!
 //! While the running task blocks in `get`/`wait`, the worker tells its raylet
 //! (which lends the task's CPUs to others) and hands the tasks queued behind
@@ -110,6 +111,8 @@ pub(crate) struct ExecShared {
 }
 
 thread_local! {
+    /// On a connection thread: the last task pushed on it came alone.
+    static LAST_PUSH_ALONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// The call a threaded actor's pool thread is running.
     static POOL_TASK: std::cell::Cell<Option<TaskId>> = const { std::cell::Cell::new(None) };
 }
@@ -231,6 +234,10 @@ impl CoreWorker {
         }
         let short = self.exec.call_ns.load(std::sync::atomic::Ordering::Relaxed)
             < INLINE_MAX.as_nanos() as u64;
+        let prev_alone = LAST_PUSH_ALONE.with(|a| a.replace(spec.alone));
+        if super::exec_queue::caller_waits_on_each(prev_alone, &spec) {
+            crate::transport::expect_input_soon();
+        }
         // A caller with more calls already on the way (pipelining) gets the
         // queue: reading and running then overlap.
         let (admit, spec) =
