@@ -28,11 +28,11 @@
 //! one `get` per call) are spent awake: after a task that came alone
 //! (`TaskSpec::alone`), the main thread spins briefly for the next push
 //! before it sleeps, and the connection thread spins briefly for the next
-//! push after an inline actor call or a second lone task in a row
+//! push after an inline actor call or a second lone short task in a row
 //! ([`crate::transport::expect_input_soon`]). On a VM, waking a sleeping
 //! CPU is most of a socket round trip; a pipelined caller's tasks come
-//! alone only at the start and end of a burst, so they cost almost no
-//! spinning.
+//! alone only at the start of a burst (nothing else in flight on the
+//! lease), so they cost almost no spinning.
 //!
 //! While the running task blocks in `get`/`wait`, the worker tells its raylet
 //! (which lends the task's CPUs to others) and hands the tasks queued behind
@@ -234,10 +234,12 @@ impl CoreWorker {
         }
         let short = self.exec.call_ns.load(std::sync::atomic::Ordering::Relaxed)
             < INLINE_MAX.as_nanos() as u64;
-        let prev_alone = LAST_PUSH_ALONE.with(|a| a.replace(spec.alone));
-        if super::exec_queue::caller_waits_on_each(prev_alone, &spec) {
-            crate::transport::expect_input_soon();
-        }
+        // Decided now, done once the task is queued (not for a task handed
+        // back: its owner pushes nothing more until this worker unblocks).
+        let prev_alone = LAST_PUSH_ALONE.with(|a| a.get());
+        let wait_awake = super::exec_queue::caller_waits_on_each(prev_alone, &spec)
+            && self.exec.runs_short(&spec.function);
+        let alone = spec.alone;
         // A caller with more calls already on the way (pipelining) gets the
         // queue: reading and running then overlap.
         let (admit, spec) =
@@ -251,7 +253,13 @@ impl CoreWorker {
                 });
             }
             (Admit::Inline, Some(spec)) => self.run_current(conn, &spec, true),
-            _ => self.exec.wake_main(),
+            _ => {
+                LAST_PUSH_ALONE.with(|a| a.set(alone));
+                if wait_awake {
+                    crate::transport::expect_input_soon();
+                }
+                self.exec.wake_main()
+            }
         }
     }
 
