@@ -481,6 +481,25 @@ fn test_cancel() {
     assert_eq!(rustray::get(&inc::remote(1u64).unwrap()).unwrap(), 2);
 }
 
+/// Cancelling an actor call that waits for its argument lets the calls
+/// queued behind it (held back, in order, behind it) go at once.
+fn test_cancel_an_actor_call_waiting_for_its_argument() {
+    common::cluster(2.0, None);
+    let c = Counter::remote(0).unwrap();
+    assert_eq!(rustray::get(&c.record(100)).unwrap(), 1);
+    let slow = sleep_ms::remote(5_000u64).unwrap();
+    let head = c.record(&slow);
+    let behind: Vec<_> = (0..3u64).map(|i| c.record(i)).collect();
+    rustray::cancel(&head).unwrap();
+    let e = rustray::get(&head).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
+    for (i, r) in behind.iter().enumerate() {
+        let n = rustray::get_timeout(r, Duration::from_secs(3))
+            .expect("a call queued behind the cancelled one is sent");
+        assert_eq!(n, i + 2);
+    }
+}
+
 fn test_worker_killed_task_retried() {
     common::cluster(2.0, None);
     let marker = std::env::temp_dir().join(format!("rustray-die-once-{}", std::process::id()));
@@ -729,6 +748,10 @@ fn main() {
         ("test_large_objects_zero_copy", test_large_objects_zero_copy),
         ("test_refs_inside_values", test_refs_inside_values),
         ("test_cancel", test_cancel),
+        (
+            "test_cancel_an_actor_call_waiting_for_its_argument",
+            test_cancel_an_actor_call_waiting_for_its_argument,
+        ),
         (
             "test_worker_killed_task_retried",
             test_worker_killed_task_retried,

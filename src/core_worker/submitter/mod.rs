@@ -810,9 +810,17 @@ impl CoreWorker {
         let Some(task) = st.objects.get(&id).and_then(|e| e.task) else {
             return Ok(()); // finished already, or not a task result
         };
+        let actor = st.sub.tasks.get(&task).and_then(|t| t.spec.actor);
         match st.sub.cancel(task, &mut fx) {
             Cancel::Unknown | Cancel::Signalled => {}
-            Cancel::Fail(err) => self.finish_failed(&mut st, task, &err, &mut fx),
+            Cancel::Fail(err) => {
+                self.finish_failed(&mut st, task, &err, &mut fx);
+                // An actor call not sent yet may have held the calls
+                // queued behind it (waiting for its arguments): they go now.
+                if let Some(a) = actor {
+                    self.flush_actor(&mut st, a, &mut fx);
+                }
+            }
             Cancel::Refused(err) => return Err(err),
         }
         drop(st);
