@@ -97,10 +97,7 @@ impl CoreWorker {
                 // not: they are taken in if nothing else is read).
                 let Msg::Peer(m) = m else {
                     if !transport::more_buffered() {
-                        let done = take(&batch);
-                        if !done.is_empty() {
-                            me.tasks_done(worker, done);
-                        }
+                        me.tasks_done(worker, take(&batch));
                     }
                     return;
                 };
@@ -112,19 +109,13 @@ impl CoreWorker {
                         }
                     }
                     Err(other) => {
-                        let done = take(&batch);
-                        if !done.is_empty() {
-                            me.tasks_done(worker, done);
-                        }
+                        me.tasks_done(worker, take(&batch));
                         me.handle_peer(worker, &c2, other);
                     }
                 }
             },
             move || {
-                let done = take(&batch2);
-                if !done.is_empty() {
-                    me2.tasks_done(worker, done);
-                }
+                me2.tasks_done(worker, take(&batch2));
                 me2.peer_gone(worker, true)
             },
         )

@@ -688,18 +688,26 @@ mod tests {
         assert!(sub.remote_reqs.is_empty());
     }
 
+    /// `n` calls to `actor`, taken in (not yet in any of its queues).
+    fn actor_calls(sub: &mut Submitter, actor: ActorId, n: u64) -> Vec<TaskId> {
+        let calls = queue(sub, &class(false), n);
+        sub.classes.clear();
+        for t in &calls {
+            sub.tasks.get_mut(t).unwrap().spec.actor = Some(actor);
+        }
+        calls
+    }
+
     /// Calls in flight to an actor whose process died go back to the front
     /// of its queue, in order, within their retries (the actor is to be
     /// flushed once it is back); the others fail with `ActorDied`.
     #[test]
     fn an_actors_calls_in_flight_are_requeued_or_fail_when_its_process_dies() {
         let mut sub = Submitter::default();
-        let calls = queue(&mut sub, &class(false), 3);
-        sub.classes.clear();
         let (actor, worker) = (ActorId(5), WorkerId::new(0, 4105));
+        let calls = actor_calls(&mut sub, actor, 3);
         for (t, r) in calls.iter().zip([2, 0, 1]) {
             let e = sub.tasks.get_mut(t).unwrap();
-            e.spec.actor = Some(actor);
             e.retries_left = r;
             e.status = Status::Running(WorkerId(0));
         }
@@ -736,13 +744,8 @@ mod tests {
     #[test]
     fn calls_queued_below_the_bound_wait_for_the_restart() {
         let mut sub = Submitter::default();
-        let calls = queue(&mut sub, &class(false), 5);
-        sub.classes.clear();
         let (actor, worker) = (ActorId(8), WorkerId::new(0, 4108));
-        for t in &calls {
-            let e = sub.tasks.get_mut(t).unwrap();
-            e.spec.actor = Some(actor);
-        }
+        let calls = actor_calls(&mut sub, actor, 5);
         sub.actors.insert(
             actor,
             ActorQueue {
@@ -773,13 +776,8 @@ mod tests {
         use super::super::actors::ACTOR_PIPELINE;
         for sequential in [true, false] {
             let mut sub = Submitter::default();
-            let n = ACTOR_PIPELINE as u64 + 10;
-            let calls = queue(&mut sub, &class(false), n);
-            sub.classes.clear();
             let (actor, worker) = (ActorId(7), WorkerId::new(0, 4107));
-            for t in &calls {
-                sub.tasks.get_mut(t).unwrap().spec.actor = Some(actor);
-            }
+            let calls = actor_calls(&mut sub, actor, ACTOR_PIPELINE as u64 + 10);
             sub.actors.insert(
                 actor,
                 ActorQueue {

@@ -574,7 +574,11 @@ impl CoreWorker {
     /// Tasks ended on worker `from` (see `lifecycle::Report`): results
     /// read together are taken in together, under one lock of the state,
     /// and each class or actor whose pipeline they free is refilled once.
+    /// An empty batch does nothing.
     pub(crate) fn tasks_done(self: &Arc<Self>, from: WorkerId, done: Vec<Done>) {
+        if done.is_empty() {
+            return;
+        }
         if done.len() > 1 {
             RESULTS_TAKEN_TOGETHER
                 .fetch_add(done.len() as u64, std::sync::atomic::Ordering::Relaxed);
