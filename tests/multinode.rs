@@ -917,6 +917,51 @@ fn test_actor_task_reconstruction_after_node_loss() {
     assert_eq!(runs(&mb), 1);
 }
 
+/// An actor call whose by-ref argument is lost by the time the actor
+/// runs it (its only copy was on a node lost while the call waited behind
+/// another) is not lost with it: the owner remakes the argument through
+/// its lineage and sends the call again, ahead of the calls after it.
+fn test_actor_call_whose_argument_was_lost_runs_once_it_is_remade() {
+    let nodes = three_nodes();
+    let victim = &nodes[2];
+    let raylet = raylet_pid_of(victim);
+    let ma = marker("actor-arg-a");
+    let a = counted_bytes::options()
+        .scheduling_strategy(soft_on(victim))
+        .remote(ma.clone(), 1 << 20, 7u8)
+        .unwrap();
+    let (ready, _) = rustray::wait_with(
+        std::slice::from_ref(&a),
+        1,
+        Some(Duration::from_secs(30)),
+        false,
+    )
+    .expect("wait");
+    assert_eq!(ready.len(), 1);
+    let actor = Sleeper::options()
+        .resource(&pin(&nodes[1]), 0.01)
+        .remote(())
+        .expect("actor on a node that stays");
+    assert_eq!(rustray::get(&actor.nap(0)).expect("the actor is up"), 0);
+    // Both calls reach the actor at once; the second reads `a` only once
+    // the first is done, after `a`'s node is gone.
+    let busy = actor.nap(1500);
+    let read = actor.len_of(&a);
+    let after = actor.nap(1);
+    std::thread::sleep(Duration::from_millis(300));
+    kill9(raylet);
+    assert_eq!(
+        rustray::get_timeout(&busy, Duration::from_secs(30)),
+        Ok(1500)
+    );
+    let n = rustray::get_timeout(&read, Duration::from_secs(60))
+        .expect("the call ran once its argument was remade");
+    assert_eq!(n, 1 << 20);
+    assert_eq!(runs(&ma), 2, "a was made again");
+    assert_eq!(rustray::get_timeout(&after, Duration::from_secs(30)), Ok(1));
+    let _ = std::fs::remove_file(&ma);
+}
+
 /// Objects fate-share with their owner, copies included: a borrower's copy
 /// of an object, pulled into its node's store, is freed when the owner
 /// dies, although the borrower still holds the ref (whose `get` now fails
@@ -1173,6 +1218,9 @@ impl Sleeper {
     pub fn nap(&self, ms: u64) -> u64 {
         std::thread::sleep(Duration::from_millis(ms));
         ms
+    }
+    pub fn len_of(&self, data: (Vec<u8>, String)) -> usize {
+        data.0.len()
     }
 }
 
@@ -1466,6 +1514,10 @@ fn main() {
         (
             "test_actor_task_reconstruction_after_node_loss",
             test_actor_task_reconstruction_after_node_loss,
+        ),
+        (
+            "test_actor_call_whose_argument_was_lost_runs_once_it_is_remade",
+            test_actor_call_whose_argument_was_lost_runs_once_it_is_remade,
         ),
         (
             "test_owner_killed_frees_borrowed_copies",

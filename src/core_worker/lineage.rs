@@ -32,7 +32,7 @@
 //! first call did; once no handle of the actor is left, the call cannot
 //! run again (`ReconstructionFailed`).
 
-use super::submitter::{Status, Target, TaskEntry};
+use super::submitter::{Target, TaskEntry};
 use super::{CoreWorker, Effects, RawRef, State};
 use crate::codec;
 use crate::core_worker::function_manager::RetryFilter;
@@ -461,10 +461,7 @@ impl CoreWorker {
             deps.push((i, arg));
         }
         let id = t.spec.id;
-        t.status = Status::WaitingDeps;
-        t.pushed = None;
-        t.key = None;
-        st.sub.tasks.insert(id, t);
+        st.sub.wait_again(t);
         self.resolve_deps(st, id, deps, fx);
     }
 }

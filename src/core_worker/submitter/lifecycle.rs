@@ -153,6 +153,22 @@ impl Submitter {
         ended
     }
 
+    /// Task `t`, back from a worker that could not start it (its arguments
+    /// were lost), waits for its arguments again: a task as a task just
+    /// submitted does, an actor call at the front of its actor's queue,
+    /// ahead of the calls submitted after it (`flush_actor` sends only
+    /// from the queue: a call left out of it would never go out again).
+    pub(in crate::core_worker) fn wait_again(&mut self, mut t: TaskEntry) {
+        let id = t.spec.id;
+        t.status = Status::WaitingDeps;
+        t.pushed = None;
+        t.key = None;
+        if let Some(a) = t.spec.actor {
+            self.actors.entry(a).or_default().pending.push_front(id);
+        }
+        self.tasks.insert(id, t);
+    }
+
     /// The worker this process pushed tasks (or actor calls) to is gone:
     /// each task on its lease runs again or fails, and so does each call in
     /// flight to an actor it hosted. `local` is this process's node.
@@ -420,7 +436,7 @@ mod tests {
     use super::super::actors::ActorQueue;
     use super::super::leasing::tests::{class, env, pushed, queue, spec_of, TestEnv, OWNER};
     use super::*;
-    use crate::ids::LeaseId;
+    use crate::ids::{LeaseId, ObjectId};
     use crate::transport::ConnId;
     use std::time::Duration;
 
@@ -736,6 +752,61 @@ mod tests {
         let t = sub.take_failed(calls[0]).expect("pending");
         assert_eq!(t.spec.id, calls[0]);
         assert_eq!(sub.actors[&actor].pending.len(), 1, "out of its queue too");
+    }
+
+    /// An actor call that lost its arguments goes back to the front of
+    /// its actor's queue: it holds the calls behind it while its arguments
+    /// are remade, then goes out first.
+    #[test]
+    fn an_actor_call_that_lost_its_arguments_is_queued_again_first() {
+        let mut sub = Submitter::default();
+        let (actor, worker) = (ActorId(6), WorkerId::new(0, 4106));
+        let calls = actor_calls(&mut sub, actor, 2);
+        sub.actors.insert(
+            actor,
+            ActorQueue {
+                conn: Some((worker, ConnId::for_test(9))),
+                sequential: true,
+                pending: calls.iter().copied().collect(),
+                ..ActorQueue::default()
+            },
+        );
+        let first = sub.next_actor_calls(actor);
+        assert_eq!(first.len(), 2);
+        let mut fx = Effects::default();
+        let lost = Report {
+            args_lost: true,
+            ..Report::default()
+        };
+        let ended = sub.task_finished(worker, calls[0], Vec::new(), lost, Instant::now(), &mut fx);
+        let Outcome::ArgsLost(t) = ended.outcome else {
+            panic!("the call comes back to be remade");
+        };
+        let arg = ObjectId {
+            owner: WorkerId::new(0, 1),
+            seq: 77,
+        };
+        sub.wait_again(t);
+        sub.tasks.get_mut(&calls[0]).unwrap().deps.push((0, arg));
+        sub.queue_actor_call(
+            actor,
+            TaskId {
+                owner: WorkerId::new(0, 1),
+                seq: 900,
+            },
+        );
+        let q = &sub.actors[&actor];
+        assert_eq!(q.pending.front(), Some(&calls[0]));
+        assert_eq!(q.inflight, vec![calls[1]]);
+        assert_eq!(sub.tasks[&calls[0]].status, Status::WaitingDeps);
+        assert!(sub.next_actor_calls(actor).is_empty(), "held while remade");
+        sub.tasks.get_mut(&calls[0]).unwrap().deps.clear();
+        let again: Vec<TaskId> = sub
+            .next_actor_calls(actor)
+            .iter()
+            .map(|p| spec_of(p).id)
+            .collect();
+        assert_eq!(again.first(), Some(&calls[0]), "sent again, first");
     }
 
     /// Below the in-flight bound, calls still queued when an actor's
