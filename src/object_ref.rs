@@ -124,6 +124,12 @@ fn get_inner<T: DeserializeOwned + 'static>(
         return Err(Error::unavailable("rustray was shut down"));
     }
     let payload = cw.wait_local(r.raw.id, deadline(timeout))?;
+    decode_got(r, payload)
+}
+
+/// `r`'s value decoded from `payload`, which `wait_local` gave.
+fn decode_got<T: DeserializeOwned + 'static>(r: &ObjectRef<T>, payload: Payload) -> Result<T> {
+    let cw = &r.raw.cw;
     // A block read in place is not released under the decoder by `free`.
     let _reading = cw.begin_read(r.raw.id, &payload)?;
     let bytes = cw.payload_bytes(&payload)?;
@@ -196,7 +202,7 @@ pub fn get_all<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<V
         // Waiting in order costs one wake-up per value, as plain gets do;
         // a slice that passes without this value looks for a failure among
         // the later ones (one scan per slice, not per arriving value).
-        loop {
+        let payload = loop {
             let slice = Instant::now() + GET_ALL_SLICE;
             match r.raw.cw.wait_value(r.raw.id, Some(slice)) {
                 Err(e) if e.kind() == ErrorKind::Timeout && Instant::now() >= slice => {
@@ -206,10 +212,19 @@ pub fn get_all<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<V
                     blocked.get_or_insert_with(|| r.raw.cw.block_guard());
                 }
                 Err(e) => return Err(e),
-                Ok(_) => break,
+                Ok(p) => break p,
             }
+        };
+        // As `get` from here, without finding the value a second time.
+        if r.raw
+            .cw
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(Error::unavailable("rustray was shut down"));
         }
-        out.push(get(r)?);
+        let payload = r.raw.cw.local_of(r.raw.id, payload, None)?;
+        out.push(decode_got(r, payload)?);
     }
     Ok(out)
 }

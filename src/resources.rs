@@ -9,6 +9,7 @@
 use crate::error::Error;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 /// Where a task or an actor runs, as Ray's scheduling strategies.
 ///
@@ -62,10 +63,21 @@ pub(crate) const SCALE: f64 = 10_000.0;
 pub(crate) const UNIT: i64 = 10_000;
 
 /// A set of named resource amounts (a task's shape or a node's capacity).
-#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize)]
+///
+/// The amounts are shared, copied on the first change: a task's shape is
+/// cloned into its spec, its scheduling class and the class's key, once
+/// per task submitted, and a clone must not cost allocations there.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub(crate) struct ResourceSet {
     // sorted by name, no zero amounts: equal shapes compare equal
-    pub(crate) items: Vec<(String, i64)>,
+    pub(crate) items: Arc<Vec<(String, i64)>>,
+}
+
+/// As the bare list of amounts (the wire's form).
+impl Serialize for ResourceSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.items.as_slice().serialize(s)
+    }
 }
 
 /// The largest amount one resource may hold, in fixed-point units (about
@@ -103,8 +115,23 @@ impl ResourceSet {
                 return Err(format!("resource `{name}` is out of order or repeated"));
             }
         }
-        Ok(ResourceSet { items })
+        // The shape of almost every task: one shared copy.
+        if items.as_slice() == one_cpu().items.as_slice() {
+            return Ok(one_cpu().clone());
+        }
+        Ok(ResourceSet {
+            items: Arc::new(items),
+        })
     }
+}
+
+/// `{CPU: 1}`, a task's default shape: built once, shared by every task
+/// that keeps it.
+pub(crate) fn one_cpu() -> &'static ResourceSet {
+    static ONE: OnceLock<ResourceSet> = OnceLock::new();
+    ONE.get_or_init(|| ResourceSet {
+        items: Arc::new(vec![(CPU.to_string(), UNIT)]),
+    })
 }
 
 impl fmt::Debug for ResourceSet {
@@ -140,11 +167,12 @@ impl ResourceSet {
         let fixed = ((amount * SCALE).round() as i64).min(MAX_FIXED);
         match self.items.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
             Ok(i) if fixed == 0 => {
-                self.items.remove(i);
+                Arc::make_mut(&mut self.items).remove(i);
             }
-            Ok(i) => self.items[i].1 = fixed,
+            Ok(i) if self.items[i].1 == fixed => {}
+            Ok(i) => Arc::make_mut(&mut self.items)[i].1 = fixed,
             Err(_) if fixed == 0 => {}
-            Err(i) => self.items.insert(i, (name.to_string(), fixed)),
+            Err(i) => Arc::make_mut(&mut self.items).insert(i, (name.to_string(), fixed)),
         }
         Ok(())
     }
@@ -201,22 +229,72 @@ impl ResourceSet {
     }
 
     pub(crate) fn add_signed(&mut self, other: &ResourceSet, sign: i64) {
-        for (k, v) in &other.items {
-            let cur = self.fixed(k) + sign * v;
-            match self.items.binary_search_by(|(n, _)| n.as_str().cmp(k)) {
-                Ok(i) => self.items[i].1 = cur,
-                Err(i) => self.items.insert(i, (k.clone(), cur)),
+        if other.items.is_empty() {
+            return;
+        }
+        let items = Arc::make_mut(&mut self.items);
+        for (k, v) in other.items.iter() {
+            match items.binary_search_by(|(n, _)| n.as_str().cmp(k)) {
+                Ok(i) => items[i].1 += sign * v,
+                Err(i) => items.insert(i, (k.clone(), sign * v)),
             }
         }
     }
 
     /// Only the CPU part of the shape (what a blocked task lends back).
     pub(crate) fn cpu_only(&self) -> ResourceSet {
-        let mut r = ResourceSet::new();
         let cpu = self.fixed(CPU);
-        if cpu != 0 {
-            r.items.push((CPU.to_string(), cpu));
+        if cpu == 0 {
+            return ResourceSet::new();
         }
-        r
+        if cpu == UNIT {
+            return one_cpu().clone();
+        }
+        ResourceSet {
+            items: Arc::new(vec![(CPU.to_string(), cpu)]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    /// A clone shares the amounts (no allocation per task submitted); a
+    /// change to one copy is its own.
+    #[test]
+    fn clones_share_their_amounts_until_one_changes() {
+        let a = one_cpu().clone();
+        let mut b = a.clone();
+        assert!(Arc::ptr_eq(&a.items, &b.items));
+        b.set(CPU, 1.0).unwrap();
+        assert!(Arc::ptr_eq(&a.items, &b.items), "setting the same amount");
+        b.set(GPU, 1.0).unwrap();
+        let mut c = a.clone();
+        c.add_signed(&b, -1);
+        assert_eq!(a, *one_cpu());
+        assert_eq!((b.get(CPU), b.get(GPU)), (1.0, 1.0));
+        assert_eq!((c.get(CPU), c.get(GPU)), (0.0, -1.0));
+        assert_eq!(a.cpu_only(), a);
+        assert!(Arc::ptr_eq(&b.cpu_only().items, &one_cpu().items));
+    }
+
+    /// The wire carries the bare sorted list; the default shape decoded
+    /// from it is the shared one, and any other is checked as before.
+    #[test]
+    fn the_wire_form_is_the_list_and_the_default_decodes_shared() {
+        let list: Vec<(String, i64)> = vec![(CPU.into(), UNIT)];
+        let bytes = codec::encode(one_cpu()).unwrap();
+        assert_eq!(bytes, codec::encode(&list).unwrap());
+        let back: ResourceSet = codec::decode(&bytes, "a shape").unwrap();
+        assert!(Arc::ptr_eq(&back.items, &one_cpu().items));
+        let two = ResourceSet::new().with(CPU, 2.0).unwrap();
+        let back: ResourceSet = codec::decode(&codec::encode(&two).unwrap(), "a shape").unwrap();
+        assert_eq!(back, two);
+        let unsorted: Vec<(String, i64)> = vec![(GPU.into(), UNIT), (CPU.into(), UNIT)];
+        let e = codec::decode::<ResourceSet>(&codec::encode(&unsorted).unwrap(), "a shape")
+            .unwrap_err();
+        assert!(e.message().contains("out of order"), "{e}");
     }
 }

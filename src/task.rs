@@ -115,7 +115,7 @@ impl TaskOptions {
     /// One CPU, three retries (Ray's defaults).
     pub fn new() -> TaskOptions {
         TaskOptions {
-            shape: ResourceSet::new().with(CPU, 1.0),
+            shape: Ok(crate::resources::one_cpu().clone()),
             max_retries: 3,
             strategy: crate::SchedulingStrategy::Default,
             retry_exceptions: None,

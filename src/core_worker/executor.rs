@@ -532,17 +532,16 @@ fn panic_message(p: &(dyn Any + Send)) -> String {
     }
 }
 
-fn arg_bytes<'a>(cw: &'a CoreWorker, args: &'a [Payload]) -> Result<Vec<&'a [u8]>> {
-    args.iter().map(|p| cw.payload_bytes(p)).collect()
-}
-
 /// Arguments in another node's store, pulled into this node's for the
 /// task's duration, and arguments in this node's store, pinned for it
 /// (both released when dropped).
 struct LocalArgs<'a> {
     cw: &'a CoreWorker,
-    args: Vec<Payload>,
-    pulled: Vec<Payload>,
+    /// As the spec has them.
+    args: &'a [Payload],
+    /// By index, the local copies of those pulled from other nodes
+    /// (empty when none was: the common case costs no allocation).
+    pulled: Vec<(usize, Payload)>,
     _pins: Option<super::free::BlockPins>,
 }
 
@@ -553,17 +552,22 @@ impl<'a> LocalArgs<'a> {
     /// why: its owner can reconstruct it and run the task again.
     fn new(
         cw: &'a CoreWorker,
-        args: &[Payload],
+        args: &'a [Payload],
         copies: &[(u32, Vec<u16>)],
     ) -> std::result::Result<LocalArgs<'a>, (Error, Option<u32>)> {
         // This node's blocks first: their owner may die while the task
         // reads them.
-        let here: Vec<&Payload> = args.iter().filter(|p| !cw.is_remote(p)).collect();
+        let pins = if args.iter().any(|p| matches!(p, Payload::Store { .. })) {
+            let here: Vec<&Payload> = args.iter().filter(|p| !cw.is_remote(p)).collect();
+            cw.pin_local(&here).map_err(|e| (e, None))?
+        } else {
+            None
+        };
         let mut out = LocalArgs {
             cw,
-            args: Vec::with_capacity(args.len()),
+            args,
             pulled: Vec::new(),
-            _pins: cw.pin_local(&here).map_err(|e| (e, None))?,
+            _pins: pins,
         };
         for (i, p) in args.iter().enumerate() {
             if cw.is_remote(p) {
@@ -573,20 +577,32 @@ impl<'a> LocalArgs<'a> {
                         let lost = (e.kind() == ErrorKind::ObjectLost).then_some(i as u32);
                         (e, lost)
                     })?;
-                out.pulled.push(p.clone());
-                out.args.push(local);
-            } else {
-                out.args.push(p.clone());
+                out.pulled.push((i, local));
             }
         }
         Ok(out)
+    }
+
+    /// Each argument's bytes, read in place (the pulled ones from their
+    /// local copies).
+    fn bytes(&self) -> Result<Vec<&[u8]>> {
+        let mut pulled = self.pulled.iter().peekable();
+        self.args
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match pulled.next_if(|(j, _)| *j == i) {
+                Some((_, local)) => self.cw.payload_bytes(local),
+                None => self.cw.payload_bytes(p),
+            })
+            .collect()
     }
 }
 
 impl Drop for LocalArgs<'_> {
     fn drop(&mut self) {
-        for p in &self.pulled {
-            self.cw.unpin(p);
+        // The pins were taken on the blocks pulled from (see `pull`).
+        for (i, _) in &self.pulled {
+            self.cw.unpin(&self.args[*i]);
         }
     }
 }
@@ -603,7 +619,7 @@ fn construct(cw: &Arc<CoreWorker>, spec: &ActorSpec) -> Result<Box<dyn Any + Sen
         )
     })?;
     let local = LocalArgs::new(cw, &spec.args, &[]).map_err(|(e, _)| e)?;
-    let bytes = arg_bytes(cw, &local.args)?;
+    let bytes = local.bytes()?;
     let mut reader = ArgReader::new(&bytes, &spec.class);
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         (entry.construct)(&mut reader)
@@ -656,7 +672,7 @@ fn run(
         }
     };
     let mut panicked = false;
-    let outcome = invoke(cw, spec, &local, actor, shared, &mut panicked);
+    let outcome = invoke(spec, &local, actor, shared, &mut panicked);
     drop(local);
     let (returns, app_error) = match outcome {
         Ok(r) => {
@@ -716,16 +732,16 @@ fn keep_forever(refs: Vec<super::RawRef>) {
 }
 
 fn invoke(
-    cw: &Arc<CoreWorker>,
     spec: &TaskSpec,
     local: &LocalArgs<'_>,
     actor: Option<&mut (String, Box<dyn Any + Send>)>,
     shared: Option<&SharedActor>,
     panicked: &mut bool,
 ) -> Result<Returns> {
-    let bytes = arg_bytes(cw, &local.args)?;
+    let bytes = local.bytes()?;
     let mut reader = ArgReader::new(&bytes, &spec.function);
-    let what;
+    // What ran, for an error's message (made only for one).
+    let mut class_name: &str = "";
     let result = match spec.actor {
         None => {
             let f = registry_function(&spec.function).ok_or_else(|| {
@@ -737,55 +753,50 @@ fn invoke(
                     ),
                 )
             })?;
-            what = format!("task `{}`", spec.function);
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut reader)))
         }
         Some(_) => {
-            let entry = {
-                let class: &str = match (&shared, &actor) {
-                    (Some((class, _)), _) | (None, Some((class, _))) => class,
-                    (None, None) => {
-                        return Err(Error::new(
-                            ErrorKind::ActorDied,
-                            "this worker hosts no actor",
-                        ))
-                    }
-                };
-                what = format!("actor method `{}::{}`", class, spec.function);
-                registry_actor(class).ok_or_else(|| {
-                    Error::new(
+            // The actor's state: shared by a threaded actor's call
+            // threads (`&self` methods), else this thread's own.
+            let (class, state) = match (shared, actor) {
+                (Some((class, state)), _) => (class.as_str(), Ok(state)),
+                (None, Some((class, state))) => (class.as_str(), Err(state)),
+                (None, None) => {
+                    return Err(Error::new(
                         ErrorKind::ActorDied,
-                        format!("actor class `{class}` is not registered"),
-                    )
-                })?
+                        "this worker hosts no actor",
+                    ))
+                }
             };
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match (shared, actor) {
-                // A threaded actor: `&self` methods on the shared state.
-                (Some((_, state)), _) => {
-                    (entry.dispatch_shared)(&**state, &spec.function, &mut reader)
-                }
-                (None, Some((_, state))) => {
-                    (entry.dispatch)(state.as_mut(), &spec.function, &mut reader)
-                }
-                (None, None) => Err(Error::new(
+            class_name = class;
+            let entry = registry_actor(class).ok_or_else(|| {
+                Error::new(
                     ErrorKind::ActorDied,
-                    "this worker hosts no actor",
-                )),
+                    format!("actor class `{class}` is not registered"),
+                )
+            })?;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match state {
+                Ok(shared) => (entry.dispatch_shared)(&**shared, &spec.function, &mut reader),
+                Err(own) => (entry.dispatch)(own.as_mut(), &spec.function, &mut reader),
             }))
         }
+    };
+    let what = || match spec.actor {
+        None => format!("task `{}`", spec.function),
+        Some(_) => format!("actor method `{class_name}::{}`", spec.function),
     };
     match result {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) if e.kind() == ErrorKind::TaskFailed => Err(e),
         Ok(Err(e)) => Err(Error::new(
             ErrorKind::TaskFailed,
-            format!("{what} failed: {e}"),
+            format!("{} failed: {e}", what()),
         )),
         Err(p) => {
             *panicked = true;
             Err(Error::new(
                 ErrorKind::TaskFailed,
-                format!("{what} panicked: {}", panic_message(&*p)),
+                format!("{} panicked: {}", what(), panic_message(&*p)),
             ))
         }
     }

@@ -222,6 +222,17 @@ impl CoreWorker {
         deadline: Option<Instant>,
     ) -> Result<Payload> {
         let p = self.wait_value(id, deadline)?;
+        self.local_of(id, p, deadline)
+    }
+
+    /// `p`, the value of `id` (as `wait_value` found it), readable here:
+    /// itself, or a copy pulled into this node's store.
+    pub(crate) fn local_of(
+        self: &Arc<Self>,
+        id: ObjectId,
+        p: Payload,
+        deadline: Option<Instant>,
+    ) -> Result<Payload> {
         if !self.is_remote(&p) {
             return Ok(p);
         }

@@ -134,8 +134,9 @@ pub(crate) struct NodeLoad {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct TaskSpec {
     pub(crate) id: TaskId,
-    /// Registered function name, or the method name of an actor call.
-    pub(crate) function: String,
+    /// Registered function name, or the method name of an actor call
+    /// (borrowed where it was submitted: the name is the code's).
+    pub(crate) function: std::borrow::Cow<'static, str>,
     /// Resolved arguments: values only, dependencies already fetched.
     pub(crate) args: Vec<Payload>,
     pub(crate) returns: Vec<ObjectId>,

@@ -317,7 +317,7 @@ impl CoreWorker {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn submit(
         self: &Arc<Self>,
-        function: &str,
+        function: &'static str,
         shape: Result<ResourceSet>,
         strategy: &crate::SchedulingStrategy,
         max_retries: u32,
@@ -378,7 +378,7 @@ impl CoreWorker {
             .collect();
         let spec = TaskSpec {
             id,
-            function: function.to_string(),
+            function: function.into(),
             args: payloads,
             returns: refs.iter().map(|r| r.id).collect(),
             actor,
