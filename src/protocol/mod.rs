@@ -41,6 +41,8 @@ pub(crate) use transfer::Transfer;
 // the files the fingerprint reads stay types only.
 mod envelope;
 pub(crate) use envelope::{Message, PushRef};
+// How byte fields are encoded (as a `Vec<u8>` is, read faster).
+pub(crate) mod bytes;
 
 use crate::error::Error;
 use crate::ids::{ActorId, LeaseId, ObjectId, TaskId, WorkerId};
@@ -54,6 +56,7 @@ pub(crate) struct FabricAddr {
     /// The provider, as libfabric names it (`tcp;ofi_rxm`, `shm`, `verbs;ofi_rxm`).
     pub(crate) provider: String,
     /// The endpoint's name (`fi_getname`), raw.
+    #[serde(with = "bytes")]
     pub(crate) name: Vec<u8>,
     /// Remote address of arena offset 0: its virtual address under
     /// `FI_MR_VIRT_ADDR`, else 0.
@@ -69,7 +72,7 @@ pub(crate) struct FabricAddr {
 /// in the node's arena.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum Payload {
-    Inline(Vec<u8>),
+    Inline(#[serde(with = "bytes")] Vec<u8>),
     /// A block of node `node`'s arena; another node reads it by pulling a
     /// copy into its own store. `tag` is random per stored object, so a copy
     /// of a freed block can never be mistaken for the block's next object.
