@@ -416,13 +416,13 @@ impl CoreWorker {
                 fx.free_offsets.push((node, offset));
             }
         }
-        let entry = TaskEntry {
+        let entry = Box::new(TaskEntry {
             retries_left,
             max_retries,
             retry_exceptions,
             arg_ids,
             ..TaskEntry::waiting(spec, keep, handle, target)
-        };
+        });
         self.enqueue(st, tid, entry, fx);
         Ok(pinned)
     }
@@ -433,7 +433,7 @@ impl CoreWorker {
     pub(super) fn args_lost(
         self: &Arc<Self>,
         st: &mut State,
-        mut t: TaskEntry,
+        mut t: Box<TaskEntry>,
         lost_args: &[u32],
         fx: &mut Effects,
     ) {
@@ -493,13 +493,13 @@ mod tests {
         let id = ObjectId { owner: me(), seq };
         st.objects.insert(
             id,
-            Entry {
+            Box::new(Entry {
                 local: 1,
                 owned: true,
                 value: Some(block(seq * 4096)),
                 made_by: Some(made_by),
                 ..Entry::default()
-            },
+            }),
         );
         id
     }
@@ -584,12 +584,12 @@ mod tests {
         };
         st.objects.insert(
             p,
-            Entry {
+            Box::new(Entry {
                 local: 1,
                 owned: true,
                 value: Some(block(0)),
                 ..Entry::default()
-            },
+            }),
         );
         let r = made(&mut st, 10, task(10));
         record(&mut st, task(10), r, &[p]);

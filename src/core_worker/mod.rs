@@ -236,7 +236,10 @@ impl Push {
 /// Everything behind the core worker's lock.
 #[derive(Default)]
 pub(crate) struct State {
-    pub(crate) objects: IdMap<ObjectId, Entry>,
+    /// Boxed: an entry is some 300 bytes, and a table of them moved each
+    /// entry in and out of it and all of them at each resize (the churn of
+    /// a burst of tasks resized it every burst, on fresh pages).
+    pub(crate) objects: IdMap<ObjectId, Box<Entry>>,
     pub(crate) sub: submitter::Submitter,
     /// Objects whose entry holds its block's write pin (`Entry::held_pin`),
     /// with when they were put.
@@ -716,7 +719,7 @@ impl CoreWorker {
             c.close();
         }
         self.raylet.close();
-        let drops: Vec<Entry> = {
+        let drops: Vec<Box<Entry>> = {
             let mut st = self.lock();
             st.sub = submitter::Submitter::default();
             st.objects.drain().map(|(_, e)| e).collect()

@@ -23,12 +23,12 @@ impl CoreWorker {
         };
         st.objects.insert(
             id,
-            Entry {
+            Box::new(Entry {
                 local: 1,
                 owned: true,
                 task,
                 ..Entry::default()
-            },
+            }),
         );
         RawRef {
             id,
@@ -215,10 +215,10 @@ impl CoreWorker {
             None => {
                 st.objects.insert(
                     id,
-                    Entry {
+                    Box::new(Entry {
                         local: 1,
                         ..Entry::default()
-                    },
+                    }),
                 );
             }
         }
@@ -279,13 +279,13 @@ impl State {
             // value goes, the entry and its own lineage stay.
             self.objects.insert(
                 id,
-                Entry {
+                Box::new(Entry {
                     owned: true,
                     made_by: e.made_by,
                     lineage: e.lineage,
                     lineage_only: true,
                     ..Entry::default()
-                },
+                }),
             );
         } else if let Some(t) = e.made_by {
             CoreWorker::release_lineage(self, t);
@@ -416,12 +416,12 @@ mod tests {
         let id = ObjectId { owner: me(), seq };
         st.objects.insert(
             id,
-            Entry {
+            Box::new(Entry {
                 local: 1,
                 owned: true,
                 value,
                 ..Entry::default()
-            },
+            }),
         );
         id
     }
@@ -433,11 +433,11 @@ mod tests {
         };
         st.objects.insert(
             id,
-            Entry {
+            Box::new(Entry {
                 local: 1,
                 value,
                 ..Entry::default()
-            },
+            }),
         );
         id
     }

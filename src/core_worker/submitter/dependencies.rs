@@ -15,7 +15,7 @@ const LOCALITY_MIN_BYTES: u64 = 1 << 20;
 /// The nodes other than the primary's that hold a copy of each store
 /// argument passed by ref, as the object table knows them.
 fn arg_copies(
-    objects: &crate::core_worker::IdMap<ObjectId, crate::core_worker::Entry>,
+    objects: &crate::core_worker::IdMap<ObjectId, Box<crate::core_worker::Entry>>,
     args: &[Payload],
     ids: &[(usize, ObjectId)],
 ) -> Vec<(u32, Vec<u16>)> {

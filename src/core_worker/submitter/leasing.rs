@@ -460,11 +460,11 @@ pub(super) mod tests {
                     arg_copies: Vec::new(),
                     gpus: Vec::new(),
                 };
-                let entry = TaskEntry {
+                let entry = Box::new(TaskEntry {
                     key: Some(class.clone()),
                     status: Status::Queued,
                     ..TaskEntry::waiting(spec, Vec::new(), None, Target::Default)
-                };
+                });
                 sub.tasks.insert(id, entry);
                 sub.classes
                     .entry(class.clone())

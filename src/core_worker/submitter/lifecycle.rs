@@ -48,9 +48,9 @@ pub(super) enum Outcome {
     /// Queued again for another attempt; this one's results are freed.
     Retried,
     /// It never started: its lost arguments are made again first.
-    ArgsLost(TaskEntry),
+    ArgsLost(Box<TaskEntry>),
     /// Finished: its results are to be stored as its return objects.
-    Done(TaskEntry, Vec<Payload>),
+    Done(Box<TaskEntry>, Vec<Payload>),
 }
 
 /// A task's end, as [`Submitter::task_finished`] decides it.
@@ -158,7 +158,7 @@ impl Submitter {
     /// submitted does, an actor call at the front of its actor's queue,
     /// ahead of the calls submitted after it (`flush_actor` sends only
     /// from the queue: a call left out of it would never go out again).
-    pub(in crate::core_worker) fn wait_again(&mut self, mut t: TaskEntry) {
+    pub(in crate::core_worker) fn wait_again(&mut self, mut t: Box<TaskEntry>) {
         let id = t.spec.id;
         t.status = Status::WaitingDeps;
         t.pushed = None;
@@ -266,7 +266,7 @@ impl Submitter {
 
     /// Takes failed task `id` out of the state (and out of its actor's
     /// queues), for the shell to store its error as each result.
-    pub(super) fn take_failed(&mut self, id: TaskId) -> Option<TaskEntry> {
+    pub(super) fn take_failed(&mut self, id: TaskId) -> Option<Box<TaskEntry>> {
         let t = self.tasks.remove(&id)?;
         if let Some(a) = t.spec.actor {
             if let Some(q) = self.actors.get_mut(&a) {

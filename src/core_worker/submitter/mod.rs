@@ -176,7 +176,8 @@ pub(crate) struct Extra {
 /// The owner-side submission state (inside the core worker's lock).
 #[derive(Default)]
 pub(crate) struct Submitter {
-    pub(super) tasks: IdMap<TaskId, TaskEntry>,
+    /// Boxed as the object table's entries are (see `State::objects`).
+    pub(super) tasks: IdMap<TaskId, Box<TaskEntry>>,
     /// How to run finished tasks again if their results are lost.
     pub(super) lineage: super::lineage::LineageTable,
     classes: IdMap<SchedKey, ClassQueue>,
@@ -407,13 +408,13 @@ impl CoreWorker {
             e.local += 1;
             Some(h.id)
         });
-        let entry = TaskEntry {
+        let entry = Box::new(TaskEntry {
             retries_left: max_retries,
             max_retries,
             retry_exceptions: extra.retry_exceptions,
             arg_ids: dep_refs,
             ..TaskEntry::waiting(spec, keep, handle, target)
-        };
+        });
         self.enqueue(&mut st, id, entry, &mut fx);
         drop(st);
         self.apply(fx);
@@ -427,7 +428,7 @@ impl CoreWorker {
         self: &Arc<Self>,
         st: &mut State,
         id: TaskId,
-        entry: TaskEntry,
+        entry: Box<TaskEntry>,
         fx: &mut Effects,
     ) {
         let (actor, deps) = (entry.spec.actor, entry.arg_ids.clone());
@@ -660,7 +661,7 @@ impl CoreWorker {
     fn store_results(
         self: &Arc<Self>,
         st: &mut State,
-        t: TaskEntry,
+        t: Box<TaskEntry>,
         returns: Vec<Payload>,
         fx: &mut Effects,
     ) {
