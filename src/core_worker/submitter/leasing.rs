@@ -50,12 +50,16 @@ pub(crate) trait Env {
 }
 
 /// Tasks in flight per leased worker that a submitting thread pushes
-/// (see [`Env::submitting`]): one to run and one queued behind it, so the
-/// worker never waits for the owner while its results come back. The rest
-/// of a deep pipeline goes from the thread handling those results, many
-/// pushes in one write, where each push from a submitting thread is a write
-/// of its own (and a wake-up of the worker's reader).
-pub(crate) const SUBMIT_DEPTH: usize = 2;
+/// (see [`Env::submitting`]): one, so an idle worker starts at once. The
+/// rest of a pipeline goes from the thread handling the worker's results,
+/// many pushes in one write, where each push from a submitting thread is a
+/// write of its own (and a wake-up of the worker's reader). With a second
+/// one queued behind (so the worker would not wait for the owner between
+/// the two), a burst of tiny tasks made nearly a write per task: each
+/// finished before the next was submitted. 3 alternating pairs of 40
+/// repetitions: task_async 392-400k/s with two, 397-451k/s with one;
+/// nested 215-227k/s with two, 229-233k/s with one.
+pub(crate) const SUBMIT_DEPTH: usize = 1;
 
 #[derive(Default)]
 pub(super) struct ClassQueue {
@@ -586,7 +590,7 @@ pub(super) mod tests {
         env.submitting.set(true);
         let (mut sub, tasks, fx) = short_class_leased(&env, &class, 10);
         let got: Vec<TaskId> = pushed(&fx).into_iter().map(|(_, _, t)| t).collect();
-        assert_eq!(got, tasks[..SUBMIT_DEPTH].to_vec(), "submitting: two");
+        assert_eq!(got, tasks[..SUBMIT_DEPTH].to_vec(), "submitting: one");
         assert!(
             fx.lease_requests.is_empty(),
             "the lease's pipeline has room for the rest: no more leases asked for"
