@@ -274,10 +274,17 @@ impl Submitter {
         task: TaskId,
         pushed: Option<Instant>,
         now: Instant,
+        together: usize,
     ) -> Option<(SchedKey, Option<Instant>)> {
         let l = self.leases.get_mut(self.by_worker.get(&worker)?)?;
         l.inflight.retain(|x| *x != task);
+        // Results read together share one `now`: the first of them is
+        // the sample for all (the time since the worker's previous result,
+        // shared among them), the others none (each would be 0 and pull
+        // the average toward pipelining longer tasks deeper than
+        // `PIPELINE_WORK`).
         let started = match (pushed, l.last_done) {
+            (_, Some(d)) if d == now => None,
             (Some(p), Some(d)) => Some(p.max(d)),
             (p, _) => p,
         };
@@ -289,7 +296,8 @@ impl Submitter {
         }
         let class = l.class.clone();
         if let (Some(s), Some(cq)) = (started, self.classes.get_mut(&class)) {
-            let t = now.saturating_duration_since(s);
+            let shared = u32::try_from(together.max(1)).unwrap_or(u32::MAX);
+            let t = now.saturating_duration_since(s) / shared;
             cq.service = Some(match cq.service {
                 Some(avg) => (avg * 3 + t) / 4,
                 None => t,
@@ -597,7 +605,7 @@ pub(super) mod tests {
         );
         env.submitting.set(false);
         let mut fx = Effects::default();
-        sub.finished_on_lease(WorkerId::new(0, 4001), tasks[0], Some(now), now);
+        sub.finished_on_lease(WorkerId::new(0, 4001), tasks[0], Some(now), now, 1);
         sub.dispatch(&class, now, &env, &mut fx);
         let got: Vec<TaskId> = pushed(&fx).into_iter().map(|(_, _, t)| t).collect();
         assert_eq!(
@@ -712,7 +720,7 @@ pub(super) mod tests {
         assert_eq!(pushed(&fx).len(), 1, "service time unknown: one at a time");
         let done = t0 + Duration::from_micros(80);
         let (c, idle_due) = sub
-            .finished_on_lease(worker, tasks[0], Some(t0), done)
+            .finished_on_lease(worker, tasks[0], Some(t0), done, 1)
             .expect("on a lease");
         assert_eq!(c, class);
         assert_eq!(idle_due, Some(done + LEASE_IDLE));

@@ -38,6 +38,9 @@ pub(super) struct Report {
     /// It raised an application error its `retry_exceptions` filter accepts
     /// (the filter is user code: the shell runs it outside the lock).
     pub(super) retry: bool,
+    /// Results of its worker read together with this one (this one
+    /// included; 0 counts as 1): the time they took is shared among them.
+    pub(super) together: usize,
 }
 
 /// What the shell does after a task's attempt ended.
@@ -122,7 +125,9 @@ impl Submitter {
                 }
             }
         } else if self.by_worker.contains_key(&from) {
-            if let Some((class, due)) = self.finished_on_lease(from, task, t.pushed, now) {
+            if let Some((class, due)) =
+                self.finished_on_lease(from, task, t.pushed, now, report.together)
+            {
                 ended.idle_due = due;
                 ended.dispatch = Some(class);
             }
@@ -714,6 +719,37 @@ mod tests {
         calls
     }
 
+    /// Results read together share the time they took since the worker's
+    /// previous one: four read at once 400 us after their push are 100 us
+    /// each to the class's moving average, not one of 400 and three of 0 (which
+    /// pulled it toward 0, and the pipeline deeper than its millisecond).
+    #[test]
+    fn results_read_together_share_the_time_they_took() {
+        let (env, class, t0) = (env(), class(false), Instant::now());
+        let mut sub = Submitter::default();
+        let tasks = queue(&mut sub, &class, 5);
+        let worker = WorkerId::new(0, 4009);
+        leased(&mut sub, &env, &class, worker);
+        let done = t0 + Duration::from_micros(400);
+        for t in &tasks[..4] {
+            sub.finished_on_lease(worker, *t, Some(t0), done, 4)
+                .expect("on a lease");
+        }
+        // (`leased` measured 20 us before.)
+        assert_eq!(
+            sub.classes[&class].service,
+            Some(Duration::from_micros((3 * 20 + 100) / 4))
+        );
+        let next = done + Duration::from_micros(50);
+        sub.finished_on_lease(worker, tasks[4], Some(t0), next, 1)
+            .expect("on a lease");
+        assert_eq!(
+            sub.classes[&class].service,
+            Some(Duration::from_nanos((3 * 40_000 + 50_000) / 4)),
+            "timed from the batch before, not from its push"
+        );
+    }
+
     /// Calls in flight to an actor whose process died go back to the front
     /// of its queue, in order, within their retries (the actor is to be
     /// flushed once it is back); the others fail with `ActorDied`.
@@ -865,11 +901,7 @@ mod tests {
                 .collect();
             let mut fx = Effects::default();
             let mut first_done = |sub: &mut Submitter| {
-                let report = Report {
-                    exiting: false,
-                    args_lost: false,
-                    retry: false,
-                };
+                let report = Report::default();
                 sub.task_finished(
                     worker,
                     calls[0],

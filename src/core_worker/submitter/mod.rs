@@ -591,11 +591,13 @@ impl CoreWorker {
         let now = Instant::now();
         let mut classes: Vec<SchedKey> = Vec::new();
         let mut actors: Vec<ActorId> = Vec::new();
+        let together = done.len();
         for (d, retry) in done.into_iter().zip(retry) {
             let report = Report {
                 exiting: d.exiting,
                 args_lost: !d.lost_args.is_empty(),
                 retry,
+                together,
             };
             let ended = st
                 .sub
