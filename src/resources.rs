@@ -67,10 +67,21 @@ pub(crate) const UNIT: i64 = 10_000;
 /// The amounts are shared, copied on the first change: a task's shape is
 /// cloned into its spec, its scheduling class and the class's key, once
 /// per task submitted, and a clone must not cost allocations there.
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct ResourceSet {
     // sorted by name, no zero amounts: equal shapes compare equal
     pub(crate) items: Arc<Vec<(String, i64)>>,
+}
+
+/// Nothing: one shared empty set (an actor call's shape, cloned per call).
+impl Default for ResourceSet {
+    fn default() -> ResourceSet {
+        static NONE: OnceLock<ResourceSet> = OnceLock::new();
+        NONE.get_or_init(|| ResourceSet {
+            items: Arc::new(Vec::new()),
+        })
+        .clone()
+    }
 }
 
 /// As the bare list of amounts (the wire's form).
@@ -115,9 +126,13 @@ impl ResourceSet {
                 return Err(format!("resource `{name}` is out of order or repeated"));
             }
         }
-        // The shape of almost every task: one shared copy.
+        // The shape of almost every task, and of every actor call: one
+        // shared copy each.
         if items.as_slice() == one_cpu().items.as_slice() {
             return Ok(one_cpu().clone());
+        }
+        if items.is_empty() {
+            return Ok(ResourceSet::default());
         }
         Ok(ResourceSet {
             items: Arc::new(items),
@@ -278,6 +293,10 @@ mod tests {
         assert_eq!((c.get(CPU), c.get(GPU)), (0.0, -1.0));
         assert_eq!(a.cpu_only(), a);
         assert!(Arc::ptr_eq(&b.cpu_only().items, &one_cpu().items));
+        let (mut none, other) = (ResourceSet::new(), ResourceSet::default());
+        assert!(Arc::ptr_eq(&none.items, &other.items), "one empty set");
+        none.set(GPU, 0.5).unwrap();
+        assert!(other.is_empty() && ResourceSet::new().is_empty());
     }
 
     /// The wire carries the bare sorted list; the default shape decoded
@@ -289,6 +308,9 @@ mod tests {
         assert_eq!(bytes, codec::encode(&list).unwrap());
         let back: ResourceSet = codec::decode(&bytes, "a shape").unwrap();
         assert!(Arc::ptr_eq(&back.items, &one_cpu().items));
+        let none = codec::encode(&ResourceSet::new()).unwrap();
+        let back: ResourceSet = codec::decode(&none, "a shape").unwrap();
+        assert!(Arc::ptr_eq(&back.items, &ResourceSet::new().items));
         let two = ResourceSet::new().with(CPU, 2.0).unwrap();
         let back: ResourceSet = codec::decode(&codec::encode(&two).unwrap(), "a shape").unwrap();
         assert_eq!(back, two);

@@ -920,7 +920,8 @@ fn test_actor_task_reconstruction_after_node_loss() {
 /// An actor call whose by-ref argument is lost by the time the actor
 /// runs it (its only copy was on a node lost while the call waited behind
 /// another) is not lost with it: the owner remakes the argument through
-/// its lineage and sends the call again, ahead of the calls after it.
+/// its lineage and sends the call again (the call after it, already sent,
+/// runs first).
 fn test_actor_call_whose_argument_was_lost_runs_once_it_is_remade() {
     let nodes = three_nodes();
     let victim = &nodes[2];

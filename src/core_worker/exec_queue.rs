@@ -221,7 +221,9 @@ impl<C: PeerHandle> Queue<C> {
 /// came alone or not (`prev_alone`), should wait awake for the next push:
 /// two lone pushes in a row are a caller waiting on each task (a sync
 /// loop, a chain), whose next push is a round trip away; the first push of
-/// a burst comes alone too, and no other follows it alone.
+/// a burst comes alone too, and no other follows it alone (except in a
+/// burst of two: its second goes once the first is done, alone again, and
+/// the wait awake is spent for nothing).
 pub(crate) fn caller_waits_on_each(prev_alone: bool, spec: &TaskSpec) -> bool {
     spec.actor.is_none() && prev_alone && spec.alone
 }

@@ -3,8 +3,9 @@
 //! an error value for each byte's bounds check), a few hundred nanoseconds
 //! for an inline task argument or result. Bincode writes bytes as it
 //! writes a `Vec<u8>`, a length then the bytes, so the wire form is the
-//! same (a test checks it): the protocol fingerprint, which reads only the
-//! type files, has nothing to see here.
+//! same (a test checks it). The protocol fingerprint reads only the type
+//! files: the `with` attributes there count, this code does not (it must
+//! keep the wire form, which the test holds it to).
 
 use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::Serializer;

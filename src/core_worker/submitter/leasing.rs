@@ -266,25 +266,27 @@ impl Submitter {
     /// Task `task`, pushed at `pushed`, finished on `worker`'s lease at
     /// `now`: the lease's pipeline frees a place, and the class's service
     /// time (a moving average, from when the worker could start the task:
-    /// its push, or the previous task's end) learns of it. Returns the
-    /// lease's class, and when the lease is due back if it is idle now.
+    /// its push, or the previous task's end) learns of it, shared among
+    /// the `share` results read together of which this is the first (0: a
+    /// later one of them, no sample). Returns the lease's class, and when
+    /// the lease is due back if it is idle now.
     pub(super) fn finished_on_lease(
         &mut self,
         worker: WorkerId,
         task: TaskId,
         pushed: Option<Instant>,
         now: Instant,
-        together: usize,
+        share: usize,
     ) -> Option<(SchedKey, Option<Instant>)> {
         let l = self.leases.get_mut(self.by_worker.get(&worker)?)?;
         l.inflight.retain(|x| *x != task);
-        // Results read together share one `now`: the first of them is
-        // the sample for all (the time since the worker's previous result,
-        // shared among them), the others none (each would be 0 and pull
+        // Results read together share one `now`: the first of them is the
+        // sample for all (the time since the worker's previous result,
+        // divided among them), the others none (each would be 0, and pull
         // the average toward pipelining longer tasks deeper than
         // `PIPELINE_WORK`).
         let started = match (pushed, l.last_done) {
-            (_, Some(d)) if d == now => None,
+            _ if share == 0 => None,
             (Some(p), Some(d)) => Some(p.max(d)),
             (p, _) => p,
         };
@@ -296,7 +298,7 @@ impl Submitter {
         }
         let class = l.class.clone();
         if let (Some(s), Some(cq)) = (started, self.classes.get_mut(&class)) {
-            let shared = u32::try_from(together.max(1)).unwrap_or(u32::MAX);
+            let shared = u32::try_from(share).unwrap_or(u32::MAX);
             let t = now.saturating_duration_since(s) / shared;
             cq.service = Some(match cq.service {
                 Some(avg) => (avg * 3 + t) / 4,

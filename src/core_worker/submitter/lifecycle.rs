@@ -39,8 +39,24 @@ pub(super) struct Report {
     /// (the filter is user code: the shell runs it outside the lock).
     pub(super) retry: bool,
     /// Results of its worker read together with this one (this one
-    /// included; 0 counts as 1): the time they took is shared among them.
+    /// included; 0 counts as 1): the time they took is shared among them,
+    /// one sample of the class's service time for all, which the first of
+    /// them gives.
     pub(super) together: usize,
+    /// Not the first of the results read together: it gives no sample.
+    pub(super) later: bool,
+}
+
+impl Report {
+    /// Among how many results this one's time since the worker's previous
+    /// result is shared; 0: none, it gives no sample.
+    fn share(&self) -> usize {
+        if self.later {
+            0
+        } else {
+            self.together.max(1)
+        }
+    }
 }
 
 /// What the shell does after a task's attempt ended.
@@ -126,7 +142,7 @@ impl Submitter {
             }
         } else if self.by_worker.contains_key(&from) {
             if let Some((class, due)) =
-                self.finished_on_lease(from, task, t.pushed, now, report.together)
+                self.finished_on_lease(from, task, t.pushed, now, report.share())
             {
                 ended.idle_due = due;
                 ended.dispatch = Some(class);
@@ -161,8 +177,10 @@ impl Submitter {
     /// Task `t`, back from a worker that could not start it (its arguments
     /// were lost), waits for its arguments again: a task as a task just
     /// submitted does, an actor call at the front of its actor's queue,
-    /// ahead of the calls submitted after it (`flush_actor` sends only
+    /// ahead of the calls still queued behind it (`flush_actor` sends only
     /// from the queue: a call left out of it would never go out again).
+    /// Calls sent after it before it came back run first: unlike Ray,
+    /// whose actor waits for a call's arguments before it runs the next.
     pub(in crate::core_worker) fn wait_again(&mut self, mut t: Box<TaskEntry>) {
         let id = t.spec.id;
         t.status = Status::WaitingDeps;
@@ -731,9 +749,15 @@ mod tests {
         let worker = WorkerId::new(0, 4009);
         leased(&mut sub, &env, &class, worker);
         let done = t0 + Duration::from_micros(400);
-        for t in &tasks[..4] {
-            sub.finished_on_lease(worker, *t, Some(t0), done, 4)
-                .expect("on a lease");
+        let mut fx = Effects::default();
+        for (i, t) in tasks[..4].iter().enumerate() {
+            sub.tasks.get_mut(t).unwrap().pushed = Some(t0);
+            let report = Report {
+                together: 4,
+                later: i > 0,
+                ..Report::default()
+            };
+            sub.task_finished(worker, *t, Vec::new(), report, done, &mut fx);
         }
         // (`leased` measured 20 us before.)
         assert_eq!(
@@ -741,8 +765,15 @@ mod tests {
             Some(Duration::from_micros((3 * 20 + 100) / 4))
         );
         let next = done + Duration::from_micros(50);
-        sub.finished_on_lease(worker, tasks[4], Some(t0), next, 1)
-            .expect("on a lease");
+        sub.tasks.get_mut(&tasks[4]).unwrap().pushed = Some(t0);
+        sub.task_finished(
+            worker,
+            tasks[4],
+            Vec::new(),
+            Report::default(),
+            next,
+            &mut fx,
+        );
         assert_eq!(
             sub.classes[&class].service,
             Some(Duration::from_nanos((3 * 40_000 + 50_000) / 4)),

@@ -592,12 +592,13 @@ impl CoreWorker {
         let mut classes: Vec<SchedKey> = Vec::new();
         let mut actors: Vec<ActorId> = Vec::new();
         let together = done.len();
-        for (d, retry) in done.into_iter().zip(retry) {
+        for (i, (d, retry)) in done.into_iter().zip(retry).enumerate() {
             let report = Report {
                 exiting: d.exiting,
                 args_lost: !d.lost_args.is_empty(),
                 retry,
                 together,
+                later: i > 0,
             };
             let ended = st
                 .sub
