@@ -36,7 +36,7 @@
 //!
 //! While the running task blocks in `get`/`wait`, the worker tells its raylet
 //! (which lends the task's CPUs to others) and hands the tasks queued behind
-//! it back to their owners, so nothing waits on a blocked worker.
+//! it back to their owners, so nothing waits on a blocked worker ([`block`]).
 //!
 //! The worker's stdout and stderr go through a pipe ([`output`]): each line
 //! is copied to the worker's log file and to the terminal prefixed with
@@ -48,16 +48,18 @@ use crate::codec;
 use crate::core_worker::function_manager::{registry_actor, registry_function, ArgReader, Returns};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::TaskId;
-use crate::protocol::{PeerMsg, ToRaylet};
+use crate::protocol::PeerMsg;
 use crate::session::{log, Session};
 use crate::transport::{ActorSpec, Conn, Payload, TaskSpec};
 use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 
+mod block;
 mod held;
 mod output;
 mod pool;
+pub(crate) use block::BlockGuard;
 use held::Held;
 pub(crate) use held::HELD_RESULTS;
 pub(crate) use output::exit_flushing_output;
@@ -379,54 +381,6 @@ fn error_returns(spec: &TaskSpec, err: &Error) -> Vec<Payload> {
         .iter()
         .map(|_| Payload::Inline(blob.clone()))
         .collect()
-}
-
-/// While alive, the worker counts as blocked in `get`/`wait`.
-pub(crate) struct BlockGuard {
-    cw: Option<Arc<CoreWorker>>,
-}
-
-impl BlockGuard {
-    pub(crate) fn new(cw: &Arc<CoreWorker>) -> BlockGuard {
-        // The caller may wait for a push held back on this (connection)
-        // thread...
-        crate::transport::flush_batched();
-        if cw.is_driver {
-            return BlockGuard { cw: None };
-        }
-        // ...or for a result held back here.
-        cw.exec.flush_held();
-        let blocked = cw.exec.lock().block();
-        let returned = match blocked {
-            None => return BlockGuard { cw: None },
-            Some(None) => {
-                return BlockGuard {
-                    cw: Some(cw.clone()),
-                }
-            }
-            Some(Some(returned)) => returned,
-        };
-        for (c, tasks) in returned {
-            let _ = c.send(&PeerMsg::TasksReturned { tasks });
-        }
-        let _ = cw.raylet.send(&ToRaylet::Blocked);
-        BlockGuard {
-            cw: Some(cw.clone()),
-        }
-    }
-}
-
-impl Drop for BlockGuard {
-    fn drop(&mut self) {
-        let Some(cw) = self.cw.take() else { return };
-        let Some(lease_holder) = cw.exec.lock().unblock() else {
-            return;
-        };
-        let _ = cw.raylet.send(&ToRaylet::Unblocked);
-        if let Some(conn) = lease_holder {
-            let _ = conn.send(&PeerMsg::WorkerUnblocked);
-        }
-    }
 }
 
 /// Entry point of a worker process: serve tasks until the raylet goes away.
