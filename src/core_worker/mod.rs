@@ -466,11 +466,6 @@ impl CoreWorker {
         if fx.notify {
             self.cond.notify_all();
         }
-        for (worker, conn, msg) in fx.sends {
-            if let Some(c) = self.peer_conn(worker, conn) {
-                let _ = transport::send_batched(&c, &msg);
-            }
-        }
         // The pushes to one worker go out in one write (in their order),
         // or are held with what a batch of results being handled frees.
         let mut by_conn: Vec<(WorkerId, ConnId, bool, Vec<u8>)> = Vec::new();
@@ -492,6 +487,13 @@ impl CoreWorker {
                     c.expect_reply();
                 }
                 let _ = transport::send_frame_batched(&c, &frames);
+            }
+        }
+        // After the pushes: a cancel (the only message here) never reaches
+        // a worker before the push of the task it stops.
+        for (worker, conn, msg) in fx.sends {
+            if let Some(c) = self.peer_conn(worker, conn) {
+                let _ = transport::send_batched(&c, &msg);
             }
         }
         for (worker, conn) in fx.flushes {
