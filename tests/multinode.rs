@@ -426,6 +426,19 @@ fn soft_on(node: &rustray::Node) -> SchedulingStrategy {
     }
 }
 
+/// Waits up to `secs` for `r` to be ready where it was made, without a
+/// copy of it here (`fetch_local` off): its node's copy stays the only one.
+fn ready_there<T>(r: &rustray::ObjectRef<T>, secs: u64) {
+    let (ready, _) = rustray::wait_with(
+        std::slice::from_ref(r),
+        1,
+        Some(Duration::from_secs(secs)),
+        false,
+    )
+    .expect("wait");
+    assert_eq!(ready.len(), 1, "not ready within {secs} s");
+}
+
 fn runs(marker: &str) -> usize {
     std::fs::read(marker).map(|b| b.len()).unwrap_or(0)
 }
@@ -653,14 +666,7 @@ fn test_node_lost_mid_job() {
         .max_retries(0)
         .remote(1 << 20, 9u8)
         .unwrap();
-    let (ready, _) = rustray::wait_with(
-        std::slice::from_ref(&only_there),
-        1,
-        Some(Duration::from_secs(20)),
-        false,
-    )
-    .expect("wait");
-    assert_eq!(ready.len(), 1);
+    ready_there(&only_there, 20);
     // An actor on node 2 by soft affinity: it may restart elsewhere.
     // Its calls may be retried, so one made while it restarts waits.
     let a = Where::options()
@@ -931,14 +937,7 @@ fn test_actor_call_whose_argument_was_lost_runs_once_it_is_remade() {
         .scheduling_strategy(soft_on(victim))
         .remote(ma.clone(), 1 << 20, 7u8)
         .unwrap();
-    let (ready, _) = rustray::wait_with(
-        std::slice::from_ref(&a),
-        1,
-        Some(Duration::from_secs(30)),
-        false,
-    )
-    .expect("wait");
-    assert_eq!(ready.len(), 1);
+    ready_there(&a, 30);
     let actor = Sleeper::options()
         .resource(&pin(&nodes[1]), 0.01)
         .remote(())
@@ -1101,14 +1100,7 @@ fn test_lost_result_is_remade_through_an_argument_since_released() {
         .scheduling_strategy(there)
         .remote(mb.clone(), &a)
         .unwrap();
-    let (ready, _) = rustray::wait_with(
-        std::slice::from_ref(&b),
-        1,
-        Some(Duration::from_secs(30)),
-        false,
-    )
-    .expect("wait");
-    assert_eq!(ready.len(), 1);
+    ready_there(&b, 30);
     assert_eq!((runs(&ma), runs(&mb)), (1, 1));
     drop(a);
     kill9(raylet);
