@@ -165,22 +165,28 @@ fn short_class_leased(
     let mut sub = Submitter::default();
     let tasks = queue(&mut sub, class, n as u64);
     sub.classes.get_mut(class).unwrap().service = Some(Duration::from_micros(5));
+    let worker = WorkerId::new(0, 4001);
+    let fx = first_lease(&mut sub, env, class, worker, LeaseId::new(0, 2), now);
+    (sub, tasks, fx)
+}
+
+/// The class's tasks dispatched with no lease yet, and the lease asked
+/// for granted at `at` as `lease` on `worker`: what the grant pushes.
+fn first_lease(
+    sub: &mut Submitter,
+    env: &TestEnv,
+    class: &SchedKey,
+    worker: WorkerId,
+    lease: LeaseId,
+    at: Instant,
+) -> Effects {
     let mut fx = Effects::default();
-    sub.dispatch(class, now, env, &mut fx);
+    sub.dispatch(class, at, env, &mut fx);
     let req = fx.lease_requests[0].req;
     let mut fx = Effects::default();
-    let (worker, conn) = (WorkerId::new(0, 4001), ConnId::for_test(2));
-    sub.lease_granted(
-        req,
-        LeaseId::new(0, 2),
-        worker,
-        Some(conn),
-        Vec::new(),
-        now,
-        env,
-        &mut fx,
-    );
-    (sub, tasks, fx)
+    let conn = ConnId::for_test(worker.0 & 0xff);
+    sub.lease_granted(req, lease, worker, Some(conn), Vec::new(), at, env, &mut fx);
+    fx
 }
 
 /// A submitting thread gives a busy lease only `SUBMIT_DEPTH` tasks;
@@ -253,21 +259,8 @@ fn an_idle_lease_goes_back_after_lease_idle_and_says_when() {
     let (env, class, t0) = (env(), class(false), Instant::now());
     let mut sub = Submitter::default();
     let tasks = queue(&mut sub, &class, 1);
-    let mut fx = Effects::default();
-    sub.dispatch(&class, t0, &env, &mut fx);
-    let req = fx.lease_requests[0].req;
     let (worker, lease) = (WorkerId::new(0, 4002), LeaseId::new(0, 3));
-    let mut fx = Effects::default();
-    sub.lease_granted(
-        req,
-        lease,
-        worker,
-        Some(ConnId::for_test(3)),
-        Vec::new(),
-        t0,
-        &env,
-        &mut fx,
-    );
+    let fx = first_lease(&mut sub, &env, &class, worker, lease, t0);
     assert_eq!(pushed(&fx).len(), 1);
     assert_eq!(
         alone(&fx),
@@ -298,21 +291,8 @@ fn short_service_starts_pipelining_and_an_ended_lease_requeues_its_tasks() {
     let (env, class, t0) = (env(), class(false), Instant::now());
     let mut sub = Submitter::default();
     let tasks = queue(&mut sub, &class, 5);
-    let mut fx = Effects::default();
-    sub.dispatch(&class, t0, &env, &mut fx);
-    let req = fx.lease_requests[0].req;
     let (worker, lease) = (WorkerId::new(0, 4004), LeaseId::new(0, 6));
-    let mut fx = Effects::default();
-    sub.lease_granted(
-        req,
-        lease,
-        worker,
-        Some(ConnId::for_test(5)),
-        Vec::new(),
-        t0,
-        &env,
-        &mut fx,
-    );
+    let fx = first_lease(&mut sub, &env, &class, worker, lease, t0);
     assert_eq!(pushed(&fx).len(), 1, "service time unknown: one at a time");
     let done = t0 + Duration::from_micros(80);
     let (c, idle_due) = sub
@@ -345,21 +325,8 @@ fn a_blocked_lease_takes_no_pushes_until_it_unblocks() {
     let mut sub = Submitter::default();
     let tasks = queue(&mut sub, &class, 4);
     sub.classes.get_mut(&class).unwrap().service = Some(Duration::from_micros(10));
-    let mut fx = Effects::default();
-    sub.dispatch(&class, now, &env, &mut fx);
-    let req = fx.lease_requests[0].req;
     let worker = WorkerId::new(0, 4005);
-    let mut fx = Effects::default();
-    sub.lease_granted(
-        req,
-        LeaseId::new(0, 7),
-        worker,
-        Some(ConnId::for_test(6)),
-        Vec::new(),
-        now,
-        &env,
-        &mut fx,
-    );
+    let fx = first_lease(&mut sub, &env, &class, worker, LeaseId::new(0, 7), now);
     assert_eq!(pushed(&fx).len(), 4, "pipelined");
     let c = sub.lease_blocked(worker, &tasks[1..]).expect("leased");
     let queued: Vec<TaskId> = sub.classes[&c].queue.iter().copied().collect();

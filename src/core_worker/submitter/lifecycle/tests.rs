@@ -270,6 +270,28 @@ fn a_lost_raylets_requests_fall_back_to_the_local_one_or_fail() {
 }
 
 /// `n` calls to `actor`, taken in (not yet in any of its queues).
+/// `actor` reached on `worker`'s connection, with these calls in flight
+/// and these queued.
+fn reached(
+    sub: &mut Submitter,
+    actor: ActorId,
+    worker: WorkerId,
+    sequential: bool,
+    inflight: &[TaskId],
+    pending: &[TaskId],
+) {
+    sub.actors.insert(
+        actor,
+        ActorQueue {
+            conn: Some((worker, ConnId::for_test(9))),
+            sequential,
+            inflight: inflight.to_vec(),
+            pending: pending.iter().copied().collect(),
+            ..ActorQueue::default()
+        },
+    );
+}
+
 fn actor_calls(sub: &mut Submitter, actor: ActorId, n: u64) -> Vec<TaskId> {
     let calls = queue(sub, &class(false), n);
     sub.classes.clear();
@@ -336,14 +358,7 @@ fn an_actors_calls_in_flight_are_requeued_or_fail_when_its_process_dies() {
         e.retries_left = r;
         e.status = Status::Running(WorkerId(0));
     }
-    sub.actors.insert(
-        actor,
-        ActorQueue {
-            conn: Some((worker, ConnId::for_test(9))),
-            inflight: calls.clone(),
-            ..ActorQueue::default()
-        },
-    );
+    reached(&mut sub, actor, worker, false, &calls, &[]);
     let mut fx = Effects::default();
     let lost = sub.worker_lost(worker, 0, &mut fx);
     assert_eq!(lost.flush, vec![actor]);
@@ -371,15 +386,7 @@ fn an_actor_call_that_lost_its_arguments_is_queued_again_first() {
     let mut sub = Submitter::default();
     let (actor, worker) = (ActorId(6), WorkerId::new(0, 4106));
     let calls = actor_calls(&mut sub, actor, 2);
-    sub.actors.insert(
-        actor,
-        ActorQueue {
-            conn: Some((worker, ConnId::for_test(9))),
-            sequential: true,
-            pending: calls.iter().copied().collect(),
-            ..ActorQueue::default()
-        },
-    );
+    reached(&mut sub, actor, worker, true, &[], &calls);
     let first = sub.next_actor_calls(actor);
     assert_eq!(first.len(), 2);
     let mut fx = Effects::default();
@@ -426,16 +433,7 @@ fn calls_queued_below_the_bound_wait_for_the_restart() {
     let mut sub = Submitter::default();
     let (actor, worker) = (ActorId(8), WorkerId::new(0, 4108));
     let calls = actor_calls(&mut sub, actor, 5);
-    sub.actors.insert(
-        actor,
-        ActorQueue {
-            conn: Some((worker, ConnId::for_test(9))),
-            sequential: true,
-            inflight: calls[..3].to_vec(),
-            pending: calls[3..].iter().copied().collect(),
-            ..ActorQueue::default()
-        },
-    );
+    reached(&mut sub, actor, worker, true, &calls[..3], &calls[3..]);
     let mut fx = Effects::default();
     let lost = sub.worker_lost(worker, 0, &mut fx);
     let failed: Vec<TaskId> = lost.fail.iter().map(|(t, _)| *t).collect();
@@ -458,15 +456,7 @@ fn a_sequential_actor_gets_a_pipeline_of_calls_a_threaded_one_all() {
         let mut sub = Submitter::default();
         let (actor, worker) = (ActorId(7), WorkerId::new(0, 4107));
         let calls = actor_calls(&mut sub, actor, ACTOR_PIPELINE as u64 + 10);
-        sub.actors.insert(
-            actor,
-            ActorQueue {
-                conn: Some((worker, ConnId::for_test(9))),
-                sequential,
-                pending: calls.iter().copied().collect(),
-                ..ActorQueue::default()
-            },
-        );
+        reached(&mut sub, actor, worker, sequential, &[], &calls);
         let sent: Vec<TaskId> = sub
             .next_actor_calls(actor)
             .iter()
