@@ -480,13 +480,7 @@ fn test_lineage_reconstruction_of_lost_results() {
     )
     .expect("wait");
     assert_eq!(ready.len(), 3);
-    rustray::wait_with(
-        std::slice::from_ref(&lost_for_good),
-        1,
-        Some(Duration::from_secs(30)),
-        false,
-    )
-    .expect("wait");
+    ready_there(&lost_for_good, 30);
     assert_eq!((runs(&ma), runs(&mb)), (1, 1));
     let (_, reconstructions) = rustray::__private::fault_counts();
     kill9(raylet);
@@ -1066,14 +1060,7 @@ fn test_lost_result_whose_argument_was_released_fails_reconstruction() {
         .remote(arg.clone())
         .unwrap();
     // Ready, its only copy on the victim (not fetched here).
-    let (ready, _) = rustray::wait_with(
-        std::slice::from_ref(&r),
-        1,
-        Some(Duration::from_secs(30)),
-        false,
-    )
-    .expect("wait");
-    assert_eq!(ready.len(), 1, "the task finished");
+    ready_there(&r, 30);
     drop(arg);
     signal(&tree(raylet), "-KILL");
     let e = rustray::get_timeout(&r, Duration::from_secs(30)).unwrap_err();

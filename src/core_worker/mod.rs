@@ -490,7 +490,9 @@ impl CoreWorker {
             }
         }
         // After the pushes: a cancel (the only message here) never reaches
-        // a worker before the push of the task it stops.
+        // a worker before a push of the task it stops made in the same
+        // effects. (One applied by another thread may still overtake a
+        // push: the worker then knows no such task, and it runs.)
         for (worker, conn, msg) in fx.sends {
             if let Some(c) = self.peer_conn(worker, conn) {
                 let _ = transport::send_batched(&c, &msg);

@@ -44,7 +44,9 @@ pub(super) struct Report {
     /// one sample of the class's service time for all, which the first of
     /// them gives.
     pub(super) together: usize,
-    /// Not the first of the results read together: it gives no sample.
+    /// Not the first of the results read together: it gives no sample
+    /// (nor does the batch, when its first result is of a task no longer
+    /// known here).
     pub(super) later: bool,
 }
 

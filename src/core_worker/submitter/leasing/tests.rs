@@ -207,7 +207,9 @@ fn a_submitting_thread_leaves_the_pipeline_to_the_results() {
     );
     env.submitting.set(false);
     let mut fx = Effects::default();
-    sub.finished_on_lease(WorkerId::new(0, 4001), tasks[0], Some(now), now, 1);
+    let worker = sub.leased_workers().next().expect("leased");
+    sub.finished_on_lease(worker, tasks[0], Some(now), now, 1)
+        .expect("on a lease");
     sub.dispatch(&class, now, &env, &mut fx);
     let got: Vec<TaskId> = pushed(&fx).into_iter().map(|(_, _, t)| t).collect();
     assert_eq!(

@@ -269,7 +269,6 @@ fn a_lost_raylets_requests_fall_back_to_the_local_one_or_fail() {
     assert!(sub.remote_reqs.is_empty());
 }
 
-/// `n` calls to `actor`, taken in (not yet in any of its queues).
 /// `actor` reached on `worker`'s connection, with these calls in flight
 /// and these queued.
 fn reached(
@@ -292,6 +291,7 @@ fn reached(
     );
 }
 
+/// `n` calls to `actor`, taken in (not yet in any of its queues).
 fn actor_calls(sub: &mut Submitter, actor: ActorId, n: u64) -> Vec<TaskId> {
     let calls = queue(sub, &class(false), n);
     sub.classes.clear();
