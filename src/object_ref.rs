@@ -120,11 +120,17 @@ fn get_inner<T: DeserializeOwned + 'static>(
     timeout: Option<Duration>,
 ) -> Result<T> {
     let cw = &r.raw.cw;
+    not_shut_down(cw)?;
+    let payload = cw.wait_local(r.raw.id, deadline(timeout))?;
+    decode_got(r, payload)
+}
+
+/// A `get` after `shutdown` fails rather than waiting.
+fn not_shut_down(cw: &CoreWorker) -> Result<()> {
     if cw.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(Error::unavailable("rustray was shut down"));
     }
-    let payload = cw.wait_local(r.raw.id, deadline(timeout))?;
-    decode_got(r, payload)
+    Ok(())
 }
 
 /// `r`'s value decoded from `payload`, which `wait_local` gave.
@@ -216,13 +222,7 @@ pub fn get_all<T: DeserializeOwned + 'static>(refs: &[ObjectRef<T>]) -> Result<V
             }
         };
         // As `get` from here, without finding the value a second time.
-        if r.raw
-            .cw
-            .shutting_down
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            return Err(Error::unavailable("rustray was shut down"));
-        }
+        not_shut_down(&r.raw.cw)?;
         let payload = r.raw.cw.local_of(r.raw.id, payload, None)?;
         out.push(decode_got(r, payload)?);
     }

@@ -685,6 +685,14 @@ fn keep_forever(refs: Vec<super::RawRef>) {
     }
 }
 
+/// The state an actor call runs on.
+enum CallState<'a> {
+    /// A threaded actor's, shared by its call threads (`&self` methods).
+    Shared(&'a Arc<dyn Any + Send + Sync>),
+    /// This thread's own.
+    Own(&'a mut Box<dyn Any + Send>),
+}
+
 fn invoke(
     spec: &TaskSpec,
     local: &LocalArgs<'_>,
@@ -710,11 +718,9 @@ fn invoke(
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut reader)))
         }
         Some(_) => {
-            // The actor's state: shared by a threaded actor's call
-            // threads (`&self` methods), else this thread's own.
             let (class, state) = match (shared, actor) {
-                (Some((class, state)), _) => (class.as_str(), Ok(state)),
-                (None, Some((class, state))) => (class.as_str(), Err(state)),
+                (Some((class, state)), _) => (class.as_str(), CallState::Shared(state)),
+                (None, Some((class, state))) => (class.as_str(), CallState::Own(state)),
                 (None, None) => {
                     return Err(Error::new(
                         ErrorKind::ActorDied,
@@ -730,8 +736,8 @@ fn invoke(
                 )
             })?;
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match state {
-                Ok(shared) => (entry.dispatch_shared)(&**shared, &spec.function, &mut reader),
-                Err(own) => (entry.dispatch)(own.as_mut(), &spec.function, &mut reader),
+                CallState::Shared(s) => (entry.dispatch_shared)(&**s, &spec.function, &mut reader),
+                CallState::Own(s) => (entry.dispatch)(s.as_mut(), &spec.function, &mut reader),
             }))
         }
     };

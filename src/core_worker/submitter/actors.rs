@@ -126,7 +126,10 @@ impl CoreWorker {
             // A synchronous caller's: the answer is a round trip away.
             conn.expect_reply();
         }
-        let frames: Vec<u8> = calls.into_iter().flat_map(|p| p.frame).collect();
+        let mut frames = Vec::with_capacity(calls.iter().map(|p| p.frame.len()).sum());
+        for p in &calls {
+            frames.extend_from_slice(&p.frame);
+        }
         // Queued on the connection under the lock, so that two threads
         // flushing the same actor cannot reorder its calls on the wire
         // (whatever writes on it next writes these first), and written

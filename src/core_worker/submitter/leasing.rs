@@ -56,9 +56,7 @@ pub(crate) trait Env {
 /// write of its own (and a wake-up of the worker's reader). With a second
 /// one queued behind (so the worker would not wait for the owner between
 /// the two), a burst of tiny tasks made nearly a write per task: each
-/// finished before the next was submitted. 3 alternating pairs of 40
-/// repetitions: task_async 392-400k/s with two, 397-451k/s with one;
-/// nested 215-227k/s with two, 229-233k/s with one.
+/// finished before the next was submitted.
 pub(crate) const SUBMIT_DEPTH: usize = 1;
 
 #[derive(Default)]
@@ -149,23 +147,20 @@ impl Submitter {
             fx.pushes
                 .extend(Push::new(lease.worker, lease.conn, &task.spec));
         }
-        let usable: Vec<&LeaseState> = cq
-            .leases
-            .iter()
-            .filter_map(|l| self.leases.get(l))
-            .filter(|s| !s.blocked)
-            .collect();
         // What the leases held will take as their results come back (a
         // submitting thread left their pipelines part empty) needs no
         // lease of its own.
-        let room: usize = usable
-            .iter()
-            .map(|s| full.saturating_sub(s.inflight.len()))
-            .sum();
+        let (mut usable, mut room) = (0usize, 0usize);
+        for s in cq.leases.iter().filter_map(|l| self.leases.get(l)) {
+            if !s.blocked {
+                usable += 1;
+                room += full.saturating_sub(s.inflight.len());
+            }
+        }
         let left = cq.queue.len().saturating_sub(room);
         let want = if left == 0 {
             0
-        } else if usable.is_empty() {
+        } else if usable == 0 {
             left.min(MAX_PENDING_LEASES)
         } else {
             left.div_ceil(full).min(MAX_PENDING_LEASES)
