@@ -4,12 +4,13 @@
 //! is allocated, and [`dial`], the one way a component opens a
 //! connection to another.
 
-use super::{guarded, Endpoint, Secret, Stream};
+use super::read::spawn_reader_expecting;
+use super::{Endpoint, Secret, Stream};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::protocol::{Message, Msg, PushRef, TaskSpec, Wire};
 use nix::sys::socket::MsgFlags;
-use std::io::{BufReader, Read, Write};
+use std::io::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -24,9 +25,6 @@ const MAX_OUTBOX: usize = 256 << 20;
 
 /// Frames larger than this are a protocol error (a peer sending garbage).
 pub(super) const MAX_FRAME: usize = 1 << 30;
-/// Frames up to this size are read into a buffer sized from their length
-/// prefix; larger ones grow it as their bytes arrive.
-const FRAME_PREALLOC: usize = 1 << 20;
 
 /// A connection's identity, unique in the process for its life: what
 /// state that must not hold the connection itself (a request waiting for
@@ -178,7 +176,7 @@ impl Conn {
         self.send_parts(Some(msg.wire()), bytes)
     }
 
-    fn send_parts(&self, msg: Option<Wire<'_>>, bytes: &[u8]) -> Result<()> {
+    pub(super) fn send_parts(&self, msg: Option<Wire<'_>>, bytes: &[u8]) -> Result<()> {
         let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match msg {
             Some(m) => w.frame(m)?,
@@ -408,7 +406,7 @@ impl Conn {
     /// Keeps `frame` for whoever holds the writer next (never waiting for
     /// it); past [`MAX_OUTBOX`] kept bytes the peer counts as not reading
     /// and the connection is closed.
-    fn defer(&self, frame: &[u8]) -> Result<bool> {
+    pub(super) fn defer(&self, frame: &[u8]) -> Result<bool> {
         let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
         if d.len() + frame.len() > MAX_OUTBOX {
             drop(d);
@@ -433,244 +431,6 @@ impl Conn {
     pub(crate) fn close(&self) {
         let _ = nix::sys::socket::shutdown(self.shutdown_fd, nix::sys::socket::Shutdown::Both);
     }
-}
-
-/// Reads frames until end-of-stream or a protocol error, calling `handle`
-/// for each message.
-pub(crate) fn read_loop(stream: Stream, handle: impl FnMut(Msg)) -> std::io::Result<()> {
-    read_loop_expecting(stream, None, handle)
-}
-
-/// [`read_loop`], its reader spinning briefly before it blocks whenever
-/// `expect` was set ([`Conn::expect_reply`]).
-fn read_loop_expecting(
-    stream: Stream,
-    expect: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
-    mut handle: impl FnMut(Msg),
-) -> std::io::Result<()> {
-    /// Whatever ends the loop (the peer, an error, a handler's panic):
-    /// the handler context is cleared and what was held goes out.
-    struct Done;
-    impl Drop for Done {
-        fn drop(&mut self) {
-            INPUT.with(|i| i.set((false, -1)));
-            flush_batched();
-        }
-    }
-    let _done = Done;
-    let fd = stream.raw_fd();
-    let mut r = BufReader::with_capacity(64 * 1024, super::stream::Waiting(stream, expect));
-    let mut body = Vec::new();
-    while let Some(msg) = read_frame(&mut r, &mut body)? {
-        // More to handle without reading the socket: a whole frame is
-        // already buffered (part of one would mean waiting for the peer).
-        let more = whole_frame(r.buffer());
-        if !more {
-            // The last message read: what was held for the batch goes out
-            // before its handler runs (which may block, or run a task), and
-            // that handler's own sends go out at once.
-            flush_batched();
-        }
-        INPUT.with(|i| i.set((more, fd)));
-        handle(msg);
-        INPUT.with(|i| i.set((false, -1)));
-        if body.capacity() > 1 << 20 {
-            body = Vec::new();
-        }
-    }
-    Ok(())
-}
-
-/// Whether `buf` starts with a whole frame.
-fn whole_frame(buf: &[u8]) -> bool {
-    match buf.get(..4) {
-        Some(len) => {
-            let n = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-            buf.len() - 4 >= n
-        }
-        None => false,
-    }
-}
-
-thread_local! {
-    /// Connections a handler on this thread held messages back on (see
-    /// [`send_batched`]), flushed once the read buffer is handled.
-    static HELD: std::cell::RefCell<Vec<std::sync::Arc<Conn>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Sends `msg` on `conn`; from a message handler with more messages
-/// already read and waiting to be handled, holds it back instead, to go
-/// out in one write with what the handling of those sends (a batch of task
-/// results read at once answered by a batch of pushes). Held messages wait
-/// only for input already read, never for the peer: they go out before
-/// the last message read is handled, and before this thread blocks
-/// connecting or waiting for an answer ([`flush_batched`]).
-pub(crate) fn send_batched(conn: &std::sync::Arc<Conn>, msg: &impl Message) -> Result<()> {
-    if !INPUT.with(|i| i.get().0) {
-        return conn.send(msg);
-    }
-    conn.hold(msg)?;
-    held_on(conn);
-    Ok(())
-}
-
-/// [`send_batched`] for frames already encoded ([`push_frame`]), one or
-/// more back to back.
-pub(crate) fn send_frame_batched(conn: &std::sync::Arc<Conn>, frames: &[u8]) -> Result<()> {
-    if !INPUT.with(|i| i.get().0) {
-        return conn.send_parts(None, frames);
-    }
-    conn.defer(frames)?;
-    held_on(conn);
-    Ok(())
-}
-
-/// Writes what is held on `conn` ([`Conn::hold_frames`]) now, or, from a
-/// handler with more messages already read, with what handling them holds
-/// ([`flush_batched`]).
-pub(crate) fn flush_batched_later(conn: &std::sync::Arc<Conn>) {
-    if INPUT.with(|i| i.get().0) {
-        held_on(conn);
-    } else {
-        let _ = conn.flush();
-    }
-}
-
-/// Notes that this thread held a message back on `conn` (to be flushed
-/// by [`flush_batched`]).
-fn held_on(conn: &std::sync::Arc<Conn>) {
-    HELD.with(|h| {
-        let mut h = h.borrow_mut();
-        if !h.iter().any(|c| c.id() == conn.id()) {
-            h.push(conn.clone());
-        }
-    });
-}
-
-/// Writes what handlers on this thread held back ([`send_batched`]):
-/// called before a handler blocks.
-pub(crate) fn flush_batched() {
-    let held = HELD.with(|h| std::mem::take(&mut *h.borrow_mut()));
-    for c in held {
-        let _ = c.flush();
-    }
-}
-
-thread_local! {
-    /// In a connection thread's handler: whether more input was already
-    /// buffered after the message being handled, and the socket.
-    static INPUT: std::cell::Cell<(bool, std::os::fd::RawFd)> = const { std::cell::Cell::new((false, -1)) };
-}
-
-/// Called from a message handler: true if another whole frame is already
-/// read after this one (it is handled next, without waiting for the peer).
-pub(crate) fn more_buffered() -> bool {
-    INPUT.with(|i| i.get().0)
-}
-
-/// Whether this thread is handling a message read from a connection (as
-/// opposed to running user code or submitting).
-pub(crate) fn in_handler() -> bool {
-    INPUT.with(|i| i.get().1 >= 0)
-}
-
-/// Called from a message handler: true if more messages from the same peer
-/// are already waiting (buffered, or in the socket). A pipelining peer is
-/// better served by queueing than by handling each message inline.
-pub(crate) fn more_input_pending() -> bool {
-    let (buffered, fd) = INPUT.with(|i| i.get());
-    if buffered {
-        return true;
-    }
-    fd >= 0 && bytes_waiting(fd)
-}
-
-/// True if bytes wait to be read on socket `fd` (without reading them).
-pub(crate) fn bytes_waiting(fd: std::os::fd::RawFd) -> bool {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes the number of readable bytes into `n`; a
-    // closed or foreign descriptor makes it fail, which reads as none.
-    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
-    rc == 0 && n > 0
-}
-
-/// Reads one frame; `None` at a clean end-of-stream.
-pub(crate) fn read_frame(r: &mut impl Read, body: &mut Vec<u8>) -> std::io::Result<Option<Msg>> {
-    if !read_frame_bytes(r, body)? {
-        return Ok(None);
-    }
-    codec::decode(body, "message")
-        .map(Some)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
-}
-
-/// Reads one frame's body into `body`, undecoded; false at the end of the
-/// stream.
-pub(crate) fn read_frame_bytes(r: &mut impl Read, body: &mut Vec<u8>) -> std::io::Result<bool> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
-        Err(e) => return Err(e),
-    }
-    let n = u32::from_le_bytes(len) as usize;
-    if n > MAX_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame of {n} bytes exceeds the limit"),
-        ));
-    }
-    if n <= FRAME_PREALLOC.max(body.capacity()) {
-        body.resize(n, 0);
-        r.read_exact(body)?;
-    } else {
-        // A length prefix is a claim, not bytes: the buffer grows with what
-        // actually arrives, so a 5-byte frame cannot allocate a gigabyte.
-        body.clear();
-        let got = r.by_ref().take(n as u64).read_to_end(body)?;
-        if got < n {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("frame of {n} bytes ended after {got}"),
-            ));
-        }
-    }
-    Ok(true)
-}
-
-/// Runs [`read_loop`] on a named thread, then `on_close`.
-#[cfg(test)]
-pub(crate) fn spawn_reader(
-    name: String,
-    stream: Stream,
-    handle: impl FnMut(Msg) + Send + 'static,
-    on_close: impl FnOnce() + Send + 'static,
-) -> Result<()> {
-    spawn_reader_expecting(name, stream, None, handle, on_close)
-}
-
-fn spawn_reader_expecting(
-    name: String,
-    stream: Stream,
-    expect: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
-    handle: impl FnMut(Msg) + Send + 'static,
-    on_close: impl FnOnce() + Send + 'static,
-) -> Result<()> {
-    let thread = name.clone();
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || {
-            // A panic in a handler (a bug, or data a peer sent that the
-            // handler trusted) ends this one connection, reported, not the
-            // component silently: on_close runs as for any closed peer.
-            let peer = stream.peer();
-            guarded(&thread, &peer, || {
-                read_loop_expecting(stream, expect, handle)
-            });
-            on_close();
-        })
-        .map(|_| ())
-        .map_err(|e| Error::io("spawning a connection thread", e))
 }
 
 /// An outgoing connection, secret presented, not yet served: the one way
@@ -715,8 +475,10 @@ impl Dialed {
 
 #[cfg(test)]
 mod tests {
+    use super::super::read::*;
     use super::*;
     use crate::protocol::{FromGcs, ToRaylet};
+    use std::io::{BufReader, Read};
     use std::os::unix::net::UnixStream;
 
     /// A connection thread told to expect input soon spins for it first,

@@ -40,10 +40,12 @@
 
 mod conn;
 pub(crate) mod reactor;
+mod read;
 mod stream;
 
 pub(crate) use crate::protocol::*;
 pub(crate) use conn::*;
+pub(crate) use read::*;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 pub(crate) use stream::*;
