@@ -135,6 +135,12 @@ pub mod __private {
     pub fn held_results() -> u64 {
         crate::core_worker::executor::HELD_RESULTS.load(std::sync::atomic::Ordering::Relaxed)
     }
+    /// Times a connection of this (worker) process was read by a thread
+    /// of its own while the task run on its thread blocked, since it
+    /// started: for tests that check the lending ran.
+    pub fn lent_readings() -> u64 {
+        crate::transport::LENT_READINGS.load(std::sync::atomic::Ordering::Relaxed)
+    }
     /// Task results this process took in as part of a batch read together,
     /// since it started: for tests that check the batching ran.
     pub fn results_taken_together() -> u64 {

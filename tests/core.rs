@@ -122,6 +122,25 @@ fn gpu_task() -> u64 {
     1
 }
 
+/// Returns `x` at once; given a mailbox, waits in `get` for a ref to be
+/// posted there, then for its value. Also: how many times this worker
+/// lent a connection's reading so far.
+#[rustray::remote]
+fn quick_or_wait(x: u64, mailbox: Option<rustray::ActorHandle<Mailbox>>) -> (u64, u64) {
+    let Some(mb) = mailbox else {
+        return (x, rustray::__private::lent_readings());
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(r) = rustray::get(&mb.fetch()).expect("the mailbox answers") {
+            let v = rustray::get(&r).expect("the value posted").0;
+            return (v, rustray::__private::lent_readings());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("nothing was posted to the mailbox");
+}
+
 // ---------------------------------------------------------------- actors
 
 pub struct Counter {
@@ -163,6 +182,27 @@ impl Counter {
 }
 
 pub struct Other;
+
+/// Holds one ref for whoever asks.
+pub struct Mailbox {
+    posted: Option<ObjectRef<(u64, u64)>>,
+}
+
+#[rustray::actor]
+impl Mailbox {
+    pub fn new() -> Self {
+        Mailbox { posted: None }
+    }
+
+    pub fn post(&mut self, r: ObjectRef<(u64, u64)>) -> bool {
+        self.posted = Some(r);
+        true
+    }
+
+    pub fn fetch(&self) -> Option<ObjectRef<(u64, u64)>> {
+        self.posted.clone()
+    }
+}
 
 #[rustray::actor]
 impl Other {
@@ -352,6 +392,40 @@ fn test_wait_all() {
     let refs: Vec<_> = (0..500u64).map(|i| inc::remote(i).unwrap()).collect();
     let (ready, not_ready) = rustray::wait(&refs, 500, Some(Duration::from_secs(30))).unwrap();
     assert_eq!((ready.len(), not_ready.len()), (500, 0));
+}
+
+/// A short function's task runs on the thread that read it (no hand-off
+/// to the worker's main thread); one that blocks there in `get` must not
+/// leave the tasks pipelined behind it unread: `b` is pushed to the same
+/// (one-CPU) worker right behind `a`, and `a` waits for `b`'s value. The
+/// worker lends the connection's reading to another thread while `a`
+/// blocks, which hands `b` back to its owner; `b` runs on another worker.
+fn test_a_task_run_on_its_connection_thread_blocks_on_one_behind_it() {
+    common::cluster(1.0, None);
+    let mb = Mailbox::options().num_cpus(0.0).remote(()).unwrap();
+    // Many quick runs make `quick_or_wait` short on the one worker, and
+    // the owner pipelines it deep: `a` and `b` travel together.
+    let warm: Vec<_> = (0..300)
+        .map(|i| quick_or_wait::remote(i, None).unwrap())
+        .collect();
+    assert_eq!(rustray::get_all(&warm).unwrap().len(), 300);
+    let lent_before = rustray::get(&quick_or_wait::remote(0u64, None).unwrap())
+        .unwrap()
+        .1;
+    let burst: Vec<_> = (0..100)
+        .map(|i| quick_or_wait::remote(i, None).unwrap())
+        .collect();
+    let a = quick_or_wait::remote(0u64, Some(mb.clone())).unwrap();
+    let b = quick_or_wait::remote(7u64, None).unwrap();
+    assert!(rustray::get(&mb.post(b.clone())).unwrap());
+    let (v, lent_after) = rustray::get_timeout(&a, Duration::from_secs(60))
+        .expect("a task blocked on its connection thread must not hang");
+    assert_eq!(v, 7);
+    assert_eq!(rustray::get_all(&burst).unwrap().len(), 100);
+    assert!(
+        lent_after > lent_before,
+        "`a` ran on its connection thread and its worker lent the reading"
+    );
 }
 
 fn test_num_returns() {
@@ -737,6 +811,10 @@ fn main() {
         (
             "test_a_chain_does_not_wake_the_driver_per_link",
             test_a_chain_does_not_wake_the_driver_per_link,
+        ),
+        (
+            "test_a_task_run_on_its_connection_thread_blocks_on_one_behind_it",
+            test_a_task_run_on_its_connection_thread_blocks_on_one_behind_it,
         ),
         ("test_num_returns", test_num_returns),
         ("test_task_panic_is_reported", test_task_panic_is_reported),

@@ -194,7 +194,7 @@ impl CoreWorker {
 
     pub(super) fn handle_peer(self: &Arc<Self>, from: WorkerId, conn: &Arc<Conn>, msg: PeerMsg) {
         match msg {
-            PeerMsg::PushTask(spec) => self.exec_push(conn, spec),
+            PeerMsg::PushTask(spec) => self.exec_push(from, conn, spec),
             PeerMsg::CreateActor { spec, gpus } => self.exec_create_actor(conn, spec, gpus),
             PeerMsg::CancelTask { task } => self.exec_cancel(conn, task),
             PeerMsg::FreeObject { id } => self.free_object(id),

@@ -87,10 +87,14 @@ impl<C> Default for Queue<C> {
 }
 
 impl<C: PeerHandle> Queue<C> {
-    /// A task pushed on `conn`. An actor call from a caller with nothing
-    /// else in flight (`spec.alone`), finding the worker idle, its calls
-    /// `short` on average and no further message waiting (`more_input`,
-    /// asked last), runs inline; a normal task while blocked goes back.
+    /// A task pushed on `conn`. A normal task `short` here (its function
+    /// ran briefly on average, and it is no `max_calls` one) finding the
+    /// worker idle runs inline, pipelined or not: the thread that read it
+    /// runs it, with no hand-off to the main thread. An actor call runs
+    /// inline only from a caller with nothing else in flight
+    /// (`spec.alone`), finding the worker idle, its calls `short` on
+    /// average and no further message waiting (`more_input`, asked last).
+    /// A normal task while blocked goes back.
     pub(crate) fn admit(
         &mut self,
         spec: TaskSpec,
@@ -102,8 +106,12 @@ impl<C: PeerHandle> Queue<C> {
             return (Admit::HandBack, Some(spec));
         }
         let idle = self.items.is_empty() && self.current.is_none() && self.blocked == 0;
-        if spec.actor.is_some() && spec.alone && idle && short && !more_input() {
-            self.current = Some((spec.id, conn.clone(), true));
+        let inline = match spec.actor {
+            None => idle && short,
+            Some(_) => spec.alone && idle && short && !more_input(),
+        };
+        if inline {
+            self.current = Some((spec.id, conn.clone(), spec.actor.is_some()));
             return (Admit::Inline, Some(spec));
         }
         self.items.push_back(Item::Task(spec, conn.clone()));
@@ -290,7 +298,7 @@ mod tests {
         let mut q = Queue::default();
         for i in 0..3 {
             assert_eq!(
-                q.admit(spec(i, false), &Peer(1), true, || false).0,
+                q.admit(spec(i, false), &Peer(1), false, || false).0,
                 Admit::Queued
             );
         }
@@ -348,18 +356,53 @@ mod tests {
         );
         q.next();
         q.finish();
-        assert_eq!(
-            q.admit(spec(4, false), &Peer(1), true, || false).0,
-            Admit::Queued,
-            "a task"
-        );
-        q.next();
-        q.finish();
         let (admit, back) = q.admit(spec(5, true), &Peer(1), true, || false);
         assert_eq!(admit, Admit::Inline);
         assert_eq!(back.map(|s| s.id.seq), Some(5));
         assert_eq!(q.current().map(|t| t.seq), Some(5));
         assert!(q.next().is_none(), "the inline call holds the slot");
+    }
+
+    /// A short normal task runs inline on an idle worker, pipelined or
+    /// not, more input waiting or not; one not (yet) short, or arriving
+    /// while another task runs or waits in the queue, is queued; while
+    /// blocked it goes back.
+    #[test]
+    fn a_short_task_runs_inline_on_an_idle_worker_even_pipelined() {
+        let mut q = Queue::default();
+        let mut pipelined = spec(0, false);
+        pipelined.alone = false;
+        let (admit, back) = q.admit(pipelined, &Peer(1), true, || true);
+        assert_eq!(admit, Admit::Inline, "pipelined, more input waiting");
+        assert_eq!(back.map(|s| s.id.seq), Some(0));
+        assert_eq!(q.current().map(|t| t.seq), Some(0));
+        assert!(q.next().is_none(), "the inline task holds the slot");
+        assert_eq!(
+            q.admit(spec(1, false), &Peer(1), true, || false).0,
+            Admit::Queued,
+            "busy"
+        );
+        assert!(q.finish(), "one queued");
+        assert_eq!(
+            q.admit(spec(2, false), &Peer(1), true, || false).0,
+            Admit::Queued,
+            "another queued before it"
+        );
+        while q.next().is_some() {
+            q.finish();
+        }
+        assert_eq!(
+            q.admit(spec(3, false), &Peer(1), false, || false).0,
+            Admit::Queued,
+            "not short"
+        );
+        q.next();
+        assert!(q.block().is_some(), "task 3 blocks");
+        assert_eq!(
+            q.admit(spec(4, false), &Peer(1), true, || false).0,
+            Admit::HandBack,
+            "blocked"
+        );
     }
 
     /// The first block hands back the normal tasks queued behind the
@@ -370,7 +413,7 @@ mod tests {
     #[test]
     fn a_blocked_worker_hands_back_its_queue_by_owner() {
         let mut q = Queue::default();
-        q.admit(spec(0, false), &Peer(1), true, || false);
+        q.admit(spec(0, false), &Peer(1), false, || false);
         q.next();
         q.admit(spec(1, false), &Peer(2), true, || false);
         q.admit(spec(2, true), &Peer(3), true, || false);
@@ -409,8 +452,8 @@ mod tests {
     #[test]
     fn cancel_finds_queued_and_running_tasks() {
         let mut q = Queue::default();
-        q.admit(spec(0, false), &Peer(1), true, || false);
-        q.admit(spec(1, false), &Peer(1), true, || false);
+        q.admit(spec(0, false), &Peer(1), false, || false);
+        q.admit(spec(1, false), &Peer(1), false, || false);
         q.next();
         assert!(matches!(q.cancel(spec(1, false).id), Cancelled::Queued(s) if s.id.seq == 1));
         assert!(task_ids(&q).is_empty());

@@ -7,17 +7,29 @@
 //! at a time, in arrival order, which gives actors their single-threaded,
 //! per-caller-ordered semantics.
 //!
-//! One shortcut: an actor call from a caller with nothing else in flight to
-//! the actor (a synchronous caller), that finds the actor idle, nothing
-//! queued, no further message already waiting, and the actor's calls short
-//! (under [`INLINE_MAX`] on average), runs at once on the connection thread
-//! it arrived on. That saves a thread hand-off per
-//! call, which is most of a synchronous call's latency on a small node.
+//! Two shortcuts run a task on the connection thread it arrived on, with
+//! no hand-off to the main thread (a wake-up of a sleeping thread, most of
+//! a small task's cost on a small node):
+//! - a normal task of a function that ran here briefly on average
+//!   ([`held::HOLD_SHORT`]), no `max_calls` one, that finds the worker
+//!   idle, pipelined or not: the thread runs a pipelined batch as it reads
+//!   it, holding each result back while more of the batch is read, and
+//!   the last one takes them all out in one write;
+//! - an actor call from a caller with nothing else in flight to the actor
+//!   (a synchronous caller) that finds the actor idle, nothing queued, no
+//!   further message already waiting, and the actor's calls short (under
+//!   [`INLINE_MAX`] on average).
+//!
 //! Order holds: a caller's calls arrive on one connection, read one at a
-//! time, and anything queued runs first. The result goes back with
-//! [`Conn::try_send`], never a blocking write: a connection thread blocked
-//! writing to a caller that is itself blocked writing to us would stop
-//! both. What the socket does not take is flushed by the main thread.
+//! time, and anything queued runs first. Results go back without ever
+//! blocking on the socket ([`Conn::try_send`], [`Conn::post`]): a
+//! connection thread blocked writing to a caller that is itself blocked
+//! writing to us would stop both. What the socket does not take is
+//! flushed by the main thread or a flusher thread. A task run this way
+//! that blocks in `get` lends the connection's reading to a thread of its
+//! own until it unblocks ([`crate::transport::lend_reader`]), so pushes
+//! behind it are handed back as the main thread's blocking would, never
+//! left unread (one of them may make what it waits for).
 //!
 //! Results of short tasks travel in batches ([`held`]): while the task
 //! queued next ran briefly here on average, a finished task's result is
@@ -47,7 +59,7 @@ use super::CoreWorker;
 use crate::codec;
 use crate::core_worker::function_manager::{registry_actor, registry_function, ArgReader, Returns};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ids::TaskId;
+use crate::ids::{TaskId, WorkerId};
 use crate::protocol::PeerMsg;
 use crate::session::{log, Session};
 use crate::transport::{ActorSpec, Conn, Payload, TaskSpec};
@@ -116,6 +128,9 @@ pub(crate) struct ExecShared {
 thread_local! {
     /// On a connection thread: the last task pushed on it came alone.
     static LAST_PUSH_ALONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// On a connection thread running a task inline: the peer it reads
+    /// for (see [`BlockGuard`]).
+    pub(super) static INLINE_PEER: std::cell::RefCell<Option<(WorkerId, Arc<Conn>)>> = const { std::cell::RefCell::new(None) };
     /// The call a threaded actor's pool thread is running.
     static POOL_TASK: std::cell::Cell<Option<TaskId>> = const { std::cell::Cell::new(None) };
 }
@@ -220,7 +235,7 @@ impl ExecShared {
 }
 
 impl CoreWorker {
-    pub(crate) fn exec_push(self: &Arc<Self>, conn: &Arc<Conn>, spec: TaskSpec) {
+    pub(crate) fn exec_push(self: &Arc<Self>, from: WorkerId, conn: &Arc<Conn>, spec: TaskSpec) {
         if spec.actor.is_some()
             && self
                 .exec
@@ -235,8 +250,16 @@ impl CoreWorker {
             self.exec.pool_cv.notify_one();
             return;
         }
-        let short = self.exec.call_ns.load(std::sync::atomic::Ordering::Relaxed)
-            < INLINE_MAX.as_nanos() as u64;
+        // Short enough to run on this thread (see the design note): a
+        // normal task of a function that ran briefly here before, or an
+        // actor call of an actor whose calls do.
+        let short = match spec.actor {
+            None => spec.max_calls == 0 && self.exec.runs_short(&spec.function),
+            Some(_) => {
+                self.exec.call_ns.load(std::sync::atomic::Ordering::Relaxed)
+                    < INLINE_MAX.as_nanos() as u64
+            }
+        };
         // Decided now, done once the task is queued (not for a task handed
         // back: its owner pushes nothing more until this worker unblocks).
         let prev_alone = LAST_PUSH_ALONE.with(|a| a.get());
@@ -255,7 +278,18 @@ impl CoreWorker {
                     tasks: vec![spec.id],
                 });
             }
-            (Admit::Inline, Some(spec)) => self.run_current(conn, &spec, true),
+            (Admit::Inline, Some(spec)) => {
+                LAST_PUSH_ALONE.with(|a| a.set(alone));
+                // Whoever this thread reads for, should the task block.
+                INLINE_PEER.with(|p| *p.borrow_mut() = Some((from, conn.clone())));
+                self.run_current(conn, &spec, true);
+                INLINE_PEER.with(|p| *p.borrow_mut() = None);
+                if wait_awake {
+                    // Its caller waits on each result (a chain, a `get`
+                    // per task): the next push is a round trip away.
+                    crate::transport::expect_input_soon();
+                }
+            }
             _ => {
                 LAST_PUSH_ALONE.with(|a| a.set(alone));
                 if wait_awake {
@@ -282,7 +316,9 @@ impl CoreWorker {
             let old = avg.load(std::sync::atomic::Ordering::Relaxed);
             avg.store((old / 4) * 3 + t / 4, std::sync::atomic::Ordering::Relaxed);
         }
-        if !inline {
+        if !inline || spec.actor.is_none() {
+            // A normal task is measured wherever it ran: a function grown
+            // long stops running on connection threads.
             self.exec.ran(&spec.function, t);
         }
         let (more, next_short) = {
@@ -323,6 +359,15 @@ impl CoreWorker {
             if !self.hold_result(conn, &done, next_short) {
                 let _ = conn.send(&done);
                 self.exec.flush_held();
+            }
+        } else if spec.actor.is_none() {
+            // A pipelined batch run here: while more of it is read, the
+            // result is held (bounded as the main thread's holds are),
+            // and the last one takes all out in one write, never waiting
+            // for room in the socket.
+            if !(crate::transport::more_buffered() && self.hold_result(conn, &done, true)) {
+                let _ = conn.post(&done);
+                self.exec.post_held();
             }
         } else if let Ok(false) = conn.try_send(&done) {
             self.exec.lock().push(Item::Flush(conn.clone()));

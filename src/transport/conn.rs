@@ -95,6 +95,25 @@ impl Writer {
     }
 }
 
+/// Writes as much of `bytes` as the socket takes now, never waiting for
+/// room: how much went out.
+fn send_now(stream: &Stream, bytes: &[u8]) -> Result<usize> {
+    let fd = stream.raw_fd();
+    let mut off = 0;
+    while off < bytes.len() {
+        // MSG_DONTWAIT: return at once rather than wait for room.
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        match nix::sys::socket::send(fd, &bytes[off..], flags) {
+            Ok(n) if n > 0 => off += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => break,
+            Ok(_) => return Err(lost(std::io::ErrorKind::WriteZero.into())),
+            Err(e) => return Err(lost(e.into())),
+        }
+    }
+    Ok(off)
+}
+
 /// `msg` as one frame (length prefix and body), for [`Conn::post_frame`].
 pub(crate) fn encode_frame(msg: &impl Message) -> Result<Vec<u8>> {
     encode_frame_of(&msg.wire())
@@ -271,6 +290,9 @@ impl Conn {
 
     /// Writes `bytes` after what is kept (`tail`) without blocking; what
     /// the socket does not take is kept. False when something was kept.
+    /// Kept bytes are tried again first: frames deferred while another
+    /// thread wrote land in `tail` too, and they are no sign of a full
+    /// socket.
     fn write_or_keep(&self, stream: &Stream, tail: &mut Vec<u8>, bytes: &[u8]) -> Result<bool> {
         if tail.len() + bytes.len() > MAX_OUTBOX {
             crate::log::log!(
@@ -283,27 +305,26 @@ impl Conn {
                 "peer connection closed: the peer stopped reading",
             ));
         }
-        if !tail.is_empty() {
-            tail.extend_from_slice(bytes);
-            return Ok(false);
-        }
-        let fd = stream.raw_fd();
-        let mut off = 0;
-        while off < bytes.len() {
-            // MSG_DONTWAIT: return at once rather than wait for room.
-            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-            match nix::sys::socket::send(fd, &bytes[off..], flags) {
-                Ok(n) if n > 0 => off += n,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(nix::errno::Errno::EAGAIN) => {
-                    tail.extend_from_slice(&bytes[off..]);
-                    return Ok(false);
-                }
-                Ok(_) => return Err(lost(std::io::ErrorKind::WriteZero.into())),
-                Err(e) => return Err(lost(e.into())),
+        if tail.is_empty() {
+            let n = send_now(stream, bytes)?;
+            if n < bytes.len() {
+                tail.extend_from_slice(&bytes[n..]);
+                return Ok(false);
             }
+            return Ok(true);
         }
-        Ok(true)
+        tail.extend_from_slice(bytes);
+        let n = send_now(stream, tail)?;
+        tail.drain(..n);
+        Ok(tail.is_empty())
+    }
+
+    /// Writes what is kept or deferred without blocking, as far as the
+    /// socket takes it; what it does not take goes out from a flusher
+    /// thread ([`Conn::post`]).
+    pub(crate) fn post_flush(self: &std::sync::Arc<Self>) -> Result<()> {
+        let sent = self.try_send_frame(&[])?;
+        self.flush_later(sent)
     }
 
     /// Sends without ever blocking the caller (who may hold a lock others

@@ -3,13 +3,21 @@
 //! allocated for it) and hands each message to its handler; and what a
 //! handler may ask of the thread it runs on: whether more input is already
 //! read ([`more_buffered`]), and sends held back to go out in one write
-//! with those that handling the rest of the batch makes ([`send_batched`]).
+//! with those that handling the rest of the batch makes ([`send_batched`]),
+//! and, when it is about to block for a while (a task run on this thread
+//! that waits in `get`), a thread of its own to read on meanwhile
+//! ([`lend_reader`]).
 
 use super::{guarded, Conn, Stream, MAX_FRAME};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::protocol::{Message, Msg};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::io::{BufReader, Read};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Frames up to this size are read into a buffer sized from their length
 /// prefix; larger ones grow it as their bytes arrive.
@@ -25,7 +33,7 @@ pub(crate) fn read_loop(stream: Stream, handle: impl FnMut(Msg)) -> std::io::Res
 /// `expect` was set ([`Conn::expect_reply`]).
 fn read_loop_expecting(
     stream: Stream,
-    expect: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    expect: Option<Arc<AtomicBool>>,
     mut handle: impl FnMut(Msg),
 ) -> std::io::Result<()> {
     /// Whatever ends the loop (the peer, an error, a handler's panic):
@@ -34,17 +42,38 @@ fn read_loop_expecting(
     impl Drop for Done {
         fn drop(&mut self) {
             INPUT.with(|i| i.set((false, -1)));
+            READING.with(|r| *r.borrow_mut() = None);
             flush_batched();
         }
     }
     let _done = Done;
     let fd = stream.raw_fd();
-    let mut r = BufReader::with_capacity(64 * 1024, super::stream::Waiting(stream, expect));
-    let mut body = Vec::new();
-    while let Some(msg) = read_frame(&mut r, &mut body)? {
-        // More to handle without reading the socket: a whole frame is
-        // already buffered (part of one would mean waiting for the peer).
-        let more = whole_frame(r.buffer());
+    let reading = Arc::new(Mutex::new(Reading {
+        r: BufReader::with_capacity(64 * 1024, super::stream::Waiting(stream, expect)),
+        body: Vec::new(),
+        fd,
+        ended: None,
+    }));
+    READING.with(|r| *r.borrow_mut() = Some(reading.clone()));
+    loop {
+        let (msg, more) = {
+            let mut g = lock(&reading);
+            let Reading { r, body, ended, .. } = &mut *g;
+            if let Some(end) = ended.take() {
+                // A lender met the stream's end (or an error) for us.
+                return end;
+            }
+            let Some(msg) = read_frame(r, body)? else {
+                return Ok(());
+            };
+            if body.capacity() > 1 << 20 {
+                *body = Vec::new();
+            }
+            // More to handle without reading the socket: a whole frame is
+            // already buffered (part of one would mean waiting for the
+            // peer).
+            (msg, whole_frame(r.buffer()))
+        };
         if !more {
             // The last message read: what was held for the batch goes out
             // before its handler runs (which may block, or run a task), and
@@ -54,11 +83,140 @@ fn read_loop_expecting(
         INPUT.with(|i| i.set((more, fd)));
         handle(msg);
         INPUT.with(|i| i.set((false, -1)));
-        if body.capacity() > 1 << 20 {
-            body = Vec::new();
+    }
+}
+
+/// A connection thread's reading: its buffer and socket, shared only so
+/// that [`lend_reader`] can read on while the thread's handler blocks.
+/// The thread takes the lock to read and leaves it free while it handles,
+/// and a lender reads only while that handler has not returned, so the
+/// lock is never contended.
+struct Reading {
+    r: BufReader<super::stream::Waiting>,
+    body: Vec<u8>,
+    fd: std::os::fd::RawFd,
+    /// How the stream ended while lent (a clean end, or the error): the
+    /// connection thread returns it once its handler is back.
+    ended: Option<std::io::Result<()>>,
+}
+
+fn lock(r: &Mutex<Reading>) -> std::sync::MutexGuard<'_, Reading> {
+    r.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+thread_local! {
+    /// On a connection thread: its reading, for [`lend_reader`].
+    static READING: std::cell::RefCell<Option<Arc<Mutex<Reading>>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Readings lent so far in this process (see `__private::lent_readings`).
+pub(crate) static LENT_READINGS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
+/// The reading of a connection lent to a thread of its own while the
+/// handler on the connection's thread blocks; dropping it takes the
+/// reading back (once the lender has handled the message in its hands).
+pub(crate) struct Lent {
+    stop: Arc<(AtomicBool, EventFd)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.stop.0.store(true, Ordering::Release);
+        let _ = self.stop.1.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
-    Ok(())
+}
+
+/// From a handler about to block for a while (a task run on this
+/// connection thread that waits in `get`): what the peer sends meanwhile
+/// is read and handed to `handle` on a thread of its own until the [`Lent`]
+/// is dropped, so that nothing the handler may wait for sits unread behind
+/// it. `None` off a connection thread, or when no thread could be started
+/// (the handler then blocks as before).
+pub(crate) fn lend_reader(handle: impl FnMut(Msg) + Send + 'static) -> Option<Lent> {
+    let reading = READING.with(|r| r.borrow().clone())?;
+    let fd = lock(&reading).fd;
+    let stop = Arc::new((
+        AtomicBool::new(false),
+        EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).ok()?,
+    ));
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).ok()?;
+    // SAFETY: `fd` is the socket of this thread's read loop, which owns the
+    // stream until it returns; it cannot return before this handler does,
+    // and the handler's `Lent` (dropped first) joins the thread using it.
+    let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    epoll
+        .add(sock, EpollEvent::new(EpollFlags::EPOLLIN, 0))
+        .ok()?;
+    epoll
+        .add(stop.1.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 1))
+        .ok()?;
+    let stop2 = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("rustray-lent".into())
+        .spawn(move || read_lent(&reading, &epoll, &stop2.0, handle))
+        .ok()?;
+    LENT_READINGS.fetch_add(1, Ordering::Relaxed);
+    Some(Lent {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// A lender's loop (see [`lend_reader`]): reads whole frames as the
+/// connection thread would, until stopped or the stream ends.
+fn read_lent(
+    reading: &Mutex<Reading>,
+    epoll: &Epoll,
+    stop: &AtomicBool,
+    mut handle: impl FnMut(Msg),
+) {
+    let mut events = [EpollEvent::empty(); 2];
+    // The socket was reported readable: read, even with no byte waiting
+    // (its end, which a read reports).
+    let mut readable = false;
+    while !stop.load(Ordering::Acquire) {
+        let mut g = lock(reading);
+        if g.ended.is_some() {
+            break;
+        }
+        if !readable && !whole_frame(g.r.buffer()) && !super::bytes_waiting(g.fd) {
+            // Wait for the peer (or the stop) without holding the reading.
+            drop(g);
+            match epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(n) => readable = events[..n].iter().any(|e| e.data() == 0),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => break,
+            }
+            continue;
+        }
+        readable = false;
+        let Reading { r, body, ended, fd } = &mut *g;
+        let msg = match read_frame(r, body) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                *ended = Some(Ok(()));
+                break;
+            }
+            Err(e) => {
+                *ended = Some(Err(e));
+                break;
+            }
+        };
+        let (more, fd) = (whole_frame(r.buffer()), *fd);
+        drop(g);
+        if !more {
+            flush_batched();
+        }
+        INPUT.with(|i| i.set((more, fd)));
+        handle(msg);
+        INPUT.with(|i| i.set((false, -1)));
+    }
+    flush_batched();
 }
 
 /// Whether `buf` starts with a whole frame.

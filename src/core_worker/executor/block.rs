@@ -12,6 +12,9 @@ use std::sync::Arc;
 /// While alive, the worker counts as blocked in `get`/`wait`.
 pub(crate) struct BlockGuard {
     cw: Option<Arc<CoreWorker>>,
+    /// A task run on a connection thread blocks: that connection is read
+    /// by another thread meanwhile.
+    lent: Option<crate::transport::Lent>,
 }
 
 impl BlockGuard {
@@ -20,16 +23,30 @@ impl BlockGuard {
         // thread...
         crate::transport::flush_batched();
         if cw.is_driver {
-            return BlockGuard { cw: None };
+            return BlockGuard {
+                cw: None,
+                lent: None,
+            };
         }
-        // ...or for a result held back here.
-        cw.exec.flush_held();
+        // ...or for a result held back here (from a connection thread,
+        // which must not block writing, without waiting for the socket).
+        if super::INLINE_PEER.with(|p| p.borrow().is_some()) {
+            cw.exec.post_held();
+        } else {
+            cw.exec.flush_held();
+        }
         let blocked = cw.exec.lock().block();
         let returned = match blocked {
-            None => return BlockGuard { cw: None },
+            None => {
+                return BlockGuard {
+                    cw: None,
+                    lent: None,
+                }
+            }
             Some(None) => {
                 return BlockGuard {
                     cw: Some(cw.clone()),
+                    lent: None,
                 }
             }
             Some(Some(returned)) => returned,
@@ -40,12 +57,15 @@ impl BlockGuard {
         let _ = cw.raylet.send(&ToRaylet::Blocked);
         BlockGuard {
             cw: Some(cw.clone()),
+            lent: lend_reading(cw),
         }
     }
 }
 
 impl Drop for BlockGuard {
     fn drop(&mut self) {
+        // The connection's own thread reads it again from here on.
+        drop(self.lent.take());
         let Some(cw) = self.cw.take() else { return };
         let Some(lease_holder) = cw.exec.lock().unblock() else {
             return;
@@ -55,4 +75,19 @@ impl Drop for BlockGuard {
             let _ = conn.send(&PeerMsg::WorkerUnblocked);
         }
     }
+}
+
+/// On a connection thread whose task (run inline) blocks: the connection
+/// is lent to a thread of its own until the guard goes, which hands back
+/// the pushes that arrive meanwhile as the main thread's blocking would
+/// (one of them may make what the task waits for), and handles whatever
+/// else the peer sends.
+fn lend_reading(cw: &Arc<CoreWorker>) -> Option<crate::transport::Lent> {
+    let (from, conn) = super::INLINE_PEER.with(|p| p.borrow().clone())?;
+    let cw = cw.clone();
+    crate::transport::lend_reader(move |msg| {
+        if let crate::transport::Msg::Peer(m) = msg {
+            cw.handle_peer(from, &conn, m);
+        }
+    })
 }

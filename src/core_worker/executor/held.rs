@@ -80,6 +80,20 @@ impl ExecShared {
         }
     }
 
+    /// [`ExecShared::flush_held`] for a connection thread, which must
+    /// never block writing: what a socket does not take now goes out from
+    /// a flusher thread.
+    pub(crate) fn post_held(&self) {
+        let held = {
+            let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            h.since = None;
+            std::mem::take(&mut h.conns)
+        };
+        for c in held {
+            let _ = c.post_flush();
+        }
+    }
+
     pub(super) fn any_held(&self) -> bool {
         !self
             .held
