@@ -134,6 +134,9 @@ fn quick_or_wait(x: u64, mailbox: Option<rustray::ActorHandle<Mailbox>>) -> (u64
     while Instant::now() < deadline {
         if let Some(r) = rustray::get(&mb.fetch()).expect("the mailbox answers") {
             let v = rustray::get(&r).expect("the value posted").0;
+            // A call nobody waits for, made once the reading was lent
+            // (what was buffered then is gone): it goes out at once.
+            drop(mb.note(v));
             return (v, rustray::__private::lent_readings());
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -186,12 +189,25 @@ pub struct Other;
 /// Holds one ref for whoever asks.
 pub struct Mailbox {
     posted: Option<ObjectRef<(u64, u64)>>,
+    noted: u64,
 }
 
 #[rustray::actor]
 impl Mailbox {
     pub fn new() -> Self {
-        Mailbox { posted: None }
+        Mailbox {
+            posted: None,
+            noted: 0,
+        }
+    }
+
+    pub fn note(&mut self, v: u64) -> u64 {
+        self.noted = v;
+        v
+    }
+
+    pub fn noted(&self) -> u64 {
+        self.noted
     }
 
     pub fn post(&mut self, r: ObjectRef<(u64, u64)>) -> bool {
@@ -421,6 +437,11 @@ fn test_a_task_run_on_its_connection_thread_blocks_on_one_behind_it() {
     let (v, lent_after) = rustray::get_timeout(&a, Duration::from_secs(60))
         .expect("a task blocked on its connection thread must not hang");
     assert_eq!(v, 7);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rustray::get(&mb.noted()).unwrap() != 7 {
+        assert!(Instant::now() < deadline, "`a`'s last call never went out");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(rustray::get_all(&burst).unwrap().len(), 100);
     assert!(
         lent_after > lent_before,
@@ -552,6 +573,24 @@ fn test_cancel() {
     let e = rustray::get_timeout(&running, Duration::from_secs(5)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
     assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(rustray::get(&inc::remote(1u64).unwrap()).unwrap(), 2);
+}
+
+/// A short function's task runs on the thread that read it; one that
+/// turns out long is still cancelled at once: its worker lends the
+/// connection's reading to another thread once the task has run a while,
+/// which reads the cancel (without it, the cancel would wait unread for
+/// the task to end).
+fn test_cancel_a_long_call_of_a_short_function() {
+    common::cluster(1.0, None);
+    let warm: Vec<_> = (0..200).map(|_| sleep_ms::remote(0u64).unwrap()).collect();
+    rustray::get_all(&warm).unwrap();
+    let running = sleep_ms::remote(30_000u64).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    rustray::cancel(&running).unwrap();
+    let e = rustray::get_timeout(&running, Duration::from_secs(15))
+        .expect_err("the cancel reaches the worker and stops the task");
+    assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
     assert_eq!(rustray::get(&inc::remote(1u64).unwrap()).unwrap(), 2);
 }
 
@@ -826,6 +865,10 @@ fn main() {
         ("test_large_objects_zero_copy", test_large_objects_zero_copy),
         ("test_refs_inside_values", test_refs_inside_values),
         ("test_cancel", test_cancel),
+        (
+            "test_cancel_a_long_call_of_a_short_function",
+            test_cancel_a_long_call_of_a_short_function,
+        ),
         (
             "test_cancel_an_actor_call_waiting_for_its_argument",
             test_cancel_an_actor_call_waiting_for_its_argument,

@@ -1,6 +1,7 @@
 //! The worker's execution queue, the sans-IO half of `executor`: which
-//! pushed task runs next, when an actor call may run at once on the thread
-//! it arrived on, what a worker blocked in `get` hands back to whom, and
+//! pushed task runs next, when a task or an actor call may run at once on
+//! the thread it arrived on, what a worker blocked in `get` hands back to
+//! whom, and
 //! what a cancel finds. Its transitions take the connection a task came on
 //! as an opaque handle (`C`: an `Arc<Conn>` in the worker, a plain id in
 //! the tests below) and return what to send on which; the executor holds

@@ -25,11 +25,13 @@
 //! blocking on the socket ([`Conn::try_send`], [`Conn::post`]): a
 //! connection thread blocked writing to a caller that is itself blocked
 //! writing to us would stop both. What the socket does not take is
-//! flushed by the main thread or a flusher thread. A task run this way
-//! that blocks in `get` lends the connection's reading to a thread of its
-//! own until it unblocks ([`crate::transport::lend_reader`]), so pushes
-//! behind it are handed back as the main thread's blocking would, never
-//! left unread (one of them may make what it waits for).
+//! flushed by the main thread or a flusher thread. The task's own sends
+//! (tasks it submits, calls it makes) go out at once, not with the batch.
+//! While a task run this way is busy (the worker blocks in `get`, or it
+//! has run [`inline::LEND_AFTER`]), the connection's reading is lent to a
+//! thread of its own ([`inline`]), so pushes behind it are handed back or
+//! queued as with the main thread, and a cancel lands: never left unread
+//! (one of them may make what it waits for).
 //!
 //! Results of short tasks travel in batches ([`held`]): while the task
 //! queued next ran briefly here on average, a finished task's result is
@@ -69,6 +71,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 mod block;
 mod held;
+mod inline;
 mod output;
 mod pool;
 pub(crate) use block::BlockGuard;
@@ -121,6 +124,8 @@ pub(crate) struct ExecShared {
     run_ns: Mutex<std::collections::HashMap<String, u64>>,
     /// The connections results are held back on, and since when.
     held: Mutex<Held>,
+    /// The task running on a connection thread, if any (see `inline`).
+    inline: Mutex<inline::Inline>,
     /// Wakes the hold watch (see `held`).
     held_cv: Condvar,
 }
@@ -128,9 +133,6 @@ pub(crate) struct ExecShared {
 thread_local! {
     /// On a connection thread: the last task pushed on it came alone.
     static LAST_PUSH_ALONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// On a connection thread running a task inline: the peer it reads
-    /// for (see [`BlockGuard`]).
-    pub(super) static INLINE_PEER: std::cell::RefCell<Option<(WorkerId, Arc<Conn>)>> = const { std::cell::RefCell::new(None) };
     /// The call a threaded actor's pool thread is running.
     static POOL_TASK: std::cell::Cell<Option<TaskId>> = const { std::cell::Cell::new(None) };
 }
@@ -155,6 +157,7 @@ impl Default for ExecShared {
             sleeping: std::sync::atomic::AtomicBool::new(false),
             run_ns: Mutex::default(),
             held: Mutex::default(),
+            inline: Mutex::default(),
             held_cv: Condvar::new(),
         }
     }
@@ -266,8 +269,9 @@ impl CoreWorker {
         let wait_awake = super::exec_queue::caller_waits_on_each(prev_alone, &spec)
             && self.exec.runs_short(&spec.function);
         let alone = spec.alone;
-        // A caller with more calls already on the way (pipelining) gets the
-        // queue: reading and running then overlap.
+        // An actor call with more already on the way (pipelining) gets the
+        // queue: reading and running then overlap. A short task runs here
+        // pipelined or not: its hand-off would cost more than it.
         let (admit, spec) =
             self.exec
                 .lock()
@@ -280,10 +284,7 @@ impl CoreWorker {
             }
             (Admit::Inline, Some(spec)) => {
                 LAST_PUSH_ALONE.with(|a| a.set(alone));
-                // Whoever this thread reads for, should the task block.
-                INLINE_PEER.with(|p| *p.borrow_mut() = Some((from, conn.clone())));
-                self.run_current(conn, &spec, true);
-                INLINE_PEER.with(|p| *p.borrow_mut() = None);
+                self.run_inline(from, conn, &spec);
                 if wait_awake {
                     // Its caller waits on each result (a chain, a `get`
                     // per task): the next push is a round trip away.
@@ -305,10 +306,10 @@ impl CoreWorker {
     /// connection thread, which must never block writing.
     fn run_current(self: &Arc<Self>, conn: &Arc<Conn>, spec: &TaskSpec, inline: bool) {
         let t0 = std::time::Instant::now();
-        let out = {
+        let out = crate::transport::unbatched(|| {
             let mut actor = self.exec.actor.lock().unwrap_or_else(|p| p.into_inner());
             run(self, spec, actor.as_mut(), None)
-        };
+        });
         let exiting = spec.max_calls > 0 && self.exec.count_call(&spec.function) >= spec.max_calls;
         let t = t0.elapsed().as_nanos().min(u64::MAX as u128) as u64;
         if spec.actor.is_some() {
@@ -455,7 +456,7 @@ pub(crate) fn main(session: Session) -> ! {
             let mut spun = !last_alone;
             loop {
                 // One task at a time: wait while a connection thread runs
-                // an actor call.
+                // one.
                 if let Some(it) = q.next() {
                     break it;
                 }

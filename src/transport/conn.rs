@@ -283,17 +283,25 @@ impl Conn {
             }
         };
         w.frame(msg.wire())?;
+        let full = !w.tail.is_empty();
         self.take_deferred(&mut w);
         let Writer { stream, buf, tail } = &mut *w;
-        self.write_or_keep(stream, tail, buf)
+        self.write_or_keep(stream, tail, buf, full)
     }
 
     /// Writes `bytes` after what is kept (`tail`) without blocking; what
     /// the socket does not take is kept. False when something was kept.
-    /// Kept bytes are tried again first: frames deferred while another
-    /// thread wrote land in `tail` too, and they are no sign of a full
-    /// socket.
-    fn write_or_keep(&self, stream: &Stream, tail: &mut Vec<u8>, bytes: &[u8]) -> Result<bool> {
+    /// `full`: bytes were kept before (the socket had no room; a flusher
+    /// thread writes them), so these only join them. Otherwise `tail`
+    /// holds only frames deferred while another thread wrote, no sign of a
+    /// full socket: they go first, now.
+    fn write_or_keep(
+        &self,
+        stream: &Stream,
+        tail: &mut Vec<u8>,
+        bytes: &[u8],
+        full: bool,
+    ) -> Result<bool> {
         if tail.len() + bytes.len() > MAX_OUTBOX {
             crate::log::log!(
                 "{} left {} bytes unread: closing the connection",
@@ -304,6 +312,10 @@ impl Conn {
             return Err(Error::unavailable(
                 "peer connection closed: the peer stopped reading",
             ));
+        }
+        if full {
+            tail.extend_from_slice(bytes);
+            return Ok(false);
         }
         if tail.is_empty() {
             let n = send_now(stream, bytes)?;
@@ -352,9 +364,10 @@ impl Conn {
                 return self.defer(frame);
             }
         };
+        let full = !w.tail.is_empty();
         self.take_deferred(&mut w);
         let Writer { stream, tail, .. } = &mut *w;
-        self.write_or_keep(stream, tail, frame)
+        self.write_or_keep(stream, tail, frame, full)
     }
 
     /// After a non-blocking send: what it kept (`sent` false) goes out from

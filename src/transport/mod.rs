@@ -160,6 +160,14 @@ where
     }
 }
 
+/// What a panic said, if it said it in a string.
+pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 /// Runs a connection's serving loop, reporting how it ended badly: a
 /// malformed frame, or a panic in a handler (a bug, or data a peer sent
 /// that the handler trusted), ends that one connection with a log line
@@ -172,11 +180,7 @@ pub(crate) fn guarded(thread: &str, peer: &str, serve: impl FnOnce() -> std::io:
         }
         Ok(Err(_)) => {}
         Err(p) => {
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let what = panic_text(&*p);
             crate::log::log!(
                 "{thread}: a message handler panicked on input from {peer} ({what}); connection closed"
             );
@@ -188,6 +192,11 @@ pub(crate) fn guarded(thread: &str, peer: &str, serve: impl FnOnce() -> std::io:
 /// is closed at once, with a log line, so no peer can make a component
 /// start threads without end.
 const MAX_CONNECTIONS: usize = 16_384;
+
+/// The stack of a connection thread: user code may run on one (a worker
+/// runs a short task on the thread that read it), so it gets what a main
+/// thread usually has. Address space only: pages are used as touched.
+const CONN_STACK: usize = 8 << 20;
 
 /// Accepts connections until `stopped()`, serving each on its own thread
 /// named `name` (at most [`MAX_CONNECTIONS`] at once).
@@ -229,6 +238,7 @@ fn accept_capped(
         let (serve, count) = (serve.clone(), live.clone());
         let r = std::thread::Builder::new()
             .name(name.into())
+            .stack_size(CONN_STACK)
             .spawn(move || {
                 serve(stream);
                 count.fetch_sub(1, Ordering::AcqRel);

@@ -48,16 +48,19 @@ fn read_loop_expecting(
     }
     let _done = Done;
     let fd = stream.raw_fd();
-    let reading = Arc::new(Mutex::new(Reading {
-        r: BufReader::with_capacity(64 * 1024, super::stream::Waiting(stream, expect)),
-        body: Vec::new(),
-        fd,
-        ended: None,
-    }));
-    READING.with(|r| *r.borrow_mut() = Some(reading.clone()));
+    let shared = Arc::new(Shared {
+        reading: Mutex::new(Reading {
+            r: BufReader::with_capacity(64 * 1024, super::stream::Waiting(stream, expect)),
+            body: Vec::new(),
+            fd,
+            ended: None,
+        }),
+        lent: AtomicBool::new(false),
+    });
+    READING.with(|r| *r.borrow_mut() = Some(shared.clone()));
     loop {
         let (msg, more) = {
-            let mut g = lock(&reading);
+            let mut g = lock(&shared.reading);
             let Reading { r, body, ended, .. } = &mut *g;
             if let Some(end) = ended.take() {
                 // A lender met the stream's end (or an error) for us.
@@ -87,10 +90,10 @@ fn read_loop_expecting(
 }
 
 /// A connection thread's reading: its buffer and socket, shared only so
-/// that [`lend_reader`] can read on while the thread's handler blocks.
-/// The thread takes the lock to read and leaves it free while it handles,
-/// and a lender reads only while that handler has not returned, so the
-/// lock is never contended.
+/// that it can be lent ([`ReadingRef::lend`]) while the thread's handler
+/// runs a task that blocks or runs long. The thread takes the lock to read
+/// and leaves it free while it handles, and a lender reads only while that
+/// handler has not returned, so the lock is never contended.
 struct Reading {
     r: BufReader<super::stream::Waiting>,
     body: Vec<u8>,
@@ -100,23 +103,41 @@ struct Reading {
     ended: Option<std::io::Result<()>>,
 }
 
+struct Shared {
+    reading: Mutex<Reading>,
+    /// A lender reads it now: what the connection thread knew was
+    /// buffered may be gone (see [`more_buffered`]).
+    lent: AtomicBool,
+}
+
 fn lock(r: &Mutex<Reading>) -> std::sync::MutexGuard<'_, Reading> {
     r.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 thread_local! {
-    /// On a connection thread: its reading, for [`lend_reader`].
-    static READING: std::cell::RefCell<Option<Arc<Mutex<Reading>>>> = const { std::cell::RefCell::new(None) };
+    /// On a connection thread: its reading, for [`this_reading`].
+    static READING: std::cell::RefCell<Option<Arc<Shared>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Readings lent so far in this process (see `__private::lent_readings`).
 pub(crate) static LENT_READINGS: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 
-/// The reading of a connection lent to a thread of its own while the
-/// handler on the connection's thread blocks; dropping it takes the
-/// reading back (once the lender has handled the message in its hands).
+/// A connection thread's reading, to be lent from any thread while the
+/// handler it runs is busy.
+#[derive(Clone)]
+pub(crate) struct ReadingRef(Arc<Shared>);
+
+/// From a handler on a connection thread: that connection's reading.
+pub(crate) fn this_reading() -> Option<ReadingRef> {
+    READING.with(|r| r.borrow().clone()).map(ReadingRef)
+}
+
+/// The reading of a connection lent to a thread of its own; dropping it
+/// takes the reading back, once the lender has handled the message in its
+/// hands (and read the rest of a frame it began).
 pub(crate) struct Lent {
+    shared: Arc<Shared>,
     stop: Arc<(AtomicBool, EventFd)>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -128,47 +149,87 @@ impl Drop for Lent {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.shared.lent.store(false, Ordering::Release);
     }
 }
 
-/// From a handler about to block for a while (a task run on this
-/// connection thread that waits in `get`): what the peer sends meanwhile
-/// is read and handed to `handle` on a thread of its own until the [`Lent`]
-/// is dropped, so that nothing the handler may wait for sits unread behind
-/// it. `None` off a connection thread, or when no thread could be started
-/// (the handler then blocks as before).
-pub(crate) fn lend_reader(handle: impl FnMut(Msg) + Send + 'static) -> Option<Lent> {
-    let reading = READING.with(|r| r.borrow().clone())?;
-    let fd = lock(&reading).fd;
-    let stop = Arc::new((
-        AtomicBool::new(false),
-        EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).ok()?,
-    ));
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).ok()?;
-    // SAFETY: `fd` is the socket of this thread's read loop, which owns the
-    // stream until it returns; it cannot return before this handler does,
-    // and the handler's `Lent` (dropped first) joins the thread using it.
-    let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    epoll
-        .add(sock, EpollEvent::new(EpollFlags::EPOLLIN, 0))
-        .ok()?;
-    epoll
-        .add(stop.1.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 1))
-        .ok()?;
-    let stop2 = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name("rustray-lent".into())
-        .spawn(move || read_lent(&reading, &epoll, &stop2.0, handle))
-        .ok()?;
-    LENT_READINGS.fetch_add(1, Ordering::Relaxed);
-    Some(Lent {
-        stop,
-        thread: Some(thread),
-    })
+impl ReadingRef {
+    /// What the peer sends is read and handed to `handle` on a thread of
+    /// its own until the [`Lent`] is dropped (the connection's handler is
+    /// busy: a task run there that blocks in `get` or runs long), so that
+    /// nothing it may wait for, nor a cancel, sits unread behind it.
+    /// `None` when no thread could be started (nothing is lent).
+    pub(crate) fn lend(&self, handle: impl FnMut(Msg) + Send + 'static) -> Option<Lent> {
+        let shared = self.0.clone();
+        let stop = Arc::new((
+            AtomicBool::new(false),
+            EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).ok()?,
+        ));
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).ok()?;
+        epoll
+            .add(
+                lock(&shared.reading).r.get_ref().0.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, 0),
+            )
+            .ok()?;
+        epoll
+            .add(stop.1.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 1))
+            .ok()?;
+        shared.lent.store(true, Ordering::Release);
+        let (shared2, stop2) = (shared.clone(), stop.clone());
+        let started = std::thread::Builder::new()
+            .name("rustray-lent".into())
+            .spawn(move || read_lent(&shared2.reading, &epoll, &stop2.0, handle));
+        let Ok(thread) = started else {
+            shared.lent.store(false, Ordering::Release);
+            return None;
+        };
+        LENT_READINGS.fetch_add(1, Ordering::Relaxed);
+        Some(Lent {
+            shared,
+            stop,
+            thread: Some(thread),
+        })
+    }
 }
 
-/// A lender's loop (see [`lend_reader`]): reads whole frames as the
-/// connection thread would, until stopped or the stream ends.
+/// On a connection thread, in its handler, after its reading was taken
+/// back from a lender: whether more input is buffered is looked at again
+/// (the lender may have taken what was).
+pub(crate) fn reread_input() {
+    let Some(shared) = READING.with(|r| r.borrow().clone()) else {
+        return;
+    };
+    let more = whole_frame(lock(&shared.reading).r.buffer());
+    INPUT.with(|i| {
+        let (_, fd) = i.get();
+        if fd >= 0 {
+            i.set((more, fd));
+        }
+    });
+    if !more {
+        // Held for a batch the lender has handled: nothing read follows.
+        flush_batched();
+    }
+}
+
+/// Runs `f` (user code, on a connection thread) with its sends going out
+/// at once: they belong to no batch of messages read, and what they are
+/// for must not wait for the rest of the batch to be handled.
+pub(crate) fn unbatched<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore((bool, std::os::fd::RawFd));
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            INPUT.with(|i| i.set(self.0));
+        }
+    }
+    let _restore = Restore(INPUT.with(|i| i.replace((false, i.get().1))));
+    f()
+}
+
+/// A lender's loop (see [`ReadingRef::lend`]): reads whole frames as the
+/// connection thread would, until stopped or the stream ends. A handler
+/// that panics ends the connection, as on the connection's own thread.
 fn read_lent(
     reading: &Mutex<Reading>,
     epoll: &Epoll,
@@ -213,8 +274,16 @@ fn read_lent(
             flush_batched();
         }
         INPUT.with(|i| i.set((more, fd)));
-        handle(msg);
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(msg)));
         INPUT.with(|i| i.set((false, -1)));
+        if let Err(p) = handled {
+            let what = super::panic_text(&*p);
+            crate::log::log!(
+                "rustray-lent: a message handler panicked ({what}); connection closed"
+            );
+            lock(reading).ended = Some(Err(std::io::Error::other("a message handler panicked")));
+            break;
+        }
     }
     flush_batched();
 }
@@ -244,7 +313,7 @@ thread_local! {
 /// the last message read is handled, and before this thread blocks
 /// connecting or waiting for an answer ([`flush_batched`]).
 pub(crate) fn send_batched(conn: &std::sync::Arc<Conn>, msg: &impl Message) -> Result<()> {
-    if !INPUT.with(|i| i.get().0) {
+    if !more_buffered() {
         return conn.send(msg);
     }
     conn.hold(msg)?;
@@ -255,7 +324,7 @@ pub(crate) fn send_batched(conn: &std::sync::Arc<Conn>, msg: &impl Message) -> R
 /// [`send_batched`] for frames already encoded ([`push_frame`]), one or
 /// more back to back.
 pub(crate) fn send_frame_batched(conn: &std::sync::Arc<Conn>, frames: &[u8]) -> Result<()> {
-    if !INPUT.with(|i| i.get().0) {
+    if !more_buffered() {
         return conn.send_parts(None, frames);
     }
     conn.defer(frames)?;
@@ -267,7 +336,7 @@ pub(crate) fn send_frame_batched(conn: &std::sync::Arc<Conn>, frames: &[u8]) -> 
 /// handler with more messages already read, with what handling them holds
 /// ([`flush_batched`]).
 pub(crate) fn flush_batched_later(conn: &std::sync::Arc<Conn>) {
-    if INPUT.with(|i| i.get().0) {
+    if more_buffered() {
         held_on(conn);
     } else {
         let _ = conn.flush();
@@ -303,7 +372,17 @@ thread_local! {
 /// Called from a message handler: true if another whole frame is already
 /// read after this one (it is handled next, without waiting for the peer).
 pub(crate) fn more_buffered() -> bool {
-    INPUT.with(|i| i.get().0)
+    INPUT.with(|i| i.get().0) && !lent_here()
+}
+
+/// On a connection thread: its reading is lent now (what it had buffered
+/// is the lender's to handle).
+fn lent_here() -> bool {
+    READING.with(|r| {
+        r.borrow()
+            .as_ref()
+            .is_some_and(|s| s.lent.load(Ordering::Acquire))
+    })
 }
 
 /// Whether this thread is handling a message read from a connection (as
@@ -317,6 +396,9 @@ pub(crate) fn in_handler() -> bool {
 /// better served by queueing than by handling each message inline.
 pub(crate) fn more_input_pending() -> bool {
     let (buffered, fd) = INPUT.with(|i| i.get());
+    if lent_here() {
+        return false;
+    }
     if buffered {
         return true;
     }

@@ -12,9 +12,6 @@ use std::sync::Arc;
 /// While alive, the worker counts as blocked in `get`/`wait`.
 pub(crate) struct BlockGuard {
     cw: Option<Arc<CoreWorker>>,
-    /// A task run on a connection thread blocks: that connection is read
-    /// by another thread meanwhile.
-    lent: Option<crate::transport::Lent>,
 }
 
 impl BlockGuard {
@@ -23,49 +20,41 @@ impl BlockGuard {
         // thread...
         crate::transport::flush_batched();
         if cw.is_driver {
-            return BlockGuard {
-                cw: None,
-                lent: None,
-            };
+            return BlockGuard { cw: None };
         }
         // ...or for a result held back here (from a connection thread,
         // which must not block writing, without waiting for the socket).
-        if super::INLINE_PEER.with(|p| p.borrow().is_some()) {
+        if crate::transport::in_handler() {
             cw.exec.post_held();
         } else {
             cw.exec.flush_held();
         }
         let blocked = cw.exec.lock().block();
         let returned = match blocked {
-            None => {
-                return BlockGuard {
-                    cw: None,
-                    lent: None,
-                }
-            }
+            None => return BlockGuard { cw: None },
             Some(None) => {
                 return BlockGuard {
                     cw: Some(cw.clone()),
-                    lent: None,
                 }
             }
             Some(Some(returned)) => returned,
         };
+        // A task run on a connection thread (this one or another) stops
+        // reading it: another thread reads on, first, so that writing to
+        // a peer that waits to write to us cannot stall both.
+        cw.lend_inline();
         for (c, tasks) in returned {
             let _ = c.send(&PeerMsg::TasksReturned { tasks });
         }
         let _ = cw.raylet.send(&ToRaylet::Blocked);
         BlockGuard {
             cw: Some(cw.clone()),
-            lent: lend_reading(cw),
         }
     }
 }
 
 impl Drop for BlockGuard {
     fn drop(&mut self) {
-        // The connection's own thread reads it again from here on.
-        drop(self.lent.take());
         let Some(cw) = self.cw.take() else { return };
         let Some(lease_holder) = cw.exec.lock().unblock() else {
             return;
@@ -75,19 +64,4 @@ impl Drop for BlockGuard {
             let _ = conn.send(&PeerMsg::WorkerUnblocked);
         }
     }
-}
-
-/// On a connection thread whose task (run inline) blocks: the connection
-/// is lent to a thread of its own until the guard goes, which hands back
-/// the pushes that arrive meanwhile as the main thread's blocking would
-/// (one of them may make what the task waits for), and handles whatever
-/// else the peer sends.
-fn lend_reading(cw: &Arc<CoreWorker>) -> Option<crate::transport::Lent> {
-    let (from, conn) = super::INLINE_PEER.with(|p| p.borrow().clone())?;
-    let cw = cw.clone();
-    crate::transport::lend_reader(move |msg| {
-        if let crate::transport::Msg::Peer(m) = msg {
-            cw.handle_peer(from, &conn, m);
-        }
-    })
 }

@@ -11,6 +11,7 @@
 use super::ExecShared;
 use crate::core_worker::CoreWorker;
 use crate::protocol::PeerMsg;
+use crate::session::log;
 use crate::transport::Conn;
 use std::sync::Arc;
 
@@ -126,23 +127,9 @@ impl CoreWorker {
         {
             return false;
         }
-        match h.watch {
-            Watch::Ticking => {}
-            Watch::Parked => {
-                h.watch = Watch::Ticking;
-                self.exec.held_cv.notify_one();
-            }
-            Watch::None => {
-                let cw = self.clone();
-                let started = std::thread::Builder::new()
-                    .name("rustray-hold".into())
-                    .spawn(move || cw.watch_held());
-                if started.is_err() {
-                    // Without the watch nothing bounds a hold: none.
-                    return false;
-                }
-                h.watch = Watch::Ticking;
-            }
+        if !self.watching(&mut h) {
+            // Without the watch nothing bounds a hold: none.
+            return false;
         }
         if conn.hold(done).is_err() {
             return false;
@@ -155,12 +142,49 @@ impl CoreWorker {
         true
     }
 
+    /// Sees that the hold watch ticks (started, or woken from parking);
+    /// false when it could not be started.
+    fn watching(self: &Arc<Self>, h: &mut Held) -> bool {
+        match h.watch {
+            Watch::Ticking => {}
+            Watch::Parked => {
+                h.watch = Watch::Ticking;
+                self.exec.held_cv.notify_one();
+            }
+            Watch::None => {
+                let cw = self.clone();
+                let started = std::thread::Builder::new()
+                    .name("rustray-hold".into())
+                    .spawn(move || cw.watch_held());
+                if started.is_err() {
+                    return false;
+                }
+                h.watch = Watch::Ticking;
+            }
+        }
+        true
+    }
+
+    /// A task runs on a connection thread: the hold watch ticks meanwhile
+    /// (it lends the reading of one that runs long: see `inline`).
+    pub(super) fn keep_watching(self: &Arc<Self>) {
+        let mut h = self.exec.held.lock().unwrap_or_else(|p| p.into_inner());
+        if h.watch != Watch::Ticking && !self.watching(&mut h) {
+            log!("no thread to watch tasks run on connection threads");
+        }
+    }
+
     /// The hold watch: writes results held back for [`HOLD_MAX`] (the task
-    /// behind them ran long). Ticks while results are being held, parks
-    /// after [`WATCH_IDLE`] without any.
-    fn watch_held(&self) {
+    /// behind them ran long), and lends the reading of a task run on its
+    /// connection thread for [`super::inline::LEND_AFTER`]. Ticks while
+    /// results are held or such a task runs, parks after [`WATCH_IDLE`]
+    /// with neither.
+    fn watch_held(self: &Arc<Self>) {
         let mut idle_since = std::time::Instant::now();
         loop {
+            if self.lend_if_long(std::time::Instant::now()) {
+                idle_since = std::time::Instant::now();
+            }
             let wait = {
                 let mut h = self.exec.held.lock().unwrap_or_else(|p| p.into_inner());
                 let now = std::time::Instant::now();
@@ -174,7 +198,12 @@ impl CoreWorker {
                         idle_since = now;
                         HOLD_MAX.saturating_sub(now.saturating_duration_since(t))
                     }
-                    None if now.saturating_duration_since(idle_since) >= WATCH_IDLE => {
+                    // (A task set running on a connection thread since the
+                    // look above waits for this lock to wake the watch, or
+                    // is seen here: nothing runs unwatched.)
+                    None if now.saturating_duration_since(idle_since) >= WATCH_IDLE
+                        && !self.runs_inline() =>
+                    {
                         h.watch = Watch::Parked;
                         while h.watch == Watch::Parked {
                             h = self.exec.held_cv.wait(h).unwrap_or_else(|p| p.into_inner());

@@ -1,0 +1,99 @@
+//! Tasks run on the connection thread that read them (see the executor's
+//! design note): the one running now, and the lending of its connection's
+//! reading ([`ReadingRef::lend`]) while it is busy: from the first block in
+//! `get`/`wait` of the worker (on whichever thread), or once it has run
+//! [`LEND_AFTER`] (the hold watch looks). Pushes behind it are then handed
+//! back (blocked) or queued for the main thread, and a cancel lands,
+//! rather than sit unread. The reading comes back when the task ends, on
+//! its own thread.
+
+use super::CoreWorker;
+use crate::ids::WorkerId;
+use crate::transport::{Conn, Lent, Msg, ReadingRef, TaskSpec};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A task run on its connection thread for this long lends the reading:
+/// short functions run well under it ([`super::held::HOLD_SHORT`] on
+/// average), one that turns out long still sees a cancel soon.
+pub(super) const LEND_AFTER: Duration = Duration::from_millis(10);
+
+/// The task running on a connection thread, and its lent reading.
+#[derive(Default)]
+pub(super) struct Inline {
+    run: Option<Run>,
+    lent: Option<Lent>,
+}
+
+struct Run {
+    from: WorkerId,
+    conn: Arc<Conn>,
+    reading: ReadingRef,
+    since: Instant,
+}
+
+impl CoreWorker {
+    fn inline_state(&self) -> std::sync::MutexGuard<'_, Inline> {
+        self.exec.inline.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs a task admitted inline (this connection thread holds the
+    /// `current` slot), pushed by `from` on `conn`.
+    pub(super) fn run_inline(self: &Arc<Self>, from: WorkerId, conn: &Arc<Conn>, spec: &TaskSpec) {
+        if let Some(reading) = crate::transport::this_reading() {
+            self.inline_state().run = Some(Run {
+                from,
+                conn: conn.clone(),
+                reading,
+                since: Instant::now(),
+            });
+            self.keep_watching();
+        }
+        self.run_current(conn, spec, true);
+        let lent = {
+            let mut i = self.inline_state();
+            i.run = None;
+            i.lent.take()
+        };
+        if let Some(lent) = lent {
+            drop(lent);
+            crate::transport::reread_input();
+        }
+    }
+
+    /// Lends the reading of the connection whose task runs inline now, if
+    /// one does and it is not lent already (the worker blocks, or the task
+    /// runs long).
+    pub(super) fn lend_inline(self: &Arc<Self>) {
+        let mut i = self.inline_state();
+        if i.lent.is_some() {
+            return;
+        }
+        let Some(run) = &i.run else { return };
+        let (cw, from, conn) = (self.clone(), run.from, run.conn.clone());
+        i.lent = run.reading.lend(move |msg| {
+            if let Msg::Peer(m) = msg {
+                cw.handle_peer(from, &conn, m);
+            }
+        });
+    }
+
+    /// Whether a task runs on a connection thread now.
+    pub(super) fn runs_inline(&self) -> bool {
+        self.inline_state().run.is_some()
+    }
+
+    /// From the hold watch: a task run inline for [`LEND_AFTER`] lends its
+    /// reading. Whether one runs (the watch keeps ticking).
+    pub(super) fn lend_if_long(self: &Arc<Self>, now: Instant) -> bool {
+        let since = self.inline_state().run.as_ref().map(|r| r.since);
+        match since {
+            Some(t) if now.saturating_duration_since(t) >= LEND_AFTER => {
+                self.lend_inline();
+                true
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+}
