@@ -258,13 +258,16 @@ impl CoreWorker {
         // Short enough to run on this thread (see the design note): a
         // normal task of a function that ran briefly here before, or an
         // actor call of an actor whose calls do.
-        let short = match spec.actor {
-            None => spec.max_calls == 0 && self.exec.runs_short(&spec.function),
-            Some(_) => {
-                self.exec.call_ns.load(std::sync::atomic::Ordering::Relaxed)
-                    < INLINE_MAX.as_nanos() as u64
-            }
-        };
+        // Never on a lender: it reads for a task still running, and must
+        // not stop reading to run another.
+        let short = !crate::transport::on_lender()
+            && match spec.actor {
+                None => spec.max_calls == 0 && self.exec.runs_short(&spec.function),
+                Some(_) => {
+                    self.exec.call_ns.load(std::sync::atomic::Ordering::Relaxed)
+                        < INLINE_MAX.as_nanos() as u64
+                }
+            };
         // Decided now, done once the task is queued (not for a task handed
         // back: its owner pushes nothing more until this worker unblocks).
         let prev_alone = LAST_PUSH_ALONE.with(|a| a.get());
@@ -312,6 +315,9 @@ impl CoreWorker {
             let mut actor = self.exec.actor.lock().unwrap_or_else(|p| p.into_inner());
             run(self, spec, actor.as_mut(), None)
         });
+        if inline {
+            self.end_inline();
+        }
         let exiting = spec.max_calls > 0 && self.exec.count_call(&spec.function) >= spec.max_calls;
         let t = t0.elapsed().as_nanos().min(u64::MAX as u128) as u64;
         if spec.actor.is_some() {

@@ -4,9 +4,9 @@
 //! handler may ask of the thread it runs on: whether more input is already
 //! read ([`more_buffered`]), and sends held back to go out in one write
 //! with those that handling the rest of the batch makes ([`send_batched`]),
-//! and, when it is about to block for a while (a task run on this thread
-//! that waits in `get`), a thread of its own to read on meanwhile
-//! ([`lend_reader`]).
+//! and, while it is busy for a while (a task run on this thread that
+//! blocks in `get` or runs long), a thread of its own to read on meanwhile
+//! ([`ReadingRef::lend`]).
 
 use super::{guarded, Conn, Stream, MAX_FRAME};
 use crate::codec;
@@ -115,6 +115,10 @@ fn lock(r: &Mutex<Reading>) -> std::sync::MutexGuard<'_, Reading> {
 }
 
 thread_local! {
+    /// User code runs on this thread (see [`unbatched`]).
+    static USER_CODE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// This thread reads a lent connection.
+    static LENDER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// On a connection thread: its reading, for [`this_reading`].
     static READING: std::cell::RefCell<Option<Arc<Shared>>> = const { std::cell::RefCell::new(None) };
 }
@@ -154,6 +158,11 @@ impl Drop for Lent {
 }
 
 impl ReadingRef {
+    /// Whether both are the reading of one connection.
+    pub(crate) fn same(&self, other: &ReadingRef) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// What the peer sends is read and handed to `handle` on a thread of
     /// its own until the [`Lent`] is dropped (the connection's handler is
     /// busy: a task run there that blocks in `get` or runs long), so that
@@ -217,13 +226,17 @@ pub(crate) fn reread_input() {
 /// at once: they belong to no batch of messages read, and what they are
 /// for must not wait for the rest of the batch to be handled.
 pub(crate) fn unbatched<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore((bool, std::os::fd::RawFd));
+    struct Restore((bool, std::os::fd::RawFd), bool);
     impl Drop for Restore {
         fn drop(&mut self) {
             INPUT.with(|i| i.set(self.0));
+            USER_CODE.with(|u| u.set(self.1));
         }
     }
-    let _restore = Restore(INPUT.with(|i| i.replace((false, i.get().1))));
+    let _restore = Restore(
+        INPUT.with(|i| i.replace((false, i.get().1))),
+        USER_CODE.with(|u| u.replace(true)),
+    );
     f()
 }
 
@@ -236,6 +249,7 @@ fn read_lent(
     stop: &AtomicBool,
     mut handle: impl FnMut(Msg),
 ) {
+    LENDER.with(|l| l.set(true));
     let mut events = [EpollEvent::empty(); 2];
     // The socket was reported readable: read, even with no byte waiting
     // (its end, which a read reports).
@@ -310,8 +324,8 @@ thread_local! {
 /// out in one write with what the handling of those sends (a batch of task
 /// results read at once answered by a batch of pushes). Held messages wait
 /// only for input already read, never for the peer: they go out before
-/// the last message read is handled, and before this thread blocks
-/// connecting or waiting for an answer ([`flush_batched`]).
+/// the last message read is handled, before this thread blocks connecting
+/// or waiting for an answer, and before it runs a task ([`flush_batched`]).
 pub(crate) fn send_batched(conn: &std::sync::Arc<Conn>, msg: &impl Message) -> Result<()> {
     if !more_buffered() {
         return conn.send(msg);
@@ -371,6 +385,8 @@ thread_local! {
 
 /// Called from a message handler: true if another whole frame is already
 /// read after this one (it is handled next, without waiting for the peer).
+/// False in user code run on the thread ([`unbatched`]), and while the
+/// thread's reading is lent (the lender handles what was buffered).
 pub(crate) fn more_buffered() -> bool {
     INPUT.with(|i| i.get().0) && !lent_here()
 }
@@ -386,9 +402,21 @@ fn lent_here() -> bool {
 }
 
 /// Whether this thread is handling a message read from a connection (as
-/// opposed to running user code or submitting).
+/// opposed to running user code, here or elsewhere, or submitting).
 pub(crate) fn in_handler() -> bool {
+    INPUT.with(|i| i.get().1 >= 0) && !USER_CODE.with(|u| u.get())
+}
+
+/// Whether this thread reads a connection (its own, or one lent to it),
+/// user code run on it included: it must never block writing (the peer
+/// may be blocked writing to it).
+pub(crate) fn on_connection_thread() -> bool {
     INPUT.with(|i| i.get().1 >= 0)
+}
+
+/// Whether this thread reads a lent connection ([`ReadingRef::lend`]).
+pub(crate) fn on_lender() -> bool {
+    LENDER.with(|l| l.get())
 }
 
 /// Called from a message handler: true if more messages from the same peer

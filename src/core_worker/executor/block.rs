@@ -24,7 +24,7 @@ impl BlockGuard {
         }
         // ...or for a result held back here (from a connection thread,
         // which must not block writing, without waiting for the socket).
-        if crate::transport::in_handler() {
+        if crate::transport::on_connection_thread() {
             cw.exec.post_held();
         } else {
             cw.exec.flush_held();

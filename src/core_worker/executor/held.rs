@@ -6,7 +6,9 @@
 //! task behind turns out long, from the hold watch [`HOLD_MAX`] after the
 //! hold began. A hold also ends when the process does, and before a task
 //! blocks in `get`/`wait` (it may wait for a held result). The watch
-//! thread parks while nothing is held.
+//! also lends the reading of a task run on its connection thread that
+//! runs long (see `inline`); it parks while nothing is held and no such
+//! task runs.
 
 use super::ExecShared;
 use crate::core_worker::CoreWorker;
@@ -31,11 +33,13 @@ enum Watch {
     None,
     /// Checking every [`HOLD_MAX`].
     Ticking,
-    /// Parked until a result is held.
+    /// Parked until a result is held or a task runs on a connection
+    /// thread.
     Parked,
 }
 
-/// The hold watch parks after this long with nothing held.
+/// The hold watch parks after this long with nothing held (and no task
+/// running on a connection thread).
 const WATCH_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Results this worker process held back since it started (see

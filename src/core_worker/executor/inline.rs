@@ -18,11 +18,10 @@ use std::time::{Duration, Instant};
 /// average), one that turns out long still sees a cancel soon.
 pub(super) const LEND_AFTER: Duration = Duration::from_millis(10);
 
-/// The task running on a connection thread, and its lent reading.
+/// The task running on a connection thread, if any.
 #[derive(Default)]
 pub(super) struct Inline {
     run: Option<Run>,
-    lent: Option<Lent>,
 }
 
 struct Run {
@@ -30,6 +29,17 @@ struct Run {
     conn: Arc<Conn>,
     reading: ReadingRef,
     since: Instant,
+    lent: Option<Lent>,
+}
+
+/// Ends the inline run when dropped, should [`CoreWorker::end_inline`]
+/// not have been reached (a panic in rustray's own code around the task).
+struct Ending<'a>(&'a Arc<CoreWorker>);
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        self.0.end_inline();
+    }
 }
 
 impl CoreWorker {
@@ -40,22 +50,40 @@ impl CoreWorker {
     /// Runs a task admitted inline (this connection thread holds the
     /// `current` slot), pushed by `from` on `conn`.
     pub(super) fn run_inline(self: &Arc<Self>, from: WorkerId, conn: &Arc<Conn>, spec: &TaskSpec) {
+        // What handling earlier messages of the batch held back goes out
+        // now, not after a task that may run long.
+        crate::transport::flush_batched();
+        let _ending = Ending(self);
         if let Some(reading) = crate::transport::this_reading() {
             self.inline_state().run = Some(Run {
                 from,
                 conn: conn.clone(),
                 reading,
                 since: Instant::now(),
+                lent: None,
             });
             self.keep_watching();
         }
         self.run_current(conn, spec, true);
-        let lent = {
+    }
+
+    /// The task run on this connection thread has ended (its code, not yet
+    /// its bookkeeping): the reading comes back from a lender, before the
+    /// `current` slot is freed, so that no push the lender reads can be
+    /// admitted to run on the lender. A no-op the second time.
+    pub(super) fn end_inline(&self) {
+        let mine = crate::transport::this_reading();
+        let run = {
             let mut i = self.inline_state();
-            i.run = None;
-            i.lent.take()
+            match (&i.run, &mine) {
+                (Some(r), Some(m)) if r.reading.same(m) => i.run.take(),
+                _ => None,
+            }
         };
-        if let Some(lent) = lent {
+        if let Some(Run {
+            lent: Some(lent), ..
+        }) = run
+        {
             drop(lent);
             crate::transport::reread_input();
         }
@@ -66,12 +94,12 @@ impl CoreWorker {
     /// runs long).
     pub(super) fn lend_inline(self: &Arc<Self>) {
         let mut i = self.inline_state();
-        if i.lent.is_some() {
+        let Some(run) = &mut i.run else { return };
+        if run.lent.is_some() {
             return;
         }
-        let Some(run) = &i.run else { return };
         let (cw, from, conn) = (self.clone(), run.from, run.conn.clone());
-        i.lent = run.reading.lend(move |msg| {
+        run.lent = run.reading.lend(move |msg| {
             if let Msg::Peer(m) = msg {
                 cw.handle_peer(from, &conn, m);
             }
