@@ -75,12 +75,7 @@ impl ExecShared {
     /// a task blocks (it may wait for one of them), before the process
     /// ends, with any result sent, and by the hold watch past [`HOLD_MAX`].
     pub(crate) fn flush_held(&self) {
-        let held = {
-            let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            h.since = None;
-            std::mem::take(&mut h.conns)
-        };
-        for c in held {
+        for c in self.take_held() {
             let _ = c.flush();
         }
     }
@@ -89,14 +84,16 @@ impl ExecShared {
     /// never block writing: what a socket does not take now goes out from
     /// a flusher thread.
     pub(crate) fn post_held(&self) {
-        let held = {
-            let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            h.since = None;
-            std::mem::take(&mut h.conns)
-        };
-        for c in held {
+        for c in self.take_held() {
             let _ = c.post_flush();
         }
+    }
+
+    /// The connections results are held on; the hold ends.
+    fn take_held(&self) -> Vec<Arc<Conn>> {
+        let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        h.since = None;
+        std::mem::take(&mut h.conns)
     }
 
     pub(super) fn any_held(&self) -> bool {
