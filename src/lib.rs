@@ -136,8 +136,8 @@ pub mod __private {
         crate::core_worker::executor::HELD_RESULTS.load(std::sync::atomic::Ordering::Relaxed)
     }
     /// Times a connection of this (worker) process was read by a thread
-    /// of its own while the task run on its thread blocked, since it
-    /// started: for tests that check the lending ran.
+    /// of its own while the task run on its thread blocked or ran past
+    /// 10 ms, since it started: for tests that check the lending ran.
     pub fn lent_readings() -> u64 {
         crate::transport::LENT_READINGS.load(std::sync::atomic::Ordering::Relaxed)
     }

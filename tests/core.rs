@@ -124,11 +124,13 @@ fn gpu_task() -> u64 {
 
 /// Returns `x` at once; given a mailbox, waits in `get` for a ref to be
 /// posted there, then for its value. Also: how many times this worker
-/// lent a connection's reading so far.
+/// lent a connection's reading so far, and whether it ran on the
+/// connection thread that read its push.
 #[rustray::remote]
-fn quick_or_wait(x: u64, mailbox: Option<rustray::ActorHandle<Mailbox>>) -> (u64, u64) {
+fn quick_or_wait(x: u64, mailbox: Option<rustray::ActorHandle<Mailbox>>) -> (u64, u64, bool) {
+    let on_conn = std::thread::current().name() == Some("rustray-peer-in");
     let Some(mb) = mailbox else {
-        return (x, rustray::__private::lent_readings());
+        return (x, rustray::__private::lent_readings(), on_conn);
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
@@ -137,7 +139,7 @@ fn quick_or_wait(x: u64, mailbox: Option<rustray::ActorHandle<Mailbox>>) -> (u64
             // A call nobody waits for, made once the reading was lent
             // (what was buffered then is gone): it goes out at once.
             drop(mb.note(v));
-            return (v, rustray::__private::lent_readings());
+            return (v, rustray::__private::lent_readings(), on_conn);
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -188,7 +190,7 @@ pub struct Other;
 
 /// Holds one ref for whoever asks.
 pub struct Mailbox {
-    posted: Option<ObjectRef<(u64, u64)>>,
+    posted: Option<ObjectRef<(u64, u64, bool)>>,
     noted: u64,
 }
 
@@ -210,12 +212,12 @@ impl Mailbox {
         self.noted
     }
 
-    pub fn post(&mut self, r: ObjectRef<(u64, u64)>) -> bool {
+    pub fn post(&mut self, r: ObjectRef<(u64, u64, bool)>) -> bool {
         self.posted = Some(r);
         true
     }
 
-    pub fn fetch(&self) -> Option<ObjectRef<(u64, u64)>> {
+    pub fn fetch(&self) -> Option<ObjectRef<(u64, u64, bool)>> {
         self.posted.clone()
     }
 }
@@ -419,34 +421,44 @@ fn test_wait_all() {
 fn test_a_task_run_on_its_connection_thread_blocks_on_one_behind_it() {
     common::cluster(1.0, None);
     let mb = Mailbox::options().num_cpus(0.0).remote(()).unwrap();
-    // Many quick runs make `quick_or_wait` short on the one worker, and
-    // the owner pipelines it deep: `a` and `b` travel together.
-    let warm: Vec<_> = (0..300)
-        .map(|i| quick_or_wait::remote(i, None).unwrap())
-        .collect();
-    assert_eq!(rustray::get_all(&warm).unwrap().len(), 300);
-    let lent_before = rustray::get(&quick_or_wait::remote(0u64, None).unwrap())
-        .unwrap()
-        .1;
-    let burst: Vec<_> = (0..100)
-        .map(|i| quick_or_wait::remote(i, None).unwrap())
-        .collect();
-    let a = quick_or_wait::remote(0u64, Some(mb.clone())).unwrap();
-    let b = quick_or_wait::remote(7u64, None).unwrap();
-    assert!(rustray::get(&mb.post(b.clone())).unwrap());
-    let (v, lent_after) = rustray::get_timeout(&a, Duration::from_secs(60))
-        .expect("a task blocked on its connection thread must not hang");
-    assert_eq!(v, 7);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rustray::get(&mb.noted()).unwrap() != 7 {
-        assert!(Instant::now() < deadline, "`a`'s last call never went out");
-        std::thread::sleep(Duration::from_millis(5));
+    // Whether a task counts as short is this VM's to say (one slow run
+    // among the last ones makes it long): rounds until `a` ran on its
+    // connection thread.
+    for round in 0..5u64 {
+        // Many quick runs make `quick_or_wait` short on the one worker,
+        // and the owner pipelines it deep: `a` and `b` travel together.
+        let warm: Vec<_> = (0..300)
+            .map(|i| quick_or_wait::remote(i, None).unwrap())
+            .collect();
+        assert_eq!(rustray::get_all(&warm).unwrap().len(), 300);
+        let lent_before = rustray::get(&quick_or_wait::remote(0u64, None).unwrap())
+            .unwrap()
+            .1;
+        let burst: Vec<_> = (0..100)
+            .map(|i| quick_or_wait::remote(i, None).unwrap())
+            .collect();
+        let want = 7 + round;
+        let a = quick_or_wait::remote(0u64, Some(mb.clone())).unwrap();
+        let b = quick_or_wait::remote(want, None).unwrap();
+        assert!(rustray::get(&mb.post(b.clone())).unwrap());
+        let (v, lent_after, on_conn) = rustray::get_timeout(&a, Duration::from_secs(60))
+            .expect("a task blocked on its connection thread must not hang");
+        assert_eq!(v, want);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while rustray::get(&mb.noted()).unwrap() != want {
+            assert!(Instant::now() < deadline, "`a`'s last call never went out");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(rustray::get_all(&burst).unwrap().len(), 100);
+        if on_conn {
+            assert!(
+                lent_after > lent_before,
+                "`a` ran on its connection thread: its worker lent the reading"
+            );
+            return;
+        }
     }
-    assert_eq!(rustray::get_all(&burst).unwrap().len(), 100);
-    assert!(
-        lent_after > lent_before,
-        "`a` ran on its connection thread and its worker lent the reading"
-    );
+    panic!("`a` never ran on its connection thread in 5 rounds");
 }
 
 fn test_num_returns() {

@@ -332,7 +332,9 @@ impl CoreWorker {
         }
         let (more, next_short) = {
             let mut q = self.exec.lock();
-            let more = q.finish();
+            // A worker about to exit (max_calls) keeps the slot: nothing
+            // may start here that its owner would count as not started.
+            let more = !exiting && q.finish();
             // Held only with two or more queued: the owner then has the
             // batch while the last of them runs, not after (its pipeline
             // would empty and this worker idle for a round trip).

@@ -1,8 +1,7 @@
 //! Framed connections: length-prefixed messages on a [`Stream`], sent
-//! under one writer lock per connection (or posted without blocking),
-//! read by one thread per connection with every length bounded before it
-//! is allocated, and [`dial`], the one way a component opens a
-//! connection to another.
+//! under one writer lock per connection (or posted without blocking;
+//! reading them is `super::read`'s), and [`dial`], the one way a
+//! component opens a connection to another.
 
 use super::read::spawn_reader_expecting;
 use super::{Endpoint, Secret, Stream};

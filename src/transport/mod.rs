@@ -33,8 +33,10 @@
 //!
 //! [`stream`] holds the byte streams (endpoints, the secret handshake,
 //! listeners); [`conn`] the framed connections on them (sending without
-//! blocking on a stalled peer, reading frames with bounded lengths, the
-//! one dial-and-serve helper); this module what serves them (the
+//! blocking on a stalled peer, the one dial-and-serve helper); [`read`]
+//! their reading (frames with bounded lengths, one thread per connection,
+//! batching, and lending a busy thread's reading to another); this
+//! module what serves them (the
 //! accept loop with its connection cap, and the guards that keep a bad
 //! peer or a bug in a handler from ending more than its connection).
 

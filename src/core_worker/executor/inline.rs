@@ -9,6 +9,7 @@
 
 use super::CoreWorker;
 use crate::ids::WorkerId;
+use crate::session::log;
 use crate::transport::{Conn, Lent, Msg, ReadingRef, TaskSpec};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,12 +34,19 @@ struct Run {
 }
 
 /// Ends the inline run when dropped, should [`CoreWorker::end_inline`]
-/// not have been reached (a panic in rustray's own code around the task).
+/// not have been reached: a panic in rustray's own code around the task
+/// (user code's are caught). The task's slot is then never freed and the
+/// worker could run nothing more: it exits, and its owners retry what it
+/// held, as for any worker lost.
 struct Ending<'a>(&'a Arc<CoreWorker>);
 
 impl Drop for Ending<'_> {
     fn drop(&mut self) {
         self.0.end_inline();
+        if std::thread::panicking() {
+            log!("worker exits: a task run on a connection thread left it unable to run more");
+            super::exit_flushing_output(1);
+        }
     }
 }
 
