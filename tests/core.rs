@@ -146,6 +146,23 @@ fn quick_or_wait(x: u64, mailbox: Option<rustray::ActorHandle<Mailbox>>) -> (u64
     panic!("nothing was posted to the mailbox");
 }
 
+/// Recurses `depth` levels of 64 KiB frames (4 MiB of stack at 64, past
+/// a default thread's 2 MiB); also whether it ran on the connection thread
+/// that read its push.
+#[rustray::remote]
+fn deep_stack(depth: u64) -> (u64, bool) {
+    #[inline(never)]
+    fn down(d: u64) -> u64 {
+        let frame = std::hint::black_box([d as u8; 64 * 1024]);
+        if d == 0 {
+            return frame[7] as u64;
+        }
+        down(d - 1) + std::hint::black_box(frame[100]) as u64
+    }
+    let on_conn = std::thread::current().name() == Some("rustray-peer-in");
+    (down(depth), on_conn)
+}
+
 // ---------------------------------------------------------------- actors
 
 pub struct Counter {
@@ -459,6 +476,28 @@ fn test_a_task_run_on_its_connection_thread_blocks_on_one_behind_it() {
         }
     }
     panic!("`a` never ran on its connection thread in 5 rounds");
+}
+
+/// A task run on the connection thread that read it has the stack a main
+/// thread has: a deep one runs there (without retries, so a worker that
+/// overflowed its stack would fail it).
+fn test_a_task_run_on_its_connection_thread_has_a_main_threads_stack() {
+    common::cluster(1.0, None);
+    for _round in 0..5 {
+        // Quick runs make `deep_stack` short here: the next one runs on
+        // its connection thread.
+        let warm: Vec<_> = (0..200)
+            .map(|_| deep_stack::remote(0u64).unwrap())
+            .collect();
+        rustray::get_all(&warm).unwrap();
+        let r = deep_stack::options().max_retries(0).remote(64u64).unwrap();
+        let (sum, on_conn) = rustray::get(&r).expect("a deep stack on a connection thread");
+        assert_eq!(sum, (1..=64u64).sum::<u64>());
+        if on_conn {
+            return;
+        }
+    }
+    panic!("`deep_stack` never ran on its connection thread in 5 rounds");
 }
 
 fn test_num_returns() {
@@ -866,6 +905,10 @@ fn main() {
         (
             "test_a_task_run_on_its_connection_thread_blocks_on_one_behind_it",
             test_a_task_run_on_its_connection_thread_blocks_on_one_behind_it,
+        ),
+        (
+            "test_a_task_run_on_its_connection_thread_has_a_main_threads_stack",
+            test_a_task_run_on_its_connection_thread_has_a_main_threads_stack,
         ),
         ("test_num_returns", test_num_returns),
         ("test_task_panic_is_reported", test_task_panic_is_reported),

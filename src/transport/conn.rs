@@ -853,6 +853,36 @@ mod tests {
         assert!(got[got.len() - 1], "the later frame came last");
     }
 
+    /// Frames held back (another thread had the writer, or a batch held
+    /// them) go out with the next non-blocking send when the socket has
+    /// room, in order: they are no sign of a full socket.
+    #[test]
+    fn held_frames_go_out_with_the_next_try_send() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Stream::Unix(a), Stream::Unix(b));
+        let conn = std::sync::Arc::new(Conn::new(&a).unwrap());
+        conn.hold(&ToRaylet::Blocked).unwrap();
+        assert!(
+            conn.try_send(&ToRaylet::Unblocked).unwrap(),
+            "written at once, nothing kept"
+        );
+        conn.hold(&ToRaylet::Blocked).unwrap();
+        conn.post_flush().unwrap();
+        assert!(!conn.pending(), "post_flush wrote what was held");
+        conn.close();
+        drop(a);
+        let mut got = Vec::new();
+        read_loop(b, |m| got.push(format!("{m:?}"))).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                "ToRaylet(Blocked)",
+                "ToRaylet(Unblocked)",
+                "ToRaylet(Blocked)"
+            ]
+        );
+    }
+
     #[test]
     fn frames_roundtrip_and_eof_ends_the_reader() {
         let (a, b) = UnixStream::pair().unwrap();

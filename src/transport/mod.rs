@@ -162,12 +162,12 @@ where
     }
 }
 
-/// What a panic said, if it said it in a string.
+/// What a panic said (its message, when it is a string).
 pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
+        .unwrap_or_else(|| "(non-string panic payload)".to_string())
 }
 
 /// Runs a connection's serving loop, reporting how it ended badly: a

@@ -15,16 +15,6 @@ use crate::transport::{ActorSpec, Payload, TaskSpec};
 use std::any::Any;
 use std::sync::{Arc, Mutex};
 
-fn panic_message(p: &(dyn Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(non-string panic payload)".to_string()
-    }
-}
-
 /// Arguments in another node's store, pulled into this node's for the
 /// task's duration, and arguments in this node's store, pinned for it
 /// (both released when dropped).
@@ -123,7 +113,7 @@ pub(super) fn construct(cw: &Arc<CoreWorker>, spec: &ActorSpec) -> Result<Box<dy
             format!(
                 "the constructor of actor `{}` panicked: {}",
                 spec.class,
-                panic_message(&*p)
+                crate::transport::panic_text(&*p)
             ),
         )),
     }
@@ -297,7 +287,7 @@ fn invoke(
             *panicked = true;
             Err(Error::new(
                 ErrorKind::TaskFailed,
-                format!("{} panicked: {}", what(), panic_message(&*p)),
+                format!("{} panicked: {}", what(), crate::transport::panic_text(&*p)),
             ))
         }
     }
