@@ -141,6 +141,13 @@ pub mod __private {
     pub fn lent_readings() -> u64 {
         crate::transport::LENT_READINGS.load(std::sync::atomic::Ordering::Relaxed)
     }
+    /// Messages this process read and handled on a thread waiting for its
+    /// answer (a synchronous `get`, a synchronous actor call) rather than
+    /// on the connection's own thread, since it started: for tests that
+    /// check the caller reads its answer itself.
+    pub fn waiter_reads() -> u64 {
+        crate::transport::WAITER_READS.load(std::sync::atomic::Ordering::Relaxed)
+    }
     /// Task results this process took in as part of a batch read together,
     /// since it started: for tests that check the batching ran.
     pub fn results_taken_together() -> u64 {

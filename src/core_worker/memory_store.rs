@@ -91,9 +91,28 @@ impl CoreWorker {
         }
     }
 
-    /// Spins up to [`SPIN`] for a value to arrive after `epoch`.
+    /// Spins up to [`SPIN`] for a value to arrive after `epoch`, reading
+    /// the connection its answer comes on meanwhile, where this thread may
+    /// (see `transport::waiter`): the answer then takes no wake-up.
     pub(super) fn spin_for_value(&self, epoch: u64) -> bool {
-        self.spin_until(|| self.value_epoch.load(Ordering::Acquire) != epoch)
+        if !crate::transport::spare_core() {
+            return false;
+        }
+        let waiter = crate::transport::waiter();
+        let start = Instant::now();
+        loop {
+            if self.value_epoch.load(Ordering::Acquire) != epoch {
+                return true;
+            }
+            if start.elapsed() > SPIN {
+                return false;
+            }
+            if !waiter.as_ref().is_some_and(|w| w.read()) {
+                // Yield rather than spin: on a small node the thread that
+                // will deliver the value may need this very core.
+                std::thread::yield_now();
+            }
+        }
     }
 
     /// Spins up to [`SPIN`] until `done()`; true if it became true. Only

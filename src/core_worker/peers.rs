@@ -89,7 +89,9 @@ impl CoreWorker {
         let take = |b: &Mutex<Vec<Done>>| {
             std::mem::take(&mut *b.lock().unwrap_or_else(|p| p.into_inner()))
         };
-        dialed.serve(
+        // Served so that a thread waiting for an answer from this worker
+        // (a lone task's result, a synchronous call's) may read it itself.
+        dialed.serve_waited(
             "rustray-peer-out",
             move |m| {
                 // A core worker answers with core worker messages only:

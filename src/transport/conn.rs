@@ -64,6 +64,10 @@ pub(crate) struct Conn {
     /// Set by [`Conn::expect_reply`], read (and cleared) by this
     /// connection's reader before it blocks (see `stream::Waiting`).
     expect: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The reading shared with waiting threads, if served with
+    /// [`Dialed::serve_waited`] (weak: it holds the handler, which may
+    /// hold this connection).
+    waited: std::sync::OnceLock<std::sync::Weak<super::waited::Waited>>,
 }
 
 #[derive(Debug)]
@@ -166,6 +170,7 @@ impl Conn {
             shutdown_fd,
             flushing: std::sync::atomic::AtomicBool::new(false),
             expect: Default::default(),
+            waited: Default::default(),
         })
     }
 
@@ -176,6 +181,11 @@ impl Conn {
     pub(crate) fn expect_reply(&self) {
         self.expect
             .store(true, std::sync::atomic::Ordering::Release);
+        // Served with `serve_waited`: this thread may read the answer
+        // itself while it waits (see `waited`).
+        if let Some(w) = self.waited.get().and_then(std::sync::Weak::upgrade) {
+            super::waited::awaiting(&w);
+        }
     }
 
     /// This connection's identity.
@@ -497,6 +507,40 @@ impl Dialed {
         let expect = Some(self.conn.expect.clone());
         spawn_reader_expecting(thread.into(), self.stream, expect, handle, on_close)?;
         Ok(self.conn)
+    }
+
+    /// [`Dialed::serve`], with a handler any thread may run: a thread that
+    /// sent something on this connection whose answer it waits for may read
+    /// that answer itself, and handle it and whatever came before it (see
+    /// `waited`), rather than be woken by the connection thread.
+    pub(crate) fn serve_waited(
+        self,
+        thread: &str,
+        handle: impl Fn(Msg) + Send + Sync + 'static,
+        on_close: impl FnOnce() + Send + 'static,
+    ) -> Result<std::sync::Arc<Conn>> {
+        let peer = self.stream.peer();
+        let waited =
+            super::waited::Waited::new(self.stream, self.conn.expect.clone(), Box::new(handle))
+                .map_err(|e| Error::io("setting up a connection's reading", e))?;
+        let _ = self.conn.waited.set(std::sync::Arc::downgrade(&waited));
+        let name = thread.to_string();
+        std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                super::guarded(&name, &peer, || super::waited::read_loop_waited(&waited));
+                drop(waited);
+                on_close();
+            })
+            .map_err(|e| Error::io("spawning a connection thread", e))?;
+        Ok(self.conn)
+    }
+
+    /// A connection over `stream` as if dialed, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(stream: Stream) -> Dialed {
+        let conn = std::sync::Arc::new(Conn::new(&stream).expect("a test connection"));
+        Dialed { conn, stream }
     }
 
     /// The receiving half, for a caller that reads a reply itself before

@@ -22,6 +22,11 @@
 //! without it: two jobs, or two users,
 //! sharing a node cannot reach each other's processes.
 //!
+//! A connection to a worker this process sends tasks or calls to may also
+//! be read by the thread waiting for its answer ([`waited`]): a caller
+//! spinning for a lone task's result reads and handles it itself, so that
+//! a synchronous round trip crosses two threads, not three.
+//!
 //! A handler that sends while more messages it read wait to be handled
 //! may hold its sends back ([`send_batched`]): they go out in one write
 //! once the reader has handled all it read (a batch of task results
@@ -35,7 +40,8 @@
 //! listeners); [`conn`] the framed connections on them (sending without
 //! blocking on a stalled peer, the one dial-and-serve helper); [`read`]
 //! their reading (frames with bounded lengths, one thread per connection,
-//! batching, and lending a busy thread's reading to another); this
+//! batching, and lending a busy thread's reading to another); [`waited`]
+//! the reading shared with threads waiting for answers; this
 //! module what serves them (the
 //! accept loop with its connection cap, and the guards that keep a bad
 //! peer or a bug in a handler from ending more than its connection).
@@ -44,6 +50,7 @@ mod conn;
 pub(crate) mod reactor;
 mod read;
 mod stream;
+mod waited;
 
 pub(crate) use crate::protocol::*;
 pub(crate) use conn::*;
@@ -51,6 +58,7 @@ pub(crate) use read::*;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 pub(crate) use stream::*;
+pub(crate) use waited::{waiter, WAITER_READS};
 
 /// The cluster's shared secret, presented first on every connection.
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -240,6 +240,30 @@ pub(crate) fn unbatched<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Runs `f`, the handler of a message read from socket `fd` on a thread
+/// that is not that connection's own (a waiter reading its answer: see
+/// `waited`), as the connection thread would: what was held goes out
+/// first unless `more` whole frames are buffered behind it, the message
+/// counts as handled (not user code) and its sends are batched with those
+/// of the frames behind it. The thread's own context comes back after.
+pub(super) fn as_handler<R>(more: bool, fd: std::os::fd::RawFd, f: impl FnOnce() -> R) -> R {
+    struct Restore((bool, std::os::fd::RawFd), bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            INPUT.with(|i| i.set(self.0));
+            USER_CODE.with(|u| u.set(self.1));
+        }
+    }
+    if !more {
+        flush_batched();
+    }
+    let _restore = Restore(
+        INPUT.with(|i| i.replace((more, fd))),
+        USER_CODE.with(|u| u.replace(false)),
+    );
+    f()
+}
+
 /// A lender's loop (see [`ReadingRef::lend`]): reads whole frames as the
 /// connection thread would, until stopped or the stream ends. A handler
 /// that panics ends the connection, as on the connection's own thread.
