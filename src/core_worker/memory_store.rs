@@ -44,6 +44,8 @@ impl CoreWorker {
         id: ObjectId,
         deadline: Option<Instant>,
     ) -> Result<Payload> {
+        // Taken by every wait, whether or not it spins.
+        let awaited = crate::transport::awaited();
         let mut fx = Effects::default();
         let mut st = self.lock();
         if let Some(v) = self.poll_value(&mut st, id, &mut fx)? {
@@ -55,7 +57,7 @@ impl CoreWorker {
         // Most round trips on a node finish within tens of microseconds:
         // spinning that long avoids a sleep and wake-up on each side and,
         // in a worker, the blocked/unblocked exchange with the raylet.
-        if self.spin_for_value(epoch) {
+        if self.spin_for_value(epoch, awaited) {
             let mut st = self.lock();
             if let Some(v) = self.poll_value(&mut st, id, &mut fx)? {
                 return Ok(v);
@@ -93,12 +95,16 @@ impl CoreWorker {
 
     /// Spins up to [`SPIN`] for a value to arrive after `epoch`, reading
     /// the connection its answer comes on meanwhile, where this thread may
-    /// (see `transport::waiter`): the answer then takes no wake-up.
-    pub(super) fn spin_for_value(&self, epoch: u64) -> bool {
+    /// (see `transport::awaited`): the answer then takes no wake-up.
+    pub(super) fn spin_for_value(
+        &self,
+        epoch: u64,
+        awaited: Option<crate::transport::Awaited>,
+    ) -> bool {
         if !crate::transport::spare_core() {
             return false;
         }
-        let waiter = crate::transport::waiter();
+        let waiter = awaited.and_then(|a| a.waiter());
         let start = Instant::now();
         loop {
             if self.value_epoch.load(Ordering::Acquire) != epoch {

@@ -183,9 +183,20 @@ impl Conn {
             .store(true, std::sync::atomic::Ordering::Release);
         // Served with `serve_waited`: this thread may read the answer
         // itself while it waits (see `waited`).
+        // Not from a handler: the thread that handles an answer and pushes
+        // the next task is not the one waiting (a chain's).
+        if super::in_handler() {
+            return;
+        }
         if let Some(w) = self.waited.get().and_then(std::sync::Weak::upgrade) {
             super::waited::awaiting(&w);
         }
+    }
+
+    /// The reading shared with waiting threads, for tests.
+    #[cfg(test)]
+    pub(crate) fn waited_for_test(&self) -> Option<std::sync::Arc<super::waited::Waited>> {
+        self.waited.get().and_then(std::sync::Weak::upgrade)
     }
 
     /// This connection's identity.
@@ -519,10 +530,19 @@ impl Dialed {
         handle: impl Fn(Msg) + Send + Sync + 'static,
         on_close: impl FnOnce() + Send + 'static,
     ) -> Result<std::sync::Arc<Conn>> {
+        use super::waited::Waited;
+        // Without a wait set of its own (out of descriptors), the
+        // connection is served as any other: nobody else reads it.
+        let Ok(epoll) = Waited::wait_set(&self.stream) else {
+            return self.serve(thread, handle, on_close);
+        };
         let peer = self.stream.peer();
-        let waited =
-            super::waited::Waited::new(self.stream, self.conn.expect.clone(), Box::new(handle))
-                .map_err(|e| Error::io("setting up a connection's reading", e))?;
+        let waited = Waited::new(
+            self.stream,
+            epoll,
+            self.conn.expect.clone(),
+            Box::new(handle),
+        );
         let _ = self.conn.waited.set(std::sync::Arc::downgrade(&waited));
         let name = thread.to_string();
         std::thread::Builder::new()

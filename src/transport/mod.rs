@@ -58,7 +58,7 @@ pub(crate) use read::*;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 pub(crate) use stream::*;
-pub(crate) use waited::{waiter, WAITER_READS};
+pub(crate) use waited::{awaited, Awaited, WAITER_READS};
 
 /// The cluster's shared secret, presented first on every connection.
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -459,11 +459,20 @@ pub(crate) fn more_input_pending() -> bool {
 
 /// True if bytes wait to be read on socket `fd` (without reading them).
 pub(crate) fn bytes_waiting(fd: std::os::fd::RawFd) -> bool {
+    bytes_there(fd) > 0
+}
+
+/// How many bytes wait to be read on socket `fd` (without reading them).
+pub(super) fn bytes_there(fd: std::os::fd::RawFd) -> usize {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes the number of readable bytes into `n`; a
     // closed or foreign descriptor makes it fail, which reads as none.
     let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
-    rc == 0 && n > 0
+    if rc == 0 {
+        usize::try_from(n).unwrap_or(0)
+    } else {
+        0
+    }
 }
 
 /// Reads one frame; `None` at a clean end-of-stream.

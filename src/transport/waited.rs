@@ -13,24 +13,29 @@
 //! - Messages are read and handled under one lock, by one thread at a
 //!   time, each whole before the next is read: the order of a connection's
 //!   messages holds whichever thread handles them.
-//! - The connection thread never blocks in a read while holding the lock:
-//!   it waits for the socket in an epoll set of its own, then reads only
-//!   what is there (the rest of a frame whose start arrived excepted).
-//! - While a waiter is at it, the socket is taken out of that set (its
-//!   interest cleared), so the answer does not also wake the connection
-//!   thread; the last waiter to leave puts it back, and what arrived
-//!   meanwhile that no waiter read wakes it then (the set is level
-//!   triggered). A peer's close is reported to the set whatever the
-//!   interest.
+//! - With no answer due, the connection thread reads as any does, blocked
+//!   in its read with the lock held (one system call per read). With one
+//!   due, it waits for the socket in an epoll set of its own instead,
+//!   without the lock, then reads only what is there (the rest of a frame
+//!   whose start arrived excepted).
+//! - While a waiter is at it, the socket's interest in that set is cut to
+//!   the peer's close, so that the answer does not also wake the
+//!   connection thread; the last waiter to leave puts it back, and what
+//!   arrived meanwhile that no waiter read wakes it then (the set is level
+//!   triggered).
+//! - A waiter never blocks in a read (its wait has a bound): it reads only
+//!   frames wholly there, and leaves one still arriving, or one whose
+//!   length is past the bound, to the connection thread.
 //! - A waiter that meets the stream's end, bad input or a handler's panic
 //!   records it and shuts the socket down, so that the connection thread
 //!   wakes, returns it, and the connection ends as it would have there.
+//!   Once it is recorded, nothing more is read, by anyone.
 
-use super::read::{as_handler, read_frame, whole_frame};
-use super::{bytes_waiting, spare_core, Stream};
+use super::read::{as_handler, bytes_there, read_frame, whole_frame};
+use super::{spare_core, Stream};
 use crate::protocol::Msg;
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use std::io::BufReader;
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags, EpollTimeout};
+use std::io::{BufRead, BufReader};
 use std::os::fd::{AsFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -44,6 +49,17 @@ const EXPECT_SPIN: Duration = Duration::from_micros(50);
 /// process (see `__private::waiter_reads`).
 pub(crate) static WAITER_READS: AtomicU64 = AtomicU64::new(0);
 
+/// The interest of the connection thread's wait set in the socket: its
+/// bytes, or (while a waiter reads) only the peer's close (a TCP peer's
+/// close raises no `EPOLLHUP`, only `EPOLLRDHUP`).
+fn interest(all: bool) -> EpollFlags {
+    if all {
+        EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP
+    } else {
+        EpollFlags::EPOLLRDHUP
+    }
+}
+
 /// The reading of a connection served with `serve_waited`, shared by its
 /// connection thread and the threads waiting for its answers.
 pub(crate) struct Waited {
@@ -52,33 +68,56 @@ pub(crate) struct Waited {
     /// The connection thread's wait set: the socket alone.
     epoll: Epoll,
     fd: RawFd,
-    /// Waiters reading now: the socket's interest is cleared while any is.
+    /// Waiters reading now: the socket's interest is cut while any is.
     waiters: AtomicU32,
     /// Held while the interest follows `waiters` to or from zero.
     turning: Mutex<()>,
     /// An answer is due (shared with the connection's `Conn::expect_reply`).
     expect: Arc<AtomicBool>,
+    /// The connection thread waits in its wait set now (for tests).
+    #[cfg(test)]
+    parked: AtomicBool,
 }
 
-/// What the reader knows of the socket before it looks.
+/// What the connection thread knows of the socket before it reads.
 #[derive(Clone, Copy)]
 enum Hint {
-    /// Bytes are waiting (a spin saw them).
-    Bytes,
-    /// The wait set reported it readable: bytes, or its end.
-    Readable,
-    /// Nothing.
+    /// Nothing: no answer is due, so it blocks in its read.
     None,
+    /// It saw bytes waiting, or its wait set reported the socket, when
+    /// waiters had read `n` times: unless they read since, a read returns
+    /// at once (bytes, or the end).
+    Seen(u64),
+}
+
+/// The socket as the reading's buffer reads it: blocking, or (for the
+/// connection thread's spin) taking only what is there.
+struct Sock {
+    s: Stream,
+    dont_wait: bool,
+}
+
+impl std::io::Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.dont_wait {
+            return self.s.read(buf);
+        }
+        use nix::sys::socket::{recv, MsgFlags};
+        recv(self.s.raw_fd(), buf, MsgFlags::MSG_DONTWAIT).map_err(std::io::Error::from)
+    }
 }
 
 struct Reading {
-    r: BufReader<Stream>,
+    r: BufReader<Sock>,
     body: Vec<u8>,
     /// How the stream ended, met by a waiter: the connection thread
     /// returns it.
     ended: Option<std::io::Result<()>>,
-    /// The connection thread has returned: nothing is read any more.
+    /// The stream's end is recorded (`ended`, or the connection thread has
+    /// returned it): nothing is read any more.
     over: bool,
+    /// Reads by waiters that handled a message, so far.
+    taken: u64,
 }
 
 impl std::fmt::Debug for Waited {
@@ -92,93 +131,144 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Waited {
+    /// The connection thread's wait set for `stream` (made before the
+    /// stream is given up, so that a failure leaves it to be served
+    /// plainly).
+    pub(super) fn wait_set(stream: &Stream) -> std::io::Result<Epoll> {
+        let epoll = Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(stream.as_fd(), EpollEvent::new(interest(true), 0))?;
+        Ok(epoll)
+    }
+
+    /// The reading of `stream`, whose connection thread waits in `epoll`
+    /// ([`Waited::wait_set`]).
     pub(super) fn new(
         stream: Stream,
+        epoll: Epoll,
         expect: Arc<AtomicBool>,
         handle: Box<dyn Fn(Msg) + Send + Sync>,
-    ) -> std::io::Result<Arc<Waited>> {
-        let fd = stream.raw_fd();
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        epoll.add(stream.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 0))?;
-        Ok(Arc::new(Waited {
+    ) -> Arc<Waited> {
+        Arc::new(Waited {
+            fd: stream.raw_fd(),
             reading: Mutex::new(Reading {
-                r: BufReader::with_capacity(64 * 1024, stream),
+                r: BufReader::with_capacity(
+                    64 * 1024,
+                    Sock {
+                        s: stream,
+                        dont_wait: false,
+                    },
+                ),
                 body: Vec::new(),
                 ended: None,
                 over: false,
+                taken: 0,
             }),
             handle,
             epoll,
-            fd,
             waiters: AtomicU32::new(0),
             turning: Mutex::new(()),
             expect,
-        }))
+            #[cfg(test)]
+            parked: AtomicBool::new(false),
+        })
     }
 
-    /// Reads and handles the messages whose bytes are there now (to the
-    /// end of what one read of the socket brought); true if it handled
-    /// one. `Err` when the stream ended (`UnexpectedEof` for a clean end).
-    fn drain(&self, g: &mut Reading, hint: Hint) -> std::io::Result<bool> {
-        let mut handled = false;
-        let mut hint = hint;
+    /// Reads and handles one message, blocking until it is whole.
+    fn one(&self, g: &mut Reading) -> std::io::Result<()> {
+        let Reading { r, body, .. } = g;
+        let Some(msg) = read_frame(r, body)? else {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        };
+        if body.capacity() > 1 << 20 {
+            *body = Vec::new();
+        }
+        let more = whole_frame(r.buffer());
+        as_handler(more, self.fd, || (self.handle)(msg));
+        Ok(())
+    }
+
+    /// Reads and handles the messages that are there now, to the end of
+    /// what one read of the socket brought; how many. `sure`: a read
+    /// returns at once (see [`Hint::Seen`]). A `waiter` reads only frames
+    /// wholly there (it must never block in a read: its wait has a bound);
+    /// the connection thread also one whose start is there (the rest is on
+    /// its way). `Err` when the stream ended (`UnexpectedEof` for a clean
+    /// end).
+    fn drain(&self, g: &mut Reading, sure: bool, waiter: bool) -> std::io::Result<u64> {
+        let mut handled = 0;
+        let mut sure = sure;
         loop {
             if !whole_frame(g.r.buffer()) {
-                if handled && g.r.buffer().is_empty() {
+                if handled > 0 && g.r.buffer().is_empty() {
                     // What the last read brought is handled: the caller
                     // looks at the socket again (its wait set, or its spin).
-                    return Ok(true);
+                    return Ok(handled);
                 }
-                match hint {
-                    Hint::Bytes => {}
-                    // Reported readable with no byte waiting: the end of
-                    // the stream, or another reader took the bytes first.
-                    Hint::Readable => {
-                        if g.r.buffer().is_empty() && !bytes_waiting(self.fd) && !at_end(self.fd)? {
-                            return Ok(handled);
-                        }
-                    }
-                    Hint::None => {
-                        if !bytes_waiting(self.fd) {
-                            return Ok(handled);
-                        }
-                    }
+                let empty = g.r.buffer().is_empty();
+                let readable = sure
+                    || match peek(self.fd)? {
+                        Peek::Frame => empty || !waiter,
+                        Peek::Part => !waiter,
+                        // Read at once: 0 bytes, the end.
+                        Peek::End => empty,
+                        Peek::Nothing => false,
+                    };
+                if !readable {
+                    return Ok(handled);
                 }
             }
-            hint = Hint::None;
-            let Reading { r, body, .. } = g;
-            let Some(msg) = read_frame(r, body)? else {
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
-            };
-            if body.capacity() > 1 << 20 {
-                *body = Vec::new();
+            sure = false;
+            self.one(g)?;
+            handled += 1;
+        }
+    }
+
+    /// From the connection thread's spin: takes into the buffer what the
+    /// socket holds now, without waiting (one system call, where looking
+    /// first costs two); true if there was something (or the end, or an
+    /// error: the next read finds it). False, without a look, while a
+    /// waiter reads.
+    fn fill_now(&self) -> bool {
+        let Ok(mut g) = self.reading.try_lock() else {
+            return false;
+        };
+        g.r.get_mut().dont_wait = true;
+        let got = g.r.fill_buf().map(|_| ());
+        g.r.get_mut().dont_wait = false;
+        match got {
+            Ok(()) => true,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                false
             }
-            let more = whole_frame(r.buffer());
-            as_handler(more, self.fd, || (self.handle)(msg));
-            handled = true;
+            // Taken by this read: the loop returns it.
+            Err(e) => {
+                g.ended = Some(Err(e));
+                g.over = true;
+                true
+            }
         }
     }
 
     /// Records how the stream ended, for the connection thread, and wakes
     /// it by shutting the socket down.
     fn end(&self, g: &mut Reading, how: std::io::Result<()>) {
-        if g.ended.is_none() {
+        if !g.over {
             g.ended = Some(how);
+            g.over = true;
         }
         // SAFETY: shutdown(2) on the connection's socket, open for as
         // long as this reading holds its stream; it closes nothing.
         unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
     }
 
-    /// Clears or restores the socket's interest in the connection thread's
-    /// wait set.
-    fn interest(&self, on: bool) {
-        let flags = if on {
-            EpollFlags::EPOLLIN
-        } else {
-            EpollFlags::empty()
-        };
-        let mut ev = EpollEvent::new(flags, 0);
+    /// Sets the socket's interest in the connection thread's wait set.
+    fn interest(&self, all: bool) {
+        let mut ev = EpollEvent::new(interest(all), 0);
         // SAFETY: the socket is open for as long as this reading holds its
         // stream (it is closed only when the `Waited` is dropped), and the
         // borrow does not outlive this call.
@@ -189,81 +279,118 @@ impl Waited {
     }
 }
 
-/// Whether the socket is at its end (a read would return 0 bytes), not
-/// merely empty now.
-fn at_end(fd: RawFd) -> std::io::Result<bool> {
+/// What a read of the socket would find now.
+enum Peek {
+    /// A whole frame (its length prefix and as many bytes as it says).
+    Frame,
+    /// Bytes, but not a whole frame yet.
+    Part,
+    /// The peer's end: a read returns 0 bytes.
+    End,
+    Nothing,
+}
+
+/// Looks at the socket without taking anything or waiting: one system
+/// call when nothing is there, two when something is.
+fn peek(fd: RawFd) -> std::io::Result<Peek> {
     use nix::errno::Errno;
     use nix::sys::socket::{recv, MsgFlags};
-    let mut one = [0u8; 1];
-    match recv(fd, &mut one, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
-        Ok(0) => Ok(true),
-        Ok(_) | Err(Errno::EAGAIN) | Err(Errno::EINTR) => Ok(false),
+    let mut len = [0u8; 4];
+    match recv(fd, &mut len, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+        Ok(0) => Ok(Peek::End),
+        Ok(4) => {
+            let need = 4 + u32::from_le_bytes(len) as usize;
+            Ok(if bytes_there(fd) >= need {
+                Peek::Frame
+            } else {
+                Peek::Part
+            })
+        }
+        Ok(_) => Ok(Peek::Part),
+        Err(Errno::EAGAIN) | Err(Errno::EINTR) => Ok(Peek::Nothing),
         Err(e) => Err(e.into()),
     }
 }
 
-/// The connection thread's loop: waits for the socket (spinning first when
-/// an answer is due and no waiter reads), then reads and handles what is
-/// there, until the stream ends.
+/// The connection thread's loop, until the stream ends: blocked in its
+/// read while no answer is due; else waiting for the socket (spinning
+/// first while no waiter reads), then reading what is there.
 pub(super) fn read_loop_waited(w: &Waited) -> std::io::Result<()> {
-    struct Over<'a>(&'a Waited);
-    impl Drop for Over<'_> {
-        fn drop(&mut self) {
-            lock(&self.0.reading).over = true;
-            super::read::flush_batched();
-        }
-    }
-    let _over = Over(w);
     let mut events = [EpollEvent::empty(); 1];
     let mut hint = Hint::None;
-    loop {
-        {
+    // An answer is due: the flag, taken (the caller may set it again
+    // meanwhile, for its next call).
+    let mut due = false;
+    'serve: loop {
+        let end = 'read: {
             let mut g = lock(&w.reading);
-            if let Some(end) = g.ended.take() {
-                return end;
-            }
-            match w.drain(&mut g, hint) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e),
-            }
-            hint = Hint::None;
-            if !w.expect.load(Ordering::Acquire) {
-                // No answer is due to a waiting thread: read as any
-                // connection thread does, blocked in the read, the reading
-                // held (one system call, where a wait set costs two).
-                super::read::flush_batched();
-                let Reading { r, body, .. } = &mut *g;
-                let Some(msg) = read_frame(r, body)? else {
-                    return Ok(());
-                };
-                let more = whole_frame(r.buffer());
-                as_handler(more, w.fd, || (w.handle)(msg));
-                continue;
-            }
-        }
-        // An answer is due: wait with the reading left free for the
-        // thread waiting for it; spin first if that thread does not read.
-        super::read::flush_batched();
-        w.expect.store(false, Ordering::Release);
-        if spare_core() {
-            let start = Instant::now();
-            while start.elapsed() < EXPECT_SPIN && w.waiters.load(Ordering::Acquire) == 0 {
-                if bytes_waiting(w.fd) {
-                    hint = Hint::Bytes;
-                    break;
+            due |= w.expect.swap(false, Ordering::AcqRel);
+            let step = match g.ended.take() {
+                Some(end) => break 'read end,
+                None if matches!(hint, Hint::None) && !due => {
+                    if !whole_frame(g.r.buffer()) {
+                        // About to block in the read: what handling the
+                        // last message held back goes out first (a waiter
+                        // may have handled the rest of its batch).
+                        super::read::flush_batched();
+                    }
+                    w.one(&mut g).map(|_| true)
                 }
-                std::thread::yield_now();
+                None => {
+                    let sure = matches!(hint, Hint::Seen(n) if n == g.taken);
+                    w.drain(&mut g, sure, false).map(|_| {
+                        due |= w.expect.swap(false, Ordering::AcqRel);
+                        whole_frame(g.r.buffer()) || !due
+                    })
+                }
+            };
+            match step {
+                Ok(again) => {
+                    hint = Hint::None;
+                    if again {
+                        continue 'serve;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break 'read Ok(()),
+                Err(e) => break 'read Err(e),
             }
-            if matches!(hint, Hint::Bytes) {
-                continue;
+            // An answer is due: wait with the reading left free for the
+            // thread waiting for it; spin first while that thread does not
+            // read.
+            due = false;
+            let taken = g.taken;
+            drop(g);
+            super::read::flush_batched();
+            if spare_core() {
+                let start = Instant::now();
+                while start.elapsed() < EXPECT_SPIN && w.waiters.load(Ordering::Acquire) == 0 {
+                    if w.fill_now() {
+                        hint = Hint::Seen(taken);
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+                if matches!(hint, Hint::Seen(_)) {
+                    continue 'serve;
+                }
             }
-        }
-        match w.epoll.wait(&mut events, EpollTimeout::NONE) {
-            Ok(n) if n > 0 => hint = Hint::Readable,
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
+            #[cfg(test)]
+            w.parked.store(true, Ordering::Release);
+            let woke = w.epoll.wait(&mut events, EpollTimeout::NONE);
+            #[cfg(test)]
+            w.parked.store(false, Ordering::Release);
+            match woke {
+                Ok(n) if n > 0 => hint = Hint::Seen(taken),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => break 'read Err(e.into()),
+            }
+            continue 'serve;
+        };
+        // Every way out marks the reading over under the lock, so that no
+        // waiter reads past the end.
+        lock(&w.reading).over = true;
+        super::read::flush_batched();
+        return end;
     }
 }
 
@@ -279,18 +406,29 @@ pub(super) fn awaiting(w: &Arc<Waited>) {
     AWAITED.with(|a| *a.borrow_mut() = Some(Arc::downgrade(w)));
 }
 
-/// From a thread about to wait for a value: the connection its answer
-/// comes on, to read while it spins ([`Waiter::read`]), if this thread's
-/// last message waiting on an answer went on one served with
-/// `serve_waited`. Taken: the next wait needs a message of its own.
-pub(crate) fn waiter() -> Option<Waiter> {
-    let w = AWAITED.with(|a| a.borrow_mut().take())?.upgrade()?;
-    let _turning = lock(&w.turning);
-    if w.waiters.fetch_add(1, Ordering::AcqRel) == 0 {
-        w.interest(false);
+/// From a thread about to wait for a value: the connection its answer may
+/// come on, if the last message this thread sent waiting on an answer went
+/// on one served with `serve_waited`. Taken, whether or not the thread then
+/// reads it ([`Awaited::waiter`]): every wait forgets it, so that a later
+/// one does not read a connection it expects nothing from.
+pub(crate) fn awaited() -> Option<Awaited> {
+    AWAITED.with(|a| a.borrow_mut().take()).map(Awaited)
+}
+
+/// The connection a waiting thread's answer may come on (see [`awaited`]).
+pub(crate) struct Awaited(Weak<Waited>);
+
+impl Awaited {
+    /// Starts reading it (until the [`Waiter`] is dropped).
+    pub(crate) fn waiter(self) -> Option<Waiter> {
+        let w = self.0.upgrade()?;
+        let _turning = lock(&w.turning);
+        if w.waiters.fetch_add(1, Ordering::AcqRel) == 0 {
+            w.interest(false);
+        }
+        drop(_turning);
+        Some(Waiter(w))
     }
-    drop(_turning);
-    Some(Waiter(w))
 }
 
 /// A thread reading a connection for the answer it waits for; dropping it
@@ -300,26 +438,27 @@ pub(crate) struct Waiter(Arc<Waited>);
 impl Waiter {
     /// Reads and handles, on this thread, the messages that are there now,
     /// unless another thread reads the connection at the moment; true if
-    /// it handled one.
+    /// it handled one (or met the stream's end).
     pub(crate) fn read(&self) -> bool {
         let w = &self.0;
         let Ok(mut g) = w.reading.try_lock() else {
             return false;
         };
-        if g.ended.is_some() || g.over {
+        if g.over {
             return false;
         }
-        let got =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.drain(&mut g, Hint::None)));
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            w.drain(&mut g, false, true)
+        }));
         let handled = match got {
-            Ok(Ok(h)) => h,
+            Ok(Ok(n)) => n,
             Ok(Err(e)) => {
                 let how = match e.kind() {
                     std::io::ErrorKind::UnexpectedEof => Ok(()),
                     _ => Err(e),
                 };
                 w.end(&mut g, how);
-                true
+                return true;
             }
             Err(p) => {
                 let what = super::panic_text(&*p);
@@ -330,15 +469,17 @@ impl Waiter {
                     &mut g,
                     Err(std::io::Error::other("a message handler panicked")),
                 );
-                true
+                return true;
             }
         };
-        drop(g);
-        if handled {
-            WAITER_READS.fetch_add(1, Ordering::Relaxed);
-            super::read::flush_batched();
+        if handled == 0 {
+            return false;
         }
-        handled
+        g.taken += 1;
+        drop(g);
+        WAITER_READS.fetch_add(handled, Ordering::Relaxed);
+        super::read::flush_batched();
+        true
     }
 }
 
@@ -373,10 +514,15 @@ mod tests {
         mpsc::Receiver<()>,
     ) {
         let (a, b) = UnixStream::pair().unwrap();
+        let (conn, seen, closed) = serve(Stream::Unix(a));
+        (conn, b, seen, closed)
+    }
+
+    fn serve(a: Stream) -> (Arc<super::super::Conn>, Seen, mpsc::Receiver<()>) {
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
         let (closed_tx, closed) = mpsc::channel();
-        let conn = Dialed::for_test(Stream::Unix(a))
+        let conn = Dialed::for_test(a)
             .serve_waited(
                 "test-waited",
                 move |m| drop(lock(&tx).send((m, std::thread::current().id()))),
@@ -385,7 +531,7 @@ mod tests {
                 },
             )
             .unwrap();
-        (conn, b, rx, closed)
+        (conn, rx, closed)
     }
 
     fn frame() -> Vec<u8> {
@@ -395,13 +541,18 @@ mod tests {
     /// Brings the connection thread to wait in its wait set, as it does
     /// once it has handled an answer that was due: a message is sent with
     /// an answer due and handled there, then it is given time to spin.
-    fn settle(conn: &super::super::Conn, peer: &mut UnixStream, seen: &Seen) {
+    fn settle(conn: &super::super::Conn, peer: &mut impl Write, seen: &Seen) {
         conn.expect_reply();
-        drop(waiter());
+        drop(awaited());
         peer.write_all(&frame()).unwrap();
         let (_, t) = seen.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_ne!(t, std::thread::current().id());
-        std::thread::sleep(Duration::from_millis(20));
+        let w = conn.waited_for_test().expect("served with serve_waited");
+        let until = Instant::now() + Duration::from_secs(5);
+        while !w.parked.load(Ordering::Acquire) {
+            assert!(Instant::now() < until, "the connection thread never waited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Reads as the waiter until it handled something, within a bound.
@@ -419,11 +570,13 @@ mod tests {
     #[test]
     fn a_waiter_reads_and_handles_its_answer_on_its_own_thread() {
         let (conn, mut peer, seen, _closed) = served();
-        assert!(waiter().is_none(), "nothing awaited yet");
+        assert!(awaited().is_none(), "nothing awaited yet");
         settle(&conn, &mut peer, &seen);
         conn.expect_reply();
-        let w = waiter().expect("awaited on a waited connection");
-        assert!(waiter().is_none(), "taken by the first wait");
+        let w = awaited()
+            .and_then(Awaited::waiter)
+            .expect("awaited on a waited connection");
+        assert!(awaited().is_none(), "taken by the first wait");
         let mut three = frame();
         three.extend(encode_frame(&ToRaylet::Unblocked).unwrap());
         three.extend(frame());
@@ -450,7 +603,7 @@ mod tests {
         let (conn, mut peer, seen, _closed) = served();
         settle(&conn, &mut peer, &seen);
         conn.expect_reply();
-        let w = waiter().expect("awaited");
+        let w = awaited().and_then(Awaited::waiter).expect("awaited");
         peer.write_all(&frame()).unwrap();
         assert!(
             seen.recv_timeout(Duration::from_millis(100)).is_err(),
@@ -461,31 +614,89 @@ mod tests {
         assert_ne!(t, std::thread::current().id());
     }
 
-    /// The stream's end, or bad input, met by a waiter ends the connection
-    /// as it would have on the connection thread: it is reported closed.
+    /// A waiter never blocks in a read (its wait has a bound): a frame not
+    /// wholly there is left until it is, and one whose length is past the
+    /// bound is left to the connection thread, which ends the connection
+    /// once the waiter has gone. The peer's end, met by either, ends it.
     #[test]
-    fn a_waiter_meeting_the_end_or_bad_input_ends_the_connection() {
-        for bad in [false, true] {
+    fn a_waiter_reads_whole_frames_only_and_the_end_ends_the_connection() {
+        let (conn, mut peer, seen, _closed) = served();
+        settle(&conn, &mut peer, &seen);
+        conn.expect_reply();
+        let w = awaited().and_then(Awaited::waiter).expect("awaited");
+        let f = frame();
+        let (head, rest) = f.split_at(f.len() / 2);
+        peer.write_all(head).unwrap();
+        let rest = rest.to_vec();
+        let mut late = peer.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            late.write_all(&rest).unwrap();
+        });
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let t = Instant::now();
+            let got = w.read();
+            assert!(
+                t.elapsed() < Duration::from_millis(100),
+                "a waiter blocked reading"
+            );
+            if got {
+                break;
+            }
+            assert!(Instant::now() < until, "the whole frame was never read");
+            std::thread::yield_now();
+        }
+        writer.join().unwrap();
+        let (_, t) = seen.try_recv().expect("handled");
+        assert_eq!(t, std::thread::current().id());
+        drop(w);
+
+        for bad in [true, false] {
             let (conn, mut peer, seen, closed) = served();
             settle(&conn, &mut peer, &seen);
             conn.expect_reply();
-            let w = waiter().expect("awaited");
+            let w = awaited().and_then(Awaited::waiter).expect("awaited");
             if bad {
                 // A length prefix past the bound.
                 peer.write_all(&u32::MAX.to_le_bytes()).unwrap();
+                for _ in 0..50 {
+                    assert!(!w.read(), "a frame that cannot be whole was read");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                drop(w);
+                closed
+                    .recv_timeout(Duration::from_secs(5))
+                    .expect("bad input ended the connection");
             } else {
                 drop(peer);
+                let until = Instant::now() + Duration::from_secs(5);
+                while closed.try_recv().is_err() {
+                    assert!(Instant::now() < until, "the connection never ended");
+                    w.read();
+                    std::thread::yield_now();
+                }
+                assert!(!w.read(), "nothing is read after the end");
             }
-            // Whichever meets it (a peer's close wakes the connection
-            // thread even while a waiter reads; bad input is the waiter's
-            // to find), the connection ends.
-            let until = Instant::now() + Duration::from_secs(5);
-            while closed.try_recv().is_err() {
-                assert!(Instant::now() < until, "the connection never ended");
-                w.read();
-                std::thread::yield_now();
-            }
-            assert!(!w.read(), "nothing is read after the end");
         }
+    }
+
+    /// A peer's close ends the connection while a waiter holds it (the
+    /// connection thread's wait set keeps watching for it), over TCP too,
+    /// where a close raises no hang-up, only the peer's read hang-up.
+    #[test]
+    fn a_peers_close_is_seen_while_a_waiter_holds_the_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (a, _) = listener.accept().unwrap();
+        let (conn, seen, closed) = serve(Stream::Tcp(a));
+        settle(&conn, &mut peer, &seen);
+        conn.expect_reply();
+        let w = awaited().and_then(Awaited::waiter).expect("awaited");
+        drop(peer);
+        closed
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the close was seen with the waiter still there");
+        assert!(!w.read(), "nothing is read after the end");
     }
 }
