@@ -326,7 +326,10 @@ pub(super) fn read_loop_waited(w: &Waited) -> std::io::Result<()> {
             let mut g = lock(&w.reading);
             due |= w.expect.swap(false, Ordering::AcqRel);
             let step = match g.ended.take() {
-                Some(end) => break 'read end,
+                Some(end) => {
+                    g.over = true;
+                    break 'read end;
+                }
                 None if matches!(hint, Hint::None) && !due => {
                     if !whole_frame(g.r.buffer()) {
                         // About to block in the read: what handling the
@@ -351,8 +354,13 @@ pub(super) fn read_loop_waited(w: &Waited) -> std::io::Result<()> {
                         continue 'serve;
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break 'read Ok(()),
-                Err(e) => break 'read Err(e),
+                Err(e) => {
+                    g.over = true;
+                    match e.kind() {
+                        std::io::ErrorKind::UnexpectedEof => break 'read Ok(()),
+                        _ => break 'read Err(e),
+                    }
+                }
             }
             // An answer is due: wait with the reading left free for the
             // thread waiting for it; spin first while that thread does not
@@ -386,8 +394,8 @@ pub(super) fn read_loop_waited(w: &Waited) -> std::io::Result<()> {
             }
             continue 'serve;
         };
-        // Every way out marks the reading over under the lock, so that no
-        // waiter reads past the end.
+        // Every way out marks the reading over (under the lock it read
+        // under, where it had it), so that no waiter reads past the end.
         lock(&w.reading).over = true;
         super::read::flush_batched();
         return end;
