@@ -550,17 +550,40 @@ mod tests {
     /// once it has handled an answer that was due: a message is sent with
     /// an answer due and handled there, then it is given time to spin.
     fn settle(conn: &super::super::Conn, peer: &mut impl Write, seen: &Seen) {
-        conn.expect_reply();
-        drop(awaited());
-        peer.write_all(&frame()).unwrap();
-        let (_, t) = seen.recv_timeout(Duration::from_secs(5)).unwrap();
-        assert_ne!(t, std::thread::current().id());
         let w = conn.waited_for_test().expect("served with serve_waited");
-        let until = Instant::now() + Duration::from_secs(5);
-        while !w.parked.load(Ordering::Acquire) {
-            assert!(Instant::now() < until, "the connection thread never waited");
-            std::thread::sleep(Duration::from_millis(1));
+        // A connection thread that took the flag before the message came
+        // (it had only just started) handles it, then, with no answer due,
+        // blocks in its read: the next round brings it to its wait set.
+        for _ in 0..10 {
+            conn.expect_reply();
+            drop(awaited());
+            peer.write_all(&frame()).unwrap();
+            let (_, t) = seen.recv_timeout(Duration::from_secs(5)).unwrap();
+            assert_ne!(t, std::thread::current().id());
+            let until = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < until {
+                if w.parked.load(Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
+        panic!("the connection thread never waited in its wait set");
+    }
+
+    /// A served connection, settled, with this thread waiting on it.
+    fn waiting() -> (
+        Arc<super::super::Conn>,
+        UnixStream,
+        Seen,
+        mpsc::Receiver<()>,
+        Waiter,
+    ) {
+        let (conn, mut peer, seen, closed) = served();
+        settle(&conn, &mut peer, &seen);
+        conn.expect_reply();
+        let w = awaited().and_then(Awaited::waiter).expect("awaited");
+        (conn, peer, seen, closed, w)
     }
 
     /// Reads as the waiter until it handled something, within a bound.
@@ -608,10 +631,7 @@ mod tests {
     /// connection thread reads once it has left.
     #[test]
     fn what_a_waiter_leaves_unread_the_connection_thread_reads() {
-        let (conn, mut peer, seen, _closed) = served();
-        settle(&conn, &mut peer, &seen);
-        conn.expect_reply();
-        let w = awaited().and_then(Awaited::waiter).expect("awaited");
+        let (_conn, mut peer, seen, _closed, w) = waiting();
         peer.write_all(&frame()).unwrap();
         assert!(
             seen.recv_timeout(Duration::from_millis(100)).is_err(),
@@ -628,10 +648,7 @@ mod tests {
     /// once the waiter has gone. The peer's end, met by either, ends it.
     #[test]
     fn a_waiter_reads_whole_frames_only_and_the_end_ends_the_connection() {
-        let (conn, mut peer, seen, _closed) = served();
-        settle(&conn, &mut peer, &seen);
-        conn.expect_reply();
-        let w = awaited().and_then(Awaited::waiter).expect("awaited");
+        let (_conn, mut peer, seen, _closed, w) = waiting();
         let f = frame();
         let (head, rest) = f.split_at(f.len() / 2);
         peer.write_all(head).unwrap();
@@ -661,10 +678,7 @@ mod tests {
         drop(w);
 
         for bad in [true, false] {
-            let (conn, mut peer, seen, closed) = served();
-            settle(&conn, &mut peer, &seen);
-            conn.expect_reply();
-            let w = awaited().and_then(Awaited::waiter).expect("awaited");
+            let (_conn, mut peer, _seen, closed, w) = waiting();
             if bad {
                 // A length prefix past the bound.
                 peer.write_all(&u32::MAX.to_le_bytes()).unwrap();
