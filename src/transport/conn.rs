@@ -62,7 +62,8 @@ pub(crate) struct Conn {
     /// A [`Conn::post`] flusher thread runs for this connection.
     flushing: std::sync::atomic::AtomicBool,
     /// Set by [`Conn::expect_reply`], read (and cleared) by this
-    /// connection's reader before it blocks (see `stream::Waiting`).
+    /// connection's reader before it blocks (see `stream::Waiting`, and
+    /// `waited` for a connection served with [`Dialed::serve_waited`]).
     expect: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The reading shared with waiting threads, if served with
     /// [`Dialed::serve_waited`] (weak: it holds the handler, which may
@@ -549,6 +550,8 @@ impl Dialed {
             .name(name.clone())
             .spawn(move || {
                 super::guarded(&name, &peer, || super::waited::read_loop_waited(&waited));
+                // (After a handler's panic too: what it held goes out.)
+                super::read::flush_batched();
                 drop(waited);
                 on_close();
             })

@@ -15,9 +15,10 @@
 //!   messages holds whichever thread handles them.
 //! - With no answer due, the connection thread reads as any does, blocked
 //!   in its read with the lock held (one system call per read). With one
-//!   due, it waits for the socket in an epoll set of its own instead,
-//!   without the lock, then reads only what is there (the rest of a frame
-//!   whose start arrived excepted).
+//!   due, it spins briefly for it (taking what the socket holds, without
+//!   waiting, while no waiter reads), then waits for the socket in an epoll
+//!   set of its own, without the lock, and reads only what is there (the
+//!   rest of a frame whose start arrived excepted).
 //! - While a waiter is at it, the socket's interest in that set is cut to
 //!   the peer's close, so that the answer does not also wake the
 //!   connection thread; the last waiter to leave puts it back, and what
@@ -82,7 +83,8 @@ pub(crate) struct Waited {
 /// What the connection thread knows of the socket before it reads.
 #[derive(Clone, Copy)]
 enum Hint {
-    /// Nothing: no answer is due, so it blocks in its read.
+    /// Nothing known: it blocks in its read if no answer is due, else
+    /// reads only what is there.
     None,
     /// It saw bytes waiting, or its wait set reported the socket, when
     /// waiters had read `n` times: unless they read since, a read returns
@@ -223,15 +225,20 @@ impl Waited {
         }
     }
 
-    /// From the connection thread's spin: takes into the buffer what the
-    /// socket holds now, without waiting (one system call, where looking
-    /// first costs two); true if there was something (or the end, or an
-    /// error: the next read finds it). False, without a look, while a
-    /// waiter reads.
+    /// From the connection thread's spin: takes into the (empty) buffer
+    /// what the socket holds now, without waiting (one system call, where
+    /// looking first costs two); true if there was something (or the end,
+    /// or an error: the next turn of the loop finds it), or if the buffer
+    /// already held part of a frame (its rest is on its way), or if the
+    /// stream's end is recorded. False, without a look, while a waiter
+    /// reads.
     fn fill_now(&self) -> bool {
         let Ok(mut g) = self.reading.try_lock() else {
             return false;
         };
+        if g.over || !g.r.buffer().is_empty() {
+            return true;
+        }
         g.r.get_mut().dont_wait = true;
         let got = g.r.fill_buf().map(|_| ());
         g.r.get_mut().dont_wait = false;
@@ -274,7 +281,13 @@ impl Waited {
         // borrow does not outlive this call.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
         if let Err(e) = self.epoll.modify(fd, &mut ev) {
-            crate::log::log!("waited connection: epoll interest not changed ({e})");
+            // The connection thread might never be woken for its bytes:
+            // the connection ends, visibly, rather than stall.
+            crate::log::log!(
+                "waited connection: epoll interest not changed ({e}); connection closed"
+            );
+            // SAFETY: as above; shutdown(2) closes nothing.
+            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
         }
     }
 }
@@ -299,7 +312,7 @@ fn peek(fd: RawFd) -> std::io::Result<Peek> {
     match recv(fd, &mut len, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
         Ok(0) => Ok(Peek::End),
         Ok(4) => {
-            let need = 4 + u32::from_le_bytes(len) as usize;
+            let need = (u32::from_le_bytes(len) as usize).saturating_add(4);
             Ok(if bytes_there(fd) >= need {
                 Peek::Frame
             } else {
@@ -395,7 +408,9 @@ pub(super) fn read_loop_waited(w: &Waited) -> std::io::Result<()> {
             continue 'serve;
         };
         // Every way out marks the reading over (under the lock it read
-        // under, where it had it), so that no waiter reads past the end.
+        // under, where it had it), so that no waiter reads past the end;
+        // a handler's panic here poisons the lock instead, which keeps
+        // waiters out as well.
         lock(&w.reading).over = true;
         super::read::flush_batched();
         return end;
@@ -417,8 +432,8 @@ pub(super) fn awaiting(w: &Arc<Waited>) {
 /// From a thread about to wait for a value: the connection its answer may
 /// come on, if the last message this thread sent waiting on an answer went
 /// on one served with `serve_waited`. Taken, whether or not the thread then
-/// reads it ([`Awaited::waiter`]): every wait forgets it, so that a later
-/// one does not read a connection it expects nothing from.
+/// reads it ([`Awaited::waiter`]): every wait for a value forgets it, so
+/// that a later one does not read a connection it expects nothing from.
 pub(crate) fn awaited() -> Option<Awaited> {
     AWAITED.with(|a| a.borrow_mut().take()).map(Awaited)
 }
@@ -466,6 +481,8 @@ impl Waiter {
                     _ => Err(e),
                 };
                 w.end(&mut g, how);
+                drop(g);
+                super::read::flush_batched();
                 return true;
             }
             Err(p) => {
@@ -477,6 +494,8 @@ impl Waiter {
                     &mut g,
                     Err(std::io::Error::other("a message handler panicked")),
                 );
+                drop(g);
+                super::read::flush_batched();
                 return true;
             }
         };
@@ -655,7 +674,7 @@ mod tests {
         let rest = rest.to_vec();
         let mut late = peer.try_clone().unwrap();
         let writer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(1500));
             late.write_all(&rest).unwrap();
         });
         let until = Instant::now() + Duration::from_secs(5);
@@ -663,7 +682,7 @@ mod tests {
             let t = Instant::now();
             let got = w.read();
             assert!(
-                t.elapsed() < Duration::from_millis(100),
+                t.elapsed() < Duration::from_secs(1),
                 "a waiter blocked reading"
             );
             if got {
@@ -675,6 +694,20 @@ mod tests {
         writer.join().unwrap();
         let (_, t) = seen.try_recv().expect("handled");
         assert_eq!(t, std::thread::current().id());
+        drop(w);
+
+        // A whole frame that does not decode: the waiter meets it, and the
+        // connection thread, parked with its interest cut, is woken to end
+        // the connection.
+        let (_conn, mut peer, _seen, closed, w) = waiting();
+        let mut garbage = 8u32.to_le_bytes().to_vec();
+        garbage.extend([0xff; 8]);
+        peer.write_all(&garbage).unwrap();
+        read_until_handled(&w);
+        closed
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the waiter's bad input ended the connection");
+        assert!(!w.read(), "nothing is read after the end");
         drop(w);
 
         for bad in [true, false] {
