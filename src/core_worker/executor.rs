@@ -487,9 +487,10 @@ pub(crate) fn main(session: Session) -> ! {
                     spun = true;
                     let seen = cw.exec.pushed.load(std::sync::atomic::Ordering::Acquire);
                     drop(q);
-                    cw.spin_until(|| {
-                        cw.exec.pushed.load(std::sync::atomic::Ordering::Acquire) != seen
-                    });
+                    cw.spin_until(
+                        || cw.exec.pushed.load(std::sync::atomic::Ordering::Acquire) != seen,
+                        || false,
+                    );
                     q = cw.exec.lock();
                     continue;
                 }

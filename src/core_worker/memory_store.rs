@@ -105,25 +105,20 @@ impl CoreWorker {
             return false;
         }
         let waiter = awaited.and_then(|a| a.waiter());
-        let start = Instant::now();
-        loop {
-            if self.value_epoch.load(Ordering::Acquire) != epoch {
-                return true;
-            }
-            if start.elapsed() > SPIN {
-                return false;
-            }
-            if !waiter.as_ref().is_some_and(|w| w.read()) {
-                // Yield rather than spin: on a small node the thread that
-                // will deliver the value may need this very core.
-                std::thread::yield_now();
-            }
-        }
+        self.spin_until(
+            || self.value_epoch.load(Ordering::Acquire) != epoch,
+            || waiter.as_ref().is_some_and(|w| w.read()),
+        )
     }
 
     /// Spins up to [`SPIN`] until `done()`; true if it became true. Only
-    /// on machines with a core to spare for the spinner.
-    pub(super) fn spin_until(&self, done: impl Fn() -> bool) -> bool {
+    /// on machines with a core to spare for the spinner. Each turn runs
+    /// `meanwhile`, and yields the core unless that did something.
+    pub(super) fn spin_until(
+        &self,
+        done: impl Fn() -> bool,
+        mut meanwhile: impl FnMut() -> bool,
+    ) -> bool {
         if !crate::transport::spare_core() {
             return false;
         }
@@ -135,9 +130,11 @@ impl CoreWorker {
             if start.elapsed() > SPIN {
                 return false;
             }
-            // Yield rather than spin: on a small node the thread that will
-            // deliver the value may need this very core.
-            std::thread::yield_now();
+            if !meanwhile() {
+                // Yield rather than spin: on a small node the thread that
+                // will deliver the value may need this very core.
+                std::thread::yield_now();
+            }
         }
     }
 

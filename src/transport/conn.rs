@@ -936,18 +936,24 @@ mod tests {
         conn.hold(&ToRaylet::Blocked).unwrap();
         conn.post_flush().unwrap();
         assert!(!conn.pending(), "post_flush wrote what was held");
-        conn.close();
-        drop(a);
-        let mut got = Vec::new();
-        read_loop(b, |m| got.push(format!("{m:?}"))).unwrap();
         assert_eq!(
-            got,
+            closed_and_read(&conn, a, b),
             vec![
                 "ToRaylet(Blocked)",
                 "ToRaylet(Unblocked)",
                 "ToRaylet(Blocked)"
             ]
         );
+    }
+
+    /// Closes `conn` (sending on `a`), then reads what `b` got to its
+    /// end, each message as its debug text.
+    fn closed_and_read(conn: &Conn, a: Stream, b: Stream) -> Vec<String> {
+        conn.close();
+        drop(a);
+        let mut got = Vec::new();
+        read_loop(b, |m| got.push(format!("{m:?}"))).unwrap();
+        got
     }
 
     #[test]
@@ -960,12 +966,8 @@ mod tests {
             offsets: vec![1, 2, 3],
         })
         .unwrap();
-        conn.close();
-        drop(a);
-        let mut got = Vec::new();
-        read_loop(b, |m| got.push(format!("{m:?}"))).unwrap();
         assert_eq!(
-            got,
+            closed_and_read(&conn, a, b),
             vec![
                 "ToRaylet(Blocked)",
                 "ToRaylet(FreeObjects { offsets: [1, 2, 3] })"
