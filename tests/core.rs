@@ -379,7 +379,17 @@ fn test_results_read_together_are_taken_in_together() {
 fn test_a_synchronous_caller_reads_its_answer_itself() {
     common::cluster(1.0, None);
     let spare = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
-    let c = Counter::remote(0).unwrap();
+    // On this node: run as a suite on several nodes, a task or actor sent
+    // to another one (this node's CPUs held by earlier tests' actors)
+    // answers over TCP, which may take longer than the caller spins.
+    let here = rustray::SchedulingStrategy::NodeAffinity {
+        node: rustray::node_name().unwrap(),
+        soft: false,
+    };
+    let c = rustray::ActorOptions::<Counter>::new()
+        .scheduling_strategy(here.clone())
+        .remote(0)
+        .unwrap();
     let mut count = 0i64;
     for what in ["task", "actor call"] {
         // Not all: an answer that takes longer than the spin is left to the
@@ -392,7 +402,11 @@ fn test_a_synchronous_caller_reads_its_answer_itself() {
             let before = rustray::__private::waiter_reads();
             for i in 0..CALLS {
                 if what == "task" {
-                    assert_eq!(rustray::get(&inc::remote(i).unwrap()).unwrap(), i + 1);
+                    let r = inc::options()
+                        .scheduling_strategy(here.clone())
+                        .remote(i)
+                        .unwrap();
+                    assert_eq!(rustray::get(&r).unwrap(), i + 1);
                 } else {
                     count += 1;
                     assert_eq!(rustray::get(&c.incr(1)).unwrap(), count);

@@ -16,7 +16,8 @@
 //! - With no answer due, the connection thread reads as any does, blocked
 //!   in its read with the lock held (one system call per read). With one
 //!   due, it spins briefly for it (taking what the socket holds, without
-//!   waiting, while no waiter reads), then waits for the socket in an epoll
+//!   waiting, while no waiter reads; not at all when the sender will read
+//!   it, which it would race), then waits for the socket in an epoll
 //!   set of its own, without the lock, and reads only what is there (the
 //!   rest of a frame whose start arrived excepted).
 //! - While a waiter is at it, the socket's interest in that set is cut to
@@ -75,6 +76,9 @@ pub(crate) struct Waited {
     turning: Mutex<()>,
     /// An answer is due (shared with the connection's `Conn::expect_reply`).
     expect: Arc<AtomicBool>,
+    /// The thread that sent what the answer is due for will read it
+    /// ([`awaiting`]): the connection thread waits without spinning.
+    caller_reads: AtomicBool,
     /// The connection thread waits in its wait set now (for tests).
     #[cfg(test)]
     parked: AtomicBool,
@@ -170,6 +174,7 @@ impl Waited {
             waiters: AtomicU32::new(0),
             turning: Mutex::new(()),
             expect,
+            caller_reads: AtomicBool::new(false),
             #[cfg(test)]
             parked: AtomicBool::new(false),
         })
@@ -382,7 +387,9 @@ pub(super) fn read_loop_waited(w: &Waited) -> std::io::Result<()> {
             let taken = g.taken;
             drop(g);
             super::read::flush_batched();
-            if spare_core() {
+            // Not when the thread that sent it will read the answer: a
+            // spin here would race it (on a busy node, win every time).
+            if spare_core() && !w.caller_reads.swap(false, Ordering::AcqRel) {
                 let start = Instant::now();
                 while start.elapsed() < EXPECT_SPIN && w.waiters.load(Ordering::Acquire) == 0 {
                     if w.fill_now() {
@@ -426,6 +433,7 @@ thread_local! {
 /// This thread sent, on the connection read through `w`, something whose
 /// answer it will wait for.
 pub(super) fn awaiting(w: &Arc<Waited>) {
+    w.caller_reads.store(true, Ordering::Release);
     AWAITED.with(|a| *a.borrow_mut() = Some(Arc::downgrade(w)));
 }
 
