@@ -365,17 +365,27 @@ pub(crate) fn encode_value<T: Serialize + 'static>(value: &T) -> Result<Encoded<
         });
     }
     let h = header_len(type_name);
-    let mut out = vec![0u8; h];
+    let mut out = header_room(h);
     encode_append(value, &mut out)?;
     let payload_len = out.len() - h;
     write_header(&mut out[..h], KIND_SERDE, 0, type_name, payload_len);
     Ok(Encoded::Blob(out))
 }
 
+/// A blob's `h` header bytes (zero, written once the payload's length is
+/// known), with room after them for a small payload: a small value's blob
+/// is then one allocation, not one grown by a second.
+fn header_room(h: usize) -> Vec<u8> {
+    const SMALL: usize = 64;
+    let mut out = Vec::with_capacity(h + SMALL);
+    out.resize(h, 0);
+    out
+}
+
 /// Encodes an error as a blob: whoever gets the object gets the error.
 pub(crate) fn encode_error(err: &Error) -> Vec<u8> {
     let h = header_len("");
-    let mut out = vec![0u8; h];
+    let mut out = header_room(h);
     // An Error always serializes (plain strings and an enum).
     let _ = encode_append(err, &mut out);
     let payload_len = out.len() - h;

@@ -105,8 +105,65 @@ const MAX_NAME: usize = 1024;
 /// below zero while a blocked worker's lent CPUs are taken back).
 impl<'de> Deserialize<'de> for ResourceSet {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let items = Vec::<(String, i64)>::deserialize(d)?;
+        d.deserialize_seq(SetVisitor)
+    }
+}
+
+/// Reads a set as its items, a sequence of (name, amount). Every task's
+/// spec carries one, almost always 1 CPU: that one is taken as the shared
+/// copy with its name read in place, no allocation per push.
+struct SetVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SetVisitor {
+    type Value = ResourceSet;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a sequence of (resource name, amount)")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ResourceSet, A::Error> {
+        let Some(first) = seq.next_element::<(Name<'de>, i64)>()? else {
+            return Ok(ResourceSet::default());
+        };
+        let second = seq.next_element::<(Name<'de>, i64)>()?;
+        if second.is_none() && first.0 .0 == CPU && first.1 == UNIT {
+            return Ok(one_cpu().clone());
+        }
+        // The hint is the sender's word: bounded before it sizes anything.
+        let mut items = Vec::with_capacity(2 + seq.size_hint().unwrap_or(0).min(64));
+        for (name, amount) in [Some(first), second].into_iter().flatten() {
+            items.push((name.0.into_owned(), amount));
+        }
+        while let Some((name, amount)) = seq.next_element::<(Name<'de>, i64)>()? {
+            items.push((name.0.into_owned(), amount));
+        }
         ResourceSet::checked(items).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A resource name as read: borrowed from the input where the format
+/// allows it (serde's own `Cow<str>` always copies).
+struct Name<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a resource name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(std::borrow::Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Name<'de>, E> {
+                Ok(Name(std::borrow::Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -311,12 +368,33 @@ mod tests {
         let none = codec::encode(&ResourceSet::new()).unwrap();
         let back: ResourceSet = codec::decode(&none, "a shape").unwrap();
         assert!(Arc::ptr_eq(&back.items, &ResourceSet::new().items));
-        let two = ResourceSet::new().with(CPU, 2.0).unwrap();
-        let back: ResourceSet = codec::decode(&codec::encode(&two).unwrap(), "a shape").unwrap();
-        assert_eq!(back, two);
+        // One item that is not 1 CPU, and two and three items: read by
+        // name and amount past the shared case.
+        let three = ResourceSet::new()
+            .with(CPU, 1.0)
+            .and_then(|s| s.with(GPU, 0.5))
+            .and_then(|s| s.with("disk", 3.0))
+            .unwrap();
+        for set in [
+            ResourceSet::new().with(CPU, 2.0).unwrap(),
+            ResourceSet::new().with(GPU, 1.0).unwrap(),
+            ResourceSet::new()
+                .with(CPU, 1.0)
+                .and_then(|s| s.with(GPU, 1.0))
+                .unwrap(),
+            three,
+        ] {
+            let back: ResourceSet =
+                codec::decode(&codec::encode(&set).unwrap(), "a shape").unwrap();
+            assert_eq!(back, set);
+        }
         let unsorted: Vec<(String, i64)> = vec![(GPU.into(), UNIT), (CPU.into(), UNIT)];
         let e = codec::decode::<ResourceSet>(&codec::encode(&unsorted).unwrap(), "a shape")
             .unwrap_err();
         assert!(e.message().contains("out of order"), "{e}");
+        let empty_name: Vec<(String, i64)> = vec![(CPU.into(), UNIT), (String::new(), UNIT)];
+        let e = codec::decode::<ResourceSet>(&codec::encode(&empty_name).unwrap(), "a shape")
+            .unwrap_err();
+        assert!(e.message().contains("resource name of 0 bytes"), "{e}");
     }
 }

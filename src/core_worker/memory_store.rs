@@ -316,15 +316,14 @@ impl CoreWorker {
     /// `keep_pin`, the block's write pin is kept (see `Entry::held_pin`).
     pub(crate) fn store_value(
         &self,
-        enc: &codec::Encoded<'_>,
+        enc: codec::Encoded<'_>,
         owner: WorkerId,
         keep_pin: bool,
     ) -> Result<Payload> {
         let len = enc.len();
         if len <= INLINE_MAX {
-            let mut v = vec![0u8; len];
-            enc.write_to(&mut v);
-            return Ok(Payload::Inline(v));
+            // An encoded blob is the payload as it is: no copy.
+            return Ok(Payload::Inline(enc.into_vec()));
         }
         let tag = crate::ids::random_u64();
         let reply = self.raylet_call(

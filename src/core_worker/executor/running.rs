@@ -194,7 +194,7 @@ fn store_returns(cw: &Arc<CoreWorker>, spec: &TaskSpec, returns: Returns) -> Vec
     keep_forever(returns.refs);
     let mut out = Vec::with_capacity(returns.blobs.len());
     for blob in returns.blobs {
-        match cw.store_value(&codec::Encoded::Blob(blob), spec.id.owner, false) {
+        match cw.store_value(codec::Encoded::Blob(blob), spec.id.owner, false) {
             Ok(p) => out.push(p),
             // The raylet is gone (its connection is): this worker goes
             // with it rather than report the task failed, so the owner

@@ -316,7 +316,7 @@ impl CoreWorker {
                     if blob.len() > super::INLINE_MAX {
                         // Large by-value arguments go through the store once
                         // rather than being copied into every message.
-                        match self.put_encoded(&codec::Encoded::Blob(blob), Vec::new()) {
+                        match self.put_encoded(codec::Encoded::Blob(blob), Vec::new()) {
                             Ok(r) => {
                                 dep_refs.push((i, r.id));
                                 payloads.push(Payload::Inline(Vec::new()));
@@ -412,7 +412,7 @@ impl CoreWorker {
     /// Stores an already-encoded value as a new owned object.
     pub(crate) fn put_encoded(
         self: &Arc<Self>,
-        enc: &codec::Encoded<'_>,
+        enc: codec::Encoded<'_>,
         contained: Vec<RawRef>,
     ) -> Result<RawRef> {
         // The previous puts' idle write pins go back first: this put may
