@@ -535,6 +535,20 @@ pub(crate) fn is_pod_vec<T: 'static>() -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// A small value's blob is made once, with room for its payload after
+    /// the header: not grown from the header's size by doubling (a header
+    /// of 128 bytes would then leave a 256-byte buffer).
+    #[test]
+    fn a_small_blob_is_one_allocation_with_room_after_its_header() {
+        let value = std::collections::BTreeMap::<String, Vec<u64>>::new();
+        let name = std::any::type_name::<std::collections::BTreeMap<String, Vec<u64>>>();
+        let h = super::header_len(name);
+        assert_eq!(h, 128, "{name}: a header past the first 64 bytes");
+        let blob = super::encode_value(&value).unwrap().into_vec();
+        assert!(blob.len() > h && blob.len() <= h + 64, "{}", blob.len());
+        assert_eq!(blob.capacity(), h + 64);
+    }
+
     /// Host values of a device object come out as an ordinary blob of
     /// `Vec<E>`, written in place; only plain numeric whole elements.
     #[cfg(feature = "cuda")]

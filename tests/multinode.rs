@@ -68,18 +68,16 @@ fn three_nodes_with(cfg: Config) -> Vec<rustray::Node> {
     nodes
 }
 
-/// Connections established to `port` on this host, counted at the
-/// listening end (IPv4 and IPv6 tables).
 /// Established connections whose local end is `addr`, those accepted by
 /// the server listening there, as this network namespace's
 /// /proc/net/tcp{,6} list them. The address counts whole, not only its
 /// port: another address's socket may use the same port number.
 fn connections_to(addr: std::net::SocketAddr) -> usize {
     // Each 32-bit word of the address as the kernel prints it: its bytes
-    // in memory order read as a little-endian number, in hex.
+    // as stored, read as a native-order number, in hex.
     let words = |b: &[u8]| -> String {
         b.chunks(4)
-            .map(|w| format!("{:08X}", u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
+            .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
             .collect()
     };
     let port = format!("{:04X}", addr.port());
@@ -136,9 +134,9 @@ fn test_gcs_holds_connections_per_node_not_per_process() {
     let found = rustray::get_actor::<Where>("gcs-connections").expect("by name");
     rustray::get(&found.call()).expect("call");
     drop(w);
-    // A connection on its way out (its peer closed it, the GCS not yet)
-    // is given a few seconds to go; the ones a process per connection
-    // would hold stay.
+    // A connection whose client has not closed it yet (a process still
+    // exiting) is given a few seconds to go; the ones a connection per
+    // process would hold stay.
     let want = nodes.len()..=2 * nodes.len();
     let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut n = connections_to(gcs);

@@ -14,6 +14,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Spare bytes an inline payload may keep from its encoding (the room a
+/// small value's blob is made with: see `codec::encode_value`).
+const SPARE: usize = 64;
+
+/// `v` with what its encoding left spare given back when that is much.
+fn trimmed(mut v: Vec<u8>) -> Vec<u8> {
+    if v.capacity() - v.len() > SPARE.max(v.len() / 8) {
+        v.shrink_to_fit();
+    }
+    v
+}
+
 impl CoreWorker {
     /// The payload if ready; otherwise asks the owner (once) for it.
     pub(crate) fn poll_value(
@@ -322,8 +334,11 @@ impl CoreWorker {
     ) -> Result<Payload> {
         let len = enc.len();
         if len <= INLINE_MAX {
-            // An encoded blob is the payload as it is: no copy.
-            return Ok(Payload::Inline(enc.into_vec()));
+            // A blob becomes the payload as it is, no copy. What its
+            // encoding left spare goes back when it is much (a value just
+            // past a doubling of the buffer); a put keeps its payload for
+            // the object's life.
+            return Ok(Payload::Inline(trimmed(enc.into_vec())));
         }
         let tag = crate::ids::random_u64();
         let reply = self.raylet_call(
@@ -356,5 +371,36 @@ impl CoreWorker {
             offset,
             len: len as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An inline payload keeps at most a small value's room, or an eighth
+    /// of its length, of spare capacity: a put keeps it for the object's
+    /// life, and a blob grown by doubling can hold twice its length.
+    #[test]
+    fn an_inline_payload_keeps_little_spare_room() {
+        let small = crate::codec::encode_value(&(7u32, "x".to_string()))
+            .unwrap()
+            .into_vec();
+        let (len, cap) = (small.len(), small.capacity());
+        let kept = trimmed(small);
+        assert_eq!(
+            (kept.len(), kept.capacity()),
+            (len, cap),
+            "a small value as it is"
+        );
+        let mut grown = Vec::with_capacity(128 << 10);
+        grown.resize((64 << 10) + 1, 1u8);
+        let kept = trimmed(grown);
+        assert_eq!(kept.len(), (64 << 10) + 1);
+        assert!(
+            kept.capacity() - kept.len() <= SPARE.max(kept.len() / 8),
+            "{} spare",
+            kept.capacity() - kept.len()
+        );
     }
 }

@@ -102,7 +102,7 @@ unsafe impl GlobalAlloc for Counting {
 }
 
 /// Runs `f`, returning the peak of the bytes this thread held during it.
-fn peak_of(f: impl FnOnce()) -> usize {
+pub(crate) fn peak_of(f: impl FnOnce()) -> usize {
     LIVE.with(|l| l.set(0));
     PEAK.with(|p| p.set(0));
     ARMED.with(|a| a.set(true));
