@@ -39,6 +39,57 @@ pub(crate) fn encode_append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>)
         .map_err(|e| Error::invalid(format!("cannot serialize value: {e}")))
 }
 
+/// [`encode_append`] of at most `max` bytes: a longer encoding stops as
+/// it passes the bound (nothing past it is copied) and fails, `out` left
+/// as it was.
+pub(crate) fn encode_append_within<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> Result<()> {
+    struct Within<'a> {
+        out: &'a mut Vec<u8>,
+        left: usize,
+        over: bool,
+    }
+    impl std::io::Write for Within<'_> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.write_all(b).map(|()| b.len())
+        }
+        fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+            if b.len() > self.left {
+                self.over = true;
+                return Err(std::io::Error::other("over the bound"));
+            }
+            self.left -= b.len();
+            self.out.extend_from_slice(b);
+            Ok(())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let start = out.len();
+    let mut w = Within {
+        out,
+        left: max,
+        over: false,
+    };
+    let r = bincode::serde::encode_into_std_write(value, &mut w, config());
+    let over = w.over;
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            out.truncate(start);
+            Err(Error::invalid(if over {
+                format!("its encoding is larger than {max} bytes, the most one message carries")
+            } else {
+                format!("cannot serialize value: {e}")
+            }))
+        }
+    }
+}
+
 /// Deserializes a control message or value; `what` names it in the error.
 ///
 /// The bytes come from outside the process (a peer's frame, a store block),
@@ -535,6 +586,22 @@ pub(crate) fn is_pod_vec<T: 'static>() -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// An encoding bounded to `max` bytes: the same bytes within it; past
+    /// it an error saying so, and `out` as it was.
+    #[test]
+    fn a_bounded_encoding_stops_at_its_bound() {
+        let value = (1u64, vec![5u8; 1000]);
+        let mut plain = vec![9u8; 3];
+        super::encode_append(&value, &mut plain).unwrap();
+        let mut within = vec![9u8; 3];
+        super::encode_append_within(&value, &mut within, 2000).unwrap();
+        assert_eq!(within, plain);
+        let mut over = vec![9u8; 3];
+        let e = super::encode_append_within(&value, &mut over, 999).unwrap_err();
+        assert!(e.message().contains("larger than 999 bytes"), "{e}");
+        assert_eq!(over, vec![9u8; 3]);
+    }
+
     /// A small value's blob is made once, with room for its payload after
     /// the header: not grown from the header's size by doubling (a header
     /// of 128 bytes would then leave a 256-byte buffer).

@@ -555,6 +555,27 @@ fn test_a_task_run_on_its_connection_thread_has_a_main_threads_stack() {
     panic!("`deep_stack` never ran on its connection thread in 5 rounds");
 }
 
+/// A task whose arguments by value, each under the inline bound, come to
+/// more than one message to a worker carries fails with an error saying
+/// so, rather than wait for a push that never goes; the owner goes on.
+fn test_a_task_too_large_to_send_fails() {
+    common::cluster(2.0, None);
+    // 11,000 arguments of 100,000 bytes: 1.1 GB, past the 1 GiB a
+    // message carries.
+    let args: Vec<rustray::__private::Arg> = (0..11_000)
+        .map(|_| rustray::IntoArg::<Vec<u8>>::into_arg(vec![7u8; 100_000]))
+        .collect();
+    let opts = rustray::TaskOptions::new().max_retries(0);
+    let refs =
+        rustray::__private::submit_task("core::too_large", &opts, args, 1).expect("submitted");
+    let r = refs.into_iter().next().expect("one result").typed::<u64>();
+    let e = rustray::get_timeout(&r, Duration::from_secs(20)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.message().contains("core::too_large"), "{e}");
+    assert!(e.message().contains("more than one message carries"), "{e}");
+    assert_eq!(rustray::get(&inc::remote(1u64).unwrap()).unwrap(), 2);
+}
+
 fn test_num_returns() {
     common::cluster(2.0, None);
     let (a, b) = split::remote(21u64).unwrap();
@@ -970,6 +991,10 @@ fn main() {
             test_a_task_run_on_its_connection_thread_has_a_main_threads_stack,
         ),
         ("test_num_returns", test_num_returns),
+        (
+            "test_a_task_too_large_to_send_fails",
+            test_a_task_too_large_to_send_fails,
+        ),
         ("test_task_panic_is_reported", test_task_panic_is_reported),
         ("test_get_wrong_type", test_get_wrong_type),
         (

@@ -51,6 +51,9 @@ pub(crate) struct Effects {
     /// Tasks whose worker on another node died, to fail once it is known
     /// whether the node went with it.
     pub(crate) worker_deaths: Vec<(TaskId, WorkerId, Error)>,
+    /// Tasks that can never be sent (their push does not fit one message),
+    /// taken out of the submitter's queues: they fail with the error.
+    pub(crate) unpushable: Vec<(TaskId, Error)>,
 }
 
 /// A task pushed to a worker: its frame, encoded from the spec the owner
@@ -64,20 +67,45 @@ pub(crate) struct Push {
 }
 
 impl Push {
-    /// `spec` pushed to `worker` on `conn`; none if it cannot be encoded
-    /// (larger than a frame: its arguments are bounded well below).
-    pub(crate) fn new(worker: WorkerId, conn: ConnId, spec: &transport::TaskSpec) -> Option<Push> {
-        match transport::push_frame(spec) {
-            Ok(frame) => Some(Push {
+    /// `spec` pushed to `worker` on `conn`; the task's error if it cannot
+    /// be encoded: larger than one message (each argument by value is
+    /// bounded, but not how many there are).
+    pub(crate) fn new(
+        worker: WorkerId,
+        conn: ConnId,
+        spec: &transport::TaskSpec,
+    ) -> std::result::Result<Push, Error> {
+        // The arguments by value alone past the bound: no need to encode
+        // (and copy) a gigabyte to find out.
+        let inline: usize = spec
+            .args
+            .iter()
+            .map(|p| match p {
+                Payload::Inline(b) => b.len(),
+                Payload::Store { .. } => 0,
+            })
+            .sum();
+        let encoded = if inline > transport::MAX_FRAME {
+            Err(Error::invalid(format!(
+                "its arguments by value come to {inline} bytes, more than one message carries \
+                 ({} bytes); pass some of them by ref (rustray::put)",
+                transport::MAX_FRAME
+            )))
+        } else {
+            transport::push_frame(spec)
+        };
+        match encoded {
+            Ok(frame) => Ok(Push {
                 worker,
                 conn,
                 alone: spec.alone,
                 frame,
             }),
-            Err(e) => {
-                log!("task `{}` cannot be pushed: {e}", spec.function);
-                None
-            }
+            Err(e) => Err(Error::invalid(format!(
+                "task `{}` cannot be sent to a worker: {}",
+                spec.function,
+                e.message()
+            ))),
         }
     }
 }
@@ -149,6 +177,9 @@ impl CoreWorker {
         }
         for original in fx.unpins {
             self.unpin(&original);
+        }
+        if !fx.unpushable.is_empty() {
+            self.fail_unpushable(fx.unpushable);
         }
         if !fx.worker_deaths.is_empty() {
             // Probing a node may take up to a connect timeout: not on the

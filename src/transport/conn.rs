@@ -23,7 +23,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_OUTBOX: usize = 256 << 20;
 
 /// Frames larger than this are a protocol error (a peer sending garbage).
-pub(super) const MAX_FRAME: usize = 1 << 30;
+pub(crate) const MAX_FRAME: usize = 1 << 30;
 
 /// A connection's identity, unique in the process for its life: what
 /// state that must not hold the connection itself (a request waiting for
@@ -130,14 +130,14 @@ pub(crate) fn push_frame(spec: &TaskSpec) -> Result<Vec<u8>> {
 }
 
 /// `value` (a message in its envelope) as one frame.
+/// One too large fails as its encoding passes [`MAX_FRAME`], before more
+/// is copied.
 fn encode_frame_of(value: &impl serde::Serialize) -> Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(256);
     buf.extend_from_slice(&[0u8; 4]);
-    codec::encode_append(value, &mut buf)?;
-    let len = u32::try_from(buf.len() - 4)
-        .ok()
-        .filter(|n| (*n as usize) <= MAX_FRAME)
-        .ok_or_else(|| Error::invalid("a message too large for one frame"))?;
+    codec::encode_append_within(value, &mut buf, MAX_FRAME)?;
+    // Within MAX_FRAME (1 GiB), so within a u32.
+    let len = (buf.len() - 4) as u32;
     buf[..4].copy_from_slice(&len.to_le_bytes());
     Ok(buf)
 }

@@ -55,8 +55,10 @@ impl Submitter {
     /// The actor's queued calls to send now, in order, as far as their
     /// arguments are resolved and, for an actor running one call at a
     /// time, up to [`ACTOR_PIPELINE`] in flight; each counts as in flight
-    /// from here. None without a connection to the actor.
-    pub(super) fn next_actor_calls(&mut self, actor: ActorId) -> Vec<Push> {
+    /// from here. None without a connection to the actor. A call that
+    /// cannot be sent leaves the queue for `fx.unpushable` (it fails; the
+    /// ones after it go on).
+    pub(super) fn next_actor_calls(&mut self, actor: ActorId, fx: &mut Effects) -> Vec<Push> {
         let mut out = Vec::new();
         let Some(q) = self.actors.get_mut(&actor) else {
             return out;
@@ -77,10 +79,15 @@ impl Submitter {
                 break;
             }
             q.pending.pop_front();
-            e.status = Status::Running(WorkerId(0));
             e.spec.alone = q.inflight.is_empty();
-            q.inflight.push(t);
-            out.extend(Push::new(worker, conn, &e.spec));
+            match Push::new(worker, conn, &e.spec) {
+                Ok(push) => {
+                    e.status = Status::Running(WorkerId(0));
+                    q.inflight.push(t);
+                    out.push(push);
+                }
+                Err(err) => fx.unpushable.push((t, err)),
+            }
         }
         out
     }
@@ -118,7 +125,7 @@ impl CoreWorker {
             }
             return;
         };
-        let calls = st.sub.next_actor_calls(actor);
+        let calls = st.sub.next_actor_calls(actor, fx);
         if calls.is_empty() {
             return;
         }

@@ -134,18 +134,22 @@ impl Submitter {
             else {
                 continue;
             };
-            task.status = Status::Running(lease.worker);
-            task.pushed = Some(now);
             // Alone: nothing else in flight on the lease or queued behind
             // (a chain's next link, a caller waiting on each task): the
             // worker then waits awake for the next one (see `worker_main`).
-            let alone = lease.inflight.is_empty() && cq.queue.is_empty();
-            lease.inflight.push(tid);
-            lease.idle_since = None;
-            task.spec.alone = alone;
+            task.spec.alone = lease.inflight.is_empty() && cq.queue.is_empty();
             task.spec.gpus.clone_from(&lease.gpus);
-            fx.pushes
-                .extend(Push::new(lease.worker, lease.conn, &task.spec));
+            match Push::new(lease.worker, lease.conn, &task.spec) {
+                Ok(push) => {
+                    task.status = Status::Running(lease.worker);
+                    task.pushed = Some(now);
+                    lease.inflight.push(tid);
+                    lease.idle_since = None;
+                    fx.pushes.push(push);
+                }
+                // Out of the queue, never in flight: it fails.
+                Err(e) => fx.unpushable.push((tid, e)),
+            }
         }
         // What the leases held will take as their results come back (a
         // submitting thread left their pipelines part empty) needs no

@@ -458,6 +458,20 @@ impl CoreWorker {
         fx.drops.extend(t.keep);
     }
 
+    /// Tasks that can never be sent (see `Effects::unpushable`) fail with
+    /// their error, as any task that cannot run does: a `get` of their
+    /// results reports it rather than wait for a push that never goes.
+    pub(crate) fn fail_unpushable(self: &Arc<Self>, tasks: Vec<(TaskId, Error)>) {
+        let mut fx = Effects::default();
+        let mut st = self.lock();
+        for (id, err) in tasks {
+            log!("{err}");
+            self.finish_failed(&mut st, id, &err, &mut fx);
+        }
+        drop(st);
+        self.apply(fx);
+    }
+
     /// Ends an actor call's hold on its handle token (taken in `submit`).
     fn release_handle(&self, st: &mut State, handle: Option<ObjectId>, fx: &mut Effects) {
         let Some(id) = handle else { return };

@@ -189,6 +189,36 @@ fn first_lease(
     fx
 }
 
+/// A task whose push cannot fit one message (too many arguments by
+/// value) never goes in flight: it leaves the queue to fail with an error
+/// saying so, and the tasks behind it are pushed.
+#[test]
+fn a_task_too_large_to_push_fails_and_the_ones_behind_it_go() {
+    let (env, class, now) = (env(), class(false), Instant::now());
+    let mut sub = Submitter::default();
+    let tasks = queue(&mut sub, &class, 3);
+    sub.classes.get_mut(&class).unwrap().service = Some(Duration::from_micros(5));
+    // Zeroed pages, never touched: the size is known without encoding.
+    let huge = crate::transport::Payload::Inline(vec![0u8; crate::transport::MAX_FRAME + 1]);
+    sub.tasks.get_mut(&tasks[0]).unwrap().spec.args = vec![huge];
+    let worker = WorkerId::new(0, 4001);
+    let fx = first_lease(&mut sub, &env, &class, worker, LeaseId::new(0, 2), now);
+    let failed: Vec<TaskId> = fx.unpushable.iter().map(|(t, _)| *t).collect();
+    assert_eq!(failed, vec![tasks[0]]);
+    let e = &fx.unpushable[0].1;
+    assert!(
+        e.message().contains("cannot be sent") && e.message().contains("more than one message"),
+        "{e}"
+    );
+    let got: Vec<TaskId> = pushed(&fx).into_iter().map(|(_, _, t)| t).collect();
+    assert_eq!(got, tasks[1..].to_vec());
+    assert!(sub.leases.values().all(|l| !l.inflight.contains(&tasks[0])));
+    assert!(
+        matches!(sub.tasks[&tasks[0]].status, Status::Queued),
+        "never running"
+    );
+}
+
 /// A submitting thread gives a busy lease only `SUBMIT_DEPTH` tasks;
 /// the thread handling its results fills the rest of the pipeline.
 #[test]

@@ -387,7 +387,7 @@ fn an_actor_call_that_lost_its_arguments_is_queued_again_first() {
     let (actor, worker) = (ActorId(6), WorkerId::new(0, 4106));
     let calls = actor_calls(&mut sub, actor, 2);
     reached(&mut sub, actor, worker, true, &[], &calls);
-    let first = sub.next_actor_calls(actor);
+    let first = sub.next_actor_calls(actor, &mut Effects::default());
     assert_eq!(first.len(), 2);
     let mut fx = Effects::default();
     let lost = Report {
@@ -415,10 +415,14 @@ fn an_actor_call_that_lost_its_arguments_is_queued_again_first() {
     assert_eq!(q.pending.front(), Some(&calls[0]));
     assert_eq!(q.inflight, vec![calls[1]]);
     assert_eq!(sub.tasks[&calls[0]].status, Status::WaitingDeps);
-    assert!(sub.next_actor_calls(actor).is_empty(), "held while remade");
+    assert!(
+        sub.next_actor_calls(actor, &mut Effects::default())
+            .is_empty(),
+        "held while remade"
+    );
     sub.tasks.get_mut(&calls[0]).unwrap().deps.clear();
     let again: Vec<TaskId> = sub
-        .next_actor_calls(actor)
+        .next_actor_calls(actor, &mut Effects::default())
         .iter()
         .map(|p| spec_of(p).id)
         .collect();
@@ -446,6 +450,30 @@ fn calls_queued_below_the_bound_wait_for_the_restart() {
     assert_eq!(lost.flush, vec![actor], "they wait for the restarted actor");
 }
 
+/// An actor call that cannot be sent (its push larger than a message)
+/// leaves the queue to fail, never in flight; the calls after it go out,
+/// in order.
+#[test]
+fn an_actor_call_too_large_to_send_fails_and_the_rest_go() {
+    let mut sub = Submitter::default();
+    let (actor, worker) = (ActorId(7), WorkerId::new(0, 4107));
+    let calls = actor_calls(&mut sub, actor, 3);
+    reached(&mut sub, actor, worker, true, &[], &calls);
+    // Zeroed pages, never touched: the size is known without encoding.
+    let huge = crate::transport::Payload::Inline(vec![0u8; crate::transport::MAX_FRAME + 1]);
+    sub.tasks.get_mut(&calls[1]).unwrap().spec.args = vec![huge];
+    let mut fx = Effects::default();
+    let sent: Vec<TaskId> = sub
+        .next_actor_calls(actor, &mut fx)
+        .iter()
+        .map(|p| spec_of(p).id)
+        .collect();
+    assert_eq!(sent, vec![calls[0], calls[2]]);
+    let failed: Vec<TaskId> = fx.unpushable.iter().map(|(t, _)| *t).collect();
+    assert_eq!(failed, vec![calls[1]]);
+    assert!(!sub.actors[&actor].inflight.contains(&calls[1]));
+}
+
 /// An actor running one call at a time has at most `ACTOR_PIPELINE`
 /// calls in flight, sent in order; each result frees a place and asks
 /// for the next call to go out. A threaded actor gets every call.
@@ -458,7 +486,7 @@ fn a_sequential_actor_gets_a_pipeline_of_calls_a_threaded_one_all() {
         let calls = actor_calls(&mut sub, actor, ACTOR_PIPELINE as u64 + 10);
         reached(&mut sub, actor, worker, sequential, &[], &calls);
         let sent: Vec<TaskId> = sub
-            .next_actor_calls(actor)
+            .next_actor_calls(actor, &mut Effects::default())
             .iter()
             .map(|p| spec_of(p).id)
             .collect();
@@ -485,10 +513,14 @@ fn a_sequential_actor_gets_a_pipeline_of_calls_a_threaded_one_all() {
             calls[..ACTOR_PIPELINE].to_vec(),
             "in order, a pipeline's worth"
         );
-        assert!(sub.next_actor_calls(actor).is_empty(), "no place free");
+        assert!(
+            sub.next_actor_calls(actor, &mut Effects::default())
+                .is_empty(),
+            "no place free"
+        );
         assert_eq!(first_done(&mut sub), Some(actor), "a place came free");
         let next: Vec<TaskId> = sub
-            .next_actor_calls(actor)
+            .next_actor_calls(actor, &mut Effects::default())
             .iter()
             .map(|p| spec_of(p).id)
             .collect();
