@@ -82,7 +82,7 @@ pub(crate) fn encode_append_within<T: Serialize + ?Sized>(
         Err(e) => {
             out.truncate(start);
             Err(Error::invalid(if over {
-                format!("its encoding is larger than {max} bytes, the most one message carries")
+                format!("a message of more than {max} bytes, the most one frame carries")
             } else {
                 format!("cannot serialize value: {e}")
             }))
@@ -598,7 +598,7 @@ mod tests {
         assert_eq!(within, plain);
         let mut over = vec![9u8; 3];
         let e = super::encode_append_within(&value, &mut over, 999).unwrap_err();
-        assert!(e.message().contains("larger than 999 bytes"), "{e}");
+        assert!(e.message().contains("more than 999 bytes"), "{e}");
         assert_eq!(over, vec![9u8; 3]);
     }
 

@@ -202,12 +202,20 @@ pub(crate) fn publish(path: &std::path::Path, base: &Session) -> Result<()> {
 /// Waits (bounded) for rank 0's rendezvous file and reads the cluster.
 pub(crate) fn await_rendezvous(path: &std::path::Path, timeout: Duration) -> Result<Session> {
     let deadline = Instant::now() + timeout;
+    // Not found when opened, whatever is there by the time it is looked
+    // at again: rank 0 removes an earlier job's file, then renames its own
+    // into place, and that may fall between the two.
+    let not_found = |e: &Error| {
+        std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    };
     loop {
         // Bounded read; a file not there (yet, or being replaced) is
         // waited for.
         match crate::session::read_bounded(path, crate::session::SESSION_FILE_MAX) {
             Ok(s) => return Session::from_env_str(s.trim()),
-            Err(_) if !path.exists() => {}
+            Err(e) if not_found(&e) || !path.exists() => {}
             Err(e) => return Err(e),
         }
         if Instant::now() > deadline {
@@ -337,6 +345,38 @@ mod tests {
         );
         let e = await_rendezvous(&dir.join("job-8.0"), Duration::from_millis(50)).unwrap_err();
         assert!(e.to_string().contains("rank 0 did not publish"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Rank 0 removes what an earlier job left, then renames its file into
+    /// place: a rank that found nothing when it opened the file and finds
+    /// it there a moment later waits on, never taking the miss for an
+    /// error (one Slurm run failed so, its step cancelled).
+    #[test]
+    fn a_rendezvous_file_replaced_while_read_is_waited_for() {
+        let dir = std::env::temp_dir().join(format!("rustray-rdv-race-{}", std::process::id()));
+        let path = dir.join("job-9.0");
+        let mut s = Session::new_cluster(Config::new(), false).unwrap();
+        s.gcs = "10.77.0.11:4243".parse().unwrap();
+        publish(&path, &s).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (path, s, stop) = (path.clone(), s.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    publish(&path, &s).unwrap();
+                }
+            })
+        };
+        let until = Instant::now() + Duration::from_secs(1);
+        let mut reads = 0;
+        while Instant::now() < until {
+            let back = await_rendezvous(&path, Duration::from_secs(5));
+            assert_eq!(back.map(|b| b.gcs).ok(), Some(s.gcs), "read {reads}");
+            reads += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
         let _ = std::fs::remove_dir_all(dir);
     }
 }

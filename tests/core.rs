@@ -569,10 +569,10 @@ fn test_a_task_too_large_to_send_fails() {
     let refs =
         rustray::__private::submit_task("core::too_large", &opts, args, 1).expect("submitted");
     let r = refs.into_iter().next().expect("one result").typed::<u64>();
-    let e = rustray::get_timeout(&r, Duration::from_secs(20)).unwrap_err();
+    let e = rustray::get_timeout(&r, Duration::from_secs(60)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     assert!(e.message().contains("core::too_large"), "{e}");
-    assert!(e.message().contains("more than one message carries"), "{e}");
+    assert!(e.message().contains("one message carries"), "{e}");
     assert_eq!(rustray::get(&inc::remote(1u64).unwrap()).unwrap(), 2);
 }
 

@@ -87,9 +87,11 @@ impl Push {
             .sum();
         let encoded = if inline > transport::MAX_FRAME {
             Err(Error::invalid(format!(
-                "its arguments by value come to {inline} bytes, more than one message carries \
-                 ({} bytes); pass some of them by ref (rustray::put)",
-                transport::MAX_FRAME
+                "its arguments by value come to {inline} bytes, more than the {} one message \
+                 carries; pass fewer, larger values (one over {} bytes goes through the \
+                 object store once)",
+                transport::MAX_FRAME,
+                super::INLINE_MAX
             )))
         } else {
             transport::push_frame(spec)
@@ -293,5 +295,7 @@ impl Effects {
             && self.resolve_actors.is_empty()
             && self.actors_out_of_scope.is_empty()
             && self.device_frees.is_empty()
+            && self.worker_deaths.is_empty()
+            && self.unpushable.is_empty()
     }
 }

@@ -24,6 +24,8 @@ const MAX_OUTBOX: usize = 256 << 20;
 
 /// Frames larger than this are a protocol error (a peer sending garbage).
 pub(crate) const MAX_FRAME: usize = 1 << 30;
+// A frame's length prefix is a u32.
+const _: () = assert!(MAX_FRAME <= u32::MAX as usize);
 
 /// A connection's identity, unique in the process for its life: what
 /// state that must not hold the connection itself (a request waiting for

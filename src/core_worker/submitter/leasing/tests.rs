@@ -207,7 +207,7 @@ fn a_task_too_large_to_push_fails_and_the_ones_behind_it_go() {
     assert_eq!(failed, vec![tasks[0]]);
     let e = &fx.unpushable[0].1;
     assert!(
-        e.message().contains("cannot be sent") && e.message().contains("more than one message"),
+        e.message().contains("cannot be sent") && e.message().contains("one message carries"),
         "{e}"
     );
     let got: Vec<TaskId> = pushed(&fx).into_iter().map(|(_, _, t)| t).collect();
