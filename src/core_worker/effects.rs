@@ -77,14 +77,7 @@ impl Push {
     ) -> std::result::Result<Push, Error> {
         // The arguments by value alone past the bound: no need to encode
         // (and copy) a gigabyte to find out.
-        let inline: usize = spec
-            .args
-            .iter()
-            .map(|p| match p {
-                Payload::Inline(b) => b.len(),
-                Payload::Store { .. } => 0,
-            })
-            .sum();
+        let inline = inline_arg_bytes(spec);
         let encoded = if inline > transport::MAX_FRAME {
             Err(Error::invalid(format!(
                 "its arguments by value come to {inline} bytes, more than the {} one message \
@@ -110,6 +103,17 @@ impl Push {
             ))),
         }
     }
+}
+
+/// The bytes of a task's arguments carried by value in its spec.
+pub(crate) fn inline_arg_bytes(spec: &transport::TaskSpec) -> usize {
+    spec.args
+        .iter()
+        .map(|p| match p {
+            Payload::Inline(b) => b.len(),
+            Payload::Store { .. } => 0,
+        })
+        .sum()
 }
 
 impl CoreWorker {

@@ -74,15 +74,8 @@ pub(crate) struct LineageTable {
 }
 
 fn spec_bytes(spec: &TaskSpec) -> usize {
-    let args: usize = spec
-        .args
-        .iter()
-        .map(|p| match p {
-            Payload::Inline(b) => b.len(),
-            Payload::Store { .. } => 32,
-        })
-        .sum();
-    256 + spec.function.len() + args
+    // An argument in the store is kept as its location (about 32 bytes).
+    256 + spec.function.len() + super::effects::inline_arg_bytes(spec) + 32 * spec.args.len()
 }
 
 /// The store block a payload names, by its tag.
