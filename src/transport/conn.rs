@@ -83,10 +83,13 @@ struct Writer {
 }
 
 impl Writer {
+    /// `msg` as one frame in `buf`; one larger than [`MAX_FRAME`] fails
+    /// as its encoding passes the bound, and nothing is sent.
     fn frame(&mut self, msg: Wire<'_>) -> Result<()> {
         self.buf.clear();
         self.buf.extend_from_slice(&[0u8; 4]);
-        codec::encode_append(&msg, &mut self.buf)?;
+        codec::encode_append_within(&msg, &mut self.buf, MAX_FRAME)?;
+        // Within MAX_FRAME, so within a u32.
         let len = (self.buf.len() - 4) as u32;
         self.buf[..4].copy_from_slice(&len.to_le_bytes());
         Ok(())
@@ -297,12 +300,7 @@ impl Conn {
             Err(std::sync::TryLockError::WouldBlock) => {
                 // Another thread is writing (maybe blocked): never wait
                 // for it.
-                let mut frame = Vec::new();
-                frame.extend_from_slice(&[0u8; 4]);
-                codec::encode_append(&msg.wire(), &mut frame)?;
-                let len = (frame.len() - 4) as u32;
-                frame[..4].copy_from_slice(&len.to_le_bytes());
-                return self.defer(&frame);
+                return self.defer(&encode_frame_of(&msg.wire())?);
             }
         };
         w.frame(msg.wire())?;
@@ -579,7 +577,7 @@ impl Dialed {
 mod tests {
     use super::super::read::*;
     use super::*;
-    use crate::protocol::{FromGcs, ToRaylet};
+    use crate::protocol::{FromGcs, Payload, PeerMsg, ToRaylet};
     use std::io::{BufReader, Read};
     use std::os::unix::net::UnixStream;
 
@@ -674,6 +672,49 @@ mod tests {
                 "{got:?}"
             );
         }
+    }
+
+    /// A message larger than a frame is refused as its encoding passes the
+    /// bound (none of it copied or sent: the huge payload's zeroed pages are
+    /// never touched), and the connection goes on: what follows reads back
+    /// whole. Its length could otherwise wrap the u32 prefix past 4 GiB.
+    #[test]
+    fn a_message_larger_than_a_frame_is_refused_and_nothing_is_sent() {
+        let huge = PeerMsg::TaskDone {
+            task: crate::ids::TaskId {
+                owner: crate::ids::WorkerId::new(0, 1),
+                seq: 1,
+            },
+            returns: vec![Payload::Inline(vec![0u8; MAX_FRAME + 1])],
+            app_error: false,
+            exiting: false,
+            lost_args: Vec::new(),
+        };
+        let (a, b) = UnixStream::pair().unwrap();
+        let conn = std::sync::Arc::new(Conn::new(&Stream::Unix(a)).unwrap());
+        for e in [
+            conn.send(&huge).unwrap_err(),
+            conn.try_send(&huge).unwrap_err(),
+            encode_frame(&huge).unwrap_err(),
+        ] {
+            assert!(e.message().contains("the most one frame carries"), "{e}");
+        }
+        let small = FromGcs::ClusterView {
+            version: 9,
+            joined: Vec::new(),
+            changed: Vec::new(),
+            candidates: None,
+        };
+        conn.send(&small).unwrap();
+        let mut r = b;
+        let got = read_frame(&mut r, &mut Vec::new()).unwrap();
+        assert!(
+            matches!(
+                got,
+                Some(Msg::FromGcs(FromGcs::ClusterView { version: 9, .. }))
+            ),
+            "{got:?}"
+        );
     }
 
     /// `n` requests written at once (then end of input) to a reader's
