@@ -648,29 +648,34 @@ mod tests {
 
     /// A frame encoded once reads back as the message, whoever it is sent
     /// to (the GCS's shared whole-view answer).
-    #[test]
-    fn an_encoded_frame_reads_back_as_its_message() {
-        let msg = FromGcs::ClusterView {
-            version: 7,
+    /// A small message, told apart by its `version`.
+    fn view(version: u64) -> FromGcs {
+        FromGcs::ClusterView {
+            version,
             joined: Vec::new(),
             changed: Vec::new(),
             candidates: None,
-        };
-        let frame = encode_frame(&msg).unwrap();
-        let (a, b) = UnixStream::pair().unwrap();
+        }
+    }
+
+    /// Reads the next frame from `r`, which must be [`view`]`(version)`.
+    fn reads_view(r: &mut UnixStream, version: u64) {
+        let got = read_frame(r, &mut Vec::new()).unwrap();
+        assert!(
+            matches!(&got, Some(Msg::FromGcs(FromGcs::ClusterView { version: v, .. })) if *v == version),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn an_encoded_frame_reads_back_as_its_message() {
+        let frame = encode_frame(&view(7)).unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
         let conn = std::sync::Arc::new(Conn::new(&Stream::Unix(a)).unwrap());
         conn.post_frame(&frame).unwrap();
         conn.post_frame(&frame).unwrap();
-        let mut r = b;
         for _ in 0..2 {
-            let got = read_frame(&mut r, &mut Vec::new()).unwrap();
-            assert!(
-                matches!(
-                    got,
-                    Some(Msg::FromGcs(FromGcs::ClusterView { version: 7, .. }))
-                ),
-                "{got:?}"
-            );
+            reads_view(&mut b, 7);
         }
     }
 
@@ -699,22 +704,9 @@ mod tests {
         ] {
             assert!(e.message().contains("the most one frame carries"), "{e}");
         }
-        let small = FromGcs::ClusterView {
-            version: 9,
-            joined: Vec::new(),
-            changed: Vec::new(),
-            candidates: None,
-        };
-        conn.send(&small).unwrap();
+        conn.send(&view(9)).unwrap();
         let mut r = b;
-        let got = read_frame(&mut r, &mut Vec::new()).unwrap();
-        assert!(
-            matches!(
-                got,
-                Some(Msg::FromGcs(FromGcs::ClusterView { version: 9, .. }))
-            ),
-            "{got:?}"
-        );
+        reads_view(&mut r, 9);
     }
 
     /// `n` requests written at once (then end of input) to a reader's
