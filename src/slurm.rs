@@ -326,13 +326,25 @@ mod tests {
         assert!(e.to_string().contains("SLURM_PROCID=x"), "{e}");
     }
 
+    /// A new cluster whose GCS is at `gcs`, published as rank 0 would in a
+    /// directory of this test's own (`tag`), at `job`: the directory, the
+    /// file, and the session.
+    fn published(
+        tag: &str,
+        job: &str,
+        gcs: &str,
+    ) -> (std::path::PathBuf, std::path::PathBuf, Session) {
+        let dir = std::env::temp_dir().join(format!("rustray-{tag}-{}", std::process::id()));
+        let path = dir.join(job);
+        let mut s = Session::new_cluster(Config::new(), false).unwrap();
+        s.gcs = gcs.parse().unwrap();
+        publish(&path, &s).unwrap();
+        (dir, path, s)
+    }
+
     #[test]
     fn rendezvous_roundtrips_and_is_private() {
-        let dir = std::env::temp_dir().join(format!("rustray-rdv-{}", std::process::id()));
-        let path = dir.join("job-7.0");
-        let mut s = Session::new_cluster(Config::new(), false).unwrap();
-        s.gcs = "10.77.0.11:4242".parse().unwrap();
-        publish(&path, &s).unwrap();
+        let (dir, path, s) = published("rdv", "job-7.0", "10.77.0.11:4242");
         let back = await_rendezvous(&path, Duration::from_secs(1)).unwrap();
         assert_eq!(back.gcs, s.gcs);
         assert_eq!(back.cluster, s.cluster);
@@ -354,17 +366,16 @@ mod tests {
     /// error (one Slurm run failed so, its step cancelled).
     #[test]
     fn a_rendezvous_file_replaced_while_read_is_waited_for() {
-        let dir = std::env::temp_dir().join(format!("rustray-rdv-race-{}", std::process::id()));
-        let path = dir.join("job-9.0");
-        let mut s = Session::new_cluster(Config::new(), false).unwrap();
-        s.gcs = "10.77.0.11:4243".parse().unwrap();
-        publish(&path, &s).unwrap();
+        let (dir, path, s) = published("rdv-race", "job-9.0", "10.77.0.11:4243");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
             let (path, s, stop) = (path.clone(), s.clone(), stop.clone());
             std::thread::spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     publish(&path, &s).unwrap();
+                    // There between replacements, as a published file is:
+                    // a rank reading in a loop must find it in the end.
+                    std::thread::sleep(Duration::from_micros(200));
                 }
             })
         };
