@@ -102,7 +102,7 @@ pub fn put<T: Serialize + Send + 'static>(value: T) -> Result<ObjectRef<T>> {
     let (enc, refs) = core_worker::capturing(|| codec::encode_value(&value));
     let enc = enc?;
     let big = enc.len() > core_worker::INLINE_MAX;
-    let raw = cw.put_encoded(enc, refs)?;
+    let raw = cw.put_encoded(enc, refs, usize::MAX)?;
     // Freeing a large source buffer is not the caller's wait.
     if big && codec::is_pod_vec::<T>() {
         let _ = std::thread::Builder::new().spawn(move || drop(value));

@@ -558,21 +558,87 @@ fn test_a_task_run_on_its_connection_thread_has_a_main_threads_stack() {
 /// A task whose arguments by value, each under the inline bound, come to
 /// more than one message to a worker carries fails with an error saying
 /// so, rather than wait for a push that never goes; the owner goes on.
-fn test_a_task_too_large_to_send_fails() {
+/// `core::wide`: reads a count `n`, then `n` byte vectors; returns how many
+/// bytes they hold and the sum of their bytes (registered by hand: no
+/// signature has thousands of parameters).
+fn wide_invoke(
+    args: &mut rustray::__private::ArgReader<'_>,
+) -> rustray::Result<rustray::__private::Returns> {
+    let n: u64 = args.next()?;
+    let (mut len, mut sum) = (0u64, 0u64);
+    for _ in 0..n {
+        let v: Vec<u8> = args.next()?;
+        len += v.len() as u64;
+        sum += v.iter().map(|b| *b as u64).sum::<u64>();
+    }
+    let mut ret = rustray::__private::Returns::new();
+    ret.push(&(len, sum))?;
+    Ok(ret)
+}
+
+/// `core::many`: reads a count `n` and a size, and returns `n` byte
+/// vectors of that size, the `i`th filled with `i % 251`.
+fn many_invoke(
+    args: &mut rustray::__private::ArgReader<'_>,
+) -> rustray::Result<rustray::__private::Returns> {
+    let n: u64 = args.next()?;
+    let size: usize = args.next()?;
+    let mut ret = rustray::__private::Returns::new();
+    for i in 0..n {
+        ret.push(&vec![(i % 251) as u8; size])?;
+    }
+    Ok(ret)
+}
+
+rustray::__private::inventory::submit! {
+    rustray::__private::RemoteFunction { name: "core::wide", invoke: wide_invoke }
+}
+rustray::__private::inventory::submit! {
+    rustray::__private::RemoteFunction { name: "core::many", invoke: many_invoke }
+}
+
+/// 11,000 arguments of 100,000 bytes by value, 1.1 GB: past the 1 GiB one
+/// message carries. Those past what a push carries inline (Ray's
+/// `task_rpc_inlined_bytes_limit`) go through the store, and the task runs.
+fn test_a_task_with_arguments_past_one_message_runs() {
     common::cluster(2.0, None);
-    // 11,000 arguments of 100,000 bytes: 1.1 GB, past the 1 GiB a
-    // message carries.
-    let args: Vec<rustray::__private::Arg> = (0..11_000)
-        .map(|_| rustray::IntoArg::<Vec<u8>>::into_arg(vec![7u8; 100_000]))
-        .collect();
+    let (n, size) = (11_000u64, 100_000usize);
+    let mut args = vec![rustray::IntoArg::<u64>::into_arg(n)];
+    args.extend((0..n).map(|_| rustray::IntoArg::<Vec<u8>>::into_arg(vec![7u8; size])));
+    let opts = rustray::TaskOptions::new().max_retries(0);
+    let refs = rustray::__private::submit_task("core::wide", &opts, args, 1).expect("submitted");
+    let r = refs
+        .into_iter()
+        .next()
+        .expect("one result")
+        .typed::<(u64, u64)>();
+    let got = rustray::get_timeout(&r, Duration::from_secs(60)).expect("the task ran");
+    assert_eq!(got, (n * size as u64, 7 * n * size as u64));
+    assert_eq!(rustray::get(&inc::remote(1u64).unwrap()).unwrap(), 2);
+}
+
+/// A task returning 11,000 values of 100,000 bytes, 1.1 GB: its reply would
+/// be past one message (refused, its caller waiting forever) if they all
+/// travelled inline; those past the reply's inline bound go through the
+/// store, and every one reads back.
+fn test_a_task_with_results_past_one_message_returns_them() {
+    common::cluster(2.0, None);
+    let (n, size) = (11_000u64, 100_000usize);
+    let args = vec![
+        rustray::IntoArg::<u64>::into_arg(n),
+        rustray::IntoArg::<usize>::into_arg(size),
+    ];
     let opts = rustray::TaskOptions::new().max_retries(0);
     let refs =
-        rustray::__private::submit_task("core::too_large", &opts, args, 1).expect("submitted");
-    let r = refs.into_iter().next().expect("one result").typed::<u64>();
-    let e = rustray::get_timeout(&r, Duration::from_secs(60)).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
-    assert!(e.message().contains("core::too_large"), "{e}");
-    assert!(e.message().contains("one message carries"), "{e}");
+        rustray::__private::submit_task("core::many", &opts, args, n as usize).expect("submitted");
+    let refs: Vec<ObjectRef<Vec<u8>>> = refs.into_iter().map(|r| r.typed()).collect();
+    for i in [0, 1, 103, 104, 105, 5_000, n - 1] {
+        let v = rustray::get_timeout(&refs[i as usize], Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("result {i}: {e}"));
+        assert_eq!(v.len(), size, "result {i}");
+        assert!(v.iter().all(|b| *b == (i % 251) as u8), "result {i}");
+    }
+    drop(refs);
     assert_eq!(rustray::get(&inc::remote(1u64).unwrap()).unwrap(), 2);
 }
 
@@ -992,8 +1058,12 @@ fn main() {
         ),
         ("test_num_returns", test_num_returns),
         (
-            "test_a_task_too_large_to_send_fails",
-            test_a_task_too_large_to_send_fails,
+            "test_a_task_with_arguments_past_one_message_runs",
+            test_a_task_with_arguments_past_one_message_runs,
+        ),
+        (
+            "test_a_task_with_results_past_one_message_returns_them",
+            test_a_task_with_results_past_one_message_returns_them,
         ),
         ("test_task_panic_is_reported", test_task_panic_is_reported),
         ("test_get_wrong_type", test_get_wrong_type),

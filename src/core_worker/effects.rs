@@ -68,8 +68,10 @@ pub(crate) struct Push {
 
 impl Push {
     /// `spec` pushed to `worker` on `conn`; the task's error if it cannot
-    /// be encoded: larger than one message (each argument by value is
-    /// bounded, but not how many there are).
+    /// be encoded: larger than one message. Its arguments by value are
+    /// bounded together at submission (`TASK_INLINE_MAX`), but the values
+    /// of small objects passed by ref are copied in as they resolve, and
+    /// how many there are is not bounded.
     pub(crate) fn new(
         worker: WorkerId,
         conn: ConnId,
@@ -80,9 +82,9 @@ impl Push {
         let inline = inline_arg_bytes(spec);
         let encoded = if inline > transport::MAX_FRAME {
             Err(Error::invalid(format!(
-                "its arguments by value come to {inline} bytes, more than the {} one message \
-                 carries; pass fewer, larger values (one over {} bytes goes through the \
-                 object store once)",
+                "its arguments by value, with the small objects passed by ref copied in, come \
+                 to {inline} bytes, more than the {} one message carries; pass fewer, larger \
+                 objects (one over {} bytes is read from the object store)",
                 transport::MAX_FRAME,
                 super::INLINE_MAX
             )))

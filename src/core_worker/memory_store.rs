@@ -324,16 +324,19 @@ impl CoreWorker {
         }
     }
 
-    /// Stores an encoded value: inline when small, else in the arena. With
-    /// `keep_pin`, the block's write pin is kept (see `Entry::held_pin`).
+    /// Stores an encoded value: inline when small ([`INLINE_MAX`]) and
+    /// within `inline_room` (what its message may still carry inline, see
+    /// `TASK_INLINE_MAX`), else in the arena. With `keep_pin`, the block's
+    /// write pin is kept (see `Entry::held_pin`).
     pub(crate) fn store_value(
         &self,
         enc: codec::Encoded<'_>,
         owner: WorkerId,
         keep_pin: bool,
+        inline_room: usize,
     ) -> Result<Payload> {
         let len = enc.len();
-        if len <= INLINE_MAX {
+        if len <= INLINE_MAX.min(inline_room) {
             // A blob becomes the payload as it is, no copy. What its
             // encoding left spare goes back when it is much (a value just
             // past a doubling of the buffer); a put keeps its payload for

@@ -61,6 +61,13 @@ use std::time::{Duration, Instant};
 /// Values up to this size travel inline in messages instead of the store
 /// (Ray's `max_direct_call_object_size`).
 pub(crate) const INLINE_MAX: usize = 100 * 1024;
+/// The most bytes of values one task carries inline, its arguments by
+/// value in its push and its results in its reply (Ray's
+/// `task_rpc_inlined_bytes_limit`): past it, the rest go through the
+/// store however small, so that a task with thousands of small arguments
+/// or results still fits one message (and its owner's heap is not where a
+/// gigabyte of them lands).
+pub(crate) const TASK_INLINE_MAX: usize = 10 << 20;
 /// Bound on a request/reply exchange with a cluster process.
 pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a pull with no deadline of its own (a task's argument) waits

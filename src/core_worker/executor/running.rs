@@ -193,9 +193,23 @@ fn store_returns(cw: &Arc<CoreWorker>, spec: &TaskSpec, returns: Returns) -> Vec
     // (the owner of the result does not yet track nested refs).
     keep_forever(returns.refs);
     let mut out = Vec::with_capacity(returns.blobs.len());
+    // Small results travel in the reply until it carries its bound inline;
+    // the rest go through the store (a reply past one message could not be
+    // sent at all).
+    let mut inline_room = crate::core_worker::TASK_INLINE_MAX;
     for blob in returns.blobs {
-        match cw.store_value(codec::Encoded::Blob(blob), spec.id.owner, false) {
-            Ok(p) => out.push(p),
+        match cw.store_value(
+            codec::Encoded::Blob(blob),
+            spec.id.owner,
+            false,
+            inline_room,
+        ) {
+            Ok(p) => {
+                if let Payload::Inline(b) = &p {
+                    inline_room -= b.len();
+                }
+                out.push(p)
+            }
             // The raylet is gone (its connection is): this worker goes
             // with it rather than report the task failed, so the owner
             // retries the task elsewhere.

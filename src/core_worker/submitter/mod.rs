@@ -309,14 +309,16 @@ impl CoreWorker {
         let mut payloads = Vec::with_capacity(args.len());
         let mut keep = Vec::new();
         let mut dep_refs = Vec::new();
+        let mut inline_room = super::TASK_INLINE_MAX;
         for (i, a) in args.into_iter().enumerate() {
             match a {
                 PreparedArg::Value(blob, contained) => {
                     keep.extend(contained);
-                    if blob.len() > super::INLINE_MAX {
+                    if blob.len() > super::INLINE_MAX.min(inline_room) {
                         // Large by-value arguments go through the store once
-                        // rather than being copied into every message.
-                        match self.put_encoded(codec::Encoded::Blob(blob), Vec::new()) {
+                        // rather than being copied into every message, and
+                        // so do those past what one push carries inline.
+                        match self.put_encoded(codec::Encoded::Blob(blob), Vec::new(), 0) {
                             Ok(r) => {
                                 dep_refs.push((i, r.id));
                                 payloads.push(Payload::Inline(Vec::new()));
@@ -328,6 +330,7 @@ impl CoreWorker {
                             }
                         }
                     } else {
+                        inline_room -= blob.len();
                         payloads.push(Payload::Inline(blob));
                     }
                 }
@@ -409,16 +412,18 @@ impl CoreWorker {
         self.resolve_deps(st, id, deps, fx);
     }
 
-    /// Stores an already-encoded value as a new owned object.
+    /// Stores an already-encoded value as a new owned object, inline if
+    /// small and within `inline_room` (see `store_value`).
     pub(crate) fn put_encoded(
         self: &Arc<Self>,
         enc: codec::Encoded<'_>,
         contained: Vec<RawRef>,
+        inline_room: usize,
     ) -> Result<RawRef> {
         // The previous puts' idle write pins go back first: this put may
         // need their blocks spilled to fit.
         self.give_back_held_pins();
-        let payload = self.store_value(enc, self.id, true)?;
+        let payload = self.store_value(enc, self.id, true, inline_room)?;
         let stored = matches!(payload, Payload::Store { .. });
         let mut st = self.lock();
         let r = self.new_owned(&mut st, None);
