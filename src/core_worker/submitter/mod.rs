@@ -48,6 +48,7 @@ use crate::protocol::PeerMsg;
 use crate::scheduler::{ResourceSet, Spill};
 use crate::transport::{Payload, TaskSpec};
 use std::collections::HashMap;
+use std::mem::take;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -194,12 +195,38 @@ pub(crate) struct Submitter {
     /// Next node for a spread lease request (index into the live nodes).
     spread_next: usize,
     actors: IdMap<ActorId, ActorQueue>,
+    /// Finished tasks' records, kept for the next submissions (see
+    /// [`Submitter::keep_spare`]). The boxes are what is kept: each goes
+    /// back into `tasks` as it is.
+    #[allow(clippy::vec_box)]
+    spares: Vec<Box<TaskEntry>>,
 }
+
+/// How many finished tasks' records are kept for reuse: a pipeline's worth
+/// in flight (some 200 KB).
+const SPARES: usize = 512;
 
 impl Submitter {
     /// The workers leased to this process now.
     pub(crate) fn leased_workers(&self) -> impl Iterator<Item = WorkerId> + '_ {
         self.by_worker.keys().copied()
+    }
+
+    /// Keeps a finished task's record for a later submission, with the
+    /// room of its argument and result lists. Why: a record is made by the
+    /// submitting thread and let go by the connection thread that reads
+    /// its result, and the allocator serves that pattern slowly (each
+    /// thread frees what the other made: glibc's per-thread caches fill on
+    /// one side and run dry on the other). A kept record never crosses.
+    /// What it still holds goes when it is reused, as the new record is
+    /// written over it whole.
+    pub(super) fn keep_spare(&mut self, mut t: Box<TaskEntry>) {
+        if self.spares.len() < SPARES {
+            t.spec.args.clear();
+            t.spec.returns.clear();
+            t.retry_exceptions = None;
+            self.spares.push(t);
+        }
     }
 
     /// Puts actor call `task` at the back of its actor's queue.
@@ -350,11 +377,24 @@ impl CoreWorker {
         let refs: Vec<RawRef> = (0..num_returns)
             .map(|_| self.new_owned(&mut st, Some(id)))
             .collect();
+        // A finished task's record, and the room of its lists, if one is
+        // kept (see `Submitter::keep_spare`).
+        let mut spare = st.sub.spares.pop();
+        let (mut args, mut returns) = match spare.as_deref_mut() {
+            Some(t) => (take(&mut t.spec.args), take(&mut t.spec.returns)),
+            None => (Vec::new(), Vec::new()),
+        };
+        returns.extend(refs.iter().map(|r| r.id));
+        if args.capacity() < payloads.len() {
+            args = payloads;
+        } else {
+            args.append(&mut payloads);
+        }
         let spec = TaskSpec {
             id,
             function: function.into(),
-            args: payloads,
-            returns: refs.iter().map(|r| r.id).collect(),
+            args,
+            returns,
             actor,
             alone: false,
             max_calls: extra.max_calls,
@@ -381,13 +421,20 @@ impl CoreWorker {
             e.local += 1;
             Some(h.id)
         });
-        let entry = Box::new(TaskEntry {
+        let entry = TaskEntry {
             retries_left: max_retries,
             max_retries,
             retry_exceptions: extra.retry_exceptions,
             arg_ids: dep_refs,
             ..TaskEntry::waiting(spec, keep, handle, target)
-        });
+        };
+        let entry = match spare {
+            Some(mut b) => {
+                *b = entry;
+                b
+            }
+            None => Box::new(entry),
+        };
         self.enqueue(&mut st, id, entry, &mut fx);
         drop(st);
         self.apply(fx);

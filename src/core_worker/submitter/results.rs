@@ -168,7 +168,9 @@ impl CoreWorker {
             self.fail_returns(st, &t.spec, &e, fx);
         }
         self.release_handle(st, t.handle, fx);
-        fx.drops.extend(t.keep);
+        let mut t = t;
+        fx.drops.append(&mut t.keep);
+        st.sub.keep_spare(t);
     }
 
     /// Tasks whose worker on another node died with no retries left: they
