@@ -154,6 +154,12 @@ pub mod __private {
         use crate::core_worker::submitter::RESULTS_TAKEN_TOGETHER;
         RESULTS_TAKEN_TOGETHER.load(std::sync::atomic::Ordering::Relaxed)
     }
+    /// Task records this process reused from finished tasks, since it
+    /// started: for tests that check the owner keeps them.
+    pub fn task_records_reused() -> u64 {
+        use crate::core_worker::submitter::RECORDS_REUSED;
+        RECORDS_REUSED.load(std::sync::atomic::Ordering::Relaxed)
+    }
     /// This process's (sleeps waiting for values, housekeeping passes),
     /// since it started: for tests that check what wakes them.
     pub fn wake_counts() -> (u64, u64) {

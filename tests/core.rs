@@ -642,6 +642,18 @@ fn test_a_task_with_results_past_one_message_returns_them() {
     assert_eq!(rustray::get(&inc::remote(1u64).unwrap()).unwrap(), 2);
 }
 
+/// A finished task's record is kept for the next submission (the owner
+/// then allocates none for it, see `Submitter::keep_spare`).
+fn test_finished_tasks_records_are_reused() {
+    common::cluster(2.0, None);
+    let before = rustray::__private::task_records_reused();
+    for i in 0..10u64 {
+        assert_eq!(rustray::get(&inc::remote(i).unwrap()).unwrap(), i + 1);
+    }
+    let reused = rustray::__private::task_records_reused() - before;
+    assert!(reused >= 9, "{reused} of 10 submissions reused a record");
+}
+
 fn test_num_returns() {
     common::cluster(2.0, None);
     let (a, b) = split::remote(21u64).unwrap();
@@ -1057,6 +1069,10 @@ fn main() {
             test_a_task_run_on_its_connection_thread_has_a_main_threads_stack,
         ),
         ("test_num_returns", test_num_returns),
+        (
+            "test_finished_tasks_records_are_reused",
+            test_finished_tasks_records_are_reused,
+        ),
         (
             "test_a_task_with_arguments_past_one_message_runs",
             test_a_task_with_arguments_past_one_message_runs,

@@ -202,6 +202,11 @@ pub(crate) struct Submitter {
     spares: Vec<Box<TaskEntry>>,
 }
 
+/// Submissions that reused a finished task's record (see
+/// [`Submitter::keep_spare`]), counted for tests.
+pub(crate) static RECORDS_REUSED: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
 /// How many finished tasks' records are kept for reuse: a pipeline's worth
 /// in flight (some 200 KB).
 const SPARES: usize = 512;
@@ -431,6 +436,7 @@ impl CoreWorker {
         let entry = match spare {
             Some(mut b) => {
                 *b = entry;
+                RECORDS_REUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 b
             }
             None => Box::new(entry),
