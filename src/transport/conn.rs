@@ -323,7 +323,8 @@ impl Conn {
         bytes: &[u8],
         full: bool,
     ) -> Result<bool> {
-        if tail.len() + bytes.len() > MAX_OUTBOX {
+        // Measured before `bytes` join, as `defer` does.
+        if tail.len() > MAX_OUTBOX {
             crate::log::log!(
                 "{} left {} bytes unread: closing the connection",
                 stream.peer(),
@@ -460,10 +461,13 @@ impl Conn {
 
     /// Keeps `frame` for whoever holds the writer next (never waiting for
     /// it); past [`MAX_OUTBOX`] kept bytes the peer counts as not reading
-    /// and the connection is closed.
+    /// and the connection is closed. What is kept is measured before the
+    /// frame joins it, as in [`Conn::hold_frames`]: one frame larger than
+    /// the bound (up to [`MAX_FRAME`]) is kept whole, as it says nothing
+    /// of the peer.
     pub(super) fn defer(&self, frame: &[u8]) -> Result<bool> {
         let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
-        if d.len() + frame.len() > MAX_OUTBOX {
+        if d.len() > MAX_OUTBOX {
             drop(d);
             self.close();
             return Err(Error::unavailable(
@@ -707,6 +711,20 @@ mod tests {
         conn.send(&view(9)).unwrap();
         let mut r = b;
         reads_view(&mut r, 9);
+    }
+
+    /// One frame larger than the outbox's bound is kept whole (a push of
+    /// a few hundred MB, deferred while another thread writes, closed the
+    /// connection); what is kept past the bound then counts as a peer not
+    /// reading.
+    #[test]
+    fn one_frame_past_the_outbox_bound_is_kept() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let conn = Conn::new(&Stream::Unix(a)).unwrap();
+        let big = vec![0u8; MAX_OUTBOX + (44 << 20)];
+        assert!(!conn.defer(&big).unwrap());
+        let e = conn.defer(&[0u8; 16]).unwrap_err();
+        assert!(e.message().contains("stopped reading"), "{e}");
     }
 
     /// `n` requests written at once (then end of input) to a reader's
