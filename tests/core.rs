@@ -555,9 +555,6 @@ fn test_a_task_run_on_its_connection_thread_has_a_main_threads_stack() {
     panic!("`deep_stack` never ran on its connection thread in 5 rounds");
 }
 
-/// A task whose arguments by value, each under the inline bound, come to
-/// more than one message to a worker carries fails with an error saying
-/// so, rather than wait for a push that never goes; the owner goes on.
 /// `core::wide`: reads a count `n`, then `n` byte vectors; returns how many
 /// bytes they hold and the sum of their bytes (registered by hand: no
 /// signature has thousands of parameters).
@@ -614,6 +611,30 @@ fn test_a_task_with_arguments_past_one_message_runs() {
         .typed::<(u64, u64)>();
     let got = rustray::get_timeout(&r, Duration::from_secs(60)).expect("the task ran");
     assert_eq!(got, (n * size as u64, 7 * n * size as u64));
+    assert_eq!(rustray::get(&inc::remote(1u64).unwrap()).unwrap(), 2);
+}
+
+/// A task whose small objects passed by ref (their values copied into its
+/// push as they resolve) come to more than one message to a worker
+/// carries fails with an error saying so, rather than wait for a push
+/// that never goes; the owner goes on.
+fn test_a_task_whose_small_ref_arguments_pass_one_message_fails() {
+    common::cluster(2.0, None);
+    let n = 11_000u64;
+    let value = rustray::put(vec![7u8; 100_000]).unwrap();
+    let mut args = vec![rustray::IntoArg::<u64>::into_arg(n)];
+    args.extend((0..n).map(|_| rustray::IntoArg::<Vec<u8>>::into_arg(&value)));
+    let opts = rustray::TaskOptions::new().max_retries(0);
+    let refs = rustray::__private::submit_task("core::wide", &opts, args, 1).expect("submitted");
+    let r = refs
+        .into_iter()
+        .next()
+        .expect("one result")
+        .typed::<(u64, u64)>();
+    let e = rustray::get_timeout(&r, Duration::from_secs(60)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.message().contains("core::wide"), "{e}");
+    assert!(e.message().contains("one message carries"), "{e}");
     assert_eq!(rustray::get(&inc::remote(1u64).unwrap()).unwrap(), 2);
 }
 
@@ -1076,6 +1097,10 @@ fn main() {
         (
             "test_a_task_with_arguments_past_one_message_runs",
             test_a_task_with_arguments_past_one_message_runs,
+        ),
+        (
+            "test_a_task_whose_small_ref_arguments_pass_one_message_fails",
+            test_a_task_whose_small_ref_arguments_pass_one_message_fails,
         ),
         (
             "test_a_task_with_results_past_one_message_returns_them",

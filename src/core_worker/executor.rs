@@ -431,8 +431,26 @@ impl CoreWorker {
     }
 }
 
+/// `err` as each of the task's results. They travel inline in its reply,
+/// so together they stay within what a reply carries inline: a long
+/// message (a panic's, say) times thousands of results is cut to fit
+/// rather than make a reply too large to send.
 fn error_returns(spec: &TaskSpec, err: &Error) -> Vec<Payload> {
-    let blob = codec::encode_error(err);
+    let mut blob = codec::encode_error(err);
+    let room = crate::core_worker::TASK_INLINE_MAX / spec.returns.len().max(1);
+    if blob.len() > room {
+        let msg = err.message();
+        let cut = msg.floor_char_boundary(room.saturating_sub(256));
+        blob = codec::encode_error(&Error::new(
+            err.kind(),
+            format!(
+                "{}... (the last {} bytes of the message cut: it was repeated in each of {} results)",
+                &msg[..cut],
+                msg.len() - cut,
+                spec.returns.len()
+            ),
+        ));
+    }
     spec.returns
         .iter()
         .map(|_| Payload::Inline(blob.clone()))
@@ -551,5 +569,60 @@ mod tests {
         assert!(!exec.sleeping.load(SeqCst), "the flag is taken by the wake");
         exec.wake_main();
         assert_eq!(exec.pushed.load(SeqCst), 3, "every push is counted");
+    }
+
+    /// A task's error repeated in each of its results stays within what a
+    /// reply carries inline: a 100 KB panic message in 11,000 results
+    /// (1.1 GB, past one message: the reply could not be sent) is cut to
+    /// fit; a short one in a few results is kept whole.
+    #[test]
+    fn an_error_in_every_result_fits_one_reply() {
+        let returns = |n: u64| TaskSpec {
+            id: crate::ids::TaskId {
+                owner: WorkerId(0x0001_0000_0042),
+                seq: 1,
+            },
+            function: "f".into(),
+            args: Vec::new(),
+            returns: (0..n)
+                .map(|seq| crate::ids::ObjectId {
+                    owner: WorkerId(0x0001_0000_0042),
+                    seq,
+                })
+                .collect(),
+            actor: None,
+            alone: false,
+            max_calls: 0,
+            resources: Default::default(),
+            arg_copies: Vec::new(),
+            gpus: Vec::new(),
+        };
+        let long = Error::new(ErrorKind::TaskFailed, "é".repeat(50_000));
+        let out = error_returns(&returns(11_000), &long);
+        assert_eq!(out.len(), 11_000);
+        let bytes: usize = out
+            .iter()
+            .map(|p| match p {
+                Payload::Inline(b) => b.len(),
+                Payload::Store { .. } => panic!("an error travels inline"),
+            })
+            .sum();
+        assert!(
+            bytes <= crate::core_worker::TASK_INLINE_MAX,
+            "{bytes} bytes"
+        );
+        let Payload::Inline(b) = &out[0] else {
+            unreachable!()
+        };
+        let e = codec::parse(b).unwrap().error().expect("an error");
+        assert_eq!(e.kind(), ErrorKind::TaskFailed);
+        assert!(e.message().starts_with("éé"), "{e}");
+        assert!(e.message().contains("cut"), "{e}");
+        let short = Error::new(ErrorKind::TaskFailed, "boom");
+        let out = error_returns(&returns(3), &short);
+        let Payload::Inline(b) = &out[2] else {
+            unreachable!()
+        };
+        assert_eq!(codec::parse(b).unwrap().error().unwrap().message(), "boom");
     }
 }

@@ -19,7 +19,9 @@ use std::time::Duration;
 /// holds while it writes.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes [`Conn::try_send`] may keep for a peer that is not reading before
-/// the connection is closed as above.
+/// the connection is closed as above; one frame larger than this (up to
+/// [`MAX_FRAME`]) is kept when nothing else is, as it says nothing of the
+/// peer.
 const MAX_OUTBOX: usize = 256 << 20;
 
 /// Frames larger than this are a protocol error (a peer sending garbage).
@@ -323,13 +325,15 @@ impl Conn {
         bytes: &[u8],
         full: bool,
     ) -> Result<bool> {
-        // Measured before `bytes` join, as `defer` does.
-        if tail.len() > MAX_OUTBOX {
+        // One frame larger than the bound is kept when nothing else is, as
+        // `defer` does.
+        if !tail.is_empty() && tail.len() + bytes.len() > MAX_OUTBOX {
             crate::log::log!(
                 "{} left {} bytes unread: closing the connection",
                 stream.peer(),
                 tail.len()
             );
+            *tail = Vec::new();
             self.close();
             return Err(Error::unavailable(
                 "peer connection closed: the peer stopped reading",
@@ -461,13 +465,12 @@ impl Conn {
 
     /// Keeps `frame` for whoever holds the writer next (never waiting for
     /// it); past [`MAX_OUTBOX`] kept bytes the peer counts as not reading
-    /// and the connection is closed. What is kept is measured before the
-    /// frame joins it, as in [`Conn::hold_frames`]: one frame larger than
-    /// the bound (up to [`MAX_FRAME`]) is kept whole, as it says nothing
-    /// of the peer.
+    /// and the connection is closed (what it kept let go). One frame larger
+    /// than the bound is kept when nothing else is.
     pub(super) fn defer(&self, frame: &[u8]) -> Result<bool> {
         let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
-        if d.len() > MAX_OUTBOX {
+        if !d.is_empty() && d.len() + frame.len() > MAX_OUTBOX {
+            *d = Vec::new();
             drop(d);
             self.close();
             return Err(Error::unavailable(

@@ -210,6 +210,8 @@ pub(crate) static RECORDS_REUSED: std::sync::atomic::AtomicU64 =
 /// How many finished tasks' records are kept for reuse: a pipeline's worth
 /// in flight (some 200 KB).
 const SPARES: usize = 512;
+/// The longest argument or result list a kept record keeps the room of.
+const SPARE_ROOM: usize = 16;
 
 impl Submitter {
     /// The workers leased to this process now.
@@ -225,11 +227,21 @@ impl Submitter {
     /// one side and run dry on the other). A kept record never crosses.
     /// What it still holds goes when it is reused, as the new record is
     /// written over it whole.
+    /// A record whose lists grew past [`SPARE_ROOM`] is not kept: a spare
+    /// holds a kilobyte or so at most.
     pub(super) fn keep_spare(&mut self, mut t: Box<TaskEntry>) {
-        if self.spares.len() < SPARES {
+        if self.spares.len() < SPARES
+            && t.spec.args.capacity() <= SPARE_ROOM
+            && t.spec.returns.capacity() <= SPARE_ROOM
+        {
             t.spec.args.clear();
             t.spec.returns.clear();
             t.retry_exceptions = None;
+            t.keep = Vec::new();
+            t.deps = Vec::new();
+            t.arg_ids = Vec::new();
+            t.spec.arg_copies = Vec::new();
+            t.spec.gpus = Vec::new();
             self.spares.push(t);
         }
     }
@@ -313,8 +325,10 @@ impl CoreWorker {
     }
 
     /// Submits a task (or, with `actor`, an actor method call) and returns
-    /// refs to its results. Submission never blocks on the cluster: any
-    /// failure becomes the value of the returned refs.
+    /// refs to its results. Submission never waits for the task: only
+    /// arguments by value that go through the store wait for their blocks
+    /// (one raylet round trip each, bounded). Any failure becomes the value
+    /// of the returned refs.
     // The arguments are the task's, as each submitting API has them; a
     // struct for them would only be built here and taken apart below.
     #[allow(clippy::too_many_arguments)]

@@ -136,17 +136,26 @@ fn a_message_larger_than_a_frame_is_refused_and_nothing_is_sent() {
     reads_view(&mut r, 9);
 }
 
-/// One frame larger than the outbox's bound is kept whole (a push of
-/// a few hundred MB, deferred while another thread writes, closed the
-/// connection); what is kept past the bound then counts as a peer not
-/// reading.
+/// One frame larger than the outbox's bound is kept whole when nothing
+/// else is, deferred or kept by a send that never blocks (a push of a few
+/// hundred MB closed the connection); more on top of it counts as a peer
+/// not reading.
 #[test]
 fn one_frame_past_the_outbox_bound_is_kept() {
+    // Past the bound by more than the socket takes in.
+    let big = vec![0u8; MAX_OUTBOX + (8 << 20)];
     let (a, _b) = UnixStream::pair().unwrap();
     let conn = Conn::new(&Stream::Unix(a)).unwrap();
-    let big = vec![0u8; MAX_OUTBOX + (44 << 20)];
     assert!(!conn.defer(&big).unwrap());
     let e = conn.defer(&[0u8; 16]).unwrap_err();
+    assert!(e.message().contains("stopped reading"), "{e}");
+    let (a, _b) = UnixStream::pair().unwrap();
+    let conn = Conn::new(&Stream::Unix(a)).unwrap();
+    assert!(
+        !conn.try_send_frame(&big).unwrap(),
+        "kept: the peer reads nothing"
+    );
+    let e = conn.try_send_frame(&[0u8; 16]).unwrap_err();
     assert!(e.message().contains("stopped reading"), "{e}");
 }
 

@@ -189,8 +189,8 @@ fn first_lease(
     fx
 }
 
-/// A task whose push cannot fit one message (too many arguments by
-/// value) never goes in flight: it leaves the queue to fail with an error
+/// A task whose push cannot fit one message (too many small objects
+/// passed by ref, their values copied in) never goes in flight: it leaves the queue to fail with an error
 /// saying so, and the tasks behind it are pushed.
 #[test]
 fn a_task_too_large_to_push_fails_and_the_ones_behind_it_go() {
