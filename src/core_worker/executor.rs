@@ -440,7 +440,10 @@ fn error_returns(spec: &TaskSpec, err: &Error) -> Vec<Payload> {
     let room = crate::core_worker::TASK_INLINE_MAX / spec.returns.len().max(1);
     if blob.len() > room {
         let msg = err.message();
-        let cut = msg.floor_char_boundary(room.saturating_sub(256));
+        let mut cut = room.saturating_sub(256).min(msg.len());
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
         blob = codec::encode_error(&Error::new(
             err.kind(),
             format!(
