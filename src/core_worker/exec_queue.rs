@@ -49,6 +49,9 @@ pub(crate) enum Admit {
     Inline,
     /// Queued for the main thread (wake it).
     Queued,
+    /// Cancelled before it came (see `Queue::early_cancels`): answer it as
+    /// cancelled, unstarted.
+    Cancelled,
 }
 
 /// What a cancel found.
@@ -75,7 +78,16 @@ pub(crate) struct Queue<C> {
     /// The running task, the connection it came on, and whether it is an
     /// actor call.
     current: Option<(TaskId, C, bool)>,
+    /// Cancels of tasks not here, the latest [`EARLY_CANCELS`]: the owner
+    /// sends a cancel from whichever thread cancels, and it can overtake
+    /// the task's push, sent by another; the push, when it comes, is then
+    /// answered as cancelled instead of run. (A cancel of a task that
+    /// finished here is kept too, and never matched: task ids are unique.)
+    early_cancels: VecDeque<TaskId>,
 }
+
+/// How many cancels of tasks not (yet) here a worker remembers.
+const EARLY_CANCELS: usize = 64;
 
 impl<C> Default for Queue<C> {
     fn default() -> Self {
@@ -83,6 +95,7 @@ impl<C> Default for Queue<C> {
             items: VecDeque::new(),
             blocked: 0,
             current: None,
+            early_cancels: VecDeque::new(),
         }
     }
 }
@@ -103,6 +116,12 @@ impl<C: PeerHandle> Queue<C> {
         short: bool,
         more_input: impl FnOnce() -> bool,
     ) -> (Admit, Option<TaskSpec>) {
+        if !self.early_cancels.is_empty() {
+            if let Some(i) = self.early_cancels.iter().position(|t| *t == spec.id) {
+                self.early_cancels.remove(i);
+                return (Admit::Cancelled, Some(spec));
+            }
+        }
         if self.blocked > 0 && spec.actor.is_none() {
             return (Admit::HandBack, Some(spec));
         }
@@ -174,7 +193,14 @@ impl<C: PeerHandle> Queue<C> {
         }
         match &self.current {
             Some((t, _, false)) if *t == task => Cancelled::Running,
-            _ => Cancelled::Absent,
+            Some((t, ..)) if *t == task => Cancelled::Absent,
+            _ => {
+                if self.early_cancels.len() == EARLY_CANCELS {
+                    self.early_cancels.pop_front();
+                }
+                self.early_cancels.push_back(task);
+                Cancelled::Absent
+            }
         }
     }
 
@@ -466,6 +492,38 @@ mod tests {
         assert!(
             matches!(q.cancel(spec(2, true).id), Cancelled::Absent),
             "an actor call"
+        );
+    }
+
+    /// A cancel that overtook its task's push (sent by another thread of
+    /// the owner) is remembered: the push, when it comes, is answered as
+    /// cancelled, not run; others are admitted as before. The latest
+    /// `EARLY_CANCELS` are remembered.
+    #[test]
+    fn a_cancel_that_overtook_its_push_cancels_it_when_it_comes() {
+        let mut q: Queue<Peer> = Queue::default();
+        assert!(matches!(q.cancel(spec(5, false).id), Cancelled::Absent));
+        let (admit, back) = q.admit(spec(5, false), &Peer(1), true, || false);
+        assert_eq!(admit, Admit::Cancelled);
+        assert_eq!(back.map(|s| s.id.seq), Some(5));
+        assert!(q.current().is_none(), "it never started");
+        assert_eq!(
+            q.admit(spec(6, false), &Peer(1), true, || false).0,
+            Admit::Inline
+        );
+        q.finish();
+        for seq in 100..100 + EARLY_CANCELS as u64 + 1 {
+            q.cancel(spec(seq, false).id);
+        }
+        assert_eq!(
+            q.admit(spec(100, false), &Peer(1), true, || false).0,
+            Admit::Inline,
+            "the oldest is forgotten"
+        );
+        q.finish();
+        assert_eq!(
+            q.admit(spec(101, false), &Peer(1), true, || false).0,
+            Admit::Cancelled
         );
     }
 }

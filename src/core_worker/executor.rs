@@ -282,6 +282,7 @@ impl CoreWorker {
                 .lock()
                 .admit(spec, conn, short, crate::transport::more_input_pending);
         match (admit, spec) {
+            (Admit::Cancelled, Some(spec)) => answer_cancelled(conn, &spec),
             (Admit::HandBack, Some(spec)) => {
                 let _ = conn.send(&PeerMsg::TasksReturned {
                     tasks: vec![spec.id],
@@ -409,17 +410,7 @@ impl CoreWorker {
     pub(crate) fn exec_cancel(self: &Arc<Self>, conn: &Arc<Conn>, task: TaskId) {
         let found = self.exec.lock().cancel(task);
         if let Cancelled::Queued(spec) = found {
-            let err = Error::new(
-                ErrorKind::Cancelled,
-                format!("task `{}` was cancelled", spec.function),
-            );
-            let _ = conn.send(&PeerMsg::TaskDone {
-                task,
-                returns: error_returns(&spec, &err),
-                app_error: false,
-                exiting: false,
-                lost_args: Vec::new(),
-            });
+            answer_cancelled(conn, &spec);
         } else if let Cancelled::Running = found {
             // A running task cannot be interrupted safely from outside, so,
             // as Ray's force-cancel, the worker process ends; its owner
@@ -429,6 +420,21 @@ impl CoreWorker {
             std::process::exit(1);
         }
     }
+}
+
+/// Answers task `spec`, not started, as cancelled.
+fn answer_cancelled(conn: &Conn, spec: &TaskSpec) {
+    let err = Error::new(
+        ErrorKind::Cancelled,
+        format!("task `{}` was cancelled", spec.function),
+    );
+    let _ = conn.send(&PeerMsg::TaskDone {
+        task: spec.id,
+        returns: error_returns(spec, &err),
+        app_error: false,
+        exiting: false,
+        lost_args: Vec::new(),
+    });
 }
 
 /// `err` as each of the task's results. They travel inline in its reply,
