@@ -594,6 +594,14 @@ rustray::__private::inventory::submit! {
     rustray::__private::RemoteFunction { name: "core::many", invoke: many_invoke }
 }
 
+/// Runs `core::wide` on `args` (no retries), waiting up to 60 s.
+fn run_wide(args: Vec<rustray::__private::Arg>) -> rustray::Result<(u64, u64)> {
+    let opts = rustray::TaskOptions::new().max_retries(0);
+    let refs = rustray::__private::submit_task("core::wide", &opts, args, 1).expect("submitted");
+    let r = refs.into_iter().next().expect("one result").typed();
+    rustray::get_timeout(&r, Duration::from_secs(60))
+}
+
 /// 11,000 arguments of 100,000 bytes by value, 1.1 GB: past the 1 GiB one
 /// message carries. Those past what a push carries inline (Ray's
 /// `task_rpc_inlined_bytes_limit`) go through the store, and the task runs.
@@ -607,14 +615,7 @@ fn test_a_task_with_arguments_past_one_message_runs() {
     let (n, size) = (11_000u64, 100_000usize);
     let mut args = vec![rustray::IntoArg::<u64>::into_arg(n)];
     args.extend((0..n).map(|_| rustray::IntoArg::<Vec<u8>>::into_arg(vec![7u8; size])));
-    let opts = rustray::TaskOptions::new().max_retries(0);
-    let refs = rustray::__private::submit_task("core::wide", &opts, args, 1).expect("submitted");
-    let r = refs
-        .into_iter()
-        .next()
-        .expect("one result")
-        .typed::<(u64, u64)>();
-    let got = rustray::get_timeout(&r, Duration::from_secs(60)).expect("the task ran");
+    let got = run_wide(args).expect("the task ran");
     assert_eq!(got, (n * size as u64, 7 * n * size as u64));
     assert_eq!(rustray::get(&inc::remote(1u64).unwrap()).unwrap(), 2);
 }
@@ -629,14 +630,7 @@ fn test_a_task_whose_small_ref_arguments_pass_one_message_fails() {
     let value = rustray::put(vec![7u8; 100_000]).unwrap();
     let mut args = vec![rustray::IntoArg::<u64>::into_arg(n)];
     args.extend((0..n).map(|_| rustray::IntoArg::<Vec<u8>>::into_arg(&value)));
-    let opts = rustray::TaskOptions::new().max_retries(0);
-    let refs = rustray::__private::submit_task("core::wide", &opts, args, 1).expect("submitted");
-    let r = refs
-        .into_iter()
-        .next()
-        .expect("one result")
-        .typed::<(u64, u64)>();
-    let e = rustray::get_timeout(&r, Duration::from_secs(60)).unwrap_err();
+    let e = run_wide(args).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     assert!(e.message().contains("core::wide"), "{e}");
     assert!(e.message().contains("one message carries"), "{e}");
