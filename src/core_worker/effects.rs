@@ -51,9 +51,10 @@ pub(crate) struct Effects {
     /// Tasks whose worker on another node died, to fail once it is known
     /// whether the node went with it.
     pub(crate) worker_deaths: Vec<(TaskId, WorkerId, Error)>,
-    /// Tasks that can never be sent (their push does not fit one message),
-    /// taken out of the submitter's queues: they fail with the error.
-    pub(crate) unpushable: Vec<(TaskId, Error)>,
+    /// Tasks taken out of the submitter's queues to fail with the error:
+    /// they can never be sent (their push does not fit one message), or
+    /// were cancelled while their worker handed them back unstarted.
+    pub(crate) taken_out: Vec<(TaskId, Error)>,
 }
 
 /// A task pushed to a worker: its frame, encoded from the spec the owner
@@ -186,8 +187,8 @@ impl CoreWorker {
         for original in fx.unpins {
             self.unpin(&original);
         }
-        if !fx.unpushable.is_empty() {
-            self.fail_unpushable(fx.unpushable);
+        if !fx.taken_out.is_empty() {
+            self.fail_taken_out(fx.taken_out);
         }
         if !fx.worker_deaths.is_empty() {
             // Probing a node may take up to a connect timeout: not on the
@@ -302,6 +303,6 @@ impl Effects {
             && self.actors_out_of_scope.is_empty()
             && self.device_frees.is_empty()
             && self.worker_deaths.is_empty()
-            && self.unpushable.is_empty()
+            && self.taken_out.is_empty()
     }
 }

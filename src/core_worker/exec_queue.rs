@@ -82,7 +82,9 @@ pub(crate) struct Queue<C> {
     /// sends a cancel from whichever thread cancels, and it can overtake
     /// the task's push, sent by another; the push, when it comes, is then
     /// answered as cancelled instead of run. (A cancel of a task that
-    /// finished here is kept too, and never matched: task ids are unique.)
+    /// finished here, or was handed back, is kept too: a task id comes
+    /// again with a retry or a reconstruction, but the owner cancels only
+    /// a task marked cancelled, which it neither retries nor pushes again.)
     early_cancels: VecDeque<TaskId>,
 }
 
@@ -524,6 +526,15 @@ mod tests {
         assert_eq!(
             q.admit(spec(101, false), &Peer(1), true, || false).0,
             Admit::Cancelled
+        );
+        q.cancel(spec(200, false).id);
+        q.admit(spec(7, false), &Peer(1), false, || false);
+        q.next();
+        assert!(q.block().is_some(), "the running task blocks");
+        assert_eq!(
+            q.admit(spec(200, false), &Peer(1), false, || false).0,
+            Admit::Cancelled,
+            "answered, not handed back"
         );
     }
 }

@@ -422,13 +422,14 @@ impl CoreWorker {
     }
 }
 
-/// Answers task `spec`, not started, as cancelled.
-fn answer_cancelled(conn: &Conn, spec: &TaskSpec) {
+/// Answers task `spec`, not started, as cancelled. Posted: the reading
+/// thread that calls this must not block writing.
+fn answer_cancelled(conn: &Arc<Conn>, spec: &TaskSpec) {
     let err = Error::new(
         ErrorKind::Cancelled,
         format!("task `{}` was cancelled", spec.function),
     );
-    let _ = conn.send(&PeerMsg::TaskDone {
+    let _ = conn.post(&PeerMsg::TaskDone {
         task: spec.id,
         returns: error_returns(spec, &err),
         app_error: false,
@@ -459,6 +460,11 @@ fn error_returns(spec: &TaskSpec, err: &Error) -> Vec<Payload> {
                 spec.returns.len()
             ),
         ));
+        if blob.len() > room {
+            // Tens of thousands of results: the kind alone (a reply past
+            // one message takes millions).
+            blob = codec::encode_error(&Error::new(err.kind(), String::new()));
+        }
     }
     spec.returns
         .iter()

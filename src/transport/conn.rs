@@ -19,9 +19,9 @@ use std::time::Duration;
 /// holds while it writes.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes [`Conn::try_send`] may keep for a peer that is not reading before
-/// the connection is closed as above; one frame larger than this (up to
-/// [`MAX_FRAME`]) is kept when nothing else is, as it says nothing of the
-/// peer.
+/// the connection is closed as above. What is kept is measured before more
+/// joins it: one frame larger than this (up to [`MAX_FRAME`]) says nothing
+/// of the peer, and is kept.
 const MAX_OUTBOX: usize = 256 << 20;
 
 /// Frames larger than this are a protocol error (a peer sending garbage).
@@ -63,6 +63,8 @@ pub(crate) struct Conn {
     /// own, so a connection costs two descriptors, not three (the GCS of
     /// thousands of nodes counts them).
     shutdown_fd: std::os::fd::RawFd,
+    /// Closed by [`Conn::close`]: nothing more is kept for the peer.
+    closed: std::sync::atomic::AtomicBool,
     /// A [`Conn::post`] flusher thread runs for this connection.
     flushing: std::sync::atomic::AtomicBool,
     /// Set by [`Conn::expect_reply`], read (and cleared) by this
@@ -176,6 +178,7 @@ impl Conn {
             }),
             deferred: Mutex::new(Vec::new()),
             shutdown_fd,
+            closed: std::sync::atomic::AtomicBool::new(false),
             flushing: std::sync::atomic::AtomicBool::new(false),
             expect: Default::default(),
             waited: Default::default(),
@@ -277,16 +280,7 @@ impl Conn {
     /// sign of a peer that stopped reading: only a backlog already over
     /// [`MAX_OUTBOX`] is.
     pub(crate) fn hold_frames(&self, frames: &[u8]) -> Result<()> {
-        let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
-        if d.len() > MAX_OUTBOX {
-            drop(d);
-            self.close();
-            return Err(Error::unavailable(
-                "peer connection closed: the peer stopped reading",
-            ));
-        }
-        d.extend_from_slice(frames);
-        Ok(())
+        self.defer(frames).map(|_| ())
     }
 
     /// Sends one message without ever blocking: what the socket does not
@@ -306,28 +300,31 @@ impl Conn {
             }
         };
         w.frame(msg.wire())?;
-        let full = !w.tail.is_empty();
+        let kept = w.tail.len();
         self.take_deferred(&mut w);
         let Writer { stream, buf, tail } = &mut *w;
-        self.write_or_keep(stream, tail, buf, full)
+        self.write_or_keep(stream, tail, buf, kept)
     }
 
     /// Writes `bytes` after what is kept (`tail`) without blocking; what
     /// the socket does not take is kept. False when something was kept.
-    /// `full`: bytes were kept before (the socket had no room; a flusher
-    /// thread writes them), so these only join them. Otherwise `tail`
-    /// holds only frames deferred while another thread wrote, no sign of a
-    /// full socket: they go first, now.
+    /// `kept`: bytes were kept before (the socket had no room; a flusher
+    /// thread writes them), so these only join them; past [`MAX_OUTBOX`]
+    /// the peer counts as not reading. Otherwise `tail` holds only frames
+    /// deferred while another thread wrote, no sign of a full socket: they
+    /// go first, now.
     fn write_or_keep(
         &self,
         stream: &Stream,
         tail: &mut Vec<u8>,
         bytes: &[u8],
-        full: bool,
+        kept: usize,
     ) -> Result<bool> {
-        // One frame larger than the bound is kept when nothing else is, as
-        // `defer` does.
-        if !tail.is_empty() && tail.len() + bytes.len() > MAX_OUTBOX {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            *tail = Vec::new();
+            return Err(Error::unavailable("peer connection closed"));
+        }
+        if kept > MAX_OUTBOX {
             crate::log::log!(
                 "{} left {} bytes unread: closing the connection",
                 stream.peer(),
@@ -339,7 +336,7 @@ impl Conn {
                 "peer connection closed: the peer stopped reading",
             ));
         }
-        if full {
+        if kept > 0 {
             tail.extend_from_slice(bytes);
             return Ok(false);
         }
@@ -390,10 +387,10 @@ impl Conn {
                 return self.defer(frame);
             }
         };
-        let full = !w.tail.is_empty();
+        let kept = w.tail.len();
         self.take_deferred(&mut w);
         let Writer { stream, tail, .. } = &mut *w;
-        self.write_or_keep(stream, tail, frame, full)
+        self.write_or_keep(stream, tail, frame, kept)
     }
 
     /// After a non-blocking send: what it kept (`sent` false) goes out from
@@ -464,12 +461,12 @@ impl Conn {
     }
 
     /// Keeps `frame` for whoever holds the writer next (never waiting for
-    /// it); past [`MAX_OUTBOX`] kept bytes the peer counts as not reading
-    /// and the connection is closed (what it kept let go). One frame larger
-    /// than the bound is kept when nothing else is.
+    /// it); past [`MAX_OUTBOX`] kept bytes (before this frame joins them)
+    /// the peer counts as not reading and the connection is closed, what
+    /// it kept let go. Nothing is kept for a closed connection.
     pub(super) fn defer(&self, frame: &[u8]) -> Result<bool> {
         let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
-        if !d.is_empty() && d.len() + frame.len() > MAX_OUTBOX {
+        if d.len() > MAX_OUTBOX || self.closed.load(std::sync::atomic::Ordering::Acquire) {
             *d = Vec::new();
             drop(d);
             self.close();
@@ -491,6 +488,8 @@ impl Conn {
 
     /// Closes both directions; the peer's reader sees end-of-stream.
     pub(crate) fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         let _ = nix::sys::socket::shutdown(self.shutdown_fd, nix::sys::socket::Shutdown::Both);
     }
 }

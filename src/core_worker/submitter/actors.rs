@@ -56,7 +56,7 @@ impl Submitter {
     /// arguments are resolved and, for an actor running one call at a
     /// time, up to [`ACTOR_PIPELINE`] in flight; each counts as in flight
     /// from here. None without a connection to the actor. A call that
-    /// cannot be sent leaves the queue for `fx.unpushable` (it fails; the
+    /// cannot be sent leaves the queue for `fx.taken_out` (it fails; the
     /// ones after it go on).
     pub(super) fn next_actor_calls(&mut self, actor: ActorId, fx: &mut Effects) -> Vec<Push> {
         let mut out = Vec::new();
@@ -86,7 +86,7 @@ impl Submitter {
                     q.inflight.push(t);
                     out.push(push);
                 }
-                Err(err) => fx.unpushable.push((t, err)),
+                Err(err) => fx.taken_out.push((t, err)),
             }
         }
         out

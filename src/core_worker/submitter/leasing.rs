@@ -10,6 +10,7 @@
 
 use super::super::{Effects, Push};
 use super::{LeaseRequest, SchedKey, Status, Submitter};
+use crate::error::{Error, ErrorKind};
 use crate::ids::{LeaseId, TaskId, WorkerId};
 use crate::scheduler::Spill;
 use crate::transport::ConnId;
@@ -148,7 +149,7 @@ impl Submitter {
                     fx.pushes.push(push);
                 }
                 // Out of the queue, never in flight: it fails.
-                Err(e) => fx.unpushable.push((tid, e)),
+                Err(e) => fx.taken_out.push((tid, e)),
             }
         }
         // What the leases held will take as their results come back (a
@@ -309,45 +310,66 @@ impl Submitter {
 
     /// The lease's worker ends it (it exits: `max_calls` reached): the
     /// tasks still in flight on it never started and go back to the front
-    /// of their class's queue, in order.
-    pub(super) fn lease_ended_by_worker(&mut self, worker: WorkerId) {
+    /// of their class's queue, in order (those cancelled meanwhile fail).
+    pub(super) fn lease_ended_by_worker(&mut self, worker: WorkerId, fx: &mut Effects) {
         let Some(lid) = self.by_worker.remove(&worker) else {
             return;
         };
         let Some(l) = self.leases.remove(&lid) else {
             return;
         };
-        let cq = self.classes.entry(l.class.clone()).or_default();
-        cq.leases.retain(|x| *x != lid);
-        for t in l.inflight.iter().rev() {
-            if let Some(e) = self.tasks.get_mut(t) {
-                e.status = Status::Queued;
-                e.pushed = None;
-                cq.queue.push_front(*t);
-            }
-        }
+        self.classes
+            .entry(l.class.clone())
+            .or_default()
+            .leases
+            .retain(|x| *x != lid);
+        self.requeue_unstarted(&l.class, &l.inflight, fx);
     }
 
     /// The lease's worker blocked in `get`/`wait` and handed back `tasks`
     /// it had not started: the lease takes no more pushes until it
     /// unblocks, and those tasks go back to the front of their queue, in
-    /// order, to run elsewhere. Returns the class to dispatch.
-    pub(super) fn lease_blocked(&mut self, worker: WorkerId, tasks: &[TaskId]) -> Option<SchedKey> {
+    /// order, to run elsewhere (those cancelled meanwhile fail). Returns
+    /// the class to dispatch.
+    pub(super) fn lease_blocked(
+        &mut self,
+        worker: WorkerId,
+        tasks: &[TaskId],
+        fx: &mut Effects,
+    ) -> Option<SchedKey> {
         let l = self.leases.get_mut(self.by_worker.get(&worker)?)?;
         l.blocked = true;
         l.inflight.retain(|t| !tasks.contains(t));
         let class = l.class.clone();
-        for t in tasks.iter().rev() {
-            if let Some(e) = self.tasks.get_mut(t) {
-                e.status = Status::Queued;
-                self.classes
-                    .entry(class.clone())
-                    .or_default()
-                    .queue
-                    .push_front(*t);
-            }
-        }
+        self.requeue_unstarted(&class, tasks, fx);
         Some(class)
+    }
+
+    /// Puts `tasks`, pushed but never started, back at the front of
+    /// `class`'s queue, in order. One cancelled meanwhile (its cancel went
+    /// to a worker that no longer had it) fails instead: run elsewhere, it
+    /// would not be stopped.
+    fn requeue_unstarted(&mut self, class: &SchedKey, tasks: &[TaskId], fx: &mut Effects) {
+        for t in tasks.iter().rev() {
+            let Some(e) = self.tasks.get_mut(t) else {
+                continue;
+            };
+            if e.cancelled {
+                let err = Error::new(
+                    ErrorKind::Cancelled,
+                    format!("task `{}` was cancelled", e.spec.function),
+                );
+                fx.taken_out.push((*t, err));
+                continue;
+            }
+            e.status = Status::Queued;
+            e.pushed = None;
+            self.classes
+                .entry(class.clone())
+                .or_default()
+                .queue
+                .push_front(*t);
+        }
     }
 
     /// The lease's worker is running again: it takes pushes again.

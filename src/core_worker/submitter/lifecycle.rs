@@ -151,7 +151,7 @@ impl Submitter {
                 ended.dispatch = Some(class);
             }
             if report.exiting {
-                self.lease_ended_by_worker(from);
+                self.lease_ended_by_worker(from, fx);
             }
         }
         if report.args_lost && !t.cancelled {

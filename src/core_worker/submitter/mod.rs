@@ -208,7 +208,7 @@ pub(crate) static RECORDS_REUSED: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 
 /// How many finished tasks' records are kept for reuse: a pipeline's worth
-/// in flight (some 200 KB).
+/// in flight (up to about half a megabyte).
 const SPARES: usize = 512;
 /// The longest argument or result list a kept record keeps the room of.
 const SPARE_ROOM: usize = 16;
@@ -237,6 +237,9 @@ impl Submitter {
             t.spec.args.clear();
             t.spec.returns.clear();
             t.retry_exceptions = None;
+            // Its refs went to the effects: one dropped here, under the
+            // state lock, would take it again.
+            debug_assert!(t.keep.is_empty());
             t.keep = Vec::new();
             t.deps = Vec::new();
             t.arg_ids = Vec::new();
@@ -530,14 +533,16 @@ impl CoreWorker {
         fx.drops.extend(t.keep);
     }
 
-    /// Tasks that can never be sent (see `Effects::unpushable`) fail with
+    /// Tasks taken out of the queues (see `Effects::taken_out`) fail with
     /// their error, as any task that cannot run does: a `get` of their
     /// results reports it rather than wait for a push that never goes.
-    pub(crate) fn fail_unpushable(self: &Arc<Self>, tasks: Vec<(TaskId, Error)>) {
+    pub(crate) fn fail_taken_out(self: &Arc<Self>, tasks: Vec<(TaskId, Error)>) {
         let mut fx = Effects::default();
         let mut st = self.lock();
         for (id, err) in tasks {
-            log!("{err}");
+            if err.kind() != ErrorKind::Cancelled {
+                log!("{err}");
+            }
             self.finish_failed(&mut st, id, &err, &mut fx);
         }
         drop(st);

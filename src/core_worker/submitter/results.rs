@@ -243,7 +243,7 @@ impl CoreWorker {
     pub(crate) fn tasks_returned(self: &Arc<Self>, from: WorkerId, tasks: Vec<TaskId>) {
         let mut fx = Effects::default();
         let mut st = self.lock();
-        if let Some(class) = st.sub.lease_blocked(from, &tasks) {
+        if let Some(class) = st.sub.lease_blocked(from, &tasks, &mut fx) {
             self.dispatch(&mut st, &class, &mut fx);
         }
         drop(st);

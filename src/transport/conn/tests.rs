@@ -136,10 +136,10 @@ fn a_message_larger_than_a_frame_is_refused_and_nothing_is_sent() {
     reads_view(&mut r, 9);
 }
 
-/// One frame larger than the outbox's bound is kept whole when nothing
-/// else is, deferred or kept by a send that never blocks (a push of a few
-/// hundred MB closed the connection); more on top of it counts as a peer
-/// not reading.
+/// One frame larger than the outbox's bound is kept whole, deferred or
+/// kept by a send that never blocks (a push of a few hundred MB closed the
+/// connection); more on top of a backlog past the bound counts as a peer
+/// not reading, and a closed connection keeps nothing more.
 #[test]
 fn one_frame_past_the_outbox_bound_is_kept() {
     // Past the bound by more than the socket takes in.
@@ -147,15 +147,16 @@ fn one_frame_past_the_outbox_bound_is_kept() {
     let (a, _b) = UnixStream::pair().unwrap();
     let conn = Conn::new(&Stream::Unix(a)).unwrap();
     assert!(!conn.defer(&big).unwrap());
-    let e = conn.defer(&[0u8; 16]).unwrap_err();
+    // A send finding it deferred writes first: the peer just has not read
+    // yet, and nothing says it stopped.
+    assert!(!conn.try_send_frame(&[0u8; 16]).unwrap(), "kept behind it");
+    let e = conn.try_send_frame(&[0u8; 16]).unwrap_err();
     assert!(e.message().contains("stopped reading"), "{e}");
+    assert!(conn.defer(&[0u8; 16]).is_err(), "closed: nothing more kept");
     let (a, _b) = UnixStream::pair().unwrap();
     let conn = Conn::new(&Stream::Unix(a)).unwrap();
-    assert!(
-        !conn.try_send_frame(&big).unwrap(),
-        "kept: the peer reads nothing"
-    );
-    let e = conn.try_send_frame(&[0u8; 16]).unwrap_err();
+    assert!(!conn.defer(&big).unwrap());
+    let e = conn.defer(&[0u8; 16]).unwrap_err();
     assert!(e.message().contains("stopped reading"), "{e}");
 }
 

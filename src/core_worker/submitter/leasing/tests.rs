@@ -203,9 +203,9 @@ fn a_task_too_large_to_push_fails_and_the_ones_behind_it_go() {
     sub.tasks.get_mut(&tasks[0]).unwrap().spec.args = vec![huge];
     let worker = WorkerId::new(0, 4001);
     let fx = first_lease(&mut sub, &env, &class, worker, LeaseId::new(0, 2), now);
-    let failed: Vec<TaskId> = fx.unpushable.iter().map(|(t, _)| *t).collect();
+    let failed: Vec<TaskId> = fx.taken_out.iter().map(|(t, _)| *t).collect();
     assert_eq!(failed, vec![tasks[0]]);
-    let e = &fx.unpushable[0].1;
+    let e = &fx.taken_out[0].1;
     assert!(
         e.message().contains("cannot be sent") && e.message().contains("one message carries"),
         "{e}"
@@ -338,7 +338,9 @@ fn short_service_starts_pipelining_and_an_ended_lease_requeues_its_tasks() {
     sub.dispatch(&class, done, &env, &mut fx);
     let got: Vec<TaskId> = pushed(&fx).into_iter().map(|(_, _, t)| t).collect();
     assert_eq!(got, tasks[1..].to_vec(), "the rest at once, in order");
-    sub.lease_ended_by_worker(worker);
+    let mut fx = Effects::default();
+    sub.lease_ended_by_worker(worker, &mut fx);
+    assert!(fx.taken_out.is_empty());
     let queued: Vec<TaskId> = sub.classes[&class].queue.iter().copied().collect();
     assert_eq!(queued, tasks[1..].to_vec());
     assert!(sub.leases.is_empty() && sub.by_worker.is_empty());
@@ -360,7 +362,11 @@ fn a_blocked_lease_takes_no_pushes_until_it_unblocks() {
     let worker = WorkerId::new(0, 4005);
     let fx = first_lease(&mut sub, &env, &class, worker, LeaseId::new(0, 7), now);
     assert_eq!(pushed(&fx).len(), 4, "pipelined");
-    let c = sub.lease_blocked(worker, &tasks[1..]).expect("leased");
+    let mut fx = Effects::default();
+    let c = sub
+        .lease_blocked(worker, &tasks[1..], &mut fx)
+        .expect("leased");
+    assert!(fx.taken_out.is_empty());
     let queued: Vec<TaskId> = sub.classes[&c].queue.iter().copied().collect();
     assert_eq!(queued, tasks[1..].to_vec(), "handed back, in order");
     let mut fx = Effects::default();
@@ -377,6 +383,37 @@ fn a_blocked_lease_takes_no_pushes_until_it_unblocks() {
     assert_eq!((c, inflight), (class.clone(), tasks.clone()));
     assert!(sub.leases.is_empty() && sub.classes[&class].leases.is_empty());
     assert_eq!(sub.lease_unblocked(worker), None, "gone");
+}
+
+/// A task cancelled while its worker hands it back unstarted (the cancel
+/// reached a worker that no longer had it) fails instead of going back to
+/// the queue: run elsewhere, it would not be stopped. The others go back.
+/// So does one in flight on a worker ending its lease (`max_calls`).
+#[test]
+fn a_task_cancelled_as_it_is_handed_back_fails_rather_than_runs() {
+    let (env, class, now) = (env(), class(false), Instant::now());
+    let mut sub = Submitter::default();
+    let tasks = queue(&mut sub, &class, 4);
+    sub.classes.get_mut(&class).unwrap().service = Some(Duration::from_micros(10));
+    let worker = WorkerId::new(0, 4006);
+    let fx = first_lease(&mut sub, &env, &class, worker, LeaseId::new(0, 8), now);
+    assert_eq!(pushed(&fx).len(), 4, "pipelined");
+    sub.tasks.get_mut(&tasks[2]).unwrap().cancelled = true;
+    let mut fx = Effects::default();
+    sub.lease_blocked(worker, &tasks[1..3], &mut fx)
+        .expect("leased");
+    let failed: Vec<TaskId> = fx.taken_out.iter().map(|(t, _)| *t).collect();
+    assert_eq!(failed, vec![tasks[2]]);
+    assert_eq!(fx.taken_out[0].1.kind(), ErrorKind::Cancelled);
+    let queued: Vec<TaskId> = sub.classes[&class].queue.iter().copied().collect();
+    assert_eq!(queued, vec![tasks[1]]);
+    sub.tasks.get_mut(&tasks[3]).unwrap().cancelled = true;
+    let mut fx = Effects::default();
+    sub.lease_ended_by_worker(worker, &mut fx);
+    let failed: Vec<TaskId> = fx.taken_out.iter().map(|(t, _)| *t).collect();
+    assert_eq!(failed, vec![tasks[3]]);
+    let queued: Vec<TaskId> = sub.classes[&class].queue.iter().copied().collect();
+    assert_eq!(queued, vec![tasks[0], tasks[1]]);
 }
 
 /// A grant nobody waits for goes back at once; one whose worker could

@@ -469,7 +469,7 @@ fn an_actor_call_too_large_to_send_fails_and_the_rest_go() {
         .map(|p| spec_of(p).id)
         .collect();
     assert_eq!(sent, vec![calls[0], calls[2]]);
-    let failed: Vec<TaskId> = fx.unpushable.iter().map(|(t, _)| *t).collect();
+    let failed: Vec<TaskId> = fx.taken_out.iter().map(|(t, _)| *t).collect();
     assert_eq!(failed, vec![calls[1]]);
     assert!(!sub.actors[&actor].inflight.contains(&calls[1]));
 }
