@@ -136,6 +136,14 @@ impl Error {
     pub(crate) fn invalid(what: impl Into<String>) -> Error {
         Error::new(ErrorKind::InvalidArgument, what)
     }
+
+    /// The error of task `function`, cancelled (Ray's `TaskCancelledError`).
+    pub(crate) fn cancelled(function: &str) -> Error {
+        Error::new(
+            ErrorKind::Cancelled,
+            format!("task `{function}` was cancelled"),
+        )
+    }
 }
 
 impl fmt::Display for Error {

@@ -425,10 +425,7 @@ impl CoreWorker {
 /// Answers task `spec`, not started, as cancelled. Posted: the reading
 /// thread that calls this must not block writing.
 fn answer_cancelled(conn: &Arc<Conn>, spec: &TaskSpec) {
-    let err = Error::new(
-        ErrorKind::Cancelled,
-        format!("task `{}` was cancelled", spec.function),
-    );
+    let err = Error::cancelled(&spec.function);
     let _ = conn.post(&PeerMsg::TaskDone {
         task: spec.id,
         returns: error_returns(spec, &err),

@@ -10,7 +10,7 @@
 
 use super::super::{Effects, Push};
 use super::{LeaseRequest, SchedKey, Status, Submitter};
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::ids::{LeaseId, TaskId, WorkerId};
 use crate::scheduler::Spill;
 use crate::transport::ConnId;
@@ -355,10 +355,7 @@ impl Submitter {
                 continue;
             };
             if e.cancelled {
-                let err = Error::new(
-                    ErrorKind::Cancelled,
-                    format!("task `{}` was cancelled", e.spec.function),
-                );
+                let err = Error::cancelled(&e.spec.function);
                 fx.taken_out.push((*t, err));
                 continue;
             }

@@ -214,10 +214,7 @@ impl Submitter {
                     continue;
                 };
                 if e.cancelled {
-                    let err = Error::new(
-                        ErrorKind::Cancelled,
-                        format!("task `{}` was cancelled", e.spec.function),
-                    );
+                    let err = Error::cancelled(&e.spec.function);
                     lost.fail.push((*t, err));
                 } else if e.retries_left > 0 {
                     spend_retry(e);
@@ -395,10 +392,7 @@ impl Submitter {
         let Some(t) = self.tasks.get_mut(&task) else {
             return Cancel::Unknown;
         };
-        let err = Error::new(
-            ErrorKind::Cancelled,
-            format!("task `{}` was cancelled", t.spec.function),
-        );
+        let err = Error::cancelled(&t.spec.function);
         match t.status {
             Status::WaitingDeps | Status::Queued => {
                 if let Some(cq) = t.key.as_ref().and_then(|k| self.classes.get_mut(k)) {

@@ -4,6 +4,7 @@
 
 use super::super::{Target, TaskEntry};
 use super::*;
+use crate::error::ErrorKind;
 use crate::protocol::PeerMsg;
 use crate::resources::ResourceSet;
 use crate::transport::TaskSpec;
