@@ -80,7 +80,6 @@ pub(crate) fn step_env<C: Communicator>(comm: &C) -> Result<SlurmEnv> {
     let mut env = slurm.unwrap_or_else(|| SlurmEnv {
         job: format!("mpi-{}", std::process::id()),
         step: "0".into(),
-        restart: 0,
         rank,
         node_index,
         local_rank,

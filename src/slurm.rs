@@ -11,8 +11,8 @@
 //! advertises its
 //! own non-loopback address (a hostname that resolves to 127.0.0.1 is
 //! ignored), ports are picked by the OS, and the GCS's address reaches the
-//! other ranks through a file named after the job and step (and, for a
-//! requeued job, its restart count), readable by the user alone, in a directory on the shared filesystem
+//! other ranks through a file named after the job and step, readable by the
+//! user alone, in a directory on the shared filesystem
 //! (`$RUSTRAY_RENDEZVOUS_DIR`, default `$HOME/.rustray/jobs`): two jobs, or
 //! two steps of one job, never see each other's clusters.
 
@@ -29,9 +29,6 @@ const MEMORY: &str = "memory";
 pub(crate) struct SlurmEnv {
     pub(crate) job: String,
     pub(crate) step: String,
-    /// How many times Slurm requeued the job (`SLURM_RESTART_COUNT`): a
-    /// requeued job runs again under the same job and step ids.
-    pub(crate) restart: u32,
     /// Global rank of this task.
     pub(crate) rank: u32,
     /// Index of this node in the step.
@@ -120,7 +117,6 @@ impl SlurmEnv {
         Ok(Some(SlurmEnv {
             job,
             step: v.text("SLURM_STEP_ID").unwrap_or_else(|| "batch".into()),
-            restart: v.num("SLURM_RESTART_COUNT")?.unwrap_or(0),
             rank,
             node_index,
             local_rank: v.num("SLURM_LOCALID")?.unwrap_or(0),
@@ -157,16 +153,9 @@ impl SlurmEnv {
         config
     }
 
-    /// The rendezvous file of this job step. A requeued job's run has
-    /// its own: the file of the run before it, left where that run's
-    /// rank 0 died, is not read before this run's rank 0 replaces it (its
-    /// ranks would join a cluster that is gone).
+    /// The rendezvous file of this job step.
     pub(crate) fn rendezvous(&self) -> PathBuf {
-        let name = match self.restart {
-            0 => format!("job-{}.{}", self.job, self.step),
-            r => format!("job-{}.{}.restart{r}", self.job, self.step),
-        };
-        rendezvous_dir().join(name)
+        rendezvous_dir().join(format!("job-{}.{}", self.job, self.step))
     }
 }
 
@@ -273,24 +262,6 @@ mod tests {
             (5, 2, 1, 4, 8)
         );
         assert!(e.rendezvous().ends_with("job-42.3"));
-        // A requeued run of the job: a file of its own.
-        let requeued = env(&[
-            ("SLURM_JOB_ID", "42"),
-            ("SLURM_STEP_ID", "3"),
-            ("SLURM_PROCID", "0"),
-            ("SLURM_NODEID", "0"),
-            ("SLURM_RESTART_COUNT", "2"),
-        ])
-        .unwrap()
-        .expect("a Slurm step");
-        assert!(requeued.rendezvous().ends_with("job-42.3.restart2"));
-        assert!(env(&[
-            ("SLURM_JOB_ID", "42"),
-            ("SLURM_PROCID", "0"),
-            ("SLURM_NODEID", "0"),
-            ("SLURM_RESTART_COUNT", "x"),
-        ])
-        .is_err());
         let r = e.node_config(Config::new()).node_resources().unwrap();
         assert_eq!(r.get("CPU"), 32.0);
         assert_eq!(r.get("GPU"), 4.0);
