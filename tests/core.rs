@@ -52,9 +52,9 @@ fn split(x: u64) -> (u64, String) {
     (x * 2, format!("n={x}"))
 }
 
-#[rustray::remote(num_returns = 2)]
-fn small_then_large(small: usize, large: usize) -> (Vec<u8>, Vec<u8>) {
-    (vec![7u8; small], vec![9u8; large])
+#[rustray::remote(num_returns = 3)]
+fn large_between(small: usize, large: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    (vec![7u8; small], vec![9u8; large], vec![8u8; small])
 }
 
 #[rustray::remote]
@@ -754,10 +754,10 @@ fn test_object_too_large_and_store_full() {
 }
 
 /// A task whose second result cannot be stored (larger than the whole
-/// store): that result is the error, the first keeps its value, and the
-/// first's block is freed with its ref. Before, the error replaced both,
-/// and the first's block, which only its owner may free, stayed in the
-/// store until the driver exited.
+/// store): that result is the error, the first and third keep their
+/// values, and their blocks are freed with their refs. Before, the error
+/// replaced all three, and the first's block, which only its owner may
+/// free, stayed in the store until the driver exited.
 fn test_a_result_that_cannot_be_stored_fails_alone() {
     if common::launched() {
         // Needs its own 8 MiB store; a launched cluster has the launcher's.
@@ -766,22 +766,24 @@ fn test_a_result_that_cannot_be_stored_fails_alone() {
     common::cluster(2.0, Some(8 << 20));
     let used = || rustray::store_stats().expect("store stats").used_bytes;
     let before = used();
-    let (a, b) = small_then_large::remote(1usize << 20, 16usize << 20).unwrap();
+    let (a, b, c) = large_between::remote(1usize << 20, 16usize << 20).unwrap();
     let e = rustray::get(&b).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ObjectTooLarge, "{e}");
     let v = rustray::get(&a).expect("the result stored before the failure keeps its value");
     assert!(v.len() == 1 << 20 && v.iter().all(|x| *x == 7));
+    let w = rustray::get(&c).expect("the result after the failure is stored too");
+    assert!(w.len() == 1 << 20 && w.iter().all(|x| *x == 8));
     assert!(
-        used() >= before + (1 << 20),
-        "the first result is in the store"
+        used() >= before + (2 << 20),
+        "the first and third results are in the store"
     );
-    drop((a, b, v));
+    drop((a, b, c, v, w));
     // (The free travels to the raylet after the drop returns.)
     let deadline = Instant::now() + Duration::from_secs(10);
     while used() > before {
         assert!(
             Instant::now() < deadline,
-            "the first result's block was not freed: {} bytes used, {before} before",
+            "the results' blocks were not freed: {} bytes used, {before} before",
             used()
         );
         std::thread::sleep(Duration::from_millis(10));

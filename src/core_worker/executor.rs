@@ -440,6 +440,16 @@ fn answer_cancelled(conn: &Arc<Conn>, spec: &TaskSpec) {
 /// message (a panic's, say) times thousands of results is cut to fit
 /// rather than make a reply too large to send.
 fn error_returns(spec: &TaskSpec, err: &Error) -> Vec<Payload> {
+    let blob = error_blob(spec, err);
+    spec.returns
+        .iter()
+        .map(|_| Payload::Inline(blob.clone()))
+        .collect()
+}
+
+/// `err` encoded as the value of one of `spec`'s results, cut so that
+/// one in each of them still fits a reply's inline bound.
+fn error_blob(spec: &TaskSpec, err: &Error) -> Vec<u8> {
     let mut blob = codec::encode_error(err);
     let room = crate::core_worker::TASK_INLINE_MAX / spec.returns.len().max(1);
     if blob.len() > room {
@@ -463,10 +473,7 @@ fn error_returns(spec: &TaskSpec, err: &Error) -> Vec<Payload> {
             blob = codec::encode_error(&Error::new(err.kind(), String::new()));
         }
     }
-    spec.returns
-        .iter()
-        .map(|_| Payload::Inline(blob.clone()))
-        .collect()
+    blob
 }
 
 /// Entry point of a worker process: serve tasks until the raylet goes away.

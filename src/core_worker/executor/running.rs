@@ -6,7 +6,7 @@
 //! and when a task runs; this is what running it is.
 
 use super::output::{exit_flushing_output, hold_if_exiting};
-use super::{error_returns, CoreWorker, SharedActor};
+use super::{error_blob, error_returns, CoreWorker, SharedActor};
 use crate::codec;
 use crate::core_worker::function_manager::{registry_actor, registry_function, ArgReader, Returns};
 use crate::error::{Error, ErrorKind, Result};
@@ -197,7 +197,6 @@ fn store_returns(cw: &Arc<CoreWorker>, spec: &TaskSpec, returns: Returns) -> Vec
     // the rest go through the store (a reply past one message could not be
     // sent at all).
     let mut inline_room = crate::core_worker::TASK_INLINE_MAX;
-    let n = returns.blobs.len();
     for blob in returns.blobs {
         match cw.store_value(
             codec::Encoded::Blob(blob),
@@ -218,18 +217,13 @@ fn store_returns(cw: &Arc<CoreWorker>, spec: &TaskSpec, returns: Returns) -> Vec
                 log!("cannot store a result ({e}); worker exiting");
                 exit_flushing_output(0);
             }
-            // This result and those after it carry the error; those
-            // already stored keep their values. Their blocks belong to
-            // the owner, which alone may free them (the raylet refuses
-            // this worker's free of them): reported as values, they are
-            // freed with their refs, where an error in their place left
-            // them in the store until the owner exited.
-            Err(e) => {
-                let stored = out.len();
-                out.extend(error_returns(spec, &e).into_iter().skip(stored));
-                debug_assert_eq!(out.len(), n);
-                return out;
-            }
+            // This result carries the error; the others keep their
+            // values. Those stored are in blocks that belong to the owner,
+            // which alone may free them (the raylet refuses this worker's
+            // free of them): reported as values, they are freed with their
+            // refs, where an error in their place left them in the store
+            // until the owner exited.
+            Err(e) => out.push(Payload::Inline(error_blob(spec, &e))),
         }
     }
     out
