@@ -1,0 +1,126 @@
+//! Objects: type checks, a store too small or full, results that cannot be
+//! stored, zero-copy reads, refs inside values.
+
+use super::*;
+
+pub(super) fn test_get_wrong_type() {
+    common::cluster(2.0, None);
+    let r = rustray::put(5u32).unwrap();
+    let wrong: ObjectRef<String> = serde_roundtrip_retype(&r);
+    let e = rustray::get(&wrong).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TypeMismatch);
+    assert!(e.message().contains("u32"), "{e}");
+    assert_eq!(rustray::get(&r).unwrap(), 5);
+}
+
+/// Reinterprets a ref as another type the way a program could by mistake
+/// (through its own serialization), to exercise the runtime type check.
+pub(super) fn serde_roundtrip_retype<A, B>(r: &ObjectRef<A>) -> ObjectRef<B> {
+    let cfg = bincode::config::standard();
+    let bytes = bincode::serde::encode_to_vec(r, cfg).unwrap();
+    bincode::serde::decode_from_slice(&bytes, cfg).unwrap().0
+}
+
+pub(super) fn test_object_too_large_and_store_full() {
+    if common::launched() {
+        // Needs its own 8 MiB store; a launched cluster has the launcher's.
+        return;
+    }
+    common::cluster(2.0, Some(8 << 20));
+    let e = rustray::put(vec![0u8; 16 << 20]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ObjectTooLarge, "{e}");
+    // A full store spills (tests/spill.rs); one whose every object is in
+    // use cannot.
+    let a = rustray::put(vec![1u8; 5 << 20]).unwrap();
+    let view = rustray::get_view(&a).unwrap();
+    let e = rustray::put(vec![2u8; 5 << 20]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::StoreFull, "{e}");
+    // dropping the only ref frees the space
+    drop(view);
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match rustray::put(vec![3u8; 5 << 20]) {
+            Ok(r) => {
+                assert_eq!(rustray::get_view(&r).unwrap()[123], 3);
+                assert_eq!(rustray::store_stats().unwrap().spilled_objects, 0);
+                break;
+            }
+            Err(e) if Instant::now() < deadline && e.kind() == ErrorKind::StoreFull => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("store space was not freed: {e}"),
+        }
+    }
+}
+
+/// A task whose second result cannot be stored (larger than the whole
+/// store): that result is the error, the first and third keep their
+/// values, and their blocks are freed with their refs. Before, the error
+/// replaced all three, and the first's block, which only its owner may
+/// free, stayed in the store until the driver exited.
+pub(super) fn test_a_result_that_cannot_be_stored_fails_alone() {
+    if common::launched() {
+        // Needs its own 8 MiB store; a launched cluster has the launcher's.
+        return;
+    }
+    common::cluster(2.0, Some(8 << 20));
+    let used = || rustray::store_stats().expect("store stats").used_bytes;
+    let before = used();
+    let (a, b, c) = large_between::remote(1usize << 20, 16usize << 20).unwrap();
+    let e = rustray::get(&b).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ObjectTooLarge, "{e}");
+    let v = rustray::get(&a).expect("the result stored before the failure keeps its value");
+    assert!(v.len() == 1 << 20 && v.iter().all(|x| *x == 7));
+    let w = rustray::get(&c).expect("the result after the failure is stored too");
+    assert!(w.len() == 1 << 20 && w.iter().all(|x| *x == 8));
+    assert!(
+        used() >= before + (2 << 20),
+        "the first and third results are in the store"
+    );
+    drop((a, b, c, v, w));
+    // (The free travels to the raylet after the drop returns.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while used() > before {
+        assert!(
+            Instant::now() < deadline,
+            "the results' blocks were not freed: {} bytes used, {before} before",
+            used()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub(super) fn test_large_objects_zero_copy() {
+    common::cluster(2.0, Some(256 << 20));
+    let data: Vec<f64> = (0..4_000_000).map(|i| i as f64).collect();
+    let r = rustray::put(data).unwrap();
+    let v1 = rustray::get_view(&r).unwrap();
+    let v2 = rustray::get_view(&r).unwrap();
+    assert_eq!(v1.len(), 4_000_000);
+    assert_eq!(v1[3_999_999], 3_999_999.0);
+    // both views are the same shared memory: no copy was made
+    assert_eq!(v1.as_ptr(), v2.as_ptr());
+    assert_eq!(v1.as_ptr() as usize % 64, 0);
+    let owned: Vec<f64> = rustray::get(&r).unwrap();
+    assert_eq!(owned[12345], 12345.0);
+    // a task receives the large argument through the store
+    let s = add::remote(&r, vec![1.0; 4_000_000]).unwrap();
+    assert_eq!(rustray::get_view(&s).unwrap()[10], 11.0);
+}
+
+pub(super) fn test_refs_inside_values() {
+    common::cluster(2.0, None);
+    let inner = rustray::put(vec![7u8; 300_000]).unwrap();
+    let b = Boxed {
+        label: "x".into(),
+        inner: inner.clone(),
+    };
+    drop(inner);
+    let r = sum_boxed::remote(b).unwrap();
+    assert_eq!(rustray::get(&r).unwrap(), ("x".to_string(), 7 * 300_000));
+    // a ref created and owned by a worker, returned inside a value
+    let outer = make_inner::remote(4u64).unwrap();
+    let inner: ObjectRef<u64> = rustray::get(&outer).unwrap();
+    assert_eq!(rustray::get(&inner).unwrap(), 40);
+}
