@@ -81,23 +81,15 @@ pub(crate) struct Queue<C> {
     /// Cancels of tasks not here, the latest [`EARLY_CANCELS`]: the owner
     /// sends a cancel from whichever thread cancels, and it can overtake
     /// the task's push, sent by another; the push, when it comes, is then
-    /// answered as cancelled instead of run. (A cancel of a task handed
-    /// back is kept too: the owner fails a task cancelled as it comes
-    /// back, and pushes none again.)
+    /// answered as cancelled instead of run. (A cancel of a task that
+    /// finished here, or was handed back, is kept too: a task id comes
+    /// again with a retry or a reconstruction, but the owner cancels only
+    /// a task marked cancelled, which it neither retries nor pushes again.)
     early_cancels: VecDeque<TaskId>,
-    /// The tasks that ended here latest, [`RECENT_ENDS`] of them: a cancel
-    /// of one came too late, and is not kept as early. The same task id
-    /// comes again when the owner remakes a lost result (its lineage is
-    /// kept whether or not a late cancel reached the run that made it),
-    /// and must then run.
-    recent_ends: VecDeque<TaskId>,
 }
 
 /// How many cancels of tasks not (yet) here a worker remembers.
 const EARLY_CANCELS: usize = 64;
-/// How many of the tasks that ended here a worker remembers (a cancel
-/// comes too late for one by about a round trip to its owner).
-const RECENT_ENDS: usize = 256;
 
 impl<C> Default for Queue<C> {
     fn default() -> Self {
@@ -106,7 +98,6 @@ impl<C> Default for Queue<C> {
             blocked: 0,
             current: None,
             early_cancels: VecDeque::new(),
-            recent_ends: VecDeque::new(),
         }
     }
 }
@@ -182,12 +173,7 @@ impl<C: PeerHandle> Queue<C> {
 
     /// The running task ended; true when more waits in the queue.
     pub(crate) fn finish(&mut self) -> bool {
-        if let Some((t, ..)) = self.current.take() {
-            if self.recent_ends.len() == RECENT_ENDS {
-                self.recent_ends.pop_front();
-            }
-            self.recent_ends.push_back(t);
-        }
+        self.current = None;
         !self.items.is_empty()
     }
 
@@ -210,7 +196,6 @@ impl<C: PeerHandle> Queue<C> {
         match &self.current {
             Some((t, _, false)) if *t == task => Cancelled::Running,
             Some((t, ..)) if *t == task => Cancelled::Absent,
-            _ if self.recent_ends.contains(&task) => Cancelled::Absent,
             _ => {
                 if self.early_cancels.len() == EARLY_CANCELS {
                     self.early_cancels.pop_front();
@@ -550,40 +535,6 @@ mod tests {
             q.admit(spec(200, false), &Peer(1), false, || false).0,
             Admit::Cancelled,
             "answered, not handed back"
-        );
-    }
-
-    /// A cancel that came after its task ended here is not kept: the
-    /// owner pushes the same task again to remake a lost result, and that
-    /// run goes ahead. Only the latest `RECENT_ENDS` ends are known.
-    #[test]
-    fn a_cancel_after_its_task_ended_does_not_cancel_it_when_it_comes_again() {
-        let mut q: Queue<Peer> = Queue::default();
-        assert_eq!(
-            q.admit(spec(5, false), &Peer(1), true, || false).0,
-            Admit::Inline
-        );
-        q.finish();
-        assert!(matches!(q.cancel(spec(5, false).id), Cancelled::Absent));
-        assert_eq!(
-            q.admit(spec(5, false), &Peer(1), true, || false).0,
-            Admit::Inline,
-            "the remaking run goes ahead"
-        );
-        q.finish();
-        // Queued and run by the main thread, then enough others after it.
-        q.admit(spec(6, false), &Peer(1), false, || false);
-        assert!(matches!(q.next(), Some(Item::Task(s, _)) if s.id.seq == 6));
-        q.finish();
-        for seq in 1000..1000 + RECENT_ENDS as u64 {
-            q.admit(spec(seq, false), &Peer(1), true, || false);
-            q.finish();
-        }
-        q.cancel(spec(6, false).id);
-        assert_eq!(
-            q.admit(spec(6, false), &Peer(1), true, || false).0,
-            Admit::Cancelled,
-            "an end older than the latest RECENT_ENDS is forgotten"
         );
     }
 }
