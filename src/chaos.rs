@@ -262,6 +262,7 @@ pub fn hostile_frames(to: Peer, not_a_worker: u32) -> Result<Vec<Vec<u8>>> {
                     resources: ResourceSet::new(),
                     arg_copies: vec![(9, vec![u16::MAX])],
                     gpus: vec![u32::MAX],
+                    attempt: u32::MAX,
                 })),
             ],
             vec![
@@ -271,6 +272,7 @@ pub fn hostile_frames(to: Peer, not_a_worker: u32) -> Result<Vec<Vec<u8>>> {
                         owner: stranger,
                         seq: far,
                     },
+                    attempt: u32::MAX,
                 }),
                 Msg::Peer(PeerMsg::CancelObject { id: nobody }),
                 Msg::Peer(PeerMsg::FreeObject { id: nobody }),

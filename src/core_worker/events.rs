@@ -196,7 +196,7 @@ impl CoreWorker {
         match msg {
             PeerMsg::PushTask(spec) => self.exec_push(from, conn, spec),
             PeerMsg::CreateActor { spec, gpus } => self.exec_create_actor(conn, spec, gpus),
-            PeerMsg::CancelTask { task } => self.exec_cancel(conn, task),
+            PeerMsg::CancelTask { task, attempt } => self.exec_cancel(conn, task, attempt),
             PeerMsg::FreeObject { id } => self.free_object(id),
             PeerMsg::CancelObject { id } => {
                 if let Err(e) = self.cancel(id) {

@@ -81,11 +81,11 @@ pub(crate) struct Queue<C> {
     /// Cancels of tasks not here, the latest [`EARLY_CANCELS`]: the owner
     /// sends a cancel from whichever thread cancels, and it can overtake
     /// the task's push, sent by another; the push, when it comes, is then
-    /// answered as cancelled instead of run. (A cancel of a task that
-    /// finished here, or was handed back, is kept too: a task id comes
-    /// again with a retry or a reconstruction, but the owner cancels only
-    /// a task marked cancelled, which it neither retries nor pushes again.)
-    early_cancels: VecDeque<TaskId>,
+    /// answered as cancelled instead of run. Kept by run (`attempt`): a
+    /// cancel of a run that ended here, or was handed back, is kept too,
+    /// and must not stop a later run of the same task (a retry, or the
+    /// reconstruction of a lost result), which comes as the next attempt.
+    early_cancels: VecDeque<(TaskId, u32)>,
 }
 
 /// How many cancels of tasks not (yet) here a worker remembers.
@@ -119,7 +119,11 @@ impl<C: PeerHandle> Queue<C> {
         more_input: impl FnOnce() -> bool,
     ) -> (Admit, Option<TaskSpec>) {
         if !self.early_cancels.is_empty() {
-            if let Some(i) = self.early_cancels.iter().position(|t| *t == spec.id) {
+            if let Some(i) = self
+                .early_cancels
+                .iter()
+                .position(|c| *c == (spec.id, spec.attempt))
+            {
                 self.early_cancels.remove(i);
                 return (Admit::Cancelled, Some(spec));
             }
@@ -182,8 +186,8 @@ impl<C: PeerHandle> Queue<C> {
         self.current.as_ref().map(|(t, _, _)| *t)
     }
 
-    /// Cancels `task` here.
-    pub(crate) fn cancel(&mut self, task: TaskId) -> Cancelled {
+    /// Cancels run `attempt` of `task` here.
+    pub(crate) fn cancel(&mut self, task: TaskId, attempt: u32) -> Cancelled {
         if let Some(i) = self
             .items
             .iter()
@@ -200,7 +204,7 @@ impl<C: PeerHandle> Queue<C> {
                 if self.early_cancels.len() == EARLY_CANCELS {
                     self.early_cancels.pop_front();
                 }
-                self.early_cancels.push_back(task);
+                self.early_cancels.push_back((task, attempt));
                 Cancelled::Absent
             }
         }
@@ -295,6 +299,7 @@ mod tests {
             resources: ResourceSet::new(),
             arg_copies: Vec::new(),
             gpus: Vec::new(),
+            attempt: 0,
         }
     }
 
@@ -484,15 +489,15 @@ mod tests {
         q.admit(spec(0, false), &Peer(1), false, || false);
         q.admit(spec(1, false), &Peer(1), false, || false);
         q.next();
-        assert!(matches!(q.cancel(spec(1, false).id), Cancelled::Queued(s) if s.id.seq == 1));
+        assert!(matches!(q.cancel(spec(1, false).id, 0), Cancelled::Queued(s) if s.id.seq == 1));
         assert!(task_ids(&q).is_empty());
-        assert!(matches!(q.cancel(spec(0, false).id), Cancelled::Running));
-        assert!(matches!(q.cancel(spec(9, false).id), Cancelled::Absent));
+        assert!(matches!(q.cancel(spec(0, false).id, 0), Cancelled::Running));
+        assert!(matches!(q.cancel(spec(9, false).id, 0), Cancelled::Absent));
         q.finish();
         q.admit(spec(2, true), &Peer(1), true, || false);
         q.next();
         assert!(
-            matches!(q.cancel(spec(2, true).id), Cancelled::Absent),
+            matches!(q.cancel(spec(2, true).id, 0), Cancelled::Absent),
             "an actor call"
         );
     }
@@ -504,7 +509,7 @@ mod tests {
     #[test]
     fn a_cancel_that_overtook_its_push_cancels_it_when_it_comes() {
         let mut q: Queue<Peer> = Queue::default();
-        assert!(matches!(q.cancel(spec(5, false).id), Cancelled::Absent));
+        assert!(matches!(q.cancel(spec(5, false).id, 0), Cancelled::Absent));
         let (admit, back) = q.admit(spec(5, false), &Peer(1), true, || false);
         assert_eq!(admit, Admit::Cancelled);
         assert_eq!(back.map(|s| s.id.seq), Some(5));
@@ -515,7 +520,7 @@ mod tests {
         );
         q.finish();
         for seq in 100..100 + EARLY_CANCELS as u64 + 1 {
-            q.cancel(spec(seq, false).id);
+            q.cancel(spec(seq, false).id, 0);
         }
         assert_eq!(
             q.admit(spec(100, false), &Peer(1), true, || false).0,
@@ -527,7 +532,7 @@ mod tests {
             q.admit(spec(101, false), &Peer(1), true, || false).0,
             Admit::Cancelled
         );
-        q.cancel(spec(200, false).id);
+        q.cancel(spec(200, false).id, 0);
         q.admit(spec(7, false), &Peer(1), false, || false);
         q.next();
         assert!(q.block().is_some(), "the running task blocks");
@@ -536,5 +541,32 @@ mod tests {
             Admit::Cancelled,
             "answered, not handed back"
         );
+    }
+
+    /// A cancel stops the run it names: one that came after its run ended
+    /// here (it is kept, as it could have overtaken that run's push) does
+    /// not stop the task's next run, a retry or the reconstruction of a
+    /// lost result, which comes as the next attempt.
+    #[test]
+    fn a_cancel_of_a_run_that_ended_does_not_stop_the_next_run() {
+        let mut q: Queue<Peer> = Queue::default();
+        assert_eq!(
+            q.admit(spec(5, false), &Peer(1), true, || false).0,
+            Admit::Inline
+        );
+        q.finish();
+        assert!(matches!(q.cancel(spec(5, false).id, 0), Cancelled::Absent));
+        let mut again = spec(5, false);
+        again.attempt = 1;
+        assert_eq!(
+            q.admit(again.clone(), &Peer(1), true, || false).0,
+            Admit::Inline,
+            "the next run goes ahead"
+        );
+        q.finish();
+        // A cancel of that run overtaking its push still stops it.
+        again.attempt = 2;
+        q.cancel(again.id, 2);
+        assert_eq!(q.admit(again, &Peer(1), true, || false).0, Admit::Cancelled);
     }
 }

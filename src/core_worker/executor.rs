@@ -407,8 +407,8 @@ impl CoreWorker {
         self.exec.wake_main();
     }
 
-    pub(crate) fn exec_cancel(self: &Arc<Self>, conn: &Arc<Conn>, task: TaskId) {
-        let found = self.exec.lock().cancel(task);
+    pub(crate) fn exec_cancel(self: &Arc<Self>, conn: &Arc<Conn>, task: TaskId, attempt: u32) {
+        let found = self.exec.lock().cancel(task, attempt);
         if let Cancelled::Queued(spec) = found {
             answer_cancelled(conn, &spec);
         } else if let Cancelled::Running = found {
@@ -615,6 +615,7 @@ mod tests {
             resources: Default::default(),
             arg_copies: Vec::new(),
             gpus: Vec::new(),
+            attempt: 0,
         };
         let long = Error::new(ErrorKind::TaskFailed, "é".repeat(50_000));
         let out = error_returns(&returns(11_000), &long);

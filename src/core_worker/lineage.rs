@@ -64,6 +64,16 @@ pub(crate) struct Lineage {
     bytes: usize,
 }
 
+impl Lineage {
+    /// The spec of the task's next run: a run of its own (see
+    /// `TaskSpec::attempt`), so that a cancel that came too late for an
+    /// earlier run stops not this one.
+    fn next_run(&mut self) -> TaskSpec {
+        self.spec.attempt = self.spec.attempt.wrapping_add(1);
+        self.spec.clone()
+    }
+}
+
 /// The owner's lineage, by task.
 #[derive(Default)]
 pub(crate) struct LineageTable {
@@ -118,6 +128,8 @@ impl CoreWorker {
         if let Some(l) = table.tasks.get_mut(&tid) {
             l.live += new;
             l.retries_left = t.retries_left;
+            // Past the retries of the run that remade it.
+            l.spec.attempt = l.spec.attempt.max(t.spec.attempt);
             return;
         }
         if new == 0 {
@@ -342,7 +354,7 @@ impl CoreWorker {
         if l.retries_left != crate::core_worker::function_manager::RETRY_FOREVER {
             l.retries_left -= 1;
         }
-        let mut spec = l.spec.clone();
+        let mut spec = l.next_run();
         let arg_ids = l.arg_ids.clone();
         let (target, retries_left, max_retries, retry_exceptions) = (
             match l.target {
@@ -518,6 +530,7 @@ mod tests {
                     resources: crate::resources::ResourceSet::new(),
                     arg_copies: Vec::new(),
                     gpus: Vec::new(),
+                    attempt: 0,
                 },
                 arg_ids: args.iter().copied().enumerate().collect(),
                 target: Target::Default,
@@ -534,6 +547,20 @@ mod tests {
 
     fn task(seq: u64) -> TaskId {
         TaskId { owner: me(), seq }
+    }
+
+    /// Each run that remakes a task's results is an attempt past every run
+    /// before it.
+    #[test]
+    fn each_remaking_run_is_a_new_attempt() {
+        let mut st = State::default();
+        let a = made(&mut st, 1, task(1));
+        record(&mut st, task(1), a, &[]);
+        let l = st.sub.lineage.tasks.get_mut(&task(1)).unwrap();
+        assert_eq!(l.spec.attempt, 0);
+        assert_eq!(l.next_run().attempt, 1);
+        assert_eq!(l.next_run().attempt, 2);
+        assert_eq!(l.spec.attempt, 2, "kept for the run after");
     }
 
     /// `a = f()`, `b = g(a)`, `c = h(b)`: dropping the refs to `a` and `b`

@@ -89,6 +89,7 @@ pub(crate) fn task_spec() -> TaskSpec {
         resources: shape(),
         arg_copies: vec![(1, vec![0, 2])],
         gpus: vec![2],
+        attempt: 2,
     }
 }
 
@@ -281,6 +282,7 @@ pub(super) fn messages() -> Vec<Msg> {
                 owner: wid(7),
                 seq: 3,
             },
+            attempt: 1,
         }),
         Msg::Peer(PeerMsg::CancelObject { id: oid(5) }),
         Msg::Peer(PeerMsg::FreeObject { id: oid(6) }),

@@ -160,6 +160,10 @@ pub(crate) struct TaskSpec {
     /// The GPUs of the lease it runs on, by the node's device ids (set at
     /// push, as Ray's `resource_mapping`; empty for actor calls).
     pub(crate) gpus: Vec<u32>,
+    /// Which run of the task this is: 0 for the first, one more for each
+    /// retry and each reconstruction. A cancel names the run it stops, so
+    /// that one meant for a run that ended stops no later run.
+    pub(crate) attempt: u32,
 }
 
 /// What the GCS keeps to (re)create an actor.

@@ -13,8 +13,10 @@ pub(crate) enum PeerMsg {
     },
     /// Owner to leased worker, or caller to actor.
     PushTask(TaskSpec),
+    /// Stops run `attempt` of `task` (see `TaskSpec::attempt`).
     CancelTask {
         task: TaskId,
+        attempt: u32,
     },
     /// The results of a task, one payload per return (a stored error blob
     /// when it failed).

@@ -415,8 +415,9 @@ impl Submitter {
             Status::Running(worker) => {
                 t.cancelled = true;
                 if let Some(l) = self.by_worker.get(&worker).and_then(|l| self.leases.get(l)) {
+                    let attempt = t.spec.attempt;
                     fx.sends
-                        .push((l.worker, l.conn, PeerMsg::CancelTask { task }));
+                        .push((l.worker, l.conn, PeerMsg::CancelTask { task, attempt }));
                 }
                 Cancel::Signalled
             }
@@ -446,6 +447,8 @@ fn free_blocks(returns: Vec<Payload>, fx: &mut Effects) {
 /// without end).
 fn spend_retry(t: &mut TaskEntry) {
     RETRIES.fetch_add(1, Ordering::Relaxed);
+    // A run of its own: a cancel meant for the last one stops not this.
+    t.spec.attempt = t.spec.attempt.wrapping_add(1);
     if t.retries_left != RETRY_FOREVER {
         t.retries_left -= 1;
     }

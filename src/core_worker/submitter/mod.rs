@@ -425,6 +425,7 @@ impl CoreWorker {
             resources: shape.unwrap_or_default(),
             arg_copies: Vec::new(),
             gpus: Vec::new(),
+            attempt: 0,
         };
         if let Some(e) = failure {
             self.fail_returns(&mut st, &spec, &e, &mut fx);

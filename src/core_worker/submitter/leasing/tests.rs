@@ -68,6 +68,7 @@ pub(crate) fn queue(sub: &mut Submitter, class: &SchedKey, n: u64) -> Vec<TaskId
                 resources: ResourceSet::new(),
                 arg_copies: Vec::new(),
                 gpus: Vec::new(),
+                attempt: 0,
             };
             let entry = Box::new(TaskEntry {
                 key: Some(class.clone()),

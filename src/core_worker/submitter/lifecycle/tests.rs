@@ -80,6 +80,10 @@ fn a_lost_workers_tasks_run_again_within_their_retries_then_fail() {
     assert_eq!(queued, vec![tasks[0], tasks[2]], "retried, in order");
     assert_eq!(sub.tasks[&tasks[0]].retries_left, 0);
     assert_eq!(sub.tasks[&tasks[2]].retries_left, 2);
+    // Each retry is a run of its own: a cancel meant for the lost one
+    // does not stop it (see `TaskSpec::attempt`).
+    assert_eq!(sub.tasks[&tasks[0]].spec.attempt, 1);
+    assert_eq!(sub.tasks[&tasks[2]].spec.attempt, 1);
     assert!(fx.worker_deaths.is_empty() && sub.leases.is_empty());
 
     // The same loss on another node: the failure waits for the verdict
@@ -185,7 +189,7 @@ fn cancel_takes_a_queued_task_out_and_signals_a_running_one() {
     assert!(sub.tasks[&tasks[0]].cancelled);
     assert!(matches!(
         &fx.sends[..],
-        [(w, c, PeerMsg::CancelTask { task })] if *w == worker && *c == ConnId::for_test(worker.0) && *task == tasks[0]
+        [(w, c, PeerMsg::CancelTask { task, attempt: 0 })] if *w == worker && *c == ConnId::for_test(worker.0) && *task == tasks[0]
     ));
     sub.tasks.get_mut(&tasks[0]).unwrap().spec.actor = Some(ActorId(7));
     assert!(matches!(sub.cancel(tasks[0], &mut fx), Cancel::Refused(_)));
