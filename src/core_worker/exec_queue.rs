@@ -78,6 +78,8 @@ pub(crate) struct Queue<C> {
     /// The running task, the connection it came on, and whether it is an
     /// actor call.
     current: Option<(TaskId, C, bool)>,
+    /// Which run of its task the running task is (`TaskSpec::attempt`).
+    current_attempt: u32,
     /// Cancels of tasks not here, the latest [`EARLY_CANCELS`]: the owner
     /// sends a cancel from whichever thread cancels, and it can overtake
     /// the task's push, sent by another; the push, when it comes, is then
@@ -97,6 +99,7 @@ impl<C> Default for Queue<C> {
             items: VecDeque::new(),
             blocked: 0,
             current: None,
+            current_attempt: 0,
             early_cancels: VecDeque::new(),
         }
     }
@@ -138,6 +141,7 @@ impl<C: PeerHandle> Queue<C> {
         };
         if inline {
             self.current = Some((spec.id, conn.clone(), spec.actor.is_some()));
+            self.current_attempt = spec.attempt;
             return (Admit::Inline, Some(spec));
         }
         self.items.push_back(Item::Task(spec, conn.clone()));
@@ -158,6 +162,7 @@ impl<C: PeerHandle> Queue<C> {
         let it = self.items.pop_front()?;
         if let Item::Task(s, c) = &it {
             self.current = Some((s.id, c.clone(), s.actor.is_some()));
+            self.current_attempt = s.attempt;
         }
         Some(it)
     }
@@ -186,19 +191,31 @@ impl<C: PeerHandle> Queue<C> {
         self.current.as_ref().map(|(t, _, _)| *t)
     }
 
-    /// Cancels run `attempt` of `task` here.
+    /// Cancels run `attempt` of `task` here. A cancel of another run of a
+    /// task queued or running here was meant for one that ended (the
+    /// owner sends it from whichever thread cancels, and it can come after
+    /// the push of the next run): it stops nothing.
     pub(crate) fn cancel(&mut self, task: TaskId, attempt: u32) -> Cancelled {
         if let Some(i) = self
             .items
             .iter()
-            .position(|it| matches!(it, Item::Task(s, _) if s.id == task))
+            .position(|it| matches!(it, Item::Task(s, _) if s.id == task && s.attempt == attempt))
         {
             if let Some(Item::Task(spec, _)) = self.items.remove(i) {
                 return Cancelled::Queued(spec);
             }
         }
+        if self
+            .items
+            .iter()
+            .any(|it| matches!(it, Item::Task(s, _) if s.id == task))
+        {
+            return Cancelled::Absent;
+        }
         match &self.current {
-            Some((t, _, false)) if *t == task => Cancelled::Running,
+            Some((t, _, false)) if *t == task && self.current_attempt == attempt => {
+                Cancelled::Running
+            }
             Some((t, ..)) if *t == task => Cancelled::Absent,
             _ => {
                 if self.early_cancels.len() == EARLY_CANCELS {
@@ -567,6 +584,32 @@ mod tests {
         // A cancel of that run overtaking its push still stops it.
         again.attempt = 2;
         q.cancel(again.id, 2);
-        assert_eq!(q.admit(again, &Peer(1), true, || false).0, Admit::Cancelled);
+        assert_eq!(
+            q.admit(again.clone(), &Peer(1), true, || false).0,
+            Admit::Cancelled
+        );
+        // A cancel of an earlier run that comes after the next run's push
+        // stops neither that run, queued or running, nor a later one.
+        again.attempt = 3;
+        q.admit(spec(8, false), &Peer(1), false, || false);
+        q.admit(again.clone(), &Peer(1), false, || false);
+        assert!(matches!(q.cancel(again.id, 2), Cancelled::Absent));
+        assert_eq!(q.queued(), 2, "the queued run stays");
+        q.next();
+        q.finish();
+        assert!(matches!(q.next(), Some(Item::Task(s, _)) if s.attempt == 3));
+        assert!(
+            matches!(q.cancel(again.id, 2), Cancelled::Absent),
+            "running"
+        );
+        assert_eq!(q.current(), Some(again.id), "it runs on");
+        assert!(matches!(q.cancel(again.id, 3), Cancelled::Running));
+        q.finish();
+        again.attempt = 4;
+        assert_eq!(
+            q.admit(again, &Peer(1), true, || false).0,
+            Admit::Inline,
+            "no early cancel was kept for it"
+        );
     }
 }

@@ -443,12 +443,25 @@ fn free_blocks(returns: Vec<Payload>, fx: &mut Effects) {
     }
 }
 
+/// Runs of tasks this process started again (retries, reconstructions).
+static ATTEMPTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The attempt number of a task's new run (`TaskSpec::attempt`): one this
+/// process gave no run before (the first run of each task is 0), so that
+/// no cancel meant for an earlier run, whatever became of it, matches it.
+pub(crate) fn new_attempt() -> u32 {
+    ATTEMPTS
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_add(1)
+        .max(1)
+}
+
 /// One of the task's retries is used (none is counted for a task retried
 /// without end).
 fn spend_retry(t: &mut TaskEntry) {
     RETRIES.fetch_add(1, Ordering::Relaxed);
     // A run of its own: a cancel meant for the last one stops not this.
-    t.spec.attempt = t.spec.attempt.wrapping_add(1);
+    t.spec.attempt = new_attempt();
     if t.retries_left != RETRY_FOREVER {
         t.retries_left -= 1;
     }

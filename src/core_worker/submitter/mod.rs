@@ -56,6 +56,7 @@ mod actors;
 mod dependencies;
 mod leasing;
 mod lifecycle;
+pub(crate) use lifecycle::new_attempt;
 mod results;
 
 use actors::ActorQueue;
