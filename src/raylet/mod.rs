@@ -117,6 +117,10 @@ struct State {
     ranks: Vec<u32>,
     /// Set when shutting down: no more workers are started.
     stopping: bool,
+    /// The spawner is starting a worker process, not recorded yet: a
+    /// shutdown waits for it to be recorded, or killed and gone, before it
+    /// removes the store the worker opens first.
+    spawning: bool,
     /// A spill batch is being written (one at a time).
     spilling: bool,
     /// A background spill (past the threshold) is about to start.
@@ -586,7 +590,7 @@ impl Raylet {
 
     /// Kills every worker, removes the node's files, and exits.
     fn shutdown(&self, why: &str) -> ! {
-        let pids: Vec<u32> = {
+        {
             let mut st = self.lock();
             st.stopping = true;
             log!(
@@ -595,7 +599,18 @@ impl Raylet {
                 st.store.used(),
                 st.store.capacity()
             );
-            st.pids.keys().copied().collect()
+        }
+        // A worker the spawner is starting now is recorded, or killed and
+        // gone, before the store goes: else it could start after the
+        // store was removed, and say so on the user's terminal.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let pids: Vec<u32> = loop {
+            let st = self.lock();
+            if !st.spawning || std::time::Instant::now() > deadline {
+                break st.pids.keys().copied().collect();
+            }
+            drop(st);
+            std::thread::sleep(std::time::Duration::from_millis(1));
         };
         // SIGTERM first: a worker then writes out what its tasks printed
         // and is still in its output pipe (a SIGKILL would lose it); what

@@ -146,6 +146,7 @@ fn run(session: Session) -> Result<()> {
             ranks: Vec::new(),
             own_driver: None,
             stopping: false,
+            spawning: false,
             spilling: false,
             spill_pending: false,
             early_exits: HashMap::new(),

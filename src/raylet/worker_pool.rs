@@ -74,8 +74,12 @@ impl Raylet {
     /// lock held only to record them.
     pub(super) fn spawner(&self, asks: std::sync::mpsc::Receiver<()>) {
         for () in asks {
-            if self.lock().stopping {
-                continue;
+            {
+                let mut st = self.lock();
+                if st.stopping {
+                    continue;
+                }
+                st.spawning = true;
             }
             let child = std::process::Command::new(&self.session.exe)
                 .args(&self.session.args)
@@ -86,10 +90,18 @@ impl Raylet {
             let mut st = self.lock();
             match child {
                 Ok(mut c) if st.stopping => {
-                    // Shutdown began meanwhile and will not see this one.
+                    // Shutdown began meanwhile and will not see this one:
+                    // it waits (`spawning`) until this one is gone.
+                    drop(st);
                     let _ = c.kill();
+                    let gone = std::time::Instant::now() + std::time::Duration::from_secs(3);
+                    while process_running(c.id()) && std::time::Instant::now() < gone {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    self.lock().spawning = false;
                 }
                 Ok(c) => {
+                    st.spawning = false;
                     let pid = c.id();
                     st.pids.insert(pid, None);
                     if let Some((client, worker)) = st.unclaimed.remove(&pid) {
@@ -104,6 +116,7 @@ impl Raylet {
                     }
                 }
                 Err(e) => {
+                    st.spawning = false;
                     log!("cannot start a worker: {e}");
                     let actions = st.leases.worker_start_failed();
                     self.execute(&mut st, actions);
