@@ -148,8 +148,11 @@ fn run(cli: Cli) -> rustray::Result<i32> {
             return Ok(0);
         }
         Some(Command::Stop { job }) => {
-            let n = rustray::__private::stop_clusters(job.as_deref())?;
+            let (n, silent) = rustray::__private::stop_clusters(job.as_deref())?;
             println!("asked {n} cluster(s) to stop");
+            for s in silent {
+                eprintln!("not answering, a stale rendezvous file? {s}");
+            }
             return Ok(0);
         }
         None => {}

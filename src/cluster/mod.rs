@@ -407,12 +407,28 @@ fn ask_gcs(s: &Session, msg: &ToGcs, reply: bool) -> Result<Option<FromGcs>> {
 }
 
 /// `rust-ray-launch status`: each node's resources, use and object store.
+/// A cluster whose GCS does not answer (its rendezvous file outlived it:
+/// a job whose rank 0 was killed) is a line saying so, not the end of the
+/// report.
 pub fn status_report(job: Option<&str>) -> Result<String> {
     let mut out = String::new();
     for (name, s) in find_clusters(job)? {
-        let reply = ask_gcs(&s, &ToGcs::GetNodes { req: 1 }, true)?;
-        let Some(FromGcs::Nodes { nodes, .. }) = reply else {
-            return Err(Error::unavailable("unexpected answer from the GCS"));
+        let nodes = match ask_gcs(&s, &ToGcs::GetNodes { req: 1 }, true) {
+            Ok(Some(FromGcs::Nodes { nodes, .. })) => nodes,
+            Ok(_) => {
+                out.push_str(&format!(
+                    "cluster {} ({name}), GCS at {}: unexpected answer\n",
+                    s.cluster, s.gcs
+                ));
+                continue;
+            }
+            Err(e) => {
+                out.push_str(&format!(
+                    "cluster {} ({name}), GCS at {}: not answering, a stale rendezvous file? ({e})\n",
+                    s.cluster, s.gcs
+                ));
+                continue;
+            }
         };
         out.push_str(&format!(
             "cluster {} ({name}), GCS at {}, {} nodes\n",
@@ -447,13 +463,27 @@ fn node_line(n: &NodeInfo) -> String {
 }
 
 /// `rust-ray-launch stop`: ends the driver, then the cluster, of `job`'s
-/// steps (default `$SLURM_JOB_ID`); never another job's.
-pub fn stop_clusters(job: Option<&str>) -> Result<usize> {
-    let found = find_clusters(job)?;
-    for (_, s) in &found {
-        ask_gcs(s, &ToGcs::StopCluster, false)?;
+/// steps (default `$SLURM_JOB_ID`); never another job's. Returns how many
+/// were asked to stop, and the clusters whose GCS did not answer (a
+/// rendezvous file that outlived its cluster), which do not keep the
+/// others from stopping; an error when none answered.
+pub fn stop_clusters(job: Option<&str>) -> Result<(usize, Vec<String>)> {
+    let mut stopped = 0;
+    let mut silent = Vec::new();
+    let mut first_error = None;
+    for (name, s) in find_clusters(job)? {
+        match ask_gcs(&s, &ToGcs::StopCluster, false) {
+            Ok(_) => stopped += 1,
+            Err(e) => {
+                silent.push(format!("{name} (GCS at {}: {e})", s.gcs));
+                first_error.get_or_insert(e);
+            }
+        }
     }
-    Ok(found.len())
+    match first_error {
+        Some(e) if stopped == 0 => Err(e),
+        _ => Ok((stopped, silent)),
+    }
 }
 
 #[cfg(test)]

@@ -196,6 +196,10 @@ pub(super) fn test_status_and_stop() {
 pub(super) fn test_stop_only_stops_its_own_cluster() {
     let dir = rdv_dir().join("two");
     let (a, _) = start_waiting_cluster(&dir);
+    // What the first cluster's rendezvous file says, for a stale copy once
+    // that cluster is gone (a job whose rank 0 was killed leaves one).
+    let a_file =
+        std::fs::read(dir.join(format!("local-{}", a.id()))).expect("the first cluster's file");
     // A second cluster in the same directory (start_waiting_cluster would
     // wipe it).
     let mut c = launch_local(2, "wait");
@@ -240,10 +244,26 @@ pub(super) fn test_stop_only_stops_its_own_cluster() {
         "{}",
         text(&o)
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &b.id().to_string()])
-        .status();
-    let _ = b.wait();
+    // A stale file (named to be read first) does not keep `status` from
+    // reporting the live cluster, nor `stop` from stopping it.
+    std::fs::write(dir.join("local-0"), &a_file).expect("stale file");
+    let mut st = Command::new(launcher());
+    st.arg("status").env("RUSTRAY_RENDEZVOUS_DIR", &dir);
+    let o = run_bounded(st, Duration::from_secs(20));
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success()
+            && report.matches(" alive ").count() == 2
+            && report.contains("not answering"),
+        "{}",
+        text(&o)
+    );
+    let mut stop = Command::new(launcher());
+    stop.arg("stop").env("RUSTRAY_RENDEZVOUS_DIR", &dir);
+    let o = run_bounded(stop, Duration::from_secs(20));
+    assert!(o.status.success(), "{}", text(&o));
+    let out = b.wait_with_output().expect("second launcher ends");
+    assert_eq!(out.status.code(), Some(128 + 15), "{}", text(&out));
 }
 
 /// SIGTERM to the launcher (what `scancel` or Ctrl-C does) ends the driver
