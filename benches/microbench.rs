@@ -129,8 +129,8 @@ const SCENARIOS: &[&str] = &[
     "put_large_cold_gb_per_s",
     // its floor: the kernel faulting in a fresh /dev/shm file, no copy
     cold::FIRST_TOUCH,
-    // the first large put with the store on a huge-page tmpfs (root only)
-    cold::COLD_HUGE,
+    // the first large put into a plain /dev/shm store (4 KiB pages)
+    cold::COLD_4K,
     "get_large_gb_per_s",
     "task_large_arg_gb_per_s",
     "wait_1000_ms",
@@ -618,7 +618,7 @@ fn main() {
     ));
     let single = want.iter().any(|s| !MULTINODE.contains(s));
     if single {
-        let want_huge = w(cold::COLD_HUGE);
+        let want_4k = w(cold::COLD_4K);
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             sc_cluster_start(&cfg, &c, w("cluster_start_s"), args.num_cpus);
             if w("idle_rss_mb") {
@@ -648,7 +648,7 @@ fn main() {
             }
             let want_put = w("put_large_gb_per_s");
             let want_cold = w("put_large_cold_gb_per_s");
-            let memcpy = if want_put || want_cold || want_huge || w("memcpy_gb_per_s") {
+            let memcpy = if want_put || want_cold || want_4k || w("memcpy_gb_per_s") {
                 Some(sc_memcpy(&c, w("memcpy_gb_per_s")))
             } else {
                 None
@@ -680,9 +680,9 @@ fn main() {
             Err(e) => std::panic::resume_unwind(e),
         };
         // On clusters of its own, after the single-node cluster is gone.
-        if want_huge {
-            timed_step(cold::COLD_HUGE, || {
-                cold::sc_cold_huge(&c, args.num_cpus as usize, memcpy)
+        if want_4k {
+            timed_step(cold::COLD_4K, || {
+                cold::sc_cold_4k(&c, args.num_cpus as usize, memcpy)
             });
         }
     }

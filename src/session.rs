@@ -38,6 +38,7 @@ pub struct Config {
     transport: Option<crate::fabric::Transport>,
     spill_dir: Option<std::path::PathBuf>,
     store_dir: Option<std::path::PathBuf>,
+    store_huge_pages: Option<bool>,
     /// Nodes on this machine with their own settings (`add_local_node`).
     per_node: Vec<Config>,
 }
@@ -160,14 +161,14 @@ impl Config {
     /// Default: `RUSTRAY_STORE_DIR`, else `/dev/shm`. The store's default
     /// size is bounded by the room left there.
     ///
-    /// The first large put into a fresh store is bounded by how fast the
-    /// kernel hands out never-touched pages: a 4 KiB page at a time on a
-    /// default `/dev/shm`. A tmpfs mounted with huge pages (`mount -t tmpfs
-    /// -o huge=within_size tmpfs DIR`, as root) hands out 2 MiB at a time,
-    /// still only when used, which is what makes the first put run at
-    /// memory speed. (`hugetlbfs` does not fit: it reserves every page of
-    /// a mapping when mapped, and the store maps address space for spilled
-    /// objects beside its memory.)
+    /// In `/dev/shm` the store gets 2 MiB pages of its own where the
+    /// machine allows (see [`store_huge_pages`](Config::store_huge_pages)).
+    /// Elsewhere it is a plain file, whose pages the directory's mount
+    /// decides: a tmpfs mounted with `huge=within_size` hands them out 2 MiB
+    /// at a time, a default one 4 KiB at a time, which bounds the first
+    /// large put into a fresh store. (`hugetlbfs` does not fit: it reserves
+    /// every page of a mapping when mapped, and the store maps address
+    /// space for spilled objects beside its memory.)
     ///
     /// ```
     /// let cfg = rustray::Config::new().store_dir("/dev/shm");
@@ -179,6 +180,35 @@ impl Config {
         let dir = dir.into();
         self.store_dir = Some(std::path::absolute(&dir).unwrap_or(dir));
         self
+    }
+
+    /// Whether a store in `/dev/shm` (the default directory) goes on a
+    /// tmpfs of its own with 2 MiB pages, mounted without root in a user
+    /// namespace, with its usual name in `/dev/shm` a link to it. Default:
+    /// yes, unless `RUSTRAY_STORE_HUGE_PAGES=0`. Pages are still only
+    /// allocated when first written, but 2 MiB at a time, so the first
+    /// large put into a fresh store runs near memory speed rather than at
+    /// the rate the kernel faults in 4 KiB pages. Where user namespaces are
+    /// off, the store is a plain `/dev/shm` file whatever this says. A
+    /// store in another [`store_dir`](Config::store_dir) is a plain file
+    /// there (that directory's mount decides its pages).
+    ///
+    /// ```
+    /// let cfg = rustray::Config::new().store_huge_pages(false);
+    /// # let _ = cfg;
+    /// ```
+    pub fn store_huge_pages(mut self, on: bool) -> Config {
+        self.store_huge_pages = Some(on);
+        self
+    }
+
+    /// Whether this node's store goes on a huge-page tmpfs of its own (see
+    /// [`store_huge_pages`](Config::store_huge_pages)).
+    pub(crate) fn wants_huge_store(&self) -> bool {
+        let on = self.store_huge_pages.unwrap_or_else(|| {
+            std::env::var_os("RUSTRAY_STORE_HUGE_PAGES").is_none_or(|v| v != "0")
+        });
+        on && self.store_base() == std::path::Path::new("/dev/shm")
     }
 
     /// The directory of this node's store file: the setting, else the
@@ -250,6 +280,7 @@ impl Config {
             c.gpu_ids = own.gpu_ids.clone().or(c.gpu_ids);
             c.object_store_memory = own.object_store_memory.or(c.object_store_memory);
             c.store_dir = own.store_dir.clone().or(c.store_dir);
+            c.store_huge_pages = own.store_huge_pages.or(c.store_huge_pages);
             for (k, v) in &own.resources {
                 c.resources.retain(|(name, _)| name != k);
                 c.resources.push((k.clone(), *v));

@@ -334,6 +334,10 @@ fn main() {
             test_object_too_large_and_store_full,
         ),
         ("test_large_objects_zero_copy", test_large_objects_zero_copy),
+        (
+            "test_the_default_store_has_huge_pages",
+            test_the_default_store_has_huge_pages,
+        ),
         ("test_refs_inside_values", test_refs_inside_values),
         ("test_cancel", test_cancel),
         (

@@ -3,26 +3,21 @@
 //! A never-touched page of the store's tmpfs file costs the kernel a page
 //! allocation (and a zeroing) before the put's copy can write it, so the
 //! first put of a fresh cluster (`put_large_cold_gb_per_s`) cannot beat how
-//! fast the kernel hands out such pages. `shm_first_touch_gb_per_s`
-//! measures that floor on its own: a fresh `/dev/shm` file faulted in the
-//! way the store does it (MADV_POPULATE_WRITE, on as many threads as the
-//! store's copy uses), no byte copied. `put_large_cold_huge_gb_per_s` is
-//! the cold put with the store on a tmpfs mounted with huge pages
-//! (`Config::store_dir`), where pages come 2 MiB at a time: mounting one
-//! needs root, so the row is left out (with a log line) where the bench is
-//! not root. In a VM that hands free memory back to its host, the host
+//! fast the kernel hands out such pages. The default store takes them 2 MiB
+//! at a time, from a tmpfs of its own (`object_store::hugefs`).
+//! `put_large_cold_4k_gb_per_s` is the same put into a plain `/dev/shm`
+//! file (`store_huge_pages(false)`, or a machine without user namespaces),
+//! 4 KiB at a time, and `shm_first_touch_gb_per_s` that store's floor: a
+//! fresh `/dev/shm` file faulted in the way the store does it
+//! (MADV_POPULATE_WRITE, on as many threads as the store's copy uses), no
+//! byte copied. In a VM that hands free memory back to its host, the host
 //! faults in every never-touched page anew, huge or not: that cost is the
 //! machine's, and the rows show it.
 
 use super::*;
-use tmpfs::Tmpfs;
-
-#[path = "../../tests/common/tmpfs.rs"]
-#[allow(dead_code)] // shared with the tests, which use all of it
-mod tmpfs;
 
 pub(super) const FIRST_TOUCH: &str = "shm_first_touch_gb_per_s";
-pub(super) const COLD_HUGE: &str = "put_large_cold_huge_gb_per_s";
+pub(super) const COLD_4K: &str = "put_large_cold_4k_gb_per_s";
 
 /// Fresh clusters (and fresh files) per row: one cold sample each.
 const COLD_REPS: usize = 3;
@@ -103,48 +98,38 @@ pub(super) fn sc_first_touch(c: &Sizes) {
     );
 }
 
-pub(super) fn sc_cold_huge(c: &Sizes, num_cpus: usize, memcpy: Option<f64>) {
+pub(super) fn sc_cold_4k(c: &Sizes, num_cpus: usize, memcpy: Option<f64>) {
     let nbytes = c.large_put_bytes;
-    let store = nbytes as u64 + (64 << 20);
-    let options = format!("size={},huge=within_size", store * 2);
-    let fs = match Tmpfs::mount("bench-huge", &options) {
-        Ok(fs) => fs,
-        Err(e) => {
-            log(&format!("{COLD_HUGE} skipped: {e}"));
-            return;
-        }
-    };
     let mut rates = Vec::new();
     for _ in 0..COLD_REPS {
         rustray::init_with(
             rustray::Config::new()
                 .num_cpus(num_cpus as f64)
-                .object_store_memory(store)
-                .store_dir(&fs.0),
+                .object_store_memory(nbytes as u64 + (64 << 20))
+                .store_huge_pages(false),
         )
-        .expect("put_large_cold_huge_gb_per_s: a cluster with its store on the huge-page tmpfs");
+        .expect("put_large_cold_4k_gb_per_s: a cluster with a plain /dev/shm store");
         let arr = vec![1u8; nbytes];
         let t0 = Instant::now();
-        let r = rustray::put(arr).expect("put_large_cold_huge_gb_per_s: put");
+        let r = rustray::put(arr).expect("put_large_cold_4k_gb_per_s: put");
         rates.push(nbytes as f64 / GB / secs(t0));
-        let v = rustray::get_view(&r).expect("put_large_cold_huge_gb_per_s: get_view");
+        let v = rustray::get_view(&r).expect("put_large_cold_4k_gb_per_s: get_view");
         assert_eq!(
             v.len(),
             nbytes,
-            "put_large_cold_huge_gb_per_s: view has the wrong length"
+            "put_large_cold_4k_gb_per_s: view has the wrong length"
         );
         drop(v);
         drop(r);
         rustray::shutdown();
     }
-    drop(fs);
     let med = median(&rates);
     let mut extra = vec![
         ("samples", rnd_all(&rates, 3).into()),
         (
             "note",
-            "first put of each of 3 fresh clusters whose store is on a tmpfs \
-             mounted with huge=within_size (Config::store_dir)"
+            "first put of each of 3 fresh clusters whose store is a plain \
+             /dev/shm file (store_huge_pages(false), or no user namespaces)"
                 .into(),
         ),
     ];
@@ -152,17 +137,5 @@ pub(super) fn sc_cold_huge(c: &Sizes, num_cpus: usize, memcpy: Option<f64>) {
         extra.push(("memcpy_gb_per_s", rnd(m, 3).into()));
         extra.push(("vs_memcpy", rnd(med / m, 3).into()));
     }
-    // A VM that reports free memory to its host (virtio-balloon free page
-    // reporting) gives back free blocks of this order and up a few seconds
-    // after they are freed: a huge page (order 9) allocated after that is
-    // backed again by the host, 4 KiB at a time, at a fraction of the
-    // speed of one the guest still holds. Said beside the figure.
-    if let Ok(o) =
-        std::fs::read_to_string("/sys/module/page_reporting/parameters/page_reporting_order")
-    {
-        if let Ok(o) = o.trim().parse::<u32>() {
-            extra.push(("free_page_reporting_order", o.into()));
-        }
-    }
-    emit(COLD_HUGE, "GB/s", med, nbytes, rates.len(), extra);
+    emit(COLD_4K, "GB/s", med, nbytes, rates.len(), extra);
 }

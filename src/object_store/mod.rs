@@ -25,9 +25,12 @@
 //! The arena file lives in `/dev/shm` (or the configured store directory,
 //! `Config::store_dir`) under a name carrying the cluster id and node name;
 //! tmpfs pages are only allocated when first touched, so a large arena
-//! costs nothing until used.
+//! costs nothing until used. In `/dev/shm` the name is a link to a file on
+//! a tmpfs of the store's own, with huge pages, where the machine allows
+//! it ([`hugefs`]): that is what lets the first put run near memory speed.
 
 mod allocator;
+mod hugefs;
 mod spill;
 mod table;
 
@@ -58,8 +61,20 @@ unsafe impl Send for Arena {}
 unsafe impl Sync for Arena {}
 
 impl Arena {
-    /// Creates the arena file (which must not exist) and maps it.
-    pub(crate) fn create(path: &Path, len: u64) -> Result<Arena> {
+    /// Creates the arena file (which must not exist) and maps it. With
+    /// `huge_pages`, the file goes on a tmpfs of its own with 2 MiB pages
+    /// (see [`hugefs`]) and `path` becomes a link to it; where the machine
+    /// does not allow that, `path` is a plain file, as without.
+    pub(crate) fn create(path: &Path, len: u64, huge_pages: bool) -> Result<Arena> {
+        if huge_pages {
+            match Self::create_huge(path, len) {
+                Ok(a) => return Ok(a),
+                Err(e) => crate::log::log!(
+                    "object store: no huge pages ({e}); a plain file in {}",
+                    path.parent().unwrap_or(path).display()
+                ),
+            }
+        }
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -69,6 +84,24 @@ impl Arena {
         file.set_len(len)
             .map_err(|e| Error::io(&format!("sizing object store {}", path.display()), e))?;
         Self::map(file, len as usize, path)
+    }
+
+    fn create_huge(path: &Path, len: u64) -> std::result::Result<Arena, String> {
+        use std::os::fd::AsRawFd;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or("the store's path has no file name")?;
+        let file = hugefs::create(name, len)?;
+        // Other processes open the file through this process's descriptor,
+        // which stays open as long as the arena (`Arena::file`).
+        let target = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
+        std::os::unix::fs::symlink(&target, path)
+            .map_err(|e| format!("linking {} to {target}: {e}", path.display()))?;
+        Self::map(file, len as usize, path).map_err(|e| {
+            let _ = std::fs::remove_file(path);
+            e.to_string()
+        })
     }
 
     /// Maps an existing arena.
@@ -193,7 +226,7 @@ mod tests {
     #[test]
     fn arena_is_shared_between_mappings_and_unlinked() {
         let path = PathBuf::from(format!("/dev/shm/rustray-test-{}", std::process::id()));
-        let a = Arena::create(&path, 1 << 20).unwrap();
+        let a = Arena::create(&path, 1 << 20, false).unwrap();
         let b = Arena::open(&path).unwrap();
         // SAFETY: a test arena nobody else writes or reads meanwhile.
         unsafe { a.write(4096, 5) }
@@ -209,7 +242,7 @@ mod tests {
     #[test]
     fn released_pages_are_given_back_and_neighbours_kept() {
         let path = PathBuf::from(format!("/dev/shm/rustray-test-rel-{}", std::process::id()));
-        let a = Arena::create(&path, 1 << 20).unwrap();
+        let a = Arena::create(&path, 1 << 20, false).unwrap();
         let blocks = |f: &std::fs::File| {
             use std::os::unix::fs::MetadataExt;
             f.metadata().unwrap().blocks()

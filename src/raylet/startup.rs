@@ -115,7 +115,11 @@ fn run(session: Session) -> Result<()> {
     // Address space for spilled objects beside the memory (see
     // `object_store::table`): sparse, so it costs nothing until written.
     let space = store_bytes.saturating_mul(SPACE_PER_MEMORY);
-    let arena = Arc::new(Arena::create(&session.arena_path(), space)?);
+    let arena = Arc::new(Arena::create(
+        &session.arena_path(),
+        space,
+        session.config.wants_huge_store(),
+    )?);
     let cpus = resources.get(crate::scheduler::CPU).ceil().max(1.0) as usize;
     let mut leases =
         LeaseManager::new(resources.clone(), cpus.max(2), cpus.max(2)).with_gpu_ids(&gpu_ids)?;

@@ -91,6 +91,67 @@ pub(super) fn test_a_result_that_cannot_be_stored_fails_alone() {
     }
 }
 
+/// The default store (in `/dev/shm`) is on a tmpfs of its own with huge
+/// pages, reached through a link at its usual name, which goes with the
+/// cluster; `store_huge_pages(false)` keeps a plain `/dev/shm` file.
+pub(super) fn test_the_default_store_has_huge_pages() {
+    use std::os::unix::fs::MetadataExt;
+    if common::launched() {
+        // The launcher made the store.
+        return;
+    }
+    if !common::huge_tmpfs_allowed() {
+        eprintln!("skipped: this machine does not let a user mount a tmpfs in a user namespace");
+        return;
+    }
+    // The /dev/shm entry whose file the mapping at `addr` is.
+    let entry_of = |addr: usize| {
+        let (ino, huge_kb) = common::mapping_at(addr).expect("the view's mapping");
+        let entry = std::fs::read_dir("/dev/shm")
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("rustray-"))
+                    && std::fs::metadata(p).is_ok_and(|m| m.ino() == ino)
+            })
+            .expect("a /dev/shm entry names the store");
+        (entry, huge_kb)
+    };
+    for huge in [true, false] {
+        rustray::init_with(
+            rustray::Config::new()
+                .num_cpus(1.0)
+                .object_store_memory(64 << 20)
+                .store_huge_pages(huge),
+        )
+        .expect("cluster starts");
+        let r = rustray::put(vec![3u8; 8 << 20]).unwrap();
+        let v = rustray::get_view(&r).unwrap();
+        let (entry, huge_kb) = entry_of(v.as_ptr() as usize);
+        let link = std::fs::symlink_metadata(&entry)
+            .unwrap()
+            .file_type()
+            .is_symlink();
+        assert_eq!(link, huge, "{} is a link: {link}", entry.display());
+        // (A plain /dev/shm file may have huge pages too, where the
+        // kernel's shmem_enabled says so: not checked.)
+        assert!(
+            !huge || huge_kb >= 2048,
+            "the store's pages are not huge ({huge_kb} kB)"
+        );
+        drop(v);
+        drop(r);
+        rustray::shutdown();
+        assert!(
+            std::fs::symlink_metadata(&entry).is_err(),
+            "{} outlived its cluster",
+            entry.display()
+        );
+    }
+}
+
 pub(super) fn test_large_objects_zero_copy() {
     common::cluster(2.0, Some(256 << 20));
     let data: Vec<f64> = (0..4_000_000).map(|i| i as f64).collect();
