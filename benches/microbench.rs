@@ -98,6 +98,9 @@ mod cold;
 mod fabric;
 #[path = "microbench_parts/floor.rs"]
 mod floor;
+#[path = "../tests/common/smaps.rs"]
+#[allow(dead_code)] // shared with the tests, which use all of it
+mod smaps;
 
 const MIB: usize = 1 << 20;
 const GB: f64 = 1e9;

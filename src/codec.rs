@@ -322,6 +322,7 @@ const PARALLEL_COPY_MIN: usize = 16 << 20;
 /// `dst.copy_from_slice(src)`, split across up to 4 scoped threads when
 /// large.
 fn parallel_copy(dst: &mut [u8], src: &[u8]) {
+    assert_eq!(dst.len(), src.len(), "parallel_copy: lengths differ");
     if src.len() < PARALLEL_COPY_MIN {
         dst.copy_from_slice(src);
         return;
@@ -677,6 +678,18 @@ mod tests {
                 dst[off + src.len()..].iter().all(|b| *b == 0xee),
                 "offset {off}"
             );
+        }
+        // Into fresh memory with every other 2 MiB piece touched: warm runs
+        // and cold pieces (faulted in, then copied) alternate.
+        let mut map = memmap2::MmapMut::map_anon(src.len() + 2 * HUGE_PAGE).unwrap();
+        let base = map.as_ptr() as usize;
+        let first = base.next_multiple_of(HUGE_PAGE) - base;
+        for piece in (first..map.len()).step_by(2 * HUGE_PAGE) {
+            map[piece] = 0xee;
+        }
+        for off in [0, 4097] {
+            parallel_copy(&mut map[off..off + src.len()], &src);
+            assert!(map[off..off + src.len()] == src[..], "offset {off}");
         }
     }
 

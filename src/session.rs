@@ -185,13 +185,16 @@ impl Config {
     /// Whether a store in `/dev/shm` (the default directory) goes on a
     /// tmpfs of its own with 2 MiB pages, mounted without root in a user
     /// namespace, with its usual name in `/dev/shm` a link to it. Default:
-    /// yes, unless `RUSTRAY_STORE_HUGE_PAGES=0`. Pages are still only
+    /// yes, unless `RUSTRAY_STORE_HUGE_PAGES` is `0` (or `false`, `no`,
+    /// `off`). Pages are still only
     /// allocated when first written, but 2 MiB at a time, so the first
     /// large put into a fresh store runs near memory speed rather than at
     /// the rate the kernel faults in 4 KiB pages. Where user namespaces are
     /// off, the store is a plain `/dev/shm` file whatever this says. A
     /// store in another [`store_dir`](Config::store_dir) is a plain file
-    /// there (that directory's mount decides its pages).
+    /// there (that directory's mount decides its pages). Processes of the
+    /// node reach the store through the raylet's `/proc` entry: where they
+    /// share `/dev/shm` but not the raylet's pid namespace, turn this off.
     ///
     /// ```
     /// let cfg = rustray::Config::new().store_huge_pages(false);
@@ -206,7 +209,12 @@ impl Config {
     /// [`store_huge_pages`](Config::store_huge_pages)).
     pub(crate) fn wants_huge_store(&self) -> bool {
         let on = self.store_huge_pages.unwrap_or_else(|| {
-            std::env::var_os("RUSTRAY_STORE_HUGE_PAGES").is_none_or(|v| v != "0")
+            std::env::var("RUSTRAY_STORE_HUGE_PAGES").map_or(true, |v| {
+                !matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "0" | "false" | "no" | "off"
+                )
+            })
         });
         on && self.store_base() == std::path::Path::new("/dev/shm")
     }

@@ -144,7 +144,9 @@ fn leftovers(dir: &Path) -> Vec<String> {
             }
         }
         let shm = format!("/dev/shm/rustray-{}", s.file_name().to_string_lossy());
-        if Path::new(&shm).exists() {
+        // symlink_metadata: the store's name may be a link (huge pages),
+        // which dangles once its raylet is gone.
+        if std::fs::symlink_metadata(&shm).is_ok() {
             left.push(format!("shared memory {shm}"));
         }
         if !s.path().join("logs").join("raylet.log").exists() {

@@ -101,6 +101,7 @@ pub(super) fn sc_first_touch(c: &Sizes) {
 pub(super) fn sc_cold_4k(c: &Sizes, num_cpus: usize, memcpy: Option<f64>) {
     let nbytes = c.large_put_bytes;
     let mut rates = Vec::new();
+    let mut huge_kb = 0;
     for _ in 0..COLD_REPS {
         rustray::init_with(
             rustray::Config::new()
@@ -119,6 +120,7 @@ pub(super) fn sc_cold_4k(c: &Sizes, num_cpus: usize, memcpy: Option<f64>) {
             nbytes,
             "put_large_cold_4k_gb_per_s: view has the wrong length"
         );
+        huge_kb = huge_kb.max(smaps::mapping_at(v.as_ptr() as usize).map_or(0, |m| m.huge_kb));
         drop(v);
         drop(r);
         rustray::shutdown();
@@ -133,6 +135,7 @@ pub(super) fn sc_cold_4k(c: &Sizes, num_cpus: usize, memcpy: Option<f64>) {
                 .into(),
         ),
     ];
+    extra.push(("huge_page_mib", ((huge_kb >> 10) as f64).into()));
     if let Some(m) = memcpy {
         extra.push(("memcpy_gb_per_s", rnd(m, 3).into()));
         extra.push(("vs_memcpy", rnd(med / m, 3).into()));

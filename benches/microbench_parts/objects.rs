@@ -122,6 +122,7 @@ pub(super) fn sc_large_put_get(
     // (cold) put is reported as first_put_gb_per_s. The source array is built
     // (pages touched) before each put, outside the timed region: put moves it.
     let mut cold = Vec::new();
+    let mut cold_huge_kb = None;
     for _ in 0..c.large_warmup {
         let arr = vec![1u8; nbytes];
         let t0 = Instant::now();
@@ -133,6 +134,11 @@ pub(super) fn sc_large_put_get(
             nbytes,
             "get_large_gb_per_s: warm-up view has the wrong length"
         );
+        // How much of the first put's block came as huge pages: says which
+        // store the cold row measured.
+        if cold_huge_kb.is_none() {
+            cold_huge_kb = smaps::mapping_at(v.as_ptr() as usize).map(|m| m.huge_kb);
+        }
         drop(v);
         drop(r);
         std::thread::sleep(FREE_PAUSE);
@@ -171,6 +177,9 @@ pub(super) fn sc_large_put_get(
         // The first put of a 512 MiB object in this cluster: the store's
         // pages are touched for the first time (the cold put).
         let mut extra = vec![("put_ms", rnd(nbytes as f64 / GB / cold[0] * 1e3, 2).into())];
+        if let Some(kb) = cold_huge_kb {
+            extra.push(("huge_page_mib", ((kb >> 10) as f64).into()));
+        }
         if let Some(m) = memcpy {
             extra.push(("memcpy_gb_per_s", rnd(m, 3).into()));
             extra.push(("vs_memcpy", rnd(cold[0] / m, 3).into()));

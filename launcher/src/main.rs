@@ -55,9 +55,10 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     spill_dir: Option<PathBuf>,
     /// Where each node keeps its object store file (default:
-    /// RUSTRAY_STORE_DIR, else /dev/shm): a tmpfs, node-local; one
-    /// mounted with huge pages (-o huge=within_size) makes first puts run
-    /// at memory speed.
+    /// RUSTRAY_STORE_DIR, else /dev/shm): a tmpfs, node-local. In /dev/shm
+    /// the store gets huge pages of its own where user namespaces are on
+    /// (RUSTRAY_STORE_HUGE_PAGES=0 turns that off); elsewhere the mount
+    /// decides.
     #[arg(long, value_name = "DIR")]
     store_dir: Option<PathBuf>,
     /// How objects move between nodes: `fabric` (libfabric RDMA reads;

@@ -14,14 +14,20 @@
 //! creates the file, and the raylet opens that file through the child's
 //! `/proc/<pid>/fd` before the child exits. The open file keeps the mount
 //! alive after its namespace is gone, and the mount goes (memory and all)
-//! when the last process of the node unmaps the file: a store whose raylet
-//! was killed leaves nothing behind in `/dev/shm`.
+//! when the last process of the node unmaps the file: the memory of a store
+//! whose raylet was killed goes with its last user, where a `/dev/shm` file
+//! stayed until someone removed it (the link stays, dangling, until the
+//! cluster's cleanup removes it).
 //!
 //! Other processes of the node reach the file through a symbolic link at
 //! the arena's usual path (`/dev/shm/rustray-<cluster>-<node>`) pointing at
-//! the raylet's `/proc/<pid>/fd/<n>`: a process that sees the raylet's
-//! `/proc` (same pid namespace, same user) opens it there. One that does
-//! not would not share the raylet's `/dev/shm` either.
+//! the raylet's `/proc/<pid>/fd/<n>`: a process of the same user that sees
+//! the raylet in its `/proc` opens it there. Processes that share
+//! `/dev/shm` but not the raylet's pid namespace (containers run with a
+//! shared IPC namespace only), or a raylet `/proc` hides (a non-dumpable
+//! binary, a security module's policy), cannot: there the store must be a
+//! plain file, `RUSTRAY_STORE_HUGE_PAGES=0`, and the error opening it says
+//! so.
 //!
 //! Where user namespaces are off (`user.max_user_namespaces` = 0, some
 //! hardened kernels) the child fails at its first step, and the caller
@@ -84,7 +90,7 @@ pub(crate) fn create(name: &str, len: u64) -> Result<std::fs::File, String> {
     let pid = match unsafe { nix::unistd::fork() } {
         Err(e) => return Err(format!("fork: {e}")),
         Ok(nix::unistd::ForkResult::Child) => {
-            let code = child(&prepared, theirs.as_fd(), ours.as_raw_fd());
+            let code = child(&prepared, theirs.as_fd());
             // SAFETY: ends the child without running this process's
             // exit handlers or destructors (they belong to the parent).
             unsafe { libc::_exit(code) }
@@ -115,11 +121,21 @@ fn cstring(s: String) -> Result<CString, String> {
 }
 
 /// The child: sets the file up, reports `[0, fd]` (or `[step, errno]`) on
-/// `sock`, and waits for the parent to close its end (`parent_end`, the
-/// copy of which the fork gave the child is closed first, or the wait
-/// would never end).
-fn child(p: &Prepared, sock: std::os::fd::BorrowedFd<'_>, parent_end: i32) -> i32 {
-    let _ = nix::unistd::close(parent_end);
+/// `sock`, and waits for the parent to close its end. Every other
+/// descriptor the fork gave the child is closed first: its copy of the
+/// parent's end would keep that wait from ever ending, and copies of any
+/// other socket or pipe of the parent (another store's helper, say) would
+/// hold them open behind the parent's back.
+fn child(p: &Prepared, sock: std::os::fd::BorrowedFd<'_>) -> i32 {
+    let keep = sock.as_raw_fd() as libc::c_uint;
+    // SAFETY: close_range only closes descriptors, none of which this
+    // child uses but `sock` (left out of both ranges).
+    unsafe {
+        if keep > 0 {
+            libc::syscall(libc::SYS_close_range, 0, keep - 1, 0);
+        }
+        libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0);
+    }
     let report = |step: u8, value: i32| {
         let mut msg = [0u8; 5];
         msg[0] = step;
@@ -236,7 +252,7 @@ fn reap(pid: nix::unistd::Pid, kill: bool) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Whether this machine lets this user mount a huge-page tmpfs in a
@@ -244,12 +260,16 @@ mod tests {
     /// under test): where it does, `create` must succeed. (Mapped to root
     /// there: util-linux's `mount` refuses any other user itself.)
     pub(crate) fn machine_allows() -> bool {
-        std::process::Command::new("unshare")
-            .args(["--user", "--map-root-user", "--mount", "sh", "-c"])
-            .arg("mount -t tmpfs -o size=4m,huge=within_size rustray-probe /dev/shm")
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        // `deny` takes huge pages from every tmpfs, whatever its mount says.
+        let deny = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+            .is_ok_and(|s| s.contains("[deny]"));
+        !deny
+            && std::process::Command::new("unshare")
+                .args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+                .arg("mount -t tmpfs -o size=4m,huge=within_size rustray-probe /dev/shm")
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
     }
 
     /// How many kB of the mapping at `addr` are mapped with huge pages.

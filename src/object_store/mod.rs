@@ -110,7 +110,19 @@ impl Arena {
             .read(true)
             .write(true)
             .open(path)
-            .map_err(|e| Error::io(&format!("opening object store {}", path.display()), e))?;
+            .map_err(|e| {
+                // A link to the raylet's descriptor (see `hugefs`) opens
+                // only where the raylet's /proc entry can be read.
+                let linked = std::fs::read_link(path).is_ok_and(|t| t.starts_with("/proc/"));
+                let hint = if linked {
+                    " (a link into the raylet's /proc: a process outside its pid \
+                     namespace cannot follow it; RUSTRAY_STORE_HUGE_PAGES=0 makes \
+                     the store a plain file)"
+                } else {
+                    ""
+                };
+                Error::io(&format!("opening object store {}{hint}", path.display()), e)
+            })?;
         let len = file
             .metadata()
             .map_err(|e| Error::io("object store metadata", e))?
@@ -259,5 +271,40 @@ mod tests {
         assert!(r[3 * 4096..].iter().all(|b| *b == 7));
         assert!(a.release_pages(1 << 20, 1).is_err());
         a.unlink();
+    }
+
+    /// The same on a store with huge pages: the pages released inside a
+    /// 2 MiB page go back (the kernel splits it), their neighbours stay.
+    #[test]
+    fn released_pages_of_a_huge_page_are_given_back() {
+        if !hugefs::tests::machine_allows() {
+            eprintln!("skipped: no user namespaces with tmpfs mounts here");
+            return;
+        }
+        let path = PathBuf::from(format!("/dev/shm/rustray-test-hrel-{}", std::process::id()));
+        let len = 4u64 << 20;
+        let a = Arena::create(&path, len, true).unwrap();
+        assert!(std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let blocks = |f: &std::fs::File| {
+            use std::os::unix::fs::MetadataExt;
+            f.metadata().unwrap().blocks()
+        };
+        // SAFETY: a test arena nobody else writes or reads meanwhile.
+        unsafe { a.write(0, len) }.unwrap().fill(7);
+        let full = blocks(&a.file);
+        a.release_pages(100, 3 * 4096).unwrap();
+        assert_eq!(blocks(&a.file), full - 2 * 4096 / 512);
+        let r = a.read(0, len).unwrap();
+        assert!(r[..4096].iter().all(|b| *b == 7));
+        assert!(r[4096..3 * 4096].iter().all(|b| *b == 0));
+        assert!(r[3 * 4096..].iter().all(|b| *b == 7));
+        // Another process's way in: the link.
+        let b = Arena::open(&path).unwrap();
+        assert_eq!(b.read(len - 5, 5).unwrap(), [7u8; 5]);
+        a.unlink();
+        assert!(std::fs::symlink_metadata(&path).is_err());
     }
 }

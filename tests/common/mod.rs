@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod smaps;
 pub mod tmpfs;
 
 use std::time::Instant;
@@ -188,34 +189,14 @@ pub fn wait_until(what: &str, limit: std::time::Duration, mut f: impl FnMut() ->
 /// (Mapped to root there: util-linux's `mount` refuses any other user
 /// itself.)
 pub fn huge_tmpfs_allowed() -> bool {
-    std::process::Command::new("unshare")
-        .args(["--user", "--map-root-user", "--mount", "sh", "-c"])
-        .arg("mount -t tmpfs -o size=4m,huge=within_size rustray-probe /dev/shm")
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// This process's mapping holding `addr`, from `/proc/self/smaps`: the
-/// inode of its file and how many kB of it are mapped with huge pages.
-pub fn mapping_at(addr: usize) -> Option<(u64, u64)> {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
-    let mut inode = None;
-    for line in smaps.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let range = fields.first().and_then(|r| r.split_once('-'));
-        if let Some((a, b)) = range {
-            if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
-                inode = (a <= addr && addr < b)
-                    .then(|| fields.get(4).and_then(|i| i.parse::<u64>().ok()))
-                    .flatten();
-                continue;
-            }
-        }
-        if let (Some(ino), Some(v)) = (inode, line.strip_prefix("ShmemPmdMapped:")) {
-            let kb = v.trim().trim_end_matches("kB").trim().parse().ok()?;
-            return Some((ino, kb));
-        }
-    }
-    None
+    // `deny` takes huge pages from every tmpfs, whatever its mount says.
+    let deny = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+        .is_ok_and(|s| s.contains("[deny]"));
+    !deny
+        && std::process::Command::new("unshare")
+            .args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+            .arg("mount -t tmpfs -o size=4m,huge=within_size rustray-probe /dev/shm")
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
 }

@@ -95,7 +95,6 @@ pub(super) fn test_a_result_that_cannot_be_stored_fails_alone() {
 /// pages, reached through a link at its usual name, which goes with the
 /// cluster; `store_huge_pages(false)` keeps a plain `/dev/shm` file.
 pub(super) fn test_the_default_store_has_huge_pages() {
-    use std::os::unix::fs::MetadataExt;
     if common::launched() {
         // The launcher made the store.
         return;
@@ -104,9 +103,10 @@ pub(super) fn test_the_default_store_has_huge_pages() {
         eprintln!("skipped: this machine does not let a user mount a tmpfs in a user namespace");
         return;
     }
-    // The /dev/shm entry whose file the mapping at `addr` is.
+    // The /dev/shm entry whose file the mapping at `addr` is (the device
+    // too: every private tmpfs numbers its inodes from the same start).
     let entry_of = |addr: usize| {
-        let (ino, huge_kb) = common::mapping_at(addr).expect("the view's mapping");
+        let m = common::smaps::mapping_at(addr).expect("the view's mapping");
         let entry = std::fs::read_dir("/dev/shm")
             .unwrap()
             .flatten()
@@ -114,10 +114,10 @@ pub(super) fn test_the_default_store_has_huge_pages() {
             .find(|p| {
                 p.file_name()
                     .is_some_and(|n| n.to_string_lossy().starts_with("rustray-"))
-                    && std::fs::metadata(p).is_ok_and(|m| m.ino() == ino)
+                    && std::fs::metadata(p).is_ok_and(|meta| m.is_of(&meta))
             })
             .expect("a /dev/shm entry names the store");
-        (entry, huge_kb)
+        (entry, m.huge_kb)
     };
     for huge in [true, false] {
         rustray::init_with(
