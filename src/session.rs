@@ -45,8 +45,9 @@ pub struct Config {
 
 impl Config {
     /// Defaults: all cores, no GPUs, an object store of 30% of memory
-    /// (bounded by the room in `/dev/shm`, or in the
-    /// [`store_dir`](Config::store_dir)).
+    /// (a store that is a plain file is bounded by the room in its
+    /// [`store_dir`](Config::store_dir); one on huge pages of its own, the
+    /// default, is not).
     pub fn new() -> Config {
         Config::default()
     }
@@ -158,8 +159,8 @@ impl Config {
 
     /// The directory holding each node's object store file (Ray's
     /// `plasma_directory`): a tmpfs, where pages cost nothing until used.
-    /// Default: `RUSTRAY_STORE_DIR`, else `/dev/shm`. The store's default
-    /// size is bounded by the room left there.
+    /// Default: `RUSTRAY_STORE_DIR`, else `/dev/shm`. A store that is a
+    /// plain file there has its default size bounded by the room left.
     ///
     /// In `/dev/shm` the store gets 2 MiB pages of its own where the
     /// machine allows (see [`store_huge_pages`](Config::store_huge_pages)).
@@ -369,7 +370,17 @@ impl Config {
         Ok(r)
     }
 
+    /// The store's memory: the setting, else 30% of this machine's,
+    /// bounded by the room left in the store directory.
     pub(crate) fn store_bytes(&self) -> Result<u64> {
+        self.store_bytes_on(false)
+    }
+
+    /// [`store_bytes`](Config::store_bytes) for a store on a tmpfs of its
+    /// own (`own_tmpfs`, see `object_store::hugefs`): the room left in the
+    /// store directory does not bound it, since the store takes none of
+    /// it. (A container's `/dev/shm` is often 64 MiB.)
+    pub(crate) fn store_bytes_on(&self, own_tmpfs: bool) -> Result<u64> {
         let dir = self.store_base();
         if !dir.is_dir() {
             return Err(Error::invalid(format!(
@@ -395,7 +406,7 @@ impl Config {
         let pages = conf(SysconfVar::_PHYS_PAGES);
         let page = conf(SysconfVar::PAGE_SIZE);
         let mut bytes = pages * page * 3 / 10;
-        if let Some(shm) = free_bytes(&dir) {
+        if let Some(shm) = free_bytes(&dir).filter(|_| !own_tmpfs) {
             bytes = bytes.min(shm * 9 / 10);
         }
         Ok(bytes.max(64 << 20))

@@ -338,6 +338,10 @@ fn main() {
             "test_the_default_store_has_huge_pages",
             test_the_default_store_has_huge_pages,
         ),
+        (
+            "test_a_small_dev_shm_does_not_bound_the_default_store",
+            test_a_small_dev_shm_does_not_bound_the_default_store,
+        ),
         ("test_refs_inside_values", test_refs_inside_values),
         ("test_cancel", test_cancel),
         (

@@ -61,20 +61,8 @@ unsafe impl Send for Arena {}
 unsafe impl Sync for Arena {}
 
 impl Arena {
-    /// Creates the arena file (which must not exist) and maps it. With
-    /// `huge_pages`, the file goes on a tmpfs of its own with 2 MiB pages
-    /// (see [`hugefs`]) and `path` becomes a link to it; where the machine
-    /// does not allow that, `path` is a plain file, as without.
-    pub(crate) fn create(path: &Path, len: u64, huge_pages: bool) -> Result<Arena> {
-        if huge_pages {
-            match Self::create_huge(path, len) {
-                Ok(a) => return Ok(a),
-                Err(e) => crate::log::log!(
-                    "object store: no huge pages ({e}); a plain file in {}",
-                    path.parent().unwrap_or(path).display()
-                ),
-            }
-        }
+    /// Creates the arena file (which must not exist) and maps it.
+    pub(crate) fn create(path: &Path, len: u64) -> Result<Arena> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -86,7 +74,10 @@ impl Arena {
         Self::map(file, len as usize, path)
     }
 
-    fn create_huge(path: &Path, len: u64) -> std::result::Result<Arena, String> {
+    /// Creates the arena on a tmpfs of its own with 2 MiB pages (see
+    /// [`hugefs`]), `path` (which must not exist) a link to it; or says why
+    /// the machine does not allow it.
+    pub(crate) fn create_huge(path: &Path, len: u64) -> std::result::Result<Arena, String> {
         use std::os::fd::AsRawFd;
         let name = path
             .file_name()
@@ -238,7 +229,7 @@ mod tests {
     #[test]
     fn arena_is_shared_between_mappings_and_unlinked() {
         let path = PathBuf::from(format!("/dev/shm/rustray-test-{}", std::process::id()));
-        let a = Arena::create(&path, 1 << 20, false).unwrap();
+        let a = Arena::create(&path, 1 << 20).unwrap();
         let b = Arena::open(&path).unwrap();
         // SAFETY: a test arena nobody else writes or reads meanwhile.
         unsafe { a.write(4096, 5) }
@@ -254,7 +245,7 @@ mod tests {
     #[test]
     fn released_pages_are_given_back_and_neighbours_kept() {
         let path = PathBuf::from(format!("/dev/shm/rustray-test-rel-{}", std::process::id()));
-        let a = Arena::create(&path, 1 << 20, false).unwrap();
+        let a = Arena::create(&path, 1 << 20).unwrap();
         let blocks = |f: &std::fs::File| {
             use std::os::unix::fs::MetadataExt;
             f.metadata().unwrap().blocks()
@@ -283,7 +274,7 @@ mod tests {
         }
         let path = PathBuf::from(format!("/dev/shm/rustray-test-hrel-{}", std::process::id()));
         let len = 4u64 << 20;
-        let a = Arena::create(&path, len, true).unwrap();
+        let a = Arena::create_huge(&path, len).unwrap();
         assert!(std::fs::symlink_metadata(&path)
             .unwrap()
             .file_type()

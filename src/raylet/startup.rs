@@ -106,20 +106,36 @@ fn detected_gpus() -> Vec<u32> {
     (0..n).collect()
 }
 
+/// The node's arena and the bytes of memory it offers: on a tmpfs of its
+/// own with huge pages where wanted and the machine allows, sized without
+/// regard to the room in `/dev/shm`; else a plain file there, bounded by
+/// that room (a file past it would fault its writers with SIGBUS).
+fn create_arena(session: &Session) -> Result<(Arena, u64)> {
+    // Address space for spilled objects beside the memory (see
+    // `object_store::table`): sparse, so it costs nothing until written.
+    let space = |bytes: u64| bytes.saturating_mul(SPACE_PER_MEMORY);
+    let path = session.arena_path();
+    if session.config.wants_huge_store() {
+        let bytes = session.config.store_bytes_on(true)?;
+        match Arena::create_huge(&path, space(bytes)) {
+            Ok(a) => return Ok((a, bytes)),
+            Err(e) => crate::log::log!(
+                "object store: no huge pages ({e}); a plain file in {}",
+                session.config.store_base().display()
+            ),
+        }
+    }
+    let bytes = session.config.store_bytes()?;
+    Ok((Arena::create(&path, space(bytes))?, bytes))
+}
+
 fn run(session: Session) -> Result<()> {
     // Deep nesting starts one worker per blocked task: many connections.
     transport::raise_fd_limit();
     let gpu_ids = session.config.node_gpu_ids_or(detected_gpus)?;
     let resources = session.config.node_resources_with(gpu_ids.len())?;
-    let store_bytes = session.config.store_bytes()?;
-    // Address space for spilled objects beside the memory (see
-    // `object_store::table`): sparse, so it costs nothing until written.
-    let space = store_bytes.saturating_mul(SPACE_PER_MEMORY);
-    let arena = Arc::new(Arena::create(
-        &session.arena_path(),
-        space,
-        session.config.wants_huge_store(),
-    )?);
+    let (arena, store_bytes) = create_arena(&session)?;
+    let arena = Arc::new(arena);
     let cpus = resources.get(crate::scheduler::CPU).ceil().max(1.0) as usize;
     let mut leases =
         LeaseManager::new(resources.clone(), cpus.max(2), cpus.max(2)).with_gpu_ids(&gpu_ids)?;

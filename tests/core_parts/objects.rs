@@ -152,6 +152,47 @@ pub(super) fn test_the_default_store_has_huge_pages() {
     }
 }
 
+/// A small `/dev/shm` (a container's is often 64 MiB) does not bound the
+/// default store, which takes none of it: run again in a user and mount
+/// namespace whose `/dev/shm` is a 32 MiB tmpfs, a store of 30% of memory
+/// holds an object larger than that. Before, the store was cut to 64 MiB.
+pub(super) fn test_a_small_dev_shm_does_not_bound_the_default_store() {
+    const NAME: &str = "test_a_small_dev_shm_does_not_bound_the_default_store";
+    if common::launched() {
+        return;
+    }
+    if std::env::var_os("RUSTRAY_TEST_SMALL_SHM").is_some() {
+        common::cluster(1.0, None);
+        let cap = rustray::store_stats().unwrap().capacity_bytes;
+        assert!(
+            cap > 64 << 20,
+            "the store has {cap} bytes: bounded by /dev/shm"
+        );
+        let r = rustray::put(vec![5u8; 48 << 20]).unwrap();
+        assert_eq!(rustray::get_view(&r).unwrap()[(48 << 20) - 1], 5);
+        return;
+    }
+    if !common::huge_tmpfs_allowed() {
+        eprintln!("skipped: this machine does not let a user mount a tmpfs in a user namespace");
+        return;
+    }
+    let out = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+        .arg("mount -t tmpfs -o size=32m rustray-small /dev/shm && exec \"$0\" \"$1\"")
+        .arg(std::env::current_exe().unwrap())
+        .arg(NAME)
+        .env("RUSTRAY_TEST_SMALL_SHM", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the run with a 32 MiB /dev/shm failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub(super) fn test_large_objects_zero_copy() {
     common::cluster(2.0, Some(256 << 20));
     let data: Vec<f64> = (0..4_000_000).map(|i| i as f64).collect();
