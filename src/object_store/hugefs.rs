@@ -251,50 +251,23 @@ fn reap(pid: nix::unistd::Pid, kill: bool) {
     }
 }
 
+// The probe and the smaps reader the integration tests use (written for
+// their crates, where `pub` reaches them).
+#[cfg(test)]
+#[path = "../../tests/common/smaps.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod test_smaps;
+#[cfg(test)]
+#[path = "../../tests/common/userns.rs"]
+#[allow(unreachable_pub)]
+mod test_userns;
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
-    /// Whether this machine lets this user mount a huge-page tmpfs in a
-    /// user namespace, asked of util-linux's `unshare` (not of the code
-    /// under test): where it does, `create` must succeed. (Mapped to root
-    /// there: util-linux's `mount` refuses any other user itself.)
-    pub(crate) fn machine_allows() -> bool {
-        // `deny` takes huge pages from every tmpfs, whatever its mount says.
-        let deny = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
-            .is_ok_and(|s| s.contains("[deny]"));
-        !deny
-            && std::process::Command::new("unshare")
-                .args(["--user", "--map-root-user", "--mount", "sh", "-c"])
-                .arg("mount -t tmpfs -o size=4m,huge=within_size rustray-probe /dev/shm")
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-    }
-
-    /// How many kB of the mapping at `addr` are mapped with huge pages.
-    fn huge_kb(addr: usize) -> u64 {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
-        let mut inside = false;
-        for line in smaps.lines() {
-            if let Some((range, _)) = line.split_once(' ') {
-                if let Some((a, b)) = range.split_once('-') {
-                    if let (Ok(a), Ok(b)) =
-                        (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-                    {
-                        inside = a <= addr && addr < b;
-                        continue;
-                    }
-                }
-            }
-            if inside {
-                if let Some(v) = line.strip_prefix("ShmemPmdMapped:") {
-                    return v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        0
-    }
+    use super::test_smaps as smaps;
+    pub(crate) use super::test_userns::huge_tmpfs_allowed as machine_allows;
 
     #[test]
     fn the_file_gets_huge_pages_where_the_machine_allows() {
@@ -307,10 +280,8 @@ pub(crate) mod tests {
         // SAFETY: a file of this test's own, which nobody else maps.
         let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.expect("map");
         map.fill(7);
-        assert!(
-            huge_kb(map.as_ptr() as usize) >= 2048,
-            "the store's pages are not huge"
-        );
+        let huge_kb = smaps::mapping_at(map.as_ptr() as usize).map_or(0, |m| m.huge_kb);
+        assert!(huge_kb >= 2048, "the store's pages are not huge");
         // A second opening of the same file sees the bytes (the path other
         // processes take, through /proc/<pid>/fd).
         let again =

@@ -99,7 +99,7 @@ pub(super) fn test_the_default_store_has_huge_pages() {
         // The launcher made the store.
         return;
     }
-    if !common::huge_tmpfs_allowed() {
+    if !common::userns::huge_tmpfs_allowed() {
         eprintln!("skipped: this machine does not let a user mount a tmpfs in a user namespace");
         return;
     }
@@ -172,7 +172,7 @@ pub(super) fn test_a_small_dev_shm_does_not_bound_the_default_store() {
         assert_eq!(rustray::get_view(&r).unwrap()[(48 << 20) - 1], 5);
         return;
     }
-    if !common::huge_tmpfs_allowed() {
+    if !common::userns::huge_tmpfs_allowed() {
         eprintln!("skipped: this machine does not let a user mount a tmpfs in a user namespace");
         return;
     }
