@@ -90,7 +90,7 @@ pub(crate) fn create(name: &str, len: u64) -> Result<std::fs::File, String> {
     let pid = match unsafe { nix::unistd::fork() } {
         Err(e) => return Err(format!("fork: {e}")),
         Ok(nix::unistd::ForkResult::Child) => {
-            let code = child(&prepared, theirs.as_fd());
+            let code = child(&prepared, theirs.as_fd(), ours.as_raw_fd());
             // SAFETY: ends the child without running this process's
             // exit handlers or destructors (they belong to the parent).
             unsafe { libc::_exit(code) }
@@ -126,7 +126,7 @@ fn cstring(s: String) -> Result<CString, String> {
 /// parent's end would keep that wait from ever ending, and copies of any
 /// other socket or pipe of the parent (another store's helper, say) would
 /// hold them open behind the parent's back.
-fn child(p: &Prepared, sock: std::os::fd::BorrowedFd<'_>) -> i32 {
+fn child(p: &Prepared, sock: std::os::fd::BorrowedFd<'_>, parent_end: i32) -> i32 {
     let keep = sock.as_raw_fd() as libc::c_uint;
     // SAFETY: close_range only closes descriptors, none of which this
     // child uses but `sock` (left out of both ranges).
@@ -136,6 +136,10 @@ fn child(p: &Prepared, sock: std::os::fd::BorrowedFd<'_>) -> i32 {
         }
         libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0);
     }
+    // Kernels before 5.9 have no close_range: the parent's end at least
+    // must go (closed already where close_range ran; nothing has been
+    // opened since that could have taken its number).
+    let _ = nix::unistd::close(parent_end);
     let report = |step: u8, value: i32| {
         let mut msg = [0u8; 5];
         msg[0] = step;
