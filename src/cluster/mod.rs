@@ -470,7 +470,7 @@ fn node_line(n: &NodeInfo) -> String {
 /// none answered and no file was removed.
 ///
 /// A silent cluster's file is removed when its owner is known to be gone
-/// for good (see `owner_gone`): a launcher of this host that exited, a Slurm
+/// for good ([`owner_gone`]): a launcher of this host that exited, a Slurm
 /// job that ended. Otherwise it stays (a GCS may be slow to answer, or on
 /// a network this host does not reach).
 pub fn stop_clusters(job: Option<&str>) -> Result<(usize, Vec<String>, Vec<String>)> {
