@@ -159,63 +159,6 @@ impl SlurmEnv {
     }
 }
 
-/// Whether Slurm says job `id` has ended: `squeue` lists it in a final
-/// state, or does not know it ("Invalid job id", once its record is
-/// purged). False when `squeue` cannot be run or does not answer within a
-/// bound: that proves nothing.
-pub(crate) fn job_ended(id: &str) -> bool {
-    use std::io::Read;
-    let child = std::process::Command::new("squeue")
-        .args(["-h", "-t", "all", "-o", "%T", "-j", id])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let Ok(mut child) = child else {
-        return false;
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-        }
-    };
-    // Small outputs (a state a line), read after the exit; bounded anyway.
-    let mut out = String::new();
-    let mut err = String::new();
-    if let Some(o) = child.stdout.take() {
-        let _ = o.take(64 << 10).read_to_string(&mut out);
-    }
-    if let Some(e) = child.stderr.take() {
-        let _ = e.take(64 << 10).read_to_string(&mut err);
-    }
-    if !status.success() {
-        return err.contains("Invalid job id");
-    }
-    const ENDED: [&str; 10] = [
-        "BOOT_FAIL",
-        "CANCELLED",
-        "COMPLETED",
-        "DEADLINE",
-        "FAILED",
-        "NODE_FAIL",
-        "OUT_OF_MEMORY",
-        "PREEMPTED",
-        "TIMEOUT",
-        "REVOKED",
-    ];
-    let states: Vec<&str> = out.split_whitespace().collect();
-    !states.is_empty() && states.iter().all(|s| ENDED.contains(s))
-}
-
 /// Where rendezvous files live: on the shared filesystem, per user.
 pub(crate) fn rendezvous_dir() -> PathBuf {
     var("RUSTRAY_RENDEZVOUS_DIR")

@@ -494,10 +494,6 @@ fn main() {
         ),
         ("test_slurm_sbatch", test_slurm_sbatch),
         (
-            "test_stop_removes_the_files_of_ended_jobs",
-            test_stop_removes_the_files_of_ended_jobs,
-        ),
-        (
             "test_core_suite_on_slurm_sbatch",
             test_core_suite_on_slurm_sbatch,
         ),

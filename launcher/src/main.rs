@@ -85,9 +85,7 @@ enum Command {
         #[arg(long)]
         job: Option<String>,
     },
-    /// Stop a running cluster: its driver, then every node. Removes the
-    /// rendezvous files of clusters known to be gone (a launcher of this
-    /// host that exited, a Slurm job that ended).
+    /// Stop a running cluster: its driver, then every node.
     Stop {
         /// The Slurm job, or a local launcher's pid (default: $SLURM_JOB_ID,
         /// else every cluster of yours).
@@ -151,13 +149,10 @@ fn run(cli: Cli) -> rustray::Result<i32> {
             return Ok(0);
         }
         Some(Command::Stop { job }) => {
-            let (n, silent, removed) = rustray::__private::stop_clusters(job.as_deref())?;
+            let (n, silent) = rustray::__private::stop_clusters(job.as_deref())?;
             println!("asked {n} cluster(s) to stop");
             for s in silent {
                 eprintln!("not answering, a stale rendezvous file? {s}");
-            }
-            for s in removed {
-                eprintln!("removed the stale rendezvous file {s}");
             }
             return Ok(0);
         }

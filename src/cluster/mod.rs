@@ -464,64 +464,26 @@ fn node_line(n: &NodeInfo) -> String {
 
 /// `rust-ray-launch stop`: ends the driver, then the cluster, of `job`'s
 /// steps (default `$SLURM_JOB_ID`); never another job's. Returns how many
-/// were asked to stop, the clusters whose GCS did not answer (a
+/// were asked to stop, and the clusters whose GCS did not answer (a
 /// rendezvous file that outlived its cluster), which do not keep the
-/// others from stopping, and of those the files it removed; an error when
-/// none answered and no file was removed.
-///
-/// A silent cluster's file is removed when its owner is known to be gone
-/// for good ([`owner_gone`]): a launcher of this host that exited, a Slurm
-/// job that ended. Otherwise it stays (a GCS may be slow to answer, or on
-/// a network this host does not reach).
-pub fn stop_clusters(job: Option<&str>) -> Result<(usize, Vec<String>, Vec<String>)> {
+/// others from stopping; an error when none answered.
+pub fn stop_clusters(job: Option<&str>) -> Result<(usize, Vec<String>)> {
     let mut stopped = 0;
     let mut silent = Vec::new();
-    let mut removed = Vec::new();
     let mut first_error = None;
-    let dir = slurm::rendezvous_dir();
     for (name, s) in find_clusters(job)? {
         match ask_gcs(&s, &ToGcs::StopCluster, false) {
             Ok(_) => stopped += 1,
             Err(e) => {
-                match owner_gone(&name, &s) {
-                    Some(why) if std::fs::remove_file(dir.join(&name)).is_ok() => {
-                        removed.push(format!("{name} ({why})"))
-                    }
-                    _ => silent.push(format!("{name} (GCS at {}: {e})", s.gcs)),
-                }
+                silent.push(format!("{name} (GCS at {}: {e})", s.gcs));
                 first_error.get_or_insert(e);
             }
         }
     }
     match first_error {
-        Some(e) if stopped == 0 && removed.is_empty() => Err(e),
-        _ => Ok((stopped, silent, removed)),
+        Some(e) if stopped == 0 => Err(e),
+        _ => Ok((stopped, silent)),
     }
-}
-
-/// Why the cluster of rendezvous file `name` (whose GCS did not answer)
-/// is gone for good, if it is known to be:
-/// - `local-<pid>`: its launcher ran on this host (the file names this
-///   host's node; the directory is often on a file system other hosts
-///   share) and no process `pid` is left;
-/// - `job-<id>.<step>`: Slurm says job `id` has ended, or no longer knows
-///   it (`squeue`, bounded; a Slurm that does not answer proves nothing).
-fn owner_gone(name: &str, s: &Session) -> Option<String> {
-    if let Some(pid) = name.strip_prefix("local-") {
-        let pid: u32 = pid.parse().ok()?;
-        let host = crate::host::node_name();
-        let here = s.node == host
-            || s.node
-                .strip_prefix(host.as_str())
-                .is_some_and(|r| r.starts_with('-'));
-        let alive = Path::new(&format!("/proc/{pid}")).exists();
-        return (here && !alive).then(|| format!("its launcher (pid {pid}) has exited"));
-    }
-    let job = name.strip_prefix("job-")?.split('.').next()?;
-    if job.is_empty() || !job.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    slurm::job_ended(job).then(|| format!("Slurm job {job} has ended"))
 }
 
 #[cfg(test)]

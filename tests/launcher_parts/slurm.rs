@@ -188,76 +188,6 @@ pub(super) fn test_slurm_gres_gpus_are_device_ids() {
     assert_eq!(t.matches(": [0, 1]").count(), 2, "{t}");
 }
 
-/// `stop` removes the rendezvous file of a silent cluster whose Slurm job
-/// has ended, and keeps the one of a job still running (its GCS may just
-/// be slow to answer).
-pub(super) fn test_stop_removes_the_files_of_ended_jobs() {
-    if !slurm_wanted() {
-        return;
-    }
-    let dir = rdv_dir().join("ended");
-    // A silent cluster's file: a local cluster's, copied once it stopped.
-    let (a, _) = start_waiting_cluster(&dir);
-    let stale = std::fs::read(dir.join(format!("local-{}", a.id()))).expect("its file");
-    let mut stop = Command::new(launcher());
-    stop.args(["stop", "--job", &a.id().to_string()])
-        .env("RUSTRAY_RENDEZVOUS_DIR", &dir);
-    assert!(run_bounded(stop, Duration::from_secs(20)).status.success());
-    let _ = a.wait_with_output();
-    let submit = |wrap: &str| {
-        let mut c = Command::new("sbatch");
-        c.args(["--parsable", "-N", "1", "-o", "/dev/null", "--wrap", wrap]);
-        let out = run_bounded(c, Duration::from_secs(30));
-        assert!(out.status.success(), "{}", text(&out));
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    };
-    let ended = submit("true");
-    let running = submit("sleep 300");
-    wait_left_queue(&ended, Duration::from_secs(60));
-    let ended_file = dir.join(format!("job-{ended}.0"));
-    let running_file = dir.join(format!("job-{running}.0"));
-    std::fs::write(&ended_file, &stale).expect("file of the ended job");
-    std::fs::write(&running_file, &stale).expect("file of the running job");
-    let mut stop = Command::new(launcher());
-    stop.arg("stop").env("RUSTRAY_RENDEZVOUS_DIR", &dir);
-    let o = run_bounded(stop, Duration::from_secs(60));
-    let mut cancel = Command::new("scancel");
-    cancel.arg(&running);
-    let _ = run_bounded(cancel, Duration::from_secs(20));
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        !ended_file.exists(),
-        "the ended job's file stayed: {}",
-        text(&o)
-    );
-    assert!(
-        running_file.exists(),
-        "the running job's file was removed: {}",
-        text(&o)
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Waits (bounded) until Slurm job `job` has left the queue.
-fn wait_left_queue(job: &str, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let mut q = Command::new("squeue");
-        q.args(["-h", "-j", job]);
-        let q = run_bounded(q, Duration::from_secs(10));
-        if String::from_utf8_lossy(&q.stdout).trim().is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "job {job} did not finish");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Submits `slurm/rust-ray.sbatch -N 3 <app>` and returns the job's output
 /// once it has left the queue.
 pub(super) fn sbatch(app: &std::path::Path, mode: &str, sbatch_args: &[&str]) -> String {
@@ -278,7 +208,17 @@ pub(super) fn sbatch(app: &std::path::Path, mode: &str, sbatch_args: &[&str]) ->
     let out = run_bounded(c, Duration::from_secs(30));
     assert!(out.status.success(), "{}", text(&out));
     let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    wait_left_queue(&job, Duration::from_secs(240));
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let mut q = Command::new("squeue");
+        q.args(["-h", "-j", &job]);
+        let q = run_bounded(q, Duration::from_secs(10));
+        if String::from_utf8_lossy(&q.stdout).trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "job {job} did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let t = std::fs::read_to_string(dir.join(format!("sbatch-{job}.out"))).unwrap_or_default();
     format!("job {job} output:\n{t}")
 }
