@@ -72,7 +72,10 @@ pub(crate) fn create(name: &str, len: u64) -> Result<std::fs::File, String> {
     let size = len
         .checked_next_multiple_of(2 << 20)
         .ok_or("store too large")?;
+    let max_fd = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft.min(1 << 16) as i32);
     let prepared = Prepared {
+        max_fd,
         uid_map: format!("{0} {0} 1", nix::unistd::geteuid()).into_bytes(),
         gid_map: format!("{0} {0} 1", nix::unistd::getegid()).into_bytes(),
         mount_data: cstring(format!(
@@ -108,6 +111,9 @@ pub(crate) fn create(name: &str, len: u64) -> Result<std::fs::File, String> {
 
 /// What the child needs, prepared before the fork.
 struct Prepared {
+    /// Descriptors the child closes one by one where close_range is
+    /// missing: the open-file limit, at most 65,536.
+    max_fd: i32,
     uid_map: Vec<u8>,
     gid_map: Vec<u8>,
     mount_data: CString,
@@ -130,16 +136,22 @@ fn child(p: &Prepared, sock: std::os::fd::BorrowedFd<'_>, parent_end: i32) -> i3
     let keep = sock.as_raw_fd() as libc::c_uint;
     // SAFETY: close_range only closes descriptors, none of which this
     // child uses but `sock` (left out of both ranges).
-    unsafe {
-        if keep > 0 {
-            libc::syscall(libc::SYS_close_range, 0, keep - 1, 0);
+    let closed = unsafe {
+        (keep == 0 || libc::syscall(libc::SYS_close_range, 0, keep - 1, 0) == 0)
+            && libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0) == 0
+    };
+    if !closed {
+        // Kernels before 5.9 have no close_range (and a seccomp filter may
+        // refuse it): the parent's end first, then one by one up to a
+        // bound (closing a descriptor closed already does nothing, and
+        // nothing has been opened since that could have taken a number).
+        let _ = nix::unistd::close(parent_end);
+        for fd in 0..p.max_fd {
+            if fd != keep as i32 {
+                let _ = nix::unistd::close(fd);
+            }
         }
-        libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0);
     }
-    // Kernels before 5.9 have no close_range: the parent's end at least
-    // must go (closed already where close_range ran; nothing has been
-    // opened since that could have taken its number).
-    let _ = nix::unistd::close(parent_end);
     let report = |step: u8, value: i32| {
         let mut msg = [0u8; 5];
         msg[0] = step;
